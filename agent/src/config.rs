@@ -1,0 +1,465 @@
+//! The agent's configuration file (YAML): governed databases, the proxy listeners, where state
+//! and audit records live. Parsed, then validated, into an immutable snapshot; every mistake is
+//! reported with the file, the field and what was expected.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// serde_yaml_ng's message names the field path, the line and column, and what it expected.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// How connections to a database are governed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Redirected through the proxy.
+    Enforce,
+    /// Attributed and recorded, never redirected.
+    Observe,
+}
+
+/// What happens to a governed connection when the agent is not serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// connect() fails at once (EPERM).
+    Closed,
+    /// The flow goes direct and is recorded as ungoverned.
+    Open,
+}
+
+/// The database protocol spoken on a governed endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Postgres,
+    /// Any other TCP protocol: connection-level governance only.
+    Tcp,
+}
+
+/// Where a database listens: exact addresses, or a port on any address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseAddress {
+    /// Every address the host:port resolved to at load time.
+    Exact(Vec<SocketAddr>),
+    /// `*:PORT`: the port on every address, including ones a workload might try instead.
+    AnyAddress(u16),
+}
+
+impl TryFrom<String> for DatabaseAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let expected = "expected HOST:PORT, IP:PORT, [IPV6]:PORT or *:PORT";
+        if let Some(port) = text.strip_prefix("*:") {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid port in {text:?}; {expected}"))?;
+            if port == 0 {
+                return Err(format!("port 0 in {text:?}; {expected}"));
+            }
+            return Ok(Self::AnyAddress(port));
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("port 0 in {text:?}; {expected}"));
+            }
+            return Ok(Self::Exact(vec![addr]));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("{text:?} has no port; {expected}"));
+        };
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("invalid address {text:?}; {expected}"));
+        }
+        let addrs: Vec<SocketAddr> = text
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{host:?} resolved to no address"));
+        }
+        Ok(Self::Exact(addrs))
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::try_from(text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for DatabaseAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AnyAddress(port) => write!(f, "*:{port}"),
+            Self::Exact(addrs) => {
+                let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                write!(f, "{}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// One governed database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub name: String,
+    pub address: DatabaseAddress,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Defaults to closed: until policies exist, an operator who declared a database governed
+    /// is better served by refusal than by silent bypass. See docs/decisions.md.
+    #[serde(default = "default_fail")]
+    pub fail: FailMode,
+    /// Upstream connect timeout in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Postgres
+}
+fn default_mode() -> Mode {
+    Mode::Enforce
+}
+fn default_fail() -> FailMode {
+    FailMode::Closed
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+/// The node-local proxy listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// IPv4 listener on a node-local address every network namespace can route to (a link-local
+    /// address on a dummy interface the agent owns, the NodeLocal DNSCache pattern).
+    #[serde(default = "default_listen_v4")]
+    pub listen_v4: SocketAddr,
+    /// IPv6 listener for native IPv6 flows (a ULA on the same interface); `null` disables it.
+    #[serde(default = "default_listen_v6")]
+    pub listen_v6: Option<SocketAddr>,
+    /// The dummy interface that carries the listener addresses; `null` to manage none.
+    #[serde(default = "default_interface")]
+    pub interface: Option<String>,
+}
+
+fn default_listen_v4() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 77, 1)), 15432)
+}
+fn default_listen_v6() -> Option<SocketAddr> {
+    Some(SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0xfd77, 0x7761, 0x7264, 0, 0, 0, 0, 1)),
+        15432,
+    ))
+}
+fn default_interface() -> Option<String> {
+    Some("warden0".to_string())
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen_v4: default_listen_v4(),
+            listen_v6: default_listen_v6(),
+            interface: default_interface(),
+        }
+    }
+}
+
+/// Where audit records go (the JSON-lines file is replaced by the per-host ring).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+    /// Records buffered between sessions and the writer before new ones are dropped (counted).
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+fn default_audit_path() -> PathBuf {
+    PathBuf::from("/var/lib/warden/audit.jsonl")
+}
+fn default_audit_queue() -> usize {
+    65_536
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+            queue: default_audit_queue(),
+        }
+    }
+}
+
+/// What the agent leaves behind when it exits cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Programs stay attached (pinned): fail-closed databases stay closed until the next agent.
+    #[default]
+    Keep,
+    /// Programs are detached and pins removed: everything goes direct.
+    Detach,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    databases: Vec<Database>,
+    #[serde(default)]
+    proxy: ProxyConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_bpffs_dir")]
+    bpffs_dir: PathBuf,
+    #[serde(default = "default_cgroup_root")]
+    cgroup_root: PathBuf,
+    #[serde(default)]
+    on_exit: OnExit,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/warden")
+}
+fn default_bpffs_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/warden")
+}
+fn default_cgroup_root() -> PathBuf {
+    crate::cgroup::default_root()
+}
+
+/// A validated configuration snapshot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub databases: Vec<Database>,
+    pub proxy: ProxyConfig,
+    pub audit: AuditConfig,
+    /// Runtime state: readiness file, workload label files.
+    pub state_dir: PathBuf,
+    /// Where programs, links and maps are pinned.
+    pub bpffs_dir: PathBuf,
+    /// The cgroup v2 mount the programs attach to (its root covers the whole host).
+    pub cgroup_root: PathBuf,
+    pub on_exit: OnExit,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if raw.databases.is_empty() {
+            return Err(invalid(
+                "databases".into(),
+                "expected at least one database".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, db) in raw.databases.iter().enumerate() {
+            let field = |f: &str| format!("databases[{i}].{f}");
+            if db.name.is_empty()
+                || !db
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?}: expected letters, digits, '-', '_' or '.'", db.name),
+                ));
+            }
+            if !names.insert(db.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate database name {:?}", db.name),
+                ));
+            }
+            if db.connect_timeout_ms == 0 {
+                return Err(invalid(
+                    field("connect_timeout_ms"),
+                    "expected a positive number of milliseconds".into(),
+                ));
+            }
+        }
+        if !raw.proxy.listen_v4.is_ipv4() || raw.proxy.listen_v4.port() == 0 {
+            return Err(invalid(
+                "proxy.listen_v4".into(),
+                "expected an IPv4 address with a non-zero port".into(),
+            ));
+        }
+        if let Some(v6) = raw.proxy.listen_v6
+            && (!v6.is_ipv6() || v6.port() == 0)
+        {
+            return Err(invalid(
+                "proxy.listen_v6".into(),
+                "expected [IPV6]:PORT with a non-zero port".into(),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            databases: raw.databases,
+            proxy: raw.proxy,
+            audit: raw.audit,
+            state_dir: raw.state_dir,
+            bpffs_dir: raw.bpffs_dir,
+            cgroup_root: raw.cgroup_root,
+            on_exit: raw.on_exit,
+        })
+    }
+
+    /// Whether any database fails closed (then pins must outlive the agent).
+    pub fn any_fail_closed(&self) -> bool {
+        self.databases
+            .iter()
+            .any(|d| d.mode == Mode::Enforce && d.fail == FailMode::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("warden.yaml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n").expect("valid");
+        let db = &c.databases[0];
+        assert_eq!(
+            db.address,
+            DatabaseAddress::Exact(vec!["127.0.0.1:5432".parse().unwrap()])
+        );
+        assert_eq!(
+            (db.mode, db.fail, db.protocol),
+            (Mode::Enforce, FailMode::Closed, Protocol::Postgres)
+        );
+        assert_eq!(c.proxy.listen_v4, "169.254.77.1:15432".parse().unwrap());
+        assert_eq!(c.on_exit, OnExit::Keep);
+    }
+
+    #[test]
+    fn addresses_of_every_shape() {
+        let c = parse(
+            "databases:\n  - {name: a, address: '*:6432'}\n  - {name: b, address: '[::1]:5432'}\n  - {name: c, address: 'localhost:5433', mode: observe, fail: open}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.databases[0].address, DatabaseAddress::AnyAddress(6432));
+        assert_eq!(
+            c.databases[1].address,
+            DatabaseAddress::Exact(vec!["[::1]:5432".parse().unwrap()])
+        );
+        let DatabaseAddress::Exact(local) = &c.databases[2].address else {
+            panic!("localhost is exact")
+        };
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 5433),
+            "{local:?}"
+        );
+        assert_eq!(c.databases[2].mode, Mode::Observe);
+    }
+
+    #[test]
+    fn mistakes_name_file_line_field_and_expectation() {
+        let err =
+            parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n    mode: enforced\n")
+                .expect_err("bad mode")
+                .to_string();
+        assert!(err.starts_with("warden.yaml: "), "{err}");
+        assert!(err.contains("databases[0].mode"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(
+            err.contains("expected one of `enforce`, `observe`"),
+            "{err}"
+        );
+
+        let err = parse("databases:\n  - name: main\n    address: 127.0.0.1\n")
+            .expect_err("no port")
+            .to_string();
+        assert!(
+            err.contains("databases[0].address")
+                && err.contains("line 3")
+                && err.contains("has no port"),
+            "{err}"
+        );
+
+        let err = parse("databases:\n  - name: main\n    adress: 127.0.0.1:1\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("unknown field `adress`"), "{err}");
+
+        let err =
+            parse("databases:\n  - {name: a, address: '*:1'}\n  - {name: a, address: '*:2'}\n")
+                .expect_err("dup")
+                .to_string();
+        assert_eq!(
+            err,
+            "warden.yaml: databases[1].name: duplicate database name \"a\""
+        );
+
+        let err = parse("databases: []\n").expect_err("empty").to_string();
+        assert!(
+            err.contains("databases: expected at least one database"),
+            "{err}"
+        );
+
+        let err =
+            parse("databases:\n  - {name: a, address: '*:1'}\nproxy:\n  listen_v4: '[::1]:1'\n")
+                .expect_err("v6 as v4")
+                .to_string();
+        assert!(err.contains("proxy.listen_v4"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Warden's agent: kernel-program loader, identity resolution, the proxy and the audit trail.
+
+pub mod audit;
+pub mod cgroup;
+pub mod config;
+pub mod ebpf;
+pub mod exec;
+pub mod flow;
+pub mod identity;
+pub mod netif;
+pub mod proxy;
+pub mod run;

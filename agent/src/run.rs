@@ -1,0 +1,261 @@
+//! `warden run`: bring everything up in a safe order, serve, and shut down cleanly.
+//!
+//! Order matters: listeners are bound before the programs attach (so the first redirected
+//! connect finds a listener), and the agent moves into its own cgroup before anything opens an
+//! upstream connection (so the exemption holds from the first one).
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use agent_common::{
+    AgentState, EVENT_OBSERVED_CLOSE, EVENT_OBSERVED_OPEN, EVENT_REFUSED, EVENT_UNGOVERNED,
+    FlowEvent,
+};
+use anyhow::{Context as _, Result};
+
+use crate::{
+    audit::{AuditLog, Event, SessionId},
+    cgroup::{self, CgroupId},
+    config::{Config, OnExit},
+    ebpf::{Kernel, monotonic_ns},
+    flow::{KernelFacts, endpoint_of, socket_addr_of},
+    identity::{Resolver, workloads_dir},
+    netif,
+    proxy::{self, SessionIds, Shared},
+};
+
+/// SO_MARK the agent puts on its upstream sockets ("WDN").
+pub const UPSTREAM_MARK: u32 = 0x0057_444e;
+/// The cgroup (under the v2 root) the agent moves into when started in the root cgroup.
+pub const AGENT_CGROUP: &str = "warden.agent";
+/// Written once the agent serves; removed when it stops.
+pub fn ready_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("agent.ready")
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<()> {
+    let config = Arc::new(config);
+    fs::create_dir_all(workloads_dir(&config.state_dir))
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let own_cgroup = enter_own_cgroup(&config.cgroup_root)?;
+    if let Some(name) = &config.proxy.interface {
+        let mut addrs = vec![config.proxy.listen_v4.ip()];
+        addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
+        netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config, own_cgroup))
+}
+
+fn enter_own_cgroup(root: &Path) -> Result<CgroupId> {
+    let current = cgroup::path_of_pid(std::process::id()).context("reading /proc/self/cgroup")?;
+    let dir = if current == "/" {
+        let dir = cgroup::create(root, AGENT_CGROUP).context("creating the agent's cgroup")?;
+        cgroup::move_pid(&dir, std::process::id()).context("moving the agent into its cgroup")?;
+        dir
+    } else {
+        root.join(current.trim_start_matches('/'))
+    };
+    cgroup::id_of(&dir).with_context(|| format!("reading the id of {}", dir.display()))
+}
+
+fn state(config: &Config, own_cgroup: CgroupId, serving: bool) -> AgentState {
+    AgentState {
+        heartbeat_ns: monotonic_ns(),
+        agent_cgroup_id: own_cgroup.0,
+        proxy_v4: endpoint_of(config.proxy.listen_v4),
+        proxy_v6: config.proxy.listen_v6.map(endpoint_of).unwrap_or_default(),
+        serving: u32::from(serving),
+        upstream_mark: UPSTREAM_MARK,
+    }
+}
+
+async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
+    let mut listeners = vec![bind(config.proxy.listen_v4)?];
+    if let Some(v6) = config.proxy.listen_v6 {
+        listeners.push(bind(v6)?);
+    }
+    let (audit, audit_writer) = AuditLog::open(&config.audit.path, config.audit.queue)
+        .with_context(|| format!("opening audit file {}", config.audit.path.display()))?;
+    let kernel = Arc::new(
+        Kernel::start(&config, state(&config, own_cgroup, true))
+            .context("loading and attaching the eBPF programs")?,
+    );
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        kernel: kernel.clone(),
+        resolver: Arc::new(Resolver::new(&config.cgroup_root, &config.state_dir)),
+        audit: audit.clone(),
+        own_cgroup,
+        upstream_mark: UPSTREAM_MARK,
+        sessions: SessionIds::new(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        tasks.spawn(proxy::serve(listener, shared.clone()));
+    }
+    tasks.spawn(heartbeat(shared.clone()));
+    tasks.spawn(drain_events(shared.clone()));
+    tasks.spawn(sweep_workload_labels(config.clone()));
+    fs::write(
+        ready_file(&config.state_dir),
+        std::process::id().to_string(),
+    )?;
+    tracing::info!(
+        v4 = %config.proxy.listen_v4,
+        v6 = ?config.proxy.listen_v6,
+        databases = config.databases.len(),
+        governed_endpoints = kernel.governed_count(),
+        "serving"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let _ = fs::remove_file(ready_file(&config.state_dir));
+    // From here connect4/6 apply each database's fail mode at once (not after a stale heartbeat).
+    kernel.publish(state(&config, own_cgroup, false))?;
+    handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
+    drop(shared);
+    drop(audit);
+    let _ = audit_writer.await;
+    if config.on_exit == OnExit::Detach {
+        let kernel = Arc::into_inner(kernel).context("kernel handle still shared at shutdown")?;
+        kernel.detach()?;
+        if let Some(name) = &config.proxy.interface {
+            netif::remove(name)?;
+        }
+        tracing::info!("programs detached");
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    proxy::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Err(err) = shared
+            .kernel
+            .publish(state(&shared.config, shared.own_cgroup, true))
+        {
+            tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
+        }
+    }
+}
+
+/// Label files of exited `warden exec` workloads are kept this long for late events.
+const LABEL_GRACE: Duration = Duration::from_secs(600);
+
+async fn sweep_workload_labels(config: Arc<Config>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let (root, state) = (config.cgroup_root.clone(), config.state_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::exec::sweep_labels(&root, &state, LABEL_GRACE)
+        })
+        .await;
+    }
+}
+
+/// Observed sockets between their open and close events.
+type OpenObserved = HashMap<u64, (SessionId, u64, String)>;
+
+/// Drains the kernel's event ring on a timer (events are written without wakeups).
+async fn drain_events(shared: Arc<Shared>) {
+    let mut open = OpenObserved::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let events = shared.kernel.drain_events();
+        if !events.is_empty() {
+            handle_events(&shared, events, &mut open);
+        }
+    }
+}
+
+fn handle_events(shared: &Shared, events: Vec<FlowEvent>, open: &mut OpenObserved) {
+    for event in events {
+        let database = shared
+            .config
+            .databases
+            .get(event.origin.database_id as usize)
+            .map_or_else(
+                || format!("#{}", event.origin.database_id),
+                |d| d.name.clone(),
+            );
+        let orig_dst = socket_addr_of(&event.origin.orig_dst);
+        let identity = || {
+            shared
+                .resolver
+                .resolve(&KernelFacts::from_origin(&event.origin))
+        };
+        let record = match event.kind {
+            EVENT_UNGOVERNED => Event::Ungoverned {
+                database,
+                orig_dst,
+                identity: identity(),
+            },
+            EVENT_REFUSED => Event::RefusedNotServing {
+                database,
+                orig_dst,
+                identity: identity(),
+            },
+            EVENT_OBSERVED_OPEN => {
+                let session = shared.sessions.next();
+                open.insert(event.sock_id, (session, event.at_ns, database.clone()));
+                Event::Observed {
+                    session,
+                    database,
+                    orig_dst,
+                    client: socket_addr_of(&event.client),
+                    identity: identity(),
+                }
+            }
+            EVENT_OBSERVED_CLOSE => match open.remove(&event.sock_id) {
+                Some((session, opened_ns, database)) => Event::ObservedClose {
+                    session,
+                    database,
+                    duration_ms: event.at_ns.saturating_sub(opened_ns) / 1_000_000,
+                    established: true,
+                },
+                None => Event::ObservedClose {
+                    session: shared.sessions.next(),
+                    database,
+                    duration_ms: event.at_ns.saturating_sub(event.origin.connect_ns) / 1_000_000,
+                    established: false,
+                },
+            },
+            other => {
+                tracing::warn!(kind = other, "unknown kernel event kind");
+                continue;
+            }
+        };
+        shared.audit.record(record);
+    }
+}

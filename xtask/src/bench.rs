@@ -1,0 +1,3 @@
+pub fn bench(_w: &std::path::Path) -> anyhow::Result<()> {
+    todo!()
+}

@@ -1,0 +1,3 @@
+pub fn demo(_w: &std::path::Path) -> anyhow::Result<()> {
+    todo!()
+}

@@ -1,0 +1,176 @@
+//! Developer and CI entry points: `cargo xtask setup | build | run | demo | test | bench`.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Warden's build, setup, demo, test and bench tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and running need (idempotent).
+    Setup,
+    /// Build the agent (userspace and the embedded eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `warden run --config FILE` (needs root).
+    Run {
+        #[arg(long, default_value = "deploy/warden.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Start a throwaway PostgreSQL and the agent, and show governance happening.
+    Demo,
+    /// Unit tests, then the root-only integration tests on the real kernel.
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Benchmarks printed as ratios to a baseline measured in the same run.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => setup::setup().and_then(|()| build(release)),
+        Task::Run { config, release } => {
+            setup::setup().and_then(|()| build(release)).and_then(|()| {
+                run(Command::new(warden_binary(release))
+                    .arg("run")
+                    .arg("--config")
+                    .arg(config))
+            })
+        }
+        Task::Demo => setup::setup()
+            .and_then(|()| require_root("demo"))
+            .and_then(|()| build(false))
+            .and_then(|()| demo::demo(&warden_binary(false))),
+        Task::Test { filter } => setup::setup().and_then(|()| test(filter)),
+        Task::Bench => setup::setup()
+            .and_then(|()| require_root("bench"))
+            .and_then(|()| build(true))
+            .and_then(|()| bench::bench(&warden_binary(true))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+pub fn warden_binary(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("warden")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY-free: reading the effective uid from procfs avoids a libc dependency here.
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn require_root(task: &str) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask {task}` attaches eBPF programs and must run as root");
+    }
+    Ok(())
+}
+
+/// Runs a command, inheriting stdio, and fails if it does.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn cmd_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "warden-agent", "--bin", "warden"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    // Unit tests of every userspace crate (no root needed).
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--exclude",
+        "warden-integration",
+    ]))?;
+    require_root("test")?;
+    build(false)?;
+    // Integration tests attach host-wide programs: one at a time, each cleaning up after itself.
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "warden-integration",
+        "--",
+        "--test-threads=1",
+    ]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    cmd.env("WARDEN_BIN", warden_binary(false));
+    run(&mut cmd)
+}
