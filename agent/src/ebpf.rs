@@ -283,20 +283,24 @@ fn attach_all(
     Ok(())
 }
 
-/// Pins `link` at `path`, replacing (and so detaching) a link a previous agent left there.
+/// Pins `link` at `path`, replacing (and so detaching) a link a previous agent left there. The
+/// new link is already attached (its fd is open), so coverage has no gap.
 fn pin_replacing(link: FdLink, path: &Path) -> Result<PinnedLink, KernelError> {
-    // bpffs refuses names with a '.' (EPERM), so no ".new" here.
-    let tmp = path.with_file_name(format!(
-        "{}_new",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("link")
-    ));
-    let _ = fs::remove_file(&tmp);
-    let pinned = link.pin(&tmp).map_err(|source| KernelError::Pin {
-        path: tmp.clone(),
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(KernelError::Io {
+                what: "removing old pin",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    link.pin(path).map_err(|source| KernelError::Pin {
+        path: path.to_path_buf(),
         source,
-    })?;
-    fs::rename(&tmp, path).map_err(io_err("renaming pin to", path))?;
-    Ok(pinned)
+    })
 }
 
 fn remove_dir_files(dir: &Path) -> Result<(), KernelError> {

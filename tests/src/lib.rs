@@ -1,0 +1,474 @@
+//! Test harness for root-only integration tests (and `cargo xtask demo` / `bench`): a throwaway
+//! PostgreSQL, the real `warden` agent with its real kernel programs, and network namespaces
+//! standing in for pods. Everything it creates is removed on drop, also when a test panics.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The proxy addresses tests use (not the production defaults, so a Warden running on the
+/// machine is never disturbed).
+pub const PROXY_V4: &str = "169.254.77.101:15433";
+pub const PROXY_V6: &str = "[fd77:7761:7264::65]:15433";
+pub const INTERFACE: &str = "wdn-it0";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this process and call (paths, cgroups, namespaces).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `warden` binary under test (`WARDEN_BIN`, set by `cargo xtask test`, or target/debug).
+pub fn warden_bin() -> PathBuf {
+    let bin = std::env::var_os("WARDEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/debug/warden"));
+    if bin.is_absolute() {
+        bin
+    } else {
+        workspace_root().join(bin)
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Runs a command to completion, panicking if it cannot start.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
+}
+
+/// Runs a command and panics (with its stderr) unless it succeeds; returns stdout.
+pub fn check(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server installed (cargo xtask setup)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("bin/postgres").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(name)
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A throwaway PostgreSQL cluster, owned by the `postgres` user, listening on all addresses of
+/// its own port (pg_hba admits loopback and the test namespaces' range only).
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("warden-pg-"));
+        fs::create_dir_all(&dir).expect("pg dir");
+        check(Command::new("chown").arg("postgres:postgres").arg(&dir));
+        let data = dir.join("data");
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+        };
+        check(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+        );
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nhost all all 10.77.0.0/16 trust\n",
+        )
+        .expect("pg_hba");
+        let options = format!(
+            "-p {} -c listen_addresses='*' -k {} -c fsync=off -c max_connections=200",
+            pg.port,
+            pg.dir.display()
+        );
+        let started = output(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin("pg_ctl"))
+                .args(["-w", "-t", "30", "-D"])
+                .arg(&data)
+                .args(["-l"])
+                .arg(pg.dir.join("log"))
+                .args(["-o", &options, "start"]),
+        );
+        if !started.status.success() {
+            let log = fs::read_to_string(pg.dir.join("log")).unwrap_or_default();
+            pg.port = 0;
+            panic!(
+                "PostgreSQL did not start: {}\n{log}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+        }
+        pg
+    }
+
+    /// Runs SQL over the Unix socket (never through the redirect) and returns the output.
+    pub fn admin_sql(&self, sql: &str) -> String {
+        check(
+            Command::new(pg_bin("psql"))
+                .args(["-X", "-tA", "-U", "postgres", "-h"])
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-c", sql]),
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `warden run` with its own config, state, audit file and bpffs directory.
+pub struct Agent {
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    pub audit: PathBuf,
+    pub state: PathBuf,
+    pub bpffs: PathBuf,
+    databases_yaml: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent governing `databases_yaml` (the YAML list under `databases:`).
+    pub fn start(databases_yaml: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("warden-agent-"));
+        fs::create_dir_all(&dir).expect("agent dir");
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
+        let mut agent = Agent {
+            config: dir.join("warden.yaml"),
+            audit: dir.join("audit.jsonl"),
+            state: dir.join("state"),
+            bpffs,
+            dir,
+            databases_yaml: databases_yaml.to_string(),
+            child: None,
+        };
+        agent.write_config();
+        agent.spawn();
+        agent
+    }
+
+    fn write_config(&self) {
+        let yaml = format!(
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\naudit:\n  path: {}\nstate_dir: {}\nbpffs_dir: {}\n",
+            self.databases_yaml,
+            self.audit.display(),
+            self.state.display(),
+            self.bpffs.display()
+        );
+        fs::write(&self.config, yaml).expect("write config");
+    }
+
+    /// Starts (or restarts) the agent process and waits until it serves.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let ready = self.state.join("agent.ready");
+        let _ = fs::remove_file(&ready);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("log");
+        let child = Command::new(warden_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "warden run exited with {status} before serving:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "warden run not ready after 30 s:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent with SIGTERM (a clean shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("warden run ignored SIGTERM for 10 s:\n{}", self.log());
+                }
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the agent with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every audit record written so far.
+    pub fn records(&self) -> Vec<Value> {
+        let Ok(file) = fs::File::open(&self.audit) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| {
+                serde_json::from_str(&l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) for a record matching `pred`.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what} within 10 s; records:\n{:#?}\nagent log:\n{}",
+                self.records(),
+                self.log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `warden status` output.
+    pub fn status(&self) -> String {
+        String::from_utf8_lossy(
+            &output(
+                Command::new(warden_bin())
+                    .args(["status", "--config"])
+                    .arg(&self.config),
+            )
+            .stdout,
+        )
+        .into_owned()
+    }
+
+    /// A counter from `warden status`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let status = self.status();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in status:\n{status}"))
+    }
+
+    /// `warden exec --label ... -- cmd...` as a Command (caller adds nothing after).
+    pub fn exec(&self, labels: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new(warden_bin());
+        c.args(["exec", "--config"]).arg(&self.config);
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        c.arg("--").args(cmd);
+        c
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_quietly();
+        // Never panic while unwinding (that aborts the whole test binary before other
+        // destructors clean up); report instead.
+        let detached = Command::new(warden_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+        let leftover = self.bpffs.exists();
+        let _ = fs::remove_dir_all(&self.dir);
+        let failure = match detached {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "warden detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) => Some(format!("warden detach could not start: {e}")),
+        };
+        if std::thread::panicking() {
+            if let Some(f) = failure {
+                eprintln!("cleanup: {f}");
+            }
+        } else {
+            assert!(failure.is_none(), "{failure:?}");
+            assert!(!leftover, "pins left in {}", self.bpffs.display());
+        }
+    }
+}
+
+impl Agent {
+    fn stop_quietly(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A network namespace with a veth pair to the host, standing in for a pod.
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    /// The host's address on the veth (what the pod dials to reach the host's PostgreSQL).
+    pub host_ip: String,
+    pub pod_ip: String,
+}
+
+impl Netns {
+    /// `index` picks the /30 subnet 10.77.INDEX.0 (tests own 10.77.0.0/16).
+    pub fn create(index: u8) -> Self {
+        let name = unique("wdnpod");
+        let host_if = format!("wdnh{index}");
+        let pod_if = format!("wdnp{index}");
+        let ns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: format!("10.77.{index}.1"),
+            pod_ip: format!("10.77.{index}.2"),
+        };
+        let _ = output(Command::new("ip").args(["link", "del", &host_if]));
+        check(Command::new("ip").args(["netns", "add", &name]));
+        check(Command::new("ip").args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
+        ]));
+        check(Command::new("ip").args(["link", "set", &pod_if, "netns", &name]));
+        check(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &host_if,
+        ]));
+        check(Command::new("ip").args(["link", "set", &host_if, "up"]));
+        let in_ns =
+            |args: &[&str]| check(Command::new("ip").args(["netns", "exec", &name]).args(args));
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", ns.pod_ip),
+            "dev",
+            &pod_if,
+        ]);
+        in_ns(&["ip", "link", "set", &pod_if, "up"]);
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        in_ns(&["ip", "route", "add", "default", "via", &ns.host_ip]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = output(Command::new("ip").args(["netns", "del", &self.name]));
+        let _ = output(Command::new("ip").args(["link", "del", &self.host_if]));
+    }
+}
+
+/// The psql binary of the installed PostgreSQL.
+pub fn psql_bin() -> PathBuf {
+    pg_bin("psql")
+}
