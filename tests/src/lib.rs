@@ -147,6 +147,11 @@ impl Postgres {
         pg
     }
 
+    /// The directory holding the server's Unix socket (connections there are never redirected).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Runs SQL over the Unix socket (never through the redirect) and returns the output.
     pub fn admin_sql(&self, sql: &str) -> String {
         check(
@@ -177,6 +182,7 @@ impl Drop for Postgres {
 
 /// A running `warden run` with its own config, state, audit file and bpffs directory.
 pub struct Agent {
+    bin: PathBuf,
     pub config: PathBuf,
     pub dir: PathBuf,
     pub audit: PathBuf,
@@ -189,10 +195,16 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent governing `databases_yaml` (the YAML list under `databases:`).
     pub fn start(databases_yaml: &str) -> Self {
+        Self::start_with(&warden_bin(), databases_yaml)
+    }
+
+    /// Like `start`, with a given `warden` binary (the bench uses the release build).
+    pub fn start_with(bin: &Path, databases_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
         let mut agent = Agent {
+            bin: bin.to_path_buf(),
             config: dir.join("warden.yaml"),
             audit: dir.join("audit.jsonl"),
             state: dir.join("state"),
@@ -227,7 +239,7 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("log");
-        let child = Command::new(warden_bin())
+        let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -256,6 +268,24 @@ impl Agent {
             );
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time (user + system) the agent process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(pid) = self.pid() else { return 0.0 };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
     pub fn log(&self) -> String {
@@ -347,7 +377,7 @@ impl Agent {
 
     /// `warden exec --label ... -- cmd...` as a Command (caller adds nothing after).
     pub fn exec(&self, labels: &[&str], cmd: &[&str]) -> Command {
-        let mut c = Command::new(warden_bin());
+        let mut c = Command::new(&self.bin);
         c.args(["exec", "--config"]).arg(&self.config);
         for l in labels {
             c.args(["--label", l]);
@@ -471,4 +501,9 @@ impl Drop for Netns {
 /// The psql binary of the installed PostgreSQL.
 pub fn psql_bin() -> PathBuf {
     pg_bin("psql")
+}
+
+/// The pgbench binary of the installed PostgreSQL.
+pub fn pgbench_bin() -> PathBuf {
+    pg_bin("pgbench")
 }
