@@ -24,16 +24,41 @@ pub fn demo(warden: &Path) -> Result<()> {
     println!("PostgreSQL listening on port {port} (every address)");
 
     step("Starting the Warden agent, governing that port on any address (fail: closed)");
-    let mut agent = Agent::start_with(warden, &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"));
-    println!("config: {}", std::fs::read_to_string(&agent.config)?.trim_end().replace('\n', "\n        "));
+    let mut agent = Agent::start_with(
+        warden,
+        &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
+    );
+    println!(
+        "config: {}",
+        std::fs::read_to_string(&agent.config)?
+            .trim_end()
+            .replace('\n', "\n        ")
+    );
     print!("{}", agent.status());
 
     step("An unmodified psql, tagged as an AI agent with `warden exec --label`");
     let psql = psql_bin();
     let psql = psql.to_str().unwrap_or("psql");
-    let sql = "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
-    println!("$ warden exec --label warden/identity=recsys-agent --label warden/class=ai-agent -- psql -h 127.0.0.1 -p {port} -c \"{sql}\"");
-    show(&mut agent.exec(&["warden/identity=recsys-agent", "warden/class=ai-agent"], &[psql, "-X", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-c", sql]));
+    let sql =
+        "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
+    println!(
+        "$ warden exec --label warden/identity=recsys-agent --label warden/class=ai-agent -- psql -h 127.0.0.1 -p {port} -c \"{sql}\""
+    );
+    show(&mut agent.exec(
+        &["warden/identity=recsys-agent", "warden/class=ai-agent"],
+        &[
+            psql,
+            "-X",
+            "-U",
+            "postgres",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-c",
+            sql,
+        ],
+    ));
 
     step("What the audit trail recorded (identity from the kernel, labels from the cgroup)");
     let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
@@ -44,14 +69,40 @@ pub fn demo(warden: &Path) -> Result<()> {
     step("Dialling the proxy directly is refused: it serves only flows its redirect created");
     let (ip, proxy_port) = PROXY_V4.split_once(':').unwrap_or_default();
     println!("$ psql -h {ip} -p {proxy_port}");
-    let ok = show(Command::new(psql).args(["-X", "-U", "postgres", "-h", ip, "-p", proxy_port, "-c", "select 1"]));
-    println!("-> {}", if ok { "UNEXPECTED: connected" } else { "refused" });
+    let ok = show(Command::new(psql).args([
+        "-X", "-U", "postgres", "-h", ip, "-p", proxy_port, "-c", "select 1",
+    ]));
+    println!(
+        "-> {}",
+        if ok {
+            "UNEXPECTED: connected"
+        } else {
+            "refused"
+        }
+    );
 
     step("The agent stops: this database fails closed, at once");
     agent.stop();
     println!("$ psql -h 127.0.0.1 -p {port}");
-    let ok = show(Command::new(psql).args(["-X", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-c", "select 1"]));
-    println!("-> {}", if ok { "UNEXPECTED: connected" } else { "refused by the kernel while no agent serves" });
+    let ok = show(Command::new(psql).args([
+        "-X",
+        "-U",
+        "postgres",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        "select 1",
+    ]));
+    println!(
+        "-> {}",
+        if ok {
+            "UNEXPECTED: connected"
+        } else {
+            "refused by the kernel while no agent serves"
+        }
+    );
     print!("{}", agent.status());
 
     step("Cleaning up (programs detached, PostgreSQL stopped)");
