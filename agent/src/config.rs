@@ -109,8 +109,19 @@ impl TryFrom<String> for DatabaseAddress {
 
 impl<'de> Deserialize<'de> for DatabaseAddress {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::try_from(text).map_err(serde::de::Error::custom)
+        // Validating inside the visitor (not after deserialising a String) makes the YAML
+        // error point at the address's own line and field path.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DatabaseAddress;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("HOST:PORT, IP:PORT, [IPV6]:PORT or *:PORT")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DatabaseAddress, E> {
+                DatabaseAddress::try_from(v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -421,10 +432,7 @@ mod tests {
         assert!(err.starts_with("warden.yaml: "), "{err}");
         assert!(err.contains("databases[0].mode"), "{err}");
         assert!(err.contains("line 4"), "{err}");
-        assert!(
-            err.contains("expected one of `enforce`, `observe`"),
-            "{err}"
-        );
+        assert!(err.contains("expected `enforce` or `observe`"), "{err}");
 
         let err = parse("databases:\n  - name: main\n    address: 127.0.0.1\n")
             .expect_err("no port")

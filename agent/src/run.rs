@@ -80,6 +80,9 @@ fn state(config: &Config, own_cgroup: CgroupId, serving: bool) -> AgentState {
 }
 
 async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
+    // Handlers first: a SIGTERM that arrives once we are attached must reach the clean
+    // shutdown (which publishes "not serving" at once), not the default action.
+    let signals = Signals::install()?;
     let mut listeners = vec![bind(config.proxy.listen_v4)?];
     if let Some(v6) = config.proxy.listen_v6 {
         listeners.push(bind(v6)?);
@@ -118,7 +121,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
         "serving"
     );
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -144,15 +147,27 @@ fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     proxy::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn heartbeat(shared: Arc<Shared>) {
