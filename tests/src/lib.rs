@@ -375,6 +375,13 @@ impl Agent {
             .unwrap_or_else(|| panic!("no {name} in status:\n{status}"))
     }
 
+    /// `warden exec --label ... -- psql ...` running one statement against `host:port`.
+    pub fn exec_psql(&self, labels: &[&str], host: &str, port: u16, sql: &str) -> Command {
+        let argv = psql_argv(host, port, sql);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.exec(labels, &argv)
+    }
+
     /// `warden exec --label ... -- cmd...` as a Command (caller adds nothing after).
     pub fn exec(&self, labels: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
@@ -501,6 +508,35 @@ impl Drop for Netns {
 /// The psql binary of the installed PostgreSQL.
 pub fn psql_bin() -> PathBuf {
     pg_bin("psql")
+}
+
+/// psql's arguments for one statement, quiet and unaligned (`-X -tA`), as user postgres.
+pub fn psql_argv(host: &str, port: u16, sql: &str) -> Vec<String> {
+    let psql = psql_bin().display().to_string();
+    [
+        psql.as_str(),
+        "-X",
+        "-tA",
+        "-U",
+        "postgres",
+        "-h",
+        host,
+        "-p",
+        &port.to_string(),
+        "-c",
+        sql,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// psql running one statement against `host:port` (through the redirect if governed).
+pub fn psql(host: &str, port: u16, sql: &str) -> Command {
+    let argv = psql_argv(host, port, sql);
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
 }
 
 /// The pgbench binary of the installed PostgreSQL.

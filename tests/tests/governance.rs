@@ -9,24 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use testkit::{Agent, Netns, PROXY_V4, Postgres, check, output, psql_bin};
-
-fn psql(host: &str, port: u16, sql: &str) -> Command {
-    let mut c = Command::new(psql_bin());
-    c.args([
-        "-X",
-        "-tA",
-        "-U",
-        "postgres",
-        "-h",
-        host,
-        "-p",
-        &port.to_string(),
-        "-c",
-        sql,
-    ]);
-    c
-}
+use testkit::{Agent, Netns, PROXY_V4, Postgres, check, output, psql, psql_argv};
 
 fn host_netns_cookie() -> u64 {
     use std::os::fd::AsRawFd as _;
@@ -62,21 +45,11 @@ fn psql_is_redirected_and_attributed_to_its_labelled_cgroup() {
     // Any address on the port: this also governs the agent's own upstream address, so a
     // broken self-exemption would loop back into the proxy.
     let agent = Agent::start(&format!("  - {{name: main, address: '*:{}'}}", pg.port));
-    let out = check(&mut agent.exec(
+    let out = check(&mut agent.exec_psql(
         &["warden/identity=it-etl", "team=data"],
-        &[
-            psql_bin().to_str().unwrap(),
-            "-X",
-            "-tA",
-            "-U",
-            "postgres",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-c",
-            "select inet_client_port()",
-        ],
+        "127.0.0.1",
+        pg.port,
+        "select inet_client_port()",
     ));
     let server_saw_port: u16 = out.trim().parse().expect("port");
     let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
@@ -115,25 +88,14 @@ fn psql_is_redirected_and_attributed_to_its_labelled_cgroup() {
     assert_eq!(agent.stat("redirected"), 1);
 
     // Another user, same labelled workload shape: attributed to that uid.
+    let as_nobody: Vec<String> = ["runuser", "-u", "nobody", "--"]
+        .into_iter()
+        .map(String::from)
+        .chain(psql_argv("127.0.0.1", pg.port, "select 1"))
+        .collect();
     check(&mut agent.exec(
         &["warden/identity=it-nobody"],
-        &[
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            psql_bin().to_str().unwrap(),
-            "-X",
-            "-tA",
-            "-U",
-            "postgres",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-c",
-            "select 1",
-        ],
+        &as_nobody.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     let open = agent.wait_record("nobody's connection", |r| {
         r["kind"] == "connection_open" && r["identity"]["user"] == "nobody"
@@ -250,25 +212,18 @@ fn a_pod_in_another_network_namespace_is_governed_and_the_proxy_refuses_direct_d
     let agent = Agent::start(&format!("  - {{name: main, address: '*:{}'}}", pg.port));
     // Labelled cgroup first, then into the namespace (`ip netns exec` remounts /sys, hiding the
     // cgroup hierarchy, as a pod's view would).
+    let in_pod: Vec<String> = ["ip", "netns", "exec", pod.name.as_str()]
+        .into_iter()
+        .map(String::from)
+        .chain(psql_argv(
+            &pod.host_ip,
+            pg.port,
+            "select inet_client_port()",
+        ))
+        .collect();
     let out = check(&mut agent.exec(
         &["app=pod-a"],
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &pod.name,
-            psql_bin().to_str().unwrap(),
-            "-X",
-            "-tA",
-            "-U",
-            "postgres",
-            "-h",
-            &pod.host_ip,
-            "-p",
-            &pg.port.to_string(),
-            "-c",
-            "select inet_client_port()",
-        ],
+        &in_pod.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     let open = agent.wait_record("pod open", |r| r["kind"] == "connection_open");
     assert_eq!(open["orig_dst"], format!("{}:{}", pod.host_ip, pg.port));
@@ -291,10 +246,9 @@ fn a_pod_in_another_network_namespace_is_governed_and_the_proxy_refuses_direct_d
     // Dialling the proxy directly (from the pod, and from the host) is refused: the proxy only
     // serves flows its redirect created.
     let (ip, port) = PROXY_V4.split_once(':').unwrap();
-    let mut direct = pod.command(&psql_bin());
-    direct.args([
-        "-X", "-tA", "-U", "postgres", "-h", ip, "-p", port, "-c", "select 1",
-    ]);
+    let argv = psql_argv(ip, port.parse().unwrap(), "select 1");
+    let mut direct = pod.command(std::path::Path::new(&argv[0]));
+    direct.args(&argv[1..]);
     let refused = output(&mut direct);
     assert!(
         !refused.status.success(),
@@ -393,21 +347,11 @@ fn observe_mode_records_without_redirect() {
         "  - {{name: reporting, address: '127.0.0.1:{}', mode: observe}}",
         pg.port
     ));
-    let out = check(&mut agent.exec(
+    let out = check(&mut agent.exec_psql(
         &["warden/identity=it-observed"],
-        &[
-            psql_bin().to_str().unwrap(),
-            "-X",
-            "-tA",
-            "-U",
-            "postgres",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-c",
-            "select inet_client_port()",
-        ],
+        "127.0.0.1",
+        pg.port,
+        "select inet_client_port()",
     ));
     let observed = agent.wait_record("observed", |r| r["kind"] == "observed");
     // The server's client port is the client's own: no proxy in between.

@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
-use testkit::{Agent, PROXY_V4, Postgres, output, psql_bin};
+use testkit::{Agent, PROXY_V4, Postgres, output, psql};
 
 fn step(title: &str) {
     println!("\n\x1b[1m== {title}\x1b[0m");
@@ -17,10 +17,16 @@ fn show(cmd: &mut Command) -> bool {
     out.status.success()
 }
 
+fn expect_refused(host: &str, port: u16, why: &str) {
+    println!("$ psql -h {host} -p {port} -c \"select 1\"");
+    let ok = show(&mut psql(host, port, "select 1"));
+    println!("-> {}", if ok { "UNEXPECTED: connected" } else { why });
+}
+
 pub fn demo(warden: &Path) -> Result<()> {
     step("Starting a throwaway PostgreSQL");
     let pg = Postgres::start();
-    let port = pg.port.to_string();
+    let port = pg.port;
     println!("PostgreSQL listening on port {port} (every address)");
 
     step("Starting the Warden agent, governing that port on any address (fail: closed)");
@@ -37,28 +43,15 @@ pub fn demo(warden: &Path) -> Result<()> {
     print!("{}", agent.status());
 
     step("An unmodified psql, tagged as an AI agent with `warden exec --label`");
-    let psql = psql_bin();
-    let psql = psql.to_str().unwrap_or("psql");
     let sql =
         "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
+    let labels = ["warden/identity=recsys-agent", "warden/class=ai-agent"];
     println!(
-        "$ warden exec --label warden/identity=recsys-agent --label warden/class=ai-agent -- psql -h 127.0.0.1 -p {port} -c \"{sql}\""
+        "$ warden exec --label {} --label {} -- psql -h 127.0.0.1 -p {port} -c \"{sql}\"",
+        labels[0], labels[1]
     );
-    show(&mut agent.exec(
-        &["warden/identity=recsys-agent", "warden/class=ai-agent"],
-        &[
-            psql,
-            "-X",
-            "-U",
-            "postgres",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-c",
-            sql,
-        ],
-    ));
+    println!("current_user|server_sees|from_port");
+    show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
 
     step("What the audit trail recorded (identity from the kernel, labels from the cgroup)");
     let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
@@ -68,40 +61,14 @@ pub fn demo(warden: &Path) -> Result<()> {
 
     step("Dialling the proxy directly is refused: it serves only flows its redirect created");
     let (ip, proxy_port) = PROXY_V4.split_once(':').unwrap_or_default();
-    println!("$ psql -h {ip} -p {proxy_port}");
-    let ok = show(Command::new(psql).args([
-        "-X", "-U", "postgres", "-h", ip, "-p", proxy_port, "-c", "select 1",
-    ]));
-    println!(
-        "-> {}",
-        if ok {
-            "UNEXPECTED: connected"
-        } else {
-            "refused"
-        }
-    );
+    expect_refused(ip, proxy_port.parse()?, "refused by the proxy");
 
     step("The agent stops: this database fails closed, at once");
     agent.stop();
-    println!("$ psql -h 127.0.0.1 -p {port}");
-    let ok = show(Command::new(psql).args([
-        "-X",
-        "-U",
-        "postgres",
-        "-h",
+    expect_refused(
         "127.0.0.1",
-        "-p",
-        &port,
-        "-c",
-        "select 1",
-    ]));
-    println!(
-        "-> {}",
-        if ok {
-            "UNEXPECTED: connected"
-        } else {
-            "refused by the kernel while no agent serves"
-        }
+        pg.port,
+        "refused by the kernel while no agent serves",
     );
     print!("{}", agent.status());
 
