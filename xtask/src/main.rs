@@ -161,10 +161,12 @@ fn test(filter: Option<String>) -> Result<()> {
     build(false)?;
     // Integration tests attach host-wide programs: one at a time, each cleaning up after itself.
     let mut cmd = cargo();
+    // `--tests`: no doctest pass after the integration tests, so the run closes on their summary.
     cmd.args([
         "test",
         "--package",
         "warden-integration",
+        "--tests",
         "--",
         "--test-threads=1",
     ]);
