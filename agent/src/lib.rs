@@ -8,5 +8,6 @@ pub mod exec;
 pub mod flow;
 pub mod identity;
 pub mod netif;
+pub mod pg;
 pub mod proxy;
 pub mod run;

@@ -1,0 +1,407 @@
+//! Messages from the client (frontend), decoded by borrowing from the read buffer.
+
+use super::{DecodeError, Reader, frame};
+
+/// A start-up packet (the first message on a connection, and again after an SSL/GSS refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup<'a> {
+    Ssl,
+    GssEnc,
+    Cancel {
+        pid: i32,
+        key: &'a [u8],
+    },
+    Startup {
+        version: i32,
+        params: Vec<(&'a str, &'a str)>,
+    },
+}
+
+impl<'a> Startup<'a> {
+    /// Decodes a whole start-up packet (length prefix included).
+    pub fn decode(packet: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b'0', packet.get(4..).unwrap_or_default());
+        let code = r.i32("protocol code")?;
+        match code {
+            frame::SSL_REQUEST => r.finish().map(|()| Self::Ssl),
+            frame::GSSENC_REQUEST => r.finish().map(|()| Self::GssEnc),
+            frame::CANCEL_REQUEST => {
+                let pid = r.i32("process id")?;
+                // Protocol 3.2 (PostgreSQL 18) allows secret keys of up to 256 bytes.
+                let key = r.remaining();
+                if !(4..=256).contains(&key.len()) {
+                    return Err(DecodeError::Invalid {
+                        tag: '0',
+                        what: format!("cancel key of {} bytes", key.len()),
+                    });
+                }
+                Ok(Self::Cancel { pid, key })
+            }
+            v if v >> 16 == 3 => {
+                let mut params = Vec::new();
+                loop {
+                    let name = r.cstr("parameter name")?;
+                    if name.is_empty() {
+                        break;
+                    }
+                    params.push((name, r.cstr("parameter value")?));
+                }
+                r.finish()?;
+                Ok(Self::Startup { version: v, params })
+            }
+            other => Err(DecodeError::Invalid {
+                tag: '0',
+                what: format!("unsupported protocol code {other}"),
+            }),
+        }
+    }
+}
+
+/// The parts of a Bind message the proxy needs, with the parameters left encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    /// Parameter format codes (0 text, 1 binary), big-endian i16 each.
+    pub param_formats: &'a [u8],
+    pub param_count: u16,
+    /// The encoded parameter values (each an i32 length, -1 for NULL, then bytes).
+    params: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    /// Each parameter's value (`None` for SQL NULL) and whether it is in binary format.
+    pub fn params(&self) -> impl Iterator<Item = (Option<&'a [u8]>, bool)> + 'a {
+        let formats = self.param_formats;
+        let nformats = formats.len() / 2;
+        let mut rest = self.params;
+        (0..self.param_count as usize).map(move |i| {
+            let format = match nformats {
+                0 => 0,
+                1 => i16::from_be_bytes([formats[0], formats[1]]),
+                _ => i16::from_be_bytes([formats[2 * i], formats[2 * i + 1]]),
+            };
+            // Validated at decode: lengths are in bounds.
+            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            rest = &rest[4..];
+            let value = if len < 0 {
+                None
+            } else {
+                let (v, r) = rest.split_at(len as usize);
+                rest = r;
+                Some(v)
+            };
+            (value, format == 1)
+        })
+    }
+}
+
+/// A regular message from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend<'a> {
+    Query(&'a str),
+    Parse {
+        name: &'a str,
+        sql: &'a str,
+        param_types: Vec<u32>,
+    },
+    Bind(Bind<'a>),
+    /// `kind` is b'S' (statement) or b'P' (portal).
+    Describe {
+        kind: u8,
+        name: &'a str,
+    },
+    Execute {
+        portal: &'a str,
+        max_rows: i32,
+    },
+    Close {
+        kind: u8,
+        name: &'a str,
+    },
+    Sync,
+    Flush,
+    Terminate,
+    CopyData(&'a [u8]),
+    CopyDone,
+    CopyFail(&'a str),
+    FunctionCall {
+        function_oid: u32,
+    },
+    /// PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse: opaque, never logged.
+    AuthResponse(&'a [u8]),
+}
+
+impl<'a> Frontend<'a> {
+    /// Decodes a message body given its type byte.
+    pub fn decode(tag: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(tag, body);
+        let msg = match tag {
+            b'Q' => {
+                let sql = r.cstr("query")?;
+                r.finish()?;
+                Self::Query(sql)
+            }
+            b'P' => {
+                let name = r.cstr("statement name")?;
+                let sql = r.cstr("query")?;
+                let n = r.i16("parameter type count")?;
+                if n < 0 {
+                    return Err(invalid(tag, format!("negative parameter type count {n}")));
+                }
+                let mut param_types = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    param_types.push(r.i32("parameter type")? as u32);
+                }
+                r.finish()?;
+                Self::Parse {
+                    name,
+                    sql,
+                    param_types,
+                }
+            }
+            b'B' => Self::Bind(decode_bind(&mut r)?),
+            b'D' | b'C' => {
+                let kind = r.u8("kind")?;
+                if kind != b'S' && kind != b'P' {
+                    return Err(invalid(
+                        tag,
+                        format!("kind {:?} is neither 'S' nor 'P'", kind as char),
+                    ));
+                }
+                let name = r.cstr("name")?;
+                r.finish()?;
+                if tag == b'D' {
+                    Self::Describe { kind, name }
+                } else {
+                    Self::Close { kind, name }
+                }
+            }
+            b'E' => {
+                let portal = r.cstr("portal name")?;
+                let max_rows = r.i32("row limit")?;
+                r.finish()?;
+                Self::Execute { portal, max_rows }
+            }
+            b'S' => r.finish().map(|()| Self::Sync)?,
+            b'H' => r.finish().map(|()| Self::Flush)?,
+            b'X' => r.finish().map(|()| Self::Terminate)?,
+            b'd' => Self::CopyData(body),
+            b'c' => r.finish().map(|()| Self::CopyDone)?,
+            b'f' => {
+                let reason = r.cstr("reason")?;
+                r.finish()?;
+                Self::CopyFail(reason)
+            }
+            b'F' => Self::FunctionCall {
+                function_oid: r.i32("function oid")? as u32,
+            },
+            b'p' => Self::AuthResponse(body),
+            other => return Err(DecodeError::UnknownTag(other as char)),
+        };
+        Ok(msg)
+    }
+}
+
+fn invalid(tag: u8, what: String) -> DecodeError {
+    DecodeError::Invalid {
+        tag: tag as char,
+        what,
+    }
+}
+
+fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
+    let tag = b'B';
+    let portal = r.cstr("portal name")?;
+    let statement = r.cstr("statement name")?;
+    let nformats = r.i16("parameter format count")?;
+    if nformats < 0 {
+        return Err(invalid(tag, format!("negative format count {nformats}")));
+    }
+    let param_formats = r.bytes(2 * nformats as usize, "parameter formats")?;
+    for f in param_formats.chunks_exact(2) {
+        let f = i16::from_be_bytes([f[0], f[1]]);
+        if f != 0 && f != 1 {
+            return Err(invalid(tag, format!("parameter format code {f}")));
+        }
+    }
+    let nparams = r.i16("parameter count")?;
+    if nparams < 0 {
+        return Err(invalid(tag, format!("negative parameter count {nparams}")));
+    }
+    if nformats > 1 && nformats != nparams {
+        return Err(invalid(
+            tag,
+            format!("{nformats} format codes for {nparams} parameters"),
+        ));
+    }
+    let start = r.remaining();
+    for _ in 0..nparams {
+        let len = r.i32("parameter length")?;
+        if len < -1 {
+            return Err(invalid(tag, format!("parameter length {len}")));
+        }
+        if len > 0 {
+            r.bytes(len as usize, "parameter value")?;
+        }
+    }
+    let params = &start[..start.len() - r.remaining().len()];
+    let nresults = r.i16("result format count")?;
+    if nresults < 0 {
+        return Err(invalid(
+            tag,
+            format!("negative result format count {nresults}"),
+        ));
+    }
+    r.bytes(2 * nresults as usize, "result formats")?;
+    r.finish()?;
+    Ok(Bind {
+        portal,
+        statement,
+        param_formats,
+        param_count: nparams as u16,
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind_body(formats: &[i16], params: &[Option<&[u8]>], results: &[i16]) -> Vec<u8> {
+        let mut b = b"p1\0s1\0".to_vec();
+        b.extend((formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend(f.to_be_bytes());
+        }
+        b.extend((params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend(*v);
+                }
+            }
+        }
+        b.extend((results.len() as i16).to_be_bytes());
+        for f in results {
+            b.extend(f.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn startup_packets() {
+        let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+        p.extend(b"user\0alice\0database\0db\0\0");
+        let len = p.len() as u32;
+        p[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            Startup::decode(&p),
+            Ok(Startup::Startup {
+                version: 196_608,
+                params: vec![("user", "alice"), ("database", "db")]
+            })
+        );
+        assert_eq!(
+            Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 47]),
+            Ok(Startup::Ssl)
+        );
+        assert_eq!(
+            Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 48]),
+            Ok(Startup::GssEnc)
+        );
+        assert_eq!(
+            Startup::decode(&[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 7, 1, 2, 3, 4]),
+            Ok(Startup::Cancel {
+                pid: 7,
+                key: &[1, 2, 3, 4]
+            })
+        );
+        assert!(
+            Startup::decode(&[0, 0, 0, 8, 0, 2, 0, 0]).is_err(),
+            "protocol 2 is refused"
+        );
+        assert!(
+            Startup::decode(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b's']).is_err(),
+            "unterminated"
+        );
+    }
+
+    #[test]
+    fn bind_round_trips_parameters() {
+        let body = bind_body(&[1], &[Some(b"\0\0\0\x2a"), None, Some(b"")], &[0]);
+        let Frontend::Bind(b) = Frontend::decode(b'B', &body).unwrap() else {
+            panic!()
+        };
+        assert_eq!((b.portal, b.statement, b.param_count), ("p1", "s1", 3));
+        let params: Vec<_> = b.params().collect();
+        assert_eq!(
+            params,
+            vec![
+                (Some(&b"\0\0\0\x2a"[..]), true),
+                (None, true),
+                (Some(&b""[..]), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_bind_is_rejected_not_panicking() {
+        let good = bind_body(&[0, 1], &[Some(b"1"), Some(b"2")], &[]);
+        for cut in 0..good.len() {
+            assert!(
+                Frontend::decode(b'B', &good[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(Frontend::decode(b'B', &bind_body(&[0, 1, 0], &[Some(b"1")], &[])).is_err());
+        assert!(Frontend::decode(b'B', &bind_body(&[7], &[Some(b"1")], &[])).is_err());
+        let mut huge = bind_body(&[], &[Some(b"1")], &[]);
+        huge[10..14].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(Frontend::decode(b'B', &huge).is_err());
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(
+            Frontend::decode(b'Q', b"select 1\0"),
+            Ok(Frontend::Query("select 1"))
+        );
+        assert!(Frontend::decode(b'Q', b"select 1").is_err(), "missing NUL");
+        assert!(
+            Frontend::decode(b'Q', b"select \xff\0").is_err(),
+            "not UTF-8"
+        );
+        assert_eq!(
+            Frontend::decode(b'P', b"s\0select $1\0\0\x01\0\0\0\x17"),
+            Ok(Frontend::Parse {
+                name: "s",
+                sql: "select $1",
+                param_types: vec![23]
+            })
+        );
+        assert_eq!(
+            Frontend::decode(b'E', b"\0\0\0\0\0"),
+            Ok(Frontend::Execute {
+                portal: "",
+                max_rows: 0
+            })
+        );
+        assert_eq!(
+            Frontend::decode(b'D', b"Sname\0"),
+            Ok(Frontend::Describe {
+                kind: b'S',
+                name: "name"
+            })
+        );
+        assert!(Frontend::decode(b'D', b"Xname\0").is_err());
+        assert_eq!(Frontend::decode(b'S', b""), Ok(Frontend::Sync));
+        assert!(Frontend::decode(b'S', b"x").is_err());
+        assert_eq!(
+            Frontend::decode(b'?', b""),
+            Err(DecodeError::UnknownTag('?'))
+        );
+    }
+}
