@@ -37,6 +37,14 @@ pub enum Event {
         client: SocketAddr,
         /// The agent's local address toward the database (what the server sees as its client).
         upstream_local: Option<SocketAddr>,
+        /// The database user and database name from the start-up message.
+        db_user: Option<String>,
+        db_name: Option<String>,
+        application_name: Option<String>,
+        client_tls: bool,
+        upstream_tls: bool,
+        /// The connection carried a CancelRequest, not a session.
+        cancel_request: bool,
         identity: Identity,
     },
     /// A proxied connection ended.
@@ -45,6 +53,9 @@ pub enum Event {
         database: String,
         bytes_from_client: u64,
         bytes_from_server: u64,
+        /// Statements the server completed, and rows it returned.
+        statements: u64,
+        rows: u64,
         duration_ms: u64,
         /// Why it ended abnormally, and who caused it.
         error: Option<String>,

@@ -9,6 +9,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 /// A configuration problem, naming the file and what is wrong with it.
@@ -59,11 +61,56 @@ pub enum Protocol {
     Tcp,
 }
 
+/// Upstream TLS, with libpq's `sslmode` meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    /// Encrypt if the server agrees; no certificate check (libpq's default).
+    #[default]
+    Prefer,
+    /// Encrypt or fail; no certificate check unless a CA is given.
+    Require,
+    /// Encrypt, and the certificate chain must lead to `ca`.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the server.
+    VerifyFull,
+}
+
+/// TLS toward one database.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file of the CA(s) that sign the server certificate.
+    pub ca: Option<PathBuf>,
+    /// Name to verify (verify-full) and send as SNI; defaults to the host of `address`.
+    pub server_name: Option<String>,
+    #[serde(skip)]
+    pub client_config: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The certificate the proxy presents to clients that ask for TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(skip)]
+    pub server_config: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Where a database listens: exact addresses, or a port on any address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseAddress {
-    /// Every address the host:port resolved to at load time.
+    /// An IP address and port.
     Exact(Vec<SocketAddr>),
+    /// A host name and port: every address it resolved to at load time.
+    Host {
+        host: String,
+        addrs: Vec<SocketAddr>,
+    },
     /// `*:PORT`: the port on every address, including ones a workload might try instead.
     AnyAddress(u16),
 }
@@ -103,7 +150,10 @@ impl TryFrom<String> for DatabaseAddress {
         if addrs.is_empty() {
             return Err(format!("{host:?} resolved to no address"));
         }
-        Ok(Self::Exact(addrs))
+        Ok(Self::Host {
+            host: host.to_string(),
+            addrs,
+        })
     }
 }
 
@@ -129,6 +179,10 @@ impl fmt::Display for DatabaseAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AnyAddress(port) => write!(f, "*:{port}"),
+            Self::Host { host, addrs } => {
+                let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                write!(f, "{host} ({})", parts.join(","))
+            }
             Self::Exact(addrs) => {
                 let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 write!(f, "{}", parts.join(","))
@@ -154,6 +208,22 @@ pub struct Database {
     /// Upstream connect timeout in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// Whether replication connections (`replication=...` at start-up) may pass.
+    #[serde(default)]
+    pub allow_replication: bool,
+}
+
+impl Database {
+    /// The name to verify and send as SNI upstream: `tls.server_name`, else the host name of
+    /// `address`, else none (an IP address is then checked against the certificate).
+    pub fn tls_server_name(&self) -> Option<&str> {
+        self.tls.server_name.as_deref().or(match &self.address {
+            DatabaseAddress::Host { host, .. } => Some(host.as_str()),
+            _ => None,
+        })
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -183,6 +253,17 @@ pub struct ProxyConfig {
     /// The dummy interface that carries the listener addresses; `null` to manage none.
     #[serde(default = "default_interface")]
     pub interface: Option<String>,
+    /// TLS toward clients that ask for it; without it, SSLRequest is answered 'N'.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    /// Largest protocol message the proxy decodes (queries, Bind parameters, COPY data).
+    /// DataRows and COPY OUT data are streamed and bounded by PostgreSQL's own 1 GiB limit.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    256 * 1024 * 1024
 }
 
 fn default_listen_v4() -> SocketAddr {
@@ -204,6 +285,8 @@ impl Default for ProxyConfig {
             listen_v4: default_listen_v4(),
             listen_v6: default_listen_v6(),
             interface: default_interface(),
+            tls: None,
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -342,6 +425,32 @@ impl Config {
                 ));
             }
         }
+        let mut raw = raw;
+        for (i, db) in raw.databases.iter_mut().enumerate() {
+            let field = |f: &str| format!("databases[{i}].tls.{f}");
+            if matches!(db.tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && db.tls.ca.is_none()
+            {
+                return Err(invalid(
+                    field("ca"),
+                    format!("{:?} needs a CA file", db.tls.mode),
+                ));
+            }
+            db.tls.client_config =
+                crate::proxy::tls::client_config(db.tls.mode, db.tls.ca.as_deref())
+                    .map_err(|e| invalid(field("ca"), e.to_string()))?;
+        }
+        if let Some(tls) = raw.proxy.tls.as_mut() {
+            tls.server_config = Some(
+                crate::proxy::tls::server_config(&tls.cert, &tls.key)
+                    .map_err(|e| invalid("proxy.tls".into(), e.to_string()))?,
+            );
+        }
+        if raw.proxy.max_message_bytes < 64 * 1024 {
+            return Err(invalid(
+                "proxy.max_message_bytes".into(),
+                "expected at least 65536".into(),
+            ));
+        }
         if !raw.proxy.listen_v4.is_ipv4() || raw.proxy.listen_v4.port() == 0 {
             return Err(invalid(
                 "proxy.listen_v4".into(),
@@ -411,7 +520,7 @@ mod tests {
             c.databases[1].address,
             DatabaseAddress::Exact(vec!["[::1]:5432".parse().unwrap()])
         );
-        let DatabaseAddress::Exact(local) = &c.databases[2].address else {
+        let DatabaseAddress::Host { addrs: local, .. } = &c.databases[2].address else {
             panic!("localhost is exact")
         };
         assert!(

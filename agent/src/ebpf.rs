@@ -365,7 +365,7 @@ pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
         };
         match &db.address {
             DatabaseAddress::AnyAddress(port) => out.push((Endpoint::any_address(*port), policy)),
-            DatabaseAddress::Exact(addrs) => {
+            DatabaseAddress::Exact(addrs) | DatabaseAddress::Host { addrs, .. } => {
                 out.extend(addrs.iter().map(|a| (endpoint_of(*a), policy)))
             }
         }

@@ -101,6 +101,8 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
         own_cgroup,
         upstream_mark: UPSTREAM_MARK,
         sessions: SessionIds::new(),
+        cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
+        hooks: Arc::new(proxy::postgres::hooks::AllowAll),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {

@@ -47,10 +47,6 @@ impl<'a> Reader<'a> {
         self.buf
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
     pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let (&b, rest) = self.buf.split_first().ok_or_else(|| self.truncated(what))?;
         self.buf = rest;

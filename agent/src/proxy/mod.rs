@@ -1,10 +1,11 @@
 //! The proxy listener: accepts only flows the redirect created, attributes them, connects to
 //! the original destination (exempt from the redirect) and relays.
 //!
-//! For now every protocol is relayed as bytes; the PostgreSQL protocol session replaces the
-//! relay for `protocol: postgres` databases.
+//! `protocol: postgres` databases get a full PostgreSQL protocol session (`postgres`); other
+//! TCP protocols are relayed as bytes with connection-level records.
 
-mod pg_startup;
+pub mod postgres;
+pub mod tls;
 
 use std::{
     io,
@@ -27,8 +28,6 @@ use crate::{
     identity::Resolver,
 };
 
-pub use pg_startup::error_response;
-
 /// What every session shares: an immutable config snapshot and the agent's services.
 pub struct Shared {
     pub config: Arc<Config>,
@@ -40,6 +39,10 @@ pub struct Shared {
     /// SO_MARK on upstream sockets (checked by connect4/6 together with `own_cgroup`).
     pub upstream_mark: u32,
     pub sessions: SessionIds,
+    /// Live PostgreSQL sessions by backend key, for CancelRequest routing.
+    pub cancels: Arc<postgres::cancel::CancelRegistry>,
+    /// Statement hooks for PostgreSQL sessions.
+    pub hooks: Arc<dyn postgres::hooks::SessionHooks>,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -70,15 +73,13 @@ impl Default for SessionIds {
     }
 }
 
-/// Why a session ended abnormally, and whose fault it was.
+/// The upstream connection could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("upstream {dst} unreachable: {source}")]
-    UpstreamUnreachable { dst: OrigDst, source: io::Error },
-    #[error("upstream {dst} did not answer within {timeout_ms} ms")]
-    UpstreamTimeout { dst: OrigDst, timeout_ms: u64 },
-    #[error("relay: {0}")]
-    Relay(io::Error),
+pub enum UpstreamError {
+    #[error("{0}")]
+    Unreachable(io::Error),
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
 }
 
 /// Accepts connections until the task is dropped.
@@ -98,7 +99,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: ClientAddr) {
+async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let Some(origin) = shared.kernel.flows().take(peer.0) else {
         // Only flows the redirect created have a record: anything else dialled the proxy
         // directly (or from another host) and is refused without a byte.
@@ -116,7 +117,8 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: ClientAddr) {
         });
         return;
     }
-    let Some(db) = shared.config.databases.get(origin.database_id as usize) else {
+    let database_index = origin.database_id as usize;
+    let Some(db) = shared.config.databases.get(database_index) else {
         shared.audit.record(Event::ProxyRefused {
             client: peer.0,
             reason: "flow for an unknown database".into(),
@@ -127,72 +129,144 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: ClientAddr) {
     let identity = shared.resolver.resolve(&facts);
     let session = shared.sessions.next();
     let started = Instant::now();
-    let upstream = connect_upstream(orig_dst, shared.upstream_mark, db).await;
-    let upstream_local = upstream.as_ref().ok().and_then(|s| s.local_addr().ok());
-    shared.audit.record(Event::ConnectionOpen {
-        session,
-        database: db.name.clone(),
-        orig_dst: orig_dst.0,
-        client: peer.0,
-        upstream_local,
-        identity,
-    });
-    let (from_client, from_server, error) = match upstream {
-        Err(err) => {
-            tracing::warn!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
-            if db.protocol == Protocol::Postgres {
-                let message = format!(
-                    "warden: database \"{}\" at {} is unreachable: {}",
-                    db.name, orig_dst, err
-                );
-                pg_startup::refuse(&mut client, "08001", &message).await;
+    let _ = client.set_nodelay(true);
+    let open = |r: SessionOpen| {
+        shared.audit.record(Event::ConnectionOpen {
+            session,
+            database: db.name.clone(),
+            orig_dst: orig_dst.0,
+            client: peer.0,
+            upstream_local: r.upstream_local,
+            db_user: r.db_user,
+            db_name: r.db_name,
+            application_name: r.application_name,
+            client_tls: r.client_tls,
+            upstream_tls: r.upstream_tls,
+            cancel_request: r.cancel_request,
+            identity: identity.clone(),
+        })
+    };
+    let close = match db.protocol {
+        Protocol::Postgres => {
+            let ctx = postgres::SessionContext {
+                database: db.clone(),
+                database_index,
+                orig_dst,
+                upstream_mark: shared.upstream_mark,
+                client_tls: shared
+                    .config
+                    .proxy
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.server_config.clone()),
+                max_message: shared.config.proxy.max_message_bytes,
+                hooks: shared.hooks.clone(),
+                cancels: shared.cancels.clone(),
+            };
+            let report = postgres::run(&ctx, client, |r| {
+                open(SessionOpen {
+                    upstream_local: r.upstream_local,
+                    db_user: r.db_user.clone(),
+                    db_name: r.db_name.clone(),
+                    application_name: r.application_name.clone(),
+                    client_tls: r.client_tls,
+                    upstream_tls: r.upstream_tls,
+                    cancel_request: r.cancel_request,
+                })
+            })
+            .await;
+            if let Some(error) = &report.error {
+                tracing::debug!(database = %db.name, %orig_dst, %error, "session ended with an error");
             }
-            (0, 0, Some(err.to_string()))
+            (
+                report.bytes_from_client,
+                report.bytes_from_server,
+                report.statements,
+                report.rows,
+                report.error,
+            )
         }
-        Ok(mut upstream) => {
-            let _ = client.set_nodelay(true);
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((c, s)) => (c, s, None),
-                Err(err) => (0, 0, Some(SessionError::Relay(err).to_string())),
-            }
+        Protocol::Tcp => {
+            let (c, s, error) = relay_bytes(&shared, db, orig_dst, client, open).await;
+            (c, s, 0, 0, error)
         }
     };
     shared.audit.record(Event::ConnectionClose {
         session,
         database: db.name.clone(),
-        bytes_from_client: from_client,
-        bytes_from_server: from_server,
+        bytes_from_client: close.0,
+        bytes_from_server: close.1,
+        statements: close.2,
+        rows: close.3,
         duration_ms: started.elapsed().as_millis() as u64,
-        error,
+        error: close.4,
     });
 }
 
+/// What is known when the upstream connection opens.
+#[derive(Default)]
+struct SessionOpen {
+    upstream_local: Option<SocketAddr>,
+    db_user: Option<String>,
+    db_name: Option<String>,
+    application_name: Option<String>,
+    client_tls: bool,
+    upstream_tls: bool,
+    cancel_request: bool,
+}
+
+/// Connection-level governance for protocols without a module: relay bytes both ways.
+async fn relay_bytes(
+    shared: &Shared,
+    db: &Database,
+    orig_dst: OrigDst,
+    mut client: TcpStream,
+    open: impl FnOnce(SessionOpen),
+) -> (u64, u64, Option<String>) {
+    match connect_upstream(orig_dst, shared.upstream_mark, db.connect_timeout_ms).await {
+        Err(err) => {
+            tracing::warn!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
+            open(SessionOpen::default());
+            (
+                0,
+                0,
+                Some(format!("upstream {orig_dst} unreachable: {err}")),
+            )
+        }
+        Ok(mut upstream) => {
+            open(SessionOpen {
+                upstream_local: upstream.local_addr().ok(),
+                ..SessionOpen::default()
+            });
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((c, s)) => (c, s, None),
+                Err(err) => (0, 0, Some(format!("relay: {err}"))),
+            }
+        }
+    }
+}
+
 /// Connects to the original destination with the agent's mark, so connect4/6 let it through.
-async fn connect_upstream(
+pub async fn connect_upstream(
     dst: OrigDst,
     mark: u32,
-    db: &Database,
-) -> Result<TcpStream, SessionError> {
-    let unreachable = |source| SessionError::UpstreamUnreachable { dst, source };
+    timeout_ms: u64,
+) -> Result<TcpStream, UpstreamError> {
     let domain = socket2::Domain::for_address(dst.0);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(unreachable)?;
-    socket.set_mark(mark).map_err(unreachable)?;
-    socket.set_nonblocking(true).map_err(unreachable)?;
-    socket.set_tcp_nodelay(true).map_err(unreachable)?;
+        .map_err(UpstreamError::Unreachable)?;
+    socket.set_mark(mark).map_err(UpstreamError::Unreachable)?;
+    socket
+        .set_nonblocking(true)
+        .map_err(UpstreamError::Unreachable)?;
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(UpstreamError::Unreachable)?;
     let socket = TcpSocket::from_std_stream(socket.into());
-    match tokio::time::timeout(
-        Duration::from_millis(db.connect_timeout_ms),
-        socket.connect(dst.0),
-    )
-    .await
-    {
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), socket.connect(dst.0)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(unreachable(source)),
-        Err(_) => Err(SessionError::UpstreamTimeout {
-            dst,
-            timeout_ms: db.connect_timeout_ms,
-        }),
+        Ok(Err(source)) => Err(UpstreamError::Unreachable(source)),
+        Err(_) => Err(UpstreamError::Timeout(timeout_ms)),
     }
 }
 

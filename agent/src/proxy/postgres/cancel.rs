@@ -1,0 +1,47 @@
+//! Cancel requests. A client cancels by opening a new connection (which the redirect also
+//! captures) and sending its session's backend process id and secret key; the agent maps that
+//! key to the session's upstream and forwards the request there.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use crate::flow::OrigDst;
+
+/// Where a session's cancel requests must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub orig_dst: OrigDst,
+    /// Index of the database in the configuration (for its TLS settings).
+    pub database: usize,
+}
+
+/// Live sessions by backend key.
+#[derive(Default)]
+pub struct CancelRegistry {
+    sessions: Mutex<HashMap<(i32, Vec<u8>), CancelTarget>>,
+}
+
+impl CancelRegistry {
+    pub fn register(&self, pid: i32, key: &[u8], target: CancelTarget) {
+        self.lock().insert((pid, key.to_vec()), target);
+    }
+
+    pub fn unregister(&self, pid: i32, key: &[u8]) {
+        self.lock().remove(&(pid, key.to_vec()));
+    }
+
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
+        self.lock().get(&(pid, key.to_vec())).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Vec<u8>), CancelTarget>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

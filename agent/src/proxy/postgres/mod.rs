@@ -1,0 +1,682 @@
+//! A PostgreSQL session through the proxy: start-up and TLS on both legs, authentication
+//! passthrough, then two relay loops (client to server, server to client) that feed every
+//! message to the session's one protocol state machine and call the statement hooks.
+//!
+//! Relaying is chunked: each read is scanned for message boundaries and written on in one
+//! piece unless a message has to be replaced. DataRow and CopyData bodies are never decoded
+//! (or buffered whole) unless a hook asks for rows.
+
+pub mod cancel;
+pub mod hooks;
+pub mod startup;
+pub mod state;
+pub mod stream;
+
+use std::{
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::{Buf as _, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use self::{
+    cancel::{CancelRegistry, CancelTarget},
+    hooks::{SessionHooks, StatementInfo, Verdict},
+    startup::{ClientStart, SessionStart},
+    state::{BackendAction, Phase, ProtocolError, ProtocolState, QueryProtocol},
+    stream::MaybeTls,
+};
+use crate::{
+    config::{Database, TlsMode},
+    flow::OrigDst,
+    pg::{
+        backend::{AUTH_SASL, Backend, sasl_mechanisms},
+        error::{Severity, error_message, sqlstate},
+        frame::{self, put_message},
+        frontend::Frontend,
+    },
+};
+
+/// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
+const MAX_STREAMED: usize = 1 << 30;
+/// How long a client may take to send its start-up packet.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The statement the proxy sends in place of a refused one: it fails in the parser, before
+/// anything runs, so the server's own error handling (aborting the transaction or skipping the
+/// rest of an extended-protocol batch) stays exactly PostgreSQL's. Its error is then replaced.
+const POISON_SQL: &str = "WARDEN STATEMENT REFUSED";
+
+/// Everything a session needs from the agent.
+pub struct SessionContext {
+    pub database: Database,
+    pub database_index: usize,
+    pub orig_dst: OrigDst,
+    pub upstream_mark: u32,
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_message: usize,
+    pub hooks: Arc<dyn SessionHooks>,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+/// What happened in a session, for the audit trail.
+#[derive(Debug, Default, Clone)]
+pub struct SessionReport {
+    pub db_user: Option<String>,
+    pub db_name: Option<String>,
+    pub application_name: Option<String>,
+    pub client_tls: bool,
+    pub upstream_tls: bool,
+    pub upstream_local: Option<std::net::SocketAddr>,
+    pub cancel_request: bool,
+    pub bytes_from_client: u64,
+    pub bytes_from_server: u64,
+    pub statements: u64,
+    pub rows: u64,
+    /// Why the session ended abnormally, and who caused it.
+    pub error: Option<String>,
+}
+
+/// Why a session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Start(#[from] startup::StartError),
+    #[error("upstream {dst} unreachable: {source}")]
+    UpstreamUnreachable { dst: OrigDst, source: io::Error },
+    #[error("upstream {dst} did not accept a connection within {timeout_ms} ms")]
+    UpstreamTimeout { dst: OrigDst, timeout_ms: u64 },
+    #[error("upstream {dst} refused TLS, which tls.mode {mode:?} requires")]
+    UpstreamTlsRefused { dst: OrigDst, mode: TlsMode },
+    #[error("upstream {dst}: TLS handshake failed: {source}")]
+    UpstreamTls { dst: OrigDst, source: io::Error },
+    #[error("replication connection refused (allow_replication is off)")]
+    ReplicationRefused,
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("client: {0}")]
+    ClientIo(io::Error),
+    #[error("upstream: {0}")]
+    UpstreamIo(io::Error),
+    #[error("upstream closed the connection")]
+    UpstreamClosed,
+}
+
+/// Runs a session on an accepted, attributed client connection. `on_open` is called once the
+/// upstream connection exists (the audit trail's connection record).
+pub async fn run(
+    ctx: &SessionContext,
+    client: TcpStream,
+    on_open: impl FnOnce(&SessionReport),
+) -> SessionReport {
+    let mut report = SessionReport::default();
+    if let Err(err) = run_inner(ctx, client, &mut report, on_open).await {
+        report.error = Some(err.to_string());
+    }
+    report
+}
+
+async fn run_inner(
+    ctx: &SessionContext,
+    client: TcpStream,
+    report: &mut SessionReport,
+    on_open: impl FnOnce(&SessionReport),
+) -> Result<(), SessionError> {
+    let start = startup::negotiate(client, ctx.client_tls.as_ref(), STARTUP_TIMEOUT).await?;
+    let mut start = match start {
+        ClientStart::Cancel {
+            packet, pid, key, ..
+        } => {
+            report.cancel_request = true;
+            on_open(report);
+            return forward_cancel(ctx, &packet, pid, &key).await;
+        }
+        ClientStart::Session(s) => s,
+    };
+    report.client_tls = start.stream.is_tls();
+    report.db_user = start.user.clone();
+    report.db_name = start.database.clone();
+    report.application_name = start.application_name.clone();
+    if start.replication.is_some() && !ctx.database.allow_replication {
+        let message = format!(
+            "warden: replication connections to database \"{}\" are not allowed (allow_replication is off)",
+            ctx.database.name
+        );
+        startup::refuse(
+            &mut start.stream,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            &message,
+        )
+        .await;
+        on_open(report);
+        return Err(SessionError::ReplicationRefused);
+    }
+    let upstream = match connect(ctx).await {
+        Ok(u) => u,
+        Err(err) => {
+            let message = format!(
+                "warden: database \"{}\" at {} is unreachable: {err}",
+                ctx.database.name, ctx.orig_dst
+            );
+            startup::refuse(&mut start.stream, sqlstate::UNABLE_TO_CONNECT, &message).await;
+            on_open(report);
+            return Err(err);
+        }
+    };
+    report.upstream_tls = upstream.0.is_tls();
+    report.upstream_local = upstream.1;
+    on_open(report);
+    relay(ctx, start, upstream.0, report).await
+}
+
+/// Opens the upstream connection (exempt from the redirect by the agent's mark) and negotiates
+/// TLS as the database's `tls.mode` says.
+async fn connect(
+    ctx: &SessionContext,
+) -> Result<(MaybeTls, Option<std::net::SocketAddr>), SessionError> {
+    let dst = ctx.orig_dst;
+    let db = &ctx.database;
+    let mut tcp = super::connect_upstream(dst, ctx.upstream_mark, db.connect_timeout_ms)
+        .await
+        .map_err(|e| match e {
+            super::UpstreamError::Unreachable(source) => {
+                SessionError::UpstreamUnreachable { dst, source }
+            }
+            super::UpstreamError::Timeout(timeout_ms) => {
+                SessionError::UpstreamTimeout { dst, timeout_ms }
+            }
+        })?;
+    let local = tcp.local_addr().ok();
+    let Some(config) = db.tls.client_config.clone() else {
+        return Ok((MaybeTls::Plain(tcp), local));
+    };
+    let io = |source| SessionError::UpstreamIo(source);
+    let mut request = Vec::with_capacity(8);
+    request.extend_from_slice(&8u32.to_be_bytes());
+    request.extend_from_slice(&frame::SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&request).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let name =
+                match db.tls_server_name() {
+                    Some(host) => rustls_pki_types::ServerName::try_from(host.to_string())
+                        .map_err(|e| SessionError::UpstreamTls {
+                            dst,
+                            source: io::Error::other(e),
+                        })?,
+                    None => rustls_pki_types::ServerName::IpAddress(dst.0.ip().into()),
+                };
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|source| SessionError::UpstreamTls { dst, source })?;
+            Ok((MaybeTls::ClientTls(Box::new(tls)), local))
+        }
+        b'N' if db.tls.mode == TlsMode::Prefer => Ok((MaybeTls::Plain(tcp), local)),
+        b'N' => Err(SessionError::UpstreamTlsRefused {
+            dst,
+            mode: db.tls.mode,
+        }),
+        other => Err(SessionError::Protocol(ProtocolError::Server(format!(
+            "answered SSLRequest with {:?}",
+            other as char
+        )))),
+    }
+}
+
+/// Forwards a CancelRequest to the upstream of the session that owns the key (or, for a key
+/// this agent never saw, to the destination the client dialled: PostgreSQL checks the key).
+async fn forward_cancel(
+    ctx: &SessionContext,
+    packet: &[u8],
+    pid: i32,
+    key: &[u8],
+) -> Result<(), SessionError> {
+    let target = ctx.cancels.lookup(pid, key).unwrap_or(CancelTarget {
+        orig_dst: ctx.orig_dst,
+        database: ctx.database_index,
+    });
+    let cancel_ctx = SessionContext {
+        database: ctx.database.clone(),
+        database_index: target.database,
+        orig_dst: target.orig_dst,
+        upstream_mark: ctx.upstream_mark,
+        client_tls: None,
+        max_message: ctx.max_message,
+        hooks: ctx.hooks.clone(),
+        cancels: ctx.cancels.clone(),
+    };
+    let (mut upstream, _) = connect(&cancel_ctx).await?;
+    upstream
+        .write_all(packet)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    // The server closes the connection without answering.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut sink)).await;
+    Ok(())
+}
+
+/// Relays the session until either side ends it.
+async fn relay(
+    ctx: &SessionContext,
+    start: SessionStart,
+    upstream: MaybeTls,
+    report: &mut SessionReport,
+) -> Result<(), SessionError> {
+    let state = Mutex::new(ProtocolState::new());
+    let (mut client_r, mut client_w) = tokio::io::split(start.stream);
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    up_w.write_all(&start.packet)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    let mut to_server = ClientToServer {
+        ctx,
+        state: &state,
+        bytes: start.packet.len() as u64,
+    };
+    let mut to_client = ServerToClient {
+        ctx,
+        state: &state,
+        bytes: 0,
+        saw_fatal: false,
+        registered: None,
+    };
+    let outcome = tokio::select! {
+        r = to_server.pump(&mut client_r, &mut up_w) => r,
+        r = to_client.pump(&mut up_r, &mut client_w) => r,
+    };
+    if let Some((pid, key)) = &to_client.registered {
+        ctx.cancels.unregister(*pid, key);
+    }
+    report.bytes_from_client = to_server.bytes;
+    report.bytes_from_server = to_client.bytes;
+    {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        report.statements = st.completed;
+        report.rows = st.rows;
+    }
+    let phase = state.lock().unwrap_or_else(|p| p.into_inner()).phase;
+    match outcome {
+        // The client left (after Terminate, or abruptly): the server notices on its own.
+        Ok(Side::Client) => Ok(()),
+        Ok(Side::Server) if phase == Phase::Terminating || to_client.saw_fatal => Ok(()),
+        Ok(Side::Server) | Err(SessionError::UpstreamIo(_)) => {
+            let message = "warden: the connection to the database was lost";
+            let _ = client_w
+                .write_all(&error_message(
+                    Severity::Fatal,
+                    sqlstate::CONNECTION_FAILURE,
+                    message,
+                ))
+                .await;
+            let _ = client_w.shutdown().await;
+            match outcome {
+                Err(e) => Err(e),
+                _ => Err(SessionError::UpstreamClosed),
+            }
+        }
+        Err(SessionError::Protocol(ProtocolError::Client(what))) => {
+            tracing::warn!(database = %ctx.database.name, error = %what, "client protocol violation; session closed");
+            let message = format!("warden: protocol violation: {what}");
+            let _ = client_w
+                .write_all(&error_message(
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &message,
+                ))
+                .await;
+            let _ = client_w.shutdown().await;
+            Err(SessionError::Protocol(ProtocolError::Client(what)))
+        }
+        Err(SessionError::Protocol(ProtocolError::Server(what))) => {
+            tracing::warn!(database = %ctx.database.name, error = %what, "server protocol violation; session closed");
+            let message = format!("warden: the database sent an invalid message: {what}");
+            let _ = client_w
+                .write_all(&error_message(
+                    Severity::Fatal,
+                    sqlstate::INTERNAL_ERROR,
+                    &message,
+                ))
+                .await;
+            let _ = client_w.shutdown().await;
+            Err(SessionError::Protocol(ProtocolError::Server(what)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Which side ended the session cleanly (end of stream).
+enum Side {
+    Client,
+    Server,
+}
+
+fn ensure_spare(buf: &mut BytesMut) {
+    const READ_CHUNK: usize = 64 * 1024;
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+struct ClientToServer<'a> {
+    ctx: &'a SessionContext,
+    state: &'a Mutex<ProtocolState>,
+    bytes: u64,
+}
+
+impl ClientToServer<'_> {
+    async fn pump<R, W>(&mut self, client: &mut R, upstream: &mut W) -> Result<Side, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            ensure_spare(&mut buf);
+            if client
+                .read_buf(&mut buf)
+                .await
+                .map_err(SessionError::ClientIo)?
+                == 0
+            {
+                return Ok(Side::Client);
+            }
+            let mut pos = 0;
+            let mut flushed = 0;
+            while let Some(h) = frame::header(&buf[pos..], self.ctx.max_message)
+                .map_err(|e| ProtocolError::Client(e.to_string()))?
+            {
+                if buf.len() - pos < h.total {
+                    buf.reserve(h.total - (buf.len() - pos));
+                    break;
+                }
+                let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total])
+                    .map_err(ProtocolError::client_decode)?;
+                let verdict = self.judge(&msg);
+                let verdict = match verdict {
+                    Verdict::Hold(decision) => {
+                        // Relay what came before, then wait: the client simply waits too.
+                        upstream
+                            .write_all(&buf[flushed..pos])
+                            .await
+                            .map_err(SessionError::UpstreamIo)?;
+                        flushed = pos;
+                        match decision.await {
+                            Verdict::Hold(_) => Verdict::Deny {
+                                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
+                                message: "warden: the held statement was not decided".into(),
+                            },
+                            decided => decided,
+                        }
+                    }
+                    other => other,
+                };
+                match verdict {
+                    Verdict::Allow | Verdict::Hold(_) => self.lock().on_frontend(&msg, None)?,
+                    Verdict::Deny { sqlstate, message } => {
+                        upstream
+                            .write_all(&buf[flushed..pos])
+                            .await
+                            .map_err(SessionError::UpstreamIo)?;
+                        let (poison, poison_bytes) = poison_for(&msg);
+                        let error = error_message(Severity::Error, &sqlstate, &message);
+                        self.lock().on_frontend(&poison, Some(error))?;
+                        upstream
+                            .write_all(&poison_bytes)
+                            .await
+                            .map_err(SessionError::UpstreamIo)?;
+                        flushed = pos + h.total;
+                    }
+                }
+                pos += h.total;
+            }
+            upstream
+                .write_all(&buf[flushed..pos])
+                .await
+                .map_err(SessionError::UpstreamIo)?;
+            self.bytes += pos as u64;
+            buf.advance(pos);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProtocolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the hooks about statements; everything else passes.
+    fn judge(&self, msg: &Frontend<'_>) -> Verdict {
+        let hooks = &self.ctx.hooks;
+        match msg {
+            Frontend::Query(sql) if self.lock().phase == Phase::Ready => {
+                hooks.before_statement(&StatementInfo {
+                    sql,
+                    protocol: QueryProtocol::Simple,
+                    bind: None,
+                    function_oid: None,
+                })
+            }
+            Frontend::Bind(bind) => {
+                let sql = {
+                    let st = self.lock();
+                    if st.phase != Phase::Ready {
+                        return Verdict::Allow;
+                    }
+                    st.statement(bind.statement).map(|p| p.sql.clone())
+                };
+                let sql = sql.as_deref().unwrap_or("");
+                hooks.before_statement(&StatementInfo {
+                    sql,
+                    protocol: QueryProtocol::Extended,
+                    bind: Some(*bind),
+                    function_oid: None,
+                })
+            }
+            Frontend::FunctionCall { function_oid } => hooks.before_statement(&StatementInfo {
+                sql: "",
+                protocol: QueryProtocol::FunctionCall,
+                bind: None,
+                function_oid: Some(*function_oid),
+            }),
+            _ => Verdict::Allow,
+        }
+    }
+}
+
+/// The message forwarded in place of a refused one: a statement that fails in the parser.
+/// A simple query (or fast-path call) becomes a simple query; an extended-protocol Bind becomes
+/// a Parse, so the server skips the rest of the batch up to Sync exactly as for a real error.
+fn poison_for(msg: &Frontend<'_>) -> (Frontend<'static>, Vec<u8>) {
+    let mut bytes = Vec::with_capacity(64);
+    match msg {
+        Frontend::Bind(_) => {
+            let mut body = Vec::new();
+            body.extend_from_slice(b"warden_refused\0");
+            body.extend_from_slice(POISON_SQL.as_bytes());
+            body.extend_from_slice(&[0, 0, 0]);
+            put_message(&mut bytes, b'P', &body);
+            (
+                Frontend::Parse {
+                    name: "warden_refused",
+                    sql: POISON_SQL,
+                    param_types: Vec::new(),
+                },
+                bytes,
+            )
+        }
+        _ => {
+            let mut body = POISON_SQL.as_bytes().to_vec();
+            body.push(0);
+            put_message(&mut bytes, b'Q', &body);
+            (Frontend::Query(POISON_SQL), bytes)
+        }
+    }
+}
+
+struct ServerToClient<'a> {
+    ctx: &'a SessionContext,
+    state: &'a Mutex<ProtocolState>,
+    bytes: u64,
+    /// The server sent a FATAL error (it closes next; no error of ours is added).
+    saw_fatal: bool,
+    registered: Option<(i32, Vec<u8>)>,
+}
+
+impl ServerToClient<'_> {
+    async fn pump<R, W>(&mut self, upstream: &mut R, client: &mut W) -> Result<Side, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        // Bytes of a streamed (not decoded) message still to relay.
+        let mut streaming = 0usize;
+        let wants_rows = self.ctx.hooks.wants_rows();
+        let mut replacements: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        loop {
+            ensure_spare(&mut buf);
+            if upstream
+                .read_buf(&mut buf)
+                .await
+                .map_err(SessionError::UpstreamIo)?
+                == 0
+            {
+                return Ok(Side::Server);
+            }
+            let mut pos = 0;
+            {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if streaming > 0 {
+                        let take = streaming.min(buf.len() - pos);
+                        pos += take;
+                        streaming -= take;
+                        if streaming > 0 {
+                            break;
+                        }
+                    }
+                    let Some(h) = frame::header(&buf[pos..], MAX_STREAMED)
+                        .map_err(|e| ProtocolError::Server(e.to_string()))?
+                    else {
+                        break;
+                    };
+                    let available = buf.len() - pos;
+                    if (h.tag == b'D' || h.tag == b'd') && !wants_rows {
+                        let msg = if h.tag == b'D' {
+                            Backend::DataRow(&[])
+                        } else {
+                            Backend::CopyData(&[])
+                        };
+                        st.on_backend(&msg)?;
+                        if available >= h.total {
+                            pos += h.total;
+                        } else {
+                            streaming = h.total - available;
+                            pos = buf.len();
+                            break;
+                        }
+                        continue;
+                    }
+                    if available < h.total {
+                        if h.total > self.ctx.max_message {
+                            return Err(ProtocolError::Server(format!(
+                                "message '{}' of {} bytes exceeds the limit of {}",
+                                h.tag as char, h.total, self.ctx.max_message
+                            ))
+                            .into());
+                        }
+                        buf.reserve(h.total - available);
+                        break;
+                    }
+                    let body = &buf[pos + 5..pos + h.total];
+                    let msg = Backend::decode(h.tag, body).map_err(ProtocolError::server_decode)?;
+                    if let Some(replacement) = self.observe(&mut st, &msg)? {
+                        replacements.push((pos, pos + h.total, replacement));
+                    }
+                    pos += h.total;
+                }
+            }
+            let mut flushed = 0;
+            for (start, end, bytes) in replacements.drain(..) {
+                client
+                    .write_all(&buf[flushed..start])
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                client
+                    .write_all(&bytes)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                flushed = end;
+            }
+            client
+                .write_all(&buf[flushed..pos])
+                .await
+                .map_err(SessionError::ClientIo)?;
+            self.bytes += pos as u64;
+            buf.advance(pos);
+        }
+    }
+
+    /// Feeds one decoded server message to the state machine and the hooks; returns bytes to
+    /// send in its place, if any.
+    fn observe(
+        &mut self,
+        st: &mut ProtocolState,
+        msg: &Backend<'_>,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        let hooks = &self.ctx.hooks;
+        match msg {
+            Backend::Authentication {
+                code: AUTH_SASL,
+                data,
+            } => {
+                st.on_backend(msg)?;
+                // Channel binding would bind the client to the proxy's TLS channel, not the
+                // server's: never offer it through the proxy.
+                let mechanisms = sasl_mechanisms(data).map_err(ProtocolError::server_decode)?;
+                if mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+                    let mut body = AUTH_SASL.to_be_bytes().to_vec();
+                    for m in mechanisms.iter().filter(|m| !m.ends_with("-PLUS")) {
+                        body.extend_from_slice(m.as_bytes());
+                        body.push(0);
+                    }
+                    body.push(0);
+                    let mut out = Vec::with_capacity(body.len() + 5);
+                    put_message(&mut out, b'R', &body);
+                    return Ok(Some(out));
+                }
+                return Ok(None);
+            }
+            Backend::BackendKeyData { pid, key } => {
+                self.ctx.cancels.register(
+                    *pid,
+                    key,
+                    CancelTarget {
+                        orig_dst: self.ctx.orig_dst,
+                        database: self.ctx.database_index,
+                    },
+                );
+                self.registered = Some((*pid, key.to_vec()));
+            }
+            Backend::ErrorResponse { fields } => {
+                if crate::pg::backend::field(fields, b'S') == Some("FATAL") {
+                    self.saw_fatal = true;
+                }
+            }
+            Backend::RowDescription { fields } => hooks.on_row_description(st.running(), fields),
+            Backend::DataRow(row) => hooks.on_row(st.running(), row),
+            Backend::CommandComplete { tag } => hooks.on_complete(st.running(), tag),
+            _ => {}
+        }
+        Ok(match st.on_backend(msg)? {
+            BackendAction::Forward => None,
+            BackendAction::Replace(bytes) => Some(bytes),
+        })
+    }
+}

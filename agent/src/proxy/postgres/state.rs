@@ -1,0 +1,684 @@
+//! The one protocol state machine of a PostgreSQL session. Both relay directions feed it every
+//! message they pass, so it always knows the phase, the transaction status, prepared statements
+//! and portals, what the server still owes a response to (in order), and COPY sub-protocols.
+//!
+//! Keeping the expected responses in one ordered queue is what lets the proxy attribute every
+//! result to the statement that produced it, and replace a server error with its own in the
+//! right place. Desynchronised state is the classic proxy bug: every transition is here.
+
+use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+
+use crate::pg::{
+    DecodeError,
+    backend::{AUTH_OK, Backend},
+    frontend::Frontend,
+};
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Start-up packet forwarded; authentication exchange under way.
+    Authenticating,
+    /// AuthenticationOk seen; parameter status and key data until the first ReadyForQuery.
+    Starting,
+    /// Normal operation.
+    Ready,
+    /// The client sent Terminate.
+    Terminating,
+}
+
+/// How a statement reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryProtocol {
+    Simple,
+    Extended,
+    FunctionCall,
+}
+
+/// A statement whose results are on their way.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub sql: Arc<str>,
+    pub protocol: QueryProtocol,
+    pub rows: u64,
+}
+
+/// A response the server owes, in order.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// ParseComplete (a named statement is forgotten again if parsing fails).
+    Parse {
+        name: Option<String>,
+    },
+    Bind,
+    /// ParameterDescription (statements only), then RowDescription or NoData.
+    Describe,
+    Close,
+    /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY first).
+    Execute(Running),
+    /// Any number of result sets, then ReadyForQuery.
+    SimpleQuery(Running),
+    /// FunctionCallResponse, then ReadyForQuery.
+    FunctionCall,
+    /// ReadyForQuery.
+    Sync,
+}
+
+impl Expect {
+    fn ends_with_ready(&self) -> bool {
+        matches!(self, Self::SimpleQuery(_) | Self::FunctionCall | Self::Sync)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    expect: Expect,
+    /// The proxy forwarded a poison message in place of a refused one: the server's error for
+    /// it is replaced by this ErrorResponse.
+    replace_error: Option<Vec<u8>>,
+}
+
+/// COPY sub-protocol in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    None,
+    /// Client sends CopyData until CopyDone / CopyFail.
+    In,
+    /// Server sends CopyData until CopyDone.
+    Out,
+    Both,
+}
+
+/// What the backend relay should do with a server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BackendAction {
+    Forward,
+    /// Send these bytes instead of the message.
+    Replace(Vec<u8>),
+}
+
+/// A protocol violation: who caused it and what it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("client: {0}")]
+    Client(String),
+    #[error("server: {0}")]
+    Server(String),
+}
+
+impl ProtocolError {
+    pub fn client_decode(e: DecodeError) -> Self {
+        Self::Client(e.to_string())
+    }
+    pub fn server_decode(e: DecodeError) -> Self {
+        Self::Server(e.to_string())
+    }
+}
+
+/// A prepared statement as the client created it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: Arc<str>,
+    pub param_types: Vec<u32>,
+}
+
+/// The session's protocol state.
+#[derive(Debug)]
+pub struct ProtocolState {
+    pub phase: Phase,
+    /// 'I' idle, 'T' in a transaction block, 'E' in a failed transaction block.
+    pub tx_status: u8,
+    pub copy: Copy,
+    statements: HashMap<String, Prepared>,
+    /// Portal name -> the SQL it runs.
+    portals: HashMap<String, Arc<str>>,
+    pending: VecDeque<Pending>,
+    /// Server-side process id and cancel key, once the server sent them.
+    pub backend_key: Option<(i32, Vec<u8>)>,
+    /// Statements the server completed (CommandComplete / EmptyQueryResponse).
+    pub completed: u64,
+    /// Rows the server returned.
+    pub rows: u64,
+}
+
+impl Default for ProtocolState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProtocolState {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Authenticating,
+            tx_status: b'I',
+            copy: Copy::None,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            backend_key: None,
+            completed: 0,
+            rows: 0,
+        }
+    }
+
+    /// The SQL a portal runs (the unnamed portal is "").
+    pub fn portal_sql(&self, portal: &str) -> Option<Arc<str>> {
+        self.portals.get(portal).cloned()
+    }
+
+    /// A prepared statement by name (the unnamed statement is "").
+    pub fn statement(&self, name: &str) -> Option<&Prepared> {
+        self.statements.get(name)
+    }
+
+    /// How many responses the server still owes.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The statement whose results are arriving now, if any.
+    pub fn running(&self) -> Option<&Running> {
+        match self.pending.front().map(|p| &p.expect) {
+            Some(Expect::Execute(r) | Expect::SimpleQuery(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Records a client message the relay is about to forward. `replace_error` is set when the
+    /// message forwarded is a poison standing in for a refused one.
+    pub fn on_frontend(
+        &mut self,
+        msg: &Frontend<'_>,
+        replace_error: Option<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        let push = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| {
+            s.pending.push_back(Pending {
+                expect,
+                replace_error,
+            });
+        };
+        match self.phase {
+            Phase::Authenticating => {
+                return match msg {
+                    Frontend::AuthResponse(_) => Ok(()),
+                    Frontend::Terminate => {
+                        self.phase = Phase::Terminating;
+                        Ok(())
+                    }
+                    _ => Err(ProtocolError::Client(
+                        "message other than an authentication response during authentication"
+                            .into(),
+                    )),
+                };
+            }
+            Phase::Starting => {
+                return Err(ProtocolError::Client(
+                    "message sent before the server was ready".into(),
+                ));
+            }
+            Phase::Terminating => {
+                return Err(ProtocolError::Client("message after Terminate".into()));
+            }
+            Phase::Ready => {}
+        }
+        match msg {
+            Frontend::Query(sql) => push(
+                self,
+                Expect::SimpleQuery(Running {
+                    sql: Arc::from(*sql),
+                    protocol: QueryProtocol::Simple,
+                    rows: 0,
+                }),
+                replace_error,
+            ),
+            Frontend::Parse {
+                name,
+                sql,
+                param_types,
+            } => {
+                let named = (!name.is_empty()).then(|| name.to_string());
+                if replace_error.is_none() {
+                    self.statements.insert(
+                        name.to_string(),
+                        Prepared {
+                            sql: Arc::from(*sql),
+                            param_types: param_types.clone(),
+                        },
+                    );
+                }
+                push(self, Expect::Parse { name: named }, replace_error);
+            }
+            Frontend::Bind(bind) => {
+                if replace_error.is_none() {
+                    let sql = self
+                        .statements
+                        .get(bind.statement)
+                        .map_or_else(|| Arc::from(""), |s| s.sql.clone());
+                    self.portals.insert(bind.portal.to_string(), sql);
+                }
+                push(self, Expect::Bind, replace_error);
+            }
+            Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
+            Frontend::Execute { portal, .. } => {
+                let sql = self
+                    .portals
+                    .get(*portal)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(""));
+                push(
+                    self,
+                    Expect::Execute(Running {
+                        sql,
+                        protocol: QueryProtocol::Extended,
+                        rows: 0,
+                    }),
+                    replace_error,
+                );
+            }
+            Frontend::Close { kind, name } => {
+                // Forgotten at once: the server will have closed it before any later message.
+                if *kind == b'S' {
+                    self.statements.remove(*name);
+                } else {
+                    self.portals.remove(*name);
+                }
+                push(self, Expect::Close, replace_error);
+            }
+            Frontend::Sync => push(self, Expect::Sync, replace_error),
+            Frontend::FunctionCall { .. } => push(self, Expect::FunctionCall, replace_error),
+            Frontend::Flush => {}
+            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {
+                // Outside COPY IN the server ignores these (a client may send them after an
+                // error ended the copy); they are relayed as PostgreSQL would see them.
+                if matches!(msg, Frontend::CopyDone | Frontend::CopyFail(_))
+                    && self.copy == Copy::In
+                {
+                    self.copy = Copy::None;
+                }
+            }
+            Frontend::Terminate => self.phase = Phase::Terminating,
+            Frontend::AuthResponse(_) => {
+                return Err(ProtocolError::Client(
+                    "authentication response after authentication".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a server message and says what to relay to the client.
+    pub fn on_backend(&mut self, msg: &Backend<'_>) -> Result<BackendAction, ProtocolError> {
+        match msg {
+            Backend::Authentication { code, .. } => {
+                if self.phase != Phase::Authenticating {
+                    return Err(ProtocolError::Server(
+                        "authentication request after authentication".into(),
+                    ));
+                }
+                if *code == AUTH_OK {
+                    self.phase = Phase::Starting;
+                }
+            }
+            Backend::BackendKeyData { pid, key } => self.backend_key = Some((*pid, key.to_vec())),
+            Backend::ParameterStatus { .. }
+            | Backend::NoticeResponse { .. }
+            | Backend::NotificationResponse { .. } => {}
+            Backend::NegotiateProtocolVersion { .. } => {}
+            Backend::ReadyForQuery { status } => {
+                self.tx_status = *status;
+                self.copy = Copy::None;
+                if self.phase == Phase::Starting {
+                    self.phase = Phase::Ready;
+                    return Ok(BackendAction::Forward);
+                }
+                // Everything up to the message that asked for this ReadyForQuery is settled
+                // (after an error the server skipped the rest of the batch).
+                while let Some(p) = self.pending.pop_front() {
+                    if p.expect.ends_with_ready() {
+                        return Ok(BackendAction::Forward);
+                    }
+                }
+                return Err(ProtocolError::Server(
+                    "ReadyForQuery nothing asked for".into(),
+                ));
+            }
+            Backend::ErrorResponse { .. } => {
+                if matches!(self.phase, Phase::Authenticating | Phase::Starting) {
+                    return Ok(BackendAction::Forward); // fatal; the server closes
+                }
+                self.copy = Copy::None;
+                let replacement = self
+                    .pending
+                    .front_mut()
+                    .and_then(|p| p.replace_error.take());
+                self.on_error();
+                return Ok(replacement.map_or(BackendAction::Forward, BackendAction::Replace));
+            }
+            Backend::ParseComplete => {
+                self.complete(|e| matches!(e, Expect::Parse { .. }), "ParseComplete")?
+            }
+            Backend::BindComplete => {
+                self.complete(|e| matches!(e, Expect::Bind), "BindComplete")?
+            }
+            Backend::CloseComplete => {
+                self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?
+            }
+            Backend::NoData => self.complete(|e| matches!(e, Expect::Describe), "NoData")?,
+            Backend::ParameterDescription { .. } => {
+                if !matches!(
+                    self.pending.front().map(|p| &p.expect),
+                    Some(Expect::Describe)
+                ) {
+                    return Err(ProtocolError::Server(
+                        "ParameterDescription nothing asked for".into(),
+                    ));
+                }
+            }
+            Backend::RowDescription { .. } => match self.pending.front().map(|p| &p.expect) {
+                Some(Expect::Describe) => {
+                    self.pending.pop_front();
+                }
+                Some(Expect::SimpleQuery(_)) => {}
+                _ => {
+                    return Err(ProtocolError::Server(
+                        "RowDescription nothing asked for".into(),
+                    ));
+                }
+            },
+            Backend::DataRow(_) => {
+                self.rows += 1;
+                match self.pending.front_mut().map(|p| &mut p.expect) {
+                    Some(Expect::Execute(r) | Expect::SimpleQuery(r)) => r.rows += 1,
+                    _ => return Err(ProtocolError::Server("DataRow outside a query".into())),
+                }
+            }
+            Backend::CommandComplete { .. } | Backend::EmptyQueryResponse => {
+                self.completed += 1;
+                self.copy = Copy::None;
+                match self.pending.front_mut().map(|p| &mut p.expect) {
+                    Some(Expect::Execute(_)) => {
+                        self.pending.pop_front();
+                    }
+                    // A simple query string may hold several statements.
+                    Some(Expect::SimpleQuery(r)) => r.rows = 0,
+                    _ => {
+                        return Err(ProtocolError::Server(
+                            "CommandComplete nothing asked for".into(),
+                        ));
+                    }
+                }
+            }
+            Backend::PortalSuspended => {
+                self.complete(|e| matches!(e, Expect::Execute(_)), "PortalSuspended")?
+            }
+            Backend::CopyResponse { tag, .. } => {
+                if !matches!(
+                    self.pending.front().map(|p| &p.expect),
+                    Some(Expect::Execute(_) | Expect::SimpleQuery(_))
+                ) {
+                    return Err(ProtocolError::Server(
+                        "COPY response outside a query".into(),
+                    ));
+                }
+                self.copy = match tag {
+                    b'G' => Copy::In,
+                    b'H' => Copy::Out,
+                    _ => Copy::Both,
+                };
+            }
+            Backend::CopyData(_) => {
+                if !matches!(self.copy, Copy::Out | Copy::Both) {
+                    return Err(ProtocolError::Server("CopyData outside COPY OUT".into()));
+                }
+            }
+            Backend::CopyDone => {
+                if !matches!(self.copy, Copy::Out | Copy::Both) {
+                    return Err(ProtocolError::Server("CopyDone outside COPY OUT".into()));
+                }
+            }
+            Backend::FunctionCallResponse(_) => {
+                if !matches!(
+                    self.pending.front().map(|p| &p.expect),
+                    Some(Expect::FunctionCall)
+                ) {
+                    return Err(ProtocolError::Server(
+                        "FunctionCallResponse nothing asked for".into(),
+                    ));
+                }
+            }
+        }
+        Ok(BackendAction::Forward)
+    }
+
+    fn complete(&mut self, is: impl Fn(&Expect) -> bool, what: &str) -> Result<(), ProtocolError> {
+        match self.pending.front() {
+            Some(p) if is(&p.expect) => {
+                self.pending.pop_front();
+                Ok(())
+            }
+            _ => Err(ProtocolError::Server(format!("{what} nothing asked for"))),
+        }
+    }
+
+    /// An ErrorResponse ends the current operation. In the extended protocol the server then
+    /// skips everything up to the next Sync; a simple query still ends with ReadyForQuery.
+    fn on_error(&mut self) {
+        let Some(front) = self.pending.front() else {
+            return;
+        };
+        if front.expect.ends_with_ready() {
+            return;
+        }
+        if let Expect::Parse { name: Some(name) } = &front.expect {
+            self.statements.remove(name);
+        }
+        while let Some(p) = self.pending.front() {
+            if p.expect.ends_with_ready() {
+                break;
+            }
+            self.pending.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::frontend::Frontend as F;
+
+    fn ready() -> ProtocolState {
+        let mut s = ProtocolState::new();
+        s.on_backend(&Backend::Authentication { code: 0, data: b"" })
+            .unwrap();
+        s.on_backend(&Backend::BackendKeyData {
+            pid: 42,
+            key: b"abcd",
+        })
+        .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        assert_eq!(s.phase, Phase::Ready);
+        s
+    }
+
+    fn bind(portal: &'static str, statement: &'static str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(portal.as_bytes());
+        b.push(0);
+        b.extend(statement.as_bytes());
+        b.push(0);
+        b.extend([0, 0, 0, 0, 0, 0]);
+        b
+    }
+
+    #[test]
+    fn simple_query_with_two_statements() {
+        let mut s = ready();
+        s.on_frontend(&F::Query("select 1; select 2"), None)
+            .unwrap();
+        assert_eq!(s.running().unwrap().protocol, QueryProtocol::Simple);
+        for _ in 0..2 {
+            s.on_backend(&Backend::RowDescription { fields: vec![] })
+                .unwrap();
+            s.on_backend(&Backend::DataRow(b"\0\0")).unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" })
+                .unwrap();
+        }
+        assert_eq!(
+            s.on_backend(&Backend::ReadyForQuery { status: b'I' }),
+            Ok(BackendAction::Forward)
+        );
+        assert_eq!((s.pending(), s.completed, s.rows), (0, 2, 2));
+    }
+
+    #[test]
+    fn pipelined_extended_batch_attributes_rows_to_each_execute() {
+        let mut s = ready();
+        let b = bind("", "s1");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else {
+            panic!()
+        };
+        s.on_frontend(
+            &F::Parse {
+                name: "s1",
+                sql: "select $1",
+                param_types: vec![23],
+            },
+            None,
+        )
+        .unwrap();
+        for _ in 0..2 {
+            s.on_frontend(&F::Bind(bound), None).unwrap();
+            s.on_frontend(
+                &F::Execute {
+                    portal: "",
+                    max_rows: 0,
+                },
+                None,
+            )
+            .unwrap();
+        }
+        s.on_frontend(&F::Sync, None).unwrap();
+        assert_eq!(s.pending(), 6);
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        for _ in 0..2 {
+            s.on_backend(&Backend::BindComplete).unwrap();
+            assert_eq!(&*s.running().unwrap().sql, "select $1");
+            s.on_backend(&Backend::DataRow(b"\0\x01")).unwrap();
+            assert_eq!(s.running().unwrap().rows, 1);
+            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" })
+                .unwrap();
+        }
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        assert_eq!(s.pending(), 0);
+        assert!(s.statement("s1").is_some());
+    }
+
+    #[test]
+    fn error_skips_the_rest_of_the_batch_and_forgets_a_failed_parse() {
+        let mut s = ready();
+        let b = bind("", "bad");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else {
+            panic!()
+        };
+        s.on_frontend(
+            &F::Parse {
+                name: "bad",
+                sql: "selec",
+                param_types: vec![],
+            },
+            None,
+        )
+        .unwrap();
+        s.on_frontend(&F::Bind(bound), None).unwrap();
+        s.on_frontend(
+            &F::Execute {
+                portal: "",
+                max_rows: 0,
+            },
+            None,
+        )
+        .unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ErrorResponse { fields: vec![] })
+            .unwrap();
+        assert!(s.statement("bad").is_none());
+        assert_eq!(s.pending(), 1, "only the Sync is still owed");
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn poisoned_message_gets_its_error_replaced() {
+        let mut s = ready();
+        s.on_frontend(&F::Query("WARDEN DENIED"), Some(b"mine".to_vec()))
+            .unwrap();
+        assert_eq!(
+            s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
+            Ok(BackendAction::Replace(b"mine".to_vec()))
+        );
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        s.on_frontend(&F::Query("select 1"), None).unwrap();
+        assert_eq!(
+            s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
+            Ok(BackendAction::Forward)
+        );
+    }
+
+    #[test]
+    fn copy_in_and_out() {
+        let mut s = ready();
+        s.on_frontend(&F::Query("copy t from stdin"), None).unwrap();
+        s.on_backend(&Backend::CopyResponse {
+            tag: b'G',
+            binary: false,
+            columns: 1,
+        })
+        .unwrap();
+        assert_eq!(s.copy, Copy::In);
+        s.on_frontend(&F::CopyData(b"1\n"), None).unwrap();
+        s.on_frontend(&F::CopyDone, None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" })
+            .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        s.on_frontend(&F::Query("copy t to stdout"), None).unwrap();
+        s.on_backend(&Backend::CopyResponse {
+            tag: b'H',
+            binary: false,
+            columns: 1,
+        })
+        .unwrap();
+        s.on_backend(&Backend::CopyData(b"1\n")).unwrap();
+        s.on_backend(&Backend::CopyDone).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" })
+            .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+            .unwrap();
+        assert_eq!((s.copy, s.pending()), (Copy::None, 0));
+    }
+
+    #[test]
+    fn desynchronised_server_is_an_error_not_a_panic() {
+        let mut s = ready();
+        assert!(s.on_backend(&Backend::ParseComplete).is_err());
+        assert!(s.on_backend(&Backend::DataRow(b"")).is_err());
+        assert!(
+            s.on_backend(&Backend::ReadyForQuery { status: b'I' })
+                .is_err()
+        );
+        assert!(
+            s.on_backend(&Backend::Authentication { code: 0, data: b"" })
+                .is_err()
+        );
+        let mut s = ProtocolState::new();
+        assert!(
+            s.on_frontend(&F::Query("select 1"), None).is_err(),
+            "query before authentication"
+        );
+    }
+}
