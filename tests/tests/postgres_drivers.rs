@@ -414,3 +414,144 @@ fn tokio_postgres_pipelining_binary_results_and_cancel_match_direct() {
         r["kind"] == "connection_open" && r["cancel_request"] == true
     });
 }
+
+fn drivers_dir() -> std::path::PathBuf {
+    testkit::workspace_root().join("tests/drivers")
+}
+
+#[test]
+fn psycopg3_cursors_pipeline_copy_and_binary_match_direct() {
+    let pg = Postgres::start();
+    let agent = governed(&pg);
+    let run = |host: &str| {
+        check(
+            Command::new("python3")
+                .arg(drivers_dir().join("psycopg_check.py"))
+                .args([host, &pg.port.to_string()]),
+        )
+    };
+    let through = run(VIA_WARDEN);
+    let direct = run(DIRECT);
+    assert_eq!(through, direct);
+    let results: serde_json::Value = serde_json::from_str(&through).unwrap();
+    assert_eq!(
+        results["server_side_cursor"],
+        serde_json::json!([500500, 8])
+    );
+    assert_eq!(results["pipeline"], serde_json::json!([20, 190]));
+    assert_eq!(results["pipeline_error"], "23505");
+    assert_eq!(results["copy"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        results["binary"],
+        serde_json::json!([42, 1.25, "616263", [1, 2], "2024-01-02", true])
+    );
+    agent.wait_record("psycopg session", |r| {
+        r["kind"] == "connection_open" && r["identity"]["comm"] == "python3"
+    });
+}
+
+#[test]
+fn pgjdbc_prepared_statements_and_batches_match_direct() {
+    let pg = Postgres::start();
+    let agent = governed(&pg);
+    let run = |host: &str| {
+        check(
+            Command::new("java")
+                .args(["-cp", "/usr/share/java/postgresql.jar"])
+                .arg(drivers_dir().join("JdbcCheck.java"))
+                .args([host, &pg.port.to_string()]),
+        )
+    };
+    let through = run(VIA_WARDEN);
+    let direct = run(DIRECT);
+    assert_eq!(through, direct);
+    assert!(
+        through.contains("batch 250")
+            && through.contains("totals 250 311.25")
+            && through.contains("error 22012"),
+        "{through}"
+    );
+    assert!(through.contains("still usable"), "{through}");
+    // Java dials dual-stack sockets (AF_INET6 to ::ffff:127.0.0.1): still attributed.
+    agent.wait_record("jdbc session", |r| {
+        r["kind"] == "connection_open" && r["identity"]["comm"] == "java"
+    });
+}
+
+async fn sqlx_workload(host: &str, port: u16) -> Vec<String> {
+    use sqlx::{Connection as _, Executor as _, Row as _};
+    let url = format!(
+        "postgres://postgres@{}:{port}/postgres",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        }
+    );
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("sqlx connect");
+    let mut out = Vec::new();
+    // Prepared (cached) statements with binary parameters and results.
+    for i in 0..5i64 {
+        let row = sqlx::query("select $1::int8 * 3 as n, $2::text || '!' as s, $3::bytea as b")
+            .bind(i)
+            .bind(format!("v{i}"))
+            .bind(vec![i as u8, 0xff])
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        out.push(format!(
+            "{} {} {:?}",
+            row.get::<i64, _>("n"),
+            row.get::<String, _>("s"),
+            row.get::<Vec<u8>, _>("b")
+        ));
+    }
+    // A multi-row stream.
+    let rows = sqlx::query("select g, md5(g::text) from generate_series(1, 2000) g")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    out.push(format!(
+        "{} {}",
+        rows.len(),
+        rows.iter().map(|r| r.get::<i32, _>(0) as i64).sum::<i64>()
+    ));
+    // Simple-protocol batch and an error that leaves the connection usable.
+    conn.execute("create temp table s(x int); insert into s values (1), (2)")
+        .await
+        .unwrap();
+    let err = sqlx::query("select 1/0")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+    out.push(
+        err.as_database_error()
+            .and_then(|e| e.code())
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let n: i64 = sqlx::query_scalar("select count(*) from s")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    out.push(n.to_string());
+    conn.close().await.unwrap();
+    out
+}
+
+#[test]
+fn sqlx_prepared_binary_and_streams_match_direct() {
+    let pg = Postgres::start();
+    let _agent = governed(&pg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let through = rt.block_on(sqlx_workload(VIA_WARDEN, pg.port));
+    let direct = rt.block_on(sqlx_workload(DIRECT, pg.port));
+    assert_eq!(through, direct);
+    assert_eq!(through[5], "2000 2001000");
+    assert_eq!(through[6], "22012");
+}

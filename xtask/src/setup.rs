@@ -16,12 +16,17 @@ use crate::{cmd_output, run};
 
 /// The bpf-linker release known to build against the nightly toolchain's own libLLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// psycopg 3 (with its binary wheel) for the driver compatibility tests.
+const PSYCOPG: &str = "psycopg[binary]==3.3.9";
+/// Where Debian's pgjdbc package puts the driver.
+pub const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 
 /// Runs every setup step.
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_drivers()?;
     kernel_filesystems()?;
     Ok(())
 }
@@ -136,10 +141,16 @@ fn debian_packages() -> Result<()> {
         ("psql", "postgresql-client"),
         ("pgbench", "postgresql-contrib"),
         ("ip", "iproute2"),
+        ("pgbouncer", "pgbouncer"),
+        ("java", "default-jre-headless"),
+        ("openssl", "openssl"),
     ] {
         if !on_path(binary) && !missing.contains(&package) {
             missing.push(package);
         }
+    }
+    if !Path::new(PGJDBC_JAR).exists() {
+        missing.push("libpostgresql-jdbc-java");
     }
     if missing.is_empty() {
         return Ok(());
@@ -156,6 +167,28 @@ fn debian_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn python_drivers() -> Result<()> {
+    let present = Command::new("python3")
+        .args([
+            "-c",
+            "import psycopg, sys; sys.exit(0 if psycopg.__version__ == '3.3.9' else 1)",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("setup: installing {PSYCOPG} from PyPI");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        PSYCOPG,
+    ]))
 }
 
 fn on_path(binary: &str) -> bool {
