@@ -53,30 +53,19 @@ impl Endpoint {
     /// An endpoint from an IPv4 address in network byte order (as the kernel hands it over).
     pub const fn from_v4_octets(octets: [u8; 4], port: u16) -> Self {
         Self {
-            addr: [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2],
-                octets[3],
-            ],
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]],
             port,
             _pad: [0; 2],
         }
     }
 
     pub const fn from_v6_octets(addr: [u8; 16], port: u16) -> Self {
-        Self {
-            addr,
-            port,
-            _pad: [0; 2],
-        }
+        Self { addr, port, _pad: [0; 2] }
     }
 
     /// The wildcard key for "this port on any address".
     pub const fn any_address(port: u16) -> Self {
-        Self {
-            addr: [0; 16],
-            port,
-            _pad: [0; 2],
-        }
+        Self { addr: [0; 16], port, _pad: [0; 2] }
     }
 
     pub const fn is_v4_mapped(&self) -> bool {

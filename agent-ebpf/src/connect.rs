@@ -4,16 +4,14 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use agent_common::{
-    AF_INET, AF_INET6, AgentState, EVENT_REFUSED, EVENT_UNGOVERNED, Endpoint, EndpointPolicy,
-    FAIL_OPEN, FlowEvent, FlowOrigin, HEARTBEAT_STALE_NS, MODE_ENFORCE, STAT_EXEMPTED,
-    STAT_REDIRECTED, STAT_REFUSED, STAT_UNGOVERNED,
+    AF_INET, AF_INET6, AgentState, EVENT_REFUSED, EVENT_UNGOVERNED, Endpoint, EndpointPolicy, FAIL_OPEN, FlowEvent,
+    FlowOrigin, HEARTBEAT_STALE_NS, MODE_ENFORCE, STAT_EXEMPTED, STAT_REDIRECTED, STAT_REFUSED, STAT_UNGOVERNED,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     programs::SockAddrContext,
@@ -52,10 +50,7 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
             let proxy = state.proxy_v4;
             // SAFETY: as above; writes are volatile and full-width.
             unsafe {
-                write_volatile(
-                    addr_of_mut!((*sa).user_ip4),
-                    u32::from_ne_bytes(proxy.v4_octets()),
-                );
+                write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(proxy.v4_octets()));
                 write_volatile(addr_of_mut!((*sa).user_port), u32::from(proxy.port.to_be()));
             }
             ALLOW
@@ -92,11 +87,7 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     };
     // A dual-stack socket dialling ::ffff:a.b.c.d stays on IPv4: send it to the v4 listener,
     // still v4-mapped. Native IPv6 goes to the v6 listener, if there is one.
-    let proxy = if dst.is_v4_mapped() {
-        state.proxy_v4
-    } else {
-        state.proxy_v6
-    };
+    let proxy = if dst.is_v4_mapped() { state.proxy_v4 } else { state.proxy_v6 };
     let decision = if proxy.is_unset() {
         // Nowhere to redirect to: treat as "not serving" for this flow.
         not_serving(ctx, &dst, &policy)
@@ -158,10 +149,7 @@ fn decide(
     let mut origin = FlowOrigin::default();
     fill_origin(&mut origin, ctx, dst, policy, family);
     origin.connect_ns = now;
-    if ORIG_BY_COOKIE
-        .insert(&origin.socket_cookie, &origin, 0)
-        .is_err()
-    {
+    if ORIG_BY_COOKIE.insert(&origin.socket_cookie, &origin, 0).is_err() {
         // Without a record the proxy could not attribute the flow; it would refuse it.
         return not_serving(ctx, dst, policy);
     }
@@ -194,40 +182,22 @@ fn not_serving(ctx: &SockAddrContext, dst: &Endpoint, policy: &EndpointPolicy) -
     let open = policy.fail == FAIL_OPEN;
     count(if open { STAT_UNGOVERNED } else { STAT_REFUSED });
     emit(|event: &mut FlowEvent| {
-        event.kind = if open {
-            EVENT_UNGOVERNED
-        } else {
-            EVENT_REFUSED
-        };
+        event.kind = if open { EVENT_UNGOVERNED } else { EVENT_REFUSED };
         // SAFETY: helper without preconditions.
         event.at_ns = unsafe { bpf_ktime_get_ns() };
         fill_origin(&mut event.origin, ctx, dst, policy, 0);
         event.origin.connect_ns = event.at_ns;
     });
-    if open {
-        Decision::Pass
-    } else {
-        Decision::Refuse
-    }
+    if open { Decision::Pass } else { Decision::Refuse }
 }
 
 #[inline(always)]
-fn fill_origin(
-    out: &mut FlowOrigin,
-    ctx: &SockAddrContext,
-    dst: &Endpoint,
-    policy: &EndpointPolicy,
-    family: u32,
-) {
+fn fill_origin(out: &mut FlowOrigin, ctx: &SockAddrContext, dst: &Endpoint, policy: &EndpointPolicy, family: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: helpers valid for cgroup_sock_addr programs; the context pointer is the program's.
     let (cgroup_id, netns_cookie, socket_cookie) = unsafe {
-        (
-            bpf_get_current_cgroup_id(),
-            bpf_get_netns_cookie(ctx.as_ptr()),
-            bpf_get_socket_cookie(ctx.as_ptr()),
-        )
+        (bpf_get_current_cgroup_id(), bpf_get_netns_cookie(ctx.as_ptr()), bpf_get_socket_cookie(ctx.as_ptr()))
     };
     out.orig_dst = *dst;
     out.database_id = policy.database_id;
@@ -263,12 +233,7 @@ pub fn octets_to_words(octets: &[u8; 16]) -> [u32; 4] {
     let mut out = [0u32; 4];
     let mut i = 0;
     while i < 4 {
-        out[i] = u32::from_ne_bytes([
-            octets[i * 4],
-            octets[i * 4 + 1],
-            octets[i * 4 + 2],
-            octets[i * 4 + 3],
-        ]);
+        out[i] = u32::from_ne_bytes([octets[i * 4], octets[i * 4 + 1], octets[i * 4 + 2], octets[i * 4 + 3]]);
         i += 1;
     }
     out

@@ -5,13 +5,12 @@
 //! is assigned after SYN_SENT), and CLOSE ends the record.
 
 use agent_common::{
-    AF_INET, EVENT_OBSERVED_CLOSE, EVENT_OBSERVED_OPEN, Endpoint, FlowEvent, FlowOrigin,
-    MODE_OBSERVE, STAT_OBSERVED,
+    AF_INET, EVENT_OBSERVED_CLOSE, EVENT_OBSERVED_OPEN, Endpoint, FlowEvent, FlowOrigin, MODE_OBSERVE, STAT_OBSERVED,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, generated::bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::bpf_ktime_get_ns,
     },
     programs::TracePointContext,
 };
@@ -80,11 +79,7 @@ unsafe fn try_observe(ctx: &TracePointContext) -> Result<u32, i32> {
                 };
                 let client = endpoint(ctx, SADDR, SADDR_V6, SPORT)?;
                 emit(|event: &mut FlowEvent| {
-                    event.kind = if newstate == TCP_CLOSE {
-                        EVENT_OBSERVED_CLOSE
-                    } else {
-                        EVENT_OBSERVED_OPEN
-                    };
+                    event.kind = if newstate == TCP_CLOSE { EVENT_OBSERVED_CLOSE } else { EVENT_OBSERVED_OPEN };
                     event.at_ns = bpf_ktime_get_ns();
                     event.sock_id = skaddr;
                     event.origin = *origin;
@@ -102,12 +97,7 @@ unsafe fn try_observe(ctx: &TracePointContext) -> Result<u32, i32> {
     }
 }
 
-unsafe fn endpoint(
-    ctx: &TracePointContext,
-    v4: usize,
-    v6: usize,
-    port: usize,
-) -> Result<Endpoint, i32> {
+unsafe fn endpoint(ctx: &TracePointContext, v4: usize, v6: usize, port: usize) -> Result<Endpoint, i32> {
     // SAFETY: see inet_sock_set_state.
     unsafe {
         let port: u16 = ctx.read_at(port)?; // host byte order in this tracepoint

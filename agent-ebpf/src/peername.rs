@@ -2,9 +2,7 @@
 
 use core::ptr::{addr_of_mut, write_volatile};
 
-use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
-};
+use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext};
 
 use crate::{connect::octets_to_words, maps::ORIG_BY_COOKIE};
 
@@ -21,14 +19,8 @@ pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: full-width volatile writes to the context, as the verifier requires.
     unsafe {
-        write_volatile(
-            addr_of_mut!((*sa).user_ip4),
-            u32::from_ne_bytes(origin.orig_dst.v4_octets()),
-        );
-        write_volatile(
-            addr_of_mut!((*sa).user_port),
-            u32::from(origin.orig_dst.port.to_be()),
-        );
+        write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(origin.orig_dst.v4_octets()));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(origin.orig_dst.port.to_be()));
     }
     1
 }
@@ -49,10 +41,7 @@ pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
         write_volatile(addr_of_mut!((*sa).user_ip6[1]), w[1]);
         write_volatile(addr_of_mut!((*sa).user_ip6[2]), w[2]);
         write_volatile(addr_of_mut!((*sa).user_ip6[3]), w[3]);
-        write_volatile(
-            addr_of_mut!((*sa).user_port),
-            u32::from(origin.orig_dst.port.to_be()),
-        );
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(origin.orig_dst.port.to_be()));
     }
     1
 }

@@ -63,32 +63,13 @@ pub enum Event {
     /// The proxy refused a connection (not created by the redirect, or a loop).
     ProxyRefused { client: SocketAddr, reason: String },
     /// A governed connection went direct because the agent was not serving (`fail: open`).
-    Ungoverned {
-        database: String,
-        orig_dst: SocketAddr,
-        identity: Identity,
-    },
+    Ungoverned { database: String, orig_dst: SocketAddr, identity: Identity },
     /// A governed connection was refused because the agent was not serving (`fail: closed`).
-    RefusedNotServing {
-        database: String,
-        orig_dst: SocketAddr,
-        identity: Identity,
-    },
+    RefusedNotServing { database: String, orig_dst: SocketAddr, identity: Identity },
     /// A connection to an observe-only database was established (not redirected).
-    Observed {
-        session: SessionId,
-        database: String,
-        orig_dst: SocketAddr,
-        client: SocketAddr,
-        identity: Identity,
-    },
+    Observed { session: SessionId, database: String, orig_dst: SocketAddr, client: SocketAddr, identity: Identity },
     /// An observed connection closed.
-    ObservedClose {
-        session: SessionId,
-        database: String,
-        duration_ms: u64,
-        established: bool,
-    },
+    ObservedClose { session: SessionId, database: String, duration_ms: u64, established: bool },
 }
 
 /// One line of the audit file.
@@ -121,10 +102,7 @@ impl AuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = mpsc::channel(queue.max(1));
         let counters = Arc::new(AuditCounters::default());
         let writer = tokio::task::spawn_blocking({
@@ -137,10 +115,7 @@ impl AuditLog {
 
     /// Queues a record; never waits. A full queue drops it and counts the loss.
     pub fn record(&self, event: Event) {
-        let record = Record {
-            at_ms: now_ms(),
-            event,
-        };
+        let record = Record { at_ms: now_ms(), event };
         if self.tx.try_send(record).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -151,12 +126,7 @@ impl AuditLog {
     }
 }
 
-fn write_loop(
-    file: std::fs::File,
-    path: PathBuf,
-    mut rx: mpsc::Receiver<Record>,
-    counters: &AuditCounters,
-) {
+fn write_loop(file: std::fs::File, path: PathBuf, mut rx: mpsc::Receiver<Record>, counters: &AuditCounters) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(1024);
     while let Some(first) = rx.blocking_recv() {
@@ -190,7 +160,5 @@ fn write_loop(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

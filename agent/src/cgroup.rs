@@ -8,9 +8,7 @@ use std::{
 
 /// A cgroup v2 id (the kernfs inode number of the cgroup's directory), as
 /// `bpf_get_current_cgroup_id()` reports it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct CgroupId(pub u64);
 
 impl fmt::Display for CgroupId {
@@ -32,10 +30,7 @@ pub fn default_root() -> PathBuf {
         })
         .collect();
     found.sort_by_key(|p| p.as_os_str().len());
-    found
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+    found.into_iter().next().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
 
 /// The id of the cgroup at `path`.
@@ -66,10 +61,7 @@ pub fn find_path_of_id(root: &Path, id: CgroupId) -> Option<String> {
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             stack.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
+                entries.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
             );
         }
     }

@@ -17,19 +17,12 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// serde_yaml_ng's message names the field path, the line and column, and what it expected.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {field}: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, field: String, message: String },
 }
 
 /// How connections to a database are governed.
@@ -99,6 +92,9 @@ pub struct ClientTls {
     pub key: PathBuf,
     #[serde(skip)]
     pub server_config: Option<Arc<rustls::ServerConfig>>,
+    /// DER of the certificate presented (channel binding holds only if it is the server's).
+    #[serde(skip)]
+    pub leaf_certificate: Arc<[u8]>,
 }
 
 /// Where a database listens: exact addresses, or a port on any address.
@@ -107,10 +103,7 @@ pub enum DatabaseAddress {
     /// An IP address and port.
     Exact(Vec<SocketAddr>),
     /// A host name and port: every address it resolved to at load time.
-    Host {
-        host: String,
-        addrs: Vec<SocketAddr>,
-    },
+    Host { host: String, addrs: Vec<SocketAddr> },
     /// `*:PORT`: the port on every address, including ones a workload might try instead.
     AnyAddress(u16),
 }
@@ -121,9 +114,7 @@ impl TryFrom<String> for DatabaseAddress {
     fn try_from(text: String) -> Result<Self, String> {
         let expected = "expected HOST:PORT, IP:PORT, [IPV6]:PORT or *:PORT";
         if let Some(port) = text.strip_prefix("*:") {
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("invalid port in {text:?}; {expected}"))?;
+            let port: u16 = port.parse().map_err(|_| format!("invalid port in {text:?}; {expected}"))?;
             if port == 0 {
                 return Err(format!("port 0 in {text:?}; {expected}"));
             }
@@ -150,10 +141,7 @@ impl TryFrom<String> for DatabaseAddress {
         if addrs.is_empty() {
             return Err(format!("{host:?} resolved to no address"));
         }
-        Ok(Self::Host {
-            host: host.to_string(),
-            addrs,
-        })
+        Ok(Self::Host { host: host.to_string(), addrs })
     }
 }
 
@@ -270,10 +258,7 @@ fn default_listen_v4() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 77, 1)), 15432)
 }
 fn default_listen_v6() -> Option<SocketAddr> {
-    Some(SocketAddr::new(
-        IpAddr::V6(Ipv6Addr::new(0xfd77, 0x7761, 0x7264, 0, 0, 0, 0, 1)),
-        15432,
-    ))
+    Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd77, 0x7761, 0x7264, 0, 0, 0, 0, 1)), 15432))
 }
 fn default_interface() -> Option<String> {
     Some("warden0".to_string())
@@ -311,10 +296,7 @@ fn default_audit_queue() -> usize {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self {
-            path: default_audit_path(),
-            queue: default_audit_queue(),
-        }
+        Self { path: default_audit_path(), queue: default_audit_queue() }
     }
 }
 
@@ -375,95 +357,60 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        };
+        let raw: RawConfig = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let invalid =
+            |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
         if raw.databases.is_empty() {
-            return Err(invalid(
-                "databases".into(),
-                "expected at least one database".into(),
-            ));
+            return Err(invalid("databases".into(), "expected at least one database".into()));
         }
         let mut names = BTreeSet::new();
         for (i, db) in raw.databases.iter().enumerate() {
             let field = |f: &str| format!("databases[{i}].{f}");
-            if db.name.is_empty()
-                || !db
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if db.name.is_empty() || !db.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return Err(invalid(
                     field("name"),
                     format!("{:?}: expected letters, digits, '-', '_' or '.'", db.name),
                 ));
             }
             if !names.insert(db.name.as_str()) {
-                return Err(invalid(
-                    field("name"),
-                    format!("duplicate database name {:?}", db.name),
-                ));
+                return Err(invalid(field("name"), format!("duplicate database name {:?}", db.name)));
             }
             if db.connect_timeout_ms == 0 {
-                return Err(invalid(
-                    field("connect_timeout_ms"),
-                    "expected a positive number of milliseconds".into(),
-                ));
+                return Err(invalid(field("connect_timeout_ms"), "expected a positive number of milliseconds".into()));
             }
         }
         let mut raw = raw;
         for (i, db) in raw.databases.iter_mut().enumerate() {
             let field = |f: &str| format!("databases[{i}].tls.{f}");
-            if matches!(db.tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && db.tls.ca.is_none()
-            {
-                return Err(invalid(
-                    field("ca"),
-                    format!("{:?} needs a CA file", db.tls.mode),
-                ));
+            if matches!(db.tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && db.tls.ca.is_none() {
+                return Err(invalid(field("ca"), format!("{:?} needs a CA file", db.tls.mode)));
             }
-            db.tls.client_config =
-                crate::proxy::tls::client_config(db.tls.mode, db.tls.ca.as_deref())
-                    .map_err(|e| invalid(field("ca"), e.to_string()))?;
+            db.tls.client_config = crate::proxy::tls::client_config(db.tls.mode, db.tls.ca.as_deref())
+                .map_err(|e| invalid(field("ca"), e.to_string()))?;
         }
         if let Some(tls) = raw.proxy.tls.as_mut() {
-            tls.server_config = Some(
-                crate::proxy::tls::server_config(&tls.cert, &tls.key)
-                    .map_err(|e| invalid("proxy.tls".into(), e.to_string()))?,
-            );
+            let (config, leaf) = crate::proxy::tls::server_config(&tls.cert, &tls.key)
+                .map_err(|e| invalid("proxy.tls".into(), e.to_string()))?;
+            tls.server_config = Some(config);
+            tls.leaf_certificate = leaf.into();
         }
         if raw.proxy.max_message_bytes < 64 * 1024 {
-            return Err(invalid(
-                "proxy.max_message_bytes".into(),
-                "expected at least 65536".into(),
-            ));
+            return Err(invalid("proxy.max_message_bytes".into(), "expected at least 65536".into()));
         }
         if !raw.proxy.listen_v4.is_ipv4() || raw.proxy.listen_v4.port() == 0 {
-            return Err(invalid(
-                "proxy.listen_v4".into(),
-                "expected an IPv4 address with a non-zero port".into(),
-            ));
+            return Err(invalid("proxy.listen_v4".into(), "expected an IPv4 address with a non-zero port".into()));
         }
         if let Some(v6) = raw.proxy.listen_v6
             && (!v6.is_ipv6() || v6.port() == 0)
         {
-            return Err(invalid(
-                "proxy.listen_v6".into(),
-                "expected [IPV6]:PORT with a non-zero port".into(),
-            ));
+            return Err(invalid("proxy.listen_v6".into(), "expected [IPV6]:PORT with a non-zero port".into()));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -479,9 +426,7 @@ impl Config {
 
     /// Whether any database fails closed (then pins must outlive the agent).
     pub fn any_fail_closed(&self) -> bool {
-        self.databases
-            .iter()
-            .any(|d| d.mode == Mode::Enforce && d.fail == FailMode::Closed)
+        self.databases.iter().any(|d| d.mode == Mode::Enforce && d.fail == FailMode::Closed)
     }
 }
 
@@ -497,14 +442,8 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n").expect("valid");
         let db = &c.databases[0];
-        assert_eq!(
-            db.address,
-            DatabaseAddress::Exact(vec!["127.0.0.1:5432".parse().unwrap()])
-        );
-        assert_eq!(
-            (db.mode, db.fail, db.protocol),
-            (Mode::Enforce, FailMode::Closed, Protocol::Postgres)
-        );
+        assert_eq!(db.address, DatabaseAddress::Exact(vec!["127.0.0.1:5432".parse().unwrap()]));
+        assert_eq!((db.mode, db.fail, db.protocol), (Mode::Enforce, FailMode::Closed, Protocol::Postgres));
         assert_eq!(c.proxy.listen_v4, "169.254.77.1:15432".parse().unwrap());
         assert_eq!(c.on_exit, OnExit::Keep);
     }
@@ -516,67 +455,39 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.databases[0].address, DatabaseAddress::AnyAddress(6432));
-        assert_eq!(
-            c.databases[1].address,
-            DatabaseAddress::Exact(vec!["[::1]:5432".parse().unwrap()])
-        );
-        let DatabaseAddress::Host { addrs: local, .. } = &c.databases[2].address else {
-            panic!("localhost is exact")
-        };
-        assert!(
-            local
-                .iter()
-                .all(|a| a.ip().is_loopback() && a.port() == 5433),
-            "{local:?}"
-        );
+        assert_eq!(c.databases[1].address, DatabaseAddress::Exact(vec!["[::1]:5432".parse().unwrap()]));
+        let DatabaseAddress::Host { addrs: local, .. } = &c.databases[2].address else { panic!("localhost is exact") };
+        assert!(local.iter().all(|a| a.ip().is_loopback() && a.port() == 5433), "{local:?}");
         assert_eq!(c.databases[2].mode, Mode::Observe);
     }
 
     #[test]
     fn mistakes_name_file_line_field_and_expectation() {
-        let err =
-            parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n    mode: enforced\n")
-                .expect_err("bad mode")
-                .to_string();
+        let err = parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n    mode: enforced\n")
+            .expect_err("bad mode")
+            .to_string();
         assert!(err.starts_with("warden.yaml: "), "{err}");
         assert!(err.contains("databases[0].mode"), "{err}");
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("expected `enforce` or `observe`"), "{err}");
 
-        let err = parse("databases:\n  - name: main\n    address: 127.0.0.1\n")
-            .expect_err("no port")
-            .to_string();
-        assert!(
-            err.contains("databases[0].address")
-                && err.contains("line 3")
-                && err.contains("has no port"),
-            "{err}"
-        );
+        let err = parse("databases:\n  - name: main\n    address: 127.0.0.1\n").expect_err("no port").to_string();
+        assert!(err.contains("databases[0].address") && err.contains("line 3") && err.contains("has no port"), "{err}");
 
-        let err = parse("databases:\n  - name: main\n    adress: 127.0.0.1:1\n")
-            .expect_err("typo")
-            .to_string();
+        let err = parse("databases:\n  - name: main\n    adress: 127.0.0.1:1\n").expect_err("typo").to_string();
         assert!(err.contains("unknown field `adress`"), "{err}");
 
-        let err =
-            parse("databases:\n  - {name: a, address: '*:1'}\n  - {name: a, address: '*:2'}\n")
-                .expect_err("dup")
-                .to_string();
-        assert_eq!(
-            err,
-            "warden.yaml: databases[1].name: duplicate database name \"a\""
-        );
+        let err = parse("databases:\n  - {name: a, address: '*:1'}\n  - {name: a, address: '*:2'}\n")
+            .expect_err("dup")
+            .to_string();
+        assert_eq!(err, "warden.yaml: databases[1].name: duplicate database name \"a\"");
 
         let err = parse("databases: []\n").expect_err("empty").to_string();
-        assert!(
-            err.contains("databases: expected at least one database"),
-            "{err}"
-        );
+        assert!(err.contains("databases: expected at least one database"), "{err}");
 
-        let err =
-            parse("databases:\n  - {name: a, address: '*:1'}\nproxy:\n  listen_v4: '[::1]:1'\n")
-                .expect_err("v6 as v4")
-                .to_string();
+        let err = parse("databases:\n  - {name: a, address: '*:1'}\nproxy:\n  listen_v4: '[::1]:1'\n")
+            .expect_err("v6 as v4")
+            .to_string();
         assert!(err.contains("proxy.listen_v4"), "{err}");
     }
 }

@@ -13,8 +13,8 @@ use std::{
 };
 
 use agent_common::{
-    AgentState, Endpoint, EndpointPolicy, FAIL_CLOSED, FAIL_OPEN, FlowEvent, FlowOrigin,
-    MODE_ENFORCE, MODE_OBSERVE, STAT_COUNT,
+    AgentState, Endpoint, EndpointPolicy, FAIL_CLOSED, FAIL_OPEN, FlowEvent, FlowOrigin, MODE_ENFORCE, MODE_OBSERVE,
+    STAT_COUNT,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -39,41 +39,21 @@ pub enum KernelError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("pinning {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        source: aya::pin::PinError,
-    },
+    Pin { path: PathBuf, source: aya::pin::PinError },
     #[error("link {name}: {source}")]
-    Link {
-        name: &'static str,
-        source: aya::programs::links::LinkError,
-    },
+    Link { name: &'static str, source: aya::programs::links::LinkError },
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> KernelError + 'a {
-    move |source| KernelError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| KernelError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// Where each program attaches.
@@ -88,10 +68,7 @@ const PROGRAMS: &[(&str, Attach)] = &[
     ("warden_getpeername4", Attach::Cgroup),
     ("warden_getpeername6", Attach::Cgroup),
     ("warden_sockops", Attach::Cgroup),
-    (
-        "warden_observe",
-        Attach::Tracepoint("sock", "inet_sock_set_state"),
-    ),
+    ("warden_observe", Attach::Tracepoint("sock", "inet_sock_set_state")),
 ];
 
 fn links_dir(bpffs: &Path) -> PathBuf {
@@ -121,31 +98,20 @@ impl Kernel {
         let maps = maps_dir(&bpffs);
         fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
         fs::create_dir_all(links_dir(&bpffs)).map_err(io_err("creating", &bpffs))?;
-        let mut ebpf = match EbpfLoader::new()
-            .default_map_pin_directory(&maps)
-            .load(OBJECT)
-        {
+        let mut ebpf = match EbpfLoader::new().default_map_pin_directory(&maps).load(OBJECT) {
             Ok(ebpf) => ebpf,
             Err(err) => {
                 // Pinned maps from an incompatible build: start from fresh maps.
                 tracing::warn!(error = %err, "pinned maps could not be reused; recreating them");
                 remove_dir_files(&maps)?;
-                EbpfLoader::new()
-                    .default_map_pin_directory(&maps)
-                    .load(OBJECT)?
+                EbpfLoader::new().default_map_pin_directory(&maps).load(OBJECT)?
             }
         };
 
-        let mut governed: HashMap<MapData, Endpoint, EndpointPolicy> =
-            take_map(&mut ebpf, "GOVERNED")?;
+        let mut governed: HashMap<MapData, Endpoint, EndpointPolicy> = take_map(&mut ebpf, "GOVERNED")?;
         sync_governed(&mut governed, config)?;
         let mut state_map: Array<MapData, AgentState> = take_map(&mut ebpf, "AGENT_STATE")?;
-        state_map
-            .set(0, state, 0)
-            .map_err(|source| KernelError::Map {
-                name: "AGENT_STATE",
-                source,
-            })?;
+        state_map.set(0, state, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
         let flows = FlowTable(Mutex::new(take_map(&mut ebpf, "FLOW_BY_CLIENT")?));
         let stats = Stats(take_map(&mut ebpf, "STATS")?);
         let events = Mutex::new(take_map(&mut ebpf, "FLOW_EVENTS")?);
@@ -159,35 +125,16 @@ impl Kernel {
                     drop(link);
                 }
             }
-            let _ = state_map.set(
-                0,
-                AgentState {
-                    serving: 0,
-                    ..state
-                },
-                0,
-            );
+            let _ = state_map.set(0, AgentState { serving: 0, ..state }, 0);
             return Err(err);
         }
-        Ok(Self {
-            _ebpf: ebpf,
-            links,
-            bpffs,
-            governed,
-            state: Mutex::new(state_map),
-            flows,
-            stats,
-            events,
-        })
+        Ok(Self { _ebpf: ebpf, links, bpffs, governed, state: Mutex::new(state_map), flows, stats, events })
     }
 
     /// Publishes the agent's state (heartbeat, serving flag).
     pub fn publish(&self, state: AgentState) -> Result<(), KernelError> {
         let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        map.set(0, state, 0).map_err(|source| KernelError::Map {
-            name: "AGENT_STATE",
-            source,
-        })
+        map.set(0, state, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })
     }
 
     pub fn flows(&self) -> &FlowTable {
@@ -230,19 +177,12 @@ impl Kernel {
 
 /// Loads and attaches every program, pinning each link as it goes (into `links`, so the caller
 /// can roll back).
-fn attach_all(
-    ebpf: &mut Ebpf,
-    config: &Config,
-    bpffs: &Path,
-    links: &mut Vec<PinnedLink>,
-) -> Result<(), KernelError> {
-    let cgroup =
-        File::open(&config.cgroup_root).map_err(io_err("opening cgroup", &config.cgroup_root))?;
+fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<PinnedLink>) -> Result<(), KernelError> {
+    let cgroup = File::open(&config.cgroup_root).map_err(io_err("opening cgroup", &config.cgroup_root))?;
     for (name, attach) in PROGRAMS {
-        let program = ebpf.program_mut(name).ok_or(KernelError::Program {
-            name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(KernelError::Program { name, source: aya::programs::ProgramError::UnexpectedProgramType })?;
         let perr = |source| KernelError::Program { name, source };
         let fd_link: FdLink = match attach {
             Attach::Cgroup => match program {
@@ -251,20 +191,14 @@ fn attach_all(
                     p.load().map_err(perr)?;
                     // Links always coexist with other programs; the flag must be 0 here.
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
-                    p.take_link(id)
-                        .map_err(perr)?
-                        .try_into()
-                        .map_err(|source| KernelError::Link { name, source })?
+                    p.take_link(id).map_err(perr)?.try_into().map_err(|source| KernelError::Link { name, source })?
                 }
                 aya::programs::Program::SockOps(p) => {
                     let p: &mut SockOps = p;
                     p.load().map_err(perr)?;
                     // Links always coexist with other programs; the flag must be 0 here.
                     let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
-                    p.take_link(id)
-                        .map_err(perr)?
-                        .try_into()
-                        .map_err(|source| KernelError::Link { name, source })?
+                    p.take_link(id).map_err(perr)?.try_into().map_err(|source| KernelError::Link { name, source })?
                 }
                 _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
             },
@@ -272,10 +206,7 @@ fn attach_all(
                 let p: &mut TracePoint = program.try_into().map_err(perr)?;
                 p.load().map_err(perr)?;
                 let id = p.attach(category, event).map_err(perr)?;
-                p.take_link(id)
-                    .map_err(perr)?
-                    .try_into()
-                    .map_err(|source| KernelError::Link { name, source })?
+                p.take_link(id).map_err(perr)?.try_into().map_err(|source| KernelError::Link { name, source })?
             }
         };
         links.push(pin_replacing(fd_link, &links_dir(bpffs).join(name))?);
@@ -290,17 +221,10 @@ fn pin_replacing(link: FdLink, path: &Path) -> Result<PinnedLink, KernelError> {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(KernelError::Io {
-                what: "removing old pin",
-                path: path.to_path_buf(),
-                source,
-            });
+            return Err(KernelError::Io { what: "removing old pin", path: path.to_path_buf(), source });
         }
     }
-    link.pin(path).map_err(|source| KernelError::Pin {
-        path: path.to_path_buf(),
-        source,
-    })
+    link.pin(path).map_err(|source| KernelError::Pin { path: path.to_path_buf(), source })
 }
 
 fn remove_dir_files(dir: &Path) -> Result<(), KernelError> {
@@ -323,11 +247,7 @@ pub fn detach_pinned(bpffs: &Path) -> Result<(), KernelError> {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(KernelError::Io {
-                    what: "removing",
-                    path: dir,
-                    source,
-                });
+                return Err(KernelError::Io { what: "removing", path: dir, source });
             }
         }
     }
@@ -374,28 +294,15 @@ pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
 }
 
 /// Makes the kernel's governed table exactly the configured one.
-fn sync_governed(
-    map: &mut HashMap<MapData, Endpoint, EndpointPolicy>,
-    config: &Config,
-) -> Result<(), KernelError> {
+fn sync_governed(map: &mut HashMap<MapData, Endpoint, EndpointPolicy>, config: &Config) -> Result<(), KernelError> {
     let wanted = governed_entries(config);
-    let stale: Vec<Endpoint> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.iter().any(|(w, _)| w == k))
-        .collect();
+    let stale: Vec<Endpoint> =
+        map.keys().filter_map(Result::ok).filter(|k| !wanted.iter().any(|(w, _)| w == k)).collect();
     for key in stale {
-        map.remove(&key).map_err(|source| KernelError::Map {
-            name: "GOVERNED",
-            source,
-        })?;
+        map.remove(&key).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
     }
     for (key, value) in wanted {
-        map.insert(key, value, 0)
-            .map_err(|source| KernelError::Map {
-                name: "GOVERNED",
-                source,
-            })?;
+        map.insert(key, value, 0).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
     }
     Ok(())
 }
@@ -432,54 +339,26 @@ impl Stats {
 
     /// Opens the pinned counters of a running (or stopped) agent.
     pub fn from_pin(bpffs: &Path) -> Result<Self, KernelError> {
-        let data = MapData::from_pin(maps_dir(bpffs).join("STATS")).map_err(|source| {
-            KernelError::Map {
-                name: "STATS",
-                source,
-            }
-        })?;
-        let map = Map::from_map_data(data).map_err(|source| KernelError::Map {
-            name: "STATS",
-            source,
-        })?;
-        Ok(Self(PerCpuArray::try_from(map).map_err(|source| {
-            KernelError::Map {
-                name: "STATS",
-                source,
-            }
-        })?))
+        let data = MapData::from_pin(maps_dir(bpffs).join("STATS"))
+            .map_err(|source| KernelError::Map { name: "STATS", source })?;
+        let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name: "STATS", source })?;
+        Ok(Self(PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name: "STATS", source })?))
     }
 }
 
 /// Reads the pinned agent state (for `warden status`).
 pub fn pinned_state(bpffs: &Path) -> Result<AgentState, KernelError> {
-    let data = MapData::from_pin(maps_dir(bpffs).join("AGENT_STATE")).map_err(|source| {
-        KernelError::Map {
-            name: "AGENT_STATE",
-            source,
-        }
-    })?;
-    let map = Map::from_map_data(data).map_err(|source| KernelError::Map {
-        name: "AGENT_STATE",
-        source,
-    })?;
+    let data = MapData::from_pin(maps_dir(bpffs).join("AGENT_STATE"))
+        .map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
+    let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
     let array: Array<MapData, AgentState> =
-        Array::try_from(map).map_err(|source| KernelError::Map {
-            name: "AGENT_STATE",
-            source,
-        })?;
-    array.get(&0, 0).map_err(|source| KernelError::Map {
-        name: "AGENT_STATE",
-        source,
-    })
+        Array::try_from(map).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
+    array.get(&0, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -30,11 +30,7 @@ pub enum ExecError {
     #[error("no command given")]
     NoCommand,
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("starting {command}: {source}")]
     Spawn { command: String, source: io::Error },
 }
@@ -72,9 +68,7 @@ pub fn sweep_labels(cgroup_root: &Path, state_dir: &Path, grace: std::time::Dura
 pub fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>, ExecError> {
     let mut labels = BTreeMap::new();
     for arg in args {
-        let (k, v) = arg
-            .split_once('=')
-            .ok_or_else(|| ExecError::LabelSyntax(arg.clone()))?;
+        let (k, v) = arg.split_once('=').ok_or_else(|| ExecError::LabelSyntax(arg.clone()))?;
         validate_label(k, v).map_err(ExecError::Label)?;
         labels.insert(k.to_string(), v.to_string());
     }
@@ -91,10 +85,7 @@ pub fn exec(
     let (program, args) = command.split_first().ok_or(ExecError::NoCommand)?;
     let name = format!(
         "{}-{}",
-        labels
-            .get("warden/identity")
-            .or_else(|| labels.values().next())
-            .map_or("workload", String::as_str),
+        labels.get("warden/identity").or_else(|| labels.values().next()).map_or("workload", String::as_str),
         std::process::id()
     );
     let rel = format!("{WORKLOADS_CGROUP}/{name}");
@@ -125,31 +116,20 @@ fn run_in(
         source,
     })?;
     let files = workloads_dir(state_dir);
-    fs::create_dir_all(&files).map_err(|source| ExecError::Io {
-        what: "creating",
-        path: files.clone(),
-        source,
-    })?;
+    fs::create_dir_all(&files).map_err(|source| ExecError::Io { what: "creating", path: files.clone(), source })?;
     let label_file = files.join(format!("{id}.json"));
-    let body = serde_json::to_vec(&WorkloadLabels {
-        cgroup: format!("/{rel}"),
-        labels,
-    })
-    .expect("labels serialise");
+    let body = serde_json::to_vec(&WorkloadLabels { cgroup: format!("/{rel}"), labels }).expect("labels serialise");
     fs::write(&label_file, body).map_err(|source| ExecError::Io {
         what: "writing",
         path: label_file.clone(),
         source,
     })?;
 
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"))
-        .map_err(|source| ExecError::Io {
-            what: "opening",
-            path: dir.join("cgroup.procs"),
-            source,
-        })?;
+    let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).map_err(|source| ExecError::Io {
+        what: "opening",
+        path: dir.join("cgroup.procs"),
+        source,
+    })?;
     let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -164,10 +144,7 @@ fn run_in(
         });
     }
     // The terminal's SIGINT reaches the child directly; the parent just waits for it.
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
-        command: program.to_string(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { command: program.to_string(), source })?;
     drop(procs);
     // Like system(3): while the child runs, an interactive ^C is the child's to handle, and
     // this process must live on to remove the cgroup.
@@ -176,11 +153,6 @@ fn run_in(
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = child.wait().map_err(|source| ExecError::Spawn {
-        command: program.to_string(),
-        source,
-    })?;
-    Ok(status.code().unwrap_or_else(|| {
-        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-    }))
+    let status = child.wait().map_err(|source| ExecError::Spawn { command: program.to_string(), source })?;
+    Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }

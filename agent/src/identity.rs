@@ -73,9 +73,7 @@ impl Resolver {
 
     pub fn resolve(&self, facts: &KernelFacts) -> Identity {
         let info = self.cgroup_info(facts.cgroup_id, facts.pid);
-        let exe = fs::read_link(format!("/proc/{}/exe", facts.pid))
-            .ok()
-            .map(|p| p.display().to_string());
+        let exe = fs::read_link(format!("/proc/{}/exe", facts.pid)).ok().map(|p| p.display().to_string());
         Identity {
             pid: facts.pid,
             comm: facts.comm.clone(),
@@ -93,12 +91,7 @@ impl Resolver {
     }
 
     fn cgroup_info(&self, id: CgroupId, pid: u32) -> CgroupInfo {
-        if let Some(info) = self
-            .cgroups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        if let Some(info) = self.cgroups.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return info.clone();
         }
         let labelled: Option<WorkloadLabels> = fs::read(self.workloads.join(format!("{id}.json")))
@@ -108,10 +101,7 @@ impl Resolver {
         // otherwise the label file names the path; walking the hierarchy is the last resort.
         let path = crate::cgroup::path_of_pid(pid)
             .ok()
-            .filter(|p| {
-                crate::cgroup::id_of(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
-                    == Some(id)
-            })
+            .filter(|p| crate::cgroup::id_of(&self.cgroup_root.join(p.trim_start_matches('/'))).ok() == Some(id))
             .or_else(|| labelled.as_ref().map(|l| l.cgroup.clone()))
             .or_else(|| crate::cgroup::find_path_of_id(&self.cgroup_root, id));
         let info = CgroupInfo {
@@ -119,10 +109,7 @@ impl Resolver {
             path,
             labels: labelled.map(|l| l.labels).unwrap_or_default(),
         };
-        self.cgroups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, info.clone());
+        self.cgroups.lock().unwrap_or_else(|p| p.into_inner()).insert(id, info.clone());
         info
     }
 
@@ -166,40 +153,22 @@ pub fn parse_container(path: &str) -> Option<ContainerRef> {
     let pod_uid = segments.iter().find_map(|s| {
         let s = s.strip_suffix(".slice").unwrap_or(s);
         // systemd driver: kubepods-besteffort-pod<uid with _>.slice; cgroupfs: pod<uid>
-        let uid = s
-            .rsplit_once("-pod")
-            .map(|(_, u)| u)
-            .or_else(|| s.strip_prefix("pod"))?;
-        (uid.len() == 36
-            && uid
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == '_' || c == '-'))
-        .then(|| uid.replace('_', "-"))
+        let uid = s.rsplit_once("-pod").map(|(_, u)| u).or_else(|| s.strip_prefix("pod"))?;
+        (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '_' || c == '-'))
+            .then(|| uid.replace('_', "-"))
     });
     for (i, seg) in segments.iter().enumerate().rev() {
         let bare = seg.strip_suffix(".scope").unwrap_or(seg);
-        let (runtime, id) = match PREFIXES
-            .iter()
-            .find_map(|(p, r)| bare.strip_prefix(p).map(|id| (*r, id)))
-        {
+        let (runtime, id) = match PREFIXES.iter().find_map(|(p, r)| bare.strip_prefix(p).map(|id| (*r, id))) {
             Some(found) => found,
             // cgroupfs driver: the id is the whole segment, under /docker or a kubepods pod.
-            None if i > 0 && (segments[i - 1] == "docker" || pod_uid.is_some()) => (
-                if segments[i - 1] == "docker" {
-                    "docker"
-                } else {
-                    "containerd"
-                },
-                bare,
-            ),
+            None if i > 0 && (segments[i - 1] == "docker" || pod_uid.is_some()) => {
+                (if segments[i - 1] == "docker" { "docker" } else { "containerd" }, bare)
+            }
             None => continue,
         };
         if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Some(ContainerRef {
-                runtime,
-                id: id.to_string(),
-                pod_uid,
-            });
+            return Some(ContainerRef { runtime, id: id.to_string(), pod_uid });
         }
     }
     None
@@ -212,8 +181,7 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     fn name_ok(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric())
     }
@@ -222,11 +190,7 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(p) = prefix
-        && (p.is_empty()
-            || p.len() > 253
-            || !p
-                .split('.')
-                .all(|part| name_ok(part) && !part.contains('_')))
+        && (p.is_empty() || p.len() > 253 || !p.split('.').all(|part| name_ok(part) && !part.contains('_')))
     {
         return Err(format!("label key {key:?}: prefix must be a DNS subdomain"));
     }
@@ -268,9 +232,7 @@ mod tests {
             ),
             // CRI-O
             (
-                format!(
-                    "/kubepods.slice/kubepods-pod0d1e2f3a_4b5c_6d7e_8f90_a1b2c3d4e5f6.slice/crio-{ID}.scope"
-                ),
+                format!("/kubepods.slice/kubepods-pod0d1e2f3a_4b5c_6d7e_8f90_a1b2c3d4e5f6.slice/crio-{ID}.scope"),
                 "cri-o",
                 Some("0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6"),
             ),
@@ -282,11 +244,7 @@ mod tests {
         ];
         for (path, runtime, pod) in cases {
             let c = parse_container(&path).unwrap_or_else(|| panic!("no container in {path}"));
-            assert_eq!(
-                (c.runtime, c.id.as_str(), c.pod_uid.as_deref()),
-                (runtime, ID, pod),
-                "{path}"
-            );
+            assert_eq!((c.runtime, c.id.as_str(), c.pod_uid.as_deref()), (runtime, ID, pod), "{path}");
         }
     }
 

@@ -14,11 +14,7 @@ use warden::{
 const DEFAULT_CONFIG: &str = "/etc/warden/warden.yaml";
 
 #[derive(Parser)]
-#[command(
-    name = "warden",
-    version,
-    about = "Governs every database connection made on this host"
-)]
+#[command(name = "warden", version, about = "Governs every database connection made on this host")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -59,10 +55,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match dispatch(Cli::parse().command) {
@@ -80,11 +73,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             run::run(Config::load(&config)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Exec {
-            labels,
-            config,
-            command,
-        } => {
+        Cmd::Exec { labels, config, command } => {
             let (root, state) = match config {
                 Some(path) => {
                     let c = Config::load(&path)?;
@@ -106,10 +95,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             for rel in [AGENT_CGROUP, exec::WORKLOADS_CGROUP] {
                 let _ = std::fs::remove_dir(config.cgroup_root.join(rel));
             }
-            println!(
-                "detached: no Warden programs remain attached from {}",
-                config.bpffs_dir.display()
-            );
+            println!("detached: no Warden programs remain attached from {}", config.bpffs_dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
@@ -125,11 +111,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
                     db.fail
                 );
             }
-            println!(
-                "ok: {} database(s), proxy {}",
-                config.databases.len(),
-                config.proxy.listen_v4
-            );
+            println!("ok: {} database(s), proxy {}", config.databases.len(), config.proxy.listen_v4);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -144,20 +126,9 @@ fn status(config: &Config) -> Result<ExitCode> {
     let age_ms = ebpf::monotonic_ns().saturating_sub(state.heartbeat_ns) / 1_000_000;
     let serving = state.serving == 1 && age_ms * 1_000_000 < agent_common::HEARTBEAT_STALE_NS;
     println!("attached: yes");
-    println!(
-        "serving: {} (heartbeat {age_ms} ms ago)",
-        if serving { "yes" } else { "no" }
-    );
+    println!("serving: {} (heartbeat {age_ms} ms ago)", if serving { "yes" } else { "no" });
     let stats = ebpf::Stats::from_pin(&config.bpffs_dir)?.read();
-    let names = [
-        "redirected",
-        "exempted",
-        "ungoverned",
-        "refused",
-        "observed",
-        "events_lost",
-        "flows_recorded",
-    ];
+    let names = ["redirected", "exempted", "ungoverned", "refused", "observed", "events_lost", "flows_recorded"];
     for (name, value) in names.iter().zip(stats) {
         println!("{name}: {value}");
     }

@@ -15,18 +15,10 @@ pub struct NetifError {
 }
 
 fn ip(args: &[&str]) -> Result<String, NetifError> {
-    let fail = |message: String| NetifError {
-        args: args.join(" "),
-        message,
-    };
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| fail(e.to_string()))?;
+    let fail = |message: String| NetifError { args: args.join(" "), message };
+    let out = Command::new("ip").args(args).output().map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

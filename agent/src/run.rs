@@ -13,10 +13,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{
-    AgentState, EVENT_OBSERVED_CLOSE, EVENT_OBSERVED_OPEN, EVENT_REFUSED, EVENT_UNGOVERNED,
-    FlowEvent,
-};
+use agent_common::{AgentState, EVENT_OBSERVED_CLOSE, EVENT_OBSERVED_OPEN, EVENT_REFUSED, EVENT_UNGOVERNED, FlowEvent};
 use anyhow::{Context as _, Result};
 
 use crate::{
@@ -50,9 +47,7 @@ pub fn run(config: Config) -> Result<()> {
         addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(config, own_cgroup))
 }
 
@@ -90,8 +85,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     let (audit, audit_writer) = AuditLog::open(&config.audit.path, config.audit.queue)
         .with_context(|| format!("opening audit file {}", config.audit.path.display()))?;
     let kernel = Arc::new(
-        Kernel::start(&config, state(&config, own_cgroup, true))
-            .context("loading and attaching the eBPF programs")?,
+        Kernel::start(&config, state(&config, own_cgroup, true)).context("loading and attaching the eBPF programs")?,
     );
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -111,10 +105,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(config.clone()));
-    fs::write(
-        ready_file(&config.state_dir),
-        std::process::id().to_string(),
-    )?;
+    fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
     tracing::info!(
         v4 = %config.proxy.listen_v4,
         v6 = ?config.proxy.listen_v6,
@@ -176,10 +167,7 @@ async fn heartbeat(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        if let Err(err) = shared
-            .kernel
-            .publish(state(&shared.config, shared.own_cgroup, true))
-        {
+        if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, true)) {
             tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
         }
     }
@@ -193,10 +181,7 @@ async fn sweep_workload_labels(config: Arc<Config>) {
     loop {
         tick.tick().await;
         let (root, state) = (config.cgroup_root.clone(), config.state_dir.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::exec::sweep_labels(&root, &state, LABEL_GRACE)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || crate::exec::sweep_labels(&root, &state, LABEL_GRACE)).await;
     }
 }
 
@@ -222,27 +207,12 @@ fn handle_events(shared: &Shared, events: Vec<FlowEvent>, open: &mut OpenObserve
             .config
             .databases
             .get(event.origin.database_id as usize)
-            .map_or_else(
-                || format!("#{}", event.origin.database_id),
-                |d| d.name.clone(),
-            );
+            .map_or_else(|| format!("#{}", event.origin.database_id), |d| d.name.clone());
         let orig_dst = socket_addr_of(&event.origin.orig_dst);
-        let identity = || {
-            shared
-                .resolver
-                .resolve(&KernelFacts::from_origin(&event.origin))
-        };
+        let identity = || shared.resolver.resolve(&KernelFacts::from_origin(&event.origin));
         let record = match event.kind {
-            EVENT_UNGOVERNED => Event::Ungoverned {
-                database,
-                orig_dst,
-                identity: identity(),
-            },
-            EVENT_REFUSED => Event::RefusedNotServing {
-                database,
-                orig_dst,
-                identity: identity(),
-            },
+            EVENT_UNGOVERNED => Event::Ungoverned { database, orig_dst, identity: identity() },
+            EVENT_REFUSED => Event::RefusedNotServing { database, orig_dst, identity: identity() },
             EVENT_OBSERVED_OPEN => {
                 let session = shared.sessions.next();
                 open.insert(event.sock_id, (session, event.at_ns, database.clone()));

@@ -25,48 +25,28 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name for this process and call (paths, cgroups, namespaces).
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The `warden` binary under test (`WARDEN_BIN`, set by `cargo xtask test`, or target/debug).
 pub fn warden_bin() -> PathBuf {
-    let bin = std::env::var_os("WARDEN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/debug/warden"));
-    if bin.is_absolute() {
-        bin
-    } else {
-        workspace_root().join(bin)
-    }
+    let bin = std::env::var_os("WARDEN_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/debug/warden"));
+    if bin.is_absolute() { bin } else { workspace_root().join(bin) }
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Runs a command to completion, panicking if it cannot start.
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
 }
 
 /// Runs a command and panics (with its stderr) unless it succeeds; returns stdout.
 pub fn check(cmd: &mut Command) -> String {
     let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -77,19 +57,12 @@ fn pg_bin(name: &str) -> PathBuf {
         .filter(|p| p.join("bin/postgres").exists())
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .expect("a PostgreSQL version")
-        .join("bin")
-        .join(name)
+    versions.pop().expect("a PostgreSQL version").join("bin").join(name)
 }
 
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// A throwaway PostgreSQL cluster, owned by the `postgres` user, listening on all addresses of
@@ -99,16 +72,28 @@ pub struct Postgres {
     dir: PathBuf,
 }
 
+/// Extra configuration for a test PostgreSQL.
+#[derive(Default)]
+pub struct PgOptions<'a> {
+    /// pg_hba.conf lines placed before the default trust lines (first match wins).
+    pub hba: &'a str,
+    /// postgresql.conf settings, e.g. "ssl = on".
+    pub conf: &'a str,
+    /// Files copied into the data directory (owned by postgres, mode 0600), e.g. server.key.
+    pub files: Vec<(&'a str, PathBuf)>,
+}
+
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(PgOptions::default())
+    }
+
+    pub fn start_with(options: PgOptions<'_>) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-pg-"));
         fs::create_dir_all(&dir).expect("pg dir");
         check(Command::new("chown").arg("postgres:postgres").arg(&dir));
         let data = dir.join("data");
-        let mut pg = Postgres {
-            port: free_port(),
-            dir,
-        };
+        let mut pg = Postgres { port: free_port(), dir };
         check(
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
@@ -118,9 +103,24 @@ impl Postgres {
         );
         fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nhost all all 10.77.0.0/16 trust\n",
+            format!(
+                "local all all trust\n{}\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nhost all all 10.77.0.0/16 trust\n",
+                options.hba
+            ),
         )
         .expect("pg_hba");
+        if !options.conf.is_empty() {
+            let mut conf = fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+            conf.push_str(options.conf);
+            conf.push('\n');
+            fs::write(data.join("postgresql.conf"), conf).expect("postgresql.conf");
+        }
+        for (name, source) in &options.files {
+            let target = data.join(name);
+            fs::copy(source, &target).expect("copy file into data directory");
+            check(Command::new("chown").arg("postgres:postgres").arg(&target));
+            check(Command::new("chmod").arg("600").arg(&target));
+        }
         let options = format!(
             "-p {} -c listen_addresses='*' -k {} -c fsync=off -c max_connections=200",
             pg.port,
@@ -139,10 +139,7 @@ impl Postgres {
         if !started.status.success() {
             let log = fs::read_to_string(pg.dir.join("log")).unwrap_or_default();
             pg.port = 0;
-            panic!(
-                "PostgreSQL did not start: {}\n{log}",
-                String::from_utf8_lossy(&started.stderr)
-            );
+            panic!("PostgreSQL did not start: {}\n{log}", String::from_utf8_lossy(&started.stderr));
         }
         pg
     }
@@ -154,12 +151,12 @@ impl Postgres {
 
     /// Runs SQL over the Unix socket (never through the redirect) and returns the output.
     pub fn admin_sql(&self, sql: &str) -> String {
-        check(
-            Command::new(pg_bin("psql"))
-                .args(["-X", "-tA", "-U", "postgres", "-h"])
-                .arg(&self.dir)
-                .args(["-p", &self.port.to_string(), "-c", sql]),
-        )
+        check(Command::new(pg_bin("psql")).args(["-X", "-tA", "-U", "postgres", "-h"]).arg(&self.dir).args([
+            "-p",
+            &self.port.to_string(),
+            "-c",
+            sql,
+        ]))
         .trim()
         .to_string()
     }
@@ -180,6 +177,96 @@ impl Drop for Postgres {
     }
 }
 
+/// A throwaway certificate authority and certificates made with the openssl CLI.
+pub struct TestPki {
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    /// A CA named `name` in a new directory.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("warden-pki-"));
+        fs::create_dir_all(&dir).expect("pki dir");
+        let pki = TestPki { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        check(Command::new("openssl").args(args).current_dir(&self.dir));
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Issues a server certificate `NAME.crt` / `NAME.key` for the given subjectAltName
+    /// (e.g. "DNS:localhost,IP:127.0.0.1").
+    pub fn server_cert(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        fs::write(self.dir.join("ext.cnf"), format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"))
+            .expect("ext");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-extfile",
+            "ext.cnf",
+        ]);
+        (self.dir.join(crt), self.dir.join(key))
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running `warden run` with its own config, state, audit file and bpffs directory.
 pub struct Agent {
     bin: PathBuf,
@@ -189,6 +276,7 @@ pub struct Agent {
     pub state: PathBuf,
     pub bpffs: PathBuf,
     databases_yaml: String,
+    proxy_yaml: String,
     child: Option<Child>,
 }
 
@@ -200,6 +288,15 @@ impl Agent {
 
     /// Like `start`, with a given `warden` binary (the bench uses the release build).
     pub fn start_with(bin: &Path, databases_yaml: &str) -> Self {
+        Self::start_full(bin, databases_yaml, "")
+    }
+
+    /// Like `start`, with extra YAML under `proxy:` (e.g. "  tls: {cert: ..., key: ...}").
+    pub fn start_with_proxy(databases_yaml: &str, proxy_yaml: &str) -> Self {
+        Self::start_full(&warden_bin(), databases_yaml, proxy_yaml)
+    }
+
+    fn start_full(bin: &Path, databases_yaml: &str, proxy_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
@@ -211,6 +308,7 @@ impl Agent {
             bpffs,
             dir,
             databases_yaml: databases_yaml.to_string(),
+            proxy_yaml: proxy_yaml.to_string(),
             child: None,
         };
         agent.write_config();
@@ -220,8 +318,9 @@ impl Agent {
 
     fn write_config(&self) {
         let yaml = format!(
-            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\naudit:\n  path: {}\nstate_dir: {}\nbpffs_dir: {}\n",
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\nstate_dir: {}\nbpffs_dir: {}\n",
             self.databases_yaml,
+            self.proxy_yaml,
             self.audit.display(),
             self.state.display(),
             self.bpffs.display()
@@ -234,11 +333,7 @@ impl Agent {
         assert!(self.child.is_none(), "agent already running");
         let ready = self.state.join("agent.ready");
         let _ = fs::remove_file(&ready);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .expect("log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
         let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -250,22 +345,11 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
-                panic!(
-                    "warden run exited with {status} before serving:\n{}",
-                    self.log()
-                );
+                panic!("warden run exited with {status} before serving:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "warden run not ready after 30 s:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "warden run not ready after 30 s:\n{}", self.log());
             sleep(Duration::from_millis(20));
         }
     }
@@ -328,10 +412,7 @@ impl Agent {
         BufReader::new(file)
             .lines()
             .map_while(Result::ok)
-            .map(|l| {
-                serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
             .collect()
     }
 
@@ -355,12 +436,7 @@ impl Agent {
     /// `warden status` output.
     pub fn status(&self) -> String {
         String::from_utf8_lossy(
-            &output(
-                Command::new(warden_bin())
-                    .args(["status", "--config"])
-                    .arg(&self.config),
-            )
-            .stdout,
+            &output(Command::new(warden_bin()).args(["status", "--config"]).arg(&self.config)).stdout,
         )
         .into_owned()
     }
@@ -399,18 +475,12 @@ impl Drop for Agent {
         self.stop_quietly();
         // Never panic while unwinding (that aborts the whole test binary before other
         // destructors clean up); report instead.
-        let detached = Command::new(warden_bin())
-            .args(["detach", "--config"])
-            .arg(&self.config)
-            .output();
+        let detached = Command::new(warden_bin()).args(["detach", "--config"]).arg(&self.config).output();
         let leftover = self.bpffs.exists();
         let _ = fs::remove_dir_all(&self.dir);
         let failure = match detached {
             Ok(out) if out.status.success() => None,
-            Ok(out) => Some(format!(
-                "warden detach failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )),
+            Ok(out) => Some(format!("warden detach failed: {}", String::from_utf8_lossy(&out.stderr))),
             Err(e) => Some(format!("warden detach could not start: {e}")),
         };
         if std::thread::panicking() {
@@ -462,28 +532,12 @@ impl Netns {
         };
         let _ = output(Command::new("ip").args(["link", "del", &host_if]));
         check(Command::new("ip").args(["netns", "add", &name]));
-        check(Command::new("ip").args([
-            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
-        ]));
+        check(Command::new("ip").args(["link", "add", &host_if, "type", "veth", "peer", "name", &pod_if]));
         check(Command::new("ip").args(["link", "set", &pod_if, "netns", &name]));
-        check(Command::new("ip").args([
-            "addr",
-            "add",
-            &format!("{}/30", ns.host_ip),
-            "dev",
-            &host_if,
-        ]));
+        check(Command::new("ip").args(["addr", "add", &format!("{}/30", ns.host_ip), "dev", &host_if]));
         check(Command::new("ip").args(["link", "set", &host_if, "up"]));
-        let in_ns =
-            |args: &[&str]| check(Command::new("ip").args(["netns", "exec", &name]).args(args));
-        in_ns(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", ns.pod_ip),
-            "dev",
-            &pod_if,
-        ]);
+        let in_ns = |args: &[&str]| check(Command::new("ip").args(["netns", "exec", &name]).args(args));
+        in_ns(&["ip", "addr", "add", &format!("{}/30", ns.pod_ip), "dev", &pod_if]);
         in_ns(&["ip", "link", "set", &pod_if, "up"]);
         in_ns(&["ip", "link", "set", "lo", "up"]);
         in_ns(&["ip", "route", "add", "default", "via", &ns.host_ip]);
@@ -513,22 +567,10 @@ pub fn psql_bin() -> PathBuf {
 /// psql's arguments for one statement, quiet and unaligned (`-X -tA`), as user postgres.
 pub fn psql_argv(host: &str, port: u16, sql: &str) -> Vec<String> {
     let psql = psql_bin().display().to_string();
-    [
-        psql.as_str(),
-        "-X",
-        "-tA",
-        "-U",
-        "postgres",
-        "-h",
-        host,
-        "-p",
-        &port.to_string(),
-        "-c",
-        sql,
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    [psql.as_str(), "-X", "-tA", "-U", "postgres", "-h", host, "-p", &port.to_string(), "-c", sql]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
 }
 
 /// psql running one statement against `host:port` (through the redirect if governed).

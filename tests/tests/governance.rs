@@ -19,24 +19,14 @@ fn host_netns_cookie() -> u64 {
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointer and length for a u64 option.
     let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
+        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
     };
     assert_eq!(rc, 0, "SO_NETNS_COOKIE");
     cookie
 }
 
 fn opens(agent: &Agent) -> Vec<Value> {
-    agent
-        .records()
-        .into_iter()
-        .filter(|r| r["kind"] == "connection_open")
-        .collect()
+    agent.records().into_iter().filter(|r| r["kind"] == "connection_open").collect()
 }
 
 #[test]
@@ -57,27 +47,15 @@ fn psql_is_redirected_and_attributed_to_its_labelled_cgroup() {
     assert_eq!(open["database"], "main");
     assert_eq!(open["orig_dst"], format!("127.0.0.1:{}", pg.port));
     assert_eq!(id["comm"], "psql");
-    assert!(
-        id["exe"].as_str().is_some_and(|e| e.ends_with("/psql")),
-        "{id}"
-    );
+    assert!(id["exe"].as_str().is_some_and(|e| e.ends_with("/psql")), "{id}");
     assert_eq!(id["uid"], 0);
     assert_eq!(id["user"], "root");
     assert_eq!(id["labels"]["warden/identity"], "it-etl");
     assert_eq!(id["labels"]["team"], "data");
-    assert!(
-        id["cgroup"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("/warden.workloads/it-etl-")),
-        "{id}"
-    );
+    assert!(id["cgroup"].as_str().is_some_and(|c| c.starts_with("/warden.workloads/it-etl-")), "{id}");
     assert!(id["pid"].as_u64().is_some_and(|p| p > 1));
     // The server's client is the agent's upstream socket: the bytes went through the proxy.
-    let upstream: SocketAddr = open["upstream_local"]
-        .as_str()
-        .expect("upstream_local")
-        .parse()
-        .unwrap();
+    let upstream: SocketAddr = open["upstream_local"].as_str().expect("upstream_local").parse().unwrap();
     assert_eq!(upstream.port(), server_saw_port);
     // Exactly one session: the agent's upstream connection was exempt, not redirected again.
     let close = agent.wait_record("connection_close", |r| r["kind"] == "connection_close");
@@ -93,13 +71,9 @@ fn psql_is_redirected_and_attributed_to_its_labelled_cgroup() {
         .map(String::from)
         .chain(psql_argv("127.0.0.1", pg.port, "select 1"))
         .collect();
-    check(&mut agent.exec(
-        &["warden/identity=it-nobody"],
-        &as_nobody.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
-    let open = agent.wait_record("nobody's connection", |r| {
-        r["kind"] == "connection_open" && r["identity"]["user"] == "nobody"
-    });
+    check(&mut agent.exec(&["warden/identity=it-nobody"], &as_nobody.iter().map(String::as_str).collect::<Vec<_>>()));
+    let open = agent
+        .wait_record("nobody's connection", |r| r["kind"] == "connection_open" && r["identity"]["user"] == "nobody");
     assert_eq!(open["identity"]["uid"], 65534);
     assert_eq!(open["identity"]["labels"]["warden/identity"], "it-nobody");
 }
@@ -107,14 +81,8 @@ fn psql_is_redirected_and_attributed_to_its_labelled_cgroup() {
 #[test]
 fn tokio_postgres_driver_through_redirect_sees_the_address_it_dialled() {
     let pg = Postgres::start();
-    let agent = Agent::start(&format!(
-        "  - {{name: main, address: '127.0.0.1:{}'}}",
-        pg.port
-    ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (server_port, peer) = rt.block_on(async {
         let dst: SocketAddr = format!("127.0.0.1:{}", pg.port).parse().unwrap();
         let stream = tokio::net::TcpStream::connect(dst).await.expect("connect");
@@ -122,15 +90,9 @@ fn tokio_postgres_driver_through_redirect_sees_the_address_it_dialled() {
         let peer = stream.peer_addr().unwrap();
         let mut config = tokio_postgres::Config::new();
         config.user("postgres").dbname("postgres");
-        let (client, conn) = config
-            .connect_raw(stream, tokio_postgres::NoTls)
-            .await
-            .expect("startup through warden");
+        let (client, conn) = config.connect_raw(stream, tokio_postgres::NoTls).await.expect("startup through warden");
         tokio::spawn(conn);
-        let row = client
-            .query_one("select inet_client_port(), $1::int8 * 2", &[&21i64])
-            .await
-            .expect("query");
+        let row = client.query_one("select inet_client_port(), $1::int8 * 2", &[&21i64]).await.expect("query");
         let doubled: i64 = row.get(1);
         assert_eq!(doubled, 42);
         (row.get::<_, i32>(0) as u16, peer)
@@ -151,46 +113,29 @@ fn native_ipv6_and_v4_mapped_destinations_are_redirected() {
     ));
     // Native IPv6.
     let v6 = check(&mut psql("::1", pg.port, "select inet_client_port()"));
-    let open = agent.wait_record("v6 open", |r| {
-        r["kind"] == "connection_open" && r["database"] == "v6"
-    });
+    let open = agent.wait_record("v6 open", |r| r["kind"] == "connection_open" && r["database"] == "v6");
     assert_eq!(open["orig_dst"], format!("[::1]:{}", pg.port));
     let upstream: SocketAddr = open["upstream_local"].as_str().unwrap().parse().unwrap();
     assert!(upstream.is_ipv6());
     assert_eq!(upstream.port().to_string(), v6.trim());
     // A dual-stack (AF_INET6) socket dialling ::ffff:127.0.0.1, as Java clients do.
-    let mapped = check(&mut psql(
-        "::ffff:127.0.0.1",
-        pg.port,
-        "select inet_client_port()",
-    ));
-    let open = agent.wait_record("mapped open", |r| {
-        r["kind"] == "connection_open" && r["database"] == "v4"
-    });
+    let mapped = check(&mut psql("::ffff:127.0.0.1", pg.port, "select inet_client_port()"));
+    let open = agent.wait_record("mapped open", |r| r["kind"] == "connection_open" && r["database"] == "v4");
     assert_eq!(open["orig_dst"], format!("127.0.0.1:{}", pg.port));
     let upstream: SocketAddr = open["upstream_local"].as_str().unwrap().parse().unwrap();
     assert_eq!(upstream.port().to_string(), mapped.trim());
     // getpeername6 returns what was dialled, in both shapes.
     let s = TcpStream::connect(format!("[::1]:{}", pg.port)).unwrap();
-    assert_eq!(
-        s.peer_addr().unwrap().to_string(),
-        format!("[::1]:{}", pg.port)
-    );
+    assert_eq!(s.peer_addr().unwrap().to_string(), format!("[::1]:{}", pg.port));
     let s = TcpStream::connect(format!("[::ffff:127.0.0.1]:{}", pg.port)).unwrap();
-    assert_eq!(
-        s.peer_addr().unwrap().to_string(),
-        format!("[::ffff:127.0.0.1]:{}", pg.port)
-    );
+    assert_eq!(s.peer_addr().unwrap().to_string(), format!("[::ffff:127.0.0.1]:{}", pg.port));
     assert_eq!(agent.stat("redirected"), 4);
 }
 
 #[test]
 fn flows_outside_governance_are_untouched() {
     let pg = Postgres::start();
-    let agent = Agent::start(&format!(
-        "  - {{name: main, address: '127.0.0.1:{}'}}",
-        pg.port
-    ));
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
     // Same server, an address that is not governed: direct.
     let out = check(&mut psql("::1", pg.port, "select inet_client_addr()"));
     assert_eq!(out.trim(), "::1");
@@ -215,31 +160,15 @@ fn a_pod_in_another_network_namespace_is_governed_and_the_proxy_refuses_direct_d
     let in_pod: Vec<String> = ["ip", "netns", "exec", pod.name.as_str()]
         .into_iter()
         .map(String::from)
-        .chain(psql_argv(
-            &pod.host_ip,
-            pg.port,
-            "select inet_client_port()",
-        ))
+        .chain(psql_argv(&pod.host_ip, pg.port, "select inet_client_port()"))
         .collect();
-    let out = check(&mut agent.exec(
-        &["app=pod-a"],
-        &in_pod.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let out = check(&mut agent.exec(&["app=pod-a"], &in_pod.iter().map(String::as_str).collect::<Vec<_>>()));
     let open = agent.wait_record("pod open", |r| r["kind"] == "connection_open");
     assert_eq!(open["orig_dst"], format!("{}:{}", pod.host_ip, pg.port));
-    assert!(
-        open["client"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("{}:", pod.pod_ip)),
-        "{open}"
-    );
+    assert!(open["client"].as_str().unwrap().starts_with(&format!("{}:", pod.pod_ip)), "{open}");
     assert_eq!(open["identity"]["labels"]["app"], "pod-a");
     // The connecting socket lived in the pod's network namespace, not the host's.
-    assert_ne!(
-        open["identity"]["netns_cookie"].as_u64().unwrap(),
-        host_netns_cookie()
-    );
+    assert_ne!(open["identity"]["netns_cookie"].as_u64().unwrap(), host_netns_cookie());
     let upstream: SocketAddr = open["upstream_local"].as_str().unwrap().parse().unwrap();
     assert_eq!(upstream.port().to_string(), out.trim());
 
@@ -250,56 +179,35 @@ fn a_pod_in_another_network_namespace_is_governed_and_the_proxy_refuses_direct_d
     let mut direct = pod.command(std::path::Path::new(&argv[0]));
     direct.args(&argv[1..]);
     let refused = output(&mut direct);
-    assert!(
-        !refused.status.success(),
-        "a direct dial of the proxy must not reach PostgreSQL"
-    );
+    assert!(!refused.status.success(), "a direct dial of the proxy must not reach PostgreSQL");
     let refused = output(&mut psql(ip, port.parse().unwrap(), "select 1"));
     assert!(!refused.status.success());
     let refusals: Vec<Value> = {
         agent.wait_record("proxy_refused", |r| r["kind"] == "proxy_refused");
         std::thread::sleep(Duration::from_millis(300));
-        agent
-            .records()
-            .into_iter()
-            .filter(|r| r["kind"] == "proxy_refused")
-            .collect()
+        agent.records().into_iter().filter(|r| r["kind"] == "proxy_refused").collect()
     };
     assert_eq!(refusals.len(), 2, "{refusals:#?}");
-    assert!(refusals.iter().any(|r| {
-        r["client"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("{}:", pod.pod_ip))
-    }));
+    assert!(refusals.iter().any(|r| { r["client"].as_str().unwrap().starts_with(&format!("{}:", pod.pod_ip)) }));
     assert_eq!(opens(&agent).len(), 1);
 }
 
 #[test]
 fn fail_closed_refuses_fast_when_the_agent_is_stopped_or_killed() {
     let pg = Postgres::start();
-    let mut agent = Agent::start(&format!(
-        "  - {{name: main, address: '127.0.0.1:{}', fail: closed}}",
-        pg.port
-    ));
+    let mut agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}', fail: closed}}", pg.port));
     check(&mut psql("127.0.0.1", pg.port, "select 1"));
     // Clean stop: programs stay pinned, connect() fails at once with EPERM.
     agent.stop();
     let started = Instant::now();
     let out = output(&mut psql("127.0.0.1", pg.port, "select 1"));
     assert!(!out.status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Operation not permitted"), "{err}");
     // The refusal is recorded from the pinned ring by the next agent.
     agent.spawn();
-    let refused = agent.wait_record("refused_not_serving", |r| {
-        r["kind"] == "refused_not_serving"
-    });
+    let refused = agent.wait_record("refused_not_serving", |r| r["kind"] == "refused_not_serving");
     assert_eq!(refused["identity"]["comm"], "psql");
     check(&mut psql("127.0.0.1", pg.port, "select 1"));
 
@@ -308,11 +216,7 @@ fn fail_closed_refuses_fast_when_the_agent_is_stopped_or_killed() {
     let started = Instant::now();
     let out = output(&mut psql("127.0.0.1", pg.port, "select 1"));
     assert!(!out.status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     // Once the heartbeat is stale the kernel side applies fail-closed itself.
     std::thread::sleep(Duration::from_millis(3_500));
     let out = output(&mut psql("127.0.0.1", pg.port, "select 1"));
@@ -322,10 +226,7 @@ fn fail_closed_refuses_fast_when_the_agent_is_stopped_or_killed() {
 #[test]
 fn fail_open_goes_direct_and_is_recorded_as_ungoverned() {
     let pg = Postgres::start();
-    let mut agent = Agent::start(&format!(
-        "  - {{name: main, address: '127.0.0.1:{}', fail: open}}",
-        pg.port
-    ));
+    let mut agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}', fail: open}}", pg.port));
     agent.stop();
     // Direct: the server sees the client's own address, not the proxy's upstream.
     let out = check(&mut psql("127.0.0.1", pg.port, "select inet_client_addr()"));
@@ -343,10 +244,7 @@ fn fail_open_goes_direct_and_is_recorded_as_ungoverned() {
 #[test]
 fn observe_mode_records_without_redirect() {
     let pg = Postgres::start();
-    let agent = Agent::start(&format!(
-        "  - {{name: reporting, address: '127.0.0.1:{}', mode: observe}}",
-        pg.port
-    ));
+    let agent = Agent::start(&format!("  - {{name: reporting, address: '127.0.0.1:{}', mode: observe}}", pg.port));
     let out = check(&mut agent.exec_psql(
         &["warden/identity=it-observed"],
         "127.0.0.1",
@@ -359,10 +257,7 @@ fn observe_mode_records_without_redirect() {
     assert_eq!(client.port().to_string(), out.trim());
     assert_eq!(observed["database"], "reporting");
     assert_eq!(observed["identity"]["comm"], "psql");
-    assert_eq!(
-        observed["identity"]["labels"]["warden/identity"],
-        "it-observed"
-    );
+    assert_eq!(observed["identity"]["labels"]["warden/identity"], "it-observed");
     let close = agent.wait_record("observed_close", |r| r["kind"] == "observed_close");
     assert_eq!(close["session"], observed["session"]);
     assert!(opens(&agent).is_empty());
@@ -372,23 +267,15 @@ fn observe_mode_records_without_redirect() {
 #[test]
 fn an_unreachable_database_gives_the_client_a_clear_error() {
     let port = testkit::free_port();
-    let agent = Agent::start(&format!(
-        "  - {{name: gone, address: '127.0.0.1:{port}', connect_timeout_ms: 2000}}"
-    ));
+    let agent = Agent::start(&format!("  - {{name: gone, address: '127.0.0.1:{port}', connect_timeout_ms: 2000}}"));
     let started = Instant::now();
     let out = output(&mut psql("127.0.0.1", port, "select 1"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("warden: database \"gone\"") && err.contains("unreachable"),
-        "{err}"
-    );
+    assert!(err.contains("warden: database \"gone\"") && err.contains("unreachable"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let close = agent.wait_record("close with error", |r| r["kind"] == "connection_close");
-    assert!(
-        close["error"].as_str().unwrap().contains("unreachable"),
-        "{close}"
-    );
+    assert!(close["error"].as_str().unwrap().contains("unreachable"), "{close}");
 }
 
 #[test]
@@ -396,16 +283,8 @@ fn a_malformed_config_names_file_line_and_expectation() {
     let dir = std::env::temp_dir().join(testkit::unique("warden-badcfg-"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.yaml");
-    std::fs::write(
-        &path,
-        "databases:\n  - name: main\n    address: 127.0.0.1:5432\n    fail: sometimes\n",
-    )
-    .unwrap();
-    let out = output(
-        Command::new(testkit::warden_bin())
-            .args(["run", "--config"])
-            .arg(&path),
-    );
+    std::fs::write(&path, "databases:\n  - name: main\n    address: 127.0.0.1:5432\n    fail: sometimes\n").unwrap();
+    let out = output(Command::new(testkit::warden_bin()).args(["run", "--config"]).arg(&path));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

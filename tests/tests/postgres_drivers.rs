@@ -13,10 +13,7 @@ const VIA_WARDEN: &str = "127.0.0.1";
 const DIRECT: &str = "::1";
 
 fn governed(pg: &Postgres) -> Agent {
-    Agent::start(&format!(
-        "  - {{name: main, address: '127.0.0.1:{}'}}",
-        pg.port
-    ))
+    Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port))
 }
 
 /// psql running a script file, unaligned, stopping at the first error.
@@ -27,27 +24,11 @@ fn psql_script(host: &str, port: u16, script: &str) -> String {
     std::fs::write(&path, script.replace("@DIR@", &dir.display().to_string())).unwrap();
     let out = output(
         Command::new(psql_bin())
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-h",
-                host,
-                "-p",
-                &port.to_string(),
-                "-f",
-            ])
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h", host, "-p", &port.to_string(), "-f"])
             .arg(&path),
     );
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "psql via {host} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "psql via {host} failed: {}", String::from_utf8_lossy(&out.stderr));
     // Notifications name the sending backend's pid, which differs between runs.
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
@@ -82,14 +63,8 @@ select 'after notify';
     let through = psql_script(VIA_WARDEN, pg.port, script);
     let direct = psql_script(DIRECT, pg.port, script);
     assert_eq!(through, direct);
-    assert!(
-        through.contains("Asynchronous notification \"ch\" with payload \"hello from warden\""),
-        "{through}"
-    );
-    assert!(
-        through.lines().filter(|l| l.starts_with("3|gamma")).count() == 2,
-        "{through}"
-    );
+    assert!(through.contains("Asynchronous notification \"ch\" with payload \"hello from warden\""), "{through}");
+    assert!(through.lines().filter(|l| l.starts_with("3|gamma")).count() == 2, "{through}");
     assert!(through.contains("5000\t"), "COPY OUT of 5000 rows relayed");
     let close = agent.wait_record("close", |r| r["kind"] == "connection_close");
     assert!(close["statements"].as_u64().unwrap() >= 10, "{close}");
@@ -103,16 +78,7 @@ fn errors_keep_the_session_usable_and_match_direct() {
     let run = |host: &str| {
         let out = output(
             Command::new(psql_bin())
-                .args([
-                    "-X",
-                    "-At",
-                    "-U",
-                    "postgres",
-                    "-h",
-                    host,
-                    "-p",
-                    &pg.port.to_string(),
-                ])
+                .args(["-X", "-At", "-U", "postgres", "-h", host, "-p", &pg.port.to_string()])
                 .stdin(Stdio::piped())
                 .args([
                     "-c",
@@ -129,18 +95,14 @@ fn errors_keep_the_session_usable_and_match_direct() {
                     "select 3",
                 ]),
         );
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (through_out, through_err) = run(VIA_WARDEN);
     let (direct_out, direct_err) = run(DIRECT);
     assert_eq!(through_out, direct_out);
     assert_eq!(through_err, direct_err);
     assert!(
-        through_err.contains("division by zero")
-            && through_err.contains("current transaction is aborted"),
+        through_err.contains("division by zero") && through_err.contains("current transaction is aborted"),
         "{through_err}"
     );
     assert!(through_out.contains('3'));
@@ -161,24 +123,11 @@ fn pgbench_in_every_query_mode() {
     let agent = governed(&pg);
     // Initialisation loads pgbench_accounts with COPY through the proxy.
     pgbench(VIA_WARDEN, pg.port, &["-i", "-q", "-s", "1"]);
-    assert_eq!(
-        pg.admin_sql("select count(*) from pgbench_accounts"),
-        "100000"
-    );
+    assert_eq!(pg.admin_sql("select count(*) from pgbench_accounts"), "100000");
     for mode in ["simple", "extended", "prepared"] {
-        let out = pgbench(
-            VIA_WARDEN,
-            pg.port,
-            &["-n", "-c", "4", "-j", "2", "-t", "200", "-M", mode],
-        );
-        assert!(
-            out.contains("number of transactions actually processed: 800/800"),
-            "{mode}: {out}"
-        );
-        assert!(
-            out.contains("number of failed transactions: 0"),
-            "{mode}: {out}"
-        );
+        let out = pgbench(VIA_WARDEN, pg.port, &["-n", "-c", "4", "-j", "2", "-t", "200", "-M", mode]);
+        assert!(out.contains("number of transactions actually processed: 800/800"), "{mode}: {out}");
+        assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
     }
     // TPC-B keeps balances consistent with the history it wrote.
     assert_eq!(
@@ -186,15 +135,8 @@ fn pgbench_in_every_query_mode() {
         pg.admin_sql("select sum(delta) from pgbench_history")
     );
     assert_eq!(pg.admin_sql("select count(*) from pgbench_history"), "2400");
-    let opens = agent
-        .records()
-        .into_iter()
-        .filter(|r| r["kind"] == "connection_open")
-        .count();
-    assert!(
-        opens >= 13,
-        "every pgbench connection went through Warden ({opens})"
-    );
+    let opens = agent.records().into_iter().filter(|r| r["kind"] == "connection_open").count();
+    assert!(opens >= 13, "every pgbench connection went through Warden ({opens})");
 }
 
 /// Waits until a backend with this application name is running a query; returns its pid.
@@ -214,17 +156,7 @@ fn wait_active(pg: &Postgres, app: &str) -> String {
 
 fn sleeping_psql(port: u16, app: &str) -> std::process::Child {
     Command::new(psql_bin())
-        .args([
-            "-X",
-            "-U",
-            "postgres",
-            "-h",
-            VIA_WARDEN,
-            "-p",
-            &port.to_string(),
-            "-c",
-            "select pg_sleep(60)",
-        ])
+        .args(["-X", "-U", "postgres", "-h", VIA_WARDEN, "-p", &port.to_string(), "-c", "select pg_sleep(60)"])
         .env("PGAPPNAME", app)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -241,16 +173,10 @@ fn cancel_from_the_server_side_and_from_the_client() {
     let started = Instant::now();
     let child = sleeping_psql(pg.port, "warden_cancel_server");
     let pid = wait_active(&pg, "warden_cancel_server");
-    assert_eq!(
-        pg.admin_sql(&format!("select pg_cancel_backend({pid})")),
-        "t"
-    );
+    assert_eq!(pg.admin_sql(&format!("select pg_cancel_backend({pid})")), "t");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("canceling statement due to user request"),
-        "{err}"
-    );
+    assert!(err.contains("canceling statement due to user request"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // psql's own cancel (SIGINT): a CancelRequest on a new connection, which the redirect
@@ -262,14 +188,10 @@ fn cancel_from_the_server_side_and_from_the_client() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("canceling statement due to user request"),
-        "{err}"
-    );
+    assert!(err.contains("canceling statement due to user request"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
-    let cancel = agent.wait_record("cancel connection", |r| {
-        r["kind"] == "connection_open" && r["cancel_request"] == true
-    });
+    let cancel =
+        agent.wait_record("cancel connection", |r| r["kind"] == "connection_open" && r["cancel_request"] == true);
     assert_eq!(cancel["identity"]["comm"], "psql");
 }
 
@@ -304,19 +226,11 @@ async fn tokio_postgres_workload(host: &str, port: u16) -> Vec<String> {
         row.get::<_, Option<String>>(7)
     ));
     // Pipelining: many queries in flight on one connection.
-    let stmt = client
-        .prepare("select $1::int4 * 2, repeat('z', $1::int4)")
-        .await
-        .unwrap();
+    let stmt = client.prepare("select $1::int4 * 2, repeat('z', $1::int4)").await.unwrap();
     let futures = (0..50).map(|i| {
         let client = &client;
         let stmt = &stmt;
-        async move {
-            client
-                .query_one(stmt, &[&i])
-                .await
-                .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1).len()))
-        }
+        async move { client.query_one(stmt, &[&i]).await.map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1).len())) }
     });
     for r in join_all(futures.map(Box::pin).collect()).await {
         let (doubled, len) = r.unwrap();
@@ -338,13 +252,7 @@ async fn tokio_postgres_workload(host: &str, port: u16) -> Vec<String> {
     client.batch_execute("create temp table tp(x int); begin; insert into tp values (1); savepoint s; insert into tp values (2); rollback to s; commit").await.unwrap();
     out.push(format!(
         "{:?}",
-        client
-            .query("select x from tp", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, i32>(0))
-            .collect::<Vec<_>>()
+        client.query("select x from tp", &[]).await.unwrap().iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
     ));
     drop(client);
     conn.await.unwrap().unwrap();
@@ -364,11 +272,7 @@ async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
                 }
             }
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
     })
     .await;
     results.into_iter().map(|r| r.expect("ready")).collect()
@@ -378,10 +282,7 @@ async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
 fn tokio_postgres_pipelining_binary_results_and_cancel_match_direct() {
     let pg = Postgres::start();
     let agent = governed(&pg);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let through = rt.block_on(tokio_postgres_workload(VIA_WARDEN, pg.port));
     let direct = rt.block_on(tokio_postgres_workload(DIRECT, pg.port));
     assert_eq!(through, direct);
@@ -399,10 +300,7 @@ fn tokio_postgres_pipelining_binary_results_and_cancel_match_direct() {
         let token = client.cancel_token();
         let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        token
-            .cancel_query(tokio_postgres::NoTls)
-            .await
-            .expect("cancel sent");
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
         let err = tokio::time::timeout(Duration::from_secs(20), sleeper)
             .await
             .expect("cancelled in time")
@@ -410,9 +308,7 @@ fn tokio_postgres_pipelining_binary_results_and_cancel_match_direct() {
             .unwrap_err();
         assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     });
-    agent.wait_record("cancel connection", |r| {
-        r["kind"] == "connection_open" && r["cancel_request"] == true
-    });
+    agent.wait_record("cancel connection", |r| r["kind"] == "connection_open" && r["cancel_request"] == true);
 }
 
 fn drivers_dir() -> std::path::PathBuf {
@@ -424,30 +320,18 @@ fn psycopg3_cursors_pipeline_copy_and_binary_match_direct() {
     let pg = Postgres::start();
     let agent = governed(&pg);
     let run = |host: &str| {
-        check(
-            Command::new("python3")
-                .arg(drivers_dir().join("psycopg_check.py"))
-                .args([host, &pg.port.to_string()]),
-        )
+        check(Command::new("python3").arg(drivers_dir().join("psycopg_check.py")).args([host, &pg.port.to_string()]))
     };
     let through = run(VIA_WARDEN);
     let direct = run(DIRECT);
     assert_eq!(through, direct);
     let results: serde_json::Value = serde_json::from_str(&through).unwrap();
-    assert_eq!(
-        results["server_side_cursor"],
-        serde_json::json!([500500, 8])
-    );
+    assert_eq!(results["server_side_cursor"], serde_json::json!([500500, 8]));
     assert_eq!(results["pipeline"], serde_json::json!([20, 190]));
     assert_eq!(results["pipeline_error"], "23505");
     assert_eq!(results["copy"].as_array().unwrap().len(), 5);
-    assert_eq!(
-        results["binary"],
-        serde_json::json!([42, 1.25, "616263", [1, 2], "2024-01-02", true])
-    );
-    agent.wait_record("psycopg session", |r| {
-        r["kind"] == "connection_open" && r["identity"]["comm"] == "python3"
-    });
+    assert_eq!(results["binary"], serde_json::json!([42, 1.25, "616263", [1, 2], "2024-01-02", true]));
+    agent.wait_record("psycopg session", |r| r["kind"] == "connection_open" && r["identity"]["comm"] == "python3");
 }
 
 #[test]
@@ -466,31 +350,21 @@ fn pgjdbc_prepared_statements_and_batches_match_direct() {
     let direct = run(DIRECT);
     assert_eq!(through, direct);
     assert!(
-        through.contains("batch 250")
-            && through.contains("totals 250 311.25")
-            && through.contains("error 22012"),
+        through.contains("batch 250") && through.contains("totals 250 311.25") && through.contains("error 22012"),
         "{through}"
     );
     assert!(through.contains("still usable"), "{through}");
     // Java dials dual-stack sockets (AF_INET6 to ::ffff:127.0.0.1): still attributed.
-    agent.wait_record("jdbc session", |r| {
-        r["kind"] == "connection_open" && r["identity"]["comm"] == "java"
-    });
+    agent.wait_record("jdbc session", |r| r["kind"] == "connection_open" && r["identity"]["comm"] == "java");
 }
 
 async fn sqlx_workload(host: &str, port: u16) -> Vec<String> {
     use sqlx::{Connection as _, Executor as _, Row as _};
     let url = format!(
         "postgres://postgres@{}:{port}/postgres",
-        if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        }
+        if host.contains(':') { format!("[{host}]") } else { host.to_string() }
     );
-    let mut conn = sqlx::PgConnection::connect(&url)
-        .await
-        .expect("sqlx connect");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("sqlx connect");
     let mut out = Vec::new();
     // Prepared (cached) statements with binary parameters and results.
     for i in 0..5i64 {
@@ -501,41 +375,17 @@ async fn sqlx_workload(host: &str, port: u16) -> Vec<String> {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        out.push(format!(
-            "{} {} {:?}",
-            row.get::<i64, _>("n"),
-            row.get::<String, _>("s"),
-            row.get::<Vec<u8>, _>("b")
-        ));
+        out.push(format!("{} {} {:?}", row.get::<i64, _>("n"), row.get::<String, _>("s"), row.get::<Vec<u8>, _>("b")));
     }
     // A multi-row stream.
-    let rows = sqlx::query("select g, md5(g::text) from generate_series(1, 2000) g")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    out.push(format!(
-        "{} {}",
-        rows.len(),
-        rows.iter().map(|r| r.get::<i32, _>(0) as i64).sum::<i64>()
-    ));
+    let rows =
+        sqlx::query("select g, md5(g::text) from generate_series(1, 2000) g").fetch_all(&mut conn).await.unwrap();
+    out.push(format!("{} {}", rows.len(), rows.iter().map(|r| r.get::<i32, _>(0) as i64).sum::<i64>()));
     // Simple-protocol batch and an error that leaves the connection usable.
-    conn.execute("create temp table s(x int); insert into s values (1), (2)")
-        .await
-        .unwrap();
-    let err = sqlx::query("select 1/0")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_err();
-    out.push(
-        err.as_database_error()
-            .and_then(|e| e.code())
-            .unwrap_or_default()
-            .to_string(),
-    );
-    let n: i64 = sqlx::query_scalar("select count(*) from s")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    conn.execute("create temp table s(x int); insert into s values (1), (2)").await.unwrap();
+    let err = sqlx::query("select 1/0").fetch_one(&mut conn).await.unwrap_err();
+    out.push(err.as_database_error().and_then(|e| e.code()).unwrap_or_default().to_string());
+    let n: i64 = sqlx::query_scalar("select count(*) from s").fetch_one(&mut conn).await.unwrap();
     out.push(n.to_string());
     conn.close().await.unwrap();
     out
@@ -545,10 +395,7 @@ async fn sqlx_workload(host: &str, port: u16) -> Vec<String> {
 fn sqlx_prepared_binary_and_streams_match_direct() {
     let pg = Postgres::start();
     let _agent = governed(&pg);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let through = rt.block_on(sqlx_workload(VIA_WARDEN, pg.port));
     let direct = rt.block_on(sqlx_workload(DIRECT, pg.port));
     assert_eq!(through, direct);

@@ -88,9 +88,10 @@ async fn serve(pg_port: u16, hooks: Arc<TestHooks>) -> SocketAddr {
 }
 
 async fn connect(addr: SocketAddr) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&format!("host={} port={} user=postgres", addr.ip(), addr.port()), NoTls)
-        .await
-        .expect("connect through the session");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host={} port={} user=postgres", addr.ip(), addr.port()), NoTls)
+            .await
+            .expect("connect through the session");
     tokio::spawn(conn);
     client
 }

@@ -16,17 +16,7 @@ struct Run {
 fn pgbench(pg: &Postgres, extra: &[&str]) -> Result<Run> {
     let out = check(
         Command::new(pgbench_bin())
-            .args([
-                "-n",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-T",
-                &SECONDS.to_string(),
-            ])
+            .args(["-n", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-T", &SECONDS.to_string()])
             .args(extra)
             .arg("postgres"),
     );
@@ -48,40 +38,26 @@ fn pgbench(pg: &Postgres, extra: &[&str]) -> Result<Run> {
 pub fn bench(warden: &Path) -> Result<()> {
     let pg = Postgres::start();
     check(
-        Command::new(pgbench_bin())
-            .args(["-i", "-q", "-s", "1", "-U", "postgres", "-h"])
-            .arg(pg.socket_dir())
-            .args(["-p", &pg.port.to_string(), "postgres"]),
+        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "1", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
+            "-p",
+            &pg.port.to_string(),
+            "postgres",
+        ]),
     );
     let cases: &[(&str, &[&str])] = &[
-        (
-            "select-only, new connection per transaction (-C), 1 client",
-            &["-C", "-S", "-c", "1"],
-        ),
-        (
-            "select-only, new connection per transaction (-C), 4 clients",
-            &["-C", "-S", "-c", "4", "-j", "2"],
-        ),
+        ("select-only, new connection per transaction (-C), 1 client", &["-C", "-S", "-c", "1"]),
+        ("select-only, new connection per transaction (-C), 4 clients", &["-C", "-S", "-c", "4", "-j", "2"]),
     ];
-    println!(
-        "{:<62} {:>10} {:>10} {:>7} {:>14}",
-        "case", "direct", "warden", "ratio", "agent µs/conn"
-    );
+    println!("{:<62} {:>10} {:>10} {:>7} {:>14}", "case", "direct", "warden", "ratio", "agent µs/conn");
     for (name, args) in cases {
         let direct = pgbench(&pg, args)?;
-        let agent = Agent::start_with(
-            warden,
-            &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port),
-        );
+        let agent = Agent::start_with(warden, &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port));
         let cpu_before = agent.cpu_seconds();
         let through = pgbench(&pg, args)?;
         let cpu = agent.cpu_seconds() - cpu_before;
         let redirected = agent.stat("redirected");
         if redirected < through.transactions {
-            bail!(
-                "only {redirected} of {} connections were redirected",
-                through.transactions
-            );
+            bail!("only {redirected} of {} connections were redirected", through.transactions);
         }
         drop(agent);
         std::thread::sleep(Duration::from_millis(200));

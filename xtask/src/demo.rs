@@ -30,26 +30,14 @@ pub fn demo(warden: &Path) -> Result<()> {
     println!("PostgreSQL listening on port {port} (every address)");
 
     step("Starting the Warden agent, governing that port on any address (fail: closed)");
-    let mut agent = Agent::start_with(
-        warden,
-        &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
-    );
-    println!(
-        "config: {}",
-        std::fs::read_to_string(&agent.config)?
-            .trim_end()
-            .replace('\n', "\n        ")
-    );
+    let mut agent = Agent::start_with(warden, &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"));
+    println!("config: {}", std::fs::read_to_string(&agent.config)?.trim_end().replace('\n', "\n        "));
     print!("{}", agent.status());
 
     step("An unmodified psql, tagged as an AI agent with `warden exec --label`");
-    let sql =
-        "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
+    let sql = "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
     let labels = ["warden/identity=recsys-agent", "warden/class=ai-agent"];
-    println!(
-        "$ warden exec --label {} --label {} -- psql -h 127.0.0.1 -p {port} -c \"{sql}\"",
-        labels[0], labels[1]
-    );
+    println!("$ warden exec --label {} --label {} -- psql -h 127.0.0.1 -p {port} -c \"{sql}\"", labels[0], labels[1]);
     println!("current_user|server_sees|from_port");
     show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
 
@@ -65,11 +53,7 @@ pub fn demo(warden: &Path) -> Result<()> {
 
     step("The agent stops: this database fails closed, at once");
     agent.stop();
-    expect_refused(
-        "127.0.0.1",
-        pg.port,
-        "refused by the kernel while no agent serves",
-    );
+    expect_refused("127.0.0.1", pg.port, "refused by the kernel while no agent serves");
     print!("{}", agent.status());
 
     step("Cleaning up (programs detached, PostgreSQL stopped)");

@@ -51,14 +51,9 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::setup(),
         Task::Build { release } => setup::setup().and_then(|()| build(release)),
-        Task::Run { config, release } => {
-            setup::setup().and_then(|()| build(release)).and_then(|()| {
-                run(Command::new(warden_binary(release))
-                    .arg("run")
-                    .arg("--config")
-                    .arg(config))
-            })
-        }
+        Task::Run { config, release } => setup::setup()
+            .and_then(|()| build(release))
+            .and_then(|()| run(Command::new(warden_binary(release)).arg("run").arg("--config").arg(config))),
         Task::Demo => setup::setup()
             .and_then(|()| require_root("demo"))
             .and_then(|()| build(false))
@@ -80,26 +75,17 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
 pub fn warden_binary(release: bool) -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("warden")
+    workspace_root().join("target").join(if release { "release" } else { "debug" }).join("warden")
 }
 
 pub fn is_root() -> bool {
     // SAFETY-free: reading the effective uid from procfs avoids a libc dependency here.
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().nth(1))
-            == Some("0")
+        s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)) == Some("0")
     })
 }
 
@@ -123,11 +109,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn cmd_output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -149,27 +131,13 @@ fn build(release: bool) -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     // Unit tests of every userspace crate (no root needed).
-    run(cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "agent-ebpf",
-        "--exclude",
-        "warden-integration",
-    ]))?;
+    run(cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "warden-integration"]))?;
     require_root("test")?;
     build(false)?;
     // Integration tests attach host-wide programs: one at a time, each cleaning up after itself.
     let mut cmd = cargo();
     // `--tests`: no doctest pass after the integration tests, so the run closes on their summary.
-    cmd.args([
-        "test",
-        "--package",
-        "warden-integration",
-        "--tests",
-        "--",
-        "--test-threads=1",
-    ]);
+    cmd.args(["test", "--package", "warden-integration", "--tests", "--", "--test-threads=1"]);
     if let Some(filter) = filter {
         cmd.arg(filter);
     }

@@ -32,14 +32,9 @@ pub fn setup() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = cmd_output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("listing nightly components (is the nightly toolchain installed?)")?;
+    let installed =
+        cmd_output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .context("listing nightly components (is the nightly toolchain installed?)")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -55,19 +50,13 @@ fn nightly_llvm() -> Result<(String, PathBuf, PathBuf)> {
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly -vV names no LLVM version")?;
     let major = llvm.split('.').next().unwrap_or_default().to_string();
-    let sysroot = PathBuf::from(
-        cmd_output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
-    );
+    let sysroot = PathBuf::from(cmd_output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
     let libdir = sysroot.join("lib");
     let lib = fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so")))
         .with_context(|| format!("no libLLVM*.so in {}", libdir.display()))?;
     Ok((major, libdir, lib))
 }
@@ -75,9 +64,7 @@ fn nightly_llvm() -> Result<(String, PathBuf, PathBuf)> {
 fn cargo_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        })
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
         .join("bin")
 }
 
@@ -86,10 +73,7 @@ fn bpf_linker() -> Result<()> {
     let stamp_dir = crate::workspace_root().join("target/xtask");
     let stamp = stamp_dir.join("bpf-linker.llvm");
     let binary = cargo_bin_dir().join("bpf-linker");
-    let works = Command::new(&binary)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let works = Command::new(&binary).arg("--version").output().is_ok_and(|o| o.status.success());
     let built_for = fs::read_to_string(&stamp).unwrap_or_default();
     // Without a stamp we cannot tell which LLVM an existing binary was linked against; a binary
     // that runs is trusted on the first run and the stamp records the current major.
@@ -117,10 +101,7 @@ fn bpf_linker() -> Result<()> {
             &format!("llvm-{major}"),
         ])
         .env("LLVM_PREFIX", &prefix)
-        .env(
-            "RUSTFLAGS",
-            format!("-C link-arg=-Wl,-rpath,{}", libdir.display()),
-        ))?;
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", libdir.display())))?;
     fs::write(&stamp, &major)?;
     Ok(())
 }
@@ -156,10 +137,7 @@ fn debian_packages() -> Result<()> {
         return Ok(());
     }
     if !crate::is_root() {
-        bail!(
-            "setup needs root to install Debian packages: {}",
-            missing.join(" ")
-        );
+        bail!("setup needs root to install Debian packages: {}", missing.join(" "));
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
@@ -171,29 +149,18 @@ fn debian_packages() -> Result<()> {
 
 fn python_drivers() -> Result<()> {
     let present = Command::new("python3")
-        .args([
-            "-c",
-            "import psycopg, sys; sys.exit(0 if psycopg.__version__ == '3.3.9' else 1)",
-        ])
+        .args(["-c", "import psycopg, sys; sys.exit(0 if psycopg.__version__ == '3.3.9' else 1)"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return Ok(());
     }
     eprintln!("setup: installing {PSYCOPG} from PyPI");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        PSYCOPG,
-    ]))
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", PSYCOPG]))
 }
 
 fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(binary).is_file()))
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(binary).is_file()))
 }
 
 fn is_mounted(path: &Path, fstype: &str) -> bool {

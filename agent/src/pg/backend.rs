@@ -87,10 +87,7 @@ impl<'a> Backend<'a> {
         let mut r = Reader::new(tag, body);
         let empty = |r: &Reader<'a>, m: Self| r.finish().map(|()| m);
         let msg = match tag {
-            b'R' => Self::Authentication {
-                code: r.i32("auth code")?,
-                data: r.remaining(),
-            },
+            b'R' => Self::Authentication { code: r.i32("auth code")?, data: r.remaining() },
             b'S' => {
                 let name = r.cstr("parameter name")?;
                 let value = r.cstr("parameter value")?;
@@ -101,10 +98,7 @@ impl<'a> Backend<'a> {
                 let pid = r.i32("process id")?;
                 let key = r.remaining();
                 if !(4..=256).contains(&key.len()) {
-                    return Err(DecodeError::Invalid {
-                        tag: 'K',
-                        what: format!("secret key of {} bytes", key.len()),
-                    });
+                    return Err(DecodeError::Invalid { tag: 'K', what: format!("secret key of {} bytes", key.len()) });
                 }
                 Self::BackendKeyData { pid, key }
             }
@@ -122,10 +116,7 @@ impl<'a> Backend<'a> {
             b'T' => {
                 let n = r.i16("field count")?;
                 if n < 0 {
-                    return Err(DecodeError::Invalid {
-                        tag: 'T',
-                        what: format!("field count {n}"),
-                    });
+                    return Err(DecodeError::Invalid { tag: 'T', what: format!("field count {n}") });
                 }
                 let mut fields = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -159,28 +150,17 @@ impl<'a> Backend<'a> {
                     fields.push((code, r.cstr("field value")?));
                 }
                 r.finish()?;
-                if tag == b'E' {
-                    Self::ErrorResponse { fields }
-                } else {
-                    Self::NoticeResponse { fields }
-                }
+                if tag == b'E' { Self::ErrorResponse { fields } } else { Self::NoticeResponse { fields } }
             }
             b'G' | b'H' | b'W' => {
                 let format = r.u8("copy format")?;
                 let columns = r.i16("column count")?;
                 if columns < 0 {
-                    return Err(DecodeError::Invalid {
-                        tag: tag as char,
-                        what: format!("column count {columns}"),
-                    });
+                    return Err(DecodeError::Invalid { tag: tag as char, what: format!("column count {columns}") });
                 }
                 r.bytes(2 * columns as usize, "column formats")?;
                 r.finish()?;
-                Self::CopyResponse {
-                    tag,
-                    binary: format == 1,
-                    columns: columns as u16,
-                }
+                Self::CopyResponse { tag, binary: format == 1, columns: columns as u16 }
             }
             b'd' => Self::CopyData(body),
             b'c' => empty(&r, Self::CopyDone)?,
@@ -203,11 +183,7 @@ impl<'a> Backend<'a> {
                 let channel = r.cstr("channel")?;
                 let payload = r.cstr("payload")?;
                 r.finish()?;
-                Self::NotificationResponse {
-                    pid,
-                    channel,
-                    payload,
-                }
+                Self::NotificationResponse { pid, channel, payload }
             }
             b'V' => Self::FunctionCallResponse(body),
             b'v' => {
@@ -218,10 +194,7 @@ impl<'a> Backend<'a> {
                     unsupported.push(r.cstr("option")?);
                 }
                 r.finish()?;
-                Self::NegotiateProtocolVersion {
-                    newest_minor,
-                    unsupported,
-                }
+                Self::NegotiateProtocolVersion { newest_minor, unsupported }
             }
             other => return Err(DecodeError::UnknownTag(other as char)),
         };
@@ -260,35 +233,17 @@ mod tests {
 
     #[test]
     fn decodes_what_the_session_needs() {
-        assert_eq!(
-            Backend::decode(b'Z', b"I"),
-            Ok(Backend::ReadyForQuery { status: b'I' })
-        );
+        assert_eq!(Backend::decode(b'Z', b"I"), Ok(Backend::ReadyForQuery { status: b'I' }));
         assert!(Backend::decode(b'Z', b"X").is_err());
-        assert_eq!(
-            Backend::decode(b'C', b"SELECT 3\0"),
-            Ok(Backend::CommandComplete { tag: "SELECT 3" })
-        );
+        assert_eq!(Backend::decode(b'C', b"SELECT 3\0"), Ok(Backend::CommandComplete { tag: "SELECT 3" }));
         assert_eq!(
             Backend::decode(b'E', b"SERROR\0C42501\0Mno\0\0"),
-            Ok(Backend::ErrorResponse {
-                fields: vec![(b'S', "ERROR"), (b'C', "42501"), (b'M', "no")]
-            })
+            Ok(Backend::ErrorResponse { fields: vec![(b'S', "ERROR"), (b'C', "42501"), (b'M', "no")] })
         );
-        assert_eq!(
-            Backend::decode(b'K', b"\0\0\0\x07abcd"),
-            Ok(Backend::BackendKeyData {
-                pid: 7,
-                key: b"abcd"
-            })
-        );
+        assert_eq!(Backend::decode(b'K', b"\0\0\0\x07abcd"), Ok(Backend::BackendKeyData { pid: 7, key: b"abcd" }));
         assert_eq!(
             Backend::decode(b'A', b"\0\0\0\x01chan\0hello\0"),
-            Ok(Backend::NotificationResponse {
-                pid: 1,
-                channel: "chan",
-                payload: "hello"
-            })
+            Ok(Backend::NotificationResponse { pid: 1, channel: "chan", payload: "hello" })
         );
         let mut t = vec![0, 1];
         t.extend(b"id\0");
@@ -298,14 +253,9 @@ mod tests {
         t.extend(4i16.to_be_bytes());
         t.extend((-1i32).to_be_bytes());
         t.extend(0i16.to_be_bytes());
-        let Backend::RowDescription { fields } = Backend::decode(b'T', &t).unwrap() else {
-            panic!()
-        };
+        let Backend::RowDescription { fields } = Backend::decode(b'T', &t).unwrap() else { panic!() };
         assert_eq!(fields[0].name, "id");
-        assert_eq!(
-            (fields[0].table_oid, fields[0].column, fields[0].type_oid),
-            (16384, 1, 23)
-        );
+        assert_eq!((fields[0].table_oid, fields[0].column, fields[0].type_oid), (16384, 1, 23));
         for cut in 0..t.len() {
             assert!(Backend::decode(b'T', &t[..cut]).is_err(), "cut at {cut}");
         }

@@ -45,18 +45,11 @@ pub fn header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     let tag = buf[0];
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     if len < 4 {
-        return Err(FrameError::BadLength {
-            tag: tag as char,
-            len,
-        });
+        return Err(FrameError::BadLength { tag: tag as char, len });
     }
     let total = len as usize + 1;
     if total > max {
-        return Err(FrameError::TooLarge {
-            tag: tag as char,
-            len: total,
-            max,
-        });
+        return Err(FrameError::TooLarge { tag: tag as char, len: total, max });
     }
     Ok(Some(Header { tag, total }))
 }
@@ -87,42 +80,17 @@ mod tests {
     #[test]
     fn headers() {
         assert_eq!(header(b"Z\0\0", 100), Ok(None));
-        assert_eq!(
-            header(b"Z\0\0\0\x05I", 100),
-            Ok(Some(Header {
-                tag: b'Z',
-                total: 6
-            }))
-        );
-        assert_eq!(
-            header(b"Z\0\0\0\x03", 100),
-            Err(FrameError::BadLength { tag: 'Z', len: 3 })
-        );
-        assert_eq!(
-            header(b"D\xff\xff\xff\xff", 100),
-            Err(FrameError::BadLength { tag: 'D', len: -1 })
-        );
-        assert_eq!(
-            header(b"D\0\0\x01\0", 100),
-            Err(FrameError::TooLarge {
-                tag: 'D',
-                len: 257,
-                max: 100
-            })
-        );
+        assert_eq!(header(b"Z\0\0\0\x05I", 100), Ok(Some(Header { tag: b'Z', total: 6 })));
+        assert_eq!(header(b"Z\0\0\0\x03", 100), Err(FrameError::BadLength { tag: 'Z', len: 3 }));
+        assert_eq!(header(b"D\xff\xff\xff\xff", 100), Err(FrameError::BadLength { tag: 'D', len: -1 }));
+        assert_eq!(header(b"D\0\0\x01\0", 100), Err(FrameError::TooLarge { tag: 'D', len: 257, max: 100 }));
     }
 
     #[test]
     fn startup_lengths() {
         assert_eq!(startup_len(b"\0\0"), Ok(None));
         assert_eq!(startup_len(b"\0\0\0\x08"), Ok(Some(8)));
-        assert_eq!(
-            startup_len(b"\0\0\0\x07"),
-            Err(FrameError::BadStartupLength(7))
-        );
-        assert_eq!(
-            startup_len(b"GET "),
-            Err(FrameError::BadStartupLength(0x47455420))
-        );
+        assert_eq!(startup_len(b"\0\0\0\x07"), Err(FrameError::BadStartupLength(7)));
+        assert_eq!(startup_len(b"GET "), Err(FrameError::BadStartupLength(0x47455420)));
     }
 }

@@ -7,14 +7,8 @@ use super::{DecodeError, Reader, frame};
 pub enum Startup<'a> {
     Ssl,
     GssEnc,
-    Cancel {
-        pid: i32,
-        key: &'a [u8],
-    },
-    Startup {
-        version: i32,
-        params: Vec<(&'a str, &'a str)>,
-    },
+    Cancel { pid: i32, key: &'a [u8] },
+    Startup { version: i32, params: Vec<(&'a str, &'a str)> },
 }
 
 impl<'a> Startup<'a> {
@@ -30,10 +24,7 @@ impl<'a> Startup<'a> {
                 // Protocol 3.2 (PostgreSQL 18) allows secret keys of up to 256 bytes.
                 let key = r.remaining();
                 if !(4..=256).contains(&key.len()) {
-                    return Err(DecodeError::Invalid {
-                        tag: '0',
-                        what: format!("cancel key of {} bytes", key.len()),
-                    });
+                    return Err(DecodeError::Invalid { tag: '0', what: format!("cancel key of {} bytes", key.len()) });
                 }
                 Ok(Self::Cancel { pid, key })
             }
@@ -49,10 +40,7 @@ impl<'a> Startup<'a> {
                 r.finish()?;
                 Ok(Self::Startup { version: v, params })
             }
-            other => Err(DecodeError::Invalid {
-                tag: '0',
-                what: format!("unsupported protocol code {other}"),
-            }),
+            other => Err(DecodeError::Invalid { tag: '0', what: format!("unsupported protocol code {other}") }),
         }
     }
 }
@@ -154,28 +142,17 @@ impl<'a> Frontend<'a> {
                     param_types.push(r.i32("parameter type")? as u32);
                 }
                 r.finish()?;
-                Self::Parse {
-                    name,
-                    sql,
-                    param_types,
-                }
+                Self::Parse { name, sql, param_types }
             }
             b'B' => Self::Bind(decode_bind(&mut r)?),
             b'D' | b'C' => {
                 let kind = r.u8("kind")?;
                 if kind != b'S' && kind != b'P' {
-                    return Err(invalid(
-                        tag,
-                        format!("kind {:?} is neither 'S' nor 'P'", kind as char),
-                    ));
+                    return Err(invalid(tag, format!("kind {:?} is neither 'S' nor 'P'", kind as char)));
                 }
                 let name = r.cstr("name")?;
                 r.finish()?;
-                if tag == b'D' {
-                    Self::Describe { kind, name }
-                } else {
-                    Self::Close { kind, name }
-                }
+                if tag == b'D' { Self::Describe { kind, name } } else { Self::Close { kind, name } }
             }
             b'E' => {
                 let portal = r.cstr("portal name")?;
@@ -193,9 +170,7 @@ impl<'a> Frontend<'a> {
                 r.finish()?;
                 Self::CopyFail(reason)
             }
-            b'F' => Self::FunctionCall {
-                function_oid: r.i32("function oid")? as u32,
-            },
+            b'F' => Self::FunctionCall { function_oid: r.i32("function oid")? as u32 },
             b'p' => Self::AuthResponse(body),
             other => return Err(DecodeError::UnknownTag(other as char)),
         };
@@ -204,10 +179,7 @@ impl<'a> Frontend<'a> {
 }
 
 fn invalid(tag: u8, what: String) -> DecodeError {
-    DecodeError::Invalid {
-        tag: tag as char,
-        what,
-    }
+    DecodeError::Invalid { tag: tag as char, what }
 }
 
 fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
@@ -230,10 +202,7 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
         return Err(invalid(tag, format!("negative parameter count {nparams}")));
     }
     if nformats > 1 && nformats != nparams {
-        return Err(invalid(
-            tag,
-            format!("{nformats} format codes for {nparams} parameters"),
-        ));
+        return Err(invalid(tag, format!("{nformats} format codes for {nparams} parameters")));
     }
     let start = r.remaining();
     for _ in 0..nparams {
@@ -248,20 +217,11 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
     let params = &start[..start.len() - r.remaining().len()];
     let nresults = r.i16("result format count")?;
     if nresults < 0 {
-        return Err(invalid(
-            tag,
-            format!("negative result format count {nresults}"),
-        ));
+        return Err(invalid(tag, format!("negative result format count {nresults}")));
     }
     r.bytes(2 * nresults as usize, "result formats")?;
     r.finish()?;
-    Ok(Bind {
-        portal,
-        statement,
-        param_formats,
-        param_count: nparams as u16,
-        params,
-    })
+    Ok(Bind { portal, statement, param_formats, param_count: nparams as u16, params })
 }
 
 #[cfg(test)]
@@ -299,62 +259,32 @@ mod tests {
         p[..4].copy_from_slice(&len.to_be_bytes());
         assert_eq!(
             Startup::decode(&p),
-            Ok(Startup::Startup {
-                version: 196_608,
-                params: vec![("user", "alice"), ("database", "db")]
-            })
+            Ok(Startup::Startup { version: 196_608, params: vec![("user", "alice"), ("database", "db")] })
         );
-        assert_eq!(
-            Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 47]),
-            Ok(Startup::Ssl)
-        );
-        assert_eq!(
-            Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 48]),
-            Ok(Startup::GssEnc)
-        );
+        assert_eq!(Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 47]), Ok(Startup::Ssl));
+        assert_eq!(Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 48]), Ok(Startup::GssEnc));
         assert_eq!(
             Startup::decode(&[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 7, 1, 2, 3, 4]),
-            Ok(Startup::Cancel {
-                pid: 7,
-                key: &[1, 2, 3, 4]
-            })
+            Ok(Startup::Cancel { pid: 7, key: &[1, 2, 3, 4] })
         );
-        assert!(
-            Startup::decode(&[0, 0, 0, 8, 0, 2, 0, 0]).is_err(),
-            "protocol 2 is refused"
-        );
-        assert!(
-            Startup::decode(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b's']).is_err(),
-            "unterminated"
-        );
+        assert!(Startup::decode(&[0, 0, 0, 8, 0, 2, 0, 0]).is_err(), "protocol 2 is refused");
+        assert!(Startup::decode(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b's']).is_err(), "unterminated");
     }
 
     #[test]
     fn bind_round_trips_parameters() {
         let body = bind_body(&[1], &[Some(b"\0\0\0\x2a"), None, Some(b"")], &[0]);
-        let Frontend::Bind(b) = Frontend::decode(b'B', &body).unwrap() else {
-            panic!()
-        };
+        let Frontend::Bind(b) = Frontend::decode(b'B', &body).unwrap() else { panic!() };
         assert_eq!((b.portal, b.statement, b.param_count), ("p1", "s1", 3));
         let params: Vec<_> = b.params().collect();
-        assert_eq!(
-            params,
-            vec![
-                (Some(&b"\0\0\0\x2a"[..]), true),
-                (None, true),
-                (Some(&b""[..]), true)
-            ]
-        );
+        assert_eq!(params, vec![(Some(&b"\0\0\0\x2a"[..]), true), (None, true), (Some(&b""[..]), true)]);
     }
 
     #[test]
     fn malformed_bind_is_rejected_not_panicking() {
         let good = bind_body(&[0, 1], &[Some(b"1"), Some(b"2")], &[]);
         for cut in 0..good.len() {
-            assert!(
-                Frontend::decode(b'B', &good[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(Frontend::decode(b'B', &good[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Frontend::decode(b'B', &bind_body(&[0, 1, 0], &[Some(b"1")], &[])).is_err());
         assert!(Frontend::decode(b'B', &bind_body(&[7], &[Some(b"1")], &[])).is_err());
@@ -365,43 +295,18 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(
-            Frontend::decode(b'Q', b"select 1\0"),
-            Ok(Frontend::Query("select 1"))
-        );
+        assert_eq!(Frontend::decode(b'Q', b"select 1\0"), Ok(Frontend::Query("select 1")));
         assert!(Frontend::decode(b'Q', b"select 1").is_err(), "missing NUL");
-        assert!(
-            Frontend::decode(b'Q', b"select \xff\0").is_err(),
-            "not UTF-8"
-        );
+        assert!(Frontend::decode(b'Q', b"select \xff\0").is_err(), "not UTF-8");
         assert_eq!(
             Frontend::decode(b'P', b"s\0select $1\0\0\x01\0\0\0\x17"),
-            Ok(Frontend::Parse {
-                name: "s",
-                sql: "select $1",
-                param_types: vec![23]
-            })
+            Ok(Frontend::Parse { name: "s", sql: "select $1", param_types: vec![23] })
         );
-        assert_eq!(
-            Frontend::decode(b'E', b"\0\0\0\0\0"),
-            Ok(Frontend::Execute {
-                portal: "",
-                max_rows: 0
-            })
-        );
-        assert_eq!(
-            Frontend::decode(b'D', b"Sname\0"),
-            Ok(Frontend::Describe {
-                kind: b'S',
-                name: "name"
-            })
-        );
+        assert_eq!(Frontend::decode(b'E', b"\0\0\0\0\0"), Ok(Frontend::Execute { portal: "", max_rows: 0 }));
+        assert_eq!(Frontend::decode(b'D', b"Sname\0"), Ok(Frontend::Describe { kind: b'S', name: "name" }));
         assert!(Frontend::decode(b'D', b"Xname\0").is_err());
         assert_eq!(Frontend::decode(b'S', b""), Ok(Frontend::Sync));
         assert!(Frontend::decode(b'S', b"x").is_err());
-        assert_eq!(
-            Frontend::decode(b'?', b""),
-            Err(DecodeError::UnknownTag('?'))
-        );
+        assert_eq!(Frontend::decode(b'?', b""), Err(DecodeError::UnknownTag('?')));
     }
 }

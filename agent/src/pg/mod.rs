@@ -37,10 +37,7 @@ impl<'a> Reader<'a> {
     }
 
     fn truncated(&self, what: &'static str) -> DecodeError {
-        DecodeError::Truncated {
-            tag: self.tag as char,
-            what,
-        }
+        DecodeError::Truncated { tag: self.tag as char, what }
     }
 
     pub(crate) fn remaining(&self) -> &'a [u8] {
@@ -75,10 +72,8 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
         let end = memchr(0, self.buf).ok_or_else(|| self.truncated(what))?;
-        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| DecodeError::NotUtf8 {
-            tag: self.tag as char,
-            what,
-        })?;
+        let s =
+            std::str::from_utf8(&self.buf[..end]).map_err(|_| DecodeError::NotUtf8 { tag: self.tag as char, what })?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }
@@ -88,10 +83,7 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::Invalid {
-                tag: self.tag as char,
-                what: format!("{} trailing bytes", self.buf.len()),
-            })
+            Err(DecodeError::Invalid { tag: self.tag as char, what: format!("{} trailing bytes", self.buf.len()) })
         }
     }
 }

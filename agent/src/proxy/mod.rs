@@ -53,13 +53,8 @@ pub struct SessionIds {
 
 impl SessionIds {
     pub fn new() -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Self {
-            base: (start & 0xffff_ffff) << 32,
-            next: AtomicU64::new(1),
-        }
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self { base: (start & 0xffff_ffff) << 32, next: AtomicU64::new(1) }
     }
 
     pub fn next(&self) -> SessionId {
@@ -103,26 +98,17 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let Some(origin) = shared.kernel.flows().take(peer.0) else {
         // Only flows the redirect created have a record: anything else dialled the proxy
         // directly (or from another host) and is refused without a byte.
-        shared.audit.record(Event::ProxyRefused {
-            client: peer.0,
-            reason: "no redirect record for this peer".into(),
-        });
+        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "no redirect record for this peer".into() });
         return;
     };
     let facts = KernelFacts::from_origin(&origin);
     if facts.cgroup_id == shared.own_cgroup {
-        shared.audit.record(Event::ProxyRefused {
-            client: peer.0,
-            reason: "flow from the agent's own cgroup".into(),
-        });
+        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "flow from the agent's own cgroup".into() });
         return;
     }
     let database_index = origin.database_id as usize;
     let Some(db) = shared.config.databases.get(database_index) else {
-        shared.audit.record(Event::ProxyRefused {
-            client: peer.0,
-            reason: "flow for an unknown database".into(),
-        });
+        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "flow for an unknown database".into() });
         return;
     };
     let orig_dst = OrigDst(socket_addr_of(&origin.orig_dst));
@@ -153,12 +139,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                 database_index,
                 orig_dst,
                 upstream_mark: shared.upstream_mark,
-                client_tls: shared
-                    .config
-                    .proxy
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.server_config.clone()),
+                client_tls: shared.config.proxy.tls.as_ref().and_then(|t| {
+                    t.server_config
+                        .clone()
+                        .map(|config| postgres::ClientTls { config, leaf_certificate: t.leaf_certificate.clone() })
+                }),
                 max_message: shared.config.proxy.max_message_bytes,
                 hooks: shared.hooks.clone(),
                 cancels: shared.cancels.clone(),
@@ -178,13 +163,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             if let Some(error) = &report.error {
                 tracing::debug!(database = %db.name, %orig_dst, %error, "session ended with an error");
             }
-            (
-                report.bytes_from_client,
-                report.bytes_from_server,
-                report.statements,
-                report.rows,
-                report.error,
-            )
+            (report.bytes_from_client, report.bytes_from_server, report.statements, report.rows, report.error)
         }
         Protocol::Tcp => {
             let (c, s, error) = relay_bytes(&shared, db, orig_dst, client, open).await;
@@ -227,17 +206,10 @@ async fn relay_bytes(
         Err(err) => {
             tracing::warn!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
             open(SessionOpen::default());
-            (
-                0,
-                0,
-                Some(format!("upstream {orig_dst} unreachable: {err}")),
-            )
+            (0, 0, Some(format!("upstream {orig_dst} unreachable: {err}")))
         }
         Ok(mut upstream) => {
-            open(SessionOpen {
-                upstream_local: upstream.local_addr().ok(),
-                ..SessionOpen::default()
-            });
+            open(SessionOpen { upstream_local: upstream.local_addr().ok(), ..SessionOpen::default() });
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((c, s)) => (c, s, None),
                 Err(err) => (0, 0, Some(format!("relay: {err}"))),
@@ -247,21 +219,13 @@ async fn relay_bytes(
 }
 
 /// Connects to the original destination with the agent's mark, so connect4/6 let it through.
-pub async fn connect_upstream(
-    dst: OrigDst,
-    mark: u32,
-    timeout_ms: u64,
-) -> Result<TcpStream, UpstreamError> {
+pub async fn connect_upstream(dst: OrigDst, mark: u32, timeout_ms: u64) -> Result<TcpStream, UpstreamError> {
     let domain = socket2::Domain::for_address(dst.0);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
         .map_err(UpstreamError::Unreachable)?;
     socket.set_mark(mark).map_err(UpstreamError::Unreachable)?;
-    socket
-        .set_nonblocking(true)
-        .map_err(UpstreamError::Unreachable)?;
-    socket
-        .set_tcp_nodelay(true)
-        .map_err(UpstreamError::Unreachable)?;
+    socket.set_nonblocking(true).map_err(UpstreamError::Unreachable)?;
+    socket.set_tcp_nodelay(true).map_err(UpstreamError::Unreachable)?;
     let socket = TcpSocket::from_std_stream(socket.into());
     match tokio::time::timeout(Duration::from_millis(timeout_ms), socket.connect(dst.0)).await {
         Ok(Ok(stream)) => Ok(stream),
@@ -272,11 +236,7 @@ pub async fn connect_upstream(
 
 /// Binds a proxy listener (with SO_REUSEADDR so a restarted agent can bind at once).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)

@@ -28,10 +28,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn file_error(path: &Path, message: impl ToString) -> TlsConfigError {
-    TlsConfigError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
+    TlsConfigError::File { path: path.display().to_string(), message: message.to_string() }
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
@@ -45,9 +42,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
     Ok(certs)
 }
 
-/// The client-facing TLS configuration (the proxy acts as the server).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+/// The client-facing TLS configuration (the proxy acts as the server), and the DER of the
+/// certificate it presents.
+pub fn server_config(cert: &Path, key: &Path) -> Result<(Arc<rustls::ServerConfig>, Vec<u8>), TlsConfigError> {
     let chain = certs(cert)?;
+    let leaf = chain[0].to_vec();
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -55,30 +54,22 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_single_cert(chain, key)?;
     // PostgreSQL 17's direct TLS negotiation requires this ALPN protocol.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), leaf))
 }
 
 /// The upstream TLS configuration for a database, `None` for `disable`.
-pub fn client_config(
-    mode: TlsMode,
-    ca: Option<&Path>,
-) -> Result<Option<Arc<rustls::ClientConfig>>, TlsConfigError> {
+pub fn client_config(mode: TlsMode, ca: Option<&Path>) -> Result<Option<Arc<rustls::ClientConfig>>, TlsConfigError> {
     let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Disable => return Ok(None),
         // libpq: prefer and require encrypt without verifying the server (unless given a CA).
-        TlsMode::Prefer | TlsMode::Require if ca.is_none() => Arc::new(EncryptOnly {
-            algorithms: provider.signature_verification_algorithms,
-        }),
+        TlsMode::Prefer | TlsMode::Require if ca.is_none() => {
+            Arc::new(EncryptOnly { algorithms: provider.signature_verification_algorithms })
+        }
         _ => {
-            let ca = ca.ok_or_else(|| {
-                file_error(
-                    Path::new("(none)"),
-                    "verify-ca and verify-full need a CA file",
-                )
-            })?;
+            let ca = ca.ok_or_else(|| file_error(Path::new("(none)"), "verify-ca and verify-full need a CA file"))?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in certs(ca)? {
                 roots.add(cert).map_err(|e| file_error(ca, e))?;
@@ -86,17 +77,10 @@ pub fn client_config(
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| file_error(ca, e))?;
-            if mode == TlsMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
+            if mode == TlsMode::VerifyFull { webpki } else { Arc::new(ChainOnly(webpki)) }
         }
     };
-    let mut config = builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+    let mut config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Some(Arc::new(config)))
 }
@@ -156,14 +140,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(TlsError::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(TlsError::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            | Err(TlsError::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }

@@ -57,10 +57,26 @@ pub struct SessionContext {
     pub database_index: usize,
     pub orig_dst: OrigDst,
     pub upstream_mark: u32,
-    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    pub client_tls: Option<ClientTls>,
     pub max_message: usize,
     pub hooks: Arc<dyn SessionHooks>,
     pub cancels: Arc<CancelRegistry>,
+}
+
+/// The TLS the proxy offers clients.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// DER of the certificate presented to clients.
+    pub leaf_certificate: Arc<[u8]>,
+}
+
+/// The upstream connection.
+struct Upstream {
+    stream: MaybeTls,
+    local: Option<std::net::SocketAddr>,
+    /// DER of the server's certificate, when on TLS.
+    server_certificate: Option<Vec<u8>>,
 }
 
 /// What happened in a session, for the audit trail.
@@ -108,11 +124,7 @@ pub enum SessionError {
 
 /// Runs a session on an accepted, attributed client connection. `on_open` is called once the
 /// upstream connection exists (the audit trail's connection record).
-pub async fn run(
-    ctx: &SessionContext,
-    client: TcpStream,
-    on_open: impl FnOnce(&SessionReport),
-) -> SessionReport {
+pub async fn run(ctx: &SessionContext, client: TcpStream, on_open: impl FnOnce(&SessionReport)) -> SessionReport {
     let mut report = SessionReport::default();
     if let Err(err) = run_inner(ctx, client, &mut report, on_open).await {
         report.error = Some(err.to_string());
@@ -126,11 +138,9 @@ async fn run_inner(
     report: &mut SessionReport,
     on_open: impl FnOnce(&SessionReport),
 ) -> Result<(), SessionError> {
-    let start = startup::negotiate(client, ctx.client_tls.as_ref(), STARTUP_TIMEOUT).await?;
+    let start = startup::negotiate(client, ctx.client_tls.as_ref().map(|t| &t.config), STARTUP_TIMEOUT).await?;
     let mut start = match start {
-        ClientStart::Cancel {
-            packet, pid, key, ..
-        } => {
+        ClientStart::Cancel { packet, pid, key, .. } => {
             report.cancel_request = true;
             on_open(report);
             return forward_cancel(ctx, &packet, pid, &key).await;
@@ -146,53 +156,45 @@ async fn run_inner(
             "warden: replication connections to database \"{}\" are not allowed (allow_replication is off)",
             ctx.database.name
         );
-        startup::refuse(
-            &mut start.stream,
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            &message,
-        )
-        .await;
+        startup::refuse(&mut start.stream, sqlstate::INSUFFICIENT_PRIVILEGE, &message).await;
         on_open(report);
         return Err(SessionError::ReplicationRefused);
     }
     let upstream = match connect(ctx).await {
         Ok(u) => u,
         Err(err) => {
-            let message = format!(
-                "warden: database \"{}\" at {} is unreachable: {err}",
-                ctx.database.name, ctx.orig_dst
-            );
+            let message =
+                format!("warden: database \"{}\" at {} is unreachable: {err}", ctx.database.name, ctx.orig_dst);
             startup::refuse(&mut start.stream, sqlstate::UNABLE_TO_CONNECT, &message).await;
             on_open(report);
             return Err(err);
         }
     };
-    report.upstream_tls = upstream.0.is_tls();
-    report.upstream_local = upstream.1;
+    report.upstream_tls = upstream.stream.is_tls();
+    report.upstream_local = upstream.local;
     on_open(report);
-    relay(ctx, start, upstream.0, report).await
+    // SCRAM channel binding (tls-server-end-point) binds the client to the certificate it saw.
+    // Through the proxy that holds only when the client is on TLS and the proxy presents the
+    // server's own certificate; otherwise the -PLUS mechanisms are not offered.
+    let channel_binding_holds = start.stream.is_tls()
+        && matches!((&ctx.client_tls, &upstream.server_certificate), (Some(ours), Some(theirs)) if *ours.leaf_certificate == theirs[..]);
+    relay(ctx, start, upstream.stream, channel_binding_holds, report).await
 }
 
 /// Opens the upstream connection (exempt from the redirect by the agent's mark) and negotiates
 /// TLS as the database's `tls.mode` says.
-async fn connect(
-    ctx: &SessionContext,
-) -> Result<(MaybeTls, Option<std::net::SocketAddr>), SessionError> {
+async fn connect(ctx: &SessionContext) -> Result<Upstream, SessionError> {
     let dst = ctx.orig_dst;
     let db = &ctx.database;
-    let mut tcp = super::connect_upstream(dst, ctx.upstream_mark, db.connect_timeout_ms)
-        .await
-        .map_err(|e| match e {
-            super::UpstreamError::Unreachable(source) => {
-                SessionError::UpstreamUnreachable { dst, source }
-            }
-            super::UpstreamError::Timeout(timeout_ms) => {
-                SessionError::UpstreamTimeout { dst, timeout_ms }
-            }
+    let mut tcp =
+        super::connect_upstream(dst, ctx.upstream_mark, db.connect_timeout_ms).await.map_err(|e| match e {
+            super::UpstreamError::Unreachable(source) => SessionError::UpstreamUnreachable { dst, source },
+            super::UpstreamError::Timeout(timeout_ms) => SessionError::UpstreamTimeout { dst, timeout_ms },
         })?;
     let local = tcp.local_addr().ok();
+    let plain = |tcp| Upstream { stream: MaybeTls::Plain(tcp), local, server_certificate: None };
     let Some(config) = db.tls.client_config.clone() else {
-        return Ok((MaybeTls::Plain(tcp), local));
+        return Ok(plain(tcp));
     };
     let io = |source| SessionError::UpstreamIo(source);
     let mut request = Vec::with_capacity(8);
@@ -203,45 +205,31 @@ async fn connect(
     tcp.read_exact(&mut answer).await.map_err(io)?;
     match answer[0] {
         b'S' => {
-            let name =
-                match db.tls_server_name() {
-                    Some(host) => rustls_pki_types::ServerName::try_from(host.to_string())
-                        .map_err(|e| SessionError::UpstreamTls {
-                            dst,
-                            source: io::Error::other(e),
-                        })?,
-                    None => rustls_pki_types::ServerName::IpAddress(dst.0.ip().into()),
-                };
+            let name = match db.tls_server_name() {
+                Some(host) => rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| SessionError::UpstreamTls { dst, source: io::Error::other(e) })?,
+                None => rustls_pki_types::ServerName::IpAddress(dst.0.ip().into()),
+            };
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
                 .map_err(|source| SessionError::UpstreamTls { dst, source })?;
-            Ok((MaybeTls::ClientTls(Box::new(tls)), local))
+            let server_certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+            Ok(Upstream { stream: MaybeTls::ClientTls(Box::new(tls)), local, server_certificate })
         }
-        b'N' if db.tls.mode == TlsMode::Prefer => Ok((MaybeTls::Plain(tcp), local)),
-        b'N' => Err(SessionError::UpstreamTlsRefused {
-            dst,
-            mode: db.tls.mode,
-        }),
-        other => Err(SessionError::Protocol(ProtocolError::Server(format!(
-            "answered SSLRequest with {:?}",
-            other as char
-        )))),
+        b'N' if db.tls.mode == TlsMode::Prefer => Ok(plain(tcp)),
+        b'N' => Err(SessionError::UpstreamTlsRefused { dst, mode: db.tls.mode }),
+        other => {
+            Err(SessionError::Protocol(ProtocolError::Server(format!("answered SSLRequest with {:?}", other as char))))
+        }
     }
 }
 
 /// Forwards a CancelRequest to the upstream of the session that owns the key (or, for a key
 /// this agent never saw, to the destination the client dialled: PostgreSQL checks the key).
-async fn forward_cancel(
-    ctx: &SessionContext,
-    packet: &[u8],
-    pid: i32,
-    key: &[u8],
-) -> Result<(), SessionError> {
-    let target = ctx.cancels.lookup(pid, key).unwrap_or(CancelTarget {
-        orig_dst: ctx.orig_dst,
-        database: ctx.database_index,
-    });
+async fn forward_cancel(ctx: &SessionContext, packet: &[u8], pid: i32, key: &[u8]) -> Result<(), SessionError> {
+    let target =
+        ctx.cancels.lookup(pid, key).unwrap_or(CancelTarget { orig_dst: ctx.orig_dst, database: ctx.database_index });
     let cancel_ctx = SessionContext {
         database: ctx.database.clone(),
         database_index: target.database,
@@ -252,11 +240,8 @@ async fn forward_cancel(
         hooks: ctx.hooks.clone(),
         cancels: ctx.cancels.clone(),
     };
-    let (mut upstream, _) = connect(&cancel_ctx).await?;
-    upstream
-        .write_all(packet)
-        .await
-        .map_err(SessionError::UpstreamIo)?;
+    let mut upstream = connect(&cancel_ctx).await?.stream;
+    upstream.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     // The server closes the connection without answering.
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut sink)).await;
@@ -268,26 +253,16 @@ async fn relay(
     ctx: &SessionContext,
     start: SessionStart,
     upstream: MaybeTls,
+    channel_binding_holds: bool,
     report: &mut SessionReport,
 ) -> Result<(), SessionError> {
     let state = Mutex::new(ProtocolState::new());
     let (mut client_r, mut client_w) = tokio::io::split(start.stream);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    up_w.write_all(&start.packet)
-        .await
-        .map_err(SessionError::UpstreamIo)?;
-    let mut to_server = ClientToServer {
-        ctx,
-        state: &state,
-        bytes: start.packet.len() as u64,
-    };
-    let mut to_client = ServerToClient {
-        ctx,
-        state: &state,
-        bytes: 0,
-        saw_fatal: false,
-        registered: None,
-    };
+    up_w.write_all(&start.packet).await.map_err(SessionError::UpstreamIo)?;
+    let mut to_server = ClientToServer { ctx, state: &state, bytes: start.packet.len() as u64 };
+    let mut to_client =
+        ServerToClient { ctx, state: &state, bytes: 0, saw_fatal: false, registered: None, channel_binding_holds };
     let outcome = tokio::select! {
         r = to_server.pump(&mut client_r, &mut up_w) => r,
         r = to_client.pump(&mut up_r, &mut client_w) => r,
@@ -309,13 +284,7 @@ async fn relay(
         Ok(Side::Server) if phase == Phase::Terminating || to_client.saw_fatal => Ok(()),
         Ok(Side::Server) | Err(SessionError::UpstreamIo(_)) => {
             let message = "warden: the connection to the database was lost";
-            let _ = client_w
-                .write_all(&error_message(
-                    Severity::Fatal,
-                    sqlstate::CONNECTION_FAILURE,
-                    message,
-                ))
-                .await;
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::CONNECTION_FAILURE, message)).await;
             let _ = client_w.shutdown().await;
             match outcome {
                 Err(e) => Err(e),
@@ -325,26 +294,14 @@ async fn relay(
         Err(SessionError::Protocol(ProtocolError::Client(what))) => {
             tracing::warn!(database = %ctx.database.name, error = %what, "client protocol violation; session closed");
             let message = format!("warden: protocol violation: {what}");
-            let _ = client_w
-                .write_all(&error_message(
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &message,
-                ))
-                .await;
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message)).await;
             let _ = client_w.shutdown().await;
             Err(SessionError::Protocol(ProtocolError::Client(what)))
         }
         Err(SessionError::Protocol(ProtocolError::Server(what))) => {
             tracing::warn!(database = %ctx.database.name, error = %what, "server protocol violation; session closed");
             let message = format!("warden: the database sent an invalid message: {what}");
-            let _ = client_w
-                .write_all(&error_message(
-                    Severity::Fatal,
-                    sqlstate::INTERNAL_ERROR,
-                    &message,
-                ))
-                .await;
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::INTERNAL_ERROR, &message)).await;
             let _ = client_w.shutdown().await;
             Err(SessionError::Protocol(ProtocolError::Server(what)))
         }
@@ -380,33 +337,25 @@ impl ClientToServer<'_> {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             ensure_spare(&mut buf);
-            if client
-                .read_buf(&mut buf)
-                .await
-                .map_err(SessionError::ClientIo)?
-                == 0
-            {
+            if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
                 return Ok(Side::Client);
             }
             let mut pos = 0;
             let mut flushed = 0;
-            while let Some(h) = frame::header(&buf[pos..], self.ctx.max_message)
-                .map_err(|e| ProtocolError::Client(e.to_string()))?
+            while let Some(h) =
+                frame::header(&buf[pos..], self.ctx.max_message).map_err(|e| ProtocolError::Client(e.to_string()))?
             {
                 if buf.len() - pos < h.total {
                     buf.reserve(h.total - (buf.len() - pos));
                     break;
                 }
-                let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total])
-                    .map_err(ProtocolError::client_decode)?;
+                let msg =
+                    Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
                 let verdict = self.judge(&msg);
                 let verdict = match verdict {
                     Verdict::Hold(decision) => {
                         // Relay what came before, then wait: the client simply waits too.
-                        upstream
-                            .write_all(&buf[flushed..pos])
-                            .await
-                            .map_err(SessionError::UpstreamIo)?;
+                        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                         flushed = pos;
                         match decision.await {
                             Verdict::Hold(_) => Verdict::Deny {
@@ -421,26 +370,17 @@ impl ClientToServer<'_> {
                 match verdict {
                     Verdict::Allow | Verdict::Hold(_) => self.lock().on_frontend(&msg, None)?,
                     Verdict::Deny { sqlstate, message } => {
-                        upstream
-                            .write_all(&buf[flushed..pos])
-                            .await
-                            .map_err(SessionError::UpstreamIo)?;
+                        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                         let (poison, poison_bytes) = poison_for(&msg);
                         let error = error_message(Severity::Error, &sqlstate, &message);
                         self.lock().on_frontend(&poison, Some(error))?;
-                        upstream
-                            .write_all(&poison_bytes)
-                            .await
-                            .map_err(SessionError::UpstreamIo)?;
+                        upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
                         flushed = pos + h.total;
                     }
                 }
                 pos += h.total;
             }
-            upstream
-                .write_all(&buf[flushed..pos])
-                .await
-                .map_err(SessionError::UpstreamIo)?;
+            upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
             self.bytes += pos as u64;
             buf.advance(pos);
         }
@@ -454,14 +394,12 @@ impl ClientToServer<'_> {
     fn judge(&self, msg: &Frontend<'_>) -> Verdict {
         let hooks = &self.ctx.hooks;
         match msg {
-            Frontend::Query(sql) if self.lock().phase == Phase::Ready => {
-                hooks.before_statement(&StatementInfo {
-                    sql,
-                    protocol: QueryProtocol::Simple,
-                    bind: None,
-                    function_oid: None,
-                })
-            }
+            Frontend::Query(sql) if self.lock().phase == Phase::Ready => hooks.before_statement(&StatementInfo {
+                sql,
+                protocol: QueryProtocol::Simple,
+                bind: None,
+                function_oid: None,
+            }),
             Frontend::Bind(bind) => {
                 let sql = {
                     let st = self.lock();
@@ -501,14 +439,7 @@ fn poison_for(msg: &Frontend<'_>) -> (Frontend<'static>, Vec<u8>) {
             body.extend_from_slice(POISON_SQL.as_bytes());
             body.extend_from_slice(&[0, 0, 0]);
             put_message(&mut bytes, b'P', &body);
-            (
-                Frontend::Parse {
-                    name: "warden_refused",
-                    sql: POISON_SQL,
-                    param_types: Vec::new(),
-                },
-                bytes,
-            )
+            (Frontend::Parse { name: "warden_refused", sql: POISON_SQL, param_types: Vec::new() }, bytes)
         }
         _ => {
             let mut body = POISON_SQL.as_bytes().to_vec();
@@ -526,6 +457,8 @@ struct ServerToClient<'a> {
     /// The server sent a FATAL error (it closes next; no error of ours is added).
     saw_fatal: bool,
     registered: Option<(i32, Vec<u8>)>,
+    /// Whether SCRAM -PLUS mechanisms may be offered to the client.
+    channel_binding_holds: bool,
 }
 
 impl ServerToClient<'_> {
@@ -541,12 +474,7 @@ impl ServerToClient<'_> {
         let mut replacements: Vec<(usize, usize, Vec<u8>)> = Vec::new();
         loop {
             ensure_spare(&mut buf);
-            if upstream
-                .read_buf(&mut buf)
-                .await
-                .map_err(SessionError::UpstreamIo)?
-                == 0
-            {
+            if upstream.read_buf(&mut buf).await.map_err(SessionError::UpstreamIo)? == 0 {
                 return Ok(Side::Server);
             }
             let mut pos = 0;
@@ -561,18 +489,14 @@ impl ServerToClient<'_> {
                             break;
                         }
                     }
-                    let Some(h) = frame::header(&buf[pos..], MAX_STREAMED)
-                        .map_err(|e| ProtocolError::Server(e.to_string()))?
+                    let Some(h) =
+                        frame::header(&buf[pos..], MAX_STREAMED).map_err(|e| ProtocolError::Server(e.to_string()))?
                     else {
                         break;
                     };
                     let available = buf.len() - pos;
                     if (h.tag == b'D' || h.tag == b'd') && !wants_rows {
-                        let msg = if h.tag == b'D' {
-                            Backend::DataRow(&[])
-                        } else {
-                            Backend::CopyData(&[])
-                        };
+                        let msg = if h.tag == b'D' { Backend::DataRow(&[]) } else { Backend::CopyData(&[]) };
                         st.on_backend(&msg)?;
                         if available >= h.total {
                             pos += h.total;
@@ -604,20 +528,11 @@ impl ServerToClient<'_> {
             }
             let mut flushed = 0;
             for (start, end, bytes) in replacements.drain(..) {
-                client
-                    .write_all(&buf[flushed..start])
-                    .await
-                    .map_err(SessionError::ClientIo)?;
-                client
-                    .write_all(&bytes)
-                    .await
-                    .map_err(SessionError::ClientIo)?;
+                client.write_all(&buf[flushed..start]).await.map_err(SessionError::ClientIo)?;
+                client.write_all(&bytes).await.map_err(SessionError::ClientIo)?;
                 flushed = end;
             }
-            client
-                .write_all(&buf[flushed..pos])
-                .await
-                .map_err(SessionError::ClientIo)?;
+            client.write_all(&buf[flushed..pos]).await.map_err(SessionError::ClientIo)?;
             self.bytes += pos as u64;
             buf.advance(pos);
         }
@@ -625,22 +540,15 @@ impl ServerToClient<'_> {
 
     /// Feeds one decoded server message to the state machine and the hooks; returns bytes to
     /// send in its place, if any.
-    fn observe(
-        &mut self,
-        st: &mut ProtocolState,
-        msg: &Backend<'_>,
-    ) -> Result<Option<Vec<u8>>, SessionError> {
+    fn observe(&mut self, st: &mut ProtocolState, msg: &Backend<'_>) -> Result<Option<Vec<u8>>, SessionError> {
         let hooks = &self.ctx.hooks;
         match msg {
-            Backend::Authentication {
-                code: AUTH_SASL,
-                data,
-            } => {
+            Backend::Authentication { code: AUTH_SASL, data } => {
                 st.on_backend(msg)?;
-                // Channel binding would bind the client to the proxy's TLS channel, not the
-                // server's: never offer it through the proxy.
+                // Channel binding would bind the client to the proxy's certificate, not the
+                // server's: not offered unless the proxy presents the server's certificate.
                 let mechanisms = sasl_mechanisms(data).map_err(ProtocolError::server_decode)?;
-                if mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+                if !self.channel_binding_holds && mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
                     let mut body = AUTH_SASL.to_be_bytes().to_vec();
                     for m in mechanisms.iter().filter(|m| !m.ends_with("-PLUS")) {
                         body.extend_from_slice(m.as_bytes());
@@ -657,17 +565,12 @@ impl ServerToClient<'_> {
                 self.ctx.cancels.register(
                     *pid,
                     key,
-                    CancelTarget {
-                        orig_dst: self.ctx.orig_dst,
-                        database: self.ctx.database_index,
-                    },
+                    CancelTarget { orig_dst: self.ctx.orig_dst, database: self.ctx.database_index },
                 );
                 self.registered = Some((*pid, key.to_vec()));
             }
-            Backend::ErrorResponse { fields } => {
-                if crate::pg::backend::field(fields, b'S') == Some("FATAL") {
-                    self.saw_fatal = true;
-                }
+            Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some("FATAL") => {
+                self.saw_fatal = true;
             }
             Backend::RowDescription { fields } => hooks.on_row_description(st.running(), fields),
             Backend::DataRow(row) => hooks.on_row(st.running(), row),

@@ -19,12 +19,7 @@ use crate::pg::{
 /// How a client's connection began.
 pub enum ClientStart {
     Session(SessionStart),
-    Cancel {
-        stream: MaybeTls,
-        packet: Vec<u8>,
-        pid: i32,
-        key: Vec<u8>,
-    },
+    Cancel { stream: MaybeTls, packet: Vec<u8>, pid: i32, key: Vec<u8> },
 }
 
 /// A client that wants a session.
@@ -80,18 +75,11 @@ async fn negotiate_inner(
     let mut stream = if first[0] == TLS_HANDSHAKE_RECORD {
         // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): no SSLRequest, ALPN required.
         let Some(tls) = tls else {
-            return Err(StartError::Protocol(
-                "direct TLS without a configured certificate".into(),
-            ));
+            return Err(StartError::Protocol("direct TLS without a configured certificate".into()));
         };
-        let s = tokio_rustls::TlsAcceptor::from(tls.clone())
-            .accept(stream)
-            .await
-            .map_err(StartError::Tls)?;
+        let s = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream).await.map_err(StartError::Tls)?;
         if s.get_ref().1.alpn_protocol() != Some(b"postgresql") {
-            return Err(StartError::Protocol(
-                "direct TLS without the \"postgresql\" ALPN protocol".into(),
-            ));
+            return Err(StartError::Protocol("direct TLS without the \"postgresql\" ALPN protocol".into()));
         }
         MaybeTls::ServerTls(Box::new(s))
     } else {
@@ -128,26 +116,12 @@ async fn negotiate_inner(
             Startup::GssEnc => stream.write_all(b"N").await.map_err(StartError::Io)?,
             Startup::Cancel { pid, key } => {
                 let key = key.to_vec();
-                return Ok(ClientStart::Cancel {
-                    stream,
-                    packet,
-                    pid,
-                    key,
-                });
+                return Ok(ClientStart::Cancel { stream, packet, pid, key });
             }
             Startup::Startup { params, .. } => {
-                let get = |name: &str| {
-                    params
-                        .iter()
-                        .find(|(k, _)| *k == name)
-                        .map(|(_, v)| v.to_string())
-                };
-                let replication = get("replication").filter(|v| {
-                    !matches!(
-                        v.to_ascii_lowercase().as_str(),
-                        "false" | "off" | "no" | "0"
-                    )
-                });
+                let get = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+                let replication = get("replication")
+                    .filter(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"));
                 let start = SessionStart {
                     user: get("user"),
                     database: get("database").or_else(|| get("user")),
@@ -170,18 +144,13 @@ async fn read_packet(stream: &mut MaybeTls) -> Result<Vec<u8>, StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(StartError::Closed),
         Err(e) => return Err(StartError::Io(e)),
     }
-    let total = frame::startup_len(&len)
-        .map_err(|e| StartError::Protocol(e.to_string()))?
-        .unwrap_or(0);
+    let total = frame::startup_len(&len).map_err(|e| StartError::Protocol(e.to_string()))?.unwrap_or(0);
     let mut packet = vec![0u8; total];
     packet[..4].copy_from_slice(&len);
-    stream
-        .read_exact(&mut packet[4..])
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => StartError::Closed,
-            _ => StartError::Io(e),
-        })?;
+    stream.read_exact(&mut packet[4..]).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => StartError::Closed,
+        _ => StartError::Io(e),
+    })?;
     Ok(packet)
 }
 

@@ -187,16 +187,9 @@ impl ProtocolState {
 
     /// Records a client message the relay is about to forward. `replace_error` is set when the
     /// message forwarded is a poison standing in for a refused one.
-    pub fn on_frontend(
-        &mut self,
-        msg: &Frontend<'_>,
-        replace_error: Option<Vec<u8>>,
-    ) -> Result<(), ProtocolError> {
+    pub fn on_frontend(&mut self, msg: &Frontend<'_>, replace_error: Option<Vec<u8>>) -> Result<(), ProtocolError> {
         let push = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| {
-            s.pending.push_back(Pending {
-                expect,
-                replace_error,
-            });
+            s.pending.push_back(Pending { expect, replace_error });
         };
         match self.phase {
             Phase::Authenticating => {
@@ -207,15 +200,12 @@ impl ProtocolState {
                         Ok(())
                     }
                     _ => Err(ProtocolError::Client(
-                        "message other than an authentication response during authentication"
-                            .into(),
+                        "message other than an authentication response during authentication".into(),
                     )),
                 };
             }
             Phase::Starting => {
-                return Err(ProtocolError::Client(
-                    "message sent before the server was ready".into(),
-                ));
+                return Err(ProtocolError::Client("message sent before the server was ready".into()));
             }
             Phase::Terminating => {
                 return Err(ProtocolError::Client("message after Terminate".into()));
@@ -225,56 +215,28 @@ impl ProtocolState {
         match msg {
             Frontend::Query(sql) => push(
                 self,
-                Expect::SimpleQuery(Running {
-                    sql: Arc::from(*sql),
-                    protocol: QueryProtocol::Simple,
-                    rows: 0,
-                }),
+                Expect::SimpleQuery(Running { sql: Arc::from(*sql), protocol: QueryProtocol::Simple, rows: 0 }),
                 replace_error,
             ),
-            Frontend::Parse {
-                name,
-                sql,
-                param_types,
-            } => {
+            Frontend::Parse { name, sql, param_types } => {
                 let named = (!name.is_empty()).then(|| name.to_string());
                 if replace_error.is_none() {
-                    self.statements.insert(
-                        name.to_string(),
-                        Prepared {
-                            sql: Arc::from(*sql),
-                            param_types: param_types.clone(),
-                        },
-                    );
+                    self.statements
+                        .insert(name.to_string(), Prepared { sql: Arc::from(*sql), param_types: param_types.clone() });
                 }
                 push(self, Expect::Parse { name: named }, replace_error);
             }
             Frontend::Bind(bind) => {
                 if replace_error.is_none() {
-                    let sql = self
-                        .statements
-                        .get(bind.statement)
-                        .map_or_else(|| Arc::from(""), |s| s.sql.clone());
+                    let sql = self.statements.get(bind.statement).map_or_else(|| Arc::from(""), |s| s.sql.clone());
                     self.portals.insert(bind.portal.to_string(), sql);
                 }
                 push(self, Expect::Bind, replace_error);
             }
             Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
             Frontend::Execute { portal, .. } => {
-                let sql = self
-                    .portals
-                    .get(*portal)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(""));
-                push(
-                    self,
-                    Expect::Execute(Running {
-                        sql,
-                        protocol: QueryProtocol::Extended,
-                        rows: 0,
-                    }),
-                    replace_error,
-                );
+                let sql = self.portals.get(*portal).cloned().unwrap_or_else(|| Arc::from(""));
+                push(self, Expect::Execute(Running { sql, protocol: QueryProtocol::Extended, rows: 0 }), replace_error);
             }
             Frontend::Close { kind, name } => {
                 // Forgotten at once: the server will have closed it before any later message.
@@ -291,17 +253,13 @@ impl ProtocolState {
             Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {
                 // Outside COPY IN the server ignores these (a client may send them after an
                 // error ended the copy); they are relayed as PostgreSQL would see them.
-                if matches!(msg, Frontend::CopyDone | Frontend::CopyFail(_))
-                    && self.copy == Copy::In
-                {
+                if matches!(msg, Frontend::CopyDone | Frontend::CopyFail(_)) && self.copy == Copy::In {
                     self.copy = Copy::None;
                 }
             }
             Frontend::Terminate => self.phase = Phase::Terminating,
             Frontend::AuthResponse(_) => {
-                return Err(ProtocolError::Client(
-                    "authentication response after authentication".into(),
-                ));
+                return Err(ProtocolError::Client("authentication response after authentication".into()));
             }
         }
         Ok(())
@@ -312,18 +270,15 @@ impl ProtocolState {
         match msg {
             Backend::Authentication { code, .. } => {
                 if self.phase != Phase::Authenticating {
-                    return Err(ProtocolError::Server(
-                        "authentication request after authentication".into(),
-                    ));
+                    return Err(ProtocolError::Server("authentication request after authentication".into()));
                 }
                 if *code == AUTH_OK {
                     self.phase = Phase::Starting;
                 }
             }
             Backend::BackendKeyData { pid, key } => self.backend_key = Some((*pid, key.to_vec())),
-            Backend::ParameterStatus { .. }
-            | Backend::NoticeResponse { .. }
-            | Backend::NotificationResponse { .. } => {}
+            Backend::ParameterStatus { .. } | Backend::NoticeResponse { .. } | Backend::NotificationResponse { .. } => {
+            }
             Backend::NegotiateProtocolVersion { .. } => {}
             Backend::ReadyForQuery { status } => {
                 self.tx_status = *status;
@@ -339,40 +294,24 @@ impl ProtocolState {
                         return Ok(BackendAction::Forward);
                     }
                 }
-                return Err(ProtocolError::Server(
-                    "ReadyForQuery nothing asked for".into(),
-                ));
+                return Err(ProtocolError::Server("ReadyForQuery nothing asked for".into()));
             }
             Backend::ErrorResponse { .. } => {
                 if matches!(self.phase, Phase::Authenticating | Phase::Starting) {
                     return Ok(BackendAction::Forward); // fatal; the server closes
                 }
                 self.copy = Copy::None;
-                let replacement = self
-                    .pending
-                    .front_mut()
-                    .and_then(|p| p.replace_error.take());
+                let replacement = self.pending.front_mut().and_then(|p| p.replace_error.take());
                 self.on_error();
                 return Ok(replacement.map_or(BackendAction::Forward, BackendAction::Replace));
             }
-            Backend::ParseComplete => {
-                self.complete(|e| matches!(e, Expect::Parse { .. }), "ParseComplete")?
-            }
-            Backend::BindComplete => {
-                self.complete(|e| matches!(e, Expect::Bind), "BindComplete")?
-            }
-            Backend::CloseComplete => {
-                self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?
-            }
+            Backend::ParseComplete => self.complete(|e| matches!(e, Expect::Parse { .. }), "ParseComplete")?,
+            Backend::BindComplete => self.complete(|e| matches!(e, Expect::Bind), "BindComplete")?,
+            Backend::CloseComplete => self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?,
             Backend::NoData => self.complete(|e| matches!(e, Expect::Describe), "NoData")?,
             Backend::ParameterDescription { .. } => {
-                if !matches!(
-                    self.pending.front().map(|p| &p.expect),
-                    Some(Expect::Describe)
-                ) {
-                    return Err(ProtocolError::Server(
-                        "ParameterDescription nothing asked for".into(),
-                    ));
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Describe)) {
+                    return Err(ProtocolError::Server("ParameterDescription nothing asked for".into()));
                 }
             }
             Backend::RowDescription { .. } => match self.pending.front().map(|p| &p.expect) {
@@ -381,9 +320,7 @@ impl ProtocolState {
                 }
                 Some(Expect::SimpleQuery(_)) => {}
                 _ => {
-                    return Err(ProtocolError::Server(
-                        "RowDescription nothing asked for".into(),
-                    ));
+                    return Err(ProtocolError::Server("RowDescription nothing asked for".into()));
                 }
             },
             Backend::DataRow(_) => {
@@ -403,23 +340,15 @@ impl ProtocolState {
                     // A simple query string may hold several statements.
                     Some(Expect::SimpleQuery(r)) => r.rows = 0,
                     _ => {
-                        return Err(ProtocolError::Server(
-                            "CommandComplete nothing asked for".into(),
-                        ));
+                        return Err(ProtocolError::Server("CommandComplete nothing asked for".into()));
                     }
                 }
             }
-            Backend::PortalSuspended => {
-                self.complete(|e| matches!(e, Expect::Execute(_)), "PortalSuspended")?
-            }
+            Backend::PortalSuspended => self.complete(|e| matches!(e, Expect::Execute(_)), "PortalSuspended")?,
             Backend::CopyResponse { tag, .. } => {
-                if !matches!(
-                    self.pending.front().map(|p| &p.expect),
-                    Some(Expect::Execute(_) | Expect::SimpleQuery(_))
-                ) {
-                    return Err(ProtocolError::Server(
-                        "COPY response outside a query".into(),
-                    ));
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Execute(_) | Expect::SimpleQuery(_)))
+                {
+                    return Err(ProtocolError::Server("COPY response outside a query".into()));
                 }
                 self.copy = match tag {
                     b'G' => Copy::In,
@@ -438,13 +367,8 @@ impl ProtocolState {
                 }
             }
             Backend::FunctionCallResponse(_) => {
-                if !matches!(
-                    self.pending.front().map(|p| &p.expect),
-                    Some(Expect::FunctionCall)
-                ) {
-                    return Err(ProtocolError::Server(
-                        "FunctionCallResponse nothing asked for".into(),
-                    ));
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::FunctionCall)) {
+                    return Err(ProtocolError::Server("FunctionCallResponse nothing asked for".into()));
                 }
             }
         }
@@ -489,15 +413,9 @@ mod tests {
 
     fn ready() -> ProtocolState {
         let mut s = ProtocolState::new();
-        s.on_backend(&Backend::Authentication { code: 0, data: b"" })
-            .unwrap();
-        s.on_backend(&Backend::BackendKeyData {
-            pid: 42,
-            key: b"abcd",
-        })
-        .unwrap();
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::Authentication { code: 0, data: b"" }).unwrap();
+        s.on_backend(&Backend::BackendKeyData { pid: 42, key: b"abcd" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.phase, Phase::Ready);
         s
     }
@@ -515,20 +433,14 @@ mod tests {
     #[test]
     fn simple_query_with_two_statements() {
         let mut s = ready();
-        s.on_frontend(&F::Query("select 1; select 2"), None)
-            .unwrap();
+        s.on_frontend(&F::Query("select 1; select 2"), None).unwrap();
         assert_eq!(s.running().unwrap().protocol, QueryProtocol::Simple);
         for _ in 0..2 {
-            s.on_backend(&Backend::RowDescription { fields: vec![] })
-                .unwrap();
+            s.on_backend(&Backend::RowDescription { fields: vec![] }).unwrap();
             s.on_backend(&Backend::DataRow(b"\0\0")).unwrap();
-            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" })
-                .unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" }).unwrap();
         }
-        assert_eq!(
-            s.on_backend(&Backend::ReadyForQuery { status: b'I' }),
-            Ok(BackendAction::Forward)
-        );
+        assert_eq!(s.on_backend(&Backend::ReadyForQuery { status: b'I' }), Ok(BackendAction::Forward));
         assert_eq!((s.pending(), s.completed, s.rows), (0, 2, 2));
     }
 
@@ -536,28 +448,11 @@ mod tests {
     fn pipelined_extended_batch_attributes_rows_to_each_execute() {
         let mut s = ready();
         let b = bind("", "s1");
-        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else {
-            panic!()
-        };
-        s.on_frontend(
-            &F::Parse {
-                name: "s1",
-                sql: "select $1",
-                param_types: vec![23],
-            },
-            None,
-        )
-        .unwrap();
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&F::Parse { name: "s1", sql: "select $1", param_types: vec![23] }, None).unwrap();
         for _ in 0..2 {
             s.on_frontend(&F::Bind(bound), None).unwrap();
-            s.on_frontend(
-                &F::Execute {
-                    portal: "",
-                    max_rows: 0,
-                },
-                None,
-            )
-            .unwrap();
+            s.on_frontend(&F::Execute { portal: "", max_rows: 0 }, None).unwrap();
         }
         s.on_frontend(&F::Sync, None).unwrap();
         assert_eq!(s.pending(), 6);
@@ -567,11 +462,9 @@ mod tests {
             assert_eq!(&*s.running().unwrap().sql, "select $1");
             s.on_backend(&Backend::DataRow(b"\0\x01")).unwrap();
             assert_eq!(s.running().unwrap().rows, 1);
-            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" })
-                .unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" }).unwrap();
         }
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
         assert!(s.statement("s1").is_some());
     }
@@ -580,85 +473,47 @@ mod tests {
     fn error_skips_the_rest_of_the_batch_and_forgets_a_failed_parse() {
         let mut s = ready();
         let b = bind("", "bad");
-        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else {
-            panic!()
-        };
-        s.on_frontend(
-            &F::Parse {
-                name: "bad",
-                sql: "selec",
-                param_types: vec![],
-            },
-            None,
-        )
-        .unwrap();
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&F::Parse { name: "bad", sql: "selec", param_types: vec![] }, None).unwrap();
         s.on_frontend(&F::Bind(bound), None).unwrap();
-        s.on_frontend(
-            &F::Execute {
-                portal: "",
-                max_rows: 0,
-            },
-            None,
-        )
-        .unwrap();
+        s.on_frontend(&F::Execute { portal: "", max_rows: 0 }, None).unwrap();
         s.on_frontend(&F::Sync, None).unwrap();
-        s.on_backend(&Backend::ErrorResponse { fields: vec![] })
-            .unwrap();
+        s.on_backend(&Backend::ErrorResponse { fields: vec![] }).unwrap();
         assert!(s.statement("bad").is_none());
         assert_eq!(s.pending(), 1, "only the Sync is still owed");
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
     }
 
     #[test]
     fn poisoned_message_gets_its_error_replaced() {
         let mut s = ready();
-        s.on_frontend(&F::Query("WARDEN DENIED"), Some(b"mine".to_vec()))
-            .unwrap();
+        s.on_frontend(&F::Query("WARDEN DENIED"), Some(b"mine".to_vec())).unwrap();
         assert_eq!(
             s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
             Ok(BackendAction::Replace(b"mine".to_vec()))
         );
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         s.on_frontend(&F::Query("select 1"), None).unwrap();
-        assert_eq!(
-            s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
-            Ok(BackendAction::Forward)
-        );
+        assert_eq!(s.on_backend(&Backend::ErrorResponse { fields: vec![] }), Ok(BackendAction::Forward));
     }
 
     #[test]
     fn copy_in_and_out() {
         let mut s = ready();
         s.on_frontend(&F::Query("copy t from stdin"), None).unwrap();
-        s.on_backend(&Backend::CopyResponse {
-            tag: b'G',
-            binary: false,
-            columns: 1,
-        })
-        .unwrap();
+        s.on_backend(&Backend::CopyResponse { tag: b'G', binary: false, columns: 1 }).unwrap();
         assert_eq!(s.copy, Copy::In);
         s.on_frontend(&F::CopyData(b"1\n"), None).unwrap();
         s.on_frontend(&F::CopyDone, None).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" })
-            .unwrap();
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         s.on_frontend(&F::Query("copy t to stdout"), None).unwrap();
-        s.on_backend(&Backend::CopyResponse {
-            tag: b'H',
-            binary: false,
-            columns: 1,
-        })
-        .unwrap();
+        s.on_backend(&Backend::CopyResponse { tag: b'H', binary: false, columns: 1 }).unwrap();
         s.on_backend(&Backend::CopyData(b"1\n")).unwrap();
         s.on_backend(&Backend::CopyDone).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" })
-            .unwrap();
-        s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-            .unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!((s.copy, s.pending()), (Copy::None, 0));
     }
 
@@ -667,18 +522,9 @@ mod tests {
         let mut s = ready();
         assert!(s.on_backend(&Backend::ParseComplete).is_err());
         assert!(s.on_backend(&Backend::DataRow(b"")).is_err());
-        assert!(
-            s.on_backend(&Backend::ReadyForQuery { status: b'I' })
-                .is_err()
-        );
-        assert!(
-            s.on_backend(&Backend::Authentication { code: 0, data: b"" })
-                .is_err()
-        );
+        assert!(s.on_backend(&Backend::ReadyForQuery { status: b'I' }).is_err());
+        assert!(s.on_backend(&Backend::Authentication { code: 0, data: b"" }).is_err());
         let mut s = ProtocolState::new();
-        assert!(
-            s.on_frontend(&F::Query("select 1"), None).is_err(),
-            "query before authentication"
-        );
+        assert!(s.on_frontend(&F::Query("select 1"), None).is_err(), "query before authentication");
     }
 }
