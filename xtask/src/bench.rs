@@ -1,23 +1,35 @@
-//! `cargo xtask bench`: throughput through Warden as a ratio to a direct connection, measured
-//! in the same run on the same PostgreSQL. Never a pass/fail threshold: numbers to read.
+//! `cargo xtask bench`: throughput through Warden and through PgBouncer (session mode, as a
+//! plain forwarding pooler) as ratios to a direct connection, all measured in the same run on
+//! the same PostgreSQL, with the proxies' CPU time per transaction. Numbers to read, never a
+//! pass/fail threshold.
+//!
+//! Paths: direct is [::1]:PORT; Warden governs 127.0.0.1:PORT (pgbench dials it unchanged and is
+//! redirected); PgBouncer listens on its own port and reaches PostgreSQL over [::1].
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
-use testkit::{Agent, Postgres, check, pgbench_bin};
-
-const SECONDS: u64 = 10;
+use testkit::{Agent, Postgres, check, free_port, pgbench_bin};
 
 struct Run {
     tps: f64,
     transactions: u64,
 }
 
-fn pgbench(pg: &Postgres, extra: &[&str]) -> Result<Run> {
+fn seconds() -> u64 {
+    std::env::var("WARDEN_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+}
+
+fn pgbench(host: &str, port: u16, args: &[&str]) -> Result<Run> {
     let out = check(
         Command::new(pgbench_bin())
-            .args(["-n", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-T", &SECONDS.to_string()])
-            .args(extra)
+            .args(["-n", "-h", host, "-p", &port.to_string(), "-U", "postgres"])
+            .args(args)
             .arg("postgres"),
     );
     let tps = out
@@ -35,40 +47,129 @@ fn pgbench(pg: &Postgres, extra: &[&str]) -> Result<Run> {
     Ok(Run { tps, transactions })
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// PgBouncer in session mode in front of the test PostgreSQL (it refuses to run as root).
+struct PgBouncer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    fn start(pg_port: u16) -> Result<Self> {
+        let dir = std::env::temp_dir().join(testkit::unique("warden-pgbouncer-"));
+        fs::create_dir_all(&dir)?;
+        let port = free_port();
+        fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+        fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\npostgres = host=::1 port={pg_port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}/userlist.txt\npool_mode = session\n\
+                 max_client_conn = 200\ndefault_pool_size = 50\nlogfile = {}/pgbouncer.log\n",
+                dir.display(),
+                dir.display()
+            ),
+        )?;
+        check(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pgbouncer"])
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pgbouncer")?;
+        let bouncer = Self { child, port, dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(bouncer);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("pgbouncer did not start: {}", fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default())
+    }
+
+    /// The pgbouncer process itself (runuser's child).
+    fn pid(&self) -> Option<u32> {
+        let children = fs::read_to_string(format!("/proc/{}/task/{}/children", self.child.id(), self.child.id())).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub fn bench(warden: &Path) -> Result<()> {
     let pg = Postgres::start();
     check(
-        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "1", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]),
+        Command::new(pgbench_bin())
+            .args(["-i", "-q", "-s", "10", "-U", "postgres", "-h"])
+            .arg(pg.socket_dir())
+            .args(["-p", &pg.port.to_string(), "postgres"]),
     );
-    let cases: &[(&str, &[&str])] = &[
-        ("select-only, new connection per transaction (-C), 1 client", &["-C", "-S", "-c", "1"]),
-        ("select-only, new connection per transaction (-C), 4 clients", &["-C", "-S", "-c", "4", "-j", "2"]),
+    let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
+    fs::create_dir_all(&script_dir)?;
+    let large = script_dir.join("large.sql");
+    fs::write(&large, "select g, md5(g::text), repeat('x', 32), (g * 7)::text from generate_series(1, 1000000) g;\n")?;
+    let large = large.display().to_string();
+
+    let agent = Agent::start_with(warden, &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port));
+    let agent_pid = agent.pid().context("agent pid")?;
+    let bouncer = PgBouncer::start(pg.port)?;
+    let bouncer_pid = bouncer.pid().context("pgbouncer pid")?;
+    let secs = seconds().to_string();
+
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("select-only, simple, 8 clients", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &secs]),
+        ("select-only, prepared, 8 clients", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", &secs]),
+        ("TPC-B-like, 8 clients", vec!["-c", "8", "-j", "2", "-T", &secs]),
+        ("1,000,000-row result, 4 text columns", vec!["-f", &large, "-c", "1", "-T", &secs]),
+        ("select-only, new connection per transaction (-C)", vec!["-C", "-S", "-c", "4", "-j", "2", "-T", &secs]),
     ];
-    println!("{:<62} {:>10} {:>10} {:>7} {:>14}", "case", "direct", "warden", "ratio", "agent µs/conn");
-    for (name, args) in cases {
-        let direct = pgbench(&pg, args)?;
-        let agent = Agent::start_with(warden, &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port));
-        let cpu_before = agent.cpu_seconds();
-        let through = pgbench(&pg, args)?;
-        let cpu = agent.cpu_seconds() - cpu_before;
-        let redirected = agent.stat("redirected");
-        if redirected < through.transactions {
-            bail!("only {redirected} of {} connections were redirected", through.transactions);
-        }
-        drop(agent);
-        std::thread::sleep(Duration::from_millis(200));
+    println!(
+        "{:<48} {:>10} {:>10} {:>7} {:>10} {:>7} {:>12} {:>12}",
+        "case (tps)", "direct", "warden", "ratio", "pgbouncer", "ratio", "warden µs/tx", "bouncer µs/tx"
+    );
+    for (name, args) in &cases {
+        let direct = pgbench("::1", pg.port, args)?;
+        let before = cpu_seconds(agent_pid);
+        let through = pgbench("127.0.0.1", pg.port, args)?;
+        let warden_cpu = cpu_seconds(agent_pid) - before;
+        let before = cpu_seconds(bouncer_pid);
+        let pooled = pgbench("127.0.0.1", bouncer.port, args)?;
+        let bouncer_cpu = cpu_seconds(bouncer_pid) - before;
         println!(
-            "{:<62} {:>10.1} {:>10.1} {:>6.2}x {:>14.1}",
+            "{:<48} {:>10.1} {:>10.1} {:>6.2}x {:>10.1} {:>6.2}x {:>12.1} {:>12.1}",
             name,
             direct.tps,
             through.tps,
             through.tps / direct.tps,
-            cpu * 1e6 / through.transactions.max(1) as f64
+            pooled.tps,
+            pooled.tps / direct.tps,
+            warden_cpu * 1e6 / through.transactions.max(1) as f64,
+            bouncer_cpu * 1e6 / pooled.transactions.max(1) as f64,
         );
     }
+    let redirected = agent.stat("redirected");
+    println!("(connections redirected through Warden during the run: {redirected})");
+    drop(bouncer);
+    drop(agent);
+    let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }
