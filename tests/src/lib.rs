@@ -60,9 +60,21 @@ fn pg_bin(name: &str) -> PathBuf {
     versions.pop().expect("a PostgreSQL version").join("bin").join(name)
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port below the kernel's ephemeral range, so that no outgoing connection can be
+/// holding it when a server binds it a moment later (a port handed out by binding port 0 can
+/// be).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mut candidate =
+        20_000 + ((seed ^ (std::process::id() << 8) ^ SEQ.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+    for _ in 0..12_000 {
+        // A dual-stack [::] bind succeeds only if the port is free on IPv4 and IPv6 alike.
+        if TcpListener::bind(("::", candidate)).is_ok() {
+            return candidate;
+        }
+        candidate = if candidate >= 31_999 { 20_000 } else { candidate + 1 };
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// A throwaway PostgreSQL cluster, owned by the `postgres` user, listening on all addresses of

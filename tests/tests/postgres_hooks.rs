@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 use warden::{
     config::Config,
     flow::OrigDst,
-    pg::backend::Field,
+    pg::backend::RowDescription,
     proxy::postgres::{
         self, SessionContext,
         cancel::CancelRegistry,
@@ -53,8 +53,8 @@ impl SessionHooks for TestHooks {
         }
     }
 
-    fn on_row_description(&self, _running: Option<&Running>, fields: &[Field<'_>]) {
-        self.columns.lock().unwrap().extend(fields.iter().map(|f| f.name.to_string()));
+    fn on_row_description(&self, _running: Option<&Running>, description: &RowDescription<'_>) {
+        self.columns.lock().unwrap().extend(description.fields().map(|f| String::from_utf8_lossy(f.name).into_owned()));
     }
 
     fn on_complete(&self, _running: Option<&Running>, tag: &str) {

@@ -114,7 +114,8 @@ fn a_database_lost_mid_query_is_reported_to_the_client() {
         .spawn()
         .unwrap();
     let pid = loop {
-        let pid = pg.admin_sql("select pid from pg_stat_activity where application_name = 'warden_lost' and state = 'active'");
+        let pid = pg
+            .admin_sql("select pid from pg_stat_activity where application_name = 'warden_lost' and state = 'active'");
         if !pid.is_empty() {
             break pid;
         }

@@ -100,7 +100,8 @@ impl PgBouncer {
 
     /// The pgbouncer process itself (runuser's child).
     fn pid(&self) -> Option<u32> {
-        let children = fs::read_to_string(format!("/proc/{}/task/{}/children", self.child.id(), self.child.id())).ok()?;
+        let children =
+            fs::read_to_string(format!("/proc/{}/task/{}/children", self.child.id(), self.child.id())).ok()?;
         children.split_whitespace().next()?.parse().ok()
     }
 }
@@ -118,10 +119,11 @@ impl Drop for PgBouncer {
 pub fn bench(warden: &Path) -> Result<()> {
     let pg = Postgres::start();
     check(
-        Command::new(pgbench_bin())
-            .args(["-i", "-q", "-s", "10", "-U", "postgres", "-h"])
-            .arg(pg.socket_dir())
-            .args(["-p", &pg.port.to_string(), "postgres"]),
+        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "10", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
+            "-p",
+            &pg.port.to_string(),
+            "postgres",
+        ]),
     );
     let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
     fs::create_dir_all(&script_dir)?;

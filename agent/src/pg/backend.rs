@@ -6,7 +6,7 @@ use super::{DecodeError, Reader};
 /// One column of a RowDescription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field<'a> {
-    pub name: &'a str,
+    pub name: &'a [u8],
     /// OID of the table the column comes from (0 if it is not a plain table column).
     pub table_oid: u32,
     /// Attribute number within that table (0 if none).
@@ -16,6 +16,55 @@ pub struct Field<'a> {
     pub type_modifier: i32,
     /// 0 text, 1 binary.
     pub format: i16,
+}
+
+/// A RowDescription, validated at decode, its fields read on demand (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowDescription<'a> {
+    count: u16,
+    /// The field entries (after the count).
+    fields: &'a [u8],
+}
+
+impl<'a> RowDescription<'a> {
+    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let n = r.i16("field count")?;
+        if n < 0 {
+            return Err(DecodeError::Invalid { tag: 'T', what: format!("field count {n}") });
+        }
+        let fields = r.remaining();
+        for _ in 0..n {
+            read_field(r)?;
+        }
+        r.finish()?;
+        Ok(Self { count: n as u16, fields })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+        let mut r = Reader::new(b'T', self.fields);
+        // Validated at decode: every read succeeds.
+        (0..self.count).filter_map(move |_| read_field(&mut r).ok())
+    }
+}
+
+fn read_field<'a>(r: &mut Reader<'a>) -> Result<Field<'a>, DecodeError> {
+    Ok(Field {
+        name: r.cstr("field name")?,
+        table_oid: r.i32("table oid")? as u32,
+        column: r.i16("column number")?,
+        type_oid: r.i32("type oid")? as u32,
+        type_size: r.i16("type size")?,
+        type_modifier: r.i32("type modifier")?,
+        format: r.i16("format code")?,
+    })
 }
 
 /// Authentication request codes.
@@ -30,8 +79,8 @@ pub enum Backend<'a> {
         data: &'a [u8],
     },
     ParameterStatus {
-        name: &'a str,
-        value: &'a str,
+        name: &'a [u8],
+        value: &'a [u8],
     },
     BackendKeyData {
         pid: i32,
@@ -40,19 +89,17 @@ pub enum Backend<'a> {
     ReadyForQuery {
         status: u8,
     },
-    RowDescription {
-        fields: Vec<Field<'a>>,
-    },
+    RowDescription(RowDescription<'a>),
     DataRow(&'a [u8]),
     CommandComplete {
-        tag: &'a str,
+        tag: &'a [u8],
     },
     EmptyQueryResponse,
     ErrorResponse {
-        fields: Vec<(u8, &'a str)>,
+        fields: Vec<(u8, &'a [u8])>,
     },
     NoticeResponse {
-        fields: Vec<(u8, &'a str)>,
+        fields: Vec<(u8, &'a [u8])>,
     },
     /// CopyInResponse ('G'), CopyOutResponse ('H'), CopyBothResponse ('W').
     CopyResponse {
@@ -72,13 +119,13 @@ pub enum Backend<'a> {
     },
     NotificationResponse {
         pid: i32,
-        channel: &'a str,
-        payload: &'a str,
+        channel: &'a [u8],
+        payload: &'a [u8],
     },
     FunctionCallResponse(&'a [u8]),
     NegotiateProtocolVersion {
         newest_minor: i32,
-        unsupported: Vec<&'a str>,
+        unsupported: Vec<&'a [u8]>,
     },
 }
 
@@ -113,26 +160,7 @@ impl<'a> Backend<'a> {
                 r.finish()?;
                 Self::ReadyForQuery { status }
             }
-            b'T' => {
-                let n = r.i16("field count")?;
-                if n < 0 {
-                    return Err(DecodeError::Invalid { tag: 'T', what: format!("field count {n}") });
-                }
-                let mut fields = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    fields.push(Field {
-                        name: r.cstr("field name")?,
-                        table_oid: r.i32("table oid")? as u32,
-                        column: r.i16("column number")?,
-                        type_oid: r.i32("type oid")? as u32,
-                        type_size: r.i16("type size")?,
-                        type_modifier: r.i32("type modifier")?,
-                        format: r.i16("format code")?,
-                    });
-                }
-                r.finish()?;
-                Self::RowDescription { fields }
-            }
+            b'T' => Self::RowDescription(RowDescription::decode(&mut r)?),
             b'D' => Self::DataRow(body),
             b'C' => {
                 let tag = r.cstr("command tag")?;
@@ -203,7 +231,7 @@ impl<'a> Backend<'a> {
 }
 
 /// The SASL mechanisms of an AuthenticationSASL body (after the code).
-pub fn sasl_mechanisms(data: &[u8]) -> Result<Vec<&str>, DecodeError> {
+pub fn sasl_mechanisms(data: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
     let mut r = Reader::new(b'R', data);
     let mut out = Vec::new();
     loop {
@@ -223,7 +251,7 @@ pub fn data_row_columns(body: &[u8]) -> Option<u16> {
 }
 
 /// The value of an error/notice field (`b'C'` SQLSTATE, `b'M'` message, ...).
-pub fn field<'a>(fields: &[(u8, &'a str)], code: u8) -> Option<&'a str> {
+pub fn field<'a>(fields: &[(u8, &'a [u8])], code: u8) -> Option<&'a [u8]> {
     fields.iter().find(|(c, _)| *c == code).map(|(_, v)| *v)
 }
 
@@ -235,15 +263,17 @@ mod tests {
     fn decodes_what_the_session_needs() {
         assert_eq!(Backend::decode(b'Z', b"I"), Ok(Backend::ReadyForQuery { status: b'I' }));
         assert!(Backend::decode(b'Z', b"X").is_err());
-        assert_eq!(Backend::decode(b'C', b"SELECT 3\0"), Ok(Backend::CommandComplete { tag: "SELECT 3" }));
+        assert_eq!(Backend::decode(b'C', b"SELECT 3\0"), Ok(Backend::CommandComplete { tag: b"SELECT 3" }));
         assert_eq!(
             Backend::decode(b'E', b"SERROR\0C42501\0Mno\0\0"),
-            Ok(Backend::ErrorResponse { fields: vec![(b'S', "ERROR"), (b'C', "42501"), (b'M', "no")] })
+            Ok(Backend::ErrorResponse {
+                fields: vec![(b'S', &b"ERROR"[..]), (b'C', &b"42501"[..]), (b'M', &b"no"[..])]
+            })
         );
         assert_eq!(Backend::decode(b'K', b"\0\0\0\x07abcd"), Ok(Backend::BackendKeyData { pid: 7, key: b"abcd" }));
         assert_eq!(
             Backend::decode(b'A', b"\0\0\0\x01chan\0hello\0"),
-            Ok(Backend::NotificationResponse { pid: 1, channel: "chan", payload: "hello" })
+            Ok(Backend::NotificationResponse { pid: 1, channel: b"chan", payload: b"hello" })
         );
         let mut t = vec![0, 1];
         t.extend(b"id\0");
@@ -253,8 +283,10 @@ mod tests {
         t.extend(4i16.to_be_bytes());
         t.extend((-1i32).to_be_bytes());
         t.extend(0i16.to_be_bytes());
-        let Backend::RowDescription { fields } = Backend::decode(b'T', &t).unwrap() else { panic!() };
-        assert_eq!(fields[0].name, "id");
+        let Backend::RowDescription(desc) = Backend::decode(b'T', &t).unwrap() else { panic!() };
+        let fields: Vec<_> = desc.fields().collect();
+        assert_eq!(desc.len(), 1);
+        assert_eq!(fields[0].name, b"id");
         assert_eq!((fields[0].table_oid, fields[0].column, fields[0].type_oid), (16384, 1, 23));
         for cut in 0..t.len() {
             assert!(Backend::decode(b'T', &t[..cut]).is_err(), "cut at {cut}");
@@ -265,7 +297,7 @@ mod tests {
     fn sasl_mechanism_list() {
         assert_eq!(
             sasl_mechanisms(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0").unwrap(),
-            vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+            vec![&b"SCRAM-SHA-256-PLUS"[..], &b"SCRAM-SHA-256"[..]]
         );
         assert!(sasl_mechanisms(b"SCRAM").is_err());
     }

@@ -8,7 +8,7 @@ pub enum Startup<'a> {
     Ssl,
     GssEnc,
     Cancel { pid: i32, key: &'a [u8] },
-    Startup { version: i32, params: Vec<(&'a str, &'a str)> },
+    Startup { version: i32, params: Vec<(&'a [u8], &'a [u8])> },
 }
 
 impl<'a> Startup<'a> {
@@ -48,8 +48,8 @@ impl<'a> Startup<'a> {
 /// The parts of a Bind message the proxy needs, with the parameters left encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bind<'a> {
-    pub portal: &'a str,
-    pub statement: &'a str,
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
     /// Parameter format codes (0 text, 1 binary), big-endian i16 each.
     pub param_formats: &'a [u8],
     pub param_count: u16,
@@ -87,32 +87,32 @@ impl<'a> Bind<'a> {
 /// A regular message from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frontend<'a> {
-    Query(&'a str),
+    Query(&'a [u8]),
     Parse {
-        name: &'a str,
-        sql: &'a str,
+        name: &'a [u8],
+        sql: &'a [u8],
         param_types: Vec<u32>,
     },
     Bind(Bind<'a>),
     /// `kind` is b'S' (statement) or b'P' (portal).
     Describe {
         kind: u8,
-        name: &'a str,
+        name: &'a [u8],
     },
     Execute {
-        portal: &'a str,
+        portal: &'a [u8],
         max_rows: i32,
     },
     Close {
         kind: u8,
-        name: &'a str,
+        name: &'a [u8],
     },
     Sync,
     Flush,
     Terminate,
     CopyData(&'a [u8]),
     CopyDone,
-    CopyFail(&'a str),
+    CopyFail(&'a [u8]),
     FunctionCall {
         function_oid: u32,
     },
@@ -259,7 +259,10 @@ mod tests {
         p[..4].copy_from_slice(&len.to_be_bytes());
         assert_eq!(
             Startup::decode(&p),
-            Ok(Startup::Startup { version: 196_608, params: vec![("user", "alice"), ("database", "db")] })
+            Ok(Startup::Startup {
+                version: 196_608,
+                params: vec![(&b"user"[..], &b"alice"[..]), (&b"database"[..], &b"db"[..])]
+            })
         );
         assert_eq!(Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 47]), Ok(Startup::Ssl));
         assert_eq!(Startup::decode(&[0, 0, 0, 8, 4, 210, 22, 48]), Ok(Startup::GssEnc));
@@ -275,7 +278,7 @@ mod tests {
     fn bind_round_trips_parameters() {
         let body = bind_body(&[1], &[Some(b"\0\0\0\x2a"), None, Some(b"")], &[0]);
         let Frontend::Bind(b) = Frontend::decode(b'B', &body).unwrap() else { panic!() };
-        assert_eq!((b.portal, b.statement, b.param_count), ("p1", "s1", 3));
+        assert_eq!((b.portal, b.statement, b.param_count), (&b"p1"[..], &b"s1"[..], 3));
         let params: Vec<_> = b.params().collect();
         assert_eq!(params, vec![(Some(&b"\0\0\0\x2a"[..]), true), (None, true), (Some(&b""[..]), true)]);
     }
@@ -295,15 +298,16 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(Frontend::decode(b'Q', b"select 1\0"), Ok(Frontend::Query("select 1")));
+        assert_eq!(Frontend::decode(b'Q', b"select 1\0"), Ok(Frontend::Query(b"select 1")));
         assert!(Frontend::decode(b'Q', b"select 1").is_err(), "missing NUL");
-        assert!(Frontend::decode(b'Q', b"select \xff\0").is_err(), "not UTF-8");
+        // Text in a non-UTF-8 client encoding is relayed as it is.
+        assert_eq!(Frontend::decode(b'Q', b"select '\xe9'\0"), Ok(Frontend::Query(b"select '\xe9'")));
         assert_eq!(
             Frontend::decode(b'P', b"s\0select $1\0\0\x01\0\0\0\x17"),
-            Ok(Frontend::Parse { name: "s", sql: "select $1", param_types: vec![23] })
+            Ok(Frontend::Parse { name: b"s", sql: b"select $1", param_types: vec![23] })
         );
-        assert_eq!(Frontend::decode(b'E', b"\0\0\0\0\0"), Ok(Frontend::Execute { portal: "", max_rows: 0 }));
-        assert_eq!(Frontend::decode(b'D', b"Sname\0"), Ok(Frontend::Describe { kind: b'S', name: "name" }));
+        assert_eq!(Frontend::decode(b'E', b"\0\0\0\0\0"), Ok(Frontend::Execute { portal: b"", max_rows: 0 }));
+        assert_eq!(Frontend::decode(b'D', b"Sname\0"), Ok(Frontend::Describe { kind: b'S', name: b"name" }));
         assert!(Frontend::decode(b'D', b"Xname\0").is_err());
         assert_eq!(Frontend::decode(b'S', b""), Ok(Frontend::Sync));
         assert!(Frontend::decode(b'S', b"x").is_err());

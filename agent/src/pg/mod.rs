@@ -5,6 +5,15 @@
 //! (a `DataRow` becomes a `Vec` of `Bytes`), which is an allocation per row on the hottest path,
 //! and the proxy needs only a handful of fields from a handful of messages. A borrowing decoder
 //! of ~500 lines keeps relaying at memcpy speed and lets malformed input be rejected precisely.
+//!
+//! Strings are bytes here: PostgreSQL sends text in the session's client encoding (LATIN1,
+//! SJIS, ...), and a proxy that insisted on UTF-8 would break such clients. `text()` gives a
+//! UTF-8 view where one is needed (hooks, audit).
+
+/// A protocol string as text: borrowed when it is UTF-8, lossily converted otherwise.
+pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
 
 pub mod backend;
 pub mod error;
@@ -16,8 +25,6 @@ pub mod frontend;
 pub enum DecodeError {
     #[error("message '{tag}' truncated: {what}")]
     Truncated { tag: char, what: &'static str },
-    #[error("message '{tag}': {what} is not valid UTF-8")]
-    NotUtf8 { tag: char, what: &'static str },
     #[error("message '{tag}': {what}")]
     Invalid { tag: char, what: String },
     #[error("unexpected message type '{0}'")]
@@ -69,11 +76,11 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    /// A NUL-terminated UTF-8 string.
-    pub(crate) fn cstr(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+    /// A NUL-terminated string, as bytes: text travels in the client encoding, which need
+    /// not be UTF-8, and the proxy relays it byte for byte.
+    pub(crate) fn cstr(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = memchr(0, self.buf).ok_or_else(|| self.truncated(what))?;
-        let s =
-            std::str::from_utf8(&self.buf[..end]).map_err(|_| DecodeError::NotUtf8 { tag: self.tag as char, what })?;
+        let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }

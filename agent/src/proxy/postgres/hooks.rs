@@ -4,7 +4,7 @@
 use std::{future::Future, pin::Pin};
 
 use super::state::{QueryProtocol, Running};
-use crate::pg::{backend::Field, frontend::Bind};
+use crate::pg::{backend::RowDescription, frontend::Bind};
 
 /// A hook's decision about a statement.
 pub enum Verdict {
@@ -32,6 +32,12 @@ pub struct StatementInfo<'a> {
 
 /// Session hooks. Every method has a do-nothing default.
 pub trait SessionHooks: Send + Sync {
+    /// Whether `before_statement` needs to see statements; when false, client messages are
+    /// relayed without building a `StatementInfo` (the fast path of a session with no policy).
+    fn inspects_statements(&self) -> bool {
+        true
+    }
+
     /// Before a statement reaches the server: a simple Query, an extended-protocol Bind (the
     /// point where both the statement and its parameters are known), or a FunctionCall.
     fn before_statement(&self, _statement: &StatementInfo<'_>) -> Verdict {
@@ -43,7 +49,7 @@ pub trait SessionHooks: Send + Sync {
         false
     }
 
-    fn on_row_description(&self, _running: Option<&Running>, _fields: &[Field<'_>]) {}
+    fn on_row_description(&self, _running: Option<&Running>, _description: &RowDescription<'_>) {}
 
     fn on_row(&self, _running: Option<&Running>, _row: &[u8]) {}
 
@@ -54,4 +60,8 @@ pub trait SessionHooks: Send + Sync {
 /// The hooks of a session with no policy: everything is allowed.
 pub struct AllowAll;
 
-impl SessionHooks for AllowAll {}
+impl SessionHooks for AllowAll {
+    fn inspects_statements(&self) -> bool {
+        false
+    }
+}

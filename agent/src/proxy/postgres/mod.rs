@@ -39,6 +39,7 @@ use crate::{
         error::{Severity, error_message, sqlstate},
         frame::{self, put_message},
         frontend::Frontend,
+        text,
     },
 };
 
@@ -256,11 +257,39 @@ async fn relay(
     channel_binding_holds: bool,
     report: &mut SessionReport,
 ) -> Result<(), SessionError> {
+    let packet = start.packet;
+    match (start.stream, upstream) {
+        // Plain TCP on both legs (the common case): lock-free borrowed halves.
+        (MaybeTls::Plain(mut client), MaybeTls::Plain(mut upstream)) => {
+            let (client_r, client_w) = client.split();
+            let (up_r, up_w) = upstream.split();
+            relay_halves(ctx, &packet, (client_r, client_w), (up_r, up_w), channel_binding_holds, report).await
+        }
+        (client, upstream) => {
+            let client = tokio::io::split(client);
+            let upstream = tokio::io::split(upstream);
+            relay_halves(ctx, &packet, client, upstream, channel_binding_holds, report).await
+        }
+    }
+}
+
+async fn relay_halves<CR, CW, UR, UW>(
+    ctx: &SessionContext,
+    packet: &[u8],
+    (mut client_r, mut client_w): (CR, CW),
+    (mut up_r, mut up_w): (UR, UW),
+    channel_binding_holds: bool,
+    report: &mut SessionReport,
+) -> Result<(), SessionError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let state = Mutex::new(ProtocolState::new());
-    let (mut client_r, mut client_w) = tokio::io::split(start.stream);
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    up_w.write_all(&start.packet).await.map_err(SessionError::UpstreamIo)?;
-    let mut to_server = ClientToServer { ctx, state: &state, bytes: start.packet.len() as u64 };
+    up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
+    let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64 };
     let mut to_client =
         ServerToClient { ctx, state: &state, bytes: 0, saw_fatal: false, registered: None, channel_binding_holds };
     let outcome = tokio::select! {
@@ -334,56 +363,81 @@ impl ClientToServer<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let inspect = self.ctx.hooks.inspects_statements();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             ensure_spare(&mut buf);
             if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
                 return Ok(Side::Client);
             }
-            let mut pos = 0;
-            let mut flushed = 0;
-            while let Some(h) =
-                frame::header(&buf[pos..], self.ctx.max_message).map_err(|e| ProtocolError::Client(e.to_string()))?
-            {
-                if buf.len() - pos < h.total {
-                    buf.reserve(h.total - (buf.len() - pos));
-                    break;
-                }
-                let msg =
-                    Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
-                let verdict = self.judge(&msg);
-                let verdict = match verdict {
-                    Verdict::Hold(decision) => {
-                        // Relay what came before, then wait: the client simply waits too.
-                        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                        flushed = pos;
-                        match decision.await {
-                            Verdict::Hold(_) => Verdict::Deny {
-                                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
-                                message: "warden: the held statement was not decided".into(),
-                            },
-                            decided => decided,
-                        }
-                    }
-                    other => other,
-                };
-                match verdict {
-                    Verdict::Allow | Verdict::Hold(_) => self.lock().on_frontend(&msg, None)?,
-                    Verdict::Deny { sqlstate, message } => {
-                        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                        let (poison, poison_bytes) = poison_for(&msg);
-                        let error = error_message(Severity::Error, &sqlstate, &message);
-                        self.lock().on_frontend(&poison, Some(error))?;
-                        upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
-                        flushed = pos + h.total;
-                    }
-                }
-                pos += h.total;
-            }
-            upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+            let pos = if inspect {
+                self.judged(&buf, upstream).await?
+            } else {
+                let pos = self.unjudged(&buf)?;
+                upstream.write_all(&buf[..pos]).await.map_err(SessionError::UpstreamIo)?;
+                pos
+            };
             self.bytes += pos as u64;
+            if pos < buf.len() {
+                // A partial message waits for more bytes; make room for all of it.
+                if let Some(h) = frame::header(&buf[pos..], self.ctx.max_message).ok().flatten() {
+                    buf.reserve(h.total.saturating_sub(buf.len() - pos));
+                }
+            }
             buf.advance(pos);
         }
+    }
+
+    /// No hook looks at statements: record every complete message in the state machine under
+    /// one lock and relay the chunk as it came. Returns the bytes consumed.
+    fn unjudged(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
+        let mut st = self.lock();
+        let mut pos = 0;
+        while let Some(h) = complete_message(&buf[pos..], self.ctx.max_message)? {
+            let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+            st.on_frontend(&msg, None)?;
+            pos += h.total;
+        }
+        Ok(pos)
+    }
+
+    /// Hooks judge each statement: relay allowed ones, hold or replace others. Writes what it
+    /// consumed upstream itself; returns the bytes consumed.
+    async fn judged<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], upstream: &mut W) -> Result<usize, SessionError> {
+        let mut pos = 0;
+        let mut flushed = 0;
+        while let Some(h) = complete_message(&buf[pos..], self.ctx.max_message)? {
+            let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+            let verdict = match self.judge(&msg) {
+                Verdict::Hold(decision) => {
+                    // Relay what came before, then wait: the client simply waits too.
+                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                    flushed = pos;
+                    match decision.await {
+                        Verdict::Hold(_) => Verdict::Deny {
+                            sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
+                            message: "warden: the held statement was not decided".into(),
+                        },
+                        decided => decided,
+                    }
+                }
+                other => other,
+            };
+            match verdict {
+                Verdict::Allow | Verdict::Hold(_) => self.lock().on_frontend(&msg, None)?,
+                Verdict::Deny { sqlstate, message } => {
+                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                    let (poison, poison_bytes) = poison_for(&msg);
+                    let error = error_message(Severity::Error, &sqlstate, &message);
+                    self.lock().on_frontend(&poison, Some(error))?;
+                    upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
+                    flushed = pos + h.total;
+                }
+            }
+            pos += h.total;
+        }
+        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+        Ok(pos)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProtocolState> {
@@ -393,37 +447,32 @@ impl ClientToServer<'_> {
     /// Asks the hooks about statements; everything else passes.
     fn judge(&self, msg: &Frontend<'_>) -> Verdict {
         let hooks = &self.ctx.hooks;
-        match msg {
-            Frontend::Query(sql) if self.lock().phase == Phase::Ready => hooks.before_statement(&StatementInfo {
-                sql,
-                protocol: QueryProtocol::Simple,
-                bind: None,
-                function_oid: None,
-            }),
-            Frontend::Bind(bind) => {
-                let sql = {
-                    let st = self.lock();
-                    if st.phase != Phase::Ready {
-                        return Verdict::Allow;
-                    }
-                    st.statement(bind.statement).map(|p| p.sql.clone())
-                };
-                let sql = sql.as_deref().unwrap_or("");
-                hooks.before_statement(&StatementInfo {
-                    sql,
-                    protocol: QueryProtocol::Extended,
-                    bind: Some(*bind),
-                    function_oid: None,
-                })
+        let (sql, protocol, bind, function_oid) = {
+            let st = self.lock();
+            if st.phase != Phase::Ready {
+                return Verdict::Allow;
             }
-            Frontend::FunctionCall { function_oid } => hooks.before_statement(&StatementInfo {
-                sql: "",
-                protocol: QueryProtocol::FunctionCall,
-                bind: None,
-                function_oid: Some(*function_oid),
-            }),
-            _ => Verdict::Allow,
-        }
+            match msg {
+                Frontend::Query(sql) => (Arc::from(text(sql)), QueryProtocol::Simple, None, None),
+                Frontend::Bind(bind) => {
+                    let sql = st.statement(bind.statement).map_or_else(|| Arc::from(""), |p| p.sql.clone());
+                    (sql, QueryProtocol::Extended, Some(*bind), None)
+                }
+                Frontend::FunctionCall { function_oid } => {
+                    (Arc::from(""), QueryProtocol::FunctionCall, None, Some(*function_oid))
+                }
+                _ => return Verdict::Allow,
+            }
+        };
+        hooks.before_statement(&StatementInfo { sql: &sql, protocol, bind, function_oid })
+    }
+}
+
+/// The header of the complete message at the start of `buf`, if it is all there.
+fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
+    match frame::header(buf, max).map_err(|e| ProtocolError::Client(e.to_string()))? {
+        Some(h) if buf.len() >= h.total => Ok(Some(h)),
+        _ => Ok(None),
     }
 }
 
@@ -439,13 +488,13 @@ fn poison_for(msg: &Frontend<'_>) -> (Frontend<'static>, Vec<u8>) {
             body.extend_from_slice(POISON_SQL.as_bytes());
             body.extend_from_slice(&[0, 0, 0]);
             put_message(&mut bytes, b'P', &body);
-            (Frontend::Parse { name: "warden_refused", sql: POISON_SQL, param_types: Vec::new() }, bytes)
+            (Frontend::Parse { name: b"warden_refused", sql: POISON_SQL.as_bytes(), param_types: Vec::new() }, bytes)
         }
         _ => {
             let mut body = POISON_SQL.as_bytes().to_vec();
             body.push(0);
             put_message(&mut bytes, b'Q', &body);
-            (Frontend::Query(POISON_SQL), bytes)
+            (Frontend::Query(POISON_SQL.as_bytes()), bytes)
         }
     }
 }
@@ -548,10 +597,10 @@ impl ServerToClient<'_> {
                 // Channel binding would bind the client to the proxy's certificate, not the
                 // server's: not offered unless the proxy presents the server's certificate.
                 let mechanisms = sasl_mechanisms(data).map_err(ProtocolError::server_decode)?;
-                if !self.channel_binding_holds && mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+                if !self.channel_binding_holds && mechanisms.iter().any(|m| m.ends_with(b"-PLUS")) {
                     let mut body = AUTH_SASL.to_be_bytes().to_vec();
-                    for m in mechanisms.iter().filter(|m| !m.ends_with("-PLUS")) {
-                        body.extend_from_slice(m.as_bytes());
+                    for m in mechanisms.iter().filter(|m| !m.ends_with(b"-PLUS")) {
+                        body.extend_from_slice(m);
                         body.push(0);
                     }
                     body.push(0);
@@ -569,12 +618,12 @@ impl ServerToClient<'_> {
                 );
                 self.registered = Some((*pid, key.to_vec()));
             }
-            Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some("FATAL") => {
+            Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") => {
                 self.saw_fatal = true;
             }
-            Backend::RowDescription { fields } => hooks.on_row_description(st.running(), fields),
+            Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),
             Backend::DataRow(row) => hooks.on_row(st.running(), row),
-            Backend::CommandComplete { tag } => hooks.on_complete(st.running(), tag),
+            Backend::CommandComplete { tag } => hooks.on_complete(st.running(), &text(tag)),
             _ => {}
         }
         Ok(match st.on_backend(msg)? {

@@ -119,7 +119,9 @@ async fn negotiate_inner(
                 return Ok(ClientStart::Cancel { stream, packet, pid, key });
             }
             Startup::Startup { params, .. } => {
-                let get = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+                let get = |name: &str| {
+                    params.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| crate::pg::text(v).into_owned())
+                };
                 let replication = get("replication")
                     .filter(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"));
                 let start = SessionStart {

@@ -12,6 +12,7 @@ use crate::pg::{
     DecodeError,
     backend::{AUTH_OK, Backend},
     frontend::Frontend,
+    text,
 };
 
 /// Where the session is in its life.
@@ -48,7 +49,7 @@ pub struct Running {
 enum Expect {
     /// ParseComplete (a named statement is forgotten again if parsing fails).
     Parse {
-        name: Option<String>,
+        name: Option<Vec<u8>>,
     },
     Bind,
     /// ParameterDescription (statements only), then RowDescription or NoData.
@@ -129,9 +130,9 @@ pub struct ProtocolState {
     /// 'I' idle, 'T' in a transaction block, 'E' in a failed transaction block.
     pub tx_status: u8,
     pub copy: Copy,
-    statements: HashMap<String, Prepared>,
+    statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
-    portals: HashMap<String, Arc<str>>,
+    portals: HashMap<Vec<u8>, Arc<str>>,
     pending: VecDeque<Pending>,
     /// Server-side process id and cancel key, once the server sent them.
     pub backend_key: Option<(i32, Vec<u8>)>,
@@ -163,12 +164,12 @@ impl ProtocolState {
     }
 
     /// The SQL a portal runs (the unnamed portal is "").
-    pub fn portal_sql(&self, portal: &str) -> Option<Arc<str>> {
+    pub fn portal_sql(&self, portal: &[u8]) -> Option<Arc<str>> {
         self.portals.get(portal).cloned()
     }
 
     /// A prepared statement by name (the unnamed statement is "").
-    pub fn statement(&self, name: &str) -> Option<&Prepared> {
+    pub fn statement(&self, name: &[u8]) -> Option<&Prepared> {
         self.statements.get(name)
     }
 
@@ -215,21 +216,26 @@ impl ProtocolState {
         match msg {
             Frontend::Query(sql) => push(
                 self,
-                Expect::SimpleQuery(Running { sql: Arc::from(*sql), protocol: QueryProtocol::Simple, rows: 0 }),
+                Expect::SimpleQuery(Running { sql: Arc::from(text(sql)), protocol: QueryProtocol::Simple, rows: 0 }),
                 replace_error,
             ),
             Frontend::Parse { name, sql, param_types } => {
-                let named = (!name.is_empty()).then(|| name.to_string());
+                let named = (!name.is_empty()).then(|| name.to_vec());
                 if replace_error.is_none() {
-                    self.statements
-                        .insert(name.to_string(), Prepared { sql: Arc::from(*sql), param_types: param_types.clone() });
+                    let sql = text(sql);
+                    // Drivers re-parse the same unnamed statement over and over: keep its text.
+                    let sql = match self.statements.get(*name) {
+                        Some(old) if *old.sql == *sql => old.sql.clone(),
+                        _ => Arc::from(sql),
+                    };
+                    self.statements.insert(name.to_vec(), Prepared { sql, param_types: param_types.clone() });
                 }
                 push(self, Expect::Parse { name: named }, replace_error);
             }
             Frontend::Bind(bind) => {
                 if replace_error.is_none() {
                     let sql = self.statements.get(bind.statement).map_or_else(|| Arc::from(""), |s| s.sql.clone());
-                    self.portals.insert(bind.portal.to_string(), sql);
+                    self.portals.insert(bind.portal.to_vec(), sql);
                 }
                 push(self, Expect::Bind, replace_error);
             }
@@ -314,7 +320,7 @@ impl ProtocolState {
                     return Err(ProtocolError::Server("ParameterDescription nothing asked for".into()));
                 }
             }
-            Backend::RowDescription { .. } => match self.pending.front().map(|p| &p.expect) {
+            Backend::RowDescription(_) => match self.pending.front().map(|p| &p.expect) {
                 Some(Expect::Describe) => {
                     self.pending.pop_front();
                 }
@@ -433,12 +439,12 @@ mod tests {
     #[test]
     fn simple_query_with_two_statements() {
         let mut s = ready();
-        s.on_frontend(&F::Query("select 1; select 2"), None).unwrap();
+        s.on_frontend(&F::Query(b"select 1; select 2"), None).unwrap();
         assert_eq!(s.running().unwrap().protocol, QueryProtocol::Simple);
         for _ in 0..2 {
-            s.on_backend(&Backend::RowDescription { fields: vec![] }).unwrap();
+            s.on_backend(&Backend::decode(b'T', &[0, 0]).unwrap()).unwrap();
             s.on_backend(&Backend::DataRow(b"\0\0")).unwrap();
-            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" }).unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap();
         }
         assert_eq!(s.on_backend(&Backend::ReadyForQuery { status: b'I' }), Ok(BackendAction::Forward));
         assert_eq!((s.pending(), s.completed, s.rows), (0, 2, 2));
@@ -449,10 +455,10 @@ mod tests {
         let mut s = ready();
         let b = bind("", "s1");
         let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
-        s.on_frontend(&F::Parse { name: "s1", sql: "select $1", param_types: vec![23] }, None).unwrap();
+        s.on_frontend(&F::Parse { name: b"s1", sql: b"select $1", param_types: vec![23] }, None).unwrap();
         for _ in 0..2 {
             s.on_frontend(&F::Bind(bound), None).unwrap();
-            s.on_frontend(&F::Execute { portal: "", max_rows: 0 }, None).unwrap();
+            s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
         }
         s.on_frontend(&F::Sync, None).unwrap();
         assert_eq!(s.pending(), 6);
@@ -462,11 +468,11 @@ mod tests {
             assert_eq!(&*s.running().unwrap().sql, "select $1");
             s.on_backend(&Backend::DataRow(b"\0\x01")).unwrap();
             assert_eq!(s.running().unwrap().rows, 1);
-            s.on_backend(&Backend::CommandComplete { tag: "SELECT 1" }).unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap();
         }
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
-        assert!(s.statement("s1").is_some());
+        assert!(s.statement(b"s1").is_some());
     }
 
     #[test]
@@ -474,12 +480,12 @@ mod tests {
         let mut s = ready();
         let b = bind("", "bad");
         let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
-        s.on_frontend(&F::Parse { name: "bad", sql: "selec", param_types: vec![] }, None).unwrap();
+        s.on_frontend(&F::Parse { name: b"bad", sql: b"selec", param_types: vec![] }, None).unwrap();
         s.on_frontend(&F::Bind(bound), None).unwrap();
-        s.on_frontend(&F::Execute { portal: "", max_rows: 0 }, None).unwrap();
+        s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&Backend::ErrorResponse { fields: vec![] }).unwrap();
-        assert!(s.statement("bad").is_none());
+        assert!(s.statement(b"bad").is_none());
         assert_eq!(s.pending(), 1, "only the Sync is still owed");
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
@@ -488,31 +494,31 @@ mod tests {
     #[test]
     fn poisoned_message_gets_its_error_replaced() {
         let mut s = ready();
-        s.on_frontend(&F::Query("WARDEN DENIED"), Some(b"mine".to_vec())).unwrap();
+        s.on_frontend(&F::Query(b"WARDEN DENIED"), Some(b"mine".to_vec())).unwrap();
         assert_eq!(
             s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
             Ok(BackendAction::Replace(b"mine".to_vec()))
         );
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
-        s.on_frontend(&F::Query("select 1"), None).unwrap();
+        s.on_frontend(&F::Query(b"select 1"), None).unwrap();
         assert_eq!(s.on_backend(&Backend::ErrorResponse { fields: vec![] }), Ok(BackendAction::Forward));
     }
 
     #[test]
     fn copy_in_and_out() {
         let mut s = ready();
-        s.on_frontend(&F::Query("copy t from stdin"), None).unwrap();
+        s.on_frontend(&F::Query(b"copy t from stdin"), None).unwrap();
         s.on_backend(&Backend::CopyResponse { tag: b'G', binary: false, columns: 1 }).unwrap();
         assert_eq!(s.copy, Copy::In);
         s.on_frontend(&F::CopyData(b"1\n"), None).unwrap();
         s.on_frontend(&F::CopyDone, None).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" }).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
-        s.on_frontend(&F::Query("copy t to stdout"), None).unwrap();
+        s.on_frontend(&F::Query(b"copy t to stdout"), None).unwrap();
         s.on_backend(&Backend::CopyResponse { tag: b'H', binary: false, columns: 1 }).unwrap();
         s.on_backend(&Backend::CopyData(b"1\n")).unwrap();
         s.on_backend(&Backend::CopyDone).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: "COPY 1" }).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!((s.copy, s.pending()), (Copy::None, 0));
     }
@@ -525,6 +531,6 @@ mod tests {
         assert!(s.on_backend(&Backend::ReadyForQuery { status: b'I' }).is_err());
         assert!(s.on_backend(&Backend::Authentication { code: 0, data: b"" }).is_err());
         let mut s = ProtocolState::new();
-        assert!(s.on_frontend(&F::Query("select 1"), None).is_err(), "query before authentication");
+        assert!(s.on_frontend(&F::Query(b"select 1"), None).is_err(), "query before authentication");
     }
 }
