@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -44,6 +45,12 @@ enum Task {
     },
     /// Benchmarks printed as ratios to a baseline measured in the same run.
     Bench,
+    /// Fuzz the protocol decoders and the session state machine for a bounded time.
+    Fuzz {
+        /// Seconds per fuzz target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
             .and_then(|()| require_root("bench"))
             .and_then(|()| build(true))
             .and_then(|()| bench::bench(&warden_binary(true))),
+        Task::Fuzz { seconds } => setup::setup().and_then(|()| fuzz::fuzz(seconds)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
