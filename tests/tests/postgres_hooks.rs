@@ -57,8 +57,13 @@ impl SessionHooks for TestHooks {
         self.columns.lock().unwrap().extend(description.fields().map(|f| String::from_utf8_lossy(f.name).into_owned()));
     }
 
-    fn on_complete(&self, _running: Option<&Running>, tag: &str) {
-        self.completed.lock().unwrap().push(tag.to_string());
+    fn on_complete(&self, running: Option<&Running>, tag: &str) {
+        // The state machine knows the statement and its bound parameters at every Execute.
+        let params = running
+            .and_then(|r| r.bind())
+            .map(|b| b.params().map(|(v, _)| v.map(|v| String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>());
+        let sql = running.map(|r| r.sql.to_string()).unwrap_or_default();
+        self.completed.lock().unwrap().push(format!("{tag} | {sql} | {params:?}"));
     }
 }
 
@@ -152,7 +157,8 @@ fn refused_statements_get_a_sqlstate_and_the_session_stays_usable() {
         assert_eq!(n, 0);
     });
     let completed = hooks.completed.lock().unwrap().clone();
-    assert!(completed.iter().any(|t| t == "SELECT 1"), "{completed:?}");
+    assert!(completed.iter().any(|t| t == "SELECT 1 | select 1 | None"), "{completed:?}");
+    assert!(completed.iter().any(|t| t == "SELECT 1 | select $1::text as fine | Some([Some(\"y\")])"), "{completed:?}");
     assert!(hooks.columns.lock().unwrap().iter().any(|c| c == "fine"));
     assert!(hooks.seen.lock().unwrap().iter().any(|s| s.starts_with("Extended select $1::text as forbidden")));
 }

@@ -55,6 +55,8 @@ pub struct Bind<'a> {
     pub param_count: u16,
     /// The encoded parameter values (each an i32 length, -1 for NULL, then bytes).
     params: &'a [u8],
+    /// The whole message body (for keeping the parameters with their portal).
+    pub body: &'a [u8],
 }
 
 impl<'a> Bind<'a> {
@@ -184,6 +186,7 @@ fn invalid(tag: u8, what: String) -> DecodeError {
 
 fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
     let tag = b'B';
+    let body = r.remaining();
     let portal = r.cstr("portal name")?;
     let statement = r.cstr("statement name")?;
     let nformats = r.i16("parameter format count")?;
@@ -221,7 +224,7 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
     }
     r.bytes(2 * nresults as usize, "result formats")?;
     r.finish()?;
-    Ok(Bind { portal, statement, param_formats, param_count: nparams as u16, params })
+    Ok(Bind { portal, statement, param_formats, param_count: nparams as u16, params, body })
 }
 
 #[cfg(test)]

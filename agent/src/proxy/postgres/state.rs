@@ -11,7 +11,7 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 use crate::pg::{
     DecodeError,
     backend::{AUTH_OK, Backend},
-    frontend::Frontend,
+    frontend::{Bind, Frontend},
     text,
 };
 
@@ -42,6 +42,25 @@ pub struct Running {
     pub sql: Arc<str>,
     pub protocol: QueryProtocol,
     pub rows: u64,
+    /// The Bind message body that created the portal (extended protocol).
+    bind: Option<Arc<[u8]>>,
+}
+
+impl Running {
+    /// The parameters the statement runs with (extended protocol).
+    pub fn bind(&self) -> Option<Bind<'_>> {
+        match Frontend::decode(b'B', self.bind.as_deref()?) {
+            Ok(Frontend::Bind(bind)) => Some(bind),
+            _ => None,
+        }
+    }
+}
+
+/// A portal: the statement it runs and the Bind that created it.
+#[derive(Debug, Clone)]
+struct Portal {
+    sql: Arc<str>,
+    bind: Arc<[u8]>,
 }
 
 /// A response the server owes, in order.
@@ -132,7 +151,7 @@ pub struct ProtocolState {
     pub copy: Copy,
     statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
-    portals: HashMap<Vec<u8>, Arc<str>>,
+    portals: HashMap<Vec<u8>, Portal>,
     pending: VecDeque<Pending>,
     /// Server-side process id and cancel key, once the server sent them.
     pub backend_key: Option<(i32, Vec<u8>)>,
@@ -165,7 +184,7 @@ impl ProtocolState {
 
     /// The SQL a portal runs (the unnamed portal is "").
     pub fn portal_sql(&self, portal: &[u8]) -> Option<Arc<str>> {
-        self.portals.get(portal).cloned()
+        self.portals.get(portal).map(|p| p.sql.clone())
     }
 
     /// A prepared statement by name (the unnamed statement is "").
@@ -216,7 +235,12 @@ impl ProtocolState {
         match msg {
             Frontend::Query(sql) => push(
                 self,
-                Expect::SimpleQuery(Running { sql: Arc::from(text(sql)), protocol: QueryProtocol::Simple, rows: 0 }),
+                Expect::SimpleQuery(Running {
+                    sql: Arc::from(text(sql)),
+                    protocol: QueryProtocol::Simple,
+                    rows: 0,
+                    bind: None,
+                }),
                 replace_error,
             ),
             Frontend::Parse { name, sql, param_types } => {
@@ -235,14 +259,21 @@ impl ProtocolState {
             Frontend::Bind(bind) => {
                 if replace_error.is_none() {
                     let sql = self.statements.get(bind.statement).map_or_else(|| Arc::from(""), |s| s.sql.clone());
-                    self.portals.insert(bind.portal.to_vec(), sql);
+                    self.portals.insert(bind.portal.to_vec(), Portal { sql, bind: Arc::from(bind.body) });
                 }
                 push(self, Expect::Bind, replace_error);
             }
             Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
             Frontend::Execute { portal, .. } => {
-                let sql = self.portals.get(*portal).cloned().unwrap_or_else(|| Arc::from(""));
-                push(self, Expect::Execute(Running { sql, protocol: QueryProtocol::Extended, rows: 0 }), replace_error);
+                let (sql, bind) = match self.portals.get(*portal) {
+                    Some(p) => (p.sql.clone(), Some(p.bind.clone())),
+                    None => (Arc::from(""), None),
+                };
+                push(
+                    self,
+                    Expect::Execute(Running { sql, protocol: QueryProtocol::Extended, rows: 0, bind }),
+                    replace_error,
+                );
             }
             Frontend::Close { kind, name } => {
                 // Forgotten at once: the server will have closed it before any later message.
@@ -466,6 +497,7 @@ mod tests {
         for _ in 0..2 {
             s.on_backend(&Backend::BindComplete).unwrap();
             assert_eq!(&*s.running().unwrap().sql, "select $1");
+            assert_eq!(s.running().unwrap().bind().unwrap().statement, b"s1");
             s.on_backend(&Backend::DataRow(b"\0\x01")).unwrap();
             assert_eq!(s.running().unwrap().rows, 1);
             s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap();
