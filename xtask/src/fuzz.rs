@@ -38,7 +38,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         }
         _ => {
             let mut ready = message(b'R', &0i32.to_be_bytes());
-            ready.extend(message(b'S', b"server_version\015.0\0"));
+            ready.extend(message(b'S', b"server_version\x0015.0\0"));
             ready.extend(message(b'K', b"\0\0\0\x07abcd"));
             ready.extend(message(b'Z', b"I"));
             let mut results = ready.clone();
