@@ -248,6 +248,9 @@ pub struct ProxyConfig {
     /// DataRows and COPY OUT data are streamed and bounded by PostgreSQL's own 1 GiB limit.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Proxy worker threads (each with its own listening socket); default: one per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -272,6 +275,7 @@ impl Default for ProxyConfig {
             interface: default_interface(),
             tls: None,
             max_message_bytes: default_max_message_bytes(),
+            workers: None,
         }
     }
 }
@@ -400,6 +404,9 @@ impl Config {
                 .map_err(|e| invalid("proxy.tls".into(), e.to_string()))?;
             tls.server_config = Some(config);
             tls.leaf_certificate = leaf.into();
+        }
+        if raw.proxy.workers == Some(0) {
+            return Err(invalid("proxy.workers".into(), "expected at least 1".into()));
         }
         if raw.proxy.max_message_bytes < 64 * 1024 {
             return Err(invalid("proxy.max_message_bytes".into(), "expected at least 65536".into()));

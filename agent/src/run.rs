@@ -47,7 +47,9 @@ pub fn run(config: Config) -> Result<()> {
         addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The main runtime only keeps time (heartbeat, event drain) and writes the audit trail;
+    // sessions run on the proxy workers.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(config, own_cgroup))
 }
 
@@ -78,10 +80,13 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     // Handlers first: a SIGTERM that arrives once we are attached must reach the clean
     // shutdown (which publishes "not serving" at once), not the default action.
     let signals = Signals::install()?;
-    let mut listeners = vec![bind(config.proxy.listen_v4)?];
-    if let Some(v6) = config.proxy.listen_v6 {
-        listeners.push(bind(v6)?);
-    }
+    let workers = config.proxy.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut addrs = vec![config.proxy.listen_v4];
+    addrs.extend(config.proxy.listen_v6);
+    // Every worker gets its own listening socket per address (SO_REUSEPORT): the kernel spreads
+    // connections, and a session's two directions never wake another thread.
+    let listeners =
+        (0..workers).map(|_| addrs.iter().map(|a| bind(*a)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
     let (audit, audit_writer) = AuditLog::open(&config.audit.path, config.audit.queue)
         .with_context(|| format!("opening audit file {}", config.audit.path.display()))?;
     let kernel = Arc::new(
@@ -98,10 +103,35 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
         cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
         hooks: Arc::new(proxy::postgres::hooks::AllowAll),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    for listener in listeners {
-        tasks.spawn(proxy::serve(listener, shared.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listeners) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let mut stopped = stopped.clone();
+        let thread = std::thread::Builder::new().name(format!("warden-proxy-{i}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    tracing::error!(error = %err, "proxy worker could not start its runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut serving = tokio::task::JoinSet::new();
+                for listener in listeners {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            serving.spawn(proxy::serve(l, shared.clone()));
+                        }
+                        Err(err) => tracing::error!(error = %err, "proxy worker could not register its listener"),
+                    }
+                }
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+        })?;
+        threads.push(thread);
     }
+    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(config.clone()));
@@ -109,6 +139,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     tracing::info!(
         v4 = %config.proxy.listen_v4,
         v6 = ?config.proxy.listen_v6,
+        workers,
         databases = config.databases.len(),
         governed_endpoints = kernel.governed_count(),
         "serving"
@@ -116,6 +147,10 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
 
     signals.wait().await;
     tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for thread in threads {
+        let _ = thread.join();
+    }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     let _ = fs::remove_file(ready_file(&config.state_dir));
@@ -136,7 +171,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     proxy::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
 }
 

@@ -234,10 +234,17 @@ pub async fn connect_upstream(dst: OrigDst, mark: u32, timeout_ms: u64) -> Resul
     }
 }
 
-/// Binds a proxy listener (with SO_REUSEADDR so a restarted agent can bind at once).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// Binds a non-blocking proxy listener: SO_REUSEADDR so a restarted agent can bind at once,
+/// SO_REUSEPORT so each proxy worker has its own socket on the same address.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

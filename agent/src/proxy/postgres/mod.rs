@@ -345,7 +345,7 @@ enum Side {
 }
 
 fn ensure_spare(buf: &mut BytesMut) {
-    const READ_CHUNK: usize = 64 * 1024;
+    const READ_CHUNK: usize = 128 * 1024;
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -516,7 +516,7 @@ impl ServerToClient<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut buf = BytesMut::with_capacity(128 * 1024);
         // Bytes of a streamed (not decoded) message still to relay.
         let mut streaming = 0usize;
         let wants_rows = self.ctx.hooks.wants_rows();
@@ -544,9 +544,33 @@ impl ServerToClient<'_> {
                         break;
                     };
                     let available = buf.len() - pos;
-                    if (h.tag == b'D' || h.tag == b'd') && !wants_rows {
-                        let msg = if h.tag == b'D' { Backend::DataRow(&[]) } else { Backend::CopyData(&[]) };
-                        st.on_backend(&msg)?;
+                    if h.tag == b'D' && !wants_rows {
+                        // A run of rows: skip headers without decoding, count once.
+                        let mut rows = 0u64;
+                        let mut cursor = pos;
+                        let mut partial = None;
+                        while let Some(row) = frame::header(&buf[cursor..], MAX_STREAMED)
+                            .map_err(|e| ProtocolError::Server(e.to_string()))?
+                            .filter(|h| h.tag == b'D')
+                        {
+                            rows += 1;
+                            if buf.len() - cursor < row.total {
+                                partial = Some(row.total - (buf.len() - cursor));
+                                cursor = buf.len();
+                                break;
+                            }
+                            cursor += row.total;
+                        }
+                        st.data_rows(rows)?;
+                        pos = cursor;
+                        if let Some(rest) = partial {
+                            streaming = rest;
+                            break;
+                        }
+                        continue;
+                    }
+                    if h.tag == b'd' && !wants_rows {
+                        st.on_backend(&Backend::CopyData(&[]))?;
                         if available >= h.total {
                             pos += h.total;
                         } else {

@@ -360,13 +360,7 @@ impl ProtocolState {
                     return Err(ProtocolError::Server("RowDescription nothing asked for".into()));
                 }
             },
-            Backend::DataRow(_) => {
-                self.rows += 1;
-                match self.pending.front_mut().map(|p| &mut p.expect) {
-                    Some(Expect::Execute(r) | Expect::SimpleQuery(r)) => r.rows += 1,
-                    _ => return Err(ProtocolError::Server("DataRow outside a query".into())),
-                }
-            }
+            Backend::DataRow(_) => self.data_rows(1)?,
             Backend::CommandComplete { .. } | Backend::EmptyQueryResponse => {
                 self.completed += 1;
                 self.copy = Copy::None;
@@ -410,6 +404,18 @@ impl ProtocolState {
             }
         }
         Ok(BackendAction::Forward)
+    }
+
+    /// Records `n` DataRows at once (the relay counts runs of rows without decoding them).
+    pub fn data_rows(&mut self, n: u64) -> Result<(), ProtocolError> {
+        match self.pending.front_mut().map(|p| &mut p.expect) {
+            Some(Expect::Execute(r) | Expect::SimpleQuery(r)) => {
+                r.rows += n;
+                self.rows += n;
+                Ok(())
+            }
+            _ => Err(ProtocolError::Server("DataRow outside a query".into())),
+        }
     }
 
     fn complete(&mut self, is: impl Fn(&Expect) -> bool, what: &str) -> Result<(), ProtocolError> {
