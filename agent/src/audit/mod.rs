@@ -15,6 +15,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+pub mod ring;
+
 use serde::Serialize;
 use tokio::sync::mpsc;
 
