@@ -280,27 +280,110 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Where audit records go (the JSON-lines file is replaced by the per-host ring).
+/// When the audit ring is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Never msync: records survive an agent crash (the page cache keeps them), not a host crash.
+    None,
+    /// msync once a second: a host crash loses at most the last second.
+    #[default]
+    Periodic,
+    /// msync after every record: nothing acknowledged is lost, at the cost of a disk flush each.
+    Always,
+}
+
+/// How statement text is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Literals {
+    /// As sent.
+    Keep,
+    /// Literals replaced by `?` (values never reach the audit trail).
+    #[default]
+    Normalise,
+}
+
+/// The per-host audit ring.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// The ring file.
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
-    /// Records buffered between sessions and the writer before new ones are dropped (counted).
+    /// Size of the ring's data region; the oldest records are overwritten (and counted) beyond it.
+    #[serde(default = "default_ring_bytes")]
+    pub ring_bytes: u64,
+    /// Secret for sealing the hash chain (created, mode 0600, if missing); default PATH.key.
+    pub key: Option<PathBuf>,
+    /// Records buffered between sessions and the writer.
     #[serde(default = "default_audit_queue")]
     pub queue: usize,
+    /// When true, statements are refused (SQLSTATE 53000) while records cannot be queued or
+    /// written; when false, such records are dropped and counted.
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default)]
+    pub literals: Literals,
+    /// Record bind parameter values (off by default: they are data, not code).
+    #[serde(default)]
+    pub parameters: bool,
+    /// Seal the chain head every this many records (and at least every 10 s with traffic).
+    #[serde(default = "default_seal_every")]
+    pub seal_every: u64,
+    /// Optional off-host exporter.
+    #[serde(default)]
+    pub export: Option<ExportConfig>,
+}
+
+/// Shipping records off-host, in addition to the local ring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum ExportConfig {
+    /// OpenTelemetry logs over OTLP/HTTP (JSON encoding), e.g. `http://collector:4318/v1/logs`.
+    OtlpHttp { endpoint: String },
 }
 
 fn default_audit_path() -> PathBuf {
-    PathBuf::from("/var/lib/warden/audit.jsonl")
+    PathBuf::from("/var/lib/warden/audit.ring")
+}
+fn default_ring_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 fn default_audit_queue() -> usize {
     65_536
 }
+fn default_seal_every() -> u64 {
+    1_000
+}
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { path: default_audit_path(), queue: default_audit_queue() }
+        Self {
+            path: default_audit_path(),
+            ring_bytes: default_ring_bytes(),
+            key: None,
+            queue: default_audit_queue(),
+            required: false,
+            durability: Durability::default(),
+            literals: Literals::default(),
+            parameters: false,
+            seal_every: default_seal_every(),
+            export: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The sealing key's path.
+    pub fn key_path(&self) -> PathBuf {
+        self.key.clone().unwrap_or_else(|| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(".key");
+            PathBuf::from(p)
+        })
     }
 }
 
@@ -404,6 +487,20 @@ impl Config {
                 .map_err(|e| invalid("proxy.tls".into(), e.to_string()))?;
             tls.server_config = Some(config);
             tls.leaf_certificate = leaf.into();
+        }
+        if raw.audit.ring_bytes < crate::audit::ring::MIN_CAPACITY {
+            return Err(invalid(
+                "audit.ring_bytes".into(),
+                format!("expected at least {}", crate::audit::ring::MIN_CAPACITY),
+            ));
+        }
+        if raw.audit.seal_every == 0 {
+            return Err(invalid("audit.seal_every".into(), "expected at least 1".into()));
+        }
+        if let Some(ExportConfig::OtlpHttp { endpoint }) = &raw.audit.export
+            && !endpoint.starts_with("http://")
+        {
+            return Err(invalid("audit.export.endpoint".into(), "expected an http:// URL".into()));
         }
         if raw.proxy.workers == Some(0) {
             return Err(invalid("proxy.workers".into(), "expected at least 1".into()));

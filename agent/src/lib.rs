@@ -11,3 +11,4 @@ pub mod netif;
 pub mod pg;
 pub mod proxy;
 pub mod run;
+pub mod sql;

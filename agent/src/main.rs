@@ -51,6 +51,76 @@ enum Cmd {
     },
     /// Validate a configuration file and print what it governs.
     CheckConfig { config: PathBuf },
+    /// Read the per-host audit ring (live, or a copied file with --ring).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+        #[command(flatten)]
+        source: RingSource,
+    },
+}
+
+#[derive(clap::Args)]
+struct RingSource {
+    /// The agent's configuration (for the ring path and sealing key).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// A ring file (e.g. a copy taken off the host); overrides --config.
+    #[arg(long, global = true)]
+    ring: Option<PathBuf>,
+    /// Output: table (aligned, colour on a terminal) or json (one object per line).
+    #[arg(short = 'o', long, global = true, default_value = "table")]
+    output: String,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The newest records; with -f, keep printing new ones.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Records matching every filter given.
+    Query {
+        /// The warden/identity label, command name or executable name.
+        #[arg(long)]
+        identity: Option<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        database: Option<String>,
+        /// allow, deny or hold.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Record kind (statement, connection_open, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// 30s, 10m, 2h, 7d, or epoch milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        session: Option<u64>,
+    },
+    /// Every record of one session.
+    Show { session: u64 },
+    /// A session's statements in order with timings and results.
+    Replay { session: u64 },
+    /// All records, one JSON object per line (see docs/audit.md for the fields).
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+    /// Check checksums, the hash chain and the seals; exits 1 if anything is wrong.
+    Verify {
+        /// The sealing key (default: from the configuration, or RING.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Record counts, sizes, overwritten records.
+    Stats,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +169,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
+        Cmd::Audit { command, source } => audit(command, source),
         Cmd::CheckConfig { config } => {
             let config = Config::load(&config)?;
             for db in &config.databases {
@@ -115,6 +186,94 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
+    use warden::audit::cli::{self, Filter, Output};
+    let config = source.config.as_deref().map(Config::load).transpose()?;
+    let ring = match (&source.ring, &config) {
+        (Some(ring), _) => ring.clone(),
+        (None, Some(c)) => c.audit.path.clone(),
+        (None, None) => Config::load(std::path::Path::new(DEFAULT_CONFIG))
+            .map(|c| c.audit.path)
+            .context("no --ring or --config given, and the default configuration could not be read")?,
+    };
+    let output = match source.output.as_str() {
+        "table" => Output::Table,
+        "json" => Output::Json,
+        other => anyhow::bail!("-o {other:?}: expected table or json"),
+    };
+    match command {
+        AuditCmd::Tail { lines, follow } => {
+            let entries: Vec<_> = cli::load(&ring, 0)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
+            let start = entries.len().saturating_sub(lines);
+            cli::print(&entries[start..], output)?;
+            if follow {
+                let next = entries.last().map_or(0, |e| e.seq + 1);
+                cli::follow(&ring, next, output)?;
+            }
+        }
+        AuditCmd::Query { identity, labels, database, verdict, kind, since, session } => {
+            let labels = labels
+                .iter()
+                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect::<Option<Vec<_>>>()
+                .context("--label: expected KEY=VALUE")?;
+            let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
+            let filter = Filter { identity, labels, database, verdict, kind, session, since_ms };
+            cli::print(&cli::query(&cli::load(&ring, 0)?, &filter), output)?;
+        }
+        AuditCmd::Show { session } => {
+            let filter = Filter { session: Some(session), ..Filter::default() };
+            let entries = cli::query(&cli::load(&ring, 0)?, &filter);
+            if entries.is_empty() {
+                anyhow::bail!("no records for session {session} in {}", ring.display());
+            }
+            cli::print(&entries, output)?;
+        }
+        AuditCmd::Replay { session } => cli::replay(&cli::load(&ring, 0)?, session, output)?,
+        AuditCmd::Export { format } => {
+            if format != "jsonl" {
+                anyhow::bail!("--format {format:?}: only jsonl is supported");
+            }
+            let entries: Vec<_> = cli::load(&ring, 0)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
+            cli::print(&entries, Output::Json)?;
+        }
+        AuditCmd::Verify { key } => {
+            let key = key.or_else(|| config.as_ref().map(|c| c.audit.key_path())).or_else(|| {
+                let mut p = ring.clone().into_os_string();
+                p.push(".key");
+                Some(PathBuf::from(p)).filter(|p| p.exists())
+            });
+            let v = cli::verify(&ring, key.as_deref())?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "{} records, {} seals checked{}",
+                    v.records,
+                    v.seals_checked,
+                    if key.is_none() { " (no key: seals not checked)" } else { "" }
+                );
+                for p in &v.problems {
+                    println!("PROBLEM: {p}");
+                }
+                println!("{}", if v.problems.is_empty() { "ok" } else { "FAILED" });
+            }
+            return Ok(if v.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        AuditCmd::Stats => {
+            let stats = cli::stats(&ring)?;
+            if output == Output::Json {
+                println!("{stats}");
+            } else if let serde_json::Value::Object(map) = stats {
+                for (k, v) in map {
+                    println!("{k:<16} {v}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Config) -> Result<ExitCode> {

@@ -87,8 +87,22 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     // connections, and a session's two directions never wake another thread.
     let listeners =
         (0..workers).map(|_| addrs.iter().map(|a| bind(*a)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
-    let (audit, audit_writer) = AuditLog::open(&config.audit.path, config.audit.queue)
-        .with_context(|| format!("opening audit file {}", config.audit.path.display()))?;
+    let (audit, audit_writer) = AuditLog::open(&config.audit)
+        .with_context(|| format!("opening the audit ring {}", config.audit.path.display()))?;
+    let ticker = audit.spawn_ticker();
+    let export_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exporter = match &config.audit.export {
+        Some(crate::config::ExportConfig::OtlpHttp { endpoint }) => {
+            let otlp = crate::audit::export::OtlpHttp::new(endpoint).map_err(anyhow::Error::msg)?;
+            Some(crate::audit::export::spawn(
+                config.audit.path.clone(),
+                Box::new(otlp),
+                export_stop.clone(),
+                Arc::new(crate::audit::export::ExportCounters::default()),
+            )?)
+        }
+        None => None,
+    };
     let kernel = Arc::new(
         Kernel::start(&config, state(&config, own_cgroup, true)).context("loading and attaching the eBPF programs")?,
     );
@@ -101,7 +115,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
         upstream_mark: UPSTREAM_MARK,
         sessions: SessionIds::new(),
         cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
-        hooks: Arc::new(proxy::postgres::hooks::AllowAll),
+        statements: Arc::new(crate::audit::statements::StatementAuditing::new(audit.clone(), &config.audit)),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -159,7 +173,13 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
     drop(shared);
     drop(audit);
-    let _ = audit_writer.await;
+    ticker.abort();
+    let _ = ticker.await;
+    audit_writer.join();
+    export_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(exporter) = exporter {
+        let _ = exporter.join();
+    }
     if config.on_exit == OnExit::Detach {
         let kernel = Arc::into_inner(kernel).context("kernel handle still shared at shutdown")?;
         kernel.detach()?;

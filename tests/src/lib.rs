@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -315,7 +314,7 @@ impl Agent {
         let mut agent = Agent {
             bin: bin.to_path_buf(),
             config: dir.join("warden.yaml"),
-            audit: dir.join("audit.jsonl"),
+            audit: dir.join("audit.ring"),
             state: dir.join("state"),
             bpffs,
             dir,
@@ -330,7 +329,7 @@ impl Agent {
 
     fn write_config(&self) {
         let yaml = format!(
-            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\nstate_dir: {}\nbpffs_dir: {}\n",
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n  ring_bytes: 16777216\n  seal_every: 100\nstate_dir: {}\nbpffs_dir: {}\n",
             self.databases_yaml,
             self.proxy_yaml,
             self.audit.display(),
@@ -416,16 +415,22 @@ impl Agent {
         }
     }
 
-    /// Every audit record written so far.
+    /// Every audit record written so far, as `warden audit export` gives them.
     pub fn records(&self) -> Vec<Value> {
-        let Ok(file) = fs::File::open(&self.audit) else {
+        if !self.audit.exists() {
             return Vec::new();
-        };
-        BufReader::new(file)
+        }
+        let out = self.audit_cli(&["export"]);
+        assert!(out.status.success(), "warden audit export failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map_while(Result::ok)
-            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("export line is not JSON ({e}): {l}")))
             .collect()
+    }
+
+    /// Runs `warden audit ARGS --ring RING` and returns its output.
+    pub fn audit_cli(&self, args: &[&str]) -> Output {
+        output(Command::new(&self.bin).arg("audit").args(args).arg("--ring").arg(&self.audit))
     }
 
     /// Waits (up to 10 s) for a record matching `pred`.

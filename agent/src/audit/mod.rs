@@ -1,26 +1,32 @@
-//! Audit records. Sessions hand records to a single writer task through a bounded queue, so
-//! the proxy never waits on the disk; a full queue drops the record and counts it.
-//!
-//! The sink is a JSON-lines file for now; the per-host memory-mapped ring replaces it, keeping
-//! these record shapes.
+//! Audit records and their writer. Sessions hand records to a single writer thread through a
+//! bounded queue, so the proxy never waits on the disk; the writer appends them to the per-host
+//! ring (`ring`), seals the hash chain periodically (`seal`), and flushes per `durability`.
+//! Exporters read the ring, never the sessions (`export`).
 
 use std::{
-    io::Write as _,
+    collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod cli;
+pub mod export;
 pub mod ring;
+pub mod seal;
+pub mod statements;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::identity::Identity;
+use crate::{
+    config::{AuditConfig, Durability},
+    identity::Identity,
+};
 
 /// Identifies one proxied or observed connection across its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -72,95 +78,271 @@ pub enum Event {
     Observed { session: SessionId, database: String, orig_dst: SocketAddr, client: SocketAddr, identity: Identity },
     /// An observed connection closed.
     ObservedClose { session: SessionId, database: String, duration_ms: u64, established: bool },
+    /// A statement and what became of it.
+    Statement(Box<Statement>),
+    /// A statement was held for approval (recorded when held; the decision follows).
+    ApprovalRequested { session: SessionId, request: String, text: String, rule: Option<String> },
+    /// An approver decided on a held statement.
+    ApprovalDecided { session: SessionId, request: String, approver: String, approved: bool, reason: Option<String> },
 }
 
-/// One line of the audit file.
+/// Everything recorded about one statement.
 #[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// Wall-clock time, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub event: Event,
+pub struct Statement {
+    pub session: SessionId,
+    pub database: String,
+    /// "simple", "extended" or "function_call".
+    pub protocol: &'static str,
+    /// The statement text, literals kept or replaced by `?` per `audit.literals`.
+    pub text: String,
+    /// Bind parameters, when `audit.parameters` is on (NULL as null).
+    pub params: Option<Vec<Option<String>>>,
+    /// The most consequential effect: read, write, ddl, dcl, transaction, session, utility,
+    /// unknown (with `class_reason`).
+    pub class: &'static str,
+    pub class_reason: Option<String>,
+    /// Tables and views the statement names.
+    pub relations: Vec<String>,
+    pub verdict: Verdict,
+    /// Columns masked in the results, and why (never the values).
+    pub masked: Vec<MaskedColumn>,
+    /// Rows returned (or affected, from the command tag).
+    pub rows: u64,
+    pub command_tag: Option<String>,
+    pub duration_us: u64,
+    /// SQLSTATE of the error the statement ended with.
+    pub error: Option<String>,
+    /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
+    pub tags: BTreeMap<String, String>,
 }
 
-/// Counters an operator watches: a non-zero `dropped` means records were lost.
+/// The policy decision about a statement.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// "allow", "deny" or "hold".
+    pub decision: &'static str,
+    /// The rule that decided (none: no policy matched, the default applied).
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    pub fn allow() -> Self {
+        Self { decision: "allow", rule: None, reason: None }
+    }
+}
+
+/// A masking decision about one result column.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MaskedColumn {
+    pub column: String,
+    pub rule: String,
+    pub method: String,
+}
+
+/// What the writer is asked to do.
+enum WriterMsg {
+    Record(u64, Box<Event>),
+    /// Once a second: flush (periodic durability) and seal if due.
+    Tick,
+}
+
+/// Counters an operator watches: a non-zero `dropped` or `write_errors` means records were lost.
 #[derive(Debug, Default)]
 pub struct AuditCounters {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Sequence number of the newest record in the ring.
+    pub last_seq: AtomicU64,
 }
 
 /// The sessions' handle to the audit writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<WriterMsg>,
     counters: Arc<AuditCounters>,
+    /// The writer is up and its last write succeeded.
+    healthy: Arc<AtomicBool>,
+    required: bool,
+}
+
+/// The audit trail cannot take a record now (queue full or writer failing).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit trail is unavailable (queue full or ring write failing)")]
+pub struct AuditUnavailable;
+
+/// The writer thread; joined at shutdown after every `AuditLog` is dropped.
+pub struct AuditWriter(std::thread::JoinHandle<()>);
+
+impl AuditWriter {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
 }
 
 impl AuditLog {
-    /// Opens (appending) the audit file and starts the writer task.
-    pub fn open(path: &Path, queue: usize) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    /// Opens (or creates) the ring and its sealing key, and starts the writer thread.
+    pub fn open(config: &AuditConfig) -> anyhow::Result<(Self, AuditWriter)> {
+        let ring = ring::Ring::open(&config.path, config.ring_bytes)?;
+        let key = seal::load_or_create_key(&config.key_path())?;
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let counters = Arc::new(AuditCounters::default());
-        let writer = tokio::task::spawn_blocking({
-            let counters = counters.clone();
-            let path = path.to_path_buf();
-            move || write_loop(file, path, rx, &counters)
-        });
-        Ok((Self { tx, counters }, writer))
+        counters.last_seq.store(ring.next_seq().saturating_sub(1), Ordering::Relaxed);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            ring,
+            key,
+            durability: config.durability,
+            seal_every: config.seal_every,
+            since_seal: 0,
+            last_seal: Instant::now(),
+            counters: counters.clone(),
+            healthy: healthy.clone(),
+            path: config.path.clone(),
+        };
+        let thread = std::thread::Builder::new().name("warden-audit".into()).spawn(move || writer.run(rx))?;
+        Ok((Self { tx, counters, healthy, required: config.required }, AuditWriter(thread)))
     }
 
-    /// Queues a record; never waits. A full queue drops it and counts the loss.
+    /// Queues a record; never waits. When it cannot be queued it is dropped and counted.
     pub fn record(&self, event: Event) {
-        let record = Record { at_ms: now_ms(), event };
-        if self.tx.try_send(record).is_err() {
+        let _ = self.try_record(event);
+    }
+
+    /// Like `record`, telling the caller when the record was dropped (with `audit.required`,
+    /// the statement is then refused).
+    pub fn try_record(&self, event: Event) -> Result<(), AuditUnavailable> {
+        if self.tx.try_send(WriterMsg::Record(now_ms(), Box::new(event))).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(AuditUnavailable);
         }
+        Ok(())
+    }
+
+    /// Whether statements may proceed: always, unless `audit.required` and the trail is down.
+    pub fn admits_statements(&self) -> bool {
+        !self.required || (self.healthy.load(Ordering::Relaxed) && self.tx.capacity() > 0)
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
     }
 
     pub fn counters(&self) -> &AuditCounters {
         &self.counters
     }
-}
 
-fn write_loop(file: std::fs::File, path: PathBuf, mut rx: mpsc::Receiver<Record>, counters: &AuditCounters) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
-    let mut line = Vec::with_capacity(1024);
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            line.clear();
-            // Serialising our own types cannot fail (no maps with non-string keys).
-            if serde_json::to_writer(&mut line, &record).is_ok() {
-                line.push(b'\n');
-                match out.write_all(&line) {
-                    Ok(()) => {
-                        counters.written.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        if counters.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::error!(path = %path.display(), error = %err, "audit write failed; counting further failures");
-                        }
-                    }
+    /// Starts the once-a-second tick (flush and seal) on the current runtime.
+    pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                // A full queue is busy anyway: the tick is only a nudge.
+                if tx.try_send(WriterMsg::Tick).is_err() && tx.is_closed() {
+                    return;
                 }
             }
-            next = rx.try_recv().ok();
-        }
-        // Flush once the queue is empty: batches under load, prompt when idle.
-        if let Err(err) = out.flush()
-            && counters.write_errors.fetch_add(1, Ordering::Relaxed) == 0
-        {
-            tracing::error!(path = %path.display(), error = %err, "audit flush failed; counting further failures");
-        }
+        })
     }
-    let _ = out.flush();
 }
 
-fn now_ms() -> u64 {
+/// A record as stored: sequence and time around the event's own fields.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    at_ms: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+struct Writer {
+    ring: ring::Ring,
+    key: seal::SealKey,
+    durability: Durability,
+    seal_every: u64,
+    since_seal: u64,
+    last_seal: Instant,
+    counters: Arc<AuditCounters>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut buf = Vec::with_capacity(2048);
+        while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            let mut tick = false;
+            // Drain what is queued, then flush once: group commit under load.
+            while let Some(msg) = next {
+                match msg {
+                    WriterMsg::Record(at_ms, event) => self.append(&mut buf, at_ms, &event),
+                    WriterMsg::Tick => tick = true,
+                }
+                next = rx.try_recv().ok();
+            }
+            let seal_due = self.since_seal >= self.seal_every
+                || (tick && self.since_seal > 0 && self.last_seal.elapsed() >= Duration::from_secs(10));
+            if seal_due {
+                self.seal(&mut buf);
+            }
+            if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
+                self.sync();
+            }
+        }
+        // Shutdown: seal what is there and flush.
+        if self.since_seal > 0 {
+            self.seal(&mut buf);
+        }
+        self.sync();
+    }
+
+    fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, event: &Event) {
+        buf.clear();
+        // Serialising our own types cannot fail (string-keyed maps only).
+        let _ = serde_json::to_writer(&mut *buf, &Envelope { at_ms, event });
+        match self.ring.append(ring::Kind::Event, at_ms, buf) {
+            Ok(seq) => {
+                self.counters.written.fetch_add(1, Ordering::Relaxed);
+                self.counters.last_seq.store(seq, Ordering::Relaxed);
+                self.since_seal += 1;
+                self.healthy.store(true, Ordering::Relaxed);
+            }
+            Err(err) => self.failed(&err.to_string()),
+        }
+    }
+
+    fn seal(&mut self, buf: &mut Vec<u8>) {
+        let upto = self.ring.next_seq().saturating_sub(1);
+        let seal = self.key.seal(upto, &self.ring.head_hash());
+        buf.clear();
+        let _ = serde_json::to_writer(&mut *buf, &seal);
+        match self.ring.append(ring::Kind::Seal, now_ms(), buf) {
+            Ok(seq) => {
+                self.counters.last_seq.store(seq, Ordering::Relaxed);
+                self.since_seal = 0;
+                self.last_seal = Instant::now();
+            }
+            Err(err) => self.failed(&err.to_string()),
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(err) = self.ring.sync() {
+            self.failed(&err.to_string());
+        }
+    }
+
+    fn failed(&mut self, error: &str) {
+        self.healthy.store(false, Ordering::Relaxed);
+        if self.counters.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::error!(path = %self.path.display(), %error, "audit write failed; counting further failures");
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -221,7 +221,6 @@ impl Ring {
             _ => reader.scan_oldest(),
         };
         let Some((pos, first)) = start else {
-            drop(reader);
             self.head = 0;
             self.tail = 0;
             self.next_seq = u64_at(&self.map, H_NEXT_SEQ).max(1);

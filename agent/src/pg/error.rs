@@ -12,6 +12,8 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// Refused by policy.
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    /// A resource the statement needs (the audit trail) is unavailable.
+    pub const INSUFFICIENT_RESOURCES: &str = "53000";
     /// The agent itself failed.
     pub const INTERNAL_ERROR: &str = "XX000";
     /// The request needs something the agent is not configured for (e.g. replication).

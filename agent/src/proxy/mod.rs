@@ -41,8 +41,8 @@ pub struct Shared {
     pub sessions: SessionIds,
     /// Live PostgreSQL sessions by backend key, for CancelRequest routing.
     pub cancels: Arc<postgres::cancel::CancelRegistry>,
-    /// Statement hooks for PostgreSQL sessions.
-    pub hooks: Arc<dyn postgres::hooks::SessionHooks>,
+    /// Statement auditing shared by PostgreSQL sessions (each gets its own hooks).
+    pub statements: Arc<crate::audit::statements::StatementAuditing>,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -145,7 +145,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                         .map(|config| postgres::ClientTls { config, leaf_certificate: t.leaf_certificate.clone() })
                 }),
                 max_message: shared.config.proxy.max_message_bytes,
-                hooks: shared.hooks.clone(),
+                hooks: Arc::new(crate::audit::statements::SessionAudit::new(
+                    shared.statements.clone(),
+                    session,
+                    db.name.clone(),
+                )),
                 cancels: shared.cancels.clone(),
             };
             let report = postgres::run(&ctx, client, |r| {

@@ -55,6 +55,10 @@ pub trait SessionHooks: Send + Sync {
 
     /// A statement finished with this command tag (e.g. "SELECT 3", "DELETE 1").
     fn on_complete(&self, _running: Option<&Running>, _tag: &str) {}
+
+    /// A statement failed with this SQLSTATE (errors that replace a refused statement's are
+    /// not reported: the hook refused it itself).
+    fn on_error(&self, _running: Option<&Running>, _sqlstate: &str) {}
 }
 
 /// The hooks of a session with no policy: everything is allowed.

@@ -642,8 +642,14 @@ impl ServerToClient<'_> {
                 );
                 self.registered = Some((*pid, key.to_vec()));
             }
-            Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") => {
-                self.saw_fatal = true;
+            Backend::ErrorResponse { fields } => {
+                if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") {
+                    self.saw_fatal = true;
+                }
+                if !st.replaces_next_error() {
+                    let code = crate::pg::backend::field(fields, b'C').map(text).unwrap_or_default();
+                    hooks.on_error(st.running(), &code);
+                }
             }
             Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),
             Backend::DataRow(row) => hooks.on_row(st.running(), row),

@@ -42,6 +42,8 @@ pub struct Running {
     pub sql: Arc<str>,
     pub protocol: QueryProtocol,
     pub rows: u64,
+    /// When the statement was sent to the server.
+    pub started: std::time::Instant,
     /// The Bind message body that created the portal (extended protocol).
     bind: Option<Arc<[u8]>>,
 }
@@ -192,6 +194,11 @@ impl ProtocolState {
         self.statements.get(name)
     }
 
+    /// Whether the next ErrorResponse will be replaced (it answers a poison message).
+    pub fn replaces_next_error(&self) -> bool {
+        self.pending.front().is_some_and(|p| p.replace_error.is_some())
+    }
+
     /// How many responses the server still owes.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -239,6 +246,7 @@ impl ProtocolState {
                     sql: Arc::from(text(sql)),
                     protocol: QueryProtocol::Simple,
                     rows: 0,
+                    started: std::time::Instant::now(),
                     bind: None,
                 }),
                 replace_error,
@@ -271,7 +279,13 @@ impl ProtocolState {
                 };
                 push(
                     self,
-                    Expect::Execute(Running { sql, protocol: QueryProtocol::Extended, rows: 0, bind }),
+                    Expect::Execute(Running {
+                        sql,
+                        protocol: QueryProtocol::Extended,
+                        rows: 0,
+                        started: std::time::Instant::now(),
+                        bind,
+                    }),
                     replace_error,
                 );
             }

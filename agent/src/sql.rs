@@ -1,0 +1,475 @@
+//! Statement analysis for the audit trail: class (by the most consequential effect), the
+//! relations named, literal normalisation, and sqlcommenter tags. Parsed with sqlparser's
+//! PostgreSQL dialect; results are cached by statement text.
+//!
+//! The policy engine builds on this; until it lands, the class is what the audit records.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::ControlFlow,
+    sync::{Arc, Mutex},
+};
+
+use sqlparser::{
+    ast::{Expr, SetExpr, Statement, visit_expressions, visit_relations},
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+/// What a statement does, as far as the audit trail is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub class: &'static str,
+    pub class_reason: Option<String>,
+    pub relations: Vec<String>,
+}
+
+fn rank(class: &str) -> u8 {
+    match class {
+        "ddl" => 7,
+        "dcl" => 6,
+        "write" => 5,
+        "unknown" => 4,
+        "read" => 3,
+        "utility" => 2,
+        "session" | "transaction" => 1,
+        _ => 0,
+    }
+}
+
+/// Functions known not to modify data (a call to anything else makes a read `unknown`).
+fn read_only_function(name: &str) -> bool {
+    const SAFE: &[&str] = &[
+        "now",
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "coalesce",
+        "lower",
+        "upper",
+        "length",
+        "md5",
+        "abs",
+        "round",
+        "concat",
+        "substring",
+        "substr",
+        "trim",
+        "repeat",
+        "generate_series",
+        "current_date",
+        "current_timestamp",
+        "date_trunc",
+        "extract",
+        "to_char",
+        "to_timestamp",
+        "array_agg",
+        "string_agg",
+        "json_build_object",
+        "jsonb_build_object",
+        "row_number",
+        "rank",
+        "greatest",
+        "least",
+        "nullif",
+        "encode",
+        "decode",
+        "random",
+        "version",
+        "current_user",
+        "current_database",
+        "inet_client_addr",
+        "inet_client_port",
+        "pg_backend_pid",
+        "pg_sleep",
+        "format",
+        "replace",
+        "split_part",
+        "left",
+        "right",
+        "position",
+        "ceil",
+        "floor",
+        "mod",
+        "array_length",
+        "unnest",
+        "exists",
+        "cast",
+        "date_part",
+        "age",
+        "clock_timestamp",
+        "statement_timestamp",
+    ];
+    let base = name.rsplit('.').next().unwrap_or(name).trim_matches('"').to_ascii_lowercase();
+    SAFE.contains(&base.as_str())
+}
+
+fn classify_one(stmt: &Statement) -> (&'static str, Option<String>) {
+    use Statement as S;
+    match stmt {
+        S::Query(q) => {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    if matches!(
+                        *cte.query.body,
+                        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+                    ) {
+                        return ("write", Some(format!("data-modifying CTE {}", cte.alias.name)));
+                    }
+                }
+            }
+            if let SetExpr::Select(select) = &*q.body
+                && select.into.is_some()
+            {
+                return ("ddl", Some("SELECT INTO creates a table".into()));
+            }
+            let mut unknown_fn = None;
+            let _ = visit_expressions(stmt, |e| {
+                if let Expr::Function(f) = e {
+                    let name = f.name.to_string();
+                    if !read_only_function(&name) {
+                        unknown_fn = Some(name);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            match unknown_fn {
+                Some(name) => ("unknown", Some(format!("calls {name}, not known to be read-only"))),
+                None => ("read", None),
+            }
+        }
+        S::Insert(_) | S::Update { .. } | S::Delete(_) | S::Merge { .. } => ("write", None),
+        S::Copy { to, .. } => {
+            if *to {
+                ("read", None)
+            } else {
+                ("write", None)
+            }
+        }
+        S::Truncate { .. } => ("ddl", Some("TRUNCATE removes all rows".into())),
+        S::CreateTable(_)
+        | S::CreateIndex(_)
+        | S::CreateView { .. }
+        | S::CreateSchema { .. }
+        | S::CreateDatabase { .. }
+        | S::CreateFunction(_)
+        | S::CreateExtension { .. }
+        | S::CreateSequence { .. }
+        | S::CreateType { .. }
+        | S::AlterTable { .. }
+        | S::AlterIndex { .. }
+        | S::AlterView { .. }
+        | S::Drop { .. }
+        | S::DropFunction { .. } => ("ddl", None),
+        S::Grant { .. } | S::Revoke { .. } | S::CreateRole { .. } | S::AlterRole { .. } => ("dcl", None),
+        S::StartTransaction { .. }
+        | S::Commit { .. }
+        | S::Rollback { .. }
+        | S::Savepoint { .. }
+        | S::ReleaseSavepoint { .. } => ("transaction", None),
+        S::Set(_) | S::ShowVariable { .. } | S::Discard { .. } | S::Reset(_) => ("session", None),
+        S::Explain { analyze, statement, .. } => {
+            if *analyze {
+                let (class, reason) = classify_one(statement);
+                (class, reason.or_else(|| Some("EXPLAIN ANALYZE executes the statement".into())))
+            } else {
+                ("read", None)
+            }
+        }
+        S::Call(f) => ("unknown", Some(format!("CALL {}", f.name))),
+        S::Execute { name, .. } => (
+            "unknown",
+            Some(format!("EXECUTE of prepared statement {}", name.as_ref().map(|n| n.to_string()).unwrap_or_default())),
+        ),
+        _ => ("utility", None),
+    }
+}
+
+/// Analyses a (possibly multi-statement) string; the class is the most consequential one.
+pub fn analyse(text: &str) -> Analysis {
+    let trimmed = text.trim_start();
+    if trimmed.len() >= 2
+        && trimmed[..2].eq_ignore_ascii_case("do")
+        && trimmed[2..].starts_with(|c: char| c.is_whitespace() || c == '$')
+    {
+        return Analysis {
+            class: "unknown",
+            class_reason: Some("DO runs arbitrary procedural code".into()),
+            relations: Vec::new(),
+        };
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        Ok(s) => s,
+        Err(e) => {
+            return Analysis {
+                class: "unknown",
+                class_reason: Some(format!("not parsed: {e}")),
+                relations: Vec::new(),
+            };
+        }
+    };
+    let mut class = "";
+    let mut reason = None;
+    let mut relations = Vec::new();
+    for stmt in &statements {
+        let (c, r) = classify_one(stmt);
+        if rank(c) > rank(class) {
+            class = c;
+            reason = r;
+        }
+        let _ = visit_relations(stmt, |name| {
+            let name = name.to_string();
+            if !relations.contains(&name) {
+                relations.push(name);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    Analysis { class: if class.is_empty() { "utility" } else { class }, class_reason: reason, relations }
+}
+
+/// A bounded cache of analyses by statement text.
+pub struct AnalysisCache {
+    entries: Mutex<HashMap<Arc<str>, Arc<Analysis>>>,
+    capacity: usize,
+}
+
+impl AnalysisCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    pub fn analyse(&self, text: &Arc<str>) -> Arc<Analysis> {
+        if let Some(a) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+            return a.clone();
+        }
+        let analysis = Arc::new(analyse(text));
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            // Crude but bounded: start over (statement sets of applications are small).
+            entries.clear();
+        }
+        entries.insert(text.clone(), analysis.clone());
+        analysis
+    }
+}
+
+/// Replaces literals (strings, escape/bit/hex/Unicode strings, dollar-quoted strings, numbers)
+/// with `?`, leaving identifiers, keywords, parameters (`$1`) and comments.
+pub fn normalise(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut last = 0;
+    let push_literal = |out: &mut String, from: usize, upto: usize, last: &mut usize| {
+        out.push_str(&text[*last..from]);
+        out.push('?');
+        *last = upto;
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Nested comments, as PostgreSQL has them.
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'"' {
+                        if b.get(i + 1) == Some(&b'"') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'\'' => {
+                let start = i;
+                let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                let prefixed = i > 0
+                    && matches!(b[i - 1], b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'&')
+                    && (i < 2 || !is_ident(b[i - 2]) || b[i - 1] == b'&');
+                i += 1;
+                while i < b.len() {
+                    if escapes && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i = (i + 1).min(b.len());
+                let from = if prefixed {
+                    // Include the prefix letter(s): E'..', B'..', X'..', U&'..'.
+                    if b[start - 1] == b'&' { start.saturating_sub(2) } else { start - 1 }
+                } else {
+                    start
+                };
+                push_literal(&mut out, from.max(last), i, &mut last);
+                continue;
+            }
+            b'$' => {
+                // $1 parameter, or $tag$ ... $tag$ string.
+                let mut j = i + 1;
+                while j < b.len() && (is_ident(b[j]) && !b[j].is_ascii_digit() || (j > i + 1 && b[j].is_ascii_digit()))
+                {
+                    j += 1;
+                }
+                if j < b.len() && b[j] == b'$' && !(j > i + 1 && b[i + 1].is_ascii_digit()) {
+                    let tag = &text[i..=j];
+                    if let Some(end) = text[j + 1..].find(tag) {
+                        let upto = j + 1 + end + tag.len();
+                        push_literal(&mut out, i, upto, &mut last);
+                        i = upto;
+                        continue;
+                    }
+                }
+                i = j.max(i + 1);
+                continue;
+            }
+            c if c.is_ascii_digit() && (i == 0 || !is_ident(b[i - 1]) && b[i - 1] != b'$') => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                    i += 1;
+                }
+                push_literal(&mut out, start, i, &mut last);
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&text[last.min(text.len())..]);
+    out
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// Tags of a trailing sqlcommenter comment: `... /*key='value',traceparent='00-..'*/`, keys and
+/// values URL-encoded.
+pub fn sqlcommenter_tags(text: &str) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    let trimmed = text.trim_end().trim_end_matches(';').trim_end();
+    let Some(body) = trimmed.strip_suffix("*/") else { return tags };
+    let Some(start) = body.rfind("/*") else { return tags };
+    for pair in body[start + 2..].split(',') {
+        let Some((k, v)) = pair.split_once('=') else { continue };
+        let v = v.trim();
+        let Some(v) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else { continue };
+        let key = url_decode(k.trim());
+        if !key.is_empty() {
+            tags.insert(key, url_decode(&v.replace("\\'", "'")));
+        }
+    }
+    tags
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_most_consequential_effect() {
+        assert_eq!(analyse("select * from orders where id = 1").class, "read");
+        assert_eq!(analyse("insert into t values (1)").class, "write");
+        let cte = analyse("with d as (delete from orders returning *) select count(*) from d");
+        assert_eq!(cte.class, "write", "{cte:?}");
+        assert_eq!(analyse("copy orders to stdout").class, "read");
+        assert_eq!(analyse("copy orders from stdin").class, "write");
+        assert_eq!(analyse("select 1; drop table orders").class, "ddl");
+        assert_eq!(analyse("grant select on t to bob").class, "dcl");
+        assert_eq!(analyse("begin").class, "transaction");
+        assert_eq!(analyse("set search_path = x").class, "session");
+        let f = analyse("select pg_terminate_backend(42)");
+        assert_eq!((f.class, f.class_reason.is_some()), ("unknown", true));
+        assert_eq!(analyse("do $$ begin perform 1; end $$").class, "unknown");
+        assert_eq!(analyse("select from where").class, "unknown");
+        assert_eq!(analyse("explain analyze delete from t").class, "write");
+        assert_eq!(analyse("explain delete from t").class, "read");
+    }
+
+    #[test]
+    fn relations_named() {
+        let a = analyse("select o.id from public.orders o join customers c on c.id = o.customer_id");
+        assert_eq!(a.relations, vec!["public.orders".to_string(), "customers".to_string()]);
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            normalise("select * from t where a = 'x''y' and b = 42 and c = $1"),
+            "select * from t where a = ? and b = ? and c = $1"
+        );
+        assert_eq!(normalise("select E'a\\'b', X'ff', 1.5e3, t1.c2 from t1"), "select ?, ?, ?, t1.c2 from t1");
+        assert_eq!(normalise("select $tag$ secret ' $tag$, $$x$$"), "select ?, ?");
+        assert_eq!(
+            normalise("select \"col 1\" /* keep 'me' */ -- and 'me'\n, 7"),
+            "select \"col 1\" /* keep 'me' */ -- and 'me'\n, ?"
+        );
+        assert_eq!(normalise("select U&'d\\0061t'"), "select ?");
+    }
+
+    #[test]
+    fn sqlcommenter_tags_are_read() {
+        let t = sqlcommenter_tags(
+            "select 1 /*application='recsys',route='%2Fapi%2Fv1',traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01'*/;",
+        );
+        assert_eq!(t["application"], "recsys");
+        assert_eq!(t["route"], "/api/v1");
+        assert!(t["traceparent"].starts_with("00-5bd6"));
+        assert!(sqlcommenter_tags("select 1").is_empty());
+    }
+}
