@@ -330,6 +330,9 @@ pub struct AuditConfig {
     /// Record bind parameter values (off by default: they are data, not code).
     #[serde(default)]
     pub parameters: bool,
+    /// Record every statement (connection records are always kept).
+    #[serde(default = "default_true")]
+    pub statements: bool,
     /// Seal the chain head every this many records (and at least every 10 s with traffic).
     #[serde(default = "default_seal_every")]
     pub seal_every: u64,
@@ -344,6 +347,10 @@ pub struct AuditConfig {
 pub enum ExportConfig {
     /// OpenTelemetry logs over OTLP/HTTP (JSON encoding), e.g. `http://collector:4318/v1/logs`.
     OtlpHttp { endpoint: String },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_audit_path() -> PathBuf {
@@ -370,6 +377,7 @@ impl Default for AuditConfig {
             durability: Durability::default(),
             literals: Literals::default(),
             parameters: false,
+            statements: true,
             seal_every: default_seal_every(),
             export: None,
         }

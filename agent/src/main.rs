@@ -121,6 +121,11 @@ enum AuditCmd {
     },
     /// Record counts, sizes, overwritten records.
     Stats,
+    /// Measure how fast the ring alone appends statement records (writes a new ring at --ring).
+    Bench {
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -261,6 +266,14 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 println!("{}", if v.problems.is_empty() { "ok" } else { "FAILED" });
             }
             return Ok(if v.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        AuditCmd::Bench { records } => {
+            if ring.exists() {
+                anyhow::bail!("{} exists; the bench writes a new ring", ring.display());
+            }
+            let rate = warden::audit::bench_append(&ring, records)?;
+            let _ = std::fs::remove_file(&ring);
+            println!("{records} statement records appended at {rate:.0} records/s");
         }
         AuditCmd::Stats => {
             let stats = cli::stats(&ring)?;

@@ -260,13 +260,111 @@ impl AnalysisCache {
 /// Replaces literals (strings, escape/bit/hex/Unicode strings, dollar-quoted strings, numbers)
 /// with `?`, leaving identifiers, keywords, parameters (`$1`) and comments.
 pub fn normalise(text: &str) -> String {
+    normalise_with(text, "?")
+}
+
+/// The normalised form that still parses (literals become `'?'`), for analysis and its cache.
+pub fn normalise_for_analysis(text: &str) -> String {
+    normalise_with(text, "'?'")
+}
+
+/// Splits a simple-query string into its statements at top-level semicolons (not inside
+/// quotes, dollar quotes or comments); empty statements are dropped, as the server drops them.
+pub fn split_statements(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        i = match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => text[i..].find('\n').map_or(b.len(), |n| i + n),
+            b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
+            b'\'' => skip_quoted(b, i, b'\'', i > 0 && matches!(b[i - 1], b'e' | b'E')),
+            b'"' => skip_quoted(b, i, b'"', false),
+            b'$' => skip_dollar(text, i),
+            b';' => {
+                let stmt = text[start..i].trim();
+                if !stmt.is_empty() {
+                    out.push(stmt);
+                }
+                start = i + 1;
+                i + 1
+            }
+            _ => i + 1,
+        };
+    }
+    let stmt = text[start.min(text.len())..].trim();
+    if !stmt.is_empty() && !stmt.starts_with("/*") {
+        out.push(stmt);
+    } else if let Some(last) = out.last_mut().filter(|_| !stmt.is_empty()) {
+        // A trailing comment after the last semicolon (sqlcommenter) belongs to the last statement.
+        let begin = last.as_ptr() as usize - text.as_ptr() as usize;
+        *last = text[begin..].trim();
+    }
+    out
+}
+
+fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash_escapes: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        if backslash_escapes && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_dollar(text: &str, i: usize) -> usize {
+    let b = text.as_bytes();
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphabetic() || b[j] == b'_' || (j > i + 1 && b[j].is_ascii_digit())) {
+        j += 1;
+    }
+    if j < b.len() && b[j] == b'$' && !(j > i + 1 && b[i + 1].is_ascii_digit()) {
+        let tag = &text[i..=j];
+        if let Some(end) = text[j + 1..].find(tag) {
+            return j + 1 + end + tag.len();
+        }
+    }
+    j.max(i + 1)
+}
+
+fn normalise_with(text: &str, placeholder: &str) -> String {
     let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     let mut last = 0;
     let push_literal = |out: &mut String, from: usize, upto: usize, last: &mut usize| {
         out.push_str(&text[*last..from]);
-        out.push('?');
+        out.push_str(placeholder);
         *last = upto;
     };
     while i < b.len() {
@@ -460,6 +558,30 @@ mod tests {
             "select \"col 1\" /* keep 'me' */ -- and 'me'\n, ?"
         );
         assert_eq!(normalise("select U&'d\\0061t'"), "select ?");
+    }
+
+    #[test]
+    fn normalised_for_analysis_still_parses() {
+        let n = normalise_for_analysis("insert into t values (1, 'x', E'y') returning id");
+        assert_eq!(n, "insert into t values ('?', '?', '?') returning id");
+        assert_eq!(analyse(&n).class, "write");
+    }
+
+    #[test]
+    fn simple_query_strings_split_into_statements() {
+        assert_eq!(
+            split_statements("select 1; select ';' ; ;select $$a;b$$ /* ; */"),
+            vec!["select 1", "select ';'", "select $$a;b$$ /* ; */"]
+        );
+        assert_eq!(
+            split_statements("insert into t values (1); select 2; /*app='x'*/"),
+            vec!["insert into t values (1)", "select 2; /*app='x'*/"]
+        );
+        assert_eq!(
+            split_statements("select 'it''s'; -- c;\nselect \"a;b\""),
+            vec!["select 'it''s'", "-- c;\nselect \"a;b\""]
+        );
+        assert!(split_statements(" ; ").is_empty());
     }
 
     #[test]

@@ -278,6 +278,9 @@ impl Drop for TestPki {
     }
 }
 
+/// The audit settings tests use unless they say otherwise: a small ring, frequent seals.
+pub const DEFAULT_AUDIT: &str = "  ring_bytes: 16777216\n  seal_every: 100";
+
 /// A running `warden run` with its own config, state, audit file and bpffs directory.
 pub struct Agent {
     bin: PathBuf,
@@ -288,6 +291,7 @@ pub struct Agent {
     pub bpffs: PathBuf,
     databases_yaml: String,
     proxy_yaml: String,
+    audit_yaml: String,
     child: Option<Child>,
 }
 
@@ -299,15 +303,20 @@ impl Agent {
 
     /// Like `start`, with a given `warden` binary (the bench uses the release build).
     pub fn start_with(bin: &Path, databases_yaml: &str) -> Self {
-        Self::start_full(bin, databases_yaml, "")
+        Self::start_full(bin, databases_yaml, "", DEFAULT_AUDIT)
     }
 
     /// Like `start`, with extra YAML under `proxy:` (e.g. "  tls: {cert: ..., key: ...}").
     pub fn start_with_proxy(databases_yaml: &str, proxy_yaml: &str) -> Self {
-        Self::start_full(&warden_bin(), databases_yaml, proxy_yaml)
+        Self::start_full(&warden_bin(), databases_yaml, proxy_yaml, DEFAULT_AUDIT)
     }
 
-    fn start_full(bin: &Path, databases_yaml: &str, proxy_yaml: &str) -> Self {
+    /// Like `start`, with the YAML under `audit:` (besides `path`) replaced.
+    pub fn start_with_audit(bin: &Path, databases_yaml: &str, audit_yaml: &str) -> Self {
+        Self::start_full(bin, databases_yaml, "", audit_yaml)
+    }
+
+    fn start_full(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
@@ -320,6 +329,7 @@ impl Agent {
             dir,
             databases_yaml: databases_yaml.to_string(),
             proxy_yaml: proxy_yaml.to_string(),
+            audit_yaml: audit_yaml.to_string(),
             child: None,
         };
         agent.write_config();
@@ -329,10 +339,11 @@ impl Agent {
 
     fn write_config(&self) {
         let yaml = format!(
-            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n  ring_bytes: 16777216\n  seal_every: 100\nstate_dir: {}\nbpffs_dir: {}\n",
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n{}\nstate_dir: {}\nbpffs_dir: {}\n",
             self.databases_yaml,
             self.proxy_yaml,
             self.audit.display(),
+            self.audit_yaml,
             self.state.display(),
             self.bpffs.display()
         );

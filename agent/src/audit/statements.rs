@@ -12,7 +12,7 @@ use crate::{
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
         state::{QueryProtocol, Running},
     },
-    sql::{AnalysisCache, normalise, sqlcommenter_tags},
+    sql::{AnalysisCache, normalise, normalise_for_analysis, split_statements, sqlcommenter_tags},
 };
 
 /// Audit settings every session shares.
@@ -47,14 +47,21 @@ impl SessionAudit {
         tag: Option<&str>,
         error: Option<&str>,
         verdict: Verdict,
-        sql: &str,
+        full: &str,
         protocol: QueryProtocol,
     ) {
-        let normalised = normalise(sql);
-        let analysis = self.shared.analyses.analyse(&Arc::from(normalised.as_str()));
+        // A simple query string holding several statements: this record is for the current one.
+        let sql = match (protocol, running) {
+            (QueryProtocol::Simple, Some(r)) => {
+                let parts = split_statements(full);
+                if parts.len() > 1 { parts.get(r.completed as usize).copied().unwrap_or(full) } else { full }
+            }
+            _ => full,
+        };
+        let analysis = self.shared.analyses.analyse(&Arc::from(normalise_for_analysis(sql)));
         let text = match self.shared.literals {
             Literals::Keep => sql.to_string(),
-            Literals::Normalise => normalised,
+            Literals::Normalise => normalise(sql),
         };
         let params = if self.shared.parameters {
             running.and_then(|r| r.bind()).map(|bind| {
@@ -93,7 +100,7 @@ impl SessionAudit {
             command_tag: tag.map(str::to_string),
             duration_us: running.map_or(0, |r| r.started.elapsed().as_micros() as u64),
             error: error.map(str::to_string),
-            tags: sqlcommenter_tags(sql),
+            tags: sqlcommenter_tags(full),
         };
         self.shared.log.record(Event::Statement(Box::new(statement)));
     }

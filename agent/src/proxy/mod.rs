@@ -145,11 +145,15 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                         .map(|config| postgres::ClientTls { config, leaf_certificate: t.leaf_certificate.clone() })
                 }),
                 max_message: shared.config.proxy.max_message_bytes,
-                hooks: Arc::new(crate::audit::statements::SessionAudit::new(
-                    shared.statements.clone(),
-                    session,
-                    db.name.clone(),
-                )),
+                hooks: if shared.config.audit.statements {
+                    Arc::new(crate::audit::statements::SessionAudit::new(
+                        shared.statements.clone(),
+                        session,
+                        db.name.clone(),
+                    ))
+                } else {
+                    Arc::new(postgres::hooks::AllowAll)
+                },
                 cancels: shared.cancels.clone(),
             };
             let report = postgres::run(&ctx, client, |r| {

@@ -44,6 +44,8 @@ pub struct Running {
     pub rows: u64,
     /// When the statement was sent to the server.
     pub started: std::time::Instant,
+    /// Statements of this (simple-query) string completed so far: the index of the current one.
+    pub completed: u32,
     /// The Bind message body that created the portal (extended protocol).
     bind: Option<Arc<[u8]>>,
 }
@@ -247,6 +249,7 @@ impl ProtocolState {
                     protocol: QueryProtocol::Simple,
                     rows: 0,
                     started: std::time::Instant::now(),
+                    completed: 0,
                     bind: None,
                 }),
                 replace_error,
@@ -284,6 +287,7 @@ impl ProtocolState {
                         protocol: QueryProtocol::Extended,
                         rows: 0,
                         started: std::time::Instant::now(),
+                        completed: 0,
                         bind,
                     }),
                     replace_error,
@@ -383,7 +387,10 @@ impl ProtocolState {
                         self.pending.pop_front();
                     }
                     // A simple query string may hold several statements.
-                    Some(Expect::SimpleQuery(r)) => r.rows = 0,
+                    Some(Expect::SimpleQuery(r)) => {
+                        r.rows = 0;
+                        r.completed += 1;
+                    }
                     _ => {
                         return Err(ProtocolError::Server("CommandComplete nothing asked for".into()));
                     }
