@@ -20,8 +20,8 @@ use sqlparser::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     pub class: &'static str,
-    pub class_reason: Option<String>,
-    pub relations: Vec<String>,
+    pub class_reason: Option<Arc<str>>,
+    pub relations: Arc<[String]>,
 }
 
 fn rank(class: &str) -> u8 {
@@ -198,7 +198,7 @@ pub fn analyse(text: &str) -> Analysis {
         return Analysis {
             class: "unknown",
             class_reason: Some("DO runs arbitrary procedural code".into()),
-            relations: Vec::new(),
+            relations: Arc::from(Vec::new()),
         };
     }
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
@@ -206,8 +206,8 @@ pub fn analyse(text: &str) -> Analysis {
         Err(e) => {
             return Analysis {
                 class: "unknown",
-                class_reason: Some(format!("not parsed: {e}")),
-                relations: Vec::new(),
+                class_reason: Some(Arc::from(format!("not parsed: {e}"))),
+                relations: Arc::from(Vec::new()),
             };
         }
     };
@@ -228,7 +228,49 @@ pub fn analyse(text: &str) -> Analysis {
             ControlFlow::<()>::Continue(())
         });
     }
-    Analysis { class: if class.is_empty() { "utility" } else { class }, class_reason: reason, relations }
+    Analysis {
+        class: if class.is_empty() { "utility" } else { class },
+        class_reason: reason.map(Arc::from),
+        relations: Arc::from(relations),
+    }
+}
+
+/// A statement text as the audit trail records it: normalised, and analysed.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Literals replaced by `?`.
+    pub normalised: Arc<str>,
+    pub analysis: Arc<Analysis>,
+}
+
+/// Descriptions by raw statement text (prepared statements repeat their text exactly: no
+/// lexing or parsing on the hot path), over analyses by normalised text (simple queries that
+/// differ only in literals share one parse).
+pub struct DescriptionCache {
+    raw: Mutex<HashMap<Arc<str>, Described>>,
+    analyses: AnalysisCache,
+    capacity: usize,
+}
+
+impl DescriptionCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { raw: Mutex::new(HashMap::new()), analyses: AnalysisCache::new(capacity), capacity }
+    }
+
+    pub fn describe(&self, text: &str) -> Described {
+        if let Some(d) = self.raw.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+            return d.clone();
+        }
+        let parsable: Arc<str> = Arc::from(normalise_for_analysis(text));
+        let described =
+            Described { normalised: Arc::from(normalise(text)), analysis: self.analyses.analyse(&parsable) };
+        let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+        if raw.len() >= self.capacity {
+            raw.clear();
+        }
+        raw.insert(Arc::from(text), described.clone());
+        described
+    }
 }
 
 /// A bounded cache of analyses by statement text.
@@ -524,6 +566,7 @@ mod tests {
         assert_eq!(analyse("select * from orders where id = 1").class, "read");
         assert_eq!(analyse("insert into t values (1)").class, "write");
         let cte = analyse("with d as (delete from orders returning *) select count(*) from d");
+        assert_eq!(cte.class_reason.as_deref(), Some("data-modifying CTE d"));
         assert_eq!(cte.class, "write", "{cte:?}");
         assert_eq!(analyse("copy orders to stdout").class, "read");
         assert_eq!(analyse("copy orders from stdin").class, "write");
@@ -542,7 +585,7 @@ mod tests {
     #[test]
     fn relations_named() {
         let a = analyse("select o.id from public.orders o join customers c on c.id = o.customer_id");
-        assert_eq!(a.relations, vec!["public.orders".to_string(), "customers".to_string()]);
+        assert_eq!(&*a.relations, &["public.orders".to_string(), "customers".to_string()]);
     }
 
     #[test]

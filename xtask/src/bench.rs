@@ -172,6 +172,38 @@ pub fn bench(warden: &Path) -> Result<()> {
     println!("(connections redirected through Warden during the run: {redirected})");
     drop(bouncer);
     drop(agent);
+
+    // The audit trail: the ring alone, then statement auditing on vs off through Warden.
+    let ring = script_dir.join("bench.ring");
+    let out = check(Command::new(warden).args(["audit", "bench", "--records", "300000", "--ring"]).arg(&ring));
+    println!("\naudit ring alone: {}", out.trim());
+    let select = ["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", &secs];
+    let db = format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut on_cpu, mut off_cpu) = (Vec::new(), Vec::new());
+    // Alternate, three rounds, to spread this machine's drift over both sides.
+    for _ in 0..3 {
+        for (statements, runs, cpu) in [(true, &mut on, &mut on_cpu), (false, &mut off, &mut off_cpu)] {
+            let audit = format!("  ring_bytes: 268435456\n  statements: {statements}");
+            let agent = Agent::start_with_audit(warden, &db, &audit);
+            let pid = agent.pid().context("agent pid")?;
+            let before = cpu_seconds(pid);
+            let run = pgbench("127.0.0.1", pg.port, &select)?;
+            cpu.push((cpu_seconds(pid) - before) * 1e6 / run.transactions.max(1) as f64);
+            runs.push(run.tps);
+            drop(agent);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "select-only prepared through Warden: full statement audit {:.1} tps ({:.1} µs agent CPU/tx), \
+         audit off {:.1} tps ({:.1} µs/tx): {:.3}x",
+        mean(&on),
+        mean(&on_cpu),
+        mean(&off),
+        mean(&off_cpu),
+        mean(&on) / mean(&off)
+    );
     let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }

@@ -90,19 +90,19 @@ pub enum Event {
 #[derive(Debug, Clone, Serialize)]
 pub struct Statement {
     pub session: SessionId,
-    pub database: String,
+    pub database: Arc<str>,
     /// "simple", "extended" or "function_call".
     pub protocol: &'static str,
     /// The statement text, literals kept or replaced by `?` per `audit.literals`.
-    pub text: String,
+    pub text: Arc<str>,
     /// Bind parameters, when `audit.parameters` is on (NULL as null).
     pub params: Option<Vec<Option<String>>>,
     /// The most consequential effect: read, write, ddl, dcl, transaction, session, utility,
     /// unknown (with `class_reason`).
     pub class: &'static str,
-    pub class_reason: Option<String>,
+    pub class_reason: Option<Arc<str>>,
     /// Tables and views the statement names.
-    pub relations: Vec<String>,
+    pub relations: Arc<[String]>,
     pub verdict: Verdict,
     /// Columns masked in the results, and why (never the values).
     pub masked: Vec<MaskedColumn>,
@@ -297,6 +297,11 @@ impl Writer {
             if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
                 self.sync();
             }
+            if batch < 1024 {
+                // Let records accumulate instead of being woken for each one: a wake-up is a
+                // cross-CPU interrupt, which costs the sessions more than the write itself.
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         // Shutdown: seal what is there and flush.
         if self.since_seal > 0 {
@@ -366,7 +371,7 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
             params: None,
             class: "read",
             class_reason: None,
-            relations: vec!["orders".into(), "customers".into()],
+            relations: Arc::from(vec!["orders".to_string(), "customers".to_string()]),
             verdict: Verdict::allow(),
             masked: Vec::new(),
             rows: 1,

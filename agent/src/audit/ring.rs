@@ -171,10 +171,24 @@ impl Ring {
         let capacity = align8(capacity);
         if fresh {
             file.set_len(HEADER_SIZE + capacity).map_err(io)?;
+            // Reserve the blocks now: a full disk is an error at start-up, not a SIGBUS when a
+            // page of the ring is first written back.
+            // SAFETY: plain syscall on an open file descriptor.
+            let rc = unsafe {
+                libc::posix_fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0,
+                    (HEADER_SIZE + capacity) as libc::off_t,
+                )
+            };
+            if rc != 0 && rc != libc::EOPNOTSUPP {
+                let _ = std::fs::remove_file(path);
+                return Err(io(io::Error::from_raw_os_error(rc)));
+            }
         }
         // SAFETY: the file is ours (one writer); readers only read. Nothing truncates it while
-        // mapped.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
+        // mapped. Populated up front so the hot path takes no page faults.
+        let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }.map_err(io)?;
         if fresh {
             map[..8].copy_from_slice(MAGIC_FILE);
             map[H_VERSION..H_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());

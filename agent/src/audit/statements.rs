@@ -12,7 +12,7 @@ use crate::{
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
         state::{QueryProtocol, Running},
     },
-    sql::{AnalysisCache, normalise, normalise_for_analysis, split_statements, sqlcommenter_tags},
+    sql::{DescriptionCache, split_statements, sqlcommenter_tags},
 };
 
 /// Audit settings every session shares.
@@ -20,12 +20,17 @@ pub struct StatementAuditing {
     pub log: AuditLog,
     pub literals: Literals,
     pub parameters: bool,
-    pub analyses: AnalysisCache,
+    pub descriptions: DescriptionCache,
 }
 
 impl StatementAuditing {
     pub fn new(log: AuditLog, config: &AuditConfig) -> Self {
-        Self { log, literals: config.literals, parameters: config.parameters, analyses: AnalysisCache::new(4096) }
+        Self {
+            log,
+            literals: config.literals,
+            parameters: config.parameters,
+            descriptions: DescriptionCache::new(4096),
+        }
     }
 }
 
@@ -33,12 +38,12 @@ impl StatementAuditing {
 pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
-    database: String,
+    database: Arc<str>,
 }
 
 impl SessionAudit {
     pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
-        Self { shared, session, database }
+        Self { shared, session, database: Arc::from(database) }
     }
 
     fn record(
@@ -53,15 +58,20 @@ impl SessionAudit {
         // A simple query string holding several statements: this record is for the current one.
         let sql = match (protocol, running) {
             (QueryProtocol::Simple, Some(r)) => {
-                let parts = split_statements(full);
-                if parts.len() > 1 { parts.get(r.completed as usize).copied().unwrap_or(full) } else { full }
+                if full.contains(';') {
+                    let parts = split_statements(full);
+                    if parts.len() > 1 { parts.get(r.completed as usize).copied().unwrap_or(full) } else { full }
+                } else {
+                    full
+                }
             }
             _ => full,
         };
-        let analysis = self.shared.analyses.analyse(&Arc::from(normalise_for_analysis(sql)));
+        let described = self.shared.descriptions.describe(sql);
+        let analysis = &described.analysis;
         let text = match self.shared.literals {
-            Literals::Keep => sql.to_string(),
-            Literals::Normalise => normalise(sql),
+            Literals::Keep => Arc::from(sql),
+            Literals::Normalise => described.normalised.clone(),
         };
         let params = if self.shared.parameters {
             running.and_then(|r| r.bind()).map(|bind| {
