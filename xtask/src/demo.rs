@@ -11,7 +11,10 @@ fn step(title: &str) {
 }
 
 fn show(cmd: &mut Command) -> bool {
-    let out = output(cmd);
+    print_output(&output(cmd))
+}
+
+fn print_output(out: &std::process::Output) -> bool {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     out.status.success()
@@ -41,11 +44,17 @@ pub fn demo(warden: &Path) -> Result<()> {
     println!("current_user|server_sees|from_port");
     show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
 
-    step("What the audit trail recorded (identity from the kernel, labels from the cgroup)");
+    step("What the audit ring recorded (identity from the kernel, labels from the cgroup)");
     let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
-    let close = agent.wait_record("connection_close", |r| r["kind"] == "connection_close");
-    println!("{}", serde_json::to_string_pretty(&open)?);
-    println!("{}", serde_json::to_string(&close)?);
+    agent.wait_record("connection_close", |r| r["kind"] == "connection_close");
+    println!("{}", serde_json::to_string_pretty(&open["identity"])?);
+    let session = open["session"].to_string();
+    println!("$ warden audit query --identity recsys-agent");
+    print_output(&agent.audit_cli(&["query", "--identity", "recsys-agent"]));
+    println!("$ warden audit replay {session}");
+    print_output(&agent.audit_cli(&["replay", &session]));
+    println!("$ warden audit verify");
+    print_output(&agent.audit_cli(&["verify"]));
 
     step("Dialling the proxy directly is refused: it serves only flows its redirect created");
     let (ip, proxy_port) = PROXY_V4.split_once(':').unwrap_or_default();
