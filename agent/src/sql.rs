@@ -404,112 +404,48 @@ fn normalise_with(text: &str, placeholder: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     let mut last = 0;
-    let push_literal = |out: &mut String, from: usize, upto: usize, last: &mut usize| {
+    let mut literal = |from: usize, upto: usize, last: &mut usize| {
         out.push_str(&text[*last..from]);
         out.push_str(placeholder);
         *last = upto;
     };
     while i < b.len() {
-        let c = b[i];
-        match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                // Nested comments, as PostgreSQL has them.
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'"' {
-                        if b.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
+        i = match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => text[i..].find('\n').map_or(b.len(), |n| i + n),
+            b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
+            b'"' => skip_quoted(b, i, b'"', false),
             b'\'' => {
-                let start = i;
-                let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
-                let prefixed = i > 0
-                    && matches!(b[i - 1], b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'&')
-                    && (i < 2 || !is_ident(b[i - 2]) || b[i - 1] == b'&');
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i = (i + 1).min(b.len());
-                let from = if prefixed {
-                    // Include the prefix letter(s): E'..', B'..', X'..', U&'..'.
-                    if b[start - 1] == b'&' { start.saturating_sub(2) } else { start - 1 }
-                } else {
-                    start
+                let prev = |k: usize| i.checked_sub(k).map(|j| b[j]);
+                let standalone = |k: usize| prev(k).is_none_or(|c| !is_ident(c));
+                let escapes = matches!(prev(1), Some(b'e' | b'E')) && standalone(2);
+                let upto = skip_quoted(b, i, b'\'', escapes);
+                // Include a prefix: E'..', B'..', X'..', U&'..'.
+                let from = match prev(1) {
+                    Some(b'&') if matches!(prev(2), Some(b'u' | b'U')) => i - 2,
+                    Some(b'e' | b'E' | b'b' | b'B' | b'x' | b'X') if standalone(2) => i - 1,
+                    _ => i,
                 };
-                push_literal(&mut out, from.max(last), i, &mut last);
-                continue;
+                literal(from.max(last), upto, &mut last);
+                upto
             }
             b'$' => {
-                // $1 parameter, or $tag$ ... $tag$ string.
-                let mut j = i + 1;
-                while j < b.len() && (is_ident(b[j]) && !b[j].is_ascii_digit() || (j > i + 1 && b[j].is_ascii_digit()))
-                {
+                let upto = skip_dollar(text, i);
+                // $tag$...$tag$ is a string; $1 is a parameter and stays.
+                if b.get(i + 1).is_some_and(|c| !c.is_ascii_digit()) && upto > i + 1 && b[upto - 1] == b'$' {
+                    literal(i, upto, &mut last);
+                }
+                upto
+            }
+            c if c.is_ascii_digit() && i.checked_sub(1).is_none_or(|j| !is_ident(b[j]) && b[j] != b'$') => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
                     j += 1;
                 }
-                if j < b.len() && b[j] == b'$' && !(j > i + 1 && b[i + 1].is_ascii_digit()) {
-                    let tag = &text[i..=j];
-                    if let Some(end) = text[j + 1..].find(tag) {
-                        let upto = j + 1 + end + tag.len();
-                        push_literal(&mut out, i, upto, &mut last);
-                        i = upto;
-                        continue;
-                    }
-                }
-                i = j.max(i + 1);
-                continue;
+                literal(i, j, &mut last);
+                j
             }
-            c if c.is_ascii_digit() && (i == 0 || !is_ident(b[i - 1]) && b[i - 1] != b'$') => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
-                    i += 1;
-                }
-                push_literal(&mut out, start, i, &mut last);
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
+            _ => i + 1,
+        };
     }
     out.push_str(&text[last.min(text.len())..]);
     out

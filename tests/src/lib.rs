@@ -160,6 +160,16 @@ impl Postgres {
         &self.dir
     }
 
+    /// Loads pgbench's tables at `scale` over the Unix socket (never through the redirect).
+    pub fn pgbench_init(&self, scale: u32) {
+        check(
+            Command::new(pgbench_bin())
+                .args(["-i", "-q", "-s", &scale.to_string(), "-U", "postgres", "-h"])
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "postgres"]),
+        );
+    }
+
     /// Runs SQL over the Unix socket (never through the redirect) and returns the output.
     pub fn admin_sql(&self, sql: &str) -> String {
         check(Command::new(pg_bin("psql")).args(["-X", "-tA", "-U", "postgres", "-h"]).arg(&self.dir).args([

@@ -98,13 +98,7 @@ fn statements_are_recorded_with_identity_and_the_cli_finds_them() {
 #[test]
 fn kill_9_under_load_loses_nothing_written_and_tampering_is_found() {
     let pg = Postgres::start();
-    check(
-        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "1", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]),
-    );
+    pg.pgbench_init(1);
     let mut agent = Agent::start(&governed(&pg));
     let load = Command::new(pgbench_bin())
         .args([
@@ -173,13 +167,7 @@ fn kill_9_under_load_loses_nothing_written_and_tampering_is_found() {
 #[test]
 fn a_full_ring_keeps_the_newest_records() {
     let pg = Postgres::start();
-    check(
-        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "1", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]),
-    );
+    pg.pgbench_init(1);
     let agent = Agent::start_with_audit(&warden_bin(), &governed(&pg), "  ring_bytes: 65536\n  seal_every: 50");
     let out = check(Command::new(pgbench_bin()).args([
         "-n",

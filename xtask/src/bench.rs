@@ -118,13 +118,7 @@ impl Drop for PgBouncer {
 
 pub fn bench(warden: &Path) -> Result<()> {
     let pg = Postgres::start();
-    check(
-        Command::new(pgbench_bin()).args(["-i", "-q", "-s", "10", "-U", "postgres", "-h"]).arg(pg.socket_dir()).args([
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]),
-    );
+    pg.pgbench_init(10);
     let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
     fs::create_dir_all(&script_dir)?;
     let large = script_dir.join("large.sql");
