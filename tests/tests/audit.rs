@@ -271,3 +271,28 @@ fn records_are_exported_as_otlp_logs_and_kept_locally() {
     assert!(agent.records().iter().any(|r| r["kind"] == "statement"));
     let _ = Stdio::null();
 }
+
+#[test]
+fn records_that_cannot_be_queued_are_counted_never_silently_lost() {
+    let pg = Postgres::start();
+    // A one-record queue: a burst of statements outruns the writer.
+    let agent = Agent::start_with_audit(&warden_bin(), &governed(&pg), "  ring_bytes: 16777216\n  queue: 1");
+    let burst: String = (0..300).map(|i| format!("select {i};")).collect();
+    check(&mut testkit::psql("127.0.0.1", pg.port, &burst));
+    // Every statement (and both connection records) ends up in the ring or counted as lost;
+    // the count settles once the session's last records are handled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = lines(&agent.audit_cli(&["stats", "-o", "json"]))[0].clone();
+        let count = |k: &str| stats["by_kind"][k].as_u64().unwrap_or(0);
+        let lost = stats["lost"].as_u64().unwrap();
+        let accounted = count("statement") + count("connection_open") + count("connection_close") + lost;
+        if accounted == 302 {
+            eprintln!("queue-1 burst: {} statements recorded, {lost} lost", count("statement"));
+            break;
+        }
+        assert!(accounted < 302, "more records than events: {stats}");
+        assert!(Instant::now() < deadline, "records neither written nor counted: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -347,6 +347,7 @@ pub fn stats(path: &Path) -> Result<Value> {
         "first_at": entries.first().map(|e| utc(e.at_ms())),
         "last_at": entries.last().map(|e| utc(e.at_ms())),
         "overwritten": ring.overwritten(),
+        "lost": ring.lost(),
         "by_kind": by_kind,
     }))
 }

@@ -200,6 +200,7 @@ impl AuditLog {
             counters: counters.clone(),
             healthy: healthy.clone(),
             path: config.path.clone(),
+            reported_lost: 0,
         };
         let thread = std::thread::Builder::new().name("warden-audit".into()).spawn(move || writer.run(rx))?;
         Ok((Self { tx, counters, healthy, required: config.required }, AuditWriter(thread)))
@@ -267,6 +268,8 @@ struct Writer {
     counters: Arc<AuditCounters>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
+    /// Losses already added to the ring's header.
+    reported_lost: u64,
 }
 
 impl Writer {
@@ -294,6 +297,11 @@ impl Writer {
             if seal_due {
                 self.seal(&mut buf);
             }
+            // Losses are counted in the ring itself, where `warden audit stats` shows them.
+            let dropped =
+                self.counters.dropped.load(Ordering::Relaxed) + self.counters.write_errors.load(Ordering::Relaxed);
+            self.ring.add_lost(dropped - self.reported_lost);
+            self.reported_lost = dropped;
             if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
                 self.sync();
             }

@@ -41,6 +41,8 @@ const H_TAIL: usize = 32;
 const H_NEXT_SEQ: usize = 40;
 const H_TAIL_SEQ: usize = 48;
 const H_OVERWRITTEN: usize = 56;
+/// Records the agent could not write (queue full, write error), kept across restarts.
+const H_LOST: usize = 64;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +359,14 @@ impl Ring {
         }
     }
 
+    /// Adds to the count of records lost before reaching the ring (queue full, write errors).
+    pub fn add_lost(&mut self, n: u64) {
+        if n > 0 {
+            let lost = u64_at(&self.map, H_LOST) + n;
+            self.map[H_LOST..H_LOST + 8].copy_from_slice(&lost.to_le_bytes());
+        }
+    }
+
     /// The chain hash of the newest record.
     pub fn head_hash(&self) -> [u8; 32] {
         self.last_hash
@@ -486,6 +496,11 @@ impl RingFile {
 
     pub fn overwritten(&self) -> u64 {
         self.overwritten
+    }
+
+    /// Records the agent could not write (dropped from a full queue, failed writes).
+    pub fn lost(&self) -> u64 {
+        u64_at(&self.map, H_LOST)
     }
 
     pub fn capacity(&self) -> u64 {
