@@ -16,6 +16,11 @@ use sqlparser::{
     parser::Parser,
 };
 
+/// Statements longer than this are not parsed (class `unknown`, with the reason).
+pub const MAX_ANALYSED: usize = 1024 * 1024;
+/// Statement texts longer than this are not kept in the description cache.
+const MAX_CACHED: usize = 64 * 1024;
+
 /// What a statement does, as far as the audit trail is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
@@ -190,10 +195,18 @@ fn classify_one(stmt: &Statement) -> (&'static str, Option<String>) {
 
 /// Analyses a (possibly multi-statement) string; the class is the most consequential one.
 pub fn analyse(text: &str) -> Analysis {
-    let trimmed = text.trim_start();
-    if trimmed.len() >= 2
-        && trimmed[..2].eq_ignore_ascii_case("do")
-        && trimmed[2..].starts_with(|c: char| c.is_whitespace() || c == '$')
+    if text.len() > MAX_ANALYSED {
+        // Bulk loads as one statement: parsing them would stall the session for no insight.
+        return Analysis {
+            class: "unknown",
+            class_reason: Some(Arc::from(format!("{} bytes: too large to analyse", text.len()))),
+            relations: Arc::from(Vec::new()),
+        };
+    }
+    let trimmed = text.trim_start().as_bytes();
+    if trimmed.len() >= 3
+        && trimmed[..2].eq_ignore_ascii_case(b"do")
+        && (trimmed[2].is_ascii_whitespace() || trimmed[2] == b'$')
     {
         return Analysis {
             class: "unknown",
@@ -264,11 +277,13 @@ impl DescriptionCache {
         let parsable: Arc<str> = Arc::from(normalise_for_analysis(text));
         let described =
             Described { normalised: Arc::from(normalise(text)), analysis: self.analyses.analyse(&parsable) };
-        let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
-        if raw.len() >= self.capacity {
-            raw.clear();
+        if text.len() <= MAX_CACHED {
+            let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+            if raw.len() >= self.capacity {
+                raw.clear();
+            }
+            raw.insert(Arc::from(text), described.clone());
         }
-        raw.insert(Arc::from(text), described.clone());
         described
     }
 }
@@ -289,6 +304,9 @@ impl AnalysisCache {
             return a.clone();
         }
         let analysis = Arc::new(analyse(text));
+        if text.len() > MAX_CACHED {
+            return analysis;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
             // Crude but bounded: start over (statement sets of applications are small).
@@ -479,9 +497,10 @@ fn url_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Bytes, not `&s[..]`: a '%' followed by a multi-byte character must not split it.
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -514,6 +533,8 @@ mod tests {
         assert_eq!((f.class, f.class_reason.is_some()), ("unknown", true));
         assert_eq!(analyse("do $$ begin perform 1; end $$").class, "unknown");
         assert_eq!(analyse("select from where").class, "unknown");
+        assert_eq!(analyse("éé").class, "unknown", "non-ASCII start is not a panic");
+        assert_eq!(analyse(&"select 1,".repeat(MAX_ANALYSED / 8)).class, "unknown");
         assert_eq!(analyse("explain analyze delete from t").class, "write");
         assert_eq!(analyse("explain delete from t").class, "read");
     }
@@ -572,5 +593,7 @@ mod tests {
         assert_eq!(t["route"], "/api/v1");
         assert!(t["traceparent"].starts_with("00-5bd6"));
         assert!(sqlcommenter_tags("select 1").is_empty());
+        // Malformed escapes are kept as they are, never a panic (a '%' before a 3-byte char).
+        assert_eq!(sqlcommenter_tags("select 1 /*a='%€x',b='%zz',c='%'*/")["a"], "%€x");
     }
 }

@@ -37,21 +37,19 @@ impl Entry {
 /// Every record of the ring from `from_seq`, oldest first (seals included).
 pub fn load(path: &Path, from_seq: u64) -> Result<Vec<Entry>> {
     let ring = RingFile::open(path)?;
-    Ok(ring
-        .records(from_seq)
-        .into_iter()
-        .map(|r| {
-            let mut value: Value =
-                serde_json::from_slice(&r.payload).unwrap_or_else(|_| serde_json::json!({"kind": "unreadable"}));
-            if let Value::Object(map) = &mut value {
-                map.insert("seq".into(), r.seq.into());
-                if r.kind == Kind::Seal {
-                    map.insert("at_ms".into(), r.at_ms.into());
-                }
-            }
-            Entry { seq: r.seq, value }
-        })
-        .collect())
+    Ok(ring.records(from_seq).into_iter().map(entry).collect())
+}
+
+fn entry(r: super::ring::Record) -> Entry {
+    let mut value: Value =
+        serde_json::from_slice(&r.payload).unwrap_or_else(|_| serde_json::json!({"kind": "unreadable"}));
+    if let Value::Object(map) = &mut value {
+        map.insert("seq".into(), r.seq.into());
+        if r.kind == Kind::Seal {
+            map.insert("at_ms".into(), r.at_ms.into());
+        }
+    }
+    Entry { seq: r.seq, value }
 }
 
 /// Filters for `query`.
@@ -239,13 +237,20 @@ pub fn print(entries: &[Entry], output: Output) -> Result<()> {
     Ok(())
 }
 
-/// `tail -f`: prints new records as they are written, until interrupted.
+/// `tail -f`: prints new records as they are written, until interrupted. Follows the chain
+/// from the last record shown rather than rereading the ring.
 pub fn follow(path: &Path, mut next_seq: u64, output: Output) -> Result<()> {
+    let mut cursor: Option<(u64, u64)> = None;
     loop {
-        let fresh = load(path, next_seq)?;
-        let fresh: Vec<Entry> = fresh.into_iter().filter(|e| e.kind() != "seal").collect();
-        if let Some(last) = fresh.last() {
+        let ring = RingFile::open(path)?;
+        let records =
+            cursor.and_then(|(pos, seq)| ring.records_after(pos, seq)).unwrap_or_else(|| ring.records(next_seq));
+        if let Some(last) = records.last() {
+            cursor = Some((last.position, last.seq));
             next_seq = last.seq + 1;
+        }
+        let fresh: Vec<Entry> = records.into_iter().map(entry).filter(|e| e.kind() != "seal").collect();
+        if !fresh.is_empty() {
             print(&fresh, output)?;
         }
         std::thread::sleep(Duration::from_millis(250));

@@ -44,25 +44,32 @@ pub fn spawn(
     std::thread::Builder::new().name(format!("warden-export-{}", exporter.name())).spawn(move || {
         let mut next =
             std::fs::read_to_string(&checkpoint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1);
+        // Position and sequence of the last record taken: the next read follows the chain from
+        // there instead of rescanning the ring.
+        let mut cursor: Option<(u64, u64)> = None;
         let mut backoff = Duration::from_millis(500);
         while !stop.load(Ordering::Relaxed) {
             let records = match RingFile::open(&ring_path) {
-                Ok(ring) => ring.records(next),
+                Ok(ring) => {
+                    cursor.and_then(|(pos, seq)| ring.records_after(pos, seq)).unwrap_or_else(|| ring.records(next))
+                }
                 Err(_) => Vec::new(),
             };
-            let events: Vec<Record> = records.into_iter().filter(|r| r.kind == Kind::Event).take(512).collect();
-            if let Some(first) = events.first()
+            let taken: Vec<Record> = records.into_iter().take(512).collect();
+            if let Some(first) = taken.first()
                 && first.seq > next
             {
                 counters.missed.fetch_add(first.seq - next, Ordering::Relaxed);
             }
-            if events.is_empty() {
+            let Some(last) = taken.last().map(|r| (r.position, r.seq)) else {
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
-            }
-            match exporter.export(&events) {
+            };
+            let events: Vec<Record> = taken.into_iter().filter(|r| r.kind == Kind::Event).collect();
+            match if events.is_empty() { Ok(()) } else { exporter.export(&events) } {
                 Ok(()) => {
-                    next = events.last().map_or(next, |r| r.seq + 1);
+                    cursor = Some(last);
+                    next = last.1 + 1;
                     counters.exported.fetch_add(events.len() as u64, Ordering::Relaxed);
                     let _ = std::fs::write(&checkpoint, next.to_string());
                     backoff = Duration::from_millis(500);

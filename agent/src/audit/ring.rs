@@ -449,7 +449,7 @@ impl RingFile {
             return Err(RingError::NotARing { path: path.to_path_buf() });
         }
         let capacity = u64_at(&map, H_CAPACITY);
-        if map.len() as u64 != HEADER_SIZE + capacity {
+        if capacity < MIN_CAPACITY || map.len() as u64 != HEADER_SIZE + capacity {
             return Err(RingError::NotARing { path: path.to_path_buf() });
         }
         Ok(Self {
@@ -492,6 +492,29 @@ impl RingFile {
         all.extend(rest);
         all.retain(|r| r.seq >= from_seq);
         all
+    }
+
+    /// The records after one already read (its position and sequence number), following the
+    /// chain: what a follower reads without rescanning the ring. `None` when that record is no
+    /// longer there (overwritten): start again with `records`.
+    pub fn records_after(&self, position: u64, seq: u64) -> Option<Vec<Record>> {
+        let reader = self.reader();
+        let (pos, first) = reader.record_at(position)?;
+        if first.seq != seq {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut last_seq = seq;
+        let mut next = pos + align8(RECORD_HEADER as u64 + first.payload.len() as u64);
+        while let Some((p, r)) = reader.record_at(next) {
+            if r.seq != last_seq + 1 || p >= pos + self.capacity {
+                break;
+            }
+            next = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
+            last_seq = r.seq;
+            out.push(r);
+        }
+        Some(out)
     }
 
     pub fn overwritten(&self) -> u64 {
@@ -575,6 +598,10 @@ mod tests {
         assert_eq!(records.len(), 100);
         assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1 && r.payload == payload(r.seq)));
         assert!(file.verify().problems.is_empty());
+        let tenth = &records[9];
+        let after = file.records_after(tenth.position, tenth.seq).unwrap();
+        assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), (11..=100).collect::<Vec<_>>());
+        assert!(file.records_after(tenth.position, 999).is_none(), "a stale cursor is refused");
     }
 
     #[test]
@@ -657,6 +684,12 @@ mod tests {
         std::fs::write(&path, b"not a ring at all").unwrap();
         assert!(matches!(Ring::open(&path, MIN_CAPACITY), Err(RingError::NotARing { .. })));
         assert!(RingFile::open(&path).is_err());
+        let path = temp("zero");
+        let mut header = vec![0u8; HEADER_SIZE as usize];
+        header[..8].copy_from_slice(MAGIC_FILE);
+        header[H_VERSION..H_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
+        std::fs::write(&path, header).unwrap();
+        assert!(RingFile::open(&path).is_err(), "a zero-capacity header is refused, not divided by");
         let path = temp("cap");
         Ring::open(&path, MIN_CAPACITY).unwrap();
         assert!(matches!(Ring::open(&path, 2 * MIN_CAPACITY), Err(RingError::CapacityMismatch { .. })));

@@ -39,11 +39,18 @@ pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
     database: Arc<str>,
+    /// The statement boundaries of the simple-query string being answered: split once per
+    /// string, not once per statement (a 10,000-statement string would otherwise be rescanned
+    /// 10,000 times).
+    split: std::sync::Mutex<Option<SplitString>>,
 }
+
+/// A simple-query string and the byte ranges of its statements.
+type SplitString = (Arc<str>, Vec<std::ops::Range<usize>>);
 
 impl SessionAudit {
     pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
-        Self { shared, session, database: Arc::from(database) }
+        Self { shared, session, database: Arc::from(database), split: std::sync::Mutex::new(None) }
     }
 
     fn record(
@@ -57,14 +64,7 @@ impl SessionAudit {
     ) {
         // A simple query string holding several statements: this record is for the current one.
         let sql = match (protocol, running) {
-            (QueryProtocol::Simple, Some(r)) => {
-                if full.contains(';') {
-                    let parts = split_statements(full);
-                    if parts.len() > 1 { parts.get(r.completed as usize).copied().unwrap_or(full) } else { full }
-                } else {
-                    full
-                }
-            }
+            (QueryProtocol::Simple, Some(r)) if full.contains(';') => self.nth_statement(&r.sql, r.completed as usize),
             _ => full,
         };
         let described = self.shared.descriptions.describe(sql);
@@ -113,6 +113,31 @@ impl SessionAudit {
             tags: sqlcommenter_tags(full),
         };
         self.shared.log.record(Event::Statement(Box::new(statement)));
+    }
+}
+
+impl SessionAudit {
+    /// Statement `n` of a simple-query string (the whole string if it holds only one).
+    fn nth_statement<'a>(&self, full: &'a Arc<str>, n: usize) -> &'a str {
+        let mut split = self.split.lock().unwrap_or_else(|p| p.into_inner());
+        let ranges = match &*split {
+            Some((text, ranges)) if Arc::ptr_eq(text, full) => ranges,
+            _ => {
+                let base = full.as_ptr() as usize;
+                let ranges = split_statements(full)
+                    .into_iter()
+                    .map(|part| {
+                        let start = part.as_ptr() as usize - base;
+                        start..start + part.len()
+                    })
+                    .collect();
+                &split.insert((full.clone(), ranges)).1
+            }
+        };
+        match ranges.get(n) {
+            Some(range) if ranges.len() > 1 => &full[range.clone()],
+            _ => full,
+        }
     }
 }
 
