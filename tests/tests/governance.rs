@@ -296,3 +296,32 @@ fn a_malformed_config_names_file_line_and_expectation() {
         "{err}"
     );
 }
+
+#[test]
+fn another_tcp_protocol_is_relayed_with_connection_records() {
+    use std::io::{Read as _, Write as _};
+    // A line-echo server standing in for a database without a protocol module.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut conn, peer) = server.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap();
+        conn.write_all(&buf[..n]).unwrap();
+        peer
+    });
+    let agent = Agent::start(&format!("  - {{name: cache, address: '127.0.0.1:{port}', protocol: tcp}}"));
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"PING\r\n").unwrap();
+    let mut reply = [0u8; 6];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"PING\r\n");
+    drop(client);
+    let server_saw = echo.join().unwrap();
+    let open = agent.wait_record("open", |r| r["kind"] == "connection_open" && r["database"] == "cache");
+    // The server's peer is the agent's upstream socket: the bytes went through the proxy.
+    assert_eq!(open["upstream_local"], server_saw.to_string());
+    assert_eq!(open["identity"]["pid"], std::process::id());
+    let close = agent.wait_record("close", |r| r["kind"] == "connection_close");
+    assert_eq!((close["bytes_from_client"].as_u64(), close["bytes_from_server"].as_u64()), (Some(6), Some(6)));
+}

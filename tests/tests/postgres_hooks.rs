@@ -72,7 +72,7 @@ async fn serve(pg_port: u16, hooks: Arc<TestHooks>) -> SocketAddr {
     let yaml = format!("databases:\n  - {{name: main, address: '127.0.0.1:{pg_port}', tls: {{mode: disable}}}}\n");
     let config = Config::parse(Path::new("test.yaml"), &yaml).expect("config");
     let ctx = Arc::new(SessionContext {
-        database: config.databases[0].clone(),
+        database: Arc::new(config.databases[0].clone()),
         database_index: 0,
         orig_dst: OrigDst(format!("127.0.0.1:{pg_port}").parse().unwrap()),
         upstream_mark: 0,

@@ -19,6 +19,7 @@ use std::{
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use self::postgres::SessionReport;
 use crate::{
     audit::{AuditLog, Event, SessionId},
     cgroup::CgroupId,
@@ -116,26 +117,26 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let session = shared.sessions.next();
     let started = Instant::now();
     let _ = client.set_nodelay(true);
-    let open = |r: SessionOpen| {
+    let open = |r: &SessionReport| {
         shared.audit.record(Event::ConnectionOpen {
             session,
             database: db.name.clone(),
             orig_dst: orig_dst.0,
             client: peer.0,
             upstream_local: r.upstream_local,
-            db_user: r.db_user,
-            db_name: r.db_name,
-            application_name: r.application_name,
+            db_user: r.db_user.clone(),
+            db_name: r.db_name.clone(),
+            application_name: r.application_name.clone(),
             client_tls: r.client_tls,
             upstream_tls: r.upstream_tls,
             cancel_request: r.cancel_request,
             identity: identity.clone(),
         })
     };
-    let close = match db.protocol {
+    let report = match db.protocol {
         Protocol::Postgres => {
             let ctx = postgres::SessionContext {
-                database: db.clone(),
+                database: Arc::new(db.clone()),
                 database_index,
                 orig_dst,
                 upstream_mark: shared.upstream_mark,
@@ -156,50 +157,24 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                 },
                 cancels: shared.cancels.clone(),
             };
-            let report = postgres::run(&ctx, client, |r| {
-                open(SessionOpen {
-                    upstream_local: r.upstream_local,
-                    db_user: r.db_user.clone(),
-                    db_name: r.db_name.clone(),
-                    application_name: r.application_name.clone(),
-                    client_tls: r.client_tls,
-                    upstream_tls: r.upstream_tls,
-                    cancel_request: r.cancel_request,
-                })
-            })
-            .await;
+            let report = postgres::run(&ctx, client, open).await;
             if let Some(error) = &report.error {
                 tracing::debug!(database = %db.name, %orig_dst, %error, "session ended with an error");
             }
-            (report.bytes_from_client, report.bytes_from_server, report.statements, report.rows, report.error)
+            report
         }
-        Protocol::Tcp => {
-            let (c, s, error) = relay_bytes(&shared, db, orig_dst, client, open).await;
-            (c, s, 0, 0, error)
-        }
+        Protocol::Tcp => relay_bytes(&shared, db, orig_dst, client, open).await,
     };
     shared.audit.record(Event::ConnectionClose {
         session,
         database: db.name.clone(),
-        bytes_from_client: close.0,
-        bytes_from_server: close.1,
-        statements: close.2,
-        rows: close.3,
+        bytes_from_client: report.bytes_from_client,
+        bytes_from_server: report.bytes_from_server,
+        statements: report.statements,
+        rows: report.rows,
         duration_ms: started.elapsed().as_millis() as u64,
-        error: close.4,
+        error: report.error,
     });
-}
-
-/// What is known when the upstream connection opens.
-#[derive(Default)]
-struct SessionOpen {
-    upstream_local: Option<SocketAddr>,
-    db_user: Option<String>,
-    db_name: Option<String>,
-    application_name: Option<String>,
-    client_tls: bool,
-    upstream_tls: bool,
-    cancel_request: bool,
 }
 
 /// Connection-level governance for protocols without a module: relay bytes both ways.
@@ -208,22 +183,25 @@ async fn relay_bytes(
     db: &Database,
     orig_dst: OrigDst,
     mut client: TcpStream,
-    open: impl FnOnce(SessionOpen),
-) -> (u64, u64, Option<String>) {
+    open: impl FnOnce(&SessionReport),
+) -> SessionReport {
+    let mut report = SessionReport::default();
     match connect_upstream(orig_dst, shared.upstream_mark, db.connect_timeout_ms).await {
         Err(err) => {
             tracing::warn!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
-            open(SessionOpen::default());
-            (0, 0, Some(format!("upstream {orig_dst} unreachable: {err}")))
+            open(&report);
+            report.error = Some(format!("upstream {orig_dst} unreachable: {err}"));
         }
         Ok(mut upstream) => {
-            open(SessionOpen { upstream_local: upstream.local_addr().ok(), ..SessionOpen::default() });
+            report.upstream_local = upstream.local_addr().ok();
+            open(&report);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((c, s)) => (c, s, None),
-                Err(err) => (0, 0, Some(format!("relay: {err}"))),
+                Ok((c, s)) => (report.bytes_from_client, report.bytes_from_server) = (c, s),
+                Err(err) => report.error = Some(format!("relay: {err}")),
             }
         }
     }
+    report
 }
 
 /// Connects to the original destination with the agent's mark, so connect4/6 let it through.

@@ -2,16 +2,20 @@
 //! captures) and sending its session's backend process id and secret key; the agent maps that
 //! key to the session's upstream and forwards the request there.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-use crate::flow::OrigDst;
+use crate::{config::Database, flow::OrigDst};
 
 /// Where a session's cancel requests must go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
     pub orig_dst: OrigDst,
-    /// Index of the database in the configuration (for its TLS settings).
-    pub database: usize,
+    /// The session's database (its TLS settings apply to the cancel connection too).
+    pub database: Arc<Database>,
+    pub database_index: usize,
 }
 
 /// Live sessions by backend key.

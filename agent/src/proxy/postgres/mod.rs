@@ -54,7 +54,7 @@ const POISON_SQL: &str = "WARDEN STATEMENT REFUSED";
 
 /// Everything a session needs from the agent.
 pub struct SessionContext {
-    pub database: Database,
+    pub database: Arc<Database>,
     pub database_index: usize,
     pub orig_dst: OrigDst,
     pub upstream_mark: u32,
@@ -229,11 +229,14 @@ async fn connect(ctx: &SessionContext) -> Result<Upstream, SessionError> {
 /// Forwards a CancelRequest to the upstream of the session that owns the key (or, for a key
 /// this agent never saw, to the destination the client dialled: PostgreSQL checks the key).
 async fn forward_cancel(ctx: &SessionContext, packet: &[u8], pid: i32, key: &[u8]) -> Result<(), SessionError> {
-    let target =
-        ctx.cancels.lookup(pid, key).unwrap_or(CancelTarget { orig_dst: ctx.orig_dst, database: ctx.database_index });
-    let cancel_ctx = SessionContext {
+    let target = ctx.cancels.lookup(pid, key).unwrap_or_else(|| CancelTarget {
+        orig_dst: ctx.orig_dst,
         database: ctx.database.clone(),
-        database_index: target.database,
+        database_index: ctx.database_index,
+    });
+    let cancel_ctx = SessionContext {
+        database: target.database,
+        database_index: target.database_index,
         orig_dst: target.orig_dst,
         upstream_mark: ctx.upstream_mark,
         client_tls: None,
@@ -638,7 +641,11 @@ impl ServerToClient<'_> {
                 self.ctx.cancels.register(
                     *pid,
                     key,
-                    CancelTarget { orig_dst: self.ctx.orig_dst, database: self.ctx.database_index },
+                    CancelTarget {
+                        orig_dst: self.ctx.orig_dst,
+                        database: self.ctx.database.clone(),
+                        database_index: self.ctx.database_index,
+                    },
                 );
                 self.registered = Some((*pid, key.to_vec()));
             }
