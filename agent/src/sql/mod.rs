@@ -1,0 +1,934 @@
+//! Statement text for the audit trail: splitting simple-query strings into statements,
+//! literal normalisation, analysis (class by the most consequential effect, the relations
+//! named) and sqlcommenter tags. Splitting and normalising read one tokenizer (`lexer`), which
+//! follows PostgreSQL's own scanner; analysis parses with sqlparser's PostgreSQL dialect, and
+//! results are cached by statement text.
+//!
+//! The policy engine builds on this; until it lands, the class is what the audit records.
+
+mod lexer;
+
+pub use lexer::{LexOptions, Lexer, StringKind, Token, TokenKind};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::{ControlFlow, Range},
+    sync::{Arc, Mutex},
+};
+
+use sqlparser::{
+    ast::{Expr, SetExpr, Statement, visit_expressions, visit_relations},
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+/// Statements longer than this are not parsed (class `unknown`, with the reason).
+pub const MAX_ANALYSED: usize = 1024 * 1024;
+/// Statement texts longer than this are not kept in the description cache.
+const MAX_CACHED: usize = 64 * 1024;
+
+/// What a statement does, as far as the audit trail is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub class: &'static str,
+    pub class_reason: Option<Arc<str>>,
+    pub relations: Arc<[String]>,
+}
+
+fn rank(class: &str) -> u8 {
+    match class {
+        "ddl" => 7,
+        "dcl" => 6,
+        "write" => 5,
+        "unknown" => 4,
+        "read" => 3,
+        "utility" => 2,
+        "session" | "transaction" => 1,
+        _ => 0,
+    }
+}
+
+/// Functions known not to modify data (a call to anything else makes a read `unknown`).
+fn read_only_function(name: &str) -> bool {
+    const SAFE: &[&str] = &[
+        "now",
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "coalesce",
+        "lower",
+        "upper",
+        "length",
+        "md5",
+        "abs",
+        "round",
+        "concat",
+        "substring",
+        "substr",
+        "trim",
+        "repeat",
+        "generate_series",
+        "current_date",
+        "current_timestamp",
+        "date_trunc",
+        "extract",
+        "to_char",
+        "to_timestamp",
+        "array_agg",
+        "string_agg",
+        "json_build_object",
+        "jsonb_build_object",
+        "row_number",
+        "rank",
+        "greatest",
+        "least",
+        "nullif",
+        "encode",
+        "decode",
+        "random",
+        "version",
+        "current_user",
+        "current_database",
+        "inet_client_addr",
+        "inet_client_port",
+        "pg_backend_pid",
+        "pg_sleep",
+        "format",
+        "replace",
+        "split_part",
+        "left",
+        "right",
+        "position",
+        "ceil",
+        "floor",
+        "mod",
+        "array_length",
+        "unnest",
+        "exists",
+        "cast",
+        "date_part",
+        "age",
+        "clock_timestamp",
+        "statement_timestamp",
+    ];
+    let base = name.rsplit('.').next().unwrap_or(name).trim_matches('"').to_ascii_lowercase();
+    SAFE.contains(&base.as_str())
+}
+
+fn classify_one(stmt: &Statement) -> (&'static str, Option<String>) {
+    use Statement as S;
+    match stmt {
+        S::Query(q) => {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    if matches!(
+                        *cte.query.body,
+                        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+                    ) {
+                        return ("write", Some(format!("data-modifying CTE {}", cte.alias.name)));
+                    }
+                }
+            }
+            if let SetExpr::Select(select) = &*q.body
+                && select.into.is_some()
+            {
+                return ("ddl", Some("SELECT INTO creates a table".into()));
+            }
+            let mut unknown_fn = None;
+            let _ = visit_expressions(stmt, |e| {
+                if let Expr::Function(f) = e {
+                    let name = f.name.to_string();
+                    if !read_only_function(&name) {
+                        unknown_fn = Some(name);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            match unknown_fn {
+                Some(name) => ("unknown", Some(format!("calls {name}, not known to be read-only"))),
+                None => ("read", None),
+            }
+        }
+        S::Insert(_) | S::Update { .. } | S::Delete(_) | S::Merge { .. } => ("write", None),
+        S::Copy { to, .. } => {
+            if *to {
+                ("read", None)
+            } else {
+                ("write", None)
+            }
+        }
+        S::Truncate { .. } => ("ddl", Some("TRUNCATE removes all rows".into())),
+        S::CreateTable(_)
+        | S::CreateIndex(_)
+        | S::CreateView { .. }
+        | S::CreateSchema { .. }
+        | S::CreateDatabase { .. }
+        | S::CreateFunction(_)
+        | S::CreateExtension { .. }
+        | S::CreateSequence { .. }
+        | S::CreateType { .. }
+        | S::AlterTable { .. }
+        | S::AlterIndex { .. }
+        | S::AlterView { .. }
+        | S::Drop { .. }
+        | S::DropFunction { .. } => ("ddl", None),
+        S::Grant { .. } | S::Revoke { .. } | S::CreateRole { .. } | S::AlterRole { .. } => ("dcl", None),
+        S::StartTransaction { .. }
+        | S::Commit { .. }
+        | S::Rollback { .. }
+        | S::Savepoint { .. }
+        | S::ReleaseSavepoint { .. } => ("transaction", None),
+        S::Set(_) | S::ShowVariable { .. } | S::Discard { .. } | S::Reset(_) => ("session", None),
+        S::Explain { analyze, statement, .. } => {
+            if *analyze {
+                let (class, reason) = classify_one(statement);
+                (class, reason.or_else(|| Some("EXPLAIN ANALYZE executes the statement".into())))
+            } else {
+                ("read", None)
+            }
+        }
+        S::Call(f) => ("unknown", Some(format!("CALL {}", f.name))),
+        S::Execute { name, .. } => (
+            "unknown",
+            Some(format!("EXECUTE of prepared statement {}", name.as_ref().map(|n| n.to_string()).unwrap_or_default())),
+        ),
+        _ => ("utility", None),
+    }
+}
+
+/// Analyses a (possibly multi-statement) string; the class is the most consequential one.
+/// Statement boundaries are checked with `standard_conforming_strings` on: pass normalised text
+/// (as [`DescriptionCache`] does), whose strings are all `'?'` and so lex alike either way.
+pub fn analyse(text: &str) -> Analysis {
+    if text.len() > MAX_ANALYSED {
+        // Bulk loads as one statement: parsing them would stall the session for no insight.
+        return Analysis {
+            class: "unknown",
+            class_reason: Some(Arc::from(format!("{} bytes: too large to analyse", text.len()))),
+            relations: Arc::from(Vec::new()),
+        };
+    }
+    let trimmed = text.trim_start().as_bytes();
+    if trimmed.len() >= 3
+        && trimmed[..2].eq_ignore_ascii_case(b"do")
+        && (trimmed[2].is_ascii_whitespace() || trimmed[2] == b'$')
+    {
+        return Analysis {
+            class: "unknown",
+            class_reason: Some("DO runs arbitrary procedural code".into()),
+            relations: Arc::from(Vec::new()),
+        };
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        Ok(s) => s,
+        Err(e) => {
+            return Analysis {
+                class: "unknown",
+                class_reason: Some(Arc::from(format!("not parsed: {e}"))),
+                relations: Arc::from(Vec::new()),
+            };
+        }
+    };
+    // sqlparser's lexer is not PostgreSQL's: where they disagree about statement boundaries, the
+    // parsed statements are not the ones that will run, and their class means nothing.
+    let split = split_statements(text).len();
+    if split != statements.len() {
+        return Analysis {
+            class: "unknown",
+            class_reason: Some(Arc::from(format!(
+                "{split} statements by PostgreSQL's lexical rules, {} as parsed",
+                statements.len()
+            ))),
+            relations: Arc::from(Vec::new()),
+        };
+    }
+    let mut class = "";
+    let mut reason = None;
+    let mut relations = Vec::new();
+    for stmt in &statements {
+        let (c, r) = classify_one(stmt);
+        if rank(c) > rank(class) {
+            class = c;
+            reason = r;
+        }
+        let _ = visit_relations(stmt, |name| {
+            let name = name.to_string();
+            if !relations.contains(&name) {
+                relations.push(name);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    Analysis {
+        class: if class.is_empty() { "utility" } else { class },
+        class_reason: reason.map(Arc::from),
+        relations: Arc::from(relations),
+    }
+}
+
+/// A statement text as the audit trail records it: normalised, and analysed.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Literals replaced by `?`.
+    pub normalised: Arc<str>,
+    pub analysis: Arc<Analysis>,
+}
+
+/// Descriptions by raw statement text (prepared statements repeat their text exactly: no
+/// lexing or parsing on the hot path), over analyses by normalised text (simple queries that
+/// differ only in literals share one parse).
+pub struct DescriptionCache {
+    /// Indexed by `standard_conforming_strings`: the same text can lex differently under each.
+    raw: Mutex<[HashMap<Arc<str>, Described>; 2]>,
+    analyses: AnalysisCache,
+    capacity: usize,
+}
+
+impl DescriptionCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { raw: Mutex::new([HashMap::new(), HashMap::new()]), analyses: AnalysisCache::new(capacity), capacity }
+    }
+
+    /// Describes a statement lexed with `standard_conforming_strings` on.
+    pub fn describe(&self, text: &str) -> Described {
+        self.describe_with(text, LexOptions::default())
+    }
+
+    /// Describes a statement lexed under the session's settings.
+    pub fn describe_with(&self, text: &str, options: LexOptions) -> Described {
+        let slot = usize::from(options.standard_conforming_strings);
+        if let Some(d) = self.raw.lock().unwrap_or_else(|p| p.into_inner())[slot].get(text) {
+            return d.clone();
+        }
+        // Normalised text lexes the same under either setting (its strings are all `'?'`), so
+        // analyses are shared.
+        let parsable: Arc<str> = Arc::from(normalise_for_analysis_with_options(text, options));
+        let described = Described {
+            normalised: Arc::from(normalise_with_options(text, options)),
+            analysis: self.analyses.analyse(&parsable),
+        };
+        if text.len() <= MAX_CACHED {
+            let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+            let raw = &mut raw[slot];
+            if raw.len() >= self.capacity {
+                raw.clear();
+            }
+            raw.insert(Arc::from(text), described.clone());
+        }
+        described
+    }
+}
+
+/// A bounded cache of analyses by statement text.
+pub struct AnalysisCache {
+    entries: Mutex<HashMap<Arc<str>, Arc<Analysis>>>,
+    capacity: usize,
+}
+
+impl AnalysisCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    pub fn analyse(&self, text: &Arc<str>) -> Arc<Analysis> {
+        if let Some(a) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+            return a.clone();
+        }
+        let analysis = Arc::new(analyse(text));
+        if text.len() > MAX_CACHED {
+            return analysis;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            // Crude but bounded: start over (statement sets of applications are small).
+            entries.clear();
+        }
+        entries.insert(text.clone(), analysis.clone());
+        analysis
+    }
+}
+
+/// Replaces literals (strings, escape/bit/hex/Unicode strings, dollar-quoted strings, numbers)
+/// with `?`, leaving identifiers, keywords, parameters (`$1`) and comments;
+/// `standard_conforming_strings` on.
+pub fn normalise(text: &str) -> String {
+    normalise_with(text, "?", LexOptions::default())
+}
+
+/// [`normalise`] under the session's lexical settings.
+pub fn normalise_with_options(text: &str, options: LexOptions) -> String {
+    normalise_with(text, "?", options)
+}
+
+/// The normalised form that still parses (literals become `'?'`), for analysis and its cache.
+pub fn normalise_for_analysis(text: &str) -> String {
+    normalise_with(text, "'?'", LexOptions::default())
+}
+
+/// [`normalise_for_analysis`] under the session's lexical settings.
+pub fn normalise_for_analysis_with_options(text: &str, options: LexOptions) -> String {
+    normalise_with(text, "'?'", options)
+}
+
+/// Splits a simple-query string into its statements at top-level semicolons (not inside
+/// quotes, dollar quotes or comments), with `standard_conforming_strings` on.
+pub fn split_statements(text: &str) -> Vec<&str> {
+    split_statements_with(text, LexOptions::default())
+}
+
+/// Splits a simple-query string into its statements as the server will: at semicolon tokens.
+///
+/// Statements the server does not see are dropped: empty ones and those of comments only (an
+/// extra statement here would shift every later one, so the audit would record the text of one
+/// statement against the execution of the next). A statement keeps the comments before it
+/// (after the previous semicolon), and comments after the last statement belong to it
+/// (sqlcommenter appends its comment after the semicolon too). Leading and trailing whitespace
+/// is not part of a statement.
+pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    // The current statement: from its first non-whitespace token to its last one so far.
+    let mut current: Option<Range<usize>> = None;
+    let mut has_code = false;
+    let mut tail_end = None;
+    for token in Lexer::new(text, options) {
+        match token.kind {
+            TokenKind::Whitespace => {}
+            TokenKind::Semicolon => {
+                if let Some(stmt) = current.take().filter(|_| has_code) {
+                    out.push(stmt);
+                }
+                has_code = false;
+            }
+            kind => {
+                let stmt = current.get_or_insert(token.start..token.end);
+                stmt.end = token.end;
+                has_code |= !kind.is_comment();
+                tail_end = Some(token.end);
+            }
+        }
+    }
+    match current {
+        Some(stmt) if has_code => out.push(stmt),
+        // Only comments after the last statement: they are part of it.
+        _ => {
+            if let (Some(last), Some(end)) = (out.last_mut(), tail_end) {
+                last.end = end;
+            }
+        }
+    }
+    out.into_iter().map(|r| &text[r]).collect()
+}
+
+fn normalise_with(text: &str, placeholder: &str, options: LexOptions) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut lexer = Lexer::new(text, options);
+    while let Some(token) = lexer.next() {
+        let mut end = token.end;
+        match token.kind {
+            TokenKind::StringLiteral(StringKind::Unicode) => {
+                // `U&'...' UESCAPE '!'` is one constant to the parser: one placeholder.
+                if let Some((after, clause_end)) = uescape_clause(text, &lexer) {
+                    lexer = after;
+                    end = clause_end;
+                }
+            }
+            TokenKind::QuotedIdentifier { unicode: true } => {
+                // The escape character of an identifier is not data: keep the clause as it is.
+                if let Some((after, _)) = uescape_clause(text, &lexer) {
+                    lexer = after;
+                }
+                continue;
+            }
+            kind if kind.is_literal() => {}
+            _ => continue,
+        }
+        out.push_str(&text[copied..token.start]);
+        // Keep the placeholder a token of its own: `b'1''x'` must not become `'?''?'` (one
+        // string) nor `x.5` become `x'?'` (a hex string) to the parser that reads the result.
+        if out
+            .bytes()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'\'' | b'&' | b'?') || c >= 0x80)
+        {
+            out.push(' ');
+        }
+        out.push_str(placeholder);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// A `UESCAPE '<char>'` clause right after a `U&` string or identifier (the parser joins the
+/// three tokens; `parser.c` looks ahead for it): the lexer past it, and where it ends. Each
+/// byte looked at here is lexed at most once more when there is no such clause.
+fn uescape_clause<'a>(text: &str, lexer: &Lexer<'a>) -> Option<(Lexer<'a>, usize)> {
+    let mut ahead = lexer.clone();
+    let word = ahead.next_significant()?;
+    if word.kind != TokenKind::Identifier || !text[word.range()].eq_ignore_ascii_case("uescape") {
+        return None;
+    }
+    let escape = ahead.next_significant()?;
+    matches!(escape.kind, TokenKind::StringLiteral(StringKind::Plain | StringKind::Escape))
+        .then_some((ahead, escape.end))
+}
+
+/// How far from the end of a statement text a sqlcommenter comment is looked for.
+const MAX_TAGS_TAIL: usize = 8 * 1024;
+
+/// Tags of a trailing sqlcommenter comment: `... /*key='value',traceparent='00-..'*/`, keys and
+/// values URL-encoded. Only the last `MAX_TAGS_TAIL` bytes are read: the audit asks for the tags
+/// of a simple-query string once per statement in it, so reading the whole text each time would
+/// make a string of many statements quadratic. (The comment is the client's own claim, so there
+/// is nothing to gain from lexing the whole text to confirm it is one.)
+pub fn sqlcommenter_tags(text: &str) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    let mut from = text.len().saturating_sub(MAX_TAGS_TAIL);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let trimmed = text[from..].trim_end().trim_end_matches(';').trim_end();
+    let Some(body) = trimmed.strip_suffix("*/") else { return tags };
+    let Some(start) = body.rfind("/*") else { return tags };
+    for pair in body[start + 2..].split(',') {
+        let Some((k, v)) = pair.split_once('=') else { continue };
+        let v = v.trim();
+        let Some(v) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else { continue };
+        let key = url_decode(k.trim());
+        if !key.is_empty() {
+            tags.insert(key, url_decode(&v.replace("\\'", "'")));
+        }
+    }
+    tags
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // Bytes, not `&s[..]`: a '%' followed by a multi-byte character must not split it.
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_most_consequential_effect() {
+        assert_eq!(analyse("select * from orders where id = 1").class, "read");
+        assert_eq!(analyse("insert into t values (1)").class, "write");
+        let cte = analyse("with d as (delete from orders returning *) select count(*) from d");
+        assert_eq!(cte.class_reason.as_deref(), Some("data-modifying CTE d"));
+        assert_eq!(cte.class, "write", "{cte:?}");
+        assert_eq!(analyse("copy orders to stdout").class, "read");
+        assert_eq!(analyse("copy orders from stdin").class, "write");
+        assert_eq!(analyse("select 1; drop table orders").class, "ddl");
+        assert_eq!(analyse("grant select on t to bob").class, "dcl");
+        assert_eq!(analyse("begin").class, "transaction");
+        assert_eq!(analyse("set search_path = x").class, "session");
+        let f = analyse("select pg_terminate_backend(42)");
+        assert_eq!((f.class, f.class_reason.is_some()), ("unknown", true));
+        assert_eq!(analyse("do $$ begin perform 1; end $$").class, "unknown");
+        assert_eq!(analyse("select from where").class, "unknown");
+        assert_eq!(analyse("éé").class, "unknown", "non-ASCII start is not a panic");
+        assert_eq!(analyse(&"select 1,".repeat(MAX_ANALYSED / 8)).class, "unknown");
+        assert_eq!(analyse("explain analyze delete from t").class, "write");
+        assert_eq!(analyse("explain delete from t").class, "read");
+    }
+
+    #[test]
+    fn relations_named() {
+        let a = analyse("select o.id from public.orders o join customers c on c.id = o.customer_id");
+        assert_eq!(&*a.relations, &["public.orders".to_string(), "customers".to_string()]);
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            normalise("select * from t where a = 'x''y' and b = 42 and c = $1"),
+            "select * from t where a = ? and b = ? and c = $1"
+        );
+        assert_eq!(normalise("select E'a\\'b', X'ff', 1.5e3, t1.c2 from t1"), "select ?, ?, ?, t1.c2 from t1");
+        assert_eq!(normalise("select $tag$ secret ' $tag$, $$x$$"), "select ?, ?");
+        assert_eq!(
+            normalise("select \"col 1\" /* keep 'me' */ -- and 'me'\n, 7"),
+            "select \"col 1\" /* keep 'me' */ -- and 'me'\n, ?"
+        );
+        assert_eq!(normalise("select U&'d\\0061t'"), "select ?");
+    }
+
+    #[test]
+    fn normalised_for_analysis_still_parses() {
+        let n = normalise_for_analysis("insert into t values (1, 'x', E'y') returning id");
+        assert_eq!(n, "insert into t values ('?', '?', '?') returning id");
+        assert_eq!(analyse(&n).class, "write");
+    }
+
+    #[test]
+    fn simple_query_strings_split_into_statements() {
+        assert_eq!(
+            split_statements("select 1; select ';' ; ;select $$a;b$$ /* ; */"),
+            vec!["select 1", "select ';'", "select $$a;b$$ /* ; */"]
+        );
+        assert_eq!(
+            split_statements("insert into t values (1); select 2; /*app='x'*/"),
+            vec!["insert into t values (1)", "select 2; /*app='x'*/"]
+        );
+        assert_eq!(
+            split_statements("select 'it''s'; -- c;\nselect \"a;b\""),
+            vec!["select 'it''s'", "-- c;\nselect \"a;b\""]
+        );
+        assert!(split_statements(" ; ").is_empty());
+    }
+
+    #[test]
+    fn statements_hide_nowhere_postgresql_does_not_hide_them() {
+        const ON: LexOptions = LexOptions { standard_conforming_strings: true };
+        const OFF: LexOptions = LexOptions { standard_conforming_strings: false };
+        // (text, standard_conforming_strings, the statements PostgreSQL runs)
+        let cases: &[(&str, LexOptions, &[&str])] = &[
+            // {ident_cont} includes `$`: `x$a$` is an identifier, not the start of a dollar quote.
+            ("select 1 as x$a$; drop table t; --$a$", ON, &["select 1 as x$a$", "drop table t; --$a$"]),
+            ("select é$a$; drop table t", ON, &["select é$a$", "drop table t"]),
+            ("select $a$;$a$; select 2", ON, &["select $a$;$a$", "select 2"]),
+            // A number cannot continue into `$`: here the dollar quote is real.
+            ("select 1$a$; drop table t; --$a$", ON, &["select 1$a$; drop table t; --$a$"]),
+            // Tags are case-sensitive; a failed candidate gives back its final `$`.
+            ("select $A$;$a$; drop table t; --$A$", ON, &["select $A$;$a$; drop table t; --$A$"]),
+            ("select $a$$b$a$; drop table t", ON, &["select $a$$b$a$", "drop table t"]),
+            // Block comments nest.
+            ("/* /* */ ; */ select 1", ON, &["/* /* */ ; */ select 1"]),
+            ("select /*/ ; drop table t */ 1", ON, &["select /*/ ; drop table t */ 1"]),
+            // A line comment ends at \r as well as \n; a comment start ends an operator.
+            ("select 1; --x\rdrop table t", ON, &["select 1", "--x\rdrop table t"]),
+            ("select 1 @--x\n; drop table t", ON, &["select 1 @--x", "drop table t"]),
+            // standard_conforming_strings decides whether `\'` ends a plain string.
+            ("select 'a\\'; drop table t; --'", ON, &["select 'a\\'", "drop table t; --'"]),
+            ("select 'a\\'; drop table t; --'", OFF, &["select 'a\\'; drop table t; --'"]),
+            ("select 'a\\''; drop table t; --'", ON, &["select 'a\\''; drop table t; --'"]),
+            ("select 'a\\''; drop table t; --'", OFF, &["select 'a\\''", "drop table t; --'"]),
+            ("select n'a\\'; drop table t; --'", OFF, &["select n'a\\'; drop table t; --'"]),
+            // E'' always takes escapes; U&'' never does.
+            ("select e'\\\\'; drop table t", ON, &["select e'\\\\'", "drop table t"]),
+            ("select E'a\\'; drop table t; --'", ON, &["select E'a\\'; drop table t; --'"]),
+            ("select U&'a\\'; drop table t; --'", ON, &["select U&'a\\'", "drop table t; --'"]),
+            ("select U&\"a;b\"", ON, &["select U&\"a;b\""]),
+            ("select \"a\"\"; drop table t; --\"", ON, &["select \"a\"\"; drop table t; --\""]),
+            // A continued literal keeps its escape rules: the second part is still E''.
+            ("select E'a'\n'b\\'; drop table t; --'", ON, &["select E'a'\n'b\\'; drop table t; --'"]),
+            ("select 'a'\n'b\\'; drop table t; --'", ON, &["select 'a'\n'b\\'", "drop table t; --'"]),
+            // Bit strings have no '' doubling: the second quote opens a plain string, which
+            // takes escapes when standard_conforming_strings is off.
+            ("select b'1''\\'; drop table t; --'", OFF, &["select b'1''\\'; drop table t; --'"]),
+            ("select b'1''\\'; drop table t; --'", ON, &["select b'1''\\'", "drop table t; --'"]),
+            // Empty and comment-only statements are not statements.
+            ("select 1; /* c */; select 2", ON, &["select 1", "select 2"]),
+            ("; ;select 1;;", ON, &["select 1"]),
+            ("/* only a comment */", ON, &[]),
+            // Unterminated constructs run to the end, where the server fails the whole string.
+            ("select 1; select 'x; drop table t", ON, &["select 1", "select 'x; drop table t"]),
+            ("select 1; select $q$; drop table t", ON, &["select 1", "select $q$; drop table t"]),
+        ];
+        for (text, options, expected) in cases {
+            assert_eq!(&split_statements_with(text, *options), expected, "{text:?} with {options:?}");
+        }
+    }
+
+    #[test]
+    fn comments_after_the_last_statement_belong_to_it() {
+        assert_eq!(split_statements("select 1; -- trailing"), vec!["select 1; -- trailing"]);
+        assert_eq!(split_statements("select 1; /*a='b'*/;\n"), vec!["select 1; /*a='b'*/"]);
+        assert_eq!(split_statements("select 1; /* a */; /* b */ "), vec!["select 1; /* a */; /* b */"]);
+        assert_eq!(split_statements("select 1 /* a */;"), vec!["select 1 /* a */"]);
+    }
+
+    #[test]
+    fn every_literal_kind_is_normalised() {
+        for (text, normalised) in [
+            ("select 'a'\n'b'", "select ?"),
+            ("select 'a' -- c\n 'b', 'c'", "select ?, ?"),
+            ("select 0x1F, 0o17, 0b101, 1_000, 1e-5, .5, 1.5E+3, 1.", "select ?, ?, ?, ?, ?, ?, ?, ?"),
+            ("select t1, x$1, t1.c2, $1, -1, a-1", "select t1, x$1, t1.c2, $1, -?, a-?"),
+            ("select N'x', B'01', X'ff', E'\\'', U&'x', $$y$$", "select ?, ?, ?, ?, ?, ?"),
+            ("select U&'d!0061t' UESCAPE '!', U&\"d!0061t\" uescape '!'", "select ?, U&\"d!0061t\" uescape '!'"),
+            ("select U&'a' uescape", "select ? uescape"),
+            ("select \"it's\" from x$a$", "select \"it's\" from x$a$"),
+            // Adjacent literals stay two tokens.
+            ("select b'1''x', x.5", "select ? ?, x ?"),
+        ] {
+            assert_eq!(normalise(text), normalised, "{text:?}");
+        }
+        let off = LexOptions { standard_conforming_strings: false };
+        assert_eq!(normalise_with_options("select 'a\\'b', 2", off), "select ?, ?");
+        // With it on, `\'` ends the string and `b'` opens a bit string, to the end.
+        assert_eq!(normalise_with_options("select 'a\\'b', 2", LexOptions::default()), "select ? ?");
+        assert_eq!(normalise_for_analysis("select b'1''x'"), "select '?' '?'");
+    }
+
+    #[test]
+    fn analysis_refuses_when_the_parser_sees_other_statements() {
+        // sqlparser understands BEGIN ATOMIC bodies, which contain semicolons; the splitter follows
+        // only PostgreSQL's lexical rules, so the two disagree and the parse is not trusted.
+        let a =
+            analyse("create function f() returns int language sql begin atomic select 1; select 2; end; drop table t");
+        assert_eq!(a.class, "unknown", "{a:?}");
+        assert!(a.class_reason.as_deref().is_some_and(|r| r.contains("4 statements")), "{a:?}");
+    }
+
+    /// Inputs built to make a naive lexer rescan: unique unterminated dollar tags, nesting
+    /// openers, unterminated quotes, escapes, failed quote continuations, operator runs.
+    fn adversarial_inputs() -> Vec<(&'static str, String)> {
+        const MB: usize = 1024 * 1024;
+        fn repeat_to(unit: &str, len: usize) -> String {
+            unit.repeat(len / unit.len())
+        }
+        let mut tags = String::new();
+        for i in 0.. {
+            if tags.len() >= 3 * MB / 2 {
+                break;
+            }
+            tags.push_str(&format!("$t{i}$ "));
+        }
+        vec![
+            ("unique unterminated dollar tags", tags),
+            ("comment nesting openers", repeat_to("/*", MB)),
+            ("quotes, odd count", "'".repeat(MB + 1)),
+            ("one unterminated quote", format!("'{}", "x".repeat(MB))),
+            ("escape string openers", repeat_to("E'\\", MB)),
+            ("line comment openers", repeat_to("--", MB)),
+            ("empty dollar quotes", repeat_to("$$", MB)),
+            ("one dollar quote, many near-miss delimiters", format!("$abc${}", repeat_to("$abd$", MB))),
+            ("lone dollar tags", repeat_to("$a ", MB)),
+            ("failed continuation", format!("'a'{}x", " ".repeat(MB))),
+            ("continued strings", repeat_to("'a'\n", MB)),
+            ("strings then comments", repeat_to("'a' --x\n", MB)),
+            ("sign runs", repeat_to("+-", MB)),
+            ("unicode strings and uescape", repeat_to("U&'' uescape ", MB)),
+            ("unicode identifiers and uescape", repeat_to("U&\"x\" uescape ", MB)),
+            ("radix openers", repeat_to("0x", MB)),
+            ("exponent openers", repeat_to("1e+", MB)),
+            ("quoted identifiers, odd count", "\"".repeat(MB + 1)),
+            ("semicolons", repeat_to(";", MB)),
+        ]
+    }
+
+    /// Bytes read per byte of input, at most. Reads are counted, not timed: a byte is read
+    /// once when lexed, again when peeked at as the next byte, and once more when a lookahead
+    /// (quote continuation, `{dolqfailed}`, a failed dollar delimiter, UESCAPE) gives it back.
+    const READS_PER_BYTE: usize = 4;
+
+    fn reads(f: impl FnOnce()) -> usize {
+        lexer::VISITS.with(|v| v.set(0));
+        f();
+        lexer::VISITS.with(|v| v.get())
+    }
+
+    #[test]
+    fn lexing_is_linear_in_the_input() {
+        for (name, text) in adversarial_inputs() {
+            let bound = READS_PER_BYTE * text.len() + 16;
+            for options in [LexOptions { standard_conforming_strings: false }, LexOptions::default()] {
+                let n = reads(|| {
+                    Lexer::new(&text, options).for_each(drop);
+                });
+                assert!(n <= bound, "{name} ({options:?}): {n} reads for {} bytes", text.len());
+            }
+            let n = reads(|| {
+                split_statements(&text);
+            });
+            assert!(n <= bound, "{name}: splitting read {n} bytes for {}", text.len());
+            let n = reads(|| {
+                normalise(&text);
+            });
+            assert!(n <= bound, "{name}: normalising read {n} bytes for {}", text.len());
+        }
+    }
+
+    #[test]
+    fn tag_lookup_reads_a_bounded_tail() {
+        let many = "select 1;".repeat(100_000);
+        assert!(sqlcommenter_tags(&format!("{many}*/")).is_empty());
+        assert_eq!(sqlcommenter_tags(&format!("{many} /*app='x'*/"))["app"], "x");
+        assert!(sqlcommenter_tags(&format!("/*app='x'*/{}", " ".repeat(MAX_TAGS_TAIL))).is_empty());
+    }
+
+    /// A generated text and what PostgreSQL makes of it, known by construction.
+    struct Generated {
+        text: String,
+        /// Byte ranges of everything but whitespace, comments and semicolons, by statement.
+        statements: Vec<Vec<Range<usize>>>,
+        /// Text that appears only inside string literals.
+        secrets: Vec<String>,
+        /// Text of identifiers and comments, which normalisation keeps.
+        kept: Vec<String>,
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// Characters that end or open something somewhere: the hard part of every kind of body.
+    const NOISE: &[&str] = &[";", "--", "/*", "*/", "$$", "$a$", "\"", "'", "\\", "x$a$", "E'", " ", "\n"];
+
+    fn generate(rng: &mut Rng, options: LexOptions, fragments: usize) -> Generated {
+        let mut g =
+            Generated { text: String::new(), statements: vec![Vec::new()], secrets: Vec::new(), kept: Vec::new() };
+        let mut after_string = false;
+        for n in 0..fragments {
+            let secret = format!("SECRET{n}Z");
+            let mut noise = || -> String { (0..3).map(|_| rng.pick(NOISE)).collect::<Vec<_>>().join("") + &secret };
+            let body = noise();
+            let kind = rng.below(14);
+            // Whitespace with a newline between two string literals continues the first: keep
+            // literals apart (continuation has a fragment of its own).
+            if after_string && matches!(kind, 0 | 10) {
+                push_code(&mut g, "||");
+            }
+            let literal = |quote: &str, backslash: &str| body.replace('\\', backslash).replace('\'', quote);
+            let scs = options.standard_conforming_strings;
+            let (text, is_string) = match kind {
+                0 => (format!("'{}'", literal("''", if scs { "\\" } else { "\\\\" })), true),
+                1 => (format!("E'{}'", literal("\\'", "\\\\")), true),
+                2 => (format!("$q1${body}$q1$"), true),
+                3 => (format!("N'{}'", literal("''", if scs { "\\" } else { "\\\\" })), true),
+                4 => (format!("B'01{secret}'"), true),
+                5 => (format!("X'fF{secret}'"), true),
+                6 => (format!("U&'{}'", literal("''", "\\")), true),
+                7 => (rng.pick(&["1", "42", "1.5e-3", ".5", "0x1F", "1_000", "1e5"]).to_string(), false),
+                8 => {
+                    let name =
+                        rng.pick(&["select", "t1", "x$a$", "é", "_x$1", "e", "u", "$1", "\"a;b\"", "U&\"q\"\"'\""]);
+                    g.kept.push(name.to_string());
+                    (name.to_string(), false)
+                }
+                9 => (rng.pick(&["=", "+", "-", "<>", "@>", "::", ",", "(", ")", "*", "%"]).to_string(), false),
+                10 => (format!("'{secret}'\n'{secret}'"), true),
+                11 => {
+                    g.statements.push(Vec::new());
+                    g.text.push_str(";\n");
+                    continue;
+                }
+                12 => {
+                    let comment = format!("-- {}{secret}", body.replace('\n', " "));
+                    g.kept.push(comment.clone());
+                    g.text.push_str(&comment);
+                    g.text.push('\n');
+                    continue;
+                }
+                _ => {
+                    let inner = body.replace("/*", "/ *").replace("*/", "* /");
+                    let comment = format!("/* {inner} /* nested */ {secret}*/");
+                    g.kept.push(comment.clone());
+                    g.text.push_str(&comment);
+                    g.text.push(rng.pick(&[" ", "\n"]).chars().next().unwrap_or(' '));
+                    continue;
+                }
+            };
+            if is_string {
+                g.secrets.push(secret);
+            }
+            push_code(&mut g, &text);
+            after_string = is_string;
+        }
+        g.statements.retain(|s| !s.is_empty());
+        g
+    }
+
+    fn push_code(g: &mut Generated, text: &str) {
+        let start = g.text.len();
+        g.text.push_str(text);
+        g.text.push(' ');
+        if let Some(current) = g.statements.last_mut() {
+            current.push(start..start + text.len());
+        }
+    }
+
+    #[test]
+    fn generated_mixes_split_and_normalise_as_postgresql_would() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        for round in 0..400 {
+            let options = LexOptions { standard_conforming_strings: round % 2 == 0 };
+            let fragments = 1 + rng.below(40);
+            let g = generate(&mut rng, options, fragments);
+            let text = g.text.as_str();
+            let base = text.as_ptr() as usize;
+            let split: Vec<Range<usize>> = split_statements_with(text, options)
+                .into_iter()
+                .map(|s| {
+                    let start = s.as_ptr() as usize - base;
+                    start..start + s.len()
+                })
+                .collect();
+            assert_eq!(split.len(), g.statements.len(), "statement count of {text:?} ({options:?}): {split:?}");
+            for (statement, fragments) in split.iter().zip(&g.statements) {
+                for fragment in fragments {
+                    assert!(
+                        statement.start <= fragment.start && fragment.end <= statement.end,
+                        "{:?} lost from its statement {:?} in {text:?} ({options:?})",
+                        &text[fragment.clone()],
+                        &text[statement.clone()]
+                    );
+                }
+            }
+            for placeholder_form in
+                [normalise_with_options(text, options), normalise_for_analysis_with_options(text, options)]
+            {
+                for secret in &g.secrets {
+                    assert!(
+                        !placeholder_form.contains(secret.as_str()),
+                        "{secret} survives in {placeholder_form:?} of {text:?}"
+                    );
+                }
+                for kept in &g.kept {
+                    assert!(
+                        placeholder_form.contains(kept.as_str()),
+                        "{kept:?} lost from {placeholder_form:?} of {text:?}"
+                    );
+                }
+                // The normalised text has the same statements, whatever the setting.
+                assert_eq!(split_statements(&placeholder_form).len(), split.len(), "{placeholder_form:?} of {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sqlcommenter_tags_are_read() {
+        let t = sqlcommenter_tags(
+            "select 1 /*application='recsys',route='%2Fapi%2Fv1',traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01'*/;",
+        );
+        assert_eq!(t["application"], "recsys");
+        assert_eq!(t["route"], "/api/v1");
+        assert!(t["traceparent"].starts_with("00-5bd6"));
+        assert!(sqlcommenter_tags("select 1").is_empty());
+        // Malformed escapes are kept as they are, never a panic (a '%' before a 3-byte char).
+        assert_eq!(sqlcommenter_tags("select 1 /*a='%€x',b='%zz',c='%'*/")["a"], "%€x");
+    }
+}
