@@ -35,7 +35,11 @@ pub const STAT_REFUSED: u32 = 3;
 pub const STAT_OBSERVED: u32 = 4;
 pub const STAT_EVENTS_LOST: u32 = 5;
 pub const STAT_FLOWS_RECORDED: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
+/// Flow records handed to an accepted proxy socket.
+pub const STAT_FLOWS_ACCEPTED: u32 = 7;
+/// Flow records dropped because the client's socket closed before the proxy's side existed.
+pub const STAT_FLOWS_ABANDONED: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
 
 /// An IP endpoint. IPv4 addresses are stored v4-mapped (`::ffff:a.b.c.d`) so one key type covers
 /// AF_INET sockets, dual-stack AF_INET6 sockets dialling v4-mapped addresses, and native IPv6.
@@ -132,8 +136,22 @@ pub struct FlowOrigin {
     /// `AF_INET6` with a v4-mapped `orig_dst`).
     pub family: u32,
     pub _pad: u32,
+    /// CLOCK_MONOTONIC when the proxy's side of the connection was established (the record is
+    /// bound to that accepted socket from then on; 0 before).
+    pub established_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowOrigin>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowOrigin>() == 104);
+
+/// A redirected connection as both of its ends see it: the client's local endpoint and the
+/// proxy listener it was sent to. The same 4-tuple is what the proxy's accepted socket reports,
+/// so the kernel can hand the record from the client's socket to the proxy's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub client: Endpoint,
+    pub proxy: Endpoint,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 /// State the agent publishes to the kernel programs (single entry of `AGENT_STATE`).
 #[repr(C)]
@@ -170,7 +188,7 @@ pub struct FlowEvent {
     pub client: Endpoint,
     pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 144);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 152);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -179,6 +197,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointPolicy {}
     unsafe impl aya::Pod for super::FlowOrigin {}
+    unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::AgentState {}
     unsafe impl aya::Pod for super::FlowEvent {}
 }

@@ -1,7 +1,7 @@
 //! Maps shared by the programs. All are pinned by name under the agent's bpffs directory so
 //! that governance (and the flow table) survives an agent restart.
 
-use agent_common::{AgentState, Endpoint, EndpointPolicy, FlowEvent, FlowOrigin, STAT_COUNT};
+use agent_common::{AgentState, Endpoint, EndpointPolicy, FlowEvent, FlowKey, FlowOrigin, STAT_COUNT};
 
 use aya_ebpf::{
     macros::map,
@@ -16,9 +16,16 @@ pub static GOVERNED: HashMap<Endpoint, EndpointPolicy> = HashMap::pinned(1024, 0
 #[map]
 pub static ORIG_BY_COOKIE: LruHashMap<u64, FlowOrigin> = LruHashMap::pinned(65536, 0);
 
-/// Redirected flows by the client's local endpoint, as the proxy sees its peer.
+/// Redirected flows between the client's SYN and the proxy's side of the handshake, by 4-tuple.
+/// Removed when the record moves to `FLOW_BY_ACCEPTED`, or when the client's socket closes
+/// first (a failed or abandoned connect must not leave a record another socket could claim).
 #[map]
-pub static FLOW_BY_CLIENT: LruHashMap<Endpoint, FlowOrigin> = LruHashMap::pinned(65536, 0);
+pub static FLOW_BY_CLIENT: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::pinned(65536, 0);
+
+/// Redirected flows by the cookie of the proxy's accepted socket: the proxy looks its record up
+/// by the identity of the socket it accepted, never by an address another socket could reuse.
+#[map]
+pub static FLOW_BY_ACCEPTED: LruHashMap<u64, FlowOrigin> = LruHashMap::pinned(65536, 0);
 
 /// Observed (not redirected) sockets by kernel socket address, from SYN_SENT until CLOSE.
 #[map]
