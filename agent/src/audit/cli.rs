@@ -1,6 +1,13 @@
 //! `warden audit ...`: read the ring (while the agent writes it, or a copied file offline).
+//!
+//! Records hold text the governed clients chose (statements, user and database names,
+//! application_name, labels, error messages). Table and replay output passes every such field
+//! through `escape_controls`, so a statement cannot move the cursor, retitle or clear the
+//! operator's terminal, or reorder what is shown with bidi overrides. JSON output is left to
+//! serde's escaping.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     io::{IsTerminal as _, Write as _},
     path::Path,
@@ -11,7 +18,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{
-    ring::{Kind, RingFile},
+    SEAL_INTERVAL,
+    ring::{Kind, RingFile, Unsealed, Verification},
     seal::{Seal, load_key},
 };
 
@@ -144,11 +152,46 @@ pub enum Output {
     Json,
 }
 
+/// Whether a character must not reach a terminal as is: C0 controls (all of them, tab and
+/// newline too: a table row is one line), DEL, C1 controls (U+0080..U+009F; some terminals take
+/// U+009B as CSI), and the bidi embeddings, overrides and isolates of "Trojan Source"
+/// (U+202A..U+202E, U+2066..U+2069).
+fn is_unsafe_for_terminal(c: char) -> bool {
+    matches!(c, '\0'..='\x1f' | '\x7f'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text as it may be printed on a terminal: every character `is_unsafe_for_terminal` names
+/// becomes a visible escape (`\n`, `\t`, `\r`, `\x1b` for the other C0 and DEL, `\u{9b}` or
+/// `\u{202e}` for the rest). Backslashes are left alone: SQL text is shown as written.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_for_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c <= '\x7f' && is_unsafe_for_terminal(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_unsafe_for_terminal(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn colour(on: bool, code: &str, text: &str) -> String {
     if on { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
 }
 
+/// The DETAIL column of a record, safe for a terminal: the one place table and replay output
+/// formats record fields.
 fn summary(e: &Entry) -> String {
+    escape_controls(&summary_raw(e)).into_owned()
+}
+
+fn summary_raw(e: &Entry) -> String {
     let v = &e.value;
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     match e.kind() {
@@ -208,7 +251,7 @@ pub fn print(entries: &[Entry], output: Output) -> Result<()> {
         }
         Output::Table => {
             let tty = std::io::stdout().is_terminal();
-            let kind_width = entries.iter().map(|e| e.kind().len()).max().unwrap_or(4).max(4);
+            let kind_width = entries.iter().map(|e| escape_controls(e.kind()).len()).max().unwrap_or(4).max(4);
             writeln!(
                 out,
                 "{}",
@@ -219,7 +262,9 @@ pub fn print(entries: &[Entry], output: Output) -> Result<()> {
                 )
             )?;
             for e in entries {
-                let kind = e.kind();
+                // The kind is the agent's own word, but a ring copied from elsewhere is not.
+                let kind = escape_controls(e.kind());
+                let kind = kind.as_ref();
                 let kind_col = match kind {
                     "statement" if e.value["verdict"]["decision"] == "deny" => {
                         colour(tty, "31", &format!("{kind:<kind_width$}"))
@@ -288,7 +333,7 @@ pub fn replay(entries: &[Entry], session: u64, output: Output) -> Result<()> {
         if error.is_some() {
             errors += 1;
         }
-        println!(
+        let line = format!(
             "#{statements:<4} +{:>8} ms  {:>9.3} ms  {:<11} {:<5} rows={:<7} {}{}",
             e.at_ms().saturating_sub(start),
             e.value["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
@@ -298,6 +343,7 @@ pub fn replay(entries: &[Entry], session: u64, output: Output) -> Result<()> {
             e.value["text"].as_str().unwrap_or(""),
             error.map(|c| format!("   -> error {c}")).unwrap_or_default()
         );
+        println!("{}", escape_controls(&line));
     }
     if let Some(close) = mine.iter().find(|e| e.kind() == "connection_close") {
         println!("closed after {} ms: {}", close.value["duration_ms"], summary(close));
@@ -306,40 +352,143 @@ pub fn replay(entries: &[Entry], session: u64, output: Output) -> Result<()> {
     Ok(())
 }
 
-/// Verifies checksums, the hash chain and (with the key) the seals. Returns the problems.
-pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<super::ring::Verification> {
+/// The longest stretch of record time an unsealed tail may span: the writer seals at least
+/// every `SEAL_INTERVAL` while records arrive, plus slack for a busy writer and clock jitter.
+pub const MAX_UNSEALED_SPAN_MS: u64 = SEAL_INTERVAL.as_millis() as u64 + 5_000;
+
+/// Verifies checksums, the hash chain and (with the key) the seals, and how much of the ring no
+/// genuine seal covers. `problems` are failures; `notices` are not (a live ring or a crash
+/// leaves a short unsealed tail).
+///
+/// A record is covered when its seq is at most the largest `upto_seq` of a seal that checks
+/// (that seal's HMAC pins the chain hash, which commits to every record before it). The event
+/// records after it are the unsealed tail. A tail longer than the writer's `every` records or
+/// spanning more than `MAX_UNSEALED_SPAN_MS` of record time cannot have been left by a writer
+/// that kept sealing: seals were stripped or the chain rewritten after the last genuine one.
+pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
     let ring = RingFile::open(path)?;
     let mut v = ring.verify();
-    if let Some(key_path) = key_path {
-        let key = load_key(key_path)?;
-        let records = ring.records(0);
-        let by_seq: HashMap<u64, &super::ring::Record> = records.iter().map(|r| (r.seq, r)).collect();
-        for r in records.iter().filter(|r| r.kind == Kind::Seal) {
-            let Ok(seal) = serde_json::from_slice::<Seal>(&r.payload) else {
-                v.problems.push(format!("record {}: unreadable seal", r.seq));
-                continue;
-            };
-            match by_seq.get(&seal.upto_seq) {
-                Some(sealed) if key.check(&seal, &sealed.hash) => v.seals_checked += 1,
-                Some(_) => v.problems.push(format!(
-                    "seal {}: does not match records up to {} (altered or forged)",
-                    r.seq, seal.upto_seq
-                )),
-                // The sealed record was overwritten (ring wrap): nothing left to check against.
-                None => {}
-            }
+    let Some(key_path) = key_path else {
+        v.notices.push("no sealing key: seals were not checked".into());
+        return Ok(v);
+    };
+    let key = load_key(key_path)?;
+    v.key = Some(key_path.display().to_string());
+    let records = ring.records(0);
+    let by_seq: HashMap<u64, &super::ring::Record> = records.iter().map(|r| (r.seq, r)).collect();
+    // The newest genuine seal: (upto_seq, every).
+    let mut newest: Option<(u64, u64)> = None;
+    // `every` of any readable seal, for when none checks (a forged one is a problem anyway).
+    let mut every_seen = 0;
+    for r in records.iter().filter(|r| r.kind == Kind::Seal) {
+        let Ok(seal) = serde_json::from_slice::<Seal>(&r.payload) else {
+            v.problems.push(format!("record {}: unreadable seal", r.seq));
+            continue;
+        };
+        if seal.every > 0 {
+            every_seen = seal.every;
         }
+        match by_seq.get(&seal.upto_seq) {
+            Some(sealed) if key.check(&seal, &sealed.hash) => {
+                v.seals_checked += 1;
+                if newest.is_none_or(|(upto, _)| seal.upto_seq > upto) {
+                    newest = Some((seal.upto_seq, seal.every));
+                }
+            }
+            Some(_) => v
+                .problems
+                .push(format!("seal {}: does not match records up to {} (altered or forged)", r.seq, seal.upto_seq)),
+            // The sealed record was overwritten (ring wrap): nothing left to check against.
+            None => {}
+        }
+    }
+    // Seals of earlier versions do not say how often they were made: assume the default.
+    let every = newest
+        .map(|(_, every)| every)
+        .filter(|e| *e > 0)
+        .or((every_seen > 0).then_some(every_seen))
+        .unwrap_or_else(|| crate::config::AuditConfig::default().seal_every);
+    let covered = newest.map_or(0, |(upto, _)| upto);
+    let tail: Vec<&super::ring::Record> = records.iter().filter(|r| r.kind == Kind::Event && r.seq > covered).collect();
+    if let (Some(first), Some(last)) = (tail.first(), tail.last()) {
+        let times = tail.iter().map(|r| r.at_ms);
+        let span_ms = times.clone().max().unwrap_or(0) - times.min().unwrap_or(0);
+        let unsealed = Unsealed { first_seq: first.seq, last_seq: last.seq, records: tail.len() as u64, span_ms };
+        let writer = format!("the writer seals every {every} records and at least every {} s", SEAL_INTERVAL.as_secs());
+        if unsealed.records > every || span_ms > MAX_UNSEALED_SPAN_MS {
+            let cause = match newest {
+                None => "no seal checks, so seals were removed or the ring rewritten".to_string(),
+                Some((upto, _)) => format!(
+                    "the newest genuine seal covers records up to {upto}, so later seals were removed or the \
+                     records after it rewritten"
+                ),
+            };
+            v.problems.push(format!(
+                "{unsealed}, more than a running writer leaves ({writer}; {} s allowed): {cause}",
+                MAX_UNSEALED_SPAN_MS / 1000
+            ));
+        } else {
+            v.notices.push(format!("{unsealed} ({writer}: a live ring or a crash leaves such a tail)"));
+        }
+        v.unsealed = Some(unsealed);
     }
     Ok(v)
 }
 
-/// Counts and sizes.
+/// Prints the outcome of `verify`: JSON, or a summary, its notices and its problems.
+pub fn print_verification(v: &Verification, output: Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if output == Output::Json {
+        writeln!(out, "{}", serde_json::to_string(v)?)?;
+        return Ok(());
+    }
+    // Without a key, a notice says the seals were not checked.
+    writeln!(out, "{} records, {} seals checked", v.records, v.seals_checked)?;
+    for notice in &v.notices {
+        writeln!(out, "notice: {notice}")?;
+    }
+    for problem in &v.problems {
+        writeln!(out, "PROBLEM: {problem}")?;
+    }
+    writeln!(out, "{}", if v.problems.is_empty() { "ok" } else { "FAILED" })?;
+    Ok(())
+}
+
+/// What the `audit_flood` records still in the ring say about one identity.
+#[derive(Debug, Default, serde::Serialize)]
+struct FloodTotals {
+    condensed: u64,
+    dropped: u64,
+    written_bytes: u64,
+    /// Summaries (one per window in which it went over its share, and one at shutdown).
+    summaries: u64,
+    first_at: String,
+    last_at: String,
+}
+
+/// Counts and sizes, and per identity what fair shares condensed or dropped (`floods`, from the
+/// `audit_flood` records still in the ring). Those drops are not in `lost`, which counts only
+/// records the agent failed to keep (queue full, write errors).
 pub fn stats(path: &Path) -> Result<Value> {
     let ring = RingFile::open(path)?;
     let entries = load(path, 0)?;
     let mut by_kind: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut floods: std::collections::BTreeMap<String, FloodTotals> = std::collections::BTreeMap::new();
     for e in &entries {
         *by_kind.entry(e.kind().to_string()).or_default() += 1;
+        if e.kind() == "audit_flood" {
+            let v = &e.value;
+            let identity = v["identity"].as_str().unwrap_or("?").to_string();
+            let totals = floods.entry(identity).or_default();
+            totals.condensed += v["condensed"].as_u64().unwrap_or(0);
+            totals.dropped += v["dropped"].as_u64().unwrap_or(0);
+            totals.written_bytes += v["written_bytes"].as_u64().unwrap_or(0);
+            totals.summaries += 1;
+            if totals.first_at.is_empty() {
+                totals.first_at = utc(e.at_ms());
+            }
+            totals.last_at = utc(e.at_ms());
+        }
     }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(serde_json::json!({
@@ -354,6 +503,7 @@ pub fn stats(path: &Path) -> Result<Value> {
         "overwritten": ring.overwritten(),
         "lost": ring.lost(),
         "by_kind": by_kind,
+        "floods": floods,
     }))
 }
 
@@ -409,5 +559,163 @@ mod tests {
         assert_eq!(seqs(&Filter { verdict: Some("deny".into()), ..Filter::default() }), vec![4]);
         assert_eq!(seqs(&Filter { database: Some("main".into()), ..Filter::default() }), vec![1, 2]);
         assert_eq!(seqs(&Filter { session: Some(8), ..Filter::default() }), vec![3, 4]);
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_shown_not_obeyed() {
+        let nasty = "select 1 \x1b[2J\x1b]0;pwned\x07 -- \u{202e}gnp.exe\u{2066}x\u{2069} \u{9b}31m \x7f\ttab\r\nnext";
+        let shown = escape_controls(nasty);
+        assert_eq!(
+            shown,
+            r"select 1 \x1b[2J\x1b]0;pwned\x07 -- \u{202e}gnp.exe\u{2066}x\u{2069} \u{9b}31m \x7f\ttab\r\nnext"
+        );
+        assert!(!shown.chars().any(is_unsafe_for_terminal), "nothing unsafe left: {shown}");
+        assert!(matches!(escape_controls(r"plain é 日本 \x1b"), Cow::Borrowed(_)), "safe text is not copied");
+        for c in ['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{2067}', '\u{2068}', '\u{80}', '\u{9f}', '\0'] {
+            assert!(is_unsafe_for_terminal(c), "{:x}", c as u32);
+        }
+        for c in ['\u{a0}', '\u{2029}', 'é', ' ', '~'] {
+            assert!(!is_unsafe_for_terminal(c), "{:x}", c as u32);
+        }
+    }
+
+    #[test]
+    fn table_and_replay_fields_are_escaped() {
+        let nasty = "\x1b[2J\x1b]0;pwned\x07\u{202e}";
+        let open = Entry {
+            seq: 1,
+            value: serde_json::json!({"kind": "connection_open", "session": 7, "database": "main",
+                "orig_dst": "127.0.0.1:5432", "db_user": nasty, "db_name": nasty,
+                "identity": {"comm": nasty, "pid": 1, "uid": 0, "labels": {"warden/identity": nasty}}}),
+        };
+        let statement = Entry {
+            seq: 2,
+            value: serde_json::json!({"kind": "statement", "session": 7, "class": nasty, "text": nasty,
+                "verdict": {"decision": nasty}, "error": nasty, "rows": 0, "duration_us": 1}),
+        };
+        let close =
+            Entry { seq: 3, value: serde_json::json!({"kind": "connection_close", "session": 7, "error": nasty}) };
+        let other = Entry { seq: 4, value: serde_json::json!({"kind": "proxy_refused", "reason": "\u{9b}2J\u{202e}"}) };
+        for e in [&open, &statement, &close, &other] {
+            let shown = summary(e);
+            assert!(!shown.chars().any(is_unsafe_for_terminal), "{} printed raw: {shown:?}", e.kind());
+        }
+        assert!(summary(&statement).contains(r"\x1b[2J\x1b]0;pwned\x07\u{202e}"), "{}", summary(&statement));
+    }
+
+    mod verify {
+        use super::super::super::{ring::Ring, seal::SealKey};
+        use super::*;
+
+        /// A ring (1 MiB) and its key in a fresh directory.
+        fn new_ring(name: &str) -> (Ring, SealKey, std::path::PathBuf, std::path::PathBuf) {
+            let dir = std::env::temp_dir().join(format!("warden-verify-test-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let (path, key_path) = (dir.join("audit.ring"), dir.join("audit.ring.key"));
+            let ring = Ring::open(&path, 1024 * 1024).unwrap();
+            let key = super::super::super::seal::load_or_create_key(&key_path).unwrap();
+            (ring, key, path, key_path)
+        }
+
+        fn events(ring: &mut Ring, n: u64, first_ms: u64, step_ms: u64) {
+            for i in 0..n {
+                ring.append(Kind::Event, first_ms + i * step_ms, br#"{"kind":"statement"}"#).unwrap();
+            }
+        }
+
+        fn seal(ring: &mut Ring, key: &SealKey, every: u64, at_ms: u64) {
+            let seal = key.seal(ring.next_seq() - 1, &ring.head_hash(), every);
+            ring.append(Kind::Seal, at_ms, &serde_json::to_vec(&seal).unwrap()).unwrap();
+        }
+
+        #[test]
+        fn a_sealed_ring_passes_and_a_short_tail_is_a_notice() {
+            let (mut ring, key, path, key_path) = new_ring("short");
+            events(&mut ring, 10, 1_000, 500);
+            seal(&mut ring, &key, 10, 6_000);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert!(v.problems.is_empty() && v.notices.is_empty() && v.unsealed.is_none(), "{v:?}");
+            assert_eq!((v.records, v.seals_checked), (11, 1));
+            // What a crash (or a live writer) leaves: fewer than `every` records, seconds apart.
+            events(&mut ring, 3, 7_000, 1_000);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert!(v.problems.is_empty(), "a short tail is not a failure: {v:?}");
+            assert_eq!(v.unsealed, Some(Unsealed { first_seq: 12, last_seq: 14, records: 3, span_ms: 2_000 }));
+            assert!(
+                v.notices.iter().any(|n| n.starts_with("records 12..14 (3 records, spanning 2.0 s) are not sealed")),
+                "{v:?}"
+            );
+            let json = serde_json::to_value(&v).unwrap();
+            assert_eq!(json["unsealed"]["first_seq"], 12, "-o json shows the range: {json}");
+        }
+
+        #[test]
+        fn a_ring_whose_seals_were_stripped_fails() {
+            // 40 records over a minute and no seal: a writer seals at least every 10 s.
+            let (mut ring, _key, path, key_path) = new_ring("stripped-time");
+            events(&mut ring, 40, 1_000, 1_500);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert!(
+                v.problems.iter().any(|p| p.starts_with("records 1..40 (40 records, spanning 58.5 s) are not sealed")
+                    && p.contains("no seal checks")),
+                "{v:?}"
+            );
+            // 1,200 records within a second and no seal: more than the default `every` (1,000).
+            let (mut ring, _key, path, key_path) = new_ring("stripped-count");
+            events(&mut ring, 1_200, 1_000, 0);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert!(v.problems.iter().any(|p| p.contains("records 1..1200 (1200 records")), "{v:?}");
+        }
+
+        #[test]
+        fn a_tail_longer_than_the_writer_leaves_fails() {
+            let (mut ring, key, path, key_path) = new_ring("long-tail");
+            events(&mut ring, 10, 1_000, 10);
+            seal(&mut ring, &key, 10, 1_100);
+            events(&mut ring, 10, 1_200, 10);
+            seal(&mut ring, &key, 10, 1_300);
+            // Seals after this point were stripped: 25 records where the writer seals every 10.
+            events(&mut ring, 25, 1_400, 10);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert_eq!(v.seals_checked, 2);
+            assert_eq!(v.unsealed.map(|u| (u.first_seq, u.last_seq, u.records)), Some((23, 47, 25)));
+            assert!(
+                v.problems.iter().any(|p| p.contains("records 23..47") && p.contains("covers records up to 21")),
+                "{v:?}"
+            );
+        }
+
+        #[test]
+        fn a_tail_spanning_more_than_the_seal_interval_fails() {
+            let (mut ring, key, path, key_path) = new_ring("slow-tail");
+            events(&mut ring, 2, 1_000, 10);
+            seal(&mut ring, &key, 1_000, 1_100);
+            events(&mut ring, 3, 2_000, 10_000);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert!(v.problems.iter().any(|p| p.contains("records 4..6 (3 records, spanning 20.0 s)")), "{v:?}");
+        }
+
+        #[test]
+        fn a_forged_every_does_not_widen_the_window() {
+            let (mut ring, key, path, key_path) = new_ring("forged-every");
+            events(&mut ring, 5, 1_000, 10);
+            let mut forged = key.seal(ring.next_seq() - 1, &ring.head_hash(), 10);
+            forged.every = 1_000_000;
+            ring.append(Kind::Seal, 1_100, &serde_json::to_vec(&forged).unwrap()).unwrap();
+            events(&mut ring, 50, 1_200, 10);
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert_eq!(v.seals_checked, 0);
+            assert!(v.problems.iter().any(|p| p.contains("altered or forged")), "{v:?}");
+        }
+
+        #[test]
+        fn without_a_key_seals_are_not_checked_and_that_is_said() {
+            let (mut ring, _key, path, _) = new_ring("no-key");
+            events(&mut ring, 40, 1_000, 1_500);
+            let v = verify(&path, None).unwrap();
+            assert!(v.problems.is_empty() && v.unsealed.is_none() && v.key.is_none(), "{v:?}");
+            assert!(v.notices.iter().any(|n| n.contains("seals were not checked")), "{v:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Audit records and their writer. Sessions hand records to a single writer thread through a
 //! bounded queue, so the proxy never waits on the disk; the writer appends them to the per-host
 //! ring (`ring`), seals the hash chain periodically (`seal`), and flushes per `durability`.
-//! Exporters read the ring, never the sessions (`export`).
+//! It also keeps each identity to its fair share of the ring, so one tenant's flood cannot
+//! overwrite everyone's history (`share`). Exporters read the ring, never the sessions (`export`).
 
 use std::{
     collections::BTreeMap,
@@ -18,15 +19,21 @@ pub mod cli;
 pub mod export;
 pub mod ring;
 pub mod seal;
+pub mod share;
 pub mod statements;
+pub mod view;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
     config::{AuditConfig, Durability},
-    identity::Identity,
+    identity::{Identity, MonotonicClock},
 };
+
+/// The writer seals at least this often while records arrive (and every `audit.seal_every`
+/// records): what `warden audit verify` expects of an unsealed tail.
+pub const SEAL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Identifies one proxied or observed connection across its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -48,6 +55,8 @@ pub enum Event {
         /// The database user and database name from the start-up message.
         db_user: Option<String>,
         db_name: Option<String>,
+        /// The role the start-up packet asks the session to act as (`-c role=...`).
+        db_role: Option<String>,
         application_name: Option<String>,
         client_tls: bool,
         upstream_tls: bool,
@@ -70,6 +79,8 @@ pub enum Event {
     },
     /// The proxy refused a connection (not created by the redirect, or a loop).
     ProxyRefused { client: SocketAddr, reason: String },
+    /// An attributed connection was refused before its session began (a connection limit).
+    ConnectionRefused { database: String, orig_dst: SocketAddr, client: SocketAddr, reason: String, identity: Identity },
     /// A governed connection went direct because the agent was not serving (`fail: open`).
     Ungoverned { database: String, orig_dst: SocketAddr, identity: Identity },
     /// A governed connection was refused because the agent was not serving (`fail: closed`).
@@ -78,25 +89,46 @@ pub enum Event {
     Observed { session: SessionId, database: String, orig_dst: SocketAddr, client: SocketAddr, identity: Identity },
     /// An observed connection closed.
     ObservedClose { session: SessionId, database: String, duration_ms: u64, established: bool },
-    /// A statement and what became of it.
+    /// A statement forwarded to the server (or refused).
     Statement(Box<Statement>),
+    /// What became of a statement.
+    StatementEnd(Box<StatementEnd>),
     /// A statement was held for approval (recorded when held; the decision follows).
     ApprovalRequested { session: SessionId, request: String, text: String, rule: Option<String> },
     /// An approver decided on a held statement.
     ApprovalDecided { session: SessionId, request: String, approver: String, approved: bool, reason: Option<String> },
+    /// A database's host name resolves to other addresses; the kernel governs `added` (and no
+    /// longer `removed`, unless another database still names them) from this record on.
+    EndpointsChanged { database: String, host: String, added: Vec<SocketAddr>, removed: Vec<SocketAddr> },
+    /// An identity went over its fair share of the ring: how many of its statement records were
+    /// condensed or dropped (written by the writer once per window, and at shutdown).
+    AuditFlood(share::Flood),
 }
 
-/// Everything recorded about one statement.
+/// A statement as it was forwarded to the server (its outcome follows in `StatementEnd`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Statement {
     pub session: SessionId,
+    /// Numbers the statements of the session in the order they were forwarded (0: refused
+    /// before it was forwarded).
+    pub statement: u64,
+    /// The statement's index within a simple-query string (0 otherwise).
+    pub part: u32,
     pub database: Arc<str>,
     /// "simple", "extended" or "function_call".
     pub protocol: &'static str,
-    /// The statement text, literals kept or replaced by `?` per `audit.literals`.
+    /// The statement text, literals kept or replaced by `?` per `audit.literals`; at most
+    /// `audit.max_text_bytes` of it.
     pub text: Arc<str>,
+    /// Length of the whole text; when longer than `text`, `text_sha256` is the SHA-256 of it.
+    pub text_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_sha256: Option<String>,
     /// Bind parameters, when `audit.parameters` is on (NULL as null).
     pub params: Option<Vec<Option<String>>>,
+    /// The function a fast-path FunctionCall runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_oid: Option<u32>,
     /// The most consequential effect: read, write, ddl, dcl, transaction, session, utility,
     /// unknown (with `class_reason`).
     pub class: &'static str,
@@ -106,14 +138,37 @@ pub struct Statement {
     pub verdict: Verdict,
     /// Columns masked in the results, and why (never the values).
     pub masked: Vec<MaskedColumn>,
+    /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How a forwarded statement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Failed,
+    /// An Execute stopped at its row limit (PortalSuspended); more may follow.
+    Suspended,
+    /// Forwarded, but the server skipped it (an earlier statement of its batch failed).
+    NotRun,
+    /// The session ended before the server said.
+    Unknown,
+}
+
+/// The outcome of a statement recorded earlier (same session, statement and part).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementEnd {
+    pub session: SessionId,
+    pub statement: u64,
+    pub part: u32,
+    pub outcome: Outcome,
     /// Rows returned (or affected, from the command tag).
     pub rows: u64,
     pub command_tag: Option<String>,
     pub duration_us: u64,
     /// SQLSTATE of the error the statement ended with.
     pub error: Option<String>,
-    /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
-    pub tags: BTreeMap<String, String>,
 }
 
 /// The policy decision about a statement.
@@ -148,11 +203,17 @@ enum WriterMsg {
 }
 
 /// Counters an operator watches: a non-zero `dropped` or `write_errors` means records were lost.
+/// `share_condensed` and `share_dropped` are not losses but fair-share decisions, each also in
+/// an `audit_flood` record.
 #[derive(Debug, Default)]
 pub struct AuditCounters {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Statement records written condensed, or not written, because their identity was over its
+    /// share of the ring.
+    pub share_condensed: AtomicU64,
+    pub share_dropped: AtomicU64,
     /// Sequence number of the newest record in the ring.
     pub last_seq: AtomicU64,
 }
@@ -190,7 +251,7 @@ impl AuditLog {
         let counters = Arc::new(AuditCounters::default());
         counters.last_seq.store(ring.next_seq().saturating_sub(1), Ordering::Relaxed);
         let healthy = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
+        let mut writer = Writer {
             ring,
             key,
             durability: config.durability,
@@ -201,7 +262,18 @@ impl AuditLog {
             healthy: healthy.clone(),
             path: config.path.clone(),
             reported_lost: 0,
+            share: share::FairShare::new(config, Arc::new(MonotonicClock)),
         };
+        if writer.ring.last_kind() == Some(ring::Kind::Event) {
+            // The last writer did not stop cleanly (a crash, kill -9): seal its tail now, so it
+            // is not joined to this run's records into a tail longer than verify accepts. This
+            // covers nothing the next seal would not have covered anyway.
+            tracing::warn!(
+                path = %config.path.display(),
+                "the audit ring's newest records were not sealed (the agent did not stop cleanly); sealing them"
+            );
+            writer.seal(&mut Vec::new());
+        }
         let thread = std::thread::Builder::new().name("warden-audit".into()).spawn(move || writer.run(rx))?;
         Ok((Self { tx, counters, healthy, required: config.required }, AuditWriter(thread)))
     }
@@ -256,6 +328,9 @@ struct Envelope<'a> {
     at_ms: u64,
     #[serde(flatten)]
     event: &'a Event,
+    /// Written condensed because its identity was over its share of the ring (`share`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    condensed: bool,
 }
 
 struct Writer {
@@ -270,6 +345,8 @@ struct Writer {
     path: PathBuf,
     /// Losses already added to the ring's header.
     reported_lost: u64,
+    /// Each identity's use of the ring (none: `audit.identity_share` is 1, no limit).
+    share: Option<share::FairShare>,
 }
 
 impl Writer {
@@ -283,7 +360,7 @@ impl Writer {
             let mut batch = 0;
             while let Some(msg) = next {
                 match msg {
-                    WriterMsg::Record(at_ms, event) => self.append(&mut buf, at_ms, &event),
+                    WriterMsg::Record(at_ms, event) => self.append(&mut buf, at_ms, event),
                     WriterMsg::Tick => tick = true,
                 }
                 batch += 1;
@@ -292,8 +369,13 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
+            // Checked after every batch, as seals are: under load ticks are dropped.
+            let floods = self.share.as_mut().map(share::FairShare::due).unwrap_or_default();
+            self.write_floods(&mut buf, floods);
+            // Time-based seals are checked after every batch, not only on ticks: under sustained
+            // load the queue is full and ticks are dropped, and verify relies on this interval.
             let seal_due = self.since_seal >= self.seal_every
-                || (tick && self.since_seal > 0 && self.last_seal.elapsed() >= Duration::from_secs(10));
+                || (self.since_seal > 0 && self.last_seal.elapsed() >= SEAL_INTERVAL);
             if seal_due {
                 self.seal(&mut buf);
             }
@@ -311,31 +393,75 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        // Shutdown: seal what is there and flush.
+        // Shutdown: summarise floods of the unfinished window, seal what is there and flush.
+        let floods = self.share.as_mut().map(share::FairShare::summarise).unwrap_or_default();
+        self.write_floods(&mut buf, floods);
         if self.since_seal > 0 {
             self.seal(&mut buf);
         }
         self.sync();
     }
 
-    fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, event: &Event) {
+    fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, mut event: Box<Event>) {
+        // Whose share the record is charged to, and whether that identity is over it.
+        let mut condensed = false;
+        let charge = match &mut self.share {
+            None => None,
+            Some(share) => {
+                let charge = share.charge_for(&event);
+                match share.admit(&charge) {
+                    share::Admission::Keep => {}
+                    share::Admission::Condense => {
+                        share::condense(&mut event);
+                        condensed = true;
+                    }
+                    share::Admission::Drop => {
+                        // Counted per identity for its `audit_flood` record; not a loss (`lost`).
+                        self.counters.share_dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                Some(charge)
+            }
+        };
         buf.clear();
         // Serialising our own types cannot fail (string-keyed maps only).
-        let _ = serde_json::to_writer(&mut *buf, &Envelope { at_ms, event });
+        let _ = serde_json::to_writer(&mut *buf, &Envelope { at_ms, event: &event, condensed });
         match self.ring.append(ring::Kind::Event, at_ms, buf) {
             Ok(seq) => {
                 self.counters.written.fetch_add(1, Ordering::Relaxed);
                 self.counters.last_seq.store(seq, Ordering::Relaxed);
                 self.since_seal += 1;
                 self.healthy.store(true, Ordering::Relaxed);
+                if let (Some(share), Some(charge)) = (&mut self.share, &charge) {
+                    share.written(charge, share::ring_bytes_of(buf.len()), condensed);
+                }
+                if condensed {
+                    self.counters.share_condensed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(err) => self.failed(&err.to_string()),
         }
     }
 
+    /// Writes flood summaries into the ring (they are charged to no one, so never shed).
+    fn write_floods(&mut self, buf: &mut Vec<u8>, floods: Vec<share::Flood>) {
+        for flood in floods {
+            tracing::warn!(
+                identity = %flood.identity,
+                condensed = flood.condensed,
+                dropped = flood.dropped,
+                written_bytes = flood.written_bytes,
+                share_bytes = flood.share_bytes,
+                "an identity wrote more than its share of the audit ring; its statement records were condensed or dropped"
+            );
+            self.append(buf, now_ms(), Box::new(Event::AuditFlood(flood)));
+        }
+    }
+
     fn seal(&mut self, buf: &mut Vec<u8>) {
         let upto = self.ring.next_seq().saturating_sub(1);
-        let seal = self.key.seal(upto, &self.ring.head_hash());
+        let seal = self.key.seal(upto, &self.ring.head_hash(), self.seal_every);
         buf.clear();
         let _ = serde_json::to_writer(&mut *buf, &seal);
         match self.ring.append(ring::Kind::Seal, now_ms(), buf) {
@@ -371,26 +497,27 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
     for i in 0..n {
         let event = Event::Statement(Box::new(Statement {
             session: SessionId(7_713_002_265_585_385_473 + i % 64),
+            statement: i,
+            part: 0,
             database: "orders".into(),
             protocol: "extended",
             text:
                 "select o.id, o.total, c.email from orders o join customers c on c.id = o.customer_id where o.id = $1"
                     .into(),
+            text_bytes: 101,
+            text_sha256: None,
             params: None,
+            function_oid: None,
             class: "read",
             class_reason: None,
             relations: Arc::from(vec!["orders".to_string(), "customers".to_string()]),
             verdict: Verdict::allow(),
             masked: Vec::new(),
-            rows: 1,
-            command_tag: Some("SELECT 1".into()),
-            duration_us: 180 + i % 100,
-            error: None,
             tags: BTreeMap::from([("application".to_string(), "recsys".to_string())]),
         }));
         buf.clear();
         let at_ms = now_ms();
-        serde_json::to_writer(&mut buf, &Envelope { at_ms, event: &event })?;
+        serde_json::to_writer(&mut buf, &Envelope { at_ms, event: &event, condensed: false })?;
         ring.append(ring::Kind::Event, at_ms, &buf)?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
@@ -398,4 +525,77 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, seal_every: u64) -> AuditConfig {
+        let dir = std::env::temp_dir().join(format!("warden-writer-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        AuditConfig {
+            path: dir.join("audit.ring"),
+            ring_bytes: ring::MIN_CAPACITY,
+            seal_every,
+            ..AuditConfig::default()
+        }
+    }
+
+    fn refused(i: u64) -> Event {
+        Event::ProxyRefused { client: "127.0.0.1:1".parse().expect("address"), reason: format!("test {i}") }
+    }
+
+    fn seals(config: &AuditConfig) -> Vec<(u64, seal::Seal)> {
+        let ring = ring::RingFile::open(&config.path).expect("ring");
+        ring.records(0)
+            .into_iter()
+            .filter(|r| r.kind == ring::Kind::Seal)
+            .map(|r| (r.seq, serde_json::from_slice(&r.payload).expect("seal payload")))
+            .collect()
+    }
+
+    #[test]
+    fn seals_say_how_often_they_come_and_cover_everything_at_shutdown() {
+        let config = config("every", 3);
+        let (log, writer) = AuditLog::open(&config).expect("open");
+        for i in 0..7 {
+            log.try_record(refused(i)).expect("queued");
+        }
+        drop(log);
+        writer.join();
+        let seals = seals(&config);
+        assert_eq!(
+            seals.iter().map(|(seq, s)| (*seq, s.upto_seq, s.every)).collect::<Vec<_>>(),
+            vec![(4, 3, 3), (8, 7, 3), (10, 9, 3)],
+            "a seal after every 3 records, and one at shutdown for the last"
+        );
+        let v = cli::verify(&config.path, Some(&config.key_path())).expect("verify");
+        assert!(v.problems.is_empty() && v.unsealed.is_none() && v.seals_checked == 3, "{v:?}");
+    }
+
+    #[test]
+    fn a_tail_left_by_a_crash_is_sealed_when_the_agent_starts_again() {
+        let config = config("crash", 100);
+        let (log, writer) = AuditLog::open(&config).expect("open");
+        log.try_record(refused(0)).expect("queued");
+        drop(log);
+        writer.join();
+        // Records written after that seal by an agent that then died (no seal at shutdown).
+        let mut ring = ring::Ring::open(&config.path, config.ring_bytes).expect("ring");
+        for i in 1..=4 {
+            ring.append(ring::Kind::Event, now_ms(), format!("{{\"kind\":\"crash {i}\"}}").as_bytes()).unwrap();
+        }
+        drop(ring);
+        let v = cli::verify(&config.path, Some(&config.key_path())).expect("verify");
+        assert_eq!(v.unsealed.map(|u| (u.first_seq, u.last_seq)), Some((3, 6)), "{v:?}");
+
+        let (log, writer) = AuditLog::open(&config).expect("reopen");
+        let last = seals(&config).last().cloned().expect("a seal");
+        assert_eq!((last.0, last.1.upto_seq, last.1.every), (7, 6, 100), "the crash tail sealed at start");
+        drop(log);
+        writer.join();
+        let v = cli::verify(&config.path, Some(&config.key_path())).expect("verify");
+        assert!(v.problems.is_empty() && v.unsealed.is_none(), "{v:?}");
+    }
 }

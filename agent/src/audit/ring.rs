@@ -14,10 +14,15 @@
 //! The header holds hints (head, tail, next sequence number, overwritten count) updated after
 //! each append; on open the chain is followed from the tail hint to find the true head, so a
 //! crash between a record and its hint loses nothing that was completely written.
+//!
+//! The ring and its sealing key are private files: created 0600 in a directory created 0700,
+//! never opened through a symbolic link, refused when another user owns them or could replace
+//! them (the governed workloads are hostile local users). See "Opening private files" below.
 
 use std::{
     fs::{File, OpenOptions},
     io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -69,6 +74,29 @@ impl Kind {
 pub enum RingError {
     #[error("audit ring {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "audit ring {path} is a symbolic link; the agent does not follow links to the files only it may write. \
+         An administrator must replace the link with the ring itself or point audit.path at the real file"
+    )]
+    Symlink { path: PathBuf },
+    #[error("audit ring {path} is not a regular file; an administrator must remove it or point audit.path elsewhere")]
+    NotAFile { path: PathBuf },
+    #[error(
+        "audit ring {path} is owned by uid {owner}, not by the agent (uid {agent}): that user could rewrite the \
+         trail. An administrator must remove the file (or chown it to uid {agent}) after checking it"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, agent: u32 },
+    #[error(
+        "directory {dir} of the audit ring is writable by group or others (mode {mode:04o}) without the sticky \
+         bit: another user could replace the ring. An administrator must `chmod go-w` it or point audit.path \
+         at a private directory"
+    )]
+    WritableDirectory { dir: PathBuf, mode: u32 },
+    #[error(
+        "directory {dir} of the audit ring is owned by uid {owner}, neither root nor the agent (uid {agent}): that \
+         user could replace the ring. An administrator must chown it to root or point audit.path elsewhere"
+    )]
+    ForeignDirectory { dir: PathBuf, owner: u32, agent: u32 },
     #[error("audit ring {path}: not a Warden audit ring (bad magic or version)")]
     NotARing { path: PathBuf },
     #[error("audit ring {path}: capacity {found} differs from the configured {configured}")]
@@ -77,6 +105,112 @@ pub enum RingError {
     TooLarge(usize),
     #[error("audit ring capacity must be at least {MIN_CAPACITY} bytes")]
     TooSmall,
+}
+
+impl RingError {
+    fn from_private(path: &Path, problem: PrivateFileError) -> Self {
+        let path = path.to_path_buf();
+        match problem {
+            PrivateFileError::Io(source) => Self::Io { path, source },
+            PrivateFileError::Symlink => Self::Symlink { path },
+            PrivateFileError::NotAFile => Self::NotAFile { path },
+            PrivateFileError::ForeignOwner { owner, agent } => Self::ForeignOwner { path, owner, agent },
+            PrivateFileError::WritableDirectory { dir, mode } => Self::WritableDirectory { dir, mode },
+            PrivateFileError::ForeignDirectory { dir, owner, agent } => Self::ForeignDirectory { dir, owner, agent },
+        }
+    }
+}
+
+// Opening private files (the ring, the sealing key).
+//
+// A local user who can replace either file, or point it elsewhere with a link, can rewrite the
+// trail or forge seals. So: the directory must be one only root or the agent can change (or a
+// sticky one, where others cannot rename our file); the file itself is opened with O_NOFOLLOW,
+// must be a regular file the agent owns, and loose permissions (rings made by earlier versions
+// were 0644) are tightened to 0600 on the open descriptor, never through the path.
+
+/// Why a private file could not be used. Each caller turns it into its own error, which names
+/// the file and who must fix what.
+#[derive(Debug)]
+pub(super) enum PrivateFileError {
+    Io(io::Error),
+    Symlink,
+    NotAFile,
+    ForeignOwner { owner: u32, agent: u32 },
+    WritableDirectory { dir: PathBuf, mode: u32 },
+    ForeignDirectory { dir: PathBuf, owner: u32, agent: u32 },
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// What is wrong with a directory of mode `mode` owned by `owner` for holding a file of the
+/// agent running as `agent`, if anything.
+fn directory_problem(dir: &Path, mode: u32, owner: u32, agent: u32) -> Option<PrivateFileError> {
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Some(PrivateFileError::WritableDirectory { dir: dir.to_path_buf(), mode: mode & 0o7777 });
+    }
+    if owner != agent && owner != 0 {
+        return Some(PrivateFileError::ForeignDirectory { dir: dir.to_path_buf(), owner, agent });
+    }
+    None
+}
+
+/// Creates the directory that holds `path` (mode 0700) if it is missing, and checks that no
+/// one but root or the agent can replace files in it.
+pub(super) fn private_dir(path: &Path) -> Result<(), PrivateFileError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(PrivateFileError::Io)?;
+    }
+    // The directory the file really lands in (a link to it is the administrator's choice).
+    let meta = std::fs::metadata(dir).map_err(PrivateFileError::Io)?;
+    match directory_problem(dir, meta.mode(), meta.uid(), effective_uid()) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Opens `path` with `options` (plus mode 0600 when created, and O_NOFOLLOW), refuses what is
+/// not a regular file owned by the agent, and tightens permissions open to group or others to
+/// 0600 with a warning. `what` names the file in that warning.
+pub(super) fn open_private(path: &Path, options: &mut OpenOptions, what: &str) -> Result<File, PrivateFileError> {
+    let file = match options.mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(file) => file,
+        // ELOOP is what O_NOFOLLOW answers for a link (it also means a loop of links among
+        // the directories, which lstat tells apart).
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP)
+                && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            return Err(PrivateFileError::Symlink);
+        }
+        Err(e) => return Err(PrivateFileError::Io(e)),
+    };
+    let meta = file.metadata().map_err(PrivateFileError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(PrivateFileError::NotAFile);
+    }
+    let agent = effective_uid();
+    if meta.uid() != agent {
+        return Err(PrivateFileError::ForeignOwner { owner: meta.uid(), agent });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(PrivateFileError::Io)?;
+        tracing::warn!(
+            path = %path.display(),
+            old_mode = %format!("{mode:04o}"),
+            "{what} was open to group or others; tightened to 0600"
+        );
+    }
+    Ok(file)
 }
 
 /// A record read back from the ring.
@@ -152,6 +286,8 @@ pub struct Ring {
     tail_seq: u64,
     overwritten: u64,
     last_hash: [u8; 32],
+    /// What the newest record is (none: the ring is empty).
+    last_kind: Option<Kind>,
     /// Records found intact when the ring was opened.
     pub recovered: u64,
 }
@@ -164,10 +300,11 @@ impl Ring {
             return Err(RingError::TooSmall);
         }
         let io = |source| RingError::Io { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let private = |problem| RingError::from_private(path, problem);
+        private_dir(path).map_err(private)?;
+        let file =
+            open_private(path, OpenOptions::new().read(true).write(true).create(true).truncate(false), "audit ring")
+                .map_err(private)?;
         let len = file.metadata().map_err(io)?.len();
         let fresh = len == 0;
         let capacity = align8(capacity);
@@ -215,6 +352,7 @@ impl Ring {
             tail_seq: 1,
             overwritten: 0,
             last_hash: [0; 32],
+            last_kind: None,
             recovered: 0,
         };
         ring.recover();
@@ -260,6 +398,7 @@ impl Ring {
         self.head = next;
         self.next_seq = last.seq + 1;
         self.last_hash = last.hash;
+        self.last_kind = Some(last.kind);
         self.recovered = count;
         self.write_hints();
     }
@@ -324,6 +463,7 @@ impl Ring {
         self.head = head + total;
         self.next_seq += 1;
         self.last_hash = hash;
+        self.last_kind = Some(kind);
         self.write_hints();
         Ok(seq)
     }
@@ -374,6 +514,12 @@ impl Ring {
 
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The kind of the newest record (none when the ring is empty): an event there means the
+    /// last writer stopped without sealing.
+    pub fn last_kind(&self) -> Option<Kind> {
+        self.last_kind
     }
 }
 
@@ -560,12 +706,41 @@ impl RingFile {
     }
 }
 
-/// The outcome of `RingFile::verify`.
+/// The outcome of `RingFile::verify` (checksums and chain) and `cli::verify` (seals).
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Verification {
     pub records: u64,
     pub seals_checked: u64,
+    /// The sealing key the seals were checked with (none: seals were not checked).
+    pub key: Option<String>,
+    /// The newest records no genuine seal covers, if any.
+    pub unsealed: Option<Unsealed>,
+    /// Findings that are not failures (a short unsealed tail, seals not checked).
+    pub notices: Vec<String>,
     pub problems: Vec<String>,
+}
+
+/// Event records after the newest seal that checks (seal records themselves are not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Unsealed {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: u64,
+    /// From the oldest to the newest of them, by their own timestamps.
+    pub span_ms: u64,
+}
+
+impl std::fmt::Display for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records {}..{} ({} records, spanning {:.1} s) are not sealed",
+            self.first_seq,
+            self.last_seq,
+            self.records,
+            self.span_ms as f64 / 1000.0
+        )
+    }
 }
 
 #[cfg(test)]
@@ -694,5 +869,83 @@ mod tests {
         Ring::open(&path, MIN_CAPACITY).unwrap();
         assert!(matches!(Ring::open(&path, 2 * MIN_CAPACITY), Err(RingError::CapacityMismatch { .. })));
         assert!(matches!(Ring::open(&temp("small"), 1024), Err(RingError::TooSmall)));
+    }
+
+    #[test]
+    fn a_new_ring_is_private_and_so_is_a_directory_made_for_it() {
+        let root = temp("private").parent().unwrap().to_path_buf();
+        let path = root.join("made/for/it/audit.ring");
+        let mut ring = Ring::open(&path, MIN_CAPACITY).expect("a ring in a missing directory");
+        assert_eq!(ring.last_kind(), None, "an empty ring has no newest record");
+        ring.append(Kind::Event, 1, b"{}").unwrap();
+        ring.append(Kind::Seal, 2, b"{}").unwrap();
+        drop(ring);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&path), 0o600, "ring file mode");
+        assert_eq!(mode(path.parent().unwrap()), 0o700, "directory created for the ring");
+        assert_eq!(mode(&root.join("made")), 0o700, "every directory created on the way");
+        assert_eq!(Ring::open(&path, MIN_CAPACITY).unwrap().last_kind(), Some(Kind::Seal), "recovered");
+    }
+
+    #[test]
+    fn a_ring_behind_a_symlink_is_refused() {
+        let path = temp("symlink");
+        let real = path.with_file_name("real.ring");
+        Ring::open(&real, MIN_CAPACITY).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let err = Ring::open(&path, MIN_CAPACITY).err().expect("a link to a ring is refused");
+        assert!(matches!(err, RingError::Symlink { .. }), "{err:?}");
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        // A dangling link would otherwise create the file wherever it points.
+        let dangling = path.with_file_name("dangling.ring");
+        let target = path.with_file_name("elsewhere.ring");
+        std::os::unix::fs::symlink(&target, &dangling).unwrap();
+        assert!(matches!(Ring::open(&dangling, MIN_CAPACITY), Err(RingError::Symlink { .. })));
+        assert!(!target.exists(), "nothing was created through the link");
+    }
+
+    #[test]
+    fn a_ring_open_to_others_is_tightened_to_0600() {
+        let path = temp("loose");
+        let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
+        ring.append(Kind::Event, 1, &payload(1)).unwrap();
+        drop(ring);
+        // What earlier versions left behind.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ring = Ring::open(&path, MIN_CAPACITY).expect("an existing 0644 ring is still opened");
+        assert_eq!(ring.next_seq(), 2, "and its records kept");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600, "tightened");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_unless_sticky() {
+        let path = temp("opendir");
+        let dir = path.parent().unwrap().to_path_buf();
+        for mode in [0o777, 0o775, 0o757] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Ring::open(&path, MIN_CAPACITY).err().unwrap_or_else(|| panic!("mode {mode:o} accepted"));
+            assert!(matches!(err, RingError::WritableDirectory { mode: m, .. } if m == mode), "{err:?}");
+            assert!(err.to_string().contains(&dir.display().to_string()), "the directory is named: {err}");
+        }
+        assert!(!path.exists(), "nothing was created in a directory others could write");
+        // Sticky (like /tmp): others cannot rename or remove our file there.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Ring::open(&path, MIN_CAPACITY).expect("a sticky directory is acceptable");
+    }
+
+    #[test]
+    fn directories_owned_by_another_user_are_refused() {
+        let dir = Path::new("/some/dir");
+        assert!(directory_problem(dir, 0o40755, 0, 1000).is_none(), "root's directory");
+        assert!(directory_problem(dir, 0o40700, 1000, 1000).is_none(), "the agent's own");
+        assert!(matches!(
+            directory_problem(dir, 0o40755, 1001, 0),
+            Some(PrivateFileError::ForeignDirectory { owner: 1001, agent: 0, .. })
+        ));
+        assert!(matches!(
+            directory_problem(dir, 0o40770, 0, 0),
+            Some(PrivateFileError::WritableDirectory { mode: 0o770, .. })
+        ));
+        assert!(directory_problem(dir, 0o41777, 0, 0).is_none(), "sticky");
     }
 }
