@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -102,8 +102,10 @@ pub struct ClientTls {
 pub enum DatabaseAddress {
     /// An IP address and port.
     Exact(Vec<SocketAddr>),
-    /// A host name and port: every address it resolved to at load time.
-    Host { host: String, addrs: Vec<SocketAddr> },
+    /// A host name and port. Parsing checks only the name's syntax: `addrs` stays empty until
+    /// `net::dns` resolves it at start-up (and `check-config`), and the running agent follows
+    /// later answers in its own table, not in this snapshot.
+    Host { host: String, port: u16, addrs: Vec<SocketAddr> },
     /// `*:PORT`: the port on every address, including ones a workload might try instead.
     AnyAddress(u16),
 }
@@ -129,20 +131,41 @@ impl TryFrom<String> for DatabaseAddress {
         let Some((host, port)) = text.rsplit_once(':') else {
             return Err(format!("{text:?} has no port; {expected}"));
         };
-        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("invalid address {text:?}; {expected}"));
+        let Some(port) = port.parse::<u16>().ok().filter(|p| *p != 0) else {
+            return Err(format!("invalid port in {text:?}; {expected}"));
+        };
+        if host.contains(':') {
+            return Err(format!("{text:?}: an IPv6 address needs brackets; {expected}"));
         }
-        let addrs: Vec<SocketAddr> = text
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if addrs.is_empty() {
-            return Err(format!("{host:?} resolved to no address"));
-        }
-        Ok(Self::Host { host: host.to_string(), addrs })
+        check_host_name(host).map_err(|why| format!("{host:?} is not a host name ({why}); {expected}"))?;
+        Ok(Self::Host { host: host.to_string(), port, addrs: Vec::new() })
     }
+}
+
+/// RFC 1123 host name syntax (underscores allowed: internal names use them). Checked at parse
+/// time so a typo fails `check-config` without asking a name server.
+fn check_host_name(host: &str) -> Result<(), &'static str> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Err("expected 1 to 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label needs 1 to 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err("expected letters, digits, '-', '_' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label cannot begin or end with '-'");
+        }
+    }
+    // No top-level domain is numeric: this is a mistyped IP address, which DNS would only
+    // reject at start-up.
+    if name.rsplit('.').next().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        return Err("it looks like an IPv4 address but is not a valid one");
+    }
+    Ok(())
 }
 
 impl<'de> Deserialize<'de> for DatabaseAddress {
@@ -163,11 +186,22 @@ impl<'de> Deserialize<'de> for DatabaseAddress {
     }
 }
 
+impl DatabaseAddress {
+    /// The port governed.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::AnyAddress(port) | Self::Host { port, .. } => *port,
+            Self::Exact(addrs) => addrs.first().map_or(0, SocketAddr::port),
+        }
+    }
+}
+
 impl fmt::Display for DatabaseAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AnyAddress(port) => write!(f, "*:{port}"),
-            Self::Host { host, addrs } => {
+            Self::Host { host, port, addrs } if addrs.is_empty() => write!(f, "{host}:{port} (not resolved)"),
+            Self::Host { host, addrs, .. } => {
                 let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 write!(f, "{host} ({})", parts.join(","))
             }
@@ -251,17 +285,37 @@ pub struct ProxyConfig {
     /// Proxy worker threads (each with its own listening socket); default: one per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Connections the proxy serves at once; more are refused with SQLSTATE 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one identity (its `warden/identity` label, else its container, else its
+    /// cgroup) may hold at once.
+    #[serde(default = "default_max_connections_per_identity")]
+    pub max_connections_per_identity: usize,
+    /// Accept a listener port that unprivileged processes could bind (see docs/decisions.md).
+    #[serde(default)]
+    pub allow_unprivileged_port: bool,
+}
+
+fn default_max_connections() -> usize {
+    16_384
+}
+fn default_max_connections_per_identity() -> usize {
+    2_048
 }
 
 fn default_max_message_bytes() -> usize {
     256 * 1024 * 1024
 }
 
+/// The proxy's port: privileged, so no unprivileged process can bind the proxy's address.
+pub const DEFAULT_PROXY_PORT: u16 = 432;
+
 fn default_listen_v4() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 77, 1)), 15432)
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 77, 1)), DEFAULT_PROXY_PORT)
 }
 fn default_listen_v6() -> Option<SocketAddr> {
-    Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd77, 0x7761, 0x7264, 0, 0, 0, 0, 1)), 15432))
+    Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd77, 0x7761, 0x7264, 0, 0, 0, 0, 1)), DEFAULT_PROXY_PORT))
 }
 fn default_interface() -> Option<String> {
     Some("warden0".to_string())
@@ -276,6 +330,9 @@ impl Default for ProxyConfig {
             tls: None,
             max_message_bytes: default_max_message_bytes(),
             workers: None,
+            max_connections: default_max_connections(),
+            max_connections_per_identity: default_max_connections_per_identity(),
+            allow_unprivileged_port: false,
         }
     }
 }
@@ -330,12 +387,26 @@ pub struct AuditConfig {
     /// Record bind parameter values (off by default: they are data, not code).
     #[serde(default)]
     pub parameters: bool,
+    /// Statement text recorded at most (a longer one keeps this prefix, its length and the
+    /// SHA-256 of the whole): one statement must not evict everyone's history.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
     /// Record every statement (connection records are always kept).
     #[serde(default = "default_true")]
     pub statements: bool,
     /// Seal the chain head every this many records (and at least every 10 s with traffic).
     #[serde(default = "default_seal_every")]
     pub seal_every: u64,
+    /// The fraction of `ring_bytes` one identity may write within `identity_window_s` before
+    /// its statement records are condensed (and beyond twice that, dropped and counted), so
+    /// one tenant's flood cannot overwrite everyone's history (docs/audit.md, "Fair shares").
+    /// 1.0 disables it.
+    #[serde(default = "default_identity_share")]
+    pub identity_share: f64,
+    /// The sliding window over which `identity_share` is measured, in seconds; flood summaries
+    /// (`audit_flood`) are written once per window.
+    #[serde(default = "default_identity_window_s")]
+    pub identity_window_s: u64,
     /// Optional off-host exporter.
     #[serde(default)]
     pub export: Option<ExportConfig>,
@@ -343,10 +414,66 @@ pub struct AuditConfig {
 
 /// Shipping records off-host, in addition to the local ring.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+#[serde(from = "RawExport")]
 pub enum ExportConfig {
-    /// OpenTelemetry logs over OTLP/HTTP (JSON encoding), e.g. `http://collector:4318/v1/logs`.
-    OtlpHttp { endpoint: String },
+    /// OpenTelemetry logs over OTLP/HTTP (JSON encoding), e.g. `https://collector:4318/v1/logs`.
+    OtlpHttp { endpoint: OtlpEndpoint },
+}
+
+/// Where an OTLP/HTTP collector is, and the TLS to reach it with.
+#[derive(Debug, Clone)]
+pub struct OtlpEndpoint {
+    /// `http://HOST[:PORT][/PATH]` or `https://HOST[:PORT][/PATH]` (path default `/v1/logs`).
+    pub url: String,
+    /// PEM file of the CA(s) that sign the collector's certificate. Required for https: the
+    /// system's trust store is not used, so an audit sink is trusted only if named.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain the agent presents (mutual TLS), with `client_key`: both or neither.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Name to verify in the collector's certificate and send as SNI; defaults to the URL's host.
+    pub server_name: Option<String>,
+    /// Built from the fields above at load (https only).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Exporter kinds (`audit.export.kind`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ExportKind {
+    OtlpHttp,
+}
+
+/// `audit.export` as written: the kind beside its fields. One plain struct rather than an
+/// internally tagged enum with a flattened struct: serde ignores unknown fields of a flattened
+/// struct, and a misspelt TLS option must be an error, not a silently plain connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    kind: ExportKind,
+    endpoint: String,
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+impl From<RawExport> for ExportConfig {
+    fn from(raw: RawExport) -> Self {
+        match raw.kind {
+            ExportKind::OtlpHttp => Self::OtlpHttp {
+                endpoint: OtlpEndpoint {
+                    url: raw.endpoint,
+                    ca: raw.ca,
+                    client_cert: raw.client_cert,
+                    client_key: raw.client_key,
+                    server_name: raw.server_name,
+                    tls: None,
+                },
+            },
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -359,11 +486,20 @@ fn default_audit_path() -> PathBuf {
 fn default_ring_bytes() -> u64 {
     256 * 1024 * 1024
 }
+fn default_max_text_bytes() -> usize {
+    8 * 1024
+}
 fn default_audit_queue() -> usize {
     65_536
 }
 fn default_seal_every() -> u64 {
     1_000
+}
+fn default_identity_share() -> f64 {
+    0.25
+}
+fn default_identity_window_s() -> u64 {
+    60
 }
 
 impl Default for AuditConfig {
@@ -377,8 +513,11 @@ impl Default for AuditConfig {
             durability: Durability::default(),
             literals: Literals::default(),
             parameters: false,
+            max_text_bytes: default_max_text_bytes(),
             statements: true,
             seal_every: default_seal_every(),
+            identity_share: default_identity_share(),
+            identity_window_s: default_identity_window_s(),
             export: None,
         }
     }
@@ -393,6 +532,67 @@ impl AuditConfig {
             PathBuf::from(p)
         })
     }
+}
+
+/// How database host names are resolved and followed (`dns:`; docs/decisions.md, "Database
+/// host names are re-resolved").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`IP` or `IP:PORT`, port 53 by default) asked instead of the system's
+    /// configuration; empty: /etc/resolv.conf and /etc/hosts.
+    #[serde(default, deserialize_with = "nameservers")]
+    pub nameservers: Vec<SocketAddr>,
+    /// A name is re-resolved no sooner than this many seconds after an answer, whatever its
+    /// TTL (a TTL of 0 must not mean a query loop), and a failed resolution is retried this often.
+    #[serde(default = "default_min_ttl_s")]
+    pub min_ttl_s: u64,
+    /// ... and no later than this, whatever its TTL (entries from /etc/hosts have none).
+    #[serde(default = "default_max_ttl_s")]
+    pub max_ttl_s: u64,
+}
+
+fn default_min_ttl_s() -> u64 {
+    5
+}
+fn default_max_ttl_s() -> u64 {
+    300
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { nameservers: Vec::new(), min_ttl_s: default_min_ttl_s(), max_ttl_s: default_max_ttl_s() }
+    }
+}
+
+/// `dns.nameservers`, each checked where it is written (the error names its line).
+fn nameservers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Nameserver(SocketAddr);
+    impl<'de> Deserialize<'de> for Nameserver {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Nameserver;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("IP, IP:PORT or [IPV6]:PORT")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Nameserver, E> {
+                    let addr = match v.parse::<IpAddr>() {
+                        Ok(ip) => SocketAddr::new(ip, 53),
+                        Err(_) => v.parse::<SocketAddr>().map_err(|_| {
+                            E::custom(format!("{v:?}: expected a name server's IP, IP:PORT or [IPV6]:PORT"))
+                        })?,
+                    };
+                    if addr.port() == 0 {
+                        return Err(E::custom(format!("port 0 in name server {v:?}")));
+                    }
+                    Ok(Nameserver(addr))
+                }
+            }
+            d.deserialize_str(Visitor)
+        }
+    }
+    Ok(Vec::<Nameserver>::deserialize(d)?.into_iter().map(|n| n.0).collect())
 }
 
 /// What the agent leaves behind when it exits cleanly.
@@ -422,6 +622,8 @@ struct RawConfig {
     cgroup_root: PathBuf,
     #[serde(default)]
     on_exit: OnExit,
+    #[serde(default)]
+    dns: DnsConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -448,6 +650,7 @@ pub struct Config {
     /// The cgroup v2 mount the programs attach to (its root covers the whole host).
     pub cgroup_root: PathBuf,
     pub on_exit: OnExit,
+    pub dns: DnsConfig,
 }
 
 impl Config {
@@ -502,13 +705,40 @@ impl Config {
                 format!("expected at least {}", crate::audit::ring::MIN_CAPACITY),
             ));
         }
+        if raw.audit.max_text_bytes < 64 {
+            return Err(invalid("audit.max_text_bytes".into(), "expected at least 64".into()));
+        }
         if raw.audit.seal_every == 0 {
             return Err(invalid("audit.seal_every".into(), "expected at least 1".into()));
         }
-        if let Some(ExportConfig::OtlpHttp { endpoint }) = &raw.audit.export
-            && !endpoint.starts_with("http://")
-        {
-            return Err(invalid("audit.export.endpoint".into(), "expected an http:// URL".into()));
+        // A share of 0 would condense every statement.
+        let share = raw.audit.identity_share;
+        if share.is_nan() || share <= 0.0 || share > 1.0 {
+            return Err(invalid(
+                "audit.identity_share".into(),
+                format!("{share}: expected a fraction of audit.ring_bytes above 0, at most 1 (1 disables fair shares)"),
+            ));
+        }
+        if !(1..=86_400).contains(&raw.audit.identity_window_s) {
+            return Err(invalid("audit.identity_window_s".into(), "expected 1 to 86400 seconds".into()));
+        }
+        if let Some(ExportConfig::OtlpHttp { endpoint }) = raw.audit.export.as_mut() {
+            // Files are read and the TLS configuration built now: a mistake stops `check-config`
+            // and start-up, not the exporter an hour later.
+            endpoint.tls = crate::audit::export::client_tls(endpoint)
+                .map_err(|e| invalid(format!("audit.export.{}", e.field()), e.to_string()))?;
+        }
+        if raw.proxy.max_connections == 0 || raw.proxy.max_connections_per_identity == 0 {
+            return Err(invalid("proxy.max_connections".into(), "expected limits of at least 1".into()));
+        }
+        if raw.dns.min_ttl_s == 0 {
+            return Err(invalid("dns.min_ttl_s".into(), "expected at least 1 second".into()));
+        }
+        if raw.dns.max_ttl_s < raw.dns.min_ttl_s || raw.dns.max_ttl_s > 86_400 {
+            return Err(invalid(
+                "dns.max_ttl_s".into(),
+                format!("expected {} (dns.min_ttl_s) to 86400 seconds", raw.dns.min_ttl_s),
+            ));
         }
         if raw.proxy.workers == Some(0) {
             return Err(invalid("proxy.workers".into(), "expected at least 1".into()));
@@ -533,7 +763,58 @@ impl Config {
             bpffs_dir: raw.bpffs_dir,
             cgroup_root: raw.cgroup_root,
             on_exit: raw.on_exit,
+            dns: raw.dns,
         })
+    }
+
+    /// What the configuration does not govern although it may look as if it did, each with the
+    /// fix. Printed by `check-config` and logged at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for db in &self.databases {
+            let addrs: &[SocketAddr] = match &db.address {
+                DatabaseAddress::Exact(a) | DatabaseAddress::Host { addrs: a, .. } => a,
+                DatabaseAddress::AnyAddress(_) => &[],
+            };
+            for a in addrs.iter().filter(|a| a.ip().is_unspecified()) {
+                out.push(format!(
+                    "databases {:?}: {a} governs only connections dialled to {} itself, not the port on every \
+                     address; to govern the port on every address write '*:{}'",
+                    db.name,
+                    a.ip(),
+                    a.port()
+                ));
+            }
+            let local = match &db.address {
+                DatabaseAddress::AnyAddress(_) => true,
+                _ => addrs.iter().any(|a| a.ip().is_loopback() || a.ip().is_unspecified()),
+            };
+            if db.protocol == Protocol::Postgres && local {
+                let port = db.address.port();
+                for dir in ["/run/postgresql", "/var/run/postgresql", "/tmp"] {
+                    let socket = Path::new(dir).join(format!(".s.PGSQL.{port}"));
+                    if socket.exists() {
+                        out.push(format!(
+                            "databases {:?}: the local PostgreSQL also accepts connections on its unix socket {}, \
+                             which Warden does not govern (docs/decisions.md, \"Unix-domain sockets\"); allow \
+                             only administrators there: pg_hba.conf `local` lines (e.g. `local all postgres \
+                             peer` then `local all all reject`), or unix_socket_permissions / \
+                             unix_socket_group",
+                            db.name,
+                            socket.display()
+                        ));
+                    }
+                }
+            }
+        }
+        if self.proxy.allow_unprivileged_port {
+            out.push(
+                "proxy.allow_unprivileged_port: a local process could take the proxy's address while the agent \
+                 restarts; prefer a port below 1024"
+                    .into(),
+            );
+        }
+        out
     }
 
     /// Whether any database fails closed (then pins must outlive the agent).
@@ -556,7 +837,7 @@ mod tests {
         let db = &c.databases[0];
         assert_eq!(db.address, DatabaseAddress::Exact(vec!["127.0.0.1:5432".parse().unwrap()]));
         assert_eq!((db.mode, db.fail, db.protocol), (Mode::Enforce, FailMode::Closed, Protocol::Postgres));
-        assert_eq!(c.proxy.listen_v4, "169.254.77.1:15432".parse().unwrap());
+        assert_eq!(c.proxy.listen_v4, "169.254.77.1:432".parse().unwrap());
         assert_eq!(c.on_exit, OnExit::Keep);
     }
 
@@ -568,9 +849,70 @@ mod tests {
         .expect("valid");
         assert_eq!(c.databases[0].address, DatabaseAddress::AnyAddress(6432));
         assert_eq!(c.databases[1].address, DatabaseAddress::Exact(vec!["[::1]:5432".parse().unwrap()]));
-        let DatabaseAddress::Host { addrs: local, .. } = &c.databases[2].address else { panic!("localhost is exact") };
-        assert!(local.iter().all(|a| a.ip().is_loopback() && a.port() == 5433), "{local:?}");
+        // Host names are only checked here; net::dns resolves them.
+        assert_eq!(
+            c.databases[2].address,
+            DatabaseAddress::Host { host: "localhost".into(), port: 5433, addrs: Vec::new() }
+        );
+        assert_eq!(c.databases[2].address.port(), 5433);
         assert_eq!(c.databases[2].mode, Mode::Observe);
+        assert_eq!(c.dns, DnsConfig { nameservers: Vec::new(), min_ttl_s: 5, max_ttl_s: 300 });
+    }
+
+    #[test]
+    fn host_names_are_checked_without_asking_a_name_server() {
+        let address = |a: &str| DatabaseAddress::try_from(a.to_string());
+        // Resolvable or not, a well-formed name parses: nothing is looked up here.
+        assert!(matches!(address("db-1.internal.example:5432"), Ok(DatabaseAddress::Host { port: 5432, .. })));
+        assert!(matches!(address("_pg._tcp.db.:5432"), Ok(DatabaseAddress::Host { .. })));
+        for (bad, why) in [
+            ("db internal:5432", "not a host name"),
+            ("db..internal:5432", "1 to 63 characters"),
+            ("-db.internal:5432", "begin or end with '-'"),
+            ("10.0.0.300:5432", "looks like an IPv4 address"),
+            ("::1:5432", "IPv6 address needs brackets"),
+            ("db.internal:0", "invalid port"),
+            ("db.internal:65536", "invalid port"),
+            (":5432", "not a host name"),
+        ] {
+            let err = address(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let err =
+            parse("databases:\n  - name: main\n    address: 'db internal:5432'\n").expect_err("space").to_string();
+        assert!(err.contains("databases[0].address") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn the_dns_block_is_checked() {
+        let with_dns =
+            |dns: &str| parse(&format!("databases:\n  - {{name: a, address: 'db.internal:5432'}}\ndns: {dns}\n"));
+        let c = with_dns("{nameservers: ['127.0.0.1:5353', '10.0.0.2', '[::1]:53'], min_ttl_s: 1, max_ttl_s: 60}")
+            .expect("valid");
+        assert_eq!(
+            c.dns.nameservers,
+            ["127.0.0.1:5353", "10.0.0.2:53", "[::1]:53"].map(|a| a.parse::<SocketAddr>().unwrap()).to_vec()
+        );
+        assert_eq!((c.dns.min_ttl_s, c.dns.max_ttl_s), (1, 60));
+
+        let err = with_dns("{nameservers: ['dns.internal:53']}").expect_err("a name").to_string();
+        assert!(err.contains("dns.nameservers[0]") && err.contains("expected a name server's IP"), "{err}");
+        let err = with_dns("{min_ttl_s: 0}").expect_err("zero").to_string();
+        assert!(err.contains("dns.min_ttl_s: expected at least 1 second"), "{err}");
+        let err = with_dns("{min_ttl_s: 10, max_ttl_s: 5}").expect_err("inverted").to_string();
+        assert!(err.contains("dns.max_ttl_s: expected 10 (dns.min_ttl_s) to 86400 seconds"), "{err}");
+        let err = with_dns("{nameserver: ['127.0.0.1']}").expect_err("typo").to_string();
+        assert!(err.contains("unknown field `nameserver`"), "{err}");
+    }
+
+    #[test]
+    fn an_unspecified_address_is_not_taken_for_every_address() {
+        let c = parse("databases:\n  - {name: a, address: '0.0.0.0:6543'}\n  - {name: b, address: '[::]:6543'}\n")
+            .expect("valid");
+        let w = c.warnings();
+        assert_eq!(w.iter().filter(|w| w.contains("'*:6543'")).count(), 2, "{w:?}");
+        let c = parse("databases:\n  - {name: a, address: '*:6543'}\n").expect("valid");
+        assert!(c.warnings().iter().all(|w| !w.contains("'*:6543'")));
     }
 
     #[test]
@@ -601,5 +943,44 @@ mod tests {
             .expect_err("v6 as v4")
             .to_string();
         assert!(err.contains("proxy.listen_v4"), "{err}");
+    }
+
+    #[test]
+    fn exporter_endpoints_are_checked_at_load() {
+        let with_export =
+            |export: &str| parse(&format!("databases:\n  - {{name: a, address: '*:1'}}\naudit:\n  export: {export}\n"));
+        let c = with_export("{kind: otlp-http, endpoint: 'http://collector:4318/v1/logs'}").expect("plain http");
+        let Some(ExportConfig::OtlpHttp { endpoint }) = &c.audit.export else { panic!("an otlp-http exporter") };
+        assert_eq!((endpoint.url.as_str(), endpoint.tls.is_none()), ("http://collector:4318/v1/logs", true));
+
+        let err = with_export("{kind: otlp-http, endpoint: 'https://collector:4318/v1/logs'}").expect_err("no CA");
+        let err = err.to_string();
+        assert!(err.starts_with("warden.yaml: audit.export.ca: an https:// endpoint needs `ca`"), "{err}");
+        assert!(err.contains("system's trust store is not used"), "{err}");
+
+        let err = with_export("{kind: otlp-http, endpoint: 'ftp://collector/'}").expect_err("scheme").to_string();
+        assert!(err.contains("audit.export.endpoint") && err.contains("expected http://"), "{err}");
+
+        let err = with_export("{kind: otlp-http, endpoint: 'https://c/', ca: /nonexistent/ca.pem}")
+            .expect_err("missing CA file")
+            .to_string();
+        assert!(err.contains("audit.export.ca: CA file /nonexistent/ca.pem"), "{err}");
+
+        let err = with_export("{kind: otlp-http, endpoint: 'https://c/', ca: /x.pem, client_cert: /c.pem}")
+            .expect_err("half a pair")
+            .to_string();
+        assert!(err.contains("audit.export.client_key") && err.contains("go together"), "{err}");
+
+        let err = with_export("{kind: otlp-http, endpoint: 'http://c/', client_cert: /c.pem, client_key: /k.pem}")
+            .expect_err("mTLS over http")
+            .to_string();
+        assert!(err.contains("audit.export.client_cert") && err.contains("https:// endpoints only"), "{err}");
+
+        let err = with_export("{kind: otlp-http, endpoint: 'https://c/', cert: /c.pem}").expect_err("typo").to_string();
+        assert!(err.contains("audit.export: unknown field `cert`") && err.contains("line 4"), "{err}");
+        let err = with_export("{kind: otlp-grpc, endpoint: 'https://c/'}").expect_err("kind").to_string();
+        assert!(err.contains("unknown variant `otlp-grpc`, expected `otlp-http`"), "{err}");
+        let err = with_export("{endpoint: 'https://c/'}").expect_err("no kind").to_string();
+        assert!(err.contains("missing field `kind`"), "{err}");
     }
 }

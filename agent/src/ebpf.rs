@@ -5,6 +5,7 @@
 //! reuses the pinned maps and swaps each pinned link for its own.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io,
     net::SocketAddr,
@@ -83,7 +84,8 @@ pub struct Kernel {
     _ebpf: Ebpf,
     links: Vec<PinnedLink>,
     bpffs: PathBuf,
-    governed: HashMap<MapData, Endpoint, EndpointPolicy>,
+    /// Replaced while the agent runs as database host names resolve elsewhere (`net::dns`).
+    governed: Mutex<HashMap<MapData, Endpoint, EndpointPolicy>>,
     state: Mutex<Array<MapData, AgentState>>,
     flows: FlowTable,
     stats: Stats,
@@ -112,7 +114,7 @@ impl Kernel {
         sync_governed(&mut governed, config)?;
         let mut state_map: Array<MapData, AgentState> = take_map(&mut ebpf, "AGENT_STATE")?;
         state_map.set(0, state, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
-        let flows = FlowTable(Mutex::new(take_map(&mut ebpf, "FLOW_BY_CLIENT")?));
+        let flows = FlowTable(Mutex::new(take_map(&mut ebpf, "FLOW_BY_ACCEPTED")?));
         let stats = Stats(take_map(&mut ebpf, "STATS")?);
         let events = Mutex::new(take_map(&mut ebpf, "FLOW_EVENTS")?);
 
@@ -128,7 +130,16 @@ impl Kernel {
             let _ = state_map.set(0, AgentState { serving: 0, ..state }, 0);
             return Err(err);
         }
-        Ok(Self { _ebpf: ebpf, links, bpffs, governed, state: Mutex::new(state_map), flows, stats, events })
+        Ok(Self {
+            _ebpf: ebpf,
+            links,
+            bpffs,
+            governed: Mutex::new(governed),
+            state: Mutex::new(state_map),
+            flows,
+            stats,
+            events,
+        })
     }
 
     /// Publishes the agent's state (heartbeat, serving flag).
@@ -160,7 +171,15 @@ impl Kernel {
 
     /// Governed endpoints currently in the kernel table (for status and tests).
     pub fn governed_count(&self) -> usize {
-        self.governed.keys().filter(Result::is_ok).count()
+        let map = self.governed.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().filter(Result::is_ok).count()
+    }
+
+    /// Makes the governed-endpoint table exactly `wanted` (from `governed_entries_with`), adding
+    /// before removing; returns what it changed.
+    pub fn replace_governed(&self, wanted: &[(Endpoint, EndpointPolicy)]) -> Result<GovernedDiff, KernelError> {
+        let mut map = self.governed.lock().unwrap_or_else(|p| p.into_inner());
+        apply_governed(&mut map, wanted)
     }
 
     /// Detaches every program and removes all pins (maps included).
@@ -267,8 +286,18 @@ where
     T::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
-/// The kernel-side keys and values for the configured databases.
+/// The kernel-side keys and values for the configured databases, host names at the addresses
+/// in the snapshot (those resolved at start-up).
 pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
+    governed_entries_with(config, &BTreeMap::new())
+}
+
+/// As `governed_entries`, with `resolved` (by database index) in place of the snapshot's
+/// addresses for host-named databases: what their names resolve to now (`net::dns`).
+pub fn governed_entries_with(
+    config: &Config,
+    resolved: &BTreeMap<usize, Vec<SocketAddr>>,
+) -> Vec<(Endpoint, EndpointPolicy)> {
     let mut out = Vec::new();
     for (id, db) in config.databases.iter().enumerate() {
         let policy = EndpointPolicy {
@@ -285,7 +314,9 @@ pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
         };
         match &db.address {
             DatabaseAddress::AnyAddress(port) => out.push((Endpoint::any_address(*port), policy)),
-            DatabaseAddress::Exact(addrs) | DatabaseAddress::Host { addrs, .. } => {
+            DatabaseAddress::Exact(addrs) => out.extend(addrs.iter().map(|a| (endpoint_of(*a), policy))),
+            DatabaseAddress::Host { addrs, .. } => {
+                let addrs = resolved.get(&id).unwrap_or(addrs);
                 out.extend(addrs.iter().map(|a| (endpoint_of(*a), policy)))
             }
         }
@@ -293,32 +324,83 @@ pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
     out
 }
 
-/// Makes the kernel's governed table exactly the configured one.
-fn sync_governed(map: &mut HashMap<MapData, Endpoint, EndpointPolicy>, config: &Config) -> Result<(), KernelError> {
-    let wanted = governed_entries(config);
-    let stale: Vec<Endpoint> =
-        map.keys().filter_map(Result::ok).filter(|k| !wanted.iter().any(|(w, _)| w == k)).collect();
-    for key in stale {
-        map.remove(&key).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
-    }
-    for (key, value) in wanted {
-        map.insert(key, value, 0).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
-    }
-    Ok(())
+/// What it takes to turn the kernel's governed table into the wanted one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GovernedDiff {
+    /// Endpoints to insert, or whose value changes (another database now owns them).
+    pub upsert: Vec<(Endpoint, EndpointPolicy)>,
+    /// Endpoints no database uses any more.
+    pub remove: Vec<Endpoint>,
 }
 
-/// Redirected flows keyed by the client's endpoint (the accepted connection's peer).
-pub struct FlowTable(Mutex<HashMap<MapData, Endpoint, FlowOrigin>>);
+/// Compares the table's `current` entries with the `wanted` ones. An endpoint wanted twice
+/// (two databases at one address) keeps the later database's value, as the table always has;
+/// it is removed only when no database wants it.
+pub fn governed_diff(current: &[(Endpoint, EndpointPolicy)], wanted: &[(Endpoint, EndpointPolicy)]) -> GovernedDiff {
+    let wanted: std::collections::HashMap<Endpoint, EndpointPolicy> = wanted.iter().copied().collect();
+    let current: std::collections::HashMap<Endpoint, EndpointPolicy> = current.iter().copied().collect();
+    let mut diff = GovernedDiff {
+        upsert: wanted.iter().filter(|(k, v)| current.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
+        remove: current.keys().filter(|k| !wanted.contains_key(k)).copied().collect(),
+    };
+    diff.upsert.sort_by_key(|(k, _)| (k.addr, k.port));
+    diff.remove.sort_by_key(|k| (k.addr, k.port));
+    diff
+}
+
+/// Makes the kernel's governed table exactly `wanted`. Inserts and updates come first and
+/// removals last, so an endpoint that moves between databases, or a name that moves between
+/// addresses, is never ungoverned in between (a value update replaces it in place).
+fn apply_governed(
+    map: &mut HashMap<MapData, Endpoint, EndpointPolicy>,
+    wanted: &[(Endpoint, EndpointPolicy)],
+) -> Result<GovernedDiff, KernelError> {
+    let current: Vec<(Endpoint, EndpointPolicy)> = map.iter().filter_map(Result::ok).collect();
+    let diff = governed_diff(&current, wanted);
+    for (key, value) in &diff.upsert {
+        map.insert(key, value, 0).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    }
+    for key in &diff.remove {
+        map.remove(key).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    }
+    Ok(diff)
+}
+
+/// Makes the kernel's governed table exactly the configured one (a previous agent's pinned
+/// table included).
+fn sync_governed(map: &mut HashMap<MapData, Endpoint, EndpointPolicy>, config: &Config) -> Result<(), KernelError> {
+    apply_governed(map, &governed_entries(config)).map(drop)
+}
+
+/// Redirected flows, by the cookie of the proxy socket the kernel bound each one to.
+pub struct FlowTable(Mutex<HashMap<MapData, u64, FlowOrigin>>);
+
+/// Why an accepted connection has no usable flow record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FlowRefusal {
+    #[error("no redirect record for this connection")]
+    NoRecord,
+    #[error("the connection's redirect record is {0} ms old")]
+    Stale(u64),
+}
+
+/// An accepted connection whose record is older than this was not made for this agent's
+/// accept: refused rather than attributed.
+const MAX_RECORD_AGE_NS: u64 = 60_000_000_000;
 
 impl FlowTable {
-    /// Takes the record for a connection accepted from `peer`: only flows the redirect created
-    /// have one.
-    pub fn take(&self, peer: SocketAddr) -> Option<FlowOrigin> {
-        let key = endpoint_of(peer);
+    /// Takes the record the kernel bound to the accepted socket with `cookie`: only flows the
+    /// redirect created have one. `accept()` returns a socket only after its handshake
+    /// callbacks ran (the kernel locks the new socket), so the record is already there.
+    pub fn take(&self, cookie: u64) -> Result<FlowOrigin, FlowRefusal> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let origin = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(origin)
+        let origin = map.get(&cookie, 0).map_err(|_| FlowRefusal::NoRecord)?;
+        let _ = map.remove(&cookie);
+        let age = monotonic_ns().saturating_sub(origin.established_ns);
+        if origin.established_ns == 0 || age > MAX_RECORD_AGE_NS {
+            return Err(FlowRefusal::Stale(age / 1_000_000));
+        }
+        Ok(origin)
     }
 }
 
@@ -362,4 +444,93 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(databases: &str) -> Config {
+        Config::parse(Path::new("warden.yaml"), &format!("databases:\n{databases}\n")).expect("config")
+    }
+
+    fn ep(addr: &str) -> Endpoint {
+        endpoint_of(addr.parse().expect("address"))
+    }
+
+    fn resolved(entries: &[(usize, &[&str])]) -> BTreeMap<usize, Vec<SocketAddr>> {
+        entries.iter().map(|(id, addrs)| (*id, addrs.iter().map(|a| a.parse().unwrap()).collect())).collect()
+    }
+
+    /// The database each endpoint belongs to, as the kernel would look it up.
+    fn owners(entries: &[(Endpoint, EndpointPolicy)]) -> Vec<(SocketAddr, u32)> {
+        let table: std::collections::HashMap<Endpoint, EndpointPolicy> = entries.iter().copied().collect();
+        let mut out: Vec<(SocketAddr, u32)> =
+            table.iter().map(|(k, v)| (crate::flow::socket_addr_of(k), v.database_id)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn host_names_are_governed_at_the_addresses_they_resolve_to_now() {
+        let mut c = config("  - {name: a, address: 'db.internal:5432'}\n  - {name: b, address: '*:6432'}");
+        // Unresolved and not followed: nothing to govern for it yet.
+        assert_eq!(owners(&governed_entries(&c)), vec![("[::]:6432".parse().unwrap(), 1)]);
+        let DatabaseAddress::Host { addrs, .. } = &mut c.databases[0].address else { panic!("a host") };
+        *addrs = vec!["10.0.0.5:5432".parse().unwrap()];
+        assert_eq!(owners(&governed_entries(&c))[0], ("10.0.0.5:5432".parse().unwrap(), 0), "start-up addresses");
+        let now = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.6:5432", "[fd00::6]:5432"])]));
+        assert_eq!(
+            owners(&now),
+            vec![
+                ("10.0.0.6:5432".parse().unwrap(), 0),
+                ("[::]:6432".parse().unwrap(), 1),
+                ("[fd00::6]:5432".parse().unwrap(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_diff_adds_updates_and_removes_only_what_changed() {
+        let c = config("  - {name: a, address: 'db.internal:5432'}\n  - {name: b, address: '10.0.0.9:5432'}");
+        let before = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.5:5432", "10.0.0.6:5432"])]));
+        let after = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.6:5432", "10.0.0.7:5432"])]));
+        let diff = governed_diff(&before, &after);
+        assert_eq!(diff.upsert.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![ep("10.0.0.7:5432")]);
+        assert_eq!(diff.remove, vec![ep("10.0.0.5:5432")]);
+        assert_eq!(governed_diff(&after, &after), GovernedDiff::default(), "nothing to do when nothing changed");
+        // A previous agent's table holding someone else's entries: replaced.
+        let stale = [(ep("192.0.2.1:1"), EndpointPolicy::default())];
+        let diff = governed_diff(&stale, &after);
+        assert_eq!((diff.upsert.len(), diff.remove.clone()), (3, vec![ep("192.0.2.1:1")]));
+    }
+
+    #[test]
+    fn an_endpoint_two_databases_share_stays_while_either_uses_it() {
+        // a and b both resolve to 10.0.0.5; c names it exactly.
+        let c = config(
+            "  - {name: a, address: 'a.internal:5432'}\n  - {name: b, address: 'b.internal:5432'}\n  - {name: c, address: '10.0.0.5:5432', mode: observe}",
+        );
+        let shared = ep("10.0.0.5:5432");
+        let both = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.5:5432"]), (1, &["10.0.0.5:5432"])]));
+        // b moves away: c still names the endpoint, so it stays (with c's value, the later one).
+        let b_moved = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.5:5432"]), (1, &["10.0.0.8:5432"])]));
+        let diff = governed_diff(&both, &b_moved);
+        assert!(!diff.remove.contains(&shared), "{diff:?}");
+        assert_eq!(owners(&b_moved)[0], ("10.0.0.5:5432".parse().unwrap(), 2));
+
+        // Without c: when the later of two databases moves away, the endpoint is handed to the
+        // other in place (an update), never removed and re-added.
+        let c = config("  - {name: a, address: 'a.internal:5432'}\n  - {name: b, address: 'b.internal:5432'}");
+        let both = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.5:5432"]), (1, &["10.0.0.5:5432"])]));
+        assert_eq!(owners(&both), vec![("10.0.0.5:5432".parse().unwrap(), 1)]);
+        let b_moved = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.5:5432"]), (1, &["10.0.0.8:5432"])]));
+        let diff = governed_diff(&both, &b_moved);
+        assert!(diff.remove.is_empty(), "{diff:?}");
+        let handed_over = diff.upsert.iter().find(|(k, _)| *k == shared).expect("updated in place");
+        assert_eq!(handed_over.1.database_id, 0);
+        // Once neither uses it, it goes.
+        let both_moved = governed_entries_with(&c, &resolved(&[(0, &["10.0.0.7:5432"]), (1, &["10.0.0.8:5432"])]));
+        assert_eq!(governed_diff(&b_moved, &both_moved).remove, vec![shared]);
+    }
 }

@@ -7,7 +7,7 @@ pub mod ebpf;
 pub mod exec;
 pub mod flow;
 pub mod identity;
-pub mod netif;
+pub mod net;
 pub mod pg;
 pub mod proxy;
 pub mod run;

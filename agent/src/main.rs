@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use warden::{
     cgroup,
     config::Config,
-    ebpf, exec, netif,
+    ebpf, exec,
+    net::netif,
     run::{self, AGENT_CGROUP},
 };
 
@@ -49,7 +50,7 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a configuration file and print what it governs.
+    /// Validate a configuration file and print what it governs (host names resolved now).
     CheckConfig { config: PathBuf },
     /// Read the per-host audit ring (live, or a copied file with --ring).
     Audit {
@@ -112,6 +113,9 @@ enum AuditCmd {
     Export {
         #[arg(long, default_value = "jsonl")]
         format: String,
+        /// The records as written (statement outcomes as separate `statement_end` records).
+        #[arg(long)]
+        raw: bool,
     },
     /// Check checksums, the hash chain and the seals; exits 1 if anything is wrong.
     Verify {
@@ -176,7 +180,10 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         Cmd::Status { config } => status(&Config::load(&config)?),
         Cmd::Audit { command, source } => audit(command, source),
         Cmd::CheckConfig { config } => {
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
+            // Host names are resolved as `run` resolves them at start-up (same `dns:` settings):
+            // the addresses are shown, and a name that resolves to nothing fails here too.
+            warden::net::dns::resolve_blocking(&mut config)?;
             for db in &config.databases {
                 println!(
                     "{:<20} {:<28} {:?} {:?} fail={:?}",
@@ -187,6 +194,9 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
                     db.fail
                 );
             }
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
             println!("ok: {} database(s), proxy {}", config.databases.len(), config.proxy.listen_v4);
             Ok(ExitCode::SUCCESS)
         }
@@ -194,7 +204,12 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
 }
 
 fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
-    use warden::audit::cli::{self, Filter, Output};
+    use warden::audit::{
+        cli::{self, Filter, Output},
+        view,
+    };
+    // Statements with their outcomes merged in: what every command but `export --raw` shows.
+    let load = |ring: &std::path::Path| cli::load(ring, 0).map(view::merged);
     let config = source.config.as_deref().map(Config::load).transpose()?;
     let ring = match (&source.ring, &config) {
         (Some(ring), _) => ring.clone(),
@@ -210,7 +225,7 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
     };
     match command {
         AuditCmd::Tail { lines, follow } => {
-            let entries: Vec<_> = cli::load(&ring, 0)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
+            let entries: Vec<_> = load(&ring)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
             let start = entries.len().saturating_sub(lines);
             cli::print(&entries[start..], output)?;
             if follow {
@@ -226,22 +241,23 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 .context("--label: expected KEY=VALUE")?;
             let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
             let filter = Filter { identity, labels, database, verdict, kind, session, since_ms };
-            cli::print(&cli::query(&cli::load(&ring, 0)?, &filter), output)?;
+            cli::print(&cli::query(&load(&ring)?, &filter), output)?;
         }
         AuditCmd::Show { session } => {
             let filter = Filter { session: Some(session), ..Filter::default() };
-            let entries = cli::query(&cli::load(&ring, 0)?, &filter);
+            let entries = cli::query(&load(&ring)?, &filter);
             if entries.is_empty() {
                 anyhow::bail!("no records for session {session} in {}", ring.display());
             }
             cli::print(&entries, output)?;
         }
-        AuditCmd::Replay { session } => cli::replay(&cli::load(&ring, 0)?, session, output)?,
-        AuditCmd::Export { format } => {
+        AuditCmd::Replay { session } => cli::replay(&load(&ring)?, session, output)?,
+        AuditCmd::Export { format, raw } => {
             if format != "jsonl" {
                 anyhow::bail!("--format {format:?}: only jsonl is supported");
             }
-            let entries: Vec<_> = cli::load(&ring, 0)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
+            let entries = if raw { cli::load(&ring, 0)? } else { load(&ring)? };
+            let entries: Vec<_> = entries.into_iter().filter(|e| e.value["kind"] != "seal").collect();
             cli::print(&entries, Output::Json)?;
         }
         AuditCmd::Verify { key } => {
@@ -251,20 +267,7 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 Some(PathBuf::from(p)).filter(|p| p.exists())
             });
             let v = cli::verify(&ring, key.as_deref())?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!(
-                    "{} records, {} seals checked{}",
-                    v.records,
-                    v.seals_checked,
-                    if key.is_none() { " (no key: seals not checked)" } else { "" }
-                );
-                for p in &v.problems {
-                    println!("PROBLEM: {p}");
-                }
-                println!("{}", if v.problems.is_empty() { "ok" } else { "FAILED" });
-            }
+            cli::print_verification(&v, output)?;
             return Ok(if v.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         AuditCmd::Bench { records } => {
@@ -300,7 +303,17 @@ fn status(config: &Config) -> Result<ExitCode> {
     println!("attached: yes");
     println!("serving: {} (heartbeat {age_ms} ms ago)", if serving { "yes" } else { "no" });
     let stats = ebpf::Stats::from_pin(&config.bpffs_dir)?.read();
-    let names = ["redirected", "exempted", "ungoverned", "refused", "observed", "events_lost", "flows_recorded"];
+    let names = [
+        "redirected",
+        "exempted",
+        "ungoverned",
+        "refused",
+        "observed",
+        "events_lost",
+        "flows_recorded",
+        "flows_accepted",
+        "flows_abandoned",
+    ];
     for (name, value) in names.iter().zip(stats) {
         println!("{name}: {value}");
     }

@@ -23,8 +23,12 @@ use crate::{
     ebpf::{Kernel, monotonic_ns},
     flow::{KernelFacts, endpoint_of, socket_addr_of},
     identity::{Resolver, workloads_dir},
-    netif,
-    proxy::{self, SessionIds, Shared},
+    net::{
+        dns::{self, HostFollower},
+        listener, netif,
+        netns::Namespaces,
+    },
+    proxy::{self, SessionIds, Shared, limits::Limits},
 };
 
 /// SO_MARK the agent puts on its upstream sockets ("WDN").
@@ -37,8 +41,23 @@ pub fn ready_file(state_dir: &Path) -> PathBuf {
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(mut config: Config) -> Result<()> {
+    // The main runtime only keeps time (heartbeat, event drain, database host names) and writes
+    // the audit trail; sessions run on the proxy workers.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Host names first: a name that resolves to nothing stops the agent before it changes
+    // anything on the host. The follower's resolver lives on this runtime, as it must.
+    let hosts = runtime.block_on(dns::resolve_at_start(&mut config)).context("resolving database host names")?;
     let config = Arc::new(config);
+    raise_open_file_limit();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    if !config.proxy.allow_unprivileged_port {
+        for addr in std::iter::once(config.proxy.listen_v4).chain(config.proxy.listen_v6) {
+            listener::check_privileged(addr)?;
+        }
+    }
     fs::create_dir_all(workloads_dir(&config.state_dir))
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let own_cgroup = enter_own_cgroup(&config.cgroup_root)?;
@@ -47,10 +66,27 @@ pub fn run(config: Config) -> Result<()> {
         addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
-    // The main runtime only keeps time (heartbeat, event drain) and writes the audit trail;
-    // sessions run on the proxy workers.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(config, own_cgroup))
+    runtime.block_on(serve(config, own_cgroup, hosts))
+}
+
+/// Each proxied connection holds two descriptors: the default soft limit (1024) would refuse
+/// clients long before memory or CPU run out. Raised to the hard limit, which needs no
+/// privilege; a low hard limit is reported.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => tracing::warn!(soft, hard, error = %err, "could not raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "could not read the open-file limit"),
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < 65_536
+    {
+        tracing::warn!(limit = soft, "the open-file limit allows fewer than 32768 proxied connections");
+    }
 }
 
 fn enter_own_cgroup(root: &Path) -> Result<CgroupId> {
@@ -76,7 +112,7 @@ fn state(config: &Config, own_cgroup: CgroupId, serving: bool) -> AgentState {
     }
 }
 
-async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
+async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -> Result<()> {
     // Handlers first: a SIGTERM that arrives once we are attached must reach the clean
     // shutdown (which publishes "not serving" at once), not the default action.
     let signals = Signals::install()?;
@@ -116,6 +152,8 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
         sessions: SessionIds::new(),
         cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
         statements: Arc::new(crate::audit::statements::StatementAuditing::new(audit.clone(), &config.audit)),
+        namespaces: Arc::new(Namespaces::new().context("opening the agent's network namespace")?),
+        limits: Limits::new(config.proxy.max_connections, config.proxy.max_connections_per_identity),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -148,7 +186,8 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
-    tasks.spawn(sweep_workload_labels(config.clone()));
+    tasks.spawn(sweep_workload_labels(shared.clone()));
+    tasks.spawn(hosts.follow(config.clone(), kernel.clone(), audit.clone()));
     fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
     tracing::info!(
         v4 = %config.proxy.listen_v4,
@@ -161,15 +200,16 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
 
     signals.wait().await;
     tracing::info!("shutting down");
+    // "Not serving" first: from here connect4/6 apply each database's fail mode at once, so no
+    // client is sent to the proxy's address once nothing listens there.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    kernel.publish(state(&config, own_cgroup, false))?;
+    let _ = fs::remove_file(ready_file(&config.state_dir));
     let _ = stop.send(true);
     for thread in threads {
         let _ = thread.join();
     }
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let _ = fs::remove_file(ready_file(&config.state_dir));
-    // From here connect4/6 apply each database's fail mode at once (not after a stale heartbeat).
-    kernel.publish(state(&config, own_cgroup, false))?;
     handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
     drop(shared);
     drop(audit);
@@ -192,7 +232,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId) -> Result<()> {
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    proxy::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
+    listener::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.
@@ -220,8 +260,14 @@ impl Signals {
 
 async fn heartbeat(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut beats = 0u64;
     loop {
         tick.tick().await;
+        beats += 1;
+        if beats.is_multiple_of(120) {
+            // Idle client namespaces are released about once a minute.
+            shared.namespaces.sweep();
+        }
         if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, true)) {
             tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
         }
@@ -231,12 +277,16 @@ async fn heartbeat(shared: Arc<Shared>) {
 /// Label files of exited `warden exec` workloads are kept this long for late events.
 const LABEL_GRACE: Duration = Duration::from_secs(600);
 
-async fn sweep_workload_labels(config: Arc<Config>) {
+/// Once a minute: label files of exited workloads, and identities of cgroups gone for longer
+/// than their grace period (on the blocking pool: both read the filesystem).
+async fn sweep_workload_labels(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let (root, state) = (config.cgroup_root.clone(), config.state_dir.clone());
+        let (root, state) = (shared.config.cgroup_root.clone(), shared.config.state_dir.clone());
         let _ = tokio::task::spawn_blocking(move || crate::exec::sweep_labels(&root, &state, LABEL_GRACE)).await;
+        let resolver = shared.resolver.clone();
+        let _ = tokio::task::spawn_blocking(move || resolver.sweep()).await;
     }
 }
 
@@ -251,7 +301,16 @@ async fn drain_events(shared: Arc<Shared>) {
         tick.tick().await;
         let events = shared.kernel.drain_events();
         if !events.is_empty() {
-            handle_events(&shared, events, &mut open);
+            // Identity resolution may read /proc and walk the cgroup tree: never on the thread
+            // that publishes the heartbeat.
+            let shared = shared.clone();
+            let mut taken = std::mem::take(&mut open);
+            open = tokio::task::spawn_blocking(move || {
+                handle_events(&shared, events, &mut taken);
+                taken
+            })
+            .await
+            .unwrap_or_default();
         }
     }
 }
@@ -264,7 +323,7 @@ fn handle_events(shared: &Shared, events: Vec<FlowEvent>, open: &mut OpenObserve
             .get(event.origin.database_id as usize)
             .map_or_else(|| format!("#{}", event.origin.database_id), |d| d.name.clone());
         let orig_dst = socket_addr_of(&event.origin.orig_dst);
-        let identity = || shared.resolver.resolve(&KernelFacts::from_origin(&event.origin));
+        let identity = || shared.resolver.resolve_blocking(&KernelFacts::from_origin(&event.origin));
         let record = match event.kind {
             EVENT_UNGOVERNED => Event::Ungoverned { database, orig_dst, identity: identity() },
             EVENT_REFUSED => Event::RefusedNotServing { database, orig_dst, identity: identity() },

@@ -133,6 +133,11 @@ fn debian_packages() -> Result<()> {
     if !Path::new(PGJDBC_JAR).exists() {
         missing.push("libpostgresql-jdbc-java");
     }
+    // The system interpreter at a fixed path: tests run socket scripts as other users and inside
+    // network namespaces, where a per-user Python on PATH may not be found.
+    if !Path::new("/usr/bin/python3").exists() {
+        missing.push("python3");
+    }
     if missing.is_empty() {
         return Ok(());
     }

@@ -14,6 +14,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// A resource the statement needs (the audit trail) is unavailable.
     pub const INSUFFICIENT_RESOURCES: &str = "53000";
+    /// Too many connections (globally, or for the client's identity).
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// The agent itself failed.
     pub const INTERNAL_ERROR: &str = "XX000";
     /// The request needs something the agent is not configured for (e.g. replication).

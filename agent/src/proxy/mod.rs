@@ -1,15 +1,16 @@
-//! The proxy listener: accepts only flows the redirect created, attributes them, connects to
-//! the original destination (exempt from the redirect) and relays.
+//! The proxy listener: accepts only flows the redirect created, attributes them, admits them
+//! within the connection limits, connects to the original destination from the client's own
+//! network namespace (exempt from the redirect) and relays.
 //!
 //! `protocol: postgres` databases get a full PostgreSQL protocol session (`postgres`); other
 //! TCP protocols are relayed as bytes with connection-level records.
 
+pub mod limits;
 pub mod postgres;
 pub mod tls;
 
 use std::{
     io,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -17,16 +18,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
-use self::postgres::SessionReport;
+use self::{limits::Limits, postgres::SessionReport};
 use crate::{
     audit::{AuditLog, Event, SessionId},
     cgroup::CgroupId,
     config::{Config, Database, Protocol},
     ebpf::Kernel,
     flow::{ClientAddr, KernelFacts, OrigDst, socket_addr_of},
-    identity::Resolver,
+    identity::{Identity, Resolver},
+    net::{
+        netns::{ClientNetns, Namespaces, NetnsError},
+        upstream::{self, UpstreamError},
+    },
 };
 
 /// What every session shares: an immutable config snapshot and the agent's services.
@@ -44,6 +49,10 @@ pub struct Shared {
     pub cancels: Arc<postgres::cancel::CancelRegistry>,
     /// Statement auditing shared by PostgreSQL sessions (each gets its own hooks).
     pub statements: Arc<crate::audit::statements::StatementAuditing>,
+    /// Client network namespaces (upstream connections are dialled from them).
+    pub namespaces: Arc<Namespaces>,
+    /// Connection limits, global and per identity.
+    pub limits: Arc<Limits>,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -69,15 +78,6 @@ impl Default for SessionIds {
     }
 }
 
-/// The upstream connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("{0}")]
-    Unreachable(io::Error),
-    #[error("no answer within {0} ms")]
-    Timeout(u64),
-}
-
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -95,25 +95,69 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The key an identity's connections are counted under: its `warden/identity` label, else its
+/// container, else its cgroup.
+fn limit_key(identity: &Identity) -> String {
+    if let Some(name) = identity.labels.get("warden/identity") {
+        format!("identity:{name}")
+    } else if let Some(container) = &identity.container_id {
+        format!("container:{container}")
+    } else {
+        format!("cgroup:{}", identity.cgroup_id)
+    }
+}
+
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
-    let Some(origin) = shared.kernel.flows().take(peer.0) else {
-        // Only flows the redirect created have a record: anything else dialled the proxy
-        // directly (or from another host) and is refused without a byte.
-        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "no redirect record for this peer".into() });
-        return;
+    let refused = |reason: String| shared.audit.record(Event::ProxyRefused { client: peer.0, reason });
+    // The record is bound to this accepted socket by the kernel: looked up by the socket's
+    // identity, never by an address another socket could take.
+    let origin = match socket2::SockRef::from(&client).cookie() {
+        Ok(cookie) => shared.kernel.flows().take(cookie),
+        Err(err) => {
+            refused(format!("reading the accepted socket's cookie: {err}"));
+            return;
+        }
+    };
+    let origin = match origin {
+        Ok(origin) => origin,
+        Err(why) => {
+            // Only flows the redirect created have a record: anything else dialled the proxy
+            // directly (or from another host) and is refused without a byte.
+            refused(why.to_string());
+            return;
+        }
     };
     let facts = KernelFacts::from_origin(&origin);
     if facts.cgroup_id == shared.own_cgroup {
-        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "flow from the agent's own cgroup".into() });
+        refused("flow from the agent's own cgroup".into());
         return;
     }
     let database_index = origin.database_id as usize;
     let Some(db) = shared.config.databases.get(database_index) else {
-        shared.audit.record(Event::ProxyRefused { client: peer.0, reason: "flow for an unknown database".into() });
+        refused("flow for an unknown database".into());
         return;
     };
     let orig_dst = OrigDst(socket_addr_of(&origin.orig_dst));
-    let identity = shared.resolver.resolve(&facts);
+    // Resolved off the accept path (a cache miss reads /proc and the cgroup tree on the
+    // blocking pool).
+    let identity = shared.resolver.resolve(facts.clone()).await;
+    let _slot = match shared.limits.admit(&limit_key(&identity)) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            shared.audit.record(Event::ConnectionRefused {
+                database: db.name.clone(),
+                orig_dst: orig_dst.0,
+                client: peer.0,
+                reason: limit.to_string(),
+                identity,
+            });
+            refuse_busy(db.protocol, client, &limit.to_string()).await;
+            return;
+        }
+    };
+    // The upstream is dialled from the client's own network namespace; where that cannot be
+    // found the session is refused when it would dial.
+    let netns = shared.namespaces.find(origin.netns_cookie, facts.pid, facts.tid);
     let session = shared.sessions.next();
     let started = Instant::now();
     let _ = client.set_nodelay(true);
@@ -126,6 +170,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             upstream_local: r.upstream_local,
             db_user: r.db_user.clone(),
             db_name: r.db_name.clone(),
+            db_role: r.db_role.clone(),
             application_name: r.application_name.clone(),
             client_tls: r.client_tls,
             upstream_tls: r.upstream_tls,
@@ -133,13 +178,15 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             identity: identity.clone(),
         })
     };
+    let dial =
+        Dial { namespaces: shared.namespaces.clone(), netns: netns.map_err(Arc::new), mark: shared.upstream_mark };
     let report = match db.protocol {
         Protocol::Postgres => {
             let ctx = postgres::SessionContext {
                 database: Arc::new(db.clone()),
                 database_index,
                 orig_dst,
-                upstream_mark: shared.upstream_mark,
+                dial,
                 client_tls: shared.config.proxy.tls.as_ref().and_then(|t| {
                     t.server_config
                         .clone()
@@ -163,7 +210,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             }
             report
         }
-        Protocol::Tcp => relay_bytes(&shared, db, orig_dst, client, open).await,
+        Protocol::Tcp => relay_bytes(db, orig_dst, &dial, client, open).await,
     };
     shared.audit.record(Event::ConnectionClose {
         session,
@@ -177,20 +224,67 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     });
 }
 
-/// Connection-level governance for protocols without a module: relay bytes both ways.
+/// How a session reaches its upstream: from the client's network namespace, with the agent's
+/// socket mark.
+#[derive(Clone)]
+pub struct Dial {
+    pub namespaces: Arc<Namespaces>,
+    /// The client's namespace, or why it could not be found (the session is then refused).
+    pub netns: Result<ClientNetns, Arc<NetnsError>>,
+    pub mark: u32,
+}
+
+impl Dial {
+    /// Connects to `dst` from the client's namespace.
+    pub async fn connect(&self, dst: OrigDst, timeout_ms: u64) -> Result<TcpStream, UpstreamError> {
+        let netns = match &self.netns {
+            Ok(ns) => ns,
+            Err(err) => {
+                return Err(UpstreamError::Unreachable(io::Error::new(io::ErrorKind::NotFound, err.to_string())));
+            }
+        };
+        upstream::connect(&self.namespaces, netns, dst, self.mark, timeout_ms).await
+    }
+}
+
+/// Refuses a connection over a limit: PostgreSQL clients get FATAL 53300 (what the server says
+/// when it has too many clients), others are closed. Whatever the client already sent is read
+/// and discarded briefly, so the close is not a reset that hides the error.
+async fn refuse_busy(protocol: Protocol, mut client: TcpStream, why: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if protocol == Protocol::Postgres {
+        let message = format!("warden: too many connections: {why}");
+        let _ = client
+            .write_all(&crate::pg::error::error_message(
+                crate::pg::error::Severity::Fatal,
+                crate::pg::error::sqlstate::TOO_MANY_CONNECTIONS,
+                &message,
+            ))
+            .await;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// Connection-level governance for protocols without a module: relay bytes both ways. A
+/// client whose upstream cannot be reached is reset, as a refused direct connection would be.
 async fn relay_bytes(
-    shared: &Shared,
     db: &Database,
     orig_dst: OrigDst,
+    dial: &Dial,
     mut client: TcpStream,
     open: impl FnOnce(&SessionReport),
 ) -> SessionReport {
     let mut report = SessionReport::default();
-    match connect_upstream(orig_dst, shared.upstream_mark, db.connect_timeout_ms).await {
+    match dial.connect(orig_dst, db.connect_timeout_ms).await {
         Err(err) => {
-            tracing::warn!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
+            tracing::debug!(database = %db.name, %orig_dst, error = %err, "upstream connect failed");
             open(&report);
             report.error = Some(format!("upstream {orig_dst} unreachable: {err}"));
+            // SO_LINGER 0: the close sends a reset, the nearest a proxy can come to "refused".
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
         }
         Ok(mut upstream) => {
             report.upstream_local = upstream.local_addr().ok();
@@ -202,35 +296,4 @@ async fn relay_bytes(
         }
     }
     report
-}
-
-/// Connects to the original destination with the agent's mark, so connect4/6 let it through.
-pub async fn connect_upstream(dst: OrigDst, mark: u32, timeout_ms: u64) -> Result<TcpStream, UpstreamError> {
-    let domain = socket2::Domain::for_address(dst.0);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(UpstreamError::Unreachable)?;
-    socket.set_mark(mark).map_err(UpstreamError::Unreachable)?;
-    socket.set_nonblocking(true).map_err(UpstreamError::Unreachable)?;
-    socket.set_tcp_nodelay(true).map_err(UpstreamError::Unreachable)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), socket.connect(dst.0)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(UpstreamError::Unreachable(source)),
-        Err(_) => Err(UpstreamError::Timeout(timeout_ms)),
-    }
-}
-
-/// Binds a non-blocking proxy listener: SO_REUSEADDR so a restarted agent can bind at once,
-/// SO_REUSEPORT so each proxy worker has its own socket on the same address.
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }

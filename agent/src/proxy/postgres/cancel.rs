@@ -10,12 +10,14 @@ use std::{
 use crate::{config::Database, flow::OrigDst};
 
 /// Where a session's cancel requests must go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CancelTarget {
     pub orig_dst: OrigDst,
     /// The session's database (its TLS settings apply to the cancel connection too).
     pub database: Arc<Database>,
     pub database_index: usize,
+    /// The session's own way upstream (its client's network namespace).
+    pub dial: crate::proxy::Dial,
 }
 
 /// Live sessions by backend key.

@@ -28,6 +28,8 @@ pub struct StatementInfo<'a> {
     pub bind: Option<Bind<'a>>,
     /// The function a fast-path FunctionCall invokes.
     pub function_oid: Option<u32>,
+    /// The session's `standard_conforming_strings` (how the text lexes).
+    pub standard_conforming_strings: bool,
 }
 
 /// Session hooks. Every method has a do-nothing default.
@@ -49,6 +51,11 @@ pub trait SessionHooks: Send + Sync {
         false
     }
 
+    /// A statement was forwarded to the server (a simple Query, an Execute or a FunctionCall):
+    /// from here it runs, whatever becomes of the client. Called once per message, after the
+    /// verdict allowed it.
+    fn on_forward(&self, _running: &Running) {}
+
     fn on_row_description(&self, _running: Option<&Running>, _description: &RowDescription<'_>) {}
 
     fn on_row(&self, _running: Option<&Running>, _row: &[u8]) {}
@@ -59,6 +66,19 @@ pub trait SessionHooks: Send + Sync {
     /// A statement failed with this SQLSTATE (errors that replace a refused statement's are
     /// not reported: the hook refused it itself).
     fn on_error(&self, _running: Option<&Running>, _sqlstate: &str) {}
+
+    /// An Execute stopped at its row limit (PortalSuspended): it ran, and may be resumed.
+    fn on_suspended(&self, _running: &Running) {}
+
+    /// A simple-query string is answered (ReadyForQuery): statements of it that neither
+    /// completed nor failed did not run.
+    fn on_query_end(&self, _running: &Running) {}
+
+    /// A forwarded statement the server skipped (an earlier message of its batch failed).
+    fn on_not_run(&self, _running: &Running) {}
+
+    /// The session ended before the server reported this statement's outcome.
+    fn on_abandoned(&self, _running: &Running) {}
 }
 
 /// The hooks of a session with no policy: everything is allowed.

@@ -34,6 +34,7 @@ use self::{
 use crate::{
     config::{Database, TlsMode},
     flow::OrigDst,
+    net::upstream::UpstreamError,
     pg::{
         backend::{AUTH_SASL, Backend, sasl_mechanisms},
         error::{Severity, error_message, sqlstate},
@@ -57,7 +58,8 @@ pub struct SessionContext {
     pub database: Arc<Database>,
     pub database_index: usize,
     pub orig_dst: OrigDst,
-    pub upstream_mark: u32,
+    /// How the upstream is reached (the client's network namespace, the agent's mark).
+    pub dial: super::Dial,
     pub client_tls: Option<ClientTls>,
     pub max_message: usize,
     pub hooks: Arc<dyn SessionHooks>,
@@ -85,6 +87,9 @@ struct Upstream {
 pub struct SessionReport {
     pub db_user: Option<String>,
     pub db_name: Option<String>,
+    /// The role the session acts as when the start-up packet sets one (`options=-c role=...`
+    /// or a `role` parameter), beside the login user.
+    pub db_role: Option<String>,
     pub application_name: Option<String>,
     pub client_tls: bool,
     pub upstream_tls: bool,
@@ -105,6 +110,8 @@ pub enum SessionError {
     Start(#[from] startup::StartError),
     #[error("upstream {dst} unreachable: {source}")]
     UpstreamUnreachable { dst: OrigDst, source: io::Error },
+    #[error("the client's network namespace cannot be used: {source}")]
+    ClientNamespace { source: crate::net::netns::NetnsError },
     #[error("upstream {dst} did not accept a connection within {timeout_ms} ms")]
     UpstreamTimeout { dst: OrigDst, timeout_ms: u64 },
     #[error("upstream {dst} refused TLS, which tls.mode {mode:?} requires")]
@@ -151,6 +158,7 @@ async fn run_inner(
     report.client_tls = start.stream.is_tls();
     report.db_user = start.user.clone();
     report.db_name = start.database.clone();
+    report.db_role = start.role.clone();
     report.application_name = start.application_name.clone();
     if start.replication.is_some() && !ctx.database.allow_replication {
         let message = format!(
@@ -187,11 +195,11 @@ async fn run_inner(
 async fn connect(ctx: &SessionContext) -> Result<Upstream, SessionError> {
     let dst = ctx.orig_dst;
     let db = &ctx.database;
-    let mut tcp =
-        super::connect_upstream(dst, ctx.upstream_mark, db.connect_timeout_ms).await.map_err(|e| match e {
-            super::UpstreamError::Unreachable(source) => SessionError::UpstreamUnreachable { dst, source },
-            super::UpstreamError::Timeout(timeout_ms) => SessionError::UpstreamTimeout { dst, timeout_ms },
-        })?;
+    let mut tcp = ctx.dial.connect(dst, db.connect_timeout_ms).await.map_err(|e| match e {
+        UpstreamError::Namespace(source) => SessionError::ClientNamespace { source },
+        UpstreamError::Unreachable(source) => SessionError::UpstreamUnreachable { dst, source },
+        UpstreamError::Timeout(timeout_ms) => SessionError::UpstreamTimeout { dst, timeout_ms },
+    })?;
     let local = tcp.local_addr().ok();
     let plain = |tcp| Upstream { stream: MaybeTls::Plain(tcp), local, server_certificate: None };
     let Some(config) = db.tls.client_config.clone() else {
@@ -233,12 +241,14 @@ async fn forward_cancel(ctx: &SessionContext, packet: &[u8], pid: i32, key: &[u8
         orig_dst: ctx.orig_dst,
         database: ctx.database.clone(),
         database_index: ctx.database_index,
+        dial: ctx.dial.clone(),
     });
+    // The cancel goes where the session's own upstream went: from that session's namespace.
     let cancel_ctx = SessionContext {
         database: target.database,
         database_index: target.database_index,
         orig_dst: target.orig_dst,
-        upstream_mark: ctx.upstream_mark,
+        dial: target.dial,
         client_tls: None,
         max_message: ctx.max_message,
         hooks: ctx.hooks.clone(),
@@ -292,14 +302,24 @@ where
 {
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
-    let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64 };
-    let mut to_client =
-        ServerToClient { ctx, state: &state, bytes: 0, saw_fatal: false, registered: None, channel_binding_holds };
-    let outcome = tokio::select! {
+    let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false };
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds);
+    let mut outcome = tokio::select! {
         r = to_server.pump(&mut client_r, &mut up_w) => r,
         r = to_client.pump(&mut up_r, &mut client_w) => r,
     };
-    if let Some((pid, key)) = &to_client.registered {
+    if matches!(outcome, Ok(Side::Client)) {
+        if to_server.terminated {
+            // After Terminate the server reads nothing more; what the client sent with it is
+            // dropped here too (and read, so the close is not a reset).
+            startup::discard_pending(&mut client_r).await;
+        }
+        // The client is gone, but what it sent is running: keep reading the server's answers
+        // (recording each statement's outcome) until nothing is owed, as the server itself
+        // runs them to completion.
+        outcome = drain_after_client(&state, &mut to_client, &mut up_r, &mut up_w, &mut client_w).await;
+    }
+    if let Some((pid, key)) = &to_client.obs.registered {
         ctx.cancels.unregister(*pid, key);
     }
     report.bytes_from_client = to_server.bytes;
@@ -308,12 +328,15 @@ where
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
         report.statements = st.completed;
         report.rows = st.rows;
+        for running in st.unfinished() {
+            ctx.hooks.on_abandoned(running);
+        }
     }
     let phase = state.lock().unwrap_or_else(|p| p.into_inner()).phase;
     match outcome {
         // The client left (after Terminate, or abruptly): the server notices on its own.
         Ok(Side::Client) => Ok(()),
-        Ok(Side::Server) if phase == Phase::Terminating || to_client.saw_fatal => Ok(()),
+        Ok(Side::Server) if phase == Phase::Terminating || to_client.obs.saw_fatal => Ok(()),
         Ok(Side::Server) | Err(SessionError::UpstreamIo(_)) => {
             let message = "warden: the connection to the database was lost";
             let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::CONNECTION_FAILURE, message)).await;
@@ -341,6 +364,49 @@ where
     }
 }
 
+/// How long the server's answers are still read after the client left.
+const DRAIN_AFTER_CLIENT: Duration = Duration::from_secs(60);
+
+/// Reads the server's answers to what a departed client sent, until none is owed (or the
+/// server closes, or `DRAIN_AFTER_CLIENT` passes: those statements' outcome stays unknown).
+/// A client that only half-closed still gets its answers, as the server would send them; one
+/// that is gone entirely is written nothing more.
+async fn drain_after_client<UR, UW, CW>(
+    state: &Mutex<ProtocolState>,
+    to_client: &mut ServerToClient<'_>,
+    up_r: &mut UR,
+    up_w: &mut UW,
+    client_w: &mut CW,
+) -> Result<Side, SessionError>
+where
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+    CW: AsyncWrite + Unpin,
+{
+    let copy_in = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.unfinished().next().is_none() {
+            return Ok(Side::Client);
+        }
+        matches!(st.copy, state::Copy::In | state::Copy::Both)
+    };
+    // The server buffers its output until Sync or Flush: ask for what it has. A COPY FROM the
+    // client that can no longer send is failed, as the server fails it when the client is gone.
+    let mut nudge = Vec::new();
+    if copy_in {
+        put_message(&mut nudge, b'f', b"client disconnected\0");
+    }
+    put_message(&mut nudge, b'H', b"");
+    if up_w.write_all(&nudge).await.is_err() {
+        return Ok(Side::Client);
+    }
+    to_client.draining = true;
+    match tokio::time::timeout(DRAIN_AFTER_CLIENT, to_client.pump(up_r, client_w)).await {
+        Ok(Err(SessionError::Protocol(e))) => Err(SessionError::Protocol(e)),
+        _ => Ok(Side::Client),
+    }
+}
+
 /// Which side ended the session cleanly (end of stream).
 enum Side {
     Client,
@@ -358,7 +424,17 @@ struct ClientToServer<'a> {
     ctx: &'a SessionContext,
     state: &'a Mutex<ProtocolState>,
     bytes: u64,
+    /// The client sent Terminate: nothing it sends after it is read (the server would not).
+    terminated: bool,
 }
+
+/// Before authentication completes, a client message is an authentication response, which
+/// PostgreSQL bounds at 64 KiB (`PG_MAX_AUTH_TOKEN_LENGTH`): an unauthenticated client cannot
+/// make the proxy hold more.
+const MAX_AUTH_MESSAGE: usize = 65_535 + 5;
+/// A partial message reserves at most this much ahead of the bytes that actually arrived, so
+/// a declared length costs memory only as the client really sends it.
+const MAX_RESERVE_AHEAD: usize = 1 << 20;
 
 impl ClientToServer<'_> {
     async fn pump<R, W>(&mut self, client: &mut R, upstream: &mut W) -> Result<Side, SessionError>
@@ -373,43 +449,76 @@ impl ClientToServer<'_> {
             if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
                 return Ok(Side::Client);
             }
+            let max = self.max_message();
             let pos = if inspect {
-                self.judged(&buf, upstream).await?
+                self.judged(&buf, max, upstream).await?
             } else {
-                let pos = self.unjudged(&buf)?;
+                let pos = self.unjudged(&buf, max)?;
                 upstream.write_all(&buf[..pos]).await.map_err(SessionError::UpstreamIo)?;
                 pos
             };
             self.bytes += pos as u64;
-            if pos < buf.len() {
-                // A partial message waits for more bytes; make room for all of it.
-                if let Some(h) = frame::header(&buf[pos..], self.ctx.max_message).ok().flatten() {
-                    buf.reserve(h.total.saturating_sub(buf.len() - pos));
-                }
+            if self.terminated {
+                return Ok(Side::Client);
+            }
+            if pos < buf.len()
+                && let Some(h) = frame::header(&buf[pos..], max).ok().flatten()
+            {
+                // A partial message waits for more bytes: room for them, a bounded step at a time.
+                let missing = h.total.saturating_sub(buf.len() - pos);
+                buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             }
             buf.advance(pos);
         }
     }
 
-    /// No hook looks at statements: record every complete message in the state machine under
-    /// one lock and relay the chunk as it came. Returns the bytes consumed.
-    fn unjudged(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
-        let mut st = self.lock();
-        let mut pos = 0;
-        while let Some(h) = complete_message(&buf[pos..], self.ctx.max_message)? {
-            let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
-            st.on_frontend(&msg, None)?;
-            pos += h.total;
+    /// The largest client message accepted now.
+    fn max_message(&self) -> usize {
+        match self.lock().phase {
+            Phase::Ready | Phase::Terminating => self.ctx.max_message,
+            Phase::Authenticating | Phase::Starting => MAX_AUTH_MESSAGE.min(self.ctx.max_message),
+        }
+    }
+
+    /// No hook looks at statements before they run: record every complete message in the state
+    /// machine under one lock and relay the chunk as it came. Returns the bytes consumed.
+    fn unjudged(&mut self, buf: &[u8], max: usize) -> Result<usize, SessionError> {
+        let mut forwarded = Vec::new();
+        let mut terminated = false;
+        let pos = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pos = 0;
+            while let Some(h) = complete_message(&buf[pos..], max)? {
+                let msg =
+                    Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+                st.on_frontend(&msg, None)?;
+                forwarded.extend(st.newest().cloned());
+                pos += h.total;
+                if msg == Frontend::Terminate {
+                    terminated = true;
+                    break;
+                }
+            }
+            pos
+        };
+        self.terminated = terminated;
+        for running in &forwarded {
+            self.ctx.hooks.on_forward(running);
         }
         Ok(pos)
     }
 
     /// Hooks judge each statement: relay allowed ones, hold or replace others. Writes what it
     /// consumed upstream itself; returns the bytes consumed.
-    async fn judged<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], upstream: &mut W) -> Result<usize, SessionError> {
+    async fn judged<W: AsyncWrite + Unpin>(
+        &mut self,
+        buf: &[u8],
+        max: usize,
+        upstream: &mut W,
+    ) -> Result<usize, SessionError> {
         let mut pos = 0;
         let mut flushed = 0;
-        while let Some(h) = complete_message(&buf[pos..], self.ctx.max_message)? {
+        while let Some(h) = complete_message(&buf[pos..], max)? {
             let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
             let verdict = match self.judge(&msg) {
                 Verdict::Hold(decision) => {
@@ -427,7 +536,16 @@ impl ClientToServer<'_> {
                 other => other,
             };
             match verdict {
-                Verdict::Allow | Verdict::Hold(_) => self.lock().on_frontend(&msg, None)?,
+                Verdict::Allow | Verdict::Hold(_) => {
+                    let started = {
+                        let mut st = self.lock();
+                        st.on_frontend(&msg, None)?;
+                        st.newest().cloned()
+                    };
+                    if let Some(running) = started {
+                        self.ctx.hooks.on_forward(&running);
+                    }
+                }
                 Verdict::Deny { sqlstate, message } => {
                     upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                     let (poison, poison_bytes) = poison_for(&msg);
@@ -438,6 +556,10 @@ impl ClientToServer<'_> {
                 }
             }
             pos += h.total;
+            if msg == Frontend::Terminate {
+                self.terminated = true;
+                break;
+            }
         }
         upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
         Ok(pos)
@@ -450,24 +572,25 @@ impl ClientToServer<'_> {
     /// Asks the hooks about statements; everything else passes.
     fn judge(&self, msg: &Frontend<'_>) -> Verdict {
         let hooks = &self.ctx.hooks;
-        let (sql, protocol, bind, function_oid) = {
+        let (sql, protocol, bind, function_oid, standard_conforming_strings) = {
             let st = self.lock();
             if st.phase != Phase::Ready {
                 return Verdict::Allow;
             }
+            let scs = st.standard_conforming_strings;
             match msg {
-                Frontend::Query(sql) => (Arc::from(text(sql)), QueryProtocol::Simple, None, None),
+                Frontend::Query(sql) => (Arc::from(text(sql)), QueryProtocol::Simple, None, None, scs),
                 Frontend::Bind(bind) => {
                     let sql = st.statement(bind.statement).map_or_else(|| Arc::from(""), |p| p.sql.clone());
-                    (sql, QueryProtocol::Extended, Some(*bind), None)
+                    (sql, QueryProtocol::Extended, Some(*bind), None, scs)
                 }
                 Frontend::FunctionCall { function_oid } => {
-                    (Arc::from(""), QueryProtocol::FunctionCall, None, Some(*function_oid))
+                    (Arc::from(""), QueryProtocol::FunctionCall, None, Some(*function_oid), scs)
                 }
                 _ => return Verdict::Allow,
             }
         };
-        hooks.before_statement(&StatementInfo { sql: &sql, protocol, bind, function_oid })
+        hooks.before_statement(&StatementInfo { sql: &sql, protocol, bind, function_oid, standard_conforming_strings })
     }
 }
 
@@ -506,6 +629,169 @@ struct ServerToClient<'a> {
     ctx: &'a SessionContext,
     state: &'a Mutex<ProtocolState>,
     bytes: u64,
+    obs: Observer<'a>,
+    /// Bytes read from the server. Kept here, not in `pump`, so that a pump interrupted when the
+    /// client leaves can be resumed to drain without losing a partial message.
+    buf: BytesMut,
+    /// Bytes of a streamed (not decoded) message still to relay.
+    streaming: usize,
+    /// `buf[..processed]` went through the state machine but is not yet written to the client.
+    processed: usize,
+    /// Messages to send in place of others: (start, end, bytes) within `buf[..processed]`.
+    replacements: Vec<(usize, usize, Vec<u8>)>,
+    /// The client stopped sending: stop once the server owes nothing more.
+    draining: bool,
+    /// While draining, a write to the client failed: it is gone, answers are only recorded.
+    client_gone: bool,
+}
+
+impl<'a> ServerToClient<'a> {
+    fn new(ctx: &'a SessionContext, state: &'a Mutex<ProtocolState>, channel_binding_holds: bool) -> Self {
+        Self {
+            ctx,
+            state,
+            bytes: 0,
+            obs: Observer { ctx, saw_fatal: false, registered: None, channel_binding_holds },
+            buf: BytesMut::with_capacity(128 * 1024),
+            streaming: 0,
+            processed: 0,
+            replacements: Vec::new(),
+            draining: false,
+            client_gone: false,
+        }
+    }
+
+    async fn pump<R, W>(&mut self, upstream: &mut R, client: &mut W) -> Result<Side, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            // What an interrupted pump had processed is written first.
+            self.flush(client).await?;
+            if self.draining && self.state.lock().unwrap_or_else(|p| p.into_inner()).unfinished().next().is_none() {
+                return Ok(Side::Client);
+            }
+            ensure_spare(&mut self.buf);
+            if upstream.read_buf(&mut self.buf).await.map_err(SessionError::UpstreamIo)? == 0 {
+                return Ok(Side::Server);
+            }
+            self.process()?;
+        }
+    }
+
+    /// Writes `buf[..processed]` (with its replacements) to the client.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, client: &mut W) -> Result<(), SessionError> {
+        if self.processed == 0 {
+            return Ok(());
+        }
+        if !self.client_gone {
+            match self.write_processed(client).await {
+                Ok(()) => {}
+                Err(_) if self.draining => self.client_gone = true,
+                Err(e) => return Err(SessionError::ClientIo(e)),
+            }
+        }
+        self.replacements.clear();
+        self.bytes += self.processed as u64;
+        self.buf.advance(self.processed);
+        self.processed = 0;
+        Ok(())
+    }
+
+    async fn write_processed<W: AsyncWrite + Unpin>(&self, client: &mut W) -> io::Result<()> {
+        let mut flushed = 0;
+        for (start, end, bytes) in &self.replacements {
+            client.write_all(&self.buf[flushed..*start]).await?;
+            client.write_all(bytes).await?;
+            flushed = *end;
+        }
+        client.write_all(&self.buf[flushed..self.processed]).await
+    }
+
+    /// Feeds every complete message in `buf` to the state machine and the hooks.
+    fn process(&mut self) -> Result<(), SessionError> {
+        let wants_rows = self.ctx.hooks.wants_rows();
+        let mut pos = 0;
+        let state = self.state;
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.streaming > 0 {
+                let take = self.streaming.min(self.buf.len() - pos);
+                pos += take;
+                self.streaming -= take;
+                if self.streaming > 0 {
+                    break;
+                }
+            }
+            let Some(h) =
+                frame::header(&self.buf[pos..], MAX_STREAMED).map_err(|e| ProtocolError::Server(e.to_string()))?
+            else {
+                break;
+            };
+            let available = self.buf.len() - pos;
+            if h.tag == b'D' && !wants_rows {
+                // A run of rows: skip headers without decoding, count once.
+                let mut rows = 0u64;
+                let mut cursor = pos;
+                let mut partial = None;
+                while let Some(row) = frame::header(&self.buf[cursor..], MAX_STREAMED)
+                    .map_err(|e| ProtocolError::Server(e.to_string()))?
+                    .filter(|h| h.tag == b'D')
+                {
+                    rows += 1;
+                    if self.buf.len() - cursor < row.total {
+                        partial = Some(row.total - (self.buf.len() - cursor));
+                        cursor = self.buf.len();
+                        break;
+                    }
+                    cursor += row.total;
+                }
+                st.data_rows(rows)?;
+                pos = cursor;
+                if let Some(rest) = partial {
+                    self.streaming = rest;
+                    break;
+                }
+                continue;
+            }
+            if h.tag == b'd' && !wants_rows {
+                st.on_backend(&Backend::CopyData(&[]))?;
+                if available >= h.total {
+                    pos += h.total;
+                } else {
+                    self.streaming = h.total - available;
+                    pos = self.buf.len();
+                    break;
+                }
+                continue;
+            }
+            if available < h.total {
+                if h.total > self.ctx.max_message {
+                    return Err(ProtocolError::Server(format!(
+                        "message '{}' of {} bytes exceeds the limit of {}",
+                        h.tag as char, h.total, self.ctx.max_message
+                    ))
+                    .into());
+                }
+                self.buf.reserve(h.total - available);
+                break;
+            }
+            let msg =
+                Backend::decode(h.tag, &self.buf[pos + 5..pos + h.total]).map_err(ProtocolError::server_decode)?;
+            if let Some(replacement) = self.obs.observe(&mut st, &msg)? {
+                self.replacements.push((pos, pos + h.total, replacement));
+            }
+            pos += h.total;
+        }
+        self.processed = pos;
+        Ok(())
+    }
+}
+
+/// What the server-to-client relay learns from the messages it decodes.
+struct Observer<'a> {
+    ctx: &'a SessionContext,
     /// The server sent a FATAL error (it closes next; no error of ours is added).
     saw_fatal: bool,
     registered: Option<(i32, Vec<u8>)>,
@@ -513,107 +799,7 @@ struct ServerToClient<'a> {
     channel_binding_holds: bool,
 }
 
-impl ServerToClient<'_> {
-    async fn pump<R, W>(&mut self, upstream: &mut R, client: &mut W) -> Result<Side, SessionError>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let mut buf = BytesMut::with_capacity(128 * 1024);
-        // Bytes of a streamed (not decoded) message still to relay.
-        let mut streaming = 0usize;
-        let wants_rows = self.ctx.hooks.wants_rows();
-        let mut replacements: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-        loop {
-            ensure_spare(&mut buf);
-            if upstream.read_buf(&mut buf).await.map_err(SessionError::UpstreamIo)? == 0 {
-                return Ok(Side::Server);
-            }
-            let mut pos = 0;
-            {
-                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
-                    if streaming > 0 {
-                        let take = streaming.min(buf.len() - pos);
-                        pos += take;
-                        streaming -= take;
-                        if streaming > 0 {
-                            break;
-                        }
-                    }
-                    let Some(h) =
-                        frame::header(&buf[pos..], MAX_STREAMED).map_err(|e| ProtocolError::Server(e.to_string()))?
-                    else {
-                        break;
-                    };
-                    let available = buf.len() - pos;
-                    if h.tag == b'D' && !wants_rows {
-                        // A run of rows: skip headers without decoding, count once.
-                        let mut rows = 0u64;
-                        let mut cursor = pos;
-                        let mut partial = None;
-                        while let Some(row) = frame::header(&buf[cursor..], MAX_STREAMED)
-                            .map_err(|e| ProtocolError::Server(e.to_string()))?
-                            .filter(|h| h.tag == b'D')
-                        {
-                            rows += 1;
-                            if buf.len() - cursor < row.total {
-                                partial = Some(row.total - (buf.len() - cursor));
-                                cursor = buf.len();
-                                break;
-                            }
-                            cursor += row.total;
-                        }
-                        st.data_rows(rows)?;
-                        pos = cursor;
-                        if let Some(rest) = partial {
-                            streaming = rest;
-                            break;
-                        }
-                        continue;
-                    }
-                    if h.tag == b'd' && !wants_rows {
-                        st.on_backend(&Backend::CopyData(&[]))?;
-                        if available >= h.total {
-                            pos += h.total;
-                        } else {
-                            streaming = h.total - available;
-                            pos = buf.len();
-                            break;
-                        }
-                        continue;
-                    }
-                    if available < h.total {
-                        if h.total > self.ctx.max_message {
-                            return Err(ProtocolError::Server(format!(
-                                "message '{}' of {} bytes exceeds the limit of {}",
-                                h.tag as char, h.total, self.ctx.max_message
-                            ))
-                            .into());
-                        }
-                        buf.reserve(h.total - available);
-                        break;
-                    }
-                    let body = &buf[pos + 5..pos + h.total];
-                    let msg = Backend::decode(h.tag, body).map_err(ProtocolError::server_decode)?;
-                    if let Some(replacement) = self.observe(&mut st, &msg)? {
-                        replacements.push((pos, pos + h.total, replacement));
-                    }
-                    pos += h.total;
-                }
-            }
-            let mut flushed = 0;
-            for (start, end, bytes) in replacements.drain(..) {
-                client.write_all(&buf[flushed..start]).await.map_err(SessionError::ClientIo)?;
-                client.write_all(&bytes).await.map_err(SessionError::ClientIo)?;
-                flushed = end;
-            }
-            client.write_all(&buf[flushed..pos]).await.map_err(SessionError::ClientIo)?;
-            self.bytes += pos as u64;
-            buf.advance(pos);
-        }
-    }
-
+impl Observer<'_> {
     /// Feeds one decoded server message to the state machine and the hooks; returns bytes to
     /// send in its place, if any.
     fn observe(&mut self, st: &mut ProtocolState, msg: &Backend<'_>) -> Result<Option<Vec<u8>>, SessionError> {
@@ -645,6 +831,7 @@ impl ServerToClient<'_> {
                         orig_dst: self.ctx.orig_dst,
                         database: self.ctx.database.clone(),
                         database_index: self.ctx.database_index,
+                        dial: self.ctx.dial.clone(),
                     },
                 );
                 self.registered = Some((*pid, key.to_vec()));
@@ -661,9 +848,28 @@ impl ServerToClient<'_> {
             Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),
             Backend::DataRow(row) => hooks.on_row(st.running(), row),
             Backend::CommandComplete { tag } => hooks.on_complete(st.running(), &text(tag)),
+            Backend::PortalSuspended => {
+                if let Some(running) = st.running() {
+                    hooks.on_suspended(running);
+                }
+            }
+            Backend::FunctionCallResponse(_) => {
+                if let Some(running) = st.running() {
+                    hooks.on_complete(Some(running), "FUNCTION CALL");
+                }
+            }
+            Backend::ReadyForQuery { .. } => {
+                if let Some(running) = st.running().filter(|r| r.protocol == QueryProtocol::Simple) {
+                    hooks.on_query_end(running);
+                }
+            }
             _ => {}
         }
-        Ok(match st.on_backend(msg)? {
+        let action = st.on_backend(msg)?;
+        for skipped in st.take_skipped() {
+            hooks.on_not_run(&skipped);
+        }
+        Ok(match action {
             BackendAction::Forward => None,
             BackendAction::Replace(bytes) => Some(bytes),
         })

@@ -30,6 +30,8 @@ pub struct SessionStart {
     pub user: Option<String>,
     pub database: Option<String>,
     pub application_name: Option<String>,
+    /// The role the session will act as, when the packet sets one (see `startup_role`).
+    pub role: Option<String>,
     /// The `replication` start-up parameter, when it asks for a replication connection.
     pub replication: Option<String>,
 }
@@ -119,6 +121,14 @@ async fn negotiate_inner(
                 return Ok(ClientStart::Cancel { stream, packet, pid, key });
             }
             Startup::Startup { params, .. } => {
+                // PostgreSQL reads a repeated key last-wins; a reader that took the first would
+                // check one value and let the server act on another (`replication=false ...
+                // replication=database`, `user=a ... user=b`). A real driver never repeats one.
+                if let Some(dup) = duplicate_parameter(&params) {
+                    let message = format!("warden: start-up parameter \"{dup}\" given more than once");
+                    refuse(&mut stream, crate::pg::error::sqlstate::PROTOCOL_VIOLATION, &message).await;
+                    return Err(StartError::Protocol(format!("start-up parameter {dup:?} given more than once")));
+                }
                 let get = |name: &str| {
                     params.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| crate::pg::text(v).into_owned())
                 };
@@ -128,6 +138,7 @@ async fn negotiate_inner(
                     user: get("user"),
                     database: get("database").or_else(|| get("user")),
                     application_name: get("application_name"),
+                    role: startup_role(&params),
                     replication,
                     stream,
                     packet,
@@ -139,6 +150,85 @@ async fn negotiate_inner(
     Err(StartError::Protocol("too many negotiation requests".into()))
 }
 
+/// The first parameter name that appears twice (compared without ASCII case: run-time
+/// parameter names are case-insensitive to the server).
+fn duplicate_parameter(params: &[(&[u8], &[u8])]) -> Option<String> {
+    let mut seen = std::collections::HashSet::with_capacity(params.len());
+    params.iter().find(|(k, _)| !seen.insert(k.to_ascii_lowercase())).map(|(k, _)| crate::pg::text(k).into_owned())
+}
+
+/// The role a session acts as, as the server will apply its start-up packet: `-c role=X` (or
+/// `--role=X`, `-crole=X`) in `options` first, then a `role` parameter of the packet itself
+/// (parameters other than user, database, options and replication are run-time settings, and
+/// override `options`). `session_authorization` counts too. Last assignment wins.
+fn startup_role(params: &[(&[u8], &[u8])]) -> Option<String> {
+    let is_role = |name: &str| {
+        let name = name.replace('-', "_").to_ascii_lowercase();
+        name == "role" || name == "session_authorization"
+    };
+    let mut role = None;
+    if let Some((_, options)) = params.iter().find(|(k, _)| *k == b"options") {
+        let args = split_options(&crate::pg::text(options));
+        let mut i = 0;
+        while i < args.len() {
+            let setting = if let Some(rest) = args[i].strip_prefix("--") {
+                Some(rest.to_string())
+            } else if args[i] == "-c" {
+                i += 1;
+                args.get(i).cloned()
+            } else {
+                args[i].strip_prefix("-c").map(str::to_string)
+            };
+            if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('='))
+                && is_role(name)
+            {
+                role = Some(value.to_string());
+            }
+            i += 1;
+        }
+    }
+    const PROTOCOL_KEYS: [&[u8]; 4] = [b"user", b"database", b"options", b"replication"];
+    for (k, v) in params {
+        if !PROTOCOL_KEYS.contains(k) && is_role(&crate::pg::text(k)) {
+            role = Some(crate::pg::text(v).into_owned());
+        }
+    }
+    role
+}
+
+/// Splits the `options` parameter as the server does: on whitespace, a backslash taking the next
+/// character literally.
+fn split_options(options: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+                in_word = true;
+            }
+            c if c.is_ascii_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(current);
+    }
+    out
+}
+
 async fn read_packet(stream: &mut MaybeTls) -> Result<Vec<u8>, StartError> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
@@ -146,7 +236,15 @@ async fn read_packet(stream: &mut MaybeTls) -> Result<Vec<u8>, StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(StartError::Closed),
         Err(e) => return Err(StartError::Io(e)),
     }
-    let total = frame::startup_len(&len).map_err(|e| StartError::Protocol(e.to_string()))?.unwrap_or(0);
+    let total = match frame::startup_len(&len) {
+        Ok(total) => total.unwrap_or(0),
+        Err(e) => {
+            // Not a start-up packet (a Terminate first, garbage): the server reads what came
+            // with it before closing, so the client sees an end of stream, not a reset.
+            discard_pending(stream).await;
+            return Err(StartError::Protocol(e.to_string()));
+        }
+    };
     let mut packet = vec![0u8; total];
     packet[..4].copy_from_slice(&len);
     stream.read_exact(&mut packet[4..]).await.map_err(|e| match e.kind() {
@@ -156,10 +254,56 @@ async fn read_packet(stream: &mut MaybeTls) -> Result<Vec<u8>, StartError> {
     Ok(packet)
 }
 
+/// Reads and drops what the client has already sent (at most 64 KiB, without waiting), so that
+/// closing the connection sends a FIN rather than a reset that could hide our last words.
+pub async fn discard_pending<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::ZERO, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
 /// Sends a FATAL ErrorResponse and closes (best effort: the client may already be gone).
 pub async fn refuse(stream: &mut MaybeTls, sqlstate: &str, message: &str) {
     let mut out = Vec::new();
     put_error(&mut out, Severity::Fatal, sqlstate, message);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_parameters_are_found_whatever_their_case() {
+        let p = |v: &[(&'static str, &'static str)]| -> Vec<(&'static [u8], &'static [u8])> {
+            v.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
+        };
+        assert_eq!(duplicate_parameter(&p(&[("user", "a"), ("database", "d")])), None);
+        assert_eq!(
+            duplicate_parameter(&p(&[("replication", "false"), ("user", "a"), ("replication", "database")])),
+            Some("replication".into())
+        );
+        assert_eq!(duplicate_parameter(&p(&[("role", "a"), ("ROLE", "b")])), Some("ROLE".into()));
+    }
+
+    #[test]
+    fn the_role_is_read_as_the_server_applies_it() {
+        let p = |v: &[(&'static str, &'static str)]| -> Vec<(&'static [u8], &'static [u8])> {
+            v.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
+        };
+        assert_eq!(startup_role(&p(&[("user", "app")])), None);
+        assert_eq!(startup_role(&p(&[("options", "-c role=admin")])), Some("admin".into()));
+        assert_eq!(startup_role(&p(&[("options", "-crole=a --role=b")])), Some("b".into()));
+        assert_eq!(startup_role(&p(&[("options", "-c statement_timeout=5 -c ROLE=x")])), Some("x".into()));
+        assert_eq!(startup_role(&p(&[("options", "-c role=a\\ b")])), Some("a b".into()));
+        // A packet parameter overrides options, as the server applies them in that order.
+        assert_eq!(startup_role(&p(&[("role", "direct"), ("options", "-c role=opt")])), Some("direct".into()));
+        assert_eq!(startup_role(&p(&[("options", "-c session_authorization=boss")])), Some("boss".into()));
+        assert_eq!(split_options("  -c  a=1\t-c b=2 "), vec!["-c", "a=1", "-c", "b=2"]);
+    }
 }

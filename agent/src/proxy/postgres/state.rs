@@ -39,6 +39,8 @@ pub enum QueryProtocol {
 /// A statement whose results are on their way.
 #[derive(Debug, Clone)]
 pub struct Running {
+    /// Numbers the statements a session forwards (Query, Execute, FunctionCall), from 1.
+    pub id: u64,
     pub sql: Arc<str>,
     pub protocol: QueryProtocol,
     pub rows: u64,
@@ -46,6 +48,18 @@ pub struct Running {
     pub started: std::time::Instant,
     /// Statements of this (simple-query) string completed so far: the index of the current one.
     pub completed: u32,
+    /// The server reported an error for the current statement (the rest of a simple-query
+    /// string then does not run).
+    pub failed: bool,
+    /// The function a fast-path FunctionCall invokes.
+    pub function_oid: Option<u32>,
+    /// This Execute resumes a portal suspended by an earlier one (its id): the same statement,
+    /// more of its rows.
+    pub resumes: Option<u64>,
+    /// The session's `standard_conforming_strings` when it was sent (how its text lexes).
+    pub standard_conforming_strings: bool,
+    /// The portal an Execute runs.
+    portal: Vec<u8>,
     /// The Bind message body that created the portal (extended protocol).
     bind: Option<Arc<[u8]>>,
 }
@@ -65,6 +79,8 @@ impl Running {
 struct Portal {
     sql: Arc<str>,
     bind: Arc<[u8]>,
+    /// Set when an Execute of it ended in PortalSuspended: the id of that first execution.
+    suspended: Option<u64>,
 }
 
 /// A response the server owes, in order.
@@ -83,14 +99,14 @@ enum Expect {
     /// Any number of result sets, then ReadyForQuery.
     SimpleQuery(Running),
     /// FunctionCallResponse, then ReadyForQuery.
-    FunctionCall,
+    FunctionCall(Running),
     /// ReadyForQuery.
     Sync,
 }
 
 impl Expect {
     fn ends_with_ready(&self) -> bool {
-        matches!(self, Self::SimpleQuery(_) | Self::FunctionCall | Self::Sync)
+        matches!(self, Self::SimpleQuery(_) | Self::FunctionCall(_) | Self::Sync)
     }
 }
 
@@ -163,6 +179,14 @@ pub struct ProtocolState {
     pub completed: u64,
     /// Rows the server returned.
     pub rows: u64,
+    /// The session's `standard_conforming_strings`, as the server reports it: when off, a
+    /// backslash escapes in plain string literals, which changes how statements are lexed.
+    pub standard_conforming_strings: bool,
+    /// The id of the last statement forwarded.
+    last_id: u64,
+    /// Statements forwarded but skipped by the server after an earlier error in their batch;
+    /// taken by the relay (`take_skipped`) to report that they did not run.
+    skipped: Vec<Running>,
 }
 
 impl Default for ProtocolState {
@@ -183,7 +207,54 @@ impl ProtocolState {
             backend_key: None,
             completed: 0,
             rows: 0,
+            standard_conforming_strings: true,
+            last_id: 0,
+            skipped: Vec::new(),
         }
+    }
+
+    fn start(&mut self, sql: Arc<str>, protocol: QueryProtocol) -> Running {
+        self.last_id += 1;
+        Running {
+            id: self.last_id,
+            sql,
+            protocol,
+            rows: 0,
+            started: std::time::Instant::now(),
+            completed: 0,
+            failed: false,
+            function_oid: None,
+            resumes: None,
+            standard_conforming_strings: self.standard_conforming_strings,
+            portal: Vec::new(),
+            bind: None,
+        }
+    }
+
+    /// The statement the last client message started (a Query, Execute or FunctionCall just
+    /// recorded with `on_frontend`), if it started one.
+    pub fn newest(&self) -> Option<&Running> {
+        match self.pending.back().map(|p| &p.expect) {
+            Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) if r.id == self.last_id => {
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    /// Statements the server skipped after an error in their batch, since the last call.
+    pub fn take_skipped(&mut self) -> Vec<Running> {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// Statements forwarded whose outcome the server has not reported yet.
+    pub fn unfinished(&self) -> impl Iterator<Item = &Running> {
+        self.pending.iter().filter_map(|p| match &p.expect {
+            Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r) if p.replace_error.is_none() => {
+                Some(r)
+            }
+            _ => None,
+        })
     }
 
     /// The SQL a portal runs (the unnamed portal is "").
@@ -209,7 +280,7 @@ impl ProtocolState {
     /// The statement whose results are arriving now, if any.
     pub fn running(&self) -> Option<&Running> {
         match self.pending.front().map(|p| &p.expect) {
-            Some(Expect::Execute(r) | Expect::SimpleQuery(r)) => Some(r),
+            Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) => Some(r),
             _ => None,
         }
     }
@@ -242,18 +313,10 @@ impl ProtocolState {
             Phase::Ready => {}
         }
         match msg {
-            Frontend::Query(sql) => push(
-                self,
-                Expect::SimpleQuery(Running {
-                    sql: Arc::from(text(sql)),
-                    protocol: QueryProtocol::Simple,
-                    rows: 0,
-                    started: std::time::Instant::now(),
-                    completed: 0,
-                    bind: None,
-                }),
-                replace_error,
-            ),
+            Frontend::Query(sql) => {
+                let running = self.start(Arc::from(text(sql)), QueryProtocol::Simple);
+                push(self, Expect::SimpleQuery(running), replace_error);
+            }
             Frontend::Parse { name, sql, param_types } => {
                 let named = (!name.is_empty()).then(|| name.to_vec());
                 if replace_error.is_none() {
@@ -270,28 +333,26 @@ impl ProtocolState {
             Frontend::Bind(bind) => {
                 if replace_error.is_none() {
                     let sql = self.statements.get(bind.statement).map_or_else(|| Arc::from(""), |s| s.sql.clone());
-                    self.portals.insert(bind.portal.to_vec(), Portal { sql, bind: Arc::from(bind.body) });
+                    self.portals
+                        .insert(bind.portal.to_vec(), Portal { sql, bind: Arc::from(bind.body), suspended: None });
+                } else {
+                    // A refused Bind creates no portal: an Execute naming it must not be taken
+                    // for an earlier portal of the same name.
+                    self.portals.remove(bind.portal);
                 }
                 push(self, Expect::Bind, replace_error);
             }
             Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
             Frontend::Execute { portal, .. } => {
-                let (sql, bind) = match self.portals.get(*portal) {
-                    Some(p) => (p.sql.clone(), Some(p.bind.clone())),
-                    None => (Arc::from(""), None),
+                let (sql, bind, resumes) = match self.portals.get(*portal) {
+                    Some(p) => (p.sql.clone(), Some(p.bind.clone()), p.suspended),
+                    None => (Arc::from(""), None, None),
                 };
-                push(
-                    self,
-                    Expect::Execute(Running {
-                        sql,
-                        protocol: QueryProtocol::Extended,
-                        rows: 0,
-                        started: std::time::Instant::now(),
-                        completed: 0,
-                        bind,
-                    }),
-                    replace_error,
-                );
+                let mut running = self.start(sql, QueryProtocol::Extended);
+                running.bind = bind;
+                running.resumes = resumes;
+                running.portal = portal.to_vec();
+                push(self, Expect::Execute(running), replace_error);
             }
             Frontend::Close { kind, name } => {
                 // Forgotten at once: the server will have closed it before any later message.
@@ -303,7 +364,11 @@ impl ProtocolState {
                 push(self, Expect::Close, replace_error);
             }
             Frontend::Sync => push(self, Expect::Sync, replace_error),
-            Frontend::FunctionCall { .. } => push(self, Expect::FunctionCall, replace_error),
+            Frontend::FunctionCall { function_oid } => {
+                let mut running = self.start(Arc::from(""), QueryProtocol::FunctionCall);
+                running.function_oid = Some(*function_oid);
+                push(self, Expect::FunctionCall(running), replace_error);
+            }
             Frontend::Flush => {}
             Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {
                 // Outside COPY IN the server ignores these (a client may send them after an
@@ -332,8 +397,12 @@ impl ProtocolState {
                 }
             }
             Backend::BackendKeyData { pid, key } => self.backend_key = Some((*pid, key.to_vec())),
-            Backend::ParameterStatus { .. } | Backend::NoticeResponse { .. } | Backend::NotificationResponse { .. } => {
+            Backend::ParameterStatus { name, value } => {
+                if *name == b"standard_conforming_strings" {
+                    self.standard_conforming_strings = *value != b"off";
+                }
             }
+            Backend::NoticeResponse { .. } | Backend::NotificationResponse { .. } => {}
             Backend::NegotiateProtocolVersion { .. } => {}
             Backend::ReadyForQuery { status } => {
                 self.tx_status = *status;
@@ -357,6 +426,11 @@ impl ProtocolState {
                 }
                 self.copy = Copy::None;
                 let replacement = self.pending.front_mut().and_then(|p| p.replace_error.take());
+                if let Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) =
+                    self.pending.front_mut().map(|p| &mut p.expect)
+                {
+                    r.failed = true;
+                }
                 self.on_error();
                 return Ok(replacement.map_or(BackendAction::Forward, BackendAction::Replace));
             }
@@ -396,7 +470,16 @@ impl ProtocolState {
                     }
                 }
             }
-            Backend::PortalSuspended => self.complete(|e| matches!(e, Expect::Execute(_)), "PortalSuspended")?,
+            Backend::PortalSuspended => {
+                let Some(Expect::Execute(r)) = self.pending.front().map(|p| &p.expect) else {
+                    return Err(ProtocolError::Server("PortalSuspended nothing asked for".into()));
+                };
+                let first = r.resumes.unwrap_or(r.id);
+                if let Some(portal) = self.portals.get_mut(&r.portal) {
+                    portal.suspended = Some(first);
+                }
+                self.pending.pop_front();
+            }
             Backend::CopyResponse { tag, .. } => {
                 if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Execute(_) | Expect::SimpleQuery(_)))
                 {
@@ -419,7 +502,7 @@ impl ProtocolState {
                 }
             }
             Backend::FunctionCallResponse(_) => {
-                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::FunctionCall)) {
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::FunctionCall(_))) {
                     return Err(ProtocolError::Server("FunctionCallResponse nothing asked for".into()));
                 }
             }
@@ -461,11 +544,18 @@ impl ProtocolState {
         if let Expect::Parse { name: Some(name) } = &front.expect {
             self.statements.remove(name);
         }
+        let mut first = true;
         while let Some(p) = self.pending.front() {
             if p.expect.ends_with_ready() {
                 break;
             }
-            self.pending.pop_front();
+            if let Some(Pending { expect: Expect::Execute(r), replace_error: None }) = self.pending.pop_front()
+                && !first
+            {
+                // Forwarded, never run: the server skips to Sync after an error.
+                self.skipped.push(r);
+            }
+            first = false;
         }
     }
 }
