@@ -16,8 +16,8 @@ use serde_json::Value;
 
 /// The proxy addresses tests use (not the production defaults, so a Warden running on the
 /// machine is never disturbed).
-pub const PROXY_V4: &str = "169.254.77.101:15433";
-pub const PROXY_V6: &str = "[fd77:7761:7264::65]:15433";
+pub const PROXY_V4: &str = "169.254.77.101:433";
+pub const PROXY_V6: &str = "[fd77:7761:7264::65]:433";
 pub const INTERFACE: &str = "wdn-it0";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -81,6 +81,8 @@ pub fn free_port() -> u16 {
 pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
+    /// The network namespace it runs in (None: the host's).
+    netns: Option<String>,
 }
 
 /// Extra configuration for a test PostgreSQL.
@@ -92,6 +94,10 @@ pub struct PgOptions<'a> {
     pub conf: &'a str,
     /// Files copied into the data directory (owned by postgres, mode 0600), e.g. server.key.
     pub files: Vec<(&'a str, PathBuf)>,
+    /// Run the server inside this network namespace (a "pod"), on `port`.
+    pub netns: Option<&'a Netns>,
+    /// The port (default: a free one).
+    pub port: Option<u16>,
 }
 
 impl Postgres {
@@ -104,7 +110,11 @@ impl Postgres {
         fs::create_dir_all(&dir).expect("pg dir");
         check(Command::new("chown").arg("postgres:postgres").arg(&dir));
         let data = dir.join("data");
-        let mut pg = Postgres { port: free_port(), dir };
+        let mut pg = Postgres {
+            port: options.port.unwrap_or_else(free_port),
+            dir,
+            netns: options.netns.map(|n| n.name.clone()),
+        };
         check(
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
@@ -137,8 +147,16 @@ impl Postgres {
             pg.port,
             pg.dir.display()
         );
+        let mut start = match &pg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "runuser"]);
+                c
+            }
+            None => Command::new("runuser"),
+        };
         let started = output(
-            Command::new("runuser")
+            start
                 .args(["-u", "postgres", "--"])
                 .arg(pg_bin("pg_ctl"))
                 .args(["-w", "-t", "30", "-D"])
@@ -302,6 +320,8 @@ pub struct Agent {
     databases_yaml: String,
     proxy_yaml: String,
     audit_yaml: String,
+    /// Top-level YAML after everything else (e.g. a `dns:` block).
+    top_level_yaml: String,
     child: Option<Child>,
 }
 
@@ -326,11 +346,44 @@ impl Agent {
         Self::start_full(bin, databases_yaml, "", audit_yaml)
     }
 
+    /// Like `start`, with extra YAML under `proxy:` and the YAML under `audit:` replaced.
+    pub fn start_custom(databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str) -> Self {
+        Self::start_full(&warden_bin(), databases_yaml, proxy_yaml, audit_yaml)
+    }
+
+    /// Like `start_custom`, with top-level YAML added after the rest (e.g.
+    /// "dns:\n  nameservers: ['127.0.0.1:5353']").
+    pub fn start_with_top_level(
+        databases_yaml: &str,
+        proxy_yaml: &str,
+        audit_yaml: &str,
+        top_level_yaml: &str,
+    ) -> Self {
+        Self::start_full_with(&warden_bin(), databases_yaml, proxy_yaml, audit_yaml, top_level_yaml)
+    }
+
     fn start_full(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str) -> Self {
+        Self::start_full_with(bin, databases_yaml, proxy_yaml, audit_yaml, "")
+    }
+
+    fn start_full_with(
+        bin: &Path,
+        databases_yaml: &str,
+        proxy_yaml: &str,
+        audit_yaml: &str,
+        top_level_yaml: &str,
+    ) -> Self {
+        let mut agent = Self::prepare(bin, databases_yaml, proxy_yaml, audit_yaml, top_level_yaml);
+        agent.spawn();
+        agent
+    }
+
+    /// An agent's directory and configuration, not yet started.
+    fn prepare(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str, top_level_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
-        let mut agent = Agent {
+        let agent = Agent {
             bin: bin.to_path_buf(),
             config: dir.join("warden.yaml"),
             audit: dir.join("audit.ring"),
@@ -340,28 +393,37 @@ impl Agent {
             databases_yaml: databases_yaml.to_string(),
             proxy_yaml: proxy_yaml.to_string(),
             audit_yaml: audit_yaml.to_string(),
+            top_level_yaml: top_level_yaml.to_string(),
             child: None,
         };
         agent.write_config();
-        agent.spawn();
         agent
     }
 
     fn write_config(&self) {
         let yaml = format!(
-            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n{}\nstate_dir: {}\nbpffs_dir: {}\n",
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n{}\nstate_dir: {}\nbpffs_dir: {}\n{}",
             self.databases_yaml,
             self.proxy_yaml,
             self.audit.display(),
             self.audit_yaml,
             self.state.display(),
-            self.bpffs.display()
+            self.bpffs.display(),
+            self.top_level_yaml
         );
         fs::write(&self.config, yaml).expect("write config");
     }
 
     /// Starts (or restarts) the agent process and waits until it serves.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("{log}");
+        }
+    }
+
+    /// Starts (or restarts) the agent process; returns why (with its log) if it exits before
+    /// serving.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "agent already running");
         let ready = self.state.join("agent.ready");
         let _ = fs::remove_file(&ready);
@@ -379,11 +441,12 @@ impl Agent {
         while !ready.exists() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
-                panic!("warden run exited with {status} before serving:\n{}", self.log());
+                return Err(format!("warden run exited with {status} before serving:\n{}", self.log()));
             }
             assert!(Instant::now() < deadline, "warden run not ready after 30 s:\n{}", self.log());
             sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The agent's pid while it runs.

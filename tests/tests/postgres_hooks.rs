@@ -16,7 +16,9 @@ use tokio_postgres::NoTls;
 use warden::{
     config::Config,
     flow::OrigDst,
+    net::netns::Namespaces,
     pg::backend::RowDescription,
+    proxy::Dial,
     proxy::postgres::{
         self, SessionContext,
         cancel::CancelRegistry,
@@ -71,11 +73,12 @@ impl SessionHooks for TestHooks {
 async fn serve(pg_port: u16, hooks: Arc<TestHooks>) -> SocketAddr {
     let yaml = format!("databases:\n  - {{name: main, address: '127.0.0.1:{pg_port}', tls: {{mode: disable}}}}\n");
     let config = Config::parse(Path::new("test.yaml"), &yaml).expect("config");
+    let namespaces = Arc::new(Namespaces::new().expect("the test's own network namespace"));
     let ctx = Arc::new(SessionContext {
         database: Arc::new(config.databases[0].clone()),
         database_index: 0,
         orig_dst: OrigDst(format!("127.0.0.1:{pg_port}").parse().unwrap()),
-        upstream_mark: 0,
+        dial: Dial { netns: Ok(namespaces.agent_own()), namespaces, mark: 0 },
         client_tls: None,
         max_message: config.proxy.max_message_bytes,
         hooks,

@@ -62,6 +62,7 @@ fn tls_postgres(pki: &TestPki, hba: &str) -> Postgres {
         hba,
         conf: "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'",
         files: vec![("server.crt", crt), ("server.key", key)],
+        ..PgOptions::default()
     })
 }
 

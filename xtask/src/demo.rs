@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
-use testkit::{Agent, PROXY_V4, Postgres, output, psql};
+use testkit::{Agent, Netns, PROXY_V4, Postgres, output, psql, psql_argv};
 
 fn step(title: &str) {
     println!("\n\x1b[1m== {title}\x1b[0m");
@@ -55,6 +55,21 @@ pub fn demo(warden: &Path) -> Result<()> {
     print_output(&agent.audit_cli(&["replay", &session]));
     println!("$ warden audit verify");
     print_output(&agent.audit_cli(&["verify"]));
+
+    step("A pod's 127.0.0.1 is the pod's own: the proxy dials from the client's network namespace");
+    let pod = Netns::create(30);
+    println!("$ ip netns exec {} psql -h 127.0.0.1 -p {port} -c \"select 1\"   # nothing listens in the pod", pod.name);
+    let argv = psql_argv("127.0.0.1", port, "select 1");
+    let ok = show(Command::new("ip").args(["netns", "exec", &pod.name]).args(&argv));
+    println!(
+        "-> {}",
+        if ok {
+            "UNEXPECTED: reached a database"
+        } else {
+            "refused, as a direct connection in the pod would be; the host's database was not reached"
+        }
+    );
+    drop(pod);
 
     step("Dialling the proxy directly is refused: it serves only flows its redirect created");
     let (ip, proxy_port) = PROXY_V4.split_once(':').unwrap_or_default();
