@@ -21,6 +21,11 @@ pub const FAIL_OPEN: u32 = 1;
 /// The agent's heartbeat older than this means "not serving" to the kernel programs.
 pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
 
+/// `FlowOrigin::flags`: two sockets published a record under the same 4-tuple (a socket in
+/// another network namespace using the same addresses): the flow is refused, never attributed
+/// to either.
+pub const FLOW_CONFLICT: u32 = 1;
+
 /// `FlowEvent::kind` values.
 pub const EVENT_UNGOVERNED: u32 = 1;
 pub const EVENT_REFUSED: u32 = 2;
@@ -135,7 +140,8 @@ pub struct FlowOrigin {
     /// Socket family (`AF_INET` or `AF_INET6`; a dual-stack socket dialling `::ffff:a.b.c.d` is
     /// `AF_INET6` with a v4-mapped `orig_dst`).
     pub family: u32,
-    pub _pad: u32,
+    /// `FLOW_*` flags.
+    pub flags: u32,
     /// CLOCK_MONOTONIC when the proxy's side of the connection was established (the record is
     /// bound to that accepted socket from then on; 0 before).
     pub established_ns: u64,
@@ -169,8 +175,11 @@ pub struct AgentState {
     pub serving: u32,
     /// SO_MARK the agent sets on its upstream sockets.
     pub upstream_mark: u32,
+    /// Cookie of the network namespace the proxy listens in: only connections accepted there
+    /// are the proxy's (another namespace may have a listener on the same address).
+    pub agent_netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<AgentState>() == 64);
+const _: () = assert!(core::mem::size_of::<AgentState>() == 72);
 
 /// A record the kernel programs hand to the agent through the `FLOW_EVENTS` ring buffer.
 #[repr(C)]

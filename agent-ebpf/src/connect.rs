@@ -38,7 +38,7 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     // user_ip4 and user_port are in network byte order (the port in the low 16 bits).
-    let dst = Endpoint::from_v4_octets(ip.to_ne_bytes(), u16::from_be(port as u16));
+    let dst = unspecified_as_loopback(Endpoint::from_v4_octets(ip.to_ne_bytes(), u16::from_be(port as u16)));
     let Some(policy) = governed(&dst) else {
         return ALLOW;
     };
@@ -78,7 +78,7 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }
-    let dst = Endpoint::from_v6_octets(words_to_octets(&words), u16::from_be(port as u16));
+    let dst = unspecified_as_loopback(Endpoint::from_v6_octets(words_to_octets(&words), u16::from_be(port as u16)));
     let Some(policy) = governed(&dst) else {
         return ALLOW;
     };
@@ -110,6 +110,31 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
         Decision::Pass => ALLOW,
         Decision::Refuse => REFUSE,
     }
+}
+
+/// The kernel connects `0.0.0.0` to `127.0.0.1` and `::` to `::1`: judged (and recorded, and
+/// dialled by the proxy) as the loopback address they reach, so a database governed on
+/// loopback cannot be reached through the unspecified address.
+#[inline(always)]
+fn unspecified_as_loopback(mut dst: Endpoint) -> Endpoint {
+    let a = &mut dst.addr;
+    let mut zero = true;
+    let mut i = 0;
+    while i < 16 {
+        if i < 10 || i >= 12 {
+            zero &= a[i] == 0;
+        }
+        i += 1;
+    }
+    if zero && a[10] == 0xff && a[11] == 0xff {
+        // ::ffff:0.0.0.0
+        a[12] = 127;
+        a[15] = 1;
+    } else if zero && a[10] == 0 && a[11] == 0 {
+        // ::
+        a[15] = 1;
+    }
+    dst
 }
 
 enum Decision {

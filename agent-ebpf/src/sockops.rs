@@ -1,25 +1,29 @@
 //! sock_ops: carry a redirected flow's record from the client's socket to the proxy's.
 //!
 //! - Client side, TCP_CONNECT_CB (before the SYN, when the local port is known): publish the
-//!   record under the connection's 4-tuple and ask for state callbacks on this socket.
-//! - Proxy side, PASSIVE_ESTABLISHED_CB (the handshake completed on a proxy listener): move the
-//!   record to the accepted socket's cookie. From then on it belongs to that one connection; the
-//!   proxy takes it by the cookie of the socket `accept()` returned.
+//!   record under the connection's 4-tuple and ask for state callbacks on this socket. The
+//!   programs run in every network namespace and the 4-tuple only means something inside one:
+//!   if another socket already published under the same 4-tuple, the entry becomes a conflict
+//!   marker and the proxy refuses the flow rather than attribute it to either.
+//! - Proxy side, PASSIVE_ESTABLISHED_CB (the handshake completed on a proxy listener in the
+//!   agent's own namespace): move the record to the accepted socket's cookie. From then on it
+//!   belongs to that one connection; the proxy takes it by the cookie of the socket `accept()`
+//!   returned.
 //! - Client side, STATE_CB to CLOSE: a connect that failed, timed out or was abandoned before
 //!   the proxy's side existed leaves no record behind for a later socket on the same endpoint.
 
 use core::ptr::{addr_of, read_volatile};
 
 use agent_common::{
-    AF_INET, AF_INET6, Endpoint, FlowKey, STAT_FLOWS_ABANDONED, STAT_FLOWS_ACCEPTED, STAT_FLOWS_RECORDED,
+    AF_INET, AF_INET6, Endpoint, FLOW_CONFLICT, FlowKey, STAT_FLOWS_ABANDONED, STAT_FLOWS_ACCEPTED, STAT_FLOWS_RECORDED,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockOpsContext,
 };
 
@@ -30,7 +34,7 @@ use crate::{
 
 pub fn sockops(ctx: &SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => client_connecting(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => client_connecting(ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => proxy_accepted(ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => client_closed(ctx),
         _ => {}
@@ -86,6 +90,10 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// A connect that takes longer than this (the SYN retries of a default Linux client give up
+/// after about 127 s) is not handed to the proxy: its record is stale.
+const MAX_CONNECT_NS: u64 = 135_000_000_000;
+
 fn client_connecting(ctx: &SockOpsContext) {
     let cookie = cookie(ctx);
     // SAFETY: a reference into the map's value, passed straight back to another map.
@@ -95,14 +103,22 @@ fn client_connecting(ctx: &SockOpsContext) {
     let Some((client, proxy)) = endpoints(ctx) else {
         return;
     };
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        count(STAT_FLOWS_RECORDED);
-        // State callbacks for this socket only: its close must withdraw an unclaimed record.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    count(STAT_FLOWS_RECORDED);
+    // State callbacks for this socket only: its close must withdraw an unclaimed record.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    let key = FlowKey { client, proxy };
+    if FLOW_BY_CLIENT.insert(&key, origin, BPF_NOEXIST as u64).is_ok() {
+        return;
     }
-    // Written at both callbacks: the first normally wins; the second covers a lost update. Both
-    // come before the client's ACK, so before the proxy's side moves the record.
-    let _ = FLOW_BY_CLIENT.insert(&FlowKey { client, proxy }, origin, 0);
+    // Someone else's record under this 4-tuple: neither can be trusted to be the connection
+    // the proxy will accept. The conflict marker makes the proxy refuse it.
+    // SAFETY: plain data copied out of the map.
+    if let Some(mut other) = unsafe { FLOW_BY_CLIENT.get(&key).copied() }
+        && other.socket_cookie != origin.socket_cookie
+    {
+        other.flags |= FLOW_CONFLICT;
+        let _ = FLOW_BY_CLIENT.insert(&key, &other, 0);
+    }
 }
 
 fn proxy_accepted(ctx: &SockOpsContext) {
@@ -112,8 +128,14 @@ fn proxy_accepted(ctx: &SockOpsContext) {
     let Some(state) = AGENT_STATE.get(0) else {
         return;
     };
-    // Every passive connection on the host comes through here: only the proxy's are looked at.
+    // Every passive connection on the host comes through here: only the proxy's are looked at,
+    // and only in the agent's own namespace (a workload may listen on the proxy's address in a
+    // namespace of its own).
     if local != state.proxy_v4 && local != state.proxy_v6 {
+        return;
+    }
+    // SAFETY: sock_ops context pointer, valid for the program's duration.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != state.agent_netns_cookie {
         return;
     }
     let key = FlowKey { client: remote, proxy: local };
@@ -121,20 +143,22 @@ fn proxy_accepted(ctx: &SockOpsContext) {
     let Some(mut origin) = (unsafe { FLOW_BY_CLIENT.get(&key).copied() }) else {
         return;
     };
+    let _ = FLOW_BY_CLIENT.remove(&key);
     // SAFETY: helper without preconditions.
-    origin.established_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if origin.flags & FLOW_CONFLICT != 0 || now.wrapping_sub(origin.connect_ns) > MAX_CONNECT_NS {
+        return;
+    }
+    origin.established_ns = now;
     if FLOW_BY_ACCEPTED.insert(&cookie(ctx), &origin, 0).is_ok() {
         count(STAT_FLOWS_ACCEPTED);
     }
-    let _ = FLOW_BY_CLIENT.remove(&key);
 }
 
 fn client_closed(ctx: &SockOpsContext) {
+    // Only redirected sockets asked for state callbacks. Their per-socket record may already be
+    // gone (evicted): the pending record is matched by this socket's own cookie instead.
     let cookie = cookie(ctx);
-    // SAFETY: plain data copied out of the map.
-    let Some(origin) = (unsafe { ORIG_BY_COOKIE.get(&cookie).copied() }) else {
-        return;
-    };
     let _ = ORIG_BY_COOKIE.remove(&cookie);
     let Some((client, proxy)) = endpoints(ctx) else {
         return;
@@ -143,7 +167,7 @@ fn client_closed(ctx: &SockOpsContext) {
     // Only this socket's own record: another socket may hold the endpoint by now.
     // SAFETY: plain data copied out of the map.
     let unclaimed = unsafe { FLOW_BY_CLIENT.get(&key).copied() };
-    if unclaimed.is_some_and(|o| o.socket_cookie == origin.socket_cookie) {
+    if unclaimed.is_some_and(|o| o.socket_cookie == cookie) {
         let _ = FLOW_BY_CLIENT.remove(&key);
         count(STAT_FLOWS_ABANDONED);
     }

@@ -101,7 +101,7 @@ fn enter_own_cgroup(root: &Path) -> Result<CgroupId> {
     cgroup::id_of(&dir).with_context(|| format!("reading the id of {}", dir.display()))
 }
 
-fn state(config: &Config, own_cgroup: CgroupId, serving: bool) -> AgentState {
+fn state(config: &Config, own_cgroup: CgroupId, netns_cookie: u64, serving: bool) -> AgentState {
     AgentState {
         heartbeat_ns: monotonic_ns(),
         agent_cgroup_id: own_cgroup.0,
@@ -109,6 +109,7 @@ fn state(config: &Config, own_cgroup: CgroupId, serving: bool) -> AgentState {
         proxy_v6: config.proxy.listen_v6.map(endpoint_of).unwrap_or_default(),
         serving: u32::from(serving),
         upstream_mark: UPSTREAM_MARK,
+        agent_netns_cookie: netns_cookie,
     }
 }
 
@@ -139,8 +140,12 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         }
         None => None,
     };
+    // The namespace the proxy listens in: the kernel hands over flow records only for
+    // connections accepted there.
+    let namespaces = Arc::new(Namespaces::new().context("opening the agent's network namespace")?);
     let kernel = Arc::new(
-        Kernel::start(&config, state(&config, own_cgroup, true)).context("loading and attaching the eBPF programs")?,
+        Kernel::start(&config, state(&config, own_cgroup, namespaces.agent_cookie(), true))
+            .context("loading and attaching the eBPF programs")?,
     );
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -152,8 +157,9 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         sessions: SessionIds::new(),
         cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
         statements: Arc::new(crate::audit::statements::StatementAuditing::new(audit.clone(), &config.audit)),
-        namespaces: Arc::new(Namespaces::new().context("opening the agent's network namespace")?),
+        namespaces: namespaces.clone(),
         limits: Limits::new(config.proxy.max_connections, config.proxy.max_connections_per_identity),
+        refusals: proxy::limits::RefusalRecords::new(10),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -204,7 +210,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
     // client is sent to the proxy's address once nothing listens there.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    kernel.publish(state(&config, own_cgroup, false))?;
+    kernel.publish(state(&config, own_cgroup, namespaces.agent_cookie(), false))?;
     let _ = fs::remove_file(ready_file(&config.state_dir));
     let _ = stop.send(true);
     for thread in threads {
@@ -268,7 +274,8 @@ async fn heartbeat(shared: Arc<Shared>) {
             // Idle client namespaces are released about once a minute.
             shared.namespaces.sweep();
         }
-        if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, true)) {
+        let cookie = shared.namespaces.agent_cookie();
+        if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, cookie, true)) {
             tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
         }
     }
