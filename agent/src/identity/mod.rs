@@ -47,6 +47,21 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The tenant this identity belongs to, for what is shared out per tenant (connection
+    /// limits, the audit ring's fair shares): its `warden/identity` label, else its container,
+    /// else its user. Not its cgroup: cgroups are cheap to make (systemd user scopes, delegated
+    /// subtrees, a root workload's own mkdir), users are not. Prefixed by kind, so a label
+    /// cannot name another tenant's container.
+    pub fn tenant_key(&self) -> String {
+        if let Some(name) = self.labels.get("warden/identity") {
+            format!("identity:{name}")
+        } else if let Some(container) = &self.container_id {
+            format!("container:{container}")
+        } else {
+            format!("uid:{}", self.uid)
+        }
+    }
+
     /// The identity from the kernel's facts alone (nothing resolved yet).
     pub fn from_facts(facts: &KernelFacts) -> Self {
         Self {

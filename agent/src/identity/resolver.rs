@@ -275,11 +275,13 @@ impl Resolver {
                 None
             })
         });
-        let info = CgroupInfo {
-            container: path.as_deref().and_then(|p| self.config.roots.parse(p)),
-            labels: labelled.map(|l| l.labels).unwrap_or_default(),
-            path,
+        // A workload that makes a child cgroup of its labelled one (root in it can) keeps the
+        // labels: they come from the nearest labelled ancestor.
+        let labels = match labelled {
+            Some(l) => l.labels,
+            None => path.as_deref().and_then(|p| self.inherited_labels(p)).unwrap_or_default(),
         };
+        let info = CgroupInfo { container: path.as_deref().and_then(|p| self.config.roots.parse(p)), labels, path };
         let exists = self.exists(id, info.path.as_deref());
         (CgroupEntry { info: Arc::new(info), labels_stamp, checked: now, gone_since: (!exists).then_some(now) }, keep)
     }
@@ -322,6 +324,26 @@ impl Resolver {
 
     fn label_file(&self, id: CgroupId) -> PathBuf {
         self.workloads.join(format!("{id}.json"))
+    }
+
+    /// The labels of the nearest ancestor of `path` (a cgroup path from the root) that has a
+    /// label file naming that very ancestor.
+    fn inherited_labels(&self, path: &str) -> Option<BTreeMap<String, String>> {
+        let mut current = Path::new(path);
+        while let Some(parent) = current.parent() {
+            let rel = parent.strip_prefix("/").unwrap_or(parent);
+            if rel.as_os_str().is_empty() {
+                return None;
+            }
+            if let Ok(id) = cgroup::id_of(&self.cgroup_root.join(rel))
+                && let Some(l) = read_labels(&self.label_file(id))
+                && Path::new(&l.cgroup) == parent
+            {
+                return Some(l.labels);
+            }
+            current = parent;
+        }
+        None
     }
 
     /// The path `/proc/PID/cgroup` gives, if that cgroup is the one the kernel recorded (the
@@ -602,6 +624,23 @@ mod tests {
         f.unlabel(id);
         f.clock.advance(REFRESH);
         assert!(f.resolver.resolve_blocking(&facts).labels.is_empty());
+    }
+
+    #[test]
+    fn a_child_cgroup_keeps_its_labelled_parents_labels() {
+        let f = Fixture::new("child", 16);
+        let parent = f.mkdir("/warden.workloads/etl-2");
+        f.label(parent, "/warden.workloads/etl-2", &[("warden/identity", "etl")], 1);
+        // The workload (root in its cgroup) made a child and moved into it.
+        let child = f.mkdir("/warden.workloads/etl-2/escape/deeper");
+        let identity = f.resolver.resolve_blocking(&f.facts(child, 0));
+        assert_eq!(labels(&identity), vec![("warden/identity", "etl")]);
+        assert_eq!(identity.tenant_key(), "identity:etl", "the same tenant for limits and fair shares");
+        // A label file that names another cgroup is not inherited.
+        let other = f.mkdir("/warden.workloads/other-1");
+        f.label(other, "/warden.workloads/somewhere-else", &[("warden/identity", "forged")], 1);
+        let below = f.mkdir("/warden.workloads/other-1/x");
+        assert!(f.resolver.resolve_blocking(&f.facts(below, 0)).labels.is_empty());
     }
 
     #[test]

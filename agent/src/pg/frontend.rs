@@ -135,10 +135,8 @@ impl<'a> Frontend<'a> {
             b'P' => {
                 let name = r.cstr("statement name")?;
                 let sql = r.cstr("query")?;
-                let n = r.i16("parameter type count")?;
-                if n < 0 {
-                    return Err(invalid(tag, format!("negative parameter type count {n}")));
-                }
+                // Counts are unsigned 16-bit to the server (up to 65,535 parameters).
+                let n = r.i16("parameter type count")? as u16;
                 let mut param_types = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     param_types.push(r.i32("parameter type")? as u32);
@@ -189,10 +187,8 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
     let body = r.remaining();
     let portal = r.cstr("portal name")?;
     let statement = r.cstr("statement name")?;
-    let nformats = r.i16("parameter format count")?;
-    if nformats < 0 {
-        return Err(invalid(tag, format!("negative format count {nformats}")));
-    }
+    // Counts are unsigned 16-bit to the server (up to 65,535 parameters).
+    let nformats = r.i16("parameter format count")? as u16;
     let param_formats = r.bytes(2 * nformats as usize, "parameter formats")?;
     for f in param_formats.chunks_exact(2) {
         let f = i16::from_be_bytes([f[0], f[1]]);
@@ -200,10 +196,7 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
             return Err(invalid(tag, format!("parameter format code {f}")));
         }
     }
-    let nparams = r.i16("parameter count")?;
-    if nparams < 0 {
-        return Err(invalid(tag, format!("negative parameter count {nparams}")));
-    }
+    let nparams = r.i16("parameter count")? as u16;
     if nformats > 1 && nformats != nparams {
         return Err(invalid(tag, format!("{nformats} format codes for {nparams} parameters")));
     }
@@ -218,13 +211,10 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
         }
     }
     let params = &start[..start.len() - r.remaining().len()];
-    let nresults = r.i16("result format count")?;
-    if nresults < 0 {
-        return Err(invalid(tag, format!("negative result format count {nresults}")));
-    }
+    let nresults = r.i16("result format count")? as u16;
     r.bytes(2 * nresults as usize, "result formats")?;
     r.finish()?;
-    Ok(Bind { portal, statement, param_formats, param_count: nparams as u16, params, body })
+    Ok(Bind { portal, statement, param_formats, param_count: nparams, params, body })
 }
 
 #[cfg(test)]
@@ -252,6 +242,14 @@ mod tests {
             b.extend(f.to_be_bytes());
         }
         b
+    }
+
+    #[test]
+    fn counts_are_unsigned_as_the_server_reads_them() {
+        let nulls = vec![None; 40_000];
+        let body = bind_body(&[], &nulls, &[]);
+        let Ok(Frontend::Bind(b)) = Frontend::decode(b'B', &body) else { panic!("40,000 parameters") };
+        assert_eq!((b.param_count, b.params().count()), (40_000, 40_000));
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Limits {
     }
 
     /// Takes a slot for a connection of `identity` (a key such as `identity:etl` or
-    /// `cgroup:1234`).
+    /// `uid:1000`).
     pub fn admit(self: &Arc<Self>, identity: &str) -> Result<Slot, LimitExceeded> {
         let mut counts = self.lock();
         if counts.total >= self.global {
@@ -80,9 +80,68 @@ impl Drop for Slot {
     }
 }
 
+/// Refusals of connections the redirect did not create cost nothing to provoke (anyone can dial
+/// the proxy's address): each source address gets a few records a second, the rest are counted
+/// and said in one record when its next second begins, so they cannot flush the audit ring.
+pub struct RefusalRecords {
+    per_second: u32,
+    sources: Mutex<HashMap<std::net::IpAddr, (u64, u32, u64)>>,
+}
+
+/// What to record for a refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefusalRecord {
+    /// Record this refusal (and, first, that `suppressed` earlier ones were not).
+    Record { suppressed: u64 },
+    /// Count it only.
+    Suppress,
+}
+
+impl RefusalRecords {
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second, sources: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether a refusal from `source` at `now_s` (seconds) is recorded.
+    pub fn admit(&self, source: std::net::IpAddr, now_s: u64) -> RefusalRecord {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.len() > 65_536 {
+            // Bounded: a spray of source addresses restarts the counts (a burst is recorded).
+            sources.retain(|_, (second, _, suppressed)| *second == now_s || *suppressed > 0);
+            if sources.len() > 65_536 {
+                sources.clear();
+            }
+        }
+        let (second, count, suppressed) = sources.entry(source).or_insert((now_s, 0, 0));
+        if *second != now_s {
+            *second = now_s;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > self.per_second {
+            *suppressed += 1;
+            return RefusalRecord::Suppress;
+        }
+        RefusalRecord::Record { suppressed: std::mem::take(suppressed) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_recorded_a_few_a_second_and_the_rest_counted() {
+        let r = RefusalRecords::new(2);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(r.admit(a, 1), RefusalRecord::Record { suppressed: 0 });
+        assert_eq!(r.admit(a, 1), RefusalRecord::Record { suppressed: 0 });
+        assert_eq!(r.admit(a, 1), RefusalRecord::Suppress);
+        assert_eq!(r.admit(a, 1), RefusalRecord::Suppress);
+        assert_eq!(r.admit(b, 1), RefusalRecord::Record { suppressed: 0 }, "another source is not affected");
+        assert_eq!(r.admit(a, 2), RefusalRecord::Record { suppressed: 2 }, "the next second says what was not");
+    }
 
     #[test]
     fn identities_are_limited_apart_and_slots_come_back() {

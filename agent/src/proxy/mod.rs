@@ -27,7 +27,7 @@ use crate::{
     config::{Config, Database, Protocol},
     ebpf::Kernel,
     flow::{ClientAddr, KernelFacts, OrigDst, socket_addr_of},
-    identity::{Identity, Resolver},
+    identity::Resolver,
     net::{
         netns::{ClientNetns, Namespaces, NetnsError},
         upstream::{self, UpstreamError},
@@ -53,6 +53,8 @@ pub struct Shared {
     pub namespaces: Arc<Namespaces>,
     /// Connection limits, global and per identity.
     pub limits: Arc<Limits>,
+    /// How many refusals of unredirected connections are recorded per source and second.
+    pub refusals: limits::RefusalRecords,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -64,7 +66,12 @@ pub struct SessionIds {
 impl SessionIds {
     pub fn new() -> Self {
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Self { base: (start & 0xffff_ffff) << 32, next: AtomicU64::new(1) }
+        // Two agents started within the same second (a crash loop) must not reuse ids: the
+        // counter starts at a random point of its range.
+        let mut random = [0u8; 2];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random));
+        let first = u64::from(u16::from_ne_bytes(random)) << 16;
+        Self { base: (start & 0xffff_ffff) << 32, next: AtomicU64::new(first | 1) }
     }
 
     pub fn next(&self) -> SessionId {
@@ -95,20 +102,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// The key an identity's connections are counted under: its `warden/identity` label, else its
-/// container, else its cgroup.
-fn limit_key(identity: &Identity) -> String {
-    if let Some(name) = identity.labels.get("warden/identity") {
-        format!("identity:{name}")
-    } else if let Some(container) = &identity.container_id {
-        format!("container:{container}")
-    } else {
-        format!("cgroup:{}", identity.cgroup_id)
-    }
-}
-
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
-    let refused = |reason: String| shared.audit.record(Event::ProxyRefused { client: peer.0, reason });
+    let refused = |reason: String| {
+        let now_s = crate::audit::now_ms() / 1000;
+        if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(peer.0.ip(), now_s) {
+            let reason = match suppressed {
+                0 => reason,
+                n => format!("{reason} (and {n} earlier refusals from this address not recorded one by one)"),
+            };
+            shared.audit.record(Event::ProxyRefused { client: peer.0, reason });
+        }
+    };
     // The record is bound to this accepted socket by the kernel: looked up by the socket's
     // identity, never by an address another socket could take.
     let origin = match socket2::SockRef::from(&client).cookie() {
@@ -141,16 +145,25 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     // Resolved off the accept path (a cache miss reads /proc and the cgroup tree on the
     // blocking pool).
     let identity = shared.resolver.resolve(facts.clone()).await;
-    let _slot = match shared.limits.admit(&limit_key(&identity)) {
+    let _slot = match shared.limits.admit(&identity.tenant_key()) {
         Ok(slot) => slot,
         Err(limit) => {
-            shared.audit.record(Event::ConnectionRefused {
-                database: db.name.clone(),
-                orig_dst: orig_dst.0,
-                client: peer.0,
-                reason: limit.to_string(),
-                identity,
-            });
+            // Over-limit attempts are as cheap to repeat as direct dials: recorded a few a
+            // second per source, the rest counted in the next record.
+            let now_s = crate::audit::now_ms() / 1000;
+            if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(peer.0.ip(), now_s) {
+                let reason = match suppressed {
+                    0 => limit.to_string(),
+                    n => format!("{limit} (and {n} earlier refusals from this address not recorded one by one)"),
+                };
+                shared.audit.record(Event::ConnectionRefused {
+                    database: db.name.clone(),
+                    orig_dst: orig_dst.0,
+                    client: peer.0,
+                    reason,
+                    identity,
+                });
+            }
             refuse_busy(db.protocol, client, &limit.to_string()).await;
             return;
         }

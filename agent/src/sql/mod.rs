@@ -198,6 +198,51 @@ fn classify_one(stmt: &Statement) -> (&'static str, Option<String>) {
     }
 }
 
+/// Operators, casts and chaining keywords a statement may hold and still be parsed. sqlparser
+/// builds `1+1+...+1` as a left-deep tree and drops it recursively: 50,000 terms overflow a
+/// thread's stack and abort the agent. Real statements stay far below this.
+const MAX_CHAINED: usize = 2_000;
+
+/// Why a statement is not parsed (its expression chains are too long), if so.
+fn too_complex(text: &str) -> Option<String> {
+    const CHAINING: &[&str] = &[
+        "and",
+        "or",
+        "not",
+        "union",
+        "intersect",
+        "except",
+        "is",
+        "like",
+        "ilike",
+        "similar",
+        "between",
+        "collate",
+        "at",
+        "in",
+        "when",
+        "then",
+        "else",
+    ];
+    let mut chained = 0usize;
+    for t in Lexer::new(text, LexOptions::default()) {
+        let word = &text[t.range()];
+        let counts = match t.kind {
+            TokenKind::Operator => true,
+            TokenKind::Punctuation => word == "::" || word == "[",
+            TokenKind::Identifier => word.len() <= 9 && CHAINING.iter().any(|k| word.eq_ignore_ascii_case(k)),
+            _ => false,
+        };
+        if counts {
+            chained += 1;
+            if chained > MAX_CHAINED {
+                return Some(format!("more than {MAX_CHAINED} operators: too complex to analyse"));
+            }
+        }
+    }
+    None
+}
+
 /// Analyses a (possibly multi-statement) string; the class is the most consequential one.
 /// Statement boundaries are checked with `standard_conforming_strings` on: pass normalised text
 /// (as [`DescriptionCache`] does), whose strings are all `'?'` and so lex alike either way.
@@ -220,6 +265,9 @@ pub fn analyse(text: &str) -> Analysis {
             class_reason: Some("DO runs arbitrary procedural code".into()),
             relations: Arc::from(Vec::new()),
         };
+    }
+    if let Some(reason) = too_complex(text) {
+        return Analysis { class: "unknown", class_reason: Some(Arc::from(reason)), relations: Arc::from(Vec::new()) };
     }
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(s) => s,
@@ -289,6 +337,12 @@ pub struct DescriptionCache {
 impl DescriptionCache {
     pub fn new(capacity: usize) -> Self {
         Self { raw: Mutex::new([HashMap::new(), HashMap::new()]), analyses: AnalysisCache::new(capacity), capacity }
+    }
+
+    /// Whether `text` is described already (describing it again costs one lookup).
+    pub fn is_cached(&self, text: &str, options: LexOptions) -> bool {
+        let slot = usize::from(options.standard_conforming_strings);
+        self.raw.lock().unwrap_or_else(|p| p.into_inner())[slot].contains_key(text)
     }
 
     /// Describes a statement lexed with `standard_conforming_strings` on.
@@ -392,10 +446,20 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
     let mut current: Option<Range<usize>> = None;
     let mut has_code = false;
     let mut tail_end = None;
+    // A semicolon inside parentheses does not end a statement (`CREATE RULE ... DO ALSO (a; b)`;
+    // anywhere else it is a syntax error, and the server runs nothing of the string).
+    let mut depth = 0usize;
     for token in Lexer::new(text, options) {
+        if token.kind == TokenKind::Punctuation {
+            match &text[token.range()] {
+                "(" => depth += 1,
+                ")" => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
         match token.kind {
             TokenKind::Whitespace => {}
-            TokenKind::Semicolon => {
+            TokenKind::Semicolon if depth == 0 => {
                 if let Some(stmt) = current.take().filter(|_| has_code) {
                     out.push(stmt);
                 }
@@ -479,6 +543,67 @@ fn uescape_clause<'a>(text: &str, lexer: &Lexer<'a>) -> Option<(Lexer<'a>, usize
 /// How far from the end of a statement text a sqlcommenter comment is looked for.
 const MAX_TAGS_TAIL: usize = 8 * 1024;
 
+/// A statement that creates or drops a prepared statement by SQL: the same objects the
+/// extended protocol's Bind names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedCommand {
+    /// `PREPARE name [(types)] AS body`
+    Prepare { name: String, body: String },
+    /// `DEALLOCATE [PREPARE] name`
+    Deallocate { name: String },
+}
+
+/// Reads `PREPARE` / `DEALLOCATE` (one statement's text) as the server names the statement:
+/// unquoted names folded to lower case, quoted ones as written, both cut to 63 bytes.
+pub fn prepared_statement_command(text: &str, options: LexOptions) -> Option<PreparedCommand> {
+    let mut tokens = Lexer::new(text, options)
+        .filter(|t| !matches!(t.kind, TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment));
+    let word = |t: &Token| text[t.range()].to_ascii_lowercase();
+    let name = |t: &Token| -> Option<String> {
+        let raw = &text[t.range()];
+        let mut name = match t.kind {
+            TokenKind::Identifier => raw.to_lowercase(),
+            TokenKind::QuotedIdentifier { unicode: false } => raw[1..raw.len() - 1].replace("\"\"", "\""),
+            _ => return None,
+        };
+        // NAMEDATALEN - 1, at a character boundary, as the server truncates identifiers.
+        let mut cut = name.len().min(63);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+        Some(name)
+    };
+    let first = tokens.next()?;
+    match word(&first).as_str() {
+        "prepare" => {
+            let name = name(&tokens.next()?)?;
+            // Skip an optional parenthesised type list, then AS.
+            let mut depth = 0usize;
+            for t in tokens.by_ref() {
+                let w = &text[t.range()];
+                match w {
+                    "(" => depth += 1,
+                    ")" => depth = depth.saturating_sub(1),
+                    _ if depth == 0 && t.kind == TokenKind::Identifier && w.eq_ignore_ascii_case("as") => {
+                        return Some(PreparedCommand::Prepare { name, body: text[t.end..].trim().to_string() });
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        "deallocate" => {
+            let mut next = tokens.next()?;
+            if next.kind == TokenKind::Identifier && word(&next) == "prepare" {
+                next = tokens.next()?;
+            }
+            Some(PreparedCommand::Deallocate { name: name(&next)? })
+        }
+        _ => None,
+    }
+}
+
 /// Tags of a trailing sqlcommenter comment: `... /*key='value',traceparent='00-..'*/`, keys and
 /// values URL-encoded. Only the last `MAX_TAGS_TAIL` bytes are read: the audit asks for the tags
 /// of a simple-query string once per statement in it, so reading the whole text each time would
@@ -550,6 +675,48 @@ mod tests {
         assert_eq!(analyse(&"select 1,".repeat(MAX_ANALYSED / 8)).class, "unknown");
         assert_eq!(analyse("explain analyze delete from t").class, "write");
         assert_eq!(analyse("explain delete from t").class, "read");
+    }
+
+    #[test]
+    fn prepared_statements_named_as_the_server_names_them() {
+        let o = LexOptions::default();
+        assert_eq!(
+            prepared_statement_command("PREPARE Del (int) AS delete from t where id = $1", o),
+            Some(PreparedCommand::Prepare { name: "del".into(), body: "delete from t where id = $1".into() })
+        );
+        assert_eq!(
+            prepared_statement_command("prepare \"Mixed\"\"Q\" as select 1", o),
+            Some(PreparedCommand::Prepare { name: "Mixed\"Q".into(), body: "select 1".into() })
+        );
+        assert_eq!(
+            prepared_statement_command("/* c */ DEALLOCATE PREPARE s1", o),
+            Some(PreparedCommand::Deallocate { name: "s1".into() })
+        );
+        assert_eq!(
+            prepared_statement_command("deallocate \"S1\"", o),
+            Some(PreparedCommand::Deallocate { name: "S1".into() })
+        );
+        assert_eq!(prepared_statement_command("select 1", o), None);
+    }
+
+    #[test]
+    fn a_statement_too_deep_to_parse_safely_is_unknown_not_a_crash() {
+        let sum = format!("select {}", vec!["1"; 50_000].join("+"));
+        let a = analyse(&sum);
+        assert_eq!(a.class, "unknown");
+        assert!(a.class_reason.as_deref().is_some_and(|r| r.contains("too complex")), "{a:?}");
+        let casts = format!("select 1{}", "::int".repeat(5_000));
+        assert_eq!(analyse(&casts).class, "unknown");
+        assert_eq!(analyse("select a + b * c from t where x and y or not z").class, "read");
+    }
+
+    #[test]
+    fn semicolons_inside_parentheses_do_not_end_a_statement() {
+        assert_eq!(
+            split_statements("create rule r as on insert to t do also (select 1; select 2); drop table v"),
+            vec!["create rule r as on insert to t do also (select 1; select 2)", "drop table v"]
+        );
+        assert_eq!(split_statements("select 1); drop table t").len(), 2, "an unbalanced ) changes nothing");
     }
 
     #[test]
@@ -829,7 +996,7 @@ mod tests {
                     g.kept.push(name.to_string());
                     (name.to_string(), false)
                 }
-                9 => (rng.pick(&["=", "+", "-", "<>", "@>", "::", ",", "(", ")", "*", "%"]).to_string(), false),
+                9 => (rng.pick(&["=", "+", "-", "<>", "@>", "::", ",", "[", "]", "*", "%"]).to_string(), false),
                 10 => (format!("'{secret}'\n'{secret}'"), true),
                 11 => {
                     g.statements.push(Vec::new());

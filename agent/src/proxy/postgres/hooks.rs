@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::Pin};
 
-use super::state::{QueryProtocol, Running};
+use super::state::{Lexing, QueryProtocol, Running};
 use crate::pg::{backend::RowDescription, frontend::Bind};
 
 /// A hook's decision about a statement.
@@ -28,8 +28,8 @@ pub struct StatementInfo<'a> {
     pub bind: Option<Bind<'a>>,
     /// The function a fast-path FunctionCall invokes.
     pub function_oid: Option<u32>,
-    /// The session's `standard_conforming_strings` (how the text lexes).
-    pub standard_conforming_strings: bool,
+    /// How the server lexes the text (`standard_conforming_strings`, and whether it is settled).
+    pub lexing: Lexing,
 }
 
 /// Session hooks. Every method has a do-nothing default.

@@ -14,7 +14,10 @@ pub mod stream;
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -172,8 +175,13 @@ async fn run_inner(
     let upstream = match connect(ctx).await {
         Ok(u) => u,
         Err(err) => {
+            // What a direct connection would have met, without repeating the address.
+            let why = match &err {
+                SessionError::UpstreamUnreachable { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
             let message =
-                format!("warden: database \"{}\" at {} is unreachable: {err}", ctx.database.name, ctx.orig_dst);
+                format!("warden: database \"{}\" at {} is unreachable: {why}", ctx.database.name, ctx.orig_dst);
             startup::refuse(&mut start.stream, sqlstate::UNABLE_TO_CONNECT, &message).await;
             on_open(report);
             return Err(err);
@@ -195,7 +203,7 @@ async fn run_inner(
 async fn connect(ctx: &SessionContext) -> Result<Upstream, SessionError> {
     let dst = ctx.orig_dst;
     let db = &ctx.database;
-    let mut tcp = ctx.dial.connect(dst, db.connect_timeout_ms).await.map_err(|e| match e {
+    let tcp = ctx.dial.connect(dst, db.connect_timeout_ms).await.map_err(|e| match e {
         UpstreamError::Namespace(source) => SessionError::ClientNamespace { source },
         UpstreamError::Unreachable(source) => SessionError::UpstreamUnreachable { dst, source },
         UpstreamError::Timeout(timeout_ms) => SessionError::UpstreamTimeout { dst, timeout_ms },
@@ -205,6 +213,25 @@ async fn connect(ctx: &SessionContext) -> Result<Upstream, SessionError> {
     let Some(config) = db.tls.client_config.clone() else {
         return Ok(plain(tcp));
     };
+    // The server's answer to SSLRequest and the handshake are bounded like the connect: a
+    // server that accepts and says nothing must not hold the session (and its slot) forever.
+    let timeout_ms = db.connect_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), negotiate_tls(ctx, tcp, config, local)).await {
+        Ok(result) => result,
+        Err(_) => Err(SessionError::UpstreamTimeout { dst, timeout_ms }),
+    }
+}
+
+/// Asks the upstream for TLS (SSLRequest) and, when it agrees, performs the handshake.
+async fn negotiate_tls(
+    ctx: &SessionContext,
+    mut tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    local: Option<std::net::SocketAddr>,
+) -> Result<Upstream, SessionError> {
+    let dst = ctx.orig_dst;
+    let db = &ctx.database;
+    let plain = |tcp| Upstream { stream: MaybeTls::Plain(tcp), local, server_certificate: None };
     let io = |source| SessionError::UpstreamIo(source);
     let mut request = Vec::with_capacity(8);
     request.extend_from_slice(&8u32.to_be_bytes());
@@ -303,22 +330,33 @@ where
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false };
-    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds);
-    let mut outcome = tokio::select! {
-        r = to_server.pump(&mut client_r, &mut up_w) => r,
-        r = to_client.pump(&mut up_r, &mut client_w) => r,
+    let draining = AtomicBool::new(false);
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining);
+    // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
+    // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
+    let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
+    let outcome = tokio::select! {
+        r = to_server.pump(&mut client_r, &mut up_w) => match r {
+            // The client is gone or done (Terminate, end of stream, reset), but what it sent is
+            // running: keep reading the server's answers (recording each statement's outcome)
+            // until nothing is owed, as the server itself runs them to completion.
+            Ok(Side::Client) | Err(SessionError::ClientIo(_)) => {
+                if to_server.terminated {
+                    // After Terminate the server reads nothing more; what the client sent with it
+                    // is dropped here too (and read, so the close is not a reset).
+                    startup::discard_pending(&mut client_r).await;
+                }
+                let drained = drain_after_client(&state, &draining, &mut up_w, &mut server_side).await;
+                match (r, drained) {
+                    (_, Err(e @ SessionError::Protocol(_))) => Err(e),
+                    (r, _) => r,
+                }
+            }
+            other => other,
+        },
+        r = &mut server_side => r,
     };
-    if matches!(outcome, Ok(Side::Client)) {
-        if to_server.terminated {
-            // After Terminate the server reads nothing more; what the client sent with it is
-            // dropped here too (and read, so the close is not a reset).
-            startup::discard_pending(&mut client_r).await;
-        }
-        // The client is gone, but what it sent is running: keep reading the server's answers
-        // (recording each statement's outcome) until nothing is owed, as the server itself
-        // runs them to completion.
-        outcome = drain_after_client(&state, &mut to_client, &mut up_r, &mut up_w, &mut client_w).await;
-    }
+    drop(server_side);
     if let Some((pid, key)) = &to_client.obs.registered {
         ctx.cancels.unregister(*pid, key);
     }
@@ -371,17 +409,15 @@ const DRAIN_AFTER_CLIENT: Duration = Duration::from_secs(60);
 /// server closes, or `DRAIN_AFTER_CLIENT` passes: those statements' outcome stays unknown).
 /// A client that only half-closed still gets its answers, as the server would send them; one
 /// that is gone entirely is written nothing more.
-async fn drain_after_client<UR, UW, CW>(
+async fn drain_after_client<UW, F>(
     state: &Mutex<ProtocolState>,
-    to_client: &mut ServerToClient<'_>,
-    up_r: &mut UR,
+    draining: &AtomicBool,
     up_w: &mut UW,
-    client_w: &mut CW,
+    server_side: &mut std::pin::Pin<Box<F>>,
 ) -> Result<Side, SessionError>
 where
-    UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
-    CW: AsyncWrite + Unpin,
+    F: std::future::Future<Output = Result<Side, SessionError>>,
 {
     let copy_in = {
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -390,6 +426,7 @@ where
         }
         matches!(st.copy, state::Copy::In | state::Copy::Both)
     };
+    draining.store(true, Ordering::Relaxed);
     // The server buffers its output until Sync or Flush: ask for what it has. A COPY FROM the
     // client that can no longer send is failed, as the server fails it when the client is gone.
     let mut nudge = Vec::new();
@@ -397,13 +434,21 @@ where
         put_message(&mut nudge, b'f', b"client disconnected\0");
     }
     put_message(&mut nudge, b'H', b"");
-    if up_w.write_all(&nudge).await.is_err() {
-        return Ok(Side::Client);
-    }
-    to_client.draining = true;
-    match tokio::time::timeout(DRAIN_AFTER_CLIENT, to_client.pump(up_r, client_w)).await {
-        Ok(Err(SessionError::Protocol(e))) => Err(SessionError::Protocol(e)),
-        _ => Ok(Side::Client),
+    // Written while the server's answers are read: a server blocked sending to us would
+    // otherwise never read the nudge.
+    let nudge = async {
+        let _ = up_w.write_all(&nudge).await;
+        std::future::pending::<()>().await
+    };
+    let drain = async {
+        tokio::select! {
+            r = server_side.as_mut() => r,
+            () = nudge => unreachable!("the nudge future never completes"),
+        }
+    };
+    match tokio::time::timeout(DRAIN_AFTER_CLIENT, drain).await {
+        Ok(r) => r,
+        Err(_) => Ok(Side::Client),
     }
 }
 
@@ -411,6 +456,15 @@ where
 enum Side {
     Client,
     Server,
+}
+
+/// A buffer that grew for one large message gives the memory back once it is empty, so a
+/// session does not hold its peak for the rest of its life.
+fn release_if_idle(buf: &mut BytesMut, normal: usize) {
+    const KEEP_AT_MOST: usize = 1 << 20;
+    if buf.is_empty() && buf.capacity() > KEEP_AT_MOST {
+        *buf = BytesMut::with_capacity(normal);
+    }
 }
 
 fn ensure_spare(buf: &mut BytesMut) {
@@ -469,6 +523,7 @@ impl ClientToServer<'_> {
                 buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             }
             buf.advance(pos);
+            release_if_idle(&mut buf, 16 * 1024);
         }
     }
 
@@ -572,25 +627,27 @@ impl ClientToServer<'_> {
     /// Asks the hooks about statements; everything else passes.
     fn judge(&self, msg: &Frontend<'_>) -> Verdict {
         let hooks = &self.ctx.hooks;
-        let (sql, protocol, bind, function_oid, standard_conforming_strings) = {
+        let (sql, protocol, bind, function_oid, lexing) = {
             let st = self.lock();
             if st.phase != Phase::Ready {
                 return Verdict::Allow;
             }
-            let scs = st.standard_conforming_strings;
+            let now = st.lexing();
             match msg {
-                Frontend::Query(sql) => (Arc::from(text(sql)), QueryProtocol::Simple, None, None, scs),
+                Frontend::Query(sql) => (Arc::from(text(sql)), QueryProtocol::Simple, None, None, now),
                 Frontend::Bind(bind) => {
-                    let sql = st.statement(bind.statement).map_or_else(|| Arc::from(""), |p| p.sql.clone());
-                    (sql, QueryProtocol::Extended, Some(*bind), None, scs)
+                    let (sql, lexing) = st
+                        .statement(bind.statement)
+                        .map_or_else(|| (Arc::from(""), now), |p| (p.sql.clone(), p.lexing));
+                    (sql, QueryProtocol::Extended, Some(*bind), None, lexing)
                 }
                 Frontend::FunctionCall { function_oid } => {
-                    (Arc::from(""), QueryProtocol::FunctionCall, None, Some(*function_oid), scs)
+                    (Arc::from(""), QueryProtocol::FunctionCall, None, Some(*function_oid), now)
                 }
                 _ => return Verdict::Allow,
             }
         };
-        hooks.before_statement(&StatementInfo { sql: &sql, protocol, bind, function_oid, standard_conforming_strings })
+        hooks.before_statement(&StatementInfo { sql: &sql, protocol, bind, function_oid, lexing })
     }
 }
 
@@ -640,13 +697,18 @@ struct ServerToClient<'a> {
     /// Messages to send in place of others: (start, end, bytes) within `buf[..processed]`.
     replacements: Vec<(usize, usize, Vec<u8>)>,
     /// The client stopped sending: stop once the server owes nothing more.
-    draining: bool,
+    draining: &'a AtomicBool,
     /// While draining, a write to the client failed: it is gone, answers are only recorded.
     client_gone: bool,
 }
 
 impl<'a> ServerToClient<'a> {
-    fn new(ctx: &'a SessionContext, state: &'a Mutex<ProtocolState>, channel_binding_holds: bool) -> Self {
+    fn new(
+        ctx: &'a SessionContext,
+        state: &'a Mutex<ProtocolState>,
+        channel_binding_holds: bool,
+        draining: &'a AtomicBool,
+    ) -> Self {
         Self {
             ctx,
             state,
@@ -656,7 +718,7 @@ impl<'a> ServerToClient<'a> {
             streaming: 0,
             processed: 0,
             replacements: Vec::new(),
-            draining: false,
+            draining,
             client_gone: false,
         }
     }
@@ -669,7 +731,9 @@ impl<'a> ServerToClient<'a> {
         loop {
             // What an interrupted pump had processed is written first.
             self.flush(client).await?;
-            if self.draining && self.state.lock().unwrap_or_else(|p| p.into_inner()).unfinished().next().is_none() {
+            if self.draining.load(Ordering::Relaxed)
+                && self.state.lock().unwrap_or_else(|p| p.into_inner()).unfinished().next().is_none()
+            {
                 return Ok(Side::Client);
             }
             ensure_spare(&mut self.buf);
@@ -688,7 +752,7 @@ impl<'a> ServerToClient<'a> {
         if !self.client_gone {
             match self.write_processed(client).await {
                 Ok(()) => {}
-                Err(_) if self.draining => self.client_gone = true,
+                Err(_) if self.draining.load(Ordering::Relaxed) => self.client_gone = true,
                 Err(e) => return Err(SessionError::ClientIo(e)),
             }
         }
@@ -696,6 +760,7 @@ impl<'a> ServerToClient<'a> {
         self.bytes += self.processed as u64;
         self.buf.advance(self.processed);
         self.processed = 0;
+        release_if_idle(&mut self.buf, 128 * 1024);
         Ok(())
     }
 
@@ -848,6 +913,8 @@ impl Observer<'_> {
             Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),
             Backend::DataRow(row) => hooks.on_row(st.running(), row),
             Backend::CommandComplete { tag } => hooks.on_complete(st.running(), &text(tag)),
+            // An empty query ends without a tag.
+            Backend::EmptyQueryResponse => hooks.on_complete(st.running(), ""),
             Backend::PortalSuspended => {
                 if let Some(running) = st.running() {
                     hooks.on_suspended(running);

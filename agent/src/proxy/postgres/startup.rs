@@ -168,23 +168,12 @@ fn startup_role(params: &[(&[u8], &[u8])]) -> Option<String> {
     };
     let mut role = None;
     if let Some((_, options)) = params.iter().find(|(k, _)| *k == b"options") {
-        let args = split_options(&crate::pg::text(options));
-        let mut i = 0;
-        while i < args.len() {
-            let setting = if let Some(rest) = args[i].strip_prefix("--") {
-                Some(rest.to_string())
-            } else if args[i] == "-c" {
-                i += 1;
-                args.get(i).cloned()
-            } else {
-                args[i].strip_prefix("-c").map(str::to_string)
-            };
-            if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('='))
+        for setting in option_settings(&split_options(&crate::pg::text(options))) {
+            if let Some((name, value)) = setting.split_once('=')
                 && is_role(name)
             {
                 role = Some(value.to_string());
             }
-            i += 1;
         }
     }
     const PROTOCOL_KEYS: [&[u8]; 4] = [b"user", b"database", b"options", b"replication"];
@@ -194,6 +183,47 @@ fn startup_role(params: &[(&[u8], &[u8])]) -> Option<String> {
         }
     }
     role
+}
+
+/// The `name=value` settings in `options` arguments, read with the server's own option letters
+/// (getopt `B:bC:c:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:`): flags may be grouped (`-ec role=x`,
+/// `-Pcrole=x`), an option's value is the rest of its argument or the next one, and `--name=value`
+/// is the long form of `-c`. Reading stops where the server would refuse the options anyway.
+fn option_settings(args: &[String]) -> Vec<String> {
+    const WITH_VALUE: &[u8] = b"BCcDdfhkNprStvW-";
+    const FLAGS: &[u8] = b"bEeFijlnOPsT";
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_bytes();
+        if arg.len() < 2 || arg[0] != b'-' || &args[i] == "--" {
+            break;
+        }
+        let mut j = 1;
+        while j < arg.len() {
+            let c = arg[j];
+            if WITH_VALUE.contains(&c) {
+                let value = if j + 1 < arg.len() {
+                    Some(args[i][j + 1..].to_string())
+                } else {
+                    i += 1;
+                    args.get(i).cloned()
+                };
+                if let Some(value) = value
+                    && (c == b'c' || c == b'-')
+                {
+                    out.push(value);
+                }
+                break;
+            } else if FLAGS.contains(&c) {
+                j += 1;
+            } else {
+                return out;
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Splits the `options` parameter as the server does: on whitespace, a backslash taking the next
@@ -304,6 +334,10 @@ mod tests {
         // A packet parameter overrides options, as the server applies them in that order.
         assert_eq!(startup_role(&p(&[("role", "direct"), ("options", "-c role=opt")])), Some("direct".into()));
         assert_eq!(startup_role(&p(&[("options", "-c session_authorization=boss")])), Some("boss".into()));
+        // Grouped flags, as the server's getopt reads them.
+        assert_eq!(startup_role(&p(&[("options", "-ec role=admin")])), Some("admin".into()));
+        assert_eq!(startup_role(&p(&[("options", "-Pcrole=admin")])), Some("admin".into()));
+        assert_eq!(startup_role(&p(&[("options", "-c work_mem=64MB --role=x")])), Some("x".into()));
         assert_eq!(split_options("  -c  a=1\t-c b=2 "), vec!["-c", "a=1", "-c", "b=2"]);
     }
 }

@@ -56,8 +56,8 @@ pub struct Running {
     /// This Execute resumes a portal suspended by an earlier one (its id): the same statement,
     /// more of its rows.
     pub resumes: Option<u64>,
-    /// The session's `standard_conforming_strings` when it was sent (how its text lexes).
-    pub standard_conforming_strings: bool,
+    /// How the server lexed its text.
+    pub lexing: Lexing,
     /// The portal an Execute runs.
     portal: Vec<u8>,
     /// The Bind message body that created the portal (extended protocol).
@@ -65,6 +65,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The portal an Execute runs (empty for the unnamed portal and other protocols).
+    pub fn portal_name(&self) -> &[u8] {
+        &self.portal
+    }
+
     /// The parameters the statement runs with (extended protocol).
     pub fn bind(&self) -> Option<Bind<'_>> {
         match Frontend::decode(b'B', self.bind.as_deref()?) {
@@ -78,6 +83,7 @@ impl Running {
 #[derive(Debug, Clone)]
 struct Portal {
     sql: Arc<str>,
+    lexing: Lexing,
     bind: Arc<[u8]>,
     /// Set when an Execute of it ended in PortalSuspended: the id of that first execution.
     suspended: Option<u64>,
@@ -86,11 +92,17 @@ struct Portal {
 /// A response the server owes, in order.
 #[derive(Debug, Clone)]
 enum Expect {
-    /// ParseComplete (a named statement is forgotten again if parsing fails).
+    /// ParseComplete.
     Parse {
-        name: Option<Vec<u8>>,
+        /// The unnamed statement: the server drops the old one before parsing, so a failed
+        /// Parse leaves none.
+        unnamed: bool,
     },
-    Bind,
+    /// BindComplete.
+    Bind {
+        /// The unnamed portal (replaced, like the unnamed statement).
+        unnamed: bool,
+    },
     /// ParameterDescription (statements only), then RowDescription or NoData.
     Describe,
     Close,
@@ -116,7 +128,22 @@ struct Pending {
     /// The proxy forwarded a poison message in place of a refused one: the server's error for
     /// it is replaced by this ErrorResponse.
     replace_error: Option<Vec<u8>>,
+    /// How to take back what this message did to the statements and portals, if the server
+    /// never applies it (it failed, or was skipped after an earlier error in its batch).
+    undo: Option<Undo>,
 }
+
+/// A change to the statement or portal tables, applied when the client's message is sent
+/// (later messages of the same flight depend on it) and taken back if the server skips it.
+#[derive(Debug)]
+enum Undo {
+    Statement { name: Vec<u8>, previous: Option<Prepared> },
+    Portal { name: Vec<u8>, previous: Option<Portal> },
+}
+
+/// Prepared statements and portals tracked per session, at most: a session that keeps creating
+/// them without closing them ends with a protocol error rather than growing without bound.
+const MAX_TRACKED: usize = 100_000;
 
 /// COPY sub-protocol in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +187,20 @@ impl ProtocolError {
 pub struct Prepared {
     pub sql: Arc<str>,
     pub param_types: Vec<u32>,
+    /// How the server lexed it: at Parse time, with the session's settings then.
+    pub lexing: Lexing,
+}
+
+/// How the server lexes a statement's text: `standard_conforming_strings` when it was sent, and
+/// whether that was settled (no statement was outstanding that could have changed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lexing {
+    pub standard_conforming_strings: bool,
+    pub settled: bool,
+    /// False in client encodings whose multibyte characters can contain ASCII bytes (SJIS,
+    /// BIG5, GBK, UHC, GB18030, JOHAB): a quote or backslash byte may be half a character, so
+    /// the text cannot be lexed from its bytes.
+    pub ascii_safe: bool,
 }
 
 /// The session's protocol state.
@@ -182,11 +223,18 @@ pub struct ProtocolState {
     /// The session's `standard_conforming_strings`, as the server reports it: when off, a
     /// backslash escapes in plain string literals, which changes how statements are lexed.
     pub standard_conforming_strings: bool,
+    /// The session's client encoding lets ASCII bytes appear inside multibyte characters.
+    pub client_encoding_unsafe: bool,
     /// The id of the last statement forwarded.
     last_id: u64,
+    /// The last `on_frontend` call started a statement (`newest`).
+    started_now: bool,
     /// Statements forwarded but skipped by the server after an earlier error in their batch;
     /// taken by the relay (`take_skipped`) to report that they did not run.
     skipped: Vec<Running>,
+    /// An extended-protocol error left the server skipping every message until Sync, and no
+    /// Sync had been sent yet: client messages up to the next Sync are not run.
+    ignoring_till_sync: bool,
 }
 
 impl Default for ProtocolState {
@@ -208,8 +256,11 @@ impl ProtocolState {
             completed: 0,
             rows: 0,
             standard_conforming_strings: true,
+            client_encoding_unsafe: false,
             last_id: 0,
+            started_now: false,
             skipped: Vec::new(),
+            ignoring_till_sync: false,
         }
     }
 
@@ -225,15 +276,28 @@ impl ProtocolState {
             failed: false,
             function_oid: None,
             resumes: None,
-            standard_conforming_strings: self.standard_conforming_strings,
+            lexing: self.lexing(),
             portal: Vec::new(),
             bind: None,
+        }
+    }
+
+    /// How a statement sent now is lexed by the server: the settings known now, settled when no
+    /// statement is outstanding that could change them first (a pipelined `SET`).
+    pub fn lexing(&self) -> Lexing {
+        Lexing {
+            standard_conforming_strings: self.standard_conforming_strings,
+            settled: self.unfinished().next().is_none(),
+            ascii_safe: !self.client_encoding_unsafe,
         }
     }
 
     /// The statement the last client message started (a Query, Execute or FunctionCall just
     /// recorded with `on_frontend`), if it started one.
     pub fn newest(&self) -> Option<&Running> {
+        if !self.started_now {
+            return None;
+        }
         match self.pending.back().map(|p| &p.expect) {
             Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) if r.id == self.last_id => {
                 Some(r)
@@ -288,8 +352,13 @@ impl ProtocolState {
     /// Records a client message the relay is about to forward. `replace_error` is set when the
     /// message forwarded is a poison standing in for a refused one.
     pub fn on_frontend(&mut self, msg: &Frontend<'_>, replace_error: Option<Vec<u8>>) -> Result<(), ProtocolError> {
+        self.started_now = replace_error.is_none()
+            && matches!(msg, Frontend::Query(_) | Frontend::Execute { .. } | Frontend::FunctionCall { .. });
         let push = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| {
-            s.pending.push_back(Pending { expect, replace_error });
+            s.pending.push_back(Pending { expect, replace_error, undo: None });
+        };
+        let push_undo = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>, undo: Option<Undo>| {
+            s.pending.push_back(Pending { expect, replace_error, undo });
         };
         match self.phase {
             Phase::Authenticating => {
@@ -312,56 +381,101 @@ impl ProtocolState {
             }
             Phase::Ready => {}
         }
+        if self.ignoring_till_sync {
+            // The server discards everything up to Sync (Terminate ends the session).
+            match msg {
+                Frontend::Sync => self.ignoring_till_sync = false,
+                Frontend::Terminate => self.phase = Phase::Terminating,
+                _ => {
+                    self.started_now = false;
+                    return Ok(());
+                }
+            }
+            if self.phase == Phase::Terminating {
+                return Ok(());
+            }
+        }
+        if self.copy == Copy::In {
+            match msg {
+                // The server ignores Sync and Flush during COPY FROM STDIN.
+                Frontend::Sync | Frontend::Flush => return Ok(()),
+                Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) | Frontend::Terminate => {}
+                // The server reads and discards any other message there, failing the COPY: what
+                // it did would never be answered, and every later answer would be taken for the
+                // wrong statement's.
+                _ => return Err(ProtocolError::Client("a message other than COPY data during COPY FROM STDIN".into())),
+            }
+        }
+        if self.statements.len() + self.portals.len() >= MAX_TRACKED
+            && matches!(msg, Frontend::Parse { .. } | Frontend::Bind(_))
+        {
+            return Err(ProtocolError::Client(format!(
+                "more than {MAX_TRACKED} prepared statements and portals open in one session"
+            )));
+        }
         match msg {
             Frontend::Query(sql) => {
                 let running = self.start(Arc::from(text(sql)), QueryProtocol::Simple);
                 push(self, Expect::SimpleQuery(running), replace_error);
             }
             Frontend::Parse { name, sql, param_types } => {
-                let named = (!name.is_empty()).then(|| name.to_vec());
-                if replace_error.is_none() {
+                let unnamed = name.is_empty();
+                let mut undo = None;
+                // A named statement that exists already is not replaced: the server refuses the
+                // Parse (42P05) and keeps the old one, which later Binds then run.
+                if replace_error.is_none() && (unnamed || !self.statements.contains_key(*name)) {
                     let sql = text(sql);
                     // Drivers re-parse the same unnamed statement over and over: keep its text.
                     let sql = match self.statements.get(*name) {
                         Some(old) if *old.sql == *sql => old.sql.clone(),
                         _ => Arc::from(sql),
                     };
-                    self.statements.insert(name.to_vec(), Prepared { sql, param_types: param_types.clone() });
+                    let previous = self.statements.insert(
+                        name.to_vec(),
+                        Prepared { sql, param_types: param_types.clone(), lexing: self.lexing() },
+                    );
+                    undo = Some(Undo::Statement { name: name.to_vec(), previous });
                 }
-                push(self, Expect::Parse { name: named }, replace_error);
+                push_undo(self, Expect::Parse { unnamed }, replace_error, undo);
             }
             Frontend::Bind(bind) => {
-                if replace_error.is_none() {
-                    let sql = self.statements.get(bind.statement).map_or_else(|| Arc::from(""), |s| s.sql.clone());
-                    self.portals
-                        .insert(bind.portal.to_vec(), Portal { sql, bind: Arc::from(bind.body), suspended: None });
-                } else {
-                    // A refused Bind creates no portal: an Execute naming it must not be taken
-                    // for an earlier portal of the same name.
-                    self.portals.remove(bind.portal);
+                let unnamed = bind.portal.is_empty();
+                let mut undo = None;
+                // Likewise a named portal that exists already (42P03).
+                if replace_error.is_none() && (unnamed || !self.portals.contains_key(bind.portal)) {
+                    let (sql, lexing) = self
+                        .statements
+                        .get(bind.statement)
+                        .map_or_else(|| (Arc::from(""), self.lexing()), |s| (s.sql.clone(), s.lexing));
+                    let portal = Portal { sql, lexing, bind: Arc::from(bind.body), suspended: None };
+                    let previous = self.portals.insert(bind.portal.to_vec(), portal);
+                    undo = Some(Undo::Portal { name: bind.portal.to_vec(), previous });
                 }
-                push(self, Expect::Bind, replace_error);
+                push_undo(self, Expect::Bind { unnamed }, replace_error, undo);
             }
             Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
             Frontend::Execute { portal, .. } => {
-                let (sql, bind, resumes) = match self.portals.get(*portal) {
-                    Some(p) => (p.sql.clone(), Some(p.bind.clone()), p.suspended),
-                    None => (Arc::from(""), None, None),
+                let (sql, bind, resumes, lexing) = match self.portals.get(*portal) {
+                    Some(p) => (p.sql.clone(), Some(p.bind.clone()), p.suspended, Some(p.lexing)),
+                    None => (Arc::from(""), None, None, None),
                 };
                 let mut running = self.start(sql, QueryProtocol::Extended);
+                // The text was lexed when it was parsed, not now.
+                running.lexing = lexing.unwrap_or(running.lexing);
                 running.bind = bind;
                 running.resumes = resumes;
                 running.portal = portal.to_vec();
                 push(self, Expect::Execute(running), replace_error);
             }
             Frontend::Close { kind, name } => {
-                // Forgotten at once: the server will have closed it before any later message.
-                if *kind == b'S' {
-                    self.statements.remove(*name);
+                // Forgotten at once (later messages of the flight see it closed), taken back if
+                // the server skips the Close.
+                let undo = if *kind == b'S' {
+                    Undo::Statement { name: name.to_vec(), previous: self.statements.remove(*name) }
                 } else {
-                    self.portals.remove(*name);
-                }
-                push(self, Expect::Close, replace_error);
+                    Undo::Portal { name: name.to_vec(), previous: self.portals.remove(*name) }
+                };
+                push_undo(self, Expect::Close, replace_error, Some(undo));
             }
             Frontend::Sync => push(self, Expect::Sync, replace_error),
             Frontend::FunctionCall { function_oid } => {
@@ -396,10 +510,21 @@ impl ProtocolState {
                     self.phase = Phase::Starting;
                 }
             }
-            Backend::BackendKeyData { pid, key } => self.backend_key = Some((*pid, key.to_vec())),
+            Backend::BackendKeyData { pid, key } => {
+                // Once, during start-up: cancel keys registered later would pile up.
+                if self.phase != Phase::Starting || self.backend_key.is_some() {
+                    return Err(ProtocolError::Server("BackendKeyData outside start-up".into()));
+                }
+                self.backend_key = Some((*pid, key.to_vec()));
+            }
             Backend::ParameterStatus { name, value } => {
                 if *name == b"standard_conforming_strings" {
                     self.standard_conforming_strings = *value != b"off";
+                }
+                if *name == b"client_encoding" {
+                    const UNSAFE: [&[u8]; 7] =
+                        [b"SJIS", b"SHIFT_JIS_2004", b"BIG5", b"GBK", b"UHC", b"GB18030", b"JOHAB"];
+                    self.client_encoding_unsafe = UNSAFE.iter().any(|e| e.eq_ignore_ascii_case(value));
                 }
             }
             Backend::NoticeResponse { .. } | Backend::NotificationResponse { .. } => {}
@@ -407,6 +532,11 @@ impl ProtocolState {
             Backend::ReadyForQuery { status } => {
                 self.tx_status = *status;
                 self.copy = Copy::None;
+                if *status == b'I' {
+                    // Outside a transaction block every portal is gone (they end with their
+                    // transaction).
+                    self.portals.clear();
+                }
                 if self.phase == Phase::Starting {
                     self.phase = Phase::Ready;
                     return Ok(BackendAction::Forward);
@@ -435,7 +565,7 @@ impl ProtocolState {
                 return Ok(replacement.map_or(BackendAction::Forward, BackendAction::Replace));
             }
             Backend::ParseComplete => self.complete(|e| matches!(e, Expect::Parse { .. }), "ParseComplete")?,
-            Backend::BindComplete => self.complete(|e| matches!(e, Expect::Bind), "BindComplete")?,
+            Backend::BindComplete => self.complete(|e| matches!(e, Expect::Bind { .. }), "BindComplete")?,
             Backend::CloseComplete => self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?,
             Backend::NoData => self.complete(|e| matches!(e, Expect::Describe), "NoData")?,
             Backend::ParameterDescription { .. } => {
@@ -453,23 +583,11 @@ impl ProtocolState {
                 }
             },
             Backend::DataRow(_) => self.data_rows(1)?,
-            Backend::CommandComplete { .. } | Backend::EmptyQueryResponse => {
-                self.completed += 1;
-                self.copy = Copy::None;
-                match self.pending.front_mut().map(|p| &mut p.expect) {
-                    Some(Expect::Execute(_)) => {
-                        self.pending.pop_front();
-                    }
-                    // A simple query string may hold several statements.
-                    Some(Expect::SimpleQuery(r)) => {
-                        r.rows = 0;
-                        r.completed += 1;
-                    }
-                    _ => {
-                        return Err(ProtocolError::Server("CommandComplete nothing asked for".into()));
-                    }
-                }
+            Backend::CommandComplete { tag } => {
+                self.sql_level_statements(tag);
+                self.command_complete()?;
             }
+            Backend::EmptyQueryResponse => self.command_complete()?,
             Backend::PortalSuspended => {
                 let Some(Expect::Execute(r)) = self.pending.front().map(|p| &p.expect) else {
                     return Err(ProtocolError::Server("PortalSuspended nothing asked for".into()));
@@ -481,15 +599,29 @@ impl ProtocolState {
                 self.pending.pop_front();
             }
             Backend::CopyResponse { tag, .. } => {
-                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Execute(_) | Expect::SimpleQuery(_)))
-                {
-                    return Err(ProtocolError::Server("COPY response outside a query".into()));
-                }
+                let extended = match self.pending.front().map(|p| &p.expect) {
+                    Some(Expect::Execute(_)) => true,
+                    Some(Expect::SimpleQuery(_)) => false,
+                    _ => return Err(ProtocolError::Server("COPY response outside a query".into())),
+                };
                 self.copy = match tag {
                     b'G' => Copy::In,
                     b'H' => Copy::Out,
                     _ => Copy::Both,
                 };
+                if self.copy == Copy::In {
+                    if extended {
+                        // A Sync sent with the Execute (libpq sends one) reaches the server
+                        // during COPY FROM STDIN, which ignores it: it will not be answered.
+                        while self.pending.get(1).is_some_and(|p| matches!(p.expect, Expect::Sync)) {
+                            self.pending.remove(1);
+                        }
+                    }
+                    if self.pending.len() > 1 {
+                        // Sent before the COPY began and discarded by the server in it.
+                        return Err(ProtocolError::Client("messages pipelined after a COPY FROM STDIN".into()));
+                    }
+                }
             }
             Backend::CopyData(_) => {
                 if !matches!(self.copy, Copy::Out | Copy::Both) {
@@ -532,8 +664,64 @@ impl ProtocolState {
         }
     }
 
-    /// An ErrorResponse ends the current operation. In the extended protocol the server then
-    /// skips everything up to the next Sync; a simple query still ends with ReadyForQuery.
+    /// CommandComplete or EmptyQueryResponse: the current statement of the front query ended.
+    fn command_complete(&mut self) -> Result<(), ProtocolError> {
+        self.completed += 1;
+        self.copy = Copy::None;
+        match self.pending.front_mut().map(|p| &mut p.expect) {
+            Some(Expect::Execute(_)) => {
+                self.pending.pop_front();
+            }
+            // A simple query string may hold several statements.
+            Some(Expect::SimpleQuery(r)) => {
+                r.rows = 0;
+                r.completed += 1;
+            }
+            _ => {
+                return Err(ProtocolError::Server("CommandComplete nothing asked for".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepared statements created or dropped with SQL (PREPARE, DEALLOCATE, DISCARD ALL) are
+    /// the same objects a protocol Bind names: the statement table follows them once the server
+    /// says they completed.
+    fn sql_level_statements(&mut self, tag: &[u8]) {
+        if !matches!(tag, b"PREPARE" | b"DEALLOCATE" | b"DEALLOCATE ALL" | b"DISCARD ALL") {
+            return;
+        }
+        if tag == b"DISCARD ALL" {
+            self.statements.clear();
+            self.portals.clear();
+            return;
+        }
+        if tag == b"DEALLOCATE ALL" {
+            self.statements.clear();
+            return;
+        }
+        let Some(running) = self.running() else { return };
+        let options =
+            crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
+        let parts = crate::sql::split_statements_with(&running.sql, options);
+        let Some(part) = parts.get(running.completed as usize).or(parts.first()).copied() else { return };
+        match crate::sql::prepared_statement_command(part, options) {
+            Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
+                let sql = Arc::from(body);
+                let lexing = self.lexing();
+                self.statements.insert(name.into_bytes(), Prepared { sql, param_types: Vec::new(), lexing });
+            }
+            Some(crate::sql::PreparedCommand::Deallocate { name }) => {
+                self.statements.remove(name.as_bytes());
+            }
+            None => {}
+        }
+    }
+
+    /// An ErrorResponse ends the current operation. After an extended-protocol message fails
+    /// the server skips every message up to the next Sync (simple queries and function calls
+    /// included); what those messages did to the statement and portal tables is taken back. A
+    /// simple query or a function call still ends with ReadyForQuery.
     fn on_error(&mut self) {
         let Some(front) = self.pending.front() else {
             return;
@@ -541,22 +729,54 @@ impl ProtocolState {
         if front.expect.ends_with_ready() {
             return;
         }
-        if let Expect::Parse { name: Some(name) } = &front.expect {
-            self.statements.remove(name);
-        }
-        let mut first = true;
+        let mut skipped = Vec::new();
+        let mut popped = Vec::new();
         while let Some(p) = self.pending.front() {
-            if p.expect.ends_with_ready() {
+            if matches!(p.expect, Expect::Sync) {
                 break;
             }
-            if let Some(Pending { expect: Expect::Execute(r), replace_error: None }) = self.pending.pop_front()
-                && !first
-            {
-                // Forwarded, never run: the server skips to Sync after an error.
-                self.skipped.push(r);
-            }
-            first = false;
+            popped.extend(self.pending.pop_front());
         }
+        if self.pending.is_empty() {
+            self.ignoring_till_sync = true;
+        }
+        // Take back the skipped messages' changes, newest first, then the failed one's: an
+        // unnamed statement or portal is gone after its own failed Parse or Bind.
+        for (i, p) in popped.into_iter().enumerate().rev() {
+            match (i, &p.expect, p.undo) {
+                (0, Expect::Parse { unnamed: true }, _) => {
+                    self.statements.remove(&b""[..]);
+                }
+                (0, Expect::Bind { unnamed: true }, _) => {
+                    self.portals.remove(&b""[..]);
+                }
+                (_, _, Some(Undo::Statement { name, previous })) => match previous {
+                    Some(previous) => {
+                        self.statements.insert(name, previous);
+                    }
+                    None => {
+                        self.statements.remove(&name);
+                    }
+                },
+                (_, _, Some(Undo::Portal { name, previous })) => match previous {
+                    Some(previous) => {
+                        self.portals.insert(name, previous);
+                    }
+                    None => {
+                        self.portals.remove(&name);
+                    }
+                },
+                _ => {}
+            }
+            if i > 0
+                && p.replace_error.is_none()
+                && let Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r) = p.expect
+            {
+                // Forwarded, never run: the server skipped it.
+                skipped.push(r);
+            }
+        }
+        self.skipped.extend(skipped.into_iter().rev());
     }
 }
 
@@ -670,6 +890,142 @@ mod tests {
         s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!((s.copy, s.pending()), (Copy::None, 0));
+    }
+
+    fn error() -> Backend<'static> {
+        Backend::ErrorResponse { fields: vec![] }
+    }
+
+    fn parse(name: &'static [u8], sql: &'static [u8]) -> F<'static> {
+        F::Parse { name, sql, param_types: vec![] }
+    }
+
+    #[test]
+    fn a_statement_name_in_use_keeps_the_statement_the_server_keeps() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"s", b"delete from accounts"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        // The server refuses the second Parse (42P05), keeps the DELETE, and runs it for the Bind.
+        let b = bind("", "s");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&parse(b"s", b"select 1"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_frontend(&F::Bind(bound), None).unwrap();
+        s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
+        assert_eq!(&*s.newest().unwrap().sql, "delete from accounts");
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&error()).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(&*s.statement(b"s").unwrap().sql, "delete from accounts", "a failed re-Parse forgets nothing");
+        s.on_backend(&Backend::BindComplete).unwrap();
+        assert_eq!(&*s.running().unwrap().sql, "delete from accounts");
+    }
+
+    #[test]
+    fn messages_skipped_after_an_error_are_taken_back() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"keep", b"select 1"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        // A failing Parse, then a Close the server skips, a query it skips, and a new Parse.
+        s.on_frontend(&parse(b"bad", b"selec"), None).unwrap();
+        s.on_frontend(&F::Close { kind: b'S', name: b"keep" }, None).unwrap();
+        s.on_frontend(&F::Query(b"delete from t"), None).unwrap();
+        s.on_frontend(&parse(b"later", b"select 2"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        assert!(s.statement(b"keep").is_none(), "closed as far as later messages of the flight know");
+        s.on_backend(&error()).unwrap();
+        assert!(s.statement(b"keep").is_some(), "the skipped Close is taken back");
+        assert!(s.statement(b"bad").is_none() && s.statement(b"later").is_none());
+        let skipped = s.take_skipped();
+        assert_eq!(skipped.iter().map(|r| &*r.sql).collect::<Vec<_>>(), vec!["delete from t"], "the query did not run");
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(s.pending(), 0);
+        // After an error with no Sync sent yet, what follows up to Sync is not run either.
+        s.on_frontend(&parse(b"bad2", b"selec"), None).unwrap();
+        s.on_backend(&error()).unwrap();
+        s.on_frontend(&F::Query(b"delete from t"), None).unwrap();
+        assert!(s.newest().is_none(), "skipped by the server: not a statement that runs");
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(s.pending(), 0);
+        s.on_frontend(&F::Query(b"select 3"), None).unwrap();
+        assert_eq!(&*s.newest().unwrap().sql, "select 3");
+    }
+
+    #[test]
+    fn a_sync_sent_with_an_extended_copy_in_is_ignored_as_the_server_ignores_it() {
+        let mut s = ready();
+        let b = bind("", "");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&parse(b"", b"copy t from stdin"), None).unwrap();
+        s.on_frontend(&F::Bind(bound), None).unwrap();
+        s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::CopyResponse { tag: b'G', binary: false, columns: 1 }).unwrap();
+        s.on_frontend(&F::CopyData(b"1\n"), None).unwrap();
+        assert!(s.newest().is_none(), "CopyData starts no statement");
+        s.on_frontend(&F::CopyDone, None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(s.pending(), 0, "one ReadyForQuery answers both Syncs");
+        s.on_frontend(&F::Query(b"select 1"), None).unwrap();
+        s.on_backend(&Backend::decode(b'T', &[0, 0]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn portals_end_with_their_transaction_and_sql_prepare_is_tracked() {
+        let mut s = ready();
+        let b = bind("p1", "");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&parse(b"", b"select 1"), None).unwrap();
+        s.on_frontend(&F::Bind(bound), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        assert!(s.portal_sql(b"p1").is_some());
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(s.portal_sql(b"p1").is_none(), "the implicit transaction ended: its portals are gone");
+        s.on_frontend(&F::Query(b"PREPARE Del AS delete from t; select 1"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"PREPARE" }).unwrap();
+        assert_eq!(&*s.statement(b"del").unwrap().sql, "delete from t");
+        s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        s.on_frontend(&F::Query(b"deallocate all"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"DEALLOCATE ALL" }).unwrap();
+        assert!(s.statement(b"del").is_none() && s.statement(b"").is_none());
+    }
+
+    #[test]
+    fn lexing_follows_the_session_settings_and_what_is_in_flight() {
+        let mut s = ready();
+        assert!(s.lexing().settled && s.lexing().ascii_safe && s.lexing().standard_conforming_strings);
+        s.on_frontend(&F::Query(b"set standard_conforming_strings = off"), None).unwrap();
+        assert!(!s.lexing().settled, "a statement is outstanding: the setting may change first");
+        s.on_backend(&Backend::ParameterStatus { name: b"standard_conforming_strings", value: b"off" }).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"SET" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(s.lexing().settled && !s.lexing().standard_conforming_strings);
+        s.on_backend(&Backend::ParameterStatus { name: b"client_encoding", value: b"SJIS" }).unwrap();
+        assert!(!s.lexing().ascii_safe);
+        s.on_backend(&Backend::ParameterStatus { name: b"client_encoding", value: b"UTF8" }).unwrap();
+        assert!(s.lexing().ascii_safe);
+        // A prepared statement keeps how it was lexed when parsed.
+        s.on_frontend(&parse(b"p", b"select 'x\\'"), None).unwrap();
+        s.on_backend(&Backend::ParameterStatus { name: b"standard_conforming_strings", value: b"on" }).unwrap();
+        assert!(!s.statement(b"p").unwrap().lexing.standard_conforming_strings);
+    }
+
+    #[test]
+    fn key_data_comes_once_during_start_up() {
+        let mut s = ready();
+        assert!(s.on_backend(&Backend::BackendKeyData { pid: 7, key: b"wxyz" }).is_err());
     }
 
     #[test]
