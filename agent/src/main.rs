@@ -284,7 +284,8 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 println!("{stats}");
             } else if let serde_json::Value::Object(map) = stats {
                 for (k, v) in map {
-                    println!("{k:<16} {v}");
+                    // Values come from the ring (identities, floods): escaped like every table.
+                    println!("{k:<16} {}", cli::escape_controls(&v.to_string()));
                 }
             }
         }

@@ -378,15 +378,17 @@ pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
     let by_seq: HashMap<u64, &super::ring::Record> = records.iter().map(|r| (r.seq, r)).collect();
     // The newest genuine seal: (upto_seq, every).
     let mut newest: Option<(u64, u64)> = None;
-    // `every` of any readable seal, for when none checks (a forged one is a problem anyway).
+    // `every` of the genuine seals only: an unchecked one could claim any cadence.
     let mut every_seen = 0;
+    let first_seq = records.first().map_or(0, |r| r.seq);
     for r in records.iter().filter(|r| r.kind == Kind::Seal) {
         let Ok(seal) = serde_json::from_slice::<Seal>(&r.payload) else {
             v.problems.push(format!("record {}: unreadable seal", r.seq));
             continue;
         };
-        if seal.every > 0 {
-            every_seen = seal.every;
+        match by_seq.get(&seal.upto_seq) {
+            Some(sealed) if key.check(&seal, &sealed.hash) && seal.every > 0 => every_seen = seal.every,
+            _ => {}
         }
         match by_seq.get(&seal.upto_seq) {
             Some(sealed) if key.check(&seal, &sealed.hash) => {
@@ -399,7 +401,11 @@ pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
                 .problems
                 .push(format!("seal {}: does not match records up to {} (altered or forged)", r.seq, seal.upto_seq)),
             // The sealed record was overwritten (ring wrap): nothing left to check against.
-            None => {}
+            None if seal.upto_seq < first_seq => {}
+            None => v.problems.push(format!(
+                "seal {}: covers record {}, which should be in the ring and is not (removed or forged)",
+                r.seq, seal.upto_seq
+            )),
         }
     }
     // Seals of earlier versions do not say how often they were made: assume the default.

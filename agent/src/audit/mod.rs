@@ -139,7 +139,7 @@ pub struct Statement {
     /// Columns masked in the results, and why (never the values).
     pub masked: Vec<MaskedColumn>,
     /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
-    pub tags: BTreeMap<String, String>,
+    pub tags: Arc<BTreeMap<String, String>>,
 }
 
 /// How a forwarded statement ended.
@@ -295,7 +295,13 @@ impl AuditLog {
 
     /// Whether statements may proceed: always, unless `audit.required` and the trail is down.
     pub fn admits_statements(&self) -> bool {
-        !self.required || (self.healthy.load(Ordering::Relaxed) && self.tx.capacity() > 0)
+        self.admits_records(1)
+    }
+
+    /// Whether a message that will produce `records` records may proceed: always, unless
+    /// `audit.required` and the queue cannot take them now (or the trail is failing).
+    pub fn admits_records(&self, records: usize) -> bool {
+        !self.required || (self.healthy.load(Ordering::Relaxed) && self.tx.capacity() >= records)
     }
 
     pub fn required(&self) -> bool {
@@ -513,7 +519,7 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
             relations: Arc::from(vec!["orders".to_string(), "customers".to_string()]),
             verdict: Verdict::allow(),
             masked: Vec::new(),
-            tags: BTreeMap::from([("application".to_string(), "recsys".to_string())]),
+            tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
         }));
         buf.clear();
         let at_ms = now_ms();

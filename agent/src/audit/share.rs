@@ -26,8 +26,8 @@
 //! wall-clock `at_ms`, so a clock step neither resets nor extends a window.
 //!
 //! Records are charged to the identity's key: its `warden/identity` label, else its container,
-//! else its cgroup (`identity:NAME`, `container:ID`, `cgroup:ID`), the key the proxy counts
-//! connections under (`limit_key` in `proxy/mod.rs`), so one tenant has one name in both. The
+//! else its user (`identity:NAME`, `container:ID`, `uid:N`), the key the proxy counts
+//! connections under (`Identity::tenant_key`), so one tenant has one name in both. The
 //! prefixes keep a label from sharing a container's or a cgroup's budget. Statement records name
 //! only their session: the writer learns each session's key from its `connection_open` (or
 //! `observed`) record and forgets it at the close. Records of sessions it does not know (their
@@ -69,16 +69,10 @@ pub fn ring_bytes_of(payload: usize) -> u64 {
     (RECORD_HEADER_BYTES + payload as u64 + 7) & !7
 }
 
-/// The key an identity's records are charged to. The same as the proxy's connection-limit key
-/// (`limit_key` in `proxy/mod.rs`): keep the two in step.
+/// The key an identity's records are charged to: its tenant (`Identity::tenant_key`), the
+/// same key the proxy's connection limits count under.
 pub fn identity_key(identity: &Identity) -> String {
-    if let Some(name) = identity.labels.get("warden/identity") {
-        format!("identity:{name}")
-    } else if let Some(container) = &identity.container_id {
-        format!("container:{container}")
-    } else {
-        format!("cgroup:{}", identity.cgroup_id)
-    }
+    identity.tenant_key()
 }
 
 /// What the writer does with a record.
@@ -97,14 +91,26 @@ pub enum Admission {
 pub struct Charge {
     /// None: the agent's own records (seals, flood summaries, refusals of unattributed flows).
     key: Option<Arc<str>>,
-    /// Only statement records are: connection records always stay whole.
-    sheddable: bool,
+    /// What may be done to the record when its identity is over its share.
+    shed: Shed,
+}
+
+/// How a record may be shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// Never (the agent's own records, approvals).
+    Never,
+    /// Statements and their outcomes: condensed over the share, dropped over twice it.
+    Statement,
+    /// Connection records: whole, until an identity is over four times its share (opening
+    /// connections in a loop is a flood too); then dropped and counted.
+    Connection,
 }
 
 /// One identity's flood over one summary period: written into the ring as `audit_flood`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flood {
-    /// The identity's key (`identity:NAME`, `container:ID`, `cgroup:ID` or `unattributed`).
+    /// The identity's key (`identity:NAME`, `container:ID`, `uid:N` or `unattributed`).
     pub identity: String,
     /// How long the period was (the window, or less at shutdown).
     pub window_ms: u64,
@@ -170,6 +176,9 @@ pub struct FairShare {
     /// When the current summary period began (ms since `started`).
     period_start_ms: u64,
     unattributed: Arc<str>,
+    /// False with `audit.required`: every statement must have its record, so an identity over
+    /// twice its share is condensed, never dropped.
+    may_drop: bool,
 }
 
 impl FairShare {
@@ -190,6 +199,7 @@ impl FairShare {
             accounts: HashMap::new(),
             period_start_ms: 0,
             unattributed: Arc::from(UNATTRIBUTED),
+            may_drop: !config.required,
         })
     }
 
@@ -212,27 +222,32 @@ impl FairShare {
     /// Says who `event` is charged to; learns a session's identity from its opening record and
     /// forgets it at its close.
     pub fn charge_for(&mut self, event: &Event) -> Charge {
-        let (key, sheddable) = match event {
-            Event::ConnectionOpen { session, identity, .. } | Event::Observed { session, identity, .. } => {
+        let (key, shed) = match event {
+            Event::ConnectionOpen { session, identity, .. } => {
                 let key = self.intern(identity_key(identity));
+                // Learnt even when the record itself is shed: its statements are charged here.
                 // The oldest session is forgotten when the map is full (its close was lost).
                 self.sessions.insert(*session, key.clone());
-                (Some(key), false)
+                (Some(key), Shed::Connection)
             }
-            Event::ConnectionClose { session, .. } | Event::ObservedClose { session, .. } => {
-                (Some(self.sessions.remove(session).unwrap_or_else(|| self.unattributed.clone())), false)
+            // Observed sessions carry no statements: not worth a place in the session map.
+            Event::Observed { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),
+            Event::ConnectionClose { session, .. } => {
+                (Some(self.sessions.remove(session).unwrap_or_else(|| self.unattributed.clone())), Shed::Connection)
             }
-            Event::Statement(s) => (Some(self.session_key(s.session)), true),
-            Event::StatementEnd(e) => (Some(self.session_key(e.session)), true),
+            Event::ObservedClose { .. } => (None, Shed::Never),
+            Event::Statement(s) => (Some(self.session_key(s.session)), Shed::Statement),
+            Event::StatementEnd(e) => (Some(self.session_key(e.session)), Shed::Statement),
             Event::ApprovalRequested { session, .. } | Event::ApprovalDecided { session, .. } => {
-                (Some(self.session_key(*session)), false)
+                (Some(self.session_key(*session)), Shed::Never)
             }
-            Event::ConnectionRefused { identity, .. }
-            | Event::Ungoverned { identity, .. }
-            | Event::RefusedNotServing { identity, .. } => (Some(self.intern(identity_key(identity))), false),
-            Event::ProxyRefused { .. } | Event::EndpointsChanged { .. } | Event::AuditFlood(_) => (None, false),
+            Event::ConnectionRefused { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),
+            Event::Ungoverned { identity, .. } | Event::RefusedNotServing { identity, .. } => {
+                (Some(self.intern(identity_key(identity))), Shed::Never)
+            }
+            Event::ProxyRefused { .. } | Event::EndpointsChanged { .. } | Event::AuditFlood(_) => (None, Shed::Never),
         };
-        Charge { key, sheddable }
+        Charge { key, shed }
     }
 
     fn account(&mut self, key: &Arc<str>, epoch: u64) -> &mut Account {
@@ -244,19 +259,24 @@ impl FairShare {
     /// What to do with a record charged `charge`, by what its identity wrote within the window
     /// so far. A dropped record is counted here.
     pub fn admit(&mut self, charge: &Charge) -> Admission {
-        let Some(key) = charge.key.as_ref().filter(|_| charge.sheddable) else {
+        let Some(key) = charge.key.as_ref().filter(|_| charge.shed != Shed::Never) else {
             return Admission::Keep;
         };
-        let (share, epoch) = (self.share_bytes, self.now_ms() / self.sub_window_ms);
+        let (share, epoch, may_drop) = (self.share_bytes, self.now_ms() / self.sub_window_ms, self.may_drop);
+        let shed = charge.shed;
         let account = self.account(key, epoch);
         let used = account.used();
-        if used > share.saturating_mul(2) {
-            account.dropped += 1;
-            Admission::Drop
-        } else if used > share {
-            Admission::Condense
-        } else {
-            Admission::Keep
+        match shed {
+            Shed::Connection if used > share.saturating_mul(4) && may_drop => {
+                account.dropped += 1;
+                Admission::Drop
+            }
+            Shed::Statement if used > share.saturating_mul(2) && may_drop => {
+                account.dropped += 1;
+                Admission::Drop
+            }
+            Shed::Statement if used > share => Admission::Condense,
+            _ => Admission::Keep,
         }
     }
 
@@ -334,7 +354,7 @@ pub fn condense(event: &mut Event) {
         statement.text = Arc::from(&statement.text[..cut]);
     }
     statement.params = None;
-    statement.tags.clear();
+    statement.tags = Arc::default();
 }
 
 #[cfg(test)]
@@ -415,7 +435,7 @@ mod tests {
             relations: Arc::from(vec!["orders".to_string()]),
             verdict: Verdict::allow(),
             masked: Vec::new(),
-            tags: BTreeMap::from([("application".to_string(), "recsys".to_string())]),
+            tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
         }))
     }
 
@@ -489,6 +509,29 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_connections_is_dropped_past_four_shares() {
+        let clock = Arc::new(ManualClock::new());
+        let mut share = fair_share(&clock);
+        // 600-byte opening records: the share is 25,000 bytes, four shares 100,000.
+        let seen: Vec<Admission> = (1..=200).map(|n| offer(&mut share, &open(n, "churn"), 600)).collect();
+        assert!(!seen.contains(&Admission::Condense), "connection records are whole or not at all");
+        assert_eq!(seen.iter().filter(|a| **a == Admission::Keep).count(), 167);
+        assert_eq!(offer(&mut share, &open(999, "bystander"), 600), Admission::Keep);
+    }
+
+    #[test]
+    fn with_audit_required_a_flood_is_condensed_but_never_dropped() {
+        let clock = Arc::new(ManualClock::new());
+        let config =
+            AuditConfig { ring_bytes: 100_000, identity_share: 0.25, required: true, ..AuditConfig::default() };
+        let mut share = FairShare::new(&config, clock.clone()).expect("enabled");
+        offer(&mut share, &open(1, "flood"), 600);
+        let seen: Vec<Admission> = (1..=200).map(|n| offer(&mut share, &statement(1, n, "select ?"), 500)).collect();
+        assert!(!seen.contains(&Admission::Drop), "a statement lost its record under audit.required");
+        assert_eq!(seen.iter().filter(|a| **a == Admission::Condense).count(), 151);
+    }
+
+    #[test]
     fn summaries_come_once_per_window_and_the_window_moves_on() {
         let clock = Arc::new(ManualClock::new());
         let mut share = fair_share(&clock);
@@ -558,9 +601,10 @@ mod tests {
     fn identity_keys_match_the_connection_limit_keys() {
         assert_eq!(identity_key(&identity(Some("etl"), Some("abc123"), 7)), "identity:etl");
         assert_eq!(identity_key(&identity(None, Some("abc123"), 7)), "container:abc123");
-        assert_eq!(identity_key(&identity(None, None, 7)), "cgroup:7");
-        // A label cannot take another tenant's container or cgroup budget.
-        assert_ne!(identity_key(&identity(Some("cgroup:7"), None, 8)), identity_key(&identity(None, None, 7)));
+        assert_eq!(identity_key(&identity(None, None, 7)), "uid:1000", "cgroups are cheap to make; users are not");
+        assert_eq!(identity_key(&identity(None, None, 8)), identity_key(&identity(None, None, 7)));
+        // A label cannot take another tenant's container or user budget.
+        assert_ne!(identity_key(&identity(Some("uid:1000"), None, 8)), identity_key(&identity(None, None, 7)));
     }
 
     #[test]

@@ -22,19 +22,30 @@ use crate::{
     pg::error::sqlstate,
     proxy::postgres::{
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
-        state::{QueryProtocol, Running},
+        state::{Lexing, QueryProtocol, Running},
     },
-    sql::{Described, DescriptionCache, LexOptions, split_statements_with, sqlcommenter_tags},
+    sql::{
+        Analysis, Described, DescriptionCache, LexOptions, normalise_with_options, split_statements_with,
+        sqlcommenter_tags,
+    },
 };
 
 /// Statements longer than this are described on the blocking pool, not on the proxy worker that
-/// relays other sessions' traffic (normalising and hashing are linear, but 256 MiB is long).
-const DESCRIBE_INLINE_MAX: usize = 256 * 1024;
+/// relays other sessions' traffic (normalising, splitting and hashing are linear, but a long
+/// string of many statements is parsed statement by statement).
+const DESCRIBE_INLINE_MAX: usize = 16 * 1024;
 /// At most this many bind parameters are recorded, each cut to `MAX_PARAM_BYTES`.
 const MAX_PARAMS: usize = 64;
 const MAX_PARAM_BYTES: usize = 1024;
-/// Relations named beyond this count are not listed (the record says how many there were).
+/// Relations named beyond this count are not listed, and each name is cut to
+/// `MAX_RELATION_BYTES`.
 const MAX_RELATIONS: usize = 256;
+const MAX_RELATION_BYTES: usize = 256;
+/// Statements of one simple-query string recorded one by one; the rest of a longer string is
+/// recorded as one part (a string of millions of statements would otherwise cost gigabytes).
+const MAX_PARTS: usize = 10_000;
+/// Statements whose parts are kept for their outcome records (pipelined strings overlap).
+const KEPT_STATEMENTS: usize = 8;
 
 /// Audit settings every session shares.
 pub struct StatementAuditing {
@@ -78,9 +89,34 @@ impl StatementAuditing {
     }
 
     /// Describes each statement of a (simple-query) string: its recorded text and analysis.
-    fn describe_parts(&self, sql: &str, options: LexOptions, simple: bool) -> Vec<Part> {
-        let parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
-        let parts = if parts.is_empty() { vec![sql] } else { parts };
+    fn describe_parts(&self, sql: &str, lexing: Lexing, simple: bool) -> Vec<Part> {
+        let options = LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+        if !lexing.ascii_safe {
+            // A quote or backslash byte may be the second half of a character: the text cannot
+            // be split or normalised from its bytes (the wrong reading could hide a statement or
+            // leak literals).
+            return vec![ambiguous_part(sql, "the client encoding lets quote bytes hide inside characters")];
+        }
+        if !lexing.settled && sql.contains('\\') && lexes_both_ways_differently(sql, simple) {
+            // A SET of standard_conforming_strings may be ahead of it in the pipeline, and the
+            // text means something else under each setting: neither reading can be trusted
+            // (and the wrong one could leak literals into the record).
+            return vec![ambiguous_part(
+                sql,
+                "standard_conforming_strings may change before it runs, and the text reads differently under each",
+            )];
+        }
+        let mut parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
+        if parts.is_empty() {
+            parts = vec![sql];
+        }
+        if parts.len() > MAX_PARTS {
+            // Past the cap the rest of the string is one part: described (and recorded) as a
+            // whole, with its outcome the last one the server reports.
+            let start = parts[MAX_PARTS - 1].as_ptr() as usize - sql.as_ptr() as usize;
+            parts.truncate(MAX_PARTS - 1);
+            parts.push(&sql[start..]);
+        }
         parts
             .into_iter()
             .map(|part| {
@@ -88,6 +124,34 @@ impl StatementAuditing {
                 Part { text: self.recorded_text(part, &described), described }
             })
             .collect()
+    }
+}
+
+/// Whether `sql` splits or normalises differently with `standard_conforming_strings` on and off.
+fn lexes_both_ways_differently(sql: &str, simple: bool) -> bool {
+    let on = LexOptions { standard_conforming_strings: true };
+    let off = LexOptions { standard_conforming_strings: false };
+    (simple && split_statements_with(sql, on) != split_statements_with(sql, off))
+        || normalise_with_options(sql, on) != normalise_with_options(sql, off)
+}
+
+/// The record of a text whose reading is ambiguous: its length and hash only, class unknown.
+fn ambiguous_part(sql: &str, reason: &str) -> Part {
+    let digest = Sha256::digest(sql.as_bytes());
+    Part {
+        text: RecordedText {
+            text: Arc::from(""),
+            bytes: sql.len(),
+            sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
+        },
+        described: Described {
+            normalised: Arc::from(""),
+            analysis: Arc::new(Analysis {
+                class: "unknown",
+                class_reason: Some(Arc::from(reason)),
+                relations: Arc::from(Vec::new()),
+            }),
+        },
     }
 }
 
@@ -101,8 +165,8 @@ struct RecordedText {
     sha256: Option<String>,
 }
 
-/// A statement described ahead of its forwarding (text, lexing options, parts).
-type Prepared = (Arc<str>, bool, Arc<[Part]>);
+/// A statement described ahead of its forwarding (text, how it lexes, parts).
+type Prepared = (Arc<str>, Lexing, Arc<[Part]>);
 
 /// One statement of a forwarded message, described.
 #[derive(Debug, Clone)]
@@ -114,12 +178,14 @@ struct Part {
 /// The message a statement came in, as its record describes it.
 struct Subject {
     id: u64,
+    /// The portal an Execute runs (for the record of one the proxy does not know).
+    portal: String,
     protocol: QueryProtocol,
     function_oid: Option<u32>,
     params: Option<Vec<Option<String>>>,
     /// sqlcommenter tags of the message's trailing comment: they annotate every statement it
     /// carries.
-    tags: BTreeMap<String, String>,
+    tags: Arc<BTreeMap<String, String>>,
 }
 
 /// One session's statement hooks.
@@ -127,9 +193,9 @@ pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
     database: Arc<str>,
-    /// The parts of the statement being answered (keyed by its id): described once when it is
-    /// forwarded, not again per completion (a 10,000-statement string is split once).
-    current: Mutex<Option<(u64, Arc<[Part]>)>>,
+    /// The parts of the statements being answered (keyed by id): described once when forwarded,
+    /// not again per completion (a 10,000-statement string is split once).
+    current: Mutex<std::collections::VecDeque<(u64, Arc<[Part]>)>>,
     /// A long statement described on the blocking pool while it was held, for `on_forward`.
     prepared: Arc<Mutex<Option<Prepared>>>,
 }
@@ -140,20 +206,15 @@ impl SessionAudit {
             shared,
             session,
             database: Arc::from(database),
-            current: Mutex::new(None),
+            current: Mutex::new(std::collections::VecDeque::new()),
             prepared: Arc::new(Mutex::new(None)),
         }
-    }
-
-    fn options(running: &Running) -> LexOptions {
-        LexOptions { standard_conforming_strings: running.standard_conforming_strings }
     }
 
     /// The parts of `running`'s statement (described now if it was not at forward).
     fn parts(&self, running: &Running) -> Arc<[Part]> {
         let id = running.resumes.unwrap_or(running.id);
-        if let Some((current, parts)) = &*self.current.lock().unwrap_or_else(|p| p.into_inner())
-            && *current == id
+        if let Some((_, parts)) = self.current.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == id)
         {
             return parts.clone();
         }
@@ -161,17 +222,22 @@ impl SessionAudit {
             .prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take_if(|(sql, scs, _)| *scs == running.standard_conforming_strings && **sql == *running.sql)
+            .take_if(|(sql, lexing, _)| *lexing == running.lexing && **sql == *running.sql)
             .map(|(_, _, parts)| parts);
         let parts = prepared.unwrap_or_else(|| match running.protocol {
+            // A fast-path call has no text; an Execute of a portal no Bind of this session
+            // created (a SQL cursor, a refused Bind) runs something the proxy never saw.
             QueryProtocol::FunctionCall => Arc::from(Vec::new()),
-            protocol => Arc::from(self.shared.describe_parts(
-                &running.sql,
-                Self::options(running),
-                protocol == QueryProtocol::Simple,
-            )),
+            QueryProtocol::Extended if running.bind().is_none() => Arc::from(Vec::new()),
+            protocol => {
+                Arc::from(self.shared.describe_parts(&running.sql, running.lexing, protocol == QueryProtocol::Simple))
+            }
         });
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, parts.clone()));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.len() >= KEPT_STATEMENTS {
+            current.pop_front();
+        }
+        current.push_back((id, parts.clone()));
         parts
     }
 
@@ -208,10 +274,12 @@ impl SessionAudit {
     fn subject(&self, running: &Running) -> Subject {
         Subject {
             id: running.id,
+            portal: crate::pg::text(running.portal_name()).chars().take(64).collect(),
             protocol: running.protocol,
             function_oid: running.function_oid,
             params: self.params(running),
-            tags: sqlcommenter_tags(&running.sql),
+            // In an encoding that can hide quote bytes a "comment" may be a literal's inside.
+            tags: Arc::new(if running.lexing.ascii_safe { sqlcommenter_tags(&running.sql) } else { BTreeMap::new() }),
         }
     }
 
@@ -220,22 +288,45 @@ impl SessionAudit {
         let (text, bytes, sha256, class, class_reason, relations) = match described {
             Some(p) => {
                 let a = &p.described.analysis;
-                let relations: Arc<[String]> = if a.relations.len() > MAX_RELATIONS {
-                    Arc::from(&a.relations[..MAX_RELATIONS])
+                let long =
+                    a.relations.len() > MAX_RELATIONS || a.relations.iter().any(|r| r.len() > MAX_RELATION_BYTES);
+                let relations: Arc<[String]> = if long {
+                    a.relations
+                        .iter()
+                        .take(MAX_RELATIONS)
+                        .map(|r| {
+                            let mut cut = r.len().min(MAX_RELATION_BYTES);
+                            while !r.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            r[..cut].to_string()
+                        })
+                        .collect()
                 } else {
                     a.relations.clone()
                 };
                 (p.text.text.clone(), p.text.bytes, p.text.sha256.clone(), a.class, a.class_reason.clone(), relations)
             }
-            // A fast-path function call has no SQL text: what runs is the function.
-            None => (
-                Arc::from(format!("<fast-path call of function {}>", subject.function_oid.unwrap_or(0))),
-                0,
-                None,
-                "unknown",
-                Some(Arc::from("fast-path function call: any function, run without SQL")),
-                Arc::from(Vec::new()),
-            ),
+            // A fast-path function call has no SQL text: what runs is the function. An Execute
+            // of a portal no Bind of this session created runs what the proxy never saw.
+            None => match subject.protocol {
+                QueryProtocol::FunctionCall => (
+                    Arc::from(format!("<fast-path call of function {}>", subject.function_oid.unwrap_or(0))),
+                    0,
+                    None,
+                    "unknown",
+                    Some(Arc::from("fast-path function call: any function, run without SQL")),
+                    Arc::from(Vec::new()),
+                ),
+                _ => (
+                    Arc::from(format!("<execute of portal \"{}\">", subject.portal)),
+                    0,
+                    None,
+                    "unknown",
+                    Some(Arc::from("a portal this session did not create with Bind (a SQL cursor?)")),
+                    Arc::from(Vec::new()),
+                ),
+            },
         };
         Statement {
             session: self.session,
@@ -258,6 +349,10 @@ impl SessionAudit {
     }
 
     fn end(&self, running: &Running, part: u32, outcome: Outcome, tag: Option<&str>, error: Option<&str>) {
+        // Completions past the cap belong to the last part (the rest of the string).
+        let part = part.min(MAX_PARTS as u32 - 1);
+        // EmptyQueryResponse has no command tag.
+        let tag = tag.filter(|t| !t.is_empty());
         let tag_rows = tag.and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         self.shared.log.record(Event::StatementEnd(Box::new(StatementEnd {
             session: self.session,
@@ -274,7 +369,7 @@ impl SessionAudit {
     /// Ends every part from `from` on with `outcome` (the rest of a simple-query string).
     fn end_rest(&self, running: &Running, from: u32, outcome: Outcome) {
         let parts = if running.protocol == QueryProtocol::Simple { self.parts(running).len() as u32 } else { 1 };
-        for part in from..parts.max(from + u32::from(running.protocol != QueryProtocol::Simple)) {
+        for part in from.min(MAX_PARTS as u32 - 1)..parts {
             self.end(running, part, outcome, None, None);
         }
     }
@@ -287,29 +382,42 @@ impl SessionHooks for SessionAudit {
     }
 
     fn before_statement(&self, statement: &StatementInfo<'_>) -> HookVerdict {
-        if !self.shared.log.admits_statements() {
+        // With audit.required every statement of the message must find room: a string of many
+        // statements is measured, not just one slot checked.
+        let records = if self.shared.log.required() && statement.protocol == QueryProtocol::Simple {
+            let options = LexOptions { standard_conforming_strings: statement.lexing.standard_conforming_strings };
+            2 * split_statements_with(statement.sql, options).len().clamp(1, MAX_PARTS) + 2
+        } else {
+            2
+        };
+        if !self.shared.log.admits_records(records) {
             let message = "warden: the audit trail is unavailable and audit is required; statement refused".to_string();
             let verdict =
                 Verdict { decision: "deny", rule: Some("audit.required".into()), reason: Some(message.clone()) };
             // Refused before it had a number: statement 0.
             let subject = Subject {
                 id: 0,
+                portal: String::new(),
                 protocol: statement.protocol,
                 function_oid: statement.function_oid,
                 params: None,
-                tags: sqlcommenter_tags(statement.sql),
+                tags: Arc::new(sqlcommenter_tags(statement.sql)),
             };
             let described = match statement.protocol {
                 QueryProtocol::FunctionCall => Vec::new(),
-                _ => self.shared.describe_parts(
-                    statement.sql,
-                    LexOptions { standard_conforming_strings: statement.standard_conforming_strings },
-                    false,
-                ),
+                _ => self.shared.describe_parts(statement.sql, statement.lexing, false),
             };
             let record = self.statement(&subject, 0, described.first(), verdict);
             let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
             return HookVerdict::Deny { sqlstate: sqlstate::INSUFFICIENT_RESOURCES.into(), message };
+        }
+        let options = LexOptions { standard_conforming_strings: statement.lexing.standard_conforming_strings };
+        if statement.sql.len() > DESCRIBE_INLINE_MAX
+            && statement.protocol == QueryProtocol::Extended
+            && self.shared.descriptions.is_cached(statement.sql, options)
+        {
+            // A prepared statement executed again: its description is one lookup away.
+            return HookVerdict::Allow;
         }
         if statement.sql.len() > DESCRIBE_INLINE_MAX && statement.protocol != QueryProtocol::FunctionCall {
             // Held (the client waits) while a blocking thread describes it: the worker keeps
@@ -317,16 +425,15 @@ impl SessionHooks for SessionAudit {
             let shared = self.shared.clone();
             let sql: Arc<str> = Arc::from(statement.sql);
             let slot = self.prepared.clone();
-            let scs = statement.standard_conforming_strings;
+            let lexing = statement.lexing;
             let protocol = statement.protocol;
             return HookVerdict::Hold(Box::pin(async move {
                 let text = sql.clone();
-                let options = LexOptions { standard_conforming_strings: scs };
                 let simple = protocol == QueryProtocol::Simple;
-                let parts = tokio::task::spawn_blocking(move || shared.describe_parts(&text, options, simple))
+                let parts = tokio::task::spawn_blocking(move || shared.describe_parts(&text, lexing, simple))
                     .await
                     .unwrap_or_default();
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, scs, Arc::from(parts)));
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, Arc::from(parts)));
                 HookVerdict::Allow
             }));
         }
@@ -336,11 +443,6 @@ impl SessionHooks for SessionAudit {
     fn on_forward(&self, running: &Running) {
         if running.resumes.is_some() {
             // More rows of a statement already recorded.
-            return;
-        }
-        if running.protocol == QueryProtocol::Extended && running.bind().is_none() {
-            // An Execute of a portal the session never created (or one whose Bind was refused):
-            // the server runs nothing.
             return;
         }
         let parts = self.parts(running);
@@ -371,20 +473,35 @@ impl SessionHooks for SessionAudit {
     }
 
     fn on_query_end(&self, running: &Running) {
-        // Statements after a failed one (or never reached) did not run.
-        self.end_rest(running, running.completed + u32::from(running.failed), Outcome::NotRun);
+        // Statements after a failed one did not run. Without a failure, fewer completions than
+        // parts means the server saw other statement boundaries than the splitter (a function
+        // body with semicolons): what became of the rest is not known.
+        let outcome = if running.failed { Outcome::NotRun } else { Outcome::Unknown };
+        self.end_rest(running, running.completed + u32::from(running.failed), outcome);
     }
 
     fn on_not_run(&self, running: &Running) {
-        if running.bind().is_some() {
-            self.end(running, 0, Outcome::NotRun, None, None);
-        }
+        self.end(running, 0, Outcome::NotRun, None, None);
     }
 
     fn on_abandoned(&self, running: &Running) {
-        if running.protocol == QueryProtocol::Extended && running.bind().is_none() {
-            return;
-        }
-        self.end_rest(running, running.completed, Outcome::Unknown);
+        // A part that already failed keeps its outcome.
+        self.end_rest(running, running.completed + u32::from(running.failed), Outcome::Unknown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_that_read_differently_under_each_setting_are_found() {
+        assert!(lexes_both_ways_differently("select 'a\\'; drop table t; --'", true));
+        assert!(lexes_both_ways_differently("select 'a\\' -- ' , 'secret'", false), "normalised differently");
+        assert!(!lexes_both_ways_differently("select E'a\\'b' from t", true), "E-strings read alike");
+        assert!(!lexes_both_ways_differently("select 1; select 2", true));
+        let part = ambiguous_part("select 'secret\\'", "why");
+        assert!(part.text.text.is_empty() && part.text.sha256.is_some(), "no text of an ambiguous statement");
+        assert_eq!(part.described.analysis.class, "unknown");
     }
 }
