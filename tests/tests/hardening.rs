@@ -655,3 +655,96 @@ fn the_audit_ring_and_its_key_are_readable_by_root_only() {
     let out = output(Command::new("runuser").args(["-u", "nobody", "--", "cat"]).arg(&agent.audit));
     assert!(!out.status.success(), "nobody read the audit ring");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Coverage: what the configuration does not govern is said, with the fix.
+
+#[test]
+fn check_config_names_what_it_does_not_govern() {
+    // A local PostgreSQL's unix socket in a standard directory, and the port written as an
+    // unspecified address instead of `*:PORT`.
+    let port = testkit::free_port();
+    let socket = Path::new("/tmp").join(format!(".s.PGSQL.{port}"));
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("unix socket");
+    let dir = std::env::temp_dir().join(testkit::unique("warden-cc-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("warden.yaml");
+    std::fs::write(&config, format!("databases:\n  - {{name: local, address: '0.0.0.0:{port}'}}\n")).unwrap();
+    let out = output(Command::new(testkit::warden_bin()).args(["check-config"]).arg(&config));
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("'*:{port}'")), "no advice for 0.0.0.0: {said}");
+    assert!(
+        said.contains(&socket.display().to_string()) && said.contains("local all all reject"),
+        "no warning for the unix socket: {said}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is judged and recorded is what the server runs.
+
+#[test]
+fn a_reused_statement_name_is_recorded_as_what_the_server_runs() {
+    let pg = Postgres::start();
+    pg.admin_sql("create table t(id int); insert into t values (1), (2)");
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    let mut raw = Raw::login(&format!("127.0.0.1:{}", pg.port));
+    let parse = |sql: &str| {
+        let mut body = b"s\0".to_vec();
+        body.extend(sql.as_bytes());
+        body.extend([0, 0, 0]);
+        message(b'P', &body)
+    };
+    let mut first = parse("delete from t where id = 1");
+    first.extend(message(b'S', b""));
+    raw.send(&first);
+    assert!(errors(&raw.until_ready()).is_empty());
+    // The same name again: the server refuses the Parse (42P05), keeps the DELETE, and runs it
+    // for the Bind that follows.
+    let mut second = parse("select 1");
+    second.extend(message(b'S', b""));
+    second.extend(message(b'B', b"\0s\0\0\0\0\0\0\0"));
+    second.extend(message(b'E', b"\0\0\0\0\0"));
+    second.extend(message(b'S', b""));
+    raw.send(&second);
+    assert_eq!(errors(&raw.until_ready()), vec!["42P05".to_string()]);
+    let ran = raw.until_ready();
+    assert!(ran.iter().any(|m| m.0 == b'C' && m.1.starts_with(b"DELETE 1")), "{ran:?}");
+    assert_eq!(pg.admin_sql("select count(*) from t"), "1");
+    let delete = agent.wait_record("the DELETE as run", |r| {
+        r["kind"] == "statement" && r["protocol"] == "extended" && r["outcome"] == "completed"
+    });
+    assert_eq!(delete["text"], "delete from t where id = ?", "recorded as what ran: {delete}");
+    assert_eq!(delete["class"], "write");
+}
+
+#[test]
+fn the_unspecified_address_is_governed_as_the_loopback_it_reaches() {
+    let pg = Postgres::start();
+    // Governed on loopback only: 0.0.0.0 reaches it all the same.
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    check(&mut testkit::psql("0.0.0.0", pg.port, "select 1"));
+    let open = agent.wait_record("connection through 0.0.0.0", |r| r["kind"] == "connection_open");
+    assert_eq!(open["orig_dst"], format!("127.0.0.1:{}", pg.port));
+}
+
+#[test]
+fn a_statement_too_deep_to_parse_does_not_bring_the_agent_down() {
+    let pg = Postgres::start();
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    let mut raw = Raw::login(&format!("127.0.0.1:{}", pg.port));
+    // A left-deep expression: parsed naively, dropping its tree overflows a thread's stack.
+    let mut body = format!("select {}", vec!["1"; 50_000].join("+")).into_bytes();
+    body.push(0);
+    raw.send(&message(b'Q', &body));
+    let answer = raw.until_ready();
+    assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "{:?}", errors(&answer));
+    let r = agent.wait_record("the deep statement", |r| r["kind"] == "statement");
+    assert_eq!(r["class"], "unknown");
+    // The agent is still there, serving.
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
+}
