@@ -266,7 +266,8 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 p.push(".key");
                 Some(PathBuf::from(p)).filter(|p| p.exists())
             });
-            let v = cli::verify(&ring, key.as_deref())?;
+            let every = config.as_ref().map(|c| c.audit.seal_every);
+            let v = cli::verify_with(&ring, key.as_deref(), every)?;
             cli::print_verification(&v, output)?;
             return Ok(if v.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }

@@ -1,7 +1,7 @@
 //! Fair shares of the audit ring end to end: an identity flooding a real PostgreSQL through the
-//! proxy with far more statements than the ring holds is condensed, then dropped, and the flood
-//! is recorded in the ring (`audit_flood`) and shown by `warden audit stats`, while a bystander's
-//! history stays in the ring, whole.
+//! proxy with far more statements than the ring holds is shed once the ring is full, and the
+//! flood is recorded in the ring (`audit_flood`) and shown by `warden audit stats`, while a
+//! bystander's history stays in the ring, whole.
 
 use std::process::Command;
 
@@ -61,11 +61,12 @@ fn a_flood_is_condensed_dropped_and_recorded_and_a_bystander_keeps_its_history()
     );
     assert!(bystander.iter().all(|r| r.get("condensed").is_none() && r["outcome"] == "completed"), "{bystander:#?}");
 
-    // The flood: whole records up to its share, then condensed ones (a text prefix, no
-    // parameters, no tags), then none.
+    // The flood: whole records while the ring had room (nothing is shed before writing evicts
+    // anyone's records), then, over its share, condensed ones (a text prefix, no parameters, no
+    // tags), and over twice its share none. Filling the ring alone takes it past twice its
+    // share here, so it goes straight to none.
     let raw = lines(&agent.audit_cli(&["export", "--raw"]));
     let condensed: Vec<&Value> = raw.iter().filter(|r| r["condensed"] == true).collect();
-    assert!(!condensed.is_empty(), "no condensed records");
     assert!(
         condensed.iter().all(|r| matches!(r["kind"].as_str(), Some("statement" | "statement_end"))),
         "only statement records are condensed"

@@ -748,3 +748,62 @@ fn a_statement_too_deep_to_parse_does_not_bring_the_agent_down() {
     // The agent is still there, serving.
     check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The audit trail's own defences, attacked on a real ring.
+
+#[test]
+fn a_ring_rewritten_without_its_seals_fails_verify() {
+    use warden::audit::ring::{Kind, Ring, RingFile};
+    let pg = Postgres::start();
+    let mut agent = Agent::start_with_audit(
+        &testkit::warden_bin(),
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        "  ring_bytes: 16777216\n  seal_every: 5",
+    );
+    for i in 0..20 {
+        check(&mut testkit::psql("127.0.0.1", pg.port, &format!("select {i}")));
+    }
+    agent.stop();
+    // With the agent's configuration, verify knows its key and how often it seals.
+    let verify = |ring: &Path| {
+        output(
+            Command::new(testkit::warden_bin())
+                .args(["audit", "verify", "--config"])
+                .arg(&agent.config)
+                .arg("--ring")
+                .arg(ring),
+        )
+    };
+    assert!(verify(&agent.audit).status.success(), "the agent's own ring verifies");
+    // Someone able to write the ring rewrites it without the seals: every checksum and chain
+    // hash is valid again, only the seals (HMAC under a key they do not have) are gone.
+    let forged = agent.dir.join("forged.ring");
+    let records = RingFile::open(&agent.audit).unwrap().records(0);
+    let mut ring = Ring::open(&forged, 16_777_216).unwrap();
+    for r in records.iter().filter(|r| r.kind == Kind::Event) {
+        ring.append(Kind::Event, r.at_ms, &r.payload).unwrap();
+    }
+    drop(ring);
+    let out = verify(&forged);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a ring stripped of its seals passed verify:\n{report}");
+    assert!(report.contains("not sealed"), "{report}");
+}
+
+#[test]
+fn a_statement_cannot_rewrite_the_operators_terminal() {
+    let pg = Postgres::start();
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    // A comment survives normalisation: the recorded text holds the escape sequences.
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1 /* \x1b[2J\x1b]0;pwned\x07 \u{202e}txt.exe */"));
+    agent.wait_record("the statement", |r| r["kind"] == "statement" && r["outcome"] == "completed");
+    for args in [&["tail"][..], &["query", "--kind", "statement"]] {
+        let out = agent.audit_cli(args);
+        assert!(out.status.success());
+        let shown = &out.stdout;
+        assert!(!shown.contains(&0x1b) && !shown.contains(&0x07), "raw control bytes reach the terminal");
+        assert!(!String::from_utf8_lossy(shown).contains('\u{202e}'), "a bidi override reaches the terminal");
+        assert!(String::from_utf8_lossy(shown).contains("\\x1b"), "shown as a visible escape");
+    }
+}

@@ -125,7 +125,13 @@ pub fn bench(warden: &Path) -> Result<()> {
     fs::write(&large, "select g, md5(g::text), repeat('x', 32), (g * 7)::text from generate_series(1, 1000000) g;\n")?;
     let large = large.display().to_string();
 
-    let agent = Agent::start_with(warden, &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port));
+    // Every statement recorded whole: a ring large enough for the run, and no fair-share
+    // shedding (the bench is one identity), so the lines measure full statement audit.
+    let agent = Agent::start_with_audit(
+        warden,
+        &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port),
+        "  ring_bytes: 1073741824\n  identity_share: 1.0",
+    );
     let agent_pid = agent.pid().context("agent pid")?;
     let bouncer = PgBouncer::start(pg.port)?;
     let bouncer_pid = bouncer.pid().context("pgbouncer pid")?;
@@ -178,7 +184,7 @@ pub fn bench(warden: &Path) -> Result<()> {
     // Alternate, three rounds, to spread this machine's drift over both sides.
     for _ in 0..3 {
         for (statements, runs, cpu) in [(true, &mut on, &mut on_cpu), (false, &mut off, &mut off_cpu)] {
-            let audit = format!("  ring_bytes: 268435456\n  statements: {statements}");
+            let audit = format!("  ring_bytes: 268435456\n  identity_share: 1.0\n  statements: {statements}");
             let agent = Agent::start_with_audit(warden, &db, &audit);
             let pid = agent.pid().context("agent pid")?;
             let before = cpu_seconds(pid);

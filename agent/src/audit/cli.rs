@@ -366,6 +366,12 @@ pub const MAX_UNSEALED_SPAN_MS: u64 = SEAL_INTERVAL.as_millis() as u64 + 5_000;
 /// spanning more than `MAX_UNSEALED_SPAN_MS` of record time cannot have been left by a writer
 /// that kept sealing: seals were stripped or the chain rewritten after the last genuine one.
 pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
+    verify_with(path, key_path, None)
+}
+
+/// `verify`, knowing the writer's `audit.seal_every` from its configuration: what a ring without
+/// a single genuine seal is held to (its seals could all have been removed).
+pub fn verify_with(path: &Path, key_path: Option<&Path>, configured_every: Option<u64>) -> Result<Verification> {
     let ring = RingFile::open(path)?;
     let mut v = ring.verify();
     let Some(key_path) = key_path else {
@@ -413,6 +419,7 @@ pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
         .map(|(_, every)| every)
         .filter(|e| *e > 0)
         .or((every_seen > 0).then_some(every_seen))
+        .or(configured_every)
         .unwrap_or_else(|| crate::config::AuditConfig::default().seal_every);
     let covered = newest.map_or(0, |(upto, _)| upto);
     let tail: Vec<&super::ring::Record> = records.iter().filter(|r| r.kind == Kind::Event && r.seq > covered).collect();

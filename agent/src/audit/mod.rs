@@ -415,7 +415,10 @@ impl Writer {
             None => None,
             Some(share) => {
                 let charge = share.charge_for(&event);
-                match share.admit(&charge) {
+                // Until the ring is full, writing a record evicts nobody's: nothing is shed.
+                let stats = self.ring.stats();
+                let evicting = stats.overwritten > 0 || stats.used + 4096 > stats.capacity;
+                match share.admit(&charge, evicting) {
                     share::Admission::Keep => {}
                     share::Admission::Condense => {
                         share::condense(&mut event);

@@ -199,7 +199,9 @@ impl FairShare {
             accounts: HashMap::new(),
             period_start_ms: 0,
             unattributed: Arc::from(UNATTRIBUTED),
-            may_drop: !config.required,
+            // With an exporter the off-host trail is the complete one: records are condensed for
+            // the local ring, never dropped before the exporter could ship them.
+            may_drop: !config.required && config.export.is_none(),
         })
     }
 
@@ -258,8 +260,8 @@ impl FairShare {
 
     /// What to do with a record charged `charge`, by what its identity wrote within the window
     /// so far. A dropped record is counted here.
-    pub fn admit(&mut self, charge: &Charge) -> Admission {
-        let Some(key) = charge.key.as_ref().filter(|_| charge.shed != Shed::Never) else {
+    pub fn admit(&mut self, charge: &Charge, evicting: bool) -> Admission {
+        let Some(key) = charge.key.as_ref().filter(|_| charge.shed != Shed::Never && evicting) else {
             return Admission::Keep;
         };
         let (share, epoch, may_drop) = (self.share_bytes, self.now_ms() / self.sub_window_ms, self.may_drop);
@@ -461,7 +463,7 @@ mod tests {
     /// Offers `event` as the writer does, charging `bytes` if it is written.
     fn offer(share: &mut FairShare, event: &Event, bytes: u64) -> Admission {
         let charge = share.charge_for(event);
-        let admission = share.admit(&charge);
+        let admission = share.admit(&charge, true);
         if admission != Admission::Drop {
             share.written(&charge, bytes, admission == Admission::Condense);
         }
@@ -639,6 +641,12 @@ mod tests {
             ..AuditConfig::default()
         };
         let (log, writer) = AuditLog::open(&config).expect("open");
+        // Nothing is shed before the ring is full: an earlier workload fills it first.
+        log.try_record(open(3, "earlier")).expect("queued");
+        let filler = format!("select * from history where id = ? /* {} */", "y".repeat(300));
+        for n in 1..=3_000 {
+            log.try_record(statement(3, n, &filler)).expect("queued");
+        }
         log.try_record(open(1, "bystander")).expect("queued");
         log.try_record(statement(1, 1, "select 'the bystander was here'")).expect("queued");
         log.try_record(open(2, "flood")).expect("queued");
@@ -679,7 +687,8 @@ mod tests {
         );
 
         // The shutdown summary: every record of the flood is accounted for.
-        let floods: Vec<_> = records.iter().filter(|r| r["kind"] == "audit_flood").collect();
+        let floods: Vec<_> =
+            records.iter().filter(|r| r["kind"] == "audit_flood" && r["identity"] == "identity:flood").collect();
         assert_eq!(floods.len(), 1, "{floods:?}");
         let flood = floods[0];
         assert_eq!(flood["identity"], "identity:flood");
@@ -696,10 +705,15 @@ mod tests {
         assert_eq!(flood["written_bytes"].as_u64(), Some(written), "written bytes are the ring's bytes");
         assert!(written <= 2 * 64 * 1024 + 2 * 1024, "at most twice the share, and one record over: {written}");
         let dropped = flood["dropped"].as_u64().expect("dropped");
+        // The counters add up every identity's summaries (the earlier workload was shed too once
+        // the ring was full).
+        let all: Vec<_> = records.iter().filter(|r| r["kind"] == "audit_flood").collect();
+        let sum = |k: &str| all.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
         assert_eq!(
             (counters.share_condensed.load(Ordering::Relaxed), counters.share_dropped.load(Ordering::Relaxed)),
-            (condensed, dropped)
+            (sum("condensed"), sum("dropped"))
         );
+        assert!(dropped > 0);
         // `warden audit stats` shows them per identity. Fair-share drops are policy, not loss:
         // `lost` stays 0, and the chain has no gap (dropped records never got a sequence number).
         let stats = crate::audit::cli::stats(&config.path).expect("stats");
@@ -711,7 +725,7 @@ mod tests {
             (Some(condensed), Some(dropped)),
             "{stats}"
         );
-        assert_eq!(stats["floods"].as_object().map(|f| f.len()), Some(1), "only the flood: {stats}");
+        assert_eq!(stats["floods"].as_object().map(|f| f.len()), Some(2), "the flood and the earlier filler: {stats}");
         assert_eq!(stats["lost"], 0, "{stats}");
         let v = crate::audit::cli::verify(&config.path, Some(&config.key_path())).expect("verify");
         assert!(v.problems.is_empty(), "{v:?}");

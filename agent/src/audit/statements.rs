@@ -74,7 +74,12 @@ impl StatementAuditing {
             Literals::Normalise => &described.normalised,
         };
         if full.len() <= self.max_text_bytes {
-            return RecordedText { text: Arc::from(full), bytes: full.len(), sha256: None };
+            // The normalised text is shared with the description cache: no copy per statement.
+            let text = match self.literals {
+                Literals::Normalise => described.normalised.clone(),
+                Literals::Keep => Arc::from(full),
+            };
+            return RecordedText { text, bytes: full.len(), sha256: None };
         }
         let mut cut = self.max_text_bytes;
         while !full.is_char_boundary(cut) {
@@ -145,6 +150,7 @@ fn ambiguous_part(sql: &str, reason: &str) -> Part {
             sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
         },
         described: Described {
+            tags: Arc::default(),
             normalised: Arc::from(""),
             analysis: Arc::new(Analysis {
                 class: "unknown",
@@ -271,7 +277,14 @@ impl SessionAudit {
     }
 
     /// What a record says about the message a statement came in.
-    fn subject(&self, running: &Running) -> Subject {
+    fn subject(&self, running: &Running, parts: &[Part]) -> Subject {
+        // sqlcommenter tags of the message's trailing comment annotate every statement of it: a
+        // single statement's come from the description cache.
+        let tags = match parts {
+            _ if !running.lexing.ascii_safe => Arc::default(),
+            [only] => only.described.tags.clone(),
+            _ => Arc::new(sqlcommenter_tags(&running.sql)),
+        };
         Subject {
             id: running.id,
             portal: crate::pg::text(running.portal_name()).chars().take(64).collect(),
@@ -279,7 +292,7 @@ impl SessionAudit {
             function_oid: running.function_oid,
             params: self.params(running),
             // In an encoding that can hide quote bytes a "comment" may be a literal's inside.
-            tags: Arc::new(if running.lexing.ascii_safe { sqlcommenter_tags(&running.sql) } else { BTreeMap::new() }),
+            tags,
         }
     }
 
@@ -446,7 +459,7 @@ impl SessionHooks for SessionAudit {
             return;
         }
         let parts = self.parts(running);
-        let subject = self.subject(running);
+        let subject = self.subject(running, &parts);
         if parts.is_empty() {
             self.shared.log.record(Event::Statement(Box::new(self.statement(&subject, 0, None, Verdict::allow()))));
         }

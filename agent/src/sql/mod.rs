@@ -322,6 +322,8 @@ pub struct Described {
     /// Literals replaced by `?`.
     pub normalised: Arc<str>,
     pub analysis: Arc<Analysis>,
+    /// sqlcommenter tags of its trailing comment (computed once per text, like the rest).
+    pub tags: Arc<BTreeMap<String, String>>,
 }
 
 /// Descriptions by raw statement text (prepared statements repeat their text exactly: no
@@ -360,6 +362,7 @@ impl DescriptionCache {
         // analyses are shared.
         let parsable: Arc<str> = Arc::from(normalise_for_analysis_with_options(text, options));
         let described = Described {
+            tags: Arc::new(sqlcommenter_tags(text)),
             normalised: Arc::from(normalise_with_options(text, options)),
             analysis: self.analyses.analyse(&parsable),
         };
