@@ -262,7 +262,18 @@ impl TestPki {
     /// Issues a server certificate `NAME.crt` / `NAME.key` for the given subjectAltName
     /// (e.g. "DNS:localhost,IP:127.0.0.1").
     pub fn server_cert(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
-        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        self.issue(name, &format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"))
+    }
+
+    /// Issues a client certificate `NAME.crt` / `NAME.key` (extendedKeyUsage clientAuth).
+    pub fn client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.issue(name, "extendedKeyUsage=clientAuth\n")
+    }
+
+    /// A key and a certificate signed by the CA, with these X.509 extensions.
+    fn issue(&self, name: &str, extensions: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
         self.openssl(&[
             "req",
             "-newkey",
@@ -277,8 +288,7 @@ impl TestPki {
             "-subj",
             &format!("/CN={name}"),
         ]);
-        fs::write(self.dir.join("ext.cnf"), format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"))
-            .expect("ext");
+        fs::write(self.dir.join(&ext), extensions).expect("ext");
         self.openssl(&[
             "x509",
             "-req",
@@ -294,7 +304,7 @@ impl TestPki {
             "-out",
             &crt,
             "-extfile",
-            "ext.cnf",
+            &ext,
         ]);
         (self.dir.join(crt), self.dir.join(key))
     }

@@ -8,7 +8,6 @@ use std::{
     net::{TcpListener, TcpStream},
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -55,46 +54,6 @@ fn the_ring_and_its_key_are_private_and_a_loose_ring_is_tightened() {
     );
     check(&mut testkit::psql("127.0.0.1", pg.port, "select 'still recorded'"));
     agent.wait_record("statement after tightening", |r| r["kind"] == "statement");
-}
-
-/// Issues a client certificate (`NAME.crt` / `NAME.key`, extendedKeyUsage clientAuth) from
-/// `pki`'s CA (TestPki issues server certificates only).
-fn client_cert(pki: &TestPki, name: &str) -> (PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| check(Command::new("openssl").args(args).current_dir(&pki.dir));
-    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &format!("/CN={name}"),
-    ]);
-    std::fs::write(pki.dir.join("client-ext.cnf"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        &crt,
-        "-extfile",
-        "client-ext.cnf",
-    ]);
-    (pki.dir.join(crt), pki.dir.join(key))
 }
 
 fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
@@ -191,7 +150,7 @@ fn log_records(bodies: &[String]) -> Vec<(String, u64, Value)> {
 fn statements_and_seals_are_exported_over_mutual_tls() {
     let pki = TestPki::new("warden-test-collector-ca");
     let (port, bodies) = tls_collector(&pki);
-    let (client_crt, client_key) = client_cert(&pki, "warden-agent");
+    let (client_crt, client_key) = pki.client_cert("warden-agent");
 
     // The collector really requires a client certificate: a client without one gets nothing in.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
