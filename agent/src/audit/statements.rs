@@ -336,7 +336,9 @@ impl SessionAudit {
                     0,
                     None,
                     "unknown",
-                    Some(Arc::from("a portal this session did not create with Bind (a SQL cursor?)")),
+                    Some(Arc::from(
+                        "a portal whose statement the proxy does not know: not created by a Bind it saw (a SQL cursor?), or of a name whose text the server had not yet confirmed",
+                    )),
                     Arc::from(Vec::new()),
                 ),
             },

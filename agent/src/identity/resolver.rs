@@ -318,6 +318,17 @@ impl Resolver {
             }
             info = Arc::new(relabelled);
         }
+        if labels_stamp.is_none() && exists {
+            // No label file of its own: its labels are its nearest labelled ancestor's, which
+            // may have been relabelled (or unlabelled) since.
+            let inherited = info.path.as_deref().and_then(|p| self.inherited_labels(p)).unwrap_or_default();
+            if inherited != info.labels {
+                tracing::debug!(cgroup_id = %id, "inherited workload labels changed");
+                let mut relabelled = (*info).clone();
+                relabelled.labels = inherited;
+                info = Arc::new(relabelled);
+            }
+        }
         let gone_since = if exists { None } else { old.gone_since.or(Some(now)) };
         CgroupEntry { info, labels_stamp, checked: now, gone_since }
     }
@@ -641,6 +652,16 @@ mod tests {
         f.label(other, "/warden.workloads/somewhere-else", &[("warden/identity", "forged")], 1);
         let below = f.mkdir("/warden.workloads/other-1/x");
         assert!(f.resolver.resolve_blocking(&f.facts(below, 0)).labels.is_empty());
+
+        // The parent is relabelled: the child follows at its next check.
+        let facts = f.facts(child, 0);
+        f.label(parent, "/warden.workloads/etl-2", &[("warden/identity", "etl"), ("tier", "restricted")], 2);
+        f.clock.advance(REFRESH);
+        assert_eq!(
+            labels(&f.resolver.resolve_blocking(&facts)),
+            vec![("tier", "restricted"), ("warden/identity", "etl")],
+            "inherited labels are revalidated too"
+        );
     }
 
     #[test]

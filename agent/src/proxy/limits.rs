@@ -85,7 +85,15 @@ impl Drop for Slot {
 /// and said in one record when its next second begins, so they cannot flush the audit ring.
 pub struct RefusalRecords {
     per_second: u32,
-    sources: Mutex<HashMap<std::net::IpAddr, (u64, u32, u64)>>,
+    sources: Mutex<HashMap<RefusalSource, (u64, u32, u64)>>,
+}
+
+/// Whose refusals are counted together: an address (refused before any identity is known) or
+/// an identity's tenant key (over its limits: pods behind one address are apart).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RefusalSource {
+    Address(std::net::IpAddr),
+    Tenant(String),
 }
 
 /// What to record for a refusal.
@@ -103,7 +111,7 @@ impl RefusalRecords {
     }
 
     /// Whether a refusal from `source` at `now_s` (seconds) is recorded.
-    pub fn admit(&self, source: std::net::IpAddr, now_s: u64) -> RefusalRecord {
+    pub fn admit(&self, source: RefusalSource, now_s: u64) -> RefusalRecord {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         if sources.len() > 65_536 {
             // Bounded: a spray of source addresses restarts the counts (a burst is recorded).
@@ -133,14 +141,14 @@ mod tests {
     #[test]
     fn refusals_are_recorded_a_few_a_second_and_the_rest_counted() {
         let r = RefusalRecords::new(2);
-        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
-        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(r.admit(a, 1), RefusalRecord::Record { suppressed: 0 });
-        assert_eq!(r.admit(a, 1), RefusalRecord::Record { suppressed: 0 });
-        assert_eq!(r.admit(a, 1), RefusalRecord::Suppress);
-        assert_eq!(r.admit(a, 1), RefusalRecord::Suppress);
+        let a = || RefusalSource::Address("10.0.0.1".parse().unwrap());
+        let b = RefusalSource::Tenant("identity:b".into());
+        assert_eq!(r.admit(a(), 1), RefusalRecord::Record { suppressed: 0 });
+        assert_eq!(r.admit(a(), 1), RefusalRecord::Record { suppressed: 0 });
+        assert_eq!(r.admit(a(), 1), RefusalRecord::Suppress);
+        assert_eq!(r.admit(a(), 1), RefusalRecord::Suppress);
         assert_eq!(r.admit(b, 1), RefusalRecord::Record { suppressed: 0 }, "another source is not affected");
-        assert_eq!(r.admit(a, 2), RefusalRecord::Record { suppressed: 2 }, "the next second says what was not");
+        assert_eq!(r.admit(a(), 2), RefusalRecord::Record { suppressed: 2 }, "the next second says what was not");
     }
 
     #[test]

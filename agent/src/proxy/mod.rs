@@ -105,7 +105,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let refused = |reason: String| {
         let now_s = crate::audit::now_ms() / 1000;
-        if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(peer.0.ip(), now_s) {
+        if let limits::RefusalRecord::Record { suppressed } =
+            shared.refusals.admit(limits::RefusalSource::Address(peer.0.ip()), now_s)
+        {
             let reason = match suppressed {
                 0 => reason,
                 n => format!("{reason} (and {n} earlier refusals from this address not recorded one by one)"),
@@ -149,12 +151,13 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
         Ok(slot) => slot,
         Err(limit) => {
             // Over-limit attempts are as cheap to repeat as direct dials: recorded a few a
-            // second per source, the rest counted in the next record.
+            // second per identity, the rest counted in the next record.
             let now_s = crate::audit::now_ms() / 1000;
-            if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(peer.0.ip(), now_s) {
+            let source = limits::RefusalSource::Tenant(identity.tenant_key());
+            if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(source, now_s) {
                 let reason = match suppressed {
                     0 => limit.to_string(),
-                    n => format!("{limit} (and {n} earlier refusals from this address not recorded one by one)"),
+                    n => format!("{limit} (and {n} earlier refusals of this identity not recorded one by one)"),
                 };
                 shared.audit.record(Event::ConnectionRefused {
                     database: db.name.clone(),

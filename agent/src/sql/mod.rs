@@ -565,8 +565,9 @@ pub fn prepared_statement_command(text: &str, options: LexOptions) -> Option<Pre
     let name = |t: &Token| -> Option<String> {
         let raw = &text[t.range()];
         let mut name = match t.kind {
-            TokenKind::Identifier => raw.to_lowercase(),
-            TokenKind::QuotedIdentifier { unicode: false } => raw[1..raw.len() - 1].replace("\"\"", "\""),
+            // The server folds only ASCII letters of an unquoted identifier.
+            TokenKind::Identifier => raw.to_ascii_lowercase(),
+            TokenKind::QuotedIdentifier { unicode: false } => quoted_identifier(raw)?,
             _ => return None,
         };
         // NAMEDATALEN - 1, at a character boundary, as the server truncates identifiers.
@@ -605,6 +606,26 @@ pub fn prepared_statement_command(text: &str, options: LexOptions) -> Option<Pre
         }
         _ => None,
     }
+}
+
+/// The name inside a terminated `"..."` token (`""` is one quote); None if it is unterminated.
+fn quoted_identifier(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix('"')?;
+    let mut name = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            name.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('"') => name.push('"'),
+            // The closing quote must end the token.
+            None => return Some(name),
+            Some(_) => return None,
+        }
+    }
+    None
 }
 
 /// Tags of a trailing sqlcommenter comment: `... /*key='value',traceparent='00-..'*/`, keys and
@@ -700,6 +721,15 @@ mod tests {
             Some(PreparedCommand::Deallocate { name: "S1".into() })
         );
         assert_eq!(prepared_statement_command("select 1", o), None);
+        // Unterminated quoted names (which the server rejects) are not read, and never panic.
+        for text in ["deallocate \"", "deallocate \"a\"\"", "prepare \" as select 1", "prepare \"\u{e9}"] {
+            assert_eq!(prepared_statement_command(text, o), None, "{text}");
+        }
+        // Only ASCII letters fold.
+        assert_eq!(
+            prepared_statement_command("DEALLOCATE \u{c9}A", o),
+            Some(PreparedCommand::Deallocate { name: "\u{c9}a".into() })
+        );
     }
 
     #[test]

@@ -87,6 +87,12 @@ struct Portal {
     bind: Arc<[u8]>,
     /// Set when an Execute of it ended in PortalSuspended: the id of that first execution.
     suspended: Option<u64>,
+    /// Messages asking for a ReadyForQuery sent before its Bind: a ReadyForQuery 'I' answering
+    /// a later one ends its transaction, and so it.
+    readies: u64,
+    /// What it runs is not known: its statement was not (or not surely) in the table, or it
+    /// replaced a portal of its name the proxy believed existed and the server has not answered.
+    unknown: bool,
 }
 
 /// A response the server owes, in order.
@@ -97,11 +103,17 @@ enum Expect {
         /// The unnamed statement: the server drops the old one before parsing, so a failed
         /// Parse leaves none.
         unnamed: bool,
+        /// A named statement the proxy believed existed: the server either refuses the Parse
+        /// (42P05, the old statement stays: the undo) or, if it had dropped the old one in a way
+        /// the proxy did not see, accepts it (this statement, applied at ParseComplete).
+        confirm: Option<(Vec<u8>, Prepared)>,
     },
     /// BindComplete.
     Bind {
         /// The unnamed portal (replaced, like the unnamed statement).
         unnamed: bool,
+        /// Likewise for a named portal the proxy believed existed.
+        confirm: Option<(Vec<u8>, Portal)>,
     },
     /// ParameterDescription (statements only), then RowDescription or NoData.
     Describe,
@@ -131,6 +143,8 @@ struct Pending {
     /// How to take back what this message did to the statements and portals, if the server
     /// never applies it (it failed, or was skipped after an earlier error in its batch).
     undo: Option<Undo>,
+    /// The number of messages asking for a ReadyForQuery sent up to and including this one.
+    readies: u64,
 }
 
 /// A change to the statement or portal tables, applied when the client's message is sent
@@ -139,6 +153,12 @@ struct Pending {
 enum Undo {
     Statement { name: Vec<u8>, previous: Option<Prepared> },
     Portal { name: Vec<u8>, previous: Option<Portal> },
+}
+
+/// The server keys prepared statements and portals by the first `NAMEDATALEN - 1` bytes of their
+/// names: two names that share them are one object.
+fn key(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(63)]
 }
 
 /// Prepared statements and portals tracked per session, at most: a session that keeps creating
@@ -185,10 +205,15 @@ impl ProtocolError {
 /// A prepared statement as the client created it.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// Its text (empty while it is ambiguous: the proxy cannot tell which of two texts the
+    /// server holds under this name until the server answers; a statement run from it meanwhile
+    /// is judged and recorded as unknown).
     pub sql: Arc<str>,
     pub param_types: Vec<u32>,
     /// How the server lexed it: at Parse time, with the session's settings then.
     pub lexing: Lexing,
+    /// Which text the server holds under this name is not known (see `sql`).
+    pub ambiguous: bool,
 }
 
 /// How the server lexes a statement's text: `standard_conforming_strings` when it was sent, and
@@ -235,6 +260,8 @@ pub struct ProtocolState {
     /// An extended-protocol error left the server skipping every message until Sync, and no
     /// Sync had been sent yet: client messages up to the next Sync are not run.
     ignoring_till_sync: bool,
+    /// Messages asking for a ReadyForQuery (Sync, Query, FunctionCall) sent so far.
+    readies_asked: u64,
 }
 
 impl Default for ProtocolState {
@@ -261,6 +288,7 @@ impl ProtocolState {
             started_now: false,
             skipped: Vec::new(),
             ignoring_till_sync: false,
+            readies_asked: 0,
         }
     }
 
@@ -323,12 +351,12 @@ impl ProtocolState {
 
     /// The SQL a portal runs (the unnamed portal is "").
     pub fn portal_sql(&self, portal: &[u8]) -> Option<Arc<str>> {
-        self.portals.get(portal).map(|p| p.sql.clone())
+        self.portals.get(key(portal)).map(|p| p.sql.clone())
     }
 
     /// A prepared statement by name (the unnamed statement is "").
     pub fn statement(&self, name: &[u8]) -> Option<&Prepared> {
-        self.statements.get(name)
+        self.statements.get(key(name))
     }
 
     /// Whether the next ErrorResponse will be replaced (it answers a poison message).
@@ -354,12 +382,14 @@ impl ProtocolState {
     pub fn on_frontend(&mut self, msg: &Frontend<'_>, replace_error: Option<Vec<u8>>) -> Result<(), ProtocolError> {
         self.started_now = replace_error.is_none()
             && matches!(msg, Frontend::Query(_) | Frontend::Execute { .. } | Frontend::FunctionCall { .. });
-        let push = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| {
-            s.pending.push_back(Pending { expect, replace_error, undo: None });
-        };
         let push_undo = |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>, undo: Option<Undo>| {
-            s.pending.push_back(Pending { expect, replace_error, undo });
+            if expect.ends_with_ready() {
+                s.readies_asked += 1;
+            }
+            s.pending.push_back(Pending { expect, replace_error, undo, readies: s.readies_asked });
         };
+        let push =
+            |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| push_undo(s, expect, replace_error, None);
         match self.phase {
             Phase::Authenticating => {
                 return match msg {
@@ -419,43 +449,67 @@ impl ProtocolState {
                 push(self, Expect::SimpleQuery(running), replace_error);
             }
             Frontend::Parse { name, sql, param_types } => {
+                let name = key(name);
                 let unnamed = name.is_empty();
                 let mut undo = None;
-                // A named statement that exists already is not replaced: the server refuses the
-                // Parse (42P05) and keeps the old one, which later Binds then run.
-                if replace_error.is_none() && (unnamed || !self.statements.contains_key(*name)) {
+                let mut confirm = None;
+                if replace_error.is_none() {
                     let sql = text(sql);
                     // Drivers re-parse the same unnamed statement over and over: keep its text.
-                    let sql = match self.statements.get(*name) {
+                    let sql = match self.statements.get(name) {
                         Some(old) if *old.sql == *sql => old.sql.clone(),
                         _ => Arc::from(sql),
                     };
-                    let previous = self.statements.insert(
-                        name.to_vec(),
-                        Prepared { sql, param_types: param_types.clone(), lexing: self.lexing() },
-                    );
+                    let new =
+                        Prepared { sql, param_types: param_types.clone(), lexing: self.lexing(), ambiguous: false };
+                    let exists = self.statements.contains_key(name);
+                    // A named statement the proxy believes exists: the server refuses the Parse
+                    // (42P05) and keeps it, unless it was dropped in a way the proxy did not see
+                    // (SQL the proxy could not read). Until the server answers, which text the
+                    // name holds is not known.
+                    let now = if exists && !unnamed {
+                        confirm = Some((name.to_vec(), new));
+                        Prepared { sql: Arc::from(""), param_types: Vec::new(), lexing: self.lexing(), ambiguous: true }
+                    } else {
+                        new
+                    };
+                    let previous = self.statements.insert(name.to_vec(), now);
                     undo = Some(Undo::Statement { name: name.to_vec(), previous });
                 }
-                push_undo(self, Expect::Parse { unnamed }, replace_error, undo);
+                push_undo(self, Expect::Parse { unnamed, confirm }, replace_error, undo);
             }
             Frontend::Bind(bind) => {
-                let unnamed = bind.portal.is_empty();
+                let portal_name = key(bind.portal);
+                let unnamed = portal_name.is_empty();
                 let mut undo = None;
-                // Likewise a named portal that exists already (42P03).
-                if replace_error.is_none() && (unnamed || !self.portals.contains_key(bind.portal)) {
-                    let (sql, lexing) = self
-                        .statements
-                        .get(bind.statement)
-                        .map_or_else(|| (Arc::from(""), self.lexing()), |s| (s.sql.clone(), s.lexing));
-                    let portal = Portal { sql, lexing, bind: Arc::from(bind.body), suspended: None };
-                    let previous = self.portals.insert(bind.portal.to_vec(), portal);
-                    undo = Some(Undo::Portal { name: bind.portal.to_vec(), previous });
+                let mut confirm = None;
+                if replace_error.is_none() {
+                    // A statement the proxy does not know (or an ambiguous one) runs as "".
+                    let (sql, lexing, unknown) = self.statements.get(key(bind.statement)).map_or_else(
+                        || (Arc::from(""), self.lexing(), true),
+                        |s| (s.sql.clone(), s.lexing, s.ambiguous),
+                    );
+                    let readies = self.readies_asked;
+                    let new = Portal { sql, lexing, bind: Arc::from(bind.body), suspended: None, unknown, readies };
+                    // Likewise a named portal the proxy believes exists (42P03, or accepted).
+                    let now = if !unnamed && self.portals.contains_key(portal_name) {
+                        let unknown = Portal { sql: Arc::from(""), unknown: true, ..new.clone() };
+                        confirm = Some((portal_name.to_vec(), new));
+                        unknown
+                    } else {
+                        new
+                    };
+                    let previous = self.portals.insert(portal_name.to_vec(), now);
+                    undo = Some(Undo::Portal { name: portal_name.to_vec(), previous });
                 }
-                push_undo(self, Expect::Bind { unnamed }, replace_error, undo);
+                push_undo(self, Expect::Bind { unnamed, confirm }, replace_error, undo);
             }
             Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
             Frontend::Execute { portal, .. } => {
-                let (sql, bind, resumes, lexing) = match self.portals.get(*portal) {
+                let (sql, bind, resumes, lexing) = match self.portals.get(key(portal)) {
+                    // What it runs is not known: recorded (and judged) as a portal the proxy
+                    // never saw created.
+                    Some(p) if p.unknown => (Arc::from(""), None, p.suspended, Some(p.lexing)),
                     Some(p) => (p.sql.clone(), Some(p.bind.clone()), p.suspended, Some(p.lexing)),
                     None => (Arc::from(""), None, None, None),
                 };
@@ -470,10 +524,11 @@ impl ProtocolState {
             Frontend::Close { kind, name } => {
                 // Forgotten at once (later messages of the flight see it closed), taken back if
                 // the server skips the Close.
+                let name = key(name);
                 let undo = if *kind == b'S' {
-                    Undo::Statement { name: name.to_vec(), previous: self.statements.remove(*name) }
+                    Undo::Statement { name: name.to_vec(), previous: self.statements.remove(name) }
                 } else {
-                    Undo::Portal { name: name.to_vec(), previous: self.portals.remove(*name) }
+                    Undo::Portal { name: name.to_vec(), previous: self.portals.remove(name) }
                 };
                 push_undo(self, Expect::Close, replace_error, Some(undo));
             }
@@ -532,11 +587,6 @@ impl ProtocolState {
             Backend::ReadyForQuery { status } => {
                 self.tx_status = *status;
                 self.copy = Copy::None;
-                if *status == b'I' {
-                    // Outside a transaction block every portal is gone (they end with their
-                    // transaction).
-                    self.portals.clear();
-                }
                 if self.phase == Phase::Starting {
                     self.phase = Phase::Ready;
                     return Ok(BackendAction::Forward);
@@ -545,6 +595,12 @@ impl ProtocolState {
                 // (after an error the server skipped the rest of the batch).
                 while let Some(p) = self.pending.pop_front() {
                     if p.expect.ends_with_ready() {
+                        if *status == b'I' {
+                            // Outside a transaction block the portals bound before it are gone
+                            // (they end with their transaction); those bound after it, in a
+                            // pipeline, are not.
+                            self.portals.retain(|_, portal| portal.readies >= p.readies);
+                        }
                         return Ok(BackendAction::Forward);
                     }
                 }
@@ -564,8 +620,24 @@ impl ProtocolState {
                 self.on_error();
                 return Ok(replacement.map_or(BackendAction::Forward, BackendAction::Replace));
             }
-            Backend::ParseComplete => self.complete(|e| matches!(e, Expect::Parse { .. }), "ParseComplete")?,
-            Backend::BindComplete => self.complete(|e| matches!(e, Expect::Bind { .. }), "BindComplete")?,
+            Backend::ParseComplete => match self.pending.pop_front() {
+                Some(Pending { expect: Expect::Parse { confirm, .. }, .. }) => {
+                    // The server accepted a Parse of a name the proxy believed in use: it holds
+                    // the new text.
+                    if let Some((name, prepared)) = confirm {
+                        self.statements.insert(name, prepared);
+                    }
+                }
+                _ => return Err(ProtocolError::Server("ParseComplete nothing asked for".into())),
+            },
+            Backend::BindComplete => match self.pending.pop_front() {
+                Some(Pending { expect: Expect::Bind { confirm, .. }, .. }) => {
+                    if let Some((name, portal)) = confirm {
+                        self.portals.insert(name, portal);
+                    }
+                }
+                _ => return Err(ProtocolError::Server("BindComplete nothing asked for".into())),
+            },
             Backend::CloseComplete => self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?,
             Backend::NoData => self.complete(|e| matches!(e, Expect::Describe), "NoData")?,
             Backend::ParameterDescription { .. } => {
@@ -593,7 +665,7 @@ impl ProtocolState {
                     return Err(ProtocolError::Server("PortalSuspended nothing asked for".into()));
                 };
                 let first = r.resumes.unwrap_or(r.id);
-                if let Some(portal) = self.portals.get_mut(&r.portal) {
+                if let Some(portal) = self.portals.get_mut(key(&r.portal)) {
                     portal.suspended = Some(first);
                 }
                 self.pending.pop_front();
@@ -703,18 +775,37 @@ impl ProtocolState {
         let Some(running) = self.running() else { return };
         let options =
             crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
-        let parts = crate::sql::split_statements_with(&running.sql, options);
-        let Some(part) = parts.get(running.completed as usize).or(parts.first()).copied() else { return };
-        match crate::sql::prepared_statement_command(part, options) {
+        let command = if running.lexing.ascii_safe && running.lexing.settled {
+            let parts = crate::sql::split_statements_with(&running.sql, options);
+            parts
+                .get(running.completed as usize)
+                .or(parts.first())
+                .and_then(|part| crate::sql::prepared_statement_command(part, options))
+        } else {
+            None
+        };
+        match command {
             Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
                 let sql = Arc::from(body);
                 let lexing = self.lexing();
-                self.statements.insert(name.into_bytes(), Prepared { sql, param_types: Vec::new(), lexing });
+                self.statements
+                    .insert(name.into_bytes(), Prepared { sql, param_types: Vec::new(), lexing, ambiguous: false });
             }
             Some(crate::sql::PreparedCommand::Deallocate { name }) => {
                 self.statements.remove(name.as_bytes());
             }
-            None => {}
+            // A statement was created under a name the proxy could not read: binding it runs as
+            // unknown (it is not in the table), and no tracked name can be it (the server
+            // refuses a PREPARE of a name in use).
+            None if tag == b"PREPARE" => {}
+            // A statement was dropped and the proxy cannot tell which: every tracked one becomes
+            // ambiguous, judged as unknown until it is parsed again.
+            None => {
+                for statement in self.statements.values_mut() {
+                    statement.sql = Arc::from("");
+                    statement.ambiguous = true;
+                }
+            }
         }
     }
 
@@ -744,10 +835,10 @@ impl ProtocolState {
         // unnamed statement or portal is gone after its own failed Parse or Bind.
         for (i, p) in popped.into_iter().enumerate().rev() {
             match (i, &p.expect, p.undo) {
-                (0, Expect::Parse { unnamed: true }, _) => {
+                (0, Expect::Parse { unnamed: true, .. }, _) => {
                     self.statements.remove(&b""[..]);
                 }
-                (0, Expect::Bind { unnamed: true }, _) => {
+                (0, Expect::Bind { unnamed: true, .. }, _) => {
                     self.portals.remove(&b""[..]);
                 }
                 (_, _, Some(Undo::Statement { name, previous })) => match previous {
@@ -907,20 +998,76 @@ mod tests {
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&Backend::ParseComplete).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
-        // The server refuses the second Parse (42P05), keeps the DELETE, and runs it for the Bind.
+        // The server refuses the second Parse (42P05) and keeps the DELETE, which the Bind then
+        // runs; until the server has answered, the proxy cannot know which text "s" holds.
         let b = bind("", "s");
         let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
         s.on_frontend(&parse(b"s", b"select 1"), None).unwrap();
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_frontend(&F::Bind(bound), None).unwrap();
         s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
-        assert_eq!(&*s.newest().unwrap().sql, "delete from accounts");
+        assert_eq!(&*s.newest().unwrap().sql, "", "ambiguous: judged and recorded as unknown");
+        assert!(s.newest().unwrap().bind().is_none(), "run as a portal the proxy does not know");
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&error()).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(&*s.statement(b"s").unwrap().sql, "delete from accounts", "a failed re-Parse forgets nothing");
         s.on_backend(&Backend::BindComplete).unwrap();
-        assert_eq!(&*s.running().unwrap().sql, "delete from accounts");
+        assert_eq!(&*s.running().unwrap().sql, "");
+    }
+
+    #[test]
+    fn a_re_parse_the_server_accepts_holds_the_new_text() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"s", b"select 1"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        // Dropped by SQL the proxy could not read, then re-parsed: the server accepts it.
+        s.on_frontend(&parse(b"s", b"delete from accounts"), None).unwrap();
+        assert_eq!(&*s.statement(b"s").unwrap().sql, "", "ambiguous until the server answers");
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(&*s.statement(b"s").unwrap().sql, "delete from accounts");
+    }
+
+    #[test]
+    fn a_portal_bound_after_a_pipelined_sync_outlives_its_answer() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"s", b"delete from accounts"), None).unwrap();
+        let b1 = bind("p1", "s");
+        let Ok(F::Bind(p1)) = F::decode(b'B', &b1) else { panic!() };
+        s.on_frontend(&F::Bind(p1), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        let b2 = bind("p2", "s");
+        let Ok(F::Bind(p2)) = F::decode(b'B', &b2) else { panic!() };
+        s.on_frontend(&F::Bind(p2), None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        // p1 ended with the first transaction; p2 belongs to the next one.
+        assert!(s.portal_sql(b"p1").is_none());
+        s.on_frontend(&F::Execute { portal: b"p2", max_rows: 0 }, None).unwrap();
+        assert_eq!(&*s.newest().unwrap().sql, "delete from accounts");
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"DELETE 1" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(s.portal_sql(b"p2").is_none());
+    }
+
+    #[test]
+    fn names_are_keyed_by_their_first_63_bytes() {
+        let mut s = ready();
+        static LONG: [u8; 70] = [b'a'; 70];
+        let long = &LONG;
+        s.on_frontend(&parse(long, b"delete from accounts"), None).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(&*s.statement(&long[..63]).unwrap().sql, "delete from accounts");
+        assert_eq!(&*s.statement(&[b'a'; 64]).unwrap().sql, "delete from accounts");
     }
 
     #[test]
