@@ -624,6 +624,12 @@ struct RawConfig {
     on_exit: OnExit,
     #[serde(default)]
     dns: DnsConfig,
+    #[serde(default = "default_policies")]
+    policies: Vec<PathBuf>,
+}
+
+fn default_policies() -> Vec<PathBuf> {
+    vec![PathBuf::from("/etc/warden/policies")]
 }
 
 fn default_state_dir() -> PathBuf {
@@ -651,6 +657,9 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     pub on_exit: OnExit,
     pub dns: DnsConfig,
+    /// Policy files and directories (their `*.yaml`/`*.yml`), reloaded on change and SIGHUP. A
+    /// path that does not exist holds no policies.
+    pub policies: Vec<PathBuf>,
 }
 
 impl Config {
@@ -754,6 +763,8 @@ impl Config {
         {
             return Err(invalid("proxy.listen_v6".into(), "expected [IPV6]:PORT with a non-zero port".into()));
         }
+        // Relative policy paths are relative to the configuration file, as includes usually are.
+        let base = path.parent().unwrap_or(Path::new("."));
         Ok(Self {
             path: path.to_path_buf(),
             databases: raw.databases,
@@ -764,6 +775,7 @@ impl Config {
             cgroup_root: raw.cgroup_root,
             on_exit: raw.on_exit,
             dns: raw.dns,
+            policies: raw.policies.iter().map(|p| if p.is_relative() { base.join(p) } else { p.clone() }).collect(),
         })
     }
 

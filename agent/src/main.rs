@@ -52,12 +52,59 @@ enum Cmd {
     },
     /// Validate a configuration file and print what it governs (host names resolved now).
     CheckConfig { config: PathBuf },
+    /// Validate policy files, or explain how a statement is judged.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// Read the per-host audit ring (live, or a copied file with --ring).
     Audit {
         #[command(subcommand)]
         command: AuditCmd,
         #[command(flatten)]
         source: RingSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate policy files and directories (their *.yaml and *.yml): prints "ok: N policies",
+    /// or every mistake with its file, line and column and exits 1.
+    Check {
+        #[arg(required = true, value_name = "FILE_OR_DIR")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show how a SQL text is judged for an identity: its analysis, the policies that select the
+    /// identity, and the rule that decides each statement and why.
+    Explain {
+        /// Policy files or directories (repeatable; default: ./policies, else /etc/warden/policies).
+        #[arg(long = "policies", value_name = "PATH")]
+        policies: Vec<PathBuf>,
+        /// A label of the identity, KEY=VALUE (repeatable), e.g. warden/kind=agent.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The database, as named in the agent's configuration.
+        #[arg(long)]
+        database: String,
+        /// The role the session acts as (absent: unknown, so every `users` filter applies).
+        #[arg(long)]
+        user: Option<String>,
+        /// Schemas unqualified names resolve in, e.g. app,public (default: public; functions are
+        /// looked up in pg_catalog first unless it is listed).
+        #[arg(long, value_name = "SCHEMA,...")]
+        search_path: Option<String>,
+        /// The SQL text (several statements are judged one by one).
+        sql: String,
+    },
+    /// Measure what analysing and judging a statement costs (µs per statement, uncached and
+    /// cached), with the given policies deciding for an identity with the given labels.
+    Bench {
+        #[arg(long = "policies", value_name = "PATH")]
+        policies: Vec<PathBuf>,
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        #[arg(long, default_value_t = 20_000)]
+        rounds: u32,
     },
 }
 
@@ -179,6 +226,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
         Cmd::Audit { command, source } => audit(command, source),
+        Cmd::Policy { command } => policy(command),
         Cmd::CheckConfig { config } => {
             let mut config = Config::load(&config)?;
             // Host names are resolved as `run` resolves them at start-up (same `dns:` settings):
@@ -292,6 +340,59 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy(command: PolicyCmd) -> Result<ExitCode> {
+    use warden::policy::{
+        PolicySet, Subject,
+        explain::{SearchPath, explain},
+    };
+    match command {
+        PolicyCmd::Check { paths } => match PolicySet::load(&paths) {
+            Ok(set) => {
+                println!("ok: {} {}", set.len(), if set.len() == 1 { "policy" } else { "policies" });
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{} mistake(s)", errors.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        PolicyCmd::Explain { policies, labels, database, user, search_path, sql } => {
+            let paths = if policies.is_empty() {
+                let found = ["policies", "/etc/warden/policies"].into_iter().map(PathBuf::from).find(|p| p.is_dir());
+                vec![found.context("no --policies given, and neither ./policies nor /etc/warden/policies exists")?]
+            } else {
+                policies
+            };
+            let set =
+                PolicySet::load(&paths).map_err(|errors| anyhow::anyhow!("the policies do not load:\n{errors}"))?;
+            let labels = exec::parse_labels(&labels)?;
+            let path = match search_path {
+                Some(text) => SearchPath::parse(&text).map_err(anyhow::Error::msg)?,
+                None => SearchPath::default(),
+            };
+            let subject = Subject { labels: &labels, database: &database, user: user.as_deref() };
+            print!("{}", explain(&set, &subject, &sql, &path));
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Bench { policies, labels, rounds } => {
+            let set =
+                PolicySet::load(&policies).map_err(|errors| anyhow::anyhow!("the policies do not load:\n{errors}"))?;
+            let labels = exec::parse_labels(&labels)?;
+            let cost = warden::govern::bench::measure(&set, &labels, rounds);
+            println!(
+                "analysis per statement: {:.2} µs uncached (normalise, parse, classify), {:.3} µs cached; \
+                 judged (cached analysis + {} policies): {:.3} µs",
+                cost.uncached_us,
+                cost.cached_us,
+                set.len(),
+                cost.judged_us
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn status(config: &Config) -> Result<ExitCode> {

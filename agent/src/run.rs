@@ -140,6 +140,12 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         }
         None => None,
     };
+    // A policy set with mistakes stops the start: an agent that cannot say what it enforces
+    // must not serve (a reload with mistakes, later, keeps the set in force instead).
+    let policies = crate::govern::reload::load(&config.policies)
+        .map_err(|errors| anyhow::anyhow!("the policy set has mistakes:\n{errors}"))?;
+    tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
+    let governor = Arc::new(crate::govern::Governor::new(policies));
     // The namespace the proxy listens in: the kernel hands over flow records only for
     // connections accepted there.
     let namespaces = Arc::new(Namespaces::new().context("opening the agent's network namespace")?);
@@ -156,7 +162,12 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         upstream_mark: UPSTREAM_MARK,
         sessions: SessionIds::new(),
         cancels: Arc::new(proxy::postgres::cancel::CancelRegistry::default()),
-        statements: Arc::new(crate::audit::statements::StatementAuditing::new(audit.clone(), &config.audit)),
+        statements: Arc::new(crate::audit::statements::StatementAuditing::new(
+            audit.clone(),
+            &config.audit,
+            governor.descriptions.clone(),
+        )),
+        governor: governor.clone(),
         namespaces: namespaces.clone(),
         limits: Limits::new(config.proxy.max_connections, config.proxy.max_connections_per_identity),
         refusals: proxy::limits::RefusalRecords::new(10),
@@ -190,6 +201,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         threads.push(thread);
     }
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::govern::reload::watch(governor, config.policies.clone()));
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(shared.clone()));

@@ -176,14 +176,16 @@ pub struct StatementEnd {
 pub struct Verdict {
     /// "allow", "deny" or "hold".
     pub decision: &'static str,
-    /// The rule that decided (none: no policy matched, the default applied).
+    /// The policy that decided (none: no policy selects the identity).
+    pub policy: Option<String>,
+    /// The rule that decided (none: the policy's default applied).
     pub rule: Option<String>,
     pub reason: Option<String>,
 }
 
 impl Verdict {
     pub fn allow() -> Self {
-        Self { decision: "allow", rule: None, reason: None }
+        Self { decision: "allow", policy: None, rule: None, reason: None }
     }
 }
 

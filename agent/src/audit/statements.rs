@@ -9,31 +9,23 @@
 //! statements of one simple-query string. Recorded text is capped (`audit.max_text_bytes`): a
 //! longer statement keeps a prefix, its full length and the SHA-256 of the whole recorded text.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use sha2::{Digest as _, Sha256};
 
 use super::{AuditLog, Event, Outcome, SessionId, Statement, StatementEnd, Verdict};
 use crate::{
     config::{AuditConfig, Literals},
+    govern::describe::{MAX_PARTS, describe_parts},
     pg::error::sqlstate,
     proxy::postgres::{
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
-        state::{Lexing, QueryProtocol, Running},
+        state::{QueryProtocol, Running},
     },
-    sql::{
-        Analysis, Described, DescriptionCache, LexOptions, normalise_with_options, split_statements_with,
-        sqlcommenter_tags,
-    },
+    session::{Decision, Judgement, PartJudgement},
+    sql::{Described, DescriptionCache, LexOptions, split_statements_with, sqlcommenter_tags},
 };
 
-/// Statements longer than this are described on the blocking pool, not on the proxy worker that
-/// relays other sessions' traffic (normalising, splitting and hashing are linear, but a long
-/// string of many statements is parsed statement by statement).
-const DESCRIBE_INLINE_MAX: usize = 16 * 1024;
 /// At most this many bind parameters are recorded, each cut to `MAX_PARAM_BYTES`.
 const MAX_PARAMS: usize = 64;
 const MAX_PARAM_BYTES: usize = 1024;
@@ -41,11 +33,6 @@ const MAX_PARAM_BYTES: usize = 1024;
 /// `MAX_RELATION_BYTES`.
 const MAX_RELATIONS: usize = 256;
 const MAX_RELATION_BYTES: usize = 256;
-/// Statements of one simple-query string recorded one by one; the rest of a longer string is
-/// recorded as one part (a string of millions of statements would otherwise cost gigabytes).
-const MAX_PARTS: usize = 10_000;
-/// Statements whose parts are kept for their outcome records (pipelined strings overlap).
-const KEPT_STATEMENTS: usize = 8;
 
 /// Audit settings every session shares.
 pub struct StatementAuditing {
@@ -53,17 +40,19 @@ pub struct StatementAuditing {
     pub literals: Literals,
     pub parameters: bool,
     pub max_text_bytes: usize,
-    pub descriptions: DescriptionCache,
+    /// The descriptions judgement made (shared with govern): a statement forwarded without a
+    /// judgement (the server skips it) is described from here.
+    pub descriptions: Arc<DescriptionCache>,
 }
 
 impl StatementAuditing {
-    pub fn new(log: AuditLog, config: &AuditConfig) -> Self {
+    pub fn new(log: AuditLog, config: &AuditConfig, descriptions: Arc<DescriptionCache>) -> Self {
         Self {
             log,
             literals: config.literals,
             parameters: config.parameters,
             max_text_bytes: config.max_text_bytes,
-            descriptions: DescriptionCache::new(4096),
+            descriptions,
         }
     }
 
@@ -85,80 +74,12 @@ impl StatementAuditing {
         while !full.is_char_boundary(cut) {
             cut -= 1;
         }
-        let digest = Sha256::digest(full.as_bytes());
-        RecordedText {
-            text: Arc::from(&full[..cut]),
-            bytes: full.len(),
-            sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
-        }
-    }
-
-    /// Describes each statement of a (simple-query) string: its recorded text and analysis.
-    fn describe_parts(&self, sql: &str, lexing: Lexing, simple: bool) -> Vec<Part> {
-        let options = LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
-        if !lexing.ascii_safe {
-            // A quote or backslash byte may be the second half of a character: the text cannot
-            // be split or normalised from its bytes (the wrong reading could hide a statement or
-            // leak literals).
-            return vec![ambiguous_part(sql, "the client encoding lets quote bytes hide inside characters")];
-        }
-        if !lexing.settled && sql.contains('\\') && lexes_both_ways_differently(sql, simple) {
-            // A SET of standard_conforming_strings may be ahead of it in the pipeline, and the
-            // text means something else under each setting: neither reading can be trusted
-            // (and the wrong one could leak literals into the record).
-            return vec![ambiguous_part(
-                sql,
-                "standard_conforming_strings may change before it runs, and the text reads differently under each",
-            )];
-        }
-        let mut parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
-        if parts.is_empty() {
-            parts = vec![sql];
-        }
-        if parts.len() > MAX_PARTS {
-            // Past the cap the rest of the string is one part: described (and recorded) as a
-            // whole, with its outcome the last one the server reports.
-            let start = parts[MAX_PARTS - 1].as_ptr() as usize - sql.as_ptr() as usize;
-            parts.truncate(MAX_PARTS - 1);
-            parts.push(&sql[start..]);
-        }
-        parts
-            .into_iter()
-            .map(|part| {
-                let described = self.descriptions.describe_with(part, options);
-                Part { text: self.recorded_text(part, &described), described }
-            })
-            .collect()
+        RecordedText { text: Arc::from(&full[..cut]), bytes: full.len(), sha256: Some(sha256_hex(full)) }
     }
 }
 
-/// Whether `sql` splits or normalises differently with `standard_conforming_strings` on and off.
-fn lexes_both_ways_differently(sql: &str, simple: bool) -> bool {
-    let on = LexOptions { standard_conforming_strings: true };
-    let off = LexOptions { standard_conforming_strings: false };
-    (simple && split_statements_with(sql, on) != split_statements_with(sql, off))
-        || normalise_with_options(sql, on) != normalise_with_options(sql, off)
-}
-
-/// The record of a text whose reading is ambiguous: its length and hash only, class unknown.
-fn ambiguous_part(sql: &str, reason: &str) -> Part {
-    let digest = Sha256::digest(sql.as_bytes());
-    Part {
-        text: RecordedText {
-            text: Arc::from(""),
-            bytes: sql.len(),
-            sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
-        },
-        described: Described {
-            tags: Arc::default(),
-            normalised: Arc::from(""),
-            analysis: Arc::new(Analysis {
-                class: "unknown",
-                class_reason: Some(Arc::from(reason)),
-                relations: Arc::from(Vec::new()),
-            }),
-        },
-    }
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A statement's text as the ring keeps it.
@@ -171,19 +92,10 @@ struct RecordedText {
     sha256: Option<String>,
 }
 
-/// A statement described ahead of its forwarding (text, how it lexes, parts).
-type Prepared = (Arc<str>, Lexing, Arc<[Part]>);
-
-/// One statement of a forwarded message, described.
-#[derive(Debug, Clone)]
-struct Part {
-    text: RecordedText,
-    described: Described,
-}
-
 /// The message a statement came in, as its record describes it.
-struct Subject {
+struct Subject<'a> {
     id: u64,
+    sql: &'a str,
     /// The portal an Execute runs (for the record of one the proxy does not know).
     portal: String,
     protocol: QueryProtocol,
@@ -194,64 +106,72 @@ struct Subject {
     tags: Arc<BTreeMap<String, String>>,
 }
 
-/// One session's statement hooks.
+/// One session's statement hooks: they record what govern judged.
 pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
     database: Arc<str>,
-    /// The parts of the statements being answered (keyed by id): described once when forwarded,
-    /// not again per completion (a 10,000-statement string is split once).
-    current: Mutex<std::collections::VecDeque<(u64, Arc<[Part]>)>>,
-    /// A long statement described on the blocking pool while it was held, for `on_forward`.
-    prepared: Arc<Mutex<Option<Prepared>>>,
 }
 
 impl SessionAudit {
     pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
-        Self {
-            shared,
-            session,
-            database: Arc::from(database),
-            current: Mutex::new(std::collections::VecDeque::new()),
-            prepared: Arc::new(Mutex::new(None)),
-        }
+        Self { shared, session, database: Arc::from(database) }
     }
 
-    /// The parts of `running`'s statement (described now if it was not at forward).
-    fn parts(&self, running: &Running) -> Arc<[Part]> {
-        let id = running.resumes.unwrap_or(running.id);
-        if let Some((_, parts)) = self.current.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == id)
-        {
-            return parts.clone();
+    /// What was judged of `running`'s message; for one forwarded unjudged (the server skips
+    /// it: an earlier message of its batch was refused), its description, allowed.
+    fn judgement(&self, running: &Running) -> Arc<Judgement> {
+        if let Some(j) = &running.judgement {
+            return j.clone();
         }
-        let prepared = self
-            .prepared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_if(|(sql, lexing, _)| *lexing == running.lexing && **sql == *running.sql)
-            .map(|(_, _, parts)| parts);
-        let parts = prepared.unwrap_or_else(|| match running.protocol {
-            // A fast-path call has no text; an Execute of a portal no Bind of this session
-            // created (a SQL cursor, a refused Bind) runs something the proxy never saw.
-            QueryProtocol::FunctionCall => Arc::from(Vec::new()),
-            QueryProtocol::Extended if running.bind().is_none() => Arc::from(Vec::new()),
-            protocol => {
-                Arc::from(self.shared.describe_parts(&running.sql, running.lexing, protocol == QueryProtocol::Simple))
-            }
-        });
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.len() >= KEPT_STATEMENTS {
-            current.pop_front();
-        }
-        current.push_back((id, parts.clone()));
-        parts
+        let parts = match running.protocol {
+            QueryProtocol::FunctionCall => Vec::new(),
+            QueryProtocol::Extended if running.bind().is_none() => Vec::new(),
+            protocol => describe_parts(
+                &self.shared.descriptions,
+                &running.sql,
+                running.lexing,
+                protocol == QueryProtocol::Simple,
+            ),
+        };
+        let reason: Arc<str> =
+            Arc::from("not judged: the server skips it (an earlier message of its batch was refused)");
+        let parts = if parts.is_empty() {
+            vec![PartJudgement {
+                span: 0..running.sql.len(),
+                described: crate::govern::describe::unknown_described(&reason),
+                ambiguous: true,
+                class: crate::sql::Class::Unknown,
+                class_reason: Some(reason.clone()),
+                decision: Decision::Allow,
+                policy: None,
+                rule: None,
+                reason,
+            }]
+        } else {
+            parts
+                .into_iter()
+                .map(|p| PartJudgement {
+                    class: p.described.analysis.class,
+                    class_reason: p.described.analysis.class_reason.clone(),
+                    span: p.span,
+                    described: p.described,
+                    ambiguous: p.ambiguous,
+                    decision: Decision::Allow,
+                    policy: None,
+                    rule: None,
+                    reason: reason.clone(),
+                })
+                .collect()
+        };
+        Arc::new(Judgement { parts })
     }
 
-    fn params(&self, running: &Running) -> Option<Vec<Option<String>>> {
+    fn params(&self, bind: Option<crate::pg::frontend::Bind<'_>>) -> Option<Vec<Option<String>>> {
         if !self.shared.parameters {
             return None;
         }
-        running.bind().map(|bind| {
+        bind.map(|bind| {
             bind.params()
                 .take(MAX_PARAMS)
                 .map(|(value, binary)| {
@@ -276,73 +196,51 @@ impl SessionAudit {
         }
     }
 
-    /// What a record says about the message a statement came in.
-    fn subject(&self, running: &Running, parts: &[Part]) -> Subject {
-        // sqlcommenter tags of the message's trailing comment annotate every statement of it: a
-        // single statement's come from the description cache.
-        let tags = match parts {
-            _ if !running.lexing.ascii_safe => Arc::default(),
-            [only] => only.described.tags.clone(),
-            _ => Arc::new(sqlcommenter_tags(&running.sql)),
-        };
-        Subject {
-            id: running.id,
-            portal: crate::pg::text(running.portal_name()).chars().take(64).collect(),
-            protocol: running.protocol,
-            function_oid: running.function_oid,
-            params: self.params(running),
+    /// sqlcommenter tags of a message: a single statement's come from the description cache.
+    fn tags(sql: &str, ascii_safe: bool, judgement: &Judgement) -> Arc<BTreeMap<String, String>> {
+        match &judgement.parts[..] {
             // In an encoding that can hide quote bytes a "comment" may be a literal's inside.
-            tags,
+            _ if !ascii_safe => Arc::default(),
+            [only] => only.described.tags.clone(),
+            _ => Arc::new(sqlcommenter_tags(sql)),
         }
     }
 
-    /// The record of one forwarded statement (or part of a simple-query string).
-    fn statement(&self, subject: &Subject, part: u32, described: Option<&Part>, verdict: Verdict) -> Statement {
-        let (text, bytes, sha256, class, class_reason, relations) = match described {
-            Some(p) => {
-                let a = &p.described.analysis;
-                let long =
-                    a.relations.len() > MAX_RELATIONS || a.relations.iter().any(|r| r.len() > MAX_RELATION_BYTES);
-                let relations: Arc<[String]> = if long {
-                    a.relations
-                        .iter()
-                        .take(MAX_RELATIONS)
-                        .map(|r| {
-                            let mut cut = r.len().min(MAX_RELATION_BYTES);
-                            while !r.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            r[..cut].to_string()
-                        })
-                        .collect()
-                } else {
-                    a.relations.clone()
-                };
-                (p.text.text.clone(), p.text.bytes, p.text.sha256.clone(), a.class, a.class_reason.clone(), relations)
-            }
-            // A fast-path function call has no SQL text: what runs is the function. An Execute
-            // of a portal no Bind of this session created runs what the proxy never saw.
-            None => match subject.protocol {
-                QueryProtocol::FunctionCall => (
-                    Arc::from(format!("<fast-path call of function {}>", subject.function_oid.unwrap_or(0))),
-                    0,
-                    None,
-                    "unknown",
-                    Some(Arc::from("fast-path function call: any function, run without SQL")),
-                    Arc::from(Vec::new()),
-                ),
-                _ => (
-                    Arc::from(format!("<execute of portal \"{}\">", subject.portal)),
-                    0,
-                    None,
-                    "unknown",
-                    Some(Arc::from(
-                        "a portal whose statement the proxy does not know: not created by a Bind it saw (a SQL cursor?), or of a name whose text the server had not yet confirmed",
-                    )),
-                    Arc::from(Vec::new()),
-                ),
-            },
+    /// The record of one statement (or part of a simple-query string).
+    fn statement(&self, subject: &Subject<'_>, part: u32, judged: &PartJudgement, verdict: Verdict) -> Statement {
+        let (text, bytes, sha256) = if !judged.ambiguous {
+            let raw = subject.sql.get(judged.span.clone()).unwrap_or_default();
+            let t = self.shared.recorded_text(raw, &judged.described);
+            (t.text, t.bytes, t.sha256)
+        } else if !subject.sql.is_empty() {
+            // A text whose reading is ambiguous: its length and hash only.
+            (Arc::from(""), subject.sql.len(), Some(sha256_hex(subject.sql)))
+        } else {
+            // A fast-path call has no SQL text: what runs is the function. An Execute of a
+            // portal the proxy does not know runs what it never saw.
+            let what = match subject.protocol {
+                QueryProtocol::FunctionCall => {
+                    format!("<fast-path call of function {}>", subject.function_oid.unwrap_or(0))
+                }
+                _ => format!("<execute of portal \"{}\">", subject.portal),
+            };
+            (Arc::from(what), 0, None)
         };
+        let relations: Arc<[String]> = judged
+            .described
+            .analysis
+            .relations
+            .iter()
+            .take(MAX_RELATIONS)
+            .map(|r| {
+                let r = r.to_string();
+                let mut cut = r.len().min(MAX_RELATION_BYTES);
+                while !r.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r[..cut].to_string()
+            })
+            .collect();
         Statement {
             session: self.session,
             statement: subject.id,
@@ -354,8 +252,8 @@ impl SessionAudit {
             text_sha256: sha256,
             params: subject.params.clone(),
             function_oid: subject.function_oid,
-            class,
-            class_reason,
+            class: judged.class.as_str(),
+            class_reason: judged.class_reason.clone(),
             relations,
             verdict,
             masked: Vec::new(),
@@ -383,10 +281,24 @@ impl SessionAudit {
 
     /// Ends every part from `from` on with `outcome` (the rest of a simple-query string).
     fn end_rest(&self, running: &Running, from: u32, outcome: Outcome) {
-        let parts = if running.protocol == QueryProtocol::Simple { self.parts(running).len() as u32 } else { 1 };
-        for part in from.min(MAX_PARTS as u32 - 1)..parts {
+        let parts = match (&running.judgement, running.protocol) {
+            (Some(j), QueryProtocol::Simple) => j.parts.len() as u32,
+            (None, QueryProtocol::Simple) => self.judgement(running).parts.len() as u32,
+            _ => 1,
+        };
+        for part in from..parts {
             self.end(running, part, outcome, None, None);
         }
+    }
+}
+
+/// The record of a verdict.
+fn verdict_of(judged: &PartJudgement) -> Verdict {
+    Verdict {
+        decision: judged.decision.as_str(),
+        policy: judged.policy.as_deref().map(str::to_string),
+        rule: judged.rule.as_deref().map(str::to_string),
+        reason: Some(judged.reason.to_string()),
     }
 }
 
@@ -405,54 +317,73 @@ impl SessionHooks for SessionAudit {
         } else {
             2
         };
-        if !self.shared.log.admits_records(records) {
-            let message = "warden: the audit trail is unavailable and audit is required; statement refused".to_string();
-            let verdict =
-                Verdict { decision: "deny", rule: Some("audit.required".into()), reason: Some(message.clone()) };
-            // Refused before it had a number: statement 0.
-            let subject = Subject {
-                id: 0,
-                portal: String::new(),
-                protocol: statement.protocol,
-                function_oid: statement.function_oid,
-                params: None,
-                tags: Arc::new(sqlcommenter_tags(statement.sql)),
+        if self.shared.log.admits_records(records) {
+            return HookVerdict::Allow(None);
+        }
+        let message = "warden: the audit trail is unavailable and audit is required; statement refused".to_string();
+        let verdict = Verdict {
+            decision: Decision::Deny.as_str(),
+            policy: None,
+            rule: Some("audit.required".into()),
+            reason: Some(message.clone()),
+        };
+        // Refused before it had a number: statement 0.
+        let subject = Subject {
+            id: 0,
+            sql: statement.sql,
+            portal: String::new(),
+            protocol: statement.protocol,
+            function_oid: statement.function_oid,
+            params: None,
+            tags: Arc::new(sqlcommenter_tags(statement.sql)),
+        };
+        let first = match statement.protocol {
+            QueryProtocol::FunctionCall => None,
+            _ => describe_parts(&self.shared.descriptions, statement.sql, statement.lexing, false).into_iter().next(),
+        };
+        let judged = PartJudgement {
+            span: first.as_ref().map_or(0..statement.sql.len(), |p| p.span.clone()),
+            class: first.as_ref().map_or(crate::sql::Class::Unknown, |p| p.described.analysis.class),
+            class_reason: first.as_ref().and_then(|p| p.described.analysis.class_reason.clone()),
+            ambiguous: first.as_ref().is_none_or(|p| p.ambiguous),
+            described: first
+                .map_or_else(|| crate::govern::describe::unknown_described("fast-path call"), |p| p.described),
+            decision: Decision::Deny,
+            policy: None,
+            rule: None,
+            reason: Arc::from(message.as_str()),
+        };
+        let record = self.statement(&subject, 0, &judged, verdict);
+        let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
+        HookVerdict::Deny { sqlstate: sqlstate::INSUFFICIENT_RESOURCES.into(), message }
+    }
+
+    fn on_refused(&self, statement: &StatementInfo<'_>, judgement: &Judgement) {
+        // Refused before it had a number: statement 0. Every statement of the message is
+        // recorded; those policy allowed did not run either.
+        let subject = Subject {
+            id: 0,
+            sql: statement.sql,
+            portal: String::new(),
+            protocol: statement.protocol,
+            function_oid: statement.function_oid,
+            params: self.params(statement.bind),
+            tags: Self::tags(statement.sql, statement.lexing.ascii_safe, judgement),
+        };
+        let refusing = judgement.refusing_part();
+        for (i, judged) in judgement.parts.iter().enumerate() {
+            let verdict = match (judged.decision, refusing) {
+                (Decision::Allow, Some((k, by))) => Verdict {
+                    decision: by.decision.as_str(),
+                    policy: by.policy.as_deref().map(str::to_string),
+                    rule: by.rule.as_deref().map(str::to_string),
+                    reason: Some(format!("not run: statement {} of the same message was refused", k + 1)),
+                },
+                _ => verdict_of(judged),
             };
-            let described = match statement.protocol {
-                QueryProtocol::FunctionCall => Vec::new(),
-                _ => self.shared.describe_parts(statement.sql, statement.lexing, false),
-            };
-            let record = self.statement(&subject, 0, described.first(), verdict);
-            let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
-            return HookVerdict::Deny { sqlstate: sqlstate::INSUFFICIENT_RESOURCES.into(), message };
+            let record = self.statement(&subject, i as u32, judged, verdict);
+            self.shared.log.record(Event::Statement(Box::new(record)));
         }
-        let options = LexOptions { standard_conforming_strings: statement.lexing.standard_conforming_strings };
-        if statement.sql.len() > DESCRIBE_INLINE_MAX
-            && statement.protocol == QueryProtocol::Extended
-            && self.shared.descriptions.is_cached(statement.sql, options)
-        {
-            // A prepared statement executed again: its description is one lookup away.
-            return HookVerdict::Allow;
-        }
-        if statement.sql.len() > DESCRIBE_INLINE_MAX && statement.protocol != QueryProtocol::FunctionCall {
-            // Held (the client waits) while a blocking thread describes it: the worker keeps
-            // relaying other sessions.
-            let shared = self.shared.clone();
-            let sql: Arc<str> = Arc::from(statement.sql);
-            let slot = self.prepared.clone();
-            let lexing = statement.lexing;
-            let protocol = statement.protocol;
-            return HookVerdict::Hold(Box::pin(async move {
-                let text = sql.clone();
-                let simple = protocol == QueryProtocol::Simple;
-                let parts = tokio::task::spawn_blocking(move || shared.describe_parts(&text, lexing, simple))
-                    .await
-                    .unwrap_or_default();
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, Arc::from(parts)));
-                HookVerdict::Allow
-            }));
-        }
-        HookVerdict::Allow
     }
 
     fn on_forward(&self, running: &Running) {
@@ -460,13 +391,18 @@ impl SessionHooks for SessionAudit {
             // More rows of a statement already recorded.
             return;
         }
-        let parts = self.parts(running);
-        let subject = self.subject(running, &parts);
-        if parts.is_empty() {
-            self.shared.log.record(Event::Statement(Box::new(self.statement(&subject, 0, None, Verdict::allow()))));
-        }
-        for (i, part) in parts.iter().enumerate() {
-            let record = self.statement(&subject, i as u32, Some(part), Verdict::allow());
+        let judgement = self.judgement(running);
+        let subject = Subject {
+            id: running.id,
+            sql: &running.sql,
+            portal: crate::pg::text(running.portal_name()).chars().take(64).collect(),
+            protocol: running.protocol,
+            function_oid: running.function_oid,
+            params: self.params(running.bind()),
+            tags: Self::tags(&running.sql, running.lexing.ascii_safe, &judgement),
+        };
+        for (i, judged) in judgement.parts.iter().enumerate() {
+            let record = self.statement(&subject, i as u32, judged, verdict_of(judged));
             self.shared.log.record(Event::Statement(Box::new(record)));
         }
     }
@@ -496,7 +432,7 @@ impl SessionHooks for SessionAudit {
     }
 
     fn on_not_run(&self, running: &Running) {
-        self.end(running, 0, Outcome::NotRun, None, None);
+        self.end_rest(running, 0, Outcome::NotRun);
     }
 
     fn on_abandoned(&self, running: &Running) {
@@ -510,13 +446,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn texts_that_read_differently_under_each_setting_are_found() {
-        assert!(lexes_both_ways_differently("select 'a\\'; drop table t; --'", true));
-        assert!(lexes_both_ways_differently("select 'a\\' -- ' , 'secret'", false), "normalised differently");
-        assert!(!lexes_both_ways_differently("select E'a\\'b' from t", true), "E-strings read alike");
-        assert!(!lexes_both_ways_differently("select 1; select 2", true));
-        let part = ambiguous_part("select 'secret\\'", "why");
-        assert!(part.text.text.is_empty() && part.text.sha256.is_some(), "no text of an ambiguous statement");
-        assert_eq!(part.described.analysis.class, "unknown");
+    fn verdicts_name_their_policy_and_rule() {
+        let judged = PartJudgement {
+            span: 0..0,
+            described: crate::govern::describe::unknown_described("why"),
+            ambiguous: true,
+            class: crate::sql::Class::Unknown,
+            class_reason: None,
+            decision: Decision::Deny,
+            policy: Some(Arc::from("baseline")),
+            rule: Some(Arc::from("no-unknown")),
+            reason: Arc::from("class unknown"),
+        };
+        let v = verdict_of(&judged);
+        assert_eq!(
+            (v.decision, v.policy.as_deref(), v.rule.as_deref()),
+            ("deny", Some("baseline"), Some("no-unknown"))
+        );
     }
 }

@@ -49,6 +49,8 @@ pub struct Shared {
     pub cancels: Arc<postgres::cancel::CancelRegistry>,
     /// Statement auditing shared by PostgreSQL sessions (each gets its own hooks).
     pub statements: Arc<crate::audit::statements::StatementAuditing>,
+    /// The policy set in force and the statement descriptions every session's judgement shares.
+    pub governor: Arc<crate::govern::Governor>,
     /// Client network namespaces (upstream connections are dialled from them).
     pub namespaces: Arc<Namespaces>,
     /// Connection limits, global and per identity.
@@ -171,6 +173,28 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             return;
         }
     };
+    if db.protocol == Protocol::Tcp {
+        // No statements to judge: the identity's policies allow or refuse the connection.
+        let snapshot = shared.governor.snapshot();
+        let subject = crate::policy::Subject { labels: &identity.labels, database: &db.name, user: None };
+        let decision = snapshot.set.select(&subject).decide_connection(&snapshot.set);
+        if decision.action != crate::policy::Action::Allow {
+            let by = match &decision.policy {
+                Some(p) => format!("policy \"{p}\""),
+                None => "policy".into(),
+            };
+            shared.audit.record(Event::ConnectionRefused {
+                database: db.name.clone(),
+                orig_dst: orig_dst.0,
+                client: peer.0,
+                reason: format!("refused by {by}: {}", decision.reason),
+                identity,
+            });
+            // As a refused direct connection: closed without a byte.
+            drop(client);
+            return;
+        }
+    }
     // The upstream is dialled from the client's own network namespace; where that cannot be
     // found the session is refused when it would dial.
     let netns = shared.namespaces.find(origin.netns_cookie, facts.pid, facts.tid);
@@ -209,14 +233,18 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                         .map(|config| postgres::ClientTls { config, leaf_certificate: t.leaf_certificate.clone() })
                 }),
                 max_message: shared.config.proxy.max_message_bytes,
-                hooks: if shared.config.audit.statements {
-                    Arc::new(crate::audit::statements::SessionAudit::new(
-                        shared.statements.clone(),
-                        session,
-                        db.name.clone(),
-                    ))
-                } else {
-                    Arc::new(postgres::hooks::AllowAll)
+                hooks: {
+                    // Judged (policy), then recorded (audit): the audit records the judgement.
+                    let record: Arc<dyn postgres::hooks::SessionHooks> = if shared.config.audit.statements {
+                        Arc::new(crate::audit::statements::SessionAudit::new(
+                            shared.statements.clone(),
+                            session,
+                            db.name.clone(),
+                        ))
+                    } else {
+                        Arc::new(postgres::hooks::AllowAll)
+                    };
+                    Arc::new(shared.governor.session(identity.labels.clone(), &db.name, record))
                 },
                 cancels: shared.cancels.clone(),
             };

@@ -5,8 +5,12 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{SessionContext, SessionError, upstream};
 use crate::{config::Database, flow::OrigDst};
 
 /// Where a session's cancel requests must go.
@@ -50,4 +54,37 @@ impl CancelRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Vec<u8>), CancelTarget>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Forwards a CancelRequest to the upstream of the session that owns the key (or, for a key
+/// this agent never saw, to the destination the client dialled: PostgreSQL checks the key).
+pub(super) async fn forward_cancel(
+    ctx: &SessionContext,
+    packet: &[u8],
+    pid: i32,
+    key: &[u8],
+) -> Result<(), SessionError> {
+    let target = ctx.cancels.lookup(pid, key).unwrap_or_else(|| CancelTarget {
+        orig_dst: ctx.orig_dst,
+        database: ctx.database.clone(),
+        database_index: ctx.database_index,
+        dial: ctx.dial.clone(),
+    });
+    // The cancel goes where the session's own upstream went: from that session's namespace.
+    let cancel_ctx = SessionContext {
+        database: target.database,
+        database_index: target.database_index,
+        orig_dst: target.orig_dst,
+        dial: target.dial,
+        client_tls: None,
+        max_message: ctx.max_message,
+        hooks: ctx.hooks.clone(),
+        cancels: ctx.cancels.clone(),
+    };
+    let mut upstream = upstream::connect(&cancel_ctx).await?.stream;
+    upstream.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
+    // The server closes the connection without answering.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut sink)).await;
+    Ok(())
 }

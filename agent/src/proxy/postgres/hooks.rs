@@ -1,28 +1,53 @@
 //! Statement-level hooks: where the policy engine, masking and the audit trail plug into a
 //! session. The codec and the state machine never make policy decisions themselves.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::state::{Lexing, QueryProtocol, Running};
-use crate::pg::{backend::RowDescription, frontend::Bind};
+use crate::{
+    pg::{backend::RowDescription, frontend::Bind},
+    session::Judgement,
+};
 
 /// A hook's decision about a statement.
 pub enum Verdict {
-    Allow,
+    /// Forward it; the judgement (if the hooks made one) is carried with the statement to its
+    /// records.
+    Allow(Option<Arc<Judgement>>),
     /// Refuse with this SQLSTATE and message; the session stays usable.
-    Deny {
-        sqlstate: String,
-        message: String,
-    },
+    Deny { sqlstate: String, message: String },
     /// Hold the statement (the client simply waits) until the future decides.
     Hold(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+    /// (From a held future only.) Judge the statement again: the hold prepared what judging
+    /// it needs.
+    AskAgain,
 }
 
-/// A statement about to be sent to the server.
+/// What the client asked for at start-up, once the session is established.
 #[derive(Debug, Clone, Copy)]
+pub struct SessionStart<'a> {
+    /// The login user.
+    pub user: Option<&'a str>,
+    /// The database name the client asked for.
+    pub database: Option<&'a str>,
+    /// A role set at start-up (`options=-c role=...`): who the session acts as.
+    pub role: Option<&'a str>,
+}
+
+/// Looks up a SQL-level prepared statement by name: its text and how it lexed.
+pub type PreparedLookup<'a> = dyn Fn(&str) -> Option<(Arc<str>, Lexing)> + 'a;
+
+/// A statement about to be sent to the server.
+#[derive(Clone, Copy)]
 pub struct StatementInfo<'a> {
     /// The SQL text (empty for a fast-path function call).
     pub sql: &'a str,
+    /// Whether `sql` is surely what runs: false for an Execute of a portal, or a Bind of a
+    /// statement, the proxy did not see created, or whose name's text the server has not yet
+    /// confirmed.
+    pub text_known: bool,
+    /// A SQL-level prepared statement by name (for `EXECUTE name`): its text and how it lexed.
+    pub prepared: &'a PreparedLookup<'a>,
     pub protocol: QueryProtocol,
     /// The Bind that is about to run it (extended protocol).
     pub bind: Option<Bind<'a>>,
@@ -40,11 +65,18 @@ pub trait SessionHooks: Send + Sync {
         true
     }
 
+    /// The session is established: who it is.
+    fn on_session_start(&self, _start: &SessionStart<'_>) {}
+
     /// Before a statement reaches the server: a simple Query, an extended-protocol Bind (the
-    /// point where both the statement and its parameters are known), or a FunctionCall.
+    /// point where both the statement and its parameters are known), an Execute of a portal no
+    /// judged Bind created, or a FunctionCall.
     fn before_statement(&self, _statement: &StatementInfo<'_>) -> Verdict {
-        Verdict::Allow
+        Verdict::Allow(None)
     }
+
+    /// A message the hooks refused (not forwarded): its judgement, for the record.
+    fn on_refused(&self, _statement: &StatementInfo<'_>, _judgement: &Judgement) {}
 
     /// Whether `on_row` wants DataRows; when false, rows are relayed without being looked at.
     fn wants_rows(&self) -> bool {

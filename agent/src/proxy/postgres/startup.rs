@@ -9,12 +9,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::stream::MaybeTls;
-use crate::pg::{
-    error::{Severity, put_error},
-    frame,
-    frontend::Startup,
-};
+use super::{refusal::refuse, stream::MaybeTls};
+use crate::pg::{frame, frontend::Startup};
 
 /// How a client's connection began.
 pub enum ClientStart {
@@ -294,14 +290,6 @@ pub async fn discard_pending<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
             _ => return,
         }
     }
-}
-
-/// Sends a FATAL ErrorResponse and closes (best effort: the client may already be gone).
-pub async fn refuse(stream: &mut MaybeTls, sqlstate: &str, message: &str) {
-    let mut out = Vec::new();
-    put_error(&mut out, Severity::Fatal, sqlstate, message);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub struct Running {
     portal: Vec<u8>,
     /// The Bind message body that created the portal (extended protocol).
     bind: Option<Arc<[u8]>>,
+    /// What the hooks judged it to be before it was forwarded (none: no hook judges).
+    pub judgement: Option<Arc<Judgement>>,
 }
 
 impl Running {
@@ -93,6 +95,8 @@ struct Portal {
     /// What it runs is not known: its statement was not (or not surely) in the table, or it
     /// replaced a portal of its name the proxy believed existed and the server has not answered.
     unknown: bool,
+    /// The judgement of its Bind, carried to the Executes that run it.
+    judgement: Option<Arc<Judgement>>,
 }
 
 /// A response the server owes, in order.
@@ -216,17 +220,8 @@ pub struct Prepared {
     pub ambiguous: bool,
 }
 
-/// How the server lexes a statement's text: `standard_conforming_strings` when it was sent, and
-/// whether that was settled (no statement was outstanding that could have changed it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lexing {
-    pub standard_conforming_strings: bool,
-    pub settled: bool,
-    /// False in client encodings whose multibyte characters can contain ASCII bytes (SJIS,
-    /// BIG5, GBK, UHC, GB18030, JOHAB): a quote or backslash byte may be half a character, so
-    /// the text cannot be lexed from its bytes.
-    pub ascii_safe: bool,
-}
+use crate::session::Judgement;
+pub use crate::session::Lexing;
 
 /// The session's protocol state.
 #[derive(Debug)]
@@ -307,6 +302,7 @@ impl ProtocolState {
             lexing: self.lexing(),
             portal: Vec::new(),
             bind: None,
+            judgement: None,
         }
     }
 
@@ -375,6 +371,60 @@ impl ProtocolState {
             Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) => Some(r),
             _ => None,
         }
+    }
+
+    /// Records a client message the hooks judged, and carries their judgement: with the
+    /// statement it starts (Query, FunctionCall, Execute) or the portal it creates (Bind).
+    pub fn on_frontend_judged(
+        &mut self,
+        msg: &Frontend<'_>,
+        judgement: Option<Arc<Judgement>>,
+    ) -> Result<(), ProtocolError> {
+        self.on_frontend(msg, None)?;
+        let Some(judgement) = judgement else { return Ok(()) };
+        match msg {
+            Frontend::Bind(bind) => {
+                let name = key(bind.portal);
+                if let Some(Pending { expect: Expect::Bind { confirm: Some((_, portal)), .. }, .. }) =
+                    self.pending.back_mut()
+                {
+                    // A replacement of a portal the server may refuse: judged when it is accepted.
+                    portal.judgement = Some(judgement);
+                } else if let Some(portal) = self.portals.get_mut(name) {
+                    portal.judgement = Some(judgement);
+                }
+            }
+            Frontend::Query(_) | Frontend::FunctionCall { .. } | Frontend::Execute { .. } => {
+                if let Some(Pending {
+                    expect: Expect::SimpleQuery(r) | Expect::FunctionCall(r) | Expect::Execute(r),
+                    ..
+                }) = self.pending.back_mut()
+                    && r.id == self.last_id
+                {
+                    r.judgement = Some(judgement);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the server will skip every message up to the next Sync: a poison standing in for
+    /// a refused extended-protocol message was sent since the last one (its error makes the
+    /// server discard the rest of the batch), or an error already arrived.
+    pub fn skipping_to_sync(&self) -> bool {
+        self.ignoring_till_sync
+            || self
+                .pending
+                .iter()
+                .rev()
+                .take_while(|p| !matches!(p.expect, Expect::Sync))
+                .any(|p| p.replace_error.is_some() && matches!(p.expect, Expect::Parse { .. }))
+    }
+
+    /// Whether an Execute of `portal` runs what a judged Bind created.
+    pub fn portal_judged(&self, portal: &[u8]) -> bool {
+        self.portals.get(key(portal)).is_some_and(|p| !p.unknown && p.judgement.is_some())
     }
 
     /// Records a client message the relay is about to forward. `replace_error` is set when the
@@ -490,10 +540,18 @@ impl ProtocolState {
                         |s| (s.sql.clone(), s.lexing, s.ambiguous),
                     );
                     let readies = self.readies_asked;
-                    let new = Portal { sql, lexing, bind: Arc::from(bind.body), suspended: None, unknown, readies };
+                    let new = Portal {
+                        sql,
+                        lexing,
+                        bind: Arc::from(bind.body),
+                        suspended: None,
+                        unknown,
+                        readies,
+                        judgement: None,
+                    };
                     // Likewise a named portal the proxy believes exists (42P03, or accepted).
                     let now = if !unnamed && self.portals.contains_key(portal_name) {
-                        let unknown = Portal { sql: Arc::from(""), unknown: true, ..new.clone() };
+                        let unknown = Portal { sql: Arc::from(""), unknown: true, judgement: None, ..new.clone() };
                         confirm = Some((portal_name.to_vec(), new));
                         unknown
                     } else {
@@ -513,12 +571,14 @@ impl ProtocolState {
                     Some(p) => (p.sql.clone(), Some(p.bind.clone()), p.suspended, Some(p.lexing)),
                     None => (Arc::from(""), None, None, None),
                 };
+                let judgement = self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.judgement.clone());
                 let mut running = self.start(sql, QueryProtocol::Extended);
                 // The text was lexed when it was parsed, not now.
                 running.lexing = lexing.unwrap_or(running.lexing);
                 running.bind = bind;
                 running.resumes = resumes;
                 running.portal = portal.to_vec();
+                running.judgement = judgement;
                 push(self, Expect::Execute(running), replace_error);
             }
             Frontend::Close { kind, name } => {

@@ -1,0 +1,130 @@
+//! A message's text, cut into the statements the server will run and described (normalised,
+//! analysed), or found ambiguous: a text whose reading depends on what the proxy cannot be
+//! sure of is one statement of class unknown, never a guess.
+
+use std::{ops::Range, sync::Arc};
+
+use crate::{
+    session::Lexing,
+    sql::{
+        Analysis, Class, ClassSet, Described, DescriptionCache, LexOptions, normalise_with_options,
+        split_statements_with,
+    },
+};
+
+/// Statements of one simple-query string described one by one; the rest of a longer string is
+/// one part (a string of millions of statements would otherwise cost gigabytes).
+pub const MAX_PARTS: usize = 10_000;
+
+/// One statement of a message.
+#[derive(Debug, Clone)]
+pub struct DescribedPart {
+    /// Where it is in the message's text.
+    pub span: Range<usize>,
+    pub described: Described,
+    /// Its reading is ambiguous: `described` holds no text, only the class unknown and why.
+    pub ambiguous: bool,
+}
+
+/// Describes each statement of a (simple-query, when `simple`) string.
+pub fn describe_parts(cache: &DescriptionCache, sql: &str, lexing: Lexing, simple: bool) -> Vec<DescribedPart> {
+    let options = LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+    if !lexing.ascii_safe {
+        // A quote or backslash byte may be the second half of a character: the text cannot
+        // be split or normalised from its bytes (the wrong reading could hide a statement or
+        // leak literals).
+        return vec![ambiguous(sql, "the client encoding lets quote bytes hide inside characters")];
+    }
+    if !lexing.settled && sql.contains('\\') && lexes_both_ways_differently(sql, simple) {
+        // A SET of standard_conforming_strings may be ahead of it in the pipeline, and the
+        // text means something else under each setting: neither reading can be trusted.
+        return vec![ambiguous(
+            sql,
+            "standard_conforming_strings may change before it runs, and the text reads differently under each",
+        )];
+    }
+    let mut parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
+    if parts.is_empty() {
+        parts = vec![sql];
+    }
+    if parts.len() > MAX_PARTS {
+        // Past the cap the rest of the string is one part: described as a whole, with its
+        // outcome the last one the server reports.
+        let start = offset(sql, parts[MAX_PARTS - 1]);
+        parts.truncate(MAX_PARTS - 1);
+        parts.push(&sql[start..]);
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            let start = offset(sql, part);
+            DescribedPart {
+                span: start..start + part.len(),
+                described: cache.describe_with(part, options),
+                ambiguous: false,
+            }
+        })
+        .collect()
+}
+
+fn offset(whole: &str, part: &str) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// Whether `sql` splits or normalises differently with `standard_conforming_strings` on and off.
+pub fn lexes_both_ways_differently(sql: &str, simple: bool) -> bool {
+    let on = LexOptions { standard_conforming_strings: true };
+    let off = LexOptions { standard_conforming_strings: false };
+    (simple && split_statements_with(sql, on) != split_statements_with(sql, off))
+        || normalise_with_options(sql, on) != normalise_with_options(sql, off)
+}
+
+/// A text whose reading is ambiguous: class unknown, no text kept.
+fn ambiguous(sql: &str, reason: &str) -> DescribedPart {
+    DescribedPart { span: 0..sql.len(), described: unknown_described(reason), ambiguous: true }
+}
+
+/// A description of a statement whose text is not known or not readable.
+pub fn unknown_described(reason: &str) -> Described {
+    Described { tags: Arc::default(), normalised: Arc::from(""), analysis: Arc::new(Analysis::unknown(reason)) }
+}
+
+/// The class set of an analysis, never empty.
+pub fn effects_of(analysis: &Analysis) -> ClassSet {
+    if analysis.effects.is_empty() { ClassSet::of(&[analysis.class]) } else { analysis.effects }
+}
+
+/// Whether a class of effect may change who the session acts as or how names resolve.
+pub fn may_change_session_identity(effects: ClassSet) -> bool {
+    effects.contains(Class::Dcl) || effects.contains(Class::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lexing() -> Lexing {
+        Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true }
+    }
+
+    #[test]
+    fn texts_that_read_differently_under_each_setting_are_found() {
+        assert!(lexes_both_ways_differently("select 'a\\'; drop table t; --'", true));
+        assert!(lexes_both_ways_differently("select 'a\\' -- ' , 'secret'", false), "normalised differently");
+        assert!(!lexes_both_ways_differently("select E'a\\'b' from t", true), "E-strings read alike");
+        assert!(!lexes_both_ways_differently("select 1; select 2", true));
+    }
+
+    #[test]
+    fn parts_have_their_spans_and_ambiguous_texts_none() {
+        let cache = DescriptionCache::new(16);
+        let sql = "select 1; delete from t";
+        let parts = describe_parts(&cache, sql, lexing(), true);
+        assert_eq!(parts.iter().map(|p| &sql[p.span.clone()]).collect::<Vec<_>>(), vec!["select 1", "delete from t"]);
+        let unsettled = Lexing { settled: false, ..lexing() };
+        let parts = describe_parts(&cache, "select 'a\\'; drop table t; --'", unsettled, true);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].ambiguous && parts[0].described.normalised.is_empty());
+        assert_eq!(parts[0].described.analysis.class, Class::Unknown);
+    }
+}

@@ -1,0 +1,422 @@
+//! Per-statement judgement: analysis, then the policy verdict (later the mask plan), computed
+//! before a statement is forwarded and carried with it to its completion, where the audit
+//! trail records it. The protocol session calls the hooks; this module never sees a protocol
+//! message, and the audit never judges.
+//!
+//! A session's policies are selected once per identity (its labels, the governed database, the
+//! role it acts as) and again when the policy set is reloaded or the role may have changed.
+
+pub mod bench;
+pub mod describe;
+pub mod reload;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    pg::error::sqlstate,
+    policy::{Action, PolicySet, Selection, StatementFacts, Subject},
+    proxy::postgres::{
+        hooks::{PreparedLookup, SessionHooks, SessionStart, StatementInfo, Verdict},
+        state::{QueryProtocol, Running},
+    },
+    session::{Decision, Judgement, Lexing, PartJudgement},
+    sql::{Class, ClassSet, Described, DescriptionCache, ObjectName, sqlcommenter_tags},
+};
+use describe::{DescribedPart, describe_parts, effects_of, unknown_described};
+
+/// Statements longer than this are described on the blocking pool while the statement is held
+/// (the client waits), not on the proxy worker that relays other sessions' traffic.
+const DESCRIBE_INLINE_MAX: usize = 16 * 1024;
+/// Cursors a session's judgements are remembered for (beyond it, a FETCH of a forgotten cursor
+/// is judged unknown).
+const MAX_CURSORS: usize = 1024;
+
+/// The policy set in force, numbered: a session re-selects its policies when the number moves.
+pub struct PolicySnapshot {
+    pub set: PolicySet,
+    pub generation: u64,
+}
+
+/// What every session's judgement shares: the policy snapshot and the description cache.
+pub struct Governor {
+    snapshot: ArcSwap<PolicySnapshot>,
+    generations: AtomicU64,
+    pub descriptions: Arc<DescriptionCache>,
+}
+
+impl Governor {
+    pub fn new(set: PolicySet) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(PolicySnapshot { set, generation: 1 }),
+            generations: AtomicU64::new(1),
+            descriptions: Arc::new(DescriptionCache::new(4096)),
+        }
+    }
+
+    /// The policy set in force now.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Puts `set` in force: sessions use it from their next statement. Returns its generation.
+    pub fn replace(&self, set: PolicySet) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.snapshot.store(Arc::new(PolicySnapshot { set, generation }));
+        generation
+    }
+
+    /// The hooks of one session of `database` by a workload with `labels`; `next` records what
+    /// it judged (the audit trail).
+    pub fn session(
+        self: &Arc<Self>,
+        labels: BTreeMap<String, String>,
+        database: &str,
+        next: Arc<dyn SessionHooks>,
+    ) -> SessionGovern {
+        SessionGovern {
+            governor: self.clone(),
+            labels,
+            database: Arc::from(database),
+            next,
+            state: Mutex::new(SessionState::default()),
+            described: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+/// A long text described on the blocking pool while its statement was held.
+type DescribedAhead = (Arc<str>, Lexing, Arc<[DescribedPart]>);
+
+#[derive(Default)]
+struct SessionState {
+    /// The role the session acts as; `None` before start-up and once it may have changed in a
+    /// way the proxy cannot read (every `users` filter then matches: more policies apply, and
+    /// the most restrictive decision wins, so nothing is widened by not knowing).
+    role: Option<String>,
+    /// The policies selected for it, with the generation of the set they were selected from.
+    selection: Option<(u64, Selection)>,
+    /// Cursors declared by forwarded statements: what a FETCH of them runs.
+    cursors: HashMap<String, (Class, Option<Arc<str>>)>,
+}
+
+/// One session's judgement hooks.
+pub struct SessionGovern {
+    governor: Arc<Governor>,
+    labels: BTreeMap<String, String>,
+    database: Arc<str>,
+    next: Arc<dyn SessionHooks>,
+    state: Mutex<SessionState>,
+    described: Arc<Mutex<Option<DescribedAhead>>>,
+}
+
+impl SessionGovern {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policies that apply to this session under `snapshot`.
+    fn selection(&self, snapshot: &PolicySnapshot) -> Selection {
+        let mut state = self.lock();
+        if let Some((generation, selection)) = &state.selection
+            && *generation == snapshot.generation
+        {
+            return selection.clone();
+        }
+        let subject = Subject { labels: &self.labels, database: &self.database, user: state.role.as_deref() };
+        let selection = snapshot.set.select(&subject);
+        state.selection = Some((snapshot.generation, selection.clone()));
+        selection
+    }
+
+    /// The statements of the message, described (inline, or from the blocking pool's work).
+    fn parts(&self, info: &StatementInfo<'_>) -> Option<Vec<DescribedPart>> {
+        match info.protocol {
+            QueryProtocol::FunctionCall => {
+                Some(vec![unknown_part(info.sql, "fast-path function call: any function, run without SQL")])
+            }
+            QueryProtocol::Extended if !info.text_known => {
+                Some(vec![unknown_part(info.sql, "runs a statement or portal whose text the proxy does not know")])
+            }
+            protocol => {
+                let simple = protocol == QueryProtocol::Simple;
+                if let Some((_, _, parts)) = self
+                    .described
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take_if(|(sql, lexing, _)| *lexing == info.lexing && **sql == *info.sql)
+                {
+                    return Some(parts.to_vec());
+                }
+                if info.sql.len() > DESCRIBE_INLINE_MAX {
+                    return None;
+                }
+                Some(describe_parts(&self.governor.descriptions, info.sql, info.lexing, simple))
+            }
+        }
+    }
+
+    /// Judges the described statements of a message.
+    fn judge(&self, info: &StatementInfo<'_>, parts: Vec<DescribedPart>) -> Judgement {
+        let snapshot = self.governor.snapshot();
+        let selection = self.selection(&snapshot);
+        let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
+        let cursors = self.lock().cursors.clone();
+        // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
+        let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
+        let parts = parts
+            .into_iter()
+            .map(|part| {
+                let analysis = &part.described.analysis;
+                if analysis.prepares.is_some()
+                    && !part.ambiguous
+                    && let Some(crate::sql::PreparedCommand::Prepare { name, body }) =
+                        crate::sql::prepared_statement_command(
+                            info.sql.get(part.span.clone()).unwrap_or_default(),
+                            crate::sql::LexOptions {
+                                standard_conforming_strings: info.lexing.standard_conforming_strings,
+                            },
+                        )
+                {
+                    prepared_here.insert(name, Arc::from(body));
+                }
+                let lookup = |name: &str| {
+                    prepared_here.get(name).map(|body| (body.clone(), info.lexing)).or_else(|| (info.prepared)(name))
+                };
+                let (class, class_reason, analysis_of) = self.resolve(&lookup, &part.described, &cursors);
+                let analysis = &analysis_of.analysis;
+                let effects = if class == analysis.class { effects_of(analysis) } else { ClassSet::of(&[class]) };
+                let relations: Vec<Vec<ObjectName>> = analysis.relations.iter().map(candidates).collect();
+                let functions: Vec<Vec<ObjectName>> = analysis.functions.iter().map(candidates).collect();
+                let tags = message_tags.clone().unwrap_or_else(|| part.described.tags.clone());
+                let facts = StatementFacts {
+                    class,
+                    effects,
+                    relations: &relations,
+                    functions: &functions,
+                    unscoped: analysis.unscoped,
+                    tags: &tags,
+                    reason: class_reason.as_deref(),
+                };
+                let decided = selection.decide(&snapshot.set, &facts);
+                PartJudgement {
+                    span: part.span,
+                    described: part.described,
+                    ambiguous: part.ambiguous,
+                    class,
+                    class_reason,
+                    decision: match decided.action {
+                        Action::Allow => Decision::Allow,
+                        Action::Deny => Decision::Deny,
+                        Action::RequireApproval => Decision::Hold,
+                    },
+                    policy: decided.policy,
+                    rule: decided.rule,
+                    reason: Arc::from(decided.reason),
+                }
+            })
+            .collect();
+        Judgement { parts }
+    }
+
+    /// The class a statement is judged as, and the description whose relations and functions
+    /// count: its own, or for SQL EXECUTE and FETCH, what they run.
+    fn resolve(
+        &self,
+        prepared: &PreparedLookup<'_>,
+        described: &Described,
+        cursors: &HashMap<String, (Class, Option<Arc<str>>)>,
+    ) -> (Class, Option<Arc<str>>, Described) {
+        let analysis = &described.analysis;
+        if let Some(name) = &analysis.executes {
+            return match prepared(name) {
+                Some((sql, lexing)) => {
+                    let body = describe_parts(&self.governor.descriptions, &sql, lexing, false)
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| unknown_described("an empty prepared statement"), |p| p.described);
+                    let reason = Some(Arc::from(format!(
+                        "EXECUTE of prepared statement {name}: {}",
+                        body.analysis.class_reason.as_deref().unwrap_or(body.analysis.class.as_str())
+                    )));
+                    (body.analysis.class, reason, body)
+                }
+                None => {
+                    let why = format!("EXECUTE of prepared statement {name}, which the proxy did not see prepared");
+                    (Class::Unknown, Some(Arc::from(why.as_str())), unknown_described(&why))
+                }
+            };
+        }
+        if let Some(name) = &analysis.fetches {
+            return match cursors.get(name) {
+                Some((class, reason)) => (
+                    *class,
+                    Some(Arc::from(format!(
+                        "FETCH from cursor {name}, declared as {class}{}",
+                        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ))),
+                    described.clone(),
+                ),
+                None => {
+                    let why = format!("FETCH from cursor {name}, which the proxy did not see declared");
+                    (Class::Unknown, Some(Arc::from(why.as_str())), described.clone())
+                }
+            };
+        }
+        (analysis.class, analysis.class_reason.clone(), described.clone())
+    }
+
+    /// A refusal of the message, recorded by `next`.
+    fn refuse(&self, info: &StatementInfo<'_>, judgement: Judgement) -> Verdict {
+        let (sqlstate, message) = refusal(&judgement);
+        self.next.on_refused(info, &judgement);
+        Verdict::Deny { sqlstate: sqlstate.into(), message }
+    }
+}
+
+/// The SQLSTATE and message a refused message's client gets: the policy, rule and reason.
+fn refusal(judgement: &Judgement) -> (&'static str, String) {
+    let Some((i, part)) = judgement.refusing_part() else {
+        return (sqlstate::INSUFFICIENT_PRIVILEGE, "warden: statement refused".into());
+    };
+    let which = match judgement.parts.len() {
+        1 => String::new(),
+        _ => format!(" {} of {}", i + 1, judgement.parts.len()),
+    };
+    let by = match (&part.policy, &part.rule) {
+        (Some(p), Some(r)) => format!("policy \"{p}\" rule \"{r}\""),
+        (Some(p), None) => format!("policy \"{p}\" (its default)"),
+        _ => "policy".to_string(),
+    };
+    let message = match part.decision {
+        Decision::Hold => format!(
+            "warden: statement{which} requires approval by {by}: {}; approvals are not available on this agent yet, so it is refused",
+            part.reason
+        ),
+        _ => format!("warden: statement{which} refused by {by}: {}", part.reason),
+    };
+    (sqlstate::INSUFFICIENT_PRIVILEGE, message)
+}
+
+/// A part standing for a message whose text cannot be read.
+fn unknown_part(sql: &str, reason: &str) -> DescribedPart {
+    DescribedPart { span: 0..sql.len(), described: unknown_described(reason), ambiguous: true }
+}
+
+/// The names a relation or function may resolve to: itself when qualified; when not, any
+/// schema (`schema: None`): the session's search_path is not known to the proxy (a role's or
+/// database's default, `set_config`, a function's SET clause can all change it unseen).
+fn candidates(name: &ObjectName) -> Vec<ObjectName> {
+    vec![name.clone()]
+}
+
+impl SessionHooks for SessionGovern {
+    fn inspects_statements(&self) -> bool {
+        true
+    }
+
+    fn on_session_start(&self, start: &SessionStart<'_>) {
+        {
+            let mut state = self.lock();
+            state.role = start.role.or(start.user).map(str::to_string);
+            state.selection = None;
+        }
+        self.next.on_session_start(start);
+    }
+
+    fn before_statement(&self, info: &StatementInfo<'_>) -> Verdict {
+        let Some(parts) = self.parts(info) else {
+            // Held (the client waits) while a blocking thread describes it; then asked again.
+            let cache = self.governor.descriptions.clone();
+            let sql: Arc<str> = Arc::from(info.sql);
+            let slot = self.described.clone();
+            let (lexing, simple) = (info.lexing, info.protocol == QueryProtocol::Simple);
+            return Verdict::Hold(Box::pin(async move {
+                let text = sql.clone();
+                let parts = tokio::task::spawn_blocking(move || describe_parts(&cache, &text, lexing, simple))
+                    .await
+                    .unwrap_or_else(|_| vec![unknown_part(&sql, "describing the statement failed")]);
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, Arc::from(parts)));
+                Verdict::AskAgain
+            }));
+        };
+        let judgement = self.judge(info, parts);
+        match judgement.decision() {
+            Decision::Allow => match self.next.before_statement(info) {
+                // The audit trail may still refuse it (audit.required with the ring unavailable).
+                Verdict::Allow(_) => Verdict::Allow(Some(Arc::new(judgement))),
+                other => other,
+            },
+            Decision::Deny | Decision::Hold => self.refuse(info, judgement),
+        }
+    }
+
+    fn wants_rows(&self) -> bool {
+        self.next.wants_rows()
+    }
+
+    fn on_forward(&self, running: &Running) {
+        if let Some(judgement) = &running.judgement {
+            let mut state = self.lock();
+            for part in &judgement.parts {
+                let analysis = &part.described.analysis;
+                if let Some(name) = &analysis.declares {
+                    if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
+                        state.cursors.clear();
+                    }
+                    state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
+                }
+                if describe::may_change_session_identity(effects_of(analysis)) && state.role.is_some() {
+                    // SET ROLE, SET SESSION AUTHORIZATION, or code that may run them: the role
+                    // is no longer known.
+                    state.role = None;
+                    state.selection = None;
+                }
+            }
+        }
+        self.next.on_forward(running);
+    }
+
+    fn on_refused(&self, info: &StatementInfo<'_>, judgement: &Judgement) {
+        self.next.on_refused(info, judgement);
+    }
+
+    fn on_row_description(&self, running: Option<&Running>, description: &crate::pg::backend::RowDescription<'_>) {
+        self.next.on_row_description(running, description);
+    }
+
+    fn on_row(&self, running: Option<&Running>, row: &[u8]) {
+        self.next.on_row(running, row);
+    }
+
+    fn on_complete(&self, running: Option<&Running>, tag: &str) {
+        self.next.on_complete(running, tag);
+    }
+
+    fn on_error(&self, running: Option<&Running>, sqlstate: &str) {
+        self.next.on_error(running, sqlstate);
+    }
+
+    fn on_suspended(&self, running: &Running) {
+        self.next.on_suspended(running);
+    }
+
+    fn on_query_end(&self, running: &Running) {
+        self.next.on_query_end(running);
+    }
+
+    fn on_not_run(&self, running: &Running) {
+        self.next.on_not_run(running);
+    }
+
+    fn on_abandoned(&self, running: &Running) {
+        self.next.on_abandoned(running);
+    }
+}

@@ -1,0 +1,711 @@
+//! The relay of an established session: the client-to-server pump (which has hooks judge
+//! statements and forwards a poison in place of a refused one), the server-to-client pump
+//! (which feeds the state machine and the hooks), the loop that runs both, and the draining of
+//! the server's answers after the client left.
+
+use std::{
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Buf as _, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::{
+    SessionContext, SessionError, SessionReport, auth,
+    cancel::CancelTarget,
+    hooks::{StatementInfo, Verdict},
+    startup::{self, SessionStart},
+    state::{self, BackendAction, Phase, ProtocolError, ProtocolState, QueryProtocol},
+    stream::MaybeTls,
+};
+use crate::pg::{
+    backend::{AUTH_SASL, Backend},
+    error::{Severity, error_message, sqlstate},
+    frame::{self, put_message},
+    frontend::Frontend,
+    text,
+};
+
+/// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
+const MAX_STREAMED: usize = 1 << 30;
+/// The statement the proxy sends in place of a refused one: it fails in the parser, before
+/// anything runs, so the server's own error handling (aborting the transaction or skipping the
+/// rest of an extended-protocol batch) stays exactly PostgreSQL's. Its error is then replaced.
+const POISON_SQL: &str = "WARDEN STATEMENT REFUSED";
+
+/// Relays the session until either side ends it.
+pub(super) async fn relay(
+    ctx: &SessionContext,
+    start: SessionStart,
+    upstream: MaybeTls,
+    channel_binding_holds: bool,
+    report: &mut SessionReport,
+) -> Result<(), SessionError> {
+    let packet = start.packet;
+    match (start.stream, upstream) {
+        // Plain TCP on both legs (the common case): lock-free borrowed halves.
+        (MaybeTls::Plain(mut client), MaybeTls::Plain(mut upstream)) => {
+            let (client_r, client_w) = client.split();
+            let (up_r, up_w) = upstream.split();
+            relay_halves(ctx, &packet, (client_r, client_w), (up_r, up_w), channel_binding_holds, report).await
+        }
+        (client, upstream) => {
+            let client = tokio::io::split(client);
+            let upstream = tokio::io::split(upstream);
+            relay_halves(ctx, &packet, client, upstream, channel_binding_holds, report).await
+        }
+    }
+}
+
+async fn relay_halves<CR, CW, UR, UW>(
+    ctx: &SessionContext,
+    packet: &[u8],
+    (mut client_r, mut client_w): (CR, CW),
+    (mut up_r, mut up_w): (UR, UW),
+    channel_binding_holds: bool,
+    report: &mut SessionReport,
+) -> Result<(), SessionError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    let state = Mutex::new(ProtocolState::new());
+    up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
+    let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false };
+    let draining = AtomicBool::new(false);
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining);
+    // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
+    // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
+    let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
+    let outcome = tokio::select! {
+        r = to_server.pump(&mut client_r, &mut up_w) => match r {
+            // The client is gone or done (Terminate, end of stream, reset), but what it sent is
+            // running: keep reading the server's answers (recording each statement's outcome)
+            // until nothing is owed, as the server itself runs them to completion.
+            Ok(Side::Client) | Err(SessionError::ClientIo(_)) => {
+                if to_server.terminated {
+                    // After Terminate the server reads nothing more; what the client sent with it
+                    // is dropped here too (and read, so the close is not a reset).
+                    startup::discard_pending(&mut client_r).await;
+                }
+                let drained = drain_after_client(&state, &draining, &mut up_w, &mut server_side).await;
+                match (r, drained) {
+                    (_, Err(e @ SessionError::Protocol(_))) => Err(e),
+                    (r, _) => r,
+                }
+            }
+            other => other,
+        },
+        r = &mut server_side => r,
+    };
+    drop(server_side);
+    if let Some((pid, key)) = &to_client.obs.registered {
+        ctx.cancels.unregister(*pid, key);
+    }
+    report.bytes_from_client = to_server.bytes;
+    report.bytes_from_server = to_client.bytes;
+    {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        report.statements = st.completed;
+        report.rows = st.rows;
+        for running in st.unfinished() {
+            ctx.hooks.on_abandoned(running);
+        }
+    }
+    let phase = state.lock().unwrap_or_else(|p| p.into_inner()).phase;
+    match outcome {
+        // The client left (after Terminate, or abruptly): the server notices on its own.
+        Ok(Side::Client) => Ok(()),
+        Ok(Side::Server) if phase == Phase::Terminating || to_client.obs.saw_fatal => Ok(()),
+        Ok(Side::Server) | Err(SessionError::UpstreamIo(_)) => {
+            let message = "warden: the connection to the database was lost";
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::CONNECTION_FAILURE, message)).await;
+            let _ = client_w.shutdown().await;
+            match outcome {
+                Err(e) => Err(e),
+                _ => Err(SessionError::UpstreamClosed),
+            }
+        }
+        Err(SessionError::Protocol(ProtocolError::Client(what))) => {
+            tracing::warn!(database = %ctx.database.name, error = %what, "client protocol violation; session closed");
+            let message = format!("warden: protocol violation: {what}");
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message)).await;
+            let _ = client_w.shutdown().await;
+            Err(SessionError::Protocol(ProtocolError::Client(what)))
+        }
+        Err(SessionError::Protocol(ProtocolError::Server(what))) => {
+            tracing::warn!(database = %ctx.database.name, error = %what, "server protocol violation; session closed");
+            let message = format!("warden: the database sent an invalid message: {what}");
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::INTERNAL_ERROR, &message)).await;
+            let _ = client_w.shutdown().await;
+            Err(SessionError::Protocol(ProtocolError::Server(what)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long the server's answers are still read after the client left.
+const DRAIN_AFTER_CLIENT: Duration = Duration::from_secs(60);
+
+/// Reads the server's answers to what a departed client sent, until none is owed (or the
+/// server closes, or `DRAIN_AFTER_CLIENT` passes: those statements' outcome stays unknown).
+/// A client that only half-closed still gets its answers, as the server would send them; one
+/// that is gone entirely is written nothing more.
+async fn drain_after_client<UW, F>(
+    state: &Mutex<ProtocolState>,
+    draining: &AtomicBool,
+    up_w: &mut UW,
+    server_side: &mut std::pin::Pin<Box<F>>,
+) -> Result<Side, SessionError>
+where
+    UW: AsyncWrite + Unpin,
+    F: std::future::Future<Output = Result<Side, SessionError>>,
+{
+    let copy_in = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.unfinished().next().is_none() {
+            return Ok(Side::Client);
+        }
+        matches!(st.copy, state::Copy::In | state::Copy::Both)
+    };
+    draining.store(true, Ordering::Relaxed);
+    // The server buffers its output until Sync or Flush: ask for what it has. A COPY FROM the
+    // client that can no longer send is failed, as the server fails it when the client is gone.
+    let mut nudge = Vec::new();
+    if copy_in {
+        put_message(&mut nudge, b'f', b"client disconnected\0");
+    }
+    put_message(&mut nudge, b'H', b"");
+    // Written while the server's answers are read: a server blocked sending to us would
+    // otherwise never read the nudge.
+    let nudge = async {
+        let _ = up_w.write_all(&nudge).await;
+        std::future::pending::<()>().await
+    };
+    let drain = async {
+        tokio::select! {
+            r = server_side.as_mut() => r,
+            () = nudge => unreachable!("the nudge future never completes"),
+        }
+    };
+    match tokio::time::timeout(DRAIN_AFTER_CLIENT, drain).await {
+        Ok(r) => r,
+        Err(_) => Ok(Side::Client),
+    }
+}
+
+/// Which side ended the session cleanly (end of stream).
+enum Side {
+    Client,
+    Server,
+}
+
+/// A buffer that grew for one large message gives the memory back once it is empty, so a
+/// session does not hold its peak for the rest of its life.
+fn release_if_idle(buf: &mut BytesMut, normal: usize) {
+    const KEEP_AT_MOST: usize = 1 << 20;
+    if buf.is_empty() && buf.capacity() > KEEP_AT_MOST {
+        *buf = BytesMut::with_capacity(normal);
+    }
+}
+
+fn ensure_spare(buf: &mut BytesMut) {
+    const READ_CHUNK: usize = 128 * 1024;
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+struct ClientToServer<'a> {
+    ctx: &'a SessionContext,
+    state: &'a Mutex<ProtocolState>,
+    bytes: u64,
+    /// The client sent Terminate: nothing it sends after it is read (the server would not).
+    terminated: bool,
+}
+
+/// A partial message reserves at most this much ahead of the bytes that actually arrived, so
+/// a declared length costs memory only as the client really sends it.
+const MAX_RESERVE_AHEAD: usize = 1 << 20;
+
+impl ClientToServer<'_> {
+    async fn pump<R, W>(&mut self, client: &mut R, upstream: &mut W) -> Result<Side, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let inspect = self.ctx.hooks.inspects_statements();
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            ensure_spare(&mut buf);
+            if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
+                return Ok(Side::Client);
+            }
+            let max = self.max_message();
+            let pos = if inspect {
+                self.judged(&buf, max, upstream).await?
+            } else {
+                let pos = self.unjudged(&buf, max)?;
+                upstream.write_all(&buf[..pos]).await.map_err(SessionError::UpstreamIo)?;
+                pos
+            };
+            self.bytes += pos as u64;
+            if self.terminated {
+                return Ok(Side::Client);
+            }
+            if pos < buf.len()
+                && let Some(h) = frame::header(&buf[pos..], max).ok().flatten()
+            {
+                // A partial message waits for more bytes: room for them, a bounded step at a time.
+                let missing = h.total.saturating_sub(buf.len() - pos);
+                buf.reserve(missing.min(MAX_RESERVE_AHEAD));
+            }
+            buf.advance(pos);
+            release_if_idle(&mut buf, 16 * 1024);
+        }
+    }
+
+    /// The largest client message accepted now.
+    fn max_message(&self) -> usize {
+        match self.lock().phase {
+            Phase::Ready | Phase::Terminating => self.ctx.max_message,
+            Phase::Authenticating | Phase::Starting => auth::MAX_AUTH_MESSAGE.min(self.ctx.max_message),
+        }
+    }
+
+    /// No hook looks at statements before they run: record every complete message in the state
+    /// machine under one lock and relay the chunk as it came. Returns the bytes consumed.
+    fn unjudged(&mut self, buf: &[u8], max: usize) -> Result<usize, SessionError> {
+        let mut forwarded = Vec::new();
+        let mut terminated = false;
+        let pos = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pos = 0;
+            while let Some(h) = complete_message(&buf[pos..], max)? {
+                let msg =
+                    Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+                st.on_frontend(&msg, None)?;
+                forwarded.extend(st.newest().cloned());
+                pos += h.total;
+                if msg == Frontend::Terminate {
+                    terminated = true;
+                    break;
+                }
+            }
+            pos
+        };
+        self.terminated = terminated;
+        for running in &forwarded {
+            self.ctx.hooks.on_forward(running);
+        }
+        Ok(pos)
+    }
+
+    /// Hooks judge each statement: relay allowed ones, hold or replace others. Writes what it
+    /// consumed upstream itself; returns the bytes consumed.
+    async fn judged<W: AsyncWrite + Unpin>(
+        &mut self,
+        buf: &[u8],
+        max: usize,
+        upstream: &mut W,
+    ) -> Result<usize, SessionError> {
+        let mut pos = 0;
+        let mut flushed = 0;
+        while let Some(h) = complete_message(&buf[pos..], max)? {
+            let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+            let mut verdict = self.judge(&msg);
+            // A hold may prepare what judging needs and ask again; a hold after a hold is not
+            // waited for forever.
+            for _ in 0..3 {
+                let Verdict::Hold(decision) = verdict else { break };
+                // Relay what came before, then wait: the client simply waits too.
+                upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                flushed = pos;
+                verdict = match decision.await {
+                    Verdict::AskAgain => self.judge(&msg),
+                    decided => decided,
+                };
+            }
+            match verdict {
+                Verdict::Allow(judgement) => {
+                    let started = {
+                        let mut st = self.lock();
+                        st.on_frontend_judged(&msg, judgement)?;
+                        st.newest().cloned()
+                    };
+                    if let Some(running) = started {
+                        self.ctx.hooks.on_forward(&running);
+                    }
+                }
+                Verdict::Hold(_) | Verdict::AskAgain => {
+                    let error = error_message(
+                        Severity::Error,
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        "warden: the held statement was not decided",
+                    );
+                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                    let (poison, poison_bytes) = poison_for(&msg);
+                    self.lock().on_frontend(&poison, Some(error))?;
+                    upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
+                    flushed = pos + h.total;
+                }
+                Verdict::Deny { sqlstate, message } => {
+                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                    let (poison, poison_bytes) = poison_for(&msg);
+                    let error = error_message(Severity::Error, &sqlstate, &message);
+                    self.lock().on_frontend(&poison, Some(error))?;
+                    upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
+                    flushed = pos + h.total;
+                }
+            }
+            pos += h.total;
+            if msg == Frontend::Terminate {
+                self.terminated = true;
+                break;
+            }
+        }
+        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+        Ok(pos)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProtocolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the hooks about statements; everything else passes.
+    fn judge(&self, msg: &Frontend<'_>) -> Verdict {
+        let hooks = &self.ctx.hooks;
+        let (sql, text_known, protocol, bind, function_oid, lexing) = {
+            let st = self.lock();
+            if st.phase != Phase::Ready {
+                return Verdict::Allow(None);
+            }
+            if st.skipping_to_sync() {
+                // Whatever it is, the server discards it unrun.
+                return Verdict::Allow(None);
+            }
+            let now = st.lexing();
+            match msg {
+                Frontend::Query(sql) => (Arc::from(text(sql)), true, QueryProtocol::Simple, None, None, now),
+                // Parsing can run code (a literal cast to a domain runs the domain's CHECK at
+                // parse time): a statement is judged when parsed, and again when bound.
+                Frontend::Parse { sql, .. } => (Arc::from(text(sql)), true, QueryProtocol::Extended, None, None, now),
+                Frontend::Bind(bind) => {
+                    let (sql, known, lexing) = match st.statement(bind.statement) {
+                        Some(p) => (p.sql.clone(), !p.ambiguous, p.lexing),
+                        None => (Arc::from(""), false, now),
+                    };
+                    (sql, known, QueryProtocol::Extended, Some(*bind), None, lexing)
+                }
+                // An Execute of a judged Bind's portal carries that judgement; any other runs
+                // something the proxy never judged (a SQL cursor, a refused or unknown Bind).
+                Frontend::Execute { portal, .. } if !st.portal_judged(portal) => {
+                    (Arc::from(""), false, QueryProtocol::Extended, None, None, now)
+                }
+                Frontend::FunctionCall { function_oid } => {
+                    (Arc::from(""), false, QueryProtocol::FunctionCall, None, Some(*function_oid), now)
+                }
+                _ => return Verdict::Allow(None),
+            }
+        };
+        let prepared = |name: &str| {
+            let st = self.lock();
+            st.statement(name.as_bytes()).filter(|p| !p.ambiguous).map(|p| (p.sql.clone(), p.lexing))
+        };
+        hooks.before_statement(&StatementInfo {
+            sql: &sql,
+            text_known,
+            prepared: &prepared,
+            protocol,
+            bind,
+            function_oid,
+            lexing,
+        })
+    }
+}
+
+/// The header of the complete message at the start of `buf`, if it is all there.
+fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
+    match frame::header(buf, max).map_err(|e| ProtocolError::Client(e.to_string()))? {
+        Some(h) if buf.len() >= h.total => Ok(Some(h)),
+        _ => Ok(None),
+    }
+}
+
+/// The message forwarded in place of a refused one: a statement that fails in the parser.
+/// A simple query (or fast-path call) becomes a simple query; an extended-protocol Bind becomes
+/// a Parse, so the server skips the rest of the batch up to Sync exactly as for a real error.
+fn poison_for(msg: &Frontend<'_>) -> (Frontend<'static>, Vec<u8>) {
+    let mut bytes = Vec::with_capacity(64);
+    match msg {
+        // Inside an extended batch: an error there makes the server skip to Sync.
+        Frontend::Parse { .. } | Frontend::Bind(_) | Frontend::Execute { .. } => {
+            let mut body = Vec::new();
+            body.extend_from_slice(b"warden_refused\0");
+            body.extend_from_slice(POISON_SQL.as_bytes());
+            body.extend_from_slice(&[0, 0, 0]);
+            put_message(&mut bytes, b'P', &body);
+            (Frontend::Parse { name: b"warden_refused", sql: POISON_SQL.as_bytes(), param_types: Vec::new() }, bytes)
+        }
+        _ => {
+            let mut body = POISON_SQL.as_bytes().to_vec();
+            body.push(0);
+            put_message(&mut bytes, b'Q', &body);
+            (Frontend::Query(POISON_SQL.as_bytes()), bytes)
+        }
+    }
+}
+
+struct ServerToClient<'a> {
+    ctx: &'a SessionContext,
+    state: &'a Mutex<ProtocolState>,
+    bytes: u64,
+    obs: Observer<'a>,
+    /// Bytes read from the server. Kept here, not in `pump`, so that a pump interrupted when the
+    /// client leaves can be resumed to drain without losing a partial message.
+    buf: BytesMut,
+    /// Bytes of a streamed (not decoded) message still to relay.
+    streaming: usize,
+    /// `buf[..processed]` went through the state machine but is not yet written to the client.
+    processed: usize,
+    /// Messages to send in place of others: (start, end, bytes) within `buf[..processed]`.
+    replacements: Vec<(usize, usize, Vec<u8>)>,
+    /// The client stopped sending: stop once the server owes nothing more.
+    draining: &'a AtomicBool,
+    /// While draining, a write to the client failed: it is gone, answers are only recorded.
+    client_gone: bool,
+}
+
+impl<'a> ServerToClient<'a> {
+    fn new(
+        ctx: &'a SessionContext,
+        state: &'a Mutex<ProtocolState>,
+        channel_binding_holds: bool,
+        draining: &'a AtomicBool,
+    ) -> Self {
+        Self {
+            ctx,
+            state,
+            bytes: 0,
+            obs: Observer { ctx, saw_fatal: false, registered: None, channel_binding_holds },
+            buf: BytesMut::with_capacity(128 * 1024),
+            streaming: 0,
+            processed: 0,
+            replacements: Vec::new(),
+            draining,
+            client_gone: false,
+        }
+    }
+
+    async fn pump<R, W>(&mut self, upstream: &mut R, client: &mut W) -> Result<Side, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            // What an interrupted pump had processed is written first.
+            self.flush(client).await?;
+            if self.draining.load(Ordering::Relaxed)
+                && self.state.lock().unwrap_or_else(|p| p.into_inner()).unfinished().next().is_none()
+            {
+                return Ok(Side::Client);
+            }
+            ensure_spare(&mut self.buf);
+            if upstream.read_buf(&mut self.buf).await.map_err(SessionError::UpstreamIo)? == 0 {
+                return Ok(Side::Server);
+            }
+            self.process()?;
+        }
+    }
+
+    /// Writes `buf[..processed]` (with its replacements) to the client.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, client: &mut W) -> Result<(), SessionError> {
+        if self.processed == 0 {
+            return Ok(());
+        }
+        if !self.client_gone {
+            match self.write_processed(client).await {
+                Ok(()) => {}
+                Err(_) if self.draining.load(Ordering::Relaxed) => self.client_gone = true,
+                Err(e) => return Err(SessionError::ClientIo(e)),
+            }
+        }
+        self.replacements.clear();
+        self.bytes += self.processed as u64;
+        self.buf.advance(self.processed);
+        self.processed = 0;
+        release_if_idle(&mut self.buf, 128 * 1024);
+        Ok(())
+    }
+
+    async fn write_processed<W: AsyncWrite + Unpin>(&self, client: &mut W) -> io::Result<()> {
+        let mut flushed = 0;
+        for (start, end, bytes) in &self.replacements {
+            client.write_all(&self.buf[flushed..*start]).await?;
+            client.write_all(bytes).await?;
+            flushed = *end;
+        }
+        client.write_all(&self.buf[flushed..self.processed]).await
+    }
+
+    /// Feeds every complete message in `buf` to the state machine and the hooks.
+    fn process(&mut self) -> Result<(), SessionError> {
+        let wants_rows = self.ctx.hooks.wants_rows();
+        let mut pos = 0;
+        let state = self.state;
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.streaming > 0 {
+                let take = self.streaming.min(self.buf.len() - pos);
+                pos += take;
+                self.streaming -= take;
+                if self.streaming > 0 {
+                    break;
+                }
+            }
+            let Some(h) =
+                frame::header(&self.buf[pos..], MAX_STREAMED).map_err(|e| ProtocolError::Server(e.to_string()))?
+            else {
+                break;
+            };
+            let available = self.buf.len() - pos;
+            if h.tag == b'D' && !wants_rows {
+                // A run of rows: skip headers without decoding, count once.
+                let mut rows = 0u64;
+                let mut cursor = pos;
+                let mut partial = None;
+                while let Some(row) = frame::header(&self.buf[cursor..], MAX_STREAMED)
+                    .map_err(|e| ProtocolError::Server(e.to_string()))?
+                    .filter(|h| h.tag == b'D')
+                {
+                    rows += 1;
+                    if self.buf.len() - cursor < row.total {
+                        partial = Some(row.total - (self.buf.len() - cursor));
+                        cursor = self.buf.len();
+                        break;
+                    }
+                    cursor += row.total;
+                }
+                st.data_rows(rows)?;
+                pos = cursor;
+                if let Some(rest) = partial {
+                    self.streaming = rest;
+                    break;
+                }
+                continue;
+            }
+            if h.tag == b'd' && !wants_rows {
+                st.on_backend(&Backend::CopyData(&[]))?;
+                if available >= h.total {
+                    pos += h.total;
+                } else {
+                    self.streaming = h.total - available;
+                    pos = self.buf.len();
+                    break;
+                }
+                continue;
+            }
+            if available < h.total {
+                if h.total > self.ctx.max_message {
+                    return Err(ProtocolError::Server(format!(
+                        "message '{}' of {} bytes exceeds the limit of {}",
+                        h.tag as char, h.total, self.ctx.max_message
+                    ))
+                    .into());
+                }
+                self.buf.reserve(h.total - available);
+                break;
+            }
+            let msg =
+                Backend::decode(h.tag, &self.buf[pos + 5..pos + h.total]).map_err(ProtocolError::server_decode)?;
+            if let Some(replacement) = self.obs.observe(&mut st, &msg)? {
+                self.replacements.push((pos, pos + h.total, replacement));
+            }
+            pos += h.total;
+        }
+        self.processed = pos;
+        Ok(())
+    }
+}
+
+/// What the server-to-client relay learns from the messages it decodes.
+struct Observer<'a> {
+    ctx: &'a SessionContext,
+    /// The server sent a FATAL error (it closes next; no error of ours is added).
+    saw_fatal: bool,
+    registered: Option<(i32, Vec<u8>)>,
+    /// Whether SCRAM -PLUS mechanisms may be offered to the client.
+    channel_binding_holds: bool,
+}
+
+impl Observer<'_> {
+    /// Feeds one decoded server message to the state machine and the hooks; returns bytes to
+    /// send in its place, if any.
+    fn observe(&mut self, st: &mut ProtocolState, msg: &Backend<'_>) -> Result<Option<Vec<u8>>, SessionError> {
+        let hooks = &self.ctx.hooks;
+        match msg {
+            Backend::Authentication { code: AUTH_SASL, data } => {
+                st.on_backend(msg)?;
+                return auth::sasl_offer(data, self.channel_binding_holds);
+            }
+            Backend::BackendKeyData { pid, key } => {
+                self.ctx.cancels.register(
+                    *pid,
+                    key,
+                    CancelTarget {
+                        orig_dst: self.ctx.orig_dst,
+                        database: self.ctx.database.clone(),
+                        database_index: self.ctx.database_index,
+                        dial: self.ctx.dial.clone(),
+                    },
+                );
+                self.registered = Some((*pid, key.to_vec()));
+            }
+            Backend::ErrorResponse { fields } => {
+                if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") {
+                    self.saw_fatal = true;
+                }
+                if !st.replaces_next_error() {
+                    let code = crate::pg::backend::field(fields, b'C').map(text).unwrap_or_default();
+                    hooks.on_error(st.running(), &code);
+                }
+            }
+            Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),
+            Backend::DataRow(row) => hooks.on_row(st.running(), row),
+            Backend::CommandComplete { tag } => hooks.on_complete(st.running(), &text(tag)),
+            // An empty query ends without a tag.
+            Backend::EmptyQueryResponse => hooks.on_complete(st.running(), ""),
+            Backend::PortalSuspended => {
+                if let Some(running) = st.running() {
+                    hooks.on_suspended(running);
+                }
+            }
+            Backend::FunctionCallResponse(_) => {
+                if let Some(running) = st.running() {
+                    hooks.on_complete(Some(running), "FUNCTION CALL");
+                }
+            }
+            Backend::ReadyForQuery { .. } => {
+                if let Some(running) = st.running().filter(|r| r.protocol == QueryProtocol::Simple) {
+                    hooks.on_query_end(running);
+                }
+            }
+            _ => {}
+        }
+        let action = st.on_backend(msg)?;
+        for skipped in st.take_skipped() {
+            hooks.on_not_run(&skipped);
+        }
+        Ok(match action {
+            BackendAction::Forward => None,
+            BackendAction::Replace(bytes) => Some(bytes),
+        })
+    }
+}

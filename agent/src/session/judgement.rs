@@ -1,0 +1,76 @@
+//! The judgement of one client message that runs statements: for each statement of it, the
+//! class it was judged as and the policy decision. Computed once, before the message is
+//! forwarded (or refused), and carried to the statement's records.
+
+use std::{ops::Range, sync::Arc};
+
+use crate::sql::{Class, Described};
+
+/// What policy decided about a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Held for approval (until approvals exist, refused like a deny, with its own message).
+    Hold,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Hold => "hold",
+        }
+    }
+}
+
+/// One statement's judgement.
+#[derive(Debug, Clone)]
+pub struct PartJudgement {
+    /// Where the statement is in the message's text.
+    pub span: Range<usize>,
+    /// Its text normalised, and analysed.
+    pub described: Described,
+    /// Its reading is ambiguous (`described` holds no text): recorded by length and hash only.
+    pub ambiguous: bool,
+    /// The class it was judged as: the analysis of its text, or, for a statement that runs
+    /// another (SQL EXECUTE, FETCH), of what it runs.
+    pub class: Class,
+    pub class_reason: Option<Arc<str>>,
+    pub decision: Decision,
+    /// The policy and rule that decided (none: no policy selects the identity, or a policy's
+    /// default decided: then `rule` is none and `policy` names it).
+    pub policy: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
+    pub reason: Arc<str>,
+}
+
+/// A message's judgement: one part per statement (a simple-query string may hold many).
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub parts: Vec<PartJudgement>,
+}
+
+impl Judgement {
+    /// The message's decision: it runs only if every statement of it may (a string with one
+    /// refused statement is refused whole: none of it runs).
+    pub fn decision(&self) -> Decision {
+        let mut decision = Decision::Allow;
+        for p in &self.parts {
+            match p.decision {
+                Decision::Deny => return Decision::Deny,
+                Decision::Hold => decision = Decision::Hold,
+                Decision::Allow => {}
+            }
+        }
+        decision
+    }
+
+    /// The part that refused the message, if one did (a deny before a hold).
+    pub fn refusing_part(&self) -> Option<(usize, &PartJudgement)> {
+        let find = |d| self.parts.iter().enumerate().find(|(_, p)| p.decision == d);
+        find(Decision::Deny).or_else(|| find(Decision::Hold))
+    }
+}
