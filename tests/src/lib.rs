@@ -372,6 +372,21 @@ impl Agent {
         Self::start_full_with(&warden_bin(), databases_yaml, proxy_yaml, audit_yaml, top_level_yaml)
     }
 
+    /// Like `start`, with these policy files (name, YAML) in its policy directory from the start.
+    pub fn start_with_policies(databases_yaml: &str, policies: &[(&str, &str)]) -> Self {
+        Self::start_with_bin_policies(&warden_bin(), databases_yaml, policies)
+    }
+
+    /// Like `start_with_policies`, with a given `warden` binary.
+    pub fn start_with_bin_policies(bin: &Path, databases_yaml: &str, policies: &[(&str, &str)]) -> Self {
+        let mut agent = Self::prepare(bin, databases_yaml, "", DEFAULT_AUDIT, "");
+        for (file, yaml) in policies {
+            agent.write_policy(file, yaml);
+        }
+        agent.spawn();
+        agent
+    }
+
     fn start_full(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str) -> Self {
         Self::start_full_with(bin, databases_yaml, proxy_yaml, audit_yaml, "")
     }
@@ -411,8 +426,14 @@ impl Agent {
     }
 
     fn write_config(&self) {
+        // The agent's own policy directory: never the host's /etc/warden/policies.
+        let policies = if self.top_level_yaml.contains("policies:") {
+            String::new()
+        } else {
+            format!("policies: [{}]\n", self.policies_dir().display())
+        };
         let yaml = format!(
-            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n{}\nstate_dir: {}\nbpffs_dir: {}\n{}",
+            "databases:\n{}\nproxy:\n  listen_v4: \"{PROXY_V4}\"\n  listen_v6: \"{PROXY_V6}\"\n  interface: {INTERFACE}\n{}\naudit:\n  path: {}\n{}\nstate_dir: {}\nbpffs_dir: {}\n{policies}{}",
             self.databases_yaml,
             self.proxy_yaml,
             self.audit.display(),
@@ -422,6 +443,21 @@ impl Agent {
             self.top_level_yaml
         );
         fs::write(&self.config, yaml).expect("write config");
+    }
+
+    /// The directory the agent reads its policies from (created on first use).
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
+    /// Writes (or replaces) a policy file in the agent's policy directory, atomically (the
+    /// agent may be polling it).
+    pub fn write_policy(&self, file: &str, yaml: &str) {
+        let dir = self.policies_dir();
+        fs::create_dir_all(&dir).expect("policy dir");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml).expect("write policy");
+        fs::rename(&tmp, dir.join(file)).expect("install policy");
     }
 
     /// Starts (or restarts) the agent process and waits until it serves.

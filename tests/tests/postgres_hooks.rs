@@ -41,7 +41,7 @@ impl SessionHooks for TestHooks {
         if s.sql.contains("hold_then_allow") {
             Verdict::Hold(Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                Verdict::Allow
+                Verdict::Allow(None)
             }))
         } else if s.sql.contains("hold_then_deny") {
             Verdict::Hold(Box::pin(async move {
@@ -51,7 +51,7 @@ impl SessionHooks for TestHooks {
         } else if s.sql.contains("forbidden") {
             deny()
         } else {
-            Verdict::Allow
+            Verdict::Allow(None)
         }
     }
 

@@ -204,6 +204,38 @@ pub fn bench(warden: &Path) -> Result<()> {
         mean(&off_cpu),
         mean(&on) / mean(&off)
     );
+
+    // Policy: the baseline pack selecting the bench's identity, against no policy at all, both
+    // judging every statement (select-only under the simple protocol: every text is new to the
+    // raw-text cache, the analysis is cached by normalised text).
+    let baseline = fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
+    let selects_all = baseline.replace(
+        "  selector:\n    matchExpressions:\n      - {key: warden/kind, operator: In, values: [agent, service, job]}",
+        "  selector: {}",
+    );
+    if selects_all == baseline {
+        bail!("policies/baseline.yaml changed shape: the bench cannot make it select every identity");
+    }
+    let simple = ["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &secs];
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (policies, runs) in [(true, &mut with), (false, &mut without)] {
+            let files: Vec<(&str, &str)> = if policies { vec![("baseline.yaml", &selects_all)] } else { Vec::new() };
+            let agent = Agent::start_with_bin_policies(warden, &db, &files);
+            runs.push(pgbench("127.0.0.1", pg.port, &simple)?.tps);
+            drop(agent);
+        }
+    }
+    println!(
+        "select-only simple through Warden: baseline pack {:.1} tps, no policy {:.1} tps: {:.3}x (target: within 5%)",
+        mean(&with),
+        mean(&without),
+        mean(&with) / mean(&without)
+    );
+    let pack = testkit::workspace_root().join("policies/baseline.yaml");
+    let out =
+        check(Command::new(warden).args(["policy", "bench", "--label", "warden/kind=agent", "--policies"]).arg(&pack));
+    println!("{}", out.trim());
     let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }

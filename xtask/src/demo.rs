@@ -33,13 +33,18 @@ pub fn demo(warden: &Path) -> Result<()> {
     println!("PostgreSQL listening on port {port} (every address)");
 
     step("Starting the Warden agent, governing that port on any address (fail: closed)");
-    let mut agent = Agent::start_with(warden, &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"));
+    let baseline = std::fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
+    let mut agent = Agent::start_with_bin_policies(
+        warden,
+        &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
+        &[("baseline.yaml", &baseline)],
+    );
     println!("config: {}", std::fs::read_to_string(&agent.config)?.trim_end().replace('\n', "\n        "));
     print!("{}", agent.status());
 
     step("An unmodified psql, tagged as an AI agent with `warden exec --label`");
     let sql = "select current_user, inet_client_addr() as server_sees, inet_client_port() as from_port";
-    let labels = ["warden/identity=recsys-agent", "warden/class=ai-agent"];
+    let labels = ["warden/identity=recsys-agent", "warden/kind=agent"];
     println!("$ warden exec --label {} --label {} -- psql -h 127.0.0.1 -p {port} -c \"{sql}\"", labels[0], labels[1]);
     println!("current_user|server_sees|from_port");
     show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
@@ -55,6 +60,28 @@ pub fn demo(warden: &Path) -> Result<()> {
     print_output(&agent.audit_cli(&["replay", &session]));
     println!("$ warden audit verify");
     print_output(&agent.audit_cli(&["verify"]));
+
+    step("Policy: the shipped baseline pack judges every statement of a `warden/kind=agent` by its effect");
+    pg.admin_sql(
+        "create table accounts(id int primary key, owner text, balance int); \
+         insert into accounts values (1, 'ann', 10), (2, 'bob', 20), (3, 'cy', 30)",
+    );
+    let hidden = "with x as (select 1) delete from accounts";
+    println!("$ warden policy explain --label warden/kind=agent \"{hidden}\"");
+    print_output(&output(
+        Command::new(warden)
+            .args(["policy", "explain", "--policies"])
+            .arg(testkit::workspace_root().join("policies"))
+            .args(["--label", "warden/kind=agent", "--database", "demo-db", hidden]),
+    ));
+    for sql in [hidden, "select 1; drop table accounts", "select owner, balance from accounts where id = 2"] {
+        println!("$ warden exec --label {} --label {} -- psql -c \"{sql}\"", labels[0], labels[1]);
+        show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
+    }
+    println!("-> still {} rows in accounts", pg.admin_sql("select count(*) from accounts"));
+    println!("$ warden audit query --verdict deny");
+    agent.wait_record("the refusals", |r| r["kind"] == "statement" && r["verdict"]["decision"] == "deny");
+    print_output(&agent.audit_cli(&["query", "--verdict", "deny"]));
 
     step("A pod's 127.0.0.1 is the pod's own: the proxy dials from the client's network namespace");
     let pod = Netns::create(30);

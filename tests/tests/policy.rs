@@ -1,0 +1,277 @@
+//! Policies enforced through the real redirect against a real PostgreSQL: refusals with 42501
+//! that leave the database as it was and the session usable, label-selected policies, hot
+//! reload, the audit trail's verdicts, connection-level decisions for `protocol: tcp`, and the
+//! `warden policy` commands.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use testkit::{Agent, Postgres, check, output, warden_bin, workspace_root};
+
+const BASELINE: &str = "baseline.yaml";
+
+fn baseline() -> String {
+    std::fs::read_to_string(workspace_root().join("policies").join(BASELINE)).expect("policies/baseline.yaml")
+}
+
+/// psql's stderr and whether it succeeded, for one script run by a labelled workload.
+fn labelled_psql(agent: &Agent, labels: &[&str], port: u16, sql: &str) -> (bool, String, String) {
+    let out = output(&mut agent.exec_psql(labels, "127.0.0.1", port, sql));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(pg: &Postgres) {
+    pg.admin_sql(
+        "create table accounts(id int primary key, owner text, balance int); \
+         insert into accounts values (1, 'ann', 10), (2, 'bob', 20), (3, 'cy', 30)",
+    );
+}
+
+#[test]
+fn the_baseline_refuses_by_effect_for_labelled_agents_and_leaves_the_rest_alone() {
+    let pg = Postgres::start();
+    fixture(&pg);
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[(BASELINE, &baseline())],
+    );
+    let bot = ["warden/kind=agent", "warden/identity=it-bot"];
+
+    // An unscoped DELETE hidden behind a CTE: refused, naming the policy and the rule.
+    let (ok, _, err) = labelled_psql(&agent, &bot, pg.port, "with x as (select 1) delete from accounts");
+    assert!(!ok && err.contains("warden:") && err.contains("baseline") && err.contains("no-unscoped-writes"), "{err}");
+    assert_eq!(pg.admin_sql("select count(*) from accounts"), "3", "nothing was deleted");
+
+    // A multi-statement string with one refused statement runs none of it.
+    let (ok, _, err) =
+        labelled_psql(&agent, &bot, pg.port, "update accounts set balance = 0 where id = 1; drop table accounts");
+    assert!(!ok && err.contains("no-ddl"), "{err}");
+    assert_eq!(pg.admin_sql("select balance from accounts where id = 1"), "10", "the UPDATE did not run either");
+
+    // EXPLAIN ANALYZE runs what it explains; a table function is a function call.
+    for (sql, rule) in [
+        ("explain (analyze) delete from accounts", "no-unscoped-writes"),
+        ("select * from pg_catalog.pg_read_file('/etc/hostname')", "no-server-files"),
+        ("do $$ begin delete from accounts; end $$", "no-unknown"),
+    ] {
+        let (ok, _, err) = labelled_psql(&agent, &bot, pg.port, sql);
+        assert!(!ok && err.contains(rule), "{sql}: {err}");
+    }
+    assert_eq!(pg.admin_sql("select count(*) from accounts"), "3");
+
+    // What is allowed works as it does directly, and the session stays usable after a refusal.
+    let (ok, out, err) = labelled_psql(&agent, &bot, pg.port, "select owner from accounts where id = 2");
+    assert!(ok && out.trim() == "bob", "{out} {err}");
+    let (ok, out, err) = labelled_psql(
+        &agent,
+        &bot,
+        pg.port,
+        "update accounts set balance = balance + 1 where id = 3 returning balance",
+    );
+    assert!(ok && out.trim().starts_with("31"), "{out} {err}");
+
+    // An identity the pack does not select is not refused.
+    let (ok, _, err) =
+        labelled_psql(&agent, &["warden/identity=it-human"], pg.port, "delete from accounts where owner = 'cy'");
+    assert!(ok, "{err}");
+    assert_eq!(pg.admin_sql("select count(*) from accounts"), "2");
+
+    // The audit trail records the refusal with its policy, rule and reason.
+    let refused = agent.wait_record("the refused CTE delete", |r| {
+        r["kind"] == "statement" && r["verdict"]["decision"] == "deny" && r["verdict"]["rule"] == "no-unscoped-writes"
+    });
+    assert_eq!(refused["verdict"]["policy"], "baseline", "{refused}");
+    assert_eq!(refused["class"], "write", "{refused}");
+    assert_eq!(refused["statement"], 0, "never forwarded: {refused}");
+    let allowed = agent.wait_record("an allowed read", |r| {
+        r["kind"] == "statement" && r["verdict"]["decision"] == "allow" && r["class"] == "read"
+    });
+    assert!(allowed["verdict"]["reason"].is_string(), "{allowed}");
+}
+
+fn everyone(rules: &str, default: &str) -> String {
+    let rules = if rules.is_empty() { " []\n".to_string() } else { format!("\n{}", rules.trim_start_matches('\n')) };
+    format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: everyone}}\nspec:\n  selector: {{}}\n  rules:{rules}  default: {default}\n"
+    )
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect through the proxy");
+    tokio::spawn(conn);
+    client
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn extended_protocol_transactions_and_prepared_statements_are_judged_before_they_run() {
+    let pg = Postgres::start();
+    fixture(&pg);
+    let policy = everyone(
+        "    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n    - {name: no-unscoped, match: {class: [write], unscoped: true}, action: deny}\n    - {name: hold-grants, match: {class: [dcl]}, action: require_approval}\n",
+        "allow",
+    );
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("everyone.yaml", &policy)],
+    );
+    let client = connect(pg.port).await;
+
+    // Extended protocol (Parse/Bind/Execute): refused at Bind, nothing runs.
+    let e = client.execute("delete from accounts", &[]).await.expect_err("unscoped delete refused");
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("no-unscoped"), "{}", message(&e));
+    assert_eq!(client.query_one("select count(*) from accounts", &[]).await.unwrap().get::<_, i64>(0), 3);
+    // A scoped one with a parameter runs.
+    assert_eq!(client.execute("delete from accounts where id = $1", &[&3i32]).await.unwrap(), 1);
+
+    // In a transaction block the refusal fails the transaction, as an error there would.
+    client.batch_execute("begin").await.unwrap();
+    client.execute("insert into accounts values (9, 'zed', 0)", &[]).await.unwrap();
+    let e = client.batch_execute("drop table accounts").await.expect_err("ddl refused");
+    assert_eq!(code(&e), "42501");
+    let e = client.query("select 1", &[]).await.expect_err("the transaction failed");
+    assert_eq!(code(&e), "25P02");
+    client.batch_execute("rollback").await.unwrap();
+    assert_eq!(pg.admin_sql("select count(*) from accounts where id = 9"), "0", "rolled back");
+
+    // A SQL-level PREPARE of a write is judged as the write, and so is its EXECUTE.
+    let e = client.batch_execute("prepare wipe as delete from accounts").await.expect_err("prepare refused");
+    assert_eq!(code(&e), "42501");
+    // Require-approval refuses with its own message until approvals exist.
+    let e = client.batch_execute("grant select on accounts to public").await.expect_err("held, refused");
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("requires approval"), "{}", message(&e));
+    // The session is still usable.
+    assert_eq!(client.query_one("select count(*) from accounts", &[]).await.unwrap().get::<_, i64>(0), 2);
+    drop(client);
+    let held = agent.wait_record("the held grant", |r| r["kind"] == "statement" && r["verdict"]["decision"] == "hold");
+    assert_eq!(held["verdict"]["rule"], "hold-grants");
+    assert_eq!(held["class"], "dcl");
+}
+
+#[test]
+fn policies_reload_on_change_and_a_broken_set_keeps_the_one_in_force() {
+    let pg = Postgres::start();
+    fixture(&pg);
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("everyone.yaml", &everyone("", "allow"))],
+    );
+    let ask = |sql: &str| {
+        let out = output(&mut testkit::psql("127.0.0.1", pg.port, sql));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ask("select count(*) from accounts").0);
+
+    // A new rule applies from the next statement, without a restart.
+    agent.write_policy(
+        "everyone.yaml",
+        &everyone("\n    - {name: no-accounts, match: {relations: ['*.accounts']}, action: deny}\n", "allow"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, _, err) = ask("select count(*) from accounts");
+        if !ok {
+            assert!(err.contains("no-accounts"), "{err}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new policy was not loaded:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A set with a mistake is rejected, logged with file, line and column, and the old one stays.
+    agent.write_policy(
+        "everyone.yaml",
+        &everyone("\n    - {name: bad, match: {clas: [read]}, action: deny}\n", "allow"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains("policy set rejected") {
+        assert!(Instant::now() < deadline, "no rejection logged:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log();
+    assert!(log.contains("everyone.yaml:") && log.contains("clas"), "{log}");
+    let (ok, _, err) = ask("select count(*) from accounts");
+    assert!(!ok && err.contains("no-accounts"), "the previous set stays in force: {err}");
+}
+
+#[test]
+fn a_tcp_database_is_allowed_or_refused_per_identity_at_connect() {
+    let pg = Postgres::start();
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: no-bots}\nspec:\n  selector: {matchLabels: {warden/kind: agent}}\n  rules: []\n  default: deny\n";
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: raw, address: '127.0.0.1:{}', protocol: tcp}}", pg.port),
+        &[("no-bots.yaml", policy)],
+    );
+    let (ok, _, err) = labelled_psql(&agent, &["warden/kind=agent"], pg.port, "select 1");
+    assert!(!ok, "refused at connect: {err}");
+    let (ok, out, err) = labelled_psql(&agent, &["warden/kind=human"], pg.port, "select 1");
+    assert!(ok && out.trim() == "1", "{err}");
+    let refused = agent.wait_record("the refused connection", |r| r["kind"] == "connection_refused");
+    assert!(refused["reason"].as_str().is_some_and(|r| r.contains("no-bots")), "{refused}");
+}
+
+#[test]
+fn policy_check_reports_every_mistake_with_its_position_and_an_invalid_set_stops_the_start() {
+    let dir = std::env::temp_dir().join(testkit::unique("warden-policy-check-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: bad}\nspec:\n  selector: {matchExpressions: [{key: team, operator: In, values: []}]}\n  rules:\n    - {name: a, match: {class: [reed]}, action: deny}\n    - {name: b, match: {relations: [accounts]}, action: allow}\n  default: maybe\n",
+    )
+    .unwrap();
+    let out = output(Command::new(warden_bin()).args(["policy", "check"]).arg(&bad));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["bad.yaml:5:", "bad.yaml:7:", "bad.yaml:8:", "bad.yaml:9:", "reed"] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    // The shipped packs are valid.
+    let packs = check(Command::new(warden_bin()).args(["policy", "check"]).arg(workspace_root().join("policies")));
+    assert!(packs.starts_with("ok:"), "{packs}");
+
+    // An agent whose policy set has mistakes does not start.
+    let pg = Postgres::start();
+    let mut agent = Agent::start_with_policies(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port), &[]);
+    agent.stop();
+    agent.write_policy("bad.yaml", &std::fs::read_to_string(&bad).unwrap());
+    let why = agent.try_spawn().expect_err("refused to start");
+    assert!(why.contains("bad.yaml:7:"), "{why}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn policy_explain_says_which_rule_decides_and_why() {
+    let out = check(
+        Command::new(warden_bin())
+            .args(["policy", "explain", "--policies"])
+            .arg(workspace_root().join("policies"))
+            .args(["--label", "warden/kind=agent", "--database", "main", "--user", "app"])
+            .arg("with d as (delete from accounts returning *) select * from d"),
+    );
+    assert!(out.contains("write") && out.contains("baseline") && out.contains("no-unscoped-writes"), "{out}");
+}
