@@ -809,3 +809,47 @@ fn a_statement_cannot_rewrite_the_operators_terminal() {
         assert!(String::from_utf8_lossy(shown).contains("\\x1b"), "shown as a visible escape");
     }
 }
+
+#[test]
+fn a_statement_swapped_under_a_bound_sql_execute_is_refused_before_it_runs() {
+    let pg = Postgres::start();
+    pg.admin_sql("create table t(id int); insert into t values (1), (2)");
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: everyone}\nspec:\n  selector: {}\n  rules:\n    - {name: no-unscoped, match: {class: [write], unscoped: true}, action: deny}\n  default: allow\n";
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("everyone.yaml", policy)],
+    );
+    let mut raw = Raw::login(&format!("127.0.0.1:{}", pg.port));
+    let parse = |name: &str, sql: &str| {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        body.extend(sql.as_bytes());
+        body.extend([0, 0, 0]);
+        message(b'P', &body)
+    };
+    let mut first = parse("p", "select 1");
+    first.extend(parse("x", "execute p"));
+    first.extend(message(b'S', b""));
+    raw.send(&first);
+    assert!(errors(&raw.until_ready()).is_empty());
+    // Bind x (EXECUTE p: a read now), then p replaced by an unscoped DELETE before the Execute.
+    let mut second = message(b'B', b"\0x\0\0\0\0\0\0\0");
+    second.extend(message(b'C', b"Sp\0"));
+    second.extend(parse("p", "delete from t"));
+    second.extend(message(b'E', b"\0\0\0\0\0"));
+    second.extend(message(b'S', b""));
+    raw.send(&second);
+    let answer = raw.until_ready();
+    assert_eq!(errors(&answer), vec!["42501".to_string()], "{answer:?}");
+    assert_eq!(pg.admin_sql("select count(*) from t"), "2", "nothing was deleted");
+    // Bound afresh, the Execute itself is judged as what p holds when it runs.
+    let mut third = parse("p2", "select 1");
+    third.extend(parse("y", "execute p2"));
+    third.extend(message(b'B', b"\0y\0\0\0\0\0\0\0"));
+    third.extend(message(b'E', b"\0\0\0\0\0"));
+    third.extend(message(b'S', b""));
+    raw.send(&third);
+    let answer = raw.until_ready();
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    drop(agent);
+}

@@ -43,6 +43,11 @@ pub fn describe_parts(cache: &DescriptionCache, sql: &str, lexing: Lexing, simpl
             "standard_conforming_strings may change before it runs, and the text reads differently under each",
         )];
     }
+    if !lexing.settled && !sql.is_ascii() {
+        // A SET of client_encoding may be ahead of it: its non-ASCII bytes may be read as
+        // characters holding quote or backslash bytes.
+        return vec![ambiguous(sql, "the client encoding may change before it runs, and the text is not ASCII")];
+    }
     let mut parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
     if parts.is_empty() {
         parts = vec![sql];

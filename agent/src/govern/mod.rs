@@ -93,7 +93,7 @@ impl Governor {
 }
 
 /// A long text described on the blocking pool while its statement was held.
-type DescribedAhead = (Arc<str>, Lexing, Arc<[DescribedPart]>);
+type DescribedAhead = (Arc<str>, Lexing, bool, Arc<[DescribedPart]>);
 
 #[derive(Default)]
 struct SessionState {
@@ -147,12 +147,11 @@ impl SessionGovern {
             }
             protocol => {
                 let simple = protocol == QueryProtocol::Simple;
-                if let Some((_, _, parts)) = self
-                    .described
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take_if(|(sql, lexing, _)| *lexing == info.lexing && **sql == *info.sql)
-                {
+                // Taken whatever it holds: it serves only the statement it was described for.
+                let ahead = self.described.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((_, _, _, parts)) = ahead.filter(|(sql, lexing, was_simple, _)| {
+                    *lexing == info.lexing && *was_simple == simple && **sql == *info.sql
+                }) {
                     return Some(parts.to_vec());
                 }
                 if info.sql.len() > DESCRIBE_INLINE_MAX {
@@ -205,7 +204,20 @@ impl SessionGovern {
                     tags: &tags,
                     reason: class_reason.as_deref(),
                 };
-                let decided = selection.decide(&snapshot.set, &facts);
+                let mut decided = selection.decide(&snapshot.set, &facts);
+                if decided.action == Action::Allow && effects.contains(Class::Unknown) && selection.guards() {
+                    // What a statement does cannot be known: refused for an identity whose
+                    // policies refuse anything (fail closed), whatever their rules say of it.
+                    decided = crate::policy::Decision {
+                        action: Action::Deny,
+                        policy: None,
+                        rule: Some(Arc::from("fail-closed")),
+                        reason: format!(
+                            "class unknown ({}), and this identity's policies guard it: refused, failing closed",
+                            class_reason.as_deref().unwrap_or("not analysed")
+                        ),
+                    };
+                }
                 PartJudgement {
                     span: part.span,
                     described: part.described,
@@ -343,7 +355,7 @@ impl SessionHooks for SessionGovern {
                 let parts = tokio::task::spawn_blocking(move || describe_parts(&cache, &text, lexing, simple))
                     .await
                     .unwrap_or_else(|_| vec![unknown_part(&sql, "describing the statement failed")]);
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, Arc::from(parts)));
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, simple, Arc::from(parts)));
                 Verdict::AskAgain
             }));
         };

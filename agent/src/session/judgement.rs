@@ -4,7 +4,7 @@
 
 use std::{ops::Range, sync::Arc};
 
-use crate::sql::{Class, Described};
+use crate::sql::{Class, ClassSet, Described};
 
 /// What policy decided about a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -66,6 +66,23 @@ impl Judgement {
             }
         }
         decision
+    }
+
+    /// Whether running it may change how the session lexes later text or what names mean: a
+    /// session setting, transaction control (a ROLLBACK undoes a SET), a role change, or code
+    /// whose effects are not known.
+    pub fn may_change_settings(&self) -> bool {
+        let changing = ClassSet::of(&[Class::Session, Class::Transaction, Class::Dcl, Class::Unknown]);
+        self.parts.iter().any(|p| {
+            let a = &p.described.analysis;
+            a.effects.with(a.class).with(p.class).intersects(changing)
+        })
+    }
+
+    /// Whether a statement of it runs what the session holds under a name (SQL EXECUTE of a
+    /// prepared statement, FETCH from a cursor), looked up when it runs.
+    pub fn session_dependent(&self) -> bool {
+        self.parts.iter().any(|p| p.described.analysis.executes.is_some() || p.described.analysis.fetches.is_some())
     }
 
     /// The part that refused the message, if one did (a deny before a hold).

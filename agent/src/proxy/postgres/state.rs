@@ -168,6 +168,15 @@ fn key(name: &[u8]) -> &[u8] {
 /// Prepared statements and portals tracked per session, at most: a session that keeps creating
 /// them without closing them ends with a protocol error rather than growing without bound.
 const MAX_TRACKED: usize = 100_000;
+/// Answers the server may owe one session at most: a client that pipelines more without reading
+/// is refused rather than held in memory (a real pipeline stays far below).
+const MAX_PENDING: usize = 200_000;
+
+/// Whether a statement may change how later text is lexed (a SET, a ROLLBACK undoing one, code
+/// the proxy cannot read); one forwarded without a judgement may.
+fn may_change_settings(r: &Running) -> bool {
+    r.judgement.as_ref().is_none_or(|j| j.may_change_settings())
+}
 
 /// COPY sub-protocol in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +266,13 @@ pub struct ProtocolState {
     ignoring_till_sync: bool,
     /// Messages asking for a ReadyForQuery (Sync, Query, FunctionCall) sent so far.
     readies_asked: u64,
+    /// A statement that may change settings completed and its ReadyForQuery has not come yet:
+    /// the server reports changed settings (ParameterStatus) only just before it.
+    settings_in_flight: bool,
+    /// The server's and the client's encodings (reported by the server): when they differ the
+    /// server converts names before it keys them.
+    server_encoding: Vec<u8>,
+    client_encoding: Vec<u8>,
 }
 
 impl Default for ProtocolState {
@@ -284,6 +300,9 @@ impl ProtocolState {
             skipped: Vec::new(),
             ignoring_till_sync: false,
             readies_asked: 0,
+            settings_in_flight: false,
+            server_encoding: Vec::new(),
+            client_encoding: Vec::new(),
         }
     }
 
@@ -311,7 +330,7 @@ impl ProtocolState {
     pub fn lexing(&self) -> Lexing {
         Lexing {
             standard_conforming_strings: self.standard_conforming_strings,
-            settled: self.unfinished().next().is_none(),
+            settled: !self.settings_in_flight && self.unfinished().all(|r| !may_change_settings(r)),
             ascii_safe: !self.client_encoding_unsafe,
         }
     }
@@ -380,9 +399,16 @@ impl ProtocolState {
         msg: &Frontend<'_>,
         judgement: Option<Arc<Judgement>>,
     ) -> Result<(), ProtocolError> {
+        // A message the server discards (an error came before it) is not recorded: its
+        // judgement belongs to nothing.
+        let ignored = self.ignoring_till_sync;
         self.on_frontend(msg, None)?;
-        let Some(judgement) = judgement else { return Ok(()) };
+        let Some(judgement) = judgement.filter(|_| !ignored) else { return Ok(()) };
         match msg {
+            // What `EXECUTE p` or `FETCH c` runs is looked up when the Execute runs, and
+            // messages between the Bind and it can change that: such a portal is judged again
+            // at its Execute.
+            Frontend::Bind(_) if judgement.session_dependent() => {}
             Frontend::Bind(bind) => {
                 let name = key(bind.portal);
                 if let Some(Pending { expect: Expect::Bind { confirm: Some((_, portal)), .. }, .. }) =
@@ -420,6 +446,18 @@ impl ProtocolState {
                 .rev()
                 .take_while(|p| !matches!(p.expect, Expect::Sync))
                 .any(|p| p.replace_error.is_some() && matches!(p.expect, Expect::Parse { .. }))
+    }
+
+    /// Whether the server may key `name` differently: it converts names from the client's
+    /// encoding to its own first, so two names the proxy tells apart can be one to the server
+    /// (and the other way round) when the encodings differ and the name is not ASCII.
+    fn name_converted(&self, name: &[u8]) -> bool {
+        !name.is_ascii() && self.client_encoding != self.server_encoding
+    }
+
+    /// The text a portal runs and how it lexed, if the proxy knows it.
+    pub fn portal_text(&self, portal: &[u8]) -> Option<(Arc<str>, Lexing)> {
+        self.portals.get(key(portal)).filter(|p| !p.unknown).map(|p| (p.sql.clone(), p.lexing))
     }
 
     /// Whether an Execute of `portal` runs what a judged Bind created.
@@ -486,6 +524,11 @@ impl ProtocolState {
                 _ => return Err(ProtocolError::Client("a message other than COPY data during COPY FROM STDIN".into())),
             }
         }
+        if self.pending.len() >= MAX_PENDING {
+            return Err(ProtocolError::Client(format!(
+                "more than {MAX_PENDING} messages awaiting the server's answers: the client does not read them"
+            )));
+        }
         if self.statements.len() + self.portals.len() >= MAX_TRACKED
             && matches!(msg, Frontend::Parse { .. } | Frontend::Bind(_))
         {
@@ -510,8 +553,15 @@ impl ProtocolState {
                         Some(old) if *old.sql == *sql => old.sql.clone(),
                         _ => Arc::from(sql),
                     };
-                    let new =
-                        Prepared { sql, param_types: param_types.clone(), lexing: self.lexing(), ambiguous: false };
+                    // A name the server converts to its own encoding before keying it may be
+                    // another name's to the server: what it holds is then not known.
+                    let converted = self.name_converted(name);
+                    let new = Prepared {
+                        sql: if converted { Arc::from("") } else { sql },
+                        param_types: param_types.clone(),
+                        lexing: self.lexing(),
+                        ambiguous: converted,
+                    };
                     let exists = self.statements.contains_key(name);
                     // A named statement the proxy believes exists: the server refuses the Parse
                     // (42P05) and keeps it, unless it was dropped in a way the proxy did not see
@@ -539,6 +589,7 @@ impl ProtocolState {
                         || (Arc::from(""), self.lexing(), true),
                         |s| (s.sql.clone(), s.lexing, s.ambiguous),
                     );
+                    let unknown = unknown || self.name_converted(bind.statement) || self.name_converted(portal_name);
                     let readies = self.readies_asked;
                     let new = Portal {
                         sql,
@@ -636,7 +687,11 @@ impl ProtocolState {
                 if *name == b"standard_conforming_strings" {
                     self.standard_conforming_strings = *value != b"off";
                 }
+                if *name == b"server_encoding" {
+                    self.server_encoding = value.to_ascii_uppercase();
+                }
                 if *name == b"client_encoding" {
+                    self.client_encoding = value.to_ascii_uppercase();
                     const UNSAFE: [&[u8]; 7] =
                         [b"SJIS", b"SHIFT_JIS_2004", b"BIG5", b"GBK", b"UHC", b"GB18030", b"JOHAB"];
                     self.client_encoding_unsafe = UNSAFE.iter().any(|e| e.eq_ignore_ascii_case(value));
@@ -646,6 +701,7 @@ impl ProtocolState {
             Backend::NegotiateProtocolVersion { .. } => {}
             Backend::ReadyForQuery { status } => {
                 self.tx_status = *status;
+                self.settings_in_flight = false;
                 self.copy = Copy::None;
                 if self.phase == Phase::Starting {
                     self.phase = Phase::Ready;
@@ -725,6 +781,7 @@ impl ProtocolState {
                     return Err(ProtocolError::Server("PortalSuspended nothing asked for".into()));
                 };
                 let first = r.resumes.unwrap_or(r.id);
+                self.settings_in_flight |= may_change_settings(r);
                 if let Some(portal) = self.portals.get_mut(key(&r.portal)) {
                     portal.suspended = Some(first);
                 }
@@ -801,7 +858,8 @@ impl ProtocolState {
         self.completed += 1;
         self.copy = Copy::None;
         match self.pending.front_mut().map(|p| &mut p.expect) {
-            Some(Expect::Execute(_)) => {
+            Some(Expect::Execute(r)) => {
+                self.settings_in_flight |= may_change_settings(r);
                 self.pending.pop_front();
             }
             // A simple query string may hold several statements.
@@ -820,6 +878,24 @@ impl ProtocolState {
     /// the same objects a protocol Bind names: the statement table follows them once the server
     /// says they completed.
     fn sql_level_statements(&mut self, tag: &[u8]) {
+        if matches!(
+            tag,
+            b"CLOSE CURSOR"
+                | b"CLOSE CURSOR ALL"
+                | b"DECLARE CURSOR"
+                | b"COMMIT"
+                | b"ROLLBACK"
+                | b"PREPARE TRANSACTION"
+        ) {
+            // SQL can close a portal, declare a cursor under a bound portal's name, or end the
+            // transaction portals live in: a bound portal may no longer be what its Bind
+            // created, and an Execute of one is judged as unknown.
+            for portal in self.portals.values_mut() {
+                portal.unknown = true;
+                portal.judgement = None;
+            }
+            return;
+        }
         if !matches!(tag, b"PREPARE" | b"DEALLOCATE" | b"DEALLOCATE ALL" | b"DISCARD ALL") {
             return;
         }
@@ -1115,6 +1191,89 @@ mod tests {
         s.on_backend(&Backend::CommandComplete { tag: b"DELETE 1" }).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert!(s.portal_sql(b"p2").is_none());
+    }
+
+    fn judged(sql: &str) -> Arc<Judgement> {
+        let described = crate::sql::DescriptionCache::new(4).describe(sql);
+        Arc::new(Judgement {
+            parts: vec![crate::session::PartJudgement {
+                span: 0..sql.len(),
+                class: described.analysis.class,
+                class_reason: None,
+                described,
+                ambiguous: false,
+                decision: crate::session::Decision::Allow,
+                policy: None,
+                rule: None,
+                reason: Arc::from("test"),
+            }],
+        })
+    }
+
+    #[test]
+    fn a_bound_sql_execute_is_judged_again_when_it_runs() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"x", b"execute p"), None).unwrap();
+        let b = bind("", "x");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("execute p"))).unwrap();
+        // p can be replaced before the Execute: the Bind's judgement is not carried.
+        assert!(!s.portal_judged(b""));
+        assert_eq!(s.portal_text(b"").map(|(sql, _)| sql.to_string()).as_deref(), Some("execute p"));
+        let b = bind("r", "x");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 1"))).unwrap();
+        assert!(s.portal_judged(b"r"), "an ordinary statement's judgement rides with its portal");
+    }
+
+    #[test]
+    fn settings_are_unsettled_until_the_ready_for_query_after_a_set() {
+        let mut s = ready();
+        s.on_frontend(&parse(b"", b"set standard_conforming_strings = off"), None).unwrap();
+        let b = bind("", "");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend(&F::Bind(bound), None).unwrap();
+        s.on_frontend_judged(
+            &F::Execute { portal: b"", max_rows: 0 },
+            Some(judged("set standard_conforming_strings = off")),
+        )
+        .unwrap();
+        s.on_frontend(&F::Flush, None).unwrap();
+        assert!(!s.lexing().settled);
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"SET" }).unwrap();
+        // Completed, but the server reports the new setting only before ReadyForQuery.
+        assert!(!s.lexing().settled, "a completed SET leaves the settings unsettled");
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParameterStatus { name: b"standard_conforming_strings", value: b"off" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(s.lexing().settled && !s.lexing().standard_conforming_strings);
+        // A pipelined read does not unsettle anything.
+        s.on_frontend_judged(&F::Query(b"select 1"), Some(judged("select 1"))).unwrap();
+        assert!(s.lexing().settled);
+    }
+
+    #[test]
+    fn sql_that_can_close_or_replace_a_portal_makes_bound_portals_unknown() {
+        let mut s = ready();
+        s.on_frontend(&F::Query(b"begin"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
+        let b = bind("p", "s");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+        s.on_frontend(&F::Sync, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        assert!(s.portal_judged(b"p"));
+        s.on_frontend(&F::Query(b"close p; declare p cursor for select * from t"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"CLOSE CURSOR" }).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"DECLARE CURSOR" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        assert!(!s.portal_judged(b"p") && s.portal_text(b"p").is_none(), "judged again, as unknown");
     }
 
     #[test]
