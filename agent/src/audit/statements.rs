@@ -142,6 +142,7 @@ impl SessionAudit {
                 described: crate::govern::describe::unknown_described(&reason),
                 ambiguous: true,
                 class: crate::sql::Class::Unknown,
+                effects: crate::sql::ClassSet::of(&[crate::sql::Class::Unknown]),
                 class_reason: Some(reason.clone()),
                 decision: Decision::Allow,
                 policy: None,
@@ -153,6 +154,7 @@ impl SessionAudit {
                 .into_iter()
                 .map(|p| PartJudgement {
                     class: p.described.analysis.class,
+                    effects: p.described.analysis.effects,
                     class_reason: p.described.analysis.class_reason.clone(),
                     span: p.span,
                     described: p.described,
@@ -344,6 +346,9 @@ impl SessionHooks for SessionAudit {
         let judged = PartJudgement {
             span: first.as_ref().map_or(0..statement.sql.len(), |p| p.span.clone()),
             class: first.as_ref().map_or(crate::sql::Class::Unknown, |p| p.described.analysis.class),
+            effects: first
+                .as_ref()
+                .map_or(crate::sql::ClassSet::of(&[crate::sql::Class::Unknown]), |p| p.described.analysis.effects),
             class_reason: first.as_ref().and_then(|p| p.described.analysis.class_reason.clone()),
             ambiguous: first.as_ref().is_none_or(|p| p.ambiguous),
             described: first
@@ -452,6 +457,7 @@ mod tests {
             described: crate::govern::describe::unknown_described("why"),
             ambiguous: true,
             class: crate::sql::Class::Unknown,
+            effects: crate::sql::ClassSet::of(&[crate::sql::Class::Unknown]),
             class_reason: None,
             decision: Decision::Deny,
             policy: Some(Arc::from("baseline")),

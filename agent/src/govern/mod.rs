@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod describe;
 pub mod reload;
+pub(crate) mod search_path;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -105,6 +106,9 @@ struct SessionState {
     selection: Option<(u64, Selection)>,
     /// Cursors declared by forwarded statements: what a FETCH of them runs.
     cursors: HashMap<String, (Class, Option<Arc<str>>)>,
+    /// The search_path was changed so that an unqualified function may not be the built-in
+    /// (`search_path.rs`).
+    builtins_untrusted: bool,
 }
 
 /// One session's judgement hooks.
@@ -167,7 +171,11 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
-        let cursors = self.lock().cursors.clone();
+        let (cursors, mut builtins_untrusted) = {
+            let state = self.lock();
+            (state.cursors.clone(), state.builtins_untrusted)
+        };
+        let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
         // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
         let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
         let parts = parts
@@ -189,9 +197,29 @@ impl SessionGovern {
                 let lookup = |name: &str| {
                     prepared_here.get(name).map(|body| (body.clone(), info.lexing)).or_else(|| (info.prepared)(name))
                 };
-                let (class, class_reason, analysis_of) = self.resolve(&lookup, &part.described, &cursors);
+                let (mut class, mut class_reason, analysis_of) = self.resolve(&lookup, &part.described, &cursors);
                 let analysis = &analysis_of.analysis;
-                let effects = if class == analysis.class { effects_of(analysis) } else { ClassSet::of(&[class]) };
+                let mut effects = if class == analysis.class { effects_of(analysis) } else { ClassSet::of(&[class]) };
+                if builtins_untrusted && analysis.functions.iter().any(|f| f.schema.is_none()) {
+                    // Judged with built-in knowledge that the session's search_path voids.
+                    effects.insert(Class::Unknown);
+                    class = Class::Unknown;
+                    class_reason = Some(Arc::from(
+                        "calls a function by an unqualified name after the search_path was changed to put another schema before pg_catalog (or in a way the proxy cannot read): it may not be the built-in",
+                    ));
+                }
+                // A change earlier in the same string applies to the statements after it.
+                if !part.ambiguous
+                    && let Some(trusted) =
+                        search_path::after_judged(
+                            info.sql.get(part.span.clone()).unwrap_or_default(),
+                            &part.described.analysis,
+                            effects,
+                            options,
+                        )
+                {
+                    builtins_untrusted = !trusted;
+                }
                 let relations: Vec<Vec<ObjectName>> = analysis.relations.iter().map(candidates).collect();
                 let functions: Vec<Vec<ObjectName>> = analysis.functions.iter().map(candidates).collect();
                 let tags = message_tags.clone().unwrap_or_else(|| part.described.tags.clone());
@@ -223,6 +251,7 @@ impl SessionGovern {
                     described: part.described,
                     ambiguous: part.ambiguous,
                     class,
+                    effects,
                     class_reason,
                     decision: match decided.action {
                         Action::Allow => Decision::Allow,
@@ -377,8 +406,19 @@ impl SessionHooks for SessionGovern {
     fn on_forward(&self, running: &Running) {
         if let Some(judgement) = &running.judgement {
             let mut state = self.lock();
+            let options =
+                crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
             for part in &judgement.parts {
                 let analysis = &part.described.analysis;
+                let raw = running.sql.get(part.span.clone()).unwrap_or_default();
+                let changed = if part.ambiguous {
+                    Some(false)
+                } else {
+                    search_path::after_judged(raw, analysis, part.effects, options)
+                };
+                if let Some(trusted) = changed {
+                    state.builtins_untrusted = !trusted;
+                }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
                         state.cursors.clear();

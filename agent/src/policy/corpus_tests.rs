@@ -66,11 +66,18 @@ struct Session {
     standard_conforming_strings: bool,
     prepared: HashMap<String, String>,
     cursors: HashMap<String, Class>,
+    /// The search_path no longer puts pg_catalog first (govern::search_path).
+    builtins_untrusted: bool,
 }
 
 impl Session {
     fn new() -> Session {
-        Session { standard_conforming_strings: true, prepared: HashMap::new(), cursors: HashMap::new() }
+        Session {
+            standard_conforming_strings: true,
+            prepared: HashMap::new(),
+            cursors: HashMap::new(),
+            builtins_untrusted: false,
+        }
     }
 
     fn options(&self) -> LexOptions {
@@ -113,6 +120,10 @@ impl Judge {
                 if let Some(PreparedCommand::Prepare { name, body }) = prepared_statement_command(t, options) {
                     here.prepared.insert(name, body);
                 }
+                let analysis = self.cache.describe_with(t, options).analysis;
+                if let Some(trusted) = search_path_after(&here, t, &analysis, options, &self.cache) {
+                    here.builtins_untrusted = !trusted;
+                }
                 part
             })
             .collect();
@@ -150,7 +161,13 @@ impl Judge {
         } else {
             (own.class, own.class_reason.as_deref().map(str::to_string), own.clone(), false)
         };
-        let effects = if class == of.class { of.effects.with(of.class) } else { ClassSet::of(&[class]) };
+        let mut effects = if class == of.class { of.effects.with(of.class) } else { ClassSet::of(&[class]) };
+        let (class, reason) = if session.builtins_untrusted && of.functions.iter().any(|f| f.schema.is_none()) {
+            effects.insert(Class::Unknown);
+            (Class::Unknown, Some("an unqualified function after the search_path changed".to_string()))
+        } else {
+            (class, reason)
+        };
         // As the governor passes them: the name as written, its schema unresolved.
         let relations: Vec<Vec<ObjectName>> = of.relations.iter().map(|r| vec![r.clone()]).collect();
         let functions: Vec<Vec<ObjectName>> = of.functions.iter().map(|f| vec![f.clone()]).collect();
@@ -182,6 +199,9 @@ fn forwarded(session: &mut Session, text: &str, options: LexOptions, cache: &Des
         None => {}
     }
     let analysis = cache.describe_with(text, options).analysis;
+    if let Some(trusted) = search_path_after(session, text, &analysis, options, cache) {
+        session.builtins_untrusted = !trusted;
+    }
     if let Some(name) = &analysis.declares {
         session.cursors.insert(name.clone(), analysis.class);
     }
@@ -200,6 +220,24 @@ fn forwarded(session: &mut Session, text: &str, options: LexOptions, cache: &Des
         ["reset", "standard_conforming_strings"] | ["reset", "all"] => session.standard_conforming_strings = true,
         _ => {}
     }
+}
+
+/// What a statement does to the search_path, judged as what it runs (an EXECUTE as its body).
+fn search_path_after(
+    session: &Session,
+    text: &str,
+    analysis: &Analysis,
+    options: LexOptions,
+    cache: &DescriptionCache,
+) -> Option<bool> {
+    let effects = match analysis.executes.as_ref().and_then(|name| session.prepared.get(name)) {
+        Some(body) => {
+            let body = cache.describe_with(body, options).analysis;
+            body.effects.with(body.class)
+        }
+        None => analysis.effects.with(analysis.class),
+    };
+    crate::govern::search_path::after_judged(text, analysis, effects, options)
 }
 
 /// The most consequential class of a message (its statements' classes by rank).

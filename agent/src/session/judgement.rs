@@ -38,6 +38,8 @@ pub struct PartJudgement {
     /// The class it was judged as: the analysis of its text, or, for a statement that runs
     /// another (SQL EXECUTE, FETCH), of what it runs.
     pub class: Class,
+    /// Every effect it was judged to have (likewise).
+    pub effects: ClassSet,
     pub class_reason: Option<Arc<str>>,
     pub decision: Decision,
     /// The policy and rule that decided (none: no policy selects the identity, or a policy's

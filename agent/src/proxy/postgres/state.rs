@@ -1199,6 +1199,7 @@ mod tests {
             parts: vec![crate::session::PartJudgement {
                 span: 0..sql.len(),
                 class: described.analysis.class,
+                effects: described.analysis.effects,
                 class_reason: None,
                 described,
                 ambiguous: false,
