@@ -158,7 +158,13 @@ impl SessionGovern {
                 }) {
                     return Some(parts.to_vec());
                 }
-                if info.sql.len() > DESCRIBE_INLINE_MAX {
+                let options =
+                    crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+                // A prepared statement parsed, bound and executed again is one cache lookup
+                // away: only a text not described yet is held for the blocking pool.
+                if info.sql.len() > DESCRIBE_INLINE_MAX
+                    && (simple || !self.governor.descriptions.is_cached(info.sql, options))
+                {
                     return None;
                 }
                 Some(describe_parts(&self.governor.descriptions, info.sql, info.lexing, simple))
@@ -334,6 +340,7 @@ fn refusal(judgement: &Judgement) -> (&'static str, String) {
     let by = match (&part.policy, &part.rule) {
         (Some(p), Some(r)) => format!("policy \"{p}\" rule \"{r}\""),
         (Some(p), None) => format!("policy \"{p}\" (its default)"),
+        (None, Some(r)) => format!("rule \"{r}\""),
         _ => "policy".to_string(),
     };
     let message = match part.decision {
@@ -470,5 +477,62 @@ impl SessionHooks for SessionGovern {
 
     fn on_abandoned(&self, running: &Running) {
         self.next.on_abandoned(running);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::postgres::hooks::AllowAll;
+
+    fn info<'a>(sql: &'a str, protocol: QueryProtocol, prepared: &'a PreparedLookup<'a>) -> StatementInfo<'a> {
+        StatementInfo {
+            sql,
+            text_known: true,
+            prepared,
+            protocol,
+            bind: None,
+            function_oid: None,
+            lexing: Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true },
+        }
+    }
+
+    fn session(policy: &str) -> SessionGovern {
+        let set = PolicySet::from_sources(&[("p.yaml".into(), policy.to_string())]).expect("policy");
+        Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll))
+    }
+
+    const GUARD: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n  default: allow\n";
+
+    #[test]
+    fn a_long_statement_is_held_once_then_judged_from_the_cache() {
+        let s = session(GUARD);
+        let none = |_: &str| None;
+        let long = format!("select '{}' as padding", "x".repeat(20_000));
+        assert!(long.len() > DESCRIBE_INLINE_MAX);
+        assert!(matches!(s.before_statement(&info(&long, QueryProtocol::Extended, &none)), Verdict::Hold(_)));
+        s.governor.descriptions.describe_with(&long, crate::sql::LexOptions::default());
+        assert!(
+            matches!(s.before_statement(&info(&long, QueryProtocol::Extended, &none)), Verdict::Allow(Some(_))),
+            "a prepared statement executed again is not held again"
+        );
+    }
+
+    #[test]
+    fn unknown_is_refused_where_policies_guard_and_a_search_path_change_voids_built_ins() {
+        let s = session(GUARD);
+        let none = |_: &str| None;
+        let verdict = s.before_statement(&info("do $$ begin perform 1; end $$", QueryProtocol::Simple, &none));
+        let Verdict::Deny { message, .. } = verdict else { panic!("unknown allowed") };
+        assert!(message.contains("fail-closed"), "{message}");
+        assert!(matches!(
+            s.before_statement(&info("select upper('a')", QueryProtocol::Simple, &none)),
+            Verdict::Allow(_)
+        ));
+        let shadowed = "set search_path = public, pg_catalog; select upper('a')";
+        let Verdict::Deny { message, .. } = s.before_statement(&info(shadowed, QueryProtocol::Simple, &none)) else {
+            panic!("an unqualified call after the search_path change allowed")
+        };
+        assert!(message.contains("statement 2 of 2"), "{message}");
     }
 }
