@@ -828,12 +828,7 @@ impl Runner {
             None => self.governed_state().await,
         };
         let outcome = execute(gov, statement, protocol).await;
-        // Under the extended protocol the proxy judges at Bind: a statement the server already
-        // refused at Parse (a syntax error, a function or operator that does not exist) never
-        // reached judgement, and never ran (the fingerprints below still check that).
-        let refused_at_parse = protocol == Protocol::Extended
-            && matches!(&outcome, Outcome::Error { code, .. } if code != REFUSED && (code.starts_with("42") || code == "0A000"));
-        if !outcome.is_refusal() && !refused_at_parse {
+        if !outcome.is_refusal() {
             problems.push(format!("{protocol:?}: expected a refusal (42501, \"warden: ...\"), got {outcome}"));
         }
         let after = self.governed_state().await;
