@@ -206,25 +206,27 @@ impl SessionGovern {
                 let (mut class, mut class_reason, analysis_of) = self.resolve(&lookup, &part.described, &cursors);
                 let analysis = &analysis_of.analysis;
                 let mut effects = if class == analysis.class { effects_of(analysis) } else { ClassSet::of(&[class]) };
-                if builtins_untrusted && analysis.functions.iter().any(|f| f.schema.is_none()) {
+                if builtins_untrusted
+                    && (analysis.functions.iter().any(|f| f.schema.is_none())
+                        || search_path::resolves_operators_or_types(&analysis_of.normalised))
+                {
                     // Judged with built-in knowledge that the session's search_path voids.
                     effects.insert(Class::Unknown);
                     class = Class::Unknown;
                     class_reason = Some(Arc::from(
-                        "calls a function by an unqualified name after the search_path was changed to put another schema before pg_catalog (or in a way the proxy cannot read): it may not be the built-in",
+                        "resolves a function, operator or type by an unqualified name after the session may have put another schema before pg_catalog in its search_path: it may not be the built-in",
                     ));
                 }
                 // A change earlier in the same string applies to the statements after it.
-                if !part.ambiguous
-                    && let Some(trusted) =
-                        search_path::after_judged(
-                            info.sql.get(part.span.clone()).unwrap_or_default(),
-                            &part.described.analysis,
-                            effects,
-                            options,
-                        )
+                if part.ambiguous
+                    || search_path::may_distrust_judged(
+                        info.sql.get(part.span.clone()).unwrap_or_default(),
+                        &part.described.analysis,
+                        effects,
+                        options,
+                    )
                 {
-                    builtins_untrusted = !trusted;
+                    builtins_untrusted = true;
                 }
                 let relations: Vec<Vec<ObjectName>> = analysis.relations.iter().map(candidates).collect();
                 let functions: Vec<Vec<ObjectName>> = analysis.functions.iter().map(candidates).collect();
@@ -418,13 +420,8 @@ impl SessionHooks for SessionGovern {
             for part in &judgement.parts {
                 let analysis = &part.described.analysis;
                 let raw = running.sql.get(part.span.clone()).unwrap_or_default();
-                let changed = if part.ambiguous {
-                    Some(false)
-                } else {
-                    search_path::after_judged(raw, analysis, part.effects, options)
-                };
-                if let Some(trusted) = changed {
-                    state.builtins_untrusted = !trusted;
+                if part.ambiguous || search_path::may_distrust_judged(raw, analysis, part.effects, options) {
+                    state.builtins_untrusted = true;
                 }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {

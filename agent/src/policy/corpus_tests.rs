@@ -121,8 +121,8 @@ impl Judge {
                     here.prepared.insert(name, body);
                 }
                 let analysis = self.cache.describe_with(t, options).analysis;
-                if let Some(trusted) = search_path_after(&here, t, &analysis, options, &self.cache) {
-                    here.builtins_untrusted = !trusted;
+                if search_path_after(&here, t, &analysis, options, &self.cache) {
+                    here.builtins_untrusted = true;
                 }
                 part
             })
@@ -162,7 +162,10 @@ impl Judge {
             (own.class, own.class_reason.as_deref().map(str::to_string), own.clone(), false)
         };
         let mut effects = if class == of.class { of.effects.with(of.class) } else { ClassSet::of(&[class]) };
-        let (class, reason) = if session.builtins_untrusted && of.functions.iter().any(|f| f.schema.is_none()) {
+        let (class, reason) = if session.builtins_untrusted
+            && (of.functions.iter().any(|f| f.schema.is_none())
+                || crate::govern::search_path::resolves_operators_or_types(&described.normalised))
+        {
             effects.insert(Class::Unknown);
             (Class::Unknown, Some("an unqualified function after the search_path changed".to_string()))
         } else {
@@ -199,8 +202,8 @@ fn forwarded(session: &mut Session, text: &str, options: LexOptions, cache: &Des
         None => {}
     }
     let analysis = cache.describe_with(text, options).analysis;
-    if let Some(trusted) = search_path_after(session, text, &analysis, options, cache) {
-        session.builtins_untrusted = !trusted;
+    if search_path_after(session, text, &analysis, options, cache) {
+        session.builtins_untrusted = true;
     }
     if let Some(name) = &analysis.declares {
         session.cursors.insert(name.clone(), analysis.class);
@@ -229,7 +232,7 @@ fn search_path_after(
     analysis: &Analysis,
     options: LexOptions,
     cache: &DescriptionCache,
-) -> Option<bool> {
+) -> bool {
     let effects = match analysis.executes.as_ref().and_then(|name| session.prepared.get(name)) {
         Some(body) => {
             let body = cache.describe_with(body, options).analysis;
@@ -237,7 +240,7 @@ fn search_path_after(
         }
         None => analysis.effects.with(analysis.class),
     };
-    crate::govern::search_path::after_judged(text, analysis, effects, options)
+    crate::govern::search_path::may_distrust_judged(text, analysis, effects, options)
 }
 
 /// The most consequential class of a message (its statements' classes by rank).
