@@ -79,6 +79,17 @@ pub fn demo(warden: &Path) -> Result<()> {
         show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
     }
     println!("-> still {} rows in accounts", pg.admin_sql("select count(*) from accounts"));
+
+    step("The database's own catalog: a user overload of a built-in name is not the built-in");
+    let overload = "create function public.lower(int) returns text language sql volatile \
+                    as 'delete from accounts returning ''gone'''";
+    println!("(the DBA, directly) {overload}");
+    pg.admin_sql(overload);
+    for sql in ["select lower(5)", "select pg_catalog.lower(owner) from accounts where id = 1"] {
+        println!("$ warden exec --label {} --label {} -- psql -c \"{sql}\"", labels[0], labels[1]);
+        show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
+    }
+    println!("-> still {} rows in accounts", pg.admin_sql("select count(*) from accounts"));
     println!("$ warden audit query --verdict deny");
     agent.wait_record("the refusals", |r| r["kind"] == "statement" && r["verdict"]["decision"] == "deny");
     print_output(&agent.audit_cli(&["query", "--verdict", "deny"]));

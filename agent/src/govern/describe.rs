@@ -7,7 +7,7 @@ use std::{ops::Range, sync::Arc};
 use crate::{
     session::Lexing,
     sql::{
-        Analysis, Class, ClassSet, Described, DescriptionCache, LexOptions, normalise_with_options,
+        Analysis, Class, ClassSet, Described, DescriptionCache, LexOptions, Lexer, TokenKind, normalise_with_options,
         split_statements_with,
     },
 };
@@ -99,6 +99,34 @@ pub fn effects_of(analysis: &Analysis) -> ClassSet {
     if analysis.effects.is_empty() { ClassSet::of(&[analysis.class]) } else { analysis.effects }
 }
 
+/// Whether a statement may define, change or drop what the catalog facts hold (functions,
+/// operators, types, casts, and what contains them), read from its words: `CREATE`, `ALTER`,
+/// `DROP` or `IMPORT` with any of those object words after it.
+pub fn may_define(raw: &str, options: LexOptions) -> bool {
+    const VERBS: &[&str] = &["alter", "create", "drop", "import"];
+    const OBJECTS: &[&str] = &[
+        "aggregate",
+        "cast",
+        "domain",
+        "extension",
+        "function",
+        "language",
+        "operator",
+        "procedure",
+        "routine",
+        "schema",
+        "transform",
+        "type",
+    ];
+    let mut words = Lexer::new(raw, options)
+        .filter(|t| t.kind == TokenKind::Identifier)
+        .map(|t| raw[t.range()].to_ascii_lowercase());
+    match words.next() {
+        Some(first) if VERBS.contains(&first.as_str()) => words.any(|w| OBJECTS.contains(&w.as_str())),
+        _ => false,
+    }
+}
+
 /// Whether a class of effect may change who the session acts as or how names resolve.
 pub fn may_change_session_identity(effects: ClassSet) -> bool {
     effects.contains(Class::Dcl) || effects.contains(Class::Unknown)
@@ -118,6 +146,25 @@ mod tests {
         assert!(lexes_both_ways_differently("select 'a\\' -- ' , 'secret'", false), "normalised differently");
         assert!(!lexes_both_ways_differently("select E'a\\'b' from t", true), "E-strings read alike");
         assert!(!lexes_both_ways_differently("select 1; select 2", true));
+    }
+
+    #[test]
+    fn definitions_of_what_the_catalog_facts_hold_are_found() {
+        let o = LexOptions::default();
+        for sql in [
+            "create or replace function lower(int) returns int language sql as 'select 1'",
+            "CREATE OPERATOR + (function = f, leftarg = int)",
+            "alter function f() volatile",
+            "drop type t",
+            "create domain d as int check (value > 0)",
+            "create schema s",
+            "/* x */ create cast (t as text) with function f(t)",
+        ] {
+            assert!(may_define(sql, o), "{sql}");
+        }
+        for sql in ["create table t (a int)", "select 'create function'", "insert into function values (1)"] {
+            assert!(!may_define(sql, o), "{sql}");
+        }
     }
 
     #[test]

@@ -28,8 +28,12 @@ use crate::{
         hooks::{PreparedLookup, SessionHooks, SessionStart, StatementInfo, Verdict},
         state::{QueryProtocol, Running},
     },
-    session::{Decision, Judgement, Lexing, PartJudgement},
-    sql::{Class, ClassSet, Described, DescriptionCache, ObjectName, sqlcommenter_tags},
+    session::{Decision, Judgement, Lexing, PartJudgement, SessionFacts},
+    sql::{
+        Class, ClassSet, Described, DescriptionCache, ObjectName,
+        catalog::{Catalog, CatalogView, settle},
+        sqlcommenter_tags,
+    },
 };
 use describe::{DescribedPart, describe_parts, effects_of, unknown_described};
 
@@ -109,6 +113,41 @@ struct SessionState {
     /// The search_path was changed so that an unqualified function may not be the built-in
     /// (`search_path.rs`).
     builtins_untrusted: bool,
+    /// What the database said of the session (its catalog), when it was last asked.
+    facts: Facts,
+    /// Since the facts were read, a forwarded statement may have changed the role, the
+    /// search_path or the catalog: they are read again when the server is next idle.
+    facts_stale: bool,
+    /// The catalog may have changed since it was read (a definition of functions, operators,
+    /// types or casts was forwarded): nothing resolved by name is trusted until it is read again.
+    catalog_stale: bool,
+    /// The policy generation for which the facts were found not needed (no policy guards the
+    /// identity): asked again when the set changes.
+    facts_not_needed: Option<u64>,
+    /// The schemas of the session's search_path as the server last showed it; `None` once a
+    /// forwarded statement may have changed it (or the role `$user` stands for).
+    path: Option<Arc<[String]>>,
+}
+
+/// How far earlier statements of a message may have changed what its later ones resolve to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Narrowed {
+    None,
+    /// The search_path (or the role `$user` names) may have changed: any schema.
+    Path,
+    /// Functions, operators, types or casts may have been defined: the catalog is stale.
+    Defined,
+}
+
+/// The session's facts from the database.
+#[derive(Default)]
+enum Facts {
+    /// Not read yet.
+    #[default]
+    NotRead,
+    Known(Arc<Catalog>),
+    /// Reading them failed: why.
+    Unavailable(Arc<str>),
 }
 
 /// One session's judgement hooks.
@@ -177,11 +216,29 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
-        let (cursors, mut builtins_untrusted) = {
+        let (cursors, mut builtins_untrusted, facts, path) = {
             let state = self.lock();
-            (state.cursors.clone(), state.builtins_untrusted)
+            let facts = match (&state.facts, state.catalog_stale) {
+                (_, true) => Facts::Unavailable(Arc::from(
+                    "the session defined functions, operators, types or casts since the catalog was read",
+                )),
+                (Facts::Known(catalog), false) => Facts::Known(catalog.clone()),
+                (Facts::Unavailable(why), false) => Facts::Unavailable(why.clone()),
+                (Facts::NotRead, false) if selection.guards() => {
+                    Facts::Unavailable(Arc::from("not read yet: the server was never idle before this statement"))
+                }
+                (Facts::NotRead, false) => Facts::NotRead,
+            };
+            (state.cursors.clone(), state.builtins_untrusted, facts, state.path.clone())
+        };
+        let view = match (&facts, &path) {
+            (Facts::Known(catalog), Some(path)) => CatalogView::OnPath(catalog, path),
+            (Facts::Known(catalog), None) => CatalogView::Known(catalog),
+            (Facts::Unavailable(why), _) => CatalogView::Unavailable(why),
+            (Facts::NotRead, _) => CatalogView::BuiltinsOnly,
         };
         let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+        let mut narrowed = Narrowed::None;
         // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
         let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
         let parts = parts
@@ -203,12 +260,28 @@ impl SessionGovern {
                 let lookup = |name: &str| {
                     prepared_here.get(name).map(|body| (body.clone(), info.lexing)).or_else(|| (info.prepared)(name))
                 };
-                let (mut class, mut class_reason, analysis_of) = self.resolve(&lookup, &part.described, &cursors);
+                // What earlier statements of the same message may have changed narrows the view.
+                let view = match (narrowed, view) {
+                    (Narrowed::Defined, CatalogView::Known(_) | CatalogView::OnPath(..)) => CatalogView::Unavailable(
+                        "an earlier statement of the message defines functions, operators, types or casts",
+                    ),
+                    (Narrowed::Path, CatalogView::OnPath(catalog, _)) => CatalogView::Known(catalog),
+                    (_, view) => view,
+                };
+                let (mut class, mut effects, mut class_reason, analysis_of) =
+                    self.resolve(&lookup, &part.described, &cursors, view);
                 let analysis = &analysis_of.analysis;
-                let mut effects = if class == analysis.class { effects_of(analysis) } else { ClassSet::of(&[class]) };
-                if builtins_untrusted
+                let raw = info.sql.get(part.span.clone()).unwrap_or_default();
+                if part.ambiguous || effects.contains(Class::Unknown) || describe::may_define(raw, options) {
+                    narrowed = Narrowed::Defined;
+                } else if narrowed == Narrowed::None && search_path::may_change_path(raw, effects) {
+                    narrowed = Narrowed::Path;
+                }
+                // Without the catalog, built-in names are trusted only while pg_catalog is first.
+                if matches!(view, CatalogView::BuiltinsOnly)
+                    && builtins_untrusted
                     && (analysis.functions.iter().any(|f| f.schema.is_none())
-                        || search_path::resolves_operators_or_types(&analysis_of.normalised))
+                        || crate::sql::catalog::resolves_by_name(&analysis_of.normalised))
                 {
                     // Judged with built-in knowledge that the session's search_path voids.
                     effects.insert(Class::Unknown);
@@ -282,7 +355,8 @@ impl SessionGovern {
         prepared: &PreparedLookup<'_>,
         described: &Described,
         cursors: &HashMap<String, (Class, Option<Arc<str>>)>,
-    ) -> (Class, Option<Arc<str>>, Described) {
+        view: CatalogView<'_>,
+    ) -> (Class, ClassSet, Option<Arc<str>>, Described) {
         let analysis = &described.analysis;
         if let Some(name) = &analysis.executes {
             return match prepared(name) {
@@ -291,15 +365,21 @@ impl SessionGovern {
                         .into_iter()
                         .next()
                         .map_or_else(|| unknown_described("an empty prepared statement"), |p| p.described);
+                    let settled = settle(&body.analysis, &body.normalised, view);
                     let reason = Some(Arc::from(format!(
                         "EXECUTE of prepared statement {name}: {}",
-                        body.analysis.class_reason.as_deref().unwrap_or(body.analysis.class.as_str())
+                        settled.reason.as_deref().unwrap_or(settled.class.as_str())
                     )));
-                    (body.analysis.class, reason, body)
+                    (settled.class, settled.effects, reason, body)
                 }
                 None => {
                     let why = format!("EXECUTE of prepared statement {name}, which the proxy did not see prepared");
-                    (Class::Unknown, Some(Arc::from(why.as_str())), unknown_described(&why))
+                    (
+                        Class::Unknown,
+                        ClassSet::of(&[Class::Unknown]),
+                        Some(Arc::from(why.as_str())),
+                        unknown_described(&why),
+                    )
                 }
             };
         }
@@ -307,6 +387,7 @@ impl SessionGovern {
             return match cursors.get(name) {
                 Some((class, reason)) => (
                     *class,
+                    ClassSet::of(&[*class]),
                     Some(Arc::from(format!(
                         "FETCH from cursor {name}, declared as {class}{}",
                         reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
@@ -315,11 +396,12 @@ impl SessionGovern {
                 ),
                 None => {
                     let why = format!("FETCH from cursor {name}, which the proxy did not see declared");
-                    (Class::Unknown, Some(Arc::from(why.as_str())), described.clone())
+                    (Class::Unknown, ClassSet::of(&[Class::Unknown]), Some(Arc::from(why.as_str())), described.clone())
                 }
             };
         }
-        (analysis.class, analysis.class_reason.clone(), described.clone())
+        let settled = settle(analysis, &described.normalised, view);
+        (settled.class, settled.effects, settled.reason, described.clone())
     }
 
     /// A refusal of the message, recorded by `next`.
@@ -381,6 +463,49 @@ impl SessionHooks for SessionGovern {
         self.next.on_session_start(start);
     }
 
+    fn wants_facts(&self) -> bool {
+        let snapshot = self.governor.snapshot();
+        let mut state = self.lock();
+        let unread = matches!(state.facts, Facts::NotRead);
+        if !(unread || state.facts_stale || state.catalog_stale || state.role.is_none()) {
+            return false;
+        }
+        if state.facts_not_needed == Some(snapshot.generation) {
+            return false;
+        }
+        // Needed where a policy may refuse something of this identity, whatever role it acts
+        // as (the facts tell the role).
+        let subject = Subject { labels: &self.labels, database: &self.database, user: None };
+        if snapshot.set.select(&subject).guards() {
+            true
+        } else {
+            state.facts_not_needed = Some(snapshot.generation);
+            false
+        }
+    }
+
+    fn on_facts(&self, facts: Result<SessionFacts, String>) {
+        let mut state = self.lock();
+        state.facts_stale = false;
+        match facts {
+            Ok(facts) => {
+                state.catalog_stale = false;
+                state.path = Some(Arc::from(search_path::schemas(&facts.search_path, &facts.current_user)));
+                state.facts = Facts::Known(facts.catalog);
+                if state.role.as_deref() != Some(facts.current_user.as_str()) {
+                    state.role = Some(facts.current_user);
+                    state.selection = None;
+                }
+                // The server's word: the search_path in force now (nothing is pending).
+                state.builtins_untrusted = !search_path::setting_trusts_builtins(&facts.search_path);
+            }
+            Err(why) => {
+                tracing::warn!(database = %self.database, error = %why, "session facts unavailable; statements that resolve names are judged unknown");
+                state.facts = Facts::Unavailable(Arc::from(why));
+            }
+        }
+    }
+
     fn before_statement(&self, info: &StatementInfo<'_>) -> Verdict {
         let Some(parts) = self.parts(info) else {
             // Held (the client waits) while a blocking thread describes it; then asked again.
@@ -422,6 +547,15 @@ impl SessionHooks for SessionGovern {
                 let raw = running.sql.get(part.span.clone()).unwrap_or_default();
                 if part.ambiguous || search_path::may_distrust_judged(raw, analysis, part.effects, options) {
                     state.builtins_untrusted = true;
+                    state.facts_stale = true;
+                }
+                if state.path.is_some() && (part.ambiguous || search_path::may_change_path(raw, part.effects)) {
+                    state.path = None;
+                    state.facts_stale = true;
+                }
+                if part.ambiguous || part.effects.contains(Class::Unknown) || describe::may_define(raw, options) {
+                    state.catalog_stale = true;
+                    state.facts_stale = true;
                 }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
@@ -434,6 +568,8 @@ impl SessionHooks for SessionGovern {
                     // is no longer known.
                     state.role = None;
                     state.selection = None;
+                    state.facts_stale = true;
+                    state.path = None;
                 }
             }
         }
@@ -496,7 +632,64 @@ mod tests {
 
     fn session(policy: &str) -> SessionGovern {
         let set = PolicySet::from_sources(&[("p.yaml".into(), policy.to_string())]).expect("policy");
-        Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll))
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
+        s
+    }
+
+    fn facts(search_path: &str, catalog: Catalog) -> SessionFacts {
+        SessionFacts {
+            current_user: "agent".into(),
+            session_user: "login".into(),
+            search_path: search_path.into(),
+            catalog: Arc::new(catalog),
+        }
+    }
+
+    #[test]
+    fn the_sessions_facts_decide_names_role_and_search_path() {
+        let set = PolicySet::from_sources(&[("p.yaml".into(), GUARD.to_string())]).expect("policy");
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        let none = |_: &str| None;
+        let select = |s: &SessionGovern, sql: &str| s.before_statement(&info(sql, QueryProtocol::Simple, &none));
+        assert!(s.wants_facts(), "a guarded session asks for its facts");
+        assert!(matches!(select(&s, "select lower('a')"), Verdict::Deny { .. }), "judged before they came: closed");
+        assert!(matches!(select(&s, "select 1"), Verdict::Allow(_)), "nothing resolved by name");
+        let mut catalog = Catalog::default();
+        catalog.add_function("public", "lower", crate::sql::catalog::Volatility::Volatile, None);
+        catalog.add_function("app", "report", crate::sql::catalog::Volatility::Stable, None);
+        s.on_facts(Ok(facts("\"$user\", public", catalog)));
+        assert!(!s.wants_facts(), "read once");
+        assert_eq!(s.lock().role.as_deref(), Some("agent"), "the role the server says it acts as");
+        assert!(matches!(select(&s, "select lower('a')"), Verdict::Deny { .. }), "a user overload");
+        assert!(matches!(select(&s, "select upper('a'), app.report()"), Verdict::Allow(_)));
+        // A definition forwarded makes the catalog stale until it is read again.
+        let ddl = "create function app.f() returns int language sql as 'select 1'";
+        let ddl_info = info(ddl, QueryProtocol::Simple, &none);
+        let judgement = s.judge(&ddl_info, s.parts(&ddl_info).expect("parts"));
+        let running = crate::proxy::postgres::state::Running::for_tests(ddl, Arc::new(judgement));
+        s.on_forward(&running);
+        assert!(s.wants_facts());
+        assert!(matches!(select(&s, "select app.report()"), Verdict::Deny { .. }));
+        // The server's search_path decides which schemas an unqualified name reaches.
+        let shadow = || {
+            let mut c = Catalog::default();
+            c.add_function("public", "upper", crate::sql::catalog::Volatility::Volatile, None);
+            c
+        };
+        s.on_facts(Ok(facts("public, pg_catalog", shadow())));
+        assert!(matches!(select(&s, "select upper('a')"), Verdict::Deny { .. }));
+        s.on_facts(Ok(facts("pg_catalog, app", shadow())));
+        assert!(matches!(select(&s, "select upper('a')"), Verdict::Allow(_)), "public is not searched");
+        let mut ops = Catalog::default();
+        ops.add_volatile_operator("evil", "+");
+        s.on_facts(Ok(facts("\"$user\", public", ops)));
+        assert!(matches!(select(&s, "select upper('a'), 1 + 1"), Verdict::Allow(_)), "evil is not searched");
+        s.on_facts(Err("permission denied for table pg_proc".into()));
+        let Verdict::Deny { message, .. } = select(&s, "select upper('a')") else {
+            panic!("allowed without a catalog")
+        };
+        assert!(message.contains("permission denied"), "{message}");
     }
 
     const GUARD: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n  default: allow\n";
@@ -522,10 +715,14 @@ mod tests {
         let verdict = s.before_statement(&info("do $$ begin perform 1; end $$", QueryProtocol::Simple, &none));
         let Verdict::Deny { message, .. } = verdict else { panic!("unknown allowed") };
         assert!(message.contains("fail-closed"), "{message}");
+        let mut catalog = Catalog::default();
+        catalog.add_function("public", "upper", crate::sql::catalog::Volatility::Volatile, None);
+        s.on_facts(Ok(facts("app", catalog)));
         assert!(matches!(
             s.before_statement(&info("select upper('a')", QueryProtocol::Simple, &none)),
             Verdict::Allow(_)
         ));
+        // The SET reaches the server first: the call after it may reach public.upper.
         let shadowed = "set search_path = public, pg_catalog; select upper('a')";
         let Verdict::Deny { message, .. } = s.before_statement(&info(shadowed, QueryProtocol::Simple, &none)) else {
             panic!("an unqualified call after the search_path change allowed")

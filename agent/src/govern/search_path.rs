@@ -1,15 +1,11 @@
 //! Whether the session's search_path may no longer put pg_catalog first for functions,
-//! operators and types. The analyser trusts an unqualified built-in name (`lower`, `||`,
-//! `::text`) only because PostgreSQL searches pg_catalog before every schema of the search_path
-//! unless the search_path lists it later. Once a session may have changed that, the trust is
-//! gone for good: a statement that resolves such a name is then `unknown`.
-//!
-//! One-way on purpose: a change back (a later SET, RESET, DISCARD) may be undone by the server
-//! without the proxy seeing it (a ROLLBACK reverts a SET, a SET LOCAL ends with its
-//! transaction, a RESET restores a role's default the proxy never sees), so nothing restores
-//! trust but a new session. A session starts trusted: PostgreSQL 15 does not report the
-//! search_path, and a role's or database's default (`ALTER ROLE ... SET search_path`) is not
-//! seen (docs/decisions.md).
+//! operators and types. Without the database's facts (a session no policy guards is not
+//! asked), the analyser trusts an unqualified built-in name (`lower`, `||`, `::text`) only
+//! because PostgreSQL searches pg_catalog before every schema of the search_path unless the
+//! search_path lists it later; once a session may have changed that, the trust is gone until
+//! the server's own search_path is read again (`SessionGovern::on_facts`, at an idle point).
+//! With the facts, the schemas an unqualified name reaches are taken from the server and the
+//! catalog says which user objects there may shadow a built-in (`sql/catalog.rs`).
 
 use crate::sql::{Analysis, Class, ClassSet, LexOptions, Lexer, TokenKind};
 
@@ -92,26 +88,61 @@ pub fn may_distrust(raw: &str, analysis: &Analysis, options: LexOptions) -> bool
     }
 }
 
+/// Whether a forwarded statement may change the schemas of the search_path at all (even
+/// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
+pub fn may_change_path(raw: &str, effects: ClassSet) -> bool {
+    let lower = raw.to_ascii_lowercase();
+    effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
+        || lower.contains("search_path")
+        || lower.contains("discard")
+        || (lower.contains("reset") && lower.contains("all"))
+}
+
+/// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog
+/// first for functions and operators: it is not listed, or nothing but pg_temp (never searched
+/// for them) comes before it.
+pub fn setting_trusts_builtins(setting: &str) -> bool {
+    let entries = entries(setting);
+    match entries.iter().position(|e| e == "pg_catalog") {
+        None => true,
+        Some(i) => entries[..i].iter().all(|e| e == "pg_temp"),
+    }
+}
+
+/// The schemas a search_path setting (as the server shows it) names, `$user` as `user`.
+pub fn schemas(setting: &str, user: &str) -> Vec<String> {
+    entries(setting).into_iter().map(|e| if e == "$user" { user.to_string() } else { e }).collect()
+}
+
+/// The entries of a search_path setting, read as the server reads the list.
+fn entries(setting: &str) -> Vec<String> {
+    let mut entries = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = setting.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => entries.push(std::mem::take(&mut current)),
+            c if !quoted && c.is_whitespace() => {}
+            // The server folds unquoted names as it reads the list.
+            c if !quoted => current.push(c.to_ascii_lowercase()),
+            c => current.push(c),
+        }
+    }
+    entries.push(current);
+    entries
+}
+
 enum Word {
     Plain(String),
     Comma,
     Equals,
     Other,
-}
-
-/// Whether a statement's text resolves an operator or a type by name (which the search_path
-/// decides, as it does for unqualified functions).
-pub fn resolves_operators_or_types(normalised: &str) -> bool {
-    Lexer::new(normalised, LexOptions::default()).any(|t| {
-        let text = &normalised[t.range()];
-        match t.kind {
-            // `?` is what normalisation leaves for a literal (a jsonb `?` operator is missed).
-            TokenKind::Operator => text != "?",
-            TokenKind::Punctuation => text == "::",
-            TokenKind::Identifier => text.eq_ignore_ascii_case("cast"),
-            _ => false,
-        }
-    })
 }
 
 #[cfg(test)]
@@ -121,6 +152,18 @@ mod tests {
 
     fn check(sql: &str) -> bool {
         may_distrust(sql, &analyse(sql), LexOptions::default())
+    }
+
+    #[test]
+    fn settings_as_the_server_shows_them() {
+        for trusted in ["\"$user\", public", "", "pg_catalog, public", "pg_temp, pg_catalog", "PG_CATALOG, x"] {
+            assert!(setting_trusts_builtins(trusted), "{trusted}");
+        }
+        for untrusted in ["public, pg_catalog", "\"$user\", evil, pg_catalog", "\"a,b\", pg_catalog", "x, PG_Catalog"] {
+            assert!(!setting_trusts_builtins(untrusted), "{untrusted}");
+        }
+        assert!(!setting_trusts_builtins("\"PG_CATALOG\", pg_catalog"), "a quoted name keeps its case");
+        assert_eq!(schemas("\"$user\", Public, \"A b\"", "bot"), ["bot", "public", "A b"]);
     }
 
     #[test]
@@ -161,10 +204,10 @@ mod tests {
 
     #[test]
     fn operators_casts_and_types_resolve_through_the_search_path() {
-        assert!(resolves_operators_or_types("select ? || ?"));
-        assert!(resolves_operators_or_types("select ?::text"));
-        assert!(resolves_operators_or_types("select cast(? as int)"));
-        assert!(!resolves_operators_or_types("select id from t"));
-        assert!(!resolves_operators_or_types("select pg_catalog.upper(?)"), "a normalised literal");
+        assert!(crate::sql::catalog::resolves_by_name("select ? || ?"));
+        assert!(crate::sql::catalog::resolves_by_name("select ?::text"));
+        assert!(crate::sql::catalog::resolves_by_name("select cast(? as int)"));
+        assert!(!crate::sql::catalog::resolves_by_name("select id from t"));
+        assert!(!crate::sql::catalog::resolves_by_name("select pg_catalog.upper(?)"), "a normalised literal");
     }
 }

@@ -38,6 +38,9 @@ struct Case {
     /// A trap the analyser does not catch yet: its mismatch is expected (and its absence is
     /// reported, so the mark is removed once it is caught).
     known_gap: Option<String>,
+    /// Judged right only with the database's catalog, which this test does not have: held to
+    /// its mismatch like a known gap (the live runner judges it with the catalog).
+    offline_gap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,7 +167,7 @@ impl Judge {
         let mut effects = if class == of.class { of.effects.with(of.class) } else { ClassSet::of(&[class]) };
         let (class, reason) = if session.builtins_untrusted
             && (of.functions.iter().any(|f| f.schema.is_none())
-                || crate::govern::search_path::resolves_operators_or_types(&described.normalised))
+                || crate::sql::catalog::resolves_by_name(&described.normalised))
         {
             effects.insert(Class::Unknown);
             (Class::Unknown, Some("an unqualified function after the search_path changed".to_string()))
@@ -281,7 +284,7 @@ fn corpus_cases_are_judged_as_expected() {
     for case in &corpus.cases {
         let before = mismatches.len();
         check_case(case, &judge, &mut mismatches, &mut statements);
-        match &case.known_gap {
+        match case.known_gap.as_ref().or(case.offline_gap.as_ref()) {
             Some(_) if mismatches.len() == before => {
                 mismatches.push(format!("{}: marked known_gap but judged as expected: remove the mark", case.name))
             }

@@ -6,6 +6,25 @@ mod judgement;
 
 pub use judgement::{Decision, Judgement, PartJudgement};
 
+use std::sync::Arc;
+
+use crate::sql::catalog::Catalog;
+
+/// What the database says of a session when it starts (read by the protocol session on the
+/// server's own connection, before the client's first statement is judged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// The role it acts as (the login user, or a role set at start-up or by the role's and
+    /// database's defaults).
+    pub current_user: String,
+    /// The login (or session-authorization) user.
+    pub session_user: String,
+    /// Its search_path setting as the server shows it.
+    pub search_path: String,
+    /// The user objects of its database that change what statements do.
+    pub catalog: Arc<Catalog>,
+}
+
 /// How the server lexes a statement's text: `standard_conforming_strings` when it was sent, and
 /// whether that was settled (no statement was outstanding that could have changed it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

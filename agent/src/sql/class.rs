@@ -110,6 +110,10 @@ impl ClassSet {
         *self = self.with(class);
     }
 
+    pub fn without(self, class: Class) -> ClassSet {
+        ClassSet(self.0 & !class.bit())
+    }
+
     pub fn union(self, other: ClassSet) -> ClassSet {
         ClassSet(self.0 | other.0)
     }

@@ -89,6 +89,28 @@ pub struct Analysis {
     /// `FETCH` / `MOVE` of a cursor: the class here is `read`; the caller substitutes the class
     /// of the cursor's query (which runs as it is fetched).
     pub fetches: Option<String>,
+    /// Names only the database's catalog can say are harmless (user functions, types that are
+    /// not built in): each made the statement `unknown` here (`catalog::settle` answers them).
+    pub lookups: Lookups,
+    /// The class reason once every lookup is answered as a read.
+    pub lookups_reason: Option<Arc<str>>,
+}
+
+/// A name the analyser cannot judge without the database's catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A function that is not a known built-in (or a built-in's name in another schema).
+    Function(ObjectName),
+    /// A cast to a type that is not built in.
+    Type(ObjectName),
+}
+
+/// The lookups of an analysis, and whether they are all its `unknown` stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    pub pending: Arc<[Lookup]>,
+    /// Nothing but these lookups made the statement `unknown`.
+    pub only: bool,
 }
 
 impl Analysis {
@@ -473,11 +495,25 @@ struct Found {
     executes: Option<String>,
     declares: Option<String>,
     fetches: Option<String>,
+    lookups: Vec<Lookup>,
+    /// Something other than a lookup made it `unknown`.
+    hard_unknown: bool,
 }
 
 impl Found {
+    /// An `unknown` the catalog may answer.
+    fn lookup(&mut self, lookup: Lookup, reason: String) {
+        let hard = self.hard_unknown;
+        self.add(Class::Unknown, Some(reason));
+        self.hard_unknown = hard;
+        if !self.lookups.contains(&lookup) {
+            self.lookups.push(lookup);
+        }
+    }
+
     fn add(&mut self, class: Class, reason: Option<String>) {
         self.effects.insert(class);
+        self.hard_unknown |= class == Class::Unknown;
         let slot = &mut self.reasons[class_index(class)];
         if slot.is_none() {
             *slot = reason;
@@ -498,8 +534,15 @@ impl Found {
 
     /// Adds another statement's findings; its session objects only if `objects`.
     fn merge(&mut self, other: Found, objects: bool) {
+        let hard = self.hard_unknown || other.hard_unknown;
         for class in other.effects.iter() {
             self.add(class, other.reasons[class_index(class)].clone());
+        }
+        self.hard_unknown = hard;
+        for lookup in other.lookups {
+            if !self.lookups.contains(&lookup) {
+                self.lookups.push(lookup);
+            }
         }
         other.relations.into_iter().for_each(|r| self.relation(r));
         other.functions.into_iter().for_each(|f| self.function(f));
@@ -521,10 +564,13 @@ impl Found {
                 Class::Unknown
             }
         };
+        let settled = self.effects.without(Class::Unknown).primary().unwrap_or(Class::Read);
+        let lookups_reason = self.reasons[class_index(settled)].clone().map(Arc::from);
         let mut reason = self.reasons[class_index(class)].take();
         if class == Class::Unknown && reason.is_none() {
             reason = Some("not recognised".into());
         }
+        let only = !self.hard_unknown && !self.lookups.is_empty();
         Analysis {
             class,
             effects: self.effects,
@@ -536,6 +582,8 @@ impl Found {
             executes: self.executes,
             declares: self.declares,
             fetches: self.fetches,
+            lookups: Lookups { pending: Arc::from(self.lookups), only },
+            lookups_reason,
         }
     }
 }
@@ -638,6 +686,12 @@ impl<'w> Walker<'w> {
         }
     }
 
+    /// Like [`Self::unknown_even_planned`], for a name the database's catalog can answer.
+    fn lookup_even_planned(&mut self, lookup: Lookup, reason: String) {
+        let reason = if self.muted > 0 { format!("planning may evaluate it: {reason}") } else { reason };
+        self.found.lookup(lookup, reason);
+    }
+
     fn relation(&mut self, name: &ast::ObjectName) {
         match object_name(name) {
             Some(n) => self.found.relation(n),
@@ -673,7 +727,9 @@ impl<'w> Walker<'w> {
                 }
             }
             Some(Builtin::SetConfig) => self.set_config(&n, args),
-            None => self.unknown_even_planned(format!("calls {n}, not known to be read-only")),
+            None => {
+                self.lookup_even_planned(Lookup::Function(n.clone()), format!("calls {n}, not known to be read-only"))
+            }
         }
     }
 
@@ -705,9 +761,11 @@ impl<'w> Walker<'w> {
     /// A cast or typed literal runs the type's input and cast functions: built-in types only.
     fn check_type(&mut self, data_type: &DataType) {
         if let Some(name) = unknown_type(data_type) {
-            self.unknown_even_planned(format!(
-                "casts to {name}, a type not known to be built in (a domain's CHECK can call anything)"
-            ));
+            let why = format!("casts to {name}, a type not known to be built in (a domain's CHECK can call anything)");
+            match custom_type(data_type) {
+                Some(n) => self.lookup_even_planned(Lookup::Type(n), why),
+                None => self.unknown_even_planned(why),
+            }
         }
     }
 
@@ -1484,6 +1542,21 @@ fn runs_analyze(option: &UtilityOption) -> bool {
 }
 
 /// The name of a type a cast names, if it is not known to be built in.
+/// The user type a cast names (an array of it: the element type), if it is one by name.
+fn custom_type(data_type: &DataType) -> Option<ObjectName> {
+    match data_type {
+        DataType::Custom(name, _) => object_name(name),
+        DataType::Array(
+            ArrayElemTypeDef::SquareBracket(inner, _)
+            | ArrayElemTypeDef::AngleBracket(inner)
+            | ArrayElemTypeDef::Parenthesis(inner)
+            | ArrayElemTypeDef::ParenthesisNotNull(inner)
+            | ArrayElemTypeDef::Qualified(inner, _),
+        ) => custom_type(inner),
+        _ => None,
+    }
+}
+
 fn unknown_type(data_type: &DataType) -> Option<String> {
     match data_type {
         DataType::Custom(name, _) => match object_name(name) {

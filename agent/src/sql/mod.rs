@@ -5,12 +5,13 @@
 //! the built-in function lists in `functions`) parses with sqlparser's PostgreSQL dialect, and
 //! results are cached by statement text here.
 
+pub mod catalog;
 mod class;
 mod classify;
 mod functions;
 mod lexer;
 pub use class::{Class, ClassSet, ObjectName};
-pub use classify::{Analysis, MAX_ANALYSED, analyse};
+pub use classify::{Analysis, Lookup, Lookups, MAX_ANALYSED, analyse};
 
 pub use lexer::{LexOptions, Lexer, StringKind, Token, TokenKind};
 use std::{

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::{Agent, Postgres, check, output, warden_bin, workspace_root};
+use testkit::{Agent, Postgres, check, output, psql_bin, warden_bin, workspace_root};
 
 const BASELINE: &str = "baseline.yaml";
 
@@ -93,6 +93,86 @@ fn the_baseline_refuses_by_effect_for_labelled_agents_and_leaves_the_rest_alone(
         r["kind"] == "statement" && r["verdict"]["decision"] == "allow" && r["class"] == "read"
     });
     assert!(allowed["verdict"]["reason"].is_string(), "{allowed}");
+}
+
+/// psql as database user `user`, for one script run by a labelled workload.
+fn psql_as(agent: &Agent, labels: &[&str], user: &str, port: u16, sql: &str) -> (bool, String, String) {
+    let psql = psql_bin().display().to_string();
+    let port = port.to_string();
+    let out =
+        output(&mut agent.exec(
+            labels,
+            &[&psql, "-X", "-tA", "-U", user, "-d", "postgres", "-h", "127.0.0.1", "-p", &port, "-c", sql],
+        ));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What a name runs is what the database's catalog says, read on the session's own connection
+/// before its first statement is judged: user overloads of built-in names, functional notation,
+/// a role's default search_path and role, and user functions the catalog shows to be reads.
+#[test]
+fn the_databases_catalog_decides_what_a_name_runs() {
+    let pg = Postgres::start();
+    fixture(&pg);
+    pg.admin_sql(
+        "create table trail(n int); create schema app; create schema evil; \
+         create function public.lower(int) returns int language sql volatile \
+           as 'insert into trail values ($1) returning n'; \
+         create function public.purge(accounts) returns bigint language sql volatile \
+           as 'with d as (delete from accounts where id = ($1).id returning 1) select count(*) from d'; \
+         create function app.report() returns bigint language sql stable as 'select count(*) from accounts'; \
+         create type app.pair as (a int, b int); \
+         create function evil.upper(text) returns text language sql volatile \
+           as 'insert into public.trail values (2) returning ''shadowed'''; \
+         create function evil.text_plus(text, text) returns text language sql volatile \
+           as 'insert into public.trail values (3) returning $1 || $2'; \
+         create operator evil.+ (leftarg = text, rightarg = text, function = evil.text_plus); \
+         create role bot login; grant all on all tables in schema public to bot; \
+         grant usage on schema app, evil to bot; alter role bot set search_path = evil, pg_catalog; \
+         create role auditor; create role bot2 login; grant auditor to bot2; alter role bot2 set role = auditor",
+    );
+    let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[(BASELINE, &baseline()), ("auditors.yaml", auditors)],
+    );
+    let bot = ["warden/kind=agent"];
+    let run = |user: &str, sql: &str| psql_as(&agent, &bot, user, pg.port, sql);
+
+    // A VOLATILE user overload of a built-in name, and functional notation: refused, nothing ran.
+    for sql in ["select lower(5)", "select a.purge from accounts a", "select (a).purge from accounts a"] {
+        let (ok, _, err) = run("postgres", sql);
+        assert!(!ok && err.contains("warden:") && err.contains("VOLATILE"), "{sql}: {err}");
+    }
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
+    assert_eq!(pg.admin_sql("select count(*) from accounts"), "3");
+    // A STABLE user function and a composite type's cast are reads, as the catalog says.
+    let (ok, out, err) = run("postgres", "select app.report(), (row(1, 2)::app.pair).b");
+    assert!(ok && out.trim() == "3|2", "{out} {err}");
+    let (ok, out, err) = run("postgres", "select upper('a'), 1 + 1");
+    assert!(ok && out.trim() == "A|2", "evil is not on the search_path: {out} {err}");
+    let (ok, _, err) = run("bot", "select 'a'::text + 'b'::text");
+    assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+
+    // A role whose default search_path puts a schema before pg_catalog: built-in names are not
+    // trusted for it.
+    let (ok, _, err) = run("bot", "select upper('a')");
+    assert!(!ok && err.contains("warden:"), "{err}");
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
+    let (ok, out, err) = run("bot", "select owner from public.accounts where id = 1");
+    assert!(ok && out.trim() == "ann", "{out} {err}");
+
+    // A role's default role: the session acts as auditor, which its policy refuses.
+    let (ok, _, err) = run("bot2", "select 1");
+    assert!(!ok && err.contains("auditors"), "{err}");
+
+    // The premise: directly, these run the user's code.
+    assert_eq!(pg.admin_sql("select lower(5)"), "5");
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "1");
 }
 
 fn everyone(rules: &str, default: &str) -> String {

@@ -6,7 +6,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use super::state::{Lexing, QueryProtocol, Running};
 use crate::{
     pg::{backend::RowDescription, frontend::Bind},
-    session::Judgement,
+    session::{Judgement, SessionFacts},
 };
 
 /// A hook's decision about a statement.
@@ -67,6 +67,16 @@ pub trait SessionHooks: Send + Sync {
 
     /// The session is established: who it is.
     fn on_session_start(&self, _start: &SessionStart<'_>) {}
+
+    /// Whether the hooks need the database's facts about the session (its role, search_path,
+    /// catalog) before judging the next statement. The protocol session then reads them on
+    /// the server connection at the first point the server is idle, and answers `on_facts`.
+    fn wants_facts(&self) -> bool {
+        false
+    }
+
+    /// The facts asked for, or why they could not be read.
+    fn on_facts(&self, _facts: Result<SessionFacts, String>) {}
 
     /// Before a statement reaches the server: a simple Query, an extended-protocol Bind (the
     /// point where both the statement and its parameters are known), an Execute of a portal no

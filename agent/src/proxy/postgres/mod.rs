@@ -8,6 +8,7 @@
 
 mod auth;
 pub mod cancel;
+mod catalog;
 pub mod hooks;
 mod refusal;
 mod relay;

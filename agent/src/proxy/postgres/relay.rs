@@ -13,11 +13,15 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    sync::Notify,
+};
 
 use super::{
     SessionContext, SessionError, SessionReport, auth,
     cancel::CancelTarget,
+    catalog,
     hooks::{StatementInfo, Verdict},
     startup::{self, SessionStart},
     state::{self, BackendAction, Phase, ProtocolError, ProtocolState, QueryProtocol},
@@ -30,6 +34,7 @@ use crate::pg::{
     frontend::Frontend,
     text,
 };
+use crate::session::SessionFacts;
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
 const MAX_STREAMED: usize = 1 << 30;
@@ -78,9 +83,11 @@ where
 {
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
-    let mut to_server = ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false };
+    let answered = Notify::new();
+    let mut to_server =
+        ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false, answered: &answered };
     let draining = AtomicBool::new(false);
-    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining);
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, &answered);
     // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
     // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
     let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
@@ -229,7 +236,12 @@ struct ClientToServer<'a> {
     bytes: u64,
     /// The client sent Terminate: nothing it sends after it is read (the server would not).
     terminated: bool,
+    /// Woken when the answer to the proxy's own query is complete.
+    answered: &'a Notify,
 }
+
+/// How long the proxy waits for the answer to its own query before judging without it.
+const FACTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partial message reserves at most this much ahead of the bytes that actually arrived, so
 /// a declared length costs memory only as the client really sends it.
@@ -320,6 +332,12 @@ impl ClientToServer<'_> {
         let mut flushed = 0;
         while let Some(h) = complete_message(&buf[pos..], max)? {
             let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
+            if judged_message(&msg) && self.ctx.hooks.wants_facts() && self.lock().idle_for_internal() {
+                upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
+                flushed = pos;
+                let facts = self.read_facts(upstream).await?;
+                self.ctx.hooks.on_facts(facts);
+            }
             let mut verdict = self.judge(&msg);
             // A hold may prepare what judging needs and ask again; a hold after a hold is not
             // waited for forever.
@@ -379,6 +397,34 @@ impl ClientToServer<'_> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends the facts query (the server is idle) and waits for its answer, which the
+    /// server-to-client pump keeps from the client.
+    async fn read_facts<W: AsyncWrite + Unpin>(
+        &mut self,
+        upstream: &mut W,
+    ) -> Result<Result<SessionFacts, String>, SessionError> {
+        let mut bytes = Vec::new();
+        let mut body = catalog::query().into_bytes();
+        body.push(0);
+        put_message(&mut bytes, b'Q', &body);
+        self.lock().on_internal_query();
+        upstream.write_all(&bytes).await.map_err(SessionError::UpstreamIo)?;
+        let deadline = tokio::time::Instant::now() + FACTS_TIMEOUT;
+        loop {
+            let notified = self.answered.notified();
+            if let Some(answer) = self.lock().take_internal_answer() {
+                return Ok(match answer.error {
+                    Some(error) => Err(format!("the server refused the facts query: {error}")),
+                    None => catalog::facts(&answer.rows),
+                });
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // Judged without them; the answer, when it comes, is still kept from the client.
+                return Ok(Err(format!("no answer to the facts query within {} s", FACTS_TIMEOUT.as_secs())));
+            }
+        }
+    }
+
     /// Asks the hooks about statements; everything else passes.
     fn judge(&self, msg: &Frontend<'_>) -> Verdict {
         let hooks = &self.ctx.hooks;
@@ -434,6 +480,18 @@ impl ClientToServer<'_> {
     }
 }
 
+/// Whether a client message is one the hooks judge.
+fn judged_message(msg: &Frontend<'_>) -> bool {
+    matches!(
+        msg,
+        Frontend::Query(_)
+            | Frontend::Parse { .. }
+            | Frontend::Bind(_)
+            | Frontend::Execute { .. }
+            | Frontend::FunctionCall { .. }
+    )
+}
+
 /// The header of the complete message at the start of `buf`, if it is all there.
 fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
     match frame::header(buf, max).map_err(|e| ProtocolError::Client(e.to_string()))? {
@@ -484,6 +542,8 @@ struct ServerToClient<'a> {
     draining: &'a AtomicBool,
     /// While draining, a write to the client failed: it is gone, answers are only recorded.
     client_gone: bool,
+    /// Woken when the answer to the proxy's own query is complete.
+    answered: &'a Notify,
 }
 
 impl<'a> ServerToClient<'a> {
@@ -492,6 +552,7 @@ impl<'a> ServerToClient<'a> {
         state: &'a Mutex<ProtocolState>,
         channel_binding_holds: bool,
         draining: &'a AtomicBool,
+        answered: &'a Notify,
     ) -> Self {
         Self {
             ctx,
@@ -504,6 +565,7 @@ impl<'a> ServerToClient<'a> {
             replacements: Vec::new(),
             draining,
             client_gone: false,
+            answered,
         }
     }
 
@@ -579,7 +641,7 @@ impl<'a> ServerToClient<'a> {
                 break;
             };
             let available = self.buf.len() - pos;
-            if h.tag == b'D' && !wants_rows {
+            if h.tag == b'D' && !wants_rows && !st.answering_internal() {
                 // A run of rows: skip headers without decoding, count once.
                 let mut rows = 0u64;
                 let mut cursor = pos;
@@ -634,6 +696,9 @@ impl<'a> ServerToClient<'a> {
             pos += h.total;
         }
         self.processed = pos;
+        if st.internal_answered() {
+            self.answered.notify_one();
+        }
         Ok(())
     }
 }
@@ -653,6 +718,18 @@ impl Observer<'_> {
     /// send in its place, if any.
     fn observe(&mut self, st: &mut ProtocolState, msg: &Backend<'_>) -> Result<Option<Vec<u8>>, SessionError> {
         let hooks = &self.ctx.hooks;
+        if st.answering_internal() {
+            // The proxy's own query: no statement of the client's, nothing for the hooks.
+            if let Backend::ErrorResponse { fields } = msg
+                && crate::pg::backend::field(fields, b'S') == Some(b"FATAL")
+            {
+                self.saw_fatal = true;
+            }
+            return Ok(match st.on_backend(msg)? {
+                BackendAction::Forward => None,
+                BackendAction::Replace(bytes) => Some(bytes),
+            });
+        }
         match msg {
             Backend::Authentication { code: AUTH_SASL, data } => {
                 st.on_backend(msg)?;

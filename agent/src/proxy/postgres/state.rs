@@ -67,6 +67,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// A simple query forwarded with `judgement` (for the hooks' unit tests).
+    #[cfg(test)]
+    pub fn for_tests(sql: &str, judgement: Arc<Judgement>) -> Running {
+        let mut state = ProtocolState::new();
+        let mut running = state.start(Arc::from(sql), QueryProtocol::Simple);
+        running.judgement = Some(judgement);
+        running
+    }
+
     /// The portal an Execute runs (empty for the unnamed portal and other protocols).
     pub fn portal_name(&self) -> &[u8] {
         &self.portal
@@ -130,12 +139,26 @@ enum Expect {
     FunctionCall(Running),
     /// ReadyForQuery.
     Sync,
+    /// The proxy's own simple query (`on_internal_query`): every answer up to its
+    /// ReadyForQuery is kept from the client.
+    Internal,
 }
 
 impl Expect {
     fn ends_with_ready(&self) -> bool {
-        matches!(self, Self::SimpleQuery(_) | Self::FunctionCall(_) | Self::Sync)
+        matches!(self, Self::SimpleQuery(_) | Self::FunctionCall(_) | Self::Sync | Self::Internal)
     }
+}
+
+/// Bytes of rows the proxy's own query may return: beyond them its answer is an error.
+const MAX_INTERNAL_ROWS: usize = 16 << 20;
+
+/// The answer to the proxy's own query: its rows (DataRow bodies), or the server's error.
+#[derive(Debug, Default)]
+pub struct InternalAnswer {
+    pub rows: Vec<Vec<u8>>,
+    pub error: Option<String>,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -273,6 +296,9 @@ pub struct ProtocolState {
     /// server converts names before it keys them.
     server_encoding: Vec<u8>,
     client_encoding: Vec<u8>,
+    /// The answer to the proxy's own query so far, and once its ReadyForQuery came.
+    internal: Option<InternalAnswer>,
+    internal_done: Option<InternalAnswer>,
 }
 
 impl Default for ProtocolState {
@@ -303,6 +329,8 @@ impl ProtocolState {
             settings_in_flight: false,
             server_encoding: Vec::new(),
             client_encoding: Vec::new(),
+            internal: None,
+            internal_done: None,
         }
     }
 
@@ -438,6 +466,90 @@ impl ProtocolState {
     /// Whether the server will skip every message up to the next Sync: a poison standing in for
     /// a refused extended-protocol message was sent since the last one (its error makes the
     /// server discard the rest of the batch), or an error already arrived.
+    /// Whether the proxy may send a query of its own now without changing what the client's
+    /// messages do: the server owes nothing, is outside a transaction block, and no extended
+    /// batch or COPY is open.
+    pub fn idle_for_internal(&self) -> bool {
+        self.phase == Phase::Ready
+            && self.pending.is_empty()
+            && self.tx_status == b'I'
+            && self.copy == Copy::None
+            && !self.ignoring_till_sync
+            && self.internal.is_none()
+    }
+
+    /// The proxy sent a simple query of its own: its answers are kept from the client and
+    /// collected (`take_internal_answer`).
+    pub fn on_internal_query(&mut self) {
+        self.readies_asked += 1;
+        self.internal = Some(InternalAnswer::default());
+        self.internal_done = None;
+        self.pending.push_back(Pending {
+            expect: Expect::Internal,
+            replace_error: None,
+            undo: None,
+            readies: self.readies_asked,
+        });
+    }
+
+    /// The server is answering the proxy's own query.
+    pub fn answering_internal(&self) -> bool {
+        matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Internal))
+    }
+
+    /// Whether the answer to the proxy's own query is complete and not yet taken.
+    pub fn internal_answered(&self) -> bool {
+        self.internal_done.is_some()
+    }
+
+    /// The complete answer to the proxy's own query, once.
+    pub fn take_internal_answer(&mut self) -> Option<InternalAnswer> {
+        self.internal_done.take()
+    }
+
+    /// A server message answering the proxy's own query: kept from the client (`Replace` with
+    /// nothing), but for what is not an answer (settings changes, notifications).
+    fn on_internal_backend(&mut self, msg: &Backend<'_>) -> Result<Option<BackendAction>, ProtocolError> {
+        let answer = self.internal.get_or_insert_with(InternalAnswer::default);
+        match msg {
+            Backend::ParameterStatus { .. } | Backend::NotificationResponse { .. } => return Ok(None),
+            Backend::RowDescription(_)
+            | Backend::CommandComplete { .. }
+            | Backend::EmptyQueryResponse
+            | Backend::NoticeResponse { .. } => {}
+            Backend::DataRow(body) => {
+                answer.bytes += body.len();
+                if answer.bytes > MAX_INTERNAL_ROWS {
+                    answer.rows.clear();
+                    answer.error.get_or_insert_with(|| format!("more than {MAX_INTERNAL_ROWS} bytes of rows"));
+                } else if answer.error.is_none() {
+                    answer.rows.push(body.to_vec());
+                }
+            }
+            Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") => {
+                // The server ends the session: the client is told why.
+                answer.error = Some("the server ended the session".into());
+                return Ok(Some(BackendAction::Forward));
+            }
+            Backend::ErrorResponse { fields } => {
+                let code = crate::pg::backend::field(fields, b'C').map(text).unwrap_or_default();
+                let message = crate::pg::backend::field(fields, b'M').map(text).unwrap_or_default();
+                answer.error = Some(format!("{code}: {message}"));
+            }
+            Backend::ReadyForQuery { status } => {
+                self.tx_status = *status;
+                self.pending.pop_front();
+                self.internal_done = self.internal.take();
+            }
+            _ => {
+                return Err(ProtocolError::Server(
+                    "a message other than rows, a result or an error in the answer to the proxy's own query".into(),
+                ));
+            }
+        }
+        Ok(Some(BackendAction::Replace(Vec::new())))
+    }
+
     pub fn skipping_to_sync(&self) -> bool {
         self.ignoring_till_sync
             || self
@@ -667,6 +779,11 @@ impl ProtocolState {
 
     /// Records a server message and says what to relay to the client.
     pub fn on_backend(&mut self, msg: &Backend<'_>) -> Result<BackendAction, ProtocolError> {
+        if self.answering_internal()
+            && let Some(action) = self.on_internal_backend(msg)?
+        {
+            return Ok(action);
+        }
         match msg {
             Backend::Authentication { code, .. } => {
                 if self.phase != Phase::Authenticating {
