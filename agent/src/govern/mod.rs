@@ -127,7 +127,13 @@ struct SessionState {
     /// The schemas of the session's search_path as the server last showed it; `None` once a
     /// forwarded statement may have changed it (or the role `$user` stands for).
     path: Option<Arc<[String]>>,
+    /// When the facts were last read: they are read again after `FACTS_MAX_AGE` (another
+    /// connection may have changed the catalog).
+    facts_read: Option<std::time::Instant>,
 }
+
+/// How long a session's facts are trusted before they are read again at an idle point.
+const FACTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How far earlier statements of a message may have changed what its later ones resolve to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -173,7 +179,11 @@ impl SessionGovern {
         {
             return selection.clone();
         }
-        let subject = Subject { labels: &self.labels, database: &self.database, user: state.role.as_deref() };
+        // Until the server said who the session acts as (a role's default role, a pipelined
+        // SET ROLE), every `users` filter applies: the role is not known yet.
+        let role_known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed.is_some();
+        let user = if role_known { state.role.as_deref() } else { None };
+        let subject = Subject { labels: &self.labels, database: &self.database, user };
         let selection = snapshot.set.select(&subject);
         state.selection = Some((snapshot.generation, selection.clone()));
         selection
@@ -274,7 +284,9 @@ impl SessionGovern {
                 let raw = info.sql.get(part.span.clone()).unwrap_or_default();
                 if part.ambiguous || effects.contains(Class::Unknown) || describe::may_define(raw, options) {
                     narrowed = Narrowed::Defined;
-                } else if narrowed == Narrowed::None && search_path::may_change_path(raw, effects) {
+                } else if narrowed == Narrowed::None
+                    && search_path::may_change_path(raw, &part.described.analysis, effects, options)
+                {
                     narrowed = Narrowed::Path;
                 }
                 // Without the catalog, built-in names are trusted only while pg_catalog is first.
@@ -467,7 +479,8 @@ impl SessionHooks for SessionGovern {
         let snapshot = self.governor.snapshot();
         let mut state = self.lock();
         let unread = matches!(state.facts, Facts::NotRead);
-        if !(unread || state.facts_stale || state.catalog_stale || state.role.is_none()) {
+        let old = state.facts_read.is_some_and(|t| t.elapsed() > FACTS_MAX_AGE);
+        if !(unread || old || state.facts_stale || state.catalog_stale || state.role.is_none()) {
             return false;
         }
         if state.facts_not_needed == Some(snapshot.generation) {
@@ -490,16 +503,24 @@ impl SessionHooks for SessionGovern {
         match facts {
             Ok(facts) => {
                 state.catalog_stale = false;
-                state.path = Some(Arc::from(search_path::schemas(&facts.search_path, &facts.current_user)));
+                state.facts_read = Some(std::time::Instant::now());
+                // The schemas searched now, and those the setting names that do not exist yet.
+                let mut path = facts.schemas.clone();
+                path.extend(search_path::schemas(&facts.search_path, &facts.current_user));
+                state.path = Some(Arc::from(path));
                 state.facts = Facts::Known(facts.catalog);
-                if state.role.as_deref() != Some(facts.current_user.as_str()) {
-                    state.role = Some(facts.current_user);
-                    state.selection = None;
-                }
+                // Selected again: with the role now known (before, every `users` filter applied).
+                state.role = Some(facts.current_user);
+                state.selection = None;
                 // The server's word: the search_path in force now (nothing is pending).
-                state.builtins_untrusted = !search_path::setting_trusts_builtins(&facts.search_path);
+                let first = facts.schemas.iter().find(|s| !s.starts_with("pg_temp_"));
+                state.builtins_untrusted = !search_path::setting_trusts_builtins(&facts.search_path)
+                    || first.is_some_and(|s| s != "pg_catalog");
             }
             Err(why) => {
+                // Asked again at the next idle point.
+                state.facts_stale = true;
+                state.selection = None;
                 tracing::warn!(database = %self.database, error = %why, "session facts unavailable; statements that resolve names are judged unknown");
                 state.facts = Facts::Unavailable(Arc::from(why));
             }
@@ -549,7 +570,9 @@ impl SessionHooks for SessionGovern {
                     state.builtins_untrusted = true;
                     state.facts_stale = true;
                 }
-                if state.path.is_some() && (part.ambiguous || search_path::may_change_path(raw, part.effects)) {
+                if state.path.is_some()
+                    && (part.ambiguous || search_path::may_change_path(raw, analysis, part.effects, options))
+                {
                     state.path = None;
                     state.facts_stale = true;
                 }
@@ -642,6 +665,7 @@ mod tests {
             current_user: "agent".into(),
             session_user: "login".into(),
             search_path: search_path.into(),
+            schemas: Vec::new(),
             catalog: Arc::new(catalog),
         }
     }

@@ -90,9 +90,10 @@ pub fn may_distrust(raw: &str, analysis: &Analysis, options: LexOptions) -> bool
 
 /// Whether a forwarded statement may change the schemas of the search_path at all (even
 /// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
-pub fn may_change_path(raw: &str, effects: ClassSet) -> bool {
+pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, options: LexOptions) -> bool {
     let lower = raw.to_ascii_lowercase();
-    effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
+    may_distrust_judged(raw, analysis, effects, options)
+        || effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
         || lower.contains("search_path")
         || lower.contains("discard")
         || (lower.contains("reset") && lower.contains("all"))
@@ -135,7 +136,19 @@ fn entries(setting: &str) -> Vec<String> {
         }
     }
     entries.push(current);
-    entries
+    entries.into_iter().map(cut).collect()
+}
+
+/// A name cut to NAMEDATALEN - 1 bytes at a character boundary, as the server cuts it.
+fn cut(mut name: String) -> String {
+    if name.len() > 63 {
+        let mut end = 63;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 enum Word {
@@ -164,6 +177,10 @@ mod tests {
         }
         assert!(!setting_trusts_builtins("\"PG_CATALOG\", pg_catalog"), "a quoted name keeps its case");
         assert_eq!(schemas("\"$user\", Public, \"A b\"", "bot"), ["bot", "public", "A b"]);
+        let escaped = "SET U&\"search\\005fpath\" = evil, pg_catalog";
+        assert!(may_change_path(escaped, &analyse(escaped), analyse(escaped).effects, LexOptions::default()));
+        let long = format!("{}, pg_catalog", "a".repeat(70));
+        assert_eq!(schemas(&long, "u")[0].len(), 63, "cut as the server cuts names");
     }
 
     #[test]

@@ -286,7 +286,7 @@ fn corpus_cases_are_judged_as_expected() {
         check_case(case, &judge, &mut mismatches, &mut statements);
         match case.known_gap.as_ref().or(case.offline_gap.as_ref()) {
             Some(_) if mismatches.len() == before => {
-                mismatches.push(format!("{}: marked known_gap but judged as expected: remove the mark", case.name))
+                mismatches.push(format!("{}: marked as a gap but judged as expected: remove the mark", case.name))
             }
             Some(_) => {
                 gaps += 1;

@@ -21,6 +21,9 @@ pub struct SessionFacts {
     pub session_user: String,
     /// Its search_path setting as the server shows it.
     pub search_path: String,
+    /// The schemas the server searches now (`current_schemas(true)`: existing ones, in order,
+    /// the implicit pg_catalog and temporary schema included).
+    pub schemas: Vec<String>,
     /// The user objects of its database that change what statements do.
     pub catalog: Arc<Catalog>,
 }

@@ -60,11 +60,21 @@ pub struct Catalog {
     unsafe_type_names: HashSet<String>,
     /// A user cast runs a volatile function: (target type, implicitly or only explicitly).
     volatile_casts: Vec<(ObjectName, bool)>,
+    /// VOLATILE built-in functions (pg_catalog) by name.
+    volatile_builtins: HashSet<String>,
+}
+
+/// The session's temporary schema (`pg_temp_3`) is also named `pg_temp`.
+fn also_pg_temp(schema: &str) -> Option<&'static str> {
+    schema.strip_prefix("pg_temp_").filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(|_| "pg_temp")
 }
 
 impl Catalog {
     /// Records a user function (all overloads of `schema.name` folded).
     pub fn add_function(&mut self, schema: &str, name: &str, volatility: Volatility, one_argument: Option<Volatility>) {
+        if let Some(alias) = also_pg_temp(schema) {
+            self.add_function(alias, name, volatility, one_argument);
+        }
         let key = ObjectName::new(Some(schema), name);
         worst(self.functions.entry(key).or_insert(volatility), volatility);
         worst(self.by_name.entry(name.to_string()).or_insert(volatility), volatility);
@@ -90,7 +100,14 @@ impl Catalog {
         }
     }
 
+    pub fn add_volatile_builtin(&mut self, name: &str) {
+        self.volatile_builtins.insert(name.to_string());
+    }
+
     pub fn add_unsafe_type(&mut self, schema: &str, name: &str) {
+        if let Some(alias) = also_pg_temp(schema) {
+            self.unsafe_types.insert(ObjectName::new(Some(alias), name));
+        }
         self.unsafe_types.insert(ObjectName::new(Some(schema), name));
         self.unsafe_type_names.insert(name.to_string());
     }
@@ -123,6 +140,13 @@ impl Catalog {
     /// read (an IMMUTABLE or STABLE user function, a type whose cast runs no user code).
     fn answer(&self, lookup: &Lookup, path: Option<&[String]>) -> Option<String> {
         match lookup {
+            Lookup::Function(n)
+                if n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+                    && self.volatile_builtins.contains(&n.name) =>
+            {
+                // pg_catalog is searched first: a built-in the analyser does not know.
+                Some(format!("calls {n}, a VOLATILE built-in function"))
+            }
             Lookup::Function(n) => {
                 let found = match &n.schema {
                     Some(_) => self.functions.get(n).copied(),
@@ -190,7 +214,23 @@ impl Catalog {
                 TokenKind::Operator if operators && !after_dot => {
                     // Normalisation leaves `?` for a literal, which the lexer joins to an operator
                     // before it (`-'x'` reads `-?`): each piece is a possible operator too.
-                    let pieces = std::iter::once(text).chain(text.split('?').filter(|p| !p.is_empty()));
+                    // `!=` is `<>` to the server.
+                    let text = if text == "!=" { "<>" } else { text };
+                    let mut pieces = Vec::new();
+                    for piece in std::iter::once(text).chain(text.split('?').filter(|p| !p.is_empty())) {
+                        pieces.push(piece);
+                        // The server ends a multi-character operator before trailing `+`/`-`
+                        // unless it holds one of ~!@#^&|`?% (`*-` is `*` then a prefix `-`).
+                        if piece.len() > 1
+                            && piece.ends_with(['+', '-'])
+                            && !piece.contains(|c| "~!@#^&|`?%".contains(c))
+                        {
+                            let head = piece.trim_end_matches(['+', '-']);
+                            let head = if head.is_empty() { &piece[..1] } else { head };
+                            pieces.push(head);
+                            pieces.extend((head.len()..piece.len()).map(|i| &piece[i..i + 1]));
+                        }
+                    }
                     for piece in pieces {
                         if self.volatile_operator(piece, path) {
                             return Some(format!(
@@ -218,7 +258,9 @@ impl Catalog {
                     }
                     let previous = i.checked_sub(1).map(|p| &normalised[tokens[p].range()]);
                     let typed = previous.is_some_and(|p| p == "::" || p == "." || p.eq_ignore_ascii_case("as"))
-                        || tokens.get(i + 1).is_some_and(|t| matches!(t.kind, TokenKind::StringLiteral(_)));
+                        || tokens.get(i + 1).is_some_and(|t| {
+                            matches!(t.kind, TokenKind::StringLiteral(_)) || &normalised[t.range()] == "?"
+                        });
                     if types && typed && self.unsafe_type_names.contains(&unquoted(text)) {
                         return Some(format!(
                             "names type {text}, and the database has a type of that name whose input runs user code"
@@ -240,7 +282,7 @@ impl Catalog {
 
 /// Operators PostgreSQL also applies without their symbol being written (IN, LIKE, BETWEEN,
 /// DISTINCT, ORDER BY, CASE, ...).
-const IMPLICIT_OPERATORS: &[&str] = &["<", "<=", "<>", "=", ">", ">=", "~~", "~~*", "!~~", "!~~*"];
+const IMPLICIT_OPERATORS: &[&str] = &["!~", "!~~", "!~~*", "<", "<=", "<>", "=", ">", ">=", "~", "~~", "~~*"];
 /// Words whose meaning applies such an operator.
 const IMPLICIT_COMPARING: &[&str] = &[
     "all",
@@ -319,7 +361,8 @@ pub fn settle(analysis: &Analysis, normalised: &str, view: CatalogView<'_>) -> S
     match view {
         CatalogView::BuiltinsOnly => {}
         CatalogView::Unavailable(why) => {
-            if !analysis.functions.is_empty() || resolves_by_name(normalised) {
+            // A relation's columns may be functions (`t.f`), its comparisons user operators.
+            if !analysis.functions.is_empty() || !analysis.relations.is_empty() || resolves_by_name(normalised) {
                 unknown(
                     &mut settled,
                     format!("resolves names the database's catalog decides, and it could not be read ({why})"),
@@ -371,11 +414,11 @@ pub fn resolves_by_name(normalised: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::{analyse, normalise_for_analysis};
 
+    /// As govern settles it: the description cache's normalised text and analysis.
     fn settled(sql: &str, view: CatalogView<'_>) -> Settled {
-        let normalised = normalise_for_analysis(sql);
-        settle(&analyse(&normalised), &normalised, view)
+        let described = crate::sql::DescriptionCache::new(16).describe(sql);
+        settle(&described.analysis, &described.normalised, view)
     }
 
     fn catalog() -> Catalog {
@@ -426,6 +469,13 @@ mod tests {
         ops.add_volatile_operator("shadow", "-");
         assert_eq!(settled("select 1 + 2", CatalogView::Known(&ops)).class, Class::Unknown);
         assert_eq!(settled("select 1 * 2", CatalogView::Known(&ops)).class, Class::Read);
+        assert_eq!(settled("select 2*-a from t", CatalogView::Known(&ops)).class, Class::Unknown, "*- is * then -");
+        let mut ne = Catalog::default();
+        ne.add_volatile_operator("public", "<>");
+        assert_eq!(settled("select a != 1 from t", CatalogView::Known(&ne)).class, Class::Unknown, "!= is <>");
+        let mut similar = Catalog::default();
+        similar.add_volatile_operator("public", "~");
+        assert_eq!(settled("select a similar to 'x' from t", CatalogView::Known(&similar)).class, Class::Unknown);
         assert_eq!(
             settled("select -'abc'::text", CatalogView::Known(&ops)).class,
             Class::Unknown,
@@ -472,7 +522,8 @@ mod tests {
         let view = CatalogView::Unavailable("permission denied");
         assert_eq!(settled("select lower('a')", view).class, Class::Unknown);
         assert_eq!(settled("select 1 + 1", view).class, Class::Unknown);
-        assert_eq!(settled("select a from t", view).class, Class::Read, "names only relations");
+        assert_eq!(settled("select a.f from t a", view).class, Class::Unknown, "a.f may be f(a)");
+        assert_eq!(settled("select 1", view).class, Class::Read);
         assert!(settled("select now()", view).reason.is_some_and(|r| r.contains("permission denied")));
     }
 }

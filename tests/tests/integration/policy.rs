@@ -124,7 +124,7 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'insert into trail values ($1) returning n'; \
          create function public.purge(accounts) returns bigint language sql volatile \
            as 'with d as (delete from accounts where id = ($1).id returning 1) select count(*) from d'; \
-         create function app.report() returns bigint language sql stable as 'select count(*) from accounts'; \
+         create function app.report() returns bigint language sql stable as 'select count(*) from public.accounts'; \
          create type app.pair as (a int, b int); \
          create function evil.upper(text) returns text language sql volatile \
            as 'insert into public.trail values (2) returning ''shadowed'''; \
@@ -132,7 +132,8 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'insert into public.trail values (3) returning $1 || $2'; \
          create operator evil.+ (leftarg = text, rightarg = text, function = evil.text_plus); \
          create role bot login; grant all on all tables in schema public to bot; \
-         grant usage on schema app, evil to bot; alter role bot set search_path = evil, pg_catalog; \
+         grant usage on schema app, evil to bot; grant select on accounts to bot; \
+         alter role bot set search_path = evil, pg_catalog; \
          create role auditor; create role bot2 login; grant auditor to bot2; alter role bot2 set role = auditor",
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
@@ -151,8 +152,11 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     assert_eq!(pg.admin_sql("select count(*) from accounts"), "3");
     // A STABLE user function and a composite type's cast are reads, as the catalog says.
-    let (ok, out, err) = run("postgres", "select app.report(), (row(1, 2)::app.pair).b");
+    let (ok, out, err) = run("bot", "select app.report(), (row(1, 2)::app.pair).b");
     assert!(ok && out.trim() == "3|2", "{out} {err}");
+    // Not for a role that can act as the function's owner: its volatility is its own claim.
+    let (ok, _, err) = run("postgres", "select app.report()");
+    assert!(!ok && err.contains("VOLATILE"), "{err}");
     let (ok, out, err) = run("postgres", "select upper('a'), 1 + 1");
     assert!(ok && out.trim() == "A|2", "evil is not on the search_path: {out} {err}");
     let (ok, _, err) = run("bot", "select 'a'::text + 'b'::text");

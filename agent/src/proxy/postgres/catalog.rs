@@ -18,50 +18,98 @@ use crate::{
 /// (PostgreSQL's `FirstNormalObjectId`.)
 const FIRST_USER_OID: u32 = 16384;
 
-/// The facts query. Rows: (kind, schema, name, volatility, extra).
-/// - `s`: the session: search_path, current_user, session_user.
-/// - `f`: a user function, overloads folded: worst volatility (an aggregate counts as
-///   volatile), and in `extra` the worst of those callable with one argument (`t.f`).
+/// `x` (text) as hex digits of its UTF-8 bytes: the same in every client encoding.
+fn hex(x: &str) -> String {
+    format!(
+        "pg_catalog.encode(pg_catalog.convert_to(({x})::pg_catalog.text, 'UTF8'::pg_catalog.name), 'hex'::pg_catalog.text)"
+    )
+}
+
+/// The facts query. Rows: (kind, schema, name, volatility, extra); names as hex of UTF-8, a
+/// volatility as 0 (IMMUTABLE), 1 (STABLE) or 2 (VOLATILE).
+/// - `s`: the session: search_path, current_user, session_user, and the schemas the server
+///   searches (`current_schemas(true)`, comma-separated).
+/// - `f`: a user function, overloads folded: the worst volatility, counting as VOLATILE an
+///   aggregate and any function the session's role could have written (it can act as its
+///   owner: the declared volatility is then its own claim); in `extra` the worst of those
+///   callable with one argument (`t.f`).
+/// - `x`: a VOLATILE built-in (pg_catalog) function, by name: a name the analyser does not
+///   know may be one.
 /// - `o`: a user operator (schema, symbol) whose function is volatile.
-/// - `t`: a user type whose input runs user code: a domain with a CHECK constraint (or over a
-///   user type), a base type whose input function is volatile.
+/// - `t`: a type whose input runs user code: a domain with a CHECK constraint, a base type with
+///   a volatile input function, and every array, domain, composite and range over one.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
 ///   context (`i` implicit, `a` assignment, `e` explicit).
+///
+/// Run with no statement or lock timeout of the session's (`SET LOCAL`, in the query's own
+/// implicit transaction).
 pub fn query() -> String {
     let o = FIRST_USER_OID;
+    let eq = "OPERATOR(pg_catalog.=)";
+    let volatility = |cond: &str| {
+        format!(
+            "pg_catalog.max(CASE WHEN {cond} THEN (CASE WHEN p.prokind {eq} 'a'::pg_catalog.\"char\" \
+             OR p.provolatile {eq} 'v'::pg_catalog.\"char\" \
+             OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text) THEN 2 \
+             WHEN p.provolatile {eq} 's'::pg_catalog.\"char\" THEN 1 ELSE 0 END) END)::pg_catalog.text"
+        )
+    };
+    let any = volatility("true");
+    let one = volatility(
+        "p.pronargs OPERATOR(pg_catalog.>=) 1::pg_catalog.int2 \
+         AND (p.pronargs OPERATOR(pg_catalog.-) p.pronargdefaults) OPERATOR(pg_catalog.<=) 1::pg_catalog.int2",
+    );
+    let schemas = format!(
+        "pg_catalog.array_to_string(ARRAY(SELECT {} FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s(n)), ','::pg_catalog.text)",
+        hex("s.n")
+    );
     format!(
-        "SELECT 's'::pg_catalog.text, pg_catalog.current_setting('search_path'::pg_catalog.text), \
-         current_user::pg_catalog.text, session_user::pg_catalog.text, ''::pg_catalog.text \
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+         WITH RECURSIVE edges(child, parent) AS ( \
+           SELECT t.oid, t.typelem FROM pg_catalog.pg_type t WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+           UNION ALL SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typbasetype OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+           UNION ALL SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a \
+             ON a.attrelid {eq} t.typrelid WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 \
+           UNION ALL SELECT r.rngtypid, r.rngsubtype FROM pg_catalog.pg_range r), \
+         bad(oid) AS ( \
+           SELECT t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND ( \
+             (t.typtype {eq} 'd'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_constraint c \
+               WHERE c.contypid {eq} t.oid AND c.contype {eq} 'c'::pg_catalog.\"char\")) \
+             OR (t.typtype {eq} 'b'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_proc p \
+               WHERE p.oid {eq} t.typinput::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\"))) \
+           UNION SELECT e.child FROM edges e JOIN bad b ON e.parent {eq} b.oid) \
+         SELECT 's'::pg_catalog.text, {sp}, {cu}, {su}, {schemas} \
          UNION ALL \
-         SELECT 'f', n.nspname::pg_catalog.text, p.proname::pg_catalog.text, \
-         pg_catalog.max(CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'a'::pg_catalog.\"char\" THEN 'v'::pg_catalog.text \
-         ELSE p.provolatile::pg_catalog.text END), \
-         pg_catalog.max(CASE WHEN p.pronargs OPERATOR(pg_catalog.>=) 1::pg_catalog.int2 \
-         AND (p.pronargs OPERATOR(pg_catalog.-) p.pronargdefaults) OPERATOR(pg_catalog.<=) 1::pg_catalog.int2 \
-         THEN p.provolatile::pg_catalog.text END) \
-         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
-         WHERE p.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid GROUP BY 1, 2, 3 \
+         SELECT 'f', {ns}, {pn}, {any}, {one} \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid {eq} p.pronamespace \
+         WHERE p.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid GROUP BY n.nspname, p.proname \
          UNION ALL \
-         SELECT DISTINCT 'o', n.nspname::pg_catalog.text, o.oprname::pg_catalog.text, 'v', '' \
-         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode::pg_catalog.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace \
-         WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid \
-         AND p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\" \
+         SELECT DISTINCT 'x', '', {pn}, '2', '' FROM pg_catalog.pg_proc p \
+         WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
+         AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\" \
          UNION ALL \
-         SELECT 't', n.nspname::pg_catalog.text, t.typname::pg_catalog.text, 'v', '' \
-         FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace \
-         WHERE t.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND ((t.typtype OPERATOR(pg_catalog.=) 'd'::pg_catalog.\"char\" \
-         AND (t.typbasetype OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid OR EXISTS (SELECT FROM pg_catalog.pg_constraint c \
-         WHERE c.contypid OPERATOR(pg_catalog.=) t.oid AND c.contype OPERATOR(pg_catalog.=) 'c'::pg_catalog.\"char\"))) \
-         OR (t.typtype OPERATOR(pg_catalog.=) 'b'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_proc p \
-         WHERE p.oid OPERATOR(pg_catalog.=) t.typinput::pg_catalog.oid \
-         AND p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\"))) \
+         SELECT DISTINCT 'o', {ns}, {on}, '2', '' \
+         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
+         WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND (p.provolatile {eq} 'v'::pg_catalog.\"char\" \
+         OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text)) \
          UNION ALL \
-         SELECT 'c', n.nspname::pg_catalog.text, t.typname::pg_catalog.text, 'v', c.castcontext::pg_catalog.text \
-         FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) c.castfunc \
-         JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.casttarget \
-         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace \
-         WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\""
+         SELECT 't', {ns}, {tn}, '2', '' FROM bad JOIN pg_catalog.pg_type t ON t.oid {eq} bad.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid {eq} t.typnamespace \
+         UNION ALL \
+         SELECT 'c', {ns}, {tn}, '2', c.castcontext::pg_catalog.text \
+         FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid {eq} c.castfunc \
+         JOIN pg_catalog.pg_type t ON t.oid {eq} c.casttarget \
+         JOIN pg_catalog.pg_namespace n ON n.oid {eq} t.typnamespace \
+         WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND (p.provolatile {eq} 'v'::pg_catalog.\"char\" \
+         OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text))",
+        sp = hex("pg_catalog.current_setting('search_path'::pg_catalog.text)"),
+        cu = hex("current_user"),
+        su = hex("session_user"),
+        ns = hex("n.nspname"),
+        pn = hex("p.proname"),
+        on = hex("o.oprname"),
+        tn = hex("t.typname"),
     )
 }
 
@@ -74,22 +122,48 @@ pub fn facts(rows: &[Vec<u8>]) -> Result<SessionFacts, String> {
         let [kind, schema, name, volatility, extra] = values.as_slice() else {
             return Err(format!("a row of {} columns, not 5", values.len()));
         };
-        let field = |v: &Option<String>| v.clone().unwrap_or_default();
+        let plain = |v: &Option<String>| v.clone().unwrap_or_default();
+        let named = |v: &Option<String>| unhex(v.as_deref().unwrap_or_default());
         match kind.as_deref() {
-            Some("s") => session = Some((field(schema), field(name), field(volatility))),
-            Some("f") => {
-                let v = volatility.as_deref().and_then(Volatility::from_code).ok_or("a function without volatility")?;
-                let one = extra.as_deref().and_then(Volatility::from_code);
-                catalog.add_function(&field(schema), &field(name), v, one);
+            Some("s") => {
+                let schemas =
+                    plain(extra).split(',').filter(|s| !s.is_empty()).map(unhex).collect::<Result<Vec<_>, _>>()?;
+                session = Some((named(schema)?, named(name)?, named(volatility)?, schemas));
             }
-            Some("o") => catalog.add_volatile_operator(&field(schema), &field(name)),
-            Some("t") => catalog.add_unsafe_type(&field(schema), &field(name)),
-            Some("c") => catalog.add_volatile_cast(&field(schema), &field(name), extra.as_deref() != Some("e")),
+            Some("f") => {
+                let v = volatility.as_deref().and_then(level).ok_or("a function without volatility")?;
+                let one = extra.as_deref().and_then(level);
+                catalog.add_function(&named(schema)?, &named(name)?, v, one);
+            }
+            Some("x") => catalog.add_volatile_builtin(&named(name)?),
+            Some("o") => catalog.add_volatile_operator(&named(schema)?, &named(name)?),
+            Some("t") => catalog.add_unsafe_type(&named(schema)?, &named(name)?),
+            Some("c") => catalog.add_volatile_cast(&named(schema)?, &named(name)?, extra.as_deref() != Some("e")),
             other => return Err(format!("a row of unknown kind {other:?}")),
         }
     }
-    let (search_path, current_user, session_user) = session.ok_or("no session row")?;
-    Ok(SessionFacts { current_user, session_user, search_path, catalog: Arc::new(catalog) })
+    let (search_path, current_user, session_user, schemas) = session.ok_or("no session row")?;
+    Ok(SessionFacts { current_user, session_user, search_path, schemas, catalog: Arc::new(catalog) })
+}
+
+/// 0, 1, 2: IMMUTABLE, STABLE, VOLATILE.
+fn level(code: &str) -> Option<Volatility> {
+    match code {
+        "0" => Some(Volatility::Immutable),
+        "1" => Some(Volatility::Stable),
+        "2" => Some(Volatility::Volatile),
+        _ => None,
+    }
+}
+
+/// A name sent as hex digits of its UTF-8 bytes.
+fn unhex(hex: &str) -> Result<String, String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| format!("a name that is not hex: {hex:?}"))?;
+    String::from_utf8(bytes).map_err(|_| "a name that is not UTF-8".to_string())
 }
 
 /// The text values of a DataRow body (NULL as `None`).
@@ -129,18 +203,27 @@ mod tests {
         body
     }
 
+    fn h(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn rows_become_facts_and_malformed_ones_an_error() {
+        let schemas = format!("{},{}", h("pg_catalog"), h("public"));
+        let (sp, agent, login, public, lower, app, owner, plus) =
+            (h("\"$user\", public"), h("agent"), h("login"), h("public"), h("lower"), h("app"), h("owner"), h("+"));
         let rows = vec![
-            row(&[Some("s"), Some("\"$user\", public"), Some("agent"), Some("login"), Some("")]),
-            row(&[Some("f"), Some("public"), Some("lower"), Some("v"), Some("v")]),
-            row(&[Some("f"), Some("app"), Some("owner"), Some("s"), None]),
-            row(&[Some("o"), Some("public"), Some("+"), Some("v"), Some("")]),
+            row(&[Some("s"), Some(&sp), Some(&agent), Some(&login), Some(&schemas)]),
+            row(&[Some("f"), Some(&public), Some(&lower), Some("2"), Some("2")]),
+            row(&[Some("f"), Some(&app), Some(&owner), Some("1"), None]),
+            row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("")]),
         ];
         let facts = facts(&rows).expect("facts");
         assert_eq!(facts.current_user, "agent");
         assert_eq!(facts.session_user, "login");
         assert_eq!(facts.search_path, "\"$user\", public");
+        assert_eq!(facts.schemas, ["pg_catalog", "public"]);
+        assert!(super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])]).is_err(), "not hex");
         assert_eq!(facts.catalog.function_count(), 2);
         assert!(super::facts(&rows[1..]).is_err(), "no session row");
         assert!(super::facts(&[vec![0, 5, 0]]).is_err(), "truncated row");

@@ -296,6 +296,10 @@ pub struct ProtocolState {
     /// server converts names before it keys them.
     server_encoding: Vec<u8>,
     client_encoding: Vec<u8>,
+    /// An extended-protocol message was sent since the last Sync: the server is inside a batch
+    /// (an implicit transaction, the unnamed statement and portals live), even when it has
+    /// answered everything flushed so far.
+    batch_open: bool,
     /// The answer to the proxy's own query so far, and once its ReadyForQuery came.
     internal: Option<InternalAnswer>,
     internal_done: Option<InternalAnswer>,
@@ -325,6 +329,7 @@ impl ProtocolState {
             started_now: false,
             skipped: Vec::new(),
             ignoring_till_sync: false,
+            batch_open: false,
             readies_asked: 0,
             settings_in_flight: false,
             server_encoding: Vec::new(),
@@ -463,9 +468,6 @@ impl ProtocolState {
         Ok(())
     }
 
-    /// Whether the server will skip every message up to the next Sync: a poison standing in for
-    /// a refused extended-protocol message was sent since the last one (its error makes the
-    /// server discard the rest of the batch), or an error already arrived.
     /// Whether the proxy may send a query of its own now without changing what the client's
     /// messages do: the server owes nothing, is outside a transaction block, and no extended
     /// batch or COPY is open.
@@ -475,6 +477,7 @@ impl ProtocolState {
             && self.tx_status == b'I'
             && self.copy == Copy::None
             && !self.ignoring_till_sync
+            && !self.batch_open
             && self.internal.is_none()
     }
 
@@ -529,6 +532,7 @@ impl ProtocolState {
             Backend::ErrorResponse { fields } if crate::pg::backend::field(fields, b'S') == Some(b"FATAL") => {
                 // The server ends the session: the client is told why.
                 answer.error = Some("the server ended the session".into());
+                self.internal_done = self.internal.take();
                 return Ok(Some(BackendAction::Forward));
             }
             Backend::ErrorResponse { fields } => {
@@ -550,6 +554,9 @@ impl ProtocolState {
         Ok(Some(BackendAction::Replace(Vec::new())))
     }
 
+    /// Whether the server will skip every message up to the next Sync: a poison standing in for
+    /// a refused extended-protocol message was sent since the last one (its error makes the
+    /// server discard the rest of the batch), or an error already arrived.
     pub fn skipping_to_sync(&self) -> bool {
         self.ignoring_till_sync
             || self
@@ -624,6 +631,16 @@ impl ProtocolState {
             if self.phase == Phase::Terminating {
                 return Ok(());
             }
+        }
+        match msg {
+            Frontend::Sync => self.batch_open = false,
+            Frontend::Parse { .. }
+            | Frontend::Bind(_)
+            | Frontend::Describe { .. }
+            | Frontend::Execute { .. }
+            | Frontend::Close { .. }
+            | Frontend::Flush => self.batch_open = true,
+            _ => {}
         }
         if self.copy == Copy::In {
             match msg {
