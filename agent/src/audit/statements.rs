@@ -17,12 +17,10 @@ use super::{AuditLog, Event, Outcome, SessionId, Statement, StatementEnd, Verdic
 use crate::{
     config::{AuditConfig, Literals},
     govern::describe::{MAX_PARTS, describe_parts},
-    pg::error::sqlstate,
-    proxy::postgres::{
+    session::{
+        Decision, Judgement, Parameters, PartJudgement, QueryProtocol, Running, SqlState,
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
-        state::{QueryProtocol, Running},
     },
-    session::{Decision, Judgement, PartJudgement},
     sql::{Described, DescriptionCache, LexOptions, split_statements_with, sqlcommenter_tags},
 };
 
@@ -126,7 +124,7 @@ impl SessionAudit {
         }
         let parts = match running.protocol {
             QueryProtocol::FunctionCall => Vec::new(),
-            QueryProtocol::Extended if running.bind().is_none() => Vec::new(),
+            QueryProtocol::Extended if running.parameters.is_none() => Vec::new(),
             protocol => describe_parts(
                 &self.shared.descriptions,
                 &running.sql,
@@ -169,12 +167,14 @@ impl SessionAudit {
         Arc::new(Judgement { parts })
     }
 
-    fn params(&self, bind: Option<crate::pg::frontend::Bind<'_>>) -> Option<Vec<Option<String>>> {
+    fn params(&self, parameters: Option<Parameters<'_>>) -> Option<Vec<Option<String>>> {
         if !self.shared.parameters {
             return None;
         }
-        bind.map(|bind| {
-            bind.params()
+        parameters.map(|parameters| {
+            parameters
+                .values()
+                .into_iter()
                 .take(MAX_PARAMS)
                 .map(|(value, binary)| {
                     value.map(|v| {
@@ -360,7 +360,7 @@ impl SessionHooks for SessionAudit {
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
-        HookVerdict::Deny { sqlstate: sqlstate::INSUFFICIENT_RESOURCES.into(), message }
+        HookVerdict::Deny { sqlstate: SqlState::INSUFFICIENT_RESOURCES, message }
     }
 
     fn on_refused(&self, statement: &StatementInfo<'_>, judgement: &Judgement) {
@@ -372,7 +372,7 @@ impl SessionHooks for SessionAudit {
             portal: String::new(),
             protocol: statement.protocol,
             function_oid: statement.function_oid,
-            params: self.params(statement.bind),
+            params: self.params(statement.parameters),
             tags: Self::tags(statement.sql, statement.lexing.ascii_safe, judgement),
         };
         let refusing = judgement.refusing_part();
@@ -400,10 +400,10 @@ impl SessionHooks for SessionAudit {
         let subject = Subject {
             id: running.id,
             sql: &running.sql,
-            portal: crate::pg::text(running.portal_name()).chars().take(64).collect(),
+            portal: String::from_utf8_lossy(running.portal_name()).chars().take(64).collect(),
             protocol: running.protocol,
             function_oid: running.function_oid,
-            params: self.params(running.bind()),
+            params: self.params(running.parameters()),
             tags: Self::tags(&running.sql, running.lexing.ascii_safe, &judgement),
         };
         for (i, judged) in judgement.parts.iter().enumerate() {
@@ -418,9 +418,9 @@ impl SessionHooks for SessionAudit {
         }
     }
 
-    fn on_error(&self, running: Option<&Running>, sqlstate: &str) {
+    fn on_error(&self, running: Option<&Running>, sqlstate: SqlState) {
         if let Some(r) = running {
-            self.end(r, r.completed, Outcome::Failed, None, Some(sqlstate));
+            self.end(r, r.completed, Outcome::Failed, None, Some(sqlstate.as_str()));
         }
     }
 

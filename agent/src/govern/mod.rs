@@ -22,13 +22,11 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    pg::error::sqlstate,
     policy::{Action, PolicySet, Selection, StatementFacts, Subject},
-    proxy::postgres::{
-        hooks::{PreparedLookup, SessionHooks, SessionStart, StatementInfo, Verdict},
-        state::{QueryProtocol, Running},
+    session::{
+        Decision, Judgement, Lexing, PartJudgement, QueryProtocol, Running, SessionFacts, SqlState,
+        hooks::{PreparedLookup, ResultColumns, SessionHooks, SessionStart, StatementInfo, Verdict},
     },
-    session::{Decision, Judgement, Lexing, PartJudgement, SessionFacts},
     sql::{
         Class, ClassSet, Described, DescriptionCache, ObjectName,
         catalog::{Catalog, CatalogView, settle},
@@ -420,14 +418,14 @@ impl SessionGovern {
     fn refuse(&self, info: &StatementInfo<'_>, judgement: Judgement) -> Verdict {
         let (sqlstate, message) = refusal(&judgement);
         self.next.on_refused(info, &judgement);
-        Verdict::Deny { sqlstate: sqlstate.into(), message }
+        Verdict::Deny { sqlstate, message }
     }
 }
 
 /// The SQLSTATE and message a refused message's client gets: the policy, rule and reason.
-fn refusal(judgement: &Judgement) -> (&'static str, String) {
+fn refusal(judgement: &Judgement) -> (SqlState, String) {
     let Some((i, part)) = judgement.refusing_part() else {
-        return (sqlstate::INSUFFICIENT_PRIVILEGE, "warden: statement refused".into());
+        return (SqlState::INSUFFICIENT_PRIVILEGE, "warden: statement refused".into());
     };
     let which = match judgement.parts.len() {
         1 => String::new(),
@@ -446,7 +444,7 @@ fn refusal(judgement: &Judgement) -> (&'static str, String) {
         ),
         _ => format!("warden: statement{which} refused by {by}: {}", part.reason),
     };
-    (sqlstate::INSUFFICIENT_PRIVILEGE, message)
+    (SqlState::INSUFFICIENT_PRIVILEGE, message)
 }
 
 /// A part standing for a message whose text cannot be read.
@@ -603,8 +601,8 @@ impl SessionHooks for SessionGovern {
         self.next.on_refused(info, judgement);
     }
 
-    fn on_row_description(&self, running: Option<&Running>, description: &crate::pg::backend::RowDescription<'_>) {
-        self.next.on_row_description(running, description);
+    fn on_row_description(&self, running: Option<&Running>, columns: &dyn ResultColumns) {
+        self.next.on_row_description(running, columns);
     }
 
     fn on_row(&self, running: Option<&Running>, row: &[u8]) {
@@ -615,7 +613,7 @@ impl SessionHooks for SessionGovern {
         self.next.on_complete(running, tag);
     }
 
-    fn on_error(&self, running: Option<&Running>, sqlstate: &str) {
+    fn on_error(&self, running: Option<&Running>, sqlstate: SqlState) {
         self.next.on_error(running, sqlstate);
     }
 
@@ -639,7 +637,7 @@ impl SessionHooks for SessionGovern {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::postgres::hooks::AllowAll;
+    use crate::session::hooks::AllowAll;
 
     fn info<'a>(sql: &'a str, protocol: QueryProtocol, prepared: &'a PreparedLookup<'a>) -> StatementInfo<'a> {
         StatementInfo {
@@ -647,7 +645,7 @@ mod tests {
             text_known: true,
             prepared,
             protocol,
-            bind: None,
+            parameters: None,
             function_oid: None,
             lexing: Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true },
         }
@@ -671,6 +669,21 @@ mod tests {
     }
 
     #[test]
+    fn without_facts_built_in_names_are_trusted_while_pg_catalog_stays_first() {
+        let allow_all = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules: []\n  default: allow\n";
+        let set = PolicySet::from_sources(&[("p.yaml".into(), allow_all.to_string())]).expect("policy");
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        assert!(!s.wants_facts(), "nothing guards it: not asked");
+        let none = |_: &str| None;
+        let class = |sql: &str| {
+            let i = info(sql, QueryProtocol::Simple, &none);
+            s.judge(&i, s.parts(&i).expect("parts")).parts.last().map(|p| p.class)
+        };
+        assert_eq!(class("select upper('a')"), Some(Class::Read));
+        assert_eq!(class("set search_path = public, pg_catalog; select upper('a')"), Some(Class::Unknown));
+    }
+
+    #[test]
     fn the_sessions_facts_decide_names_role_and_search_path() {
         let set = PolicySet::from_sources(&[("p.yaml".into(), GUARD.to_string())]).expect("policy");
         let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
@@ -691,7 +704,8 @@ mod tests {
         let ddl = "create function app.f() returns int language sql as 'select 1'";
         let ddl_info = info(ddl, QueryProtocol::Simple, &none);
         let judgement = s.judge(&ddl_info, s.parts(&ddl_info).expect("parts"));
-        let running = crate::proxy::postgres::state::Running::for_tests(ddl, Arc::new(judgement));
+        let mut running = Running::new(1, Arc::from(ddl), QueryProtocol::Simple, ddl_info.lexing);
+        running.judgement = Some(Arc::new(judgement));
         s.on_forward(&running);
         assert!(s.wants_facts());
         assert!(matches!(select(&s, "select app.report()"), Verdict::Deny { .. }));

@@ -235,14 +235,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                 max_message: shared.config.proxy.max_message_bytes,
                 hooks: {
                     // Judged (policy), then recorded (audit): the audit records the judgement.
-                    let record: Arc<dyn postgres::hooks::SessionHooks> = if shared.config.audit.statements {
+                    let record: Arc<dyn crate::session::hooks::SessionHooks> = if shared.config.audit.statements {
                         Arc::new(crate::audit::statements::SessionAudit::new(
                             shared.statements.clone(),
                             session,
                             db.name.clone(),
                         ))
                     } else {
-                        Arc::new(postgres::hooks::AllowAll)
+                        Arc::new(crate::session::hooks::AllowAll)
                     };
                     Arc::new(shared.governor.session(identity.labels.clone(), &db.name, record))
                 },

@@ -2,9 +2,14 @@
 //! from before it is forwarded to its completion. A protocol module carries judgements without
 //! reading them; govern makes them; the audit trail records them.
 
+pub mod hooks;
 mod judgement;
+mod sqlstate;
+mod statement;
 
 pub use judgement::{Decision, Judgement, PartJudgement};
+pub use sqlstate::SqlState;
+pub use statement::{DecodeParameters, Parameters, QueryProtocol, Running};
 
 use std::sync::Arc;
 

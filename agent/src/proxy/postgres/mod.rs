@@ -9,7 +9,6 @@
 mod auth;
 pub mod cancel;
 mod catalog;
-pub mod hooks;
 mod refusal;
 mod relay;
 pub mod startup;
@@ -21,7 +20,8 @@ use std::{io, sync::Arc, time::Duration};
 
 use tokio::net::TcpStream;
 
-use self::{cancel::CancelRegistry, hooks::SessionHooks, startup::ClientStart, state::ProtocolError};
+use self::{cancel::CancelRegistry, startup::ClientStart, state::ProtocolError};
+use crate::session::hooks::{self, SessionHooks};
 use crate::{
     config::{Database, TlsMode},
     flow::OrigDst,

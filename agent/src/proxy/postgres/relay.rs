@@ -22,7 +22,6 @@ use super::{
     SessionContext, SessionError, SessionReport, auth,
     cancel::CancelTarget,
     catalog,
-    hooks::{StatementInfo, Verdict},
     startup::{self, SessionStart},
     state::{self, BackendAction, Phase, ProtocolError, ProtocolState, QueryProtocol},
     stream::MaybeTls,
@@ -34,7 +33,10 @@ use crate::pg::{
     frontend::Frontend,
     text,
 };
-use crate::session::SessionFacts;
+use crate::session::{
+    Parameters, SessionFacts, SqlState,
+    hooks::{ResultColumns, StatementInfo, Verdict},
+};
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
 const MAX_STREAMED: usize = 1 << 30;
@@ -377,7 +379,7 @@ impl ClientToServer<'_> {
                 Verdict::Deny { sqlstate, message } => {
                     upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                     let (poison, poison_bytes) = poison_for(&msg);
-                    let error = error_message(Severity::Error, &sqlstate, &message);
+                    let error = error_message(Severity::Error, sqlstate.as_str(), &message);
                     self.lock().on_frontend(&poison, Some(error))?;
                     upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
                     flushed = pos + h.total;
@@ -448,7 +450,8 @@ impl ClientToServer<'_> {
                         Some(p) => (p.sql.clone(), !p.ambiguous, p.lexing),
                         None => (Arc::from(""), false, now),
                     };
-                    (sql, known, QueryProtocol::Extended, Some(*bind), None, lexing)
+                    let parameters = Parameters { message: bind.body, decode: state::bind_parameters };
+                    (sql, known, QueryProtocol::Extended, Some(parameters), None, lexing)
                 }
                 // An Execute of a judged Bind's portal carries that judgement; any other runs
                 // something the proxy never judged (a SQL cursor, a refused or unknown Bind).
@@ -473,7 +476,7 @@ impl ClientToServer<'_> {
             text_known,
             prepared: &prepared,
             protocol,
-            bind,
+            parameters: bind,
             function_oid,
             lexing,
         })
@@ -703,6 +706,16 @@ impl<'a> ServerToClient<'a> {
     }
 }
 
+impl ResultColumns for crate::pg::backend::RowDescription<'_> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn name(&self, index: usize) -> Option<&[u8]> {
+        self.fields().nth(index).map(|f| f.name)
+    }
+}
+
 /// What the server-to-client relay learns from the messages it decodes.
 struct Observer<'a> {
     ctx: &'a SessionContext,
@@ -753,8 +766,11 @@ impl Observer<'_> {
                     self.saw_fatal = true;
                 }
                 if !st.replaces_next_error() {
-                    let code = crate::pg::backend::field(fields, b'C').map(text).unwrap_or_default();
-                    hooks.on_error(st.running(), &code);
+                    // A code that is not a SQLSTATE is recorded as the server's internal error.
+                    let code = crate::pg::backend::field(fields, b'C')
+                        .and_then(SqlState::parse)
+                        .unwrap_or(SqlState::INTERNAL_ERROR);
+                    hooks.on_error(st.running(), code);
                 }
             }
             Backend::RowDescription(desc) => hooks.on_row_description(st.running(), desc),

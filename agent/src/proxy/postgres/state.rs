@@ -11,7 +11,7 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 use crate::pg::{
     DecodeError,
     backend::{AUTH_OK, Backend},
-    frontend::{Bind, Frontend},
+    frontend::Frontend,
     text,
 };
 
@@ -28,65 +28,13 @@ pub enum Phase {
     Terminating,
 }
 
-/// How a statement reached the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryProtocol {
-    Simple,
-    Extended,
-    FunctionCall,
-}
+pub use crate::session::{QueryProtocol, Running};
 
-/// A statement whose results are on their way.
-#[derive(Debug, Clone)]
-pub struct Running {
-    /// Numbers the statements a session forwards (Query, Execute, FunctionCall), from 1.
-    pub id: u64,
-    pub sql: Arc<str>,
-    pub protocol: QueryProtocol,
-    pub rows: u64,
-    /// When the statement was sent to the server.
-    pub started: std::time::Instant,
-    /// Statements of this (simple-query) string completed so far: the index of the current one.
-    pub completed: u32,
-    /// The server reported an error for the current statement (the rest of a simple-query
-    /// string then does not run).
-    pub failed: bool,
-    /// The function a fast-path FunctionCall invokes.
-    pub function_oid: Option<u32>,
-    /// This Execute resumes a portal suspended by an earlier one (its id): the same statement,
-    /// more of its rows.
-    pub resumes: Option<u64>,
-    /// How the server lexed its text.
-    pub lexing: Lexing,
-    /// The portal an Execute runs.
-    portal: Vec<u8>,
-    /// The Bind message body that created the portal (extended protocol).
-    bind: Option<Arc<[u8]>>,
-    /// What the hooks judged it to be before it was forwarded (none: no hook judges).
-    pub judgement: Option<Arc<Judgement>>,
-}
-
-impl Running {
-    /// A simple query forwarded with `judgement` (for the hooks' unit tests).
-    #[cfg(test)]
-    pub fn for_tests(sql: &str, judgement: Arc<Judgement>) -> Running {
-        let mut state = ProtocolState::new();
-        let mut running = state.start(Arc::from(sql), QueryProtocol::Simple);
-        running.judgement = Some(judgement);
-        running
-    }
-
-    /// The portal an Execute runs (empty for the unnamed portal and other protocols).
-    pub fn portal_name(&self) -> &[u8] {
-        &self.portal
-    }
-
-    /// The parameters the statement runs with (extended protocol).
-    pub fn bind(&self) -> Option<Bind<'_>> {
-        match Frontend::decode(b'B', self.bind.as_deref()?) {
-            Ok(Frontend::Bind(bind)) => Some(bind),
-            _ => None,
-        }
+/// A Bind message body's parameters.
+pub fn bind_parameters(body: &[u8]) -> Vec<(Option<&[u8]>, bool)> {
+    match Frontend::decode(b'B', body) {
+        Ok(Frontend::Bind(bind)) => bind.params().collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -341,21 +289,7 @@ impl ProtocolState {
 
     fn start(&mut self, sql: Arc<str>, protocol: QueryProtocol) -> Running {
         self.last_id += 1;
-        Running {
-            id: self.last_id,
-            sql,
-            protocol,
-            rows: 0,
-            started: std::time::Instant::now(),
-            completed: 0,
-            failed: false,
-            function_oid: None,
-            resumes: None,
-            lexing: self.lexing(),
-            portal: Vec::new(),
-            bind: None,
-            judgement: None,
-        }
+        Running::new(self.last_id, sql, protocol, self.lexing())
     }
 
     /// How a statement sent now is lexed by the server: the settings known now, settled when no
@@ -755,7 +689,7 @@ impl ProtocolState {
                 let mut running = self.start(sql, QueryProtocol::Extended);
                 // The text was lexed when it was parsed, not now.
                 running.lexing = lexing.unwrap_or(running.lexing);
-                running.bind = bind;
+                running.parameters = bind.map(|b| (b, bind_parameters as crate::session::DecodeParameters));
                 running.resumes = resumes;
                 running.portal = portal.to_vec();
                 running.judgement = judgement;
@@ -1166,6 +1100,68 @@ mod tests {
     }
 
     #[test]
+    fn the_proxys_own_query_is_answered_to_it_alone() {
+        let mut s = ready();
+        assert!(s.idle_for_internal());
+        s.on_internal_query();
+        assert!(!s.idle_for_internal(), "one at a time");
+        let hidden =
+            |s: &mut ProtocolState, m: &Backend<'_>| s.on_backend(m).unwrap() == BackendAction::Replace(Vec::new());
+        assert!(hidden(&mut s, &Backend::NoticeResponse { fields: vec![(b'M', b"SET LOCAL".as_slice())] }));
+        assert!(hidden(&mut s, &Backend::CommandComplete { tag: b"SET" }));
+        assert!(hidden(&mut s, &Backend::DataRow(b"\0\x01\0\0\0\x01x")));
+        // A setting change or a notification is the client's, whenever it comes.
+        assert_eq!(
+            s.on_backend(&Backend::ParameterStatus { name: b"standard_conforming_strings", value: b"off" }).unwrap(),
+            BackendAction::Forward
+        );
+        assert!(!s.standard_conforming_strings);
+        assert!(s.take_internal_answer().is_none(), "not complete yet");
+        assert!(hidden(&mut s, &Backend::ReadyForQuery { status: b'I' }));
+        let answer = s.take_internal_answer().expect("complete");
+        assert_eq!((answer.rows.len(), answer.error), (1, None));
+        assert!(s.idle_for_internal());
+        // The client's next query is answered to it as before.
+        s.on_frontend(&F::Query(b"select 1"), None).unwrap();
+        assert_eq!(s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap(), BackendAction::Forward);
+        assert_eq!(s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap(), BackendAction::Forward);
+    }
+
+    #[test]
+    fn the_proxys_own_query_waits_for_the_end_of_a_batch_and_its_errors_are_its_own() {
+        let mut s = ready();
+        // Parse + Flush answered: nothing owed, but the batch (an implicit transaction) is open.
+        s.on_frontend(&F::Parse { name: b"", sql: b"select 1", param_types: Vec::new() }, None).unwrap();
+        s.on_frontend(&F::Flush, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        assert!(!s.idle_for_internal(), "inside an extended batch");
+        s.on_frontend(&F::Sync, None).unwrap();
+        assert!(!s.idle_for_internal(), "its ReadyForQuery is owed");
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        assert!(!s.idle_for_internal(), "inside a transaction block");
+        s.on_frontend(&F::Query(b"commit"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COMMIT" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(s.idle_for_internal());
+        s.on_internal_query();
+        let error =
+            Backend::ErrorResponse { fields: vec![(b'S', b"ERROR".as_slice()), (b'C', b"42501"), (b'M', b"denied")] };
+        assert_eq!(s.on_backend(&error).unwrap(), BackendAction::Replace(Vec::new()), "never the client's");
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert_eq!(s.take_internal_answer().and_then(|a| a.error).as_deref(), Some("42501: denied"));
+        // A FATAL one ends the session: the client is told, and the wait ends.
+        s.on_internal_query();
+        let fatal =
+            Backend::ErrorResponse { fields: vec![(b'S', b"FATAL".as_slice()), (b'C', b"57P01"), (b'M', b"bye")] };
+        assert_eq!(s.on_backend(&fatal).unwrap(), BackendAction::Forward);
+        assert!(s.take_internal_answer().is_some());
+        // Anything else in its answer is the server's protocol error.
+        let mut s = ready();
+        s.on_internal_query();
+        assert!(s.on_backend(&Backend::ParseComplete).is_err());
+    }
+
+    #[test]
     fn simple_query_with_two_statements() {
         let mut s = ready();
         s.on_frontend(&F::Query(b"select 1; select 2"), None).unwrap();
@@ -1195,7 +1191,9 @@ mod tests {
         for _ in 0..2 {
             s.on_backend(&Backend::BindComplete).unwrap();
             assert_eq!(&*s.running().unwrap().sql, "select $1");
-            assert_eq!(s.running().unwrap().bind().unwrap().statement, b"s1");
+            let parameters = s.running().unwrap().parameters().expect("bound");
+            let Ok(Frontend::Bind(bind)) = Frontend::decode(b'B', parameters.message) else { panic!("a Bind") };
+            assert_eq!(bind.statement, b"s1");
             s.on_backend(&Backend::DataRow(b"\0\x01")).unwrap();
             assert_eq!(s.running().unwrap().rows, 1);
             s.on_backend(&Backend::CommandComplete { tag: b"SELECT 1" }).unwrap();
@@ -1277,7 +1275,7 @@ mod tests {
         s.on_frontend(&F::Bind(bound), None).unwrap();
         s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
         assert_eq!(&*s.newest().unwrap().sql, "", "ambiguous: judged and recorded as unknown");
-        assert!(s.newest().unwrap().bind().is_none(), "run as a portal the proxy does not know");
+        assert!(s.newest().unwrap().parameters.is_none(), "run as a portal the proxy does not know");
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&error()).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();

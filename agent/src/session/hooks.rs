@@ -1,13 +1,17 @@
 //! Statement-level hooks: where the policy engine, masking and the audit trail plug into a
-//! session. The codec and the state machine never make policy decisions themselves.
+//! session, whatever its protocol. A protocol module calls them; it never makes policy
+//! decisions itself, and nothing here names a protocol's messages.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use super::state::{Lexing, QueryProtocol, Running};
-use crate::{
-    pg::{backend::RowDescription, frontend::Bind},
-    session::{Judgement, SessionFacts},
-};
+use super::{Judgement, Lexing, Parameters, QueryProtocol, Running, SessionFacts, SqlState};
+
+/// The columns of a result set, as the protocol described them.
+pub trait ResultColumns {
+    fn count(&self) -> usize;
+    /// The name of column `index` (from 0).
+    fn name(&self, index: usize) -> Option<&[u8]>;
+}
 
 /// A hook's decision about a statement.
 pub enum Verdict {
@@ -15,7 +19,7 @@ pub enum Verdict {
     /// records.
     Allow(Option<Arc<Judgement>>),
     /// Refuse with this SQLSTATE and message; the session stays usable.
-    Deny { sqlstate: String, message: String },
+    Deny { sqlstate: SqlState, message: String },
     /// Hold the statement (the client simply waits) until the future decides.
     Hold(Pin<Box<dyn Future<Output = Verdict> + Send>>),
     /// (From a held future only.) Judge the statement again: the hold prepared what judging
@@ -49,8 +53,8 @@ pub struct StatementInfo<'a> {
     /// A SQL-level prepared statement by name (for `EXECUTE name`): its text and how it lexed.
     pub prepared: &'a PreparedLookup<'a>,
     pub protocol: QueryProtocol,
-    /// The Bind that is about to run it (extended protocol).
-    pub bind: Option<Bind<'a>>,
+    /// The parameters it is about to run with (extended protocol).
+    pub parameters: Option<Parameters<'a>>,
     /// The function a fast-path FunctionCall invokes.
     pub function_oid: Option<u32>,
     /// How the server lexes the text (`standard_conforming_strings`, and whether it is settled).
@@ -98,7 +102,7 @@ pub trait SessionHooks: Send + Sync {
     /// verdict allowed it.
     fn on_forward(&self, _running: &Running) {}
 
-    fn on_row_description(&self, _running: Option<&Running>, _description: &RowDescription<'_>) {}
+    fn on_row_description(&self, _running: Option<&Running>, _columns: &dyn ResultColumns) {}
 
     fn on_row(&self, _running: Option<&Running>, _row: &[u8]) {}
 
@@ -107,7 +111,7 @@ pub trait SessionHooks: Send + Sync {
 
     /// A statement failed with this SQLSTATE (errors that replace a refused statement's are
     /// not reported: the hook refused it itself).
-    fn on_error(&self, _running: Option<&Running>, _sqlstate: &str) {}
+    fn on_error(&self, _running: Option<&Running>, _sqlstate: SqlState) {}
 
     /// An Execute stopped at its row limit (PortalSuspended): it ran, and may be resumed.
     fn on_suspended(&self, _running: &Running) {}
