@@ -140,6 +140,9 @@ pub struct Statement {
     pub masked: Vec<MaskedColumn>,
     /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
     pub tags: Arc<BTreeMap<String, String>>,
+    /// The role the session acted as when the statement was judged (absent: not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Arc<str>>,
 }
 
 /// How a forwarded statement ended.
@@ -525,6 +528,7 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
             verdict: Verdict::allow(),
             masked: Vec::new(),
             tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
+            role: Some("recsys".into()),
         }));
         buf.clear();
         let at_ms = now_ms();

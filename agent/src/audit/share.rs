@@ -438,6 +438,7 @@ mod tests {
             verdict: Verdict::allow(),
             masked: Vec::new(),
             tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
+            role: None,
         }))
     }
 

@@ -102,6 +102,8 @@ struct Subject<'a> {
     /// sqlcommenter tags of the message's trailing comment: they annotate every statement it
     /// carries.
     tags: Arc<BTreeMap<String, String>>,
+    /// The role the session acted as when judged.
+    role: Option<Arc<str>>,
 }
 
 /// One session's statement hooks: they record what govern judged.
@@ -164,7 +166,7 @@ impl SessionAudit {
                 })
                 .collect()
         };
-        Arc::new(Judgement { parts })
+        Arc::new(Judgement { parts, role: None })
     }
 
     fn params(&self, parameters: Option<Parameters<'_>>) -> Option<Vec<Option<String>>> {
@@ -260,6 +262,7 @@ impl SessionAudit {
             verdict,
             masked: Vec::new(),
             tags: subject.tags.clone(),
+            role: subject.role.clone(),
         }
     }
 
@@ -338,6 +341,7 @@ impl SessionHooks for SessionAudit {
             function_oid: statement.function_oid,
             params: None,
             tags: Arc::new(sqlcommenter_tags(statement.sql)),
+            role: None,
         };
         let first = match statement.protocol {
             QueryProtocol::FunctionCall => None,
@@ -374,6 +378,7 @@ impl SessionHooks for SessionAudit {
             function_oid: statement.function_oid,
             params: self.params(statement.parameters),
             tags: Self::tags(statement.sql, statement.lexing.ascii_safe, judgement),
+            role: judgement.role.clone(),
         };
         let refusing = judgement.refusing_part();
         for (i, judged) in judgement.parts.iter().enumerate() {
@@ -405,6 +410,7 @@ impl SessionHooks for SessionAudit {
             function_oid: running.function_oid,
             params: self.params(running.parameters()),
             tags: Self::tags(&running.sql, running.lexing.ascii_safe, &judgement),
+            role: judgement.role.clone(),
         };
         for (i, judged) in judgement.parts.iter().enumerate() {
             let record = self.statement(&subject, i as u32, judged, verdict_of(judged));

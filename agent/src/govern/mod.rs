@@ -355,7 +355,12 @@ impl SessionGovern {
                 }
             })
             .collect();
-        Judgement { parts }
+        let role = {
+            let state = self.lock();
+            let known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed.is_some();
+            known.then(|| state.role.as_deref().map(Arc::from)).flatten()
+        };
+        Judgement { parts, role }
     }
 
     /// The class a statement is judged as, and the description whose relations and functions

@@ -53,6 +53,9 @@ pub struct PartJudgement {
 #[derive(Debug, Clone)]
 pub struct Judgement {
     pub parts: Vec<PartJudgement>,
+    /// The role the session acted as when it was judged, as the server last said (`None`: not
+    /// known, so every `users` filter applied).
+    pub role: Option<Arc<str>>,
 }
 
 impl Judgement {

@@ -173,6 +173,10 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // A role's default role: the session acts as auditor, which its policy refuses.
     let (ok, _, err) = run("bot2", "select 1");
     assert!(!ok && err.contains("auditors"), "{err}");
+    let refused = agent.wait_record("the statement judged as auditor", |r| {
+        r["kind"] == "statement" && r["verdict"]["policy"] == "auditors"
+    });
+    assert_eq!(refused["role"], "auditor", "the role it acted as is recorded: {refused}");
 
     // The premise: directly, these run the user's code.
     assert_eq!(pg.admin_sql("select lower(5)"), "5");

@@ -1340,6 +1340,7 @@ mod tests {
                 rule: None,
                 reason: Arc::from("test"),
             }],
+            role: None,
         })
     }
 
