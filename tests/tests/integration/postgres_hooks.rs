@@ -17,13 +17,11 @@ use warden::{
     config::Config,
     flow::OrigDst,
     net::netns::Namespaces,
-    pg::backend::RowDescription,
     proxy::Dial,
-    proxy::postgres::{
-        self, SessionContext,
-        cancel::CancelRegistry,
-        hooks::{SessionHooks, StatementInfo, Verdict},
-        state::Running,
+    proxy::postgres::{self, SessionContext, cancel::CancelRegistry},
+    session::{
+        Running, SqlState,
+        hooks::{ResultColumns, SessionHooks, StatementInfo, Verdict},
     },
 };
 
@@ -37,7 +35,10 @@ struct TestHooks {
 impl SessionHooks for TestHooks {
     fn before_statement(&self, s: &StatementInfo<'_>) -> Verdict {
         self.seen.lock().unwrap().push(format!("{:?} {}", s.protocol, s.sql));
-        let deny = || Verdict::Deny { sqlstate: "42501".into(), message: "warden: refused by test policy".into() };
+        let deny = || Verdict::Deny {
+            sqlstate: SqlState::INSUFFICIENT_PRIVILEGE,
+            message: "warden: refused by test policy".into(),
+        };
         if s.sql.contains("hold_then_allow") {
             Verdict::Hold(Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(400)).await;
@@ -46,7 +47,7 @@ impl SessionHooks for TestHooks {
         } else if s.sql.contains("hold_then_deny") {
             Verdict::Hold(Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Verdict::Deny { sqlstate: "42501".into(), message: "warden: approval denied".into() }
+                Verdict::Deny { sqlstate: SqlState::INSUFFICIENT_PRIVILEGE, message: "warden: approval denied".into() }
             }))
         } else if s.sql.contains("forbidden") {
             deny()
@@ -55,15 +56,17 @@ impl SessionHooks for TestHooks {
         }
     }
 
-    fn on_row_description(&self, _running: Option<&Running>, description: &RowDescription<'_>) {
-        self.columns.lock().unwrap().extend(description.fields().map(|f| String::from_utf8_lossy(f.name).into_owned()));
+    fn on_row_description(&self, _running: Option<&Running>, columns: &dyn ResultColumns) {
+        let names =
+            (0..columns.count()).filter_map(|i| columns.name(i)).map(|n| String::from_utf8_lossy(n).into_owned());
+        self.columns.lock().unwrap().extend(names);
     }
 
     fn on_complete(&self, running: Option<&Running>, tag: &str) {
         // The state machine knows the statement and its bound parameters at every Execute.
-        let params = running
-            .and_then(|r| r.bind())
-            .map(|b| b.params().map(|(v, _)| v.map(|v| String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>());
+        let params = running.and_then(|r| r.parameters()).map(|p| {
+            p.values().into_iter().map(|(v, _)| v.map(|v| String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>()
+        });
         let sql = running.map(|r| r.sql.to_string()).unwrap_or_default();
         self.completed.lock().unwrap().push(format!("{tag} | {sql} | {params:?}"));
     }
