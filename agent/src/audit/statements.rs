@@ -166,7 +166,7 @@ impl SessionAudit {
                 })
                 .collect()
         };
-        Arc::new(Judgement { parts, role: None })
+        Arc::new(Judgement { parts, role: None, basis: (0, 0) })
     }
 
     fn params(&self, parameters: Option<Parameters<'_>>) -> Option<Vec<Option<String>>> {

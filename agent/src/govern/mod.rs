@@ -128,6 +128,8 @@ struct SessionState {
     /// When the facts were last read: they are read again after `FACTS_MAX_AGE` (another
     /// connection may have changed the catalog).
     facts_read: Option<std::time::Instant>,
+    /// Moves whenever what the session knows of its database (facts, their staleness) changes.
+    facts_epoch: u64,
 }
 
 /// How long a session's facts are trusted before they are read again at an idle point.
@@ -360,7 +362,8 @@ impl SessionGovern {
             let known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed.is_some();
             known.then(|| state.role.as_deref().map(Arc::from)).flatten()
         };
-        Judgement { parts, role }
+        let basis = (snapshot.generation, self.lock().facts_epoch);
+        Judgement { parts, role, basis }
     }
 
     /// The class a statement is judged as, and the description whose relations and functions
@@ -500,8 +503,13 @@ impl SessionHooks for SessionGovern {
         }
     }
 
+    fn judgement_current(&self, judgement: &Judgement) -> bool {
+        judgement.basis == (self.governor.snapshot().generation, self.lock().facts_epoch)
+    }
+
     fn on_facts(&self, facts: Result<SessionFacts, String>) {
         let mut state = self.lock();
+        state.facts_epoch += 1;
         state.facts_stale = false;
         match facts {
             Ok(facts) => {
@@ -572,16 +580,19 @@ impl SessionHooks for SessionGovern {
                 if part.ambiguous || search_path::may_distrust_judged(raw, analysis, part.effects, options) {
                     state.builtins_untrusted = true;
                     state.facts_stale = true;
+                    state.facts_epoch += 1;
                 }
                 if state.path.is_some()
                     && (part.ambiguous || search_path::may_change_path(raw, analysis, part.effects, options))
                 {
                     state.path = None;
                     state.facts_stale = true;
+                    state.facts_epoch += 1;
                 }
                 if part.ambiguous || part.effects.contains(Class::Unknown) || describe::may_define(raw, options) {
                     state.catalog_stale = true;
                     state.facts_stale = true;
+                    state.facts_epoch += 1;
                 }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
@@ -595,6 +606,7 @@ impl SessionHooks for SessionGovern {
                     state.role = None;
                     state.selection = None;
                     state.facts_stale = true;
+                    state.facts_epoch += 1;
                     state.path = None;
                 }
             }
@@ -671,6 +683,21 @@ mod tests {
             schemas: Vec::new(),
             catalog: Arc::new(catalog),
         }
+    }
+
+    #[test]
+    fn a_carried_judgement_stands_until_the_policy_set_or_the_sessions_facts_change() {
+        let s = session(GUARD);
+        let none = |_: &str| None;
+        let i = info("select 1", QueryProtocol::Extended, &none);
+        let judgement = s.judge(&i, s.parts(&i).expect("parts"));
+        assert!(s.judgement_current(&judgement));
+        s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
+        assert!(!s.judgement_current(&judgement), "the facts were read again");
+        let judgement = s.judge(&i, s.parts(&i).expect("parts"));
+        let set = PolicySet::from_sources(&[("p.yaml".into(), GUARD.to_string())]).expect("policy");
+        s.governor.replace(set);
+        assert!(!s.judgement_current(&judgement), "the policy set was reloaded");
     }
 
     #[test]

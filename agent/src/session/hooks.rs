@@ -89,6 +89,13 @@ pub trait SessionHooks: Send + Sync {
         Verdict::Allow(None)
     }
 
+    /// Whether a judgement these hooks made earlier (carried by a bound portal) still stands:
+    /// when the policy set or what the session knows of its database changed since, the
+    /// execution is judged again.
+    fn judgement_current(&self, _judgement: &Judgement) -> bool {
+        true
+    }
+
     /// A message the hooks refused (not forwarded): its judgement, for the record.
     fn on_refused(&self, _statement: &StatementInfo<'_>, _judgement: &Judgement) {}
 

@@ -56,6 +56,10 @@ pub struct Judgement {
     /// The role the session acted as when it was judged, as the server last said (`None`: not
     /// known, so every `users` filter applied).
     pub role: Option<Arc<str>>,
+    /// What it was judged under, as its maker numbers it (the policy set's generation and the
+    /// session's facts): a judgement carried to later executions (a bound portal) is judged
+    /// again once its maker says the basis moved (`SessionHooks::judgement_current`).
+    pub basis: (u64, u64),
 }
 
 impl Judgement {

@@ -455,12 +455,18 @@ impl ClientToServer<'_> {
                 }
                 // An Execute of a judged Bind's portal carries that judgement; any other runs
                 // something the proxy never judged (a SQL cursor, a refused or unknown Bind).
-                Frontend::Execute { portal, .. } if !st.portal_judged(portal) => match st.portal_text(portal) {
-                    // A portal whose Bind's judgement could not be carried (it runs what a name
-                    // holds when it runs: SQL EXECUTE, FETCH): judged again now.
-                    Some((sql, lexing)) => (sql, true, QueryProtocol::Extended, None, None, lexing),
-                    None => (Arc::from(""), false, QueryProtocol::Extended, None, None, now),
-                },
+                Frontend::Execute { portal, .. }
+                    if !st.portal_judged(portal)
+                        || st.portal_judgement(portal).is_some_and(|j| !hooks.judgement_current(j)) =>
+                {
+                    match st.portal_text(portal) {
+                        // A portal whose Bind's judgement could not be carried (it runs what a name
+                        // holds when it runs: SQL EXECUTE, FETCH), or was made under a policy set
+                        // or session facts that changed since: judged again now.
+                        Some((sql, lexing)) => (sql, true, QueryProtocol::Extended, None, None, lexing),
+                        None => (Arc::from(""), false, QueryProtocol::Extended, None, None, now),
+                    }
+                }
                 Frontend::FunctionCall { function_oid } => {
                     (Arc::from(""), false, QueryProtocol::FunctionCall, None, Some(*function_oid), now)
                 }

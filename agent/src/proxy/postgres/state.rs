@@ -513,6 +513,11 @@ impl ProtocolState {
         self.portals.get(key(portal)).filter(|p| !p.unknown).map(|p| (p.sql.clone(), p.lexing))
     }
 
+    /// The judgement a portal's Bind carries to its Executes.
+    pub fn portal_judgement(&self, portal: &[u8]) -> Option<&Arc<Judgement>> {
+        self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.judgement.as_ref())
+    }
+
     /// Whether an Execute of `portal` runs what a judged Bind created.
     pub fn portal_judged(&self, portal: &[u8]) -> bool {
         self.portals.get(key(portal)).is_some_and(|p| !p.unknown && p.judgement.is_some())
@@ -1341,6 +1346,7 @@ mod tests {
                 reason: Arc::from("test"),
             }],
             role: None,
+            basis: (0, 0),
         })
     }
 
