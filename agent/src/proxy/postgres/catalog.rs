@@ -31,7 +31,8 @@ fn hex(x: &str) -> String {
 ///   searches (`current_schemas(true)`, comma-separated).
 /// - `f`: a user function, overloads folded: the worst volatility, counting as VOLATILE an
 ///   aggregate and any function the session's role could have written (it can act as its
-///   owner: the declared volatility is then its own claim); in `extra` the worst of those
+///   owner: the declared volatility is then its own claim) or that takes a type whose input
+///   runs user code (a literal passed to it is cast); in `extra` the worst of those
 ///   callable with one argument (`t.f`).
 /// - `x`: a VOLATILE built-in (pg_catalog) function, by name: a name the analyser does not
 ///   know may be one.
@@ -50,7 +51,8 @@ pub fn query() -> String {
         format!(
             "pg_catalog.max(CASE WHEN {cond} THEN (CASE WHEN p.prokind {eq} 'a'::pg_catalog.\"char\" \
              OR p.provolatile {eq} 'v'::pg_catalog.\"char\" \
-             OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text) THEN 2 \
+             OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text) \
+             OR EXISTS (SELECT FROM bad WHERE bad.oid OPERATOR(pg_catalog.=) ANY (p.proargtypes::pg_catalog.oid[])) THEN 2 \
              WHEN p.provolatile {eq} 's'::pg_catalog.\"char\" THEN 1 ELSE 0 END) END)::pg_catalog.text"
         )
     };
