@@ -17,6 +17,10 @@ pub const MODE_OBSERVE: u32 = 2;
 pub const FAIL_CLOSED: u32 = 0;
 /// `EndpointPolicy::fail`: when the agent is not serving, the flow goes direct, flagged ungoverned.
 pub const FAIL_OPEN: u32 = 1;
+/// `EndpointPolicy::fail`: when the agent is not serving, a flow from a cgroup the agent listed
+/// in `FAIL_OPEN_IDENTITIES` for the database goes direct (its identity's policies guard
+/// nothing there); any other is refused.
+pub const FAIL_BY_POLICY: u32 = 2;
 
 /// The agent's heartbeat older than this means "not serving" to the kernel programs.
 pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
@@ -159,6 +163,16 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+/// Key of `FAIL_OPEN_IDENTITIES`: a client cgroup and a database (its index in the config).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FailKey {
+    pub cgroup_id: u64,
+    pub database_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FailKey>() == 16);
+
 /// State the agent publishes to the kernel programs (single entry of `AGENT_STATE`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -209,4 +223,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::AgentState {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::FailKey {}
 }

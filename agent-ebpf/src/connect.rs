@@ -4,8 +4,9 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use agent_common::{
-    AF_INET, AF_INET6, AgentState, EVENT_REFUSED, EVENT_UNGOVERNED, Endpoint, EndpointPolicy, FAIL_OPEN, FlowEvent,
-    FlowOrigin, HEARTBEAT_STALE_NS, MODE_ENFORCE, STAT_EXEMPTED, STAT_REDIRECTED, STAT_REFUSED, STAT_UNGOVERNED,
+    AF_INET, AF_INET6, AgentState, EVENT_REFUSED, EVENT_UNGOVERNED, Endpoint, EndpointPolicy, FAIL_BY_POLICY,
+    FAIL_OPEN, FailKey, FlowEvent, FlowOrigin, HEARTBEAT_STALE_NS, MODE_ENFORCE, STAT_EXEMPTED, STAT_REDIRECTED,
+    STAT_REFUSED, STAT_UNGOVERNED,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -17,7 +18,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::maps::{AGENT_STATE, ORIG_BY_COOKIE, count, emit, governed};
+use crate::maps::{AGENT_STATE, FAIL_OPEN_IDENTITIES, ORIG_BY_COOKIE, count, emit, governed};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -204,7 +205,17 @@ fn is_agent_upstream(sa: *mut bpf_sock_addr, state: &AgentState) -> bool {
 
 #[inline(always)]
 fn not_serving(ctx: &SockAddrContext, dst: &Endpoint, policy: &EndpointPolicy) -> Decision {
-    let open = policy.fail == FAIL_OPEN;
+    let open = match policy.fail {
+        FAIL_OPEN => true,
+        FAIL_BY_POLICY => {
+            // SAFETY: helper without preconditions.
+            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            let key = FailKey { cgroup_id, database_id: policy.database_id, _pad: 0 };
+            // SAFETY: the value is only tested for presence, never held across a call.
+            unsafe { FAIL_OPEN_IDENTITIES.get(&key) }.is_some()
+        }
+        _ => false,
+    };
     count(if open { STAT_UNGOVERNED } else { STAT_REFUSED });
     emit(|event: &mut FlowEvent| {
         event.kind = if open { EVENT_UNGOVERNED } else { EVENT_REFUSED };

@@ -1,12 +1,17 @@
 //! Maps shared by the programs. All are pinned by name under the agent's bpffs directory so
 //! that governance (and the flow table) survives an agent restart.
 
-use agent_common::{AgentState, Endpoint, EndpointPolicy, FlowEvent, FlowKey, FlowOrigin, STAT_COUNT};
+use agent_common::{AgentState, Endpoint, EndpointPolicy, FailKey, FlowEvent, FlowKey, FlowOrigin, STAT_COUNT};
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+
+/// For `FAIL_BY_POLICY` databases: the client cgroups (per database) whose identity's policies
+/// guard nothing there, as the agent last found; they fail open, every other fails closed.
+#[map]
+pub static FAIL_OPEN_IDENTITIES: LruHashMap<FailKey, u8> = LruHashMap::pinned(65536, 0);
 
 /// Governed endpoints: exact (address, port), or (any address, port).
 #[map]

@@ -43,6 +43,10 @@ pub enum FailMode {
     Closed,
     /// The flow goes direct and is recorded as ungoverned.
     Open,
+    /// Per identity, as its policies say: open for a workload the agent found that no policy
+    /// guards in this database, closed for every other (guarded, or never seen: the kernel
+    /// cannot read its labels).
+    Policy,
 }
 
 /// The database protocol spoken on a governed endpoint.
@@ -223,8 +227,8 @@ pub struct Database {
     pub protocol: Protocol,
     #[serde(default = "default_mode")]
     pub mode: Mode,
-    /// Defaults to closed: until policies exist, an operator who declared a database governed
-    /// is better served by refusal than by silent bypass. See docs/decisions.md.
+    /// Defaults to `policy`: closed for identities whose policies guard the database, open for
+    /// those the agent found no policy guards. See docs/decisions.md.
     #[serde(default = "default_fail")]
     pub fail: FailMode,
     /// Upstream connect timeout in milliseconds.
@@ -255,7 +259,7 @@ fn default_mode() -> Mode {
     Mode::Enforce
 }
 fn default_fail() -> FailMode {
-    FailMode::Closed
+    FailMode::Policy
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
@@ -831,7 +835,7 @@ impl Config {
 
     /// Whether any database fails closed (then pins must outlive the agent).
     pub fn any_fail_closed(&self) -> bool {
-        self.databases.iter().any(|d| d.mode == Mode::Enforce && d.fail == FailMode::Closed)
+        self.databases.iter().any(|d| d.mode == Mode::Enforce && d.fail != FailMode::Open)
     }
 }
 
@@ -848,7 +852,7 @@ mod tests {
         let c = parse("databases:\n  - name: main\n    address: 127.0.0.1:5432\n").expect("valid");
         let db = &c.databases[0];
         assert_eq!(db.address, DatabaseAddress::Exact(vec!["127.0.0.1:5432".parse().unwrap()]));
-        assert_eq!((db.mode, db.fail, db.protocol), (Mode::Enforce, FailMode::Closed, Protocol::Postgres));
+        assert_eq!((db.mode, db.fail, db.protocol), (Mode::Enforce, FailMode::Policy, Protocol::Postgres));
         assert_eq!(c.proxy.listen_v4, "169.254.77.1:432".parse().unwrap());
         assert_eq!(c.on_exit, OnExit::Keep);
     }

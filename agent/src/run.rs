@@ -201,6 +201,17 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         threads.push(thread);
     }
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        // After a reload every identity's fail mode is found again at its next connection.
+        let kernel = Arc::downgrade(&kernel);
+        governor.on_replace(move || {
+            if let Some(kernel) = kernel.upgrade()
+                && let Err(err) = kernel.clear_fail_open()
+            {
+                tracing::warn!(error = %err, "per-identity fail modes could not be reset after a policy reload");
+            }
+        });
+    }
     tasks.spawn(crate::govern::reload::watch(governor, config.policies.clone()));
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));

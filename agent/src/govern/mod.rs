@@ -53,7 +53,10 @@ pub struct Governor {
     snapshot: ArcSwap<PolicySnapshot>,
     generations: AtomicU64,
     pub descriptions: Arc<DescriptionCache>,
+    on_replace: Mutex<Option<OnReplace>>,
 }
+
+type OnReplace = Box<dyn Fn() + Send + Sync>;
 
 impl Governor {
     pub fn new(set: PolicySet) -> Self {
@@ -61,6 +64,7 @@ impl Governor {
             snapshot: ArcSwap::from_pointee(PolicySnapshot { set, generation: 1 }),
             generations: AtomicU64::new(1),
             descriptions: Arc::new(DescriptionCache::new(4096)),
+            on_replace: Mutex::new(None),
         }
     }
 
@@ -73,7 +77,23 @@ impl Governor {
     pub fn replace(&self, set: PolicySet) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.snapshot.store(Arc::new(PolicySnapshot { set, generation }));
+        if let Some(on_replace) = self.on_replace.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            on_replace();
+        }
         generation
+    }
+
+    /// Called after every `replace` (the kernel's per-identity fail modes are forgotten then:
+    /// each identity is found again at its next connection).
+    pub fn on_replace(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.on_replace.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Whether any policy that selects a workload with `labels` in `database`, as any role,
+    /// can refuse something (then it fails closed where the fail mode follows policies).
+    pub fn guards(&self, labels: &BTreeMap<String, String>, database: &str) -> bool {
+        let snapshot = self.snapshot();
+        snapshot.set.select(&Subject { labels, database, user: None }).guards()
     }
 
     /// The hooks of one session of `database` by a workload with `labels`; `next` records what

@@ -173,6 +173,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             return;
         }
     };
+    if db.fail == crate::config::FailMode::Policy {
+        // Whether this identity fails open here while no agent serves: only if none of its
+        // policies guards anything in this database (whatever role it would act as).
+        let open = !shared.governor.guards(&identity.labels, &db.name);
+        if let Err(err) = shared.kernel.set_fail_open(identity.cgroup_id.0, origin.database_id, open) {
+            tracing::warn!(database = %db.name, error = %err, "the identity's fail mode could not be recorded; it fails closed");
+        }
+    }
     if db.protocol == Protocol::Tcp {
         // No statements to judge: the identity's policies allow or refuse the connection.
         let snapshot = shared.governor.snapshot();

@@ -126,6 +126,10 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'with d as (delete from accounts where id = ($1).id returning 1) select count(*) from d'; \
          create function app.report() returns bigint language sql stable as 'select count(*) from public.accounts'; \
          create type app.pair as (a int, b int); \
+         create function app.note(int) returns boolean language sql volatile \
+           as 'insert into public.trail values ($1) returning true'; \
+         create domain app.checked as int check (app.note(value)); \
+         create function app.takes(app.checked) returns int language sql stable as 'select 1'; \
          create function evil.upper(text) returns text language sql volatile \
            as 'insert into public.trail values (2) returning ''shadowed'''; \
          create function evil.text_plus(text, text) returns text language sql volatile \
@@ -154,6 +158,13 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // A STABLE user function and a composite type's cast are reads, as the catalog says.
     let (ok, out, err) = run("bot", "select app.report(), (row(1, 2)::app.pair).b");
     assert!(ok && out.trim() == "3|2", "{out} {err}");
+    // A STABLE function whose parameter is a domain with a CHECK runs the CHECK on a literal;
+    // so does a cast to an array or a composite of that domain.
+    for sql in ["select app.takes('4')", "select '{4}'::app.checked[]"] {
+        let (ok, _, err) = run("bot", sql);
+        assert!(!ok && err.contains("warden:"), "{sql}: {err}");
+    }
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // Not for a role that can act as the function's owner: its volatility is its own claim.
     let (ok, _, err) = run("postgres", "select app.report()");
     assert!(!ok && err.contains("VOLATILE"), "{err}");
@@ -362,4 +373,43 @@ fn policy_explain_says_which_rule_decides_and_why() {
             .arg("with d as (delete from accounts returning *) select * from d"),
     );
     assert!(out.contains("write") && out.contains("baseline") && out.contains("no-unscoped-writes"), "{out}");
+}
+
+/// `fail: policy` (the default): while no agent serves, an identity the agent found that no
+/// policy guards goes direct; a guarded one, or one never seen, is refused.
+#[test]
+fn the_fail_mode_follows_each_identitys_policies() {
+    let pg = Postgres::start();
+    let mut agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[(BASELINE, &baseline())],
+    );
+    let bot = ["warden/kind=agent"];
+    // Seen while serving: this process's cgroup (no labels: nothing selects it), and a bot.
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
+    check(&mut agent.exec_psql(&bot, "127.0.0.1", pg.port, "select 1"));
+    agent.stop();
+    let direct = check(&mut testkit::psql("127.0.0.1", pg.port, "select inet_client_addr()"));
+    assert_eq!(direct.trim(), "127.0.0.1", "unguarded: straight to the database");
+    let out = output(&mut agent.exec_psql(&bot, "127.0.0.1", pg.port, "select 1"));
+    assert!(!out.status.success(), "a guarded identity is refused while no agent serves");
+
+    // Once a policy guards this process's cgroup too, it fails closed as well.
+    agent.spawn();
+    agent.write_policy(
+        "everyone.yaml",
+        &everyone("    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n", "allow"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains("policy set reloaded") {
+        assert!(Instant::now() < deadline, "the new policy was not loaded:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = output(&mut testkit::psql("127.0.0.1", pg.port, "create table t_guarded(a int)"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-ddl"), "{err}");
+    agent.stop();
+    let out = output(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
+    assert!(!out.status.success(), "now guarded: refused while no agent serves");
+    agent.spawn();
 }
