@@ -18,8 +18,8 @@ pub const FAIL_CLOSED: u32 = 0;
 /// `EndpointPolicy::fail`: when the agent is not serving, the flow goes direct, flagged ungoverned.
 pub const FAIL_OPEN: u32 = 1;
 /// `EndpointPolicy::fail`: when the agent is not serving, a flow from a cgroup the agent listed
-/// in `FAIL_OPEN_IDENTITIES` for the database goes direct (its identity's policies guard
-/// nothing there); any other is refused.
+/// in `FAIL_OPEN_IDENTITIES` for the database, under the current `AgentState::fail_epoch`, goes
+/// direct (its identity's policies guard nothing there); any other is refused.
 pub const FAIL_BY_POLICY: u32 = 2;
 
 /// The agent's heartbeat older than this means "not serving" to the kernel programs.
@@ -192,8 +192,11 @@ pub struct AgentState {
     /// Cookie of the network namespace the proxy listens in: only connections accepted there
     /// are the proxy's (another namespace may have a listener on the same address).
     pub agent_netns_cookie: u64,
+    /// `FAIL_OPEN_IDENTITIES` entries hold the epoch they were found under: only those equal to
+    /// this one count (the agent moves it with every policy set and every start).
+    pub fail_epoch: u64,
 }
-const _: () = assert!(core::mem::size_of::<AgentState>() == 72);
+const _: () = assert!(core::mem::size_of::<AgentState>() == 80);
 
 /// A record the kernel programs hand to the agent through the `FLOW_EVENTS` ring buffer.
 #[repr(C)]

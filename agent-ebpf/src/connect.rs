@@ -90,8 +90,14 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     // still v4-mapped. Native IPv6 goes to the v6 listener, if there is one.
     let proxy = if dst.is_v4_mapped() { state.proxy_v4 } else { state.proxy_v6 };
     let decision = if proxy.is_unset() {
-        // Nowhere to redirect to: treat as "not serving" for this flow.
-        not_serving(ctx, &dst, &policy)
+        if policy.mode != MODE_ENFORCE || is_agent_upstream(sa, state) {
+            // Observe-only endpoints are never redirected; the agent's own dials pass.
+            Decision::Pass
+        } else {
+            // Nowhere to redirect to: "not serving" for this flow, while the agent serves, so an
+            // identity listed to fail open (for when the agent is down) is not let through.
+            not_serving(ctx, &dst, &policy, state, false)
+        }
     } else {
         decide(ctx, sa, &dst, &policy, state, AF_INET6)
     };
@@ -170,14 +176,14 @@ fn decide(
     let now = unsafe { bpf_ktime_get_ns() };
     let alive = state.serving == 1 && now.wrapping_sub(state.heartbeat_ns) < HEARTBEAT_STALE_NS;
     if !alive {
-        return not_serving(ctx, dst, policy);
+        return not_serving(ctx, dst, policy, state, true);
     }
     let mut origin = FlowOrigin::default();
     fill_origin(&mut origin, ctx, dst, policy, family);
     origin.connect_ns = now;
     if ORIG_BY_COOKIE.insert(&origin.socket_cookie, &origin, 0).is_err() {
         // Without a record the proxy could not attribute the flow; it would refuse it.
-        return not_serving(ctx, dst, policy);
+        return not_serving(ctx, dst, policy, state, false);
     }
     count(STAT_REDIRECTED);
     Decision::Redirect
@@ -204,15 +210,24 @@ fn is_agent_upstream(sa: *mut bpf_sock_addr, state: &AgentState) -> bool {
 }
 
 #[inline(always)]
-fn not_serving(ctx: &SockAddrContext, dst: &Endpoint, policy: &EndpointPolicy) -> Decision {
+/// A governed flow that cannot go through the proxy. `agent_down`: because no agent serves
+/// (then `fail: policy` consults the identities the agent listed to fail open); otherwise the
+/// agent serves but this flow cannot be redirected, and `fail: policy` fails closed.
+fn not_serving(
+    ctx: &SockAddrContext,
+    dst: &Endpoint,
+    policy: &EndpointPolicy,
+    state: &AgentState,
+    agent_down: bool,
+) -> Decision {
     let open = match policy.fail {
         FAIL_OPEN => true,
-        FAIL_BY_POLICY => {
+        FAIL_BY_POLICY if agent_down => {
             // SAFETY: helper without preconditions.
             let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
             let key = FailKey { cgroup_id, database_id: policy.database_id, _pad: 0 };
-            // SAFETY: the value is only tested for presence, never held across a call.
-            unsafe { FAIL_OPEN_IDENTITIES.get(&key) }.is_some()
+            // SAFETY: the value is read at once, never held across a call.
+            unsafe { FAIL_OPEN_IDENTITIES.get(&key) }.is_some_and(|epoch| *epoch == state.fail_epoch)
         }
         _ => false,
     };

@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 
 /// For `FAIL_BY_POLICY` databases: the client cgroups (per database) whose identity's policies
-/// guard nothing there, as the agent last found; they fail open, every other fails closed.
+/// guard nothing there, with the epoch the agent found that under; under the current epoch
+/// they fail open, every other fails closed.
 #[map]
-pub static FAIL_OPEN_IDENTITIES: LruHashMap<FailKey, u8> = LruHashMap::pinned(65536, 0);
+pub static FAIL_OPEN_IDENTITIES: LruHashMap<FailKey, u64> = LruHashMap::pinned(65536, 0);
 
 /// Governed endpoints: exact (address, port), or (any address, port).
 #[map]

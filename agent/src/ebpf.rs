@@ -87,7 +87,7 @@ pub struct Kernel {
     /// Replaced while the agent runs as database host names resolve elsewhere (`net::dns`).
     governed: Mutex<HashMap<MapData, Endpoint, EndpointPolicy>>,
     /// Client cgroups (per database) that fail open where the fail mode follows policies.
-    fail_open: Mutex<HashMap<MapData, FailKey, u8>>,
+    fail_open: Mutex<HashMap<MapData, FailKey, u64>>,
     state: Mutex<Array<MapData, AgentState>>,
     flows: FlowTable,
     stats: Stats,
@@ -114,10 +114,8 @@ impl Kernel {
 
         let mut governed: HashMap<MapData, Endpoint, EndpointPolicy> = take_map(&mut ebpf, "GOVERNED")?;
         sync_governed(&mut governed, config)?;
-        let mut fail_open: HashMap<MapData, FailKey, u8> = take_map(&mut ebpf, "FAIL_OPEN_IDENTITIES")?;
-        // A previous agent's findings were made under its policies: every identity is found
-        // again at its next connection.
-        clear(&mut fail_open)?;
+        // A previous agent's entries carry its epochs, which this agent's never equal.
+        let fail_open: HashMap<MapData, FailKey, u64> = take_map(&mut ebpf, "FAIL_OPEN_IDENTITIES")?;
         let mut state_map: Array<MapData, AgentState> = take_map(&mut ebpf, "AGENT_STATE")?;
         state_map.set(0, state, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
         let flows = FlowTable(Mutex::new(take_map(&mut ebpf, "FLOW_BY_ACCEPTED")?));
@@ -189,25 +187,19 @@ impl Kernel {
         apply_governed(&mut map, wanted)
     }
 
-    /// Records whether a client cgroup fails open for a database whose fail mode follows
-    /// policies.
-    pub fn set_fail_open(&self, cgroup_id: u64, database_id: u32, open: bool) -> Result<(), KernelError> {
+    /// Records that a client cgroup fails open for a database whose fail mode follows policies,
+    /// under `epoch` (`None`: it fails closed).
+    pub fn set_fail_open(&self, cgroup_id: u64, database_id: u32, epoch: Option<u64>) -> Result<(), KernelError> {
         let key = FailKey { cgroup_id, database_id, _pad: 0 };
         let mut map = self.fail_open.lock().unwrap_or_else(|p| p.into_inner());
-        let result = if open {
-            map.insert(key, 1, 0)
-        } else {
-            match map.remove(&key) {
+        let result = match epoch {
+            Some(epoch) => map.insert(key, epoch, 0),
+            None => match map.remove(&key) {
                 Err(aya::maps::MapError::KeyNotFound) => Ok(()),
                 other => other,
-            }
+            },
         };
         result.map_err(|source| KernelError::Map { name: "FAIL_OPEN_IDENTITIES", source })
-    }
-
-    /// Forgets every identity's fail mode (after a policy reload): closed until found again.
-    pub fn clear_fail_open(&self) -> Result<(), KernelError> {
-        clear(&mut self.fail_open.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Detaches every program and removes all pins (maps included).
@@ -399,17 +391,6 @@ fn apply_governed(
 /// table included).
 fn sync_governed(map: &mut HashMap<MapData, Endpoint, EndpointPolicy>, config: &Config) -> Result<(), KernelError> {
     apply_governed(map, &governed_entries(config)).map(drop)
-}
-
-fn clear(map: &mut HashMap<MapData, FailKey, u8>) -> Result<(), KernelError> {
-    let keys: Vec<FailKey> = map.keys().filter_map(Result::ok).collect();
-    for key in keys {
-        match map.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(KernelError::Map { name: "FAIL_OPEN_IDENTITIES", source }),
-        }
-    }
-    Ok(())
 }
 
 /// Redirected flows, by the cookie of the proxy socket the kernel bound each one to.

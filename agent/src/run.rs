@@ -101,7 +101,7 @@ fn enter_own_cgroup(root: &Path) -> Result<CgroupId> {
     cgroup::id_of(&dir).with_context(|| format!("reading the id of {}", dir.display()))
 }
 
-fn state(config: &Config, own_cgroup: CgroupId, netns_cookie: u64, serving: bool) -> AgentState {
+fn state(config: &Config, own_cgroup: CgroupId, netns_cookie: u64, serving: bool, fail_epoch: u64) -> AgentState {
     AgentState {
         heartbeat_ns: monotonic_ns(),
         agent_cgroup_id: own_cgroup.0,
@@ -110,7 +110,14 @@ fn state(config: &Config, own_cgroup: CgroupId, netns_cookie: u64, serving: bool
         serving: u32::from(serving),
         upstream_mark: UPSTREAM_MARK,
         agent_netns_cookie: netns_cookie,
+        fail_epoch,
     }
+}
+
+/// The base of this agent's fail epochs (`AgentState::fail_epoch` is it plus the policy set's
+/// generation): its start time, beyond any epoch an earlier agent can have used.
+fn fail_epoch_base() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -> Result<()> {
@@ -146,12 +153,16 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         .map_err(|errors| anyhow::anyhow!("the policy set has mistakes:\n{errors}"))?;
     tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
     let governor = Arc::new(crate::govern::Governor::new(policies));
+    let fail_epoch_base = fail_epoch_base();
     // The namespace the proxy listens in: the kernel hands over flow records only for
     // connections accepted there.
     let namespaces = Arc::new(Namespaces::new().context("opening the agent's network namespace")?);
     let kernel = Arc::new(
-        Kernel::start(&config, state(&config, own_cgroup, namespaces.agent_cookie(), true))
-            .context("loading and attaching the eBPF programs")?,
+        Kernel::start(
+            &config,
+            state(&config, own_cgroup, namespaces.agent_cookie(), true, fail_epoch_base + governor.generation()),
+        )
+        .context("loading and attaching the eBPF programs")?,
     );
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -171,6 +182,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         namespaces: namespaces.clone(),
         limits: Limits::new(config.proxy.max_connections, config.proxy.max_connections_per_identity),
         refusals: proxy::limits::RefusalRecords::new(10),
+        fail_epoch_base,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -201,17 +213,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         threads.push(thread);
     }
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        // After a reload every identity's fail mode is found again at its next connection.
-        let kernel = Arc::downgrade(&kernel);
-        governor.on_replace(move || {
-            if let Some(kernel) = kernel.upgrade()
-                && let Err(err) = kernel.clear_fail_open()
-            {
-                tracing::warn!(error = %err, "per-identity fail modes could not be reset after a policy reload");
-            }
-        });
-    }
+    let governor_generation_source = governor.clone();
     tasks.spawn(crate::govern::reload::watch(governor, config.policies.clone()));
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
@@ -233,7 +235,14 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
     // client is sent to the proxy's address once nothing listens there.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    kernel.publish(state(&config, own_cgroup, namespaces.agent_cookie(), false))?;
+    let governor_generation = governor_generation_source.generation();
+    kernel.publish(state(
+        &config,
+        own_cgroup,
+        namespaces.agent_cookie(),
+        false,
+        fail_epoch_base + governor_generation,
+    ))?;
     let _ = fs::remove_file(ready_file(&config.state_dir));
     let _ = stop.send(true);
     for thread in threads {
@@ -298,7 +307,10 @@ async fn heartbeat(shared: Arc<Shared>) {
             shared.namespaces.sweep();
         }
         let cookie = shared.namespaces.agent_cookie();
-        if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, cookie, true)) {
+        // The fail epoch moves with the policy set: identities found under an earlier one fail
+        // closed until found again (within half a second of a reload).
+        let epoch = shared.fail_epoch_base + shared.governor.generation();
+        if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, cookie, true, epoch)) {
             tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
         }
     }

@@ -33,7 +33,7 @@ use crate::{
         sqlcommenter_tags,
     },
 };
-use describe::{DescribedPart, describe_parts, effects_of, unknown_described};
+use describe::{DescribedPart, describe_parts, unknown_described};
 
 /// Statements longer than this are described on the blocking pool while the statement is held
 /// (the client waits), not on the proxy worker that relays other sessions' traffic.
@@ -53,10 +53,7 @@ pub struct Governor {
     snapshot: ArcSwap<PolicySnapshot>,
     generations: AtomicU64,
     pub descriptions: Arc<DescriptionCache>,
-    on_replace: Mutex<Option<OnReplace>>,
 }
-
-type OnReplace = Box<dyn Fn() + Send + Sync>;
 
 impl Governor {
     pub fn new(set: PolicySet) -> Self {
@@ -64,7 +61,6 @@ impl Governor {
             snapshot: ArcSwap::from_pointee(PolicySnapshot { set, generation: 1 }),
             generations: AtomicU64::new(1),
             descriptions: Arc::new(DescriptionCache::new(4096)),
-            on_replace: Mutex::new(None),
         }
     }
 
@@ -77,23 +73,20 @@ impl Governor {
     pub fn replace(&self, set: PolicySet) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.snapshot.store(Arc::new(PolicySnapshot { set, generation }));
-        if let Some(on_replace) = self.on_replace.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            on_replace();
-        }
         generation
     }
 
-    /// Called after every `replace` (the kernel's per-identity fail modes are forgotten then:
-    /// each identity is found again at its next connection).
-    pub fn on_replace(&self, f: impl Fn() + Send + Sync + 'static) {
-        *self.on_replace.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    /// Whether any policy that selects a workload with `labels` in `database`, as any role,
+    /// can refuse something (then it fails closed where the fail mode follows policies), and
+    /// the generation of the set that said so.
+    pub fn guards(&self, labels: &BTreeMap<String, String>, database: &str) -> (bool, u64) {
+        let snapshot = self.snapshot();
+        (snapshot.set.select(&Subject { labels, database, user: None }).guards(), snapshot.generation)
     }
 
-    /// Whether any policy that selects a workload with `labels` in `database`, as any role,
-    /// can refuse something (then it fails closed where the fail mode follows policies).
-    pub fn guards(&self, labels: &BTreeMap<String, String>, database: &str) -> bool {
-        let snapshot = self.snapshot();
-        snapshot.set.select(&Subject { labels, database, user: None }).guards()
+    /// The generation of the set in force.
+    pub fn generation(&self) -> u64 {
+        self.snapshot.load().generation
     }
 
     /// The hooks of one session of `database` by a workload with `labels`; `next` records what
@@ -145,6 +138,9 @@ struct SessionState {
     /// The schemas of the session's search_path as the server last showed it; `None` once a
     /// forwarded statement may have changed it (or the role `$user` stands for).
     path: Option<Arc<[String]>>,
+    /// The schemas the server searches for relations (existing ones, in order), known while
+    /// `path` is.
+    relation_schemas: Option<Arc<[String]>>,
     /// When the facts were last read: they are read again after `FACTS_MAX_AGE` (another
     /// connection may have changed the catalog).
     facts_read: Option<std::time::Instant>,
@@ -201,7 +197,7 @@ impl SessionGovern {
         }
         // Until the server said who the session acts as (a role's default role, a pipelined
         // SET ROLE), every `users` filter applies: the role is not known yet.
-        let role_known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed.is_some();
+        let role_known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed == Some(snapshot.generation);
         let user = if role_known { state.role.as_deref() } else { None };
         let subject = Subject { labels: &self.labels, database: &self.database, user };
         let selection = snapshot.set.select(&subject);
@@ -259,10 +255,11 @@ impl SessionGovern {
                 }
                 (Facts::NotRead, false) => Facts::NotRead,
             };
-            (state.cursors.clone(), state.builtins_untrusted, facts, state.path.clone())
+            let path = state.path.clone().zip(state.relation_schemas.clone());
+            (state.cursors.clone(), state.builtins_untrusted, facts, path)
         };
         let view = match (&facts, &path) {
-            (Facts::Known(catalog), Some(path)) => CatalogView::OnPath(catalog, path),
+            (Facts::Known(catalog), Some((path, _))) => CatalogView::OnPath(catalog, path),
             (Facts::Known(catalog), None) => CatalogView::Known(catalog),
             (Facts::Unavailable(why), _) => CatalogView::Unavailable(why),
             (Facts::NotRead, _) => CatalogView::BuiltinsOnly,
@@ -333,8 +330,18 @@ impl SessionGovern {
                 {
                     builtins_untrusted = true;
                 }
-                let relations: Vec<Vec<ObjectName>> = analysis.relations.iter().map(candidates).collect();
-                let functions: Vec<Vec<ObjectName>> = analysis.functions.iter().map(candidates).collect();
+                // Where unqualified names may resolve: the schemas the server showed, unless an
+                // earlier statement of the message may have changed them.
+                let searched = match view {
+                    CatalogView::OnPath(..) => path.as_ref().map(|(_, relations)| &relations[..]),
+                    _ => None,
+                };
+                let relations: Vec<Vec<ObjectName>> =
+                    analysis.relations.iter().map(|r| candidates(r, searched)).collect();
+                // Functions stay "any schema": a built-in's name resolves to pg_catalog unless
+                // the catalog shows a user object that may stand for it (judged above).
+                let functions: Vec<Vec<ObjectName>> =
+                    analysis.functions.iter().map(|f| candidates(f, None)).collect();
                 let tags = message_tags.clone().unwrap_or_else(|| part.described.tags.clone());
                 let facts = StatementFacts {
                     class,
@@ -379,7 +386,7 @@ impl SessionGovern {
             .collect();
         let role = {
             let state = self.lock();
-            let known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed.is_some();
+            let known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed == Some(snapshot.generation);
             known.then(|| state.role.as_deref().map(Arc::from)).flatten()
         };
         let basis = (snapshot.generation, self.lock().facts_epoch);
@@ -480,11 +487,32 @@ fn unknown_part(sql: &str, reason: &str) -> DescribedPart {
     DescribedPart { span: 0..sql.len(), described: unknown_described(reason), ambiguous: true }
 }
 
-/// The names a relation or function may resolve to: itself when qualified; when not, any
-/// schema (`schema: None`): the session's search_path is not known to the proxy (a role's or
-/// database's default, `set_config`, a function's SET clause can all change it unseen).
-fn candidates(name: &ObjectName) -> Vec<ObjectName> {
-    vec![name.clone()]
+/// The names a relation may resolve to: itself when qualified; when not, one per schema the
+/// server last said it searches (the session's temporary schema as `pg_temp`; pg_catalog only
+/// for a `pg_` name, as every relation there is one), or any schema (`schema: None`) when that
+/// is not known now.
+fn candidates(name: &ObjectName, path: Option<&[String]>) -> Vec<ObjectName> {
+    match (&name.schema, path) {
+        (None, Some(path)) if !path.is_empty() => {
+            let mut out: Vec<ObjectName> = Vec::with_capacity(path.len());
+            for schema in path {
+                if schema == "pg_catalog" && !name.name.starts_with("pg_") {
+                    continue;
+                }
+                let schema = if schema.starts_with("pg_temp_") { "pg_temp" } else { schema.as_str() };
+                let candidate = ObjectName::new(Some(schema), &name.name);
+                if !out.contains(&candidate) {
+                    out.push(candidate);
+                }
+            }
+            if out.is_empty() {
+                // Nothing searched holds it: it does not resolve (an error), or resolves later.
+                out.push(name.clone());
+            }
+            out
+        }
+        _ => vec![name.clone()],
+    }
 }
 
 impl SessionHooks for SessionGovern {
@@ -539,6 +567,7 @@ impl SessionHooks for SessionGovern {
                 let mut path = facts.schemas.clone();
                 path.extend(search_path::schemas(&facts.search_path, &facts.current_user));
                 state.path = Some(Arc::from(path));
+                state.relation_schemas = Some(Arc::from(facts.schemas.clone()));
                 state.facts = Facts::Known(facts.catalog);
                 // Selected again: with the role now known (before, every `users` filter applied).
                 state.role = Some(facts.current_user);
@@ -620,7 +649,7 @@ impl SessionHooks for SessionGovern {
                     }
                     state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
                 }
-                if describe::may_change_session_identity(effects_of(analysis)) && state.role.is_some() {
+                if describe::may_change_session_identity(part.effects) && state.role.is_some() {
                     // SET ROLE, SET SESSION AUTHORIZATION, or code that may run them: the role
                     // is no longer known.
                     state.role = None;
@@ -706,6 +735,23 @@ mod tests {
     }
 
     #[test]
+    fn unqualified_relations_resolve_through_the_schemas_the_server_searches() {
+        let path = ["pg_temp_3".to_string(), "pg_catalog".to_string(), "app".to_string(), "public".to_string()];
+        let names = |n: &str| {
+            candidates(&ObjectName::new(None, n), Some(&path)).iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(names("accounts"), ["pg_temp.accounts", "app.accounts", "public.accounts"]);
+        assert_eq!(names("pg_class"), ["pg_temp.pg_class", "pg_catalog.pg_class", "app.pg_class", "public.pg_class"]);
+        let qualified = ObjectName::new(Some("billing"), "t");
+        assert_eq!(candidates(&qualified, Some(&path)), vec![qualified.clone()]);
+        assert_eq!(candidates(&ObjectName::new(None, "t"), None), vec![ObjectName::new(None, "t")], "not known: any");
+        assert_eq!(
+            candidates(&ObjectName::new(None, "t"), Some(&["pg_catalog".to_string()])),
+            vec![ObjectName::new(None, "t")]
+        );
+    }
+
+    #[test]
     fn a_carried_judgement_stands_until_the_policy_set_or_the_sessions_facts_change() {
         let s = session(GUARD);
         let none = |_: &str| None;
@@ -752,6 +798,12 @@ mod tests {
         assert_eq!(s.lock().role.as_deref(), Some("agent"), "the role the server says it acts as");
         assert!(matches!(select(&s, "select lower('a')"), Verdict::Deny { .. }), "a user overload");
         assert!(matches!(select(&s, "select upper('a'), app.report()"), Verdict::Allow(_)));
+        // A user function the catalog shows to be a read changes nothing the facts hold.
+        let read_info = info("select app.report()", QueryProtocol::Simple, &none);
+        let mut read = Running::new(1, Arc::from("select app.report()"), QueryProtocol::Simple, read_info.lexing);
+        read.judgement = Some(Arc::new(s.judge(&read_info, s.parts(&read_info).expect("parts"))));
+        s.on_forward(&read);
+        assert!(!s.wants_facts(), "not read again after a read");
         // A definition forwarded makes the catalog stale until it is read again.
         let ddl = "create function app.f() returns int language sql as 'select 1'";
         let ddl_info = info(ddl, QueryProtocol::Simple, &none);

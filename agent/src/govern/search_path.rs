@@ -15,14 +15,14 @@ pub fn may_distrust_judged(raw: &str, analysis: &Analysis, effects: ClassSet, op
     if analysis.executes.is_some() || analysis.fetches.is_some() {
         return effects.intersects(ClassSet::of(&[Class::Session, Class::Unknown, Class::Dcl]));
     }
-    may_distrust(raw, analysis, options)
+    may_distrust(raw, effects, options)
 }
 
 /// Whether a forwarded statement may have changed the search_path so that pg_catalog is no
 /// longer first: anything that names the search_path in a way not read exactly as a SET that
 /// keeps pg_catalog first (or unlisted), and any code the proxy cannot read.
-pub fn may_distrust(raw: &str, analysis: &Analysis, options: LexOptions) -> bool {
-    if analysis.effects.contains(Class::Unknown) || analysis.class == Class::Unknown {
+pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
+    if effects.contains(Class::Unknown) {
         return true;
     }
     let words: Vec<Word> = Lexer::new(raw, options)
@@ -96,6 +96,8 @@ pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, option
         || effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
         || lower.contains("search_path")
         || lower.contains("discard")
+        // A temporary object creates the session's temporary schema, searched first.
+        || lower.contains("temp")
         || (lower.contains("reset") && lower.contains("all"))
 }
 
@@ -164,7 +166,8 @@ mod tests {
     use crate::sql::analyse;
 
     fn check(sql: &str) -> bool {
-        may_distrust(sql, &analyse(sql), LexOptions::default())
+        let analysis = analyse(sql);
+        may_distrust(sql, analysis.effects.with(analysis.class), LexOptions::default())
     }
 
     #[test]

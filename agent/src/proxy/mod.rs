@@ -57,6 +57,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// How many refusals of unredirected connections are recorded per source and second.
     pub refusals: limits::RefusalRecords,
+    /// This agent's fail epochs start here (`AgentState::fail_epoch`).
+    pub fail_epoch_base: u64,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -175,10 +177,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     };
     if db.fail == crate::config::FailMode::Policy {
         // Whether this identity fails open here while no agent serves: only if none of its
-        // policies guards anything in this database (whatever role it would act as).
-        let open = !shared.governor.guards(&identity.labels, &db.name);
-        if let Err(err) = shared.kernel.set_fail_open(identity.cgroup_id.0, origin.database_id, open) {
-            tracing::warn!(database = %db.name, error = %err, "the identity's fail mode could not be recorded; it fails closed");
+        // policies guards anything in this database (whatever role it would act as), and its
+        // labels were read (a cgroup whose path could not be found may be anyone). Written with
+        // the epoch of the policy set that said so: the kernel ignores it once the set moves.
+        let (guarded, generation) = shared.governor.guards(&identity.labels, &db.name);
+        let open = !guarded && identity.cgroup.is_some();
+        let epoch = open.then_some(shared.fail_epoch_base + generation);
+        if let Err(err) = shared.kernel.set_fail_open(identity.cgroup_id.0, origin.database_id, epoch) {
+            tracing::error!(database = %db.name, error = %err, "the identity's fail mode could not be recorded");
         }
     }
     if db.protocol == Protocol::Tcp {

@@ -95,6 +95,8 @@ fn the_baseline_refuses_by_effect_for_labelled_agents_and_leaves_the_rest_alone(
     assert!(allowed["verdict"]["reason"].is_string(), "{allowed}");
 }
 
+const READERS: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: readers}\nspec:\n  selector: {matchLabels: {warden/kind: reader}}\n  rules:\n    - {name: public-reads, match: {class: [read], relations: ['public.*']}, action: allow}\n  default: deny\n";
+
 /// psql as database user `user`, for one script run by a labelled workload.
 fn psql_as(agent: &Agent, labels: &[&str], user: &str, port: u16, sql: &str) -> (bool, String, String) {
     let psql = psql_bin().display().to_string();
@@ -143,7 +145,7 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
     let agent = Agent::start_with_policies(
         &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
-        &[(BASELINE, &baseline()), ("auditors.yaml", auditors)],
+        &[(BASELINE, &baseline()), ("auditors.yaml", auditors), ("readers.yaml", READERS)],
     );
     let bot = ["warden/kind=agent"];
     let run = |user: &str, sql: &str| psql_as(&agent, &bot, user, pg.port, sql);
@@ -188,6 +190,15 @@ fn the_databases_catalog_decides_what_a_name_runs() {
         r["kind"] == "statement" && r["verdict"]["policy"] == "auditors"
     });
     assert_eq!(refused["role"], "auditor", "the role it acted as is recorded: {refused}");
+
+    // An unqualified relation resolves through the schemas the server searches: an allow
+    // rule naming `public.*` covers `accounts` for a session whose search_path reaches only
+    // public (and pg_catalog, which holds only `pg_` relations).
+    let reader = ["warden/kind=reader"];
+    let (ok, out, err) = psql_as(&agent, &reader, "postgres", pg.port, "select owner from accounts where id = 2");
+    assert!(ok && out.trim() == "bob", "{out} {err}");
+    let (ok, _, err) = psql_as(&agent, &reader, "postgres", pg.port, "select count(*) from pg_roles");
+    assert!(!ok && err.contains("readers"), "{err}");
 
     // The premise: directly, these run the user's code.
     assert_eq!(pg.admin_sql("select lower(5)"), "5");
@@ -394,8 +405,11 @@ fn the_fail_mode_follows_each_identitys_policies() {
     let out = output(&mut agent.exec_psql(&bot, "127.0.0.1", pg.port, "select 1"));
     assert!(!out.status.success(), "a guarded identity is refused while no agent serves");
 
-    // Once a policy guards this process's cgroup too, it fails closed as well.
+    // A new agent: found unguarded again at its first connection. Then a reload makes a
+    // policy guard this process's cgroup: it fails closed from then on, with no further
+    // connection to tell the agent so.
     agent.spawn();
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
     agent.write_policy(
         "everyone.yaml",
         &everyone("    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n", "allow"),
@@ -405,11 +419,10 @@ fn the_fail_mode_follows_each_identitys_policies() {
         assert!(Instant::now() < deadline, "the new policy was not loaded:\n{}", agent.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = output(&mut testkit::psql("127.0.0.1", pg.port, "create table t_guarded(a int)"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no-ddl"), "{err}");
+    // The next heartbeat (every 500 ms) publishes the new set's epoch.
+    std::thread::sleep(Duration::from_millis(1200));
     agent.stop();
     let out = output(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
-    assert!(!out.status.success(), "now guarded: refused while no agent serves");
+    assert!(!out.status.success(), "guarded since the reload: refused while no agent serves");
     agent.spawn();
 }
