@@ -119,26 +119,7 @@ pub fn schemas(setting: &str, user: &str) -> Vec<String> {
 
 /// The entries of a search_path setting, read as the server reads the list.
 fn entries(setting: &str) -> Vec<String> {
-    let mut entries = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    let mut chars = setting.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                current.push('"');
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => entries.push(std::mem::take(&mut current)),
-            c if !quoted && c.is_whitespace() => {}
-            // The server folds unquoted names as it reads the list.
-            c if !quoted => current.push(c.to_ascii_lowercase()),
-            c => current.push(c),
-        }
-    }
-    entries.push(current);
-    entries.into_iter().map(cut).collect()
+    crate::sql::split_identifiers(setting, ',').into_iter().map(cut).collect()
 }
 
 /// A name cut to NAMEDATALEN - 1 bytes at a character boundary, as the server cuts it.

@@ -84,23 +84,7 @@ impl SearchPath {
 /// A name as written in SQL (`a.b.c`, `"My Schema".t`), normalised as the server reads it:
 /// unquoted parts folded to lower case, quotes removed; a database before the schema dropped.
 fn parse_object_name(text: &str) -> ObjectName {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                current.push('"');
-            }
-            '"' => quoted = !quoted,
-            '.' if !quoted => parts.push(std::mem::take(&mut current)),
-            c if quoted => current.push(c),
-            c => current.push(c.to_ascii_lowercase()),
-        }
-    }
-    parts.push(current);
+    let mut parts = crate::sql::split_identifiers(text, '.');
     let name = parts.pop().unwrap_or_default();
     ObjectName { schema: parts.pop(), name }
 }

@@ -1546,13 +1546,20 @@ fn runs_analyze(option: &UtilityOption) -> bool {
 fn custom_type(data_type: &DataType) -> Option<ObjectName> {
     match data_type {
         DataType::Custom(name, _) => object_name(name),
+        other => element_type(other).and_then(custom_type),
+    }
+}
+
+/// The element type of an array type.
+fn element_type(data_type: &DataType) -> Option<&DataType> {
+    match data_type {
         DataType::Array(
             ArrayElemTypeDef::SquareBracket(inner, _)
             | ArrayElemTypeDef::AngleBracket(inner)
             | ArrayElemTypeDef::Parenthesis(inner)
             | ArrayElemTypeDef::ParenthesisNotNull(inner)
             | ArrayElemTypeDef::Qualified(inner, _),
-        ) => custom_type(inner),
+        ) => Some(inner),
         _ => None,
     }
 }
@@ -1568,13 +1575,7 @@ fn unknown_type(data_type: &DataType) -> Option<String> {
             }
             _ => Some(name.to_string()),
         },
-        DataType::Array(
-            ArrayElemTypeDef::SquareBracket(inner, _)
-            | ArrayElemTypeDef::AngleBracket(inner)
-            | ArrayElemTypeDef::Parenthesis(inner)
-            | ArrayElemTypeDef::ParenthesisNotNull(inner)
-            | ArrayElemTypeDef::Qualified(inner, _),
-        ) => unknown_type(inner),
+        other if element_type(other).is_some() => element_type(other).and_then(unknown_type),
         other => {
             // Types sqlparser knows by keyword: their SQL spelling, without modifiers.
             let shown = other.to_string().to_ascii_lowercase();

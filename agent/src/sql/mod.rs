@@ -20,6 +20,31 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+/// Splits a list of identifiers at `separator` as the server reads such a list (a search_path
+/// setting, a qualified name): double-quoted parts verbatim (`""` is a quote), unquoted parts
+/// folded to ASCII lower case, whitespace outside quotes dropped.
+pub fn split_identifiers(text: &str, separator: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => quoted = !quoted,
+            c if !quoted && c == separator => parts.push(std::mem::take(&mut current)),
+            c if quoted => current.push(c),
+            c if c.is_whitespace() => {}
+            c => current.push(c.to_ascii_lowercase()),
+        }
+    }
+    parts.push(current);
+    parts
+}
+
 /// Statement texts longer than this are not kept in the description cache.
 const MAX_CACHED: usize = 64 * 1024;
 

@@ -205,6 +205,15 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert_eq!(pg.admin_sql("select count(*) from trail"), "1");
 }
 
+/// Waits (15 s at most) for the agent to log `line`.
+fn wait_for_log(agent: &Agent, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains(line) {
+        assert!(Instant::now() < deadline, "the agent did not log {line:?}:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn everyone(rules: &str, default: &str) -> String {
     let rules = if rules.is_empty() { " []\n".to_string() } else { format!("\n{}", rules.trim_start_matches('\n')) };
     format!(
@@ -317,11 +326,7 @@ fn policies_reload_on_change_and_a_broken_set_keeps_the_one_in_force() {
         "everyone.yaml",
         &everyone("\n    - {name: bad, match: {clas: [read]}, action: deny}\n", "allow"),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !agent.log().contains("policy set rejected") {
-        assert!(Instant::now() < deadline, "no rejection logged:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_log(&agent, "policy set rejected");
     let log = agent.log();
     assert!(log.contains("everyone.yaml:") && log.contains("clas"), "{log}");
     let (ok, _, err) = ask("select count(*) from accounts");
@@ -414,11 +419,7 @@ fn the_fail_mode_follows_each_identitys_policies() {
         "everyone.yaml",
         &everyone("    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n", "allow"),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !agent.log().contains("policy set reloaded") {
-        assert!(Instant::now() < deadline, "the new policy was not loaded:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_log(&agent, "policy set reloaded");
     // The next heartbeat (every 500 ms) publishes the new set's epoch.
     std::thread::sleep(Duration::from_millis(1200));
     agent.stop();
