@@ -104,6 +104,10 @@ pub fn effects_of(analysis: &Analysis) -> ClassSet {
 /// `DROP` or `IMPORT` with any of those object words after it.
 pub fn may_define(raw: &str, options: LexOptions) -> bool {
     const VERBS: &[&str] = &["alter", "create", "drop", "import"];
+    // Most statements hold none of the verbs: not lexed (this runs for every statement).
+    if !VERBS.iter().any(|v| super::search_path::contains_ci(raw, v)) {
+        return false;
+    }
     const OBJECTS: &[&str] = &[
         "aggregate",
         "cast",

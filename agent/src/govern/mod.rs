@@ -116,7 +116,7 @@ struct SessionState {
     /// The role the session acts as; `None` before start-up and once it may have changed in a
     /// way the proxy cannot read (every `users` filter then matches: more policies apply, and
     /// the most restrictive decision wins, so nothing is widened by not knowing).
-    role: Option<String>,
+    role: Option<Arc<str>>,
     /// The policies selected for it, with the generation of the set they were selected from.
     selection: Option<(u64, Selection)>,
     /// Cursors declared by forwarded statements: what a FETCH of them runs.
@@ -384,12 +384,11 @@ impl SessionGovern {
                 }
             })
             .collect();
-        let role = {
+        let (role, basis) = {
             let state = self.lock();
             let known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed == Some(snapshot.generation);
-            known.then(|| state.role.as_deref().map(Arc::from)).flatten()
+            (known.then(|| state.role.clone()).flatten(), (snapshot.generation, state.facts_epoch))
         };
-        let basis = (snapshot.generation, self.lock().facts_epoch);
         Judgement { parts, role, basis }
     }
 
@@ -523,7 +522,7 @@ impl SessionHooks for SessionGovern {
     fn on_session_start(&self, start: &SessionStart<'_>) {
         {
             let mut state = self.lock();
-            state.role = start.role.or(start.user).map(str::to_string);
+            state.role = start.role.or(start.user).map(Arc::from);
             state.selection = None;
         }
         self.next.on_session_start(start);
@@ -570,7 +569,7 @@ impl SessionHooks for SessionGovern {
                 state.relation_schemas = Some(Arc::from(facts.schemas.clone()));
                 state.facts = Facts::Known(facts.catalog);
                 // Selected again: with the role now known (before, every `users` filter applied).
-                state.role = Some(facts.current_user);
+                state.role = Some(Arc::from(facts.current_user));
                 state.selection = None;
                 // The server's word: the search_path in force now (nothing is pending).
                 let first = facts.schemas.iter().find(|s| !s.starts_with("pg_temp_"));

@@ -25,6 +25,10 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     if effects.contains(Class::Unknown) {
         return true;
     }
+    // Most statements name none of it: not lexed (this runs for every statement).
+    if !["set", "search_path", "discard"].iter().any(|w| contains_ci(raw, w)) {
+        return false;
+    }
     let words: Vec<Word> = Lexer::new(raw, options)
         .filter(|t| !t.kind.is_trivia())
         .map(|t| {
@@ -53,7 +57,7 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     let is_set = words.first().is_some_and(|w| plain(w, "set") || plain(w, "reset"));
     if !is_set {
         // Not a SET or RESET: a function (set_config), an UPDATE of pg_settings, a DISCARD, ...
-        return raw.to_ascii_lowercase().contains("search_path") || words.first().is_some_and(|w| plain(w, "discard"));
+        return contains_ci(raw, "search_path") || words.first().is_some_and(|w| plain(w, "discard"));
     }
     let mut rest = &words[1..];
     if rest.first().is_some_and(|w| plain(w, "session") || plain(w, "local")) {
@@ -91,14 +95,19 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
 /// Whether a forwarded statement may change the schemas of the search_path at all (even
 /// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
 pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, options: LexOptions) -> bool {
-    let lower = raw.to_ascii_lowercase();
-    may_distrust_judged(raw, analysis, effects, options)
-        || effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
-        || lower.contains("search_path")
-        || lower.contains("discard")
+    effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
+        || contains_ci(raw, "search_path")
+        || contains_ci(raw, "discard")
         // A temporary object creates the session's temporary schema, searched first.
-        || lower.contains("temp")
-        || (lower.contains("reset") && lower.contains("all"))
+        || contains_ci(raw, "temp")
+        || (contains_ci(raw, "reset") && contains_ci(raw, "all"))
+        || may_distrust_judged(raw, analysis, effects, options)
+}
+
+/// Whether `haystack` contains `needle` (ASCII lower case), ignoring ASCII case.
+pub fn contains_ci(haystack: &str, needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    haystack.len() >= needle.len() && haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog
