@@ -192,6 +192,25 @@ impl SessionAudit {
         })
     }
 
+    /// The subject of a message refused before it was forwarded: it has no statement number (0).
+    fn refused_subject<'s>(
+        statement: &StatementInfo<'s>,
+        params: Option<Vec<Option<String>>>,
+        tags: Arc<BTreeMap<String, String>>,
+        role: Option<Arc<str>>,
+    ) -> Subject<'s> {
+        Subject {
+            id: 0,
+            sql: statement.sql,
+            portal: String::new(),
+            protocol: statement.protocol,
+            function_oid: statement.function_oid,
+            params,
+            tags,
+            role,
+        }
+    }
+
     fn protocol_name(protocol: QueryProtocol) -> &'static str {
         match protocol {
             QueryProtocol::Simple => "simple",
@@ -333,16 +352,7 @@ impl SessionHooks for SessionAudit {
             reason: Some(message.clone()),
         };
         // Refused before it had a number: statement 0.
-        let subject = Subject {
-            id: 0,
-            sql: statement.sql,
-            portal: String::new(),
-            protocol: statement.protocol,
-            function_oid: statement.function_oid,
-            params: None,
-            tags: Arc::new(sqlcommenter_tags(statement.sql)),
-            role: None,
-        };
+        let subject = Self::refused_subject(statement, None, Arc::new(sqlcommenter_tags(statement.sql)), None);
         let first = match statement.protocol {
             QueryProtocol::FunctionCall => None,
             _ => describe_parts(&self.shared.descriptions, statement.sql, statement.lexing, false).into_iter().next(),
@@ -370,16 +380,12 @@ impl SessionHooks for SessionAudit {
     fn on_refused(&self, statement: &StatementInfo<'_>, judgement: &Judgement) {
         // Refused before it had a number: statement 0. Every statement of the message is
         // recorded; those policy allowed did not run either.
-        let subject = Subject {
-            id: 0,
-            sql: statement.sql,
-            portal: String::new(),
-            protocol: statement.protocol,
-            function_oid: statement.function_oid,
-            params: self.params(statement.parameters),
-            tags: Self::tags(statement.sql, statement.lexing.ascii_safe, judgement),
-            role: judgement.role.clone(),
-        };
+        let subject = Self::refused_subject(
+            statement,
+            self.params(statement.parameters),
+            Self::tags(statement.sql, statement.lexing.ascii_safe, judgement),
+            judgement.role.clone(),
+        );
         let refusing = judgement.refusing_part();
         for (i, judged) in judgement.parts.iter().enumerate() {
             let verdict = match (judged.decision, refusing) {

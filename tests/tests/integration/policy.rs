@@ -408,7 +408,11 @@ fn the_fail_mode_follows_each_identitys_policies() {
     let direct = check(&mut testkit::psql("127.0.0.1", pg.port, "select inet_client_addr()"));
     assert_eq!(direct.trim(), "127.0.0.1", "unguarded: straight to the database");
     let out = output(&mut agent.exec_psql(&bot, "127.0.0.1", pg.port, "select 1"));
-    assert!(!out.status.success(), "a guarded identity is refused while no agent serves");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Operation not permitted"),
+        "a guarded identity is refused by the kernel while no agent serves: {err}"
+    );
 
     // A new agent: found unguarded again at its first connection. Then a reload makes a
     // policy guard this process's cgroup: it fails closed from then on, with no further
@@ -424,6 +428,10 @@ fn the_fail_mode_follows_each_identitys_policies() {
     std::thread::sleep(Duration::from_millis(1200));
     agent.stop();
     let out = output(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
-    assert!(!out.status.success(), "guarded since the reload: refused while no agent serves");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Operation not permitted"),
+        "guarded since the reload: refused by the kernel while no agent serves: {err}"
+    );
     agent.spawn();
 }
