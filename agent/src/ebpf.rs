@@ -194,8 +194,10 @@ impl Kernel {
         let mut map = self.fail_open.lock().unwrap_or_else(|p| p.into_inner());
         let result = match epoch {
             Some(epoch) => map.insert(key, epoch, 0),
+            // Nothing listed for it (the common case of a guarded identity): nothing to remove.
             None => match map.remove(&key) {
                 Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
                 other => other,
             },
         };
