@@ -630,6 +630,25 @@ struct RawConfig {
     dns: DnsConfig,
     #[serde(default = "default_policies")]
     policies: Vec<PathBuf>,
+    #[serde(default)]
+    admin: RawAdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminConfig {
+    socket: Option<PathBuf>,
+    group: Option<String>,
+}
+
+/// The admin API (approvals, live sessions, status): HTTP/1.1 on a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Default `STATE_DIR/admin.sock`.
+    pub socket: PathBuf,
+    /// Members of this group may use it besides root (the socket is made group-accessible);
+    /// none: root only.
+    pub group: Option<String>,
 }
 
 fn default_policies() -> Vec<PathBuf> {
@@ -664,6 +683,7 @@ pub struct Config {
     /// Policy files and directories (their `*.yaml`/`*.yml`), reloaded on change and SIGHUP. A
     /// path that does not exist holds no policies.
     pub policies: Vec<PathBuf>,
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -769,6 +789,15 @@ impl Config {
         }
         // Relative policy paths are relative to the configuration file, as includes usually are.
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(group) = &raw.admin.group
+            && group.is_empty()
+        {
+            return Err(invalid("admin.group".into(), "empty group name".into()));
+        }
+        let admin = AdminConfig {
+            socket: raw.admin.socket.unwrap_or_else(|| raw.state_dir.join("admin.sock")),
+            group: raw.admin.group,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             databases: raw.databases,
@@ -780,6 +809,7 @@ impl Config {
             on_exit: raw.on_exit,
             dns: raw.dns,
             policies: raw.policies.iter().map(|p| if p.is_relative() { base.join(p) } else { p.clone() }).collect(),
+            admin,
         })
     }
 

@@ -1,5 +1,7 @@
 //! Warden's agent: kernel-program loader, identity resolution, the proxy and the audit trail.
 
+pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod cgroup;
 pub mod config;

@@ -57,6 +57,20 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Statements held for approval: list, show, approve, deny, watch (the agent's admin API).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCmd,
+        #[command(flatten)]
+        admin: AdminSource,
+    },
+    /// Live database sessions through this agent: list, or end one (both legs closed).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCmd,
+        #[command(flatten)]
+        admin: AdminSource,
+    },
     /// Read the per-host audit ring (live, or a copied file with --ring).
     Audit {
         #[command(subcommand)]
@@ -106,6 +120,70 @@ enum PolicyCmd {
         #[arg(long, default_value_t = 20_000)]
         rounds: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminSource {
+    /// The agent's configuration (for its admin socket; default /etc/warden/warden.yaml when it
+    /// exists, else /run/warden/admin.sock).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The admin socket; overrides --config.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Output: table, or json (the API's objects, one per line).
+    #[arg(short = 'o', long, global = true, default_value = "table")]
+    output: String,
+}
+
+impl AdminSource {
+    fn client(&self) -> Result<(warden::admin::client::AdminClient, warden::admin::client::Output)> {
+        use warden::admin::client::{AdminClient, Output};
+        let output = match self.output.as_str() {
+            "table" => Output::Table,
+            "json" => Output::Json,
+            other => anyhow::bail!("-o {other}: expected table or json"),
+        };
+        let socket = match (&self.socket, &self.config) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(config)) => Config::load(config)?.admin.socket,
+            (None, None) if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+                Config::load(std::path::Path::new(DEFAULT_CONFIG))?.admin.socket
+            }
+            (None, None) => PathBuf::from("/run/warden/admin.sock"),
+        };
+        Ok((AdminClient::new(&socket), output))
+    }
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// The statements held now.
+    List,
+    /// One request in full: identity, analysis, the rule that asked, the text and parameters.
+    Show { id: String },
+    /// Run the held statement (and, per the policy's `grant`, let the same one through a while).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse the held statement (the client gets 42501 with the reason).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Follow new requests and decisions as they happen.
+    Watch,
+}
+
+#[derive(Subcommand)]
+enum SessionsCmd {
+    /// Live sessions: identity, database, age, last statement (normalised), what is held.
+    List,
+    /// End a session: the client gets FATAL 57P01, the server connection is closed.
+    Kill { id: u64 },
 }
 
 #[derive(clap::Args)]
@@ -226,6 +304,27 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
         Cmd::Audit { command, source } => audit(command, source),
+        Cmd::Approvals { command, admin } => {
+            use warden::admin::client;
+            let (c, output) = admin.client()?;
+            match command {
+                ApprovalsCmd::List => client::approvals_list(&c, output)?,
+                ApprovalsCmd::Show { id } => client::approvals_show(&c, &id, output)?,
+                ApprovalsCmd::Approve { id, reason } => client::approvals_decide(&c, &id, true, reason, output)?,
+                ApprovalsCmd::Deny { id, reason } => client::approvals_decide(&c, &id, false, reason, output)?,
+                ApprovalsCmd::Watch => client::approvals_watch(&c, output)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sessions { command, admin } => {
+            use warden::admin::client;
+            let (c, output) = admin.client()?;
+            match command {
+                SessionsCmd::List => client::sessions_list(&c, output)?,
+                SessionsCmd::Kill { id } => client::sessions_kill(&c, id, output)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Policy { command } => policy(command),
         Cmd::CheckConfig { config } => {
             let mut config = Config::load(&config)?;

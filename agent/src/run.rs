@@ -152,7 +152,11 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
     let policies = crate::govern::reload::load(&config.policies)
         .map_err(|errors| anyhow::anyhow!("the policy set has mistakes:\n{errors}"))?;
     tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
-    let governor = Arc::new(crate::govern::Governor::new(policies));
+    let approvals = crate::approval::Approvals::new(audit.clone(), crate::approval::webhook::Webhooks::start());
+    let governor = Arc::new(crate::govern::Governor::new(policies).with_approvals(approvals.clone()));
+    // The admin socket before serving: an agent whose API cannot be reached could hold
+    // statements nobody can approve.
+    let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;
     let fail_epoch_base = fail_epoch_base();
     // The namespace the proxy listens in: the kernel hands over flow records only for
     // connections accepted there.
@@ -183,6 +187,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         limits: Limits::new(config.proxy.max_connections, config.proxy.max_connections_per_identity),
         refusals: proxy::limits::RefusalRecords::new(10),
         fail_epoch_base,
+        live: Arc::new(proxy::live::LiveSessions::default()),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -219,6 +224,19 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(shared.clone()));
     tasks.spawn(hosts.follow(config.clone(), kernel.clone(), audit.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        Arc::new(crate::admin::AdminState {
+            approvals: approvals.clone(),
+            live: shared.live.clone(),
+            audit: audit.clone(),
+            resolver: shared.resolver.clone(),
+            governor: shared.governor.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+            started: std::time::Instant::now(),
+            group: admin_group,
+        }),
+    ));
     fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
     tracing::info!(
         v4 = %config.proxy.listen_v4,
@@ -244,12 +262,29 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         fail_epoch_base + governor_generation,
     ))?;
     let _ = fs::remove_file(ready_file(&config.state_dir));
+    // Held statements are refused, never left for a later agent: their clients get the refusal
+    // (42501) before the sessions close.
+    let refused = approvals.refuse_all("the agent is stopping");
+    if refused > 0 {
+        tracing::info!(refused, "held statements refused: the agent is stopping");
+        approvals.settled(Duration::from_secs(2)).await;
+        // The refusals travel through the server (the poison statement) before the client sees
+        // them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    admin.abort();
+    let _ = admin.await;
+    let _ = fs::remove_file(&config.admin.socket);
     let _ = stop.send(true);
     for thread in threads {
         let _ = thread.join();
     }
     handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
+    // Every holder of an audit handle goes before the writer is joined (it ends when the last
+    // one does).
     drop(shared);
+    drop(governor_generation_source);
+    drop(approvals);
     drop(audit);
     ticker.abort();
     let _ = ticker.await;

@@ -322,7 +322,54 @@ pub fn replay(entries: &[Entry], session: u64, output: Output) -> Result<()> {
     let mut rows = 0u64;
     let mut errors = 0;
     let mut denied = 0;
-    for e in mine.iter().filter(|e| e.kind() == "statement") {
+    for e in mine
+        .iter()
+        .filter(|e| matches!(e.kind(), "statement" | "approval_requested" | "approval_decided" | "session_terminated"))
+    {
+        let at = e.at_ms().saturating_sub(start);
+        match e.kind() {
+            "approval_requested" => {
+                let line = format!(
+                    "      +{at:>8} ms  approval requested {}: {} (by {}{}; decided within {} s)",
+                    e.value["id"].as_str().unwrap_or("?"),
+                    e.value["statement"].as_str().unwrap_or(""),
+                    e.value["policy"].as_str().unwrap_or("policy"),
+                    e.value["rule"].as_str().map(|r| format!("/{r}")).unwrap_or_default(),
+                    e.value["timeout_s"],
+                );
+                println!("{}", escape_controls(&line));
+                continue;
+            }
+            "approval_decided" => {
+                let who = match (e.value["by"]["user"].as_str(), e.value["by"]["uid"].as_u64()) {
+                    (Some(user), Some(uid)) => format!(" by {user} (uid {uid})"),
+                    (None, Some(uid)) => format!(" by uid {uid}"),
+                    _ => String::new(),
+                };
+                let why = e.value["reason"]
+                    .as_str()
+                    .or(e.value["why"].as_str())
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                let line = format!(
+                    "      +{at:>8} ms  approval {} {}{who}{why}",
+                    e.value["request"].as_str().unwrap_or("?"),
+                    e.value["outcome"].as_str().unwrap_or("?").replace('_', " "),
+                );
+                println!("{}", escape_controls(&line));
+                continue;
+            }
+            "session_terminated" => {
+                let line = format!(
+                    "      +{at:>8} ms  session terminated by {} (uid {})",
+                    e.value["by"]["user"].as_str().unwrap_or("?"),
+                    e.value["by"]["uid"]
+                );
+                println!("{}", escape_controls(&line));
+                continue;
+            }
+            _ => {}
+        }
         statements += 1;
         rows += e.value["rows"].as_u64().unwrap_or(0);
         let decision = e.value["verdict"]["decision"].as_str().unwrap_or("allow");

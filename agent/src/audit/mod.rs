@@ -93,10 +93,20 @@ pub enum Event {
     Statement(Box<Statement>),
     /// What became of a statement.
     StatementEnd(Box<StatementEnd>),
-    /// A statement was held for approval (recorded when held; the decision follows).
-    ApprovalRequested { session: SessionId, request: String, text: String, rule: Option<String> },
-    /// An approver decided on a held statement.
-    ApprovalDecided { session: SessionId, request: String, approver: String, approved: bool, reason: Option<String> },
+    /// A statement was held for approval (recorded when held; the decision follows): its
+    /// normalised text, analysis, the rule that asked and the identity.
+    ApprovalRequested(Box<Arc<crate::approval::Request>>),
+    /// How a held statement's request ended: approved or denied (by whom, why), timed out,
+    /// cancelled (the session ended) or refused (the agent stopped).
+    ApprovalDecided {
+        session: SessionId,
+        request: String,
+        database: String,
+        #[serde(flatten)]
+        outcome: crate::approval::Outcome,
+    },
+    /// An operator ended a live session from the admin API: both legs were closed.
+    SessionTerminated { session: SessionId, database: String, by: crate::approval::Approver },
     /// A database's host name resolves to other addresses; the kernel governs `added` (and no
     /// longer `removed`, unless another database still names them) from this record on.
     EndpointsChanged { database: String, host: String, added: Vec<SocketAddr>, removed: Vec<SocketAddr> },

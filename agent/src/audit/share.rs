@@ -240,7 +240,8 @@ impl FairShare {
             Event::ObservedClose { .. } => (None, Shed::Never),
             Event::Statement(s) => (Some(self.session_key(s.session)), Shed::Statement),
             Event::StatementEnd(e) => (Some(self.session_key(e.session)), Shed::Statement),
-            Event::ApprovalRequested { session, .. } | Event::ApprovalDecided { session, .. } => {
+            Event::ApprovalRequested(request) => (Some(self.session_key(request.session)), Shed::Never),
+            Event::ApprovalDecided { session, .. } | Event::SessionTerminated { session, .. } => {
                 (Some(self.session_key(*session)), Shed::Never)
             }
             Event::ConnectionRefused { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),

@@ -148,6 +148,7 @@ impl SessionAudit {
                 policy: None,
                 rule: None,
                 reason,
+                approval: None,
             }]
         } else {
             parts
@@ -163,6 +164,7 @@ impl SessionAudit {
                     policy: None,
                     rule: None,
                     reason: reason.clone(),
+                    approval: None,
                 })
                 .collect()
         };
@@ -173,23 +175,7 @@ impl SessionAudit {
         if !self.shared.parameters {
             return None;
         }
-        parameters.map(|parameters| {
-            parameters
-                .values()
-                .into_iter()
-                .take(MAX_PARAMS)
-                .map(|(value, binary)| {
-                    value.map(|v| {
-                        let v = &v[..v.len().min(MAX_PARAM_BYTES)];
-                        if binary {
-                            format!("\\x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>())
-                        } else {
-                            String::from_utf8_lossy(v).into_owned()
-                        }
-                    })
-                })
-                .collect()
-        })
+        parameters.map(|parameters| parameters.rendered(MAX_PARAMS, MAX_PARAM_BYTES))
     }
 
     /// The subject of a message refused before it was forwarded: it has no statement number (0).
@@ -212,11 +198,7 @@ impl SessionAudit {
     }
 
     fn protocol_name(protocol: QueryProtocol) -> &'static str {
-        match protocol {
-            QueryProtocol::Simple => "simple",
-            QueryProtocol::Extended => "extended",
-            QueryProtocol::FunctionCall => "function_call",
-        }
+        protocol.as_str()
     }
 
     /// sqlcommenter tags of a message: a single statement's come from the description cache.
@@ -371,6 +353,7 @@ impl SessionHooks for SessionAudit {
             policy: None,
             rule: None,
             reason: Arc::from(message.as_str()),
+            approval: None,
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
@@ -475,6 +458,7 @@ mod tests {
             policy: Some(Arc::from("baseline")),
             rule: Some(Arc::from("no-unknown")),
             reason: Arc::from("class unknown"),
+            approval: None,
         };
         let v = verdict_of(&judged);
         assert_eq!(

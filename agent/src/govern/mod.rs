@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod describe;
+mod hold;
 pub mod reload;
 pub(crate) mod search_path;
 
@@ -22,6 +23,9 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
+    approval::Approvals,
+    audit::SessionId,
+    identity::Identity,
     policy::{Action, PolicySet, Selection, StatementFacts, Subject},
     session::{
         Decision, Judgement, Lexing, PartJudgement, QueryProtocol, Running, SessionFacts, SqlState,
@@ -48,11 +52,21 @@ pub struct PolicySnapshot {
     pub generation: u64,
 }
 
-/// What every session's judgement shares: the policy snapshot and the description cache.
+/// What every session's judgement shares: the policy snapshot, the description cache, and the
+/// host's approval requests.
 pub struct Governor {
     snapshot: ArcSwap<PolicySnapshot>,
     generations: AtomicU64,
     pub descriptions: Arc<DescriptionCache>,
+    /// Where held statements wait for an approver (`None`: a hold is refused at once).
+    approvals: Option<Arc<Approvals>>,
+}
+
+/// Which session of which workload a judgement is for (what an approval request shows).
+#[derive(Clone)]
+pub struct Origin {
+    pub session: SessionId,
+    pub identity: Arc<Identity>,
 }
 
 impl Governor {
@@ -61,7 +75,14 @@ impl Governor {
             snapshot: ArcSwap::from_pointee(PolicySnapshot { set, generation: 1 }),
             generations: AtomicU64::new(1),
             descriptions: Arc::new(DescriptionCache::new(4096)),
+            approvals: None,
         }
+    }
+
+    /// Held statements wait in `approvals` for a decision.
+    pub fn with_approvals(mut self, approvals: Arc<Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     /// The policy set in force now.
@@ -95,15 +116,19 @@ impl Governor {
         self: &Arc<Self>,
         labels: BTreeMap<String, String>,
         database: &str,
+        origin: Option<Origin>,
         next: Arc<dyn SessionHooks>,
     ) -> SessionGovern {
         SessionGovern {
             governor: self.clone(),
             labels,
             database: Arc::from(database),
+            origin,
             next,
             state: Mutex::new(SessionState::default()),
             described: Arc::new(Mutex::new(None)),
+            decided: Arc::new(Mutex::new(None)),
+            approved_bind: Mutex::new(None),
         }
     }
 }
@@ -177,9 +202,14 @@ pub struct SessionGovern {
     governor: Arc<Governor>,
     labels: BTreeMap<String, String>,
     database: Arc<str>,
+    origin: Option<Origin>,
     next: Arc<dyn SessionHooks>,
     state: Mutex<SessionState>,
     described: Arc<Mutex<Option<DescribedAhead>>>,
+    /// The decision on the message held for approval, taken by its judgement when asked again.
+    decided: Arc<Mutex<Option<hold::Decided>>>,
+    /// The Bind approved last, until the next message is judged.
+    approved_bind: Mutex<Option<hold::ApprovedBind>>,
 }
 
 impl SessionGovern {
@@ -364,6 +394,7 @@ impl SessionGovern {
                             "class unknown ({}), and this identity's policies guard it: refused, failing closed",
                             class_reason.as_deref().unwrap_or("not analysed")
                         ),
+                        approval: None,
                     };
                 }
                 PartJudgement {
@@ -373,6 +404,7 @@ impl SessionGovern {
                     class,
                     effects,
                     class_reason,
+                    approval: decided.approval.clone(),
                     decision: match decided.action {
                         Action::Allow => Decision::Allow,
                         Action::Deny => Decision::Deny,
@@ -602,6 +634,10 @@ impl SessionHooks for SessionGovern {
                 Verdict::AskAgain
             }));
         };
+        // A decision on this message, when it was held for approval; taken whatever it holds, so
+        // it never serves another message.
+        let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|d| d.is_for(info));
+        let bind = self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()).take();
         let judgement = self.judge(info, parts);
         match judgement.decision() {
             Decision::Allow => match self.next.before_statement(info) {
@@ -609,7 +645,8 @@ impl SessionHooks for SessionGovern {
                 Verdict::Allow(_) => Verdict::Allow(Some(Arc::new(judgement))),
                 other => other,
             },
-            Decision::Deny | Decision::Hold => self.refuse(info, judgement),
+            Decision::Hold => self.hold(info, judgement, decided, bind),
+            Decision::Deny => self.refuse(info, judgement),
         }
     }
 
@@ -718,7 +755,7 @@ mod tests {
 
     fn session(policy: &str) -> SessionGovern {
         let set = PolicySet::from_sources(&[("p.yaml".into(), policy.to_string())]).expect("policy");
-        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", None, Arc::new(AllowAll));
         s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
         s
     }
@@ -769,7 +806,7 @@ mod tests {
     fn without_facts_built_in_names_are_trusted_while_pg_catalog_stays_first() {
         let allow_all = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules: []\n  default: allow\n";
         let set = PolicySet::from_sources(&[("p.yaml".into(), allow_all.to_string())]).expect("policy");
-        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", None, Arc::new(AllowAll));
         assert!(!s.wants_facts(), "nothing guards it: not asked");
         let none = |_: &str| None;
         let class = |sql: &str| {
@@ -783,7 +820,7 @@ mod tests {
     #[test]
     fn the_sessions_facts_decide_names_role_and_search_path() {
         let set = PolicySet::from_sources(&[("p.yaml".into(), GUARD.to_string())]).expect("policy");
-        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", Arc::new(AllowAll));
+        let s = Arc::new(Governor::new(set)).session(BTreeMap::new(), "main", None, Arc::new(AllowAll));
         let none = |_: &str| None;
         let select = |s: &SessionGovern, sql: &str| s.before_statement(&info(sql, QueryProtocol::Simple, &none));
         assert!(s.wants_facts(), "a guarded session asks for its facts");

@@ -191,6 +191,7 @@ pub fn explain(set: &PolicySet, subject: &Subject<'_>, text: &str, path: &Search
             policy: None,
             rule: None,
             reason: "no statement (empty or only comments)".into(),
+            approval: None,
         });
     let labels: Vec<String> = subject.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Explanation {

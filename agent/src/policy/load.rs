@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::{
-    Action, Match, Policy, PolicyError, PolicyErrors, Rule,
+    Action, ApprovalTerms, Grant, Match, Policy, PolicyError, PolicyErrors, Rule,
     pattern::{Glob, ObjectPattern},
     selector::{self, LabelSelector, Requirement},
     yaml::{self, Node, Pos, Value},
@@ -431,11 +431,122 @@ pub(crate) struct Spec {
     pub users: Vec<(String, Glob)>,
     pub rules: Vec<Rule>,
     pub default: Action,
+    pub approval: ApprovalTerms,
+}
+
+/// A rule's own approval terms: what it says, over its policy's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TermsOverride {
+    pub timeout: Option<std::time::Duration>,
+    pub grant: Option<Grant>,
+}
+
+/// The longest a statement may be held, or an approval may last.
+const MAX_APPROVAL_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `90s`, `5m`, `2h`, `1h30m`: at least a second, at most a day.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    let mut units = 0;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("`{text}`: expected a duration such as 90s, 5m, 2h or 1h30m")),
+        };
+        let n: u64 =
+            number.parse().map_err(|_| format!("`{text}`: expected a duration such as 90s, 5m, 2h or 1h30m"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        number.clear();
+        units += 1;
+    }
+    if !number.is_empty() || units == 0 {
+        return Err(format!("`{text}`: expected a duration with its unit, such as 90s, 5m, 2h or 1h30m"));
+    }
+    let d = std::time::Duration::from_secs(total);
+    if d.is_zero() || d > MAX_APPROVAL_DURATION {
+        return Err(format!("`{text}`: expected at least 1s and at most 24h"));
+    }
+    Ok(d)
+}
+
+impl Cx {
+    fn duration(&mut self, node: &Node, path: &str) -> Option<std::time::Duration> {
+        let text = match &node.value {
+            Value::Scalar { .. } => node.scalar_text().map(str::to_string),
+            _ => None,
+        };
+        let Some(text) = text else {
+            self.type_error(node, path, "a duration such as 90s, 5m or 2h");
+            return None;
+        };
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(node.pos, format!("{path}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `grant: once`, or `grant: 15m` (approve for 15 minutes for the identity and fingerprint).
+    fn grant(&mut self, node: &Node, path: &str) -> Option<Grant> {
+        let text = node.scalar_text().filter(|_| matches!(node.value, Value::Scalar { .. }));
+        match text {
+            Some("once") => Some(Grant::Once),
+            Some(t) => match parse_duration(t) {
+                Ok(d) => Some(Grant::For(d)),
+                Err(e) => {
+                    self.error(
+                        node.pos,
+                        format!("{path}: expected `once` or how long an approval lets the same statement through: {e}"),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.type_error(node, path, "`once` or a duration such as 15m");
+                None
+            }
+        }
+    }
+
+    /// An `approval` mapping: the policy's (`webhook` allowed) or a rule's.
+    fn approval(&mut self, node: &Node, path: &str, policy: bool) -> Option<(TermsOverride, Option<Arc<str>>)> {
+        let allowed: &[&str] = if policy { &["timeout", "grant", "webhook"] } else { &["timeout", "grant"] };
+        let before = self.errors.len();
+        let fields = self.mapping(node, path, allowed)?;
+        let mut terms = TermsOverride::default();
+        if let Some(n) = fields.get("timeout") {
+            terms.timeout = self.duration(n, &fields.path("timeout"));
+        }
+        if let Some(n) = fields.get("grant") {
+            terms.grant = self.grant(n, &fields.path("grant"));
+        }
+        let mut webhook = None;
+        if let Some(n) = fields.get("webhook")
+            && let Some(fields) = self.mapping(n, &format!("{path}.webhook"), &["url"])
+            && let Some(url) = fields.required(self, "url", " (http:// or https://)")
+            && let Some(text) = self.string(url, &fields.path("url"))
+        {
+            match crate::approval::webhook::WebhookUrl::parse(text) {
+                Ok(_) => webhook = Some(Arc::from(text)),
+                Err(e) => self.error(url.pos, format!("{path}.webhook.url: {e}")),
+            }
+        }
+        (self.errors.len() == before).then_some((terms, webhook))
+    }
 }
 
 fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     let before = cx.errors.len();
-    let spec = cx.mapping(node, "spec", &["selector", "databases", "users", "rules", "default"])?;
+    let spec = cx.mapping(node, "spec", &["selector", "databases", "users", "rules", "default", "approval"])?;
     let selector = spec
         .required(cx, "selector", " (write `selector: {}` to select every identity)")
         .and_then(|node| compile_selector(cx, node));
@@ -490,10 +601,18 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
         Some(node) => cx.action(node, "spec.default"),
         None => Some(Action::Allow),
     };
+    let mut approval = ApprovalTerms::standard();
+    if let Some(node) = spec.get("approval")
+        && let Some((terms, webhook)) = cx.approval(node, "spec.approval", true)
+    {
+        approval.timeout = terms.timeout.unwrap_or(approval.timeout);
+        approval.grant = terms.grant.unwrap_or(approval.grant);
+        approval.webhook = webhook;
+    }
     if cx.errors.len() != before {
         return None;
     }
-    Some(Spec { selector: selector?, databases, users, rules, default: default? })
+    Some(Spec { selector: selector?, databases, users, rules, default: default?, approval })
 }
 
 fn compile_selector(cx: &mut Cx, node: &Node) -> Option<LabelSelector> {
@@ -599,7 +718,7 @@ fn compile_requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requireme
 /// A rule, and its name node (for mistakes found across rules).
 fn compile_rule<'n>(cx: &mut Cx, node: &'n Node, path: &str) -> Option<(Rule, &'n Node)> {
     let before = cx.errors.len();
-    let fields = cx.mapping(node, path, &["name", "match", "action"])?;
+    let fields = cx.mapping(node, path, &["name", "match", "action", "approval"])?;
     let name_node = fields.required(cx, "name", "");
     let name = name_node.and_then(|n| {
         let text = cx.string(n, &fields.path("name"))?;
@@ -617,11 +736,22 @@ fn compile_rule<'n>(cx: &mut Cx, node: &'n Node, path: &str) -> Option<(Rule, &'
     let matcher = fields
         .required(cx, "match", " (write `match: {}` to match every statement)")
         .and_then(|n| compile_match(cx, n, &fields.path("match"), action));
+    let mut approval = None;
+    if let Some(node) = fields.get("approval") {
+        if action.is_some_and(|a| a != Action::RequireApproval) {
+            cx.error(
+                fields.key("approval").map_or(node.pos, |k| k.pos),
+                format!("{path}.approval: only a require_approval rule is held for approval"),
+            );
+        } else {
+            approval = cx.approval(node, &fields.path("approval"), false).map(|(terms, _)| terms);
+        }
+    }
     if cx.errors.len() != before {
         return None;
     }
     let (name, action, matcher, name_node) = (name?, action?, matcher?, name_node?);
-    Some((Rule { name: Arc::from(name), action, matcher, line: name_node.pos.line }, name_node))
+    Some((Rule { name: Arc::from(name), action, matcher, line: name_node.pos.line, approval, terms: None }, name_node))
 }
 
 fn compile_match(cx: &mut Cx, node: &Node, path: &str, action: Option<Action>) -> Option<Match> {

@@ -59,6 +59,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use self::pattern::{Glob, ObjectPattern, Unresolved};
@@ -75,7 +76,7 @@ use crate::sql::{Class, ClassSet, ObjectName};
 pub enum Action {
     Allow,
     Deny,
-    /// Hold until an approver decides (not implemented yet: callers refuse it for now).
+    /// Hold until an approver decides, or the timeout passes (refused then).
     RequireApproval,
 }
 
@@ -157,6 +158,77 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// For people: why this rule matched, e.g. "class write is in [write, ddl] and it is unscoped".
     pub reason: String,
+    /// How the hold is decided (present exactly when the action is `require_approval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Arc<ApprovalTerms>>,
+}
+
+/// How a held statement is decided: how long it waits for an approver, what an approval grants,
+/// and where the request is announced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApprovalTerms {
+    /// Refused (42501) when no approver decided within this.
+    #[serde(rename = "timeout_s", serialize_with = "seconds")]
+    pub timeout: Duration,
+    pub grant: Grant,
+    /// Where each request is POSTed as JSON (validated at load: http or https).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Arc<str>>,
+}
+
+/// What an approval lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The held statement, this once.
+    Once,
+    /// Also, for this long, every statement of the same identity, database and role with the
+    /// same fingerprint (its normalised text: literals and parameters may differ).
+    For(Duration),
+}
+
+impl serde::Serialize for Grant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grant::Once => f.write_str("once"),
+            Grant::For(d) => write!(f, "for {}", format_duration(*d)),
+        }
+    }
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// `90s`, `5m`, `2h`, `1h30m` (as written in policy files).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0 || out.is_empty() {
+        out.push_str(&format!("{sec}s"));
+    }
+    out
+}
+
+impl ApprovalTerms {
+    /// Five minutes, the held statement only, no webhook.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+    pub fn standard() -> Self {
+        ApprovalTerms { timeout: Self::DEFAULT_TIMEOUT, grant: Grant::Once, webhook: None }
+    }
 }
 
 impl fmt::Display for Decision {
@@ -167,7 +239,11 @@ impl fmt::Display for Decision {
             (Some(p), None) => write!(f, " by policy {p} (its default)")?,
             _ => {}
         }
-        write!(f, ": {}", self.reason)
+        write!(f, ": {}", self.reason)?;
+        if let Some(terms) = &self.approval {
+            write!(f, " (approval within {}, grants {})", format_duration(terms.timeout), terms.grant)?;
+        }
+        Ok(())
     }
 }
 
@@ -329,6 +405,10 @@ pub(crate) struct Rule {
     pub matcher: Match,
     /// Where its name was written (for messages about later rules).
     pub line: u32,
+    /// The rule's own approval terms (`approval:`), over the policy's.
+    pub approval: Option<load::TermsOverride>,
+    /// The terms in force for it (a `require_approval` rule only), merged at load.
+    pub terms: Option<Arc<ApprovalTerms>>,
 }
 
 impl Rule {
@@ -354,6 +434,8 @@ pub(crate) struct Policy {
     pub users: Vec<(String, Glob)>,
     pub rules: Vec<Rule>,
     pub default: Action,
+    /// The policy's approval terms (`spec.approval`), for its default and its rules.
+    pub terms: Arc<ApprovalTerms>,
     /// Some rule or the default is not allow.
     pub guards: bool,
     /// What a connection of a `protocol: tcp` database gets: the first catch-all rule, else the
@@ -368,6 +450,20 @@ impl Policy {
             Some(i) => (spec.rules[i].action, Some(i)),
             None => (spec.default, None),
         };
+        let terms = Arc::new(spec.approval);
+        let mut rules = spec.rules;
+        for rule in &mut rules {
+            if rule.action == Action::RequireApproval {
+                rule.terms = Some(match &rule.approval {
+                    Some(o) => Arc::new(ApprovalTerms {
+                        timeout: o.timeout.unwrap_or(terms.timeout),
+                        grant: o.grant.unwrap_or(terms.grant),
+                        webhook: terms.webhook.clone(),
+                    }),
+                    None => terms.clone(),
+                });
+            }
+        }
         Policy {
             name,
             file,
@@ -375,8 +471,9 @@ impl Policy {
             selector: spec.selector,
             databases: spec.databases,
             users: spec.users,
-            rules: spec.rules,
+            rules,
             default: spec.default,
+            terms,
             guards,
             connection,
         }
@@ -409,6 +506,12 @@ impl Policy {
         }
     }
 
+    /// The approval terms of a `require_approval` decision by `rule` (or the default).
+    fn terms_for(&self, action: Action, rule: Option<usize>) -> Option<Arc<ApprovalTerms>> {
+        (action == Action::RequireApproval)
+            .then(|| rule.and_then(|i| self.rules[i].terms.clone()).unwrap_or_else(|| self.terms.clone()))
+    }
+
     fn decision(&self, action: Action, rule: Option<usize>, reason: impl FnOnce(&Rule) -> String) -> Decision {
         match rule {
             Some(i) => Decision {
@@ -416,12 +519,14 @@ impl Policy {
                 policy: Some(self.name.clone()),
                 rule: Some(self.rules[i].name.clone()),
                 reason: reason(&self.rules[i]),
+                approval: self.terms_for(action, Some(i)),
             },
             None => Decision {
                 action,
                 policy: Some(self.name.clone()),
                 rule: None,
                 reason: format!("no rule matched; the policy's default is {action}"),
+                approval: self.terms_for(action, None),
             },
         }
     }
@@ -507,11 +612,18 @@ fn stale() -> Decision {
         policy: None,
         rule: None,
         reason: "internal error: the policy selection was made against another policy set".into(),
+        approval: None,
     }
 }
 
 fn unselected() -> Decision {
-    Decision { action: Action::Allow, policy: None, rule: None, reason: "no policy selects this identity".into() }
+    Decision {
+        action: Action::Allow,
+        policy: None,
+        rule: None,
+        reason: "no policy selects this identity".into(),
+        approval: None,
+    }
 }
 
 impl Selection {
@@ -588,6 +700,7 @@ impl Selection {
         match best {
             Some((policy, action, Some(rule))) => Decision {
                 action,
+                approval: policy.terms_for(action, Some(rule)),
                 policy: Some(policy.name.clone()),
                 rule: Some(policy.rules[rule].name.clone()),
                 reason: format!(
@@ -597,6 +710,7 @@ impl Selection {
             },
             Some((policy, action, None)) => Decision {
                 action,
+                approval: policy.terms_for(action, None),
                 policy: Some(policy.name.clone()),
                 rule: None,
                 reason: format!(

@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::*;
+use std::time::Duration;
 
 const HEAD: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n";
 
@@ -137,8 +138,8 @@ fn unknown_fields_are_reported_at_their_key_with_a_suggestion() {
         vec![
             "p.yaml:8:15: spec.rules[0].match: unknown field `clas`; expected one of class, relations, functions, \
              unscoped, tags (did you mean `class`?)",
-            "p.yaml:10:3: spec: unknown field `defualt`; expected one of selector, databases, users, rules, default \
-             (did you mean `default`?)",
+            "p.yaml:10:3: spec: unknown field `defualt`; expected one of selector, databases, users, rules, default, \
+             approval (did you mean `default`?)",
         ]
     );
 }
@@ -156,7 +157,7 @@ fn every_mistake_of_every_file_in_one_pass() {
     // The second document of a.yaml (from line 8) has an empty spec.
     assert_mistake(
         &found,
-        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, found nothing (null)",
+        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, approval, found nothing (null)",
     );
     assert_mistake(&found, "b.yaml:5:1: YAML syntax:");
 }
@@ -662,7 +663,13 @@ fn no_policy_means_allow() {
     let d = decide(&PolicySet::empty(), &facts(Class::Ddl));
     assert_eq!(
         d,
-        Decision { action: Action::Allow, policy: None, rule: None, reason: "no policy selects this identity".into() }
+        Decision {
+            action: Action::Allow,
+            policy: None,
+            rule: None,
+            reason: "no policy selects this identity".into(),
+            approval: None
+        }
     );
     let set = policy("  selector: {matchLabels: {a: b}}\n  default: deny\n");
     assert_eq!(decide(&set, &facts(Class::Ddl)).reason, "no policy selects this identity");
@@ -783,4 +790,53 @@ fn the_schema_names_what_the_loader_accepts() {
         fields(&schema["properties"]["spec"]["properties"]),
         ["databases", "default", "rules", "selector", "users"]
     );
+}
+
+// ---- approval terms --------------------------------------------------------------------------
+
+#[test]
+fn approval_terms_come_from_the_rule_over_the_policy_over_the_defaults() {
+    let set = policy(
+        "  selector: {}\n\
+         \x20 approval: {timeout: 2m, webhook: {url: \"https://hooks.example.com/warden\"}}\n\
+         \x20 rules:\n\
+         \x20   - {name: quick, match: {class: [ddl]}, action: require_approval, approval: {timeout: 90s, grant: 1h30m}}\n\
+         \x20   - {name: writes, match: {class: [write]}, action: require_approval}\n\
+         \x20   - {name: reads, match: {class: [read]}, action: allow}\n\
+         \x20 default: require_approval\n",
+    );
+    let ddl = decide(&set, &facts(Class::Ddl));
+    let terms = ddl.approval.expect("a hold has terms");
+    assert_eq!(terms.timeout, Duration::from_secs(90));
+    assert_eq!(terms.grant, Grant::For(Duration::from_secs(5400)));
+    assert_eq!(terms.webhook.as_deref(), Some("https://hooks.example.com/warden"), "the webhook is the policy's");
+    let write = decide(&set, &facts(Class::Write)).approval.expect("terms");
+    assert_eq!((write.timeout, write.grant), (Duration::from_secs(120), Grant::Once));
+    assert!(decide(&set, &facts(Class::Read)).approval.is_none(), "an allow has no terms");
+    let default = decide(&set, &facts(Class::Utility)).approval.expect("the default holds too");
+    assert_eq!(default.timeout, Duration::from_secs(120));
+    let plain = policy("  selector: {}\n  default: require_approval\n");
+    let terms = decide(&plain, &facts(Class::Write)).approval.expect("terms");
+    assert_eq!(*terms, ApprovalTerms::standard());
+    assert_eq!(terms.timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn approval_mistakes_are_reported_where_written() {
+    let found = spec_mistakes(
+        "  selector: {}\n\
+         \x20 approval: {timeout: 5, grant: forever, webhook: {url: \"ftp://x\"}}\n\
+         \x20 rules:\n\
+         \x20   - {name: a, match: {class: [ddl]}, action: deny, approval: {timeout: 1m}}\n\
+         \x20   - {name: b, match: {class: [write]}, action: require_approval, approval: {timeout: 2d, webhook: {url: \"http://x\"}}}\n\
+         \x20   - {name: c, match: {class: [read]}, action: require_approval, approval: {timeout: 25h}}\n",
+    );
+    let all = found.join("\n");
+    assert!(all.contains("spec.approval.timeout: `5`: expected a duration with its unit"), "{all}");
+    assert!(all.contains("spec.approval.grant: expected `once` or how long"), "{all}");
+    assert!(all.contains("spec.approval.webhook.url: webhook url `ftp://x`: expected http:// or https://"), "{all}");
+    assert!(all.contains("spec.rules[0].approval: only a require_approval rule is held for approval"), "{all}");
+    assert!(all.contains("spec.rules[1].approval.timeout: `2d`"), "{all}");
+    assert!(all.contains("spec.rules[1].approval: unknown field `webhook`"), "{all}");
+    assert!(all.contains("spec.rules[2].approval.timeout: `25h`: expected at least 1s and at most 24h"), "{all}");
 }

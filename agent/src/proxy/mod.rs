@@ -6,6 +6,7 @@
 //! TCP protocols are relayed as bytes with connection-level records.
 
 pub mod limits;
+pub mod live;
 pub mod postgres;
 pub mod tls;
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub refusals: limits::RefusalRecords,
     /// This agent's fail epochs start here (`AgentState::fail_epoch`).
     pub fail_epoch_base: u64,
+    /// Live PostgreSQL sessions (the admin API lists and ends them).
+    pub live: Arc<live::LiveSessions>,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -236,6 +239,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
         Dial { namespaces: shared.namespaces.clone(), netns: netns.map_err(Arc::new), mark: shared.upstream_mark };
     let report = match db.protocol {
         Protocol::Postgres => {
+            let shared_identity = Arc::new(identity.clone());
+            let registered = shared.live.register(session, &db.name, shared_identity.clone());
             let ctx = postgres::SessionContext {
                 database: Arc::new(db.clone()),
                 database_index,
@@ -258,11 +263,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                     } else {
                         Arc::new(crate::session::hooks::AllowAll)
                     };
-                    Arc::new(shared.governor.session(identity.labels.clone(), &db.name, record))
+                    let origin = crate::govern::Origin { session, identity: shared_identity.clone() };
+                    Arc::new(shared.governor.session(identity.labels.clone(), &db.name, Some(origin), record))
                 },
                 cancels: shared.cancels.clone(),
+                live: Some(registered.session.clone()),
             };
             let report = postgres::run(&ctx, client, open).await;
+            drop(registered);
             if let Some(error) = &report.error {
                 tracing::debug!(database = %db.name, %orig_dst, %error, "session ended with an error");
             }

@@ -12,7 +12,8 @@ use crate::sql::{Class, ClassSet, Described};
 pub enum Decision {
     Allow,
     Deny,
-    /// Held for approval (until approvals exist, refused like a deny, with its own message).
+    /// Held for approval: it runs once approved (its reason then says by whom), and is
+    /// refused when denied, timed out or cancelled.
     Hold,
 }
 
@@ -47,6 +48,8 @@ pub struct PartJudgement {
     pub policy: Option<Arc<str>>,
     pub rule: Option<Arc<str>>,
     pub reason: Arc<str>,
+    /// How a hold is decided (a `require_approval` decision).
+    pub approval: Option<Arc<crate::policy::ApprovalTerms>>,
 }
 
 /// A message's judgement: one part per statement (a simple-query string may hold many).

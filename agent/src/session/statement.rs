@@ -17,6 +17,17 @@ pub enum QueryProtocol {
     FunctionCall,
 }
 
+impl QueryProtocol {
+    /// The name in records: "simple", "extended" or "function_call".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryProtocol::Simple => "simple",
+            QueryProtocol::Extended => "extended",
+            QueryProtocol::FunctionCall => "function_call",
+        }
+    }
+}
+
 /// Decodes a protocol's parameter message into (value, binary) pairs.
 pub type DecodeParameters = for<'b> fn(&'b [u8]) -> Vec<(Option<&'b [u8]>, bool)>;
 
@@ -31,6 +42,25 @@ impl Parameters<'_> {
     /// Each parameter's value (`None`: NULL) and whether it is in binary form.
     pub fn values(&self) -> Vec<(Option<&[u8]>, bool)> {
         (self.decode)(self.message)
+    }
+
+    /// At most `max` of them as text (`None`: NULL), each cut to `max_bytes`; binary values as
+    /// `\x` and hex.
+    pub fn rendered(&self, max: usize, max_bytes: usize) -> Vec<Option<String>> {
+        self.values()
+            .into_iter()
+            .take(max)
+            .map(|(value, binary)| {
+                value.map(|v| {
+                    let v = &v[..v.len().min(max_bytes)];
+                    if binary {
+                        format!("\\x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    } else {
+                        String::from_utf8_lossy(v).into_owned()
+                    }
+                })
+            })
+            .collect()
     }
 }
 

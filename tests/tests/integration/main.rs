@@ -2,6 +2,7 @@
 //! the harness, real drivers. One binary links once (the agent with every test module), where a
 //! binary per file linked thirteen times over and filled small CI disks.
 
+mod approvals;
 mod audit;
 mod audit_hardening;
 mod audit_share;

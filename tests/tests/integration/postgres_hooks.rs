@@ -86,6 +86,7 @@ async fn serve(pg_port: u16, hooks: Arc<TestHooks>) -> SocketAddr {
         max_message: config.proxy.max_message_bytes,
         hooks,
         cancels: Arc::new(CancelRegistry::default()),
+        live: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

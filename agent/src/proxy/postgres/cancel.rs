@@ -80,6 +80,7 @@ pub(super) async fn forward_cancel(
         max_message: ctx.max_message,
         hooks: ctx.hooks.clone(),
         cancels: ctx.cancels.clone(),
+        live: None,
     };
     let mut upstream = upstream::connect(&cancel_ctx).await?.stream;
     upstream.write_all(packet).await.map_err(SessionError::UpstreamIo)?;

@@ -41,6 +41,8 @@ pub struct SessionContext {
     pub max_message: usize,
     pub hooks: Arc<dyn SessionHooks>,
     pub cancels: Arc<CancelRegistry>,
+    /// Its entry among the agent's live sessions (what the admin API lists and can end).
+    pub live: Option<Arc<crate::proxy::live::LiveSession>>,
 }
 
 /// The TLS the proxy offers clients.
@@ -97,6 +99,8 @@ pub enum SessionError {
     UpstreamIo(io::Error),
     #[error("upstream closed the connection")]
     UpstreamClosed,
+    #[error("ended by operator {0} from the admin API")]
+    Terminated(crate::approval::Approver),
 }
 
 /// Runs a session on an accepted, attributed client connection. `on_open` is called once the
@@ -145,6 +149,9 @@ async fn run_inner(
     report.upstream_tls = upstream.stream.is_tls();
     report.upstream_local = upstream.local;
     on_open(report);
+    if let Some(live) = &ctx.live {
+        live.set_user(start.role.as_deref().or(start.user.as_deref()));
+    }
     ctx.hooks.on_session_start(&hooks::SessionStart {
         user: start.user.as_deref(),
         database: start.database.as_deref(),

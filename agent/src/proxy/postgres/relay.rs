@@ -86,14 +86,28 @@ where
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     let answered = Notify::new();
-    let mut to_server =
-        ClientToServer { ctx, state: &state, bytes: packet.len() as u64, terminated: false, answered: &answered };
+    let mut to_server = ClientToServer {
+        ctx,
+        state: &state,
+        bytes: packet.len() as u64,
+        terminated: false,
+        answered: &answered,
+        held_input: BytesMut::new(),
+    };
     let draining = AtomicBool::new(false);
     let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, &answered);
     // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
     // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
     let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
+    let ended = async {
+        match &ctx.live {
+            Some(live) => live.ended().await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
+        // An operator ended the session: whatever was held or in flight is abandoned.
+        by = ended => Err(SessionError::Terminated(by)),
         r = to_server.pump(&mut client_r, &mut up_w) => match r {
             // The client is gone or done (Terminate, end of stream, reset), but what it sent is
             // running: keep reading the server's answers (recording each statement's outcome)
@@ -141,6 +155,17 @@ where
                 Err(e) => Err(e),
                 _ => Err(SessionError::UpstreamClosed),
             }
+        }
+        Err(SessionError::Terminated(by)) => {
+            // Both legs: the server ends its backend on Terminate, the client is told why.
+            let message = format!("warden: session terminated by operator {by}");
+            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &message)).await;
+            let _ = client_w.shutdown().await;
+            let mut terminate = Vec::new();
+            put_message(&mut terminate, b'X', b"");
+            let _ = up_w.write_all(&terminate).await;
+            let _ = up_w.shutdown().await;
+            Err(SessionError::Terminated(by))
         }
         Err(SessionError::Protocol(ProtocolError::Client(what))) => {
             tracing::warn!(database = %ctx.database.name, error = %what, "client protocol violation; session closed");
@@ -240,7 +265,14 @@ struct ClientToServer<'a> {
     terminated: bool,
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
+    /// What the client sent while a statement of it was held (read to notice its departure;
+    /// judged after the hold, in order).
+    held_input: BytesMut,
 }
+
+/// While a statement is held, the client's next messages are read ahead up to this much; beyond
+/// it the session waits for the decision without reading.
+const MAX_HELD_INPUT: usize = 1 << 20;
 
 /// How long the proxy waits for the answer to its own query before judging without it.
 const FACTS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -264,7 +296,7 @@ impl ClientToServer<'_> {
             }
             let max = self.max_message();
             let pos = if inspect {
-                self.judged(&buf, max, upstream).await?
+                self.judged(&buf, max, upstream, client).await?
             } else {
                 let pos = self.unjudged(&buf, max)?;
                 upstream.write_all(&buf[..pos]).await.map_err(SessionError::UpstreamIo)?;
@@ -282,6 +314,10 @@ impl ClientToServer<'_> {
                 buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             }
             buf.advance(pos);
+            if !self.held_input.is_empty() {
+                buf.extend_from_slice(&self.held_input);
+                self.held_input = BytesMut::new();
+            }
             release_if_idle(&mut buf, 16 * 1024);
         }
     }
@@ -318,17 +354,21 @@ impl ClientToServer<'_> {
         self.terminated = terminated;
         for running in &forwarded {
             self.ctx.hooks.on_forward(running);
+            if let Some(live) = &self.ctx.live {
+                live.forwarded(&running.sql);
+            }
         }
         Ok(pos)
     }
 
     /// Hooks judge each statement: relay allowed ones, hold or replace others. Writes what it
     /// consumed upstream itself; returns the bytes consumed.
-    async fn judged<W: AsyncWrite + Unpin>(
+    async fn judged<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         buf: &[u8],
         max: usize,
         upstream: &mut W,
+        client: &mut R,
     ) -> Result<usize, SessionError> {
         let mut pos = 0;
         let mut flushed = 0;
@@ -348,7 +388,7 @@ impl ClientToServer<'_> {
                 // Relay what came before, then wait: the client simply waits too.
                 upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                 flushed = pos;
-                verdict = match decision.await {
+                verdict = match self.wait_for(decision, client).await? {
                     Verdict::AskAgain => self.judge(&msg),
                     decided => decided,
                 };
@@ -362,6 +402,9 @@ impl ClientToServer<'_> {
                     };
                     if let Some(running) = started {
                         self.ctx.hooks.on_forward(&running);
+                        if let Some(live) = &self.ctx.live {
+                            live.forwarded(&running.sql);
+                        }
                     }
                 }
                 Verdict::Hold(_) | Verdict::AskAgain => {
@@ -397,6 +440,35 @@ impl ClientToServer<'_> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProtocolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a held statement's decision while reading what the client sends next (kept
+    /// for after the hold): a client that leaves ends the session, which drops the hold (and so
+    /// cancels its approval request) before anything of it ran.
+    async fn wait_for<R: AsyncRead + Unpin>(
+        &mut self,
+        mut decision: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send>>,
+        client: &mut R,
+    ) -> Result<Verdict, SessionError> {
+        loop {
+            if self.held_input.len() >= MAX_HELD_INPUT {
+                return Ok(decision.await);
+            }
+            self.held_input.reserve(16 * 1024);
+            tokio::select! {
+                verdict = &mut decision => return Ok(verdict),
+                read = client.read_buf(&mut self.held_input) => match read {
+                    Ok(0) => {
+                        return Err(SessionError::ClientIo(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the client disconnected while a statement was held",
+                        )));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+            }
+        }
     }
 
     /// Sends the facts query (the server is idle) and waits for its answer, which the

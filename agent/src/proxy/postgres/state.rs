@@ -1344,6 +1344,7 @@ mod tests {
                 policy: None,
                 rule: None,
                 reason: Arc::from("test"),
+                approval: None,
             }],
             role: None,
             basis: (0, 0),
