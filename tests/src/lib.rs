@@ -142,11 +142,11 @@ impl Postgres {
             check(Command::new("chown").arg("postgres:postgres").arg(&target));
             check(Command::new("chmod").arg("600").arg(&target));
         }
-        let options = format!(
-            "-p {} -c listen_addresses='*' -k {} -c fsync=off -c max_connections=200",
-            pg.port,
-            pg.dir.display()
-        );
+        // 200 connections unless the caller's postgresql.conf says otherwise (the command line
+        // would override it).
+        let max_connections = if options.conf.contains("max_connections") { "" } else { " -c max_connections=200" };
+        let options =
+            format!("-p {} -c listen_addresses='*' -k {} -c fsync=off{max_connections}", pg.port, pg.dir.display());
         let mut start = match &pg.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");

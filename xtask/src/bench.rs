@@ -57,6 +57,74 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// 200 sessions of one identity each holding a statement for approval, against none, while an
+/// unrelated identity runs pgbench (select-only, prepared): held sessions must cost others
+/// nothing.
+fn held_sessions(warden: &Path, secs: &str) -> Result<()> {
+    const HELD: usize = 200;
+    // Its own server: 200 held sessions and pgbench's 8 need more than the default 100.
+    let pg = Postgres::start_with(testkit::PgOptions { conf: "max_connections = 500", ..Default::default() });
+    pg.pgbench_init(10);
+    let db = &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: held}\nspec:\n  \
+                  selector: {matchLabels: {warden/kind: agent}}\n  approval: {timeout: 1h}\n  rules:\n    \
+                  - {name: writes, match: {class: [write]}, action: require_approval}\n";
+    let agent = Agent::start_with_bin_policies(warden, db, &[("held.yaml", policy)]);
+    let select = ["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs];
+    let pending = || -> usize {
+        Command::new(warden)
+            .args(["approvals", "list", "-o", "json", "--config"])
+            .arg(&agent.config)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    let (mut idle, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        idle.push(pgbench("127.0.0.1", pg.port, &select)?.tps);
+        let mut clients = Vec::new();
+        for _ in 0..HELD {
+            let argv = testkit::psql_argv("127.0.0.1", pg.port, "delete from pgbench_history where aid = -1");
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            clients.push(
+                agent
+                    .exec(&["warden/kind=agent", "warden/identity=bench-held"], &argv)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting a held client")?,
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while pending() < HELD {
+            if std::time::Instant::now() > deadline {
+                bail!("only {} of {HELD} statements were held after 60 s", pending());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        held.push(pgbench("127.0.0.1", pg.port, &select)?.tps);
+        // Released by killing the clients (their requests are cancelled, nothing runs).
+        let _ = Command::new("pkill").args(["-KILL", "-f", "delete from pgbench_history where aid = -1"]).status();
+        for mut c in clients {
+            let _ = c.wait();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let backends = || pg.admin_sql("select count(*) from pg_stat_activity where backend_type = 'client backend'");
+        while (pending() > 0 || backends().parse::<usize>().unwrap_or(0) > 1) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "select-only prepared of an unrelated identity: with {HELD} sessions held for approval {:.1} tps, \
+         none held {:.1} tps: {:.3}x",
+        mean(&held),
+        mean(&idle),
+        mean(&held) / mean(&idle)
+    );
+    Ok(())
+}
+
 /// PgBouncer in session mode in front of the test PostgreSQL (it refuses to run as root).
 struct PgBouncer {
     child: Child,
@@ -117,6 +185,10 @@ impl Drop for PgBouncer {
 }
 
 pub fn bench(warden: &Path) -> Result<()> {
+    if std::env::var("WARDEN_BENCH_ONLY").as_deref() == Ok("held") {
+        // Only the held-sessions case (the others take minutes).
+        return held_sessions(warden, &seconds().to_string());
+    }
     let pg = Postgres::start();
     pg.pgbench_init(10);
     let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
@@ -236,6 +308,9 @@ pub fn bench(warden: &Path) -> Result<()> {
     let out =
         check(Command::new(warden).args(["policy", "bench", "--label", "warden/kind=agent", "--policies"]).arg(&pack));
     println!("{}", out.trim());
+
+    drop(pg);
+    held_sessions(warden, &secs)?;
     let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }

@@ -26,6 +26,27 @@ fn expect_refused(host: &str, port: u16, why: &str) {
     println!("-> {}", if ok { "UNEXPECTED: connected" } else { why });
 }
 
+/// The demo's own policy: deleting accounts needs a human.
+const APPROVALS: &str = "apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: human-in-the-loop}
+spec:
+  selector: {matchLabels: {warden/kind: agent}}
+  approval: {timeout: 2m}
+  rules:
+    - {name: account-deletes, match: {class: [write], relations: [public.accounts]}, action: require_approval}
+";
+
+/// `warden ARGS --config CONFIG`, shown as the operator types it.
+fn operator(warden: &Path, agent: &Agent, args: &[&str]) -> std::process::Output {
+    let shown: Vec<String> =
+        args.iter().map(|a| if a.contains(' ') { format!("\"{a}\"") } else { a.to_string() }).collect();
+    println!("$ warden {}", shown.join(" "));
+    let out = output(Command::new(warden).args(args).arg("--config").arg(&agent.config));
+    print_output(&out);
+    out
+}
+
 pub fn demo(warden: &Path) -> Result<()> {
     step("Starting a throwaway PostgreSQL");
     let pg = Postgres::start();
@@ -37,7 +58,7 @@ pub fn demo(warden: &Path) -> Result<()> {
     let mut agent = Agent::start_with_bin_policies(
         warden,
         &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
-        &[("baseline.yaml", &baseline)],
+        &[("baseline.yaml", &baseline), ("approvals.yaml", APPROVALS)],
     );
     println!("config: {}", std::fs::read_to_string(&agent.config)?.trim_end().replace('\n', "\n        "));
     print!("{}", agent.status());
@@ -79,6 +100,41 @@ pub fn demo(warden: &Path) -> Result<()> {
         show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
     }
     println!("-> still {} rows in accounts", pg.admin_sql("select count(*) from accounts"));
+
+    step("A DELETE waits for a human: held inside the agent's own session, approved from the CLI");
+    let delete = "delete from accounts where id = 3";
+    println!("$ warden exec --label {} --label {} -- psql -c \"{delete}\" &", labels[0], labels[1]);
+    let held = agent
+        .exec_psql(&labels, "127.0.0.1", pg.port, delete)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let id = loop {
+        let out = output(Command::new(warden).args(["approvals", "list", "-o", "json", "--config"]).arg(&agent.config));
+        let first = String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string);
+        if let Some(line) = first {
+            let request: serde_json::Value = serde_json::from_str(&line)?;
+            break request["id"].as_str().unwrap_or_default().to_string();
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the DELETE was not held");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    println!(
+        "(psql waits; the row is still there: {} row with id 3)",
+        pg.admin_sql("select count(*) from accounts where id = 3")
+    );
+    operator(warden, &agent, &["approvals", "list"]);
+    operator(warden, &agent, &["approvals", "show", &id]);
+    operator(warden, &agent, &["approvals", "approve", &id, "--reason", "cleanup ticket 7"]);
+    let out = held.wait_with_output()?;
+    println!("(the agent's psql, unchanged, now prints:)");
+    print_output(&out);
+    let decided = agent.wait_record("the decision", |r| r["kind"] == "approval_decided" && r["request"] == id.as_str());
+    let session = decided["session"].to_string();
+    agent.wait_record("its outcome", |r| r["kind"] == "connection_close" && r["session"] == decided["session"]);
+    println!("$ warden audit replay {session}");
+    print_output(&agent.audit_cli(&["replay", &session]));
 
     step("The database's own catalog: a user overload of a built-in name is not the built-in");
     let overload = "create function public.lower(int) returns text language sql volatile \

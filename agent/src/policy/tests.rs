@@ -788,7 +788,12 @@ fn the_schema_names_what_the_loader_accepts() {
     );
     assert_eq!(
         fields(&schema["properties"]["spec"]["properties"]),
-        ["databases", "default", "rules", "selector", "users"]
+        ["approval", "databases", "default", "rules", "selector", "users"]
+    );
+    assert_eq!(fields(&schema["$defs"]["rule"]["properties"]), ["action", "approval", "match", "name"]);
+    assert_eq!(
+        fields(&schema["properties"]["spec"]["properties"]["approval"]["properties"]),
+        ["grant", "timeout", "webhook"]
     );
 }
 
