@@ -185,12 +185,21 @@ pub fn approvals_show(client: &AdminClient, id: &str, output: Output) -> Result<
         ("grants", text(&r["grant"])),
         ("fingerprint", text(&r["fingerprint"])),
         ("statement", text(&r["statement"])),
+        ("function", text(&r["function_oid"])),
         ("text", text(&r["text"])),
     ];
     for (k, v) in fields {
         println!("{:<12} {}", format!("{k}:"), crate::audit::cli::escape_controls(&v));
     }
-    if let Some(params) = r["params"].as_array() {
+    if r["params"]["cut"] == true {
+        println!(
+            "{:<12} {} parameters; NOT ALL SHOWN IN FULL (sha256 of all: {})",
+            "parameters:",
+            r["params"]["count"],
+            text(&r["params"]["sha256"])
+        );
+    }
+    if let Some(params) = r["params"]["shown"].as_array() {
         for (i, p) in params.iter().enumerate() {
             let shown = match p {
                 Value::Null => "NULL".to_string(),

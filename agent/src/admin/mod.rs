@@ -73,8 +73,11 @@ pub fn bind(config: &AdminConfig) -> Result<(UnixListener, Option<nix::unistd::G
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     remove_stale(&config.socket)?;
-    let listener = UnixListener::bind(&config.socket)
-        .with_context(|| format!("binding the admin socket {}", config.socket.display()))?;
+    // Created owner-only (no window in which others may connect); opened to the group below.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&config.socket);
+    nix::sys::stat::umask(umask);
+    let listener = bound.with_context(|| format!("binding the admin socket {}", config.socket.display()))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", config.socket.display()))?;
@@ -111,10 +114,23 @@ pub async fn serve(listener: UnixListener, state: Arc<AdminState>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let peer = match stream.peer_cred() {
-                Ok(cred) => Peer::from_credentials(cred.uid(), cred.gid(), cred.pid()),
+            let cred = match stream.peer_cred() {
+                Ok(cred) => cred,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket: peer credentials unreadable; connection closed");
+                    return;
+                }
+            };
+            // /proc and the user database are read on the blocking pool.
+            let root = state.cgroup_root.clone();
+            let peer = match tokio::task::spawn_blocking(move || {
+                Peer::from_credentials(cred.uid(), cred.gid(), cred.pid(), &root)
+            })
+            .await
+            {
+                Ok(peer) => peer,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: reading the peer failed; connection closed");
                     return;
                 }
             };
@@ -264,8 +280,20 @@ fn watch(state: &AdminState) -> Response<Body> {
                 return;
             }
         }
+        // A blank line every 30 s when nothing happens: a follower that left is noticed.
+        let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(30));
+        keepalive.tick().await;
         loop {
-            match notices.recv().await {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                _ = keepalive.tick() => {
+                    if tx.send_data(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match notice {
                 Ok(notice) => {
                     if tx.send_data(line(&notice)).await.is_err() {
                         return;

@@ -18,13 +18,29 @@ pub struct Peer {
     user: Option<String>,
     exe: Option<String>,
     comm: String,
+    /// Its cgroup (path, id) when it connected, read through one handle on its /proc entry
+    /// (a pid reused later reads nothing through it), or why it could not be.
+    cgroup: Result<(String, crate::cgroup::CgroupId), String>,
 }
 
 impl Peer {
-    pub fn from_credentials(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
+    /// The peer as the kernel's credentials name it, read at once (blocking: /proc and NSS).
+    pub fn from_credentials(uid: u32, gid: u32, pid: Option<i32>, cgroup_root: &std::path::Path) -> Peer {
         let pid = pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
         let process = pid.and_then(|p| procfs::process::Process::new(p as i32).ok());
         let status = process.as_ref().and_then(|p| p.status().ok());
+        let cgroup = match &process {
+            None => Err("the connecting process is gone or unreadable".to_string()),
+            Some(process) => cgroup::path_of_process(process)
+                .map_err(|e| format!("the connecting process's cgroup is unreadable: {e}"))
+                .and_then(|path| {
+                    let id = cgroup::id_at(cgroup_root, &path)
+                        .map_err(|e| format!("the connecting process's cgroup is unreadable: {e}"))?;
+                    // Still the same process (its entry answers through the same handle).
+                    process.stat().map_err(|_| "the connecting process exited".to_string())?;
+                    Ok((path, id))
+                }),
+        };
         Peer {
             uid,
             gid,
@@ -33,6 +49,7 @@ impl Peer {
             user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name),
             exe: process.as_ref().and_then(|p| p.exe().ok()).map(|p| p.display().to_string()),
             comm: status.map(|s| s.name).unwrap_or_default(),
+            cgroup,
         }
     }
 
@@ -53,10 +70,9 @@ impl Peer {
         let Some(pid) = self.pid else {
             return Err("the approving process is unknown (no peer pid)".into());
         };
-        let path =
-            cgroup::path_of_pid(pid).map_err(|e| format!("the approving process's cgroup is unreadable: {e}"))?;
-        let cgroup_id = cgroup::id_at(&state.cgroup_root, &path)
-            .map_err(|e| format!("the approving process's cgroup is unreadable: {e}"))?;
+        // Where it was when it connected: a process that passed its connection on, or exited
+        // for its pid to be reused, is judged by what connected.
+        let (path, cgroup_id) = self.cgroup.clone()?;
         if cgroup_id == requester.cgroup_id {
             return Err(format!("the approver runs in the held session's own cgroup ({path})"));
         }

@@ -39,6 +39,12 @@ const MAX_GRANTS: usize = 10_000;
 /// Requests held at once, host-wide: beyond it a statement that needs approval is refused at
 /// once (an adversary cannot grow the agent's memory by holding statements).
 pub const MAX_PENDING: usize = 10_000;
+/// Requests one identity may have held at once: one workload cannot flood the approvers or
+/// take every place.
+pub const MAX_PENDING_PER_IDENTITY: usize = 100;
+/// The normalised statement a request shows (lists, records, webhooks) is cut to this; its
+/// full length and hash are kept.
+pub const MAX_STATEMENT_SHOWN: usize = 4096;
 
 /// Who decided: the admin API's peer, from its socket credentials and /proc.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,11 +129,13 @@ pub struct Draft {
     pub database: Arc<str>,
     /// The role the session acts as, when known.
     pub role: Option<Arc<str>>,
-    /// Normalised (literals as `?`): what everybody sees, and what the fingerprint hashes.
+    /// Normalised (literals as `?`): what everybody sees, and what the fingerprint hashes
+    /// (whole: it is cut only for showing).
     pub statement: String,
     /// The text as sent and its bind parameters: shown to approvers only, never announced.
     pub text: String,
-    pub params: Option<Vec<Option<String>>>,
+    pub params: Option<Params>,
+    pub function_oid: Option<u32>,
     pub protocol: &'static str,
     pub class: String,
     pub class_reason: Option<String>,
@@ -136,6 +144,21 @@ pub struct Draft {
     pub rule: Option<String>,
     pub reason: String,
     pub terms: Arc<ApprovalTerms>,
+    /// Why an approval of it grants nothing beyond it, whatever the terms say.
+    pub once_because: Option<String>,
+}
+
+/// A held statement's bind parameters as the approver sees them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    /// At most 64, each at most 1 KiB (`None`: NULL).
+    pub shown: Vec<Option<String>>,
+    /// How many there are.
+    pub count: usize,
+    /// Some were not shown, or shown cut: the approver did not see everything that runs.
+    pub cut: bool,
+    /// SHA-256 of the whole parameter message, to compare with what ran.
+    pub sha256: String,
 }
 
 /// A held statement's request, as the admin API lists it (no full text).
@@ -148,9 +171,16 @@ pub struct Request {
     pub database: String,
     pub role: Option<String>,
     pub identity: Arc<Identity>,
+    /// Cut to `MAX_STATEMENT_SHOWN` (then `statement_bytes` is larger and `statement_sha256`
+    /// hashes the whole).
     pub statement: String,
+    pub statement_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement_sha256: Option<String>,
     pub fingerprint: String,
     pub protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_oid: Option<u32>,
     pub class: String,
     pub class_reason: Option<String>,
     pub relations: Vec<String>,
@@ -162,7 +192,7 @@ pub struct Request {
     #[serde(skip)]
     pub text: String,
     #[serde(skip)]
-    pub params: Option<Vec<Option<String>>>,
+    pub params: Option<Params>,
     #[serde(skip)]
     grant_key: GrantKey,
     #[serde(skip)]
@@ -225,6 +255,8 @@ pub enum HoldError {
     Stopping,
     #[error("{MAX_PENDING} statements are already held on this host")]
     Full,
+    #[error("this identity already has {MAX_PENDING_PER_IDENTITY} statements held")]
+    IdentityFull,
 }
 
 /// Why a decision was not taken.
@@ -269,8 +301,8 @@ impl Held {
                     if self.approvals.finish(&self.request.id, outcome.clone()) {
                         outcome
                     } else {
-                        // Decided in the same instant: the decision stands.
-                        rx.try_recv().unwrap_or(outcome)
+                        // Decided in the same instant: that decision stands (it is on its way).
+                        (&mut *rx).await.unwrap_or(outcome)
                     }
                 }
             },
@@ -357,6 +389,24 @@ impl Approvals {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:x}", self.id_base.wrapping_add(n));
         let fingerprint = fingerprint(&draft.statement);
+        let statement_bytes = draft.statement.len();
+        let (statement, statement_sha256) = if statement_bytes > MAX_STATEMENT_SHOWN {
+            let mut cut = MAX_STATEMENT_SHOWN;
+            while !draft.statement.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let whole = {
+                use sha2::{Digest as _, Sha256};
+                Sha256::digest(draft.statement.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            (format!("{}…", &draft.statement[..cut]), Some(whole))
+        } else {
+            (draft.statement, None)
+        };
+        let grant = match (&draft.once_because, draft.terms.grant) {
+            (Some(why), Grant::For(_)) => format!("once ({why})"),
+            (_, grant) => grant.to_string(),
+        };
         let grant_key = GrantKey {
             identity: identity_key(&draft.identity),
             database: draft.database.to_string(),
@@ -371,9 +421,12 @@ impl Approvals {
             database: draft.database.to_string(),
             role: draft.role.as_deref().map(str::to_string),
             identity: draft.identity,
-            statement: draft.statement,
+            statement,
+            statement_bytes,
+            statement_sha256,
             fingerprint,
             protocol: draft.protocol,
+            function_oid: draft.function_oid,
             class: draft.class,
             class_reason: draft.class_reason,
             relations: draft.relations,
@@ -381,13 +434,13 @@ impl Approvals {
             rule: draft.rule,
             reason: draft.reason,
             timeout_s: draft.terms.timeout.as_secs(),
-            grant: draft.terms.grant.to_string(),
+            grant,
             text: draft.text,
             params: draft.params,
             grant_key,
-            grant_for: match draft.terms.grant {
-                Grant::Once => None,
-                Grant::For(d) => Some(d),
+            grant_for: match (draft.terms.grant, &draft.once_because) {
+                (Grant::For(d), None) => Some(d),
+                _ => None,
             },
             webhook: draft.terms.webhook.clone(),
         });
@@ -399,6 +452,12 @@ impl Approvals {
             }
             if inner.pending.len() >= MAX_PENDING {
                 return Err(HoldError::Full);
+            }
+            let same = request.grant_key.identity.as_str();
+            if inner.pending.values().filter(|p| p.request.grant_key.identity == same).count()
+                >= MAX_PENDING_PER_IDENTITY
+            {
+                return Err(HoldError::IdentityFull);
             }
             inner.pending.insert(id.clone(), Pending { request: request.clone(), tx });
             self.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +542,22 @@ impl Approvals {
 
     pub fn get(&self, id: &str) -> Option<Arc<Request>> {
         self.lock().pending.get(id).map(|p| p.request.clone())
+    }
+
+    /// A client's CancelRequest for a session: its held statement, if any, is cancelled (refused,
+    /// never run later). Returns whether one was.
+    pub fn cancel_session(&self, session: SessionId) -> bool {
+        let ids: Vec<String> = self
+            .lock()
+            .pending
+            .values()
+            .filter(|p| p.request.session == session)
+            .map(|p| p.request.id.clone())
+            .collect();
+        ids.iter()
+            .filter(|id| self.finish(id, Outcome::Cancelled { why: "the client cancelled the held statement".into() }))
+            .count()
+            > 0
     }
 
     /// Follows new requests and decisions.

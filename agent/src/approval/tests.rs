@@ -35,6 +35,7 @@ fn draft(statement: &str, terms: ApprovalTerms) -> Draft {
         statement: statement.into(),
         text: statement.replace('?', "1"),
         params: None,
+        function_oid: None,
         protocol: "simple",
         class: "write".into(),
         class_reason: None,
@@ -43,6 +44,7 @@ fn draft(statement: &str, terms: ApprovalTerms) -> Draft {
         rule: Some("r".into()),
         reason: "because".into(),
         terms: Arc::new(terms),
+        once_because: None,
     }
 }
 
@@ -156,4 +158,52 @@ fn the_listed_request_carries_no_text_and_the_detail_does() {
         assert!(!body.to_string().contains("id = 1"), "no literal in the announcement: {body}");
         assert!(body["text"].as_str().unwrap().contains(&held.request.id));
     });
+}
+
+#[tokio::test]
+async fn a_statement_that_cannot_be_granted_is_approved_once_whatever_the_terms() {
+    let a = approvals();
+    let terms = ApprovalTerms { grant: Grant::For(Duration::from_secs(600)), ..ApprovalTerms::standard() };
+    let mut d = draft("do ?", terms);
+    d.once_because = Some("what it runs is not known".into());
+    let held = a.hold(d).unwrap();
+    assert_eq!(held.request.grant, "once (what it runs is not known)");
+    let id = held.request.id.clone();
+    a.decide(&id, root(), true, None).unwrap();
+    assert!(matches!(held.decision().await, Outcome::Approved { grant_until_ms: None, .. }));
+    let bot = identity(&[("warden/identity", "bot")]);
+    assert_eq!(a.granted(&bot, "main", Some("app"), "do ?"), None);
+}
+
+#[tokio::test]
+async fn one_identity_cannot_take_every_place() {
+    let a = approvals();
+    let mut held = Vec::new();
+    for _ in 0..MAX_PENDING_PER_IDENTITY {
+        held.push(a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap());
+    }
+    assert!(matches!(a.hold(draft("delete from t", ApprovalTerms::standard())), Err(HoldError::IdentityFull)));
+    let mut other = draft("delete from t", ApprovalTerms::standard());
+    other.identity = identity(&[("warden/identity", "other")]);
+    assert!(a.hold(other).is_ok(), "another identity is still held");
+}
+
+#[tokio::test]
+async fn a_long_statement_is_shown_cut_with_its_length_and_hash() {
+    let a = approvals();
+    let long = format!("delete from t where {}", "a = ? and ".repeat(1000));
+    let held = a.hold(draft(&long, ApprovalTerms::standard())).unwrap();
+    assert!(held.request.statement.len() <= MAX_STATEMENT_SHOWN + 3);
+    assert_eq!(held.request.statement_bytes, long.len());
+    assert!(held.request.statement_sha256.is_some());
+    assert_eq!(held.request.fingerprint, fingerprint(&long), "the fingerprint is of the whole");
+}
+
+#[tokio::test]
+async fn a_client_cancel_cancels_its_sessions_hold() {
+    let a = approvals();
+    let held = a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap();
+    assert!(!a.cancel_session(SessionId(2)), "another session's cancel touches nothing");
+    assert!(a.cancel_session(SessionId(1)));
+    assert!(matches!(held.decision().await, Outcome::Cancelled { .. }));
 }

@@ -98,12 +98,13 @@ pub struct Charge {
 /// How a record may be shed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shed {
-    /// Never (the agent's own records, approvals).
+    /// Never (the agent's own records, an operator's actions).
     Never,
     /// Statements and their outcomes: condensed over the share, dropped over twice it.
     Statement,
-    /// Connection records: whole, until an identity is over four times its share (opening
-    /// connections in a loop is a flood too); then dropped and counted.
+    /// Connection and approval records: whole, until an identity is over four times its share
+    /// (opening connections, or holding statements, in a loop is a flood too); then dropped and
+    /// counted.
     Connection,
 }
 
@@ -240,10 +241,11 @@ impl FairShare {
             Event::ObservedClose { .. } => (None, Shed::Never),
             Event::Statement(s) => (Some(self.session_key(s.session)), Shed::Statement),
             Event::StatementEnd(e) => (Some(self.session_key(e.session)), Shed::Statement),
-            Event::ApprovalRequested(request) => (Some(self.session_key(request.session)), Shed::Never),
-            Event::ApprovalDecided { session, .. } | Event::SessionTerminated { session, .. } => {
-                (Some(self.session_key(*session)), Shed::Never)
-            }
+            // A workload makes its own approval records (holding and leaving in a loop): they
+            // are charged to it like its connections.
+            Event::ApprovalRequested(request) => (Some(self.session_key(request.session)), Shed::Connection),
+            Event::ApprovalDecided { session, .. } => (Some(self.session_key(*session)), Shed::Connection),
+            Event::SessionTerminated { session, .. } => (Some(self.session_key(*session)), Shed::Never),
             Event::ConnectionRefused { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),
             Event::Ungoverned { identity, .. } | Event::RefusedNotServing { identity, .. } => {
                 (Some(self.intern(identity_key(identity))), Shed::Never)

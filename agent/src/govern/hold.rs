@@ -3,39 +3,48 @@
 //! through the hooks' `Verdict::Hold`: the protocol session relays nothing of the session after
 //! the held message until the hold resolves, and cancels it if the client leaves.
 //!
-//! Under the extended protocol a statement is judged at Parse and at Bind. Parsing runs nothing
-//! of a statement whose effects are all known, so such a Parse passes and the Bind is held: the
-//! approver then sees the parameters it will run with. A Parse whose effects are not known (it
-//! may run code while parsing) is itself held.
+//! A decision applies to the message it was made for and to nothing else: it is kept with that
+//! message's number (`StatementInfo::message`), which no other message shares.
+//!
+//! Under the extended protocol a statement is judged at Parse, at Bind and (when its portal's
+//! judgement cannot be carried) at Execute. A Parse runs nothing of a statement whose effects
+//! are all known, so such a Parse passes and the Bind is held: the approver then sees the
+//! parameters it will run with. A Parse whose effects are not known (it may run code while
+//! parsing) is itself held, and so is an Execute judged again that would be. An approved Bind
+//! covers the Execute of the very portal it made, when that Execute is the next message judged
+//! (a pipeline runs a portal before the server confirmed its Bind).
 
 use std::sync::Arc;
 
+use sha2::{Digest as _, Sha256};
+
 use super::SessionGovern;
 use crate::{
-    approval::{Draft, HoldError, Outcome},
-    policy::ApprovalTerms,
+    approval::{Draft, Outcome, Params},
+    policy::{ApprovalTerms, Grant},
     session::{
-        Decision, Judgement, QueryProtocol, SqlState,
-        hooks::{StatementInfo, Verdict},
+        Decision, Judgement, SqlState,
+        hooks::{StatementInfo, Step, Verdict},
     },
     sql::Class,
 };
 
-/// Approvers see at most this much of a held text (and 64 parameters of 1 KiB each).
+/// Approvers see at most this much of a held text.
 const MAX_HELD_TEXT: usize = 64 * 1024;
+/// ... and at most this many parameters, each cut to `MAX_PARAM_BYTES` (the request says so).
+const MAX_PARAMS: usize = 64;
+const MAX_PARAM_BYTES: usize = 1024;
 
-/// An approved Bind: the Execute that runs its portal, when it is judged again (a pipeline
-/// executes a portal before the server confirmed the Bind), is covered by the same approval.
-/// Kept only until the next message judged.
+/// An approved Bind: the Execute of its portal, when judged next, is covered by the approval.
 pub(super) struct ApprovedBind {
+    portal: Vec<u8>,
     sql: Arc<str>,
     why: Arc<str>,
 }
 
-/// The decision on a held message, kept until the message is judged again.
+/// The decision on a held message, kept for that message (by its number) only.
 pub(super) struct Decided {
-    sql: Arc<str>,
-    protocol: QueryProtocol,
+    message: u64,
     id: String,
     outcome: Outcome,
 }
@@ -43,31 +52,105 @@ pub(super) struct Decided {
 impl Decided {
     /// Whether it was made for this message.
     pub(super) fn is_for(&self, info: &StatementInfo<'_>) -> bool {
-        *self.sql == *info.sql && self.protocol == info.protocol
+        self.message == info.message
     }
 }
 
-/// The text a grant's fingerprint and an announcement show: each statement normalised
-/// (literals as `?`); a statement whose reading is ambiguous by the hash of its text, so only
-/// the very same text shares its fingerprint.
-fn normalised_message(info: &StatementInfo<'_>, judgement: &Judgement) -> String {
-    let parts: Vec<String> = judgement
-        .parts
-        .iter()
-        .map(|p| {
-            if p.ambiguous || p.described.normalised.is_empty() {
-                let raw = info.sql.get(p.span.clone()).unwrap_or(info.sql);
-                format!("<unreadable statement sha256:{}>", crate::approval::fingerprint(raw))
-            } else {
-                p.described.normalised.to_string()
-            }
-        })
-        .collect();
-    parts.join("; ")
+/// Text cut to at most `max` bytes on a character boundary, saying how much was left out.
+fn capped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..cut], text.len() - cut)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SessionGovern {
-    /// A message that needs approval (`decided`: the decision on it, when asked again).
+    /// The text a grant's fingerprint and an announcement show: each statement normalised
+    /// (literals as `?`); what a SQL EXECUTE runs, by its body; a statement whose reading is
+    /// ambiguous, or whose text is unknown, by the hash of its raw text. Also whether the
+    /// message can be granted beyond this once (`None`), or why not.
+    fn held_text(&self, info: &StatementInfo<'_>, judgement: &Judgement) -> (String, Option<String>) {
+        let mut once_because = None;
+        if !info.text_known || info.sql.is_empty() {
+            once_because = Some("the text that runs is not known".to_string());
+        }
+        let parts: Vec<String> = judgement
+            .parts
+            .iter()
+            .map(|p| {
+                let raw = info.sql.get(p.span.clone()).unwrap_or(info.sql);
+                if p.effects.with(p.class).contains(Class::Unknown) {
+                    // What unknown code does is in its literals (a DO body, a function's
+                    // source): the same shape is not the same statement.
+                    once_because.get_or_insert_with(|| "what it runs is not known".to_string());
+                }
+                if p.ambiguous || p.described.normalised.is_empty() {
+                    once_because.get_or_insert_with(|| "its text cannot be read unambiguously".to_string());
+                    return format!("<unreadable statement sha256:{}>", hex_sha256(raw.as_bytes()));
+                }
+                let mut shown = p.described.normalised.to_string();
+                if let Some(name) = &p.described.analysis.executes {
+                    match (info.prepared)(name) {
+                        Some((body, lexing)) => {
+                            let options = crate::sql::LexOptions {
+                                standard_conforming_strings: lexing.standard_conforming_strings,
+                            };
+                            shown
+                                .push_str(&format!(" -- runs: {}", crate::sql::normalise_with_options(&body, options)));
+                        }
+                        None => {
+                            shown.push_str(" -- runs: (a prepared statement the proxy did not see)");
+                            once_because.get_or_insert_with(|| "what it runs is not known".to_string());
+                        }
+                    }
+                }
+                if p.described.analysis.fetches.is_some() {
+                    once_because.get_or_insert_with(|| "a FETCH runs what its cursor holds".to_string());
+                }
+                shown
+            })
+            .collect();
+        (parts.join("; "), once_because)
+    }
+
+    /// The terms of a message with several held statements: the strictest of each (the
+    /// shortest timeout; a grant only if every rule grants, for the shortest of them).
+    fn held_terms(judgement: &Judgement) -> Arc<ApprovalTerms> {
+        let held: Vec<Arc<ApprovalTerms>> = judgement
+            .parts
+            .iter()
+            .filter(|p| p.decision == Decision::Hold)
+            .map(|p| p.approval.clone().unwrap_or_else(|| Arc::new(ApprovalTerms::standard())))
+            .collect();
+        let Some(first) = held.first() else {
+            return Arc::new(ApprovalTerms::standard());
+        };
+        if held.len() == 1 {
+            return first.clone();
+        }
+        let timeout = held.iter().map(|t| t.timeout).min().unwrap_or(ApprovalTerms::DEFAULT_TIMEOUT);
+        let grant = held.iter().try_fold(None, |shortest: Option<std::time::Duration>, t| match t.grant {
+            Grant::Once => Err(()),
+            Grant::For(d) => Ok(Some(shortest.map_or(d, |s| s.min(d)))),
+        });
+        let grant = match grant {
+            Ok(Some(d)) => Grant::For(d),
+            _ => Grant::Once,
+        };
+        let webhook = held.iter().find_map(|t| t.webhook.clone());
+        Arc::new(ApprovalTerms { timeout, grant, webhook })
+    }
+
+    /// A message that needs approval (`decided`: the decision on it, when asked again; `bind`:
+    /// the Bind approved just before, if the previous judged message was one).
     pub(super) fn hold(
         &self,
         info: &StatementInfo<'_>,
@@ -81,9 +164,12 @@ impl SessionGovern {
                     let because = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
                     let why = format!("approved by {by}{because} (approval request {})", decided.id);
                     approve(&mut judgement, &why);
-                    if info.protocol == QueryProtocol::Extended && info.parameters.is_some() {
-                        *self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(ApprovedBind { sql: Arc::from(info.sql), why: Arc::from(why) });
+                    if info.step == Step::Bind {
+                        *self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()) = Some(ApprovedBind {
+                            portal: info.portal.to_vec(),
+                            sql: Arc::from(info.sql),
+                            why: Arc::from(why),
+                        });
                     }
                     self.pass(info, judgement)
                 }
@@ -93,20 +179,18 @@ impl SessionGovern {
                 }
             };
         }
-        // The Execute of the portal an approved Bind just made (judged again because the server
-        // had not confirmed the Bind yet): the approval covers it. Only an Execute is judged
-        // without parameters and with the text known besides a Parse, and a Parse runs nothing.
+        // The Execute of the portal the Bind approved just before made (judged again because the
+        // server had not confirmed that Bind yet): the same approval.
         if let Some(bind) = bind
-            && info.protocol == QueryProtocol::Extended
-            && info.parameters.is_none()
+            && info.step == Step::Execute
             && info.text_known
+            && info.portal == bind.portal.as_slice()
             && *bind.sql == *info.sql
         {
             approve(&mut judgement, &bind.why);
             return self.pass(info, judgement);
         }
-        let parse_runs_nothing = info.protocol == QueryProtocol::Extended
-            && info.parameters.is_none()
+        let parse_runs_nothing = info.step == Step::Prepare
             && info.text_known
             && judgement.parts.iter().all(|p| !p.ambiguous && !p.effects.with(p.class).contains(Class::Unknown));
         if parse_runs_nothing {
@@ -120,45 +204,64 @@ impl SessionGovern {
         if let deny @ Verdict::Deny { .. } = self.next.before_statement(info) {
             return deny;
         }
-        let normalised = normalised_message(info, &judgement);
-        if let Some(id) = approvals.granted(&origin.identity, &self.database, judgement.role.as_deref(), &normalised) {
+        let (statement, once_because) = self.held_text(info, &judgement);
+        if once_because.is_none()
+            && let Some(id) = approvals.granted(&origin.identity, &self.database, judgement.role.as_deref(), &statement)
+        {
             approve(&mut judgement, &format!("approved by the grant of approval request {id}"));
             return Verdict::Allow(Some(Arc::new(judgement)));
         }
-        let Some((_, part)) = judgement.refusing_part() else {
+        let held: Vec<_> = judgement.parts.iter().filter(|p| p.decision == Decision::Hold).collect();
+        let Some(part) = held.first() else {
             return self.refuse(info, judgement);
         };
-        let terms = part.approval.clone().unwrap_or_else(|| Arc::new(ApprovalTerms::standard()));
-        let mut text = info.sql.to_string();
-        if text.len() > MAX_HELD_TEXT {
-            let mut cut = MAX_HELD_TEXT;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
+        let mut relations: Vec<String> = Vec::new();
+        let mut rules: Vec<String> = Vec::new();
+        let mut policies: Vec<String> = Vec::new();
+        for p in &judgement.parts {
+            for r in p.described.analysis.relations.iter() {
+                let r = r.to_string();
+                if !relations.contains(&r) {
+                    relations.push(r);
+                }
             }
-            let more = text.len() - cut;
-            text.truncate(cut);
-            text.push_str(&format!("… ({more} more bytes)"));
         }
+        for p in &held {
+            if let Some(r) = p.rule.as_deref().map(str::to_string).filter(|r| !rules.contains(r)) {
+                rules.push(r);
+            }
+            if let Some(x) = p.policy.as_deref().map(str::to_string).filter(|x| !policies.contains(x)) {
+                policies.push(x);
+            }
+        }
+        let params = info.parameters.map(|p| {
+            let values = p.values();
+            let count = values.len();
+            let cut = count > MAX_PARAMS || values.iter().any(|(v, _)| v.is_some_and(|v| v.len() > MAX_PARAM_BYTES));
+            Params { shown: p.rendered(MAX_PARAMS, MAX_PARAM_BYTES), count, cut, sha256: hex_sha256(p.message) }
+        });
         let draft = Draft {
             session: origin.session,
             identity: origin.identity.clone(),
             database: self.database.clone(),
             role: judgement.role.clone(),
-            statement: normalised,
-            text,
-            params: info.parameters.map(|p| p.rendered(64, 1024)),
+            statement,
+            text: capped(info.sql, MAX_HELD_TEXT),
+            params,
+            function_oid: info.function_oid,
             protocol: info.protocol.as_str(),
             class: part.class.as_str().to_string(),
             class_reason: part.class_reason.as_deref().map(str::to_string),
-            relations: part.described.analysis.relations.iter().map(ToString::to_string).collect(),
-            policy: part.policy.as_deref().map(str::to_string),
-            rule: part.rule.as_deref().map(str::to_string),
-            reason: part.reason.to_string(),
-            terms,
+            relations,
+            policy: (!policies.is_empty()).then(|| policies.join(", ")),
+            rule: (!rules.is_empty()).then(|| rules.join(", ")),
+            reason: held.iter().map(|p| p.reason.to_string()).collect::<Vec<_>>().join("; "),
+            terms: Self::held_terms(&judgement),
+            once_because,
         };
         let held = match approvals.hold(draft) {
             Ok(held) => held,
-            Err(e @ (HoldError::Stopping | HoldError::Full)) => {
+            Err(e) => {
                 let message = format!("warden: statement requires approval, and it cannot be held: {e}");
                 return self.refuse_held(info, judgement, message);
             }
@@ -166,18 +269,15 @@ impl SessionGovern {
         tracing::info!(
             request = %held.request.id,
             database = %self.database,
-            statement = %held.request.statement,
-            protocol = info.protocol.as_str(),
-            parameters = info.parameters.is_some(),
+            rule = held.request.rule.as_deref().unwrap_or("-"),
             "statement held for approval"
         );
         let slot = self.decided.clone();
-        let sql: Arc<str> = Arc::from(info.sql);
-        let protocol = info.protocol;
+        let message = info.message;
         Verdict::Hold(Box::pin(async move {
             let id = held.request.id.clone();
             let outcome = held.decision().await;
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Decided { sql, protocol, id, outcome });
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Decided { message, id, outcome });
             Verdict::AskAgain
         }))
     }
@@ -207,5 +307,16 @@ fn approve(judgement: &mut Judgement, why: &str) {
     for part in judgement.parts.iter_mut().filter(|p| p.decision == Decision::Hold) {
         part.decision = Decision::Allow;
         part.reason = why.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary_saying_how_much_is_left_out() {
+        assert_eq!(capped("abc", 10), "abc");
+        assert_eq!(capped("aé€b", 2), "a… (6 more bytes)");
     }
 }

@@ -734,6 +734,15 @@ impl SessionHooks for SessionGovern {
     fn on_abandoned(&self, running: &Running) {
         self.next.on_abandoned(running);
     }
+
+    fn on_cancel_request(&self) {
+        if let (Some(approvals), Some(origin)) = (&self.governor.approvals, &self.origin)
+            && approvals.cancel_session(origin.session)
+        {
+            tracing::info!(database = %self.database, session = origin.session.0, "held statement cancelled by its client");
+        }
+        self.next.on_cancel_request();
+    }
 }
 
 #[cfg(test)]
@@ -750,6 +759,12 @@ mod tests {
             parameters: None,
             function_oid: None,
             lexing: Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true },
+            step: match protocol {
+                QueryProtocol::Extended => crate::session::hooks::Step::Prepare,
+                _ => crate::session::hooks::Step::Run,
+            },
+            portal: b"",
+            message: 1,
         }
     }
 

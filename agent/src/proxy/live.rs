@@ -15,10 +15,13 @@ use crate::{
     approval::Approver,
     audit::{SessionId, now_ms},
     identity::Identity,
+    session::Lexing,
 };
 
 /// At most this much of a last statement is listed.
 const MAX_LISTED_TEXT: usize = 512;
+/// A longer last statement is listed by its length only (not normalised at each listing).
+const MAX_NORMALISED_TEXT: usize = 64 * 1024;
 
 /// One live session.
 pub struct LiveSession {
@@ -28,15 +31,15 @@ pub struct LiveSession {
     started_ms: u64,
     started: Instant,
     db_user: Mutex<Option<String>>,
-    last: Mutex<Option<(Arc<str>, u64)>>,
+    last: Mutex<Option<(Arc<str>, Lexing, u64)>>,
     ended_by: Mutex<Option<Approver>>,
     end: Notify,
 }
 
 impl LiveSession {
     /// A statement was forwarded (its text is kept by reference, normalised only when listed).
-    pub fn forwarded(&self, sql: &Arc<str>) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql.clone(), now_ms()));
+    pub fn forwarded(&self, sql: &Arc<str>, lexing: Lexing) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql.clone(), lexing, now_ms()));
     }
 
     pub fn set_user(&self, user: Option<&str>) {
@@ -63,8 +66,16 @@ impl LiveSession {
             identity: self.identity.clone(),
             started_ms: self.started_ms,
             age_s: self.started.elapsed().as_secs(),
-            last_statement: last.as_ref().map(|(sql, _)| {
-                let mut text = crate::sql::normalise(sql);
+            last_statement: last.as_ref().map(|(sql, lexing, _)| {
+                if !lexing.ascii_safe {
+                    return format!("(a statement of {} bytes in a client encoding not read here)", sql.len());
+                }
+                if sql.len() > MAX_NORMALISED_TEXT {
+                    return format!("(a statement of {} bytes)", sql.len());
+                }
+                let options =
+                    crate::sql::LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+                let mut text = crate::sql::normalise_with_options(sql, options);
                 if text.len() > MAX_LISTED_TEXT {
                     let mut cut = MAX_LISTED_TEXT;
                     while !text.is_char_boundary(cut) {
@@ -75,7 +86,7 @@ impl LiveSession {
                 }
                 text
             }),
-            last_statement_ms: last.map(|(_, at)| at),
+            last_statement_ms: last.map(|(_, _, at)| at),
             held: None,
         }
     }

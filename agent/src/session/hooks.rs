@@ -38,6 +38,20 @@ pub struct SessionStart<'a> {
     pub role: Option<&'a str>,
 }
 
+/// What a judged message does with its statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Runs it now (a simple Query, a FunctionCall).
+    Run,
+    /// Prepares it (an extended-protocol Parse): nothing of it runs now but what parsing itself
+    /// runs.
+    Prepare,
+    /// Binds it to parameters in a portal (an extended-protocol Bind; `portal` names it).
+    Bind,
+    /// Runs a portal (an extended-protocol Execute; `portal` names it).
+    Execute,
+}
+
 /// Looks up a SQL-level prepared statement by name: its text and how it lexed.
 pub type PreparedLookup<'a> = dyn Fn(&str) -> Option<(Arc<str>, Lexing)> + 'a;
 
@@ -59,6 +73,13 @@ pub struct StatementInfo<'a> {
     pub function_oid: Option<u32>,
     /// How the server lexes the text (`standard_conforming_strings`, and whether it is settled).
     pub lexing: Lexing,
+    /// What the message does with the statement.
+    pub step: Step,
+    /// The portal a Bind creates or an Execute runs (empty otherwise, and for the unnamed one).
+    pub portal: &'a [u8],
+    /// Numbers the session's judged messages: the same number when a message is judged again
+    /// (after a hold), another for every other message.
+    pub message: u64,
 }
 
 /// Session hooks. Every method has a do-nothing default.
@@ -132,6 +153,10 @@ pub trait SessionHooks: Send + Sync {
 
     /// The session ended before the server reported this statement's outcome.
     fn on_abandoned(&self, _running: &Running) {}
+
+    /// The session's client sent a cancel request (on another connection, as the protocol
+    /// does): a statement held for approval is cancelled, never run later.
+    fn on_cancel_request(&self) {}
 }
 
 /// The hooks of a session with no policy: everything is allowed.

@@ -331,3 +331,154 @@ fn only_root_and_the_admin_group_reach_the_admin_api() {
     let out = as_user(&agent, "daemon");
     assert!(!out.status.success(), "daemon is not in nogroup");
 }
+
+/// An unlabelled cgroup of its own for the approver (removed on drop).
+struct OperatorCgroup(std::path::PathBuf);
+
+impl OperatorCgroup {
+    fn new() -> Self {
+        let dir = warden::cgroup::default_root().join(testkit::unique("warden-it-operator-"));
+        std::fs::create_dir(&dir).expect("operator cgroup");
+        OperatorCgroup(dir)
+    }
+
+    /// `warden ARGS --config CONFIG` run inside it.
+    fn cli(&self, agent: &Agent, args: &[&str]) -> Output {
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", self.0.display());
+        output(Command::new("sh").args(["-c", &script]).arg(warden_bin()).args(args).arg("--config").arg(&agent.config))
+    }
+}
+
+impl Drop for OperatorCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A raw client's pipelines (what no driver sends, but an attacker can): nothing slips past a
+/// hold, a decision never serves another message, what was sent while held is answered without
+/// the client sending more, and a CancelRequest cancels the hold.
+#[test]
+fn raw_pipelines_cannot_slip_past_a_hold() {
+    use testkit::raw::{Raw, errors, message, startup_packet};
+    let pg = Postgres::start();
+    pg.admin_sql("create table rawt(id int); insert into rawt select generate_series(1, 9)");
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: raw-holds}\nspec:\n  \
+                  selector: {}\n  approval: {timeout: 60s}\n  rules:\n    \
+                  - {name: rawt, match: {class: [write], relations: [\"*.rawt\"]}, action: require_approval}\n";
+    let agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("raw.yaml", policy)],
+    );
+    let addr = format!("127.0.0.1:{}", pg.port);
+    let parse = |name: &str, sql: &str| {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        body.extend(sql.as_bytes());
+        body.extend([0, 0, 0]);
+        message(b'P', &body)
+    };
+    let bind = |portal: &str, statement: &str, params: &[&str]| {
+        let mut body = portal.as_bytes().to_vec();
+        body.push(0);
+        body.extend(statement.as_bytes());
+        body.push(0);
+        body.extend(0u16.to_be_bytes());
+        body.extend((params.len() as u16).to_be_bytes());
+        for p in params {
+            body.extend((p.len() as i32).to_be_bytes());
+            body.extend(p.as_bytes());
+        }
+        body.extend(0u16.to_be_bytes());
+        message(b'B', &body)
+    };
+    let execute = |portal: &str| {
+        let mut body = portal.as_bytes().to_vec();
+        body.extend([0, 0, 0, 0, 0]);
+        message(b'E', &body)
+    };
+    let query = |sql: &str| {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        message(b'Q', &body)
+    };
+    let count = |id: u32| pg.admin_sql(&format!("select count(*) from rawt where id = {id}"));
+    // The raw clients run in this test's own cgroup, so the approver runs in another (an
+    // unlabelled one: the operator's shell).
+    let operator = OperatorCgroup::new();
+    let decide = |needle: &str, verb: &str| {
+        let id = wait_request(&agent, needle)["id"].as_str().unwrap().to_string();
+        let out = operator.cli(&agent, &["approvals", verb, &id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        id
+    };
+
+    // A statement redefined under a bound SQL EXECUTE: the Execute is held, not passed as a
+    // Parse would be.
+    let mut raw = Raw::login(&addr);
+    let mut first = parse("s1", "select 1");
+    first.extend(parse("x", "execute s1"));
+    first.extend(message(b'S', b""));
+    raw.send(&first);
+    assert!(errors(&raw.until_ready()).is_empty());
+    let mut second = bind("p", "x", &[]);
+    second.extend(message(b'C', b"Ss1\0"));
+    second.extend(parse("s1", "delete from rawt where id = 7"));
+    second.extend(execute("p"));
+    second.extend(message(b'S', b""));
+    raw.send(&second);
+    let request = wait_request(&agent, "execute s1");
+    assert!(request["statement"].as_str().unwrap().contains("runs: delete from rawt where id = ?"), "{request}");
+    assert!(cli(&agent, &["approvals", "deny", request["id"].as_str().unwrap()]).status.success());
+    assert_eq!(errors(&raw.until_ready()), vec!["42501".to_string()]);
+    assert_eq!(count(7), "1", "the redefined DELETE did not run");
+
+    // An approval whose Bind the server then skipped (an earlier error of its batch) serves
+    // nothing else: the next Bind, with other parameters, is held again.
+    raw.send(&[parse("d", "delete from rawt where id = $1"), message(b'S', b"")].concat());
+    assert!(errors(&raw.until_ready()).is_empty());
+    let mut batch = parse("", "select 1/0");
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute(""));
+    batch.extend(bind("", "d", &["8"]));
+    batch.extend(execute(""));
+    batch.extend(message(b'S', b""));
+    raw.send(&batch);
+    std::thread::sleep(Duration::from_millis(300));
+    decide("delete from rawt where id = $1", "approve");
+    assert_eq!(errors(&raw.until_ready()), vec!["22012".to_string()]);
+    raw.send(&[bind("", "d", &["9"]), execute(""), message(b'S', b"")].concat());
+    let again = decide("delete from rawt where id = $1", "deny");
+    assert_eq!(errors(&raw.until_ready()), vec!["42501".to_string()], "held again ({again})");
+    assert_eq!((count(8), count(9)), ("1".to_string(), "1".to_string()));
+
+    // What the client sent while held is answered once the hold ends, without it sending more.
+    raw.send(&query("insert into rawt values (10)"));
+    let id = wait_request(&agent, "insert into rawt")["id"].as_str().unwrap().to_string();
+    raw.send(&query("select 'next'"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(operator.cli(&agent, &["approvals", "approve", &id]).status.success());
+    assert!(errors(&raw.until_ready()).is_empty());
+    let answer = raw.until_ready();
+    assert!(answer.iter().any(|(tag, body)| *tag == b'D' && body.ends_with(b"next")), "{answer:?}");
+    assert_eq!(count(10), "1");
+
+    // A CancelRequest from the client cancels its held statement: refused, never run later.
+    let mut held = Raw::connect(&addr);
+    held.send(&startup_packet(&[("user", "postgres"), ("database", "postgres")]));
+    let login = held.until_ready();
+    let key = login.iter().find(|(tag, _)| *tag == b'K').map(|(_, body)| body.clone()).expect("BackendKeyData");
+    held.send(&query("delete from rawt where id = 5"));
+    let id = wait_request(&agent, "delete from rawt where id = ?")["id"].as_str().unwrap().to_string();
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend(80_877_102u32.to_be_bytes());
+    cancel.extend(&key);
+    let mut canceller = std::net::TcpStream::connect(&addr).expect("cancel connection");
+    std::io::Write::write_all(&mut canceller, &cancel).unwrap();
+    let answer = held.until_ready();
+    assert_eq!(errors(&answer), vec!["42501".to_string()], "{answer:?}");
+    assert_eq!(decided(&agent, &id)["outcome"], "cancelled");
+    assert_eq!(count(5), "1");
+    held.send(&query("select 1"));
+    assert!(errors(&held.until_ready()).is_empty(), "the session goes on");
+}

@@ -16,7 +16,10 @@ use std::{
 };
 
 use serde_json::Value;
-use testkit::{Agent, Netns, PROXY_V4, PgOptions, Postgres, check, output, pgbench_bin, psql_argv, psql_bin};
+use testkit::{
+    Agent, Netns, PROXY_V4, PgOptions, Postgres, check, output, pgbench_bin, psql_argv, psql_bin,
+    raw::{Raw, errors, message, sqlstate, startup_packet},
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -31,86 +34,6 @@ fn in_netns(ns: &Netns, argv: &[String]) -> Command {
 }
 
 /// A start-up packet with these parameters, in order (repeats included).
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in params {
-        body.extend(k.as_bytes());
-        body.push(0);
-        body.extend(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend(((body.len() + 4) as u32).to_be_bytes());
-    m.extend(body);
-    m
-}
-
-/// A raw protocol client.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect(addr: &str) -> Self {
-        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Raw(s)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).expect("send");
-    }
-
-    /// One message (tag, body); tag 0 at end of stream.
-    fn message(&mut self) -> (u8, Vec<u8>) {
-        let mut header = [0u8; 5];
-        if self.0.read_exact(&mut header).is_err() {
-            return (0, Vec::new());
-        }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0u8; len.saturating_sub(4)];
-        self.0.read_exact(&mut body).expect("message body");
-        (header[0], body)
-    }
-
-    /// Messages up to and including ReadyForQuery (or the end of the stream).
-    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.message();
-            let tag = m.0;
-            out.push(m);
-            if tag == b'Z' || tag == 0 {
-                return out;
-            }
-        }
-    }
-
-    fn login(addr: &str) -> Self {
-        let mut raw = Raw::connect(addr);
-        raw.send(&startup_packet(&[("user", "postgres"), ("database", "postgres")]));
-        let answer = raw.until_ready();
-        assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "login failed: {answer:?}");
-        raw
-    }
-}
-
-fn sqlstate(body: &[u8]) -> String {
-    body.split(|&b| b == 0)
-        .find_map(|f| f.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_default()
-}
-
-fn errors(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
-    messages.iter().filter(|m| m.0 == b'E').map(|m| sqlstate(&m.1)).collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Network namespaces: the upstream is dialled from the client's own namespace.
 

@@ -22,6 +22,8 @@ pub struct CancelTarget {
     pub database_index: usize,
     /// The session's own way upstream (its client's network namespace).
     pub dial: crate::proxy::Dial,
+    /// The session's hooks, told of the cancel (a statement held for approval is cancelled).
+    pub hooks: Option<Arc<dyn crate::session::hooks::SessionHooks>>,
 }
 
 /// Live sessions by backend key.
@@ -69,7 +71,12 @@ pub(super) async fn forward_cancel(
         database: ctx.database.clone(),
         database_index: ctx.database_index,
         dial: ctx.dial.clone(),
+        hooks: None,
     });
+    if let Some(hooks) = &target.hooks {
+        // What the client cancels may be waiting for an approver: it is not run later.
+        hooks.on_cancel_request();
+    }
     // The cancel goes where the session's own upstream went: from that session's namespace.
     let cancel_ctx = SessionContext {
         database: target.database,

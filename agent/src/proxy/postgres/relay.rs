@@ -35,7 +35,7 @@ use crate::pg::{
 };
 use crate::session::{
     Parameters, SessionFacts, SqlState,
-    hooks::{ResultColumns, StatementInfo, Verdict},
+    hooks::{ResultColumns, StatementInfo, Step, Verdict},
 };
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
@@ -93,6 +93,7 @@ where
         terminated: false,
         answered: &answered,
         held_input: BytesMut::new(),
+        judged_messages: 0,
     };
     let draining = AtomicBool::new(false);
     let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, &answered);
@@ -157,7 +158,18 @@ where
             }
         }
         Err(SessionError::Terminated(by)) => {
-            // Both legs: the server ends its backend on Terminate, the client is told why.
+            // Both legs: what the server runs is cancelled first (it reads nothing else while a
+            // statement runs), then it ends its backend on Terminate; the client is told why.
+            if let Some((pid, key)) = &to_client.obs.registered {
+                let mut packet = Vec::with_capacity(16);
+                packet.extend_from_slice(&16u32.to_be_bytes());
+                packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+                packet.extend_from_slice(&pid.to_be_bytes());
+                packet.extend_from_slice(key);
+                if let Err(e) = super::cancel::forward_cancel(ctx, &packet, *pid, key).await {
+                    tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a terminated session's statement failed");
+                }
+            }
             let message = format!("warden: session terminated by operator {by}");
             let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &message)).await;
             let _ = client_w.shutdown().await;
@@ -268,6 +280,8 @@ struct ClientToServer<'a> {
     /// What the client sent while a statement of it was held (read to notice its departure;
     /// judged after the hold, in order).
     held_input: BytesMut,
+    /// Client messages judged so far (numbers each for the hooks).
+    judged_messages: u64,
 }
 
 /// While a statement is held, the client's next messages are read ahead up to this much; beyond
@@ -289,11 +303,16 @@ impl ClientToServer<'_> {
     {
         let inspect = self.ctx.hooks.inspects_statements();
         let mut buf = BytesMut::with_capacity(16 * 1024);
+        // False right after a hold: what the client sent meanwhile is judged before reading on.
+        let mut read = true;
         loop {
-            ensure_spare(&mut buf);
-            if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
-                return Ok(Side::Client);
+            if read {
+                ensure_spare(&mut buf);
+                if client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
+                    return Ok(Side::Client);
+                }
             }
+            read = true;
             let max = self.max_message();
             let pos = if inspect {
                 self.judged(&buf, max, upstream, client).await?
@@ -317,6 +336,7 @@ impl ClientToServer<'_> {
             if !self.held_input.is_empty() {
                 buf.extend_from_slice(&self.held_input);
                 self.held_input = BytesMut::new();
+                read = false;
             }
             release_if_idle(&mut buf, 16 * 1024);
         }
@@ -355,7 +375,7 @@ impl ClientToServer<'_> {
         for running in &forwarded {
             self.ctx.hooks.on_forward(running);
             if let Some(live) = &self.ctx.live {
-                live.forwarded(&running.sql);
+                live.forwarded(&running.sql, running.lexing);
             }
         }
         Ok(pos)
@@ -380,7 +400,9 @@ impl ClientToServer<'_> {
                 let facts = self.read_facts(upstream).await?;
                 self.ctx.hooks.on_facts(facts);
             }
-            let mut verdict = self.judge(&msg);
+            self.judged_messages += 1;
+            let message = self.judged_messages;
+            let mut verdict = self.judge(&msg, message);
             // A hold may prepare what judging needs and ask again; a hold after a hold is not
             // waited for forever.
             for _ in 0..3 {
@@ -389,7 +411,7 @@ impl ClientToServer<'_> {
                 upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
                 flushed = pos;
                 verdict = match self.wait_for(decision, client).await? {
-                    Verdict::AskAgain => self.judge(&msg),
+                    Verdict::AskAgain => self.judge(&msg, message),
                     decided => decided,
                 };
             }
@@ -403,7 +425,7 @@ impl ClientToServer<'_> {
                     if let Some(running) = started {
                         self.ctx.hooks.on_forward(&running);
                         if let Some(live) = &self.ctx.live {
-                            live.forwarded(&running.sql);
+                            live.forwarded(&running.sql, running.lexing);
                         }
                     }
                 }
@@ -500,9 +522,9 @@ impl ClientToServer<'_> {
     }
 
     /// Asks the hooks about statements; everything else passes.
-    fn judge(&self, msg: &Frontend<'_>) -> Verdict {
+    fn judge(&self, msg: &Frontend<'_>, message: u64) -> Verdict {
         let hooks = &self.ctx.hooks;
-        let (sql, text_known, protocol, bind, function_oid, lexing) = {
+        let (sql, text_known, protocol, bind, function_oid, lexing, step, portal) = {
             let st = self.lock();
             if st.phase != Phase::Ready {
                 return Verdict::Allow(None);
@@ -513,17 +535,21 @@ impl ClientToServer<'_> {
             }
             let now = st.lexing();
             match msg {
-                Frontend::Query(sql) => (Arc::from(text(sql)), true, QueryProtocol::Simple, None, None, now),
+                Frontend::Query(sql) => {
+                    (Arc::from(text(sql)), true, QueryProtocol::Simple, None, None, now, Step::Run, &b""[..])
+                }
                 // Parsing can run code (a literal cast to a domain runs the domain's CHECK at
                 // parse time): a statement is judged when parsed, and again when bound.
-                Frontend::Parse { sql, .. } => (Arc::from(text(sql)), true, QueryProtocol::Extended, None, None, now),
+                Frontend::Parse { sql, .. } => {
+                    (Arc::from(text(sql)), true, QueryProtocol::Extended, None, None, now, Step::Prepare, &b""[..])
+                }
                 Frontend::Bind(bind) => {
                     let (sql, known, lexing) = match st.statement(bind.statement) {
                         Some(p) => (p.sql.clone(), !p.ambiguous, p.lexing),
                         None => (Arc::from(""), false, now),
                     };
                     let parameters = Parameters { message: bind.body, decode: state::bind_parameters };
-                    (sql, known, QueryProtocol::Extended, Some(parameters), None, lexing)
+                    (sql, known, QueryProtocol::Extended, Some(parameters), None, lexing, Step::Bind, bind.portal)
                 }
                 // An Execute of a judged Bind's portal carries that judgement; any other runs
                 // something the proxy never judged (a SQL cursor, a refused or unknown Bind).
@@ -535,13 +561,24 @@ impl ClientToServer<'_> {
                         // A portal whose Bind's judgement could not be carried (it runs what a name
                         // holds when it runs: SQL EXECUTE, FETCH), or was made under a policy set
                         // or session facts that changed since: judged again now.
-                        Some((sql, lexing)) => (sql, true, QueryProtocol::Extended, None, None, lexing),
-                        None => (Arc::from(""), false, QueryProtocol::Extended, None, None, now),
+                        Some((sql, lexing)) => {
+                            (sql, true, QueryProtocol::Extended, None, None, lexing, Step::Execute, *portal)
+                        }
+                        None => {
+                            (Arc::from(""), false, QueryProtocol::Extended, None, None, now, Step::Execute, *portal)
+                        }
                     }
                 }
-                Frontend::FunctionCall { function_oid } => {
-                    (Arc::from(""), false, QueryProtocol::FunctionCall, None, Some(*function_oid), now)
-                }
+                Frontend::FunctionCall { function_oid } => (
+                    Arc::from(""),
+                    false,
+                    QueryProtocol::FunctionCall,
+                    None,
+                    Some(*function_oid),
+                    now,
+                    Step::Run,
+                    &b""[..],
+                ),
                 _ => return Verdict::Allow(None),
             }
         };
@@ -557,6 +594,9 @@ impl ClientToServer<'_> {
             parameters: bind,
             function_oid,
             lexing,
+            step,
+            portal,
+            message,
         })
     }
 }
@@ -835,6 +875,7 @@ impl Observer<'_> {
                         database: self.ctx.database.clone(),
                         database_index: self.ctx.database_index,
                         dial: self.ctx.dial.clone(),
+                        hooks: Some(self.ctx.hooks.clone()),
                     },
                 );
                 self.registered = Some((*pid, key.to_vec()));

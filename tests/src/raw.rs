@@ -1,0 +1,88 @@
+//! A raw PostgreSQL protocol client, for tests that send exactly the messages an attacker
+//! would (pipelines no driver sends, malformed or reordered messages).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in params {
+        body.extend(k.as_bytes());
+        body.push(0);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend(((body.len() + 4) as u32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// A raw protocol client.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    pub fn connect(addr: &str) -> Self {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Raw(s)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).expect("send");
+    }
+
+    /// One message (tag, body); tag 0 at end of stream.
+    pub fn message(&mut self) -> (u8, Vec<u8>) {
+        let mut header = [0u8; 5];
+        if self.0.read_exact(&mut header).is_err() {
+            return (0, Vec::new());
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        self.0.read_exact(&mut body).expect("message body");
+        (header[0], body)
+    }
+
+    /// Messages up to and including ReadyForQuery (or the end of the stream).
+    pub fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.message();
+            let tag = m.0;
+            out.push(m);
+            if tag == b'Z' || tag == 0 {
+                return out;
+            }
+        }
+    }
+
+    pub fn login(addr: &str) -> Self {
+        let mut raw = Raw::connect(addr);
+        raw.send(&startup_packet(&[("user", "postgres"), ("database", "postgres")]));
+        let answer = raw.until_ready();
+        assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "login failed: {answer:?}");
+        raw
+    }
+}
+
+pub fn sqlstate(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+pub fn errors(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    messages.iter().filter(|m| m.0 == b'E').map(|m| sqlstate(&m.1)).collect()
+}
