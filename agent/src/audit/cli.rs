@@ -392,6 +392,24 @@ pub fn replay(entries: &[Entry], session: u64, output: Output) -> Result<()> {
         );
         println!("{}", escape_controls(&line));
     }
+    // A request with no decision in the ring: its agent ended without one (killed), and nothing
+    // of it ran (held statements live only in the agent that holds them).
+    let decided: std::collections::HashSet<&str> =
+        mine.iter().filter(|e| e.kind() == "approval_decided").filter_map(|e| e.value["request"].as_str()).collect();
+    let closed = mine.iter().any(|e| e.kind() == "connection_close");
+    for e in mine.iter().filter(|e| e.kind() == "approval_requested") {
+        let id = e.value["id"].as_str().unwrap_or("?");
+        if !decided.contains(id) {
+            let line = if closed {
+                format!("approval {id}: no decision recorded (the session ended first); nothing of it ran")
+            } else {
+                format!(
+                    "approval {id}: no decision recorded yet (held now, or its agent was killed: then nothing of it ran)"
+                )
+            };
+            println!("{}", escape_controls(&line));
+        }
+    }
     if let Some(close) = mine.iter().find(|e| e.kind() == "connection_close") {
         println!("closed after {} ms: {}", close.value["duration_ms"], summary(close));
     }

@@ -105,6 +105,23 @@ fn held_statements_run_when_approved_and_are_refused_when_denied_timed_out_or_ab
         &[("held.yaml", &policy(&hook_url))],
     );
 
+    // An approver follows requests as they come.
+    let mut watch = Command::new(warden_bin())
+        .args(["approvals", "watch", "-o", "json", "--config"])
+        .arg(&agent.config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("approvals watch");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let watch_out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(watch_out).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
     // Held, then approved from the CLI: it runs, and the session goes on.
     let child = spawn_script(&agent, pg.port, "delete from accounts where id = 1;\nselect 'after-approve';\n");
     let request = wait_request(&agent, "delete from accounts");
@@ -120,6 +137,17 @@ fn held_statements_run_when_approved_and_are_refused_when_denied_timed_out_or_ab
     assert!(String::from_utf8_lossy(&table.stdout).contains("held-writes/writes"), "{table:?}");
     let approve = cli(&agent, &["approvals", "approve", &id, "--reason", "ticket 42"]);
     assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+    // The watcher saw the request, then the decision.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|v: &Value| v["event"] == "decided" && v["id"] == id.as_str()) {
+        let line = lines.recv_timeout(Duration::from_secs(10)).expect("watch lines");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            seen.push(v);
+        }
+    }
+    assert!(seen.iter().any(|v| v["event"] == "requested" && v["request"]["id"] == id.as_str()), "{seen:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
     let (out, err) = finish(child);
     assert!(out.contains("after-approve"), "{out} / {err}");
     assert!(!err.contains("ERROR"), "{err}");
