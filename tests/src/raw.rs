@@ -86,3 +86,42 @@ pub fn sqlstate(body: &[u8]) -> String {
 pub fn errors(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
     messages.iter().filter(|m| m.0 == b'E').map(|m| sqlstate(&m.1)).collect()
 }
+
+/// Parse: a statement `name` (empty: the unnamed one) of `sql`, no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    body.extend(sql.as_bytes());
+    body.extend([0, 0, 0]);
+    message(b'P', &body)
+}
+
+/// Bind: `portal` from `statement` with text parameters, text results.
+pub fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = portal.as_bytes().to_vec();
+    body.push(0);
+    body.extend(statement.as_bytes());
+    body.push(0);
+    body.extend(0u16.to_be_bytes());
+    body.extend((params.len() as u16).to_be_bytes());
+    for p in params {
+        body.extend((p.len() as i32).to_be_bytes());
+        body.extend(p.as_bytes());
+    }
+    body.extend(0u16.to_be_bytes());
+    message(b'B', &body)
+}
+
+/// Execute: every row of `portal`.
+pub fn execute(portal: &str) -> Vec<u8> {
+    let mut body = portal.as_bytes().to_vec();
+    body.extend([0, 0, 0, 0, 0]);
+    message(b'E', &body)
+}
+
+/// A simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}

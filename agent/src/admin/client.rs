@@ -99,33 +99,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")
 }
 
-/// `warden approvals list`.
-pub fn approvals_list(client: &AdminClient, output: Output) -> Result<()> {
-    let list = runtime()?.block_on(client.call(Method::GET, "/v1/approvals", None))?;
+/// A list from the API: printed as JSON lines (then `None`), or made into table rows (`row`
+/// is given each item and the time now).
+fn listed(
+    client: &AdminClient,
+    path: &str,
+    output: Output,
+    row: impl Fn(&Value, u64) -> Vec<String>,
+) -> Result<Option<Vec<Vec<String>>>> {
+    let list = runtime()?.block_on(client.call(Method::GET, path, None))?;
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
     if output == Output::Json {
-        for r in list.as_array().into_iter().flatten() {
-            println!("{r}");
+        for item in items {
+            println!("{item}");
         }
-        return Ok(());
+        return Ok(None);
     }
     let now = crate::audit::now_ms();
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                text(&r["id"]),
-                ago(now, r["created_ms"].as_u64()),
-                until(now, r["expires_ms"].as_u64()),
-                who(&r["identity"]),
-                text(&r["database"]),
-                text(&r["class"]),
-                rule(r),
-                clip(&text(&r["statement"]), 60),
-            ]
-        })
-        .collect();
+    Ok(Some(items.iter().map(|item| row(item, now)).collect()))
+}
+
+/// `warden approvals list`.
+pub fn approvals_list(client: &AdminClient, output: Output) -> Result<()> {
+    let Some(rows) = listed(client, "/v1/approvals", output, |r, now| {
+        vec![
+            text(&r["id"]),
+            ago(now, r["created_ms"].as_u64()),
+            until(now, r["expires_ms"].as_u64()),
+            who(&r["identity"]),
+            text(&r["database"]),
+            text(&r["class"]),
+            rule(r),
+            clip(&text(&r["statement"]), 60),
+        ]
+    })?
+    else {
+        return Ok(());
+    };
     table(&["ID", "AGE", "EXPIRES", "IDENTITY", "DATABASE", "CLASS", "RULE", "STATEMENT"], &rows);
     if rows.is_empty() {
         println!("(no statement is held)");
@@ -184,7 +194,15 @@ pub fn approvals_show(client: &AdminClient, id: &str, output: Output) -> Result<
         ("because", text(&r["reason"])),
         ("grants", text(&r["grant"])),
         ("fingerprint", text(&r["fingerprint"])),
-        ("statement", text(&r["statement"])),
+        (
+            "statement",
+            match r["statement_sha256"].as_str() {
+                Some(sha) => {
+                    format!("{} (cut: {} bytes in all, sha256 {sha})", text(&r["statement"]), r["statement_bytes"])
+                }
+                None => text(&r["statement"]),
+            },
+        ),
         ("function", text(&r["function_oid"])),
         ("text", text(&r["text"])),
     ];
@@ -283,30 +301,20 @@ pub fn approvals_watch(client: &AdminClient, output: Output) -> Result<()> {
 
 /// `warden sessions list`.
 pub fn sessions_list(client: &AdminClient, output: Output) -> Result<()> {
-    let list = runtime()?.block_on(client.call(Method::GET, "/v1/sessions", None))?;
-    if output == Output::Json {
-        for s in list.as_array().into_iter().flatten() {
-            println!("{s}");
-        }
+    let Some(rows) = listed(client, "/v1/sessions", output, |s, now| {
+        vec![
+            s["session"].to_string(),
+            ago(now, s["started_ms"].as_u64()),
+            who(&s["identity"]),
+            text(&s["database"]),
+            text(&s["db_user"]),
+            text(&s["held"]),
+            clip(&text(&s["last_statement"]), 60),
+        ]
+    })?
+    else {
         return Ok(());
-    }
-    let now = crate::audit::now_ms();
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            vec![
-                s["session"].to_string(),
-                ago(now, s["started_ms"].as_u64()),
-                who(&s["identity"]),
-                text(&s["database"]),
-                text(&s["db_user"]),
-                text(&s["held"]),
-                clip(&text(&s["last_statement"]), 60),
-            ]
-        })
-        .collect();
+    };
     table(&["SESSION", "AGE", "IDENTITY", "DATABASE", "USER", "HELD", "LAST STATEMENT"], &rows);
     if rows.is_empty() {
         println!("(no live session)");

@@ -41,6 +41,8 @@ pub use peer::Peer;
 
 /// A request body larger than this is refused (a reason is a sentence).
 const MAX_BODY: usize = 64 * 1024;
+/// A request's head, and then its body, must arrive within this.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the API serves from.
 pub struct AdminState {
@@ -140,9 +142,14 @@ pub async fn serve(listener: UnixListener, state: Arc<AdminState>) {
                 let peer = peer.clone();
                 async move { Ok::<_, Infallible>(handle(&state, &peer, allowed, req).await) }
             });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
+            // A peer that does not finish its request head in time is dropped (hyper enforces it
+            // with a timer).
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
@@ -164,9 +171,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 
 /// The optional `{"reason": "..."}` of a decision.
 async fn reason_of(req: Request<Incoming>) -> Result<Option<String>, Response<Body>> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let body = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect())
         .await
+        .map_err(|_| error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"))?
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))?
         .to_bytes();
     if body.iter().all(u8::is_ascii_whitespace) {

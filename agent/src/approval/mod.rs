@@ -137,15 +137,22 @@ pub struct Draft {
     pub params: Option<Params>,
     pub function_oid: Option<u32>,
     pub protocol: &'static str,
+    pub asked: Asked,
+    pub terms: Arc<ApprovalTerms>,
+    /// Why an approval of it grants nothing beyond it, whatever the terms say.
+    pub once_because: Option<String>,
+}
+
+/// What the analysis and the policy said of a held statement: its class, the relations it
+/// names, and the policies and rules that asked for approval, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Asked {
     pub class: String,
     pub class_reason: Option<String>,
     pub relations: Vec<String>,
     pub policy: Option<String>,
     pub rule: Option<String>,
     pub reason: String,
-    pub terms: Arc<ApprovalTerms>,
-    /// Why an approval of it grants nothing beyond it, whatever the terms say.
-    pub once_because: Option<String>,
 }
 
 /// A held statement's bind parameters as the approver sees them.
@@ -181,12 +188,8 @@ pub struct Request {
     pub protocol: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function_oid: Option<u32>,
-    pub class: String,
-    pub class_reason: Option<String>,
-    pub relations: Vec<String>,
-    pub policy: Option<String>,
-    pub rule: Option<String>,
-    pub reason: String,
+    #[serde(flatten)]
+    pub asked: Asked,
     pub timeout_s: u64,
     pub grant: String,
     #[serde(skip)]
@@ -195,6 +198,9 @@ pub struct Request {
     pub params: Option<Params>,
     #[serde(skip)]
     grant_key: GrantKey,
+    /// Whose share of the pending places it takes (`Identity::tenant_key`).
+    #[serde(skip)]
+    tenant: String,
     #[serde(skip)]
     grant_for: Option<Duration>,
     #[serde(skip)]
@@ -245,6 +251,8 @@ struct Pending {
 struct Inner {
     pending: BTreeMap<String, Pending>,
     grants: HashMap<GrantKey, (Instant, String)>,
+    /// Pending requests per tenant.
+    per_tenant: HashMap<String, usize>,
     stopping: bool,
 }
 
@@ -413,7 +421,9 @@ impl Approvals {
             role: draft.role.as_deref().map(str::to_string),
             fingerprint: fingerprint.clone(),
         };
+        let tenant = draft.identity.tenant_key();
         let request = Arc::new(Request {
+            tenant,
             id: id.clone(),
             session: draft.session,
             created_ms: now,
@@ -427,12 +437,7 @@ impl Approvals {
             fingerprint,
             protocol: draft.protocol,
             function_oid: draft.function_oid,
-            class: draft.class,
-            class_reason: draft.class_reason,
-            relations: draft.relations,
-            policy: draft.policy,
-            rule: draft.rule,
-            reason: draft.reason,
+            asked: draft.asked,
             timeout_s: draft.terms.timeout.as_secs(),
             grant,
             text: draft.text,
@@ -453,12 +458,13 @@ impl Approvals {
             if inner.pending.len() >= MAX_PENDING {
                 return Err(HoldError::Full);
             }
-            let same = request.grant_key.identity.as_str();
-            if inner.pending.values().filter(|p| p.request.grant_key.identity == same).count()
-                >= MAX_PENDING_PER_IDENTITY
-            {
+            // Counted by tenant (its `warden/identity` label, else container, else uid), as
+            // connection limits are: a label set per run does not make a new tenant.
+            let held = inner.per_tenant.entry(request.tenant.clone()).or_default();
+            if *held >= MAX_PENDING_PER_IDENTITY {
                 return Err(HoldError::IdentityFull);
             }
+            *held += 1;
             inner.pending.insert(id.clone(), Pending { request: request.clone(), tx });
             self.outstanding.fetch_add(1, Ordering::Relaxed);
         }
@@ -483,6 +489,12 @@ impl Approvals {
             let Some(pending) = inner.pending.remove(id) else {
                 return false;
             };
+            if let Some(held) = inner.per_tenant.get_mut(&pending.request.tenant) {
+                *held -= 1;
+                if *held == 0 {
+                    inner.per_tenant.remove(&pending.request.tenant);
+                }
+            }
             if let Outcome::Approved { grant_until_ms: Some(_), .. } = &outcome
                 && let Some(d) = pending.request.grant_for
             {
@@ -501,6 +513,8 @@ impl Approvals {
             session: request.session,
             request: request.id.clone(),
             database: request.database.clone(),
+            statement: request.statement.clone(),
+            fingerprint: request.fingerprint.clone(),
             outcome: outcome.clone(),
         });
         let _ = self.notices.send(Notice::Decided {
@@ -601,8 +615,8 @@ fn announcement(request: &Request) -> Vec<u8> {
          warden approvals approve {} (or deny). Expires in {}.",
         request.database,
         request.statement,
-        request.class,
-        request.rule.as_deref().or(request.policy.as_deref()).unwrap_or("policy"),
+        request.asked.class,
+        request.asked.rule.as_deref().or(request.asked.policy.as_deref()).unwrap_or("policy"),
         request.id,
         crate::policy::format_duration(Duration::from_secs(request.timeout_s)),
     );

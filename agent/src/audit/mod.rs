@@ -102,6 +102,10 @@ pub enum Event {
         session: SessionId,
         request: String,
         database: String,
+        /// What was decided on (as the request showed it): the record stands alone even where
+        /// the request's record was shed.
+        statement: String,
+        fingerprint: String,
         #[serde(flatten)]
         outcome: crate::approval::Outcome,
     },

@@ -244,7 +244,14 @@ impl FairShare {
             // A workload makes its own approval records (holding and leaving in a loop): they
             // are charged to it like its connections.
             Event::ApprovalRequested(request) => (Some(self.session_key(request.session)), Shed::Connection),
-            Event::ApprovalDecided { session, .. } => (Some(self.session_key(*session)), Shed::Connection),
+            // An approver's decision is an operator's action: never shed.
+            Event::ApprovalDecided { session, outcome, .. } => {
+                let shed = match outcome {
+                    crate::approval::Outcome::Approved { .. } | crate::approval::Outcome::Denied { .. } => Shed::Never,
+                    _ => Shed::Connection,
+                };
+                (Some(self.session_key(*session)), shed)
+            }
             Event::SessionTerminated { session, .. } => (Some(self.session_key(*session)), Shed::Never),
             Event::ConnectionRefused { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),
             Event::Ungoverned { identity, .. } | Event::RefusedNotServing { identity, .. } => {

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::SessionGovern;
 use crate::{
-    approval::{Draft, Outcome, Params},
+    approval::{Asked, Draft, Outcome, Params},
     policy::{ApprovalTerms, Grant},
     session::{
         Decision, Judgement, SqlState,
@@ -82,11 +82,21 @@ impl SessionGovern {
         if !info.text_known || info.sql.is_empty() {
             once_because = Some("the text that runs is not known".to_string());
         }
+        let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+        // A PREPARE earlier in the same message is what a later EXECUTE of it runs (as judged).
+        let mut prepared_here: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         let parts: Vec<String> = judgement
             .parts
             .iter()
             .map(|p| {
                 let raw = info.sql.get(p.span.clone()).unwrap_or(info.sql);
+                if p.described.analysis.prepares.is_some()
+                    && !p.ambiguous
+                    && let Some(crate::sql::PreparedCommand::Prepare { name, body }) =
+                        crate::sql::prepared_statement_command(raw, options)
+                {
+                    prepared_here.insert(name, body.to_string());
+                }
                 if p.effects.with(p.class).contains(Class::Unknown) {
                     // What unknown code does is in its literals (a DO body, a function's
                     // source): the same shape is not the same statement.
@@ -98,11 +108,16 @@ impl SessionGovern {
                 }
                 let mut shown = p.described.normalised.to_string();
                 if let Some(name) = &p.described.analysis.executes {
-                    match (info.prepared)(name) {
-                        Some((body, lexing)) => {
+                    let body = prepared_here.get(name).map(|body| (body.clone(), options)).or_else(|| {
+                        (info.prepared)(name).map(|(body, lexing)| {
                             let options = crate::sql::LexOptions {
                                 standard_conforming_strings: lexing.standard_conforming_strings,
                             };
+                            (body.to_string(), options)
+                        })
+                    });
+                    match body {
+                        Some((body, options)) => {
                             shown
                                 .push_str(&format!(" -- runs: {}", crate::sql::normalise_with_options(&body, options)));
                         }
@@ -164,14 +179,16 @@ impl SessionGovern {
                     let because = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
                     let why = format!("approved by {by}{because} (approval request {})", decided.id);
                     approve(&mut judgement, &why);
-                    if info.step == Step::Bind {
+                    let verdict = self.pass(info, judgement);
+                    // Only a Bind that is forwarded covers its Execute.
+                    if info.step == Step::Bind && matches!(verdict, Verdict::Allow(_)) {
                         *self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()) = Some(ApprovedBind {
                             portal: info.portal.to_vec(),
                             sql: Arc::from(info.sql),
                             why: Arc::from(why),
                         });
                     }
-                    self.pass(info, judgement)
+                    verdict
                 }
                 other => {
                     let message = other.refusal(&decided.id).unwrap_or_else(|| "warden: statement refused".into());
@@ -250,12 +267,14 @@ impl SessionGovern {
             params,
             function_oid: info.function_oid,
             protocol: info.protocol.as_str(),
-            class: part.class.as_str().to_string(),
-            class_reason: part.class_reason.as_deref().map(str::to_string),
-            relations,
-            policy: (!policies.is_empty()).then(|| policies.join(", ")),
-            rule: (!rules.is_empty()).then(|| rules.join(", ")),
-            reason: held.iter().map(|p| p.reason.to_string()).collect::<Vec<_>>().join("; "),
+            asked: Asked {
+                class: part.class.as_str().to_string(),
+                class_reason: part.class_reason.as_deref().map(str::to_string),
+                relations,
+                policy: (!policies.is_empty()).then(|| policies.join(", ")),
+                rule: (!rules.is_empty()).then(|| rules.join(", ")),
+                reason: held.iter().map(|p| p.reason.to_string()).collect::<Vec<_>>().join("; "),
+            },
             terms: Self::held_terms(&judgement),
             once_because,
         };
@@ -269,7 +288,7 @@ impl SessionGovern {
         tracing::info!(
             request = %held.request.id,
             database = %self.database,
-            rule = held.request.rule.as_deref().unwrap_or("-"),
+            rule = held.request.asked.rule.as_deref().unwrap_or("-"),
             "statement held for approval"
         );
         let slot = self.decided.clone();

@@ -67,7 +67,8 @@ pub struct StatementInfo<'a> {
     /// A SQL-level prepared statement by name (for `EXECUTE name`): its text and how it lexed.
     pub prepared: &'a PreparedLookup<'a>,
     pub protocol: QueryProtocol,
-    /// The parameters it is about to run with (extended protocol).
+    /// The parameters it is about to run with (extended protocol: a Bind's, or for an Execute
+    /// the parameters its portal was bound with).
     pub parameters: Option<Parameters<'a>>,
     /// The function a fast-path FunctionCall invokes.
     pub function_oid: Option<u32>,

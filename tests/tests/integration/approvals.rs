@@ -388,7 +388,7 @@ impl Drop for OperatorCgroup {
 /// the client sending more, and a CancelRequest cancels the hold.
 #[test]
 fn raw_pipelines_cannot_slip_past_a_hold() {
-    use testkit::raw::{Raw, errors, message, startup_packet};
+    use testkit::raw::{Raw, bind, errors, execute, message, parse, query, startup_packet};
     let pg = Postgres::start();
     pg.admin_sql("create table rawt(id int); insert into rawt select generate_series(1, 9)");
     let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: raw-holds}\nspec:\n  \
@@ -399,37 +399,6 @@ fn raw_pipelines_cannot_slip_past_a_hold() {
         &[("raw.yaml", policy)],
     );
     let addr = format!("127.0.0.1:{}", pg.port);
-    let parse = |name: &str, sql: &str| {
-        let mut body = name.as_bytes().to_vec();
-        body.push(0);
-        body.extend(sql.as_bytes());
-        body.extend([0, 0, 0]);
-        message(b'P', &body)
-    };
-    let bind = |portal: &str, statement: &str, params: &[&str]| {
-        let mut body = portal.as_bytes().to_vec();
-        body.push(0);
-        body.extend(statement.as_bytes());
-        body.push(0);
-        body.extend(0u16.to_be_bytes());
-        body.extend((params.len() as u16).to_be_bytes());
-        for p in params {
-            body.extend((p.len() as i32).to_be_bytes());
-            body.extend(p.as_bytes());
-        }
-        body.extend(0u16.to_be_bytes());
-        message(b'B', &body)
-    };
-    let execute = |portal: &str| {
-        let mut body = portal.as_bytes().to_vec();
-        body.extend([0, 0, 0, 0, 0]);
-        message(b'E', &body)
-    };
-    let query = |sql: &str| {
-        let mut body = sql.as_bytes().to_vec();
-        body.push(0);
-        message(b'Q', &body)
-    };
     let count = |id: u32| pg.admin_sql(&format!("select count(*) from rawt where id = {id}"));
     // The raw clients run in this test's own cgroup, so the approver runs in another (an
     // unlabelled one: the operator's shell).

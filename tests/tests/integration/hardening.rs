@@ -18,7 +18,7 @@ use std::{
 use serde_json::Value;
 use testkit::{
     Agent, Netns, PROXY_V4, PgOptions, Postgres, check, output, pgbench_bin, psql_argv, psql_bin,
-    raw::{Raw, errors, message, sqlstate, startup_packet},
+    raw::{Raw, errors, message, parse, sqlstate, startup_packet},
 };
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -743,13 +743,6 @@ fn a_statement_swapped_under_a_bound_sql_execute_is_refused_before_it_runs() {
         &[("everyone.yaml", policy)],
     );
     let mut raw = Raw::login(&format!("127.0.0.1:{}", pg.port));
-    let parse = |name: &str, sql: &str| {
-        let mut body = name.as_bytes().to_vec();
-        body.push(0);
-        body.extend(sql.as_bytes());
-        body.extend([0, 0, 0]);
-        message(b'P', &body)
-    };
     let mut first = parse("p", "select 1");
     first.extend(parse("x", "execute p"));
     first.extend(message(b'S', b""));

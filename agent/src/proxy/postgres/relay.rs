@@ -161,8 +161,8 @@ where
             // Both legs: what the server runs is cancelled first (it reads nothing else while a
             // statement runs), then it ends its backend on Terminate; the client is told why.
             if let Some((pid, key)) = &to_client.obs.registered {
-                let mut packet = Vec::with_capacity(16);
-                packet.extend_from_slice(&16u32.to_be_bytes());
+                let mut packet = Vec::with_capacity(12 + key.len());
+                packet.extend_from_slice(&(12 + key.len() as u32).to_be_bytes());
                 packet.extend_from_slice(&80_877_102u32.to_be_bytes());
                 packet.extend_from_slice(&pid.to_be_bytes());
                 packet.extend_from_slice(key);
@@ -524,6 +524,8 @@ impl ClientToServer<'_> {
     /// Asks the hooks about statements; everything else passes.
     fn judge(&self, msg: &Frontend<'_>, message: u64) -> Verdict {
         let hooks = &self.ctx.hooks;
+        // An Execute judged again runs with its Bind's parameters: shown with it.
+        let mut portal_bind: Option<Arc<[u8]>> = None;
         let (sql, text_known, protocol, bind, function_oid, lexing, step, portal) = {
             let st = self.lock();
             if st.phase != Phase::Ready {
@@ -562,6 +564,7 @@ impl ClientToServer<'_> {
                         // holds when it runs: SQL EXECUTE, FETCH), or was made under a policy set
                         // or session facts that changed since: judged again now.
                         Some((sql, lexing)) => {
+                            portal_bind = st.portal_bind(portal);
                             (sql, true, QueryProtocol::Extended, None, None, lexing, Step::Execute, *portal)
                         }
                         None => {
@@ -586,6 +589,9 @@ impl ClientToServer<'_> {
             let st = self.lock();
             st.statement(name.as_bytes()).filter(|p| !p.ambiguous).map(|p| (p.sql.clone(), p.lexing))
         };
+        let bind = bind.or_else(|| {
+            portal_bind.as_deref().map(|body| Parameters { message: body, decode: state::bind_parameters })
+        });
         hooks.before_statement(&StatementInfo {
             sql: &sql,
             text_known,

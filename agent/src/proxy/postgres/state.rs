@@ -213,6 +213,9 @@ pub struct ProtocolState {
     statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
     portals: HashMap<Vec<u8>, Portal>,
+    /// SQL declared a cursor in this session: a named portal's Bind is known only once the
+    /// server accepts it (the name may be a cursor's).
+    sql_cursors: bool,
     pending: VecDeque<Pending>,
     /// Server-side process id and cancel key, once the server sent them.
     pub backend_key: Option<(i32, Vec<u8>)>,
@@ -267,6 +270,7 @@ impl ProtocolState {
             copy: Copy::None,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            sql_cursors: false,
             pending: VecDeque::new(),
             backend_key: None,
             completed: 0,
@@ -513,6 +517,11 @@ impl ProtocolState {
         self.portals.get(key(portal)).filter(|p| !p.unknown).map(|p| (p.sql.clone(), p.lexing))
     }
 
+    /// The Bind message body that made `portal` (its parameters), when its text is known.
+    pub fn portal_bind(&self, portal: &[u8]) -> Option<Arc<[u8]>> {
+        self.portals.get(key(portal)).filter(|p| !p.unknown).map(|p| p.bind.clone())
+    }
+
     /// The judgement a portal's Bind carries to its Executes.
     pub fn portal_judgement(&self, portal: &[u8]) -> Option<&Arc<Judgement>> {
         self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.judgement.as_ref())
@@ -668,8 +677,11 @@ impl ProtocolState {
                         readies,
                         judgement: None,
                     };
-                    // Likewise a named portal the proxy believes exists (42P03, or accepted).
-                    let now = if !unnamed && self.portals.contains_key(portal_name) {
+                    // Likewise a named portal the proxy believes exists (42P03, or accepted), or
+                    // any named portal once SQL declared cursors (a cursor is a portal the proxy
+                    // does not track by name: a Bind onto its name fails, and an Execute of that
+                    // name runs the cursor).
+                    let now = if !unnamed && (self.sql_cursors || self.portals.contains_key(portal_name)) {
                         let unknown = Portal { sql: Arc::from(""), unknown: true, judgement: None, ..new.clone() };
                         confirm = Some((portal_name.to_vec(), new));
                         unknown
@@ -967,6 +979,9 @@ impl ProtocolState {
                 portal.unknown = true;
                 portal.judgement = None;
             }
+            if tag == b"DECLARE CURSOR" {
+                self.sql_cursors = true;
+            }
             return;
         }
         if !matches!(tag, b"PREPARE" | b"DEALLOCATE" | b"DEALLOCATE ALL" | b"DISCARD ALL") {
@@ -975,6 +990,7 @@ impl ProtocolState {
         if tag == b"DISCARD ALL" {
             self.statements.clear();
             self.portals.clear();
+            self.sql_cursors = false;
             return;
         }
         if tag == b"DEALLOCATE ALL" {
@@ -1415,6 +1431,23 @@ mod tests {
         s.on_backend(&Backend::CommandComplete { tag: b"DECLARE CURSOR" }).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
         assert!(!s.portal_judged(b"p") && s.portal_text(b"p").is_none(), "judged again, as unknown");
+    }
+
+    #[test]
+    fn after_a_sql_cursor_a_named_portal_is_judged_only_once_the_server_accepts_its_bind() {
+        let mut s = ready();
+        s.on_frontend(&F::Query(b"declare p cursor with hold for select * from secret"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"DECLARE CURSOR" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        s.on_frontend(&parse(b"x", b"select 1"), None).unwrap();
+        let b = bind("p", "x");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 1"))).unwrap();
+        // The server has not answered: the Bind may have failed onto the cursor's name.
+        assert!(!s.portal_judged(b"p") && s.portal_text(b"p").is_none());
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        assert!(s.portal_judged(b"p"), "accepted: the judgement is the portal's");
     }
 
     #[test]
