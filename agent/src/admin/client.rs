@@ -203,11 +203,13 @@ pub fn approvals_show(client: &AdminClient, id: &str, output: Output) -> Result<
                 None => text(&r["statement"]),
             },
         ),
-        ("function", text(&r["function_oid"])),
         ("text", text(&r["text"])),
     ];
     for (k, v) in fields {
         println!("{:<12} {}", format!("{k}:"), crate::audit::cli::escape_controls(&v));
+    }
+    if let Some(oid) = r["function_oid"].as_u64() {
+        println!("{:<12} fast-path call of function oid {oid}", "function:");
     }
     if r["params"]["cut"] == true {
         println!(
