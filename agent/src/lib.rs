@@ -10,6 +10,7 @@ pub mod exec;
 pub mod flow;
 pub mod govern;
 pub mod identity;
+pub mod mask;
 pub mod net;
 pub mod pg;
 pub mod policy;

@@ -132,7 +132,7 @@ impl RingError {
 /// Why a private file could not be used. Each caller turns it into its own error, which names
 /// the file and who must fix what.
 #[derive(Debug)]
-pub(super) enum PrivateFileError {
+pub(crate) enum PrivateFileError {
     Io(io::Error),
     Symlink,
     NotAFile,
@@ -161,7 +161,7 @@ fn directory_problem(dir: &Path, mode: u32, owner: u32, agent: u32) -> Option<Pr
 
 /// Creates the directory that holds `path` (mode 0700) if it is missing, and checks that no
 /// one but root or the agent can replace files in it.
-pub(super) fn private_dir(path: &Path) -> Result<(), PrivateFileError> {
+pub(crate) fn private_dir(path: &Path) -> Result<(), PrivateFileError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -180,7 +180,7 @@ pub(super) fn private_dir(path: &Path) -> Result<(), PrivateFileError> {
 /// Opens `path` with `options` (plus mode 0600 when created, and O_NOFOLLOW), refuses what is
 /// not a regular file owned by the agent, and tightens permissions open to group or others to
 /// 0600 with a warning. `what` names the file in that warning.
-pub(super) fn open_private(path: &Path, options: &mut OpenOptions, what: &str) -> Result<File, PrivateFileError> {
+pub(crate) fn open_private(path: &Path, options: &mut OpenOptions, what: &str) -> Result<File, PrivateFileError> {
     let file = match options.mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path) {
         Ok(file) => file,
         // ELOOP is what O_NOFOLLOW answers for a link (it also means a loop of links among
