@@ -3,5 +3,6 @@
 //! the safety net where a value's lineage is unknown (`detect`). Not wired into sessions yet:
 //! policies cannot name masking rules, and no result is masked.
 
+pub mod detect;
 pub mod keys;
 pub mod method;
