@@ -152,12 +152,7 @@ pub fn approvals_show(client: &AdminClient, id: &str, output: Output) -> Result<
     }
     let now = crate::audit::now_ms();
     let identity = &r["identity"];
-    let labels: Vec<String> = identity["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
+    let labels = label_pairs(identity);
     let fields = [
         ("request", text(&r["id"])),
         ("session", r["session"].to_string()),
@@ -335,17 +330,22 @@ pub fn sessions_kill(client: &AdminClient, id: u64, output: Output) -> Result<()
     Ok(())
 }
 
+/// An identity's labels as `key=value`.
+fn label_pairs(identity: &Value) -> Vec<String> {
+    identity["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect()
+}
+
 /// The identity in a few words: its `warden/identity` label, else its labels, else its process.
 fn who(identity: &Value) -> String {
     if let Some(name) = identity["labels"]["warden/identity"].as_str() {
         return name.to_string();
     }
-    let labels: Vec<String> = identity["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
+    let labels = label_pairs(identity);
     if !labels.is_empty() {
         return labels.join(",");
     }

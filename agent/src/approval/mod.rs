@@ -129,9 +129,11 @@ pub struct Draft {
     pub database: Arc<str>,
     /// The role the session acts as, when known.
     pub role: Option<Arc<str>>,
-    /// Normalised (literals as `?`): what everybody sees, and what the fingerprint hashes
-    /// (whole: it is cut only for showing).
+    /// Normalised (literals as `?`): what everybody sees (cut for showing).
     pub statement: String,
+    /// What the grant fingerprint hashes: the statement as analysis reads it (literals that
+    /// decide what it does kept) with how it was judged.
+    pub fingerprinted: String,
     /// The text as sent and its bind parameters: shown to approvers only, never announced.
     pub text: String,
     pub params: Option<Params>,
@@ -371,14 +373,20 @@ impl Approvals {
         self.webhooks.stats()
     }
 
-    /// Whether an unexpired grant lets this statement through without asking: the request id
-    /// that granted it.
-    pub fn granted(&self, identity: &Identity, database: &str, role: Option<&str>, normalised: &str) -> Option<String> {
+    /// Whether an unexpired grant lets this statement through without asking (`fingerprinted`
+    /// as in `Draft`): the request id that granted it.
+    pub fn granted(
+        &self,
+        identity: &Identity,
+        database: &str,
+        role: Option<&str>,
+        fingerprinted: &str,
+    ) -> Option<String> {
         let key = GrantKey {
             identity: identity_key(identity),
             database: database.to_string(),
             role: role.map(str::to_string),
-            fingerprint: fingerprint(normalised),
+            fingerprint: fingerprint(fingerprinted),
         };
         let mut inner = self.lock();
         match inner.grants.get(&key) {
@@ -396,7 +404,7 @@ impl Approvals {
         let now = now_ms();
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:x}", self.id_base.wrapping_add(n));
-        let fingerprint = fingerprint(&draft.statement);
+        let fingerprint = fingerprint(&draft.fingerprinted);
         let statement_bytes = draft.statement.len();
         let (statement, statement_sha256) = if statement_bytes > MAX_STATEMENT_SHOWN {
             let mut cut = MAX_STATEMENT_SHOWN;

@@ -33,6 +33,7 @@ fn draft(statement: &str, terms: ApprovalTerms) -> Draft {
         database: Arc::from("main"),
         role: Some(Arc::from("app")),
         statement: statement.into(),
+        fingerprinted: statement.into(),
         text: statement.replace('?', "1"),
         params: None,
         function_oid: None,

@@ -56,6 +56,17 @@ impl Decided {
     }
 }
 
+/// A held message as a request shows it, and as its grant fingerprint hashes it.
+struct HeldText {
+    /// Normalised, every literal as `?`: what lists, records and webhooks show.
+    shown: String,
+    /// The analysis form (literals that decide what a statement does kept), with each part's
+    /// class, effects, policy and rule.
+    fingerprinted: String,
+    /// Why an approval of it grants nothing beyond it, whatever the terms say.
+    once_because: Option<String>,
+}
+
 /// Text cut to at most `max` bytes on a character boundary, saying how much was left out.
 fn capped(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -73,11 +84,9 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 impl SessionGovern {
-    /// The text a grant's fingerprint and an announcement show: each statement normalised
-    /// (literals as `?`); what a SQL EXECUTE runs, by its body; a statement whose reading is
-    /// ambiguous, or whose text is unknown, by the hash of its raw text. Also whether the
-    /// message can be granted beyond this once (`None`), or why not.
-    fn held_text(&self, info: &StatementInfo<'_>, judgement: &Judgement) -> (String, Option<String>) {
+    /// What a request shows of a held message, and what its grant fingerprint hashes (see
+    /// `HeldText`).
+    fn held_text(&self, info: &StatementInfo<'_>, judgement: &Judgement) -> HeldText {
         let mut once_because = None;
         if !info.text_known || info.sql.is_empty() {
             once_because = Some("the text that runs is not known".to_string());
@@ -85,55 +94,74 @@ impl SessionGovern {
         let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
         // A PREPARE earlier in the same message is what a later EXECUTE of it runs (as judged).
         let mut prepared_here: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        let parts: Vec<String> = judgement
-            .parts
-            .iter()
-            .map(|p| {
-                let raw = info.sql.get(p.span.clone()).unwrap_or(info.sql);
-                if p.described.analysis.prepares.is_some()
-                    && !p.ambiguous
-                    && let Some(crate::sql::PreparedCommand::Prepare { name, body }) =
-                        crate::sql::prepared_statement_command(raw, options)
-                {
-                    prepared_here.insert(name, body.to_string());
-                }
-                if p.effects.with(p.class).contains(Class::Unknown) {
-                    // What unknown code does is in its literals (a DO body, a function's
-                    // source): the same shape is not the same statement.
-                    once_because.get_or_insert_with(|| "what it runs is not known".to_string());
-                }
-                if p.ambiguous || p.described.normalised.is_empty() {
-                    once_because.get_or_insert_with(|| "its text cannot be read unambiguously".to_string());
-                    return format!("<unreadable statement sha256:{}>", hex_sha256(raw.as_bytes()));
-                }
-                let mut shown = p.described.normalised.to_string();
-                if let Some(name) = &p.described.analysis.executes {
-                    let body = prepared_here.get(name).map(|body| (body.clone(), options)).or_else(|| {
-                        (info.prepared)(name).map(|(body, lexing)| {
-                            let options = crate::sql::LexOptions {
-                                standard_conforming_strings: lexing.standard_conforming_strings,
-                            };
-                            (body.to_string(), options)
-                        })
-                    });
-                    match body {
-                        Some((body, options)) => {
-                            shown
-                                .push_str(&format!(" -- runs: {}", crate::sql::normalise_with_options(&body, options)));
-                        }
-                        None => {
-                            shown.push_str(" -- runs: (a prepared statement the proxy did not see)");
-                            once_because.get_or_insert_with(|| "what it runs is not known".to_string());
-                        }
+        let mut shown_parts = Vec::with_capacity(judgement.parts.len());
+        let mut fingerprinted = String::new();
+        for p in &judgement.parts {
+            let raw = info.sql.get(p.span.clone()).unwrap_or(info.sql);
+            if p.described.analysis.prepares.is_some()
+                && !p.ambiguous
+                && let Some(crate::sql::PreparedCommand::Prepare { name, body }) =
+                    crate::sql::prepared_statement_command(raw, options)
+            {
+                prepared_here.insert(name, body.to_string());
+            }
+            let effects = p.effects.with(p.class);
+            if effects.contains(Class::Unknown) {
+                // What unknown code does is in its literals (a DO body, a function's source):
+                // the same shape is not the same statement.
+                once_because.get_or_insert_with(|| "what it runs is not known".to_string());
+            }
+            if effects.contains(Class::Dcl) {
+                // Which role or privilege is in a literal (SET ROLE 'x', set_config('role',..)).
+                once_because.get_or_insert_with(|| "it changes roles or privileges".to_string());
+            }
+            if p.described.analysis.fetches.is_some() {
+                once_because.get_or_insert_with(|| "a FETCH runs what its cursor holds".to_string());
+            }
+            if p.ambiguous || p.described.normalised.is_empty() {
+                once_because.get_or_insert_with(|| "its text cannot be read unambiguously".to_string());
+                let unreadable = format!("<unreadable statement sha256:{}>", hex_sha256(raw.as_bytes()));
+                fingerprinted.push_str(&unreadable);
+                shown_parts.push(unreadable);
+                continue;
+            }
+            let mut shown = p.described.normalised.to_string();
+            // The form analysis reads: literals that decide what a statement does (the setting
+            // set_config names, EXPLAIN's ANALYZE option) are kept.
+            fingerprinted.push_str(&crate::sql::normalise_for_analysis_with_options(raw, options));
+            if let Some(name) = &p.described.analysis.executes {
+                let body = prepared_here.get(name).map(|body| (body.clone(), options)).or_else(|| {
+                    (info.prepared)(name).map(|(body, lexing)| {
+                        let options =
+                            crate::sql::LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+                        (body.to_string(), options)
+                    })
+                });
+                match body {
+                    Some((body, options)) => {
+                        shown.push_str(&format!(" -- runs: {}", crate::sql::normalise_with_options(&body, options)));
+                        fingerprinted.push_str(" -- runs: ");
+                        fingerprinted.push_str(&crate::sql::normalise_for_analysis_with_options(&body, options));
+                    }
+                    None => {
+                        shown.push_str(" -- runs: (a prepared statement the proxy did not see)");
+                        once_because.get_or_insert_with(|| "what it runs is not known".to_string());
                     }
                 }
-                if p.described.analysis.fetches.is_some() {
-                    once_because.get_or_insert_with(|| "a FETCH runs what its cursor holds".to_string());
-                }
-                shown
-            })
-            .collect();
-        (parts.join("; "), once_because)
+            }
+            // And how it was judged: a grant covers the same effects asked about by the same
+            // rule, nothing that judges differently.
+            let classes: Vec<&str> = effects.iter().map(Class::as_str).collect();
+            fingerprinted.push_str(&format!(
+                "\n-- {} [{}] {}/{}\n",
+                p.class.as_str(),
+                classes.join(","),
+                p.policy.as_deref().unwrap_or("-"),
+                p.rule.as_deref().unwrap_or("-")
+            ));
+            shown_parts.push(shown);
+        }
+        HeldText { shown: shown_parts.join("; "), fingerprinted, once_because }
     }
 
     /// The terms of a message with several held statements: the strictest of each (the
@@ -221,9 +249,13 @@ impl SessionGovern {
         if let deny @ Verdict::Deny { .. } = self.next.before_statement(info) {
             return deny;
         }
-        let (statement, once_because) = self.held_text(info, &judgement);
-        if once_because.is_none()
-            && let Some(id) = approvals.granted(&origin.identity, &self.database, judgement.role.as_deref(), &statement)
+        let text = self.held_text(info, &judgement);
+        let terms = Self::held_terms(&judgement);
+        // Only where the rules in force still grant (a reload to `grant: once` ends grants).
+        if text.once_because.is_none()
+            && matches!(terms.grant, Grant::For(_))
+            && let Some(id) =
+                approvals.granted(&origin.identity, &self.database, judgement.role.as_deref(), &text.fingerprinted)
         {
             approve(&mut judgement, &format!("approved by the grant of approval request {id}"));
             return Verdict::Allow(Some(Arc::new(judgement)));
@@ -262,7 +294,8 @@ impl SessionGovern {
             identity: origin.identity.clone(),
             database: self.database.clone(),
             role: judgement.role.clone(),
-            statement,
+            statement: text.shown,
+            fingerprinted: text.fingerprinted,
             text: capped(info.sql, MAX_HELD_TEXT),
             params,
             function_oid: info.function_oid,
@@ -275,8 +308,8 @@ impl SessionGovern {
                 rule: (!rules.is_empty()).then(|| rules.join(", ")),
                 reason: held.iter().map(|p| p.reason.to_string()).collect::<Vec<_>>().join("; "),
             },
-            terms: Self::held_terms(&judgement),
-            once_because,
+            terms,
+            once_because: text.once_because,
         };
         let held = match approvals.hold(draft) {
             Ok(held) => held,
@@ -291,6 +324,22 @@ impl SessionGovern {
             rule = held.request.asked.rule.as_deref().unwrap_or("-"),
             "statement held for approval"
         );
+        // A text long enough to have been described on the blocking pool is judged again from
+        // the same description after the decision (not described again, not held again).
+        if info.sql.len() > super::DESCRIBE_INLINE_MAX {
+            let parts: Arc<[super::describe::DescribedPart]> = judgement
+                .parts
+                .iter()
+                .map(|p| super::describe::DescribedPart {
+                    span: p.span.clone(),
+                    described: p.described.clone(),
+                    ambiguous: p.ambiguous,
+                })
+                .collect();
+            let simple = info.protocol == crate::session::QueryProtocol::Simple;
+            *self.described.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Arc::from(info.sql), info.lexing, simple, parts));
+        }
         let slot = self.decided.clone();
         let message = info.message;
         Verdict::Hold(Box::pin(async move {

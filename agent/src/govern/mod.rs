@@ -922,4 +922,83 @@ mod tests {
         };
         assert!(message.contains("statement 2 of 2"), "{message}");
     }
+
+    /// A session whose holds wait in a real registry, and that registry.
+    fn held_session(policy: &str) -> (SessionGovern, Arc<Approvals>) {
+        let dir = std::env::temp_dir().join(format!("warden-govern-holds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = crate::config::AuditConfig {
+            path: dir.join(format!("{}.ring", policy.len())),
+            ring_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (audit, _writer) = crate::audit::AuditLog::open(&config).unwrap();
+        let approvals = Approvals::new(audit, crate::approval::webhook::Webhooks::disabled());
+        let set = PolicySet::from_sources(&[("p.yaml".into(), policy.to_string())]).expect("policy");
+        let governor = Arc::new(Governor::new(set).with_approvals(approvals.clone()));
+        let identity = Identity::from_facts(&crate::flow::KernelFacts {
+            pid: 1,
+            tid: 1,
+            uid: 1000,
+            gid: 1000,
+            comm: "psql".into(),
+            cgroup_id: crate::cgroup::CgroupId(9),
+            netns_cookie: 1,
+        });
+        let origin = Origin { session: SessionId(1), identity: Arc::new(identity) };
+        let s = governor.session(BTreeMap::new(), "main", Some(origin), Arc::new(AllowAll));
+        s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
+        (s, approvals)
+    }
+
+    /// Holds message `message`, approves it as root, and returns the verdict it then gets.
+    async fn approve_held(s: &SessionGovern, approvals: &Approvals, sql: &str, message: u64) -> bool {
+        let none = |_: &str| None;
+        let mut i = info(sql, QueryProtocol::Simple, &none);
+        i.message = message;
+        let Verdict::Hold(decision) = s.before_statement(&i) else { return false };
+        let id = approvals.pending()[0].id.clone();
+        let root = crate::approval::Approver { uid: 0, user: None, pid: None, exe: None };
+        approvals.decide(&id, root, true, None).unwrap();
+        assert!(matches!(decision.await, Verdict::AskAgain));
+        matches!(s.before_statement(&i), Verdict::Allow(_))
+    }
+
+    fn verdict_of(s: &SessionGovern, sql: &str, message: u64) -> &'static str {
+        let none = |_: &str| None;
+        let mut i = info(sql, QueryProtocol::Simple, &none);
+        i.message = message;
+        match s.before_statement(&i) {
+            Verdict::Allow(_) => "allow",
+            Verdict::Hold(_) => "hold",
+            _ => "deny",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_covers_the_same_statement_only_not_one_whose_literals_change_what_it_does() {
+        let (s, approvals) = held_session(
+            "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  \
+             approval: {grant: 1h}\n  default: require_approval\n",
+        );
+        assert!(approve_held(&s, &approvals, "select set_config('work_mem', '1MB', false)", 1).await);
+        assert_eq!(verdict_of(&s, "select set_config('work_mem', '64MB', false)", 2), "allow", "granted: same shape");
+        assert_eq!(
+            verdict_of(&s, "select set_config('role', 'postgres', false)", 3),
+            "hold",
+            "the setting named decides what it does"
+        );
+        assert!(approve_held(&s, &approvals, "explain (analyze 0) delete from t", 4).await);
+        assert_eq!(verdict_of(&s, "explain (analyze 1) delete from t", 5), "hold", "ANALYZE 1 runs the DELETE");
+    }
+
+    #[tokio::test]
+    async fn role_changes_are_approved_once_whatever_the_terms() {
+        let (s, approvals) = held_session(
+            "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  \
+             approval: {grant: 1h}\n  default: require_approval\n",
+        );
+        assert!(approve_held(&s, &approvals, "set role app_reader", 1).await);
+        assert_eq!(verdict_of(&s, "set role app_reader", 2), "hold");
+    }
 }

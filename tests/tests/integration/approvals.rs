@@ -460,6 +460,14 @@ fn raw_pipelines_cannot_slip_past_a_hold() {
     assert!(answer.iter().any(|(tag, body)| *tag == b'D' && body.ends_with(b"next")), "{answer:?}");
     assert_eq!(count(10), "1");
 
+    // A text long enough to be described off the proxy's workers is held, approved, and run
+    // (judged again from its description, not described and held again).
+    let long = format!("insert into rawt values (11) /* {} */", "x".repeat(20_000));
+    raw.send(&query(&long));
+    decide("insert into rawt values (?)", "approve");
+    assert!(errors(&raw.until_ready()).is_empty());
+    assert_eq!(count(11), "1");
+
     // A CancelRequest from the client cancels its held statement: refused, never run later.
     let mut held = Raw::connect(&addr);
     held.send(&startup_packet(&[("user", "postgres"), ("database", "postgres")]));
