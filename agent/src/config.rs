@@ -632,6 +632,16 @@ struct RawConfig {
     policies: Vec<PathBuf>,
     #[serde(default)]
     admin: RawAdminConfig,
+    #[serde(default)]
+    masking: RawMaskingConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaskingConfig {
+    /// Where the masking keys live (`mask-N.key`, root-only): default `keys/` beside the
+    /// audit ring (persistent, unlike the state directory).
+    keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -684,6 +694,8 @@ pub struct Config {
     /// path that does not exist holds no policies.
     pub policies: Vec<PathBuf>,
     pub admin: AdminConfig,
+    /// The directory of the masking keys (tokens and format-preserving masks).
+    pub mask_keys: PathBuf,
 }
 
 impl Config {
@@ -798,7 +810,12 @@ impl Config {
             socket: raw.admin.socket.unwrap_or_else(|| raw.state_dir.join("admin.sock")),
             group: raw.admin.group,
         };
+        let mask_keys = raw
+            .masking
+            .keys
+            .unwrap_or_else(|| raw.audit.path.parent().unwrap_or(Path::new("/var/lib/warden")).join("mask-keys"));
         Ok(Self {
+            mask_keys,
             path: path.to_path_buf(),
             databases: raw.databases,
             proxy: raw.proxy,

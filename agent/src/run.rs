@@ -153,7 +153,19 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         .map_err(|errors| anyhow::anyhow!("the policy set has mistakes:\n{errors}"))?;
     tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
     let approvals = crate::approval::Approvals::new(audit.clone(), crate::approval::webhook::Webhooks::start());
-    let governor = Arc::new(crate::govern::Governor::new(policies).with_approvals(approvals.clone()));
+    let mut governor = crate::govern::Governor::new(policies).with_approvals(approvals.clone());
+    // Masking keys: outside policies, root-only. Without them masking still masks, with a key
+    // that lives in memory (tokens then change when the agent restarts).
+    match crate::mask::keys::MaskKeys::load_or_create(&config.mask_keys) {
+        Ok(keys) => match keys.current() {
+            Some(key) => governor = governor.with_mask_key(key.clone()),
+            None => tracing::warn!(dir = %config.mask_keys.display(), "no masking key; tokens use an in-memory key"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "masking keys unavailable; tokens use an in-memory key until they are fixed")
+        }
+    }
+    let governor = Arc::new(governor);
     // The admin socket before serving: an agent whose API cannot be reached could hold
     // statements nobody can approve.
     let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;

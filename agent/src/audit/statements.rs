@@ -149,6 +149,7 @@ impl SessionAudit {
                 rule: None,
                 reason,
                 approval: None,
+                mask: None,
             }]
         } else {
             parts
@@ -165,6 +166,7 @@ impl SessionAudit {
                     rule: None,
                     reason: reason.clone(),
                     approval: None,
+                    mask: None,
                 })
                 .collect()
         };
@@ -261,7 +263,7 @@ impl SessionAudit {
             class_reason: judged.class_reason.clone(),
             relations,
             verdict,
-            masked: Vec::new(),
+            masked: judged.mask.as_ref().map(|m| m.masked.clone()).unwrap_or_default(),
             tags: subject.tags.clone(),
             role: subject.role.clone(),
         }
@@ -354,6 +356,7 @@ impl SessionHooks for SessionAudit {
             rule: None,
             reason: Arc::from(message.as_str()),
             approval: None,
+            mask: None,
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
@@ -459,6 +462,7 @@ mod tests {
             rule: Some(Arc::from("no-unknown")),
             reason: Arc::from("class unknown"),
             approval: None,
+            mask: None,
         };
         let v = verdict_of(&judged);
         assert_eq!(

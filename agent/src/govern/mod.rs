@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod describe;
 mod hold;
+mod masking;
 pub mod reload;
 pub(crate) mod search_path;
 
@@ -60,6 +61,8 @@ pub struct Governor {
     pub descriptions: Arc<DescriptionCache>,
     /// Where held statements wait for an approver (`None`: a hold is refused at once).
     approvals: Option<Arc<Approvals>>,
+    /// The key tokens and format-preserving masks are made with.
+    mask_key: Arc<crate::mask::keys::Key>,
 }
 
 /// Which session of which workload a judgement is for (what an approval request shows).
@@ -76,7 +79,14 @@ impl Governor {
             generations: AtomicU64::new(1),
             descriptions: Arc::new(DescriptionCache::new(4096)),
             approvals: None,
+            mask_key: Arc::new(crate::mask::keys::Key::ephemeral()),
         }
+    }
+
+    /// Masks with `key` (the current version of the host's mask keys).
+    pub fn with_mask_key(mut self, key: crate::mask::keys::Key) -> Self {
+        self.mask_key = Arc::new(key);
+        self
     }
 
     /// Held statements wait in `approvals` for a decision.
@@ -171,6 +181,8 @@ struct SessionState {
     facts_read: Option<std::time::Instant>,
     /// Moves whenever what the session knows of its database (facts, their staleness) changes.
     facts_epoch: u64,
+    /// Masking: the identity's policy, the session's context, declared cursors' plans.
+    masking: masking::SessionMasking,
 }
 
 /// How long a session's facts are trusted before they are read again at an idle point.
@@ -295,6 +307,7 @@ impl SessionGovern {
             (Facts::NotRead, _) => CatalogView::BuiltinsOnly,
         };
         let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+        let mask_policy = self.mask_policy(&snapshot.set, snapshot.generation, &selection);
         let mut narrowed = Narrowed::None;
         // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
         let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
@@ -383,6 +396,32 @@ impl SessionGovern {
                     reason: class_reason.as_deref(),
                 };
                 let mut decided = selection.decide(&snapshot.set, &facts);
+                let mut mask = None;
+                if decided.action != Action::Deny
+                    && let Some(policy) = &mask_policy
+                {
+                    match self.plan_part(
+                        policy,
+                        snapshot.generation,
+                        info,
+                        raw,
+                        part.ambiguous,
+                        &part.described,
+                        &analysis_of,
+                        &lookup,
+                    ) {
+                        Ok(plan) => mask = Some(plan),
+                        Err(why) => {
+                            decided = crate::policy::Decision {
+                                action: Action::Deny,
+                                policy: None,
+                                rule: Some(Arc::from("masking")),
+                                reason: format!("{why}; refused"),
+                                approval: None,
+                            };
+                        }
+                    }
+                }
                 if decided.action == Action::Allow && effects.contains(Class::Unknown) && selection.guards() {
                     // What a statement does cannot be known: refused for an identity whose
                     // policies refuse anything (fail closed), whatever their rules say of it.
@@ -413,6 +452,7 @@ impl SessionGovern {
                     policy: decided.policy,
                     rule: decided.rule,
                     reason: Arc::from(decided.reason),
+                    mask,
                 }
             })
             .collect();
@@ -562,10 +602,13 @@ impl SessionHooks for SessionGovern {
 
     fn wants_facts(&self) -> bool {
         let snapshot = self.governor.snapshot();
+        let without_relations = matches!(&self.lock().facts, Facts::Known(c) if c.relations.is_none());
+        // Facts read before masking applied lack the relations masking resolves through.
+        let missing_relations = without_relations && self.wants_relations();
         let mut state = self.lock();
         let unread = matches!(state.facts, Facts::NotRead);
         let old = state.facts_read.is_some_and(|t| t.elapsed() > FACTS_MAX_AGE);
-        if !(unread || old || state.facts_stale || state.catalog_stale || state.role.is_none()) {
+        if !(unread || old || state.facts_stale || state.catalog_stale || state.role.is_none() || missing_relations) {
             return false;
         }
         if state.facts_not_needed == Some(snapshot.generation) {
@@ -580,6 +623,12 @@ impl SessionHooks for SessionGovern {
             state.facts_not_needed = Some(snapshot.generation);
             false
         }
+    }
+
+    fn wants_relations(&self) -> bool {
+        let snapshot = self.governor.snapshot();
+        let subject = Subject { labels: &self.labels, database: &self.database, user: None };
+        snapshot.set.select(&subject).masking(&snapshot.set, &self.labels).is_some()
     }
 
     fn judgement_current(&self, judgement: &Judgement) -> bool {
@@ -654,6 +703,28 @@ impl SessionHooks for SessionGovern {
         self.next.wants_rows()
     }
 
+    fn filters_results(&self) -> bool {
+        self.masking_applies().is_some()
+    }
+
+    fn result_filter(
+        &self,
+        running: Option<&Running>,
+        part: usize,
+        columns: &[crate::session::ResultColumn],
+        copy: bool,
+    ) -> Option<Box<dyn crate::session::hooks::ResultFilter>> {
+        self.filter(running, part, columns, copy)
+    }
+
+    fn scrub_fields(&self, running: Option<&Running>, fields: &[(u8, &[u8])]) -> Option<Vec<(u8, Vec<u8>)>> {
+        self.scrub(running, fields)
+    }
+
+    fn scrub_notification(&self, channel: &[u8], payload: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.scrub_notify(channel, payload)
+    }
+
     fn on_forward(&self, running: &Running) {
         if let Some(judgement) = &running.judgement {
             let mut state = self.lock();
@@ -678,6 +749,13 @@ impl SessionHooks for SessionGovern {
                     state.catalog_stale = true;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
+                }
+                if let Some(plan) = &part.mask
+                    && let Some(name) = &plan.declares
+                {
+                    drop(state);
+                    self.remember_cursor(name, plan.clone());
+                    state = self.lock();
                 }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {

@@ -39,6 +39,19 @@ impl Key {
 
     /// HMAC-SHA-256 of `value` under this key, in the domain `purpose` (so a token and a
     /// format-preserving value of the same input are unrelated).
+    /// A key of random bytes that lives only in memory (version 0): tokens made with it change
+    /// when the agent restarts. For agents without a key directory, and tests.
+    pub fn ephemeral() -> Key {
+        let mut bytes = [0u8; 32];
+        use std::io::Read;
+        // /dev/urandom does not fail on Linux once the pool is initialised; a failure leaves
+        // zeros only if the device is missing, which `load_or_create` reports for real keys.
+        if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+            tracing::error!(error = %e, "cannot read /dev/urandom for an in-memory mask key");
+        }
+        Key::new(0, bytes)
+    }
+
     pub fn mac(&self, purpose: &str, value: &[u8]) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes any key length");
         mac.update(purpose.as_bytes());

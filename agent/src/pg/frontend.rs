@@ -217,6 +217,36 @@ fn decode_bind<'a>(r: &mut Reader<'a>) -> Result<Bind<'a>, DecodeError> {
     Ok(Bind { portal, statement, param_formats, param_count: nparams, params, body })
 }
 
+/// The result format codes at the end of a Bind body (`None`: a malformed body).
+pub fn bind_result_formats(body: &[u8]) -> Option<Vec<i16>> {
+    fn cstr(b: &[u8]) -> Option<&[u8]> {
+        let end = b.iter().position(|&c| c == 0)?;
+        Some(&b[end + 1..])
+    }
+    fn i16_at(b: &[u8]) -> Option<(i16, &[u8])> {
+        Some((i16::from_be_bytes(b.get(..2)?.try_into().ok()?), &b[2..]))
+    }
+    let rest = cstr(cstr(body)?)?;
+    let (nformats, mut rest) = i16_at(rest)?;
+    rest = rest.get(2 * usize::try_from(nformats).ok()?..)?;
+    let (nparams, mut rest) = i16_at(rest)?;
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len > 0 {
+            rest = rest.get(len as usize..)?;
+        }
+    }
+    let (nresults, mut rest) = i16_at(rest)?;
+    let mut out = Vec::with_capacity(usize::try_from(nresults).ok()?);
+    for _ in 0..nresults {
+        let (f, r) = i16_at(rest)?;
+        out.push(f);
+        rest = r;
+    }
+    rest.is_empty().then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@ use std::{
 
 use super::{
     Action, ApprovalTerms, Grant, Match, Policy, PolicyError, PolicyErrors, Rule,
-    pattern::{Glob, ObjectPattern},
+    masking::{Inference, MaskRule, MaskingSpec, Untraced},
+    pattern::{ColumnPattern, Glob, ObjectPattern},
     selector::{self, LabelSelector, Requirement},
     yaml::{self, Node, Pos, Value},
 };
@@ -176,7 +177,9 @@ impl<'n> Fields<'n> {
 /// "unknown field".
 fn not_yet(field: &str) -> Option<&'static str> {
     match field {
-        "columns" | "mask" => Some("column rules and masking are not supported yet"),
+        "columns" | "classifications" => {
+            Some("columns are matched by masking rules (a rule with `mask:` instead of `action:`)")
+        }
         "where" => Some("conditions on WHERE are expressed with `unscoped`"),
         _ => None,
     }
@@ -323,7 +326,7 @@ impl Cx {
         if action.is_none() {
             let mut message = format!("{path}: unknown action `{text}`; expected allow, deny or require_approval");
             if text == "mask" {
-                message.push_str(" (masking is not supported yet)");
+                message.push_str(" (a masking rule has `mask: {method: ...}` instead of `action`)");
             }
             self.error(node.pos, message);
         }
@@ -432,6 +435,8 @@ pub(crate) struct Spec {
     pub rules: Vec<Rule>,
     pub default: Action,
     pub approval: ApprovalTerms,
+    pub masks: Vec<MaskRule>,
+    pub masking: MaskingSpec,
 }
 
 /// A rule's own approval terms: what it says, over its policy's.
@@ -546,7 +551,13 @@ impl Cx {
 
 fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     let before = cx.errors.len();
-    let spec = cx.mapping(node, "spec", &["selector", "databases", "users", "rules", "default", "approval"])?;
+    let spec =
+        cx.mapping(node, "spec", &["selector", "databases", "users", "rules", "default", "approval", "masking"])?;
+    let masking = match spec.get("masking") {
+        Some(node) => compile_masking(cx, node),
+        None => Some(MaskingSpec::default()),
+    };
+    let mut masks: Vec<MaskRule> = Vec::new();
     let selector = spec
         .required(cx, "selector", " (write `selector: {}` to select every identity)")
         .and_then(|node| compile_selector(cx, node));
@@ -579,6 +590,21 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
                 let mut names: BTreeMap<&str, Pos> = BTreeMap::new();
                 for (i, item) in items.iter().enumerate() {
                     let path = format!("spec.rules[{i}]");
+                    if is_mask_rule(item) {
+                        if let Some((rule, name_node)) = compile_mask_rule(cx, item, &path, masking.as_ref()) {
+                            let name = name_node.as_str().unwrap_or_default();
+                            if let Some(first) = names.get(name) {
+                                cx.error(
+                                    name_node.pos,
+                                    format!("{path}.name: rule `{name}` is already defined at line {}", first.line),
+                                );
+                                continue;
+                            }
+                            names.insert(name, name_node.pos);
+                            masks.push(rule);
+                        }
+                        continue;
+                    }
                     if let Some((rule, name_node)) = compile_rule(cx, item, &path) {
                         let name = name_node.as_str().unwrap_or_default();
                         if let Some(first) = names.get(name) {
@@ -612,22 +638,275 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     if cx.errors.len() != before {
         return None;
     }
-    Some(Spec { selector: selector?, databases, users, rules, default: default?, approval })
+    Some(Spec { selector: selector?, databases, users, rules, default: default?, approval, masks, masking: masking? })
+}
+
+/// Whether a rule is a masking rule (it has `mask`).
+fn is_mask_rule(node: &Node) -> bool {
+    matches!(&node.value, Value::Map(pairs) if pairs.iter().any(|(k, _)| k.as_str() == Some("mask")))
+}
+
+/// `spec.masking`: classifications, what is done where masking cannot reach, detectors.
+fn compile_masking(cx: &mut Cx, node: &Node) -> Option<MaskingSpec> {
+    let before = cx.errors.len();
+    let fields =
+        cx.mapping(node, "spec.masking", &["classifications", "inference", "untraced", "detectors", "patterns"])?;
+    let mut spec = MaskingSpec::default();
+    if let Some(node) = fields.get("classifications") {
+        match &node.value {
+            Value::Map(pairs) => {
+                for (key, value) in pairs {
+                    let Some(name) = key.as_str() else {
+                        cx.error(key.pos, "spec.masking.classifications: keys must be strings");
+                        continue;
+                    };
+                    if !check_classification(name) {
+                        cx.error(
+                            key.pos,
+                            format!(
+                                "spec.masking.classifications: `{name}` is not a classification name; expected \
+                                 lower-case words joined by `.`, `_` or `-` (e.g. pii.email)"
+                            ),
+                        );
+                        continue;
+                    }
+                    let path = format!("spec.masking.classifications.{name}");
+                    let Some(items) = cx.strings(value, &path, Some("an empty list tags no column")) else {
+                        continue;
+                    };
+                    let mut patterns = Vec::new();
+                    for (i, (item, text)) in items.into_iter().enumerate() {
+                        match ColumnPattern::parse(text) {
+                            Ok(p) => patterns.push(p),
+                            Err(e) => cx.error(item.pos, format!("{path}[{i}]: {e}")),
+                        }
+                    }
+                    spec.classifications.push((name.to_string(), patterns));
+                }
+            }
+            _ => cx.type_error(
+                node,
+                "spec.masking.classifications",
+                "a mapping of classification names to column patterns",
+            ),
+        }
+    }
+    if let Some(node) = fields.get("inference")
+        && let Some(text) = cx.string(node, "spec.masking.inference")
+    {
+        match text {
+            "refuse" => spec.inference = Inference::Refuse,
+            "allow" => spec.inference = Inference::Allow,
+            other => {
+                cx.error(node.pos, format!("spec.masking.inference: `{other}`; expected refuse (the default) or allow"))
+            }
+        }
+    }
+    if let Some(node) = fields.get("untraced")
+        && let Some(text) = cx.string(node, "spec.masking.untraced")
+    {
+        match text {
+            "refuse" => spec.untraced = Untraced::Refuse,
+            "detect" => spec.untraced = Untraced::Detect,
+            other => {
+                cx.error(node.pos, format!("spec.masking.untraced: `{other}`; expected refuse (the default) or detect"))
+            }
+        }
+    }
+    let mut kinds = crate::mask::detect::Kind::BUILTIN.to_vec();
+    if let Some(node) = fields.get("detectors")
+        && let Some(items) = cx.strings(node, "spec.masking.detectors", None)
+    {
+        kinds.clear();
+        for (i, (item, text)) in items.into_iter().enumerate() {
+            match crate::mask::detect::Kind::from_name(text) {
+                Some(k) => kinds.push(k),
+                None => {
+                    let names: Vec<&str> = crate::mask::detect::Kind::BUILTIN.iter().map(|k| k.as_str()).collect();
+                    cx.error(
+                        item.pos,
+                        format!(
+                            "spec.masking.detectors[{i}]: unknown detector `{text}`; expected one of {}",
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let mut custom = Vec::new();
+    if let Some(node) = fields.get("patterns") {
+        match &node.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("spec.masking.patterns[{i}]");
+                    let Some(f) = cx.mapping(item, &path, &["name", "regex"]) else { continue };
+                    let name = f.required(cx, "name", "").and_then(|n| cx.string(n, &f.path("name")));
+                    let regex = f.required(cx, "regex", "").and_then(|n| cx.string(n, &f.path("regex")));
+                    if let (Some(name), Some(regex)) = (name, regex) {
+                        custom.push((name.to_string(), regex.to_string(), item.pos));
+                    }
+                }
+            }
+            _ => cx.type_error(node, "spec.masking.patterns", "a list of {name, regex}"),
+        }
+    }
+    let pairs: Vec<(String, String)> = custom.iter().map(|(n, r, _)| (n.clone(), r.clone())).collect();
+    match crate::mask::detect::Detectors::new(&kinds, &pairs) {
+        Ok(d) => spec.detectors = Arc::new(d),
+        Err(e) => cx.error(custom.first().map_or(node.pos, |c| c.2), format!("spec.masking.patterns: {e}")),
+    }
+    // Returned even with mistakes (they are reported): rules are checked against its
+    // classifications, and the spec as a whole fails.
+    let _ = before;
+    Some(spec)
+}
+
+/// `pii.email`, `payment.card`, `secret`: lower-case words joined by `.`, `_` or `-`.
+fn check_classification(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && name.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// A masking rule: `{name, match: {columns, classifications}, mask: method | {method, keep},
+/// exempt: selector}`.
+fn compile_mask_rule<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    path: &str,
+    masking: Option<&MaskingSpec>,
+) -> Option<(MaskRule, &'n Node)> {
+    let before = cx.errors.len();
+    let fields = cx.mapping(node, path, &["name", "match", "mask", "exempt"])?;
+    if let Some(key) = fields.key("mask")
+        && let Value::Map(pairs) = &node.value
+        && pairs.iter().any(|(k, _)| k.as_str() == Some("action"))
+    {
+        cx.error(key.pos, format!("{path}: a rule either masks (`mask`) or acts (`action`), not both"));
+    }
+    let name_node = fields.required(cx, "name", "");
+    if let Some(n) = name_node
+        && let Some(text) = cx.string(n, &fields.path("name"))
+        && let Err(e) = check_rule_name(text)
+    {
+        cx.error(n.pos, format!("{path}.name: {e}"));
+    }
+    let mut columns = Vec::new();
+    let mut classifications = Vec::new();
+    if let Some(m) = fields.required(cx, "match", " (with `columns` or `classifications`)")
+        && let Some(mf) = cx.mapping(m, &fields.path("match"), &["columns", "classifications"])
+    {
+        if let Some(n) = mf.get("columns")
+            && let Some(items) = cx.strings(n, &mf.path("columns"), Some("an empty list masks nothing"))
+        {
+            for (i, (item, text)) in items.into_iter().enumerate() {
+                match ColumnPattern::parse(text) {
+                    Ok(p) => columns.push(p),
+                    Err(e) => cx.error(item.pos, format!("{path}.match.columns[{i}]: {e}")),
+                }
+            }
+        }
+        if let Some(n) = mf.get("classifications")
+            && let Some(items) = cx.strings(n, &mf.path("classifications"), Some("an empty list masks nothing"))
+        {
+            for (i, (item, text)) in items.into_iter().enumerate() {
+                let known = masking.is_none_or(|m| m.classifications.iter().any(|(c, _)| c == text));
+                if !known {
+                    cx.error(
+                        item.pos,
+                        format!(
+                            "{path}.match.classifications[{i}]: `{text}` is not defined; tag columns with it in \
+                             spec.masking.classifications"
+                        ),
+                    );
+                }
+                classifications.push(text.to_string());
+            }
+        }
+        if mf.get("columns").is_none() && mf.get("classifications").is_none() {
+            cx.error(m.pos, format!("{path}.match: a masking rule names `columns` or `classifications`"));
+        }
+    }
+    let method = fields.required(cx, "mask", "").and_then(|n| compile_method(cx, n, &fields.path("mask")));
+    let exempt = fields.get("exempt").and_then(|n| compile_selector_at(cx, n, &fields.path("exempt")));
+    if cx.errors.len() != before {
+        return None;
+    }
+    let name_node = name_node?;
+    Some((
+        MaskRule {
+            name: Arc::from(name_node.as_str()?),
+            columns,
+            classifications,
+            method: method?,
+            exempt,
+        },
+        name_node,
+    ))
+}
+
+/// `redact`, or `{method: partial, keep: 4}`.
+fn compile_method(cx: &mut Cx, node: &Node, path: &str) -> Option<crate::mask::method::Method> {
+    use crate::mask::method::Method;
+    let (name, keep, at) = match &node.value {
+        Value::Map(_) => {
+            let f = cx.mapping(node, path, &["method", "keep"])?;
+            let m = f.required(cx, "method", " (redact, partial, token, format_preserving or null)")?;
+            let name = cx.string(m, &f.path("method"))?;
+            let keep = match f.get("keep") {
+                Some(k) => match k.scalar_text().and_then(|t| t.parse::<u8>().ok()) {
+                    Some(n) if (1..=32).contains(&n) => Some((n, k)),
+                    _ => {
+                        cx.error(k.pos, format!("{path}.keep: expected a number of characters from 1 to 32"));
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            (name, keep, m)
+        }
+        _ => (cx.string(node, path)?, None, node),
+    };
+    let method = match name {
+        "redact" => Method::Redact,
+        "partial" => Method::Partial { keep_last: keep.map_or(4, |(n, _)| n) },
+        "token" => Method::Token,
+        "format_preserving" => Method::FormatPreserving,
+        "null" => Method::Null,
+        other => {
+            cx.error(
+                at.pos,
+                format!("{path}: unknown method `{other}`; expected redact, partial, token, format_preserving or null"),
+            );
+            return None;
+        }
+    };
+    if let (Some((_, k)), false) = (keep, matches!(method, Method::Partial { .. })) {
+        cx.error(k.pos, format!("{path}.keep: only the partial method keeps characters"));
+        return None;
+    }
+    Some(method)
 }
 
 fn compile_selector(cx: &mut Cx, node: &Node) -> Option<LabelSelector> {
-    let fields = cx.mapping(node, "spec.selector", &["matchLabels", "matchExpressions"])?;
+    compile_selector_at(cx, node, "spec.selector")
+}
+
+fn compile_selector_at(cx: &mut Cx, node: &Node, path: &str) -> Option<LabelSelector> {
+    let fields = cx.mapping(node, path, &["matchLabels", "matchExpressions"])?;
     let before = cx.errors.len();
     let mut selector = LabelSelector::default();
     if let Some(node) = fields.get("matchLabels")
-        && let Some(pairs) = cx.string_map(node, "spec.selector.matchLabels")
+        && let Some(pairs) = cx.string_map(node, &format!("{path}.matchLabels"))
     {
         for (key, k, v) in pairs {
             match selector::check_label_key(k).and_then(|()| selector::check_label_value(v)) {
                 Ok(()) => {
                     selector.match_labels.insert(k.to_string(), v.to_string());
                 }
-                Err(e) => cx.error(key.pos, format!("spec.selector.matchLabels: {e}")),
+                Err(e) => cx.error(key.pos, format!("{path}.matchLabels: {e}")),
             }
         }
     }
@@ -635,13 +914,13 @@ fn compile_selector(cx: &mut Cx, node: &Node) -> Option<LabelSelector> {
         match &node.value {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let path = format!("spec.selector.matchExpressions[{i}]");
+                    let path = format!("{path}.matchExpressions[{i}]");
                     if let Some(r) = compile_requirement(cx, item, &path) {
                         selector.expressions.push(r);
                     }
                 }
             }
-            _ => cx.type_error(node, "spec.selector.matchExpressions", "a list of {key, operator, values}"),
+            _ => cx.type_error(node, &format!("{path}.matchExpressions"), "a list of {key, operator, values}"),
         }
     }
     (cx.errors.len() == before).then_some(selector)

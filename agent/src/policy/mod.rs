@@ -47,6 +47,7 @@
 mod error;
 pub mod explain;
 mod load;
+pub mod masking;
 mod pattern;
 mod selector;
 mod yaml;
@@ -441,11 +442,16 @@ pub(crate) struct Policy {
     /// What a connection of a `protocol: tcp` database gets: the first catch-all rule, else the
     /// default (index of the rule).
     pub connection: (Action, Option<usize>),
+    /// Masking rules, and what the policy does where masking cannot reach.
+    pub masks: Vec<masking::MaskRule>,
+    pub masking: masking::MaskingSpec,
 }
 
 impl Policy {
     pub(crate) fn new(name: Arc<str>, file: Arc<Path>, line: u32, spec: load::Spec) -> Policy {
-        let guards = spec.default != Action::Allow || spec.rules.iter().any(|r| r.action != Action::Allow);
+        let guards = spec.default != Action::Allow
+            || spec.rules.iter().any(|r| r.action != Action::Allow)
+            || !spec.masks.is_empty();
         let connection = match spec.rules.iter().position(|r| r.matcher.is_catch_all()) {
             Some(i) => (spec.rules[i].action, Some(i)),
             None => (spec.default, None),
@@ -476,6 +482,8 @@ impl Policy {
             terms,
             guards,
             connection,
+            masks: spec.masks,
+            masking: spec.masking,
         }
     }
 
@@ -665,6 +673,21 @@ impl Selection {
             Some((policy, action, rule)) => policy.decision(action, rule, |r| r.describe(facts)),
             None => unselected(),
         }
+    }
+
+    /// The masking the selected policies give an identity with `labels` (`None`: no selected
+    /// policy masks anything).
+    pub fn masking(&self, set: &PolicySet, labels: &BTreeMap<String, String>) -> Option<masking::MaskPolicy> {
+        if set.id != self.set {
+            return None;
+        }
+        masking::MaskPolicy::build(
+            self.policies.iter().map(|i| {
+                let p = &set.policies[*i as usize];
+                (&p.name, p.masks.as_slice(), &p.masking)
+            }),
+            labels,
+        )
     }
 
     /// Each selected policy's own decision, in order (for `warden policy explain`).

@@ -158,6 +158,39 @@ impl ObjectPattern {
     }
 }
 
+/// A `schema.table.column` pattern of a masking rule or classification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ColumnPattern {
+    pub text: String,
+    pub schema: Glob,
+    pub table: Glob,
+    pub column: Glob,
+}
+
+impl ColumnPattern {
+    /// Parses `schema.table.column` (each part a glob, or quoted and literal).
+    pub fn parse(text: &str) -> Result<ColumnPattern, String> {
+        let parts = split_parts(text)?;
+        match parts.as_slice() {
+            [schema, table, column] => Ok(ColumnPattern {
+                text: text.to_string(),
+                schema: schema.glob(),
+                table: table.glob(),
+                column: column.glob(),
+            }),
+            _ => Err(format!(
+                "column pattern `{text}` has {} dot-separated parts; expected `schema.table.column`, e.g. \
+                 `crm.customers.email` or `*.*.email`",
+                parts.len()
+            )),
+        }
+    }
+
+    pub fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.schema.matches(schema) && self.table.matches(table) && self.column.matches(column)
+    }
+}
+
 /// One part of a pattern, as written.
 #[derive(Debug)]
 struct Part {

@@ -139,7 +139,7 @@ fn unknown_fields_are_reported_at_their_key_with_a_suggestion() {
             "p.yaml:8:15: spec.rules[0].match: unknown field `clas`; expected one of class, relations, functions, \
              unscoped, tags (did you mean `class`?)",
             "p.yaml:10:3: spec: unknown field `defualt`; expected one of selector, databases, users, rules, default, \
-             approval (did you mean `default`?)",
+             approval, masking (did you mean `default`?)",
         ]
     );
 }
@@ -157,7 +157,7 @@ fn every_mistake_of_every_file_in_one_pass() {
     // The second document of a.yaml (from line 8) has an empty spec.
     assert_mistake(
         &found,
-        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, approval, found nothing (null)",
+        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, approval, masking, found nothing (null)",
     );
     assert_mistake(&found, "b.yaml:5:1: YAML syntax:");
 }
@@ -357,18 +357,48 @@ fn selector_mistakes_follow_kubernetes() {
 }
 
 #[test]
-fn planned_fields_say_they_are_not_supported_yet() {
+fn columns_belong_to_masking_rules_and_an_action_rule_says_so() {
     let found = spec_mistakes(
         "  selector: {}\n  rules:\n    - {name: pii, match: {columns: [crm.customers.email]}, action: mask}\n",
     );
     assert_eq!(
         found,
         vec![
-            "p.yaml:7:27: spec.rules[0].match: `columns`: column rules and masking are not supported yet",
+            "p.yaml:7:27: spec.rules[0].match: `columns`: columns are matched by masking rules (a rule with `mask:` \
+             instead of `action:`)",
             "p.yaml:7:68: spec.rules[0].action: unknown action `mask`; expected allow, deny or require_approval \
-             (masking is not supported yet)",
+             (a masking rule has `mask: {method: ...}` instead of `action`)",
         ]
     );
+}
+
+#[test]
+fn masking_rules_and_their_mistakes() {
+    // A valid policy: classifications, methods in both forms, an exemption.
+    policy(
+        "  selector: {}\n  masking:\n    classifications: {pii.email: [\"*.*.email\"]}\n    inference: allow\n    \
+         untraced: detect\n    detectors: [pii.email, payment.card]\n    patterns: [{name: emp, regex: \"E-[0-9]{6}\"}]\n  \
+         rules:\n    - {name: e, match: {classifications: [pii.email]}, mask: {method: partial, keep: 4}, exempt: \
+         {matchLabels: {team: dpo}}}\n    - {name: c, match: {columns: [crm.customers.card]}, mask: token}\n",
+    );
+    let found = spec_mistakes(
+        "  selector: {}\n  masking:\n    inference: sometimes\n    detectors: [emails]\n  rules:\n    - {name: a, \
+         match: {columns: [customers.email]}, mask: scramble}\n    - {name: b, match: {classifications: [pii.ssn]}, \
+         mask: {method: redact, keep: 2}}\n    - {name: c, match: {}, mask: null, action: deny}\n",
+    );
+    let joined = found.join("\n");
+    for expected in [
+        "spec.masking.inference: `sometimes`; expected refuse (the default) or allow",
+        "spec.masking.detectors[0]: unknown detector `emails`",
+        "column pattern `customers.email` has 2 dot-separated parts",
+        "spec.rules[0].mask: unknown method `scramble`",
+        "spec.rules[1].match.classifications[0]: `pii.ssn` is not defined",
+        "spec.rules[1].mask.keep: only the partial method keeps characters",
+        "spec.rules[2]: a rule either masks (`mask`) or acts (`action`), not both",
+        "spec.rules[2].match: a masking rule names `columns` or `classifications`",
+    ] {
+        assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+    }
 }
 
 #[test]

@@ -13,6 +13,35 @@ pub trait ResultColumns {
     fn name(&self, index: usize) -> Option<&[u8]>;
 }
 
+/// What a value becomes on its way to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    Keep,
+    Null,
+    Value(Vec<u8>),
+}
+
+/// Rewrites the values of one result set (masking), made by the hooks when it begins.
+pub trait ResultFilter: Send + Sync {
+    /// Whether values of column `index` (from 0) may be rewritten.
+    fn rewrites(&self, index: usize) -> bool;
+    /// What a (non-NULL) value of column `index` becomes.
+    fn rewrite(&self, index: usize, value: &[u8]) -> Rewrite;
+    /// For COPY data: how its rows are laid out (`None`: not known; the text layout is assumed
+    /// for a text-format COPY).
+    fn copy_layout(&self) -> Option<CopyLayout> {
+        None
+    }
+}
+
+/// How COPY data is laid out (default options: the only ones masking rewrites).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyLayout {
+    Text,
+    Csv { header: bool },
+    Binary,
+}
+
 /// A hook's decision about a statement.
 pub enum Verdict {
     /// Forward it; the judgement (if the hooks made one) is carried with the statement to its
@@ -101,6 +130,12 @@ pub trait SessionHooks: Send + Sync {
         false
     }
 
+    /// Whether the facts must include the database's user relations and their columns (what
+    /// masking resolves result columns through).
+    fn wants_relations(&self) -> bool {
+        false
+    }
+
     /// The facts asked for, or why they could not be read.
     fn on_facts(&self, _facts: Result<SessionFacts, String>) {}
 
@@ -134,6 +169,36 @@ pub trait SessionHooks: Send + Sync {
     fn on_row_description(&self, _running: Option<&Running>, _columns: &dyn ResultColumns) {}
 
     fn on_row(&self, _running: Option<&Running>, _row: &[u8]) {}
+
+    /// Whether results may need rewriting (`result_filter`, `scrub_fields`): when false, rows
+    /// and messages pass untouched.
+    fn filters_results(&self) -> bool {
+        false
+    }
+
+    /// A result set begins (rows, or COPY data): the filter its values pass through, if any.
+    /// `part` is the statement of the message that produced it (from 0), `columns` how the
+    /// protocol describes them, `copy` whether it is COPY data.
+    fn result_filter(
+        &self,
+        _running: Option<&Running>,
+        _part: usize,
+        _columns: &[super::ResultColumn],
+        _copy: bool,
+    ) -> Option<Box<dyn ResultFilter>> {
+        None
+    }
+
+    /// The fields (code, text) of an error or notice the server sends about `running` (or
+    /// about nothing in particular): replacements, when some text must not reach the client.
+    fn scrub_fields(&self, _running: Option<&Running>, _fields: &[(u8, &[u8])]) -> Option<Vec<(u8, Vec<u8>)>> {
+        None
+    }
+
+    /// A notification's channel and payload (from any session): replacements, if needed.
+    fn scrub_notification(&self, _channel: &[u8], _payload: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
 
     /// A statement finished with this command tag (e.g. "SELECT 3", "DELETE 1").
     fn on_complete(&self, _running: Option<&Running>, _tag: &str) {}

@@ -50,6 +50,8 @@ pub struct PartJudgement {
     pub reason: Arc<str>,
     /// How a hold is decided (a `require_approval` decision).
     pub approval: Option<Arc<crate::policy::ApprovalTerms>>,
+    /// What masking does to its results (none: nothing is masked for this identity).
+    pub mask: Option<Arc<crate::mask::plan::PartMask>>,
 }
 
 /// A message's judgement: one part per statement (a simple-query string may hold many).

@@ -9,7 +9,7 @@ mod statement;
 
 pub use judgement::{Decision, Judgement, PartJudgement};
 pub use sqlstate::SqlState;
-pub use statement::{DecodeParameters, Parameters, QueryProtocol, Running};
+pub use statement::{DecodeParameters, Parameters, QueryProtocol, ResultColumn, Running};
 
 use std::sync::Arc;
 

@@ -99,6 +99,20 @@ pub struct Running {
     pub parameters: Option<(Arc<[u8]>, DecodeParameters)>,
     /// What the hooks judged it to be before it was forwarded (none: no hook judges).
     pub judgement: Option<Arc<Judgement>>,
+    /// The columns its rows have, when the protocol described them before it ran (an
+    /// extended-protocol statement described when it was prepared, with its Bind's formats).
+    pub columns: Option<Arc<[ResultColumn]>>,
+}
+
+/// One column of a result, as the protocol describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultColumn {
+    /// The table it comes from (0: none, a computed value) and its attribute number there.
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    /// Sent in binary format.
+    pub binary: bool,
 }
 
 impl Running {
@@ -118,6 +132,7 @@ impl Running {
             portal: Vec::new(),
             parameters: None,
             judgement: None,
+            columns: None,
         }
     }
 

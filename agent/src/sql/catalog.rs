@@ -62,6 +62,102 @@ pub struct Catalog {
     volatile_casts: Vec<(ObjectName, bool)>,
     /// VOLATILE built-in functions (pg_catalog) by name.
     volatile_builtins: HashSet<String>,
+    /// User relations (tables, views, partitions, foreign tables) by OID, when they were asked
+    /// for (masking needs them).
+    pub relations: Option<Relations>,
+}
+
+/// The user relations of a database: what masking resolves columns through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relations {
+    pub by_oid: HashMap<u32, RelationInfo>,
+    by_name: HashMap<ObjectName, u32>,
+    /// Symbols of every user-defined operator (any of them may run code reading tables).
+    pub operators: HashSet<String>,
+}
+
+/// One user relation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationInfo {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `relkind`: r table, p partitioned table, v view, m materialized view, f foreign table.
+    pub kind: char,
+    /// Columns in attribute order (dropped ones left out).
+    pub columns: Vec<ColumnInfo>,
+    /// Tables it inherits from (or is a partition of).
+    pub parents: Vec<u32>,
+    /// A view's definition, every relation schema-qualified.
+    pub definition: Option<String>,
+    /// It has triggers or rules (code that runs when it is written or read).
+    pub code: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub attnum: i16,
+    pub name: String,
+    pub type_oid: u32,
+    pub generated: bool,
+}
+
+impl Relations {
+    pub fn add_relation(&mut self, oid: u32, schema: &str, name: &str, kind: char, code: bool) {
+        if let Some(alias) = also_pg_temp(schema) {
+            self.by_name.insert(ObjectName::new(Some(alias), name), oid);
+        }
+        self.by_name.insert(ObjectName::new(Some(schema), name), oid);
+        self.by_oid.insert(
+            oid,
+            RelationInfo {
+                oid,
+                schema: schema.to_string(),
+                name: name.to_string(),
+                kind,
+                columns: Vec::new(),
+                parents: Vec::new(),
+                definition: None,
+                code,
+            },
+        );
+    }
+
+    /// Columns, parents and definitions name their relation by OID: one the query did not
+    /// list is ignored (it is not a user relation).
+    pub fn add_column(&mut self, relation: u32, column: ColumnInfo) {
+        if let Some(r) = self.by_oid.get_mut(&relation) {
+            let at = r.columns.partition_point(|c| c.attnum < column.attnum);
+            r.columns.insert(at, column);
+        }
+    }
+
+    pub fn add_parent(&mut self, child: u32, parent: u32) {
+        if let Some(r) = self.by_oid.get_mut(&child) {
+            r.parents.push(parent);
+        }
+    }
+
+    pub fn add_definition(&mut self, view: u32, sql: String) {
+        if let Some(r) = self.by_oid.get_mut(&view) {
+            r.definition = Some(sql);
+        }
+    }
+
+    /// The relation `schema.name`.
+    pub fn named(&self, schema: &str, name: &str) -> Option<&RelationInfo> {
+        self.by_name.get(&ObjectName::new(Some(schema), name)).and_then(|oid| self.by_oid.get(oid))
+    }
+
+    /// Every relation called `name`, in any schema.
+    pub fn all_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a RelationInfo> + 'a {
+        self.by_oid.values().filter(move |r| r.name == name)
+    }
+
+    /// Relations that inherit from `oid` (or are its partitions).
+    pub fn children(&self, oid: u32) -> impl Iterator<Item = &RelationInfo> + '_ {
+        self.by_oid.values().filter(move |r| r.parents.contains(&oid))
+    }
 }
 
 /// The session's temporary schema (`pg_temp_3`) is also named `pg_temp`.
@@ -114,6 +210,11 @@ impl Catalog {
 
     pub fn add_volatile_cast(&mut self, schema: &str, target: &str, implicit: bool) {
         self.volatile_casts.push((ObjectName::new(Some(schema), target), implicit));
+    }
+
+    /// Whether some schema has a user function called `name`.
+    pub fn has_user_function(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
     }
 
     /// User functions recorded (all schemas, overloads folded).

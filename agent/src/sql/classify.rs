@@ -243,6 +243,25 @@ fn analyse_statement(text: &str) -> Found {
     }
 }
 
+/// One statement's text parsed as the analyser parses it (literals normalised away): the
+/// syntax tree, or why there is none.
+pub(super) fn parse_statement(text: &str) -> Result<ast::Statement, String> {
+    let canonical = Canonical::of(text)?;
+    let parsed = match Parser::parse_sql(&PostgreSqlDialect {}, &canonical.text) {
+        Ok(s) => s,
+        Err(e) => match &canonical.retry {
+            Some(retry) => Parser::parse_sql(&PostgreSqlDialect {}, retry).map_err(|_| e.to_string())?,
+            None => return Err(e.to_string()),
+        },
+    };
+    let count = parsed.len();
+    let mut statements = parsed.into_iter();
+    match (statements.next(), count) {
+        (Some(statement), 1) => Ok(statement),
+        _ => Err(format!("{count} statements where one was expected")),
+    }
+}
+
 /// A statement's text as sqlparser is given it, and its significant tokens.
 struct Canonical {
     text: String,
@@ -466,7 +485,7 @@ fn cut(mut name: String) -> String {
 }
 
 /// An identifier as the server reads it: unquoted ones fold ASCII letters to lower case.
-fn ident(i: &Ident) -> String {
+pub(super) fn ident(i: &Ident) -> String {
     cut(match i.quote_style {
         None => i.value.to_ascii_lowercase(),
         Some(_) => i.value.clone(),
@@ -474,7 +493,7 @@ fn ident(i: &Ident) -> String {
 }
 
 /// A (possibly qualified) name; a database part before the schema is dropped.
-fn object_name(name: &ast::ObjectName) -> Option<ObjectName> {
+pub(super) fn object_name(name: &ast::ObjectName) -> Option<ObjectName> {
     let parts: Vec<String> = name.0.iter().map(|p| p.as_ident().map(ident)).collect::<Option<_>>()?;
     let (last, rest) = parts.split_last()?;
     Some(ObjectName { schema: rest.last().cloned(), name: last.clone() })

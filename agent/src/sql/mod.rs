@@ -10,6 +10,7 @@ mod class;
 mod classify;
 mod functions;
 mod lexer;
+pub mod lineage;
 pub use class::{Class, ClassSet, ObjectName};
 pub use classify::{Analysis, Lookup, Lookups, MAX_ANALYSED, analyse};
 
@@ -23,6 +24,17 @@ use std::{
 /// Splits a list of identifiers at `separator` as the server reads such a list (a search_path
 /// setting, a qualified name): double-quoted parts verbatim (`""` is a quote), unquoted parts
 /// folded to ASCII lower case, whitespace outside quotes dropped.
+/// Whether `name` (unqualified, normalised) is a function PostgreSQL itself defines, as far as
+/// the analyser knows.
+pub fn is_builtin_function(name: &str) -> bool {
+    functions::builtin(name).is_some()
+}
+
+/// Whether `name` is a table of PostgreSQL's system catalog.
+pub fn is_catalog_relation(name: &str) -> bool {
+    functions::is_catalog(name)
+}
+
 pub fn split_identifiers(text: &str, separator: char) -> Vec<String> {
     let mut parts = Vec::new();
     let mut current = String::new();

@@ -10,6 +10,7 @@ mod dns;
 mod governance;
 mod hardening;
 mod lexer_vs_server;
+mod masking;
 mod policy;
 mod policy_corpus;
 mod postgres_drivers;

@@ -44,7 +44,50 @@ fn hex(x: &str) -> String {
 ///
 /// Run with no statement or lock timeout of the session's (`SET LOCAL`, in the query's own
 /// implicit transaction).
-pub fn query() -> String {
+///
+/// With `relations` (masking needs them), also every user relation (`r`: schema, name, OID,
+/// relkind with `t` when it has triggers or rules), its columns (`a`: relation OID, name,
+/// attnum, type OID and generated flag), inheritance (`i`: child, parent), and in a second
+/// statement run with `search_path` set to pg_catalog (so every relation is qualified), view
+/// definitions (`v`: OID, text).
+pub fn query(relations: bool) -> String {
+    let mut q = facts_query();
+    if relations {
+        let o = FIRST_USER_OID;
+        let eq = "OPERATOR(pg_catalog.=)";
+        let kinds = "c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::pg_catalog.\"char\"[])";
+        q.push_str(&format!(
+            " UNION ALL \
+             SELECT 'r', {ns}, {rn}, c.oid::pg_catalog.text, c.relkind::pg_catalog.text OPERATOR(pg_catalog.||) \
+               (CASE WHEN c.relhastriggers OR (c.relhasrules AND c.relkind OPERATOR(pg_catalog.<>) 'v'::pg_catalog.\"char\") \
+               THEN 't'::pg_catalog.text ELSE ''::pg_catalog.text END) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
+             WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds} \
+             UNION ALL \
+             SELECT 'a', a.attrelid::pg_catalog.text, {an}, a.attnum::pg_catalog.text, \
+               a.atttypid::pg_catalog.text OPERATOR(pg_catalog.||) ','::pg_catalog.text OPERATOR(pg_catalog.||) a.attgenerated::pg_catalog.text \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid {eq} a.attrelid \
+             WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds} \
+               AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped \
+             UNION ALL \
+             SELECT 'i', i.inhrelid::pg_catalog.text, i.inhparent::pg_catalog.text, '', '' FROM pg_catalog.pg_inherits i \
+             UNION ALL \
+             SELECT DISTINCT 'O', '', {on}, '', '' FROM pg_catalog.pg_operator o WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid; \
+             SET LOCAL search_path = pg_catalog; \
+             SELECT 'v'::pg_catalog.text, c.oid::pg_catalog.text, {def}, ''::pg_catalog.text, ''::pg_catalog.text \
+             FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid \
+               AND c.relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog.\"char\"[])",
+            ns = hex("n.nspname"),
+            rn = hex("c.relname"),
+            an = hex("a.attname"),
+            on = hex("o.oprname"),
+            def = hex("pg_catalog.pg_get_viewdef(c.oid)"),
+        ));
+    }
+    q
+}
+
+fn facts_query() -> String {
     let o = FIRST_USER_OID;
     let eq = "OPERATOR(pg_catalog.=)";
     let volatility = |cond: &str| {
@@ -116,9 +159,13 @@ pub fn query() -> String {
 }
 
 /// Reads the facts from the query's rows (DataRow bodies).
-pub fn facts(rows: &[Vec<u8>]) -> Result<SessionFacts, String> {
+pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, String> {
     let mut session = None;
     let mut catalog = Catalog::default();
+    let mut relations: Option<crate::sql::catalog::Relations> = with_relations.then(Default::default);
+    let number = |v: &Option<String>, what: &str| -> Result<u32, String> {
+        v.as_deref().and_then(|t| t.parse().ok()).ok_or_else(|| format!("a row with no {what}"))
+    };
     for row in rows {
         let values = columns(row).ok_or("a malformed row")?;
         let [kind, schema, name, volatility, extra] = values.as_slice() else {
@@ -141,10 +188,47 @@ pub fn facts(rows: &[Vec<u8>]) -> Result<SessionFacts, String> {
             Some("o") => catalog.add_volatile_operator(&named(schema)?, &named(name)?),
             Some("t") => catalog.add_unsafe_type(&named(schema)?, &named(name)?),
             Some("c") => catalog.add_volatile_cast(&named(schema)?, &named(name)?, extra.as_deref() != Some("e")),
+            Some("r") => {
+                let flags = plain(extra);
+                let kind = flags.chars().next().ok_or("a relation without relkind")?;
+                relations.get_or_insert_with(Default::default).add_relation(
+                    number(volatility, "relation OID")?,
+                    &named(schema)?,
+                    &named(name)?,
+                    kind,
+                    flags.contains('t'),
+                );
+            }
+            Some("a") => {
+                let relation = number(schema, "relation OID")?;
+                let attnum: i16 =
+                    volatility.as_deref().and_then(|t| t.parse().ok()).ok_or("a column without attnum")?;
+                let extra = plain(extra);
+                let (type_oid, generated) = extra.split_once(',').ok_or("a column without type")?;
+                let column = crate::sql::catalog::ColumnInfo {
+                    attnum,
+                    name: named(name)?,
+                    type_oid: type_oid.parse().map_err(|_| "a column type that is not an OID")?,
+                    generated: !generated.is_empty(),
+                };
+                relations.get_or_insert_with(Default::default).add_column(relation, column);
+            }
+            Some("i") => {
+                let (child, parent) = (number(schema, "child OID")?, number(name, "parent OID")?);
+                relations.get_or_insert_with(Default::default).add_parent(child, parent);
+            }
+            Some("O") => {
+                relations.get_or_insert_with(Default::default).operators.insert(named(name)?);
+            }
+            Some("v") => {
+                let view = number(schema, "view OID")?;
+                relations.get_or_insert_with(Default::default).add_definition(view, named(name)?);
+            }
             other => return Err(format!("a row of unknown kind {other:?}")),
         }
     }
     let (search_path, current_user, session_user, schemas) = session.ok_or("no session row")?;
+    catalog.relations = relations;
     Ok(SessionFacts { current_user, session_user, search_path, schemas, catalog: Arc::new(catalog) })
 }
 
@@ -220,15 +304,18 @@ mod tests {
             row(&[Some("f"), Some(&app), Some(&owner), Some("1"), None]),
             row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("")]),
         ];
-        let facts = facts(&rows).expect("facts");
+        let facts = facts(&rows, false).expect("facts");
         assert_eq!(facts.current_user, "agent");
         assert_eq!(facts.session_user, "login");
         assert_eq!(facts.search_path, "\"$user\", public");
         assert_eq!(facts.schemas, ["pg_catalog", "public"]);
-        assert!(super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])]).is_err(), "not hex");
+        assert!(
+            super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])], false).is_err(),
+            "not hex"
+        );
         assert_eq!(facts.catalog.function_count(), 2);
-        assert!(super::facts(&rows[1..]).is_err(), "no session row");
-        assert!(super::facts(&[vec![0, 5, 0]]).is_err(), "truncated row");
-        assert!(super::facts(&[row(&[Some("x"), None, None, None, None])]).is_err(), "unknown kind");
+        assert!(super::facts(&rows[1..], false).is_err(), "no session row");
+        assert!(super::facts(&[vec![0, 5, 0]], false).is_err(), "truncated row");
+        assert!(super::facts(&[row(&[Some("x"), None, None, None, None])], false).is_err(), "unknown kind");
     }
 }

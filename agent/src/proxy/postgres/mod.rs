@@ -11,6 +11,7 @@ pub mod cancel;
 mod catalog;
 mod refusal;
 mod relay;
+mod rewrite;
 pub mod startup;
 pub mod state;
 pub mod stream;

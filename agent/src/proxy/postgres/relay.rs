@@ -34,8 +34,8 @@ use crate::pg::{
     text,
 };
 use crate::session::{
-    Parameters, SessionFacts, SqlState,
-    hooks::{ResultColumns, StatementInfo, Step, Verdict},
+    Parameters, ResultColumn, SessionFacts, SqlState,
+    hooks::{CopyLayout, ResultColumns, ResultFilter, Rewrite, StatementInfo, Step, Verdict},
 };
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
@@ -500,7 +500,8 @@ impl ClientToServer<'_> {
         upstream: &mut W,
     ) -> Result<Result<SessionFacts, String>, SessionError> {
         let mut bytes = Vec::new();
-        let mut body = catalog::query().into_bytes();
+        let relations = self.ctx.hooks.wants_relations();
+        let mut body = catalog::query(relations).into_bytes();
         body.push(0);
         put_message(&mut bytes, b'Q', &body);
         self.lock().on_internal_query();
@@ -511,7 +512,7 @@ impl ClientToServer<'_> {
             if let Some(answer) = self.lock().take_internal_answer() {
                 return Ok(match answer.error {
                     Some(error) => Err(format!("the server refused the facts query: {error}")),
-                    None => catalog::facts(&answer.rows),
+                    None => catalog::facts(&answer.rows, relations),
                 });
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -685,7 +686,15 @@ impl<'a> ServerToClient<'a> {
             ctx,
             state,
             bytes: 0,
-            obs: Observer { ctx, saw_fatal: false, registered: None, channel_binding_holds },
+            obs: Observer {
+                ctx,
+                saw_fatal: false,
+                registered: None,
+                channel_binding_holds,
+                filter: None,
+                copy: None,
+                filtering: false,
+            },
             buf: BytesMut::with_capacity(128 * 1024),
             streaming: 0,
             processed: 0,
@@ -738,6 +747,19 @@ impl<'a> ServerToClient<'a> {
     }
 
     async fn write_processed<W: AsyncWrite + Unpin>(&self, client: &mut W) -> io::Result<()> {
+        if self.replacements.len() > 1 {
+            // Many rewritten messages (masked rows): one write, not two per message.
+            let extra: usize = self.replacements.iter().map(|(_, _, b)| b.len()).sum();
+            let mut out = Vec::with_capacity(self.processed + extra);
+            let mut flushed = 0;
+            for (start, end, bytes) in &self.replacements {
+                out.extend_from_slice(&self.buf[flushed..*start]);
+                out.extend_from_slice(bytes);
+                flushed = *end;
+            }
+            out.extend_from_slice(&self.buf[flushed..self.processed]);
+            return client.write_all(&out).await;
+        }
         let mut flushed = 0;
         for (start, end, bytes) in &self.replacements {
             client.write_all(&self.buf[flushed..*start]).await?;
@@ -749,7 +771,8 @@ impl<'a> ServerToClient<'a> {
 
     /// Feeds every complete message in `buf` to the state machine and the hooks.
     fn process(&mut self) -> Result<(), SessionError> {
-        let wants_rows = self.ctx.hooks.wants_rows();
+        self.obs.filtering = self.ctx.hooks.filters_results();
+        let wants_rows = self.ctx.hooks.wants_rows() || self.obs.filtering;
         let mut pos = 0;
         let state = self.state;
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -848,6 +871,12 @@ struct Observer<'a> {
     registered: Option<(i32, Vec<u8>)>,
     /// Whether SCRAM -PLUS mechanisms may be offered to the client.
     channel_binding_holds: bool,
+    /// The filter of the result set being relayed (masking), with the statement it belongs to.
+    filter: Option<(u64, Box<dyn ResultFilter>)>,
+    /// COPY data being rewritten.
+    copy: Option<super::rewrite::CopyRewriter>,
+    /// The hooks filter results (asked once per batch of messages read).
+    filtering: bool,
 }
 
 impl Observer<'_> {
@@ -867,6 +896,7 @@ impl Observer<'_> {
                 BackendAction::Replace(bytes) => Some(bytes),
             });
         }
+        let replaced = if self.filtering { self.filter(st, msg) } else { None };
         match msg {
             Backend::Authentication { code: AUTH_SASL, data } => {
                 st.on_backend(msg)?;
@@ -925,8 +955,116 @@ impl Observer<'_> {
             hooks.on_not_run(&skipped);
         }
         Ok(match action {
-            BackendAction::Forward => None,
+            BackendAction::Forward => replaced,
             BackendAction::Replace(bytes) => Some(bytes),
         })
+    }
+
+    /// Masking: what the client gets instead of `msg`, if anything else (the state machine
+    /// still sees `msg` itself).
+    fn filter(&mut self, st: &ProtocolState, msg: &Backend<'_>) -> Option<Vec<u8>> {
+        let hooks = &self.ctx.hooks;
+        let running = st.running();
+        match msg {
+            Backend::RowDescription(desc) => {
+                // A statement's result set begins (a Describe's answer is not one).
+                if let Some(r) = running {
+                    let columns = state::result_columns(desc);
+                    self.filter =
+                        hooks.result_filter(Some(r), r.completed as usize, &columns, false).map(|f| (r.id, f));
+                }
+                None
+            }
+            Backend::DataRow(body) => {
+                let r = running?;
+                if self.filter.as_ref().is_none_or(|(id, _)| *id != r.id) {
+                    // An execution whose rows come without a RowDescription: the columns its
+                    // statement was described with (and its Bind's formats), or, not known,
+                    // as many columns as the row has, of unknown types.
+                    let columns: Vec<ResultColumn> = match &r.columns {
+                        Some(c) => c.to_vec(),
+                        None => {
+                            let n = crate::pg::backend::data_row_columns(body).unwrap_or(0) as usize;
+                            let binary = r
+                                .parameters
+                                .as_ref()
+                                .and_then(|(bind, _)| crate::pg::frontend::bind_result_formats(bind));
+                            (0..n)
+                                .map(|i| ResultColumn {
+                                    table_oid: 0,
+                                    attnum: 0,
+                                    type_oid: 0,
+                                    binary: binary.as_ref().is_some_and(|f| match f.len() {
+                                        0 => false,
+                                        1 => f[0] == 1,
+                                        _ => f.get(i) == Some(&1),
+                                    }),
+                                })
+                                .collect()
+                        }
+                    };
+                    self.filter =
+                        hooks.result_filter(Some(r), r.completed as usize, &columns, false).map(|f| (r.id, f));
+                    if self.filter.is_none() {
+                        // Nothing to filter for this execution: remembered as such.
+                        self.filter = Some((r.id, Box::new(PassAll)));
+                    }
+                }
+                let (_, filter) = self.filter.as_ref()?;
+                super::rewrite::data_row(body, filter.as_ref())
+            }
+            Backend::CommandComplete { .. } | Backend::EmptyQueryResponse | Backend::PortalSuspended => {
+                self.filter = None;
+                None
+            }
+            Backend::CopyResponse { tag: b'H' | b'W', binary, columns } => {
+                let r = running?;
+                let described: Vec<ResultColumn> = (0..*columns)
+                    .map(|_| ResultColumn { table_oid: 0, attnum: 0, type_oid: 0, binary: *binary })
+                    .collect();
+                self.copy = hooks.result_filter(Some(r), r.completed as usize, &described, true).map(|f| {
+                    // The data's own format decides binary; CSV only the statement can say.
+                    let layout = match (*binary, f.copy_layout()) {
+                        (true, _) => CopyLayout::Binary,
+                        (false, Some(csv @ CopyLayout::Csv { .. })) => csv,
+                        (false, _) => CopyLayout::Text,
+                    };
+                    super::rewrite::CopyRewriter::new(layout, f)
+                });
+                None
+            }
+            Backend::CopyData(data) => self.copy.as_mut().map(|c| c.data(data)),
+            Backend::CopyDone => {
+                let mut c = self.copy.take()?;
+                let mut out = c.finish();
+                out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
+                Some(out)
+            }
+            Backend::ErrorResponse { fields } | Backend::NoticeResponse { fields } => {
+                if matches!(msg, Backend::ErrorResponse { .. }) {
+                    self.filter = None;
+                    self.copy = None;
+                }
+                let tag = if matches!(msg, Backend::ErrorResponse { .. }) { b'E' } else { b'N' };
+                hooks.scrub_fields(running, fields).map(|f| super::rewrite::fields_message(tag, &f))
+            }
+            Backend::NotificationResponse { pid, channel, payload } => {
+                hooks.scrub_notification(channel, payload).map(|(c, p)| super::rewrite::notification(*pid, &c, &p))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A result set nothing is done to.
+struct PassAll;
+
+impl ResultFilter for PassAll {
+    fn rewrites(&self, _index: usize) -> bool {
+        false
+    }
+
+    fn rewrite(&self, _index: usize, _value: &[u8]) -> Rewrite {
+        Rewrite::Keep
     }
 }

@@ -28,7 +28,7 @@ pub enum Phase {
     Terminating,
 }
 
-pub use crate::session::{QueryProtocol, Running};
+pub use crate::session::{QueryProtocol, ResultColumn, Running};
 
 /// A Bind message body's parameters.
 pub fn bind_parameters(body: &[u8]) -> Vec<(Option<&[u8]>, bool)> {
@@ -36,6 +36,31 @@ pub fn bind_parameters(body: &[u8]) -> Vec<(Option<&[u8]>, bool)> {
         Ok(Frontend::Bind(bind)) => bind.params().collect(),
         _ => Vec::new(),
     }
+}
+
+/// A RowDescription's columns.
+pub fn result_columns(desc: &crate::pg::backend::RowDescription<'_>) -> Arc<[ResultColumn]> {
+    desc.fields()
+        .map(|f| ResultColumn { table_oid: f.table_oid, attnum: f.column, type_oid: f.type_oid, binary: f.format == 1 })
+        .collect()
+}
+
+/// A statement's columns with the result formats a Bind (its body) asks for; `None` when the
+/// Bind cannot be read or names formats for another number of columns.
+fn with_formats(columns: &[ResultColumn], bind: &[u8]) -> Option<Arc<[ResultColumn]>> {
+    let formats = crate::pg::frontend::bind_result_formats(bind)?;
+    let binary = |i: usize| match formats.len() {
+        0 => Some(false),
+        1 => Some(formats[0] == 1),
+        n if n == columns.len() => Some(formats[i] == 1),
+        _ => None,
+    };
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| binary(i).map(|b| ResultColumn { binary: b, ..*c }))
+        .collect::<Option<Vec<_>>>()
+        .map(Arc::from)
 }
 
 /// A portal: the statement it runs and the Bind that created it.
@@ -54,6 +79,8 @@ struct Portal {
     unknown: bool,
     /// The judgement of its Bind, carried to the Executes that run it.
     judgement: Option<Arc<Judgement>>,
+    /// Its result columns with the formats its Bind asked for, when its statement was described.
+    columns: Option<Arc<[ResultColumn]>>,
 }
 
 /// A response the server owes, in order.
@@ -76,8 +103,9 @@ enum Expect {
         /// Likewise for a named portal the proxy believed existed.
         confirm: Option<(Vec<u8>, Portal)>,
     },
-    /// ParameterDescription (statements only), then RowDescription or NoData.
-    Describe,
+    /// ParameterDescription (statements only), then RowDescription or NoData; of a statement
+    /// (`S`) or portal (`P`) by name.
+    Describe(u8, Vec<u8>),
     Close,
     /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY first).
     Execute(Running),
@@ -198,6 +226,8 @@ pub struct Prepared {
     pub lexing: Lexing,
     /// Which text the server holds under this name is not known (see `sql`).
     pub ambiguous: bool,
+    /// Its result columns, once the server described it (formats not yet chosen: text).
+    pub columns: Option<Arc<[ResultColumn]>>,
 }
 
 use crate::session::Judgement;
@@ -404,6 +434,35 @@ impl ProtocolState {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The answer to a Describe at the front: the statement's or portal's columns.
+    fn described(&mut self, columns: Arc<[ResultColumn]>) {
+        let Some(Expect::Describe(kind, name)) = self.pending.front().map(|p| &p.expect) else {
+            return;
+        };
+        match kind {
+            b'S' => {
+                if let Some(s) = self.statements.get_mut(name) {
+                    s.columns = Some(columns);
+                }
+            }
+            _ => {
+                let name = name.clone();
+                if let Some(p) = self.portals.get_mut(&name) {
+                    p.columns = Some(columns.clone());
+                }
+                // Executions of it already sent (pipelined after the Describe) learn them too.
+                for pending in self.pending.iter_mut().skip(1) {
+                    if let Expect::Execute(r) = &mut pending.expect
+                        && key(&r.portal) == name.as_slice()
+                        && r.columns.is_none()
+                    {
+                        r.columns = Some(columns.clone());
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the proxy may send a query of its own now without changing what the client's
@@ -638,6 +697,7 @@ impl ProtocolState {
                         param_types: param_types.clone(),
                         lexing: self.lexing(),
                         ambiguous: converted,
+                        columns: None,
                     };
                     let exists = self.statements.contains_key(name);
                     // A named statement the proxy believes exists: the server refuses the Parse
@@ -646,7 +706,13 @@ impl ProtocolState {
                     // name holds is not known.
                     let now = if exists && !unnamed {
                         confirm = Some((name.to_vec(), new));
-                        Prepared { sql: Arc::from(""), param_types: Vec::new(), lexing: self.lexing(), ambiguous: true }
+                        Prepared {
+                            sql: Arc::from(""),
+                            param_types: Vec::new(),
+                            lexing: self.lexing(),
+                            ambiguous: true,
+                            columns: None,
+                        }
                     } else {
                         new
                     };
@@ -662,10 +728,11 @@ impl ProtocolState {
                 let mut confirm = None;
                 if replace_error.is_none() {
                     // A statement the proxy does not know (or an ambiguous one) runs as "".
-                    let (sql, lexing, unknown) = self.statements.get(key(bind.statement)).map_or_else(
-                        || (Arc::from(""), self.lexing(), true),
-                        |s| (s.sql.clone(), s.lexing, s.ambiguous),
+                    let (sql, lexing, unknown, described) = self.statements.get(key(bind.statement)).map_or_else(
+                        || (Arc::from(""), self.lexing(), true, None),
+                        |s| (s.sql.clone(), s.lexing, s.ambiguous, s.columns.clone()),
                     );
+                    let columns = described.and_then(|c| with_formats(&c, bind.body));
                     let unknown = unknown || self.name_converted(bind.statement) || self.name_converted(portal_name);
                     let readies = self.readies_asked;
                     let new = Portal {
@@ -676,13 +743,15 @@ impl ProtocolState {
                         unknown,
                         readies,
                         judgement: None,
+                        columns,
                     };
                     // Likewise a named portal the proxy believes exists (42P03, or accepted), or
                     // any named portal once SQL declared cursors (a cursor is a portal the proxy
                     // does not track by name: a Bind onto its name fails, and an Execute of that
                     // name runs the cursor).
                     let now = if !unnamed && (self.sql_cursors || self.portals.contains_key(portal_name)) {
-                        let unknown = Portal { sql: Arc::from(""), unknown: true, judgement: None, ..new.clone() };
+                        let unknown =
+                            Portal { sql: Arc::from(""), unknown: true, judgement: None, columns: None, ..new.clone() };
                         confirm = Some((portal_name.to_vec(), new));
                         unknown
                     } else {
@@ -693,7 +762,7 @@ impl ProtocolState {
                 }
                 push_undo(self, Expect::Bind { unnamed, confirm }, replace_error, undo);
             }
-            Frontend::Describe { .. } => push(self, Expect::Describe, replace_error),
+            Frontend::Describe { kind, name } => push(self, Expect::Describe(*kind, key(name).to_vec()), replace_error),
             Frontend::Execute { portal, .. } => {
                 let (sql, bind, resumes, lexing) = match self.portals.get(key(portal)) {
                     // What it runs is not known: recorded (and judged) as a portal the proxy
@@ -703,6 +772,7 @@ impl ProtocolState {
                     None => (Arc::from(""), None, None, None),
                 };
                 let judgement = self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.judgement.clone());
+                let columns = self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.columns.clone());
                 let mut running = self.start(sql, QueryProtocol::Extended);
                 // The text was lexed when it was parsed, not now.
                 running.lexing = lexing.unwrap_or(running.lexing);
@@ -710,6 +780,7 @@ impl ProtocolState {
                 running.resumes = resumes;
                 running.portal = portal.to_vec();
                 running.judgement = judgement;
+                running.columns = columns;
                 push(self, Expect::Execute(running), replace_error);
             }
             Frontend::Close { kind, name } => {
@@ -840,14 +911,18 @@ impl ProtocolState {
                 _ => return Err(ProtocolError::Server("BindComplete nothing asked for".into())),
             },
             Backend::CloseComplete => self.complete(|e| matches!(e, Expect::Close), "CloseComplete")?,
-            Backend::NoData => self.complete(|e| matches!(e, Expect::Describe), "NoData")?,
+            Backend::NoData => {
+                self.described(Arc::from(Vec::new()));
+                self.complete(|e| matches!(e, Expect::Describe(..)), "NoData")?
+            }
             Backend::ParameterDescription { .. } => {
-                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Describe)) {
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Describe(..))) {
                     return Err(ProtocolError::Server("ParameterDescription nothing asked for".into()));
                 }
             }
-            Backend::RowDescription(_) => match self.pending.front().map(|p| &p.expect) {
-                Some(Expect::Describe) => {
+            Backend::RowDescription(desc) => match self.pending.front().map(|p| &p.expect) {
+                Some(Expect::Describe(..)) => {
+                    self.described(result_columns(desc));
                     self.pending.pop_front();
                 }
                 Some(Expect::SimpleQuery(_)) => {}
@@ -1013,8 +1088,10 @@ impl ProtocolState {
             Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
                 let sql = Arc::from(body);
                 let lexing = self.lexing();
-                self.statements
-                    .insert(name.into_bytes(), Prepared { sql, param_types: Vec::new(), lexing, ambiguous: false });
+                self.statements.insert(
+                    name.into_bytes(),
+                    Prepared { sql, param_types: Vec::new(), lexing, ambiguous: false, columns: None },
+                );
             }
             Some(crate::sql::PreparedCommand::Deallocate { name }) => {
                 self.statements.remove(name.as_bytes());
@@ -1361,6 +1438,7 @@ mod tests {
                 rule: None,
                 reason: Arc::from("test"),
                 approval: None,
+                mask: None,
             }],
             role: None,
             basis: (0, 0),

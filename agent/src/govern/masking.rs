@@ -1,0 +1,230 @@
+//! Masking in a session's judgement: the identity's masking policy, the session's masking
+//! context (its catalog as last read), each statement's plan (or why it is refused), and the
+//! filters results pass through.
+
+use std::sync::Arc;
+
+use super::{Facts, SessionGovern};
+use crate::{
+    mask::plan::{MaskContext, PartMask},
+    policy::{
+        PolicySet, Selection,
+        masking::{MaskPolicy, Untraced},
+    },
+    session::{
+        PartJudgement, ResultColumn, Running,
+        hooks::{ResultFilter, StatementInfo},
+    },
+    sql::{Described, LexOptions},
+};
+
+/// A value and the basis it was made under (policy generation, facts epoch).
+type Based<T> = Option<((u64, u64), T)>;
+
+/// Looks up a SQL-level prepared statement: its text and how it lexed.
+type Lookup<'a> = dyn Fn(&str) -> Option<(Arc<str>, crate::session::Lexing)> + 'a;
+
+/// A session's masking state.
+#[derive(Default)]
+pub(super) struct SessionMasking {
+    /// The identity's masking policy, for the policy generation and facts epoch it was made
+    /// under (the role decides which policies select it).
+    policy: Based<Option<Arc<MaskPolicy>>>,
+    /// The masking context for the same basis, or why there is none.
+    context: Based<Result<Arc<MaskContext>, Arc<str>>>,
+    /// Cursors declared by forwarded statements: the plan of what a FETCH of them returns.
+    pub cursors: std::collections::HashMap<String, Arc<PartMask>>,
+}
+
+/// Cursors remembered (beyond it, a FETCH of a forgotten cursor is untraced).
+const MAX_CURSOR_PLANS: usize = 1024;
+
+impl SessionGovern {
+    /// The masking policy of this session's identity, if any selected policy masks.
+    pub(super) fn mask_policy(
+        &self,
+        set: &PolicySet,
+        generation: u64,
+        selection: &Selection,
+    ) -> Option<Arc<MaskPolicy>> {
+        let epoch = self.lock().facts_epoch;
+        let basis = (generation, epoch);
+        if let Some((b, p)) = &self.lock().masking.policy
+            && *b == basis
+        {
+            return p.clone();
+        }
+        let policy = selection.masking(set, &self.labels).map(Arc::new);
+        self.lock().masking.policy = Some((basis, policy.clone()));
+        policy
+    }
+
+    /// The session's masking context under `policy`, or why there is none.
+    fn mask_context(&self, generation: u64, policy: &Arc<MaskPolicy>) -> Result<Arc<MaskContext>, Arc<str>> {
+        let mut state = self.lock();
+        let basis = (generation, state.facts_epoch);
+        if let Some((b, c)) = &state.masking.context
+            && *b == basis
+        {
+            return c.clone();
+        }
+        let context = match (&state.facts, state.catalog_stale) {
+            (_, true) => Err(Arc::from("the session changed definitions since its catalog was read")),
+            (Facts::Known(catalog), false) => {
+                let path = state.relation_schemas.clone();
+                MaskContext::new(policy.clone(), catalog.clone(), path, self.governor.mask_key.clone())
+                    .map(Arc::new)
+                    .map_err(Arc::from)
+            }
+            (Facts::Unavailable(why), false) => Err(why.clone()),
+            (Facts::NotRead, false) => Err(Arc::from("the session's catalog was not read yet")),
+        };
+        state.masking.context = Some((basis, context.clone()));
+        context
+    }
+
+    /// Whether masking applies to this session now (some rule masks for its identity).
+    pub(super) fn masking_applies(&self) -> Option<Arc<MaskPolicy>> {
+        let snapshot = self.governor.snapshot();
+        let selection = self.selection(&snapshot);
+        self.mask_policy(&snapshot.set, snapshot.generation, &selection).filter(|p| p.masks || !p.detectors.is_empty())
+    }
+
+    /// Plans one statement part, or says why masking refuses it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan_part(
+        &self,
+        policy: &Arc<MaskPolicy>,
+        generation: u64,
+        info: &StatementInfo<'_>,
+        raw: &str,
+        ambiguous: bool,
+        own: &Described,
+        analysis_of: &Described,
+        lookup: &Lookup<'_>,
+    ) -> Result<Arc<PartMask>, String> {
+        let context = self
+            .mask_context(generation, policy)
+            .map_err(|why| format!("masking needs the database's catalog, which is not known: {why}"))?;
+        if ambiguous {
+            return Err("its text cannot be read for certain, so what it returns cannot be masked".into());
+        }
+        if let Some(cursor) = &own.analysis.fetches {
+            let known = self.lock().masking.cursors.get(cursor).cloned();
+            return match known {
+                Some(plan) => Ok(plan),
+                None if policy.untraced == Untraced::Refuse && policy.masks => Err(format!(
+                    "fetches from cursor {cursor}, which the proxy did not see declared: what it returns cannot be traced"
+                )),
+                None => Ok(Arc::new(PartMask::untraced())),
+            };
+        }
+        let text = match &own.analysis.executes {
+            Some(name) => match lookup(name) {
+                Some((body, lexing)) => crate::sql::normalise_for_analysis_with_options(
+                    &body,
+                    LexOptions { standard_conforming_strings: lexing.standard_conforming_strings },
+                ),
+                None => {
+                    return Err(format!("EXECUTE of prepared statement {name}, which the proxy did not see prepared"));
+                }
+            },
+            None => crate::sql::normalise_for_analysis_with_options(
+                raw,
+                LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings },
+            ),
+        };
+        let text: Arc<str> = Arc::from(text);
+        context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects)
+    }
+
+    /// The filter of a result set of `running` (statement `part` of it).
+    pub(super) fn filter(
+        &self,
+        running: Option<&Running>,
+        part: usize,
+        columns: &[ResultColumn],
+        copy: bool,
+    ) -> Option<Box<dyn ResultFilter>> {
+        let policy = self.masking_applies()?;
+        let generation = self.governor.snapshot().generation;
+        let plan: Option<Arc<PartMask>> = running
+            .and_then(|r| r.judgement.as_ref())
+            .and_then(|j| j.parts.get(part.min(j.parts.len().saturating_sub(1))))
+            .and_then(|p: &PartJudgement| p.mask.clone());
+        match self.mask_context(generation, &policy) {
+            Ok(context) => context.filter(plan.as_deref(), columns, copy),
+            // No context (the catalog could not be read): every value withheld.
+            Err(_) => Some(Box::new(WithholdAll)),
+        }
+    }
+
+    /// Error and notice fields: withheld when the statement reads protected data or values of
+    /// unknown lineage (a cast error quotes the value, a unique violation its key, a CHECK
+    /// violation the whole row, RAISE anything); otherwise through the detectors.
+    pub(super) fn scrub(&self, running: Option<&Running>, fields: &[(u8, &[u8])]) -> Option<Vec<(u8, Vec<u8>)>> {
+        let policy = self.masking_applies()?;
+        let withhold = match running.and_then(|r| r.judgement.as_ref()) {
+            Some(j) => j.parts.iter().any(|p| p.mask.as_ref().is_none_or(|m| m.scrub)),
+            // Not a statement's (an asynchronous notice), or one not judged: looked at.
+            None => false,
+        };
+        let mut changed = false;
+        let mut out = Vec::with_capacity(fields.len());
+        for (code, text) in fields {
+            let quotes_values = matches!(code, b'M' | b'D' | b'H' | b'W' | b'q');
+            if !quotes_values {
+                out.push((*code, text.to_vec()));
+                continue;
+            }
+            if withhold {
+                changed = true;
+                if *code == b'M' {
+                    out.push((
+                        b'M',
+                        b"message withheld by warden: it may quote values masked for this session".to_vec(),
+                    ));
+                }
+                continue;
+            }
+            match crate::mask::plan::detect(&policy.detectors, text) {
+                Some(v) => {
+                    changed = true;
+                    out.push((*code, v));
+                }
+                None => out.push((*code, text.to_vec())),
+            }
+        }
+        changed.then_some(out)
+    }
+
+    pub(super) fn scrub_notify(&self, channel: &[u8], payload: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let policy = self.masking_applies()?;
+        let c = crate::mask::plan::detect(&policy.detectors, channel);
+        let p = crate::mask::plan::detect(&policy.detectors, payload);
+        (c.is_some() || p.is_some())
+            .then(|| (c.unwrap_or_else(|| channel.to_vec()), p.unwrap_or_else(|| payload.to_vec())))
+    }
+
+    /// A forwarded statement declared a cursor: FETCH of it returns what its plan says.
+    pub(super) fn remember_cursor(&self, name: &str, plan: Arc<PartMask>) {
+        let mut state = self.lock();
+        if state.masking.cursors.len() >= MAX_CURSOR_PLANS && !state.masking.cursors.contains_key(name) {
+            state.masking.cursors.clear();
+        }
+        state.masking.cursors.insert(name.to_string(), plan);
+    }
+}
+
+/// Withholds every value (masking applies but the session's catalog is not known).
+struct WithholdAll;
+
+impl ResultFilter for WithholdAll {
+    fn rewrites(&self, _index: usize) -> bool {
+        true
+    }
+
+    fn rewrite(&self, _index: usize, _value: &[u8]) -> crate::session::hooks::Rewrite {
+        crate::session::hooks::Rewrite::Null
+    }
+}

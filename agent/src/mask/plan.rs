@@ -1,0 +1,786 @@
+//! What masking does to one session's statements: which result columns are masked and how
+//! (a [`PartMask`], planned when the statement is judged, before it is forwarded), which
+//! statements are refused because masking cannot cover them, and the filter that rewrites
+//! values as rows stream back ([`RowMasker`]).
+//!
+//! A column is protected by what it is: its table's OID and attribute number, resolved
+//! through the session's catalog to `schema.table.column`, with the protection of the
+//! tables it inherits from (and of its partitions and children: a rule that names a partition
+//! protects the column read through its parent). Two sources decide each result column, and
+//! the stricter wins: the statement's lineage (which columns its expression reads) and the
+//! column's origin as the server describes it (RowDescription's table OID and attribute).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use crate::{
+    audit::MaskedColumn,
+    mask::{
+        detect::Detectors,
+        keys::Key,
+        method::{Masked, Method, TypeClass, mask_binary, mask_text},
+    },
+    policy::masking::{Inference, MaskChoice, MaskPolicy, Untraced, stricter},
+    session::{
+        ResultColumn,
+        hooks::{CopyLayout, ResultFilter, Rewrite},
+    },
+    sql::{
+        Class, ClassSet,
+        catalog::{Catalog, RelationInfo},
+        lineage::{self, ColKey, CopyFormat, Lineage, RelColumn, Relation, Relations, Src},
+    },
+};
+
+/// Plans remembered per session (by statement text).
+const MAX_PLANS: usize = 1024;
+/// Views nested deeper than this are not traced (their columns are of unknown lineage).
+const MAX_VIEW_DEPTH: usize = 16;
+
+/// System relations whose values quote user tables' values: column statistics (most common
+/// values, histograms) and other sessions' statement texts.
+const QUOTING_CATALOGS: &[&str] = &[
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_prepared_statements",
+    "pg_cursors",
+];
+
+/// Built-in functions that run SQL given as text or dump whole tables: what they return
+/// cannot be traced.
+const RUNS_SQL: &[&str] = &[
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "query_to_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+    "table_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xml_and_xmlschema",
+    "schema_to_xmlschema",
+    "database_to_xml",
+    "database_to_xml_and_xmlschema",
+    "database_to_xmlschema",
+    "ts_stat",
+    "pg_stat_get_activity",
+    "pg_get_backend_memory_contexts",
+];
+
+/// A view's traced columns, or why they could not be traced.
+type ViewColumns = Result<Arc<Vec<RelColumn>>, String>;
+/// A statement's plan, or why it is refused.
+type Planned = Result<Arc<PartMask>, String>;
+
+/// A protected column, for one identity.
+#[derive(Debug, Clone)]
+pub struct Protected {
+    pub choice: MaskChoice,
+    /// `schema.table.column` of the column that decided.
+    pub column: Arc<str>,
+}
+
+/// What is done to one result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnMask {
+    Clear,
+    /// Shown in the clear to an exempt identity (recorded as such).
+    Exempt {
+        column: Arc<str>,
+        policy: Arc<str>,
+        rule: Arc<str>,
+    },
+    Mask {
+        method: Method,
+        /// Computed from protected columns (not one passed through): masked as a whole.
+        computed: bool,
+        column: Arc<str>,
+        policy: Arc<str>,
+        rule: Arc<str>,
+    },
+    /// Values of unknown lineage: the detectors look at them.
+    Detect,
+}
+
+impl ColumnMask {
+    fn rank(&self) -> u8 {
+        match self {
+            ColumnMask::Clear => 0,
+            ColumnMask::Exempt { .. } => 1,
+            ColumnMask::Detect => 2,
+            ColumnMask::Mask { .. } => 3,
+        }
+    }
+
+    /// The stricter of two.
+    fn join(self, other: ColumnMask) -> ColumnMask {
+        match (self, other) {
+            (
+                ColumnMask::Mask { method: a, computed: ca, column, policy, rule },
+                ColumnMask::Mask { method: b, computed: cb, .. },
+            ) => ColumnMask::Mask { method: stricter(a, b), computed: ca || cb, column, policy, rule },
+            (a, b) => {
+                if b.rank() > a.rank() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// The method a value gets: a computed value is masked whole (a token stays a token; a
+    /// partial or format-preserving form of a computed value would show other characters).
+    fn effective(&self) -> Option<Method> {
+        match self {
+            ColumnMask::Mask { method, computed: false, .. } => Some(*method),
+            ColumnMask::Mask { method: Method::Token, .. } => Some(Method::Token),
+            ColumnMask::Mask { method: Method::Null, .. } => Some(Method::Null),
+            ColumnMask::Mask { .. } => Some(Method::Redact),
+            _ => None,
+        }
+    }
+}
+
+/// The masking plan of one statement.
+#[derive(Debug, Clone, Default)]
+pub struct PartMask {
+    /// One per output column, when the lineage is exact.
+    pub columns: Vec<ColumnMask>,
+    pub exact: bool,
+    /// The stricter of all outputs: for a result whose columns do not line up with `columns`.
+    pub all: Option<ColumnMask>,
+    /// Errors and notices of it may quote protected values: their texts are withheld.
+    pub scrub: bool,
+    pub copy: Option<(CopyFormat, bool)>,
+    /// The audit's account: which columns are masked (or exempt), by which rule and method.
+    pub masked: Vec<MaskedColumn>,
+    /// A cursor the statement declares (FETCH of it returns these columns).
+    pub declares: Option<String>,
+}
+
+impl PartMask {
+    /// A statement that reads nothing protected.
+    pub fn clear(scrub: bool) -> PartMask {
+        PartMask { exact: true, scrub, ..PartMask::default() }
+    }
+
+    /// A statement whose values cannot be traced (`untraced: detect`).
+    pub fn untraced() -> PartMask {
+        PartMask { exact: false, all: Some(ColumnMask::Detect), scrub: true, ..PartMask::default() }
+    }
+
+    fn column(&self, index: usize) -> ColumnMask {
+        match (self.exact, self.columns.get(index)) {
+            (true, Some(c)) => c.clone(),
+            _ => self.all.clone().unwrap_or(ColumnMask::Clear),
+        }
+    }
+
+    /// Whether it masks or looks at anything.
+    pub fn is_active(&self) -> bool {
+        self.scrub || self.all.is_some() || self.columns.iter().any(|c| !matches!(c, ColumnMask::Clear))
+    }
+}
+
+/// One session's masking context: the identity's masking policy over the database's catalog
+/// as the session last read it.
+pub struct MaskContext {
+    pub policy: Arc<MaskPolicy>,
+    catalog: Arc<Catalog>,
+    /// The schemas the server searches for relations (None: not known, any schema).
+    path: Option<Arc<[String]>>,
+    protect: HashMap<ColKey, Protected>,
+    /// Relations with protected columns, or whose triggers or rules run code.
+    sensitive: HashSet<u32>,
+    views: Mutex<HashMap<u32, ViewColumns>>,
+    view_depth: Mutex<usize>,
+    plans: Mutex<HashMap<Arc<str>, Planned>>,
+    key: Arc<Key>,
+}
+
+impl std::fmt::Debug for MaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MaskContext({} protected columns)", self.protect.len())
+    }
+}
+
+impl MaskContext {
+    /// Builds the context; `Err` when the catalog holds no relations (they were not read).
+    pub fn new(
+        policy: Arc<MaskPolicy>,
+        catalog: Arc<Catalog>,
+        path: Option<Arc<[String]>>,
+        key: Arc<Key>,
+    ) -> Result<MaskContext, String> {
+        let relations = catalog.relations.as_ref().ok_or("the session's relations were not read")?;
+        let mut protect = HashMap::new();
+        let mut sensitive = HashSet::new();
+        for r in relations.by_oid.values() {
+            if r.code {
+                sensitive.insert(r.oid);
+            }
+            for c in &r.columns {
+                // Its own name, then every ancestor's and descendant's column of the same name.
+                let mut best: Option<Protected> = None;
+                let mut visit = |rel: &RelationInfo| {
+                    if let Some(choice) = policy.decide(&rel.schema, &rel.name, &c.name) {
+                        let candidate =
+                            Protected { column: Arc::from(format!("{}.{}.{}", rel.schema, rel.name, c.name)), choice };
+                        best = Some(match best.take() {
+                            None => candidate,
+                            Some(b) => stronger(b, candidate),
+                        });
+                    }
+                };
+                for rel in family(relations, r) {
+                    visit(rel);
+                }
+                if let Some(p) = best {
+                    sensitive.insert(r.oid);
+                    protect.insert((r.oid, c.attnum), p);
+                }
+            }
+        }
+        Ok(MaskContext {
+            policy,
+            catalog,
+            path,
+            protect,
+            sensitive,
+            views: Mutex::new(HashMap::new()),
+            view_depth: Mutex::new(0),
+            plans: Mutex::new(HashMap::new()),
+            key,
+        })
+    }
+
+    fn relations(&self) -> &crate::sql::catalog::Relations {
+        // Checked in `new`.
+        self.catalog.relations.as_ref().expect("relations read")
+    }
+
+    /// The relations `name` may resolve to (several when the search_path is not known).
+    fn candidates(&self, schema: Option<&str>, name: &str) -> Vec<&RelationInfo> {
+        let relations = self.relations();
+        match (schema, &self.path) {
+            (Some(s), _) => relations.named(s, name).into_iter().collect(),
+            (None, Some(path)) => path
+                .iter()
+                .find_map(|s| relations.named(if s.starts_with("pg_temp_") { "pg_temp" } else { s }, name))
+                .into_iter()
+                .collect(),
+            (None, None) => relations.by_oid.values().filter(|r| r.name == name).collect(),
+        }
+    }
+
+    /// A view's columns, traced through its definition (cached).
+    fn view_columns(&self, r: &RelationInfo) -> Result<Arc<Vec<RelColumn>>, String> {
+        if let Some(done) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get(&r.oid) {
+            return done.clone();
+        }
+        let result = {
+            let mut depth = self.view_depth.lock().unwrap_or_else(|p| p.into_inner());
+            *depth += 1;
+            let deep = *depth > MAX_VIEW_DEPTH;
+            drop(depth);
+            let traced = if deep {
+                Err(format!("view {}.{} is nested too deep to trace", r.schema, r.name))
+            } else {
+                match &r.definition {
+                    Some(def) => lineage::lineage_of_text(&crate::sql::normalise_for_analysis(def), self)
+                        .map_err(|e| format!("view {}.{}: {e}", r.schema, r.name)),
+                    None => Err(format!("view {}.{} has no definition the session could read", r.schema, r.name)),
+                }
+            };
+            *self.view_depth.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            traced.map(|l: Lineage| {
+                let outputs = l.outputs.unwrap_or_default();
+                let mut columns: Vec<RelColumn> = r
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let mut src = match (l.exact, outputs.get(i)) {
+                            (true, Some((_, s))) => s.clone(),
+                            _ => {
+                                let mut all = Src::opaque();
+                                for (_, s) in &outputs {
+                                    all.add(s);
+                                }
+                                all
+                            }
+                        };
+                        if !l.opaque.is_empty() {
+                            src.opaque = true;
+                        }
+                        RelColumn { name: c.name.clone(), src, generated: false }
+                    })
+                    .collect();
+                // Conditions of a view decide which rows it shows: reading the view reads them.
+                if !l.condition.cols.is_empty() {
+                    for c in &mut columns {
+                        c.src.add(&Src { cols: l.condition.cols.clone(), computed: true, opaque: false });
+                        c.src.computed = true;
+                    }
+                }
+                Arc::new(columns)
+            })
+        };
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(r.oid, result.clone());
+        result
+    }
+
+    fn relation_columns(&self, r: &RelationInfo) -> Vec<RelColumn> {
+        match r.kind {
+            'v' | 'm' => match self.view_columns(r) {
+                Ok(c) => c.as_ref().clone(),
+                Err(_) => r
+                    .columns
+                    .iter()
+                    .map(|c| RelColumn { name: c.name.clone(), src: Src::opaque(), generated: false })
+                    .collect(),
+            },
+            _ => r
+                .columns
+                .iter()
+                .map(|c| RelColumn {
+                    name: c.name.clone(),
+                    src: Src::column((r.oid, c.attnum)),
+                    generated: c.generated,
+                })
+                .collect(),
+        }
+    }
+
+    /// The protected columns among `src`'s (exempt ones included).
+    fn protected<'s>(&'s self, src: &'s Src) -> impl Iterator<Item = &'s Protected> + 's {
+        src.cols.iter().filter_map(|k| self.protect.get(k))
+    }
+
+    fn mask_of(&self, src: &Src) -> ColumnMask {
+        let mut out = ColumnMask::Clear;
+        let several = src.cols.len() > 1;
+        for p in self.protected(src) {
+            let m = if p.choice.exempt {
+                ColumnMask::Exempt {
+                    column: p.column.clone(),
+                    policy: p.choice.policy.clone(),
+                    rule: p.choice.rule.clone(),
+                }
+            } else {
+                ColumnMask::Mask {
+                    method: p.choice.method,
+                    computed: src.computed || several,
+                    column: p.column.clone(),
+                    policy: p.choice.policy.clone(),
+                    rule: p.choice.rule.clone(),
+                }
+            };
+            out = out.join(m);
+        }
+        if src.opaque {
+            out = out.join(ColumnMask::Detect);
+        }
+        out
+    }
+
+    /// The first protected (not exempt) column of `src`, for messages.
+    fn first_masked(&self, src: &Src) -> Option<&Protected> {
+        src.cols.iter().filter_map(|k| self.protect.get(k)).find(|p| !p.choice.exempt)
+    }
+
+    /// Plans a statement: `text` as the analyser reads it (literals normalised), its analysis'
+    /// relations and effects. `Err` is why it is refused.
+    pub fn plan(
+        &self,
+        text: &Arc<str>,
+        relations: &[crate::sql::ObjectName],
+        effects: ClassSet,
+    ) -> Result<Arc<PartMask>, String> {
+        if let Some(done) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+            return done.clone();
+        }
+        let planned = self.plan_uncached(text, relations, effects).map(Arc::new);
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(text.clone(), planned.clone());
+        planned
+    }
+
+    fn plan_uncached(
+        &self,
+        text: &str,
+        relations: &[crate::sql::ObjectName],
+        effects: ClassSet,
+    ) -> Result<PartMask, String> {
+        let touched: Vec<&RelationInfo> =
+            relations.iter().flat_map(|n| self.candidates(n.schema.as_deref(), &n.name)).collect();
+        let touches_protected = touched.iter().any(|r| self.sensitive.contains(&r.oid) || self.view_is_sensitive(r));
+        let lineage = match lineage::lineage_of_text(text, self) {
+            Ok(l) => l,
+            Err(e) if touches_protected => {
+                return Err(format!("which columns it reads cannot be traced ({e}), and it names a protected table"));
+            }
+            Err(_) => return Ok(PartMask::clear(false)),
+        };
+        let policy = &self.policy;
+        // Conditions: the rows that come back tell the value.
+        if policy.inference == Inference::Refuse
+            && let Some(p) = self.first_masked(&lineage.condition)
+        {
+            return Err(format!(
+                "reads protected column {} in a condition (WHERE, JOIN, ORDER BY, GROUP BY, HAVING, DISTINCT ON, a \
+                 window or a subquery there), so which rows come back would tell its values; masking cannot cover \
+                 that (policy \"{}\" rule \"{}\"; spec.masking.inference: allow permits it)",
+                p.column, p.choice.policy, p.choice.rule
+            ));
+        }
+        if let Some(p) = self.first_masked(&lineage.copied) {
+            return Err(format!(
+                "copies protected column {} into a table, a setting or a file, where masking does not reach (policy \
+                 \"{}\" rule \"{}\")",
+                p.column, p.choice.policy, p.choice.rule
+            ));
+        }
+        let outputs = lineage.outputs.clone().unwrap_or_default();
+        let mut reads = lineage.condition.clone();
+        for (_, s) in &outputs {
+            reads.add(s);
+        }
+        let side_effects = !lineage.side_effects.is_empty()
+            || !effects.iter().all(|c| matches!(c, Class::Read | Class::Transaction | Class::Write));
+        let mut everything = reads.clone();
+        everything.add(&lineage.copied);
+        if side_effects && let Some(p) = self.first_masked(&everything) {
+            return Err(format!(
+                "reads protected column {} in a statement that also changes settings or runs code, which could carry \
+                 the value elsewhere (policy \"{}\" rule \"{}\")",
+                p.column, p.choice.policy, p.choice.rule
+            ));
+        }
+        if !lineage.opaque.is_empty() {
+            match policy.untraced {
+                Untraced::Refuse if policy.masks => {
+                    return Err(format!(
+                        "returns values whose origin cannot be traced ({}): they could hold protected values \
+                         (spec.masking.untraced: detect lets the value detectors look at them instead)",
+                        lineage.opaque[0]
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let columns: Vec<ColumnMask> = outputs.iter().map(|(_, s)| self.mask_of(s)).collect();
+        if let Some((_, false)) = lineage.copy_out
+            && let Some(p) = outputs.iter().find_map(|(_, s)| self.first_masked(s))
+        {
+            return Err(format!(
+                "COPY of protected column {} with a DELIMITER, NULL, QUOTE, ESCAPE or other option whose rows \
+                 masking does not rewrite (policy \"{}\" rule \"{}\"); the default text, csv and binary formats \
+                 are masked",
+                p.column, p.choice.policy, p.choice.rule
+            ));
+        }
+        let mut all = ColumnMask::Clear;
+        for c in &columns {
+            all = all.join(c.clone());
+        }
+        if !lineage.opaque.is_empty() {
+            all = all.join(ColumnMask::Detect);
+        }
+        let scrub =
+            touches_protected || !lineage.opaque.is_empty() || reads.cols.iter().any(|k| self.protect.contains_key(k));
+        let mut masked = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            let name = &outputs[i].0;
+            match c {
+                ColumnMask::Mask { method, computed, column, rule, .. } => masked.push(MaskedColumn {
+                    column: if *computed { format!("{name} (computed from {column})") } else { column.to_string() },
+                    rule: rule.to_string(),
+                    method: c.effective().unwrap_or(*method).as_str().to_string(),
+                }),
+                ColumnMask::Exempt { column, rule, .. } => masked.push(MaskedColumn {
+                    column: column.to_string(),
+                    rule: rule.to_string(),
+                    method: "exempt".to_string(),
+                }),
+                ColumnMask::Detect => masked.push(MaskedColumn {
+                    column: format!("{name} (untraced)"),
+                    rule: "detectors".to_string(),
+                    method: "detect".to_string(),
+                }),
+                ColumnMask::Clear => {}
+            }
+        }
+        Ok(PartMask {
+            exact: lineage.exact,
+            all: (all != ColumnMask::Clear).then_some(all),
+            columns,
+            scrub,
+            copy: lineage.copy_out,
+            masked,
+            declares: lineage.declares,
+        })
+    }
+
+    fn view_is_sensitive(&self, r: &RelationInfo) -> bool {
+        matches!(r.kind, 'v' | 'm')
+            && self.relation_columns(r).iter().any(|c| c.src.opaque || self.protected(&c.src).next().is_some())
+    }
+
+    /// The filter for one result set: the plan's masks (none: a statement not planned, whose
+    /// values are looked at by the detectors) joined with what each column's origin says.
+    pub fn filter(
+        self: &Arc<Self>,
+        plan: Option<&PartMask>,
+        columns: &[ResultColumn],
+        copy: bool,
+    ) -> Option<Box<dyn ResultFilter>> {
+        let mut actions = Vec::with_capacity(columns.len());
+        let mut any = false;
+        for (i, c) in columns.iter().enumerate() {
+            let mut m = match plan {
+                Some(p) => p.column(i),
+                None => ColumnMask::Detect,
+            };
+            if c.table_oid != 0 {
+                m = m.join(self.origin(c.table_oid, c.attnum));
+            }
+            let class = TypeClass::of(c.type_oid);
+            let action = match &m {
+                ColumnMask::Mask { .. } => Some(Action::Mask(m.effective().unwrap_or(Method::Null))),
+                ColumnMask::Detect => Some(Action::Detect),
+                _ => None,
+            };
+            any |= action.is_some();
+            actions.push(action.map(|a| (a, class, c.binary)));
+        }
+        let layout = match plan.and_then(|p| p.copy) {
+            Some((CopyFormat::Csv { header }, _)) => Some(CopyLayout::Csv { header }),
+            Some((CopyFormat::Binary, _)) => Some(CopyLayout::Binary),
+            Some((CopyFormat::Text, _)) => Some(CopyLayout::Text),
+            None => None,
+        };
+        let _ = copy;
+        any.then(|| {
+            Box::new(RowMasker { actions, key: self.key.clone(), detectors: self.policy.detectors.clone(), layout })
+                as Box<dyn ResultFilter>
+        })
+    }
+
+    /// What a column's origin (table OID, attribute number) says.
+    fn origin(&self, oid: u32, attnum: i16) -> ColumnMask {
+        if self.protect.contains_key(&(oid, attnum)) {
+            return self.mask_of(&Src::column((oid, attnum)));
+        }
+        if let Some(r) = self.relations().by_oid.get(&oid)
+            && matches!(r.kind, 'v' | 'm')
+        {
+            let columns = self.relation_columns(r);
+            let at = r.columns.iter().position(|c| c.attnum == attnum);
+            return match at.and_then(|i| columns.get(i)) {
+                Some(c) => self.mask_of(&c.src),
+                None => ColumnMask::Detect,
+            };
+        }
+        ColumnMask::Clear
+    }
+
+    /// Texts of errors and notices, and notification payloads: detectors applied.
+    pub fn detect_text(&self, text: &[u8]) -> Option<Vec<u8>> {
+        detect(&self.policy.detectors, text)
+    }
+
+    /// Whether the session reads through a catalog (for tests and status).
+    pub fn protected_columns(&self) -> usize {
+        self.protect.len()
+    }
+}
+
+/// The relation, its ancestors and its descendants.
+fn family<'a>(relations: &'a crate::sql::catalog::Relations, r: &'a RelationInfo) -> Vec<&'a RelationInfo> {
+    let mut out = vec![r];
+    let mut i = 0;
+    // Ancestors.
+    while i < out.len() && out.len() < 256 {
+        let parents: Vec<&RelationInfo> = out[i]
+            .parents
+            .iter()
+            .filter_map(|p| relations.by_oid.get(p))
+            .filter(|p| !out.iter().any(|o| o.oid == p.oid))
+            .collect();
+        out.extend(parents);
+        i += 1;
+    }
+    // Descendants of the relation itself.
+    let mut stack = vec![r.oid];
+    while let Some(oid) = stack.pop() {
+        if out.len() >= 512 {
+            break;
+        }
+        for child in relations.children(oid) {
+            if !out.iter().any(|o| o.oid == child.oid) {
+                out.push(child);
+                stack.push(child.oid);
+            }
+        }
+    }
+    out
+}
+
+/// The stronger of two protections: a masking one over an exemption, the stricter method.
+fn stronger(a: Protected, b: Protected) -> Protected {
+    match (a.choice.exempt, b.choice.exempt) {
+        (true, false) => b,
+        (false, true) => a,
+        _ if stricter(a.choice.method, b.choice.method) == b.choice.method && a.choice.method != b.choice.method => b,
+        _ => a,
+    }
+}
+
+impl Relations for MaskContext {
+    fn relation(&self, schema: Option<&str>, name: &str) -> Relation {
+        if schema.is_none_or(|s| s == "pg_catalog") && QUOTING_CATALOGS.contains(&name) {
+            return Relation::Opaque(format!("reads {name}, which quotes values of other tables and statements"));
+        }
+        let found = self.candidates(schema, name);
+        let system = matches!(schema, Some("pg_catalog" | "information_schema"))
+            || (schema.is_none() && (name.starts_with("pg_") || crate::sql::is_catalog_relation(name)));
+        match found.as_slice() {
+            // A system catalog or view: no user table's values (the quoting ones aside).
+            [] if system => Relation::Clean,
+            // Not in the catalog as the session read it: created since, by another session.
+            [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
+            [one] => Relation::Columns(self.relation_columns(one)),
+            several => {
+                // The search_path is not known: any of them; a column carries what any of
+                // them carries under its name.
+                let mut merged: Vec<RelColumn> = Vec::new();
+                for r in several {
+                    for c in self.relation_columns(r) {
+                        match merged.iter_mut().find(|m| m.name == c.name) {
+                            Some(m) => m.src.add(&c.src),
+                            None => merged.push(c),
+                        }
+                    }
+                }
+                Relation::Columns(merged)
+            }
+        }
+    }
+
+    fn opaque_operator(&self, symbol: &str) -> Option<String> {
+        self.relations()
+            .operators
+            .contains(symbol)
+            .then(|| format!("uses operator {symbol}, which a user-defined operator may stand for"))
+    }
+
+    fn opaque_function(&self, schema: Option<&str>, name: &str) -> Option<String> {
+        let builtin_schema = schema.is_none_or(|s| s == "pg_catalog");
+        if builtin_schema && RUNS_SQL.contains(&name) {
+            return Some(format!("calls {name}, which runs SQL or reads whole tables"));
+        }
+        match schema {
+            Some(s) if s != "pg_catalog" => Some(format!("calls {s}.{name}, a function whose body is not traced")),
+            _ if !crate::sql::is_builtin_function(name) => {
+                Some(format!("calls {name}, a function whose body is not traced"))
+            }
+            None if self.catalog.has_user_function(name) => {
+                Some(format!("calls {name}, which a user function of that name may stand for"))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Mask(Method),
+    Detect,
+}
+
+/// Rewrites one result set's values.
+pub struct RowMasker {
+    actions: Vec<Option<(Action, TypeClass, bool)>>,
+    key: Arc<Key>,
+    detectors: Vec<Arc<Detectors>>,
+    layout: Option<CopyLayout>,
+}
+
+impl ResultFilter for RowMasker {
+    fn copy_layout(&self) -> Option<CopyLayout> {
+        self.layout
+    }
+
+    fn rewrites(&self, index: usize) -> bool {
+        // A column beyond those described (a row longer than its description) is looked at.
+        self.actions.get(index).is_none_or(|a| a.is_some())
+    }
+
+    fn rewrite(&self, index: usize, value: &[u8]) -> Rewrite {
+        let (action, class, binary) = match self.actions.get(index) {
+            Some(Some(a)) => *a,
+            Some(None) => return Rewrite::Keep,
+            // More values than columns described: withheld.
+            None => return Rewrite::Null,
+        };
+        match action {
+            Action::Mask(method) => {
+                let masked = if binary {
+                    mask_binary(method, value, class, &self.key)
+                } else {
+                    mask_text(method, value, class, &self.key)
+                };
+                match masked {
+                    Masked::Value(v) => Rewrite::Value(v),
+                    Masked::Null => Rewrite::Null,
+                }
+            }
+            Action::Detect => {
+                let textual = !binary || matches!(class, TypeClass::Text | TypeClass::Json { jsonb: false });
+                if !textual {
+                    // A binary value of another type: its bytes are not text to look into;
+                    // a value that reads as a finding is withheld whole.
+                    return if detect(&self.detectors, value).is_some() { Rewrite::Null } else { Rewrite::Keep };
+                }
+                match detect(&self.detectors, value) {
+                    None => Rewrite::Keep,
+                    Some(v) if matches!(class, TypeClass::Text | TypeClass::Json { .. }) => Rewrite::Value(v),
+                    // Replacing part of a number, a date or a uuid would not parse: withheld.
+                    Some(_) => Rewrite::Null,
+                }
+            }
+        }
+    }
+}
+
+/// Every finding of every detector set in `text` redacted; `None` when nothing was found.
+pub fn detect(detectors: &[Arc<Detectors>], text: &[u8]) -> Option<Vec<u8>> {
+    let mut current = String::from_utf8_lossy(text).into_owned();
+    let mut changed = std::str::from_utf8(text).is_err();
+    for d in detectors {
+        let (out, kinds) = d.mask_all(&current, |_, _| "****".to_string());
+        if !kinds.is_empty() {
+            current = out;
+            changed = true;
+        }
+    }
+    changed.then(|| current.into_bytes())
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

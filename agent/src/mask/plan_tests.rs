@@ -1,0 +1,230 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::{
+    policy::{PolicySet, Subject},
+    sql::{
+        ObjectName,
+        catalog::{ColumnInfo, Relations as CatalogRelations},
+    },
+};
+
+const POLICY: &str = r#"
+apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: pii}
+spec:
+  selector: {matchLabels: {app: agent}}
+  masking:
+    classifications:
+      pii.email: ["*.*.email"]
+      payment.card: [crm.customers.card]
+  rules:
+    - name: emails
+      match: {classifications: [pii.email]}
+      mask: {method: partial, keep: 4}
+      exempt: {matchLabels: {team: dpo}}
+    - name: cards
+      match: {classifications: [payment.card]}
+      mask: token
+    - name: ssn
+      match: {columns: [crm.customers.ssn, crm.people.badge]}
+      mask: redact
+"#;
+
+fn column(attnum: i16, name: &str, type_oid: u32) -> ColumnInfo {
+    ColumnInfo { attnum, name: name.into(), type_oid, generated: false }
+}
+
+fn catalog() -> Catalog {
+    let mut r = CatalogRelations::default();
+    r.add_relation(100, "crm", "customers", 'r', false);
+    for (i, (n, t)) in [("id", 23), ("name", 25), ("email", 25), ("card", 25), ("ssn", 25)].iter().enumerate() {
+        r.add_column(100, column(i as i16 + 1, n, *t));
+    }
+    r.add_relation(101, "crm", "orders", 'r', false);
+    for (i, n) in ["id", "customer_id", "total"].iter().enumerate() {
+        r.add_column(101, column(i as i16 + 1, n, 23));
+    }
+    r.add_relation(102, "crm", "contacts", 'v', false);
+    r.add_column(102, column(1, "id", 23));
+    r.add_column(102, column(2, "contact", 25));
+    r.add_column(102, column(3, "shout", 25));
+    r.add_definition(102, " SELECT c.id, c.email AS contact, upper(c.name) AS shout FROM crm.customers c;".into());
+    // A partitioned table whose partition is named by the rule, and an inheritance child.
+    r.add_relation(103, "crm", "events", 'p', false);
+    r.add_relation(104, "crm", "events_2024", 'r', false);
+    for oid in [103, 104] {
+        r.add_column(oid, column(1, "id", 23));
+        r.add_column(oid, column(2, "contact", 25));
+    }
+    r.add_parent(104, 103);
+    r.add_relation(105, "crm", "people", 'r', false);
+    r.add_relation(106, "crm", "staff", 'r', true);
+    for oid in [105, 106] {
+        r.add_column(oid, column(1, "name", 25));
+        r.add_column(oid, column(2, "badge", 25));
+    }
+    r.add_parent(106, 105);
+    let mut c = Catalog::default();
+    c.add_function("crm", "leak", crate::sql::catalog::Volatility::Stable, None);
+    c.relations = Some(r);
+    c
+}
+
+fn context(labels: &[(&str, &str)]) -> Arc<MaskContext> {
+    let set = PolicySet::from_sources(&[("p.yaml".into(), POLICY.into())]).expect("policy");
+    let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let selection = set.select(&Subject { labels: &labels, database: "main", user: None });
+    let policy = Arc::new(selection.masking(&set, &labels).expect("masking applies"));
+    let path: Arc<[String]> = Arc::from(vec!["crm".to_string(), "pg_catalog".to_string()]);
+    Arc::new(MaskContext::new(policy, Arc::new(catalog()), Some(path), Arc::new(Key::new(1, [7; 32]))).expect("ctx"))
+}
+
+fn plan(ctx: &MaskContext, sql: &str) -> Result<Arc<PartMask>, String> {
+    let analysis = crate::sql::analyse(sql);
+    let text: Arc<str> = Arc::from(crate::sql::normalise_for_analysis(sql));
+    let relations: Vec<ObjectName> = analysis.relations.to_vec();
+    ctx.plan(&text, &relations, analysis.effects)
+}
+
+/// Each output column: "clear", "exempt", "detect", or the method (with `*` when computed).
+fn shape(p: &PartMask) -> Vec<String> {
+    p.columns
+        .iter()
+        .map(|c| match c {
+            ColumnMask::Clear => "clear".to_string(),
+            ColumnMask::Exempt { .. } => "exempt".to_string(),
+            ColumnMask::Detect => "detect".to_string(),
+            ColumnMask::Mask { method, computed, .. } => {
+                format!("{}{}", method.as_str(), if *computed { "*" } else { "" })
+            }
+        })
+        .collect()
+}
+
+#[track_caller]
+fn masks(ctx: &MaskContext, sql: &str, expected: &[&str]) {
+    match plan(ctx, sql) {
+        Ok(p) => assert_eq!(shape(&p), expected, "{sql}"),
+        Err(e) => panic!("{sql}: refused: {e}"),
+    }
+}
+
+#[track_caller]
+fn refuses(ctx: &MaskContext, sql: &str, why: &str) {
+    match plan(ctx, sql) {
+        Ok(p) => panic!("{sql}: planned {:?}, expected a refusal", shape(&p)),
+        Err(e) => assert!(e.contains(why), "{sql}: {e}"),
+    }
+}
+
+#[test]
+fn columns_are_masked_by_what_they_are_whatever_they_are_called() {
+    let ctx = context(&[("app", "agent")]);
+    masks(&ctx, "SELECT id, name, email FROM customers", &["clear", "clear", "partial"]);
+    masks(&ctx, "SELECT c.email AS e, c.card FROM crm.customers AS c", &["partial", "token"]);
+    masks(&ctx, "select * from CRM.\"customers\"", &["clear", "clear", "partial", "token", "redact"]);
+    masks(&ctx, "TABLE customers", &["clear", "clear", "partial", "token", "redact"]);
+    masks(&ctx, "SELECT x.* FROM (SELECT email, id FROM customers) x", &["partial", "clear"]);
+    masks(&ctx, "WITH w(a, b) AS (SELECT id, email FROM customers) SELECT b, a FROM w", &["partial", "clear"]);
+    masks(&ctx, "SELECT id FROM customers UNION ALL SELECT email FROM customers", &["partial*"]);
+    masks(&ctx, "SELECT name FROM customers UNION SELECT card FROM customers", &["token*"]);
+    masks(&ctx, "VALUES (1, 'a')", &["clear", "clear"]);
+    masks(&ctx, "SELECT id, total FROM orders", &["clear", "clear"]);
+}
+
+#[test]
+fn computed_values_carry_what_they_read_and_are_masked_whole() {
+    let ctx = context(&[("app", "agent")]);
+    masks(
+        &ctx,
+        "SELECT upper(email), email || name, length(email)::text FROM customers",
+        &["partial*", "partial*", "partial*"],
+    );
+    masks(&ctx, "SELECT CASE WHEN id = 1 THEN email ELSE card END FROM customers", &["partial*"]);
+    masks(&ctx, "SELECT (SELECT max(email) FROM customers), row_to_json(c) FROM customers c", &["partial*", "redact*"]);
+    masks(&ctx, "SELECT array_agg(card), json_build_object('c', card) FROM customers", &["token*", "token*"]);
+    masks(&ctx, "SELECT c FROM customers c", &["redact*"]);
+    masks(&ctx, "SELECT id, row_number() OVER (ORDER BY email) FROM customers", &["clear", "partial*"]);
+    masks(&ctx, "UPDATE customers SET name = 'x' WHERE id = 1 RETURNING email, id", &["partial", "clear"]);
+    masks(&ctx, "DELETE FROM customers WHERE id = 1 RETURNING *", &["clear", "clear", "partial", "token", "redact"]);
+}
+
+#[test]
+fn views_partitions_and_inheritance_lead_back_to_the_protected_column() {
+    let ctx = context(&[("app", "agent")]);
+    masks(&ctx, "SELECT * FROM contacts", &["clear", "partial", "clear"]);
+    masks(&ctx, "SELECT contact FROM crm.contacts v", &["partial"]);
+    // `*.*.email` does not name `contact`, but a rule on a partition protects the parent.
+    masks(&ctx, "SELECT id, contact FROM events", &["clear", "clear"]);
+    masks(&ctx, "SELECT badge, name FROM staff", &["redact", "clear"]);
+    masks(&ctx, "SELECT badge FROM ONLY people", &["redact"]);
+}
+
+#[test]
+fn reading_a_protected_value_through_a_condition_or_a_copy_is_refused() {
+    let ctx = context(&[("app", "agent")]);
+    refuses(&ctx, "SELECT id FROM customers WHERE email LIKE 'a%'", "in a condition");
+    refuses(&ctx, "SELECT id FROM customers ORDER BY email", "in a condition");
+    refuses(&ctx, "SELECT count(*) FROM customers GROUP BY card", "in a condition");
+    refuses(&ctx, "SELECT o.id FROM orders o JOIN customers c ON c.email = 'x' AND c.id = o.customer_id", "condition");
+    refuses(&ctx, "SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn = '1')", "condition");
+    refuses(&ctx, "SELECT EXISTS (SELECT 1 FROM customers WHERE email = 'a@b.c')", "condition");
+    refuses(&ctx, "SELECT id FROM contacts WHERE contact > 'm'", "condition");
+    refuses(&ctx, "SELECT DISTINCT ON (email) id FROM customers", "condition");
+    refuses(&ctx, "INSERT INTO orders (total) SELECT length(email) FROM customers", "copies");
+    refuses(&ctx, "UPDATE customers SET name = email", "copies");
+    refuses(&ctx, "CREATE TABLE t AS SELECT email FROM customers", "copies");
+    refuses(&ctx, "SELECT email INTO t2 FROM customers", "copies");
+    refuses(&ctx, "SELECT set_config('application_name', email, false) FROM customers", "changes settings");
+    // A comparison or a branch in the output tells about the value as a WHERE would.
+    refuses(&ctx, "SELECT CASE WHEN email LIKE 'a%' THEN 1 ELSE 0 END FROM customers", "condition");
+    refuses(&ctx, "SELECT count(*) FILTER (WHERE ssn > '5') FROM customers", "condition");
+    refuses(&ctx, "SELECT email = 'a@b.c', id FROM customers", "condition");
+    refuses(&ctx, "SELECT nullif(card, '4111'), id FROM customers", "condition");
+    refuses(&ctx, "SELECT id FROM customers WHERE id = 1 OR NOT (ssn IS NULL)", "condition");
+    refuses(&ctx, "SELECT 1 OPERATOR(crm.+) 2", "cannot be traced");
+    refuses(&ctx, "SELECT CASE ssn WHEN '1' THEN 1 END FROM customers", "condition");
+    refuses(&ctx, "SELECT pg_notify('c', email) FROM customers", "runs code");
+    refuses(&ctx, "UPDATE customers SET name = 'x' RETURNING pg_notify('c', ssn)", "runs code");
+    refuses(&ctx, "SELECT crm.leak(id) FROM customers", "cannot be traced");
+    refuses(&ctx, "SELECT leak(1)", "cannot be traced");
+    refuses(&ctx, "SELECT most_common_vals FROM pg_stats WHERE attname = 'email'", "cannot be traced");
+    refuses(&ctx, "SELECT query_to_xml('select email from crm.customers', true, true, '')", "cannot be traced");
+    refuses(&ctx, "SELECT * FROM brand_new_table", "cannot be traced");
+    // The row order and the values of a non-protected column are not the protected values.
+    masks(&ctx, "SELECT id FROM customers WHERE name = 'x' ORDER BY id", &["clear"]);
+    masks(&ctx, "SELECT relname FROM pg_class", &["clear"]);
+}
+
+#[test]
+fn an_exempt_identity_sees_clear_values_recorded_as_exempt() {
+    let ctx = context(&[("app", "agent"), ("team", "dpo")]);
+    let p = plan(&ctx, "SELECT email, card FROM customers WHERE email LIKE 'a%'").expect("planned");
+    // Emails: exempt (even in a condition); cards: still masked.
+    assert_eq!(shape(&p), ["exempt", "token"]);
+    assert_eq!(p.masked[0].method, "exempt");
+    assert_eq!(p.masked[1].column, "crm.customers.card");
+}
+
+#[test]
+fn the_filter_joins_the_plan_with_each_columns_origin() {
+    let ctx = context(&[("app", "agent")]);
+    let p = plan(&ctx, "SELECT id, name FROM customers").expect("planned");
+    let col = |oid, attnum, type_oid| ResultColumn { table_oid: oid, attnum, type_oid, binary: false };
+    // The server says column 2 is crm.customers.email (attnum 3): masked even though the plan
+    // thought it clear.
+    let f = ctx.filter(Some(&p), &[col(100, 1, 23), col(100, 3, 25)], false).expect("a filter");
+    assert!(!f.rewrites(0));
+    assert_eq!(f.rewrite(1, b"alice@example.com"), Rewrite::Value(b"*************.com".to_vec()));
+    // Nothing protected: no filter at all.
+    assert!(ctx.filter(Some(&p), &[col(100, 1, 23), col(100, 2, 25)], false).is_none());
+    // A view column's origin leads back to the base column.
+    let f = ctx.filter(Some(&p), &[col(102, 2, 25)], false).expect("a filter");
+    assert_ne!(f.rewrite(0, b"alice@example.com"), Rewrite::Keep);
+    // No plan (not judged): values are looked at by the detectors.
+    let f = ctx.filter(None, &[col(0, 0, 25)], false).expect("a filter");
+    assert_eq!(f.rewrite(0, b"mail bob@example.org now"), Rewrite::Value(b"mail **** now".to_vec()));
+    assert_eq!(f.rewrite(0, b"nothing here"), Rewrite::Keep);
+}

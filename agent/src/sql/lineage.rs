@@ -1,0 +1,1259 @@
+//! Lineage: for each column a statement returns, the table columns its values are computed
+//! from, and where else the statement reads table columns (conditions that decide which rows
+//! come back, values written elsewhere). Pure: the relations a statement names are looked up
+//! through [`Relations`], which the caller backs with the database's catalog (views answer
+//! with the lineage of their own definition, so a view column leads back to its base columns).
+//!
+//! The analysis is conservative where it cannot be exact: a value computed from several
+//! columns carries all of them; a reference that could mean several columns means all of
+//! them; a construct it does not trace is an error (the caller refuses or masks everything),
+//! never a guess. Only a plain column reference passes a column through unchanged
+//! (`Src::computed` false); everything else (casts, functions, operators, CASE, aggregates,
+//! row, array and JSON constructors, subqueries, whole-row references) is computed.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, JoinConstraint, JoinOperator,
+    ObjectNamePart, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor,
+    TableWithJoins, Visit, Visitor,
+};
+
+use super::classify::{ident, object_name};
+
+/// A table column: its relation's OID and attribute number.
+pub type ColKey = (u32, i16);
+
+/// Where an output value comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Src {
+    /// The table columns it is read from (sorted, each once).
+    pub cols: Vec<ColKey>,
+    /// Not a plain reference: computed from `cols` (or from nothing traced).
+    pub computed: bool,
+    /// It includes values whose lineage cannot be known (a function whose body is not read,
+    /// a relation that quotes other tables' values).
+    pub opaque: bool,
+}
+
+impl Src {
+    /// A plain reference to one column.
+    pub fn column(key: ColKey) -> Src {
+        Src { cols: vec![key], computed: false, opaque: false }
+    }
+
+    pub fn opaque() -> Src {
+        Src { cols: Vec::new(), computed: true, opaque: true }
+    }
+
+    pub fn add(&mut self, other: &Src) {
+        for c in &other.cols {
+            if let Err(at) = self.cols.binary_search(c) {
+                self.cols.insert(at, *c);
+            }
+        }
+        self.computed |= other.computed;
+        self.opaque |= other.opaque;
+    }
+
+    fn computed(mut self) -> Src {
+        self.computed = true;
+        self
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.cols.is_empty() && !self.opaque
+    }
+}
+
+/// A column of a relation, as [`Relations`] describes it.
+#[derive(Debug, Clone)]
+pub struct RelColumn {
+    pub name: String,
+    pub src: Src,
+    /// A generated column (not in a `COPY table TO` without a column list).
+    pub generated: bool,
+}
+
+/// What a relation name in a statement stands for.
+#[derive(Debug, Clone)]
+pub enum Relation {
+    /// A table, view or other relation with these columns, in order.
+    Columns(Vec<RelColumn>),
+    /// A relation none of whose values come from user tables (a system catalog), or one that
+    /// does not exist (the statement fails).
+    Clean,
+    /// A relation whose values quote other tables' values (column statistics, query texts).
+    Opaque(String),
+}
+
+/// The relations and functions a statement names, as the database knows them.
+pub trait Relations {
+    fn relation(&self, schema: Option<&str>, name: &str) -> Relation;
+    /// Why calling this function yields values of unknown lineage, if it does (a user
+    /// function whose body is not read, a built-in that runs SQL text).
+    fn opaque_function(&self, schema: Option<&str>, name: &str) -> Option<String>;
+    /// Why an operator written `symbol` may run a user function, if it may.
+    fn opaque_operator(&self, _symbol: &str) -> Option<String> {
+        None
+    }
+}
+
+/// `COPY ... TO STDOUT`: how its rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Csv { header: bool },
+    Binary,
+}
+
+/// A statement's lineage.
+#[derive(Debug, Clone, Default)]
+pub struct Lineage {
+    /// Each column it returns (names as it names them), when it returns rows.
+    pub outputs: Option<Vec<(String, Src)>>,
+    /// Whether `outputs` surely has one entry per column returned (false when a `*` expands
+    /// a relation whose columns are not known).
+    pub exact: bool,
+    /// Columns whose values decide which rows come back, or in which order or groups (WHERE,
+    /// JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, window clauses, subqueries there).
+    pub condition: Src,
+    /// Columns whose values are written somewhere else (INSERT ... SELECT, UPDATE SET, CREATE
+    /// TABLE AS, SELECT INTO, COPY to a file).
+    pub copied: Src,
+    /// Why some values are of unknown lineage.
+    pub opaque: Vec<String>,
+    /// COPY TO STDOUT, and whether its options are the defaults (delimiter, NULL, quote and
+    /// escape), the only ones whose rows are rewritten.
+    pub copy_out: Option<(CopyFormat, bool)>,
+    /// A cursor it declares (`DECLARE name CURSOR FOR query`): `outputs` is what it returns.
+    pub declares: Option<String>,
+    /// Functions it calls that do more than compute (notify, change settings or sequences,
+    /// large objects): a value passed to them leaves by another channel.
+    pub side_effects: Vec<String>,
+}
+
+/// Nesting deeper than this is not traced (an error, not a stack overflow).
+const MAX_DEPTH: usize = 64;
+
+/// The lineage of one parsed statement.
+pub fn lineage(statement: &Statement, relations: &dyn Relations) -> Result<Lineage, String> {
+    let mut a = Analyzer { relations, out: Lineage { exact: true, ..Lineage::default() }, depth: 0 };
+    a.statement(statement)?;
+    Ok(a.out)
+}
+
+/// The lineage of a statement's text (PostgreSQL's lexical rules, `standard_conforming_strings`
+/// on): one statement, or an error.
+pub fn lineage_of_text(text: &str, relations: &dyn Relations) -> Result<Lineage, String> {
+    let statement = match super::classify::parse_statement(text) {
+        Ok(s) => s,
+        // `TABLE name` (sqlparser lacks it) is `SELECT * FROM name`.
+        Err(e) => match table_command(text) {
+            Some(rest) => super::classify::parse_statement(&format!("SELECT * FROM {rest}")).map_err(|_| e)?,
+            None => return Err(e),
+        },
+    };
+    lineage(&statement, relations)
+}
+
+/// The rest of a `TABLE ...` command, after the keyword.
+fn table_command(text: &str) -> Option<&str> {
+    let mut tokens = super::Lexer::new(text, super::LexOptions::default()).filter(|t| !t.kind.is_trivia());
+    let first = tokens.next()?;
+    (first.kind == super::TokenKind::Identifier && text[first.range()].eq_ignore_ascii_case("table"))
+        .then(|| &text[first.range().end..])
+}
+
+/// A FROM item in scope.
+#[derive(Debug, Clone)]
+struct Item {
+    /// What it may be qualified by: its alias, or its name (and `schema.name`).
+    names: Vec<String>,
+    /// Its columns, when known.
+    columns: Option<Vec<(String, Src)>>,
+    /// Where values of columns not listed come from (functions in FROM): unresolved names may
+    /// be its columns.
+    rest: Option<Src>,
+}
+
+impl Item {
+    fn whole_row(&self) -> Src {
+        let mut src = Src::default();
+        for (_, s) in self.columns.iter().flatten() {
+            src.add(s);
+        }
+        if let Some(rest) = &self.rest {
+            src.add(rest);
+        }
+        src.computed()
+    }
+}
+
+/// The names visible at one level of a query, and the level around it.
+struct Scope<'p> {
+    items: Vec<Item>,
+    ctes: Vec<(String, Vec<(String, Src)>)>,
+    /// Output columns by name (ORDER BY and GROUP BY may name them).
+    outputs: Vec<(String, Src)>,
+    parent: Option<&'p Scope<'p>>,
+}
+
+impl<'p> Scope<'p> {
+    fn new(parent: Option<&'p Scope<'p>>) -> Self {
+        Scope { items: Vec::new(), ctes: Vec::new(), outputs: Vec::new(), parent }
+    }
+
+    fn cte(&self, name: &str) -> Option<&Vec<(String, Src)>> {
+        self.ctes.iter().rev().find(|(n, _)| n == name).map(|(_, c)| c).or_else(|| self.parent?.cte(name))
+    }
+
+    /// What an unqualified name means: columns of that name (innermost level that has one),
+    /// else a whole row of an item of that name, else an output column, else a column of a
+    /// FROM function whose columns are not known.
+    fn resolve(&self, name: &str) -> Option<Src> {
+        let mut found: Option<Src> = None;
+        let mut open: Option<Src> = None;
+        for item in &self.items {
+            for (n, s) in item.columns.iter().flatten() {
+                if n == name {
+                    found.get_or_insert_with(Src::default).add(s);
+                    if found.as_ref().is_some_and(|f| f.cols.len() > 1 || f.opaque) {
+                        // Ambiguous or merged (USING): a value of several columns.
+                    }
+                }
+            }
+            if let Some(rest) = &item.rest {
+                open.get_or_insert_with(Src::default).add(rest);
+            }
+        }
+        if let Some(mut f) = found {
+            if let Some(o) = open {
+                f.add(&o.computed());
+            }
+            return Some(f);
+        }
+        if let Some(item) = self.items.iter().find(|i| i.names.iter().any(|n| n == name)) {
+            return Some(item.whole_row());
+        }
+        if let Some((_, s)) = self.outputs.iter().find(|(n, _)| n == name) {
+            return Some(s.clone());
+        }
+        if let Some(o) = open {
+            return Some(o.computed());
+        }
+        self.parent?.resolve(name)
+    }
+
+    /// `qualifier.name`: a column of the item so qualified, or a field of a whole row.
+    fn resolve_qualified(&self, qualifier: &str, name: &str) -> Option<Src> {
+        for item in &self.items {
+            if item.names.iter().any(|n| n == qualifier) {
+                if let Some(columns) = &item.columns
+                    && let Some((_, s)) = columns.iter().find(|(n, _)| n == name)
+                {
+                    return Some(s.clone());
+                }
+                return Some(item.whole_row());
+            }
+        }
+        self.parent?.resolve_qualified(qualifier, name)
+    }
+
+    fn item(&self, qualifier: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.names.iter().any(|n| n == qualifier)).or_else(|| self.parent?.item(qualifier))
+    }
+}
+
+struct Analyzer<'r> {
+    relations: &'r dyn Relations,
+    out: Lineage,
+    depth: usize,
+}
+
+/// Where a collected reference counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Into_ {
+    Value,
+    Condition,
+    Copied,
+}
+
+impl Analyzer<'_> {
+    fn statement(&mut self, statement: &Statement) -> Result<(), String> {
+        match statement {
+            Statement::Query(q) => {
+                let outputs = self.query(q, None)?;
+                self.out.outputs = Some(outputs);
+            }
+            Statement::Insert(insert) => self.insert(insert, None)?,
+            Statement::Update(update) => self.update(update, None)?,
+            Statement::Delete(delete) => self.delete(delete, None)?,
+            Statement::Merge(_) => return Err("MERGE is not traced".into()),
+            Statement::Copy { source, to, target, options, legacy_options, .. } => {
+                let columns = match source {
+                    ast::CopySource::Query(q) => self.query(q, None)?,
+                    ast::CopySource::Table { table_name, columns } => {
+                        let name = object_name(table_name).ok_or("a COPY of an unreadable name")?;
+                        match self.relations.relation(name.schema.as_deref(), &name.name) {
+                            Relation::Columns(all) if columns.is_empty() => {
+                                all.into_iter().filter(|c| !c.generated).map(|c| (c.name, c.src)).collect()
+                            }
+                            Relation::Columns(all) => columns
+                                .iter()
+                                .map(|c| {
+                                    let n = ident(c);
+                                    let src =
+                                        all.iter().find(|a| a.name == n).map(|a| a.src.clone()).unwrap_or_default();
+                                    (n, src)
+                                })
+                                .collect(),
+                            Relation::Clean => Vec::new(),
+                            Relation::Opaque(why) => {
+                                self.out.opaque.push(why);
+                                self.out.exact = false;
+                                vec![(String::new(), Src::opaque())]
+                            }
+                        }
+                    }
+                };
+                if !*to {
+                    return Ok(());
+                }
+                if !matches!(target, ast::CopyTarget::Stdout) {
+                    // To a file or program: the values are written where masking does not reach.
+                    for (_, s) in &columns {
+                        self.out.copied.add(s);
+                    }
+                    return Ok(());
+                }
+                self.out.copy_out = Some(copy_format(options, legacy_options));
+                self.out.outputs = Some(columns);
+            }
+            Statement::Declare { stmts, .. } => {
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        let outputs = self.query(q, None)?;
+                        self.out.outputs = Some(outputs);
+                        self.out.declares = d.names.first().map(ident);
+                    }
+                }
+            }
+            Statement::Explain { statement, .. } => {
+                // The plan shows no values, but conditions decide the row counts it shows, and
+                // with ANALYZE it runs (what it writes is written).
+                let mut inner = Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth };
+                inner.statement(statement)?;
+                self.out.condition.add(&inner.out.condition);
+                self.out.copied.add(&inner.out.copied);
+                self.out.opaque.extend(inner.out.opaque);
+                self.out.side_effects.extend(inner.out.side_effects);
+            }
+            Statement::CreateTable(ct) => {
+                if let Some(q) = &ct.query {
+                    for (_, s) in self.query(q, None)? {
+                        self.out.copied.add(&s);
+                    }
+                }
+            }
+            Statement::CreateView(cv) => {
+                for (_, s) in self.query(&cv.query, None)? {
+                    self.out.copied.add(&s);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!("nested more than {MAX_DEPTH} levels deep"));
+        }
+        Ok(())
+    }
+
+    /// A query's output columns; what it reads elsewhere goes to `self.out`.
+    fn query(&mut self, q: &Query, outer: Option<&Scope<'_>>) -> Result<Vec<(String, Src)>, String> {
+        self.enter()?;
+        let mut scope = Scope::new(outer);
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                let columns = {
+                    let cte_scope =
+                        Scope { items: Vec::new(), ctes: scope.ctes.clone(), outputs: Vec::new(), parent: outer };
+                    // A recursive CTE may name itself: its columns as far as known (none yet).
+                    self.query(&cte.query, Some(&cte_scope))?
+                };
+                let columns = rename(columns, &cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>());
+                let columns = if with.recursive {
+                    // The recursive part feeds its own output back: every column may carry any.
+                    let mut all = Src::default();
+                    for (_, s) in &columns {
+                        all.add(s);
+                    }
+                    columns
+                        .into_iter()
+                        .map(|(n, s)| (n, if s.is_clean() { s } else { all.clone().computed() }))
+                        .collect()
+                } else {
+                    columns
+                };
+                scope.ctes.push((ident(&cte.alias.name), columns));
+            }
+            if with.recursive {
+                // Traced again with the CTEs known (a recursive reference reads the CTE itself).
+                let mut again = Vec::new();
+                for cte in &with.cte_tables {
+                    let cte_scope =
+                        Scope { items: Vec::new(), ctes: scope.ctes.clone(), outputs: Vec::new(), parent: outer };
+                    let columns = self.query(&cte.query, Some(&cte_scope))?;
+                    let columns =
+                        rename(columns, &cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>());
+                    let mut all = Src::default();
+                    for (_, s) in &columns {
+                        all.add(s);
+                    }
+                    again.push((
+                        ident(&cte.alias.name),
+                        columns
+                            .into_iter()
+                            .map(|(n, s)| (n, if s.is_clean() { s } else { all.clone().computed() }))
+                            .collect(),
+                    ));
+                }
+                scope.ctes = again;
+            }
+        }
+        let outputs = match q.body.as_ref() {
+            // ORDER BY of a plain SELECT sees its FROM items too: traced there.
+            SetExpr::Select(s) => self.select(s, &scope, Some(q))?,
+            body => {
+                let outputs = self.set_expr(body, &scope)?;
+                scope.outputs = outputs.clone();
+                self.tail(q, &scope, &outputs);
+                outputs
+            }
+        };
+        self.depth -= 1;
+        Ok(outputs)
+    }
+
+    /// ORDER BY, LIMIT, OFFSET and FETCH of a query: conditions (they may name output columns).
+    fn tail(&mut self, q: &Query, scope: &Scope<'_>, outputs: &[(String, Src)]) {
+        if let Some(order_by) = &q.order_by {
+            self.positional(order_by_exprs(order_by), outputs);
+            self.collect(order_by, scope, Into_::Condition);
+        }
+        if let Some(limit) = &q.limit_clause {
+            self.collect(limit, scope, Into_::Condition);
+        }
+        if let Some(fetch) = &q.fetch {
+            self.collect(fetch, scope, Into_::Condition);
+        }
+    }
+
+    /// A constant in ORDER BY or GROUP BY may be an output position: all outputs count (the
+    /// literal's value is not kept by the analysis).
+    fn positional<'e>(&mut self, exprs: impl Iterator<Item = &'e Expr>, outputs: &[(String, Src)]) {
+        for e in exprs {
+            if matches!(e, Expr::Value(_)) {
+                for (_, s) in outputs {
+                    self.out.condition.add(s);
+                }
+            }
+        }
+    }
+
+    fn set_expr(&mut self, body: &SetExpr, scope: &Scope<'_>) -> Result<Vec<(String, Src)>, String> {
+        match body {
+            SetExpr::Select(s) => self.select(s, scope, None),
+            SetExpr::Query(q) => self.query(q, Some(scope)),
+            SetExpr::SetOperation { left, right, .. } => {
+                let mut l = self.set_expr(left, scope)?;
+                let r = self.set_expr(right, scope)?;
+                if l.len() != r.len() {
+                    self.out.exact = false;
+                }
+                for (i, (_, s)) in r.iter().enumerate() {
+                    match l.get_mut(i) {
+                        Some((_, ls)) => ls.add(s),
+                        None => l.push((String::new(), s.clone())),
+                    }
+                }
+                // Duplicates removed (UNION, INTERSECT, EXCEPT) are decided by values: each
+                // column is compared, which only the row count shows.
+                Ok(l)
+            }
+            SetExpr::Values(values) => {
+                let mut out: Vec<(String, Src)> = Vec::new();
+                for row in &values.rows {
+                    for (i, e) in row.iter().enumerate() {
+                        let src = self.collect(e, scope, Into_::Value);
+                        let src = if is_plain_reference(e) { src } else { src.computed() };
+                        match out.get_mut(i) {
+                            Some((_, s)) => s.add(&src),
+                            None => out.push((format!("column{}", i + 1), src)),
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+                let mut inner = Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth };
+                inner.out.exact = true;
+                match s {
+                    Statement::Insert(i) => inner.insert(i, Some(scope))?,
+                    Statement::Update(u) => inner.update(u, Some(scope))?,
+                    Statement::Delete(d) => inner.delete(d, Some(scope))?,
+                    _ => return Err("MERGE is not traced".into()),
+                }
+                self.out.condition.add(&inner.out.condition);
+                self.out.copied.add(&inner.out.copied);
+                self.out.opaque.extend(inner.out.opaque);
+                self.out.side_effects.extend(inner.out.side_effects);
+                self.out.exact &= inner.out.exact;
+                Ok(inner.out.outputs.unwrap_or_default())
+            }
+            SetExpr::Table(t) => {
+                let name = t.table_name.as_ref().ok_or("TABLE without a name")?;
+                let schema = t.schema_name.as_ref().map(ident);
+                let item = self.relation_item(schema.as_deref(), &ident(name), None, scope);
+                match item.columns {
+                    Some(c) => Ok(c),
+                    None => {
+                        self.out.exact = false;
+                        Ok(vec![(String::new(), item.rest.unwrap_or_default())])
+                    }
+                }
+            }
+        }
+    }
+
+    fn select(&mut self, s: &Select, outer: &Scope<'_>, query: Option<&Query>) -> Result<Vec<(String, Src)>, String> {
+        let mut scope = Scope::new(Some(outer));
+        for twj in &s.from {
+            self.table_with_joins(twj, &mut scope)?;
+        }
+        let mut outputs = Vec::new();
+        for item in &s.projection {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    for it in &scope.items {
+                        self.expand(it, &mut outputs);
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => match kind {
+                    SelectItemQualifiedWildcardKind::ObjectName(name) => {
+                        let qualifier = object_name(name).ok_or("an unreadable name")?;
+                        match scope.item(&qualifier.name).cloned() {
+                            Some(it) => self.expand(&it, &mut outputs),
+                            None => return Err(format!("{}.* names no FROM item", qualifier.name)),
+                        }
+                    }
+                    SelectItemQualifiedWildcardKind::Expr(e) => {
+                        let src = self.collect(e, &scope, Into_::Value).computed();
+                        self.out.exact = false;
+                        outputs.push((String::new(), src));
+                    }
+                },
+                SelectItem::UnnamedExpr(e) => {
+                    let src = self.output_expr(e, &scope);
+                    outputs.push((output_name(e), src));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let src = self.output_expr(expr, &scope);
+                    outputs.push((ident(alias), src));
+                }
+                SelectItem::ExprWithAliases { expr, aliases } => {
+                    let src = self.output_expr(expr, &scope).computed();
+                    for a in aliases {
+                        outputs.push((ident(a), src.clone()));
+                    }
+                }
+            }
+        }
+        if s.into.is_some() {
+            // SELECT INTO creates a table of the values.
+            for (_, src) in &outputs {
+                self.out.copied.add(src);
+            }
+        }
+        // Everything else of the SELECT decides which rows, groups and order come back.
+        let mut rest = s.clone();
+        rest.projection.clear();
+        rest.from.clear();
+        rest.into = None;
+        scope.outputs = outputs.clone();
+        if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
+            self.positional(exprs.iter(), &outputs);
+        }
+        self.collect(&rest, &scope, Into_::Condition);
+        if let Some(q) = query {
+            self.tail(q, &scope, &outputs);
+        }
+        Ok(outputs)
+    }
+
+    /// `*` over one FROM item.
+    fn expand(&mut self, item: &Item, outputs: &mut Vec<(String, Src)>) {
+        match &item.columns {
+            Some(columns) => outputs.extend(columns.iter().cloned()),
+            None => {
+                self.out.exact = false;
+                outputs.push((String::new(), item.rest.clone().unwrap_or_default().computed()));
+            }
+        }
+        if item.columns.is_some()
+            && let Some(rest) = &item.rest
+            && !rest.is_clean()
+        {
+            // A function's columns beyond those its alias names.
+            self.out.exact = false;
+            outputs.push((String::new(), rest.clone().computed()));
+        }
+    }
+
+    /// An output expression: a plain column reference passes its column through; anything
+    /// else is computed from every column it reads.
+    fn output_expr(&mut self, e: &Expr, scope: &Scope<'_>) -> Src {
+        let src = self.collect(e, scope, Into_::Value);
+        if is_plain_reference(e) { src } else { src.computed() }
+    }
+
+    fn table_with_joins(&mut self, twj: &TableWithJoins, scope: &mut Scope<'_>) -> Result<(), String> {
+        self.table_factor(&twj.relation, scope)?;
+        for join in &twj.joins {
+            let before: Vec<Vec<(String, Src)>> =
+                scope.items.iter().map(|i| i.columns.clone().unwrap_or_default()).collect();
+            self.table_factor(&join.relation, scope)?;
+            let constraint = match &join.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c)
+                | JoinOperator::CrossJoin(c)
+                | JoinOperator::Semi(c)
+                | JoinOperator::LeftSemi(c)
+                | JoinOperator::RightSemi(c)
+                | JoinOperator::Anti(c)
+                | JoinOperator::LeftAnti(c)
+                | JoinOperator::RightAnti(c) => c,
+                _ => return Err("a join PostgreSQL does not have".into()),
+            };
+            match constraint {
+                JoinConstraint::On(e) => {
+                    self.collect(e, scope, Into_::Condition);
+                }
+                JoinConstraint::Using(names) | JoinConstraint::UsingAlias(names, _) => {
+                    for n in names {
+                        let n = object_name(n).ok_or("an unreadable USING column")?;
+                        if let Some(src) = scope.resolve(&n.name) {
+                            self.out.condition.add(&src);
+                        }
+                    }
+                }
+                JoinConstraint::Natural => {
+                    let right = scope.items.last().and_then(|i| i.columns.clone()).unwrap_or_default();
+                    for (name, src) in &right {
+                        for cols in &before {
+                            if let Some((_, l)) = cols.iter().find(|(n, _)| n == name) {
+                                self.out.condition.add(l);
+                                self.out.condition.add(src);
+                            }
+                        }
+                    }
+                    if scope.items.iter().any(|i| i.columns.is_none()) {
+                        // Which columns a NATURAL join compares is not known: all of them.
+                        for item in &scope.items {
+                            let whole = item.whole_row();
+                            self.out.condition.add(&whole);
+                        }
+                    }
+                }
+                JoinConstraint::None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn table_factor(&mut self, factor: &TableFactor, scope: &mut Scope<'_>) -> Result<(), String> {
+        match factor {
+            TableFactor::Table { name, alias, args, with_ordinality, .. } => {
+                let n = object_name(name).ok_or("an unreadable relation name")?;
+                let item = match args {
+                    None => self.relation_item(n.schema.as_deref(), &n.name, alias.as_ref(), scope),
+                    Some(args) => {
+                        let mut src = self.function_src(n.schema.as_deref(), &n.name, scope);
+                        for a in &args.args {
+                            let s = self.function_arg(a, scope);
+                            src.add(&s);
+                        }
+                        function_item(&n.name, alias.as_ref(), src, *with_ordinality)
+                    }
+                };
+                scope.items.push(item);
+            }
+            TableFactor::Derived { subquery, alias, .. } => {
+                let columns = self.query(subquery, Some(scope))?;
+                let (names, renamed) = match alias {
+                    Some(a) => (
+                        vec![ident(&a.name)],
+                        rename(columns, &a.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>()),
+                    ),
+                    None => (Vec::new(), columns),
+                };
+                scope.items.push(Item { names, columns: Some(renamed), rest: None });
+            }
+            TableFactor::Function { name, args, alias, .. } => {
+                let n = object_name(name).ok_or("an unreadable function name")?;
+                let mut src = self.function_src(n.schema.as_deref(), &n.name, scope);
+                for a in args {
+                    let s = self.function_arg(a, scope);
+                    src.add(&s);
+                }
+                scope.items.push(function_item(&n.name, alias.as_ref(), src, false));
+            }
+            TableFactor::UNNEST { alias, array_exprs, with_ordinality, .. } => {
+                let mut src = Src::default();
+                for e in array_exprs {
+                    let s = self.collect(e, scope, Into_::Value);
+                    src.add(&s);
+                }
+                scope.items.push(function_item("unnest", alias.as_ref(), src, *with_ordinality));
+            }
+            TableFactor::TableFunction { expr, alias } => {
+                let src = self.collect(expr, scope, Into_::Value);
+                scope.items.push(function_item("", alias.as_ref(), src, false));
+            }
+            TableFactor::JsonTable { json_expr, alias, .. } => {
+                let src = self.collect(json_expr, scope, Into_::Value);
+                scope.items.push(function_item("json_table", alias.as_ref(), src, false));
+            }
+            TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins, scope)?,
+            _ => return Err("a FROM item that is not traced".into()),
+        }
+        Ok(())
+    }
+
+    /// The source of a function call's values: opaque when its body is not known to be a
+    /// plain computation.
+    fn function_src(&mut self, schema: Option<&str>, name: &str, _scope: &Scope<'_>) -> Src {
+        match self.relations.opaque_function(schema, name) {
+            Some(why) => {
+                self.out.opaque.push(why);
+                Src::opaque()
+            }
+            None => Src::default().computed(),
+        }
+    }
+
+    fn function_arg(&mut self, arg: &FunctionArg, scope: &Scope<'_>) -> Src {
+        let e = match arg {
+            FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } | FunctionArg::Unnamed(arg) => arg,
+        };
+        match e {
+            FunctionArgExpr::Expr(e) => self.collect(e, scope, Into_::Value).computed(),
+            FunctionArgExpr::QualifiedWildcard(name) => {
+                match object_name(name).and_then(|n| scope.item(&n.name).cloned()) {
+                    Some(item) => item.whole_row(),
+                    None => Src::default(),
+                }
+            }
+            _ => Src::default(),
+        }
+    }
+
+    fn relation_item(
+        &mut self,
+        schema: Option<&str>,
+        name: &str,
+        alias: Option<&ast::TableAlias>,
+        scope: &Scope<'_>,
+    ) -> Item {
+        let columns = match schema.is_none().then(|| scope.cte(name)).flatten() {
+            Some(columns) => Some(columns.clone()),
+            None => match self.relations.relation(schema, name) {
+                Relation::Columns(c) => Some(c.into_iter().map(|c| (c.name, c.src)).collect()),
+                Relation::Clean => None,
+                Relation::Opaque(why) => {
+                    self.out.opaque.push(why);
+                    let mut names = vec![name.to_string()];
+                    if let Some(a) = alias {
+                        names = vec![ident(&a.name)];
+                    }
+                    return Item { names, columns: None, rest: Some(Src::opaque()) };
+                }
+            },
+        };
+        let (names, columns) = match alias {
+            Some(a) => (
+                vec![ident(&a.name)],
+                columns.map(|c| rename(c, &a.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>())),
+            ),
+            None => (vec![name.to_string()], columns),
+        };
+        let rest = columns.is_none().then(Src::default);
+        Item { names, columns, rest }
+    }
+
+    fn collect<V: Visit>(&mut self, node: &V, scope: &Scope<'_>, into: Into_) -> Src {
+        let mut refs = Refs { an: self, scope, out: Src::default(), depth: 0, error: None };
+        let _ = node.visit(&mut refs);
+        let error = refs.error.take();
+        let out = refs.out;
+        if let Some(e) = error {
+            self.out.opaque.push(e);
+            self.out.exact = false;
+        }
+        match into {
+            Into_::Value => {}
+            Into_::Condition => self.out.condition.add(&out),
+            Into_::Copied => self.out.copied.add(&out),
+        }
+        out
+    }
+
+    fn returning(&mut self, items: &[SelectItem], scope: &Scope<'_>) -> Result<Vec<(String, Src)>, String> {
+        let mut outputs = Vec::new();
+        for item in items {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    for it in &scope.items {
+                        self.expand(it, &mut outputs);
+                    }
+                }
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                    let q = object_name(name).ok_or("an unreadable name")?;
+                    let it = scope.item(&q.name).cloned().ok_or("RETURNING x.* names no table")?;
+                    self.expand(&it, &mut outputs);
+                }
+                SelectItem::UnnamedExpr(e) => {
+                    let src = self.output_expr(e, scope);
+                    outputs.push((output_name(e), src));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let src = self.output_expr(expr, scope);
+                    outputs.push((ident(alias), src));
+                }
+                _ => return Err("a RETURNING item that is not traced".into()),
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn insert(&mut self, insert: &ast::Insert, outer: Option<&Scope<'_>>) -> Result<(), String> {
+        let mut scope = Scope::new(outer);
+        let ast::TableObject::TableName(name) = &insert.table else {
+            return Err("INSERT into a table function".into());
+        };
+        let n = object_name(name).ok_or("an unreadable table name")?;
+        let mut target = self.relation_item(n.schema.as_deref(), &n.name, None, &scope);
+        if let Some(a) = &insert.table_alias {
+            target.names = vec![ident(&a.alias)];
+        }
+        if let Some(source) = &insert.source {
+            for (_, s) in self.query(source, outer)? {
+                self.out.copied.add(&s);
+            }
+        }
+        scope.items.push(target.clone());
+        // ON CONFLICT: `excluded` is the proposed row, the target the existing one.
+        scope.items.push(Item {
+            names: vec!["excluded".into()],
+            columns: target.columns.clone(),
+            rest: target.rest.clone(),
+        });
+        if let Some(on) = &insert.on {
+            match on {
+                ast::OnInsert::OnConflict(c) => {
+                    if let ast::OnConflictAction::DoUpdate(u) = &c.action {
+                        for a in &u.assignments {
+                            self.collect(&a.value, &scope, Into_::Copied);
+                        }
+                        if let Some(w) = &u.selection {
+                            self.collect(w, &scope, Into_::Condition);
+                        }
+                    }
+                }
+                other => {
+                    self.collect(other, &scope, Into_::Copied);
+                }
+            }
+        }
+        scope.items.pop();
+        if let Some(r) = &insert.returning {
+            self.out.outputs = Some(self.returning(r, &scope)?);
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, update: &ast::Update, outer: Option<&Scope<'_>>) -> Result<(), String> {
+        let mut scope = Scope::new(outer);
+        self.table_with_joins(&update.table, &mut scope)?;
+        if let Some(from) = &update.from {
+            let (ast::UpdateTableFromKind::BeforeSet(f) | ast::UpdateTableFromKind::AfterSet(f)) = from;
+            for twj in f {
+                self.table_with_joins(twj, &mut scope)?;
+            }
+        }
+        for a in &update.assignments {
+            self.collect(&a.value, &scope, Into_::Copied);
+        }
+        if let Some(w) = &update.selection {
+            self.collect(w, &scope, Into_::Condition);
+        }
+        if let Some(r) = &update.returning {
+            self.out.outputs = Some(self.returning(r, &scope)?);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, delete: &ast::Delete, outer: Option<&Scope<'_>>) -> Result<(), String> {
+        let mut scope = Scope::new(outer);
+        let (ast::FromTable::WithFromKeyword(from) | ast::FromTable::WithoutKeyword(from)) = &delete.from;
+        for twj in from {
+            self.table_with_joins(twj, &mut scope)?;
+        }
+        for twj in delete.using.iter().flatten() {
+            self.table_with_joins(twj, &mut scope)?;
+        }
+        if let Some(w) = &delete.selection {
+            self.collect(w, &scope, Into_::Condition);
+        }
+        if let Some(r) = &delete.returning {
+            self.out.outputs = Some(self.returning(r, &scope)?);
+        }
+        Ok(())
+    }
+}
+
+/// Renames the first columns to an alias's column names.
+fn rename(columns: Vec<(String, Src)>, names: &[String]) -> Vec<(String, Src)> {
+    columns.into_iter().enumerate().map(|(i, (n, s))| (names.get(i).cloned().unwrap_or(n), s)).collect()
+}
+
+/// A function in FROM: its columns are those its alias names (or one, named after it), and any
+/// other name may be one of its columns.
+fn function_item(name: &str, alias: Option<&ast::TableAlias>, src: Src, ordinality: bool) -> Item {
+    let src = src.computed();
+    let (names, columns) = match alias {
+        Some(a) if !a.columns.is_empty() => {
+            (vec![ident(&a.name)], a.columns.iter().map(|c| (ident(&c.name), src.clone())).collect::<Vec<_>>())
+        }
+        Some(a) => (vec![ident(&a.name)], vec![(ident(&a.name), src.clone())]),
+        None => (vec![name.to_string()], vec![(name.to_string(), src.clone())]),
+    };
+    let _ = ordinality;
+    Item { names, columns: Some(columns), rest: Some(src) }
+}
+
+/// Whether an expression decides something by the values it reads: a comparison, a pattern
+/// match, a test, a branch, NULLIF/GREATEST/LEAST.
+fn decides(e: &Expr) -> bool {
+    use ast::BinaryOperator as B;
+    match e {
+        Expr::BinaryOp { op, .. } => matches!(
+            op,
+            B::Gt
+                | B::Lt
+                | B::GtEq
+                | B::LtEq
+                | B::Spaceship
+                | B::Eq
+                | B::NotEq
+                | B::And
+                | B::Or
+                | B::Xor
+                | B::PGRegexMatch
+                | B::PGRegexIMatch
+                | B::PGRegexNotMatch
+                | B::PGRegexNotIMatch
+                | B::PGLikeMatch
+                | B::PGILikeMatch
+                | B::PGNotLikeMatch
+                | B::PGNotILikeMatch
+                | B::PGStartsWith
+                | B::PGOverlap
+                | B::Match
+                | B::Regexp
+        ),
+        Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::SimilarTo { .. }
+        | Expr::RLike { .. }
+        | Expr::In { .. }
+        | Expr::IsJson { .. }
+        | Expr::IsNormalized { .. }
+        | Expr::Between { .. }
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::IsDistinctFrom(..)
+        | Expr::IsNotDistinctFrom(..)
+        | Expr::AnyOp { .. }
+        | Expr::AllOp { .. }
+        | Expr::Exists { .. } => true,
+        Expr::UnaryOp { op: ast::UnaryOperator::Not, .. } => true,
+        Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .and_then(ObjectNamePart::as_ident)
+            .is_some_and(|i| matches!(ident(i).as_str(), "nullif" | "greatest" | "least")),
+        _ => false,
+    }
+}
+
+/// Visits what `e` contains (the visitor sees `e` itself again, which it must not count twice:
+/// the caller uses a fresh collector).
+fn visit_children(e: &Expr, v: &mut Refs<'_, '_, '_>) -> ControlFlow<()> {
+    struct Skip<'x, 'a, 'r, 's> {
+        inner: &'x mut Refs<'a, 'r, 's>,
+        root: *const Expr,
+    }
+    impl Visitor for Skip<'_, '_, '_, '_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            self.inner.pre_visit_query(q)
+        }
+        fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            self.inner.post_visit_query(q)
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if std::ptr::eq(e, self.root) {
+                // Only the column references and calls of the root itself, not its test again.
+                return self.inner.plain(e);
+            }
+            self.inner.pre_visit_expr(e)
+        }
+    }
+    e.visit(&mut Skip { inner: v, root: e })
+}
+
+/// Whether an expression is a plain column reference (its value passes through unchanged).
+fn is_plain_reference(e: &Expr) -> bool {
+    match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::Nested(inner) => is_plain_reference(inner),
+        _ => false,
+    }
+}
+
+/// The column name PostgreSQL gives an unaliased output expression (close enough: names are
+/// only shown, never relied on).
+fn output_name(e: &Expr) -> String {
+    match e {
+        Expr::Identifier(i) => ident(i),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident).unwrap_or_default(),
+        Expr::Function(f) => f.name.0.last().and_then(ObjectNamePart::as_ident).map(ident).unwrap_or_default(),
+        _ => "?column?".into(),
+    }
+}
+
+fn order_by_exprs(order_by: &ast::OrderBy) -> impl Iterator<Item = &Expr> {
+    let exprs: &[ast::OrderByExpr] = match &order_by.kind {
+        ast::OrderByKind::Expressions(e) => e,
+        ast::OrderByKind::All(_) => &[],
+    };
+    exprs.iter().map(|o| &o.expr)
+}
+
+/// COPY's format, and whether its other options are the defaults.
+fn copy_format(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) -> (CopyFormat, bool) {
+    let mut format = CopyFormat::Text;
+    let mut plain = true;
+    let mut header = false;
+    for o in options {
+        match o {
+            ast::CopyOption::Format(f) => {
+                format = match ident(f).as_str() {
+                    "csv" => CopyFormat::Csv { header: false },
+                    "binary" => CopyFormat::Binary,
+                    "text" => CopyFormat::Text,
+                    _ => {
+                        plain = false;
+                        CopyFormat::Text
+                    }
+                }
+            }
+            ast::CopyOption::Header(h) => header = *h,
+            ast::CopyOption::Freeze(_)
+            | ast::CopyOption::ForceQuote(_)
+            | ast::CopyOption::ForceNotNull(_)
+            | ast::CopyOption::ForceNull(_) => {}
+            _ => plain = false,
+        }
+    }
+    for o in legacy {
+        match o {
+            ast::CopyLegacyOption::Binary => format = CopyFormat::Binary,
+            ast::CopyLegacyOption::Csv(opts) => {
+                format = CopyFormat::Csv { header: false };
+                for c in opts {
+                    match c {
+                        ast::CopyLegacyCsvOption::Header => header = true,
+                        ast::CopyLegacyCsvOption::ForceQuote(_) | ast::CopyLegacyCsvOption::ForceNotNull(_) => {}
+                        _ => plain = false,
+                    }
+                }
+            }
+            _ => plain = false,
+        }
+    }
+    if let CopyFormat::Csv { header: h } = &mut format {
+        *h = header;
+    } else if header {
+        // HEADER outside CSV (text accepts it since PostgreSQL 15): a line the rows do not expect.
+        plain = false;
+    }
+    (format, plain)
+}
+
+/// Collects the columns an expression (or any node) reads, tracing subqueries as queries.
+struct Refs<'a, 'r, 's> {
+    an: &'a mut Analyzer<'r>,
+    scope: &'a Scope<'s>,
+    out: Src,
+    /// Inside a subquery (traced on entry): its nodes are not looked at again.
+    depth: usize,
+    error: Option<String>,
+}
+
+impl Visitor for Refs<'_, '_, '_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if self.depth == 0 {
+            match self.an.query(q, Some(self.scope)) {
+                Ok(columns) => {
+                    for (_, s) in columns {
+                        self.out.add(&s.computed());
+                    }
+                }
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    self.out.add(&Src::opaque());
+                }
+            }
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        if let Expr::Case { operand, conditions, .. } = e {
+            // A branch: what it tests decides which result comes back.
+            let tested: Vec<&Expr> =
+                operand.iter().map(|o| o.as_ref()).chain(conditions.iter().map(|c| &c.condition)).collect();
+            for t in tested {
+                let mut inner =
+                    Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
+                let _ = t.visit(&mut inner);
+                let found = inner.out;
+                self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+            }
+        } else if decides(e) {
+            // A comparison or a test: its result (and whether it errors) tells about the
+            // values it reads, wherever it stands.
+            let mut inner = Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
+            let _ = visit_children(e, &mut inner);
+            let found = inner.out;
+            self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+        }
+        self.plain(e)
+    }
+}
+
+impl Refs<'_, '_, '_> {
+    /// What an expression reads and calls by itself (its column references, functions and
+    /// operators), without looking into what it contains.
+    fn plain(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::BinaryOp { op, .. } => {
+                let symbol = op.to_string();
+                let custom =
+                    matches!(op, ast::BinaryOperator::Custom(_) | ast::BinaryOperator::PGCustomBinaryOperator(_));
+                let why = if custom {
+                    Some(format!("uses operator {symbol}, which runs a function whose body is not traced"))
+                } else {
+                    self.an.relations.opaque_operator(&symbol)
+                };
+                if let Some(why) = why {
+                    self.an.out.opaque.push(why);
+                    self.out.add(&Src::opaque());
+                }
+            }
+            Expr::Identifier(i) => {
+                if let Some(src) = self.scope.resolve(&ident(i)) {
+                    self.out.add(&src);
+                }
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let names: Vec<String> = parts.iter().map(ident).collect();
+                let n = names.len();
+                let found = match n {
+                    0 | 1 => names.first().and_then(|c| self.scope.resolve(c)),
+                    // t.c, s.t.c, d.s.t.c: the column of the item named by the part before it.
+                    _ => self.scope.resolve_qualified(&names[n - 2], &names[n - 1]).or_else(|| {
+                        // (c).field written without parentheses is not PostgreSQL, but a
+                        // composite column's field: the whole column.
+                        self.scope.resolve(&names[0]).map(Src::computed)
+                    }),
+                };
+                if let Some(src) = found {
+                    self.out.add(&src);
+                }
+            }
+            Expr::Function(f) => {
+                let name = object_name(&f.name);
+                if let Some(n) = &name
+                    && n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+                    && matches!(
+                        super::functions::builtin(&n.name),
+                        Some(super::functions::Builtin::Effect(..) | super::functions::Builtin::SetConfig)
+                    )
+                {
+                    self.an.out.side_effects.push(n.name.clone());
+                }
+                if let Some(n) = &name {
+                    let src = self.an.function_src(n.schema.as_deref(), &n.name, self.scope);
+                    self.out.add(&src);
+                }
+                if let FunctionArguments::List(list) = &f.args {
+                    for a in &list.args {
+                        let e = match a {
+                            FunctionArg::Named { arg, .. }
+                            | FunctionArg::ExprNamed { arg, .. }
+                            | FunctionArg::Unnamed(arg) => arg,
+                        };
+                        if let FunctionArgExpr::QualifiedWildcard(q) = e
+                            && let Some(item) = object_name(q).and_then(|q| self.scope.item(&q.name).cloned())
+                        {
+                            self.out.add(&item.whole_row());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
