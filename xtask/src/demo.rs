@@ -27,6 +27,17 @@ fn expect_refused(host: &str, port: u16, why: &str) {
 }
 
 /// The demo's own policy: deleting accounts needs a human.
+/// Masking for agents: emails tokenised, cards partial, an exempt team.
+const MASKING: &str = "apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: customer-pii}
+spec:
+  selector: {matchLabels: {warden/kind: agent}}
+  rules:
+    - {name: emails, match: {columns: [\"*.customers.email\"]}, mask: token, exempt: {matchLabels: {warden/team: dpo}}}
+    - {name: cards, match: {columns: [public.customers.card]}, mask: {method: partial, keep: 4}, exempt: {matchLabels: {warden/team: dpo}}}
+";
+
 const APPROVALS: &str = "apiVersion: warden.dev/v1alpha1
 kind: DatabasePolicy
 metadata: {name: human-in-the-loop}
@@ -135,6 +146,39 @@ pub fn demo(warden: &Path) -> Result<()> {
     agent.wait_record("its outcome", |r| r["kind"] == "connection_close" && r["session"] == decided["session"]);
     println!("$ warden audit replay {session}");
     print_output(&agent.audit_cli(&["replay", &session]));
+
+    step("Masking: the agent reads customers; emails become tokens, cards keep their last 4 digits");
+    pg.admin_sql(
+        "create table customers(id int primary key, name text, email text, card text); \
+         insert into customers values (1, 'Ann Lee', 'ann.lee@example.com', '4539148803436467'), \
+         (2, 'Bob Roy', 'bob.roy@example.org', '5425233430109903'); \
+         create view vip as select id, email as contact from customers where id = 1",
+    );
+    println!("(the operator adds a masking policy; the agent reloads it)\n{}", MASKING.trim_end());
+    agent.write_policy("masking.yaml", MASKING);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches("policy set reloaded").count() < 1 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the masking policy was not loaded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for sql in [
+        "select id, name, email, card from customers order by id",
+        "select c.email as name, upper(c.card) from customers c",
+        "select * from vip",
+        "select id from customers where email like 'a%'",
+    ] {
+        println!("$ warden exec --label {} --label {} -- psql -c \"{sql}\"", labels[0], labels[1]);
+        show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
+    }
+    let dpo = ["warden/identity=dpo-review", "warden/kind=agent", "warden/team=dpo"];
+    let sql = "select id, email, card from customers order by id";
+    println!("$ warden exec --label {} --label {} --label {} -- psql -c \"{sql}\"   # exempt", dpo[0], dpo[1], dpo[2]);
+    show(&mut agent.exec_psql(&dpo, "127.0.0.1", pg.port, sql));
+    let record = agent.wait_record("a masked statement", |r| {
+        r["kind"] == "statement" && r["masked"].as_array().is_some_and(|m| !m.is_empty())
+    });
+    println!("(the audit record of the first: which columns, by which rule and method, never the values)");
+    println!("{}", serde_json::to_string_pretty(&record["masked"])?);
 
     step("The database's own catalog: a user overload of a built-in name is not the built-in");
     let overload = "create function public.lower(int) returns text language sql volatile \

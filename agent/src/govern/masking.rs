@@ -224,7 +224,7 @@ impl ResultFilter for WithholdAll {
         true
     }
 
-    fn rewrite(&self, _index: usize, _value: &[u8]) -> crate::session::hooks::Rewrite {
+    fn rewrite(&self, _index: usize, _value: &[u8], _out: &mut Vec<u8>) -> crate::session::hooks::Rewrite {
         crate::session::hooks::Rewrite::Null
     }
 }

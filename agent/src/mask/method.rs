@@ -11,7 +11,8 @@
 //! | `format_preserving`| same shape: emails stay emails, cards stay Luhn-valid cards of the same brand digit, letters stay letters, digits digits | keyed integer | keyed uuid | NULL | NULL |
 //! | `null`             | NULL                                   | NULL            | NULL        | NULL              | NULL  |
 //!
-//! Tokens and format-preserving values are keyed (HMAC-SHA-256, `keys.rs`): the same value gives
+//! Tokens and format-preserving values are keyed (tokens: SipHash-2-4-128 under a key derived
+//! from the mask key; the rest HMAC-SHA-256, `keys.rs`): the same value gives
 //! the same mask under the same key version, so joins and GROUP BY still work, and nobody
 //! without the key can tell which value it was (a dictionary attack needs the key). A token
 //! names its key version (`tok1_`), so a rotation is visible.
@@ -85,6 +86,42 @@ pub enum Masked {
     Null,
 }
 
+/// [`mask_text`], the masked value appended to `out`: false when it is NULL (nothing appended).
+/// The common methods write without allocating.
+pub fn mask_text_into(method: Method, value: &[u8], class: TypeClass, key: &Key, out: &mut Vec<u8>) -> bool {
+    match (method, class) {
+        (Method::Redact, TypeClass::Text) => {
+            out.extend_from_slice(b"****");
+            true
+        }
+        (Method::Token, TypeClass::Text) => {
+            token_into(value, key, out);
+            true
+        }
+        _ => match mask_text(method, value, class, key) {
+            Masked::Value(v) => {
+                out.extend_from_slice(&v);
+                true
+            }
+            Masked::Null => false,
+        },
+    }
+}
+
+/// [`mask_binary`], appended to `out` likewise.
+pub fn mask_binary_into(method: Method, value: &[u8], class: TypeClass, key: &Key, out: &mut Vec<u8>) -> bool {
+    match class {
+        TypeClass::Text | TypeClass::Json { jsonb: false } => mask_text_into(method, value, class, key, out),
+        _ => match mask_binary(method, value, class, key) {
+            Masked::Value(v) => {
+                out.extend_from_slice(&v);
+                true
+            }
+            Masked::Null => false,
+        },
+    }
+}
+
 /// Masks a value sent in text format.
 pub fn mask_text(method: Method, value: &[u8], class: TypeClass, key: &Key) -> Masked {
     let text = String::from_utf8_lossy(value);
@@ -151,9 +188,33 @@ fn partial(text: &str, keep: u8) -> String {
 }
 
 fn token(value: &[u8], key: &Key) -> String {
-    let mac = key.mac("token", value);
-    let hex: String = mac[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("tok{}_{hex}", key.version)
+    let mut out = Vec::with_capacity(32);
+    token_into(value, key, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `tok<version>_` and 24 hex digits of the keyed MAC, appended to `out`.
+fn token_into(value: &[u8], key: &Key, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mac = key.token_prf(value);
+    out.extend_from_slice(b"tok");
+    let mut n = key.version;
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.push(b'_');
+    for b in &mac[..12] {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
 }
 
 /// A keyed non-negative integer that fits the type's width.

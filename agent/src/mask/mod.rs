@@ -1,7 +1,7 @@
-//! Masking (in progress, issue 10): what a protected value becomes (`method`), the keys behind
-//! deterministic tokens and format-preserving values (`keys`), and the value detectors that are
-//! the safety net where a value's lineage is unknown (`detect`). Not wired into sessions yet:
-//! policies cannot name masking rules, and no result is masked.
+//! Masking: what a protected value becomes (`method`), the keys behind deterministic tokens and
+//! format-preserving values (`keys`), the value detectors that are the safety net where a
+//! value's lineage is unknown (`detect`), and each session's plan of which result columns are
+//! masked and which statements are refused, with the filter values pass through (`plan`).
 
 pub mod detect;
 pub mod keys;

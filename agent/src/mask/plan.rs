@@ -20,7 +20,7 @@ use crate::{
     mask::{
         detect::Detectors,
         keys::Key,
-        method::{Masked, Method, TypeClass, mask_binary, mask_text},
+        method::{Method, TypeClass, mask_binary_into, mask_text_into},
     },
     policy::masking::{Inference, MaskChoice, MaskPolicy, Untraced, stricter},
     session::{
@@ -454,6 +454,18 @@ impl MaskContext {
                 p.column, p.choice.policy, p.choice.rule
             ));
         }
+        if touches_protected
+            && self.policy.masks
+            && (effects.contains(Class::Ddl) || effects.contains(Class::Dcl))
+            && let Some(r) = touched.iter().find(|r| self.sensitive.contains(&r.oid) || self.view_is_sensitive(r))
+        {
+            // Renaming a protected column, dropping a view over it, granting on it: what names
+            // and protects it would change under the rules.
+            return Err(format!(
+                "changes the definition or privileges of {}.{}, which holds protected columns",
+                r.schema, r.name
+            ));
+        }
         let outputs = lineage.outputs.clone().unwrap_or_default();
         let mut reads = lineage.condition.clone();
         for (_, s) in &outputs {
@@ -730,7 +742,7 @@ impl ResultFilter for RowMasker {
         self.actions.get(index).is_none_or(|a| a.is_some())
     }
 
-    fn rewrite(&self, index: usize, value: &[u8]) -> Rewrite {
+    fn rewrite(&self, index: usize, value: &[u8], out: &mut Vec<u8>) -> Rewrite {
         let (action, class, binary) = match self.actions.get(index) {
             Some(Some(a)) => *a,
             Some(None) => return Rewrite::Keep,
@@ -739,27 +751,24 @@ impl ResultFilter for RowMasker {
         };
         match action {
             Action::Mask(method) => {
-                let masked = if binary {
-                    mask_binary(method, value, class, &self.key)
+                let written = if binary {
+                    mask_binary_into(method, value, class, &self.key, out)
                 } else {
-                    mask_text(method, value, class, &self.key)
+                    mask_text_into(method, value, class, &self.key, out)
                 };
-                match masked {
-                    Masked::Value(v) => Rewrite::Value(v),
-                    Masked::Null => Rewrite::Null,
-                }
+                if written { Rewrite::Written } else { Rewrite::Null }
             }
             Action::Detect => {
                 let textual = !binary || matches!(class, TypeClass::Text | TypeClass::Json { jsonb: false });
-                if !textual {
-                    // A binary value of another type: its bytes are not text to look into;
-                    // a value that reads as a finding is withheld whole.
-                    return if detect(&self.detectors, value).is_some() { Rewrite::Null } else { Rewrite::Keep };
-                }
-                match detect(&self.detectors, value) {
+                let found = detect(&self.detectors, value);
+                match found {
                     None => Rewrite::Keep,
-                    Some(v) if matches!(class, TypeClass::Text | TypeClass::Json { .. }) => Rewrite::Value(v),
-                    // Replacing part of a number, a date or a uuid would not parse: withheld.
+                    // Replacing part of a number, a date or a uuid (or of a binary value) would
+                    // not parse: withheld whole.
+                    Some(v) if textual && matches!(class, TypeClass::Text | TypeClass::Json { .. }) => {
+                        out.extend_from_slice(&v);
+                        Rewrite::Written
+                    }
                     Some(_) => Rewrite::Null,
                 }
             }

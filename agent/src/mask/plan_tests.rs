@@ -185,6 +185,8 @@ fn reading_a_protected_value_through_a_condition_or_a_copy_is_refused() {
     refuses(&ctx, "SELECT nullif(card, '4111'), id FROM customers", "condition");
     refuses(&ctx, "SELECT id FROM customers WHERE id = 1 OR NOT (ssn IS NULL)", "condition");
     refuses(&ctx, "SELECT 1 OPERATOR(crm.+) 2", "cannot be traced");
+    refuses(&ctx, "ALTER TABLE crm.customers RENAME COLUMN email TO e2", "holds protected columns");
+    refuses(&ctx, "DROP VIEW crm.contacts", "holds protected columns");
     refuses(&ctx, "SELECT CASE ssn WHEN '1' THEN 1 END FROM customers", "condition");
     refuses(&ctx, "SELECT pg_notify('c', email) FROM customers", "runs code");
     refuses(&ctx, "UPDATE customers SET name = 'x' RETURNING pg_notify('c', ssn)", "runs code");
@@ -217,14 +219,24 @@ fn the_filter_joins_the_plan_with_each_columns_origin() {
     // thought it clear.
     let f = ctx.filter(Some(&p), &[col(100, 1, 23), col(100, 3, 25)], false).expect("a filter");
     assert!(!f.rewrites(0));
-    assert_eq!(f.rewrite(1, b"alice@example.com"), Rewrite::Value(b"*************.com".to_vec()));
+    let rewrite = |f: &dyn ResultFilter, value: &[u8]| {
+        let mut out = Vec::new();
+        match f.rewrite(1, value, &mut out) {
+            Rewrite::Written => Some(String::from_utf8(out).unwrap()),
+            Rewrite::Keep => Some("<kept>".to_string()),
+            Rewrite::Null => None,
+        }
+    };
+    assert_eq!(rewrite(f.as_ref(), b"alice@example.com").as_deref(), Some("*************.com"));
     // Nothing protected: no filter at all.
     assert!(ctx.filter(Some(&p), &[col(100, 1, 23), col(100, 2, 25)], false).is_none());
     // A view column's origin leads back to the base column.
     let f = ctx.filter(Some(&p), &[col(102, 2, 25)], false).expect("a filter");
-    assert_ne!(f.rewrite(0, b"alice@example.com"), Rewrite::Keep);
+    assert_ne!(f.rewrite(0, b"alice@example.com", &mut Vec::new()), Rewrite::Keep);
     // No plan (not judged): values are looked at by the detectors.
     let f = ctx.filter(None, &[col(0, 0, 25)], false).expect("a filter");
-    assert_eq!(f.rewrite(0, b"mail bob@example.org now"), Rewrite::Value(b"mail **** now".to_vec()));
-    assert_eq!(f.rewrite(0, b"nothing here"), Rewrite::Keep);
+    let mut out = Vec::new();
+    assert_eq!(f.rewrite(0, b"mail bob@example.org now", &mut out), Rewrite::Written);
+    assert_eq!(out, b"mail **** now");
+    assert_eq!(f.rewrite(0, b"nothing here", &mut Vec::new()), Rewrite::Keep);
 }

@@ -836,13 +836,7 @@ fn compile_mask_rule<'n>(
     }
     let name_node = name_node?;
     Some((
-        MaskRule {
-            name: Arc::from(name_node.as_str()?),
-            columns,
-            classifications,
-            method: method?,
-            exempt,
-        },
+        MaskRule { name: Arc::from(name_node.as_str()?), columns, classifications, method: method?, exempt },
         name_node,
     ))
 }

@@ -813,14 +813,32 @@ fn the_schema_names_what_the_loader_accepts() {
         k
     };
     assert_eq!(
-        fields(&schema["$defs"]["rule"]["properties"]["match"]["properties"]),
+        fields(&schema["$defs"]["actionRule"]["properties"]["match"]["properties"]),
         ["class", "functions", "relations", "tags", "unscoped"]
     );
     assert_eq!(
         fields(&schema["properties"]["spec"]["properties"]),
-        ["approval", "databases", "default", "rules", "selector", "users"]
+        ["approval", "databases", "default", "masking", "rules", "selector", "users"]
     );
-    assert_eq!(fields(&schema["$defs"]["rule"]["properties"]), ["action", "approval", "match", "name"]);
+    assert_eq!(fields(&schema["$defs"]["actionRule"]["properties"]), ["action", "approval", "match", "name"]);
+    assert_eq!(fields(&schema["$defs"]["maskRule"]["properties"]), ["exempt", "mask", "match", "name"]);
+    assert_eq!(
+        fields(&schema["$defs"]["maskRule"]["properties"]["match"]["properties"]),
+        ["classifications", "columns"]
+    );
+    assert_eq!(
+        fields(&schema["properties"]["spec"]["properties"]["masking"]["properties"]),
+        ["classifications", "detectors", "inference", "patterns", "untraced"]
+    );
+    let kinds: Vec<&str> = crate::mask::detect::Kind::BUILTIN.iter().map(|k| k.as_str()).collect();
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["masking"]["properties"]["detectors"]["items"]["enum"],
+        serde_json::json!(kinds)
+    );
+    assert_eq!(
+        schema["$defs"]["maskMethod"]["enum"],
+        serde_json::json!(["redact", "partial", "token", "format_preserving", "null"])
+    );
     assert_eq!(
         fields(&schema["properties"]["spec"]["properties"]["approval"]["properties"]),
         ["grant", "timeout", "webhook"]

@@ -14,19 +14,20 @@ pub trait ResultColumns {
 }
 
 /// What a value becomes on its way to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rewrite {
     Keep,
     Null,
-    Value(Vec<u8>),
+    /// Its new bytes were appended to the output buffer.
+    Written,
 }
 
 /// Rewrites the values of one result set (masking), made by the hooks when it begins.
 pub trait ResultFilter: Send + Sync {
     /// Whether values of column `index` (from 0) may be rewritten.
     fn rewrites(&self, index: usize) -> bool;
-    /// What a (non-NULL) value of column `index` becomes.
-    fn rewrite(&self, index: usize, value: &[u8]) -> Rewrite;
+    /// What a (non-NULL) value of column `index` becomes; a new value is appended to `out`.
+    fn rewrite(&self, index: usize, value: &[u8], out: &mut Vec<u8>) -> Rewrite;
     /// For COPY data: how its rows are laid out (`None`: not known; the text layout is assumed
     /// for a text-format COPY).
     fn copy_layout(&self) -> Option<CopyLayout> {

@@ -8,11 +8,25 @@ use crate::{
     session::hooks::{CopyLayout, ResultFilter, Rewrite},
 };
 
-/// A DataRow (its body) rewritten as a whole message, or `None` when nothing changed (or the
-/// body is malformed: the caller refuses those before).
-pub fn data_row(body: &[u8], filter: &dyn ResultFilter) -> Option<Vec<u8>> {
+/// A DataRow (its body) rewritten as a whole message appended to `out`; false (and `out` as
+/// it was) when nothing changed or the body is malformed (the state machine refuses those).
+pub fn data_row_into(body: &[u8], filter: &dyn ResultFilter, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    if rewrite_row(body, filter, out).is_none() || out.len() == start {
+        out.truncate(start);
+        return false;
+    }
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    true
+}
+
+/// Appends the rewritten message ('D', length to fill in, body) to `out` once a value changes;
+/// appends nothing when none does. `None`: malformed.
+fn rewrite_row(body: &[u8], filter: &dyn ResultFilter, out: &mut Vec<u8>) -> Option<()> {
     let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
-    let mut out: Option<Vec<u8>> = None;
+    let begin = out.len();
+    let mut started = false;
     let mut pos = 2;
     for i in 0..count {
         let start = pos;
@@ -25,39 +39,44 @@ pub fn data_row(body: &[u8], filter: &dyn ResultFilter) -> Option<Vec<u8>> {
             pos += len as usize;
             Some(v)
         };
-        let rewrite = match value {
-            Some(v) if filter.rewrites(i) => filter.rewrite(i, v),
-            _ => Rewrite::Keep,
-        };
-        match rewrite {
-            Rewrite::Keep => {
-                if let Some(out) = &mut out {
-                    out.extend_from_slice(&body[start..pos]);
-                }
+        let Some(v) = value.filter(|_| filter.rewrites(i)) else {
+            if started {
+                out.extend_from_slice(&body[start..pos]);
             }
-            other => {
-                let out = out.get_or_insert_with(|| {
-                    let mut o = Vec::with_capacity(body.len() + 16);
-                    o.push(b'D');
-                    o.extend_from_slice(&[0; 4]);
-                    o.extend_from_slice(&body[..start]);
-                    o
-                });
-                match other {
-                    Rewrite::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                    Rewrite::Value(v) => {
-                        out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                        out.extend_from_slice(&v);
-                    }
-                    Rewrite::Keep => {}
-                }
+            continue;
+        };
+        if !started {
+            started = true;
+            out.push(b'D');
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&body[..start]);
+        }
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match filter.rewrite(i, v, out) {
+            Rewrite::Keep => {
+                out.truncate(at);
+                out.extend_from_slice(&body[start..pos]);
+            }
+            Rewrite::Null => {
+                out.truncate(at);
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+            }
+            Rewrite::Written => {
+                let n = (out.len() - at - 4) as i32;
+                out[at..at + 4].copy_from_slice(&n.to_be_bytes());
             }
         }
     }
-    let mut out = out?;
-    let len = (out.len() - 1) as u32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    Some(out)
+    if pos != body.len() {
+        out.truncate(begin);
+        return None;
+    }
+    // Nothing rewritten (every value kept): no message.
+    if started && out[begin + 5..] == body[..] {
+        out.truncate(begin);
+    }
+    Some(())
 }
 
 /// An ErrorResponse ('E') or NoticeResponse ('N') with these fields.
@@ -174,24 +193,27 @@ impl CopyRewriter {
                 out.extend_from_slice(field);
                 continue;
             }
-            match self.filter.rewrite(i, &unescape_text(field)) {
+            let mut v = Vec::new();
+            match self.filter.rewrite(i, &unescape_text(field), &mut v) {
                 Rewrite::Keep => out.extend_from_slice(field),
                 Rewrite::Null => out.extend_from_slice(b"\\N"),
-                Rewrite::Value(v) => escape_text(&v, out),
+                Rewrite::Written => escape_text(&v, out),
             }
         }
     }
 
     fn csv_row(&self, line: &[u8], out: &mut Vec<u8>) {
+        let mut written = Vec::new();
         for (i, (raw, value)) in csv_fields(line).into_iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             match value {
-                Some(v) if self.filter.rewrites(i) => match self.filter.rewrite(i, &v) {
+                Some(v) if self.filter.rewrites(i) => match self.filter.rewrite(i, &v, &mut written) {
                     Rewrite::Keep => out.extend_from_slice(raw),
                     Rewrite::Null => {}
-                    Rewrite::Value(v) => {
+                    Rewrite::Written => {
+                        let v = std::mem::take(&mut written);
                         out.push(b'"');
                         for b in v {
                             if b == b'"' {
@@ -272,14 +294,16 @@ impl CopyRewriter {
                 }
                 let value = &data[at..at + len as usize];
                 at += len as usize;
-                let rewrite = if self.filter.rewrites(i) { self.filter.rewrite(i, value) } else { Rewrite::Keep };
+                let mut v = Vec::new();
+                let rewrite =
+                    if self.filter.rewrites(i) { self.filter.rewrite(i, value, &mut v) } else { Rewrite::Keep };
                 match rewrite {
                     Rewrite::Keep => {
                         out.extend_from_slice(&len.to_be_bytes());
                         out.extend_from_slice(value);
                     }
                     Rewrite::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                    Rewrite::Value(v) => {
+                    Rewrite::Written => {
                         out.extend_from_slice(&(v.len() as i32).to_be_bytes());
                         out.extend_from_slice(&v);
                     }
@@ -416,8 +440,9 @@ mod tests {
         fn rewrites(&self, index: usize) -> bool {
             index == 1
         }
-        fn rewrite(&self, _index: usize, _value: &[u8]) -> Rewrite {
-            Rewrite::Value(b"****".to_vec())
+        fn rewrite(&self, _index: usize, _value: &[u8], out: &mut Vec<u8>) -> Rewrite {
+            out.extend_from_slice(b"****");
+            Rewrite::Written
         }
     }
 
@@ -438,13 +463,20 @@ mod tests {
     #[test]
     fn a_data_row_gets_its_values_and_lengths_rewritten() {
         let body = row(&[Some(b"1"), Some(b"alice@example.com"), None]);
-        let out = data_row(&body, &Second).expect("rewritten");
+        let mut out = Vec::new();
+        assert!(data_row_into(&body, &Second, &mut out), "rewritten");
         let expected = row(&[Some(b"1"), Some(b"****"), None]);
         assert_eq!(out[0], b'D');
         assert_eq!(u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize, expected.len() + 4);
         assert_eq!(&out[5..], &expected[..]);
         // NULL stays NULL; nothing to rewrite: None.
-        assert!(data_row(&row(&[Some(b"1"), None]), &Second).is_none());
+        let mut none = Vec::new();
+        assert!(!data_row_into(&row(&[Some(b"1"), None]), &Second, &mut none));
+        assert!(none.is_empty());
+        // Appended after what the buffer holds.
+        let mut arena = b"xyz".to_vec();
+        assert!(data_row_into(&body, &Second, &mut arena));
+        assert_eq!(&arena[3..], &out[..]);
     }
 
     #[test]
