@@ -102,6 +102,8 @@ impl SessionGovern {
         own: &Described,
         analysis_of: &Described,
         lookup: &Lookup<'_>,
+        any_schema: bool,
+        declared_here: &std::collections::HashMap<String, Arc<PartMask>>,
     ) -> Result<Arc<PartMask>, String> {
         let context = self
             .mask_context(generation, policy)
@@ -110,7 +112,12 @@ impl SessionGovern {
             return Err("its text cannot be read for certain, so what it returns cannot be masked".into());
         }
         if let Some(cursor) = &own.analysis.fetches {
-            let known = self.lock().masking.cursors.get(cursor).cloned();
+            let earlier = self.lock().masking.cursors.get(cursor).cloned();
+            let known = match (declared_here.get(cursor), earlier) {
+                (Some(here), Some(before)) => Some(Arc::new(here.join(&before))),
+                (Some(here), None) => Some(here.clone()),
+                (None, before) => before,
+            };
             return match known {
                 Some(plan) => Ok(plan),
                 None if policy.untraced == Untraced::Refuse && policy.masks => Err(format!(
@@ -135,7 +142,7 @@ impl SessionGovern {
             ),
         };
         let text: Arc<str> = Arc::from(text);
-        context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects)
+        context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects, any_schema)
     }
 
     /// The filter of a result set of `running` (statement `part` of it).
@@ -165,9 +172,13 @@ impl SessionGovern {
     pub(super) fn scrub(&self, running: Option<&Running>, fields: &[(u8, &[u8])]) -> Option<Vec<(u8, Vec<u8>)>> {
         let policy = self.masking_applies()?;
         let withhold = match running.and_then(|r| r.judgement.as_ref()) {
-            Some(j) => j.parts.iter().any(|p| p.mask.as_ref().is_none_or(|m| m.scrub)),
-            // Not a statement's (an asynchronous notice), or one not judged: looked at.
-            None => false,
+            // A COMMIT reports deferred constraints' violations, which quote keys of any table.
+            Some(j) => j
+                .parts
+                .iter()
+                .any(|p| p.mask.as_ref().is_none_or(|m| m.scrub) || p.effects.contains(crate::sql::Class::Transaction)),
+            // Not a statement's (an error at Sync: a deferred constraint), or one not judged.
+            None => true,
         };
         let mut changed = false;
         let mut out = Vec::with_capacity(fields.len());
@@ -206,13 +217,19 @@ impl SessionGovern {
             .then(|| (c.unwrap_or_else(|| channel.to_vec()), p.unwrap_or_else(|| payload.to_vec())))
     }
 
-    /// A forwarded statement declared a cursor: FETCH of it returns what its plan says.
+    /// A forwarded statement declared a cursor: FETCH of it returns what its plan says. A
+    /// name declared again keeps the stricter of both plans (the server may refuse the second
+    /// declaration and keep the first cursor).
     pub(super) fn remember_cursor(&self, name: &str, plan: Arc<PartMask>) {
         let mut state = self.lock();
         if state.masking.cursors.len() >= MAX_CURSOR_PLANS && !state.masking.cursors.contains_key(name) {
             state.masking.cursors.clear();
         }
-        state.masking.cursors.insert(name.to_string(), plan);
+        let joined = match state.masking.cursors.get(name) {
+            Some(before) => Arc::new(before.join(&plan)),
+            None => plan,
+        };
+        state.masking.cursors.insert(name.to_string(), joined);
     }
 }
 

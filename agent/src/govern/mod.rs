@@ -13,6 +13,8 @@ mod masking;
 pub mod reload;
 pub(crate) mod search_path;
 
+pub use search_path::contains_ci;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
@@ -308,6 +310,8 @@ impl SessionGovern {
         };
         let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
         let mask_policy = self.mask_policy(&snapshot.set, snapshot.generation, &selection);
+        // Cursors declared by earlier statements of the same message.
+        let mut declared_here: HashMap<String, Arc<crate::mask::plan::PartMask>> = HashMap::new();
         let mut narrowed = Narrowed::None;
         // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
         let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
@@ -409,8 +413,15 @@ impl SessionGovern {
                         &part.described,
                         &analysis_of,
                         &lookup,
+                        narrowed != Narrowed::None,
+                        &declared_here,
                     ) {
-                        Ok(plan) => mask = Some(plan),
+                        Ok(plan) => {
+                            if let Some(name) = &plan.declares {
+                                declared_here.insert(name.clone(), plan.clone());
+                            }
+                            mask = Some(plan)
+                        }
                         Err(why) => {
                             decided = crate::policy::Decision {
                                 action: Action::Deny,
@@ -727,6 +738,7 @@ impl SessionHooks for SessionGovern {
 
     fn on_forward(&self, running: &Running) {
         if let Some(judgement) = &running.judgement {
+            let masked = self.masking_applies().is_some();
             let mut state = self.lock();
             let options =
                 crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
@@ -738,10 +750,20 @@ impl SessionHooks for SessionGovern {
                     state.facts_stale = true;
                     state.facts_epoch += 1;
                 }
-                if state.path.is_some()
-                    && (part.ambiguous || search_path::may_change_path(raw, analysis, part.effects, options))
+                if (state.path.is_some() || state.relation_schemas.is_some())
+                    && (part.ambiguous
+                        || search_path::may_change_path(raw, analysis, part.effects, options)
+                        || (masked && search_path::contains_ci(raw, "discard")))
                 {
                     state.path = None;
+                    state.relation_schemas = None;
+                    state.facts_stale = true;
+                    state.facts_epoch += 1;
+                }
+                if masked && part.effects.contains(Class::Ddl) && !state.catalog_stale {
+                    // Masking resolves relations and columns by the catalog: a created, dropped
+                    // or renamed one is read again before it is trusted.
+                    state.catalog_stale = true;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
                 }

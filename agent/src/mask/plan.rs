@@ -54,6 +54,56 @@ const QUOTING_CATALOGS: &[&str] = &[
     "pg_cursors",
 ];
 
+/// Views of pg_catalog (PostgreSQL 15) that show no user table's values.
+const SYSTEM_VIEWS: &[&str] = &[
+    "pg_available_extension_versions",
+    "pg_available_extensions",
+    "pg_backend_memory_contexts",
+    "pg_config",
+    "pg_file_settings",
+    "pg_group",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_indexes",
+    "pg_locks",
+    "pg_matviews",
+    "pg_policies",
+    "pg_prepared_xacts",
+    "pg_publication_tables",
+    "pg_replication_origin_status",
+    "pg_replication_slots",
+    "pg_roles",
+    "pg_rules",
+    "pg_seclabels",
+    "pg_sequences",
+    "pg_settings",
+    "pg_shadow",
+    "pg_shmem_allocations",
+    "pg_stat_all_indexes",
+    "pg_stat_all_tables",
+    "pg_stat_archiver",
+    "pg_stat_bgwriter",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_progress_analyze",
+    "pg_stat_progress_vacuum",
+    "pg_stat_replication",
+    "pg_stat_ssl",
+    "pg_stat_sys_tables",
+    "pg_stat_user_functions",
+    "pg_stat_user_indexes",
+    "pg_stat_user_tables",
+    "pg_stat_wal",
+    "pg_statio_all_tables",
+    "pg_statio_user_tables",
+    "pg_tables",
+    "pg_timezone_abbrevs",
+    "pg_timezone_names",
+    "pg_user",
+    "pg_user_mappings",
+    "pg_views",
+];
+
 /// Built-in functions that run SQL given as text or dump whole tables: what they return
 /// cannot be traced.
 const RUNS_SQL: &[&str] = &[
@@ -73,7 +123,15 @@ const RUNS_SQL: &[&str] = &[
     "database_to_xmlschema",
     "ts_stat",
     "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_get_backend_idset",
     "pg_get_backend_memory_contexts",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "lo_get",
+    "loread",
+    "dblink",
+    "dblink_exec",
 ];
 
 /// A view's traced columns, or why they could not be traced.
@@ -166,23 +224,60 @@ pub struct PartMask {
     pub masked: Vec<MaskedColumn>,
     /// A cursor the statement declares (FETCH of it returns these columns).
     pub declares: Option<String>,
+    /// Its lineage says it returns rows (`columns` are them).
+    pub returns_rows: bool,
 }
 
 impl PartMask {
     /// A statement that reads nothing protected.
     pub fn clear(scrub: bool) -> PartMask {
-        PartMask { exact: true, scrub, ..PartMask::default() }
+        PartMask { exact: true, scrub, returns_rows: true, ..PartMask::default() }
     }
 
     /// A statement whose values cannot be traced (`untraced: detect`).
     pub fn untraced() -> PartMask {
-        PartMask { exact: false, all: Some(ColumnMask::Detect), scrub: true, ..PartMask::default() }
+        PartMask { exact: false, all: Some(ColumnMask::Detect), scrub: true, returns_rows: true, ..PartMask::default() }
     }
 
-    fn column(&self, index: usize) -> ColumnMask {
-        match (self.exact, self.columns.get(index)) {
+    fn column(&self, index: usize, count: usize) -> ColumnMask {
+        if !self.returns_rows {
+            // A statement that returns no rows of its own returned some (a rule's DO ALSO
+            // SELECT, a function's result): of unknown origin.
+            return ColumnMask::Detect;
+        }
+        match (self.exact && count == self.columns.len(), self.columns.get(index)) {
             (true, Some(c)) => c.clone(),
+            // Columns that do not line up with the plan: the strictest of all.
             _ => self.all.clone().unwrap_or(ColumnMask::Clear),
+        }
+    }
+
+    /// The stricter of two plans for the same name (a cursor declared twice: which one the
+    /// server holds is known only from its answer).
+    pub fn join(&self, other: &PartMask) -> PartMask {
+        let n = self.columns.len().max(other.columns.len());
+        let columns = (0..n)
+            .map(|i| {
+                let a = self.columns.get(i).cloned().unwrap_or(ColumnMask::Clear);
+                let b = other.columns.get(i).cloned().unwrap_or(ColumnMask::Clear);
+                a.join(b)
+            })
+            .collect();
+        let all = match (self.all.clone(), other.all.clone()) {
+            (Some(a), Some(b)) => Some(a.join(b)),
+            (a, b) => a.or(b),
+        };
+        let mut masked = self.masked.clone();
+        masked.extend(other.masked.iter().filter(|m| !self.masked.contains(m)).cloned());
+        PartMask {
+            columns,
+            exact: self.exact && other.exact && self.columns.len() == other.columns.len(),
+            all,
+            scrub: self.scrub || other.scrub,
+            copy: self.copy.or(other.copy),
+            masked,
+            declares: self.declares.clone().or_else(|| other.declares.clone()),
+            returns_rows: self.returns_rows || other.returns_rows,
         }
     }
 
@@ -225,14 +320,21 @@ impl MaskContext {
         let relations = catalog.relations.as_ref().ok_or("the session's relations were not read")?;
         let mut protect = HashMap::new();
         let mut sensitive = HashSet::new();
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for r in relations.by_oid.values() {
+            for p in &r.parents {
+                children.entry(*p).or_default().push(r.oid);
+            }
+        }
         for r in relations.by_oid.values() {
             if r.code {
                 sensitive.insert(r.oid);
             }
+            let kin = family(relations, &children, r);
             for c in &r.columns {
                 // Its own name, then every ancestor's and descendant's column of the same name.
                 let mut best: Option<Protected> = None;
-                let mut visit = |rel: &RelationInfo| {
+                for rel in &kin {
                     if let Some(choice) = policy.decide(&rel.schema, &rel.name, &c.name) {
                         let candidate =
                             Protected { column: Arc::from(format!("{}.{}.{}", rel.schema, rel.name, c.name)), choice };
@@ -241,9 +343,6 @@ impl MaskContext {
                             Some(b) => stronger(b, candidate),
                         });
                     }
-                };
-                for rel in family(relations, r) {
-                    visit(rel);
                 }
                 if let Some(p) = best {
                     sensitive.insert(r.oid);
@@ -273,6 +372,15 @@ impl MaskContext {
     fn candidates(&self, schema: Option<&str>, name: &str) -> Vec<&RelationInfo> {
         let relations = self.relations();
         match (schema, &self.path) {
+            (Some("pg_temp"), Some(path)) => path
+                .iter()
+                .filter(|s| s.starts_with("pg_temp_"))
+                .find_map(|s| relations.named(s, name))
+                .into_iter()
+                .collect(),
+            (Some("pg_temp"), None) => {
+                relations.by_oid.values().filter(|r| r.schema.starts_with("pg_temp_") && r.name == name).collect()
+            }
             (Some(s), _) => relations.named(s, name).into_iter().collect(),
             (None, Some(path)) => path
                 .iter()
@@ -401,12 +509,20 @@ impl MaskContext {
 
     /// Plans a statement: `text` as the analyser reads it (literals normalised), its analysis'
     /// relations and effects. `Err` is why it is refused.
+    /// `any_schema`: an earlier statement of the same message may have changed the search
+    /// path, so unqualified names may resolve in any schema.
     pub fn plan(
         &self,
         text: &Arc<str>,
         relations: &[crate::sql::ObjectName],
         effects: ClassSet,
+        any_schema: bool,
     ) -> Result<Arc<PartMask>, String> {
+        if any_schema {
+            // Not cached: rare, and planned under another resolution.
+            let wide = MaskContext { path: None, ..self.shallow() };
+            return wide.plan_uncached(text, relations, effects).map(Arc::new);
+        }
         if let Some(done) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
             return done.clone();
         }
@@ -417,6 +533,21 @@ impl MaskContext {
         }
         plans.insert(text.clone(), planned.clone());
         planned
+    }
+
+    /// A copy sharing the policy, catalog and protection (caches start empty).
+    fn shallow(&self) -> MaskContext {
+        MaskContext {
+            policy: self.policy.clone(),
+            catalog: self.catalog.clone(),
+            path: self.path.clone(),
+            protect: self.protect.clone(),
+            sensitive: self.sensitive.clone(),
+            views: Mutex::new(HashMap::new()),
+            view_depth: Mutex::new(0),
+            plans: Mutex::new(HashMap::new()),
+            key: self.key.clone(),
+        }
     }
 
     fn plan_uncached(
@@ -430,10 +561,11 @@ impl MaskContext {
         let touches_protected = touched.iter().any(|r| self.sensitive.contains(&r.oid) || self.view_is_sensitive(r));
         let lineage = match lineage::lineage_of_text(text, self) {
             Ok(l) => l,
-            Err(e) if touches_protected => {
-                return Err(format!("which columns it reads cannot be traced ({e}), and it names a protected table"));
+            Err(e) if touches_protected || (self.policy.untraced == Untraced::Refuse && self.policy.masks) => {
+                return Err(format!("which columns it reads cannot be traced ({e})"));
             }
-            Err(_) => return Ok(PartMask::clear(false)),
+            // What it returns is looked at by the detectors, its messages withheld.
+            Err(_) => return Ok(PartMask::untraced()),
         };
         let policy = &self.policy;
         // Conditions: the rows that come back tell the value.
@@ -544,6 +676,7 @@ impl MaskContext {
             copy: lineage.copy_out,
             masked,
             declares: lineage.declares,
+            returns_rows: lineage.outputs.is_some(),
         })
     }
 
@@ -564,7 +697,7 @@ impl MaskContext {
         let mut any = false;
         for (i, c) in columns.iter().enumerate() {
             let mut m = match plan {
-                Some(p) => p.column(i),
+                Some(p) => p.column(i, columns.len()),
                 None => ColumnMask::Detect,
             };
             if c.table_oid != 0 {
@@ -621,31 +754,37 @@ impl MaskContext {
     }
 }
 
-/// The relation, its ancestors and its descendants.
-fn family<'a>(relations: &'a crate::sql::catalog::Relations, r: &'a RelationInfo) -> Vec<&'a RelationInfo> {
+/// The relation, its ancestors and its descendants (bounded: inheritance trees are small).
+fn family<'a>(
+    relations: &'a crate::sql::catalog::Relations,
+    children: &HashMap<u32, Vec<u32>>,
+    r: &'a RelationInfo,
+) -> Vec<&'a RelationInfo> {
     let mut out = vec![r];
-    let mut i = 0;
-    // Ancestors.
-    while i < out.len() && out.len() < 256 {
-        let parents: Vec<&RelationInfo> = out[i]
-            .parents
-            .iter()
-            .filter_map(|p| relations.by_oid.get(p))
-            .filter(|p| !out.iter().any(|o| o.oid == p.oid))
-            .collect();
-        out.extend(parents);
-        i += 1;
-    }
-    // Descendants of the relation itself.
-    let mut stack = vec![r.oid];
-    while let Some(oid) = stack.pop() {
+    let mut seen: HashSet<u32> = HashSet::from([r.oid]);
+    let mut up = r.parents.clone();
+    while let Some(oid) = up.pop() {
         if out.len() >= 512 {
             break;
         }
-        for child in relations.children(oid) {
-            if !out.iter().any(|o| o.oid == child.oid) {
-                out.push(child);
-                stack.push(child.oid);
+        if seen.insert(oid)
+            && let Some(p) = relations.by_oid.get(&oid)
+        {
+            out.push(p);
+            up.extend(p.parents.iter().copied());
+        }
+    }
+    let mut down = vec![r.oid];
+    while let Some(oid) = down.pop() {
+        for child in children.get(&oid).into_iter().flatten() {
+            if out.len() >= 1024 {
+                break;
+            }
+            if seen.insert(*child)
+                && let Some(c) = relations.by_oid.get(child)
+            {
+                out.push(c);
+                down.push(*child);
             }
         }
     }
@@ -669,7 +808,7 @@ impl Relations for MaskContext {
         }
         let found = self.candidates(schema, name);
         let system = matches!(schema, Some("pg_catalog" | "information_schema"))
-            || (schema.is_none() && (name.starts_with("pg_") || crate::sql::is_catalog_relation(name)));
+            || (schema.is_none() && (crate::sql::is_catalog_relation(name) || SYSTEM_VIEWS.contains(&name)));
         match found.as_slice() {
             // A system catalog or view: no user table's values (the quoting ones aside).
             [] if system => Relation::Clean,

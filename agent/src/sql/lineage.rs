@@ -135,10 +135,12 @@ pub struct Lineage {
 
 /// Nesting deeper than this is not traced (an error, not a stack overflow).
 const MAX_DEPTH: usize = 64;
+/// Queries (subqueries, CTE passes) traced for one statement at most.
+const MAX_WORK: usize = 5_000;
 
 /// The lineage of one parsed statement.
 pub fn lineage(statement: &Statement, relations: &dyn Relations) -> Result<Lineage, String> {
-    let mut a = Analyzer { relations, out: Lineage { exact: true, ..Lineage::default() }, depth: 0 };
+    let mut a = Analyzer { relations, out: Lineage { exact: true, ..Lineage::default() }, depth: 0, work: 0 };
     a.statement(statement)?;
     Ok(a.out)
 }
@@ -175,6 +177,8 @@ struct Item {
     /// Where values of columns not listed come from (functions in FROM): unresolved names may
     /// be its columns.
     rest: Option<Src>,
+    /// Joined with USING or NATURAL: `*` merges columns.
+    merged: bool,
 }
 
 impl Item {
@@ -269,6 +273,7 @@ struct Analyzer<'r> {
     relations: &'r dyn Relations,
     out: Lineage,
     depth: usize,
+    work: usize,
 }
 
 /// Where a collected reference counts.
@@ -342,8 +347,10 @@ impl Analyzer<'_> {
             Statement::Explain { statement, .. } => {
                 // The plan shows no values, but conditions decide the row counts it shows, and
                 // with ANALYZE it runs (what it writes is written).
-                let mut inner = Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth };
+                let mut inner =
+                    Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth, work: self.work };
                 inner.statement(statement)?;
+                self.work = inner.work;
                 self.out.condition.add(&inner.out.condition);
                 self.out.copied.add(&inner.out.copied);
                 self.out.opaque.extend(inner.out.opaque);
@@ -367,6 +374,10 @@ impl Analyzer<'_> {
     }
 
     fn enter(&mut self) -> Result<(), String> {
+        self.work += 1;
+        if self.work > MAX_WORK {
+            return Err(format!("more than {MAX_WORK} queries to trace: too complex"));
+        }
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(format!("nested more than {MAX_DEPTH} levels deep"));
@@ -379,51 +390,48 @@ impl Analyzer<'_> {
         self.enter()?;
         let mut scope = Scope::new(outer);
         if let Some(with) = &q.with {
-            for cte in &with.cte_tables {
-                let columns = {
-                    let cte_scope =
-                        Scope { items: Vec::new(), ctes: scope.ctes.clone(), outputs: Vec::new(), parent: outer };
-                    // A recursive CTE may name itself: its columns as far as known (none yet).
-                    self.query(&cte.query, Some(&cte_scope))?
-                };
-                let columns = rename(columns, &cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>());
-                let columns = if with.recursive {
-                    // The recursive part feeds its own output back: every column may carry any.
-                    let mut all = Src::default();
-                    for (_, s) in &columns {
-                        all.add(s);
-                    }
-                    columns
-                        .into_iter()
-                        .map(|(n, s)| (n, if s.is_clean() { s } else { all.clone().computed() }))
-                        .collect()
-                } else {
-                    columns
-                };
-                scope.ctes.push((ident(&cte.alias.name), columns));
-            }
+            let aliases = |cte: &ast::Cte| cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>();
             if with.recursive {
-                // Traced again with the CTEs known (a recursive reference reads the CTE itself).
-                let mut again = Vec::new();
+                // A recursive CTE reads its own output: traced until its columns stop changing,
+                // each column carrying what any of them carries (values move between columns
+                // from one iteration to the next). Its name means itself from the start.
+                for cte in &with.cte_tables {
+                    let placeholder = aliases(cte).into_iter().map(|n| (n, Src::default())).collect();
+                    scope.ctes.push((ident(&cte.alias.name), placeholder));
+                }
+                let mut converged = false;
+                for _ in 0..8 {
+                    let mut next = Vec::new();
+                    for cte in &with.cte_tables {
+                        let cte_scope =
+                            Scope { items: Vec::new(), ctes: scope.ctes.clone(), outputs: Vec::new(), parent: outer };
+                        let columns = rename(self.query(&cte.query, Some(&cte_scope))?, &aliases(cte));
+                        let mut all = Src::default();
+                        for (_, s) in &columns {
+                            all.add(s);
+                        }
+                        let all = if all.is_clean() { all } else { all.computed() };
+                        next.push((
+                            ident(&cte.alias.name),
+                            columns.into_iter().map(|(n, _)| (n, all.clone())).collect(),
+                        ));
+                    }
+                    if next == scope.ctes {
+                        converged = true;
+                        break;
+                    }
+                    scope.ctes = next;
+                }
+                if !converged {
+                    return Err("a recursive CTE whose columns do not settle".into());
+                }
+            } else {
                 for cte in &with.cte_tables {
                     let cte_scope =
                         Scope { items: Vec::new(), ctes: scope.ctes.clone(), outputs: Vec::new(), parent: outer };
-                    let columns = self.query(&cte.query, Some(&cte_scope))?;
-                    let columns =
-                        rename(columns, &cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>());
-                    let mut all = Src::default();
-                    for (_, s) in &columns {
-                        all.add(s);
-                    }
-                    again.push((
-                        ident(&cte.alias.name),
-                        columns
-                            .into_iter()
-                            .map(|(n, s)| (n, if s.is_clean() { s } else { all.clone().computed() }))
-                            .collect(),
-                    ));
+                    let columns = rename(self.query(&cte.query, Some(&cte_scope))?, &aliases(cte));
+                    scope.ctes.push((ident(&cte.alias.name), columns));
                 }
-                scope.ctes = again;
             }
         }
         let outputs = match q.body.as_ref() {
@@ -456,12 +464,23 @@ impl Analyzer<'_> {
 
     /// A constant in ORDER BY or GROUP BY may be an output position: all outputs count (the
     /// literal's value is not kept by the analysis).
+    /// A bare name there may be an output column's (PostgreSQL prefers the output column in
+    /// ORDER BY): that output counts too.
     fn positional<'e>(&mut self, exprs: impl Iterator<Item = &'e Expr>, outputs: &[(String, Src)]) {
         for e in exprs {
-            if matches!(e, Expr::Value(_)) {
-                for (_, s) in outputs {
-                    self.out.condition.add(s);
+            match e {
+                Expr::Value(_) => {
+                    for (_, s) in outputs {
+                        self.out.condition.add(s);
+                    }
                 }
+                Expr::Identifier(i) => {
+                    let name = ident(i);
+                    for (_, s) in outputs.iter().filter(|(n, _)| *n == name) {
+                        self.out.condition.add(s);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -501,7 +520,8 @@ impl Analyzer<'_> {
                 Ok(out)
             }
             SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-                let mut inner = Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth };
+                let mut inner =
+                    Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth, work: self.work };
                 inner.out.exact = true;
                 match s {
                     Statement::Insert(i) => inner.insert(i, Some(scope))?,
@@ -509,6 +529,7 @@ impl Analyzer<'_> {
                     Statement::Delete(d) => inner.delete(d, Some(scope))?,
                     _ => return Err("MERGE is not traced".into()),
                 }
+                self.work = inner.work;
                 self.out.condition.add(&inner.out.condition);
                 self.out.copied.add(&inner.out.copied);
                 self.out.opaque.extend(inner.out.opaque);
@@ -589,6 +610,9 @@ impl Analyzer<'_> {
         if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
             self.positional(exprs.iter(), &outputs);
         }
+        if let Some(ast::Distinct::On(exprs)) = &s.distinct {
+            self.positional(exprs.iter(), &outputs);
+        }
         self.collect(&rest, &scope, Into_::Condition);
         if let Some(q) = query {
             self.tail(q, &scope, &outputs);
@@ -607,11 +631,17 @@ impl Analyzer<'_> {
         }
         if item.columns.is_some()
             && let Some(rest) = &item.rest
-            && !rest.is_clean()
         {
-            // A function's columns beyond those its alias names.
+            // A function's columns are as many as it returns (a record's fields, ORDINALITY),
+            // which only the server knows: the result's columns do not line up with these.
             self.out.exact = false;
-            outputs.push((String::new(), rest.clone().computed()));
+            if !rest.is_clean() {
+                outputs.push((String::new(), rest.clone().computed()));
+            }
+        }
+        if item.merged {
+            // JOIN USING and NATURAL put the merged columns first, once.
+            self.out.exact = false;
         }
     }
 
@@ -645,6 +675,14 @@ impl Analyzer<'_> {
                 | JoinOperator::RightAnti(c) => c,
                 _ => return Err("a join PostgreSQL does not have".into()),
             };
+            match constraint {
+                JoinConstraint::Using(_) | JoinConstraint::UsingAlias(..) | JoinConstraint::Natural => {
+                    for item in scope.items.iter_mut() {
+                        item.merged = true;
+                    }
+                }
+                _ => {}
+            }
             match constraint {
                 JoinConstraint::On(e) => {
                     self.collect(e, scope, Into_::Condition);
@@ -693,6 +731,8 @@ impl Analyzer<'_> {
                             let s = self.function_arg(a, scope);
                             src.add(&s);
                         }
+                        // Its arguments decide how many rows it returns.
+                        self.out.condition.add(&Src { cols: src.cols.clone(), computed: true, opaque: false });
                         function_item(&n.name, alias.as_ref(), src, *with_ordinality)
                     }
                 };
@@ -707,7 +747,7 @@ impl Analyzer<'_> {
                     ),
                     None => (Vec::new(), columns),
                 };
-                scope.items.push(Item { names, columns: Some(renamed), rest: None });
+                scope.items.push(Item { names, columns: Some(renamed), rest: None, merged: false });
             }
             TableFactor::Function { name, args, alias, .. } => {
                 let n = object_name(name).ok_or("an unreadable function name")?;
@@ -716,22 +756,23 @@ impl Analyzer<'_> {
                     let s = self.function_arg(a, scope);
                     src.add(&s);
                 }
+                self.out.condition.add(&Src { cols: src.cols.clone(), computed: true, opaque: false });
                 scope.items.push(function_item(&n.name, alias.as_ref(), src, false));
             }
             TableFactor::UNNEST { alias, array_exprs, with_ordinality, .. } => {
                 let mut src = Src::default();
                 for e in array_exprs {
-                    let s = self.collect(e, scope, Into_::Value);
+                    let s = self.collect(e, scope, Into_::Condition);
                     src.add(&s);
                 }
                 scope.items.push(function_item("unnest", alias.as_ref(), src, *with_ordinality));
             }
             TableFactor::TableFunction { expr, alias } => {
-                let src = self.collect(expr, scope, Into_::Value);
+                let src = self.collect(expr, scope, Into_::Condition);
                 scope.items.push(function_item("", alias.as_ref(), src, false));
             }
             TableFactor::JsonTable { json_expr, alias, .. } => {
-                let src = self.collect(json_expr, scope, Into_::Value);
+                let src = self.collect(json_expr, scope, Into_::Condition);
                 scope.items.push(function_item("json_table", alias.as_ref(), src, false));
             }
             TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins, scope)?,
@@ -786,7 +827,7 @@ impl Analyzer<'_> {
                     if let Some(a) = alias {
                         names = vec![ident(&a.name)];
                     }
-                    return Item { names, columns: None, rest: Some(Src::opaque()) };
+                    return Item { names, columns: None, rest: Some(Src::opaque()), merged: false };
                 }
             },
         };
@@ -798,7 +839,7 @@ impl Analyzer<'_> {
             None => (vec![name.to_string()], columns),
         };
         let rest = columns.is_none().then(Src::default);
-        Item { names, columns, rest }
+        Item { names, columns, rest, merged: false }
     }
 
     fn collect<V: Visit>(&mut self, node: &V, scope: &Scope<'_>, into: Into_) -> Src {
@@ -819,11 +860,21 @@ impl Analyzer<'_> {
     }
 
     fn returning(&mut self, items: &[SelectItem], scope: &Scope<'_>) -> Result<Vec<(String, Src)>, String> {
+        // `old` and `new` (PostgreSQL 18) name the target's row before and after.
+        let mut with_rows = Scope::new(Some(scope));
+        if let Some(target) = scope.items.first() {
+            for name in ["old", "new"] {
+                let mut row = target.clone();
+                row.names = vec![name.into()];
+                with_rows.items.push(row);
+            }
+        }
+        let scope = &with_rows;
         let mut outputs = Vec::new();
         for item in items {
             match item {
                 SelectItem::Wildcard(_) => {
-                    for it in &scope.items {
+                    for it in scope.parent.map_or(&[][..], |p| &p.items[..]) {
                         self.expand(it, &mut outputs);
                     }
                 }
@@ -867,10 +918,26 @@ impl Analyzer<'_> {
             names: vec!["excluded".into()],
             columns: target.columns.clone(),
             rest: target.rest.clone(),
+            merged: false,
         });
         if let Some(on) = &insert.on {
             match on {
                 ast::OnInsert::OnConflict(c) => {
+                    // Whether the row conflicts tells whether the value is already there.
+                    match &c.conflict_target {
+                        Some(ast::ConflictTarget::Columns { columns, .. }) => {
+                            for col in columns {
+                                if let Some(src) = scope.resolve(&ident(col)) {
+                                    self.out.condition.add(&src);
+                                }
+                            }
+                        }
+                        Some(_) => {
+                            let whole = target.whole_row();
+                            self.out.condition.add(&whole);
+                        }
+                        None => {}
+                    }
                     if let ast::OnConflictAction::DoUpdate(u) = &c.action {
                         for a in &u.assignments {
                             self.collect(&a.value, &scope, Into_::Copied);
@@ -949,7 +1016,7 @@ fn function_item(name: &str, alias: Option<&ast::TableAlias>, src: Src, ordinali
         None => (vec![name.to_string()], vec![(name.to_string(), src.clone())]),
     };
     let _ = ordinality;
-    Item { names, columns: Some(columns), rest: Some(src) }
+    Item { names, columns: Some(columns), rest: Some(src), merged: false }
 }
 
 /// Whether an expression decides something by the values it reads: a comparison, a pattern
@@ -1012,6 +1079,41 @@ fn decides(e: &Expr) -> bool {
             .is_some_and(|i| matches!(ident(i).as_str(), "nullif" | "greatest" | "least")),
         _ => false,
     }
+}
+
+/// Built-in set-returning functions (their arguments decide how many rows come back), and
+/// functions whose duration tells about their arguments.
+fn set_returning(name: &str) -> bool {
+    matches!(
+        name,
+        "generate_series"
+            | "generate_subscripts"
+            | "unnest"
+            | "regexp_matches"
+            | "regexp_split_to_table"
+            | "string_to_table"
+            | "json_array_elements"
+            | "json_array_elements_text"
+            | "jsonb_array_elements"
+            | "jsonb_array_elements_text"
+            | "json_each"
+            | "json_each_text"
+            | "jsonb_each"
+            | "jsonb_each_text"
+            | "json_object_keys"
+            | "jsonb_object_keys"
+            | "json_populate_recordset"
+            | "jsonb_populate_recordset"
+            | "json_to_recordset"
+            | "jsonb_to_recordset"
+            | "jsonb_path_query"
+            | "ts_debug"
+            | "ts_parse"
+            | "ts_token_type"
+            | "pg_sleep"
+            | "pg_sleep_for"
+            | "pg_sleep_until"
+    )
 }
 
 /// Visits what `e` contains (the visitor sees `e` itself again, which it must not count twice:
@@ -1212,6 +1314,15 @@ impl Refs<'_, '_, '_> {
                 let found = match n {
                     0 | 1 => names.first().and_then(|c| self.scope.resolve(c)),
                     // t.c, s.t.c, d.s.t.c: the column of the item named by the part before it.
+                    _ if self.scope.item(&names[n - 2]).is_some_and(|it| {
+                        it.columns.as_ref().is_some_and(|c| !c.iter().any(|(name, _)| *name == names[n - 1]))
+                    }) && self.an.relations.opaque_function(None, &names[n - 1]).is_some() =>
+                    {
+                        // `t.f` is `f(t)` when `t` has no column `f`: a function call.
+                        let why = format!("calls {} through field notation", names[n - 1]);
+                        self.an.out.opaque.push(why);
+                        Some(Src::opaque())
+                    }
                     _ => self.scope.resolve_qualified(&names[n - 2], &names[n - 1]).or_else(|| {
                         // (c).field written without parentheses is not PostgreSQL, but a
                         // composite column's field: the whole column.
@@ -1224,6 +1335,27 @@ impl Refs<'_, '_, '_> {
             }
             Expr::Function(f) => {
                 let name = object_name(&f.name);
+                // A window's PARTITION BY and ORDER BY order and group the rows; a
+                // set-returning function's arguments decide how many rows come back.
+                if let Some(ast::WindowType::WindowSpec(spec)) = &f.over {
+                    let mut inner =
+                        Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
+                    for e in &spec.partition_by {
+                        let _ = e.visit(&mut inner);
+                    }
+                    for o in &spec.order_by {
+                        let _ = o.expr.visit(&mut inner);
+                    }
+                    let found = inner.out;
+                    self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+                }
+                if name.as_ref().is_some_and(|n| set_returning(&n.name)) {
+                    let mut inner =
+                        Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
+                    let _ = f.args.visit(&mut inner);
+                    let found = inner.out;
+                    self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+                }
                 if let Some(n) = &name
                     && n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
                     && matches!(

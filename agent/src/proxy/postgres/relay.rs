@@ -588,6 +588,14 @@ impl ClientToServer<'_> {
         };
         let prepared = |name: &str| {
             let st = self.lock();
+            // A SQL PREPARE or DEALLOCATE the server has not answered yet may change what the
+            // name holds by the time this statement runs: not known.
+            let changing = st
+                .unfinished()
+                .any(|r| ["prepare", "deallocate", "discard"].iter().any(|w| crate::govern::contains_ci(&r.sql, w)));
+            if changing {
+                return None;
+            }
             st.statement(name.as_bytes()).filter(|p| !p.ambiguous).map(|p| (p.sql.clone(), p.lexing))
         };
         let bind = bind.or_else(|| {
