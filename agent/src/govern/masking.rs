@@ -104,7 +104,21 @@ impl SessionGovern {
         lookup: &Lookup<'_>,
         any_schema: bool,
         declared_here: &std::collections::HashMap<String, Arc<PartMask>>,
+        redefined: bool,
     ) -> Result<Arc<PartMask>, String> {
+        // Ending or rolling back a transaction reads no table: planned without the catalog,
+        // which DDL earlier in the transaction made stale (the session could not end it else).
+        let only_transaction = !own.analysis.effects.is_empty()
+            && own.analysis.effects.iter().all(|c| c == crate::sql::Class::Transaction)
+            && own.analysis.relations.is_empty();
+        if only_transaction && !ambiguous {
+            return Ok(Arc::new(PartMask { scrub: true, exact: true, ..PartMask::default() }));
+        }
+        if redefined {
+            return Err("an earlier statement of the same message changes definitions, so names in this one \
+                        cannot be resolved for masking"
+                .into());
+        }
         let context = self
             .mask_context(generation, policy)
             .map_err(|why| format!("masking needs the database's catalog, which is not known: {why}"))?;

@@ -312,6 +312,9 @@ impl SessionGovern {
         let mask_policy = self.mask_policy(&snapshot.set, snapshot.generation, &selection);
         // Cursors declared by earlier statements of the same message.
         let mut declared_here: HashMap<String, Arc<crate::mask::plan::PartMask>> = HashMap::new();
+        // DDL earlier in the same message (a dropped or renamed relation changes what a name
+        // resolves to): later statements cannot be planned against the catalog.
+        let mut redefined_here = false;
         let mut narrowed = Narrowed::None;
         // A PREPARE earlier in the same string is what a later EXECUTE of it runs.
         let mut prepared_here: HashMap<String, Arc<str>> = HashMap::new();
@@ -415,6 +418,7 @@ impl SessionGovern {
                         &lookup,
                         narrowed != Narrowed::None,
                         &declared_here,
+                        redefined_here,
                     ) {
                         Ok(plan) => {
                             if let Some(name) = &plan.declares {
@@ -446,6 +450,9 @@ impl SessionGovern {
                         ),
                         approval: None,
                     };
+                }
+                if mask_policy.is_some() && effects.contains(Class::Ddl) {
+                    redefined_here = true;
                 }
                 PartJudgement {
                     span: part.span,
@@ -699,6 +706,15 @@ impl SessionHooks for SessionGovern {
         let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|d| d.is_for(info));
         let bind = self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()).take();
         let judgement = self.judge(info, parts);
+        if info.step == crate::session::hooks::Step::Bind
+            && !info.portal.is_empty()
+            && judgement.decision() == Decision::Allow
+            && let [part] = judgement.parts.as_slice()
+            && let Some(plan) = &part.mask
+        {
+            // SQL FETCH can read a named protocol portal: what it returns is this plan's.
+            self.remember_cursor(&String::from_utf8_lossy(info.portal), plan.clone());
+        }
         match judgement.decision() {
             Decision::Allow => match self.next.before_statement(info) {
                 // The audit trail may still refuse it (audit.required with the ring unavailable).
@@ -759,6 +775,11 @@ impl SessionHooks for SessionGovern {
                     state.relation_schemas = None;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
+                }
+                if masked && part.effects.contains(Class::Transaction) && analysis.relations.is_empty() {
+                    // A transaction's end closes its cursors (a WITH HOLD one, fetched later,
+                    // is then untraced): plans of cursors that may be gone are forgotten.
+                    state.masking.cursors.clear();
                 }
                 if masked && part.effects.contains(Class::Ddl) && !state.catalog_stale {
                     // Masking resolves relations and columns by the catalog: a created, dropped

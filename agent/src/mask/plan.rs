@@ -196,12 +196,14 @@ impl ColumnMask {
         }
     }
 
-    /// The method a value gets: a computed value is masked whole (a token stays a token; a
-    /// partial or format-preserving form of a computed value would show other characters).
+    /// The method a value gets: a computed value is redacted whole. Not a token: a token of
+    /// a computed value would let a query mix chosen values into a protected column
+    /// (`UNION SELECT 'guess'`, `COALESCE(NULL, ssn, 'guess')`) and compare their tokens
+    /// with the real ones, a dictionary attack without the key; and a partial or
+    /// format-preserving form of `reverse(card)` would show other characters.
     fn effective(&self) -> Option<Method> {
         match self {
             ColumnMask::Mask { method, computed: false, .. } => Some(*method),
-            ColumnMask::Mask { method: Method::Token, .. } => Some(Method::Token),
             ColumnMask::Mask { method: Method::Null, .. } => Some(Method::Null),
             ColumnMask::Mask { .. } => Some(Method::Redact),
             _ => None,
@@ -568,6 +570,34 @@ impl MaskContext {
             Err(_) => return Ok(PartMask::untraced()),
         };
         let policy = &self.policy;
+        if policy.masks && effects.contains(Class::Ddl) && crate::govern::contains_ci(text, "schema") {
+            // ALTER SCHEMA ... RENAME / OWNER, DROP SCHEMA: rules name columns by schema.
+            let words: HashSet<String> = text
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let quoted: Vec<&str> = text.split('"').skip(1).step_by(2).collect();
+            let relations = self.relations();
+            if let Some(schema) = self
+                .sensitive
+                .iter()
+                .filter_map(|oid| relations.by_oid.get(oid))
+                .map(|r| r.schema.as_str())
+                .find(|s| words.contains(*s) || quoted.contains(s))
+            {
+                return Err(format!("changes a schema ({schema}) that holds protected columns"));
+            }
+        }
+        let ruled = touched.iter().find(|r| r.rules);
+        if let Some(r) = ruled
+            && policy.masks
+            && policy.untraced == Untraced::Refuse
+        {
+            return Err(format!(
+                "{}.{} has rules, whose results (and what they read) cannot be traced",
+                r.schema, r.name
+            ));
+        }
         // Conditions: the rows that come back tell the value.
         if policy.inference == Inference::Refuse
             && let Some(p) = self.first_masked(&lineage.condition)
@@ -641,7 +671,7 @@ impl MaskContext {
         for c in &columns {
             all = all.join(c.clone());
         }
-        if !lineage.opaque.is_empty() {
+        if !lineage.opaque.is_empty() || ruled.is_some() {
             all = all.join(ColumnMask::Detect);
         }
         let scrub =
@@ -669,7 +699,8 @@ impl MaskContext {
             }
         }
         Ok(PartMask {
-            exact: lineage.exact,
+            // A rule's result sets come with the statement's: none lines up with its own.
+            exact: lineage.exact && ruled.is_none(),
             all: (all != ColumnMask::Clear).then_some(all),
             columns,
             scrub,

@@ -255,6 +255,26 @@ fn what_the_first_review_found_is_refused_or_masked() {
 }
 
 #[test]
+fn the_second_review_findings_are_refused_or_masked() {
+    let ctx = context(&[("app", "agent")]);
+    // A long chain of tests is traced in one pass (it used to double per level).
+    let chain = vec!["id = 1"; 200].join(" AND ");
+    masks(&ctx, &format!("SELECT name FROM customers WHERE {chain}"), &["clear"]);
+    let nested = (0..20).fold("ssn".to_string(), |acc, _| format!("CASE WHEN id = 1 THEN {acc} ELSE name END"));
+    masks(&ctx, &format!("SELECT {nested} FROM customers"), &["redact*"]);
+    // A computed value is redacted, not tokenised: a token of a chosen value would be a
+    // dictionary for the real ones.
+    let p = plan(&ctx, "SELECT card FROM customers UNION ALL SELECT 'guess'").expect("planned");
+    let ColumnMask::Mask { .. } = &p.columns[0] else { panic!("{:?}", shape(&p)) };
+    assert_eq!(p.columns[0].effective(), Some(Method::Redact));
+    assert_eq!(p.masked[0].method, "redact");
+    refuses(&ctx, "ALTER SCHEMA crm RENAME TO x", "holds protected columns");
+    refuses(&ctx, "DROP SCHEMA \"crm\" CASCADE", "holds protected columns");
+    // Inside a test, a subquery's values are a condition too.
+    refuses(&ctx, "SELECT id FROM customers WHERE id IN (SELECT length(ssn) FROM customers)", "condition");
+}
+
+#[test]
 fn a_cursor_declared_twice_keeps_the_stricter_plan() {
     let ctx = context(&[("app", "agent")]);
     let clear = plan(&ctx, "DECLARE c CURSOR WITH HOLD FOR SELECT 1").expect("planned");

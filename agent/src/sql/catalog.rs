@@ -92,6 +92,9 @@ pub struct RelationInfo {
     pub definition: Option<String>,
     /// It has triggers or rules (code that runs when it is written or read).
     pub code: bool,
+    /// It has rules other than a view's own (DO ALSO / DO INSTEAD): a statement on it may
+    /// return what the rule selects.
+    pub rules: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,8 +122,15 @@ impl Relations {
                 parents: Vec::new(),
                 definition: None,
                 code,
+                rules: false,
             },
         );
+    }
+
+    pub fn add_rules(&mut self, relation: u32) {
+        if let Some(r) = self.by_oid.get_mut(&relation) {
+            r.rules = true;
+        }
     }
 
     /// Columns, parents and definitions name their relation by OID: one the query did not

@@ -400,7 +400,7 @@ impl Analyzer<'_> {
                     scope.ctes.push((ident(&cte.alias.name), placeholder));
                 }
                 let mut converged = false;
-                for _ in 0..8 {
+                for _ in 0..with.cte_tables.len() + 8 {
                     let mut next = Vec::new();
                     for cte in &with.cte_tables {
                         let cte_scope =
@@ -843,7 +843,7 @@ impl Analyzer<'_> {
     }
 
     fn collect<V: Visit>(&mut self, node: &V, scope: &Scope<'_>, into: Into_) -> Src {
-        let mut refs = Refs { an: self, scope, out: Src::default(), depth: 0, error: None };
+        let mut refs = Refs::new(self, scope);
         let _ = node.visit(&mut refs);
         let error = refs.error.take();
         let out = refs.out;
@@ -1116,32 +1116,6 @@ fn set_returning(name: &str) -> bool {
     )
 }
 
-/// Visits what `e` contains (the visitor sees `e` itself again, which it must not count twice:
-/// the caller uses a fresh collector).
-fn visit_children(e: &Expr, v: &mut Refs<'_, '_, '_>) -> ControlFlow<()> {
-    struct Skip<'x, 'a, 'r, 's> {
-        inner: &'x mut Refs<'a, 'r, 's>,
-        root: *const Expr,
-    }
-    impl Visitor for Skip<'_, '_, '_, '_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-            self.inner.pre_visit_query(q)
-        }
-        fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-            self.inner.post_visit_query(q)
-        }
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if std::ptr::eq(e, self.root) {
-                // Only the column references and calls of the root itself, not its test again.
-                return self.inner.plain(e);
-            }
-            self.inner.pre_visit_expr(e)
-        }
-    }
-    e.visit(&mut Skip { inner: v, root: e })
-}
-
 /// Whether an expression is a plain column reference (its value passes through unchanged).
 fn is_plain_reference(e: &Expr) -> bool {
     match e {
@@ -1229,6 +1203,28 @@ struct Refs<'a, 'r, 's> {
     /// Inside a subquery (traced on entry): its nodes are not looked at again.
     depth: usize,
     error: Option<String>,
+    /// Inside this many expressions whose outcome tells about the values they read (a test, a
+    /// CASE condition, a window clause, a set-returning function's arguments): what is read
+    /// there also counts as a condition. One pass, whatever the nesting.
+    cond: usize,
+    /// Expressions that are conditions by where they stand (found on their parent).
+    roots: Vec<*const Expr>,
+    /// The condition expressions entered, innermost last.
+    open: Vec<*const Expr>,
+}
+
+impl<'a, 'r, 's> Refs<'a, 'r, 's> {
+    fn new(an: &'a mut Analyzer<'r>, scope: &'a Scope<'s>) -> Self {
+        Refs { an, scope, out: Src::default(), depth: 0, error: None, cond: 0, roots: Vec::new(), open: Vec::new() }
+    }
+
+    /// A source found: a value of the expression, and a condition when inside one.
+    fn found(&mut self, src: &Src) {
+        self.out.add(src);
+        if self.cond > 0 && !src.cols.is_empty() {
+            self.an.out.condition.add(&Src { cols: src.cols.clone(), computed: true, opaque: false });
+        }
+    }
 }
 
 impl Visitor for Refs<'_, '_, '_> {
@@ -1239,12 +1235,12 @@ impl Visitor for Refs<'_, '_, '_> {
             match self.an.query(q, Some(self.scope)) {
                 Ok(columns) => {
                     for (_, s) in columns {
-                        self.out.add(&s.computed());
+                        self.found(&s.computed());
                     }
                 }
                 Err(e) => {
                     self.error.get_or_insert(e);
-                    self.out.add(&Src::opaque());
+                    self.found(&Src::opaque());
                 }
             }
         }
@@ -1261,26 +1257,51 @@ impl Visitor for Refs<'_, '_, '_> {
         if self.depth > 0 {
             return ControlFlow::Continue(());
         }
-        if let Expr::Case { operand, conditions, .. } = e {
+        let ptr = e as *const Expr;
+        if decides(e) || self.roots.contains(&ptr) {
+            self.cond += 1;
+            self.open.push(ptr);
+        }
+        match e {
             // A branch: what it tests decides which result comes back.
-            let tested: Vec<&Expr> =
-                operand.iter().map(|o| o.as_ref()).chain(conditions.iter().map(|c| &c.condition)).collect();
-            for t in tested {
-                let mut inner =
-                    Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
-                let _ = t.visit(&mut inner);
-                let found = inner.out;
-                self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+            Expr::Case { operand, conditions, .. } => {
+                self.roots.extend(operand.iter().map(|o| o.as_ref() as *const Expr));
+                self.roots.extend(conditions.iter().map(|c| &c.condition as *const Expr));
             }
-        } else if decides(e) {
-            // A comparison or a test: its result (and whether it errors) tells about the
-            // values it reads, wherever it stands.
-            let mut inner = Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
-            let _ = visit_children(e, &mut inner);
-            let found = inner.out;
-            self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
+            Expr::Function(f) => {
+                // A window's PARTITION BY and ORDER BY order and group the rows; a
+                // set-returning function's arguments decide how many rows come back.
+                if let Some(ast::WindowType::WindowSpec(spec)) = &f.over {
+                    self.roots.extend(spec.partition_by.iter().map(|e| e as *const Expr));
+                    self.roots.extend(spec.order_by.iter().map(|o| &o.expr as *const Expr));
+                }
+                if object_name(&f.name).is_some_and(|n| set_returning(&n.name))
+                    && let FunctionArguments::List(list) = &f.args
+                {
+                    for a in &list.args {
+                        let (FunctionArg::Named { arg, .. }
+                        | FunctionArg::ExprNamed { arg, .. }
+                        | FunctionArg::Unnamed(arg)) = a;
+                        if let FunctionArgExpr::Expr(e) = arg {
+                            self.roots.push(e as *const Expr);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         self.plain(e)
+    }
+
+    fn post_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        if self.open.last() == Some(&(e as *const Expr)) {
+            self.open.pop();
+            self.cond -= 1;
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -1300,12 +1321,12 @@ impl Refs<'_, '_, '_> {
                 };
                 if let Some(why) = why {
                     self.an.out.opaque.push(why);
-                    self.out.add(&Src::opaque());
+                    self.found(&Src::opaque());
                 }
             }
             Expr::Identifier(i) => {
                 if let Some(src) = self.scope.resolve(&ident(i)) {
-                    self.out.add(&src);
+                    self.found(&src);
                 }
             }
             Expr::CompoundIdentifier(parts) => {
@@ -1330,32 +1351,11 @@ impl Refs<'_, '_, '_> {
                     }),
                 };
                 if let Some(src) = found {
-                    self.out.add(&src);
+                    self.found(&src);
                 }
             }
             Expr::Function(f) => {
                 let name = object_name(&f.name);
-                // A window's PARTITION BY and ORDER BY order and group the rows; a
-                // set-returning function's arguments decide how many rows come back.
-                if let Some(ast::WindowType::WindowSpec(spec)) = &f.over {
-                    let mut inner =
-                        Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
-                    for e in &spec.partition_by {
-                        let _ = e.visit(&mut inner);
-                    }
-                    for o in &spec.order_by {
-                        let _ = o.expr.visit(&mut inner);
-                    }
-                    let found = inner.out;
-                    self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
-                }
-                if name.as_ref().is_some_and(|n| set_returning(&n.name)) {
-                    let mut inner =
-                        Refs { an: &mut *self.an, scope: self.scope, out: Src::default(), depth: 0, error: None };
-                    let _ = f.args.visit(&mut inner);
-                    let found = inner.out;
-                    self.an.out.condition.add(&Src { cols: found.cols, computed: true, opaque: false });
-                }
                 if let Some(n) = &name
                     && n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
                     && matches!(
@@ -1367,7 +1367,7 @@ impl Refs<'_, '_, '_> {
                 }
                 if let Some(n) = &name {
                     let src = self.an.function_src(n.schema.as_deref(), &n.name, self.scope);
-                    self.out.add(&src);
+                    self.found(&src);
                 }
                 if let FunctionArguments::List(list) = &f.args {
                     for a in &list.args {
@@ -1379,7 +1379,7 @@ impl Refs<'_, '_, '_> {
                         if let FunctionArgExpr::QualifiedWildcard(q) = e
                             && let Some(item) = object_name(q).and_then(|q| self.scope.item(&q.name).cloned())
                         {
-                            self.out.add(&item.whole_row());
+                            self.found(&item.whole_row());
                         }
                     }
                 }

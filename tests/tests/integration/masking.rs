@@ -507,14 +507,16 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_row_counts() {
     for line in masked.lines() {
         assert!(line.starts_with("tok1_") && !line.contains('@'), "{line}");
     }
-    // Tokens are deterministic: equal values, equal tokens (joins and GROUP BY still work).
-    let twice = through(
-        &[],
-        "select email from crm.customers where id = 1 union all select contact from crm.contacts where id = 1",
-    );
-    let tokens: Vec<&str> = twice.lines().collect();
-    assert_eq!(tokens.len(), 2);
-    assert_eq!(tokens[0], tokens[1], "the same email gives the same token through the table and the view");
+    // Tokens are deterministic: equal values, equal tokens (joins and GROUP BY still work),
+    // through the table and through the view alike.
+    let table = through(&[], "select email from crm.customers where id = 1");
+    let view = through(&[], "select contact from crm.contacts where id = 1");
+    assert!(table.starts_with("tok1_"), "{table}");
+    assert_eq!(table, view, "the same email gives the same token through the table and the view");
+    // A computed value is redacted, not tokenised (a token of a chosen value mixed in would be
+    // a dictionary for the real ones).
+    let mixed = through(&[], "select email from crm.customers where id = 1 union all select 'guess@example.com'");
+    assert!(mixed.lines().all(|l| l == "****"), "{mixed}");
     // Format-preserving national ids keep their shape.
     let ssn = through(&[], "select ssn from crm.customers where id = 1");
     assert!(ssn.len() == 11 && ssn.as_bytes()[3] == b'-' && ssn.as_bytes()[6] == b'-' && ssn != "857-31-9042", "{ssn}");

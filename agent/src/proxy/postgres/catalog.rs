@@ -59,8 +59,10 @@ pub fn query(relations: bool) -> String {
         q.push_str(&format!(
             " UNION ALL \
              SELECT 'r', {ns}, {rn}, c.oid::pg_catalog.text, c.relkind::pg_catalog.text OPERATOR(pg_catalog.||) \
-               (CASE WHEN c.relhastriggers OR (c.relhasrules AND c.relkind OPERATOR(pg_catalog.<>) 'v'::pg_catalog.\"char\") \
-               THEN 't'::pg_catalog.text ELSE ''::pg_catalog.text END) \
+               (CASE WHEN c.relhastriggers THEN 't'::pg_catalog.text ELSE ''::pg_catalog.text END) OPERATOR(pg_catalog.||) \
+               (CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_rewrite w WHERE w.ev_class {eq} c.oid \
+                 AND w.rulename OPERATOR(pg_catalog.<>) '_RETURN'::pg_catalog.name) \
+               THEN 'R'::pg_catalog.text ELSE ''::pg_catalog.text END) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
              WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds} \
              UNION ALL \
@@ -191,13 +193,12 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
             Some("r") => {
                 let flags = plain(extra);
                 let kind = flags.chars().next().ok_or("a relation without relkind")?;
-                relations.get_or_insert_with(Default::default).add_relation(
-                    number(volatility, "relation OID")?,
-                    &named(schema)?,
-                    &named(name)?,
-                    kind,
-                    flags.contains('t'),
-                );
+                let oid = number(volatility, "relation OID")?;
+                let r = relations.get_or_insert_with(Default::default);
+                r.add_relation(oid, &named(schema)?, &named(name)?, kind, flags.contains('t') || flags.contains('R'));
+                if flags.contains('R') {
+                    r.add_rules(oid);
+                }
             }
             Some("a") => {
                 let relation = number(schema, "relation OID")?;

@@ -932,7 +932,14 @@ impl Observer<'_> {
                 BackendAction::Replace(bytes) => Some(bytes),
             });
         }
-        let replaced = if self.filtering { self.filter(st, msg) } else { None };
+        let replaced = if self.filtering {
+            self.filter(st, msg)
+        } else {
+            // Filtering stopped (a policy reload): nothing set up before may be applied later.
+            self.filter = None;
+            self.copy = None;
+            None
+        };
         match msg {
             Backend::Authentication { code: AUTH_SASL, data } => {
                 st.on_backend(msg)?;
