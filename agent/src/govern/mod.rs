@@ -286,7 +286,7 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
-        let (cursors, mut builtins_untrusted, facts, path) = {
+        let (mut cursors, mut builtins_untrusted, facts, path) = {
             let state = self.lock();
             let facts = match (&state.facts, state.catalog_stale) {
                 (_, true) => Facts::Unavailable(Arc::from(
@@ -453,6 +453,10 @@ impl SessionGovern {
                 }
                 if mask_policy.is_some() && effects.contains(Class::Ddl) {
                     redefined_here = true;
+                }
+                if let Some(name) = &part.described.analysis.declares {
+                    // A FETCH later in the same message reads the cursor declared here.
+                    cursors.insert(name.clone(), (class, class_reason.clone()));
                 }
                 PartJudgement {
                     span: part.span,

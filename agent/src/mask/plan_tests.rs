@@ -66,6 +66,7 @@ fn catalog() -> Catalog {
         r.add_column(oid, column(2, "badge", 25));
     }
     r.add_parent(106, 105);
+    r.operators.insert("@".into());
     let mut c = Catalog::default();
     c.add_function("crm", "leak", crate::sql::catalog::Volatility::Stable, None);
     c.relations = Some(r);
@@ -269,6 +270,8 @@ fn the_second_review_findings_are_refused_or_masked() {
     assert_eq!(p.columns[0].effective(), Some(Method::Redact));
     assert_eq!(p.masked[0].method, "redact");
     refuses(&ctx, "ALTER SCHEMA crm RENAME TO x", "holds protected columns");
+    // A prefix operator a user defined may run a function reading anything.
+    refuses(&ctx, "SELECT @ id FROM orders", "cannot be traced");
     refuses(&ctx, "DROP SCHEMA \"crm\" CASCADE", "holds protected columns");
     // Inside a test, a subquery's values are a condition too.
     refuses(&ctx, "SELECT id FROM customers WHERE id IN (SELECT length(ssn) FROM customers)", "condition");

@@ -587,34 +587,34 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     if let Some(node) = spec.get("rules") {
         match &node.value {
             Value::Seq(items) => {
-                let mut names: BTreeMap<&str, Pos> = BTreeMap::new();
+                let mut names: BTreeMap<String, Pos> = BTreeMap::new();
+                // Action and masking rules share one namespace: a name is defined once.
+                let mut unique = |cx: &mut Cx, name_node: &Node, path: &str| -> bool {
+                    let name = name_node.as_str().unwrap_or_default();
+                    if let Some(first) = names.get(name) {
+                        cx.error(
+                            name_node.pos,
+                            format!("{path}.name: rule `{name}` is already defined at line {}", first.line),
+                        );
+                        return false;
+                    }
+                    names.insert(name.to_string(), name_node.pos);
+                    true
+                };
                 for (i, item) in items.iter().enumerate() {
                     let path = format!("spec.rules[{i}]");
                     if is_mask_rule(item) {
-                        if let Some((rule, name_node)) = compile_mask_rule(cx, item, &path, masking.as_ref()) {
-                            let name = name_node.as_str().unwrap_or_default();
-                            if let Some(first) = names.get(name) {
-                                cx.error(
-                                    name_node.pos,
-                                    format!("{path}.name: rule `{name}` is already defined at line {}", first.line),
-                                );
-                                continue;
-                            }
-                            names.insert(name, name_node.pos);
+                        if let Some((rule, name_node)) = compile_mask_rule(cx, item, &path, masking.as_ref())
+                            && unique(cx, name_node, &path)
+                        {
                             masks.push(rule);
                         }
                         continue;
                     }
                     if let Some((rule, name_node)) = compile_rule(cx, item, &path) {
-                        let name = name_node.as_str().unwrap_or_default();
-                        if let Some(first) = names.get(name) {
-                            cx.error(
-                                name_node.pos,
-                                format!("{path}.name: rule `{name}` is already defined at line {}", first.line),
-                            );
+                        if !unique(cx, name_node, &path) {
                             continue;
                         }
-                        names.insert(name, name_node.pos);
                         check_reachable(cx, &rules, &rule, name_node.pos, &path);
                         rules.push(rule);
                     }

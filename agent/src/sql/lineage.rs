@@ -1324,6 +1324,12 @@ impl Refs<'_, '_, '_> {
                     self.found(&Src::opaque());
                 }
             }
+            Expr::UnaryOp { op, .. } => {
+                if let Some(why) = self.an.relations.opaque_operator(&op.to_string()) {
+                    self.an.out.opaque.push(why);
+                    self.found(&Src::opaque());
+                }
+            }
             Expr::Identifier(i) => {
                 if let Some(src) = self.scope.resolve(&ident(i)) {
                     self.found(&src);

@@ -590,9 +590,26 @@ impl ClientToServer<'_> {
             let st = self.lock();
             // A SQL PREPARE or DEALLOCATE the server has not answered yet may change what the
             // name holds by the time this statement runs: not known.
-            let changing = st
-                .unfinished()
-                .any(|r| ["prepare", "deallocate", "discard"].iter().any(|w| crate::govern::contains_ci(&r.sql, w)));
+            let changing = st.unfinished().any(|r| {
+                let options =
+                    crate::sql::LexOptions { standard_conforming_strings: r.lexing.standard_conforming_strings };
+                crate::sql::split_statements_with(&r.sql, options).into_iter().any(|part| {
+                    match crate::sql::prepared_statement_command(part, options) {
+                        Some(
+                            crate::sql::PreparedCommand::Prepare { name: n, .. }
+                            | crate::sql::PreparedCommand::Deallocate { name: n },
+                        ) => n == name || n == "all",
+                        // DISCARD ALL drops every prepared statement; code the proxy cannot
+                        // read may too.
+                        None => {
+                            part.trim_start().get(..7).is_some_and(|w| w.eq_ignore_ascii_case("discard"))
+                                || r.judgement.as_ref().is_none_or(|j| {
+                                    j.parts.iter().any(|p| p.effects.contains(crate::sql::Class::Unknown))
+                                })
+                        }
+                    }
+                })
+            });
             if changing {
                 return None;
             }
