@@ -153,18 +153,10 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         .map_err(|errors| anyhow::anyhow!("the policy set has mistakes:\n{errors}"))?;
     tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
     let approvals = crate::approval::Approvals::new(audit.clone(), crate::approval::webhook::Webhooks::start());
-    let mut governor = crate::govern::Governor::new(policies).with_approvals(approvals.clone());
-    // Masking keys: outside policies, root-only. Without them masking still masks, with a key
-    // that lives in memory (tokens then change when the agent restarts).
-    match crate::mask::keys::MaskKeys::load_or_create(&config.mask_keys) {
-        Ok(keys) => match keys.current() {
-            Some(key) => governor = governor.with_mask_key(key.clone()),
-            None => tracing::warn!(dir = %config.mask_keys.display(), "no masking key; tokens use an in-memory key"),
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "masking keys unavailable; tokens use an in-memory key until they are fixed")
-        }
-    }
+    // Masking keys: outside policies, root-only, rotated on SIGHUP.
+    let governor = crate::govern::Governor::new(policies)
+        .with_approvals(approvals.clone())
+        .with_mask_keys(config.mask_keys.clone());
     let governor = Arc::new(governor);
     // The admin socket before serving: an agent whose API cannot be reached could hold
     // statements nobody can approve.

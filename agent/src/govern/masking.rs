@@ -72,7 +72,7 @@ impl SessionGovern {
             (_, true) => Err(Arc::from("the session changed definitions since its catalog was read")),
             (Facts::Known(catalog), false) => {
                 let path = state.relation_schemas.clone();
-                MaskContext::new(policy.clone(), catalog.clone(), path, self.governor.mask_key.clone())
+                MaskContext::new(policy.clone(), catalog.clone(), path, self.governor.mask_key.load_full())
                     .map(Arc::new)
                     .map_err(Arc::from)
             }

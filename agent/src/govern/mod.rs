@@ -63,8 +63,10 @@ pub struct Governor {
     pub descriptions: Arc<DescriptionCache>,
     /// Where held statements wait for an approver (`None`: a hold is refused at once).
     approvals: Option<Arc<Approvals>>,
-    /// The key tokens and format-preserving masks are made with.
-    mask_key: Arc<crate::mask::keys::Key>,
+    /// The key tokens and format-preserving masks are made with (the highest version of the
+    /// host's mask keys), and the directory they are read from again on SIGHUP (rotation).
+    mask_key: ArcSwap<crate::mask::keys::Key>,
+    mask_keys: Option<std::path::PathBuf>,
 }
 
 /// Which session of which workload a judgement is for (what an approval request shows).
@@ -81,14 +83,35 @@ impl Governor {
             generations: AtomicU64::new(1),
             descriptions: Arc::new(DescriptionCache::new(4096)),
             approvals: None,
-            mask_key: Arc::new(crate::mask::keys::Key::ephemeral()),
+            mask_key: ArcSwap::from_pointee(crate::mask::keys::Key::ephemeral()),
+            mask_keys: None,
         }
     }
 
-    /// Masks with `key` (the current version of the host's mask keys).
-    pub fn with_mask_key(mut self, key: crate::mask::keys::Key) -> Self {
-        self.mask_key = Arc::new(key);
+    /// Masks with the highest version of the keys in `dir` (created when there is none), read
+    /// again on every SIGHUP: rotation is adding `mask-N+1.key` and sending SIGHUP. Keys that
+    /// cannot be read leave an in-memory key (masking still masks; tokens change on restart).
+    pub fn with_mask_keys(mut self, dir: std::path::PathBuf) -> Self {
+        self.mask_keys = Some(dir);
+        self.reload_mask_key();
         self
+    }
+
+    /// Reads the mask keys again; keeps the key in force if they cannot be read.
+    pub fn reload_mask_key(&self) {
+        let Some(dir) = &self.mask_keys else { return };
+        match crate::mask::keys::MaskKeys::load_or_create(dir) {
+            Ok(keys) => match keys.current() {
+                Some(key) => {
+                    if key.version != self.mask_key.load().version {
+                        tracing::info!(version = key.version, dir = %dir.display(), "masking key in force");
+                    }
+                    self.mask_key.store(Arc::new(key.clone()));
+                }
+                None => tracing::warn!(dir = %dir.display(), "no masking key; the key in force stays"),
+            },
+            Err(e) => tracing::warn!(error = %e, "masking keys unreadable; the key in force stays"),
+        }
     }
 
     /// Held statements wait in `approvals` for a decision.
@@ -891,6 +914,27 @@ mod tests {
             portal: b"",
             message: 1,
         }
+    }
+
+    #[test]
+    fn mask_keys_rotate_when_read_again() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = std::env::temp_dir().join(format!("warden-govern-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys = dir.join("keys");
+        let governor = Governor::new(PolicySet::empty()).with_mask_keys(keys.clone());
+        assert_eq!(governor.mask_key.load().version, 1, "the first key is created");
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(keys.join("mask-2.key")).unwrap();
+        std::io::Write::write_all(&mut f, &[7u8; 32]).unwrap();
+        drop(f);
+        governor.reload_mask_key();
+        assert_eq!(governor.mask_key.load().version, 2, "the highest version masks after a reload");
+        // A key that cannot be read keeps the one in force.
+        std::fs::write(keys.join("mask-3.key"), b"short").unwrap();
+        governor.reload_mask_key();
+        assert_eq!(governor.mask_key.load().version, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn session(policy: &str) -> SessionGovern {

@@ -54,6 +54,10 @@ pub fn load(paths: &[PathBuf]) -> Result<PolicySet, String> {
 
 /// Reloads the set in force from `paths`, logging the outcome. Returns whether it changed.
 pub fn reload(governor: &Governor, paths: &[PathBuf], why: &str) -> bool {
+    if why == "SIGHUP" {
+        // Mask keys rotate on SIGHUP (a new policy generation rebuilds sessions' masking).
+        governor.reload_mask_key();
+    }
     match load(paths) {
         Ok(set) => {
             let count = set.len();
