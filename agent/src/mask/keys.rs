@@ -239,39 +239,3 @@ mod tests {
         assert_eq!(key.mac("token", b"a"), key.mac("token", b"a"));
     }
 }
-
-#[cfg(test)]
-mod speed {
-    /// `cargo test --release -p warden-agent --lib -- --ignored mask::keys::speed --nocapture`
-    #[test]
-    #[ignore]
-    fn mac_speed() {
-        let key = super::Key::new(1, [9; 32]);
-        let n = 1_000_000u32;
-        let t = std::time::Instant::now();
-        let mut acc = 0u8;
-        for i in 0..n {
-            let v = format!("user{i}@example.com");
-            acc ^= key.mac("token", v.as_bytes())[0];
-        }
-        let mac = t.elapsed();
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let v = format!("user{i}@example.com");
-            acc ^= v.as_bytes()[0];
-        }
-        let base = t.elapsed();
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let v = format!("user{i}@example.com");
-            acc ^= key.token_prf(v.as_bytes())[0];
-        }
-        let prf = t.elapsed();
-        println!(
-            "mac: {:?}/value, token prf: {:?}/value (format baseline {:?}) {acc}",
-            mac.saturating_sub(base) / n,
-            prf.saturating_sub(base) / n,
-            base / n
-        );
-    }
-}

@@ -396,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn masks_appended_in_place_equal_the_owned_ones() {
+        for method in
+            [Method::Redact, Method::Token, Method::Partial { keep_last: 3 }, Method::FormatPreserving, Method::Null]
+        {
+            for (class, value) in
+                [(TypeClass::Text, &b"alice@example.com"[..]), (TypeClass::Integer { width: 4 }, b"42")]
+            {
+                let mut out = b"prefix".to_vec();
+                let written = mask_text_into(method, value, class, &key(), &mut out);
+                match mask_text(method, value, class, &key()) {
+                    Masked::Value(v) => assert!(written && out[6..] == v[..], "{method:?} {class:?}"),
+                    Masked::Null => assert!(!written && out == b"prefix", "{method:?} {class:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn integer_and_uuid_masks_parse_as_their_type_in_both_formats() {
         for (oid, width) in [(21u32, 2u8), (23, 4), (20, 8)] {
             let t = text(mask_text(Method::Token, b"12345", TypeClass::of(oid), &key()));
