@@ -135,7 +135,7 @@ const RUNS_SQL: &[&str] = &[
 ];
 
 /// A view's traced columns, or why they could not be traced.
-type ViewColumns = Result<Arc<Vec<RelColumn>>, String>;
+type ViewColumns = Result<Arc<(Vec<RelColumn>, Src)>, String>;
 /// A statement's plan, or why it is refused.
 type Planned = Result<Arc<PartMask>, String>;
 
@@ -394,7 +394,7 @@ impl MaskContext {
     }
 
     /// A view's columns, traced through its definition (cached).
-    fn view_columns(&self, r: &RelationInfo) -> Result<Arc<Vec<RelColumn>>, String> {
+    fn view_columns(&self, r: &RelationInfo) -> ViewColumns {
         if let Some(done) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get(&r.oid) {
             return done.clone();
         }
@@ -415,7 +415,7 @@ impl MaskContext {
             *self.view_depth.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
             traced.map(|l: Lineage| {
                 let outputs = l.outputs.unwrap_or_default();
-                let mut columns: Vec<RelColumn> = r
+                let columns: Vec<RelColumn> = r
                     .columns
                     .iter()
                     .enumerate()
@@ -436,14 +436,9 @@ impl MaskContext {
                         RelColumn { name: c.name.clone(), src, generated: false }
                     })
                     .collect();
-                // Conditions of a view decide which rows it shows: reading the view reads them.
-                if !l.condition.cols.is_empty() {
-                    for c in &mut columns {
-                        c.src.add(&Src { cols: l.condition.cols.clone(), computed: true, opaque: false });
-                        c.src.computed = true;
-                    }
-                }
-                Arc::new(columns)
+                // Conditions of a view decide which rows it shows: a statement reading the
+                // view reads them in a condition (kept apart: its columns stay what they are).
+                Arc::new((columns, l.condition.clone()))
             })
         };
         self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(r.oid, result.clone());
@@ -453,7 +448,7 @@ impl MaskContext {
     fn relation_columns(&self, r: &RelationInfo) -> Vec<RelColumn> {
         match r.kind {
             'v' | 'm' => match self.view_columns(r) {
-                Ok(c) => c.as_ref().clone(),
+                Ok(c) => c.0.clone(),
                 Err(_) => r
                     .columns
                     .iter()
@@ -833,6 +828,19 @@ fn stronger(a: Protected, b: Protected) -> Protected {
 }
 
 impl Relations for MaskContext {
+    fn relation_condition(&self, schema: Option<&str>, name: &str) -> Src {
+        let mut out = Src::default();
+        for r in self.candidates(schema, name) {
+            if matches!(r.kind, 'v' | 'm') {
+                match self.view_columns(r) {
+                    Ok(c) => out.add(&c.1),
+                    Err(_) => out.add(&Src::opaque()),
+                }
+            }
+        }
+        out
+    }
+
     fn relation(&self, schema: Option<&str>, name: &str) -> Relation {
         if schema.is_none_or(|s| s == "pg_catalog") && QUOTING_CATALOGS.contains(&name) {
             return Relation::Opaque(format!("reads {name}, which quotes values of other tables and statements"));

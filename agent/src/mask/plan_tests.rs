@@ -51,6 +51,14 @@ fn catalog() -> Catalog {
     r.add_column(102, column(2, "contact", 25));
     r.add_column(102, column(3, "shout", 25));
     r.add_definition(102, " SELECT c.id, c.email AS contact, upper(c.name) AS shout FROM crm.customers c;".into());
+    // A view that filters: on an unprotected column, and on a protected one.
+    r.add_relation(107, "crm", "vip", 'v', false);
+    r.add_column(107, column(1, "id", 23));
+    r.add_column(107, column(2, "contact", 25));
+    r.add_definition(107, " SELECT c.id, c.email AS contact FROM crm.customers c WHERE c.id = 1;".into());
+    r.add_relation(108, "crm", "probe", 'v', false);
+    r.add_column(108, column(1, "id", 23));
+    r.add_definition(108, " SELECT c.id FROM crm.customers c WHERE c.ssn LIKE '8%';".into());
     // A partitioned table whose partition is named by the rule, and an inheritance child.
     r.add_relation(103, "crm", "events", 'p', false);
     r.add_relation(104, "crm", "events_2024", 'r', false);
@@ -156,6 +164,9 @@ fn views_partitions_and_inheritance_lead_back_to_the_protected_column() {
     let ctx = context(&[("app", "agent")]);
     masks(&ctx, "SELECT * FROM contacts", &["clear", "partial", "clear"]);
     masks(&ctx, "SELECT contact FROM crm.contacts v", &["partial"]);
+    // A view's WHERE is a condition of the statement reading it, not part of its columns.
+    masks(&ctx, "SELECT * FROM vip", &["clear", "partial"]);
+    refuses(&ctx, "SELECT id FROM probe", "in a condition");
     // `*.*.email` does not name `contact`, but a rule on a partition protects the parent.
     masks(&ctx, "SELECT id, contact FROM events", &["clear", "clear"]);
     masks(&ctx, "SELECT badge, name FROM staff", &["redact", "clear"]);

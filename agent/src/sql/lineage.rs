@@ -93,6 +93,11 @@ pub trait Relations {
     /// Why calling this function yields values of unknown lineage, if it does (a user
     /// function whose body is not read, a built-in that runs SQL text).
     fn opaque_function(&self, schema: Option<&str>, name: &str) -> Option<String>;
+    /// What a relation's rows are chosen by (a view's WHERE): reading it reads those in a
+    /// condition.
+    fn relation_condition(&self, _schema: Option<&str>, _name: &str) -> Src {
+        Src::default()
+    }
     /// Why an operator written `symbol` may run a user function, if it may.
     fn opaque_operator(&self, _symbol: &str) -> Option<String> {
         None
@@ -819,7 +824,11 @@ impl Analyzer<'_> {
         let columns = match schema.is_none().then(|| scope.cte(name)).flatten() {
             Some(columns) => Some(columns.clone()),
             None => match self.relations.relation(schema, name) {
-                Relation::Columns(c) => Some(c.into_iter().map(|c| (c.name, c.src)).collect()),
+                Relation::Columns(c) => {
+                    let condition = self.relations.relation_condition(schema, name);
+                    self.out.condition.add(&condition);
+                    Some(c.into_iter().map(|c| (c.name, c.src)).collect())
+                }
                 Relation::Clean => None,
                 Relation::Opaque(why) => {
                     self.out.opaque.push(why);
