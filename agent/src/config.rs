@@ -112,13 +112,68 @@ pub enum DatabaseAddress {
     Host { host: String, port: u16, addrs: Vec<SocketAddr> },
     /// `*:PORT`: the port on every address, including ones a workload might try instead.
     AnyAddress(u16),
+    /// `NAMESPACE/NAME:PORT`: a Kubernetes Service, by its port's number or name. Its cluster
+    /// IPs, its node port (on every address) and its backends' addresses are governed, followed
+    /// from the API (`kube/services.rs`); none are known at parse time.
+    Service { namespace: String, name: String, port: ServicePort },
+}
+
+/// A Service's port, as the database address names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServicePort {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A DNS-1123 label (Kubernetes namespaces and Service names).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `NAMESPACE/NAME:PORT`.
+fn parse_service(text: &str) -> Result<DatabaseAddress, String> {
+    let expected = "expected NAMESPACE/SERVICE:PORT (a Kubernetes Service, PORT its number or name)";
+    let (namespace, rest) = text.split_once('/').ok_or_else(|| format!("{text:?}: {expected}"))?;
+    let (name, port) = rest.rsplit_once(':').ok_or_else(|| format!("{text:?} has no port; {expected}"))?;
+    if !is_dns_label(namespace) {
+        return Err(format!("{namespace:?} is not a namespace name (a DNS-1123 label); {expected}"));
+    }
+    if !is_dns_label(name) || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("{name:?} is not a Service name (a DNS-1035 label); {expected}"));
+    }
+    let port = match port.parse::<u16>() {
+        Ok(0) => return Err(format!("port 0 in {text:?}; {expected}")),
+        Ok(n) => ServicePort::Number(n),
+        // An IANA service name, as Kubernetes validates port names.
+        Err(_) if is_dns_label(port) && port.len() <= 15 && port.chars().any(|c| c.is_ascii_lowercase()) => {
+            ServicePort::Name(port.to_string())
+        }
+        Err(_) => return Err(format!("invalid port {port:?} in {text:?}; {expected}")),
+    };
+    Ok(DatabaseAddress::Service { namespace: namespace.to_string(), name: name.to_string(), port })
 }
 
 impl TryFrom<String> for DatabaseAddress {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let expected = "expected HOST:PORT, IP:PORT, [IPV6]:PORT or *:PORT";
+        let expected = "expected HOST:PORT, IP:PORT, [IPV6]:PORT, *:PORT or NAMESPACE/SERVICE:PORT";
+        if text.contains('/') && !text.starts_with('[') {
+            return parse_service(&text);
+        }
         if let Some(port) = text.strip_prefix("*:") {
             let port: u16 = port.parse().map_err(|_| format!("invalid port in {text:?}; {expected}"))?;
             if port == 0 {
@@ -180,7 +235,7 @@ impl<'de> Deserialize<'de> for DatabaseAddress {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = DatabaseAddress;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("HOST:PORT, IP:PORT, [IPV6]:PORT or *:PORT")
+                f.write_str("HOST:PORT, IP:PORT, [IPV6]:PORT, *:PORT or NAMESPACE/SERVICE:PORT")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DatabaseAddress, E> {
                 DatabaseAddress::try_from(v.to_string()).map_err(E::custom)
@@ -191,11 +246,12 @@ impl<'de> Deserialize<'de> for DatabaseAddress {
 }
 
 impl DatabaseAddress {
-    /// The port governed.
+    /// The port governed (0 for a Service: its ports come from the API).
     pub fn port(&self) -> u16 {
         match self {
             Self::AnyAddress(port) | Self::Host { port, .. } => *port,
             Self::Exact(addrs) => addrs.first().map_or(0, SocketAddr::port),
+            Self::Service { .. } => 0,
         }
     }
 }
@@ -204,6 +260,7 @@ impl fmt::Display for DatabaseAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AnyAddress(port) => write!(f, "*:{port}"),
+            Self::Service { namespace, name, port } => write!(f, "service {namespace}/{name}:{port}"),
             Self::Host { host, port, addrs } if addrs.is_empty() => write!(f, "{host}:{port} (not resolved)"),
             Self::Host { host, addrs, .. } => {
                 let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -634,6 +691,48 @@ struct RawConfig {
     admin: RawAdminConfig,
     #[serde(default)]
     masking: RawMaskingConfig,
+    #[serde(default)]
+    kubernetes: Option<KubernetesConfig>,
+    #[serde(default)]
+    metrics: Option<MetricsConfig>,
+}
+
+/// Kubernetes (`kubernetes:`): pod identity from a watch of this node's pods, and databases
+/// named by Service. Absent: neither (a plain host).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The node whose pods are watched: default `$NODE_NAME` (the DaemonSet sets it from the
+    /// downward API), else the host name.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// A kubeconfig file; default: the pod's service account (in-cluster), else `$KUBECONFIG`
+    /// or `~/.kube/config`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a flow from a pod the watch has not shown yet waits for it before it is refused
+    /// (never judged without its pod's identity).
+    #[serde(default = "default_pod_wait_ms")]
+    pub pod_wait_ms: u64,
+    /// How long a deleted pod still resolves (a flow's last statements, late kernel events).
+    #[serde(default = "default_deleted_pod_grace_s")]
+    pub deleted_pod_grace_s: u64,
+}
+
+fn default_pod_wait_ms() -> u64 {
+    5_000
+}
+fn default_deleted_pod_grace_s() -> u64 {
+    300
+}
+
+/// `/metrics`, `/healthz` and `/readyz` over HTTP (`metrics:`). Absent: not served.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where they are served: a local address (the DaemonSet's probes and Prometheus reach it
+    /// on the node's loopback or host network).
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -696,6 +795,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The directory of the masking keys (tokens and format-preserving masks).
     pub mask_keys: PathBuf,
+    pub kubernetes: Option<KubernetesConfig>,
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl Config {
@@ -810,6 +911,22 @@ impl Config {
             socket: raw.admin.socket.unwrap_or_else(|| raw.state_dir.join("admin.sock")),
             group: raw.admin.group,
         };
+        if let Some(k) = &raw.kubernetes {
+            if k.pod_wait_ms > 60_000 {
+                return Err(invalid("kubernetes.pod_wait_ms".into(), "expected at most 60000".into()));
+            }
+            if k.node_name.as_deref() == Some("") {
+                return Err(invalid("kubernetes.node_name".into(), "empty node name".into()));
+            }
+        }
+        if raw.kubernetes.is_none()
+            && let Some(i) = raw.databases.iter().position(|d| matches!(d.address, DatabaseAddress::Service { .. }))
+        {
+            return Err(invalid(
+                format!("databases[{i}].address"),
+                "a Service address needs the `kubernetes:` section (the agent follows the Service from the API)".into(),
+            ));
+        }
         let mask_keys = raw
             .masking
             .keys
@@ -827,6 +944,8 @@ impl Config {
             dns: raw.dns,
             policies: raw.policies.iter().map(|p| if p.is_relative() { base.join(p) } else { p.clone() }).collect(),
             admin,
+            kubernetes: raw.kubernetes,
+            metrics: raw.metrics,
         })
     }
 
@@ -837,7 +956,7 @@ impl Config {
         for db in &self.databases {
             let addrs: &[SocketAddr] = match &db.address {
                 DatabaseAddress::Exact(a) | DatabaseAddress::Host { addrs: a, .. } => a,
-                DatabaseAddress::AnyAddress(_) => &[],
+                DatabaseAddress::AnyAddress(_) | DatabaseAddress::Service { .. } => &[],
             };
             for a in addrs.iter().filter(|a| a.ip().is_unspecified()) {
                 out.push(format!(
@@ -902,6 +1021,31 @@ mod tests {
         assert_eq!((db.mode, db.fail, db.protocol), (Mode::Enforce, FailMode::Policy, Protocol::Postgres));
         assert_eq!(c.proxy.listen_v4, "169.254.77.1:432".parse().unwrap());
         assert_eq!(c.on_exit, OnExit::Keep);
+    }
+
+    #[test]
+    fn services_are_named_as_kubernetes_does_and_need_the_kubernetes_section() {
+        let address = |a: &str| DatabaseAddress::try_from(a.to_string());
+        assert_eq!(
+            address("crm/pg-primary:5432").expect("a Service"),
+            DatabaseAddress::Service {
+                namespace: "crm".into(),
+                name: "pg-primary".into(),
+                port: ServicePort::Number(5432)
+            }
+        );
+        assert!(matches!(
+            address("crm/pg:postgres"),
+            Ok(DatabaseAddress::Service { port: ServicePort::Name(n), .. }) if n == "postgres"
+        ));
+        for bad in ["Crm/pg:5432", "crm/pg", "crm/1pg:5432", "crm/pg:0", "crm/pg:Post_gres", "/pg:5432", "a/b/c:1"] {
+            assert!(address(bad).is_err(), "{bad}");
+        }
+        let err = parse("databases:\n  - {name: a, address: 'crm/pg:5432'}\n").expect_err("no kubernetes");
+        assert!(err.to_string().contains("kubernetes"), "{err}");
+        let c =
+            parse("databases:\n  - {name: a, address: 'crm/pg:5432'}\nkubernetes: {node_name: n1}\n").expect("valid");
+        assert_eq!(c.kubernetes.expect("set").pod_wait_ms, 5_000);
     }
 
     #[test]

@@ -314,12 +314,26 @@ pub fn governed_entries(config: &Config) -> Vec<(Endpoint, EndpointPolicy)> {
     governed_entries_with(config, &BTreeMap::new())
 }
 
+/// Where a database named by host name or Service is reached now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Addresses: what a host name resolves to; a Service's cluster IPs and backends.
+    pub addrs: Vec<SocketAddr>,
+    /// Ports governed on every address: a Service's node port.
+    pub any_address: Vec<u16>,
+}
+
+impl Reached {
+    /// Reached at `addrs` only.
+    pub fn at(addrs: Vec<SocketAddr>) -> Self {
+        Self { addrs, any_address: Vec::new() }
+    }
+}
+
 /// As `governed_entries`, with `resolved` (by database index) in place of the snapshot's
-/// addresses for host-named databases: what their names resolve to now (`net::dns`).
-pub fn governed_entries_with(
-    config: &Config,
-    resolved: &BTreeMap<usize, Vec<SocketAddr>>,
-) -> Vec<(Endpoint, EndpointPolicy)> {
+/// addresses for host-named databases (what their names resolve to now, `net::dns`) and the
+/// endpoints of Service-named ones (`kube::services`).
+pub fn governed_entries_with(config: &Config, resolved: &BTreeMap<usize, Reached>) -> Vec<(Endpoint, EndpointPolicy)> {
     let mut out = Vec::new();
     for (id, db) in config.databases.iter().enumerate() {
         let policy = EndpointPolicy {
@@ -339,8 +353,14 @@ pub fn governed_entries_with(
             DatabaseAddress::AnyAddress(port) => out.push((Endpoint::any_address(*port), policy)),
             DatabaseAddress::Exact(addrs) => out.extend(addrs.iter().map(|a| (endpoint_of(*a), policy))),
             DatabaseAddress::Host { addrs, .. } => {
-                let addrs = resolved.get(&id).unwrap_or(addrs);
+                let addrs = resolved.get(&id).map_or(addrs, |r| &r.addrs);
                 out.extend(addrs.iter().map(|a| (endpoint_of(*a), policy)))
+            }
+            DatabaseAddress::Service { .. } => {
+                if let Some(reached) = resolved.get(&id) {
+                    out.extend(reached.addrs.iter().map(|a| (endpoint_of(*a), policy)));
+                    out.extend(reached.any_address.iter().map(|p| (Endpoint::any_address(*p), policy)));
+                }
             }
         }
     }
@@ -481,8 +501,11 @@ mod tests {
         endpoint_of(addr.parse().expect("address"))
     }
 
-    fn resolved(entries: &[(usize, &[&str])]) -> BTreeMap<usize, Vec<SocketAddr>> {
-        entries.iter().map(|(id, addrs)| (*id, addrs.iter().map(|a| a.parse().unwrap()).collect())).collect()
+    fn resolved(entries: &[(usize, &[&str])]) -> BTreeMap<usize, Reached> {
+        entries
+            .iter()
+            .map(|(id, addrs)| (*id, Reached::at(addrs.iter().map(|a| a.parse().unwrap()).collect())))
+            .collect()
     }
 
     /// The database each endpoint belongs to, as the kernel would look it up.
@@ -509,6 +532,22 @@ mod tests {
                 ("10.0.0.6:5432".parse().unwrap(), 0),
                 ("[::]:6432".parse().unwrap(), 1),
                 ("[fd00::6]:5432".parse().unwrap(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_service_is_governed_at_its_cluster_ips_backends_and_node_port_once_known() {
+        let c = config("  - {name: a, address: 'crm/pg:5432'}\nkubernetes: {node_name: n1}");
+        assert!(governed_entries(&c).is_empty(), "nothing known before the API answers");
+        let mut known = resolved(&[(0, &["10.96.0.10:5432", "10.244.1.7:5432"])]);
+        known.get_mut(&0).expect("set").any_address.push(30432);
+        assert_eq!(
+            owners(&governed_entries_with(&c, &known)),
+            vec![
+                ("10.96.0.10:5432".parse().unwrap(), 0),
+                ("10.244.1.7:5432".parse().unwrap(), 0),
+                ("[::]:30432".parse().unwrap(), 0)
             ]
         );
     }

@@ -1,4 +1,5 @@
-//! Warden's agent: kernel-program loader, identity resolution, the proxy and the audit trail.
+//! Warden's agent: kernel-program loader, identity resolution (processes, cgroups, Kubernetes
+//! pods), the proxy and the audit trail.
 
 pub mod admin;
 pub mod approval;
@@ -10,6 +11,7 @@ pub mod exec;
 pub mod flow;
 pub mod govern;
 pub mod identity;
+pub mod kubernetes;
 pub mod mask;
 pub mod net;
 pub mod pg;

@@ -19,17 +19,22 @@ use anyhow::{Context as _, Result};
 use crate::{
     audit::{AuditLog, Event, SessionId},
     cgroup::{self, CgroupId},
-    config::{Config, OnExit},
+    config::{Config, DatabaseAddress, OnExit},
     ebpf::{Kernel, monotonic_ns},
     flow::{KernelFacts, endpoint_of, socket_addr_of},
     identity::{Resolver, workloads_dir},
+    kubernetes::Cluster,
     net::{
         dns::{self, HostFollower},
+        governed::Governed,
         listener, netif,
         netns::Namespaces,
     },
     proxy::{self, SessionIds, Shared, limits::Limits},
 };
+
+/// How long start-up waits for the Kubernetes watches' first lists before it serves anyway.
+const KUBE_SYNC_WAIT: Duration = Duration::from_secs(15);
 
 /// SO_MARK the agent puts on its upstream sockets ("WDN").
 pub const UPSTREAM_MARK: u32 = 0x0057_444e;
@@ -48,6 +53,11 @@ pub fn run(mut config: Config) -> Result<()> {
     // Host names first: a name that resolves to nothing stops the agent before it changes
     // anything on the host. The follower's resolver lives on this runtime, as it must.
     let hosts = runtime.block_on(dns::resolve_at_start(&mut config)).context("resolving database host names")?;
+    // The API server's configuration is read now: without it, pods could not be told apart.
+    let cluster = match &config.kubernetes {
+        Some(k) => Some(runtime.block_on(Cluster::connect(k)).context("connecting to the Kubernetes API")?),
+        None => None,
+    };
     let config = Arc::new(config);
     raise_open_file_limit();
     for warning in config.warnings() {
@@ -66,7 +76,7 @@ pub fn run(mut config: Config) -> Result<()> {
         addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
-    runtime.block_on(serve(config, own_cgroup, hosts))
+    runtime.block_on(serve(config, own_cgroup, hosts, cluster))
 }
 
 /// Each proxied connection holds two descriptors: the default soft limit (1024) would refuse
@@ -120,7 +130,7 @@ fn fail_epoch_base() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -> Result<()> {
+async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, cluster: Option<Cluster>) -> Result<()> {
     // Handlers first: a SIGTERM that arrives once we are attached must reach the clean
     // shutdown (which publishes "not serving" at once), not the default action.
     let signals = Signals::install()?;
@@ -172,10 +182,17 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         )
         .context("loading and attaching the eBPF programs")?,
     );
+    let pods = cluster
+        .as_ref()
+        .map(|c| Arc::new(crate::identity::Pods::new(c.deleted_grace, Arc::new(crate::identity::MonotonicClock))));
+    let mut resolver = Resolver::new(&config.cgroup_root, &config.state_dir);
+    if let Some(pods) = &pods {
+        resolver = resolver.with_pods(pods.clone());
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
         kernel: kernel.clone(),
-        resolver: Arc::new(Resolver::new(&config.cgroup_root, &config.state_dir)),
+        resolver: Arc::new(resolver),
         audit: audit.clone(),
         own_cgroup,
         upstream_mark: UPSTREAM_MARK,
@@ -192,6 +209,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
         refusals: proxy::limits::RefusalRecords::new(10),
         fail_epoch_base,
         live: Arc::new(proxy::live::LiveSessions::default()),
+        pod_wait: cluster.as_ref().map_or(Duration::ZERO, |c| c.pod_wait),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -227,7 +245,46 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower) -
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(shared.clone()));
-    tasks.spawn(hosts.follow(config.clone(), kernel.clone(), audit.clone()));
+    let governed = Arc::new(Governed::new(config.clone(), kernel.clone()));
+    tasks.spawn(hosts.follow(governed.clone(), audit.clone()));
+    let kube_sync = Arc::new(crate::kubernetes::Sync::default());
+    if let (Some(cluster), Some(pods)) = (&cluster, &pods) {
+        tasks.spawn(crate::kubernetes::pods::watch(
+            cluster.client.clone(),
+            cluster.node.clone(),
+            pods.clone(),
+            kube_sync.expect("pods"),
+        ));
+        for (index, db) in config.databases.iter().enumerate() {
+            if let DatabaseAddress::Service { namespace, name, port } = &db.address {
+                let service = crate::kubernetes::services::ServiceDatabase {
+                    index,
+                    database: db.name.clone(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port: port.clone(),
+                };
+                let synced = kube_sync.expect(&format!("service {namespace}/{name}"));
+                tasks.spawn(crate::kubernetes::services::follow(
+                    cluster.client.clone(),
+                    service,
+                    governed.clone(),
+                    audit.clone(),
+                    synced,
+                ));
+            }
+        }
+        // Serving is announced once the node's pods and the databases' Services are known (or
+        // after KUBE_SYNC_WAIT, with a warning: flows of pods not known yet wait for them).
+        let deadline = tokio::time::Instant::now() + KUBE_SYNC_WAIT;
+        while !kube_sync.waiting().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waiting = kube_sync.waiting();
+        if !waiting.is_empty() {
+            tracing::warn!(?waiting, "serving before these Kubernetes watches listed; they are retried");
+        }
+    }
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         Arc::new(crate::admin::AdminState {

@@ -2,6 +2,7 @@
 //! PostgreSQL, the real `warden` agent with its real kernel programs, and network namespaces
 //! standing in for pods. Everything it creates is removed on drop, also when a test panics.
 
+pub mod kubeapi;
 pub mod raw;
 
 use std::{
@@ -661,7 +662,8 @@ impl Agent {
 /// A network namespace with a veth pair to the host, standing in for a pod.
 pub struct Netns {
     pub name: String,
-    host_if: String,
+    /// The host's end of the veth pair.
+    pub host_if: String,
     /// The host's address on the veth (what the pod dials to reach the host's PostgreSQL).
     pub host_ip: String,
     pub pod_ip: String,

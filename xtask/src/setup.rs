@@ -125,6 +125,8 @@ fn debian_packages() -> Result<()> {
         ("pgbouncer", "pgbouncer"),
         ("java", "default-jre-headless"),
         ("openssl", "openssl"),
+        // The Kubernetes tests stand in for kube-proxy's DNAT with an nftables table.
+        ("nft", "nftables"),
     ] {
         if !on_path(binary) && !missing.contains(&package) {
             missing.push(package);

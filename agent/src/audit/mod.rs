@@ -114,6 +114,8 @@ pub enum Event {
     /// A database's host name resolves to other addresses; the kernel governs `added` (and no
     /// longer `removed`, unless another database still names them) from this record on.
     EndpointsChanged { database: String, host: String, added: Vec<SocketAddr>, removed: Vec<SocketAddr> },
+    /// A session's pod was relabelled: its statements from here on are judged by `labels`.
+    IdentityRelabelled { session: SessionId, database: String, labels: std::collections::BTreeMap<String, String> },
     /// An identity went over its fair share of the ring: how many of its statement records were
     /// condensed or dropped (written by the writer once per window, and at shutdown).
     AuditFlood(share::Flood),

@@ -253,6 +253,7 @@ impl FairShare {
                 (Some(self.session_key(*session)), shed)
             }
             Event::SessionTerminated { session, .. } => (Some(self.session_key(*session)), Shed::Never),
+            Event::IdentityRelabelled { session, .. } => (Some(self.session_key(*session)), Shed::Connection),
             Event::ConnectionRefused { identity, .. } => (Some(self.intern(identity_key(identity))), Shed::Connection),
             Event::Ungoverned { identity, .. } | Event::RefusedNotServing { identity, .. } => {
                 (Some(self.intern(identity_key(identity))), Shed::Never)
@@ -394,6 +395,7 @@ mod tests {
             container_id: container.map(str::to_string),
             container_runtime: None,
             pod_uid: None,
+            pod: None,
             labels: label.map(|l| BTreeMap::from([("warden/identity".to_string(), l.to_string())])).unwrap_or_default(),
             netns_cookie: 1,
         }

@@ -47,6 +47,7 @@ impl SessionGovern {
         generation: u64,
         selection: &Selection,
     ) -> Option<Arc<MaskPolicy>> {
+        let labels = self.labels();
         let epoch = self.lock().facts_epoch;
         let basis = (generation, epoch);
         if let Some((b, p)) = &self.lock().masking.policy
@@ -54,7 +55,7 @@ impl SessionGovern {
         {
             return p.clone();
         }
-        let policy = selection.masking(set, &self.labels).map(Arc::new);
+        let policy = selection.masking(set, &labels).map(Arc::new);
         self.lock().masking.policy = Some((basis, policy.clone()));
         policy
     }

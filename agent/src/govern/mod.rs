@@ -4,7 +4,8 @@
 //! message, and the audit never judges.
 //!
 //! A session's policies are selected once per identity (its labels, the governed database, the
-//! role it acts as) and again when the policy set is reloaded or the role may have changed.
+//! role it acts as) and again when the policy set is reloaded, the role may have changed, or the
+//! workload's pod was relabelled (its next statement is judged by the new labels).
 
 pub mod bench;
 pub mod describe;
@@ -156,7 +157,8 @@ impl Governor {
     ) -> SessionGovern {
         SessionGovern {
             governor: self.clone(),
-            labels,
+            labels: ArcSwap::from_pointee(labels),
+            relabel: None,
             database: Arc::from(database),
             origin,
             next,
@@ -234,10 +236,16 @@ enum Facts {
     Unavailable(Arc<str>),
 }
 
+/// Told a session's new labels when its pod was relabelled.
+type Relabelled = Box<dyn Fn(&BTreeMap<String, String>) + Send + Sync>;
+
 /// One session's judgement hooks.
 pub struct SessionGovern {
     governor: Arc<Governor>,
-    labels: BTreeMap<String, String>,
+    /// The labels statements are judged by: the identity's, as its pod has them now.
+    labels: ArcSwap<BTreeMap<String, String>>,
+    /// The workload's pod, followed for relabelling; and what to tell when it was.
+    relabel: Option<(crate::identity::Relabel, Relabelled)>,
     database: Arc<str>,
     origin: Option<Origin>,
     next: Arc<dyn SessionHooks>,
@@ -254,8 +262,43 @@ impl SessionGovern {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Follows the workload's pod: when it is relabelled, the next statement is judged by its
+    /// new labels, and `changed` is told them.
+    pub fn with_relabel(
+        mut self,
+        relabel: Option<crate::identity::Relabel>,
+        changed: impl Fn(&BTreeMap<String, String>) + Send + Sync + 'static,
+    ) -> Self {
+        self.relabel = relabel.map(|r| (r, Box::new(changed) as Relabelled));
+        self
+    }
+
+    /// The labels to judge by now (one atomic load unless the node's pods changed). Never
+    /// called with the state locked: a relabelling resets what was decided under the old labels.
+    fn labels(&self) -> Arc<BTreeMap<String, String>> {
+        if let Some((relabel, changed)) = &self.relabel
+            && let Some(now) = relabel.changed()
+            && **self.labels.load() != now
+        {
+            let now = Arc::new(now);
+            self.labels.store(now.clone());
+            {
+                let mut state = self.lock();
+                // Everything chosen for the old labels is chosen again: policies, whether facts
+                // are needed, the masking policy and context, judgements made ahead.
+                state.selection = None;
+                state.facts_not_needed = None;
+                state.facts_epoch += 1;
+            }
+            changed(&now);
+            return now;
+        }
+        self.labels.load_full()
+    }
+
     /// The policies that apply to this session under `snapshot`.
     fn selection(&self, snapshot: &PolicySnapshot) -> Selection {
+        let labels = self.labels();
         let mut state = self.lock();
         if let Some((generation, selection)) = &state.selection
             && *generation == snapshot.generation
@@ -266,7 +309,7 @@ impl SessionGovern {
         // SET ROLE), every `users` filter applies: the role is not known yet.
         let role_known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed == Some(snapshot.generation);
         let user = if role_known { state.role.as_deref() } else { None };
-        let subject = Subject { labels: &self.labels, database: &self.database, user };
+        let subject = Subject { labels: &labels, database: &self.database, user };
         let selection = snapshot.set.select(&subject);
         state.selection = Some((snapshot.generation, selection.clone()));
         selection
@@ -647,6 +690,7 @@ impl SessionHooks for SessionGovern {
 
     fn wants_facts(&self) -> bool {
         let snapshot = self.governor.snapshot();
+        let labels = self.labels();
         let without_relations = matches!(&self.lock().facts, Facts::Known(c) if c.relations.is_none());
         // Facts read before masking applied lack the relations masking resolves through.
         let missing_relations = without_relations && self.wants_relations();
@@ -661,7 +705,7 @@ impl SessionHooks for SessionGovern {
         }
         // Needed where a policy may refuse something of this identity, whatever role it acts
         // as (the facts tell the role).
-        let subject = Subject { labels: &self.labels, database: &self.database, user: None };
+        let subject = Subject { labels: &labels, database: &self.database, user: None };
         if snapshot.set.select(&subject).guards() {
             true
         } else {
@@ -672,8 +716,9 @@ impl SessionHooks for SessionGovern {
 
     fn wants_relations(&self) -> bool {
         let snapshot = self.governor.snapshot();
-        let subject = Subject { labels: &self.labels, database: &self.database, user: None };
-        snapshot.set.select(&subject).masking(&snapshot.set, &self.labels).is_some()
+        let labels = self.labels();
+        let subject = Subject { labels: &labels, database: &self.database, user: None };
+        snapshot.set.select(&subject).masking(&snapshot.set, &labels).is_some()
     }
 
     fn judgement_current(&self, judgement: &Judgement) -> bool {

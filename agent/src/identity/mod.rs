@@ -1,13 +1,15 @@
 //! Workload identity: from the kernel's facts about a connecting process (pid, uid, cgroup id)
 //! to what an operator recognises — executable, user, cgroup path, container, labels.
 //!
-//! Labels come from `warden exec` (a file per labelled cgroup under the state directory, written
-//! by root before the workload starts). Kubernetes pod labels come later through the same
-//! cgroup → container → pod chain; the container id is parsed here already ([`container`]).
-//! The [`Resolver`] keeps the filesystem work off the proxy's async path and caches per cgroup.
+//! Labels come from Kubernetes (cgroup path → container and pod UID ([`container`]) → the pod
+//! as the node's watch shows it ([`pods`]): its labels, namespace, service account and owner),
+//! else from `warden exec` (a file per labelled cgroup under the state directory, written by
+//! root before the workload starts). The [`Resolver`] keeps the filesystem work off the proxy's
+//! async path and caches per cgroup; pods are looked up per flow (they change on their own).
 
 pub mod cache;
 pub mod container;
+pub mod pods;
 mod resolver;
 mod users;
 
@@ -21,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     cache::{Clock, ManualClock, MonotonicClock},
     container::{ContainerRef, Layout, RootError, RuntimeRoot, RuntimeRoots, parse_container},
-    resolver::{Resolver, ResolverConfig},
+    pods::{Pod, PodIdentity, Pods},
+    resolver::{Relabel, Resolver, ResolverConfig},
 };
 use crate::{cgroup::CgroupId, flow::KernelFacts};
 
@@ -42,6 +45,8 @@ pub struct Identity {
     /// The runtime that made the container (`containerd`, `cri-o`, `docker`, `podman`, `cri`).
     pub container_runtime: Option<String>,
     pub pod_uid: Option<String>,
+    /// The pod behind `pod_uid`, as the Kubernetes API describes it.
+    pub pod: Option<PodIdentity>,
     pub labels: BTreeMap<String, String>,
     pub netns_cookie: u64,
 }
@@ -76,6 +81,7 @@ impl Identity {
             container_id: None,
             container_runtime: None,
             pod_uid: None,
+            pod: None,
             labels: BTreeMap::new(),
             netns_cookie: facts.netns_cookie,
         }
@@ -167,6 +173,7 @@ mod tests {
             "cgroup",
             "container_id",
             "pod_uid",
+            "pod",
             "labels",
             "netns_cookie",
         ] {

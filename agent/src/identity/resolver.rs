@@ -30,6 +30,7 @@ use super::{
     Identity, WorkloadLabels,
     cache::{Clock, FileStamp, Lru, MonotonicClock},
     container::{ContainerRef, RuntimeRoots},
+    pods::{PodIdentity, Pods},
     users::UserNames,
     workloads_dir,
 };
@@ -128,6 +129,34 @@ pub struct Resolver {
     walkers: AtomicUsize,
     /// Resolutions that took the slow path.
     misses: AtomicU64,
+    /// The node's pods, when the agent watches Kubernetes.
+    pods: Option<Arc<Pods>>,
+}
+
+/// A session's live view of its pod: the labels its next statement is judged by, which change
+/// when the pod is relabelled.
+#[derive(Debug)]
+pub struct Relabel {
+    pods: Arc<Pods>,
+    uid: String,
+    /// The labels that do not come from the pod.
+    base: BTreeMap<String, String>,
+    /// The index's generation last looked at.
+    seen: AtomicU64,
+}
+
+impl Relabel {
+    /// The pod's labels now, if the index moved since the last call (and still has the pod).
+    pub fn changed(&self) -> Option<BTreeMap<String, String>> {
+        let generation = self.pods.generation();
+        if self.seen.swap(generation, Ordering::AcqRel) == generation {
+            return None;
+        }
+        let pod = self.pods.get(&self.uid)?;
+        let mut labels = self.base.clone();
+        labels.extend(pod.identity_labels());
+        Some(labels)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,8 +181,48 @@ impl Resolver {
             walking: Mutex::new(()),
             walkers: AtomicUsize::new(0),
             misses: AtomicU64::new(0),
+            pods: None,
             config,
         }
+    }
+
+    /// Resolves pods through `pods` (the node's watch).
+    pub fn with_pods(mut self, pods: Arc<Pods>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The node's pods, when watched.
+    pub fn pods(&self) -> Option<&Arc<Pods>> {
+        self.pods.as_ref()
+    }
+
+    /// Fills in the pod behind `identity.pod_uid` (its labels win over any other source's).
+    /// Returns false when the identity has a pod UID the index does not know (yet).
+    pub fn attach_pod(&self, identity: &mut Identity) -> bool {
+        let (Some(pods), Some(uid)) = (&self.pods, &identity.pod_uid) else { return true };
+        if identity.pod.is_some() {
+            return true;
+        }
+        let Some(pod) = pods.get(uid) else { return false };
+        identity.pod = Some(PodIdentity::from(&*pod));
+        identity.labels.extend(pod.identity_labels());
+        true
+    }
+
+    /// Follows `identity`'s pod for later relabelling, if it has one.
+    pub fn relabel(&self, identity: &Identity) -> Option<Relabel> {
+        let pods = self.pods.clone()?;
+        let uid = identity.pod_uid.clone()?;
+        identity.pod.as_ref()?;
+        let pod_keys = pods.get(&uid).map(|p| p.identity_labels()).unwrap_or_default();
+        let base = identity
+            .labels
+            .iter()
+            .filter(|(k, _)| !pod_keys.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Relabel { seen: AtomicU64::new(pods.generation()), pods, uid, base })
     }
 
     /// The identity from the cache when it is fresh; `None` means the slow path is due. Touches
@@ -169,7 +238,9 @@ impl Resolver {
             }
             Arc::clone(&entry.info)
         };
-        Some(build(facts, &info, user))
+        let mut identity = build(facts, &info, user);
+        self.attach_pod(&mut identity);
+        Some(identity)
     }
 
     /// The identity behind `facts`: from the cache when fresh, otherwise resolved on tokio's
@@ -236,7 +307,9 @@ impl Resolver {
         let now = self.config.clock.now();
         let user = self.users.lookup(facts.uid, now);
         let info = self.cgroup_info(facts, now);
-        build(facts, &info, user)
+        let mut identity = build(facts, &info, user);
+        self.attach_pod(&mut identity);
+        identity
     }
 
     fn cgroup_info(&self, facts: &KernelFacts, now: Instant) -> Arc<CgroupInfo> {

@@ -26,7 +26,8 @@ use hickory_resolver::{
 use crate::{
     audit::{AuditLog, Event},
     config::{Config, DatabaseAddress, DnsConfig},
-    ebpf::{Kernel, governed_entries_with},
+    ebpf::Reached,
+    net::governed::Governed,
 };
 
 /// While a name keeps failing, its warning is repeated at most this often (the retries behind
@@ -283,7 +284,7 @@ impl HostFollower {
     /// Runs until aborted: re-resolves each name as it falls due, updates the kernel's table
     /// (new endpoints first, then the ones no database uses any more), then records each change.
     /// `config` must be the snapshot `resolve_at_start` filled in.
-    pub async fn follow(mut self, config: Arc<Config>, kernel: Arc<Kernel>, audit: AuditLog) {
+    pub async fn follow(mut self, governed: Arc<Governed>, audit: AuditLog) {
         let retry = Duration::from_secs(self.dns.min_ttl_s);
         // Changes are recorded once the kernel has them: a record must not claim an endpoint is
         // governed while the map update that governs it is still failing.
@@ -306,8 +307,12 @@ impl HostFollower {
             if pending.is_empty() && !kernel_behind {
                 continue;
             }
-            let wanted = governed_entries_with(&config, &self.table.resolved());
-            match kernel.replace_governed(&wanted) {
+            let hosts = self.table.resolved();
+            match governed.update(|reached| {
+                for (index, addrs) in hosts {
+                    reached.insert(index, Reached::at(addrs));
+                }
+            }) {
                 Ok(diff) => {
                     kernel_behind = false;
                     tracing::debug!(

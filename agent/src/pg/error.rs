@@ -20,6 +20,8 @@ pub mod sqlstate {
     pub const INTERNAL_ERROR: &str = "XX000";
     /// The request needs something the agent is not configured for (e.g. replication).
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// The connection cannot be served yet (as PostgreSQL says while it starts up).
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     /// An operator ended the session (as pg_terminate_backend does).
     pub const ADMIN_SHUTDOWN: &str = "57P01";
 }

@@ -62,6 +62,8 @@ pub struct Shared {
     pub fail_epoch_base: u64,
     /// Live PostgreSQL sessions (the admin API lists and ends them).
     pub live: Arc<live::LiveSessions>,
+    /// How long a flow from a pod the watch has not shown yet waits for it.
+    pub pod_wait: Duration,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -153,7 +155,38 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let orig_dst = OrigDst(socket_addr_of(&origin.orig_dst));
     // Resolved off the accept path (a cache miss reads /proc and the cgroup tree on the
     // blocking pool).
-    let identity = shared.resolver.resolve(facts.clone()).await;
+    let mut identity = shared.resolver.resolve(facts.clone()).await;
+    if let (Some(pods), Some(uid)) = (shared.resolver.pods(), identity.pod_uid.clone())
+        && identity.pod.is_none()
+    {
+        // A pod's flow is judged with its pod's identity or not at all: a flow that arrives
+        // before the watch shows its pod waits for it.
+        if pods.wait(&uid, shared.pod_wait).await.is_some() {
+            shared.resolver.attach_pod(&mut identity);
+        }
+        if identity.pod.is_none() {
+            let reason = format!(
+                "pod {uid} is not known to the Kubernetes API (waited {} ms); refused rather than judged without its identity",
+                shared.pod_wait.as_millis()
+            );
+            tracing::warn!(database = %db.name, pod_uid = %uid, "{reason}");
+            shared.audit.record(Event::ConnectionRefused {
+                database: db.name.clone(),
+                orig_dst: orig_dst.0,
+                client: peer.0,
+                reason: reason.clone(),
+                identity,
+            });
+            refuse_fatal(
+                db.protocol,
+                client,
+                crate::pg::error::sqlstate::CANNOT_CONNECT_NOW,
+                &format!("warden: {reason}"),
+            )
+            .await;
+            return;
+        }
+    }
     let _slot = match shared.limits.admit(&identity.tenant_key()) {
         Ok(slot) => slot,
         Err(limit) => {
@@ -174,7 +207,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                     identity,
                 });
             }
-            refuse_busy(db.protocol, client, &limit.to_string()).await;
+            let message = format!("warden: too many connections: {limit}");
+            refuse_fatal(db.protocol, client, crate::pg::error::sqlstate::TOO_MANY_CONNECTIONS, &message).await;
             return;
         }
     };
@@ -264,7 +298,21 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                         Arc::new(crate::session::hooks::AllowAll)
                     };
                     let origin = crate::govern::Origin { session, identity: shared_identity.clone() };
-                    Arc::new(shared.governor.session(identity.labels.clone(), &db.name, Some(origin), record))
+                    let audit = shared.audit.clone();
+                    let database = db.name.clone();
+                    Arc::new(
+                        shared.governor.session(identity.labels.clone(), &db.name, Some(origin), record).with_relabel(
+                            shared.resolver.relabel(&identity),
+                            move |labels| {
+                                tracing::info!(session = session.0, database = %database, "the pod was relabelled: later statements are judged by its new labels");
+                                audit.record(Event::IdentityRelabelled {
+                                    session,
+                                    database: database.clone(),
+                                    labels: labels.clone(),
+                                });
+                            },
+                        ),
+                    )
                 },
                 cancels: shared.cancels.clone(),
                 live: Some(registered.session.clone()),
@@ -316,22 +364,41 @@ impl Dial {
 /// Refuses a connection over a limit: PostgreSQL clients get FATAL 53300 (what the server says
 /// when it has too many clients), others are closed. Whatever the client already sent is read
 /// and discarded briefly, so the close is not a reset that hides the error.
-async fn refuse_busy(protocol: Protocol, mut client: TcpStream, why: &str) {
+async fn refuse_fatal(protocol: Protocol, mut client: TcpStream, sqlstate: &str, message: &str) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if protocol == Protocol::Postgres {
-        let message = format!("warden: too many connections: {why}");
+        // As a server that cannot take the connection: encryption declined, the start-up
+        // packet read, then the error (a client that asked for TLS would not read it sooner).
+        let _ = tokio::time::timeout(Duration::from_secs(2), skip_startup(&mut client)).await;
         let _ = client
-            .write_all(&crate::pg::error::error_message(
-                crate::pg::error::Severity::Fatal,
-                crate::pg::error::sqlstate::TOO_MANY_CONNECTIONS,
-                &message,
-            ))
+            .write_all(&crate::pg::error::error_message(crate::pg::error::Severity::Fatal, sqlstate, message))
             .await;
     }
     let _ = client.shutdown().await;
     let mut sink = [0u8; 4096];
     let drain = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// Reads the client's start-up: SSLRequest and GSSENCRequest are declined ('N'), the start-up
+/// packet itself is read and dropped (at most 10,000 bytes, PostgreSQL's own limit).
+async fn skip_startup(client: &mut TcpStream) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for _ in 0..3 {
+        let mut head = [0u8; 8];
+        client.read_exact(&mut head).await?;
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 8 && (code == crate::pg::frame::SSL_REQUEST || code == crate::pg::frame::GSSENC_REQUEST) {
+            client.write_all(b"N").await?;
+            continue;
+        }
+        let rest = usize::try_from(len).ok().filter(|l| (8..=10_000).contains(l)).map_or(0, |l| l - 8);
+        let mut body = vec![0u8; rest];
+        client.read_exact(&mut body).await?;
+        return Ok(());
+    }
+    Ok(())
 }
 
 /// Connection-level governance for protocols without a module: relay bytes both ways. A

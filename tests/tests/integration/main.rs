@@ -9,6 +9,7 @@ mod audit_share;
 mod dns;
 mod governance;
 mod hardening;
+mod kubernetes;
 mod lexer_vs_server;
 mod masking;
 mod policy;

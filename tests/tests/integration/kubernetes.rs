@@ -1,0 +1,420 @@
+//! Kubernetes: pods are identities and Services are governed databases. The API server is this
+//! test's own (`testkit::kubeapi`, the real list/watch wire format: resourceVersion, bookmarks,
+//! 410 Gone); everything else is real — the agent's kube client, the kernel programs, cgroups
+//! at kubelet's path shapes, network namespaces as pods, PostgreSQL and psql. A Service's
+//! cluster IP lives on a dummy interface the test makes, and kube-proxy's DNAT is an nftables
+//! table the test makes, so nothing leaves the machine. Run as root through `cargo xtask test`.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use testkit::{
+    Agent, DEFAULT_AUDIT, Netns, PgOptions, Postgres, check,
+    kubeapi::{FakeKubeApi, Resource, pod},
+    output, psql, psql_argv, unique,
+};
+
+const NODE: &str = "node-1";
+const TOKEN: &str = "warden-test-token";
+
+fn pod_uid(n: u8) -> String {
+    format!("5f0c7a1e-1b2c-4d3e-8f40-0000000000{n:02}")
+}
+
+fn container_id(n: u8) -> String {
+    format!("{:064x}", 0x00c0_ffee_0000_u64 + u64::from(n))
+}
+
+/// A pod's container cgroup at a kubelet path shape; removed (deepest first) on drop, with
+/// the ancestors it had to create.
+struct PodCgroup {
+    created: Vec<PathBuf>,
+    leaf: PathBuf,
+}
+
+impl PodCgroup {
+    fn at(path: &str) -> Self {
+        let mut created = Vec::new();
+        // The cgroup v2 hierarchy, wherever it is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
+        let mut dir = warden::cgroup::default_root();
+        for part in path.trim_start_matches('/').split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                created.push(dir.clone());
+            }
+        }
+        Self { created, leaf: dir }
+    }
+
+    /// kubelet's systemd driver, containerd: `kubepods.slice/kubepods-besteffort.slice/...`.
+    fn systemd(n: u8) -> Self {
+        let uid = pod_uid(n).replace('-', "_");
+        Self::at(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{}.scope",
+            container_id(n)
+        ))
+    }
+
+    /// kubelet's cgroupfs driver, CRI-O: `kubepods/burstable/pod<uid>/crio-<id>`.
+    fn cgroupfs(n: u8) -> Self {
+        Self::at(&format!("/kubepods/burstable/pod{}/crio-{}", pod_uid(n), container_id(n)))
+    }
+
+    /// `argv` run in this cgroup and in `netns` (the pod's network).
+    fn command(&self, netns: &Netns, argv: &[String]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.leaf.join("cgroup.procs"))
+            .args(["ip", "netns", "exec", &netns.name])
+            .args(argv);
+        c
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn kube_yaml(api: &FakeKubeApi, dir: &std::path::Path) -> String {
+    let kubeconfig = dir.join(unique("kubeconfig-"));
+    std::fs::write(&kubeconfig, api.kubeconfig(TOKEN)).expect("kubeconfig");
+    format!("kubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  pod_wait_ms: 2000\n", kubeconfig.display())
+}
+
+fn opens(agent: &Agent) -> Vec<Value> {
+    agent.records().into_iter().filter(|r| r["kind"] == "connection_open").collect()
+}
+
+/// The next connection_open after `before` of them.
+fn next_open(agent: &Agent, before: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = opens(agent);
+        if all.len() > before {
+            return all[before].clone();
+        }
+        assert!(Instant::now() < deadline, "no connection_open\n{}", agent.log());
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn etl_pod(labels: Value) -> Value {
+    pod("crm", "etl-7d9f6c-x2x4z", &pod_uid(1), NODE, labels, Some(("ReplicaSet", "etl-7d9f6c")))
+}
+
+const RESTRICTED: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: restricted}\nspec:\n  selector: {matchLabels: {tier: restricted}}\n  rules: []\n  default: deny\n";
+
+#[test]
+fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_relists() {
+    let api = FakeKubeApi::start();
+    api.put(
+        Resource::ReplicaSets,
+        json!({
+            "metadata": {"name": "etl-7d9f6c", "namespace": "crm", "uid": "rs-uid",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "etl", "uid": "d-uid", "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": "etl"}}, "template": {"metadata": {"labels": {"app": "etl"}}}}
+        }),
+    );
+    // The pod claims Warden's own keys: they are Warden's to set, and it cannot.
+    api.put(
+        Resource::Pods,
+        etl_pod(json!({"app": "etl", "warden/identity": "etl-agent", "k8s.warden.dev/namespace": "kube-system"})),
+    );
+    // A pod of another node: this node's watch never shows it.
+    api.put(Resource::Pods, pod("crm", "elsewhere", &pod_uid(9), "node-2", json!({"app": "etl"}), None));
+
+    let pg = Postgres::start();
+    let net = Netns::create(41);
+    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("policies");
+    std::fs::write(policies.join("restricted.yaml"), RESTRICTED).expect("policy");
+    let agent = Agent::start_with_top_level(
+        &format!("  - {{name: main, address: '*:{}'}}", pg.port),
+        "",
+        DEFAULT_AUDIT,
+        &format!("{}policies: [{}]\n", kube_yaml(&api, &dir), policies.display()),
+    );
+    assert!(agent.log().contains("pods of this node listed"), "{}", agent.log());
+    assert!(api.authorizations().iter().all(|a| a == &format!("Bearer {TOKEN}")), "{:?}", api.authorizations());
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("/api/v1/pods?") && r.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "a node-scoped list: {requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "a watch with bookmarks: {requests:#?}"
+    );
+
+    // A client in the pod is the pod: labels, namespace, service account, owning Deployment.
+    let etl = PodCgroup::systemd(1);
+    let before = opens(&agent).len();
+    ok(&output(&mut etl.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    let open = next_open(&agent, before);
+    let identity = &open["identity"];
+    assert_eq!(identity["pod_uid"], pod_uid(1), "{open}");
+    assert_eq!(identity["container_id"], container_id(1));
+    assert_eq!(identity["container_runtime"], "containerd");
+    assert_eq!(
+        identity["pod"],
+        json!({"namespace": "crm", "name": "etl-7d9f6c-x2x4z", "service_account": "etl-7d9f6c-x2x4z-sa",
+            "owner": {"kind": "Deployment", "name": "etl"}})
+    );
+    let labels = &identity["labels"];
+    assert_eq!(labels["app"], "etl");
+    assert_eq!(labels["warden/identity"], "etl-agent");
+    assert_eq!(labels["k8s.warden.dev/namespace"], "crm", "the pod's own claim is dropped: {labels}");
+    assert_eq!(labels["k8s.warden.dev/owner-kind"], "Deployment");
+    assert_eq!(labels["k8s.warden.dev/owner-name"], "etl");
+    assert_eq!(labels["k8s.warden.dev/service-account"], "etl-7d9f6c-x2x4z-sa");
+
+    // Relabelled while a session is open: its next statement is judged by the new labels.
+    let script = dir.join("relabel.sql");
+    std::fs::write(
+        &script,
+        "select 'before-relabel' as before_relabel;\n\\! sleep 3\nselect 'after-relabel' as after_relabel;\n",
+    )
+    .expect("script");
+    let mut argv = psql_argv(&net.host_ip, pg.port, "");
+    argv.truncate(argv.len() - 2);
+    argv.extend(["-f".to_string(), script.display().to_string()]);
+    let session: Child = etl.command(&net, &argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("psql");
+    let before_relabel = agent.wait_record("the statement before relabelling", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.contains("before_relabel"))
+    });
+    api.put(Resource::Pods, etl_pod(json!({"app": "etl", "tier": "restricted"})));
+    let out = session.wait_with_output().expect("psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("before-relabel") && !stdout.contains("after-relabel"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("restricted"), "refused by the policy the new labels select: {stderr}");
+    let relabelled = agent.wait_record("identity_relabelled", |r| r["kind"] == "identity_relabelled");
+    assert_eq!(relabelled["labels"]["tier"], "restricted");
+    assert_eq!(relabelled["session"], before_relabel["session"]);
+    let after = agent.wait_record("the refused statement", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.contains("after_relabel"))
+    });
+    assert_eq!(after["verdict"]["decision"], "deny", "{after}");
+
+    // A flow that arrives before its pod: it waits, and is the pod once the watch shows it.
+    api.put(
+        Resource::Jobs,
+        json!({
+            "metadata": {"name": "report-29000000", "namespace": "batch", "uid": "job-uid",
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "report", "uid": "cj-uid", "controller": true}]},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "report:1"}]}}}
+        }),
+    );
+    let late = PodCgroup::cgroupfs(2);
+    let before = opens(&agent).len();
+    let client = late
+        .command(&net, &psql_argv(&net.host_ip, pg.port, "select 'late'"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    sleep(Duration::from_millis(700));
+    let late_pod = pod(
+        "batch",
+        "report-29000000-q8w7e",
+        &pod_uid(2),
+        NODE,
+        json!({"app": "report"}),
+        Some(("Job", "report-29000000")),
+    );
+    api.put(Resource::Pods, late_pod);
+    let out = client.wait_with_output().expect("psql");
+    assert_eq!(ok(&out).trim(), "late");
+    let open = next_open(&agent, before);
+    assert_eq!(open["identity"]["pod"]["name"], "report-29000000-q8w7e");
+    assert_eq!(open["identity"]["pod"]["owner"], json!({"kind": "CronJob", "name": "report"}));
+    assert_eq!(open["identity"]["container_runtime"], "cri-o");
+
+    // A pod the watch never shows (another node's): refused, never judged anonymously.
+    let stranger = PodCgroup::systemd(9);
+    let out = output(&mut stranger.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not known to the Kubernetes API"), "{out:?}");
+    let refused = agent.wait_record("connection_refused", |r| r["kind"] == "connection_refused");
+    assert_eq!(refused["identity"]["pod_uid"], pod_uid(9));
+
+    // A deleted pod still resolves within its grace period (late flows, last statements).
+    api.delete(Resource::Pods, "batch", "report-29000000-q8w7e");
+    sleep(Duration::from_millis(300));
+    let before = opens(&agent).len();
+    ok(&output(&mut late.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "report-29000000-q8w7e");
+
+    // The API compacts its history: the watch gets 410 Gone, lists again, and goes on.
+    let lists = |api: &FakeKubeApi| {
+        api.requests().iter().filter(|r| r.contains("/api/v1/pods?") && !r.contains("watch=true")).count()
+    };
+    let listed = lists(&api);
+    api.expire();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lists(&api) == listed {
+        assert!(Instant::now() < deadline, "no relist after 410 Gone: {:#?}", api.requests());
+        sleep(Duration::from_millis(50));
+    }
+    api.put(Resource::Pods, pod("crm", "after-relist", &pod_uid(3), NODE, json!({"app": "etl"}), None));
+    let third = PodCgroup::systemd(3);
+    let before = opens(&agent).len();
+    ok(&output(&mut third.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "after-relist");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// kube-proxy's part, for the test: DNAT from a Service's cluster IP and node port to its
+/// backend, in the host's namespace (pods' packets arrive through PREROUTING, the host's own
+/// through OUTPUT). Removed on drop.
+struct KubeProxy {
+    table: String,
+}
+
+impl KubeProxy {
+    /// `cluster_ip` is put on `interface` (one the test made: a packet that escaped the
+    /// redirect would stay on the machine).
+    fn install(interface: &str, cluster_ip: &str, port: u16, node_ip: &str, node_port: u16, backend: &str) -> Self {
+        let proxy = Self { table: unique("wdnkp") };
+        check(Command::new("ip").args(["addr", "add", &format!("{cluster_ip}/32"), "dev", interface]));
+        let rules = format!(
+            "table ip {t} {{\n chain pre {{ type nat hook prerouting priority -100; ip daddr {cluster_ip} tcp dport {port} dnat to {backend}; ip daddr {node_ip} tcp dport {node_port} dnat to {backend}; }}\n chain out {{ type nat hook output priority -100; ip daddr {cluster_ip} tcp dport {port} dnat to {backend}; ip daddr {node_ip} tcp dport {node_port} dnat to {backend}; }}\n}}\n",
+            t = proxy.table
+        );
+        let file = std::env::temp_dir().join(format!("{}.nft", proxy.table));
+        std::fs::write(&file, rules).expect("nft rules");
+        check(Command::new("nft").arg("-f").arg(&file));
+        let _ = std::fs::remove_file(file);
+        proxy
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = output(Command::new("nft").args(["delete", "table", "ip", &self.table]));
+    }
+}
+
+fn governed_as(agent: &Agent, netns: Option<&Netns>, ip: &str, port: u16) -> Value {
+    let before = opens(agent).len();
+    let argv = psql_argv(ip, port, "select 1");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = ns.command(std::path::Path::new(&argv[0]));
+            c.args(&argv[1..]);
+            c
+        }
+        None => psql(ip, port, "select 1"),
+    };
+    assert_eq!(ok(&output(&mut cmd)).trim(), "1");
+    next_open(agent, before)
+}
+
+#[test]
+fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed() {
+    let api = FakeKubeApi::start();
+    // The host's own connection to the cluster IP leaves from that (local) address.
+    let pg = Postgres::start_with(PgOptions { hba: "host all all 10.96.0.0/16 trust", ..PgOptions::default() });
+    let net = Netns::create(42);
+    let (cluster_ip, node_port) = ("10.96.77.10", 30432u16);
+    let backend = format!("{}:{}", net.host_ip, pg.port);
+    let _kube_proxy = KubeProxy::install(&net.host_if, cluster_ip, 5432, &net.host_ip, node_port, &backend);
+    api.put(
+        Resource::Services,
+        json!({
+            "metadata": {"name": "pg", "namespace": "crm", "uid": "svc-uid"},
+            "spec": {"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres", "nodePort": node_port, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {}}
+        }),
+    );
+    let slice = |ip: &str| {
+        json!({
+            "metadata": {"name": "pg-x7k2p", "namespace": "crm", "labels": {"kubernetes.io/service-name": "pg"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "postgres", "port": pg.port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": NODE}]
+        })
+    };
+    api.put(Resource::EndpointSlices, slice(&net.host_ip));
+    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let agent = Agent::start_with_top_level(
+        "  - {name: crm-pg, address: 'crm/pg:postgres'}",
+        "",
+        DEFAULT_AUDIT,
+        &kube_yaml(&api, &dir),
+    );
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("/api/v1/namespaces/crm/services?") && r.contains("metadata.name%3Dpg"))
+    );
+    assert!(requests.iter().any(|r| r.contains("/apis/discovery.k8s.io/v1/namespaces/crm/endpointslices?")
+        && r.contains("kubernetes.io%2Fservice-name%3Dpg")));
+
+    // The cluster IP (from a pod and from the host), the node port, the backend: all governed.
+    for (netns, ip, port) in [
+        (Some(&net), cluster_ip, 5432),
+        (None, cluster_ip, 5432),
+        (Some(&net), net.host_ip.as_str(), node_port),
+        (Some(&net), net.host_ip.as_str(), pg.port),
+    ] {
+        let open = governed_as(&agent, netns, ip, port);
+        assert_eq!(open["database"], "crm-pg");
+        assert_eq!(open["orig_dst"], format!("{ip}:{port}"));
+    }
+
+    // The backend moves: the new address is governed, the old one released, without a restart.
+    api.put(Resource::EndpointSlices, slice("127.0.0.1"));
+    let changed = agent.wait_record("endpoints_changed", |r| {
+        r["kind"] == "endpoints_changed" && r["added"] == json!([format!("127.0.0.1:{}", pg.port)])
+    });
+    assert_eq!(changed["database"], "crm-pg");
+    assert_eq!(changed["removed"], json!([backend]));
+    assert_eq!(governed_as(&agent, None, "127.0.0.1", pg.port)["database"], "crm-pg");
+    let redirected = agent.stat("redirected");
+    let before = opens(&agent).len();
+    ok(&output(&mut psql(&net.host_ip, pg.port, "select 1")));
+    sleep(Duration::from_millis(300));
+    assert_eq!(agent.stat("redirected"), redirected, "the old backend is no longer governed");
+    assert_eq!(opens(&agent).len(), before);
+
+    // The Service goes: its cluster IP and node port are released.
+    api.delete(Resource::Services, "crm", "pg");
+    let gone = agent.wait_record("the Service's endpoints removed", |r| {
+        r["kind"] == "endpoints_changed"
+            && r["removed"].as_array().is_some_and(|a| a.contains(&json!(format!("{cluster_ip}:5432"))))
+    });
+    assert!(gone["removed"].as_array().expect("removed").contains(&json!(format!("[::]:{node_port}"))), "{gone}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
