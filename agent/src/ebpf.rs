@@ -14,8 +14,8 @@ use std::{
 };
 
 use agent_common::{
-    AgentState, Endpoint, EndpointPolicy, FAIL_BY_POLICY, FAIL_CLOSED, FAIL_OPEN, FailKey, FlowEvent, FlowOrigin,
-    MODE_ENFORCE, MODE_OBSERVE, STAT_COUNT,
+    AgentState, Endpoint, EndpointPolicy, FAIL_BY_POLICY, FAIL_CLOSED, FAIL_OPEN, FailKey, FlowEvent, FlowKey,
+    FlowOrigin, MODE_ENFORCE, MODE_OBSERVE, STAT_COUNT,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -295,6 +295,15 @@ pub fn detach_pinned(bpffs: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// The programs attached (their pinned links' names).
+pub fn pinned_programs(bpffs: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(links_dir(bpffs))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Whether programs are pinned (attached) under `bpffs`.
 pub fn is_attached(bpffs: &Path) -> bool {
     fs::read_dir(links_dir(bpffs)).is_ok_and(|mut d| d.next().is_some())
@@ -469,6 +478,50 @@ impl Stats {
         let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name: "STATS", source })?;
         Ok(Self(PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name: "STATS", source })?))
     }
+}
+
+/// How full one of the kernel's tables is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// How full the pinned tables are (entries are counted one key at a time: call it off any
+/// latency-sensitive thread). A table that cannot be opened is left out.
+pub fn map_fill(bpffs: &Path) -> Vec<MapFill> {
+    fn count<K: aya::Pod, V: aya::Pod>(bpffs: &Path, name: &'static str) -> Option<MapFill> {
+        let data = MapData::from_pin(maps_dir(bpffs).join(name)).ok()?;
+        let max_entries = u64::from(data.info().ok()?.max_entries());
+        let map: HashMap<MapData, K, V> = HashMap::try_from(Map::from_map_data(data).ok()?).ok()?;
+        let entries = map.keys().filter(Result::is_ok).count() as u64;
+        Some(MapFill { name, entries, max_entries })
+    }
+    [
+        count::<Endpoint, EndpointPolicy>(bpffs, "GOVERNED"),
+        count::<FailKey, u64>(bpffs, "FAIL_OPEN_IDENTITIES"),
+        count::<u64, FlowOrigin>(bpffs, "ORIG_BY_COOKIE"),
+        count::<FlowKey, FlowOrigin>(bpffs, "FLOW_BY_CLIENT"),
+        count::<u64, FlowOrigin>(bpffs, "FLOW_BY_ACCEPTED"),
+        count::<u64, FlowOrigin>(bpffs, "OBSERVED_SOCKS"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The governed endpoints in the pinned table, with the database index each belongs to.
+pub fn pinned_governed(bpffs: &Path) -> Result<Vec<(SocketAddr, u32)>, KernelError> {
+    let data = MapData::from_pin(maps_dir(bpffs).join("GOVERNED"))
+        .map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    let map: HashMap<MapData, Endpoint, EndpointPolicy> =
+        HashMap::try_from(map).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    let mut out: Vec<(SocketAddr, u32)> =
+        map.iter().filter_map(Result::ok).map(|(k, v)| (crate::flow::socket_addr_of(&k), v.database_id)).collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Reads the pinned agent state (for `warden status`).

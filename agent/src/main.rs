@@ -45,7 +45,8 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Show whether programs are attached, the agent's heartbeat and the kernel counters.
+    /// Show the attached programs, the heartbeat, governed endpoints as resolved now, sessions,
+    /// pending approvals, audit ring usage, kernel table fill levels and counters.
     Status {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -503,7 +504,55 @@ fn status(config: &Config) -> Result<ExitCode> {
     let age_ms = ebpf::monotonic_ns().saturating_sub(state.heartbeat_ns) / 1_000_000;
     let serving = state.serving == 1 && age_ms * 1_000_000 < agent_common::HEARTBEAT_STALE_NS;
     println!("attached: yes");
+    println!("programs: {}", ebpf::pinned_programs(&config.bpffs_dir).join(", "));
     println!("serving: {} (heartbeat {age_ms} ms ago)", if serving { "yes" } else { "no" });
+    // What the kernel governs now (host names and Services as last resolved), by database.
+    println!("governed endpoints:");
+    match ebpf::pinned_governed(&config.bpffs_dir) {
+        Ok(endpoints) => {
+            for (index, db) in config.databases.iter().enumerate() {
+                let here: Vec<String> =
+                    endpoints.iter().filter(|(_, id)| *id as usize == index).map(|(a, _)| a.to_string()).collect();
+                let shown = if here.is_empty() { "(none)".to_string() } else { here.join(", ") };
+                let named = match &db.address {
+                    warden::config::DatabaseAddress::Host { host, port, .. } => format!("{host}:{port}"),
+                    other => other.to_string(),
+                };
+                println!("  {} [{named}]: {shown}", db.name);
+            }
+        }
+        Err(err) => println!("  (unreadable: {err})"),
+    }
+    // Sessions and approvals from the agent itself; the ring from its file.
+    let client = warden::admin::client::AdminClient::new(&config.admin.socket);
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?
+        .block_on(client.call(hyper::Method::GET, "/v1/status", None));
+    match answer {
+        Ok(v) => {
+            println!("sessions: {}", v["sessions"]);
+            println!("pending approvals: {}", v["held"]);
+        }
+        Err(err) => println!("sessions: unknown ({err:#})"),
+    }
+    match warden::audit::ring::RingFile::open(&config.audit.path) {
+        Ok(ring) => println!(
+            "audit ring: {} of {} bytes used ({}%), {} overwritten, {} lost",
+            ring.used(),
+            ring.capacity(),
+            ring.used() * 100 / ring.capacity().max(1),
+            ring.overwritten(),
+            ring.lost()
+        ),
+        Err(err) => println!("audit ring: unreadable ({err})"),
+    }
+    let fill: Vec<String> = ebpf::map_fill(&config.bpffs_dir)
+        .iter()
+        .map(|m| format!("{} {}/{}", m.name, m.entries, m.max_entries))
+        .collect();
+    println!("kernel tables: {}", fill.join(", "));
     let stats = ebpf::Stats::from_pin(&config.bpffs_dir)?.read();
     let names = [
         "redirected",

@@ -164,13 +164,24 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     tracing::info!(policies = policies.len(), paths = ?config.policies, "policy set loaded");
     let approvals = crate::approval::Approvals::new(audit.clone(), crate::approval::webhook::Webhooks::start());
     // Masking keys: outside policies, root-only, rotated on SIGHUP.
+    let metrics = Arc::new(crate::admin::metrics::Metrics::new());
     let governor = crate::govern::Governor::new(policies)
         .with_approvals(approvals.clone())
-        .with_mask_keys(config.mask_keys.clone());
+        .with_mask_keys(config.mask_keys.clone())
+        .with_metrics(metrics.clone());
     let governor = Arc::new(governor);
     // The admin socket before serving: an agent whose API cannot be reached could hold
     // statements nobody can approve.
     let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;
+    // The metrics and probe port before serving, too: a port taken stops the start.
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("binding the metrics listener on {}", m.listen))?,
+        ),
+        None => None,
+    };
     let fail_epoch_base = fail_epoch_base();
     // The namespace the proxy listens in: the kernel hands over flow records only for
     // connections accepted there.
@@ -210,6 +221,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         fail_epoch_base,
         live: Arc::new(proxy::live::LiveSessions::default()),
         pod_wait: cluster.as_ref().map_or(Duration::ZERO, |c| c.pod_wait),
+        metrics: metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -285,6 +297,23 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
             tracing::warn!(?waiting, "serving before these Kubernetes watches listed; they are retried");
         }
     }
+    if let Some(listener) = metrics_listener {
+        metrics.sample(crate::admin::metrics::Sampled {
+            approvals: approvals.clone(),
+            live: shared.live.clone(),
+            audit: audit.clone(),
+            audit_path: config.audit.path.clone(),
+            bpffs: config.bpffs_dir.clone(),
+            stats: kernel.clone(),
+            pods: pods.clone(),
+        });
+        let health = Arc::new(crate::admin::metrics::Health {
+            bpffs: config.bpffs_dir.clone(),
+            audit: audit.probe(),
+            kube: kube_sync.clone(),
+        });
+        tasks.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
+    }
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         Arc::new(crate::admin::AdminState {
@@ -314,6 +343,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     // client is sent to the proxy's address once nothing listens there.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    metrics.stop_sampling();
     let governor_generation = governor_generation_source.generation();
     kernel.publish(state(
         &config,

@@ -17,6 +17,7 @@
 //! Errors are `{"error": "..."}` with 400, 403, 404 or 405.
 
 pub mod client;
+pub mod metrics;
 mod peer;
 
 use std::{convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Instant};

@@ -249,6 +249,18 @@ pub struct AuditLog {
     required: bool,
 }
 
+/// Whether the audit writer is healthy, for probes that must not keep it alive.
+#[derive(Clone, Debug)]
+pub struct AuditProbe {
+    healthy: Arc<AtomicBool>,
+}
+
+impl AuditProbe {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
 /// The audit trail cannot take a record now (queue full or writer failing).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the audit trail is unavailable (queue full or ring write failing)")]
@@ -327,6 +339,16 @@ impl AuditLog {
 
     pub fn required(&self) -> bool {
         self.required
+    }
+
+    /// Whether the writer is up and its last write succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The writer's health, without a handle that keeps the writer running.
+    pub fn probe(&self) -> AuditProbe {
+        AuditProbe { healthy: self.healthy.clone() }
     }
 
     pub fn counters(&self) -> &AuditCounters {

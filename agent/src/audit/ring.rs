@@ -667,6 +667,11 @@ impl RingFile {
         self.overwritten
     }
 
+    /// Bytes of records in the ring now (at most the capacity).
+    pub fn used(&self) -> u64 {
+        u64_at(&self.map, H_HEAD).saturating_sub(u64_at(&self.map, H_TAIL)).min(self.capacity)
+    }
+
     /// Records the agent could not write (dropped from a full queue, failed writes).
     pub fn lost(&self) -> u64 {
         u64_at(&self.map, H_LOST)

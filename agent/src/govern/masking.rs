@@ -174,11 +174,19 @@ impl SessionGovern {
             .and_then(|r| r.judgement.as_ref())
             .and_then(|j| j.parts.get(part.min(j.parts.len().saturating_sub(1))))
             .and_then(|p: &PartJudgement| p.mask.clone());
-        match self.mask_context(generation, &policy) {
-            Ok(context) => context.filter(plan.as_deref(), columns, copy),
+        let filter: Box<dyn ResultFilter> = match self.mask_context(generation, &policy) {
+            Ok(context) => context.filter(plan.as_deref(), columns, copy)?,
             // No context (the catalog could not be read): every value withheld.
-            Err(_) => Some(Box::new(WithholdAll)),
-        }
+            Err(_) => Box::new(WithholdAll),
+        };
+        Some(match &self.governor.metrics {
+            Some(metrics) => Box::new(Counted {
+                inner: filter,
+                counter: metrics.masked_values(&self.database),
+                masked: std::sync::atomic::AtomicU64::new(0),
+            }),
+            None => filter,
+        })
     }
 
     /// Error and notice fields: withheld when the statement reads protected data or values of
@@ -258,5 +266,40 @@ impl ResultFilter for WithholdAll {
 
     fn rewrite(&self, _index: usize, _value: &[u8], _out: &mut Vec<u8>) -> crate::session::hooks::Rewrite {
         crate::session::hooks::Rewrite::Null
+    }
+}
+
+/// A result's filter that counts the values it masked or withheld, added to the metrics when
+/// the result ends (one shared update per result, not per value).
+struct Counted {
+    inner: Box<dyn ResultFilter>,
+    counter: prometheus_client::metrics::counter::Counter,
+    masked: std::sync::atomic::AtomicU64,
+}
+
+impl ResultFilter for Counted {
+    fn copy_layout(&self) -> Option<crate::session::hooks::CopyLayout> {
+        self.inner.copy_layout()
+    }
+
+    fn rewrites(&self, index: usize) -> bool {
+        self.inner.rewrites(index)
+    }
+
+    fn rewrite(&self, index: usize, value: &[u8], out: &mut Vec<u8>) -> crate::session::hooks::Rewrite {
+        let rewrite = self.inner.rewrite(index, value, out);
+        if !matches!(rewrite, crate::session::hooks::Rewrite::Keep) {
+            self.masked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        rewrite
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let masked = *self.masked.get_mut();
+        if masked > 0 {
+            self.counter.inc_by(masked);
+        }
     }
 }

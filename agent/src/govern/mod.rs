@@ -68,6 +68,8 @@ pub struct Governor {
     /// host's mask keys), and the directory they are read from again on SIGHUP (rotation).
     mask_key: ArcSwap<crate::mask::keys::Key>,
     mask_keys: Option<std::path::PathBuf>,
+    /// Statements counted by class and decision, judgement times, masked values.
+    metrics: Option<Arc<crate::admin::metrics::Metrics>>,
 }
 
 /// Which session of which workload a judgement is for (what an approval request shows).
@@ -86,7 +88,14 @@ impl Governor {
             approvals: None,
             mask_key: ArcSwap::from_pointee(crate::mask::keys::Key::ephemeral()),
             mask_keys: None,
+            metrics: None,
         }
+    }
+
+    /// Counts statements, judgement times and masked values in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::admin::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Masks with the highest version of the keys in `dir` (created when there is none), read
@@ -758,6 +767,7 @@ impl SessionHooks for SessionGovern {
     }
 
     fn before_statement(&self, info: &StatementInfo<'_>) -> Verdict {
+        let started = std::time::Instant::now();
         let Some(parts) = self.parts(info) else {
             // Held (the client waits) while a blocking thread describes it; then asked again.
             let cache = self.governor.descriptions.clone();
@@ -778,6 +788,9 @@ impl SessionHooks for SessionGovern {
         let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|d| d.is_for(info));
         let bind = self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()).take();
         let judgement = self.judge(info, parts);
+        if let Some(metrics) = &self.governor.metrics {
+            metrics.judged_in(started.elapsed());
+        }
         if info.step == crate::session::hooks::Step::Bind
             && !info.portal.is_empty()
             && judgement.decision() == Decision::Allow
@@ -825,6 +838,11 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_forward(&self, running: &Running) {
+        if let (Some(metrics), Some(judgement)) = (&self.governor.metrics, &running.judgement) {
+            for part in &judgement.parts {
+                metrics.statement(&self.database, part.class.as_str(), Decision::Allow.as_str());
+            }
+        }
         if let Some(judgement) = &running.judgement {
             let masked = self.masking_applies().is_some();
             let mut state = self.lock();
@@ -893,6 +911,12 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_refused(&self, info: &StatementInfo<'_>, judgement: &Judgement) {
+        if let Some(metrics) = &self.governor.metrics {
+            // The part that refused the message; the others were not run.
+            if let Some((_, part)) = judgement.refusing_part() {
+                metrics.statement(&self.database, part.class.as_str(), part.decision.as_str());
+            }
+        }
         self.next.on_refused(info, judgement);
     }
 

@@ -64,6 +64,8 @@ pub struct Shared {
     pub live: Arc<live::LiveSessions>,
     /// How long a flow from a pod the watch has not shown yet waits for it.
     pub pod_wait: Duration,
+    /// Flows, statements, set-up times (`/metrics`).
+    pub metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -112,6 +114,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
+    let accepted = Instant::now();
     let refused = |reason: String| {
         let now_s = crate::audit::now_ms() / 1000;
         if let limits::RefusalRecord::Record { suppressed } =
@@ -212,6 +215,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             return;
         }
     };
+    shared.metrics.flow(&db.name, &identity);
     if db.fail == crate::config::FailMode::Policy {
         // Whether this identity fails open here while no agent serves: only if none of its
         // policies guards anything in this database (whatever role it would act as), and its
@@ -253,6 +257,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let open = |r: &SessionReport| {
+        shared.metrics.connected_in(accepted.elapsed());
         shared.audit.record(Event::ConnectionOpen {
             session,
             database: db.name.clone(),

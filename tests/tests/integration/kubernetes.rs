@@ -418,3 +418,111 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One scrape of the agent's metrics port (plain HTTP/1.0, read to the end).
+fn scrape(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: warden\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The sum of a metric's samples whose line contains every one of `having`.
+fn sample(metrics: &str, name: &str, having: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| having.iter().all(|h| l.contains(h)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_move_under_load_and_stay_bounded_with_a_thousand_pods() {
+    const PODS: usize = 1_000;
+    let api = FakeKubeApi::start();
+    for n in 0..PODS {
+        let uid = format!("7a000000-0000-4000-8000-{n:012}");
+        api.put(Resource::Pods, pod("load", &format!("worker-{n}"), &uid, NODE, json!({"app": "worker"}), None));
+    }
+    let pg = Postgres::start();
+    pg.pgbench_init(1);
+    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let metrics_addr = format!("127.0.0.1:{}", testkit::free_port());
+    let agent = Agent::start_with_top_level(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        "",
+        DEFAULT_AUDIT,
+        &format!("{}metrics:\n  listen: '{metrics_addr}'\n", kube_yaml(&api, &dir)),
+    );
+    assert_eq!(scrape(&metrics_addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(scrape(&metrics_addr, "/readyz"), (200, "ready\n".to_string()));
+    let (status, before) = scrape(&metrics_addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(sample(&before, "warden_kernel_map_entries", &["map=\"GOVERNED\""]) >= 1.0, "{before}");
+    assert_eq!(sample(&before, "warden_kubernetes_pods", &["state=\"live\""]), PODS as f64, "{before}");
+
+    // pgbench (select-only, 4 clients) through the proxy; scraped while it runs.
+    let mut bench = Command::new(testkit::pgbench_bin())
+        .args(["-S", "-c", "4", "-j", "2", "-T", "4", "-n", "-U", "postgres", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .arg("postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench");
+    sleep(Duration::from_secs(2));
+    let (_, during) = scrape(&metrics_addr, "/metrics");
+    let out = bench.wait().expect("pgbench");
+    assert!(out.success());
+    let (_, after) = scrape(&metrics_addr, "/metrics");
+    assert_eq!(sample(&during, "warden_sessions_open", &["database=\"main\""]), 4.0, "{during}");
+    let reads = |m: &str| sample(m, "warden_statements_total", &["class=\"read\"", "decision=\"allow\""]);
+    assert!(reads(&before) < reads(&during) && reads(&during) < reads(&after), "statements counted as they run");
+    let judged = |m: &str| sample(m, "warden_judgement_seconds_count", &[]);
+    assert!(judged(&during) < judged(&after));
+    assert!(sample(&after, "warden_flows_total", &["database=\"main\""]) >= 4.0, "{after}");
+    assert!(sample(&after, "warden_connect_seconds_count", &[]) >= 4.0);
+    assert!(sample(&after, "warden_audit_ring_used_bytes", &[]) > sample(&before, "warden_audit_ring_used_bytes", &[]));
+    assert!(sample(&after, "warden_kernel_redirected_total", &[]) >= 4.0);
+
+    // A thousand pods connect once each (one process moving through their cgroups): the flow
+    // series stay bounded, the rest counted as `other`.
+    let cgroups: Vec<PodCgroup> = (0..PODS)
+        .map(|n| {
+            let uid = format!("7a000000-0000-4000-8000-{n:012}").replace('-', "_");
+            PodCgroup::at(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{}.scope",
+                format!("{:064x}", 0x7a00_0000_u64 + n as u64)
+            ))
+        })
+        .collect();
+    let script = format!(
+        "import os, sys, psycopg\nroot = sys.argv[1]\nfor leaf in sys.argv[2:]:\n    open(os.path.join(leaf, 'cgroup.procs'), 'w').write(str(os.getpid()))\n    psycopg.connect(host='127.0.0.1', port={}, user='postgres', dbname='postgres').close()\nopen(os.path.join(root, 'cgroup.procs'), 'w').write(str(os.getpid()))\n",
+        pg.port
+    );
+    let root = warden::cgroup::default_root();
+    let run =
+        output(Command::new("python3").arg("-c").arg(&script).arg(&root).args(cgroups.iter().map(|c| c.leaf.clone())));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (_, metrics) = scrape(&metrics_addr, "/metrics");
+    let series = metrics.lines().filter(|l| l.starts_with("warden_flows_total{")).count();
+    assert!(series <= warden::admin::metrics::MAX_IDENTITY_SERIES + 2, "{series} flow series");
+    assert!(
+        sample(&metrics, "warden_flows_total", &["identity=\"other\""])
+            >= (PODS - warden::admin::metrics::MAX_IDENTITY_SERIES) as f64
+    );
+    assert!(
+        sample(&metrics, "warden_flows_total", &["identity=\"pod:load/worker-7\""]) >= 1.0,
+        "pods are named by workload"
+    );
+    drop(cgroups);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

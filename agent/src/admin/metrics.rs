@@ -1,0 +1,503 @@
+//! `/metrics` (Prometheus text format, the `prometheus-client` crate), `/healthz` and
+//! `/readyz` over HTTP on a local address (`metrics.listen`).
+//!
+//! Counted where it happens (cheap, lock-free after a series exists): flows by database and
+//! identity, statements by database, class and decision, masked values, the time a statement's
+//! judgement takes and the time a connection's set-up takes. Read at scrape time from their
+//! owners: sessions open, approvals pending, the audit ring (usage, overwrites, losses), the
+//! kernel's tables (fill levels) and counters (events lost), the pod index.
+//!
+//! Cardinality is bounded: databases come from the configuration, classes and decisions are
+//! enums, and an identity is named by its `warden/identity` label, else its pod's workload
+//! (`namespace/owner`), else its user — at most [`MAX_IDENTITY_SERIES`] of them, the rest
+//! counted as `other`.
+
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{
+    approval::Approvals,
+    audit::AuditLog,
+    identity::{Identity, Pods},
+    kubernetes::Sync as KubeSync,
+    proxy::live::LiveSessions,
+};
+
+/// Distinct identities given their own flow series; the rest are `other`.
+pub const MAX_IDENTITY_SERIES: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    database: String,
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatementLabels {
+    database: String,
+    class: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    database: String,
+}
+
+/// The counters the proxy and the judgement update as they work.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// The owners read at scrape time; taken away at shutdown (they hold handles the shutdown
+    /// waits for: the audit writer's, the kernel's).
+    sampled: Arc<Mutex<Option<Sampled>>>,
+    flows: Family<FlowLabels, Counter>,
+    statements: Family<StatementLabels, Counter>,
+    masked_values: Family<DatabaseLabels, Counter>,
+    judgement: Histogram,
+    connect: Histogram,
+    identities: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("warden");
+        let flows = Family::<FlowLabels, Counter>::default();
+        registry.register("flows", "Governed connections accepted, by database and identity", flows.clone());
+        let statements = Family::<StatementLabels, Counter>::default();
+        registry.register(
+            "statements",
+            "Statements judged, by database, class and decision (allow: forwarded; deny: refused; hold: held for approval)",
+            statements.clone(),
+        );
+        let masked_values = Family::<DatabaseLabels, Counter>::default();
+        registry.register("masked_values", "Result values masked or withheld, by database", masked_values.clone());
+        // 5 µs to ~40 ms: a cached judgement is microseconds, a described one tens of them.
+        let judgement = Histogram::new(exponential_buckets(5e-6, 2.0, 14));
+        registry.register(
+            "judgement_seconds",
+            "Time from a statement's arrival to its verdict (analysis, policy, mask plan)",
+            judgement.clone(),
+        );
+        // 100 µs to ~3 s.
+        let connect = Histogram::new(exponential_buckets(1e-4, 2.0, 15));
+        registry.register(
+            "connect_seconds",
+            "Time from accepting a governed connection to its session being set up with the database",
+            connect.clone(),
+        );
+        let sampled = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(SampledNow(sampled.clone())));
+        Self {
+            sampled,
+            registry: Mutex::new(registry),
+            flows,
+            statements,
+            masked_values,
+            judgement,
+            connect,
+            identities: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Reads these owners at each scrape from now on.
+    pub fn sample(&self, sampled: Sampled) {
+        *self.sampled.lock().unwrap_or_else(|p| p.into_inner()) = Some(sampled);
+    }
+
+    /// Lets go of the owners (at shutdown).
+    pub fn stop_sampling(&self) {
+        self.sampled.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// The identity a flow series is named by (bounded: see the module's doc).
+    fn identity_series(&self, identity: &Identity) -> String {
+        let name = if let Some(name) = identity.labels.get("warden/identity") {
+            format!("identity:{name}")
+        } else if let Some(pod) = &identity.pod {
+            let workload = pod.owner.as_ref().map_or(pod.name.as_str(), |o| o.name.as_str());
+            format!("pod:{}/{workload}", pod.namespace)
+        } else if let Some(user) = &identity.user {
+            format!("user:{user}")
+        } else {
+            format!("uid:{}", identity.uid)
+        };
+        let mut known = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(&name) {
+            return name;
+        }
+        if known.len() >= MAX_IDENTITY_SERIES {
+            return "other".into();
+        }
+        known.insert(name.clone());
+        name
+    }
+
+    /// A governed connection was accepted and attributed.
+    pub fn flow(&self, database: &str, identity: &Identity) {
+        let identity = self.identity_series(identity);
+        self.flows.get_or_create(&FlowLabels { database: database.to_string(), identity }).inc();
+    }
+
+    /// A statement was judged.
+    pub fn statement(&self, database: &str, class: &'static str, decision: &'static str) {
+        self.statements.get_or_create(&StatementLabels { database: database.to_string(), class, decision }).inc();
+    }
+
+    /// The counter of masked values of `database` (kept by a result's filter).
+    pub fn masked_values(&self, database: &str) -> Counter {
+        self.masked_values.get_or_create(&DatabaseLabels { database: database.to_string() }).clone()
+    }
+
+    pub fn judged_in(&self, took: Duration) {
+        self.judgement.observe(took.as_secs_f64());
+    }
+
+    pub fn connected_in(&self, took: Duration) {
+        self.connect.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %err, "encoding the metrics failed");
+        }
+        out
+    }
+}
+
+/// What is read from its owner at each scrape.
+pub struct Sampled {
+    pub approvals: Arc<Approvals>,
+    pub live: Arc<LiveSessions>,
+    pub audit: AuditLog,
+    pub audit_path: PathBuf,
+    pub bpffs: PathBuf,
+    pub stats: Arc<crate::ebpf::Kernel>,
+    pub pods: Option<Arc<Pods>>,
+}
+
+impl std::fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampled").finish_non_exhaustive()
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauges<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value_of_label, value) in values {
+        let labels = [(label, value_of_label)];
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The collector registered once: whatever is being sampled now.
+#[derive(Debug)]
+struct SampledNow(Arc<Mutex<Option<Sampled>>>);
+
+impl Collector for SampledNow {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(sampled) => sampled.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sessions = self.live.list();
+        let mut by_database: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for s in &sessions {
+            *by_database.entry(s.database.as_str()).or_default() += 1;
+        }
+        gauges(&mut encoder, "sessions_open", "PostgreSQL sessions open, by database", "database", by_database)?;
+        gauge(
+            &mut encoder,
+            "approvals_pending",
+            "Statements held for approval now",
+            self.approvals.pending().len() as i64,
+        )?;
+
+        let counters = self.audit.counters();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        counter(&mut encoder, "audit_records_written", "Audit records written to the ring", load(&counters.written))?;
+        counter(
+            &mut encoder,
+            "audit_records_dropped",
+            "Audit records dropped before the ring (queue full)",
+            load(&counters.dropped),
+        )?;
+        counter(&mut encoder, "audit_write_errors", "Failed writes to the audit ring", load(&counters.write_errors))?;
+        counter(
+            &mut encoder,
+            "audit_records_condensed_by_share",
+            "Statement records condensed: their identity was over its share of the ring",
+            load(&counters.share_condensed),
+        )?;
+        counter(
+            &mut encoder,
+            "audit_records_dropped_by_share",
+            "Statement records dropped: their identity was over its share of the ring",
+            load(&counters.share_dropped),
+        )?;
+        gauge(
+            &mut encoder,
+            "audit_healthy",
+            "1 while the audit writer's last write succeeded",
+            i64::from(self.audit.healthy()),
+        )?;
+        if let Ok(ring) = crate::audit::ring::RingFile::open(&self.audit_path) {
+            gauge(&mut encoder, "audit_ring_capacity_bytes", "The audit ring's capacity", ring.capacity() as i64)?;
+            gauge(&mut encoder, "audit_ring_used_bytes", "Bytes of records in the audit ring", ring.used() as i64)?;
+            counter(
+                &mut encoder,
+                "audit_records_overwritten",
+                "Oldest audit records overwritten as the ring wrapped",
+                ring.overwritten(),
+            )?;
+            counter(&mut encoder, "audit_records_lost", "Audit records the agent failed to keep", ring.lost())?;
+        }
+
+        let stats = self.stats.stats().read();
+        for (i, (name, help)) in [
+            ("kernel_redirected", "Connections the kernel sent to the proxy"),
+            ("kernel_exempted", "Connections of the agent itself, left alone"),
+            ("kernel_ungoverned", "Governed connections that went direct (fail open, agent not serving)"),
+            ("kernel_refused", "Governed connections refused (fail closed, agent not serving)"),
+            ("kernel_observed", "Connections to observe-only databases"),
+            ("kernel_events_lost", "Kernel events lost (the event ring was full)"),
+            ("kernel_flows_recorded", "Flow records the kernel wrote"),
+            ("kernel_flows_accepted", "Flow records the proxy took"),
+            ("kernel_flows_abandoned", "Flow records dropped unused"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            counter(&mut encoder, name, help, stats.get(i).copied().unwrap_or(0))?;
+        }
+        let fill = crate::ebpf::map_fill(&self.bpffs);
+        gauges(
+            &mut encoder,
+            "kernel_map_entries",
+            "Entries in the kernel's tables",
+            "map",
+            fill.iter().map(|m| (m.name, m.entries as i64)),
+        )?;
+        gauges(
+            &mut encoder,
+            "kernel_map_max_entries",
+            "Capacity of the kernel's tables",
+            "map",
+            fill.iter().map(|m| (m.name, m.max_entries as i64)),
+        )?;
+        if let Some(pods) = &self.pods {
+            let (live, gone) = pods.counts();
+            gauges(
+                &mut encoder,
+                "kubernetes_pods",
+                "Pods of this node known to the agent (deleted ones are kept for a grace period)",
+                "state",
+                [("live", live as i64), ("deleted", gone as i64)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What `/readyz` and `/healthz` look at.
+pub struct Health {
+    pub bpffs: PathBuf,
+    pub audit: crate::audit::AuditProbe,
+    pub kube: Arc<KubeSync>,
+}
+
+impl Health {
+    /// Why the agent is not alive (its time-keeping loop stopped publishing the heartbeat).
+    fn dead(&self) -> Option<String> {
+        match crate::ebpf::pinned_state(&self.bpffs) {
+            Ok(state) => {
+                let age = crate::ebpf::monotonic_ns().saturating_sub(state.heartbeat_ns);
+                (age >= agent_common::HEARTBEAT_STALE_NS).then(|| format!("heartbeat {} ms old", age / 1_000_000))
+            }
+            Err(err) => Some(format!("agent state unreadable: {err}")),
+        }
+    }
+
+    /// Why the agent should not be counted as serving.
+    fn unready(&self) -> Vec<String> {
+        let mut why: Vec<String> = self.dead().into_iter().collect();
+        if let Ok(state) = crate::ebpf::pinned_state(&self.bpffs)
+            && state.serving != 1
+        {
+            why.push("not serving".into());
+        }
+        if !self.audit.healthy() {
+            why.push("the audit ring's last write failed".into());
+        }
+        why.extend(self.kube.waiting().into_iter().map(|w| format!("Kubernetes watch not listed yet: {w}")));
+        why
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
+async fn handle(metrics: &Arc<Metrics>, health: &Arc<Health>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // The kernel tables are counted key by key: off the runtime's threads.
+            let metrics = metrics.clone();
+            match tokio::task::spawn_blocking(move || metrics.encode()).await {
+                Ok(body) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", body),
+                Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{err}\n")),
+            }
+        }
+        "/healthz" => match health.dead() {
+            None => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+        },
+        "/readyz" => {
+            let why = health.unready();
+            if why.is_empty() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{}\n", why.join("\n")))
+            }
+        }
+        other => text(StatusCode::NOT_FOUND, "text/plain", format!("no such endpoint: {other}\n")),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (metrics, health) = (metrics.clone(), health.clone());
+                async move { Ok::<_, Infallible>(handle(&metrics, &health, req).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cgroup::CgroupId, flow::KernelFacts};
+
+    fn identity(n: usize) -> Identity {
+        let mut identity = Identity::from_facts(&KernelFacts {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "psql".into(),
+            cgroup_id: CgroupId(1),
+            netns_cookie: 1,
+        });
+        identity.pod = Some(crate::identity::PodIdentity {
+            namespace: "crm".into(),
+            name: format!("etl-{n}"),
+            service_account: None,
+            owner: None,
+        });
+        identity
+    }
+
+    #[test]
+    fn flow_series_stay_bounded_whatever_the_number_of_pods() {
+        let metrics = Metrics::new();
+        for n in 0..1_000 {
+            metrics.flow("main", &identity(n));
+        }
+        let text = metrics.encode();
+        let series = text.lines().filter(|l| l.starts_with("warden_flows_total{")).count();
+        assert_eq!(series, MAX_IDENTITY_SERIES + 1, "{text}");
+        assert!(text.contains("warden_flows_total{database=\"main\",identity=\"other\"} 800"), "{text}");
+        metrics.statement("main", "read", "allow");
+        metrics.judged_in(Duration::from_micros(40));
+        let text = metrics.encode();
+        assert!(
+            text.contains("warden_statements_total{database=\"main\",class=\"read\",decision=\"allow\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("warden_judgement_seconds_count 1"), "{text}");
+    }
+}
