@@ -695,6 +695,8 @@ struct RawConfig {
     kubernetes: Option<KubernetesConfig>,
     #[serde(default)]
     metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    workloads: Vec<crate::identity::workloads::WorkloadEntry>,
 }
 
 /// Kubernetes (`kubernetes:`): pod identity from a watch of this node's pods, and databases
@@ -797,6 +799,8 @@ pub struct Config {
     pub mask_keys: PathBuf,
     pub kubernetes: Option<KubernetesConfig>,
     pub metrics: Option<MetricsConfig>,
+    /// Labels for host workloads by cgroup, system unit, user and executable.
+    pub workloads: crate::identity::workloads::Workloads,
 }
 
 impl Config {
@@ -927,6 +931,10 @@ impl Config {
                 "a Service address needs the `kubernetes:` section (the agent follows the Service from the API)".into(),
             ));
         }
+        let workloads = crate::identity::workloads::Workloads::compile(&raw.workloads).map_err(|message| {
+            let field = message.split(':').next().unwrap_or("workloads").to_string();
+            invalid(field, message)
+        })?;
         let mask_keys = raw
             .masking
             .keys
@@ -946,6 +954,7 @@ impl Config {
             admin,
             kubernetes: raw.kubernetes,
             metrics: raw.metrics,
+            workloads,
         })
     }
 

@@ -47,6 +47,8 @@ pub fn ready_file(state_dir: &Path) -> PathBuf {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(mut config: Config) -> Result<()> {
+    // Before any thread exists: a thread keeps the cgroup namespace it was created in.
+    join_host_cgroup_namespace()?;
     // The main runtime only keeps time (heartbeat, event drain, database host names) and writes
     // the audit trail; sessions run on the proxy workers.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -77,6 +79,37 @@ pub fn run(mut config: Config) -> Result<()> {
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
     runtime.block_on(serve(config, own_cgroup, hosts, cluster))
+}
+
+/// In a container with its own cgroup namespace (the default for Kubernetes pods on cgroup v2),
+/// `/proc/PID/cgroup` shows paths relative to the container's cgroup: workloads' paths would
+/// not parse (`/../../kubepods.slice/...`) and the agent's own would look like the root. The
+/// agent joins the host's (initial) cgroup namespace through any host process it can see (the
+/// DaemonSet shares the host's PID namespace, and has CAP_SYS_ADMIN to enter it). Nothing to do
+/// when it is already there.
+fn join_host_cgroup_namespace() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    // The initial cgroup namespace's inode number (the kernel's PROC_CGROUP_INIT_INO).
+    const INITIAL_CGROUP_NS: u64 = 0xEFFF_FFFB;
+    let own = fs::metadata("/proc/self/ns/cgroup").context("reading the agent's cgroup namespace")?;
+    if own.ino() == INITIAL_CGROUP_NS {
+        return Ok(());
+    }
+    let host = fs::read_dir("/proc")
+        .context("listing /proc")?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .map(|e| e.path().join("ns/cgroup"))
+        .filter(|ns| fs::metadata(ns).is_ok_and(|m| m.ino() == INITIAL_CGROUP_NS && m.dev() == own.dev()))
+        .find_map(|ns| fs::File::open(ns).ok())
+        .context(
+            "the agent runs in a cgroup namespace of its own and sees no host process to join the host's \
+             (in a container it needs the host's PID namespace: hostPID)",
+        )?;
+    nix::sched::setns(host, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .context("joining the host's cgroup namespace (in a container, the agent needs CAP_SYS_ADMIN)")?;
+    tracing::info!("joined the host's cgroup namespace");
+    Ok(())
 }
 
 /// Each proxied connection holds two descriptors: the default soft limit (1024) would refuse
@@ -196,7 +229,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     let pods = cluster
         .as_ref()
         .map(|c| Arc::new(crate::identity::Pods::new(c.deleted_grace, Arc::new(crate::identity::MonotonicClock))));
-    let mut resolver = Resolver::new(&config.cgroup_root, &config.state_dir);
+    let mut resolver = Resolver::new(&config.cgroup_root, &config.state_dir).with_workloads(config.workloads.clone());
     if let Some(pods) = &pods {
         resolver = resolver.with_pods(pods.clone());
     }

@@ -375,6 +375,11 @@ impl Agent {
         Self::start_full_with(&warden_bin(), databases_yaml, proxy_yaml, audit_yaml, top_level_yaml)
     }
 
+    /// Like `start_with_top_level`, with a given `warden` binary (or a wrapper that execs it).
+    pub fn start_with_bin_top_level(bin: &Path, databases_yaml: &str, top_level_yaml: &str) -> Self {
+        Self::start_full_with(bin, databases_yaml, "", DEFAULT_AUDIT, top_level_yaml)
+    }
+
     /// Like `start`, with these policy files (name, YAML) in its policy directory from the start.
     pub fn start_with_policies(databases_yaml: &str, policies: &[(&str, &str)]) -> Self {
         Self::start_with_bin_policies(&warden_bin(), databases_yaml, policies)

@@ -57,7 +57,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::setup(),
-        Task::Build { release } => setup::setup().and_then(|()| build(release)),
+        // Building needs the toolchain parts only (no PostgreSQL): what the container build runs.
+        Task::Build { release } => setup::build_tools().and_then(|()| build(release)),
         Task::Run { config, release } => setup::setup()
             .and_then(|()| build(release))
             .and_then(|()| run(Command::new(warden_binary(release)).arg("run").arg("--config").arg(config))),

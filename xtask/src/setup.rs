@@ -21,10 +21,15 @@ const PSYCOPG: &str = "psycopg[binary]==3.3.9";
 /// Where Debian's pgjdbc package puts the driver.
 pub const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 
+/// What building the agent needs: the nightly toolchain's rust-src and bpf-linker.
+pub fn build_tools() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
+}
+
 /// Runs every setup step.
 pub fn setup() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    build_tools()?;
     debian_packages()?;
     python_drivers()?;
     kernel_filesystems()?;

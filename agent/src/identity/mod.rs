@@ -12,6 +12,7 @@ pub mod container;
 pub mod pods;
 mod resolver;
 mod users;
+pub mod workloads;
 
 use std::{
     collections::BTreeMap,

@@ -131,6 +131,8 @@ pub struct Resolver {
     misses: AtomicU64,
     /// The node's pods, when the agent watches Kubernetes.
     pods: Option<Arc<Pods>>,
+    /// Labels for host workloads (the configuration's `workloads:`).
+    workload_rules: super::workloads::Workloads,
 }
 
 /// A session's live view of its pod: the labels its next statement is judged by, which change
@@ -182,7 +184,21 @@ impl Resolver {
             walkers: AtomicUsize::new(0),
             misses: AtomicU64::new(0),
             pods: None,
+            workload_rules: super::workloads::Workloads::default(),
             config,
+        }
+    }
+
+    /// Labels host workloads by `workloads` (cgroup, system unit, user, executable).
+    pub fn with_workloads(mut self, workloads: super::workloads::Workloads) -> Self {
+        self.workload_rules = workloads;
+        self
+    }
+
+    /// A host workload's labels from the workloads file; a pod's come from its pod.
+    fn label_host_workload(&self, identity: &mut Identity) {
+        if identity.pod_uid.is_none() && !self.workload_rules.is_empty() {
+            self.workload_rules.label(identity);
         }
     }
 
@@ -240,6 +256,7 @@ impl Resolver {
         };
         let mut identity = build(facts, &info, user);
         self.attach_pod(&mut identity);
+        self.label_host_workload(&mut identity);
         Some(identity)
     }
 
@@ -309,6 +326,7 @@ impl Resolver {
         let info = self.cgroup_info(facts, now);
         let mut identity = build(facts, &info, user);
         self.attach_pod(&mut identity);
+        self.label_host_workload(&mut identity);
         identity
     }
 

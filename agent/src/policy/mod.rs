@@ -48,7 +48,7 @@ mod error;
 pub mod explain;
 mod load;
 pub mod masking;
-mod pattern;
+pub(crate) mod pattern;
 mod selector;
 mod yaml;
 

@@ -325,3 +325,23 @@ fn another_tcp_protocol_is_relayed_with_connection_records() {
     let close = agent.wait_record("close", |r| r["kind"] == "connection_close");
     assert_eq!((close["bytes_from_client"].as_u64(), close["bytes_from_server"].as_u64()), (Some(6), Some(6)));
 }
+
+#[test]
+fn the_workloads_file_labels_host_workloads_by_user_and_cgroup() {
+    let pg = Postgres::start();
+    let agent = testkit::Agent::start_with_top_level(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        "",
+        testkit::DEFAULT_AUDIT,
+        "workloads:\n  - match: {user: postgres}\n    labels: {warden/identity: dba-tools, warden/kind: human}\n  - match: {user: 'post*', executable: '*/psql'}\n    labels: {warden/kind: job, tool: psql}\n  - match: {unit: 'nothing-*.service'}\n    labels: {never: 'true'}\n",
+    );
+    let argv = testkit::psql_argv("127.0.0.1", pg.port, "select 1");
+    let out = testkit::output(std::process::Command::new("runuser").args(["-u", "postgres", "--"]).args(&argv));
+    assert!(out.status.success(), "{out:?}");
+    let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
+    let labels = &open["identity"]["labels"];
+    assert_eq!(labels["warden/identity"], "dba-tools");
+    assert_eq!(labels["warden/kind"], "human", "the earlier entry wins");
+    assert_eq!(labels["tool"], "psql");
+    assert!(labels.get("never").is_none(), "{labels}");
+}

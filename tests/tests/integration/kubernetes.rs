@@ -156,12 +156,26 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("policies");
     std::fs::write(policies.join("restricted.yaml"), RESTRICTED).expect("policy");
-    let agent = Agent::start_with_top_level(
+    // The agent runs as in its DaemonSet: in a cgroup of its own and a cgroup namespace rooted
+    // there, so that until it joins the host's, every path it reads is relative to itself.
+    let agent_cgroup = PodCgroup::at(&format!("/{}", unique("wdn-agent-pod")));
+    let wrapper = dir.join("warden-in-a-pod");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > {}/cgroup.procs && exec unshare --cgroup {} \"$@\"\n",
+            agent_cgroup.leaf.display(),
+            testkit::warden_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    check(Command::new("chmod").arg("755").arg(&wrapper));
+    let agent = Agent::start_with_bin_top_level(
+        &wrapper,
         &format!("  - {{name: main, address: '*:{}'}}", pg.port),
-        "",
-        DEFAULT_AUDIT,
         &format!("{}policies: [{}]\n", kube_yaml(&api, &dir), policies.display()),
     );
+    assert!(agent.log().contains("joined the host's cgroup namespace"), "{}", agent.log());
     assert!(agent.log().contains("pods of this node listed"), "{}", agent.log());
     assert!(api.authorizations().iter().all(|a| a == &format!("Bearer {TOKEN}")), "{:?}", api.authorizations());
     let requests = api.requests();
@@ -290,6 +304,7 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     ok(&output(&mut third.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
     assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "after-relist");
     drop(agent);
+    drop(agent_cgroup);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
