@@ -24,6 +24,8 @@ pub const FAIL_BY_POLICY: u32 = 2;
 
 /// The agent's heartbeat older than this means "not serving" to the kernel programs.
 pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
+/// Entries the kernel's governed-endpoint table holds.
+pub const GOVERNED_MAX_ENTRIES: u32 = 1024;
 
 /// `FlowOrigin::flags`: two sockets published a record under the same 4-tuple (a socket in
 /// another network namespace using the same addresses): the flow is refused, never attributed

@@ -16,7 +16,7 @@ pub static FAIL_OPEN_IDENTITIES: LruHashMap<FailKey, u64> = LruHashMap::pinned(6
 
 /// Governed endpoints: exact (address, port), or (any address, port).
 #[map]
-pub static GOVERNED: HashMap<Endpoint, EndpointPolicy> = HashMap::pinned(1024, 0);
+pub static GOVERNED: HashMap<Endpoint, EndpointPolicy> = HashMap::pinned(agent_common::GOVERNED_MAX_ENTRIES, 0);
 
 /// Redirected sockets by socket cookie: original destination and who connected.
 #[map]

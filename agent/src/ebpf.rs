@@ -97,7 +97,7 @@ pub struct Kernel {
 impl Kernel {
     /// Loads the programs (reusing pinned maps), fills the governed-endpoint table, publishes
     /// `state`, then attaches every program at the cgroup v2 root and pins the links.
-    pub fn start(config: &Config, state: AgentState) -> Result<Self, KernelError> {
+    pub fn start(config: &Config, state: AgentState, reached: &BTreeMap<usize, Reached>) -> Result<Self, KernelError> {
         let bpffs = config.bpffs_dir.clone();
         let maps = maps_dir(&bpffs);
         fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
@@ -113,7 +113,7 @@ impl Kernel {
         };
 
         let mut governed: HashMap<MapData, Endpoint, EndpointPolicy> = take_map(&mut ebpf, "GOVERNED")?;
-        sync_governed(&mut governed, config)?;
+        sync_governed(&mut governed, config, reached)?;
         // A previous agent's entries carry its epochs, which this agent's never equal.
         let fail_open: HashMap<MapData, FailKey, u64> = take_map(&mut ebpf, "FAIL_OPEN_IDENTITIES")?;
         let mut state_map: Array<MapData, AgentState> = take_map(&mut ebpf, "AGENT_STATE")?;
@@ -180,8 +180,8 @@ impl Kernel {
         map.keys().filter(Result::is_ok).count()
     }
 
-    /// Makes the governed-endpoint table exactly `wanted` (from `governed_entries_with`), adding
-    /// before removing; returns what it changed.
+    /// Makes the governed-endpoint table exactly `wanted` (from `governed_entries_with`, fit to
+    /// the table with `fit_governed`); returns what it changed.
     pub fn replace_governed(&self, wanted: &[(Endpoint, EndpointPolicy)]) -> Result<GovernedDiff, KernelError> {
         let mut map = self.governed.lock().unwrap_or_else(|p| p.into_inner());
         apply_governed(&mut map, wanted)
@@ -400,28 +400,74 @@ pub fn governed_diff(current: &[(Endpoint, EndpointPolicy)], wanted: &[(Endpoint
     diff
 }
 
-/// Makes the kernel's governed table exactly `wanted`. Inserts and updates come first and
-/// removals last, so an endpoint that moves between databases, or a name that moves between
-/// addresses, is never ungoverned in between (a value update replaces it in place).
+/// Makes the kernel's governed table exactly `wanted`. Endpoints no database wants go first
+/// (they are unwanted: nothing is ungoverned by removing them early, and a full table makes
+/// room), then inserts and updates; an endpoint that moves between databases is updated in
+/// place, never absent.
 fn apply_governed(
     map: &mut HashMap<MapData, Endpoint, EndpointPolicy>,
     wanted: &[(Endpoint, EndpointPolicy)],
 ) -> Result<GovernedDiff, KernelError> {
     let current: Vec<(Endpoint, EndpointPolicy)> = map.iter().filter_map(Result::ok).collect();
     let diff = governed_diff(&current, wanted);
-    for (key, value) in &diff.upsert {
-        map.insert(key, value, 0).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
-    }
     for key in &diff.remove {
         map.remove(key).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
+    }
+    for (key, value) in &diff.upsert {
+        map.insert(key, value, 0).map_err(|source| KernelError::Map { name: "GOVERNED", source })?;
     }
     Ok(diff)
 }
 
-/// Makes the kernel's governed table exactly the configured one (a previous agent's pinned
-/// table included).
-fn sync_governed(map: &mut HashMap<MapData, Endpoint, EndpointPolicy>, config: &Config) -> Result<(), KernelError> {
-    apply_governed(map, &governed_entries(config)).map(drop)
+/// Databases that lost endpoints to a full table, with how many.
+pub type Lost = Vec<(String, usize)>;
+
+/// `wanted` cut to what the table holds: every endpoint of databases named by address or host
+/// first, then Services' (in configuration order) while room is left. Returns the entries kept
+/// and the databases that lost endpoints, with how many.
+pub fn fit_governed(
+    config: &Config,
+    wanted: Vec<(Endpoint, EndpointPolicy)>,
+) -> (Vec<(Endpoint, EndpointPolicy)>, Lost) {
+    let capacity = agent_common::GOVERNED_MAX_ENTRIES as usize;
+    let distinct: std::collections::HashSet<Endpoint> = wanted.iter().map(|(k, _)| *k).collect();
+    if distinct.len() <= capacity {
+        return (wanted, Vec::new());
+    }
+    let is_service = |id: u32| {
+        config.databases.get(id as usize).is_some_and(|d| matches!(d.address, DatabaseAddress::Service { .. }))
+    };
+    let (first, services): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(_, v)| !is_service(v.database_id));
+    let mut kept: std::collections::HashSet<Endpoint> = first.iter().map(|(k, _)| *k).collect();
+    let mut out = first;
+    let mut lost: BTreeMap<u32, usize> = BTreeMap::new();
+    for (key, value) in services {
+        if kept.contains(&key) || kept.len() < capacity {
+            kept.insert(key);
+            out.push((key, value));
+        } else {
+            *lost.entry(value.database_id).or_default() += 1;
+        }
+    }
+    let lost = lost
+        .into_iter()
+        .map(|(id, n)| (config.databases.get(id as usize).map_or_else(|| format!("#{id}"), |d| d.name.clone()), n))
+        .collect();
+    (out, lost)
+}
+
+/// Makes the kernel's governed table the configured one (a previous agent's pinned table
+/// included), with Service-named databases at `reached` (what the last agent knew of them).
+fn sync_governed(
+    map: &mut HashMap<MapData, Endpoint, EndpointPolicy>,
+    config: &Config,
+    reached: &BTreeMap<usize, Reached>,
+) -> Result<(), KernelError> {
+    let (wanted, lost) = fit_governed(config, governed_entries_with(config, reached));
+    for (database, n) in lost {
+        tracing::error!(database, endpoints = n, "the governed-endpoint table is full: endpoints left ungoverned");
+    }
+    apply_governed(map, &wanted).map(drop)
 }
 
 /// Redirected flows, by the cookie of the proxy socket the kernel bound each one to.

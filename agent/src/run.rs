@@ -219,10 +219,13 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     // The namespace the proxy listens in: the kernel hands over flow records only for
     // connections accepted there.
     let namespaces = Arc::new(Namespaces::new().context("opening the agent's network namespace")?);
+    // Service-named databases where the last agent left them, until the API answers.
+    let saved_services = crate::net::governed::saved_services(&config);
     let kernel = Arc::new(
         Kernel::start(
             &config,
             state(&config, own_cgroup, namespaces.agent_cookie(), true, fail_epoch_base + governor.generation()),
+            &saved_services,
         )
         .context("loading and attaching the eBPF programs")?,
     );
@@ -254,6 +257,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         fail_epoch_base,
         live: Arc::new(proxy::live::LiveSessions::default()),
         pod_wait: cluster.as_ref().map_or(Duration::ZERO, |c| c.pod_wait),
+        pod_waits: std::sync::atomic::AtomicUsize::new(0),
         metrics: metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -290,9 +294,27 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     tasks.spawn(heartbeat(shared.clone()));
     tasks.spawn(drain_events(shared.clone()));
     tasks.spawn(sweep_workload_labels(shared.clone()));
-    let governed = Arc::new(Governed::new(config.clone(), kernel.clone()));
+    let governed = Arc::new(Governed::new(config.clone(), kernel.clone(), saved_services));
     tasks.spawn(hosts.follow(governed.clone(), audit.clone()));
     let kube_sync = Arc::new(crate::kubernetes::Sync::default());
+    // Probes and metrics before the Kubernetes watches are awaited: liveness must answer.
+    if let Some(listener) = metrics_listener {
+        metrics.sample(crate::admin::metrics::Sampled {
+            approvals: approvals.clone(),
+            live: shared.live.clone(),
+            audit: audit.clone(),
+            audit_path: config.audit.path.clone(),
+            bpffs: config.bpffs_dir.clone(),
+            stats: kernel.clone(),
+            pods: pods.clone(),
+        });
+        let health = Arc::new(crate::admin::metrics::Health {
+            bpffs: config.bpffs_dir.clone(),
+            audit: audit.probe(),
+            kube: kube_sync.clone(),
+        });
+        tasks.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
+    }
     if let (Some(cluster), Some(pods)) = (&cluster, &pods) {
         tasks.spawn(crate::kubernetes::pods::watch(
             cluster.client.clone(),
@@ -329,23 +351,6 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         if !waiting.is_empty() {
             tracing::warn!(?waiting, "serving before these Kubernetes watches listed; they are retried");
         }
-    }
-    if let Some(listener) = metrics_listener {
-        metrics.sample(crate::admin::metrics::Sampled {
-            approvals: approvals.clone(),
-            live: shared.live.clone(),
-            audit: audit.clone(),
-            audit_path: config.audit.path.clone(),
-            bpffs: config.bpffs_dir.clone(),
-            stats: kernel.clone(),
-            pods: pods.clone(),
-        });
-        let health = Arc::new(crate::admin::metrics::Health {
-            bpffs: config.bpffs_dir.clone(),
-            audit: audit.probe(),
-            kube: kube_sync.clone(),
-        });
-        tasks.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
     }
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,

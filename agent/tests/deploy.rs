@@ -164,7 +164,9 @@ fn the_manifests_are_strictly_kubernetes_and_agree_with_each_other() {
         assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
     }
     let mounts: Vec<&str> = agent.volume_mounts.iter().flatten().map(|v| v.mount_path.as_str()).collect();
-    for needed in ["/sys/fs/bpf", "/host/sys/fs/cgroup", "/var/lib/warden", "/run/warden", "/etc/warden/policies"] {
+    for needed in
+        ["/sys/fs/bpf", "/host/sys/fs/cgroup", "/var/lib/warden", "/run/warden", "/etc/warden/policies", "/etc/passwd"]
+    {
         assert!(mounts.contains(&needed), "{needed} not mounted: {mounts:?}");
     }
     assert!(config.audit.path.starts_with("/var/lib/warden") && config.state_dir.starts_with("/run/warden"));

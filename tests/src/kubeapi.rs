@@ -8,6 +8,8 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -96,7 +98,12 @@ const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 
 impl FakeKubeApi {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake API server");
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A server at `addr` (e.g. the address of one that was dropped: an API server back up).
+    pub fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind the fake API server");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("address");
         let shared = Arc::new((Mutex::new(State { rv: 100, ..State::default() }), Condvar::new()));
@@ -483,4 +490,76 @@ pub fn pod(namespace: &str, name: &str, uid: &str, node: &str, labels: Value, ow
         },
         "status": {"phase": "Running", "podIP": "10.244.0.5"}
     })
+}
+
+/// A pod's container cgroup at a kubelet path shape, in the host's cgroup v2 hierarchy; removed
+/// (deepest first, with the ancestors it had to create) on drop.
+pub struct PodCgroup {
+    created: Vec<PathBuf>,
+    pub leaf: PathBuf,
+}
+
+impl PodCgroup {
+    /// The cgroup at `path` (from the hierarchy's root).
+    pub fn at(path: &str) -> Self {
+        let mut created = Vec::new();
+        // The cgroup v2 hierarchy, wherever it is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
+        let mut dir = cgroup_v2_root();
+        for part in path.trim_start_matches('/').split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                created.push(dir.clone());
+            }
+        }
+        Self { created, leaf: dir }
+    }
+
+    /// kubelet's systemd driver, containerd, a besteffort pod:
+    /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`.
+    pub fn systemd(pod_uid: &str, container_id: &str) -> Self {
+        let uid = pod_uid.replace('-', "_");
+        Self::at(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{container_id}.scope"
+        ))
+    }
+
+    /// `argv` run in this cgroup and in network namespace `netns` (the pod's network).
+    pub fn command(&self, netns: &str, argv: &[String]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.leaf.join("cgroup.procs"))
+            .args(["ip", "netns", "exec", netns])
+            .args(argv);
+        c
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The cgroup v2 mount with the shortest path (the hierarchy's root as this process sees it).
+pub fn cgroup_v2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .collect();
+    found.sort_by_key(|p| p.as_os_str().len());
+    found.into_iter().next().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }

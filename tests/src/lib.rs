@@ -387,7 +387,17 @@ impl Agent {
 
     /// Like `start_with_policies`, with a given `warden` binary.
     pub fn start_with_bin_policies(bin: &Path, databases_yaml: &str, policies: &[(&str, &str)]) -> Self {
-        let mut agent = Self::prepare(bin, databases_yaml, "", DEFAULT_AUDIT, "");
+        Self::start_with_bin_policies_top_level(bin, databases_yaml, policies, "")
+    }
+
+    /// Like `start_with_bin_policies`, with top-level YAML added after the rest.
+    pub fn start_with_bin_policies_top_level(
+        bin: &Path,
+        databases_yaml: &str,
+        policies: &[(&str, &str)],
+        top_level_yaml: &str,
+    ) -> Self {
+        let mut agent = Self::prepare(bin, databases_yaml, "", DEFAULT_AUDIT, top_level_yaml);
         for (file, yaml) in policies {
             agent.write_policy(file, yaml);
         }

@@ -4,7 +4,11 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
-use testkit::{Agent, Netns, PROXY_V4, Postgres, output, psql, psql_argv};
+use testkit::{
+    Agent, Netns, PROXY_V4, Postgres,
+    kubeapi::{FakeKubeApi, PodCgroup, Resource, pod},
+    output, psql, psql_argv,
+};
 
 fn step(title: &str) {
     println!("\n\x1b[1m== {title}\x1b[0m");
@@ -38,6 +42,15 @@ spec:
     - {name: cards, match: {columns: [public.customers.card]}, mask: {method: partial, keep: 4}, exempt: {matchLabels: {warden/team: dpo}}}
 ";
 
+/// Quarantine: a workload labelled so may run nothing.
+const QUARANTINE: &str = "apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: quarantine}
+spec:
+  selector: {matchLabels: {warden/quarantine: \"true\"}}
+  default: deny
+";
+
 const APPROVALS: &str = "apiVersion: warden.dev/v1alpha1
 kind: DatabasePolicy
 metadata: {name: human-in-the-loop}
@@ -64,12 +77,22 @@ pub fn demo(warden: &Path) -> Result<()> {
     let port = pg.port;
     println!("PostgreSQL listening on port {port} (every address)");
 
+    // No cluster on this machine: a local stand-in serves the Kubernetes API (list and watch).
+    let api = FakeKubeApi::start();
+    let kubeconfig = std::env::temp_dir().join(testkit::unique("warden-demo-kubeconfig-"));
+    std::fs::write(&kubeconfig, api.kubeconfig("demo-token"))?;
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+
     step("Starting the Warden agent, governing that port on any address (fail: closed)");
     let baseline = std::fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
-    let mut agent = Agent::start_with_bin_policies(
+    let mut agent = Agent::start_with_bin_policies_top_level(
         warden,
         &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
-        &[("baseline.yaml", &baseline), ("approvals.yaml", APPROVALS)],
+        &[("baseline.yaml", &baseline), ("approvals.yaml", APPROVALS), ("quarantine.yaml", QUARANTINE)],
+        &format!(
+            "kubernetes: {{kubeconfig: {}, node_name: demo-node}}\nmetrics: {{listen: '{metrics}'}}\n",
+            kubeconfig.display()
+        ),
     );
     println!("config: {}", std::fs::read_to_string(&agent.config)?.trim_end().replace('\n', "\n        "));
     print!("{}", agent.status());
@@ -194,6 +217,76 @@ pub fn demo(warden: &Path) -> Result<()> {
     agent.wait_record("the refusals", |r| r["kind"] == "statement" && r["verdict"]["decision"] == "deny");
     print_output(&agent.audit_cli(&["query", "--verdict", "deny"]));
 
+    step("Kubernetes: a pod is its identity, and relabelling it reaches its open session");
+    println!(
+        "(no cluster here: a local stand-in serves the Kubernetes API; the pod is a cgroup at kubelet's path and a network namespace)"
+    );
+    let uid = "3f6a2c1e-9b7d-4e2a-8c55-0d1e2f3a4b5c";
+    api.put(
+        Resource::ReplicaSets,
+        serde_json::json!({
+            "metadata": {"name": "recsys-6d9c7f", "namespace": "ml",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "recsys", "uid": "d1", "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": "recsys"}}}
+        }),
+    );
+    let recsys = |labels: serde_json::Value| {
+        pod("ml", "recsys-6d9c7f-kq2zt", uid, "demo-node", labels, Some(("ReplicaSet", "recsys-6d9c7f")))
+    };
+    api.put(Resource::Pods, recsys(serde_json::json!({"app": "recsys", "warden/kind": "agent"})));
+    let net = Netns::create(31);
+    let cgroup = PodCgroup::systemd(uid, &format!("{:064x}", 0x5eed_u64));
+    let script = std::env::temp_dir().join(testkit::unique("warden-demo-pod-"));
+    std::fs::write(
+        &script,
+        "select count(*) as accounts from accounts;\n\\! sleep 2\nselect count(*) as accounts from accounts;\n",
+    )?;
+    let mut argv = psql_argv(&net.host_ip, port, "");
+    argv.truncate(argv.len() - 2);
+    argv.extend(["-f".to_string(), script.display().to_string()]);
+    println!(
+        "$ kubectl exec -n ml recsys-6d9c7f-kq2zt -- psql -h {} -p {port} -f script.sql   # two reads, 2 s apart",
+        net.host_ip
+    );
+    let session = cgroup
+        .command(&net.name, &argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let open = agent.wait_record("the pod's connection", |r| {
+        r["kind"] == "connection_open" && r["identity"]["pod"]["name"] == "recsys-6d9c7f-kq2zt"
+    });
+    println!("$ kubectl label pod -n ml recsys-6d9c7f-kq2zt warden/quarantine=true   # during the pause");
+    api.put(
+        Resource::Pods,
+        recsys(serde_json::json!({"app": "recsys", "warden/kind": "agent", "warden/quarantine": "true"})),
+    );
+    print_output(&session.wait_with_output()?);
+    println!("(the identity the audit ring recorded for the connection)");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"pod": open["identity"]["pod"], "labels": open["identity"]["labels"]})
+        )?
+    );
+    let relabelled = agent.wait_record("identity_relabelled", |r| r["kind"] == "identity_relabelled");
+    println!("(and for its session, mid-way) {}", serde_json::to_string(&relabelled)?);
+    let _ = std::fs::remove_file(&script);
+    drop(cgroup);
+    drop(net);
+
+    step("What an operator sees of the node: warden status, and /metrics");
+    print!("{}", agent.status());
+    let scraped = scrape(&metrics);
+    for line in scraped.lines().filter(|l| {
+        l.starts_with("warden_flows_total{")
+            || l.starts_with("warden_statements_total{")
+            || l.starts_with("warden_masked_values_total{")
+            || l.starts_with("warden_kubernetes_pods{")
+    }) {
+        println!("{line}");
+    }
+
     step("A pod's 127.0.0.1 is the pod's own: the proxy dials from the client's network namespace");
     let pod = Netns::create(30);
     println!("$ ip netns exec {} psql -h 127.0.0.1 -p {port} -c \"select 1\"   # nothing listens in the pod", pod.name);
@@ -221,6 +314,19 @@ pub fn demo(warden: &Path) -> Result<()> {
     step("Cleaning up (programs detached, PostgreSQL stopped)");
     drop(agent);
     drop(pg);
+    drop(api);
+    let _ = std::fs::remove_file(&kubeconfig);
     println!("done");
     Ok(())
+}
+
+/// `/metrics` of the agent at `addr` (plain HTTP/1.0).
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let _ = write!(stream, "GET /metrics HTTP/1.0\r\nHost: warden\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }

@@ -364,6 +364,7 @@ impl SessionGovern {
         for part in judgement.parts.iter_mut().filter(|p| p.decision == Decision::Hold) {
             part.reason = why.clone();
         }
+        self.count(&judgement, Decision::Deny);
         self.next.on_refused(info, &judgement);
         Verdict::Deny { sqlstate: SqlState::INSUFFICIENT_PRIVILEGE, message }
     }

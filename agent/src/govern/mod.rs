@@ -617,9 +617,20 @@ impl SessionGovern {
         (settled.class, settled.effects, settled.reason, described.clone())
     }
 
+    /// Counts a message's statements under `decision` (the part that decided it; the others
+    /// did not run).
+    fn count(&self, judgement: &Judgement, decision: Decision) {
+        if let Some(metrics) = &self.governor.metrics
+            && let Some((_, part)) = judgement.refusing_part()
+        {
+            metrics.statement(&self.database, part.class.as_str(), decision.as_str());
+        }
+    }
+
     /// A refusal of the message, recorded by `next`.
     fn refuse(&self, info: &StatementInfo<'_>, judgement: Judgement) -> Verdict {
         let (sqlstate, message) = refusal(&judgement);
+        self.count(&judgement, Decision::Deny);
         self.next.on_refused(info, &judgement);
         Verdict::Deny { sqlstate, message }
     }
@@ -731,6 +742,9 @@ impl SessionHooks for SessionGovern {
     }
 
     fn judgement_current(&self, judgement: &Judgement) -> bool {
+        // A relabelling moves the facts epoch: a portal bound under the old labels is judged
+        // again.
+        self.labels();
         judgement.basis == (self.governor.snapshot().generation, self.lock().facts_epoch)
     }
 
@@ -768,6 +782,8 @@ impl SessionHooks for SessionGovern {
 
     fn before_statement(&self, info: &StatementInfo<'_>) -> Verdict {
         let started = std::time::Instant::now();
+        // A relabelling is taken in once, before anything of this judgement is chosen.
+        self.labels();
         let Some(parts) = self.parts(info) else {
             // Held (the client waits) while a blocking thread describes it; then asked again.
             let cache = self.governor.descriptions.clone();
@@ -806,7 +822,12 @@ impl SessionHooks for SessionGovern {
                 Verdict::Allow(_) => Verdict::Allow(Some(Arc::new(judgement))),
                 other => other,
             },
-            Decision::Hold => self.hold(info, judgement, decided, bind),
+            Decision::Hold => {
+                if decided.is_none() {
+                    self.count(&judgement, Decision::Hold);
+                }
+                self.hold(info, judgement, decided, bind)
+            }
             Decision::Deny => self.refuse(info, judgement),
         }
     }
@@ -911,12 +932,6 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_refused(&self, info: &StatementInfo<'_>, judgement: &Judgement) {
-        if let Some(metrics) = &self.governor.metrics {
-            // The part that refused the message; the others were not run.
-            if let Some((_, part)) = judgement.refusing_part() {
-                metrics.statement(&self.database, part.class.as_str(), part.decision.as_str());
-            }
-        }
         self.next.on_refused(info, judgement);
     }
 

@@ -141,8 +141,6 @@ pub struct Resolver {
 pub struct Relabel {
     pods: Arc<Pods>,
     uid: String,
-    /// The labels that do not come from the pod.
-    base: BTreeMap<String, String>,
     /// The index's generation last looked at.
     seen: AtomicU64,
 }
@@ -154,10 +152,7 @@ impl Relabel {
         if self.seen.swap(generation, Ordering::AcqRel) == generation {
             return None;
         }
-        let pod = self.pods.get(&self.uid)?;
-        let mut labels = self.base.clone();
-        labels.extend(pod.identity_labels());
-        Some(labels)
+        Some(self.pods.get(&self.uid)?.identity_labels())
     }
 }
 
@@ -195,9 +190,12 @@ impl Resolver {
         self
     }
 
-    /// A host workload's labels from the workloads file; a pod's come from its pod.
+    /// A host workload's labels from the workloads file: only a process whose cgroup is known
+    /// and is no container's (a container's root may take any uid and run any executable; a
+    /// pod's labels come from its pod).
     fn label_host_workload(&self, identity: &mut Identity) {
-        if identity.pod_uid.is_none() && !self.workload_rules.is_empty() {
+        let host = identity.cgroup.is_some() && identity.container_id.is_none() && identity.pod_uid.is_none();
+        if host && !self.workload_rules.is_empty() {
             self.workload_rules.label(identity);
         }
     }
@@ -222,7 +220,8 @@ impl Resolver {
         }
         let Some(pod) = pods.get(uid) else { return false };
         identity.pod = Some(PodIdentity::from(&*pod));
-        identity.labels.extend(pod.identity_labels());
+        // A pod's labels are its pod's, and only those.
+        identity.labels = pod.identity_labels();
         true
     }
 
@@ -231,14 +230,7 @@ impl Resolver {
         let pods = self.pods.clone()?;
         let uid = identity.pod_uid.clone()?;
         identity.pod.as_ref()?;
-        let pod_keys = pods.get(&uid).map(|p| p.identity_labels()).unwrap_or_default();
-        let base = identity
-            .labels
-            .iter()
-            .filter(|(k, _)| !pod_keys.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        Some(Relabel { seen: AtomicU64::new(pods.generation()), pods, uid, base })
+        Some(Relabel { seen: AtomicU64::new(pods.generation()), pods, uid })
     }
 
     /// The identity from the cache when it is fresh; `None` means the slow path is due. Touches

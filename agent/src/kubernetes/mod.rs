@@ -107,15 +107,17 @@ impl SyncToken {
     }
 }
 
-/// Warns about a failing watch at most once a minute (its retries run with backoff).
+/// Warns at most once a minute about a condition that persists (a failing watch retries with
+/// backoff; a missing Service is looked at on every change).
 pub(crate) struct WarnEvery {
+    message: &'static str,
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
 
 impl WarnEvery {
-    pub(crate) fn new() -> Self {
-        Self { last: None, suppressed: 0 }
+    pub(crate) fn new(message: &'static str) -> Self {
+        Self { message, last: None, suppressed: 0 }
     }
 
     pub(crate) fn warn(&mut self, what: &str, error: &dyn std::fmt::Display) {
@@ -124,7 +126,7 @@ impl WarnEvery {
             self.suppressed += 1;
             return;
         }
-        tracing::warn!(watch = what, error = %error, repeated = self.suppressed, "Kubernetes watch failed; retrying");
+        tracing::warn!(watch = what, error = %error, repeated = self.suppressed, "{}", self.message);
         self.last = Some(now);
         self.suppressed = 0;
     }

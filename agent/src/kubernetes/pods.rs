@@ -35,11 +35,19 @@ const OWNER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often deleted pods past their grace period are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// The annotation of a static pod's mirror: the config hash kubelet names the pod's cgroups by.
+const MIRROR: &str = "kubernetes.io/config.mirror";
+
 /// The pod as identity needs it, and its controller reference (`None`: not a Kubernetes pod
-/// with a UID, which the API never sends).
-pub fn pod_of(pod: &KubePod) -> Option<(Pod, Option<OwnerReference>)> {
+/// with a UID, which the API never sends). A static pod (run by this node's kubelet from a
+/// file) is known by its config hash, which is what its cgroups carry; its mirror in the API
+/// is believed only when this node owns it.
+pub fn pod_of(pod: &KubePod, node: &str) -> Option<(Pod, Option<OwnerReference>)> {
     let meta = &pod.metadata;
-    let uid = meta.uid.clone()?;
+    let mirror = meta.annotations.as_ref().and_then(|a| a.get(MIRROR)).filter(|_| {
+        meta.owner_references.iter().flatten().any(|r| r.kind == "Node" && r.name == node && r.controller == Some(true))
+    });
+    let uid = mirror.cloned().or_else(|| meta.uid.clone())?;
     let controller = meta
         .owner_references
         .as_ref()
@@ -59,19 +67,21 @@ pub fn pod_of(pod: &KubePod) -> Option<(Pod, Option<OwnerReference>)> {
     ))
 }
 
-/// The workload behind controllers, read from the API and cached.
+/// The workload behind controllers, read from the API and cached by controller UID (a
+/// controller's own owner never changes).
 struct Owners {
     client: Client,
-    cache: HashMap<(String, String, String), Owner>,
+    cache: HashMap<String, Owner>,
 }
 
 impl Owners {
-    /// The workload owning a pod of `namespace` whose controller is `controller`.
-    async fn workload(&mut self, namespace: &str, controller: &OwnerReference, warn: &mut WarnEvery) -> Owner {
+    /// The workload owning a pod of `namespace` whose controller is `controller`; `None` when
+    /// the controller could not be read (the caller keeps what it knew).
+    async fn workload(&mut self, namespace: &str, controller: &OwnerReference, warn: &mut WarnEvery) -> Option<Owner> {
         let direct = Owner { kind: controller.kind.clone(), name: controller.name.clone() };
-        let key = (namespace.to_string(), controller.kind.clone(), controller.name.clone());
+        let key = controller.uid.clone();
         if let Some(owner) = self.cache.get(&key) {
-            return owner.clone();
+            return Some(owner.clone());
         }
         let parent = match controller.kind.as_str() {
             "ReplicaSet" if controller.api_version.starts_with("apps/") => {
@@ -97,11 +107,11 @@ impl Owners {
                     self.cache.clear();
                 }
                 self.cache.insert(key, owner.clone());
-                owner
+                Some(owner)
             }
             Err(error) => {
                 warn.warn("owner", &format!("reading {} {namespace}/{}: {error}", controller.kind, controller.name));
-                direct
+                None
             }
         }
     }
@@ -123,7 +133,7 @@ pub async fn watch(client: Client, node: String, pods: Arc<Pods>, synced: SyncTo
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut owners = Owners { client, cache: HashMap::new() };
-    let mut warn = WarnEvery::new();
+    let mut warn = WarnEvery::new("Kubernetes watch failed; retrying");
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut last_sweep = Instant::now();
     loop {
@@ -142,17 +152,22 @@ pub async fn watch(client: Client, node: String, pods: Arc<Pods>, synced: SyncTo
         match event {
             Ok(watcher::Event::Init) => pods.list_started(),
             Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                let Some((mut found, controller)) = pod_of(&pod) else { continue };
+                let Some((mut found, controller)) = pod_of(&pod, &node) else { continue };
                 if let Some(controller) = controller {
-                    found.owner = Some(owners.workload(&found.namespace, &controller, &mut warn).await);
+                    // A failed read keeps the owner known before (no flapping identity), else
+                    // the controller itself.
+                    found.owner = match owners.workload(&found.namespace, &controller, &mut warn).await {
+                        Some(owner) => Some(owner),
+                        None => pods.get(&found.uid).and_then(|p| p.owner.clone()).or(found.owner),
+                    };
                 }
                 tracing::debug!(pod = %found.name, namespace = %found.namespace, uid = %found.uid, "pod");
                 pods.apply(found);
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let Some(uid) = &pod.metadata.uid {
-                    tracing::debug!(pod = ?pod.metadata.name, uid = %uid, "pod deleted");
-                    pods.delete(uid);
+                if let Some((gone, _)) = pod_of(&pod, &node) {
+                    tracing::debug!(pod = %gone.name, uid = %gone.uid, "pod deleted");
+                    pods.delete(&gone.uid);
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -163,5 +178,37 @@ pub async fn watch(client: Client, node: String, pods: Arc<Pods>, synced: SyncTo
             }
             Err(error) => warn.warn("pods", &error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kube_pod(json: serde_json::Value) -> KubePod {
+        serde_json::from_value(json).expect("a Pod")
+    }
+
+    #[test]
+    fn a_pod_is_known_by_its_uid_and_a_static_pod_by_its_config_hash_on_its_own_node() {
+        let regular = kube_pod(serde_json::json!({
+            "metadata": {"name": "etl-1", "namespace": "crm", "uid": "u-1", "labels": {"app": "etl"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "etl-7d", "uid": "rs", "controller": true}]},
+            "spec": {"containers": [{"name": "c"}], "serviceAccountName": "etl"}
+        }));
+        let (p, controller) = pod_of(&regular, "node-1").expect("a pod");
+        assert_eq!((p.uid.as_str(), p.namespace.as_str(), p.service_account.as_deref()), ("u-1", "crm", Some("etl")));
+        assert_eq!(controller.expect("a controller").kind, "ReplicaSet");
+
+        let mirror = |node: &str| {
+            kube_pod(serde_json::json!({
+                "metadata": {"name": "kube-apiserver-node-1", "namespace": "kube-system", "uid": "server-assigned",
+                    "annotations": {"kubernetes.io/config.mirror": "0123456789abcdef0123456789abcdef"},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": "n", "controller": true}]},
+                "spec": {"containers": [{"name": "c"}]}
+            }))
+        };
+        assert_eq!(pod_of(&mirror("node-1"), "node-1").expect("a pod").0.uid, "0123456789abcdef0123456789abcdef");
+        assert_eq!(pod_of(&mirror("node-2"), "node-1").expect("a pod").0.uid, "server-assigned", "another node's");
     }
 }

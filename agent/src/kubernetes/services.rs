@@ -17,7 +17,10 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Service, ServicePort as KubeServicePort},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, watcher},
@@ -41,30 +44,42 @@ pub struct ServiceDatabase {
     pub port: ServicePort,
 }
 
-/// Where the Service is reached, from the Service and its EndpointSlices as they are now.
-pub fn reached(service: Option<&Service>, slices: &BTreeMap<String, EndpointSlice>, port: &ServicePort) -> Reached {
-    let mut addrs = BTreeSet::new();
-    let mut any_address = BTreeSet::new();
-    let Some(service) = service else { return Reached::default() };
-    let Some(spec) = &service.spec else { return Reached::default() };
-    let Some(service_port) = spec.ports.iter().flatten().find(|p| match port {
+/// The Service's port the database address names.
+pub fn service_port<'a>(service: Option<&'a Service>, port: &ServicePort) -> Option<&'a KubeServicePort> {
+    service?.spec.as_ref()?.ports.iter().flatten().find(|p| match port {
         ServicePort::Number(n) => p.port == i32::from(*n),
         ServicePort::Name(name) => p.name.as_deref() == Some(name),
-    }) else {
-        return Reached::default();
-    };
-    let port_number = u16::try_from(service_port.port).ok();
-    let mut front: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
-    front.extend(spec.cluster_ip.as_deref());
-    front.extend(spec.external_ips.iter().flatten().map(String::as_str));
-    let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    front.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()));
-    if let Some(port) = port_number {
-        // "None" marks a headless Service: only its backends are reached.
-        addrs.extend(front.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, port)));
-    }
-    if let Some(node_port) = service_port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
-        any_address.insert(node_port);
+    })
+}
+
+/// Where the Service is reached: its front (cluster, external and load-balancer IPs at
+/// `service_port`, and its node port) when `service` has that port, and the backends of its
+/// EndpointSlices at the port of the same name. With `service` absent (deleted, being
+/// re-created), `service_port` is the port as last seen: the backends stay governed while
+/// their slices exist.
+pub fn reached(
+    service: Option<&Service>,
+    slices: &BTreeMap<String, EndpointSlice>,
+    service_port: Option<&KubeServicePort>,
+) -> Reached {
+    let mut addrs = BTreeSet::new();
+    let mut any_address = BTreeSet::new();
+    let Some(service_port) = service_port else { return Reached::default() };
+    if let Some(service) = service
+        && let Some(spec) = &service.spec
+    {
+        let mut front: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
+        front.extend(spec.cluster_ip.as_deref());
+        front.extend(spec.external_ips.iter().flatten().map(String::as_str));
+        let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        front.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()));
+        if let Ok(port) = u16::try_from(service_port.port) {
+            // "None" marks a headless Service: only its backends are reached.
+            addrs.extend(front.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, port)));
+        }
+        if let Some(node_port) = service_port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
+            any_address.insert(node_port);
+        }
     }
     for slice in slices.values() {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
@@ -115,14 +130,19 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
             .map(|e| e.map(|e| Seen::Slice(Box::new(e))));
     let mut stream = futures::stream::select(service_watch.boxed(), slice_watch.boxed());
     let what = format!("service {}/{}", db.namespace, db.name);
-    let mut warn = WarnEvery::new();
+    let mut warn = WarnEvery::new("Kubernetes watch failed; retrying");
     let mut service: Option<Service> = None;
     let mut listing_service: Option<Option<Service>> = None;
     let mut endpoint_slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing_slices: Option<BTreeMap<String, EndpointSlice>> = None;
     let (mut service_listed, mut slices_listed) = (false, false);
-    let mut current = Reached::default();
+    // Starts from what the last agent saved (already in the kernel's table): the first list
+    // then reports only what changed since.
+    let mut current = governed.reached(db.index).unwrap_or_default();
     let mut behind = false;
+    // The Service's port as last seen: its backends stay governed while it is re-created.
+    let mut last_port: Option<KubeServicePort> = None;
+    let mut missing = WarnEvery::new("a Service-named database is not fully known");
     while let Some(event) = stream.next().await {
         let changed = match event {
             Err(error) => {
@@ -183,9 +203,32 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
         if !(changed && service_listed && slices_listed) {
             continue;
         }
-        let now = reached(service.as_ref(), &endpoint_slices, &db.port);
-        if now == current && !behind {
+        let found = service_port(service.as_ref(), &db.port).cloned();
+        if found.is_some() {
+            last_port.clone_from(&found);
+            // Ready once the Service and its port have been seen.
             synced.done();
+        } else {
+            missing.warn(
+                &what,
+                &format!(
+                    "no such Service, or it has no port {}: {} (backends as last seen stay governed while their EndpointSlices exist)",
+                    db.port,
+                    if last_port.is_some() { "it went away" } else { "check the database's address" }
+                ),
+            );
+        }
+        if let Some(kind) = service.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.type_.as_deref())
+            && kind == "ExternalName"
+        {
+            missing.warn(
+                &what,
+                &"an ExternalName Service has no address of its own: name the database by the DNS name it points to",
+            );
+        }
+        let now =
+            reached(found.as_ref().and(service.as_ref()), &endpoint_slices, found.as_ref().or(last_port.as_ref()));
+        if now == current && !behind {
             continue;
         }
         match governed.update(|r| {
@@ -210,7 +253,6 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
                     });
                 }
                 current = now;
-                synced.done();
             }
             Err(error) => {
                 behind = true;
@@ -281,16 +323,24 @@ mod tests {
 
     #[test]
     fn a_service_port_by_number_or_name_reaches_cluster_ips_node_port_and_backends() {
+        let service = pg_service();
         for port in [ServicePort::Number(5432), ServicePort::Name("postgres".into())] {
-            let r = reached(Some(&pg_service()), &pg_slices(), &port);
+            let r = reached(Some(&service), &pg_slices(), service_port(Some(&service), &port));
             assert_eq!(
                 r.addrs,
                 addrs(&["10.96.0.10:5432", "[fd00:96::10]:5432", "10.244.1.7:15432", "10.244.2.9:15432"])
             );
             assert_eq!(r.any_address, vec![30432]);
         }
-        assert_eq!(reached(Some(&pg_service()), &pg_slices(), &ServicePort::Number(5433)), Reached::default());
-        assert_eq!(reached(None, &pg_slices(), &ServicePort::Number(5432)), Reached::default());
+        assert!(service_port(Some(&service), &ServicePort::Number(5433)).is_none());
+        assert_eq!(reached(Some(&service), &pg_slices(), None), Reached::default(), "no such port: nothing known");
+        // The Service goes (re-created): its front is released, its backends stay while the
+        // slices say so.
+        let last = service_port(Some(&service), &ServicePort::Number(5432));
+        let r = reached(None, &pg_slices(), last);
+        assert_eq!(r.addrs, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
+        assert!(r.any_address.is_empty());
+        assert_eq!(reached(None, &BTreeMap::new(), last), Reached::default());
     }
 
     #[test]
@@ -303,7 +353,7 @@ mod tests {
         for p in spec.ports.iter_mut().flatten() {
             p.node_port = None;
         }
-        let r = reached(Some(&s), &pg_slices(), &ServicePort::Number(5432));
+        let r = reached(Some(&s), &pg_slices(), service_port(Some(&s), &ServicePort::Number(5432)));
         assert_eq!(r.addrs, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
         assert!(r.any_address.is_empty());
     }

@@ -28,7 +28,7 @@ use crate::{
     config::{Config, Database, Protocol},
     ebpf::Kernel,
     flow::{ClientAddr, KernelFacts, OrigDst, socket_addr_of},
-    identity::Resolver,
+    identity::{Identity, Resolver},
     net::{
         netns::{ClientNetns, Namespaces, NetnsError},
         upstream::{self, UpstreamError},
@@ -64,6 +64,8 @@ pub struct Shared {
     pub live: Arc<live::LiveSessions>,
     /// How long a flow from a pod the watch has not shown yet waits for it.
     pub pod_wait: Duration,
+    /// Flows waiting for their pod now.
+    pub pod_waits: std::sync::atomic::AtomicUsize,
     /// Flows, statements, set-up times (`/metrics`).
     pub metrics: Arc<crate::admin::metrics::Metrics>,
 }
@@ -151,6 +153,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
         return;
     }
     let database_index = origin.database_id as usize;
+    let origin_database_id = origin.database_id;
     let Some(db) = shared.config.databases.get(database_index) else {
         refused("flow for an unknown database".into());
         return;
@@ -159,36 +162,28 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     // Resolved off the accept path (a cache miss reads /proc and the cgroup tree on the
     // blocking pool).
     let mut identity = shared.resolver.resolve(facts.clone()).await;
-    if let (Some(pods), Some(uid)) = (shared.resolver.pods(), identity.pod_uid.clone())
-        && identity.pod.is_none()
-    {
-        // A pod's flow is judged with its pod's identity or not at all: a flow that arrives
-        // before the watch shows its pod waits for it.
-        if pods.wait(&uid, shared.pod_wait).await.is_some() {
-            shared.resolver.attach_pod(&mut identity);
-        }
-        if identity.pod.is_none() {
-            let reason = format!(
-                "pod {uid} is not known to the Kubernetes API (waited {} ms); refused rather than judged without its identity",
-                shared.pod_wait.as_millis()
-            );
-            tracing::warn!(database = %db.name, pod_uid = %uid, "{reason}");
+    if let Some(reason) = pod_identity(&shared, &mut identity).await {
+        tracing::warn!(database = %db.name, pod_uid = ?identity.pod_uid, cgroup = ?identity.cgroup, "{reason}");
+        // As cheap to repeat as a direct dial: a few records a second per tenant.
+        let now_s = crate::audit::now_ms() / 1000;
+        if let limits::RefusalRecord::Record { suppressed } =
+            shared.refusals.admit(limits::RefusalSource::Tenant(identity.tenant_key()), now_s)
+        {
+            let reason = match suppressed {
+                0 => reason.clone(),
+                n => format!("{reason} (and {n} earlier refusals of this identity not recorded one by one)"),
+            };
             shared.audit.record(Event::ConnectionRefused {
                 database: db.name.clone(),
                 orig_dst: orig_dst.0,
                 client: peer.0,
-                reason: reason.clone(),
+                reason,
                 identity,
             });
-            refuse_fatal(
-                db.protocol,
-                client,
-                crate::pg::error::sqlstate::CANNOT_CONNECT_NOW,
-                &format!("warden: {reason}"),
-            )
-            .await;
-            return;
         }
+        refuse_fatal(db.protocol, client, crate::pg::error::sqlstate::CANNOT_CONNECT_NOW, &format!("warden: {reason}"))
+            .await;
+        return;
     }
     let _slot = match shared.limits.admit(&identity.tenant_key()) {
         Ok(slot) => slot,
@@ -303,14 +298,23 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                         Arc::new(crate::session::hooks::AllowAll)
                     };
                     let origin = crate::govern::Origin { session, identity: shared_identity.clone() };
-                    let audit = shared.audit.clone();
                     let database = db.name.clone();
+                    let (relabelled, fail_policy) = (shared.clone(), db.fail == crate::config::FailMode::Policy);
+                    let (cgroup_id, database_id) = (identity.cgroup_id.0, origin_database_id);
                     Arc::new(
                         shared.governor.session(identity.labels.clone(), &db.name, Some(origin), record).with_relabel(
                             shared.resolver.relabel(&identity),
                             move |labels| {
                                 tracing::info!(session = session.0, database = %database, "the pod was relabelled: later statements are judged by its new labels");
-                                audit.record(Event::IdentityRelabelled {
+                                if fail_policy {
+                                    // The pod's fail-open listing, as at connect, for its new labels.
+                                    let (guarded, generation) = relabelled.governor.guards(labels, &database);
+                                    let epoch = (!guarded).then_some(relabelled.fail_epoch_base + generation);
+                                    if let Err(err) = relabelled.kernel.set_fail_open(cgroup_id, database_id, epoch) {
+                                        tracing::error!(database = %database, error = %err, "the identity's fail mode could not be recorded");
+                                    }
+                                }
+                                relabelled.audit.record(Event::IdentityRelabelled {
                                     session,
                                     database: database.clone(),
                                     labels: labels.clone(),
@@ -341,6 +345,41 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
         duration_ms: started.elapsed().as_millis() as u64,
         error: report.error,
     });
+}
+
+/// Flows waiting for their pod at most; beyond, a flow of an unknown pod is refused at once.
+const MAX_POD_WAITS: usize = 256;
+
+/// On Kubernetes, a pod's flow is judged with its pod's identity or not at all: a flow that
+/// arrives before the watch shows its pod waits for it; one whose cgroup cannot be told apart
+/// from a pod's (not found, or under kubelet's tree without naming a pod) is refused. Returns
+/// why the flow is refused, if it is.
+async fn pod_identity(shared: &Shared, identity: &mut Identity) -> Option<String> {
+    let pods = shared.resolver.pods()?;
+    let Some(uid) = identity.pod_uid.clone() else {
+        return match identity.cgroup.as_deref() {
+            None => Some("the connecting process's cgroup could not be found, so it may be any pod's; refused".into()),
+            Some(path) if path.contains("kubepods") => {
+                Some(format!("cgroup {path} is kubelet's but names no pod Warden recognises; refused"))
+            }
+            Some(_) => None,
+        };
+    };
+    if identity.pod.is_some() {
+        return None;
+    }
+    if shared.pod_waits.fetch_add(1, Ordering::AcqRel) < MAX_POD_WAITS
+        && pods.wait(&uid, shared.pod_wait).await.is_some()
+    {
+        shared.resolver.attach_pod(identity);
+    }
+    shared.pod_waits.fetch_sub(1, Ordering::AcqRel);
+    identity.pod.is_none().then(|| {
+        format!(
+            "pod {uid} is not known to the Kubernetes API (waited up to {} ms); refused rather than judged without its identity",
+            shared.pod_wait.as_millis()
+        )
+    })
 }
 
 /// How a session reaches its upstream: from the client's network namespace, with the agent's

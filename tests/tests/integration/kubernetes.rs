@@ -6,7 +6,6 @@
 //! table the test makes, so nothing leaves the machine. Run as root through `cargo xtask test`.
 
 use std::{
-    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -15,7 +14,7 @@ use std::{
 use serde_json::{Value, json};
 use testkit::{
     Agent, DEFAULT_AUDIT, Netns, PgOptions, Postgres, check,
-    kubeapi::{FakeKubeApi, Resource, pod},
+    kubeapi::{FakeKubeApi, PodCgroup, Resource, pod},
     output, psql, psql_argv, unique,
 };
 
@@ -30,71 +29,23 @@ fn container_id(n: u8) -> String {
     format!("{:064x}", 0x00c0_ffee_0000_u64 + u64::from(n))
 }
 
-/// A pod's container cgroup at a kubelet path shape; removed (deepest first) on drop, with
-/// the ancestors it had to create.
-struct PodCgroup {
-    created: Vec<PathBuf>,
-    leaf: PathBuf,
+/// Pod `n`'s container cgroup under kubelet's systemd driver (containerd).
+fn systemd(n: u8) -> PodCgroup {
+    PodCgroup::systemd(&pod_uid(n), &container_id(n))
 }
 
-impl PodCgroup {
-    fn at(path: &str) -> Self {
-        let mut created = Vec::new();
-        // The cgroup v2 hierarchy, wherever it is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
-        let mut dir = warden::cgroup::default_root();
-        for part in path.trim_start_matches('/').split('/') {
-            dir.push(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                created.push(dir.clone());
-            }
-        }
-        Self { created, leaf: dir }
-    }
-
-    /// kubelet's systemd driver, containerd: `kubepods.slice/kubepods-besteffort.slice/...`.
-    fn systemd(n: u8) -> Self {
-        let uid = pod_uid(n).replace('-', "_");
-        Self::at(&format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{}.scope",
-            container_id(n)
-        ))
-    }
-
-    /// kubelet's cgroupfs driver, CRI-O: `kubepods/burstable/pod<uid>/crio-<id>`.
-    fn cgroupfs(n: u8) -> Self {
-        Self::at(&format!("/kubepods/burstable/pod{}/crio-{}", pod_uid(n), container_id(n)))
-    }
-
-    /// `argv` run in this cgroup and in `netns` (the pod's network).
-    fn command(&self, netns: &Netns, argv: &[String]) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg("echo $$ > \"$0\" && exec \"$@\"")
-            .arg(self.leaf.join("cgroup.procs"))
-            .args(["ip", "netns", "exec", &netns.name])
-            .args(argv);
-        c
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for dir in self.created.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                sleep(Duration::from_millis(20));
-            }
-        }
-    }
+/// Pod `n`'s container cgroup under kubelet's cgroupfs driver (CRI-O).
+fn cgroupfs(n: u8) -> PodCgroup {
+    PodCgroup::at(&format!("/kubepods/burstable/pod{}/crio-{}", pod_uid(n), container_id(n)))
 }
 
 fn kube_yaml(api: &FakeKubeApi, dir: &std::path::Path) -> String {
     let kubeconfig = dir.join(unique("kubeconfig-"));
     std::fs::write(&kubeconfig, api.kubeconfig(TOKEN)).expect("kubeconfig");
-    format!("kubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  pod_wait_ms: 2000\n", kubeconfig.display())
+    format!(
+        "kubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  pod_wait_ms: 2000\n  deleted_pod_grace_s: 3\n",
+        kubeconfig.display()
+    )
 }
 
 fn opens(agent: &Agent) -> Vec<Value> {
@@ -189,9 +140,9 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     );
 
     // A client in the pod is the pod: labels, namespace, service account, owning Deployment.
-    let etl = PodCgroup::systemd(1);
+    let etl = systemd(1);
     let before = opens(&agent).len();
-    ok(&output(&mut etl.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    ok(&output(&mut etl.command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 1"))));
     let open = next_open(&agent, before);
     let identity = &open["identity"];
     assert_eq!(identity["pod_uid"], pod_uid(1), "{open}");
@@ -220,7 +171,8 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     let mut argv = psql_argv(&net.host_ip, pg.port, "");
     argv.truncate(argv.len() - 2);
     argv.extend(["-f".to_string(), script.display().to_string()]);
-    let session: Child = etl.command(&net, &argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("psql");
+    let session: Child =
+        etl.command(&net.name, &argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("psql");
     let before_relabel = agent.wait_record("the statement before relabelling", |r| {
         r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.contains("before_relabel"))
     });
@@ -247,10 +199,10 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
             "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "report:1"}]}}}
         }),
     );
-    let late = PodCgroup::cgroupfs(2);
+    let late = cgroupfs(2);
     let before = opens(&agent).len();
     let client = late
-        .command(&net, &psql_argv(&net.host_ip, pg.port, "select 'late'"))
+        .command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 'late'"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -273,19 +225,25 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     assert_eq!(open["identity"]["container_runtime"], "cri-o");
 
     // A pod the watch never shows (another node's): refused, never judged anonymously.
-    let stranger = PodCgroup::systemd(9);
-    let out = output(&mut stranger.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1")));
+    let stranger = systemd(9);
+    let out = output(&mut stranger.command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 1")));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not known to the Kubernetes API"), "{out:?}");
     let refused = agent.wait_record("connection_refused", |r| r["kind"] == "connection_refused");
     assert_eq!(refused["identity"]["pod_uid"], pod_uid(9));
 
-    // A deleted pod still resolves within its grace period (late flows, last statements).
+    // A deleted pod still resolves within its grace period (late flows, last statements), and
+    // not after it.
     api.delete(Resource::Pods, "batch", "report-29000000-q8w7e");
+    let deleted = Instant::now();
     sleep(Duration::from_millis(300));
     let before = opens(&agent).len();
-    ok(&output(&mut late.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    ok(&output(&mut late.command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 1"))));
     assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "report-29000000-q8w7e");
+    sleep(Duration::from_secs(4).saturating_sub(deleted.elapsed()));
+    let out = output(&mut late.command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 1")));
+    assert!(!out.status.success(), "a pod deleted past its grace period is nobody: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not known to the Kubernetes API"), "{out:?}");
 
     // The API compacts its history: the watch gets 410 Gone, lists again, and goes on.
     let lists = |api: &FakeKubeApi| {
@@ -299,9 +257,9 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
         sleep(Duration::from_millis(50));
     }
     api.put(Resource::Pods, pod("crm", "after-relist", &pod_uid(3), NODE, json!({"app": "etl"}), None));
-    let third = PodCgroup::systemd(3);
+    let third = systemd(3);
     let before = opens(&agent).len();
-    ok(&output(&mut third.command(&net, &psql_argv(&net.host_ip, pg.port, "select 1"))));
+    ok(&output(&mut third.command(&net.name, &psql_argv(&net.host_ip, pg.port, "select 1"))));
     assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "after-relist");
     drop(agent);
     drop(agent_cgroup);
@@ -363,15 +321,13 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
     let (cluster_ip, node_port) = ("10.96.77.10", 30432u16);
     let backend = format!("{}:{}", net.host_ip, pg.port);
     let _kube_proxy = KubeProxy::install(&net.host_if, cluster_ip, 5432, &net.host_ip, node_port, &backend);
-    api.put(
-        Resource::Services,
-        json!({
-            "metadata": {"name": "pg", "namespace": "crm", "uid": "svc-uid"},
-            "spec": {"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-                "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres", "nodePort": node_port, "protocol": "TCP"}]},
-            "status": {"loadBalancer": {}}
-        }),
-    );
+    let service = json!({
+        "metadata": {"name": "pg", "namespace": "crm", "uid": "svc-uid"},
+        "spec": {"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres", "nodePort": node_port, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {}}
+    });
+    api.put(Resource::Services, service.clone());
     let slice = |ip: &str| {
         json!({
             "metadata": {"name": "pg-x7k2p", "namespace": "crm", "labels": {"kubernetes.io/service-name": "pg"}},
@@ -423,13 +379,46 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
     assert_eq!(agent.stat("redirected"), redirected, "the old backend is no longer governed");
     assert_eq!(opens(&agent).len(), before);
 
-    // The Service goes: its cluster IP and node port are released.
+    // A restart while the API server is down: the Service stays governed (the agent starts from
+    // the endpoints its predecessor saved, not from nothing).
+    let api_addr = api.addr.to_string();
+    drop(api);
+    let mut agent = agent;
+    agent.stop();
+    agent.spawn();
+    assert!(agent.log().contains("serving before these Kubernetes watches listed"), "{}", agent.log());
+    assert_eq!(governed_as(&agent, Some(&net), cluster_ip, 5432)["database"], "crm-pg");
+    assert_eq!(governed_as(&agent, None, "127.0.0.1", pg.port)["database"], "crm-pg");
+    // The API server is back, with its objects.
+    let api = FakeKubeApi::start_on(&api_addr);
+    api.put(Resource::Services, service.clone());
+    api.put(Resource::EndpointSlices, slice("127.0.0.1"));
+    let lists = |api: &FakeKubeApi| {
+        api.requests().iter().filter(|r| r.contains("/endpointslices?") && !r.contains("watch=true")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lists(&api) == 0 {
+        assert!(Instant::now() < deadline, "the watch did not come back");
+        sleep(Duration::from_millis(100));
+    }
+    sleep(Duration::from_millis(500));
+
+    // The Service goes (deleted, or being re-created): its cluster IP and node port are
+    // released; its backends stay governed while their EndpointSlice exists.
     api.delete(Resource::Services, "crm", "pg");
-    let gone = agent.wait_record("the Service's endpoints removed", |r| {
+    let gone = agent.wait_record("the Service's front removed", |r| {
         r["kind"] == "endpoints_changed"
             && r["removed"].as_array().is_some_and(|a| a.contains(&json!(format!("{cluster_ip}:5432"))))
     });
-    assert!(gone["removed"].as_array().expect("removed").contains(&json!(format!("[::]:{node_port}"))), "{gone}");
+    let removed = gone["removed"].as_array().expect("removed");
+    assert!(removed.contains(&json!(format!("[::]:{node_port}"))), "{gone}");
+    assert!(!removed.contains(&json!(format!("127.0.0.1:{}", pg.port))), "{gone}");
+    assert_eq!(governed_as(&agent, None, "127.0.0.1", pg.port)["database"], "crm-pg");
+    // Its EndpointSlice goes too: nothing of it is governed any more.
+    api.delete(Resource::EndpointSlices, "crm", "pg-x7k2p");
+    agent.wait_record("the backends removed", |r| {
+        r["kind"] == "endpoints_changed" && r["removed"] == json!([format!("127.0.0.1:{}", pg.port)])
+    });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -470,11 +459,18 @@ fn metrics_move_under_load_and_stay_bounded_with_a_thousand_pods() {
     let dir = std::env::temp_dir().join(unique("warden-k8s-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let metrics_addr = format!("127.0.0.1:{}", testkit::free_port());
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("policies");
+    std::fs::write(
+        policies.join("no-ddl.yaml"),
+        "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: no-ddl}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n  default: allow\n",
+    )
+    .expect("policy");
     let agent = Agent::start_with_top_level(
         &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
         "",
         DEFAULT_AUDIT,
-        &format!("{}metrics:\n  listen: '{metrics_addr}'\n", kube_yaml(&api, &dir)),
+        &format!("{}metrics:\n  listen: '{metrics_addr}'\npolicies: [{}]\n", kube_yaml(&api, &dir), policies.display()),
     );
     assert_eq!(scrape(&metrics_addr, "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(scrape(&metrics_addr, "/readyz"), (200, "ready\n".to_string()));
@@ -506,16 +502,20 @@ fn metrics_move_under_load_and_stay_bounded_with_a_thousand_pods() {
     assert!(sample(&after, "warden_connect_seconds_count", &[]) >= 4.0);
     assert!(sample(&after, "warden_audit_ring_used_bytes", &[]) > sample(&before, "warden_audit_ring_used_bytes", &[]));
     assert!(sample(&after, "warden_kernel_redirected_total", &[]) >= 4.0);
+    // A refused statement is counted as denied.
+    let refused = output(&mut psql("127.0.0.1", pg.port, "create table refused_here(i int)"));
+    assert!(!refused.status.success());
+    let (_, denied) = scrape(&metrics_addr, "/metrics");
+    assert_eq!(sample(&denied, "warden_statements_total", &["class=\"ddl\"", "decision=\"deny\""]), 1.0, "{denied}");
 
     // A thousand pods connect once each (one process moving through their cgroups): the flow
     // series stay bounded, the rest counted as `other`.
     let cgroups: Vec<PodCgroup> = (0..PODS)
         .map(|n| {
-            let uid = format!("7a000000-0000-4000-8000-{n:012}").replace('-', "_");
-            PodCgroup::at(&format!(
-                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{}.scope",
-                format!("{:064x}", 0x7a00_0000_u64 + n as u64)
-            ))
+            PodCgroup::systemd(
+                &format!("7a000000-0000-4000-8000-{n:012}"),
+                &format!("{:064x}", 0x7a00_0000_u64 + n as u64),
+            )
         })
         .collect();
     let script = format!(
