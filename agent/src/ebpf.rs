@@ -180,8 +180,8 @@ impl Kernel {
         map.keys().filter(Result::is_ok).count()
     }
 
-    /// Makes the governed-endpoint table exactly `wanted` (from `governed_entries_with`, fit to
-    /// the table with `fit_governed`); returns what it changed.
+    /// Makes the governed-endpoint table exactly `wanted` (from `governed_table`); returns what
+    /// it changed.
     pub fn replace_governed(&self, wanted: &[(Endpoint, EndpointPolicy)]) -> Result<GovernedDiff, KernelError> {
         let mut map = self.governed.lock().unwrap_or_else(|p| p.into_inner());
         apply_governed(&mut map, wanted)
@@ -330,12 +330,26 @@ pub struct Reached {
     pub addrs: Vec<SocketAddr>,
     /// Ports governed on every address: a Service's node port.
     pub any_address: Vec<u16>,
+    /// A Service's backends (what its EndpointSlices list): governed after every database's
+    /// front when the table cannot hold everything.
+    pub backends: Vec<SocketAddr>,
 }
 
 impl Reached {
     /// Reached at `addrs` only.
     pub fn at(addrs: Vec<SocketAddr>) -> Self {
-        Self { addrs, any_address: Vec::new() }
+        Self { addrs, ..Self::default() }
+    }
+
+    /// Every endpoint, node ports as `[::]:PORT` (as the kernel's table keys them).
+    pub fn endpoints(&self) -> std::collections::BTreeSet<SocketAddr> {
+        let any = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        self.addrs
+            .iter()
+            .chain(&self.backends)
+            .copied()
+            .chain(self.any_address.iter().map(|p| SocketAddr::new(any, *p)))
+            .collect()
     }
 }
 
@@ -369,6 +383,7 @@ pub fn governed_entries_with(config: &Config, resolved: &BTreeMap<usize, Reached
                 if let Some(reached) = resolved.get(&id) {
                     out.extend(reached.addrs.iter().map(|a| (endpoint_of(*a), policy)));
                     out.extend(reached.any_address.iter().map(|p| (Endpoint::any_address(*p), policy)));
+                    out.extend(reached.backends.iter().map(|a| (endpoint_of(*a), policy)));
                 }
             }
         }
@@ -422,38 +437,62 @@ fn apply_governed(
 /// Databases that lost endpoints to a full table, with how many.
 pub type Lost = Vec<(String, usize)>;
 
-/// `wanted` cut to what the table holds: every endpoint of databases named by address or host
-/// first, then Services' (in configuration order) while room is left. Returns the entries kept
-/// and the databases that lost endpoints, with how many.
-pub fn fit_governed(
-    config: &Config,
-    wanted: Vec<(Endpoint, EndpointPolicy)>,
-) -> (Vec<(Endpoint, EndpointPolicy)>, Lost) {
-    let capacity = agent_common::GOVERNED_MAX_ENTRIES as usize;
-    let distinct: std::collections::HashSet<Endpoint> = wanted.iter().map(|(k, _)| *k).collect();
-    if distinct.len() <= capacity {
-        return (wanted, Vec::new());
-    }
+/// The governed table for `config` with `resolved`, cut to what the kernel's table holds. An
+/// endpoint two databases name is the later one's, except that a database named by address or
+/// host name always keeps its endpoints (a Service's backend list cannot take them). Beyond
+/// capacity,
+/// endpoints are kept in this order, the rest reported: every endpoint of the databases named
+/// by address or host name; then every Service's front (cluster, external and load-balancer
+/// IPs, node port); then Services' backends, one of each Service in turn.
+pub fn governed_table(config: &Config, resolved: &BTreeMap<usize, Reached>) -> (Vec<(Endpoint, EndpointPolicy)>, Lost) {
     let is_service = |id: u32| {
         config.databases.get(id as usize).is_some_and(|d| matches!(d.address, DatabaseAddress::Service { .. }))
     };
-    let (first, services): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(_, v)| !is_service(v.database_id));
-    let mut kept: std::collections::HashSet<Endpoint> = first.iter().map(|(k, _)| *k).collect();
-    let mut out = first;
-    let mut lost: BTreeMap<u32, usize> = BTreeMap::new();
-    for (key, value) in services {
-        if kept.contains(&key) || kept.len() < capacity {
-            kept.insert(key);
-            out.push((key, value));
-        } else {
-            *lost.entry(value.database_id).or_default() += 1;
+    let wanted = governed_entries_with(config, resolved);
+    let capacity = agent_common::GOVERNED_MAX_ENTRIES as usize;
+    let mut table: std::collections::HashMap<Endpoint, EndpointPolicy> = std::collections::HashMap::new();
+    for pass_services in [true, false] {
+        for (key, value) in wanted.iter().filter(|(_, v)| is_service(v.database_id) == pass_services) {
+            table.insert(*key, *value);
         }
     }
+    if table.len() <= capacity {
+        let mut entries: Vec<(Endpoint, EndpointPolicy)> = table.into_iter().collect();
+        entries.sort_by_key(|(k, _)| (k.addr, k.port));
+        return (entries, Vec::new());
+    }
+    // (tier, rank within its Service's backends, database) of each endpoint the table would hold.
+    let rank = |key: &Endpoint, value: &EndpointPolicy| -> (u8, usize, u32) {
+        let id = value.database_id;
+        let Some(reached) = config
+            .databases
+            .get(id as usize)
+            .filter(|d| matches!(d.address, DatabaseAddress::Service { .. }))
+            .and_then(|_| resolved.get(&(id as usize)))
+        else {
+            return (0, 0, id);
+        };
+        let front = reached.addrs.iter().any(|a| endpoint_of(*a) == *key)
+            || reached.any_address.iter().any(|p| Endpoint::any_address(*p) == *key);
+        if front {
+            return (1, 0, id);
+        }
+        let position = reached.backends.iter().position(|a| endpoint_of(*a) == *key).unwrap_or(usize::MAX);
+        (2, position, id)
+    };
+    let mut ranked: Vec<((u8, usize, u32), Endpoint, EndpointPolicy)> =
+        table.into_iter().map(|(k, v)| (rank(&k, &v), k, v)).collect();
+    ranked.sort_by_key(|(r, k, _)| (*r, k.addr, k.port));
+    let mut lost: BTreeMap<u32, usize> = BTreeMap::new();
+    for (_, _, value) in ranked.iter().skip(capacity) {
+        *lost.entry(value.database_id).or_default() += 1;
+    }
+    ranked.truncate(capacity);
     let lost = lost
         .into_iter()
         .map(|(id, n)| (config.databases.get(id as usize).map_or_else(|| format!("#{id}"), |d| d.name.clone()), n))
         .collect();
-    (out, lost)
+    (ranked.into_iter().map(|(_, k, v)| (k, v)).collect(), lost)
 }
 
 /// Makes the kernel's governed table the configured one (a previous agent's pinned table
@@ -463,7 +502,7 @@ fn sync_governed(
     config: &Config,
     reached: &BTreeMap<usize, Reached>,
 ) -> Result<(), KernelError> {
-    let (wanted, lost) = fit_governed(config, governed_entries_with(config, reached));
+    let (wanted, lost) = governed_table(config, reached);
     for (database, n) in lost {
         tracing::error!(database, endpoints = n, "the governed-endpoint table is full: endpoints left ungoverned");
     }
@@ -633,6 +672,43 @@ mod tests {
                 ("[fd00::6]:5432".parse().unwrap(), 0)
             ]
         );
+    }
+
+    #[test]
+    fn a_full_table_keeps_addresses_then_every_front_then_backends_in_turn() {
+        let c = config(
+            "  - {name: a, address: '10.0.0.1:5432'}\n  - {name: big, address: 'crm/big:5432'}\n  - {name: small, address: 'crm/small:5432'}\nkubernetes: {node_name: n1}",
+        );
+        let backends = |base: u8, n: usize| -> Vec<SocketAddr> {
+            (0..n).map(|i| SocketAddr::from(([10, base, (i / 250) as u8, (i % 250) as u8 + 1], 5432))).collect()
+        };
+        let mut resolved = BTreeMap::new();
+        // `big` lists the address database's endpoint as a backend too: it stays a's.
+        let mut big = backends(1, 1500);
+        big.push("10.0.0.1:5432".parse().unwrap());
+        resolved.insert(
+            1,
+            Reached { addrs: vec!["10.96.0.1:5432".parse().unwrap()], any_address: vec![30001], backends: big },
+        );
+        resolved.insert(
+            2,
+            Reached { addrs: vec!["10.96.0.2:5432".parse().unwrap()], any_address: vec![], backends: backends(2, 10) },
+        );
+        let (table, lost) = governed_table(&c, &resolved);
+        assert_eq!(table.len(), agent_common::GOVERNED_MAX_ENTRIES as usize);
+        let owners = owners(&table);
+        let owner = |a: &str| owners.iter().find(|(k, _)| *k == a.parse::<SocketAddr>().unwrap()).map(|(_, id)| *id);
+        assert_eq!(owner("10.0.0.1:5432"), Some(0), "the address database keeps its endpoint");
+        assert_eq!(owner("10.96.0.1:5432"), Some(1));
+        assert_eq!(owner("[::]:30001"), Some(1));
+        assert_eq!(owner("10.96.0.2:5432"), Some(2), "every Service's front fits before any backend");
+        assert_eq!(owner("10.2.0.10:5432"), Some(2), "the small Service's backends fit: one of each in turn");
+        // 1 + 3 fronts + 1510 backends = 1514 distinct; 1024 kept: every position up to 9 of
+        // both Services (20), then 1000 more of big's.
+        assert_eq!(lost, vec![("big".to_string(), 490)]);
+        // Within capacity: everything, untouched.
+        resolved.get_mut(&1).expect("big").backends.truncate(5);
+        assert!(governed_table(&c, &resolved).1.is_empty());
     }
 
     #[test]

@@ -225,7 +225,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         Kernel::start(
             &config,
             state(&config, own_cgroup, namespaces.agent_cookie(), true, fail_epoch_base + governor.generation()),
-            &saved_services,
+            &saved_services.0,
         )
         .context("loading and attaching the eBPF programs")?,
     );
@@ -307,11 +307,13 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
             bpffs: config.bpffs_dir.clone(),
             stats: kernel.clone(),
             pods: pods.clone(),
+            governed: governed.clone(),
         });
         let health = Arc::new(crate::admin::metrics::Health {
             bpffs: config.bpffs_dir.clone(),
             audit: audit.probe(),
             kube: kube_sync.clone(),
+            governed: governed.clone(),
         });
         tasks.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
     }
@@ -382,6 +384,8 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     metrics.stop_sampling();
+    // The followers are gone: the table's owner holds the kernel handle the detach needs.
+    drop(governed);
     let governor_generation = governor_generation_source.generation();
     kernel.publish(state(
         &config,

@@ -210,6 +210,7 @@ pub struct Sampled {
     pub bpffs: PathBuf,
     pub stats: Arc<crate::ebpf::Kernel>,
     pub pods: Option<Arc<Pods>>,
+    pub governed: Arc<crate::net::governed::Governed>,
 }
 
 impl std::fmt::Debug for Sampled {
@@ -341,6 +342,14 @@ impl Sampled {
             "map",
             fill.iter().map(|m| (m.name, m.max_entries as i64)),
         )?;
+        let overflow = self.governed.overflow();
+        gauges(
+            &mut encoder,
+            "governed_endpoints_dropped",
+            "Endpoints of a Service left ungoverned because the kernel's table is full",
+            "database",
+            overflow.iter().map(|(d, n)| (d.as_str(), *n as i64)),
+        )?;
         if let Some(pods) = &self.pods {
             let (live, gone) = pods.counts();
             gauges(
@@ -360,6 +369,7 @@ pub struct Health {
     pub bpffs: PathBuf,
     pub audit: crate::audit::AuditProbe,
     pub kube: Arc<KubeSync>,
+    pub governed: Arc<crate::net::governed::Governed>,
 }
 
 impl Health {
@@ -386,6 +396,9 @@ impl Health {
             why.push("the audit ring's last write failed".into());
         }
         why.extend(self.kube.waiting().into_iter().map(|w| format!("Kubernetes watch not listed yet: {w}")));
+        why.extend(self.governed.overflow().into_iter().map(|(database, n)| {
+            format!("the governed-endpoint table is full: {n} endpoints of {database} are not governed")
+        }));
         why
     }
 }

@@ -282,9 +282,16 @@ impl SessionGovern {
         self
     }
 
-    /// The labels to judge by now (one atomic load unless the node's pods changed). Never
-    /// called with the state locked: a relabelling resets what was decided under the old labels.
+    /// The labels statements are judged by (as last taken in by `refresh_labels`).
     fn labels(&self) -> Arc<BTreeMap<String, String>> {
+        self.labels.load_full()
+    }
+
+    /// Takes in a relabelling of the workload's pod (one atomic load unless the node's pods
+    /// changed). Called where a judgement starts (and where facts or a bound portal's judgement
+    /// are about to be relied on), so that one judgement never mixes old and new labels. Never
+    /// called with the state locked: a relabelling resets what was decided under the old labels.
+    fn refresh_labels(&self) -> Arc<BTreeMap<String, String>> {
         if let Some((relabel, changed)) = &self.relabel
             && let Some(now) = relabel.changed()
             && **self.labels.load() != now
@@ -710,7 +717,7 @@ impl SessionHooks for SessionGovern {
 
     fn wants_facts(&self) -> bool {
         let snapshot = self.governor.snapshot();
-        let labels = self.labels();
+        let labels = self.refresh_labels();
         let without_relations = matches!(&self.lock().facts, Facts::Known(c) if c.relations.is_none());
         // Facts read before masking applied lack the relations masking resolves through.
         let missing_relations = without_relations && self.wants_relations();
@@ -744,7 +751,7 @@ impl SessionHooks for SessionGovern {
     fn judgement_current(&self, judgement: &Judgement) -> bool {
         // A relabelling moves the facts epoch: a portal bound under the old labels is judged
         // again.
-        self.labels();
+        self.refresh_labels();
         judgement.basis == (self.governor.snapshot().generation, self.lock().facts_epoch)
     }
 
@@ -783,7 +790,7 @@ impl SessionHooks for SessionGovern {
     fn before_statement(&self, info: &StatementInfo<'_>) -> Verdict {
         let started = std::time::Instant::now();
         // A relabelling is taken in once, before anything of this judgement is chosen.
-        self.labels();
+        self.refresh_labels();
         let Some(parts) = self.parts(info) else {
             // Held (the client waits) while a blocking thread describes it; then asked again.
             let cache = self.governor.descriptions.clone();

@@ -161,6 +161,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_tenant_is_namespaced_whatever_its_labels_claim() {
+        let mut identity = Identity::from_facts(&KernelFacts {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "psql".into(),
+            cgroup_id: CgroupId(7),
+            netns_cookie: 9,
+        });
+        identity.labels.insert("warden/identity".into(), "payments-api".into());
+        assert_eq!(identity.tenant_key(), "identity:payments-api");
+        identity.pod = Some(PodIdentity {
+            namespace: "sandbox".into(),
+            name: "x-1".into(),
+            service_account: None,
+            owner: Some(pods::Owner { kind: "Deployment".into(), name: "x".into() }),
+        });
+        assert_eq!(identity.tenant_key(), "pod:sandbox/identity:payments-api");
+        identity.labels.clear();
+        assert_eq!(identity.tenant_key(), "pod:sandbox/Deployment:x");
+    }
+
+    #[test]
     fn identity_keeps_its_audit_field_names() {
         let identity = Identity::from_facts(&KernelFacts {
             pid: 1,

@@ -191,10 +191,9 @@ impl Resolver {
     }
 
     /// A host workload's labels from the workloads file: only a process whose cgroup is known
-    /// and is no container's (a container's root may take any uid and run any executable; a
-    /// pod's labels come from its pod).
+    /// and is no pod's (a pod's labels come from its pod).
     fn label_host_workload(&self, identity: &mut Identity) {
-        let host = identity.cgroup.is_some() && identity.container_id.is_none() && identity.pod_uid.is_none();
+        let host = identity.cgroup.is_some() && identity.pod_uid.is_none();
         if host && !self.workload_rules.is_empty() {
             self.workload_rules.label(identity);
         }

@@ -6,11 +6,15 @@
 //! its labels, an earlier entry winning a key over a later one, and a label `warden exec` gave
 //! the workload winning over both. How far each selector can be trusted differs, and the
 //! operator should combine them accordingly (docs/decisions.md, "The workloads file"):
-//! - `user` is the kernel's uid at connect time: unforgeable;
+//! - `user` is the kernel's uid at connect time: unforgeable by an unprivileged process;
 //! - `unit` is a systemd *system* unit (a cgroup directly under `/system.slice`, which only
 //!   root creates): trustworthy;
 //! - `cgroup` is any cgroup path: a user with a delegated subtree names cgroups below it at will;
 //! - `executable` is `/proc/PID/exe`: evidence, not proof (anyone may copy an interpreter).
+//!
+//! In a container (a Docker or Podman one on a plain host), root may take any uid and run any
+//! executable: entries that select by `user` or `executable` do not apply there; `unit` and
+//! `cgroup` (the runtime's own cgroups) still do.
 
 use std::collections::BTreeMap;
 
@@ -91,7 +95,11 @@ impl Workloads {
 
     /// Adds the labels of every entry that selects `identity` (labels it has win).
     pub fn label(&self, identity: &mut Identity) {
+        let container = identity.container_id.is_some();
         for entry in &self.0 {
+            if container && (entry.user.is_some() || entry.executable.is_some()) {
+                continue;
+            }
             let selected = |glob: &Option<Glob>, value: Option<&str>| {
                 glob.as_ref().is_none_or(|g| value.is_some_and(|v| g.matches(v)))
             };
@@ -158,6 +166,12 @@ mod tests {
         );
         w.label(&mut spoof);
         assert!(!spoof.labels.contains_key("warden/identity"), "{:?}", spoof.labels);
+
+        // A container's root may be any uid: entries by user do not apply there.
+        let mut container = workload("/system.slice/docker-abc.scope", "etl", 1001, "/usr/bin/python3");
+        container.container_id = Some("a".repeat(64));
+        w.label(&mut container);
+        assert!(container.labels.is_empty(), "{:?}", container.labels);
 
         // A label the workload already has (from warden exec) stays.
         let mut labelled = workload("/system.slice/etl-nightly.service", "etl", 1001, "/usr/bin/python3");

@@ -44,9 +44,18 @@ const MIRROR: &str = "kubernetes.io/config.mirror";
 /// is believed only when this node owns it.
 pub fn pod_of(pod: &KubePod, node: &str) -> Option<(Pod, Option<OwnerReference>)> {
     let meta = &pod.metadata;
-    let mirror = meta.annotations.as_ref().and_then(|a| a.get(MIRROR)).filter(|_| {
-        meta.owner_references.iter().flatten().any(|r| r.kind == "Node" && r.name == node && r.controller == Some(true))
-    });
+    // Only a config hash (32 lowercase hex, never a UID's shape) on this node's own mirror.
+    let mirror = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIRROR))
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .filter(|_| {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.kind == "Node" && r.name == node && r.controller == Some(true))
+        });
     let uid = mirror.cloned().or_else(|| meta.uid.clone())?;
     let controller = meta
         .owner_references
@@ -153,6 +162,14 @@ pub async fn watch(client: Client, node: String, pods: Arc<Pods>, synced: SyncTo
             Ok(watcher::Event::Init) => pods.list_started(),
             Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
                 let Some((mut found, controller)) = pod_of(&pod, &node) else { continue };
+                // A mirror pod claims a config hash: never one another pod already holds.
+                if pod.metadata.uid.as_deref() != Some(found.uid.as_str())
+                    && let Some(holder) = pods.get(&found.uid)
+                    && (holder.namespace != found.namespace || holder.name != found.name)
+                {
+                    tracing::warn!(pod = %found.name, namespace = %found.namespace, holder = %holder.name, "a second mirror pod claims a static pod's config hash; ignored");
+                    continue;
+                }
                 if let Some(controller) = controller {
                     // A failed read keeps the owner known before (no flapping identity), else
                     // the controller itself.

@@ -31,7 +31,7 @@ use crate::{
     audit::{AuditLog, Event},
     config::ServicePort,
     ebpf::Reached,
-    net::governed::Governed,
+    net::governed::{Governed, SavedPort},
 };
 
 /// One Service-named database.
@@ -62,8 +62,7 @@ pub fn reached(
     slices: &BTreeMap<String, EndpointSlice>,
     service_port: Option<&KubeServicePort>,
 ) -> Reached {
-    let mut addrs = BTreeSet::new();
-    let mut any_address = BTreeSet::new();
+    let (mut addrs, mut any_address, mut backends) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let Some(service_port) = service_port else { return Reached::default() };
     if let Some(service) = service
         && let Some(spec) = &service.spec
@@ -99,7 +98,7 @@ pub fn reached(
         };
         // Every endpoint, ready or not: one becoming ready must already be governed.
         for endpoint in &slice.endpoints {
-            addrs.extend(
+            backends.extend(
                 endpoint
                     .addresses
                     .iter()
@@ -108,7 +107,11 @@ pub fn reached(
             );
         }
     }
-    Reached { addrs: addrs.into_iter().collect(), any_address: any_address.into_iter().collect() }
+    Reached {
+        addrs: addrs.into_iter().collect(),
+        any_address: any_address.into_iter().collect(),
+        backends: backends.into_iter().collect(),
+    }
 }
 
 /// What one side of the watch said.
@@ -140,8 +143,13 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
     // then reports only what changed since.
     let mut current = governed.reached(db.index).unwrap_or_default();
     let mut behind = false;
-    // The Service's port as last seen: its backends stay governed while it is re-created.
-    let mut last_port: Option<KubeServicePort> = None;
+    // The Service's port as last seen (by this agent or, saved, the last): its backends stay
+    // governed while it is re-created.
+    let mut last_port: Option<KubeServicePort> = governed.service_port(db.index).map(|p| KubeServicePort {
+        name: p.name,
+        port: p.port,
+        ..KubeServicePort::default()
+    });
     let mut missing = WarnEvery::new("a Service-named database is not fully known");
     while let Some(event) = stream.next().await {
         let changed = match event {
@@ -203,11 +211,15 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
         if !(changed && service_listed && slices_listed) {
             continue;
         }
+        // Ready once both lists arrived, whatever they showed (a missing Service is warned about,
+        // and must not keep every node from rolling out).
+        synced.done();
         let found = service_port(service.as_ref(), &db.port).cloned();
-        if found.is_some() {
+        if let Some(port) = &found {
+            if last_port.as_ref().is_none_or(|last| last.name != port.name || last.port != port.port) {
+                governed.set_service_port(db.index, SavedPort { name: port.name.clone(), port: port.port });
+            }
             last_port.clone_from(&found);
-            // Ready once the Service and its port have been seen.
-            synced.done();
         } else {
             missing.warn(
                 &what,
@@ -264,14 +276,7 @@ pub async fn follow(client: Client, db: ServiceDatabase, governed: Arc<Governed>
 
 /// Endpoints (node ports as `[::]:PORT`, as the kernel's table keys them) gained and lost.
 fn difference(before: &Reached, after: &Reached) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
-    let all = |r: &Reached| -> BTreeSet<SocketAddr> {
-        r.addrs
-            .iter()
-            .copied()
-            .chain(r.any_address.iter().map(|p| SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), *p)))
-            .collect()
-    };
-    let (b, a) = (all(before), all(after));
+    let (b, a) = (before.endpoints(), after.endpoints());
     (a.difference(&b).copied().collect(), b.difference(&a).copied().collect())
 }
 
@@ -326,10 +331,8 @@ mod tests {
         let service = pg_service();
         for port in [ServicePort::Number(5432), ServicePort::Name("postgres".into())] {
             let r = reached(Some(&service), &pg_slices(), service_port(Some(&service), &port));
-            assert_eq!(
-                r.addrs,
-                addrs(&["10.96.0.10:5432", "[fd00:96::10]:5432", "10.244.1.7:15432", "10.244.2.9:15432"])
-            );
+            assert_eq!(r.addrs, addrs(&["10.96.0.10:5432", "[fd00:96::10]:5432"]));
+            assert_eq!(r.backends, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
             assert_eq!(r.any_address, vec![30432]);
         }
         assert!(service_port(Some(&service), &ServicePort::Number(5433)).is_none());
@@ -338,7 +341,8 @@ mod tests {
         // slices say so.
         let last = service_port(Some(&service), &ServicePort::Number(5432));
         let r = reached(None, &pg_slices(), last);
-        assert_eq!(r.addrs, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
+        assert!(r.addrs.is_empty());
+        assert_eq!(r.backends, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
         assert!(r.any_address.is_empty());
         assert_eq!(reached(None, &BTreeMap::new(), last), Reached::default());
     }
@@ -354,14 +358,17 @@ mod tests {
             p.node_port = None;
         }
         let r = reached(Some(&s), &pg_slices(), service_port(Some(&s), &ServicePort::Number(5432)));
-        assert_eq!(r.addrs, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
+        assert!(r.addrs.is_empty());
+        assert_eq!(r.backends, addrs(&["10.244.1.7:15432", "10.244.2.9:15432"]));
         assert!(r.any_address.is_empty());
     }
 
     #[test]
     fn changes_are_reported_as_endpoints_gained_and_lost() {
-        let before = Reached { addrs: addrs(&["10.0.0.1:5432", "10.0.0.2:5432"]), any_address: vec![30432] };
-        let after = Reached { addrs: addrs(&["10.0.0.2:5432", "10.0.0.3:5432"]), any_address: vec![] };
+        let before =
+            Reached { addrs: addrs(&["10.0.0.1:5432"]), any_address: vec![30432], backends: addrs(&["10.0.0.2:5432"]) };
+        let after =
+            Reached { addrs: vec![], any_address: vec![], backends: addrs(&["10.0.0.2:5432", "10.0.0.3:5432"]) };
         let (added, removed) = difference(&before, &after);
         assert_eq!(added, addrs(&["10.0.0.3:5432"]));
         assert_eq!(removed, addrs(&["10.0.0.1:5432", "[::]:30432"]));

@@ -164,23 +164,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let mut identity = shared.resolver.resolve(facts.clone()).await;
     if let Some(reason) = pod_identity(&shared, &mut identity).await {
         tracing::warn!(database = %db.name, pod_uid = ?identity.pod_uid, cgroup = ?identity.cgroup, "{reason}");
-        // As cheap to repeat as a direct dial: a few records a second per tenant.
-        let now_s = crate::audit::now_ms() / 1000;
-        if let limits::RefusalRecord::Record { suppressed } =
-            shared.refusals.admit(limits::RefusalSource::Tenant(identity.tenant_key()), now_s)
-        {
-            let reason = match suppressed {
-                0 => reason.clone(),
-                n => format!("{reason} (and {n} earlier refusals of this identity not recorded one by one)"),
-            };
-            shared.audit.record(Event::ConnectionRefused {
-                database: db.name.clone(),
-                orig_dst: orig_dst.0,
-                client: peer.0,
-                reason,
-                identity,
-            });
-        }
+        record_refusal(&shared, db, orig_dst, peer, identity, &reason);
         refuse_fatal(db.protocol, client, crate::pg::error::sqlstate::CANNOT_CONNECT_NOW, &format!("warden: {reason}"))
             .await;
         return;
@@ -188,23 +172,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let _slot = match shared.limits.admit(&identity.tenant_key()) {
         Ok(slot) => slot,
         Err(limit) => {
-            // Over-limit attempts are as cheap to repeat as direct dials: recorded a few a
-            // second per identity, the rest counted in the next record.
-            let now_s = crate::audit::now_ms() / 1000;
-            let source = limits::RefusalSource::Tenant(identity.tenant_key());
-            if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(source, now_s) {
-                let reason = match suppressed {
-                    0 => limit.to_string(),
-                    n => format!("{limit} (and {n} earlier refusals of this identity not recorded one by one)"),
-                };
-                shared.audit.record(Event::ConnectionRefused {
-                    database: db.name.clone(),
-                    orig_dst: orig_dst.0,
-                    client: peer.0,
-                    reason,
-                    identity,
-                });
-            }
+            record_refusal(&shared, db, orig_dst, peer, identity, &limit.to_string());
             let message = format!("warden: too many connections: {limit}");
             refuse_fatal(db.protocol, client, crate::pg::error::sqlstate::TOO_MANY_CONNECTIONS, &message).await;
             return;
@@ -347,8 +315,53 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     });
 }
 
-/// Flows waiting for their pod at most; beyond, a flow of an unknown pod is refused at once.
-const MAX_POD_WAITS: usize = 256;
+/// Records an attributed connection's refusal. Refused attempts are as cheap to repeat as direct
+/// dials: recorded a few a second per identity, the rest counted in the next record.
+fn record_refusal(
+    shared: &Shared,
+    db: &Database,
+    orig_dst: OrigDst,
+    peer: ClientAddr,
+    identity: Identity,
+    reason: &str,
+) {
+    let now_s = crate::audit::now_ms() / 1000;
+    let source = limits::RefusalSource::Tenant(identity.tenant_key());
+    if let limits::RefusalRecord::Record { suppressed } = shared.refusals.admit(source, now_s) {
+        let reason = match suppressed {
+            0 => reason.to_string(),
+            n => format!("{reason} (and {n} earlier refusals of this identity not recorded one by one)"),
+        };
+        shared.audit.record(Event::ConnectionRefused {
+            database: db.name.clone(),
+            orig_dst: orig_dst.0,
+            client: peer.0,
+            reason,
+            identity,
+        });
+    }
+}
+
+/// Flows waiting for their pod at most (each holds a task and its client's socket); beyond, a
+/// flow of an unknown pod is refused at once. Sized for a node's connection pools reconnecting
+/// together after an agent restart, before the first list of pods arrives.
+const MAX_POD_WAITS: usize = 4096;
+
+/// One flow counted among those waiting for their pod, until dropped.
+struct PodWait<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> PodWait<'a> {
+    fn enter(waits: &'a std::sync::atomic::AtomicUsize) -> Option<Self> {
+        let guard = PodWait(waits);
+        (waits.fetch_add(1, Ordering::AcqRel) < MAX_POD_WAITS).then_some(guard)
+    }
+}
+
+impl Drop for PodWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// On Kubernetes, a pod's flow is judged with its pod's identity or not at all: a flow that
 /// arrives before the watch shows its pod waits for it; one whose cgroup cannot be told apart
@@ -368,12 +381,11 @@ async fn pod_identity(shared: &Shared, identity: &mut Identity) -> Option<String
     if identity.pod.is_some() {
         return None;
     }
-    if shared.pod_waits.fetch_add(1, Ordering::AcqRel) < MAX_POD_WAITS
-        && pods.wait(&uid, shared.pod_wait).await.is_some()
-    {
+    let waiting = PodWait::enter(&shared.pod_waits);
+    if waiting.is_some() && pods.wait(&uid, shared.pod_wait).await.is_some() {
         shared.resolver.attach_pod(identity);
     }
-    shared.pod_waits.fetch_sub(1, Ordering::AcqRel);
+    drop(waiting);
     identity.pod.is_none().then(|| {
         format!(
             "pod {uid} is not known to the Kubernetes API (waited up to {} ms); refused rather than judged without its identity",

@@ -393,15 +393,14 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
     let api = FakeKubeApi::start_on(&api_addr);
     api.put(Resource::Services, service.clone());
     api.put(Resource::EndpointSlices, slice("127.0.0.1"));
-    let lists = |api: &FakeKubeApi| {
-        api.requests().iter().filter(|r| r.contains("/endpointslices?") && !r.contains("watch=true")).count()
-    };
+    // Both watches list again (and then watch) before the Service is deleted.
+    let watching =
+        |api: &FakeKubeApi, what: &str| api.requests().iter().any(|r| r.contains(what) && r.contains("watch=true"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while lists(&api) == 0 {
-        assert!(Instant::now() < deadline, "the watch did not come back");
+    while !(watching(&api, "/services?") && watching(&api, "/endpointslices?")) {
+        assert!(Instant::now() < deadline, "the watches did not come back: {:#?}", api.requests());
         sleep(Duration::from_millis(100));
     }
-    sleep(Duration::from_millis(500));
 
     // The Service goes (deleted, or being re-created): its cluster IP and node port are
     // released; its backends stay governed while their EndpointSlice exists.
