@@ -7,6 +7,7 @@ mod audit;
 mod audit_hardening;
 mod audit_share;
 mod dns;
+mod fidelity;
 mod governance;
 mod hardening;
 mod kubernetes;

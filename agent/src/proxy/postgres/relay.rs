@@ -184,6 +184,7 @@ where
             let message = format!("warden: protocol violation: {what}");
             let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message)).await;
             let _ = client_w.shutdown().await;
+            startup::linger(&mut client_r).await;
             Err(SessionError::Protocol(ProtocolError::Client(what)))
         }
         Err(SessionError::Protocol(ProtocolError::Server(what))) => {
@@ -647,6 +648,14 @@ fn judged_message(msg: &Frontend<'_>) -> bool {
 
 /// The header of the complete message at the start of `buf`, if it is all there.
 fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
+    // A tag no client message has is refused at once, as the server does, not after waiting
+    // for as many bytes as its length claims (a start-up packet sent again would otherwise
+    // hold the session waiting for 196,608 bytes).
+    if let Some(&tag) = buf.first()
+        && !b"BCcdDEHFfPpQSX".contains(&tag)
+    {
+        return Err(ProtocolError::Client(format!("invalid frontend message type {tag}")).into());
+    }
     match frame::header(buf, max).map_err(|e| ProtocolError::Client(e.to_string()))? {
         Some(h) if buf.len() >= h.total => Ok(Some(h)),
         _ => Ok(None),

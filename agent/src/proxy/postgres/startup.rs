@@ -280,6 +280,22 @@ async fn read_packet(stream: &mut MaybeTls) -> Result<Vec<u8>, StartError> {
     Ok(packet)
 }
 
+/// After our last words (a FATAL, and our side shut down): reads and drops what the client still
+/// sends until it closes or is quiet for a moment (at most 2 s and 1 MiB), so that closing sends
+/// a FIN rather than a reset, which would make the client's system drop the FATAL unread.
+pub async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut left = 1usize << 20;
+    while left > 0 {
+        let quiet = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+        match tokio::time::timeout_at(quiet, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
 /// Reads and drops what the client has already sent (at most 64 KiB, without waiting), so that
 /// closing the connection sends a FIN rather than a reset that could hide our last words.
 pub async fn discard_pending<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
