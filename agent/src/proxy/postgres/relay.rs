@@ -184,6 +184,11 @@ where
             let message = format!("warden: protocol violation: {what}");
             let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message)).await;
             let _ = client_w.shutdown().await;
+            // The server's session ends now (its connection slot is not held while we linger).
+            let mut terminate = Vec::new();
+            put_message(&mut terminate, b'X', b"");
+            let _ = up_w.write_all(&terminate).await;
+            let _ = up_w.shutdown().await;
             startup::linger(&mut client_r).await;
             Err(SessionError::Protocol(ProtocolError::Client(what)))
         }
@@ -650,7 +655,7 @@ fn judged_message(msg: &Frontend<'_>) -> bool {
 fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
     // A tag no client message has is refused at once, as the server does, not after waiting
     // for as many bytes as its length claims (a start-up packet sent again would otherwise
-    // hold the session waiting for 196,608 bytes).
+    // hold the session waiting for the 10,496 bytes its first bytes claim).
     if let Some(&tag) = buf.first()
         && !b"BCcdDEHFfPpQSX".contains(&tag)
     {
