@@ -442,8 +442,9 @@ pub type Lost = Vec<(String, usize)>;
 /// host name always keeps its endpoints (a Service's backend list cannot take them). Beyond
 /// capacity,
 /// endpoints are kept in this order, the rest reported: every endpoint of the databases named
-/// by address or host name; then every Service's front (cluster, external and load-balancer
-/// IPs, node port); then Services' backends, one of each Service in turn.
+/// by address or host name; then Services' endpoints, one of each Service in turn, each
+/// Service's own list in the order fronts (cluster, external and load-balancer IPs), node port,
+/// backends.
 pub fn governed_table(config: &Config, resolved: &BTreeMap<usize, Reached>) -> (Vec<(Endpoint, EndpointPolicy)>, Lost) {
     let is_service = |id: u32| {
         config.databases.get(id as usize).is_some_and(|d| matches!(d.address, DatabaseAddress::Service { .. }))
@@ -472,13 +473,17 @@ pub fn governed_table(config: &Config, resolved: &BTreeMap<usize, Reached>) -> (
         else {
             return (0, 0, id);
         };
-        let front = reached.addrs.iter().any(|a| endpoint_of(*a) == *key)
-            || reached.any_address.iter().any(|p| Endpoint::any_address(*p) == *key);
-        if front {
-            return (1, 0, id);
-        }
-        let position = reached.backends.iter().position(|a| endpoint_of(*a) == *key).unwrap_or(usize::MAX);
-        (2, position, id)
+        // Its place in its own list (fronts, node ports, then backends): Services take turns,
+        // one entry each, so no Service's list (however long its external IPs or its
+        // EndpointSlices, which a namespace's users may write) can crowd out another's front.
+        let ordered = reached
+            .addrs
+            .iter()
+            .map(|a| endpoint_of(*a))
+            .chain(reached.any_address.iter().map(|p| Endpoint::any_address(*p)))
+            .chain(reached.backends.iter().map(|a| endpoint_of(*a)));
+        let position = ordered.into_iter().position(|e| e == *key).unwrap_or(usize::MAX);
+        (1, position, id)
     };
     let mut ranked: Vec<((u8, usize, u32), Endpoint, EndpointPolicy)> =
         table.into_iter().map(|(k, v)| (rank(&k, &v), k, v)).collect();
@@ -701,10 +706,9 @@ mod tests {
         assert_eq!(owner("10.0.0.1:5432"), Some(0), "the address database keeps its endpoint");
         assert_eq!(owner("10.96.0.1:5432"), Some(1));
         assert_eq!(owner("[::]:30001"), Some(1));
-        assert_eq!(owner("10.96.0.2:5432"), Some(2), "every Service's front fits before any backend");
+        assert_eq!(owner("10.96.0.2:5432"), Some(2), "the small Service's front fits, whatever big lists");
         assert_eq!(owner("10.2.0.10:5432"), Some(2), "the small Service's backends fit: one of each in turn");
-        // 1 + 3 fronts + 1510 backends = 1514 distinct; 1024 kept: every position up to 9 of
-        // both Services (20), then 1000 more of big's.
+        // 1 + 1514 Service entries; 1024 kept: the small Service's 11, big's first 1012.
         assert_eq!(lost, vec![("big".to_string(), 490)]);
         // Within capacity: everything, untouched.
         resolved.get_mut(&1).expect("big").backends.truncate(5);

@@ -225,7 +225,7 @@ pub fn demo(warden: &Path) -> Result<()> {
     api.put(
         Resource::ReplicaSets,
         serde_json::json!({
-            "metadata": {"name": "recsys-6d9c7f", "namespace": "ml",
+            "metadata": {"name": "recsys-6d9c7f", "namespace": "ml", "uid": "recsys-6d9c7f-uid",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "recsys", "uid": "d1", "controller": true}]},
             "spec": {"selector": {"matchLabels": {"app": "recsys"}}}
         }),

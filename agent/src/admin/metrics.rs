@@ -145,11 +145,12 @@ impl Metrics {
 
     /// The identity a flow series is named by (bounded: see the module's doc).
     fn identity_series(&self, identity: &Identity) -> String {
-        let name = if let Some(name) = identity.labels.get("warden/identity") {
-            format!("identity:{name}")
-        } else if let Some(pod) = &identity.pod {
+        // A pod by its namespace and workload (never a label it chooses itself).
+        let name = if let Some(pod) = &identity.pod {
             let workload = pod.owner.as_ref().map_or(pod.name.as_str(), |o| o.name.as_str());
             format!("pod:{}/{workload}", pod.namespace)
+        } else if let Some(name) = identity.labels.get("warden/identity") {
+            format!("identity:{name}")
         } else if let Some(user) = &identity.user {
             format!("user:{user}")
         } else {

@@ -54,21 +54,15 @@ pub struct Identity {
 
 impl Identity {
     /// The tenant this identity belongs to, for what is shared out per tenant (connection
-    /// limits, the audit ring's fair shares): a pod's namespace and its `warden/identity` label
-    /// (else its owning workload, else its name); else its `warden/identity` label, else its
-    /// container, else its user. Not its cgroup: cgroups are cheap to make (systemd user scopes,
+    /// limits, the audit ring's fair shares): a pod's namespace; else its `warden/identity`
+    /// label, else its container, else its user. Not its cgroup: cgroups are cheap to make (systemd user scopes,
     /// delegated subtrees, a root workload's own mkdir), users are not. Prefixed by kind, so a
-    /// label cannot name another tenant's container, and a pod's by namespace, so a pod
-    /// labelled like another namespace's workload does not share (or use up) its limits.
+    /// label cannot name another tenant's container.
     pub fn tenant_key(&self) -> String {
         if let Some(pod) = &self.pod {
-            let name = self
-                .labels
-                .get("warden/identity")
-                .map(|l| format!("identity:{l}"))
-                .or_else(|| pod.owner.as_ref().map(|o| format!("{}:{}", o.kind, o.name)))
-                .unwrap_or_else(|| format!("pod:{}", pod.name));
-            format!("pod:{}/{name}", pod.namespace)
+            // A pod's labels and name are its own to choose (and change): one tenant per
+            // namespace, so relabelling or new pods never multiply a namespace's shares.
+            format!("namespace:{}", pod.namespace)
         } else if let Some(name) = self.labels.get("warden/identity") {
             format!("identity:{name}")
         } else if let Some(container) = &self.container_id {
@@ -179,9 +173,9 @@ mod tests {
             service_account: None,
             owner: Some(pods::Owner { kind: "Deployment".into(), name: "x".into() }),
         });
-        assert_eq!(identity.tenant_key(), "pod:sandbox/identity:payments-api");
+        assert_eq!(identity.tenant_key(), "namespace:sandbox", "labels a pod chooses make no tenant");
         identity.labels.clear();
-        assert_eq!(identity.tenant_key(), "pod:sandbox/Deployment:x");
+        assert_eq!(identity.tenant_key(), "namespace:sandbox");
     }
 
     #[test]

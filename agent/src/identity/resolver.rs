@@ -229,7 +229,9 @@ impl Resolver {
         let pods = self.pods.clone()?;
         let uid = identity.pod_uid.clone()?;
         identity.pod.as_ref()?;
-        Some(Relabel { seen: AtomicU64::new(pods.generation()), pods, uid })
+        // Not the index's generation now: the pod may have changed since `identity` was made
+        // (between its resolution and this session's start), so the first statement looks.
+        Some(Relabel { seen: AtomicU64::new(u64::MAX), pods, uid })
     }
 
     /// The identity from the cache when it is fresh; `None` means the slow path is due. Touches

@@ -76,11 +76,12 @@ pub fn pod_of(pod: &KubePod, node: &str) -> Option<(Pod, Option<OwnerReference>)
     ))
 }
 
-/// The workload behind controllers, read from the API and cached by controller UID (a
-/// controller's own owner never changes).
+/// The workload behind controllers, read from the API and cached by namespace and controller
+/// UID (a controller's own owner never changes). A read object whose UID is not the one the pod
+/// names is not believed (nor cached): a pod cannot borrow another controller's workload.
 struct Owners {
     client: Client,
-    cache: HashMap<String, Owner>,
+    cache: HashMap<(String, String), Owner>,
 }
 
 impl Owners {
@@ -88,18 +89,28 @@ impl Owners {
     /// the controller could not be read (the caller keeps what it knew).
     async fn workload(&mut self, namespace: &str, controller: &OwnerReference, warn: &mut WarnEvery) -> Option<Owner> {
         let direct = Owner { kind: controller.kind.clone(), name: controller.name.clone() };
-        let key = controller.uid.clone();
+        let key = (namespace.to_string(), controller.uid.clone());
         if let Some(owner) = self.cache.get(&key) {
             return Some(owner.clone());
         }
         let parent = match controller.kind.as_str() {
             "ReplicaSet" if controller.api_version.starts_with("apps/") => {
                 let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
-                read(api.get(&controller.name)).await.map(|rs| rs.map(|rs| rs.metadata.owner_references))
+                read(api.get(&controller.name)).await.and_then(|rs| match rs {
+                    Some(rs) if rs.metadata.uid.as_deref() != Some(controller.uid.as_str()) => {
+                        Err("its UID is not the one the pod names".to_string())
+                    }
+                    rs => Ok(rs.map(|rs| rs.metadata.owner_references)),
+                })
             }
             "Job" if controller.api_version.starts_with("batch/") => {
                 let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
-                read(api.get(&controller.name)).await.map(|job| job.map(|job| job.metadata.owner_references))
+                read(api.get(&controller.name)).await.and_then(|job| match job {
+                    Some(job) if job.metadata.uid.as_deref() != Some(controller.uid.as_str()) => {
+                        Err("its UID is not the one the pod names".to_string())
+                    }
+                    job => Ok(job.map(|job| job.metadata.owner_references)),
+                })
             }
             // StatefulSet, DaemonSet, a bare ReplicaSet's or Job's other controllers: the
             // controller is the workload.

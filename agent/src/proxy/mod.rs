@@ -417,8 +417,9 @@ impl Dial {
     }
 }
 
-/// Refuses a connection over a limit: PostgreSQL clients get FATAL 53300 (what the server says
-/// when it has too many clients), others are closed. Whatever the client already sent is read
+/// Refuses an attributed connection before its session begins (a connection limit: 53300, what
+/// the server says when it has too many clients; a pod not known: 57P03): PostgreSQL clients get
+/// the FATAL after their start-up, others are closed. Whatever the client already sent is read
 /// and discarded briefly, so the close is not a reset that hides the error.
 async fn refuse_fatal(protocol: Protocol, mut client: TcpStream, sqlstate: &str, message: &str) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

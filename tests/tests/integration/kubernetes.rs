@@ -87,7 +87,7 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     api.put(
         Resource::ReplicaSets,
         json!({
-            "metadata": {"name": "etl-7d9f6c", "namespace": "crm", "uid": "rs-uid",
+            "metadata": {"name": "etl-7d9f6c", "namespace": "crm", "uid": "etl-7d9f6c-uid",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "etl", "uid": "d-uid", "controller": true}]},
             "spec": {"selector": {"matchLabels": {"app": "etl"}}, "template": {"metadata": {"labels": {"app": "etl"}}}}
         }),
@@ -194,7 +194,7 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     api.put(
         Resource::Jobs,
         json!({
-            "metadata": {"name": "report-29000000", "namespace": "batch", "uid": "job-uid",
+            "metadata": {"name": "report-29000000", "namespace": "batch", "uid": "report-29000000-uid",
                 "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "report", "uid": "cj-uid", "controller": true}]},
             "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "report:1"}]}}}
         }),
