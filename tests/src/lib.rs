@@ -2,6 +2,7 @@
 //! PostgreSQL, the real `warden` agent with its real kernel programs, and network namespaces
 //! standing in for pods. Everything it creates is removed on drop, also when a test panics.
 
+pub mod fidelity;
 pub mod kubeapi;
 pub mod raw;
 

@@ -1,11 +1,14 @@
 //! `cargo xtask fuzz`: runs each cargo-fuzz target of the protocol decoders for a bounded time,
 //! starting from a seed corpus of well-formed messages written here (no binary files in git).
+//! `cargo xtask fuzz --differential`: client byte streams (the frontend target's corpus, then
+//! generated scripts) run directly against PostgreSQL and through Warden, compared
+//! (tests/src/bin/differential.rs).
 
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
-use crate::{run, workspace_root};
+use crate::{cargo, run, warden_binary, workspace_root};
 
 const TARGETS: &[&str] = &["frontend", "backend"];
 
@@ -83,6 +86,26 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             .arg("-rss_limit_mb=4096"))?;
     }
     Ok(())
+}
+
+/// The differential run: the frontend corpus (seeded here, grown by `cargo xtask fuzz`) and
+/// generated scripts for `seconds`, through a real agent and a throwaway PostgreSQL.
+pub fn differential(seconds: u64, seed: Option<u64>) -> Result<()> {
+    let root = workspace_root();
+    let corpus = root.join("agent/fuzz/corpus/frontend");
+    fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    for (i, seed) in seeds("frontend").into_iter().enumerate() {
+        write_seed(&corpus, i, &seed)?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["run", "--package", "warden-integration", "--bin", "differential", "--"]);
+    cmd.arg("--seconds").arg(seconds.to_string()).arg("--corpus").arg(&corpus);
+    cmd.arg("--out").arg(root.join("target/differential"));
+    if let Some(seed) = seed {
+        cmd.arg("--seed").arg(seed.to_string());
+    }
+    cmd.env("WARDEN_BIN", warden_binary(false));
+    run(&mut cmd)
 }
 
 fn write_seed(corpus: &Path, i: usize, seed: &[u8]) -> Result<()> {

@@ -47,9 +47,17 @@ enum Task {
     Bench,
     /// Fuzz the protocol decoders and the session state machine for a bounded time.
     Fuzz {
-        /// Seconds per fuzz target.
+        /// Seconds per fuzz target (or for the differential run).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Differential mode (needs root): generated client scripts, and the frontend target's
+        /// corpus, run directly against PostgreSQL and through Warden; the first diverging byte
+        /// of each script whose answers differ is reported.
+        #[arg(long)]
+        differential: bool,
+        /// The differential generator's seed (default: the time).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -71,7 +79,11 @@ fn main() -> ExitCode {
             .and_then(|()| require_root("bench"))
             .and_then(|()| build(true))
             .and_then(|()| bench::bench(&warden_binary(true))),
-        Task::Fuzz { seconds } => setup::setup().and_then(|()| fuzz::fuzz(seconds)),
+        Task::Fuzz { seconds, differential: false, .. } => setup::setup().and_then(|()| fuzz::fuzz(seconds)),
+        Task::Fuzz { seconds, differential: true, seed } => setup::setup()
+            .and_then(|()| require_root("fuzz --differential"))
+            .and_then(|()| build(false))
+            .and_then(|()| fuzz::differential(seconds, seed)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,13 +135,13 @@ pub fn cmd_output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }
 
-fn build(release: bool) -> Result<()> {
+pub fn build(release: bool) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "warden-agent", "--bin", "warden"]);
     if release {

@@ -7,8 +7,19 @@ use super::{DecodeError, Reader, frame};
 pub enum Startup<'a> {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, key: &'a [u8] },
-    Startup { version: i32, params: Vec<(&'a [u8], &'a [u8])> },
+    Cancel {
+        pid: i32,
+        key: &'a [u8],
+    },
+    Startup {
+        version: i32,
+        params: Vec<(&'a [u8], &'a [u8])>,
+    },
+    /// A start-up packet of a protocol other than 3.x (to the server, any other code is one).
+    Unsupported {
+        major: u16,
+        minor: u16,
+    },
 }
 
 impl<'a> Startup<'a> {
@@ -40,7 +51,7 @@ impl<'a> Startup<'a> {
                 r.finish()?;
                 Ok(Self::Startup { version: v, params })
             }
-            other => Err(DecodeError::Invalid { tag: '0', what: format!("unsupported protocol code {other}") }),
+            other => Ok(Self::Unsupported { major: (other as u32 >> 16) as u16, minor: other as u16 }),
         }
     }
 }
@@ -162,14 +173,12 @@ impl<'a> Frontend<'a> {
             }
             b'S' => r.finish().map(|()| Self::Sync)?,
             b'H' => r.finish().map(|()| Self::Flush)?,
-            b'X' => r.finish().map(|()| Self::Terminate)?,
+            // The server never reads the body of these three (a CopyFail's reason only to
+            // quote it in the error that ends the COPY).
+            b'X' => Self::Terminate,
             b'd' => Self::CopyData(body),
-            b'c' => r.finish().map(|()| Self::CopyDone)?,
-            b'f' => {
-                let reason = r.cstr("reason")?;
-                r.finish()?;
-                Self::CopyFail(reason)
-            }
+            b'c' => Self::CopyDone,
+            b'f' => Self::CopyFail(body.split(|&b| b == 0).next().unwrap_or_default()),
             b'F' => Self::FunctionCall { function_oid: r.i32("function oid")? as u32 },
             b'p' => Self::AuthResponse(body),
             other => return Err(DecodeError::UnknownTag(other as char)),
@@ -301,7 +310,8 @@ mod tests {
             Startup::decode(&[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 7, 1, 2, 3, 4]),
             Ok(Startup::Cancel { pid: 7, key: &[1, 2, 3, 4] })
         );
-        assert!(Startup::decode(&[0, 0, 0, 8, 0, 2, 0, 0]).is_err(), "protocol 2 is refused");
+        assert_eq!(Startup::decode(&[0, 0, 0, 8, 0, 2, 0, 0]), Ok(Startup::Unsupported { major: 2, minor: 0 }));
+        assert_eq!(Startup::decode(&[0, 0, 0, 8, 0, 4, 0, 1]), Ok(Startup::Unsupported { major: 4, minor: 1 }));
         assert!(Startup::decode(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b's']).is_err(), "unterminated");
     }
 

@@ -10,7 +10,11 @@ use std::{process::Command, time::Duration};
 
 use futures_util::{StreamExt as _, pin_mut};
 use serde_json::Value;
-use testkit::{Agent, Postgres, check, output, psql_argv, psql_bin, workspace_root};
+use testkit::{
+    Agent, Postgres, check, output, psql_argv, psql_bin,
+    raw::{self, message, query},
+    workspace_root,
+};
 
 const POLICY: &str = "apiVersion: warden.dev/v1alpha1
 kind: DatabasePolicy
@@ -458,6 +462,36 @@ fn no_protected_value_reaches_a_masked_client_by_any_statement_driver_or_channel
     let out = listener.join().expect("listener");
     assert!(out.contains("Asynchronous notification \"leaks\""), "notifications arrive: {out}");
     assert_no_leak("notifications", &out);
+
+    // A Sync among COPY data after a bad row: the server answers it once the row failed the
+    // COPY. Were it taken as ignored, every later answer would be credited to the statement
+    // after its own: the protected column's rows to one with nothing to mask.
+    let mut raw = raw::Raw::login(&format!("127.0.0.1:{}", pg.port));
+    raw.send(&query("create temp table sink(a int)"));
+    raw.until_ready();
+    raw.send(&query("copy sink from stdin"));
+    assert_eq!(raw.message().0, b'G', "COPY FROM STDIN starts");
+    raw.send(
+        &[
+            message(b'd', b"x\n"),
+            message(b'S', b""),
+            message(b'c', b""),
+            query("select ssn || '' from crm.customers"),
+            query("select 'nothing to mask'"),
+        ]
+        .concat(),
+    );
+    raw.0.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut answers = Vec::new();
+    loop {
+        let (tag, body) = raw.message();
+        if tag == 0 {
+            break;
+        }
+        answers.push(tag);
+        assert_no_leak("a Sync among failed COPY data", &String::from_utf8_lossy(&body));
+    }
+    assert!(answers.contains(&b'D'), "the statements after the COPY ran: {answers:?}");
 
     // The audit ring says what was masked, by which rule and method, never a clear value.
     let records = agent.records();

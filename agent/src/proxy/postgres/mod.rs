@@ -9,6 +9,7 @@
 mod auth;
 pub mod cancel;
 mod catalog;
+mod incoming;
 mod refusal;
 mod relay;
 mod rewrite;

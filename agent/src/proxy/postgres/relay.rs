@@ -22,6 +22,7 @@ use super::{
     SessionContext, SessionError, SessionReport, auth,
     cancel::CancelTarget,
     catalog,
+    incoming::{self, Incoming, StandIn},
     startup::{self, SessionStart},
     state::{self, BackendAction, Phase, ProtocolError, ProtocolState, QueryProtocol},
     stream::MaybeTls,
@@ -40,10 +41,12 @@ use crate::session::{
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
 const MAX_STREAMED: usize = 1 << 30;
-/// The statement the proxy sends in place of a refused one: it fails in the parser, before
-/// anything runs, so the server's own error handling (aborting the transaction or skipping the
-/// rest of an extended-protocol batch) stays exactly PostgreSQL's. Its error is then replaced.
-const POISON_SQL: &str = "WARDEN STATEMENT REFUSED";
+
+/// How far the client-to-server pump got in a chunk: judged up to `pos`, written up to `flushed`.
+struct Cursor {
+    pos: usize,
+    flushed: usize,
+}
 
 /// Relays the session until either side ends it.
 pub(super) async fn relay(
@@ -86,17 +89,19 @@ where
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     let answered = Notify::new();
+    let started = Notify::new();
     let mut to_server = ClientToServer {
         ctx,
         state: &state,
         bytes: packet.len() as u64,
         terminated: false,
         answered: &answered,
+        started: &started,
         held_input: BytesMut::new(),
         judged_messages: 0,
     };
     let draining = AtomicBool::new(false);
-    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, &answered);
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &started));
     // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
     // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
     let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
@@ -119,11 +124,27 @@ where
                     // is dropped here too (and read, so the close is not a reset).
                     startup::discard_pending(&mut client_r).await;
                 }
-                let drained = drain_after_client(&state, &draining, &mut up_w, &mut server_side).await;
+                // A client that ended its stream (it may still read) sees what the server does
+                // with that; one that is gone cannot tell, and the server is asked for all it
+                // has, so that every statement's outcome is recorded.
+                let how = if r.is_ok() { Drain::EndOfStream } else { Drain::Flush };
+                let drained = drain_after_client(&state, &draining, &mut up_w, &mut server_side, how).await;
                 match (r, drained) {
                     (_, Err(e @ SessionError::Protocol(_))) => Err(e),
                     (r, _) => r,
                 }
+            }
+            // A violation ends the session, but the statements before it are answered first, as
+            // the server runs them before it reads on: with its FATAL, the server sends all it
+            // has; where it closes without a word, what it had not sent yet is lost.
+            Err(e @ SessionError::Protocol(ProtocolError::Client(_) | ProtocolError::ClientFraming(_))) => {
+                let how = if matches!(e, SessionError::Protocol(ProtocolError::Client(_))) {
+                    Drain::Flush
+                } else {
+                    Drain::EndOfStream
+                };
+                let _ = drain_after_client(&state, &draining, &mut up_w, &mut server_side, how).await;
+                Err(e)
             }
             other => other,
         },
@@ -179,18 +200,27 @@ where
             let _ = up_w.shutdown().await;
             Err(SessionError::Terminated(by))
         }
-        Err(SessionError::Protocol(ProtocolError::Client(what))) => {
-            tracing::warn!(database = %ctx.database.name, error = %what, "client protocol violation; session closed");
-            let message = format!("warden: protocol violation: {what}");
-            let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message)).await;
-            let _ = client_w.shutdown().await;
+        Err(SessionError::Protocol(e @ (ProtocolError::Client(_) | ProtocolError::ClientFraming(_)))) => {
+            tracing::warn!(database = %ctx.database.name, error = %e, "client protocol violation; session closed");
+            // Where the server would say why, so do we; where it would close without a word
+            // (a length it does not read), so do we.
+            if let ProtocolError::Client(what) = &e {
+                let message = format!("warden: protocol violation: {what}");
+                let fatal = error_message(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &message);
+                let _ = client_w.write_all(&fatal).await;
+                let _ = client_w.shutdown().await;
+            }
             // The server's session ends now (its connection slot is not held while we linger).
             let mut terminate = Vec::new();
             put_message(&mut terminate, b'X', b"");
             let _ = up_w.write_all(&terminate).await;
             let _ = up_w.shutdown().await;
-            startup::linger(&mut client_r).await;
-            Err(SessionError::Protocol(ProtocolError::Client(what)))
+            // Our FATAL is read before the close (else a reset could drop it). Without one, the
+            // close comes at once, as the server's does: what the client sends next is refused.
+            if matches!(e, ProtocolError::Client(_)) {
+                startup::linger(&mut client_r).await;
+            }
+            Err(SessionError::Protocol(e))
         }
         Err(SessionError::Protocol(ProtocolError::Server(what))) => {
             tracing::warn!(database = %ctx.database.name, error = %what, "server protocol violation; session closed");
@@ -206,8 +236,19 @@ where
 /// How long the server's answers are still read after the client left.
 const DRAIN_AFTER_CLIENT: Duration = Duration::from_secs(60);
 
-/// Reads the server's answers to what a departed client sent, until none is owed (or the
-/// server closes, or `DRAIN_AFTER_CLIENT` passes: those statements' outcome stays unknown).
+/// How the server learns that the client is done, before its last answers are read.
+enum Drain {
+    /// The client's end of stream is passed on (after its Terminate, if it sent one): the
+    /// server sends what it has flushed and drops what it buffered, as it does directly.
+    EndOfStream,
+    /// It is asked for all it buffered (a Flush), as its own FATAL would send it; a COPY FROM
+    /// the client is failed first (the server ignores a Flush there).
+    Flush,
+}
+
+/// Reads the server's answers to what a departed client (or one that broke the protocol) sent,
+/// until none is owed (or the server closes, or `DRAIN_AFTER_CLIENT` passes: those statements'
+/// outcome stays unknown).
 /// A client that only half-closed still gets its answers, as the server would send them; one
 /// that is gone entirely is written nothing more.
 async fn drain_after_client<UW, F>(
@@ -215,6 +256,7 @@ async fn drain_after_client<UW, F>(
     draining: &AtomicBool,
     up_w: &mut UW,
     server_side: &mut std::pin::Pin<Box<F>>,
+    how: Drain,
 ) -> Result<Side, SessionError>
 where
     UW: AsyncWrite + Unpin,
@@ -222,29 +264,34 @@ where
 {
     let copy_in = {
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.unfinished().next().is_none() {
+        if st.pending() == 0 {
             return Ok(Side::Client);
         }
         matches!(st.copy, state::Copy::In | state::Copy::Both)
     };
     draining.store(true, Ordering::Relaxed);
-    // The server buffers its output until Sync or Flush: ask for what it has. A COPY FROM the
-    // client that can no longer send is failed, as the server fails it when the client is gone.
-    let mut nudge = Vec::new();
-    if copy_in {
-        put_message(&mut nudge, b'f', b"client disconnected\0");
-    }
-    put_message(&mut nudge, b'H', b"");
     // Written while the server's answers are read: a server blocked sending to us would
-    // otherwise never read the nudge.
-    let nudge = async {
-        let _ = up_w.write_all(&nudge).await;
+    // otherwise never read it.
+    let tell = async {
+        match how {
+            Drain::EndOfStream => {
+                let _ = up_w.shutdown().await;
+            }
+            Drain::Flush => {
+                let mut flush = Vec::new();
+                if copy_in {
+                    put_message(&mut flush, b'f', b"client disconnected\0");
+                }
+                put_message(&mut flush, b'H', b"");
+                let _ = up_w.write_all(&flush).await;
+            }
+        }
         std::future::pending::<()>().await
     };
     let drain = async {
         tokio::select! {
             r = server_side.as_mut() => r,
-            () = nudge => unreachable!("the nudge future never completes"),
+            () = tell => unreachable!("telling the server never completes"),
         }
     };
     match tokio::time::timeout(DRAIN_AFTER_CLIENT, drain).await {
@@ -283,6 +330,8 @@ struct ClientToServer<'a> {
     terminated: bool,
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
+    /// Woken when start-up moves on (the server asks for authentication, or is ready).
+    started: &'a Notify,
     /// What the client sent while a statement of it was held (read to notice its departure;
     /// judged after the hold, in order).
     held_input: BytesMut,
@@ -319,13 +368,12 @@ impl ClientToServer<'_> {
                 }
             }
             read = true;
+            self.wait_for_start_up(&buf).await;
             let max = self.max_message();
             let pos = if inspect {
                 self.judged(&buf, max, upstream, client).await?
             } else {
-                let pos = self.unjudged(&buf, max)?;
-                upstream.write_all(&buf[..pos]).await.map_err(SessionError::UpstreamIo)?;
-                pos
+                self.unjudged(&buf, max, upstream).await?
             };
             self.bytes += pos as u64;
             if self.terminated {
@@ -348,6 +396,28 @@ impl ClientToServer<'_> {
         }
     }
 
+    /// A client may send its first messages with its start-up packet. The server reads them only
+    /// once start-up is over (at once with trust authentication), so here they wait for that
+    /// too, and are judged as the statements of a ready session. Sent while the server asks for
+    /// a password, they are the client's answer, as the server reads them.
+    async fn wait_for_start_up(&self, buf: &[u8]) {
+        loop {
+            let started = self.started.notified();
+            let waits = {
+                let st = self.lock();
+                match st.phase {
+                    Phase::Starting => true,
+                    Phase::Authenticating => !st.auth_asked && buf.first().is_some_and(|&tag| tag != b'p'),
+                    Phase::Ready | Phase::Terminating => false,
+                }
+            };
+            if !waits {
+                return;
+            }
+            started.await;
+        }
+    }
+
     /// The largest client message accepted now.
     fn max_message(&self) -> usize {
         match self.lock().phase {
@@ -357,34 +427,73 @@ impl ClientToServer<'_> {
     }
 
     /// No hook looks at statements before they run: record every complete message in the state
-    /// machine under one lock and relay the chunk as it came. Returns the bytes consumed.
-    fn unjudged(&mut self, buf: &[u8], max: usize) -> Result<usize, SessionError> {
-        let mut forwarded = Vec::new();
-        let mut terminated = false;
-        let pos = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let mut pos = 0;
-            while let Some(h) = complete_message(&buf[pos..], max)? {
-                let msg =
-                    Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
-                st.on_frontend(&msg, None)?;
-                forwarded.extend(st.newest().cloned());
-                pos += h.total;
-                if msg == Frontend::Terminate {
-                    terminated = true;
-                    break;
+    /// machine under one lock and relay the chunk as it came, with stand-ins in place of what
+    /// is not a plain message. Returns the bytes consumed.
+    async fn unjudged<W: AsyncWrite + Unpin>(
+        &mut self,
+        buf: &[u8],
+        max: usize,
+        upstream: &mut W,
+    ) -> Result<usize, SessionError> {
+        let mut pos = 0;
+        loop {
+            let (end, stop) = self.record_unjudged(&buf[pos..], max);
+            upstream.write_all(&buf[pos..pos + end]).await.map_err(SessionError::UpstreamIo)?;
+            pos += end;
+            match stop {
+                None => return Ok(pos),
+                Some(Ok(stand_in)) => {
+                    upstream.write_all(&stand_in.bytes).await.map_err(SessionError::UpstreamIo)?;
+                    pos += stand_in.consumed;
+                    if stand_in.ends {
+                        self.terminated = true;
+                        return Ok(pos);
+                    }
+                }
+                Some(Err(violation)) => {
+                    // What came before it was relayed, as the server runs it before it reads on.
+                    self.bytes += pos as u64;
+                    return Err(violation.into());
                 }
             }
-            pos
+        }
+    }
+
+    /// Records the plain messages at the start of `buf`: how many bytes they take, and what
+    /// stopped the scan (a stand-in, recorded too, or a violation) unless it was the end of
+    /// the complete messages or a Terminate.
+    fn record_unjudged(&mut self, buf: &[u8], max: usize) -> (usize, Option<Result<StandIn, ProtocolError>>) {
+        let mut forwarded = Vec::new();
+        let (pos, stop) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pos = 0;
+            let stop = loop {
+                match incoming::next(&buf[pos..], max, &st) {
+                    Ok(Incoming::Partial) => break None,
+                    Ok(Incoming::Message(total, msg)) => {
+                        if let Err(e) = st.on_frontend(&msg, None) {
+                            break Some(Err(e));
+                        }
+                        forwarded.extend(st.newest().cloned());
+                        pos += total;
+                        if msg == Frontend::Terminate {
+                            self.terminated = true;
+                            break None;
+                        }
+                    }
+                    Ok(other) => break Some(incoming::stand_in(&mut st, other, buf.len() - pos)),
+                    Err(e) => break Some(Err(e)),
+                }
+            };
+            (pos, stop)
         };
-        self.terminated = terminated;
         for running in &forwarded {
             self.ctx.hooks.on_forward(running);
             if let Some(live) = &self.ctx.live {
                 live.forwarded(&running.sql, running.lexing);
             }
         }
-        Ok(pos)
+        (pos, stop)
     }
 
     /// Hooks judge each statement: relay allowed ones, hold or replace others. Writes what it
@@ -396,74 +505,123 @@ impl ClientToServer<'_> {
         upstream: &mut W,
         client: &mut R,
     ) -> Result<usize, SessionError> {
-        let mut pos = 0;
-        let mut flushed = 0;
-        while let Some(h) = complete_message(&buf[pos..], max)? {
-            let msg = Frontend::decode(h.tag, &buf[pos + 5..pos + h.total]).map_err(ProtocolError::client_decode)?;
-            if judged_message(&msg) && self.ctx.hooks.wants_facts() && self.lock().idle_for_internal() {
-                upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                flushed = pos;
-                let facts = self.read_facts(upstream).await?;
-                self.ctx.hooks.on_facts(facts);
-            }
-            self.judged_messages += 1;
-            let message = self.judged_messages;
-            let mut verdict = self.judge(&msg, message);
-            // A hold may prepare what judging needs and ask again; a hold after a hold is not
-            // waited for forever.
-            for _ in 0..3 {
-                let Verdict::Hold(decision) = verdict else { break };
-                // Relay what came before, then wait: the client simply waits too.
-                upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                flushed = pos;
-                verdict = match self.wait_for(decision, client).await? {
-                    Verdict::AskAgain => self.judge(&msg, message),
-                    decided => decided,
-                };
-            }
-            match verdict {
-                Verdict::Allow(judgement) => {
-                    let started = {
-                        let mut st = self.lock();
-                        st.on_frontend_judged(&msg, judgement)?;
-                        st.newest().cloned()
-                    };
-                    if let Some(running) = started {
-                        self.ctx.hooks.on_forward(&running);
-                        if let Some(live) = &self.ctx.live {
-                            live.forwarded(&running.sql, running.lexing);
+        let mut at = Cursor { pos: 0, flushed: 0 };
+        let mut violation = None;
+        loop {
+            let next = incoming::next(&buf[at.pos..], max, &self.lock());
+            let (total, msg) = match next {
+                Ok(Incoming::Partial) => break,
+                Ok(Incoming::Message(total, msg)) => (total, msg),
+                Ok(other) => {
+                    let stand_in = match incoming::stand_in(&mut self.lock(), other, buf.len() - at.pos) {
+                        Ok(stand_in) => stand_in,
+                        Err(e) => {
+                            violation = Some(e.into());
+                            break;
                         }
+                    };
+                    upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
+                    upstream.write_all(&stand_in.bytes).await.map_err(SessionError::UpstreamIo)?;
+                    at.pos += stand_in.consumed;
+                    at.flushed = at.pos;
+                    if stand_in.ends {
+                        self.terminated = true;
+                        break;
                     }
+                    continue;
                 }
-                Verdict::Hold(_) | Verdict::AskAgain => {
-                    let error = error_message(
-                        Severity::Error,
-                        sqlstate::INSUFFICIENT_PRIVILEGE,
-                        "warden: the held statement was not decided",
-                    );
-                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                    let (poison, poison_bytes) = poison_for(&msg);
-                    self.lock().on_frontend(&poison, Some(error))?;
-                    upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
-                    flushed = pos + h.total;
+                Err(e) => {
+                    violation = Some(e.into());
+                    break;
                 }
-                Verdict::Deny { sqlstate, message } => {
-                    upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-                    let (poison, poison_bytes) = poison_for(&msg);
-                    let error = error_message(Severity::Error, sqlstate.as_str(), &message);
-                    self.lock().on_frontend(&poison, Some(error))?;
-                    upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
-                    flushed = pos + h.total;
+            };
+            match self.judge_one(buf, &mut at, total, &msg, upstream, client).await {
+                Ok(()) => {}
+                Err(e @ SessionError::Protocol(ProtocolError::Client(_) | ProtocolError::ClientFraming(_))) => {
+                    violation = Some(e);
+                    break;
                 }
+                Err(e) => return Err(e),
             }
-            pos += h.total;
+            at.pos += total;
             if msg == Frontend::Terminate {
                 self.terminated = true;
                 break;
             }
         }
-        upstream.write_all(&buf[flushed..pos]).await.map_err(SessionError::UpstreamIo)?;
-        Ok(pos)
+        // What came before a violation is relayed, as the server runs it before it reads on.
+        upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
+        match violation {
+            Some(e) => {
+                self.bytes += at.pos as u64;
+                Err(e)
+            }
+            None => Ok(at.pos),
+        }
+    }
+
+    /// Judges the message of `total` bytes at `at.pos` and records it (or the poison sent in its
+    /// place), writing upstream what must go before a hold or a poison.
+    async fn judge_one<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        buf: &[u8],
+        at: &mut Cursor,
+        total: usize,
+        msg: &Frontend<'_>,
+        upstream: &mut W,
+        client: &mut R,
+    ) -> Result<(), SessionError> {
+        if judged_message(msg) && self.ctx.hooks.wants_facts() && self.lock().idle_for_internal() {
+            upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
+            at.flushed = at.pos;
+            let facts = self.read_facts(upstream).await?;
+            self.ctx.hooks.on_facts(facts);
+        }
+        self.judged_messages += 1;
+        let message = self.judged_messages;
+        let mut verdict = self.judge(msg, message);
+        // A hold may prepare what judging needs and ask again; a hold after a hold is not
+        // waited for forever.
+        for _ in 0..3 {
+            let Verdict::Hold(decision) = verdict else { break };
+            // Relay what came before, then wait: the client simply waits too.
+            upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
+            at.flushed = at.pos;
+            verdict = match self.wait_for(decision, client).await? {
+                Verdict::AskAgain => self.judge(msg, message),
+                decided => decided,
+            };
+        }
+        let refusal = match verdict {
+            Verdict::Allow(judgement) => {
+                let started = {
+                    let mut st = self.lock();
+                    st.on_frontend_judged(msg, judgement)?;
+                    st.newest().cloned()
+                };
+                if let Some(running) = started {
+                    self.ctx.hooks.on_forward(&running);
+                    if let Some(live) = &self.ctx.live {
+                        live.forwarded(&running.sql, running.lexing);
+                    }
+                }
+                return Ok(());
+            }
+            Verdict::Hold(_) | Verdict::AskAgain => error_message(
+                Severity::Error,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "warden: the held statement was not decided",
+            ),
+            Verdict::Deny { sqlstate, message } => error_message(Severity::Error, sqlstate.as_str(), &message),
+        };
+        upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
+        // Written: never again, whatever happens next.
+        at.flushed = at.pos;
+        let (poison, poison_bytes) = incoming::poison_for(msg);
+        self.lock().on_frontend(&poison, Some(refusal))?;
+        upstream.write_all(&poison_bytes).await.map_err(SessionError::UpstreamIo)?;
+        at.flushed = at.pos + total;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProtocolState> {
@@ -651,46 +809,6 @@ fn judged_message(msg: &Frontend<'_>) -> bool {
     )
 }
 
-/// The header of the complete message at the start of `buf`, if it is all there.
-fn complete_message(buf: &[u8], max: usize) -> Result<Option<frame::Header>, SessionError> {
-    // A tag no client message has is refused at once, as the server does, not after waiting
-    // for as many bytes as its length claims (a start-up packet sent again would otherwise
-    // hold the session waiting for the 10,496 bytes its first bytes claim).
-    if let Some(&tag) = buf.first()
-        && !b"BCcdDEHFfPpQSX".contains(&tag)
-    {
-        return Err(ProtocolError::Client(format!("invalid frontend message type {tag}")).into());
-    }
-    match frame::header(buf, max).map_err(|e| ProtocolError::Client(e.to_string()))? {
-        Some(h) if buf.len() >= h.total => Ok(Some(h)),
-        _ => Ok(None),
-    }
-}
-
-/// The message forwarded in place of a refused one: a statement that fails in the parser.
-/// A simple query (or fast-path call) becomes a simple query; an extended-protocol Bind becomes
-/// a Parse, so the server skips the rest of the batch up to Sync exactly as for a real error.
-fn poison_for(msg: &Frontend<'_>) -> (Frontend<'static>, Vec<u8>) {
-    let mut bytes = Vec::with_capacity(64);
-    match msg {
-        // Inside an extended batch: an error there makes the server skip to Sync.
-        Frontend::Parse { .. } | Frontend::Bind(_) | Frontend::Execute { .. } => {
-            let mut body = Vec::new();
-            body.extend_from_slice(b"warden_refused\0");
-            body.extend_from_slice(POISON_SQL.as_bytes());
-            body.extend_from_slice(&[0, 0, 0]);
-            put_message(&mut bytes, b'P', &body);
-            (Frontend::Parse { name: b"warden_refused", sql: POISON_SQL.as_bytes(), param_types: Vec::new() }, bytes)
-        }
-        _ => {
-            let mut body = POISON_SQL.as_bytes().to_vec();
-            body.push(0);
-            put_message(&mut bytes, b'Q', &body);
-            (Frontend::Query(POISON_SQL.as_bytes()), bytes)
-        }
-    }
-}
-
 struct ServerToClient<'a> {
     ctx: &'a SessionContext,
     state: &'a Mutex<ProtocolState>,
@@ -713,6 +831,8 @@ struct ServerToClient<'a> {
     client_gone: bool,
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
+    /// Woken when start-up moves on.
+    started: &'a Notify,
 }
 
 impl<'a> ServerToClient<'a> {
@@ -721,7 +841,7 @@ impl<'a> ServerToClient<'a> {
         state: &'a Mutex<ProtocolState>,
         channel_binding_holds: bool,
         draining: &'a AtomicBool,
-        answered: &'a Notify,
+        (answered, started): (&'a Notify, &'a Notify),
     ) -> Self {
         Self {
             ctx,
@@ -744,6 +864,7 @@ impl<'a> ServerToClient<'a> {
             draining,
             client_gone: false,
             answered,
+            started,
         }
     }
 
@@ -756,7 +877,7 @@ impl<'a> ServerToClient<'a> {
             // What an interrupted pump had processed is written first.
             self.flush(client).await?;
             if self.draining.load(Ordering::Relaxed)
-                && self.state.lock().unwrap_or_else(|p| p.into_inner()).unfinished().next().is_none()
+                && self.state.lock().unwrap_or_else(|p| p.into_inner()).pending() == 0
             {
                 return Ok(Side::Client);
             }
@@ -822,6 +943,7 @@ impl<'a> ServerToClient<'a> {
         let mut pos = 0;
         let state = self.state;
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let start_up = (st.phase, st.auth_asked);
         loop {
             if self.streaming > 0 {
                 let take = self.streaming.min(self.buf.len() - pos);
@@ -915,6 +1037,9 @@ impl<'a> ServerToClient<'a> {
         self.processed = pos;
         if st.internal_answered() {
             self.answered.notify_one();
+        }
+        if (st.phase, st.auth_asked) != start_up {
+            self.started.notify_waiters();
         }
         Ok(())
     }

@@ -86,7 +86,21 @@ async fn negotiate_inner(
     // SSLRequest and GSSENCRequest may each come once before the real start-up packet.
     for _ in 0..3 {
         let packet = read_packet(&mut stream).await?;
-        match Startup::decode(&packet).map_err(|e| StartError::Protocol(e.to_string()))? {
+        let decoded = match Startup::decode(&packet) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                // A protocol 3 start-up packet whose parameters are not laid out as they must be
+                // gets a FATAL, as the server says; a CancelRequest or SSLRequest of the wrong
+                // length is closed without a word, as the server does.
+                if packet.get(4..6) == Some(&[0, 3]) {
+                    let message = format!("warden: invalid startup packet layout: {e}");
+                    refuse(&mut stream, crate::pg::error::sqlstate::PROTOCOL_VIOLATION, &message).await;
+                }
+                discard_pending(&mut stream).await;
+                return Err(StartError::Protocol(e.to_string()));
+            }
+        };
+        match decoded {
             Startup::Ssl => {
                 let plain = match stream {
                     MaybeTls::Plain(s) => s,
@@ -112,6 +126,11 @@ async fn negotiate_inner(
                 }
             }
             Startup::GssEnc => stream.write_all(b"N").await.map_err(StartError::Io)?,
+            Startup::Unsupported { major, minor } => {
+                refuse_version(&mut stream, major, minor).await;
+                discard_pending(&mut stream).await;
+                return Err(StartError::Protocol(format!("unsupported frontend protocol {major}.{minor}")));
+            }
             Startup::Cancel { pid, key } => {
                 let key = key.to_vec();
                 return Ok(ClientStart::Cancel { stream, packet, pid, key });
@@ -144,6 +163,21 @@ async fn negotiate_inner(
         }
     }
     Err(StartError::Protocol("too many negotiation requests".into()))
+}
+
+/// Refuses a start-up packet of a protocol version other than 3.x as the server does: FATAL
+/// 0A000, in the error format of protocol 2 for a client older than 3 (the one it can read).
+async fn refuse_version(stream: &mut MaybeTls, major: u16, minor: u16) {
+    let message = format!("warden: unsupported frontend protocol {major}.{minor}: only protocol 3 is spoken");
+    if major < 3 {
+        let mut out = b"EFATAL:  ".to_vec();
+        out.extend_from_slice(message.as_bytes());
+        out.extend_from_slice(b"\n\0");
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    } else {
+        refuse(stream, crate::pg::error::sqlstate::FEATURE_NOT_SUPPORTED, &message).await;
+    }
 }
 
 /// The first parameter name that appears twice (compared without ASCII case: run-time

@@ -201,6 +201,10 @@ pub enum BackendAction {
 pub enum ProtocolError {
     #[error("client: {0}")]
     Client(String),
+    /// The client broke the framing where the server would close without a word (a length it
+    /// will not read).
+    #[error("client: {0}")]
+    ClientFraming(String),
     #[error("server: {0}")]
     Server(String),
 }
@@ -240,6 +244,8 @@ pub struct ProtocolState {
     /// 'I' idle, 'T' in a transaction block, 'E' in a failed transaction block.
     pub tx_status: u8,
     pub copy: Copy,
+    /// The server asked the client to authenticate (what the client sends now is its answer).
+    pub auth_asked: bool,
     statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
     portals: HashMap<Vec<u8>, Portal>,
@@ -298,6 +304,7 @@ impl ProtocolState {
             phase: Phase::Authenticating,
             tx_status: b'I',
             copy: Copy::None,
+            auth_asked: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
             sql_cursors: false,
@@ -607,7 +614,11 @@ impl ProtocolState {
         match self.phase {
             Phase::Authenticating => {
                 return match msg {
-                    Frontend::AuthResponse(_) => Ok(()),
+                    Frontend::AuthResponse(_) => {
+                        // Answered: what the client sends next waits for the server's next step.
+                        self.auth_asked = false;
+                        Ok(())
+                    }
                     Frontend::Terminate => {
                         self.phase = Phase::Terminating;
                         Ok(())
@@ -624,6 +635,10 @@ impl ProtocolState {
                 return Err(ProtocolError::Client("message after Terminate".into()));
             }
             Phase::Ready => {}
+        }
+        if let Frontend::AuthResponse(_) = msg {
+            // Not a message type of a started session: the server ends it, skipping or not.
+            return Err(ProtocolError::Client("authentication response after authentication".into()));
         }
         if self.ignoring_till_sync {
             // The server discards everything up to Sync (Terminate ends the session).
@@ -666,6 +681,7 @@ impl ProtocolState {
             )));
         }
         if self.statements.len() + self.portals.len() >= MAX_TRACKED
+            && replace_error.is_none()
             && matches!(msg, Frontend::Parse { .. } | Frontend::Bind(_))
         {
             return Err(ProtocolError::Client(format!(
@@ -816,6 +832,13 @@ impl ProtocolState {
         Ok(())
     }
 
+    /// The client sent something other than COPY data during COPY FROM STDIN: the server fails
+    /// the COPY and ends the session without reading on.
+    pub fn on_copy_broken(&mut self) {
+        self.copy = Copy::None;
+        self.phase = Phase::Terminating;
+    }
+
     /// Records a server message and says what to relay to the client.
     pub fn on_backend(&mut self, msg: &Backend<'_>) -> Result<BackendAction, ProtocolError> {
         if self.answering_internal()
@@ -830,6 +853,8 @@ impl ProtocolState {
                 }
                 if *code == AUTH_OK {
                     self.phase = Phase::Starting;
+                } else {
+                    self.auth_asked = true;
                 }
             }
             Backend::BackendKeyData { pid, key } => {
@@ -872,6 +897,12 @@ impl ProtocolState {
                             // (they end with their transaction); those bound after it, in a
                             // pipeline, are not.
                             self.portals.retain(|_, portal| portal.readies >= p.readies);
+                        }
+                        if let (Expect::Sync, Some(mut error)) = (&p.expect, p.replace_error) {
+                            // A malformed Sync sent while the server skipped to Sync: its error
+                            // comes before the ReadyForQuery, as the server sends it.
+                            crate::pg::frame::put_message(&mut error, b'Z', &[*status]);
+                            return Ok(BackendAction::Replace(error));
                         }
                         return Ok(BackendAction::Forward);
                     }
