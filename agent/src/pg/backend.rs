@@ -70,6 +70,8 @@ fn read_field<'a>(r: &mut Reader<'a>) -> Result<Field<'a>, DecodeError> {
 /// Authentication request codes.
 pub const AUTH_OK: i32 = 0;
 pub const AUTH_SASL: i32 = 10;
+/// SASL's last word (the server's signature): no answer is expected from the client.
+pub const AUTH_SASL_FINAL: i32 = 12;
 
 /// A regular message from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,10 @@
 
 use std::process::{Command, Output};
 
-use testkit::{Agent, PgOptions, Postgres, TestPki, output, psql_bin};
+use testkit::{
+    Agent, PgOptions, Postgres, TestPki, output, psql_bin,
+    raw::{Raw, message, query, startup_packet},
+};
 
 /// psql with a libpq connection string, returning its output.
 fn psql_conn(conninfo: &str, sql: &str, password: Option<&str>) -> Output {
@@ -46,6 +49,16 @@ fn every_password_method_passes_through_and_no_secret_is_recorded() {
         let e = err(&psql_conn(&conn(user), "select 1", Some("wrong")));
         assert!(e.contains(&format!("password authentication failed for user \"{user}\"")), "{e}");
     }
+    // A query pipelined behind the password, in the same write: answered once the session is
+    // ready, as the server answers it directly.
+    let mut raw = Raw::connect(&format!("127.0.0.1:{}", pg.port));
+    raw.send(&startup_packet(&[("user", "u_password"), ("database", "postgres")]));
+    assert_eq!(raw.message(), (b'R', 3u32.to_be_bytes().to_vec()), "a cleartext password is asked for");
+    raw.send(&[message(b'p', b"pw-cleartext-1\0"), query("select current_user")].concat());
+    let mut answers = raw.until_ready();
+    answers.extend(raw.until_ready());
+    assert!(answers.iter().all(|(tag, _)| *tag != b'E'), "no error: {answers:?}");
+    assert!(answers.iter().any(|(tag, body)| *tag == b'D' && body.ends_with(b"u_password")), "{answers:?}");
     let opens: Vec<_> = agent.records().into_iter().filter(|r| r["kind"] == "connection_open").collect();
     assert!(opens.iter().any(|r| r["db_user"] == "u_scram" && r["db_name"] == "postgres"));
     let ring = std::fs::read(&agent.audit).unwrap();

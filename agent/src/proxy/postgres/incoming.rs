@@ -48,8 +48,24 @@ pub enum Incoming<'a> {
     /// COPY runs, but answers a Sync once a bad row has failed the COPY, and which of the two
     /// it meets cannot be known here: it is sent an empty Flush, which it answers neither way.
     SyncInCopy { total: usize },
-    /// Not all there yet.
+    /// Not all there yet, or not to be read yet (see `waits`).
     Partial,
+}
+
+/// Whether a client message of type `tag` waits for the server before it is read:
+/// - a client may send its first messages with its start-up packet (or its password), and the
+///   server reads them only once start-up is over (at once with trust authentication), so here
+///   they wait for that too, and are judged as the statements of a ready session (sent while
+///   the server asks for a password, they are the client's answer, as the server reads them);
+/// - behind a statement that may begin a COPY FROM STDIN, until the server shows whether it
+///   does (`ProtocolState::copy_may_begin`).
+pub fn waits(st: &ProtocolState, tag: u8) -> bool {
+    match st.phase {
+        Phase::Starting => true,
+        Phase::Authenticating => !st.auth_asked && tag != b'p',
+        Phase::Ready => st.copy_may_begin(),
+        Phase::Terminating => false,
+    }
 }
 
 /// Reads the next piece of `buf` in the session `st` (messages of at most `max` bytes are
@@ -58,6 +74,9 @@ pub fn next<'a>(buf: &'a [u8], max: usize, st: &ProtocolState) -> Result<Incomin
     let Some(&tag) = buf.first() else {
         return Ok(Incoming::Partial);
     };
+    if waits(st, tag) {
+        return Ok(Incoming::Partial);
+    }
     let copy_in = st.copy == Copy::In;
     if copy_in && !b"dcfHSX".contains(&tag) {
         return Ok(Incoming::BreaksCopy { tag });
@@ -206,6 +225,14 @@ mod tests {
         // An authentication message once the session started: at its type byte.
         assert!(matches!(next(b"p\0\0\x10", max, &st), Err(ProtocolError::Client(_))));
         assert!(matches!(next(b"p\0\0\x10", max, &ProtocolState::new()), Ok(Incoming::Partial)));
+        // Before start-up is over, a statement waits for it (a password answer does not).
+        let mut starting = ProtocolState::new();
+        assert!(matches!(next(&msg(b'Q', b"select 1\0"), max, &starting), Ok(Incoming::Partial)));
+        assert!(matches!(next(&msg(b'p', b"pw\0"), max, &starting), Ok(Incoming::Message(8, _))));
+        starting.on_backend(&Backend::Authentication { code: 3, data: b"" }).unwrap();
+        assert!(!waits(&starting, b'Q'), "asked for a password: what comes is the answer");
+        starting.on_frontend(&Frontend::AuthResponse(b"pw\0"), None).unwrap();
+        assert!(waits(&starting, b'Q'), "after its answer, the next message waits again");
         // The server closes without a word on a length it will not read.
         assert!(matches!(next(b"Q\0\0\0\x02", max, &st), Err(ProtocolError::ClientFraming(_))));
         assert!(matches!(next(b"S\0\0\x27\x15", max, &st), Err(ProtocolError::ClientFraming(_))));

@@ -89,19 +89,19 @@ where
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     let answered = Notify::new();
-    let started = Notify::new();
+    let answered_more = Notify::new();
     let mut to_server = ClientToServer {
         ctx,
         state: &state,
         bytes: packet.len() as u64,
         terminated: false,
         answered: &answered,
-        started: &started,
+        answered_more: &answered_more,
         held_input: BytesMut::new(),
         judged_messages: 0,
     };
     let draining = AtomicBool::new(false);
-    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &started));
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &answered_more));
     // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
     // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
     let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
@@ -242,7 +242,7 @@ enum Drain {
     /// server sends what it has flushed and drops what it buffered, as it does directly.
     EndOfStream,
     /// It is asked for all it buffered (a Flush), as its own FATAL would send it; a COPY FROM
-    /// the client is failed first (the server ignores a Flush there).
+    /// the client is failed first (the server ignores a Flush there, and a CopyFail elsewhere).
     Flush,
 }
 
@@ -262,13 +262,9 @@ where
     UW: AsyncWrite + Unpin,
     F: std::future::Future<Output = Result<Side, SessionError>>,
 {
-    let copy_in = {
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.pending() == 0 {
-            return Ok(Side::Client);
-        }
-        matches!(st.copy, state::Copy::In | state::Copy::Both)
-    };
+    if state.lock().unwrap_or_else(|p| p.into_inner()).pending() == 0 {
+        return Ok(Side::Client);
+    }
     draining.store(true, Ordering::Relaxed);
     // Written while the server's answers are read: a server blocked sending to us would
     // otherwise never read it.
@@ -278,10 +274,10 @@ where
                 let _ = up_w.shutdown().await;
             }
             Drain::Flush => {
+                // Always: the server may be in a COPY the proxy has not seen begin yet, and
+                // outside one it ignores a CopyFail.
                 let mut flush = Vec::new();
-                if copy_in {
-                    put_message(&mut flush, b'f', b"client disconnected\0");
-                }
+                put_message(&mut flush, b'f', b"client disconnected\0");
                 put_message(&mut flush, b'H', b"");
                 let _ = up_w.write_all(&flush).await;
             }
@@ -330,8 +326,8 @@ struct ClientToServer<'a> {
     terminated: bool,
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
-    /// Woken when start-up moves on (the server asks for authentication, or is ready).
-    started: &'a Notify,
+    /// Woken when the server's answers move the session on (start-up, a statement answered).
+    answered_more: &'a Notify,
     /// What the client sent while a statement of it was held (read to notice its departure;
     /// judged after the hold, in order).
     held_input: BytesMut,
@@ -368,7 +364,6 @@ impl ClientToServer<'_> {
                 }
             }
             read = true;
-            self.wait_for_start_up(&buf).await;
             let max = self.max_message();
             let pos = if inspect {
                 self.judged(&buf, max, upstream, client).await?
@@ -387,6 +382,11 @@ impl ClientToServer<'_> {
                 buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             }
             buf.advance(pos);
+            // A message held back for the server is read once it has answered, not after more
+            // bytes.
+            if self.wait_for_server(&buf, upstream).await? {
+                read = false;
+            }
             if !self.held_input.is_empty() {
                 buf.extend_from_slice(&self.held_input);
                 self.held_input = BytesMut::new();
@@ -396,25 +396,33 @@ impl ClientToServer<'_> {
         }
     }
 
-    /// A client may send its first messages with its start-up packet. The server reads them only
-    /// once start-up is over (at once with trust authentication), so here they wait for that
-    /// too, and are judged as the statements of a ready session. Sent while the server asks for
-    /// a password, they are the client's answer, as the server reads them.
-    async fn wait_for_start_up(&self, buf: &[u8]) {
+    /// Waits while the message at the start of `buf` waits for the server (`incoming::waits`).
+    /// Returns whether it waited. Waiting to see whether a COPY begins, the server is sent a
+    /// Flush first: outside COPY it may hold its answer until asked for it (in COPY it ignores
+    /// the Flush).
+    async fn wait_for_server<W: AsyncWrite + Unpin>(&self, buf: &[u8], upstream: &mut W) -> Result<bool, SessionError> {
+        let mut waited = false;
+        let mut flushed = false;
         loop {
-            let started = self.started.notified();
-            let waits = {
-                let st = self.lock();
-                match st.phase {
-                    Phase::Starting => true,
-                    Phase::Authenticating => !st.auth_asked && buf.first().is_some_and(|&tag| tag != b'p'),
-                    Phase::Ready | Phase::Terminating => false,
+            let answered = self.answered_more.notified();
+            let (waits, copy) = match buf.first() {
+                Some(&tag) => {
+                    let st = self.lock();
+                    (incoming::waits(&st, tag), st.phase == Phase::Ready)
                 }
+                None => (false, false),
             };
             if !waits {
-                return;
+                return Ok(waited);
             }
-            started.await;
+            if copy && !flushed {
+                let mut flush = Vec::with_capacity(5);
+                put_message(&mut flush, b'H', b"");
+                upstream.write_all(&flush).await.map_err(SessionError::UpstreamIo)?;
+                flushed = true;
+            }
+            waited = true;
+            answered.await;
         }
     }
 
@@ -831,8 +839,8 @@ struct ServerToClient<'a> {
     client_gone: bool,
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
-    /// Woken when start-up moves on.
-    started: &'a Notify,
+    /// Woken when the server's answers move the session on.
+    answered_more: &'a Notify,
 }
 
 impl<'a> ServerToClient<'a> {
@@ -841,7 +849,7 @@ impl<'a> ServerToClient<'a> {
         state: &'a Mutex<ProtocolState>,
         channel_binding_holds: bool,
         draining: &'a AtomicBool,
-        (answered, started): (&'a Notify, &'a Notify),
+        (answered, answered_more): (&'a Notify, &'a Notify),
     ) -> Self {
         Self {
             ctx,
@@ -864,7 +872,7 @@ impl<'a> ServerToClient<'a> {
             draining,
             client_gone: false,
             answered,
-            started,
+            answered_more,
         }
     }
 
@@ -943,7 +951,6 @@ impl<'a> ServerToClient<'a> {
         let mut pos = 0;
         let state = self.state;
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let start_up = (st.phase, st.auth_asked);
         loop {
             if self.streaming > 0 {
                 let take = self.streaming.min(self.buf.len() - pos);
@@ -1038,9 +1045,7 @@ impl<'a> ServerToClient<'a> {
         if st.internal_answered() {
             self.answered.notify_one();
         }
-        if (st.phase, st.auth_asked) != start_up {
-            self.started.notify_waiters();
-        }
+        self.answered_more.notify_waiters();
         Ok(())
     }
 }

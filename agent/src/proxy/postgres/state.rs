@@ -10,7 +10,7 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 
 use crate::pg::{
     DecodeError,
-    backend::{AUTH_OK, Backend},
+    backend::{AUTH_OK, AUTH_SASL_FINAL, Backend},
     frontend::Frontend,
     text,
 };
@@ -832,6 +832,19 @@ impl ProtocolState {
         Ok(())
     }
 
+    /// Whether a statement sent may still begin a COPY FROM STDIN: its text says COPY (or is not
+    /// known), and it is not answered yet, nor is the COPY under way. What the client sends
+    /// behind it waits until the server shows which: in COPY the server ignores a Sync and reads
+    /// CopyData, outside it the server answers a Sync and ignores CopyData, and the proxy must
+    /// expect what the server will do.
+    pub fn copy_may_begin(&self) -> bool {
+        self.copy == Copy::None
+            && self.pending.iter().any(|p| match &p.expect {
+                Expect::Execute(r) | Expect::SimpleQuery(r) if p.replace_error.is_none() => may_copy(&r.sql),
+                _ => false,
+            })
+    }
+
     /// The client sent something other than COPY data during COPY FROM STDIN: the server fails
     /// the COPY and ends the session without reading on.
     pub fn on_copy_broken(&mut self) {
@@ -853,7 +866,7 @@ impl ProtocolState {
                 }
                 if *code == AUTH_OK {
                     self.phase = Phase::Starting;
-                } else {
+                } else if *code != AUTH_SASL_FINAL {
                     self.auth_asked = true;
                 }
             }
@@ -989,14 +1002,11 @@ impl ProtocolState {
                     b'H' => Copy::Out,
                     _ => Copy::Both,
                 };
+                let _ = extended;
                 if self.copy == Copy::In {
-                    if extended {
-                        // A Sync sent with the Execute (libpq sends one) reaches the server
-                        // during COPY FROM STDIN, which ignores it: it will not be answered.
-                        while self.pending.get(1).is_some_and(|p| matches!(p.expect, Expect::Sync)) {
-                            self.pending.remove(1);
-                        }
-                    }
+                    // Nothing the client sends behind a statement that may begin a COPY FROM
+                    // STDIN is relayed before the server shows whether it does
+                    // (`copy_may_begin`): the server would take it as COPY data.
                     if self.pending.len() > 1 {
                         // Sent before the COPY began and discarded by the server in it.
                         return Err(ProtocolError::Client("messages pipelined after a COPY FROM STDIN".into()));
@@ -1202,6 +1212,11 @@ impl ProtocolState {
         }
         self.skipped.extend(skipped.into_iter().rev());
     }
+}
+
+/// Whether a statement's text may run COPY (it says so, in any case, or is not known).
+fn may_copy(sql: &str) -> bool {
+    sql.is_empty() || sql.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 #[cfg(test)]
@@ -1606,24 +1621,27 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_sent_with_an_extended_copy_in_is_ignored_as_the_server_ignores_it() {
+    fn what_follows_a_statement_that_may_begin_a_copy_waits_to_see_whether_it_does() {
         let mut s = ready();
         let b = bind("", "");
         let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
         s.on_frontend(&parse(b"", b"copy t from stdin"), None).unwrap();
         s.on_frontend(&F::Bind(bound), None).unwrap();
         s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
-        s.on_frontend(&F::Sync, None).unwrap();
+        assert!(s.copy_may_begin(), "a Sync sent now could be ignored in COPY or answered outside it");
         s.on_backend(&Backend::ParseComplete).unwrap();
         s.on_backend(&Backend::BindComplete).unwrap();
         s.on_backend(&Backend::CopyResponse { tag: b'G', binary: false, columns: 1 }).unwrap();
+        assert!(!s.copy_may_begin(), "in COPY: a Sync goes as a Flush, data as data");
         s.on_frontend(&F::CopyData(b"1\n"), None).unwrap();
         assert!(s.newest().is_none(), "CopyData starts no statement");
         s.on_frontend(&F::CopyDone, None).unwrap();
-        s.on_frontend(&F::Sync, None).unwrap();
+        assert!(s.copy_may_begin(), "until the COPY is answered");
         s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
+        assert!(!s.copy_may_begin());
+        s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
-        assert_eq!(s.pending(), 0, "one ReadyForQuery answers both Syncs");
+        assert_eq!(s.pending(), 0);
         s.on_frontend(&F::Query(b"select 1"), None).unwrap();
         s.on_backend(&Backend::decode(b'T', &[0, 0]).unwrap()).unwrap();
     }
