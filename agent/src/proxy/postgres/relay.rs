@@ -384,7 +384,7 @@ impl ClientToServer<'_> {
             buf.advance(pos);
             // A message held back for the server is read once it has answered, not after more
             // bytes.
-            if self.wait_for_server(&buf, upstream).await? {
+            if self.wait_for_server(&buf, client, upstream).await? {
                 read = false;
             }
             if !self.held_input.is_empty() {
@@ -399,10 +399,17 @@ impl ClientToServer<'_> {
     /// Waits while the message at the start of `buf` waits for the server (`incoming::waits`).
     /// Returns whether it waited. Waiting to see whether a COPY begins, the server is sent a
     /// Flush first: outside COPY it may hold its answer until asked for it (in COPY it ignores
-    /// the Flush).
-    async fn wait_for_server<W: AsyncWrite + Unpin>(&self, buf: &[u8], upstream: &mut W) -> Result<bool, SessionError> {
+    /// the Flush). Meanwhile what the client sends is read on (into `held_input`, up to its
+    /// bound), so that a client that breaks off is noticed.
+    async fn wait_for_server<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        buf: &[u8],
+        client: &mut R,
+        upstream: &mut W,
+    ) -> Result<bool, SessionError> {
         let mut waited = false;
         let mut flushed = false;
+        let mut client_ended = false;
         loop {
             let answered = self.answered_more.notified();
             let (waits, copy) = match buf.first() {
@@ -422,7 +429,19 @@ impl ClientToServer<'_> {
                 flushed = true;
             }
             waited = true;
-            answered.await;
+            let read_on = !client_ended && self.held_input.len() < MAX_HELD_INPUT;
+            if read_on {
+                self.held_input.reserve(16 * 1024);
+            }
+            tokio::select! {
+                () = answered => {}
+                read = client.read_buf(&mut self.held_input), if read_on => match read {
+                    // Its end of stream is met again by the pump's next read, after what it sent.
+                    Ok(0) => client_ended = true,
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+            }
         }
     }
 

@@ -148,6 +148,8 @@ struct Pending {
     undo: Option<Undo>,
     /// The number of messages asking for a ReadyForQuery sent up to and including this one.
     readies: u64,
+    /// Numbers the entries, in the order sent.
+    seq: u64,
 }
 
 /// A change to the statement or portal tables, applied when the client's message is sent
@@ -276,6 +278,13 @@ pub struct ProtocolState {
     ignoring_till_sync: bool,
     /// Messages asking for a ReadyForQuery (Sync, Query, FunctionCall) sent so far.
     readies_asked: u64,
+    /// Entries pushed onto `pending` so far (the next one's `seq`).
+    pushed: u64,
+    /// The text last looked at by `may_copy`, and what it said: executions of one portal share
+    /// one text, which is not read again for each.
+    copy_checked: Option<(Arc<str>, bool)>,
+    /// The newest entry pushed that may begin a COPY FROM STDIN (`copy_may_begin`).
+    copy_candidate: Option<u64>,
     /// A statement that may change settings completed and its ReadyForQuery has not come yet:
     /// the server reports changed settings (ParameterStatus) only just before it.
     settings_in_flight: bool,
@@ -320,6 +329,9 @@ impl ProtocolState {
             ignoring_till_sync: false,
             batch_open: false,
             readies_asked: 0,
+            pushed: 0,
+            copy_checked: None,
+            copy_candidate: None,
             settings_in_flight: false,
             server_encoding: Vec::new(),
             client_encoding: Vec::new(),
@@ -491,11 +503,13 @@ impl ProtocolState {
         self.readies_asked += 1;
         self.internal = Some(InternalAnswer::default());
         self.internal_done = None;
+        self.pushed += 1;
         self.pending.push_back(Pending {
             expect: Expect::Internal,
             replace_error: None,
             undo: None,
             readies: self.readies_asked,
+            seq: self.pushed,
         });
     }
 
@@ -607,7 +621,17 @@ impl ProtocolState {
             if expect.ends_with_ready() {
                 s.readies_asked += 1;
             }
-            s.pending.push_back(Pending { expect, replace_error, undo, readies: s.readies_asked });
+            s.pushed += 1;
+            let may_begin_copy = replace_error.is_none()
+                && match &expect {
+                    Expect::Execute(r) | Expect::SimpleQuery(r) => s.may_copy(&r.sql),
+                    _ => false,
+                };
+            if may_begin_copy {
+                s.copy_candidate = Some(s.pushed);
+            }
+            let seq = s.pushed;
+            s.pending.push_back(Pending { expect, replace_error, undo, readies: s.readies_asked, seq });
         };
         let push =
             |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| push_undo(s, expect, replace_error, None);
@@ -833,16 +857,30 @@ impl ProtocolState {
     }
 
     /// Whether a statement sent may still begin a COPY FROM STDIN: its text says COPY (or is not
-    /// known), and it is not answered yet, nor is the COPY under way. What the client sends
+    /// known), and it is not answered yet, nor is the COPY under way (a COPY TO in the same
+    /// query string may come first). Replication commands that take COPY data
+    /// (UPLOAD_MANIFEST) do not say COPY: on a replication connection, messages pipelined behind
+    /// one end the session at its CopyInResponse, unrun. What the client sends
     /// behind it waits until the server shows which: in COPY the server ignores a Sync and reads
     /// CopyData, outside it the server answers a Sync and ignores CopyData, and the proxy must
     /// expect what the server will do.
     pub fn copy_may_begin(&self) -> bool {
-        self.copy == Copy::None
-            && self.pending.iter().any(|p| match &p.expect {
-                Expect::Execute(r) | Expect::SimpleQuery(r) if p.replace_error.is_none() => may_copy(&r.sql),
-                _ => false,
-            })
+        // Entries leave from the front only: the newest candidate is still pending while the
+        // front is not newer than it. (Constant time: this is asked for every client message.)
+        self.copy != Copy::In
+            && self.copy_candidate.is_some_and(|c| self.pending.front().is_some_and(|front| front.seq <= c))
+    }
+
+    /// Whether a statement's text may run COPY (`may_copy`), remembered for the last text.
+    fn may_copy(&mut self, sql: &Arc<str>) -> bool {
+        if let Some((checked, answer)) = &self.copy_checked
+            && Arc::ptr_eq(checked, sql)
+        {
+            return *answer;
+        }
+        let answer = may_copy(sql);
+        self.copy_checked = Some((sql.clone(), answer));
+        answer
     }
 
     /// The client sent something other than COPY data during COPY FROM STDIN: the server fails
@@ -992,17 +1030,15 @@ impl ProtocolState {
                 self.pending.pop_front();
             }
             Backend::CopyResponse { tag, .. } => {
-                let extended = match self.pending.front().map(|p| &p.expect) {
-                    Some(Expect::Execute(_)) => true,
-                    Some(Expect::SimpleQuery(_)) => false,
-                    _ => return Err(ProtocolError::Server("COPY response outside a query".into())),
-                };
+                if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::Execute(_) | Expect::SimpleQuery(_)))
+                {
+                    return Err(ProtocolError::Server("COPY response outside a query".into()));
+                }
                 self.copy = match tag {
                     b'G' => Copy::In,
                     b'H' => Copy::Out,
                     _ => Copy::Both,
                 };
-                let _ = extended;
                 if self.copy == Copy::In {
                     // Nothing the client sends behind a statement that may begin a COPY FROM
                     // STDIN is relayed before the server shows whether it does
@@ -1643,7 +1679,25 @@ mod tests {
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
         s.on_frontend(&F::Query(b"select 1"), None).unwrap();
+        assert!(!s.copy_may_begin(), "not a COPY");
         s.on_backend(&Backend::decode(b'T', &[0, 0]).unwrap()).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"SELECT 0" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        // A COPY TO first in a query string: a COPY FROM may still follow.
+        s.on_frontend(&F::Query(b"copy t to stdout; copy t from stdin"), None).unwrap();
+        s.on_backend(&Backend::CopyResponse { tag: b'H', binary: false, columns: 1 }).unwrap();
+        assert!(s.copy_may_begin());
+        s.on_backend(&Backend::CopyDone).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COPY 1" }).unwrap();
+        s.on_backend(&Backend::CopyResponse { tag: b'G', binary: false, columns: 1 }).unwrap();
+        assert!(!s.copy_may_begin());
+        s.on_frontend(&F::CopyDone, None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"COPY 0" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        assert!(!s.copy_may_begin(), "answered");
+        // A poison standing in for a refused statement runs nothing.
+        s.on_frontend(&F::Query(b"WARDEN STATEMENT REFUSED copy"), Some(Vec::new())).unwrap();
+        assert!(!s.copy_may_begin());
     }
 
     #[test]
