@@ -474,18 +474,9 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, hea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroup::CgroupId, flow::KernelFacts};
 
     fn identity(n: usize) -> Identity {
-        let mut identity = Identity::from_facts(&KernelFacts {
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "psql".into(),
-            cgroup_id: CgroupId(1),
-            netns_cookie: 1,
-        });
+        let mut identity = Identity::psql_for_tests(1);
         identity.pod = Some(crate::identity::PodIdentity {
             namespace: "crm".into(),
             name: format!("etl-{n}"),

@@ -139,6 +139,22 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+impl Identity {
+    /// The identity of a psql process (pid 1, root) in cgroup `cgroup`, for tests.
+    pub(crate) fn psql_for_tests(cgroup: u64) -> Self {
+        Self::from_facts(&crate::flow::KernelFacts {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "psql".into(),
+            cgroup_id: crate::cgroup::CgroupId(cgroup),
+            netns_cookie: cgroup,
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -156,15 +172,7 @@ mod tests {
 
     #[test]
     fn a_pods_tenant_is_namespaced_whatever_its_labels_claim() {
-        let mut identity = Identity::from_facts(&KernelFacts {
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "psql".into(),
-            cgroup_id: CgroupId(7),
-            netns_cookie: 9,
-        });
+        let mut identity = Identity::psql_for_tests(7);
         identity.labels.insert("warden/identity".into(), "payments-api".into());
         assert_eq!(identity.tenant_key(), "identity:payments-api");
         identity.pod = Some(PodIdentity {
@@ -180,15 +188,7 @@ mod tests {
 
     #[test]
     fn identity_keeps_its_audit_field_names() {
-        let identity = Identity::from_facts(&KernelFacts {
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "psql".into(),
-            cgroup_id: CgroupId(7),
-            netns_cookie: 9,
-        });
+        let identity = Identity::psql_for_tests(7);
         let json = serde_json::to_value(&identity).expect("serialises");
         let keys: Vec<&str> = json.as_object().expect("an object").keys().map(String::as_str).collect();
         for key in [

@@ -34,6 +34,20 @@ fn after_login(steps: Vec<Step>) -> Vec<Step> {
     all
 }
 
+/// After start-up, with an empty temporary table `t(a int)`: `steps`.
+fn with_table(steps: Vec<Step>) -> Vec<Step> {
+    let mut all = after_login(vec![Step::Send(query("create temp table t(a int)")), Step::Read]);
+    all.extend(steps);
+    all
+}
+
+/// With `t` as above, inside `copy t from stdin` (the server waits for data): `steps`.
+fn in_copy(steps: Vec<Step>) -> Vec<Step> {
+    let mut all = with_table(vec![Step::Send(query("copy t from stdin")), Step::Read]);
+    all.extend(steps);
+    all
+}
+
 fn script(name: &str, steps: Vec<Step>) -> Script {
     Script { name: name.to_string(), steps, differs: None }
 }
@@ -309,59 +323,18 @@ fn corpus() -> Vec<Script> {
         ),
         script(
             "copy in failed by the client",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
-                Send([copy_data(b"1\n"), message(b'f', b"changed my mind\0")].concat()),
-                Read,
-            ]),
+            in_copy(vec![Send([copy_data(b"1\n"), message(b'f', b"changed my mind\0")].concat()), Read]),
         ),
-        script(
-            "copy in with a bad row",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
-                Send([copy_data(b"x\n"), message(b'c', &[])].concat()),
-                Read,
-            ]),
-        ),
+        script("copy in with a bad row", in_copy(vec![Send([copy_data(b"x\n"), message(b'c', &[])].concat()), Read])),
         script(
             "copy in, then terminate mid-copy",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
-                Send([copy_data(b"1\n"), terminate()].concat()),
-                Read,
-            ]),
+            in_copy(vec![Send([copy_data(b"1\n"), terminate()].concat()), Read]),
         ),
-        script(
-            "copy in, then a query instead of data",
-            after_login(vec![q("create temp table t(a int)"), Read, q("copy t from stdin"), Read, q("select 1"), Read]),
-        ),
-        script(
-            "copy in, then garbage instead of data",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
-                Send(message(b'Y', b"x")),
-                Read,
-            ]),
-        ),
+        script("copy in, then a query instead of data", in_copy(vec![q("select 1"), Read])),
+        script("copy in, then garbage instead of data", in_copy(vec![Send(message(b'Y', b"x")), Read])),
         script(
             "copy in with a sync and a flush among the data, bodies and all",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
+            in_copy(vec![
                 Send(
                     [
                         copy_data(b"1\n"),
@@ -379,22 +352,11 @@ fn corpus() -> Vec<Script> {
         ),
         script(
             "copy in failed without a terminated reason",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
-                Send(message(b'f', b"no terminator")),
-                Read,
-            ]),
+            in_copy(vec![Send(message(b'f', b"no terminator")), Read]),
         ),
         differing(
             "copy in, a bad row, then a sync, copy done and queries in one write",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
-                q("copy t from stdin"),
-                Read,
+            in_copy(vec![
                 Send([copy_data(b"x\n"), sync(), message(b'c', &[]), query("select 41"), query("select 42")].concat()),
                 Read,
             ]),
@@ -403,9 +365,7 @@ fn corpus() -> Vec<Script> {
         ),
         script(
             "an extended copy in with data, copy done and sync pipelined in one write",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
+            with_table(vec![
                 Send(
                     [
                         parse("", "copy t from stdin"),
@@ -424,9 +384,7 @@ fn corpus() -> Vec<Script> {
         ),
         script(
             "an extended copy in with its sync, as libpq sends it, then the data",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
+            with_table(vec![
                 Send([parse("", "copy t from stdin"), bind("", "", &[]), execute(""), sync()].concat()),
                 Read,
                 Send([copy_data(b"1\n"), message(b'c', &[]), sync()].concat()),
@@ -449,9 +407,7 @@ fn corpus() -> Vec<Script> {
         ),
         differing(
             "a slow statement, a copy in, a bad row, much data and a sync, pipelined",
-            after_login(vec![
-                q("create temp table t(a int)"),
-                Read,
+            with_table(vec![
                 Send(
                     [
                         parse("", "select pg_sleep(0.2)"),

@@ -769,3 +769,50 @@ fn a_statement_swapped_under_a_bound_sql_execute_is_refused_before_it_runs() {
     assert!(errors(&answer).is_empty(), "{answer:?}");
     drop(agent);
 }
+
+/// Behind a statement that may begin a COPY FROM STDIN, the client's next messages wait for the
+/// server's answer, and what the client sends meanwhile is read ahead only up to a bound: a
+/// client streaming such statements (and reading the answers, so the server keeps going) meets
+/// backpressure, and the agent's memory stays flat.
+#[test]
+fn a_client_whose_every_statement_waits_for_the_server_cannot_grow_the_agents_memory() {
+    let pg = Postgres::start();
+    let agent = Agent::start(&format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port));
+    let pid = agent.pid().expect("the agent runs");
+    let raw = Raw::login(&format!("127.0.0.1:{}", pg.port));
+    let mut reader = raw.0.try_clone().expect("clone");
+    let mut writer = raw.0;
+    let done = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            reader.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+            let mut sink = vec![0u8; 1 << 16];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(0) = reader.read(&mut sink) {
+                    break;
+                }
+            }
+        })
+    };
+    let before = rss_kib(pid);
+    let batch: Vec<u8> = (0..4096).flat_map(|_| testkit::raw::query("select 'copy'")).collect();
+    writer.set_write_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let (started, mut sent) = (Instant::now(), 0usize);
+    while started.elapsed() < Duration::from_secs(5) {
+        match writer.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("the session ended: {e}"),
+        }
+    }
+    let during = rss_kib(pid);
+    done.store(true, Ordering::Relaxed);
+    drop(writer);
+    let _ = drain.join();
+    assert!(sent > 1 << 20, "the client got to send ({sent} bytes)");
+    assert!(
+        during < before + 64 * 1024,
+        "the agent grew from {before} KiB to {during} KiB while the client sent {sent} bytes"
+    );
+}

@@ -141,6 +141,10 @@ pub fn stand_in(st: &mut ProtocolState, incoming: Incoming<'_>, available: usize
                 put_message(&mut bytes, b'S', b"");
                 return Ok(StandIn { bytes, consumed: total, ends: false });
             }
+            // Both recorded, or neither: a poison recorded and never sent would be owed forever.
+            if tag == b'S' && !st.room_for(2) {
+                return Err(ProtocolError::Client("too many messages awaiting the server's answers".into()));
+            }
             let extended = !matches!(tag, b'Q' | b'F');
             let (poison, mut bytes) = poison(extended);
             st.on_frontend(&poison, Some(replaced))?;

@@ -42,6 +42,14 @@ use crate::session::{
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
 const MAX_STREAMED: usize = 1 << 30;
 
+/// Wakes the client-to-server pump, while it holds a message back for the server
+/// (`ClientToServer::wait_for_server`), each time the server's answers are processed.
+#[derive(Default)]
+struct MovedOn {
+    notify: Notify,
+    waiting: AtomicBool,
+}
+
 /// How far the client-to-server pump got in a chunk: judged up to `pos`, written up to `flushed`.
 struct Cursor {
     pos: usize,
@@ -89,19 +97,19 @@ where
     let state = Mutex::new(ProtocolState::new());
     up_w.write_all(packet).await.map_err(SessionError::UpstreamIo)?;
     let answered = Notify::new();
-    let answered_more = Notify::new();
+    let moved_on = MovedOn::default();
     let mut to_server = ClientToServer {
         ctx,
         state: &state,
         bytes: packet.len() as u64,
         terminated: false,
         answered: &answered,
-        answered_more: &answered_more,
+        moved_on: &moved_on,
         held_input: BytesMut::new(),
         judged_messages: 0,
     };
     let draining = AtomicBool::new(false);
-    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &answered_more));
+    let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &moved_on));
     // Boxed, not pinned on the stack: when the client stops sending it is kept running (never
     // cancelled mid-message) to drain the server's answers, then dropped to free `client_w`.
     let mut server_side = Box::pin(to_client.pump(&mut up_r, &mut client_w));
@@ -327,7 +335,7 @@ struct ClientToServer<'a> {
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
     /// Woken when the server's answers move the session on (start-up, a statement answered).
-    answered_more: &'a Notify,
+    moved_on: &'a MovedOn,
     /// What the client sent while a statement of it was held (read to notice its departure;
     /// judged after the hold, in order).
     held_input: BytesMut,
@@ -399,8 +407,9 @@ impl ClientToServer<'_> {
     /// Waits while the message at the start of `buf` waits for the server (`incoming::waits`).
     /// Returns whether it waited. Waiting to see whether a COPY begins, the server is sent a
     /// Flush first: outside COPY it may hold its answer until asked for it (in COPY it ignores
-    /// the Flush). Meanwhile what the client sends is read on (into `held_input`, up to its
-    /// bound), so that a client that breaks off is noticed.
+    /// the Flush). Meanwhile what the client sends is read on (into `held_input`; with `buf`,
+    /// at most `MAX_HELD_INPUT` read ahead, else a client whose every statement waits would
+    /// make the buffer grow without end), so that a client that breaks off is noticed.
     async fn wait_for_server<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         buf: &[u8],
@@ -411,7 +420,9 @@ impl ClientToServer<'_> {
         let mut flushed = false;
         let mut client_ended = false;
         loop {
-            let answered = self.answered_more.notified();
+            let answered = self.moved_on.notify.notified();
+            // Before the check below: an answer processed after it is then signalled.
+            self.moved_on.waiting.store(true, Ordering::SeqCst);
             let (waits, copy) = match buf.first() {
                 Some(&tag) => {
                     let st = self.lock();
@@ -420,6 +431,7 @@ impl ClientToServer<'_> {
                 None => (false, false),
             };
             if !waits {
+                self.moved_on.waiting.store(false, Ordering::SeqCst);
                 return Ok(waited);
             }
             if copy && !flushed {
@@ -429,7 +441,7 @@ impl ClientToServer<'_> {
                 flushed = true;
             }
             waited = true;
-            let read_on = !client_ended && self.held_input.len() < MAX_HELD_INPUT;
+            let read_on = !client_ended && buf.len() + self.held_input.len() < MAX_HELD_INPUT;
             if read_on {
                 self.held_input.reserve(16 * 1024);
             }
@@ -614,7 +626,7 @@ impl ClientToServer<'_> {
             // Relay what came before, then wait: the client simply waits too.
             upstream.write_all(&buf[at.flushed..at.pos]).await.map_err(SessionError::UpstreamIo)?;
             at.flushed = at.pos;
-            verdict = match self.wait_for(decision, client).await? {
+            verdict = match self.wait_for(decision, client, buf.len() - at.pos).await? {
                 Verdict::AskAgain => self.judge(msg, message),
                 decided => decided,
             };
@@ -658,13 +670,16 @@ impl ClientToServer<'_> {
     /// Waits for a held statement's decision while reading what the client sends next (kept
     /// for after the hold): a client that leaves ends the session, which drops the hold (and so
     /// cancels its approval request) before anything of it ran.
+    /// `unprocessed`: the client's bytes already read and not yet judged (they count toward
+    /// the bound on what is read ahead).
     async fn wait_for<R: AsyncRead + Unpin>(
         &mut self,
         mut decision: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send>>,
         client: &mut R,
+        unprocessed: usize,
     ) -> Result<Verdict, SessionError> {
         loop {
-            if self.held_input.len() >= MAX_HELD_INPUT {
+            if unprocessed + self.held_input.len() >= MAX_HELD_INPUT {
                 return Ok(decision.await);
             }
             self.held_input.reserve(16 * 1024);
@@ -859,7 +874,7 @@ struct ServerToClient<'a> {
     /// Woken when the answer to the proxy's own query is complete.
     answered: &'a Notify,
     /// Woken when the server's answers move the session on.
-    answered_more: &'a Notify,
+    moved_on: &'a MovedOn,
 }
 
 impl<'a> ServerToClient<'a> {
@@ -868,7 +883,7 @@ impl<'a> ServerToClient<'a> {
         state: &'a Mutex<ProtocolState>,
         channel_binding_holds: bool,
         draining: &'a AtomicBool,
-        (answered, answered_more): (&'a Notify, &'a Notify),
+        (answered, moved_on): (&'a Notify, &'a MovedOn),
     ) -> Self {
         Self {
             ctx,
@@ -891,7 +906,7 @@ impl<'a> ServerToClient<'a> {
             draining,
             client_gone: false,
             answered,
-            answered_more,
+            moved_on,
         }
     }
 
@@ -1064,7 +1079,10 @@ impl<'a> ServerToClient<'a> {
         if st.internal_answered() {
             self.answered.notify_one();
         }
-        self.answered_more.notify_waiters();
+        // Only when the client side waits: no cost on the rows' path otherwise.
+        if self.moved_on.waiting.load(Ordering::SeqCst) {
+            self.moved_on.notify.notify_waiters();
+        }
         Ok(())
     }
 }

@@ -400,6 +400,11 @@ impl ProtocolState {
     }
 
     /// How many responses the server still owes.
+    /// Whether `n` more messages awaiting answers can be recorded.
+    pub fn room_for(&self, n: usize) -> bool {
+        self.pending.len() + n <= MAX_PENDING
+    }
+
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -624,7 +629,9 @@ impl ProtocolState {
             s.pushed += 1;
             let may_begin_copy = replace_error.is_none()
                 && match &expect {
-                    Expect::Execute(r) | Expect::SimpleQuery(r) => s.may_copy(&r.sql),
+                    // A portal's text may be unknown (empty); an empty query string runs nothing.
+                    Expect::Execute(r) => r.sql.is_empty() || s.may_copy(&r.sql),
+                    Expect::SimpleQuery(r) => s.may_copy(&r.sql),
                     _ => false,
                 };
             if may_begin_copy {
@@ -1250,9 +1257,9 @@ impl ProtocolState {
     }
 }
 
-/// Whether a statement's text may run COPY (it says so, in any case, or is not known).
+/// Whether a statement's text may run COPY: it says so, in any case.
 fn may_copy(sql: &str) -> bool {
-    sql.is_empty() || sql.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
+    sql.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 #[cfg(test)]
@@ -1697,6 +1704,9 @@ mod tests {
         assert!(!s.copy_may_begin(), "answered");
         // A poison standing in for a refused statement runs nothing.
         s.on_frontend(&F::Query(b"WARDEN STATEMENT REFUSED copy"), Some(Vec::new())).unwrap();
+        assert!(!s.copy_may_begin());
+        // An empty query string runs nothing (each would otherwise make the next one wait).
+        s.on_frontend(&F::Query(b""), None).unwrap();
         assert!(!s.copy_may_begin());
     }
 
