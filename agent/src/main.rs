@@ -111,6 +111,28 @@ enum PolicyCmd {
         /// The SQL text (several statements are judged one by one).
         sql: String,
     },
+    /// Judge the statements of the audit ring again with candidate policies: per identity and
+    /// rule, how many would be denied, held or masked, with examples, and which workloads
+    /// allowed now would break; and what the ring cannot tell.
+    Simulate {
+        /// The candidate policy files or directories (repeatable).
+        #[arg(long = "policies", value_name = "PATH", required = true)]
+        policies: Vec<PathBuf>,
+        /// Statements since: 30s, 10m, 24h, 7d, or epoch milliseconds (default: the whole ring).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this identity: its warden/identity label, command name or executable name.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only identities with this label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Only this database (as named in the agent's configuration).
+        #[arg(long)]
+        database: Option<String>,
+        #[command(flatten)]
+        source: RingSource,
+    },
     /// Measure what analysing and judging a statement costs (µs per statement, uncached and
     /// cached), with the given policies deciding for an identity with the given labels.
     Bench {
@@ -222,6 +244,13 @@ enum AuditCmd {
         /// allow, deny or hold.
         #[arg(long)]
         verdict: Option<String>,
+        /// Statements whose dry-run verdict differs from the real one in this way: deny, hold,
+        /// allow (what enforcing the dry-run policies and rules would change) or mask.
+        #[arg(long, value_name = "CHANGE", value_parser = ["deny", "hold", "allow", "mask"])]
+        would: Option<String>,
+        /// Statements that enforcing the dry-run policies and rules would refuse (--would deny).
+        #[arg(long, conflicts_with = "would")]
+        would_deny: bool,
         /// Record kind (statement, connection_open, ...).
         #[arg(long)]
         kind: Option<String>,
@@ -351,6 +380,20 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
     }
 }
 
+impl RingSource {
+    /// The ring file: --ring, else the configuration's.
+    fn ring(&self) -> Result<PathBuf> {
+        let config = self.config.as_deref().map(Config::load).transpose()?;
+        Ok(match (&self.ring, &config) {
+            (Some(ring), _) => ring.clone(),
+            (None, Some(c)) => c.audit.path.clone(),
+            (None, None) => Config::load(std::path::Path::new(DEFAULT_CONFIG))
+                .map(|c| c.audit.path)
+                .context("no --ring or --config given, and the default configuration could not be read")?,
+        })
+    }
+}
+
 fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
     use warden::audit::{
         cli::{self, Filter, Output},
@@ -359,13 +402,7 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
     // Statements with their outcomes merged in: what every command but `export --raw` shows.
     let load = |ring: &std::path::Path| cli::load(ring, 0).map(view::merged);
     let config = source.config.as_deref().map(Config::load).transpose()?;
-    let ring = match (&source.ring, &config) {
-        (Some(ring), _) => ring.clone(),
-        (None, Some(c)) => c.audit.path.clone(),
-        (None, None) => Config::load(std::path::Path::new(DEFAULT_CONFIG))
-            .map(|c| c.audit.path)
-            .context("no --ring or --config given, and the default configuration could not be read")?,
-    };
+    let ring = source.ring()?;
     let output = match source.output.as_str() {
         "table" => Output::Table,
         "json" => Output::Json,
@@ -381,14 +418,15 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
                 cli::follow(&ring, next, output)?;
             }
         }
-        AuditCmd::Query { identity, labels, database, verdict, kind, since, session } => {
+        AuditCmd::Query { identity, labels, database, verdict, would, would_deny, kind, since, session } => {
             let labels = labels
                 .iter()
                 .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
                 .collect::<Option<Vec<_>>>()
                 .context("--label: expected KEY=VALUE")?;
             let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
-            let filter = Filter { identity, labels, database, verdict, kind, session, since_ms };
+            let would = if would_deny { Some("deny".to_string()) } else { would };
+            let filter = Filter { identity, labels, database, verdict, would, kind, session, since_ms };
             cli::print(&cli::query(&load(&ring)?, &filter), output)?;
         }
         AuditCmd::Show { session } => {
@@ -475,6 +513,45 @@ fn policy(command: PolicyCmd) -> Result<ExitCode> {
             };
             let subject = Subject { labels: &labels, database: &database, user: user.as_deref() };
             print!("{}", explain(&set, &subject, &sql, &path));
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Simulate { policies, since, identity, labels, database, source } => {
+            use warden::audit::cli;
+            let set = PolicySet::load(&policies)
+                .map_err(|errors| anyhow::anyhow!("the candidate policies do not load:\n{errors}"))?;
+            let json = match source.output.as_str() {
+                "table" => false,
+                "json" => true,
+                other => anyhow::bail!("-o {other:?}: expected table or json"),
+            };
+            let labels = labels
+                .iter()
+                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect::<Option<Vec<_>>>()
+                .context("--label: expected KEY=VALUE")?;
+            let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
+            let ring = source.ring()?;
+            let entries = cli::load(&ring, 0).with_context(|| format!("reading the audit ring {}", ring.display()))?;
+            // The statements the filters keep (joined to their session's identity); every
+            // session record is read for the labels.
+            let filter = cli::Filter {
+                identity,
+                labels,
+                database,
+                kind: Some("statement".into()),
+                since_ms,
+                ..cli::Filter::default()
+            };
+            let kept: std::collections::HashSet<u64> = cli::query(&entries, &filter).iter().map(|e| e.seq).collect();
+            let records: Vec<serde_json::Value> = entries.into_iter().map(|e| e.value).collect();
+            let report = warden::govern::simulate::simulate(&set, &records, |r| {
+                r["seq"].as_u64().is_some_and(|seq| kept.contains(&seq))
+            });
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Bench { policies, labels, rounds } => {

@@ -62,6 +62,15 @@ struct StatementLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WouldLabels {
+    database: String,
+    /// How the would-be verdict differs: deny, hold, allow or mask.
+    would: &'static str,
+    policy: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
 }
@@ -74,6 +83,7 @@ pub struct Metrics {
     sampled: Arc<Mutex<Option<Sampled>>>,
     flows: Family<FlowLabels, Counter>,
     statements: Family<StatementLabels, Counter>,
+    would: Family<WouldLabels, Counter>,
     masked_values: Family<DatabaseLabels, Counter>,
     judgement: Histogram,
     connect: Histogram,
@@ -103,6 +113,12 @@ impl Metrics {
             "Statements judged, by database, class and decision (allow: forwarded; deny: refused; hold: held for approval)",
             statements.clone(),
         );
+        let would = Family::<WouldLabels, Counter>::default();
+        registry.register(
+            "statements_dryrun",
+            "Statements whose would-be verdict (dry-run policies and rules enforced) differs from the real one, by database, what enforcing would change (deny, hold, allow, mask), and the dry-run policy and rule",
+            would.clone(),
+        );
         let masked_values = Family::<DatabaseLabels, Counter>::default();
         registry.register("masked_values", "Result values masked or withheld, by database", masked_values.clone());
         // 5 µs to ~40 ms: a cached judgement is microseconds, a described one tens of them.
@@ -126,6 +142,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             flows,
             statements,
+            would,
             masked_values,
             judgement,
             connect,
@@ -176,6 +193,13 @@ impl Metrics {
     /// A statement was judged.
     pub fn statement(&self, database: &str, class: &'static str, decision: &'static str) {
         self.statements.get_or_create(&StatementLabels { database: database.to_string(), class, decision }).inc();
+    }
+
+    /// A statement's would-be verdict differs from its real one (`would`: deny, hold, allow,
+    /// mask), decided by `policy` and `rule` (names from the policy files: bounded).
+    pub fn would(&self, database: &str, would: &'static str, policy: &str, rule: &str) {
+        let labels = WouldLabels { database: database.to_string(), would, policy: policy.into(), rule: rule.into() };
+        self.would.get_or_create(&labels).inc();
     }
 
     /// The counter of masked values of `database` (kept by a result's filter).

@@ -70,6 +70,8 @@ pub struct Filter {
     pub database: Option<String>,
     /// allow, deny or hold (statements only).
     pub verdict: Option<String>,
+    /// How the dry-run verdict differs from the real one: deny, hold, allow or mask.
+    pub would: Option<String>,
     pub kind: Option<String>,
     pub session: Option<u64>,
     pub since_ms: Option<u64>,
@@ -90,6 +92,7 @@ pub fn query(entries: &[Entry], filter: &Filter) -> Vec<Entry> {
         .filter(|e| filter.database.as_ref().is_none_or(|d| e.value["database"].as_str() == Some(d)))
         .filter(|e| filter.since_ms.is_none_or(|t| e.at_ms() >= t))
         .filter(|e| filter.verdict.as_ref().is_none_or(|v| e.value["verdict"]["decision"].as_str() == Some(v)))
+        .filter(|e| filter.would.as_ref().is_none_or(|w| e.value["would"]["change"].as_str() == Some(w)))
         .filter(|e| {
             if filter.identity.is_none() && filter.labels.is_empty() {
                 return true;
@@ -217,8 +220,17 @@ fn summary_raw(e: &Entry) -> String {
         ),
         "statement" => {
             let text: String = s("text").chars().take(80).collect();
+            // A dry-run verdict that differs: what enforcing it would change, and by which rule.
+            let would = match v["would"]["change"].as_str() {
+                Some(change) => format!(
+                    " (dryrun: would {change} by {}/{})",
+                    v["would"]["policy"].as_str().unwrap_or("-"),
+                    v["would"]["rule"].as_str().unwrap_or("default")
+                ),
+                None => String::new(),
+            };
             format!(
-                "{} {} rows={} {}us{} {}",
+                "{} {}{would} rows={} {}us{} {}",
                 v["class"].as_str().unwrap_or("?"),
                 v["verdict"]["decision"].as_str().unwrap_or("?"),
                 v["rows"],

@@ -159,6 +159,88 @@ pub struct Statement {
     /// The role the session acted as when the statement was judged (absent: not known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Arc<str>>,
+    /// What dry-run policies and rules would have decided (absent: none selects the identity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<Would>,
+    /// What policy judged it by (absent: not judged by policy): `warden policy simulate`
+    /// judges it again from these.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<JudgedFacts>,
+}
+
+/// The would-be verdict of the dry-run policies and rules selecting a statement's identity:
+/// what enforcing them would have done. Recorded beside `verdict`, never enforced.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Would {
+    /// "allow", "deny" or "hold".
+    pub decision: &'static str,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+    /// Columns it would mask (or exempt).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskedColumn>,
+    /// How it differs from the real verdict: "deny", "hold", "allow" (another decision) or
+    /// "mask" (columns masked that are not now); absent when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
+}
+
+/// The facts policy judged a statement by, as `warden policy simulate` reads them back: its
+/// effects, and each relation and function named with the places it may resolve to, as
+/// `[schema, name]` pairs (`schema` null: any schema).
+#[derive(Debug, Clone)]
+pub struct JudgedFacts {
+    pub effects: crate::sql::ClassSet,
+    pub names: Arc<crate::session::JudgedNames>,
+}
+
+/// At most this many places (names times the places each may resolve to) are recorded, each
+/// part at most this long (PostgreSQL keeps 63 bytes of an identifier); a statement naming more
+/// is recorded with `incomplete: true`, and simulation says so.
+const MAX_FACT_PLACES: usize = 256;
+const MAX_FACT_NAME_BYTES: usize = 128;
+
+impl JudgedFacts {
+    fn fits(&self) -> bool {
+        let all = || self.names.relations.iter().chain(&self.names.functions).flatten();
+        all().count() <= MAX_FACT_PLACES
+            && all().all(|n| {
+                n.name.len() <= MAX_FACT_NAME_BYTES && n.schema.as_ref().is_none_or(|s| s.len() <= MAX_FACT_NAME_BYTES)
+            })
+    }
+}
+
+impl Serialize for JudgedFacts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        struct Names<'a>(&'a [Vec<crate::sql::ObjectName>]);
+        impl Serialize for Names<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(
+                    self.0.iter().map(|c| c.iter().map(|n| (n.schema.as_deref(), n.name.as_str())).collect::<Vec<_>>()),
+                )
+            }
+        }
+        let names = &self.names;
+        let complete = self.fits();
+        let mut map = s.serialize_map(None)?;
+        let effects: Vec<&str> = self.effects.iter().map(crate::sql::Class::as_str).collect();
+        map.serialize_entry("effects", &effects)?;
+        if complete {
+            map.serialize_entry("relations", &Names(&names.relations))?;
+            map.serialize_entry("functions", &Names(&names.functions))?;
+        } else {
+            map.serialize_entry("incomplete", &true)?;
+        }
+        if names.unscoped {
+            map.serialize_entry("unscoped", &true)?;
+        }
+        if !names.catalog {
+            map.serialize_entry("catalog", &false)?;
+        }
+        map.end()
+    }
 }
 
 /// How a forwarded statement ended.
@@ -567,6 +649,8 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
             masked: Vec::new(),
             tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
             role: Some("recsys".into()),
+            would: None,
+            facts: None,
         }));
         buf.clear();
         let at_ms = now_ms();

@@ -368,6 +368,8 @@ pub fn condense(event: &mut Event) {
     }
     statement.params = None;
     statement.tags = Arc::default();
+    // What simulation judges again by: a condensed record is not judged again.
+    statement.facts = None;
 }
 
 #[cfg(test)]
@@ -451,6 +453,8 @@ mod tests {
             masked: Vec::new(),
             tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
             role: None,
+            would: None,
+            facts: None,
         }))
     }
 

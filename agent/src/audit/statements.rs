@@ -150,6 +150,8 @@ impl SessionAudit {
                 reason,
                 approval: None,
                 mask: None,
+                would: None,
+                names: None,
             }]
         } else {
             parts
@@ -167,6 +169,8 @@ impl SessionAudit {
                     reason: reason.clone(),
                     approval: None,
                     mask: None,
+                    would: None,
+                    names: None,
                 })
                 .collect()
         };
@@ -266,6 +270,18 @@ impl SessionAudit {
             masked: judged.mask.as_ref().map(|m| m.masked.clone()).unwrap_or_default(),
             tags: subject.tags.clone(),
             role: subject.role.clone(),
+            would: judged.would.as_ref().map(|w| super::Would {
+                decision: w.decision.as_str(),
+                policy: w.policy.as_deref().map(str::to_string),
+                rule: w.rule.as_deref().map(str::to_string),
+                reason: w.reason.to_string(),
+                masked: w.mask.as_ref().map(|m| m.masked.clone()).unwrap_or_default(),
+                change: judged.would_change(),
+            }),
+            facts: judged
+                .names
+                .as_ref()
+                .map(|names| super::JudgedFacts { effects: judged.effects.with(judged.class), names: names.clone() }),
         }
     }
 
@@ -357,6 +373,8 @@ impl SessionHooks for SessionAudit {
             reason: Arc::from(message.as_str()),
             approval: None,
             mask: None,
+            would: None,
+            names: None,
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
@@ -463,6 +481,8 @@ mod tests {
             reason: Arc::from("class unknown"),
             approval: None,
             mask: None,
+            would: None,
+            names: None,
         };
         let v = verdict_of(&judged);
         assert_eq!(

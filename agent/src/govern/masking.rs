@@ -32,6 +32,9 @@ pub(super) struct SessionMasking {
     policy: Based<Option<Arc<MaskPolicy>>>,
     /// The masking context for the same basis, or why there is none.
     context: Based<Result<Arc<MaskContext>, Arc<str>>>,
+    /// The same with dry-run masking rules enforced (the would-be verdict's), when one applies.
+    would_policy: Based<Option<Arc<MaskPolicy>>>,
+    would_context: Based<Result<Arc<MaskContext>, Arc<str>>>,
     /// Cursors declared by forwarded statements: the plan of what a FETCH of them returns.
     pub cursors: std::collections::HashMap<String, Arc<PartMask>>,
 }
@@ -60,11 +63,42 @@ impl SessionGovern {
         policy
     }
 
-    /// The session's masking context under `policy`, or why there is none.
-    fn mask_context(&self, generation: u64, policy: &Arc<MaskPolicy>) -> Result<Arc<MaskContext>, Arc<str>> {
+    /// The masking policy with dry-run masking rules enforced, when a selected policy has any
+    /// (the would-be verdict plans with it; nothing is masked by it).
+    pub(super) fn would_mask_policy(
+        &self,
+        set: &PolicySet,
+        generation: u64,
+        selection: &Selection,
+    ) -> Option<Arc<MaskPolicy>> {
+        if !selection.dryrun_masks() {
+            return None;
+        }
+        let labels = self.labels();
+        let epoch = self.lock().facts_epoch;
+        let basis = (generation, epoch);
+        if let Some((b, p)) = &self.lock().masking.would_policy
+            && *b == basis
+        {
+            return p.clone();
+        }
+        let policy = selection.masking_would(set, &labels).map(Arc::new);
+        self.lock().masking.would_policy = Some((basis, policy.clone()));
+        policy
+    }
+
+    /// The session's masking context under `policy` (the would-be verdict's: `would`), or why
+    /// there is none.
+    fn mask_context(
+        &self,
+        generation: u64,
+        policy: &Arc<MaskPolicy>,
+        would: bool,
+    ) -> Result<Arc<MaskContext>, Arc<str>> {
         let mut state = self.lock();
         let basis = (generation, state.facts_epoch);
-        if let Some((b, c)) = &state.masking.context
+        let slot = if would { &state.masking.would_context } else { &state.masking.context };
+        if let Some((b, c)) = slot
             && *b == basis
         {
             return c.clone();
@@ -80,7 +114,11 @@ impl SessionGovern {
             (Facts::Unavailable(why), false) => Err(why.clone()),
             (Facts::NotRead, false) => Err(Arc::from("the session's catalog was not read yet")),
         };
-        state.masking.context = Some((basis, context.clone()));
+        if would {
+            state.masking.would_context = Some((basis, context.clone()));
+        } else {
+            state.masking.context = Some((basis, context.clone()));
+        }
         context
     }
 
@@ -106,6 +144,7 @@ impl SessionGovern {
         any_schema: bool,
         declared_here: &std::collections::HashMap<String, Arc<PartMask>>,
         redefined: bool,
+        would: bool,
     ) -> Result<Arc<PartMask>, String> {
         // Ending or rolling back a transaction reads no table: planned without the catalog,
         // which DDL earlier in the transaction made stale (the session could not end it else).
@@ -121,7 +160,7 @@ impl SessionGovern {
                 .into());
         }
         let context = self
-            .mask_context(generation, policy)
+            .mask_context(generation, policy, would)
             .map_err(|why| format!("masking needs the database's catalog, which is not known: {why}"))?;
         if ambiguous {
             return Err("its text cannot be read for certain, so what it returns cannot be masked".into());
@@ -174,7 +213,7 @@ impl SessionGovern {
             .and_then(|r| r.judgement.as_ref())
             .and_then(|j| j.parts.get(part.min(j.parts.len().saturating_sub(1))))
             .and_then(|p: &PartJudgement| p.mask.clone());
-        let filter: Box<dyn ResultFilter> = match self.mask_context(generation, &policy) {
+        let filter: Box<dyn ResultFilter> = match self.mask_context(generation, &policy, false) {
             Ok(context) => context.filter(plan.as_deref(), columns, copy)?,
             // No context (the catalog could not be read): every value withheld.
             Err(_) => Box::new(WithholdAll),

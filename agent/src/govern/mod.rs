@@ -13,6 +13,7 @@ mod hold;
 mod masking;
 pub mod reload;
 pub(crate) mod search_path;
+pub mod simulate;
 
 pub use search_path::contains_ci;
 
@@ -392,6 +393,9 @@ impl SessionGovern {
         };
         let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
         let mask_policy = self.mask_policy(&snapshot.set, snapshot.generation, &selection);
+        let would_mask_policy = self.would_mask_policy(&snapshot.set, snapshot.generation, &selection);
+        let mut declared_would: HashMap<String, Arc<crate::mask::plan::PartMask>> = HashMap::new();
+        let mut redefined_would = false;
         // Cursors declared by earlier statements of the same message.
         let mut declared_here: HashMap<String, Arc<crate::mask::plan::PartMask>> = HashMap::new();
         // DDL earlier in the same message (a dropped or renamed relation changes what a name
@@ -470,6 +474,7 @@ impl SessionGovern {
                 };
                 let relations: Vec<Vec<ObjectName>> =
                     analysis.relations.iter().map(|r| candidates(r, searched)).collect();
+                let catalog = matches!(view, CatalogView::Known(_) | CatalogView::OnPath(..));
                 // Functions stay "any schema": a built-in's name resolves to pg_catalog unless
                 // the catalog shows a user object that may stand for it (judged above).
                 let functions: Vec<Vec<ObjectName>> =
@@ -486,6 +491,7 @@ impl SessionGovern {
                 };
                 let mut decided = selection.decide(&snapshot.set, &facts);
                 let mut mask = None;
+                let mut mask_refusal = None;
                 if decided.action != Action::Deny
                     && let Some(policy) = &mask_policy
                 {
@@ -501,6 +507,7 @@ impl SessionGovern {
                         narrowed != Narrowed::None,
                         &declared_here,
                         redefined_here,
+                        false,
                     ) {
                         Ok(plan) => {
                             if let Some(name) = &plan.declares {
@@ -509,32 +516,61 @@ impl SessionGovern {
                             mask = Some(plan)
                         }
                         Err(why) => {
-                            decided = crate::policy::Decision {
-                                action: Action::Deny,
-                                policy: None,
-                                rule: Some(Arc::from("masking")),
-                                reason: format!("{why}; refused"),
-                                approval: None,
-                            };
+                            decided = masking_refusal(why);
+                            mask_refusal = Some(decided.clone());
                         }
                     }
                 }
-                if decided.action == Action::Allow && effects.contains(Class::Unknown) && selection.guards() {
-                    // What a statement does cannot be known: refused for an identity whose
-                    // policies refuse anything (fail closed), whatever their rules say of it.
-                    decided = crate::policy::Decision {
-                        action: Action::Deny,
-                        policy: None,
-                        rule: Some(Arc::from("fail-closed")),
-                        reason: format!(
-                            "class unknown ({}), and this identity's policies guard it: refused, failing closed",
-                            class_reason.as_deref().unwrap_or("not analysed")
-                        ),
-                        approval: None,
-                    };
-                }
+                // What a statement does cannot be known: refused for an identity whose policies
+                // refuse anything (fail closed), whatever their rules say of it.
+                decided = crate::policy::fail_closed(decided, &facts, selection.guards());
+                // The would-be verdict (dry-run policies and rules enforced): recorded, never
+                // enforced. Masking is planned again only where a dry-run masking rule applies.
+                let would = selection.decide_would(&snapshot.set, &facts).map(|mut w| {
+                    let mut would_mask = None;
+                    match (&would_mask_policy, w.action) {
+                        (_, Action::Deny) => {}
+                        (Some(policy), _) => match self.plan_part(
+                            policy,
+                            snapshot.generation,
+                            info,
+                            raw,
+                            part.ambiguous,
+                            &part.described,
+                            &analysis_of,
+                            &lookup,
+                            narrowed != Narrowed::None,
+                            &declared_would,
+                            redefined_would,
+                            true,
+                        ) {
+                            Ok(plan) => {
+                                if let Some(name) = &plan.declares {
+                                    declared_would.insert(name.clone(), plan.clone());
+                                }
+                                would_mask = Some(plan);
+                            }
+                            Err(why) => w = masking_refusal(why),
+                        },
+                        (None, _) => match &mask_refusal {
+                            Some(refused) => w = refused.clone(),
+                            None => would_mask = mask.clone(),
+                        },
+                    }
+                    let w = crate::policy::fail_closed(w, &facts, selection.would_guard());
+                    Arc::new(crate::session::WouldBe {
+                        decision: Decision::of(w.action),
+                        policy: w.policy,
+                        rule: w.rule,
+                        reason: Arc::from(w.reason),
+                        mask: would_mask,
+                    })
+                });
                 if mask_policy.is_some() && effects.contains(Class::Ddl) {
                     redefined_here = true;
+                }
+                if would_mask_policy.is_some() && effects.contains(Class::Ddl) {
+                    redefined_would = true;
                 }
                 if let Some(name) = &part.described.analysis.declares {
                     // A FETCH later in the same message reads the cursor declared here.
@@ -548,15 +584,18 @@ impl SessionGovern {
                     effects,
                     class_reason,
                     approval: decided.approval.clone(),
-                    decision: match decided.action {
-                        Action::Allow => Decision::Allow,
-                        Action::Deny => Decision::Deny,
-                        Action::RequireApproval => Decision::Hold,
-                    },
+                    decision: Decision::of(decided.action),
                     policy: decided.policy,
                     rule: decided.rule,
                     reason: Arc::from(decided.reason),
                     mask,
+                    would,
+                    names: Some(Arc::new(crate::session::JudgedNames {
+                        relations,
+                        functions,
+                        unscoped: analysis.unscoped,
+                        catalog,
+                    })),
                 }
             })
             .collect();
@@ -634,12 +673,41 @@ impl SessionGovern {
         }
     }
 
+    /// Counts the statements whose would-be verdict differs from the real one.
+    fn count_would(&self, judgement: &Judgement) {
+        let Some(metrics) = &self.governor.metrics else { return };
+        for part in &judgement.parts {
+            if let Some(change) = part.would_change()
+                && let Some(would) = &part.would
+            {
+                let rule = match (&would.rule, change) {
+                    (Some(rule), _) => rule.as_ref(),
+                    (None, "mask") => "masking",
+                    (None, _) => "default",
+                };
+                metrics.would(&self.database, change, would.policy.as_deref().unwrap_or(""), rule);
+            }
+        }
+    }
+
     /// A refusal of the message, recorded by `next`.
     fn refuse(&self, info: &StatementInfo<'_>, judgement: Judgement) -> Verdict {
         let (sqlstate, message) = refusal(&judgement);
         self.count(&judgement, Decision::Deny);
+        self.count_would(&judgement);
         self.next.on_refused(info, &judgement);
         Verdict::Deny { sqlstate, message }
+    }
+}
+
+/// The decision on a statement masking cannot guarantee (`why`).
+fn masking_refusal(why: String) -> crate::policy::Decision {
+    crate::policy::Decision {
+        action: Action::Deny,
+        policy: None,
+        rule: Some(Arc::from("masking")),
+        reason: format!("{why}; refused"),
+        approval: None,
     }
 }
 
@@ -733,7 +801,10 @@ impl SessionHooks for SessionGovern {
         // Needed where a policy may refuse something of this identity, whatever role it acts
         // as (the facts tell the role).
         let subject = Subject { labels: &labels, database: &self.database, user: None };
-        if snapshot.set.select(&subject).guards() {
+        let selection = snapshot.set.select(&subject);
+        // Dry-run policies count: their would-be verdicts are judged with the facts enforcing
+        // them would have (reading facts changes nothing a session is allowed).
+        if selection.guards() || selection.would_guard() {
             true
         } else {
             state.facts_not_needed = Some(snapshot.generation);
@@ -745,7 +816,9 @@ impl SessionHooks for SessionGovern {
         let snapshot = self.governor.snapshot();
         let labels = self.labels();
         let subject = Subject { labels: &labels, database: &self.database, user: None };
-        snapshot.set.select(&subject).masking(&snapshot.set, &labels).is_some()
+        let selection = snapshot.set.select(&subject);
+        // The would-be verdict's masking (dry-run masking rules) resolves through them too.
+        selection.masking(&snapshot.set, &labels).is_some() || selection.masking_would(&snapshot.set, &labels).is_some()
     }
 
     fn judgement_current(&self, judgement: &Judgement) -> bool {
@@ -869,6 +942,9 @@ impl SessionHooks for SessionGovern {
         if let (Some(metrics), Some(judgement)) = (&self.governor.metrics, &running.judgement) {
             for part in &judgement.parts {
                 metrics.statement(&self.database, part.class.as_str(), Decision::Allow.as_str());
+            }
+            if running.resumes.is_none() {
+                self.count_would(judgement);
             }
         }
         if let Some(judgement) = &running.judgement {

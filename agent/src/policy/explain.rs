@@ -134,9 +134,11 @@ pub fn facts_from_analysis(analysis: &Analysis, tags: BTreeMap<String, String>, 
 pub struct StatementExplanation {
     pub text: String,
     pub facts: OwnedFacts,
-    /// Each selected policy's decision.
-    pub per_policy: Vec<Decision>,
+    /// Each selected policy's decision, and with its dry-run rules enforced (when it has any).
+    pub per_policy: Vec<(Decision, Option<Decision>)>,
     pub decision: Decision,
+    /// The would-be decision with every dry-run policy and rule enforced (when one selects).
+    pub would: Option<Decision>,
 }
 
 /// What `warden policy explain` prints.
@@ -174,7 +176,10 @@ pub fn explain(set: &PolicySet, subject: &Subject<'_>, text: &str, path: &Search
         statements.push(StatementExplanation {
             text: statement.to_string(),
             per_policy: selection.decide_each(set, &view),
-            decision: selection.decide(set, &view),
+            decision: super::fail_closed(selection.decide(set, &view), &view, selection.guards()),
+            would: selection
+                .decide_would(set, &view)
+                .map(|would| super::fail_closed(would, &view, selection.would_guard())),
             facts,
         });
     }
@@ -270,11 +275,18 @@ impl fmt::Display for Explanation {
             writeln!(f, "  unscoped: {}", if facts.unscoped { "yes" } else { "no" })?;
             let tags: Vec<String> = facts.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(f, "  tags: {}", if tags.is_empty() { "none".into() } else { tags.join(", ") })?;
-            for d in &s.per_policy {
+            for (d, would) in &s.per_policy {
                 let by = d.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
                 writeln!(f, "  {}: {}{by}: {}", d.policy.as_deref().unwrap_or("-"), d.action, d.reason)?;
+                if let Some(w) = would.as_ref().filter(|w| *w != d) {
+                    let by = w.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
+                    writeln!(f, "    with its dry-run rules: would {}{by}: {}", w.action, w.reason)?;
+                }
             }
             writeln!(f, "  decision: {}", s.decision)?;
+            if let Some(would) = &s.would {
+                writeln!(f, "  would-be decision (dry-run enforced): {would}")?;
+            }
         }
         if self.statements.len() != 1 {
             writeln!(f)?;

@@ -320,6 +320,26 @@ impl Cx {
         ok.then_some(out)
     }
 
+    /// `mode: enforce | dryrun`: whether it is dry-run.
+    fn dryrun(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match self.string(node, path)? {
+            "enforce" => Some(false),
+            "dryrun" => Some(true),
+            other => {
+                let hint = if other.eq_ignore_ascii_case("dryrun")
+                    || other.eq_ignore_ascii_case("dry-run")
+                    || other == "dry_run"
+                {
+                    " (written `dryrun`)"
+                } else {
+                    ""
+                };
+                self.error(node.pos, format!("{path}: unknown mode `{other}`; expected enforce or dryrun{hint}"));
+                None
+            }
+        }
+    }
+
     fn action(&mut self, node: &Node, path: &str) -> Option<Action> {
         let text = self.string(node, path)?;
         let action = Action::from_name(text);
@@ -437,6 +457,8 @@ pub(crate) struct Spec {
     pub approval: ApprovalTerms,
     pub masks: Vec<MaskRule>,
     pub masking: MaskingSpec,
+    /// `mode: dryrun`: evaluated and recorded, never enforced.
+    pub dryrun: bool,
 }
 
 /// A rule's own approval terms: what it says, over its policy's.
@@ -551,8 +573,16 @@ impl Cx {
 
 fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     let before = cx.errors.len();
-    let spec =
-        cx.mapping(node, "spec", &["selector", "databases", "users", "rules", "default", "approval", "masking"])?;
+    let spec = cx.mapping(
+        node,
+        "spec",
+        &["selector", "databases", "users", "rules", "default", "approval", "masking", "mode"],
+    )?;
+    let dryrun = match spec.get("mode") {
+        Some(node) => cx.dryrun(node, "spec.mode"),
+        None => Some(false),
+    };
+    let policy_dryrun = dryrun.unwrap_or(false);
     let masking = match spec.get("masking") {
         Some(node) => compile_masking(cx, node),
         None => Some(MaskingSpec::default()),
@@ -604,14 +634,15 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
                 for (i, item) in items.iter().enumerate() {
                     let path = format!("spec.rules[{i}]");
                     if is_mask_rule(item) {
-                        if let Some((rule, name_node)) = compile_mask_rule(cx, item, &path, masking.as_ref())
+                        if let Some((rule, name_node)) =
+                            compile_mask_rule(cx, item, &path, masking.as_ref(), policy_dryrun)
                             && unique(cx, name_node, &path)
                         {
                             masks.push(rule);
                         }
                         continue;
                     }
-                    if let Some((rule, name_node)) = compile_rule(cx, item, &path) {
+                    if let Some((rule, name_node)) = compile_rule(cx, item, &path, policy_dryrun) {
                         if !unique(cx, name_node, &path) {
                             continue;
                         }
@@ -638,7 +669,17 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
     if cx.errors.len() != before {
         return None;
     }
-    Some(Spec { selector: selector?, databases, users, rules, default: default?, approval, masks, masking: masking? })
+    Some(Spec {
+        selector: selector?,
+        databases,
+        users,
+        rules,
+        default: default?,
+        approval,
+        masks,
+        masking: masking?,
+        dryrun: dryrun?,
+    })
 }
 
 /// Whether a rule is a masking rule (it has `mask`).
@@ -777,9 +818,11 @@ fn compile_mask_rule<'n>(
     node: &'n Node,
     path: &str,
     masking: Option<&MaskingSpec>,
+    policy_dryrun: bool,
 ) -> Option<(MaskRule, &'n Node)> {
     let before = cx.errors.len();
-    let fields = cx.mapping(node, path, &["name", "match", "mask", "exempt"])?;
+    let fields = cx.mapping(node, path, &["name", "match", "mask", "exempt", "mode"])?;
+    let dryrun = rule_mode(cx, &fields, path, policy_dryrun);
     if let Some(key) = fields.key("mask")
         && let Value::Map(pairs) = &node.value
         && pairs.iter().any(|(k, _)| k.as_str() == Some("action"))
@@ -836,7 +879,14 @@ fn compile_mask_rule<'n>(
     }
     let name_node = name_node?;
     Some((
-        MaskRule { name: Arc::from(name_node.as_str()?), columns, classifications, method: method?, exempt },
+        MaskRule {
+            name: Arc::from(name_node.as_str()?),
+            columns,
+            classifications,
+            method: method?,
+            exempt,
+            dryrun: dryrun?,
+        },
         name_node,
     ))
 }
@@ -989,9 +1039,25 @@ fn compile_requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requireme
 }
 
 /// A rule, and its name node (for mistakes found across rules).
-fn compile_rule<'n>(cx: &mut Cx, node: &'n Node, path: &str) -> Option<(Rule, &'n Node)> {
+/// A rule's `mode` (that of its policy when absent); a rule of a dry-run policy cannot be
+/// enforced.
+fn rule_mode(cx: &mut Cx, fields: &Fields<'_>, path: &str, policy_dryrun: bool) -> Option<bool> {
+    let Some(node) = fields.get("mode") else { return Some(policy_dryrun) };
+    let dryrun = cx.dryrun(node, &fields.path("mode"))?;
+    if policy_dryrun && !dryrun {
+        cx.error(
+            node.pos,
+            format!("{path}.mode: the policy is in dryrun mode (spec.mode), so every rule of it is; enforce it there"),
+        );
+        return None;
+    }
+    Some(dryrun || policy_dryrun)
+}
+
+fn compile_rule<'n>(cx: &mut Cx, node: &'n Node, path: &str, policy_dryrun: bool) -> Option<(Rule, &'n Node)> {
     let before = cx.errors.len();
-    let fields = cx.mapping(node, path, &["name", "match", "action", "approval"])?;
+    let fields = cx.mapping(node, path, &["name", "match", "action", "approval", "mode"])?;
+    let dryrun = rule_mode(cx, &fields, path, policy_dryrun);
     let name_node = fields.required(cx, "name", "");
     let name = name_node.and_then(|n| {
         let text = cx.string(n, &fields.path("name"))?;
@@ -1023,8 +1089,11 @@ fn compile_rule<'n>(cx: &mut Cx, node: &'n Node, path: &str) -> Option<(Rule, &'
     if cx.errors.len() != before {
         return None;
     }
-    let (name, action, matcher, name_node) = (name?, action?, matcher?, name_node?);
-    Some((Rule { name: Arc::from(name), action, matcher, line: name_node.pos.line, approval, terms: None }, name_node))
+    let (name, action, matcher, name_node, dryrun) = (name?, action?, matcher?, name_node?, dryrun?);
+    Some((
+        Rule { name: Arc::from(name), action, matcher, line: name_node.pos.line, approval, terms: None, dryrun },
+        name_node,
+    ))
 }
 
 fn compile_match(cx: &mut Cx, node: &Node, path: &str, action: Option<Action>) -> Option<Match> {
@@ -1118,9 +1187,11 @@ fn compile_match(cx: &mut Cx, node: &Node, path: &str, action: Option<Action>) -
 }
 
 /// Reports `rule` if an earlier rule of the same policy matches every statement it would (the
-/// first matching rule decides, so it could never decide).
+/// first matching rule decides, so it could never decide). An enforced rule is passed over only
+/// by enforced rules (dry-run rules before it never decide what is enforced); a dry-run rule by
+/// any (the would-be verdict evaluates them all).
 fn check_reachable(cx: &mut Cx, earlier: &[Rule], rule: &Rule, pos: Pos, path: &str) {
-    if let Some(e) = earlier.iter().find(|e| covers(e, rule)) {
+    if let Some(e) = earlier.iter().filter(|e| rule.dryrun || !e.dryrun).find(|e| covers(e, rule)) {
         let why = if e.matcher.is_catch_all() {
             format!("rule `{}` (line {}) before it matches every statement", e.name, e.line)
         } else {

@@ -7,7 +7,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{pattern::ColumnPattern, selector::LabelSelector};
-use crate::mask::{detect::Detectors, method::Method};
+use crate::{
+    mask::{detect::Detectors, method::Method},
+    sql::ObjectName,
+};
 
 /// A compiled masking rule.
 #[derive(Debug, Clone)]
@@ -18,6 +21,8 @@ pub(crate) struct MaskRule {
     pub method: Method,
     /// Identities that see clear values (audited as exempt).
     pub exempt: Option<LabelSelector>,
+    /// `mode: dryrun` (its own or its policy's): it masks only in the would-be verdict.
+    pub dryrun: bool,
 }
 
 /// What a policy does where masking cannot reach.
@@ -157,6 +162,24 @@ impl MaskPolicy {
             }
         }
         any.then_some(out)
+    }
+
+    /// The rules (policy, rule) that mask some column of one of `relations` for this identity
+    /// (a relation of unknown schema: of any schema).
+    pub fn rules_naming<'r>(&self, relations: impl Iterator<Item = &'r ObjectName>) -> Vec<(String, String)> {
+        let relations: Vec<&ObjectName> = relations.collect();
+        self.rules
+            .iter()
+            .filter(|r| !r.exempt)
+            .filter(|r| {
+                relations.iter().any(|rel| {
+                    r.columns.iter().any(|p| {
+                        rel.schema.as_deref().is_none_or(|s| p.schema.matches(s)) && p.table.matches(&rel.name)
+                    })
+                })
+            })
+            .map(|r| (r.policy.to_string(), r.rule.to_string()))
+            .collect()
     }
 
     /// The masking of column `schema.table.column`: the strictest rule that masks it, or an

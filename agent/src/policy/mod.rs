@@ -410,6 +410,8 @@ pub(crate) struct Rule {
     pub approval: Option<load::TermsOverride>,
     /// The terms in force for it (a `require_approval` rule only), merged at load.
     pub terms: Option<Arc<ApprovalTerms>>,
+    /// `mode: dryrun` (its own, or its policy's): it takes part only in the would-be verdict.
+    pub dryrun: bool,
 }
 
 impl Rule {
@@ -442,17 +444,31 @@ pub(crate) struct Policy {
     /// What a connection of a `protocol: tcp` database gets: the first catch-all rule, else the
     /// default (index of the rule).
     pub connection: (Action, Option<usize>),
-    /// Masking rules, and what the policy does where masking cannot reach.
+    /// Masking rules that are enforced, and what the policy does where masking cannot reach.
     pub masks: Vec<masking::MaskRule>,
     pub masking: masking::MaskingSpec,
+    /// `spec.mode: dryrun`: the policy takes part only in the would-be verdict.
+    pub dryrun: bool,
+    /// The policy or some rule of it is in dryrun mode.
+    pub has_dryrun: bool,
+    /// What `guards` would be with its dry-run rules enforced.
+    pub would_guard: bool,
+    /// Every masking rule, dry-run ones included (what the would-be verdict masks).
+    pub would_masks: Vec<masking::MaskRule>,
 }
 
 impl Policy {
     pub(crate) fn new(name: Arc<str>, file: Arc<Path>, line: u32, spec: load::Spec) -> Policy {
-        let guards = spec.default != Action::Allow
+        let dryrun = spec.dryrun;
+        let would_guard = spec.default != Action::Allow
             || spec.rules.iter().any(|r| r.action != Action::Allow)
             || !spec.masks.is_empty();
-        let connection = match spec.rules.iter().position(|r| r.matcher.is_catch_all()) {
+        let guards = !dryrun
+            && (spec.default != Action::Allow
+                || spec.rules.iter().any(|r| !r.dryrun && r.action != Action::Allow)
+                || spec.masks.iter().any(|m| !m.dryrun));
+        let has_dryrun = dryrun || spec.rules.iter().any(|r| r.dryrun) || spec.masks.iter().any(|m| m.dryrun);
+        let connection = match spec.rules.iter().position(|r| !r.dryrun && r.matcher.is_catch_all()) {
             Some(i) => (spec.rules[i].action, Some(i)),
             None => (spec.default, None),
         };
@@ -482,8 +498,12 @@ impl Policy {
             terms,
             guards,
             connection,
-            masks: spec.masks,
+            masks: if dryrun { Vec::new() } else { spec.masks.iter().filter(|m| !m.dryrun).cloned().collect() },
             masking: spec.masking,
+            dryrun,
+            has_dryrun,
+            would_guard,
+            would_masks: spec.masks,
         }
     }
 
@@ -494,14 +514,17 @@ impl Policy {
                 || subject.user.is_none_or(|user| self.users.iter().any(|(_, g)| g.matches(user))))
     }
 
-    /// The action and the deciding rule (index), first match wins; tags only narrow.
-    fn evaluate(&self, facts: &StatementFacts<'_>) -> (Action, Option<usize>) {
-        let first = self.rules.iter().position(|r| r.matches(facts));
+    /// The action and the deciding rule (index), first match wins; tags only narrow. `would`:
+    /// dry-run rules take part (the would-be verdict); otherwise they are passed over.
+    fn evaluate(&self, facts: &StatementFacts<'_>, would: bool) -> (Action, Option<usize>) {
+        let counts = |r: &Rule| would || !r.dryrun;
+        let first = self.rules.iter().position(|r| counts(r) && r.matches(facts));
         match first {
             Some(i) if self.rules[i].matcher.tags.is_some() => {
                 // A tagged rule decided: what would the policy say if the client had declared no
                 // tags? The stricter of the two stands, so a tag can never loosen.
-                let untagged = self.rules.iter().position(|r| r.matcher.tags.is_none() && r.matches(facts));
+                let untagged =
+                    self.rules.iter().position(|r| counts(r) && r.matcher.tags.is_none() && r.matches(facts));
                 let without = untagged.map_or(self.default, |u| self.rules[u].action);
                 if without.is_stricter_than(self.rules[i].action) {
                     (without, untagged)
@@ -601,7 +624,18 @@ impl PolicySet {
         let chosen: Vec<u32> =
             (0..self.policies.len() as u32).filter(|i| self.policies[*i as usize].selects(subject)).collect();
         let guards = chosen.iter().any(|i| self.policies[*i as usize].guards);
-        Selection { set: self.id, policies: Arc::from(chosen), guards }
+        let would_guard = chosen.iter().any(|i| self.policies[*i as usize].would_guard);
+        let dryrun = chosen.iter().any(|i| self.policies[*i as usize].has_dryrun);
+        let dryrun_masks = chosen.iter().any(|i| {
+            let p = &self.policies[*i as usize];
+            p.would_masks.len() != p.masks.len()
+        });
+        Selection { set: self.id, policies: Arc::from(chosen), guards, would_guard, dryrun, dryrun_masks }
+    }
+
+    /// Whether any policy has a dry-run part.
+    pub fn has_dryrun(&self) -> bool {
+        self.policies.iter().any(|p| p.has_dryrun)
     }
 }
 
@@ -611,6 +645,12 @@ pub struct Selection {
     set: u64,
     policies: Arc<[u32]>,
     guards: bool,
+    /// `guards` with dry-run policies and rules counted as enforced.
+    would_guard: bool,
+    /// Some selected policy or rule is in dryrun mode: statements get a would-be verdict.
+    dryrun: bool,
+    /// Some selected policy has masking rules in dryrun mode (the would-be verdict masks more).
+    dryrun_masks: bool,
 }
 
 /// The decision when the selection belongs to another set: fail closed (a caller bug).
@@ -635,9 +675,25 @@ fn unselected() -> Decision {
 }
 
 impl Selection {
-    /// Whether any selected policy can refuse something (a rule or default that is not allow).
+    /// Whether any selected policy can refuse something (a rule or default that is not allow);
+    /// dry-run policies and rules refuse nothing, so they do not count.
     pub fn guards(&self) -> bool {
         self.guards
+    }
+
+    /// Whether it would guard with its dry-run policies and rules enforced.
+    pub fn would_guard(&self) -> bool {
+        self.would_guard
+    }
+
+    /// Whether a selected policy or rule is in dryrun mode (statements get a would-be verdict).
+    pub fn dryrun(&self) -> bool {
+        self.dryrun
+    }
+
+    /// Whether a selected policy has masking rules in dryrun mode.
+    pub fn dryrun_masks(&self) -> bool {
+        self.dryrun_masks
     }
 
     /// Whether no policy selects the subject.
@@ -653,15 +709,29 @@ impl Selection {
         self.policies.iter().map(|i| &*set.policies[*i as usize].name).collect()
     }
 
-    /// The verdict for a statement: the most restrictive of the selected policies' decisions.
+    /// The verdict for a statement: the most restrictive of the selected policies' decisions
+    /// (dry-run policies and rules passed over).
     pub fn decide(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Decision {
+        self.decide_as(set, facts, false)
+    }
+
+    /// The would-be verdict: what `decide` would say with every dry-run policy and rule
+    /// enforced (`None` when none is selected).
+    pub fn decide_would(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Option<Decision> {
+        self.dryrun.then(|| self.decide_as(set, facts, true))
+    }
+
+    fn decide_as(&self, set: &PolicySet, facts: &StatementFacts<'_>, would: bool) -> Decision {
         if set.id != self.set {
             return stale();
         }
         let mut best: Option<(&Policy, Action, Option<usize>)> = None;
         for i in self.policies.iter() {
             let policy = &set.policies[*i as usize];
-            let (action, rule) = policy.evaluate(facts);
+            if policy.dryrun && !would {
+                continue;
+            }
+            let (action, rule) = policy.evaluate(facts, would);
             if best.as_ref().is_none_or(|(_, a, _)| action.is_stricter_than(*a)) {
                 best = Some((policy, action, rule));
                 if action == Action::Deny {
@@ -671,6 +741,14 @@ impl Selection {
         }
         match best {
             Some((policy, action, rule)) => policy.decision(action, rule, |r| r.describe(facts)),
+            // Every selected policy was passed over: each is in dryrun mode.
+            None if !self.is_empty() => Decision {
+                action: Action::Allow,
+                policy: None,
+                rule: None,
+                reason: "only dry-run policies select this identity".into(),
+                approval: None,
+            },
             None => unselected(),
         }
     }
@@ -678,29 +756,53 @@ impl Selection {
     /// The masking the selected policies give an identity with `labels` (`None`: no selected
     /// policy masks anything).
     pub fn masking(&self, set: &PolicySet, labels: &BTreeMap<String, String>) -> Option<masking::MaskPolicy> {
+        self.masking_as(set, labels, false)
+    }
+
+    /// The masking with every dry-run masking rule enforced (`None` when no selected policy or
+    /// rule is in dryrun mode, or nothing would be masked).
+    pub fn masking_would(&self, set: &PolicySet, labels: &BTreeMap<String, String>) -> Option<masking::MaskPolicy> {
+        if !self.dryrun_masks {
+            return None;
+        }
+        self.masking_as(set, labels, true)
+    }
+
+    fn masking_as(
+        &self,
+        set: &PolicySet,
+        labels: &BTreeMap<String, String>,
+        would: bool,
+    ) -> Option<masking::MaskPolicy> {
         if set.id != self.set {
             return None;
         }
         masking::MaskPolicy::build(
             self.policies.iter().map(|i| {
                 let p = &set.policies[*i as usize];
-                (&p.name, p.masks.as_slice(), &p.masking)
+                (&p.name, if would { p.would_masks.as_slice() } else { p.masks.as_slice() }, &p.masking)
             }),
             labels,
         )
     }
 
-    /// Each selected policy's own decision, in order (for `warden policy explain`).
-    pub fn decide_each(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Vec<Decision> {
+    /// Each selected policy's own decision, in order (for `warden policy explain`): as
+    /// enforced, and with its dry-run rules enforced when it has any.
+    pub fn decide_each(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Vec<(Decision, Option<Decision>)> {
         if set.id != self.set {
-            return vec![stale()];
+            return vec![(stale(), None)];
         }
         self.policies
             .iter()
             .map(|i| {
                 let policy = &set.policies[*i as usize];
-                let (action, rule) = policy.evaluate(facts);
-                policy.decision(action, rule, |r| r.describe(facts))
+                let (action, rule) = policy.evaluate(facts, false);
+                let enforced = policy.decision(action, rule, |r| r.describe(facts));
+                let would = policy.has_dryrun.then(|| {
+                    let (action, rule) = policy.evaluate(facts, true);
+                    policy.decision(action, rule, |r| r.describe(facts))
+                });
+                (enforced, would)
             })
             .collect()
     }
@@ -713,7 +815,7 @@ impl Selection {
             return stale();
         }
         let mut best: Option<(&Policy, Action, Option<usize>)> = None;
-        for i in self.policies.iter() {
+        for i in self.policies.iter().filter(|i| !set.policies[**i as usize].dryrun) {
             let policy = &set.policies[*i as usize];
             let (action, rule) = policy.connection;
             if best.as_ref().is_none_or(|(_, a, _)| action.is_stricter_than(*a)) {
@@ -745,9 +847,41 @@ impl Selection {
     }
 }
 
+/// The decision once failing closed: a statement `decided` allows whose effects include
+/// `unknown` (what it does cannot be known) is refused for an identity whose policies can refuse
+/// anything (`guards`), whatever their rules say of it; one only observe-only policies select is
+/// not (DESIGN.md, "Fail modes").
+pub fn fail_closed(decided: Decision, facts: &StatementFacts<'_>, guards: bool) -> Decision {
+    if decided.action != Action::Allow || !effects_of(facts).contains(Class::Unknown) || !guards {
+        return decided;
+    }
+    Decision {
+        action: Action::Deny,
+        policy: None,
+        rule: Some(Arc::from("fail-closed")),
+        reason: format!(
+            "class unknown ({}), and this identity's policies guard it: refused, failing closed",
+            facts.reason.unwrap_or("not analysed")
+        ),
+        approval: None,
+    }
+}
+
 /// Describes a policy's selection criteria (for `explain`).
 pub(crate) fn describe_scope(policy: &Policy) -> String {
     let mut parts = vec![format!("selector {}", policy.selector)];
+    if policy.dryrun {
+        parts.insert(0, "dryrun (evaluated and recorded, never enforced)".to_string());
+    } else if policy.has_dryrun {
+        let rules: Vec<&str> = policy
+            .rules
+            .iter()
+            .filter(|r| r.dryrun)
+            .map(|r| &*r.name)
+            .chain(policy.would_masks.iter().filter(|m| m.dryrun).map(|m| &*m.name))
+            .collect();
+        parts.push(format!("dryrun rules [{}]", rules.join(", ")));
+    }
     if !policy.databases.is_empty() {
         parts.push(format!("databases [{}]", policy.databases.join(", ")));
     }

@@ -139,7 +139,7 @@ fn unknown_fields_are_reported_at_their_key_with_a_suggestion() {
             "p.yaml:8:15: spec.rules[0].match: unknown field `clas`; expected one of class, relations, functions, \
              unscoped, tags (did you mean `class`?)",
             "p.yaml:10:3: spec: unknown field `defualt`; expected one of selector, databases, users, rules, default, \
-             approval, masking (did you mean `default`?)",
+             approval, masking, mode (did you mean `default`?)",
         ]
     );
 }
@@ -157,7 +157,7 @@ fn every_mistake_of_every_file_in_one_pass() {
     // The second document of a.yaml (from line 8) has an empty spec.
     assert_mistake(
         &found,
-        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, approval, masking, found nothing (null)",
+        "a.yaml:11:1: spec: expected a mapping with selector, databases, users, rules, default, approval, masking, mode, found nothing (null)",
     );
     assert_mistake(&found, "b.yaml:5:1: YAML syntax:");
 }
@@ -681,7 +681,7 @@ fn the_most_restrictive_policy_wins_ties_by_name() {
     let each = set
         .select(&Subject { labels: &l, database: "db", user: Some("app") })
         .decide_each(&set, &facts(Class::Write).view());
-    let actions: Vec<(Action, Option<&str>)> = each.iter().map(|d| (d.action, d.policy.as_deref())).collect();
+    let actions: Vec<(Action, Option<&str>)> = each.iter().map(|(d, _)| (d.action, d.policy.as_deref())).collect();
     assert_eq!(
         actions,
         vec![(Action::RequireApproval, Some("alpha")), (Action::Deny, Some("mid")), (Action::Allow, Some("zeta"))]
@@ -818,10 +818,11 @@ fn the_schema_names_what_the_loader_accepts() {
     );
     assert_eq!(
         fields(&schema["properties"]["spec"]["properties"]),
-        ["approval", "databases", "default", "masking", "rules", "selector", "users"]
+        ["approval", "databases", "default", "masking", "mode", "rules", "selector", "users"]
     );
-    assert_eq!(fields(&schema["$defs"]["actionRule"]["properties"]), ["action", "approval", "match", "name"]);
-    assert_eq!(fields(&schema["$defs"]["maskRule"]["properties"]), ["exempt", "mask", "match", "name"]);
+    assert_eq!(fields(&schema["$defs"]["actionRule"]["properties"]), ["action", "approval", "match", "mode", "name"]);
+    assert_eq!(fields(&schema["$defs"]["maskRule"]["properties"]), ["exempt", "mask", "match", "mode", "name"]);
+    assert_eq!(schema["$defs"]["mode"]["enum"], serde_json::json!(["enforce", "dryrun"]));
     assert_eq!(
         fields(&schema["$defs"]["maskRule"]["properties"]["match"]["properties"]),
         ["classifications", "columns"]
@@ -892,4 +893,99 @@ fn approval_mistakes_are_reported_where_written() {
     assert!(all.contains("spec.rules[1].approval.timeout: `2d`"), "{all}");
     assert!(all.contains("spec.rules[1].approval: unknown field `webhook`"), "{all}");
     assert!(all.contains("spec.rules[2].approval.timeout: `25h`: expected at least 1s and at most 24h"), "{all}");
+}
+
+// ---- dry-run ---------------------------------------------------------------------------------
+
+/// The real and the would-be decision for an unlabelled identity as role `app`.
+fn decide_both(set: &PolicySet, f: &F) -> (Decision, Option<Decision>) {
+    let l = everyone();
+    let selection = set.select(&Subject { labels: &l, database: "db", user: Some("app") });
+    (selection.decide(set, &f.view()), selection.decide_would(set, &f.view()))
+}
+
+#[test]
+fn dry_run_rules_decide_only_the_would_be_verdict() {
+    let set = policy(
+        "  selector: {}\n  rules:\n    - {name: no-deletes, match: {class: [write], unscoped: true}, action: deny, mode: dryrun}\n    - {name: writes-held, match: {class: [write]}, action: require_approval}\n",
+    );
+    let (real, would) = decide_both(&set, &facts(Class::Write).unscoped());
+    assert_eq!((real.action, real.rule.as_deref()), (Action::RequireApproval, Some("writes-held")));
+    let would = would.expect("a dry-run rule selects: there is a would-be verdict");
+    assert_eq!((would.action, would.rule.as_deref()), (Action::Deny, Some("no-deletes")));
+    // A statement the dry-run rule does not match: both the same.
+    let (real, would) = decide_both(&set, &facts(Class::Write));
+    assert_eq!(Some(real), would);
+    // A dry-run rule refuses nothing, so it does not make the identity guarded.
+    let l = everyone();
+    let only_dry =
+        policy("  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny, mode: dryrun}\n");
+    let selection = only_dry.select(&Subject { labels: &l, database: "db", user: None });
+    assert!(!selection.guards() && selection.would_guard() && selection.dryrun());
+    // Enforced: no policy guards, so a statement of unknown effect is not refused; would be.
+    let unknown = facts(Class::Unknown).reason("DO block");
+    let real = fail_closed(selection.decide(&only_dry, &unknown.view()), &unknown.view(), selection.guards());
+    assert_eq!(real.action, Action::Allow);
+    let would = selection.decide_would(&only_dry, &unknown.view()).expect("dry-run");
+    let would = fail_closed(would, &unknown.view(), selection.would_guard());
+    assert_eq!((would.action, would.rule.as_deref()), (Action::Deny, Some("fail-closed")));
+    // Without dry-run parts, no would-be verdict at all (nothing extra recorded).
+    let plain = policy("  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n");
+    assert_eq!(decide_both(&plain, &facts(Class::Ddl)).1, None);
+}
+
+#[test]
+fn a_dry_run_policy_is_passed_over_when_enforcing() {
+    let doc = |name: &str, body: &str| format!("{}{body}", HEAD.replace("name: p", &format!("name: {name}")));
+    let set = compile(&[(
+        "p.yaml",
+        &[
+            doc("candidate", "  selector: {}\n  mode: dryrun\n  default: deny\n  rules:\n    - {name: reads, match: {class: [read]}, action: allow}\n    - {name: masked, match: {columns: [\"public.users.email\"]}, mask: redact}\n"),
+            doc("live", "  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n"),
+        ]
+        .join("---\n"),
+    )])
+    .expect("valid");
+    let (real, would) = decide_both(&set, &facts(Class::Write));
+    assert_eq!((real.action, real.policy.as_deref()), (Action::Allow, Some("live")));
+    let would = would.expect("would-be verdict");
+    assert_eq!((would.action, would.policy.as_deref(), would.rule), (Action::Deny, Some("candidate"), None));
+    let (real, would) = decide_both(&set, &facts(Class::Read));
+    assert_eq!(real.action, Action::Allow);
+    assert_eq!(would.map(|w| w.action), Some(Action::Allow));
+    let l = everyone();
+    let selection = set.select(&Subject { labels: &l, database: "db", user: None });
+    // Its masking rule masks nothing for real, and is what the would-be verdict masks with.
+    assert!(selection.masking(&set, &l).is_none());
+    assert!(selection.dryrun_masks() && selection.masking_would(&set, &l).is_some_and(|m| m.masks));
+    // Only dry-run policies select: allowed, and said so.
+    let alone = policy("  selector: {}\n  mode: dryrun\n  default: deny\n");
+    let (real, would) = decide_both(&alone, &facts(Class::Read));
+    assert_eq!((real.action, real.reason.as_str()), (Action::Allow, "only dry-run policies select this identity"));
+    assert_eq!(would.map(|w| w.action), Some(Action::Deny));
+    // Connections of `protocol: tcp` databases: a dry-run policy refuses none.
+    let d = alone.select(&Subject { labels: &l, database: "db", user: None }).decide_connection(&alone);
+    assert_eq!(d.action, Action::Allow);
+}
+
+#[test]
+fn dry_run_mistakes_and_reachability() {
+    let found = spec_mistakes("  selector: {}\n  mode: dry-run\n");
+    assert_mistake(
+        &found,
+        "p.yaml:6:9: spec.mode: unknown mode `dry-run`; expected enforce or dryrun (written `dryrun`)",
+    );
+    let found = spec_mistakes(
+        "  selector: {}\n  mode: dryrun\n  rules:\n    - {name: r, match: {}, action: deny, mode: enforce}\n",
+    );
+    assert_mistake(&found, "p.yaml:8:48: spec.rules[0].mode: the policy is in dryrun mode");
+    // An enforced rule behind a dry-run rule that covers it still decides what is enforced.
+    policy(
+        "  selector: {}\n  rules:\n    - {name: all, match: {}, action: deny, mode: dryrun}\n    - {name: ddl, match: {class: [ddl]}, action: deny}\n",
+    );
+    // A dry-run rule behind an enforced one that covers it could never decide the would-be verdict.
+    let found = spec_mistakes(
+        "  selector: {}\n  rules:\n    - {name: all, match: {}, action: deny}\n    - {name: ddl, match: {class: [ddl]}, action: deny, mode: dryrun}\n",
+    );
+    assert_mistake(&found, "p.yaml:8:14: spec.rules[1]: rule `ddl` can never match");
 }

@@ -18,6 +18,15 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The decision a policy action makes.
+    pub fn of(action: crate::policy::Action) -> Decision {
+        match action {
+            crate::policy::Action::Allow => Decision::Allow,
+            crate::policy::Action::Deny => Decision::Deny,
+            crate::policy::Action::RequireApproval => Decision::Hold,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -52,6 +61,53 @@ pub struct PartJudgement {
     pub approval: Option<Arc<crate::policy::ApprovalTerms>>,
     /// What masking does to its results (none: nothing is masked for this identity).
     pub mask: Option<Arc<crate::mask::plan::PartMask>>,
+    /// What dry-run policies and rules would have decided (none: none selects the identity).
+    pub would: Option<Arc<WouldBe>>,
+    /// The names policy judged it by (none: it was not judged by policy).
+    pub names: Option<Arc<JudgedNames>>,
+}
+
+/// The would-be verdict of a statement: what the policies selecting its identity decide with
+/// every dry-run policy and rule enforced. Recorded beside the real verdict; never enforced.
+#[derive(Debug, Clone)]
+pub struct WouldBe {
+    pub decision: Decision,
+    pub policy: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
+    pub reason: Arc<str>,
+    /// The mask plan with dry-run masking rules enforced (none: the identity would have no
+    /// masking).
+    pub mask: Option<Arc<crate::mask::plan::PartMask>>,
+}
+
+/// The relations and functions policy judged a statement by, each with the places it may
+/// resolve to (`schema: None`: any schema), as they were at the time: what `warden policy
+/// simulate` judges the statement by again.
+#[derive(Debug, Clone, Default)]
+pub struct JudgedNames {
+    pub relations: Vec<Vec<crate::sql::ObjectName>>,
+    pub functions: Vec<Vec<crate::sql::ObjectName>>,
+    pub unscoped: bool,
+    /// Judged with the session's catalog (otherwise names resolved to any schema, and user
+    /// functions were unknown).
+    pub catalog: bool,
+}
+
+impl PartJudgement {
+    /// How the would-be verdict differs from the real one, if it does: `deny`, `hold` or
+    /// `allow` (a different decision), or `mask` (the same decision, with columns masked that
+    /// are not masked now).
+    pub fn would_change(&self) -> Option<&'static str> {
+        let would = self.would.as_ref()?;
+        if would.decision != self.decision {
+            return Some(would.decision.as_str());
+        }
+        let masked_now = |c: &crate::audit::MaskedColumn| {
+            self.mask.as_ref().is_some_and(|m| m.masked.iter().any(|n| n.column == c.column && n.method == c.method))
+        };
+        let more = would.mask.as_ref().is_some_and(|m| m.masked.iter().any(|c| c.method != "exempt" && !masked_now(c)));
+        more.then_some("mask")
+    }
 }
 
 /// A message's judgement: one part per statement (a simple-query string may hold many).

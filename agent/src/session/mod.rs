@@ -7,7 +7,7 @@ mod judgement;
 mod sqlstate;
 mod statement;
 
-pub use judgement::{Decision, Judgement, PartJudgement};
+pub use judgement::{Decision, JudgedNames, Judgement, PartJudgement, WouldBe};
 pub use sqlstate::SqlState;
 pub use statement::{DecodeParameters, Parameters, QueryProtocol, ResultColumn, Running};
 

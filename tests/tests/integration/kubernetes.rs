@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use testkit::{
     Agent, DEFAULT_AUDIT, Netns, PgOptions, Postgres, check,
     kubeapi::{FakeKubeApi, PodCgroup, Resource, pod},
-    output, psql, psql_argv, unique,
+    output, psql, psql_argv, sample, scrape, unique,
 };
 
 const NODE: &str = "node-1";
@@ -420,29 +420,6 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
     });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// One scrape of the agent's metrics port (plain HTTP/1.0, read to the end).
-fn scrape(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: warden\r\n\r\n").expect("request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer");
-    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-/// The sum of a metric's samples whose line contains every one of `having`.
-fn sample(metrics: &str, name: &str, having: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| having.iter().all(|h| l.contains(h)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

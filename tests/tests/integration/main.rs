@@ -19,3 +19,4 @@ mod postgres_drivers;
 mod postgres_hooks;
 mod postgres_robustness;
 mod postgres_tls_auth;
+mod rollout;

@@ -1528,6 +1528,8 @@ mod tests {
                 reason: Arc::from("test"),
                 approval: None,
                 mask: None,
+                would: None,
+                names: None,
             }],
             role: None,
             basis: (0, 0),
