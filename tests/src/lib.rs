@@ -775,3 +775,26 @@ pub fn sample(metrics: &str, name: &str, having: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// tokio-postgres connected to 127.0.0.1:`port` as postgres (through the redirect when that
+/// port is governed), its connection driven by a task of the current runtime.
+pub async fn pg_connect(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect through the proxy");
+    tokio::spawn(conn);
+    client
+}
+
+/// The server's message of a tokio-postgres error (or the error itself).
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+/// The SQLSTATE of a tokio-postgres error.
+pub fn db_code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
+}

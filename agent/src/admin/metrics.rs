@@ -71,6 +71,13 @@ struct WouldLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoppedLabels {
+    database: String,
+    policy: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
 }
@@ -84,6 +91,7 @@ pub struct Metrics {
     flows: Family<FlowLabels, Counter>,
     statements: Family<StatementLabels, Counter>,
     would: Family<WouldLabels, Counter>,
+    stopped: Family<StoppedLabels, Counter>,
     masked_values: Family<DatabaseLabels, Counter>,
     judgement: Histogram,
     connect: Histogram,
@@ -119,6 +127,12 @@ impl Metrics {
             "Statements whose would-be verdict (dry-run policies and rules enforced) differs from the real one, by database, what enforcing would change (deny, hold, allow, mask), and the dry-run policy and rule",
             would.clone(),
         );
+        let stopped = Family::<StoppedLabels, Counter>::default();
+        registry.register(
+            "statements_stopped",
+            "Statements stopped mid-stream at a volume limit, by database, policy and rule",
+            stopped.clone(),
+        );
         let masked_values = Family::<DatabaseLabels, Counter>::default();
         registry.register("masked_values", "Result values masked or withheld, by database", masked_values.clone());
         // 5 µs to ~40 ms: a cached judgement is microseconds, a described one tens of them.
@@ -143,6 +157,7 @@ impl Metrics {
             flows,
             statements,
             would,
+            stopped,
             masked_values,
             judgement,
             connect,
@@ -200,6 +215,12 @@ impl Metrics {
     pub fn would(&self, database: &str, would: &'static str, policy: &str, rule: &str) {
         let labels = WouldLabels { database: database.to_string(), would, policy: policy.into(), rule: rule.into() };
         self.would.get_or_create(&labels).inc();
+    }
+
+    /// A statement was stopped at a volume limit.
+    pub fn stopped(&self, database: &str, policy: &str, rule: &str) {
+        let labels = StoppedLabels { database: database.to_string(), policy: policy.into(), rule: rule.into() };
+        self.stopped.get_or_create(&labels).inc();
     }
 
     /// The counter of masked values of `database` (kept by a result's filter).

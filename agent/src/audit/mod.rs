@@ -166,6 +166,28 @@ pub struct Statement {
     /// judges it again from these.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<JudgedFacts>,
+    /// The volume limits its results are measured against.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitApplied>,
+}
+
+/// A volume limit that applies to a statement.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LimitApplied {
+    pub policy: String,
+    pub rule: String,
+    /// As people read it: "10000 rows per statement", "64MiB per 1m".
+    pub limit: String,
+}
+
+/// A statement stopped at a volume limit: by which rule, and how much of it was sent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stopped {
+    pub policy: String,
+    pub rule: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub reason: String,
 }
 
 /// The would-be verdict of the dry-run policies and rules selecting a statement's identity:
@@ -255,6 +277,8 @@ pub enum Outcome {
     NotRun,
     /// The session ended before the server said.
     Unknown,
+    /// Stopped mid-stream at a volume limit (its server work cancelled).
+    Stopped,
 }
 
 /// The outcome of a statement recorded earlier (same session, statement and part).
@@ -270,6 +294,9 @@ pub struct StatementEnd {
     pub duration_us: u64,
     /// SQLSTATE of the error the statement ended with.
     pub error: Option<String>,
+    /// Stopped at a volume limit (`outcome: stopped`; `rows` is what the client got).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
 }
 
 /// The policy decision about a statement.
@@ -651,6 +678,7 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
             role: Some("recsys".into()),
             would: None,
             facts: None,
+            limits: Vec::new(),
         }));
         buf.clear();
         let at_ms = now_ms();

@@ -455,6 +455,7 @@ mod tests {
             role: None,
             would: None,
             facts: None,
+            limits: Vec::new(),
         }))
     }
 
@@ -468,6 +469,7 @@ mod tests {
             command_tag: Some("SELECT 1".into()),
             duration_us: 10,
             error: None,
+            stopped: None,
         }))
     }
 

@@ -152,6 +152,7 @@ impl SessionAudit {
                 mask: None,
                 would: None,
                 names: None,
+                limit: None,
             }]
         } else {
             parts
@@ -171,6 +172,7 @@ impl SessionAudit {
                     mask: None,
                     would: None,
                     names: None,
+                    limit: None,
                 })
                 .collect()
         };
@@ -282,24 +284,55 @@ impl SessionAudit {
                 .names
                 .as_ref()
                 .map(|names| super::JudgedFacts { effects: judged.effects.with(judged.class), names: names.clone() }),
+            limits: judged
+                .limit
+                .as_ref()
+                .map(|l| {
+                    l.limits
+                        .iter()
+                        .map(|l| super::LimitApplied {
+                            policy: l.policy.to_string(),
+                            rule: l.rule.to_string(),
+                            limit: l.cap.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
     fn end(&self, running: &Running, part: u32, outcome: Outcome, tag: Option<&str>, error: Option<&str>) {
+        self.end_with(running, part, outcome, tag, error, None);
+    }
+
+    fn end_with(
+        &self,
+        running: &Running,
+        part: u32,
+        outcome: Outcome,
+        tag: Option<&str>,
+        error: Option<&str>,
+        stopped: Option<super::Stopped>,
+    ) {
         // Completions past the cap belong to the last part (the rest of the string).
         let part = part.min(MAX_PARTS as u32 - 1);
         // EmptyQueryResponse has no command tag.
         let tag = tag.filter(|t| !t.is_empty());
         let tag_rows = tag.and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let rows = match &stopped {
+            Some(s) => s.rows,
+            None => running.rows.max(tag_rows),
+        };
         self.shared.log.record(Event::StatementEnd(Box::new(StatementEnd {
             session: self.session,
             statement: running.resumes.unwrap_or(running.id),
             part,
             outcome,
-            rows: running.rows.max(tag_rows),
+            rows,
             command_tag: tag.map(str::to_string),
             duration_us: running.started.elapsed().as_micros() as u64,
             error: error.map(str::to_string),
+            stopped,
         })));
     }
 
@@ -375,6 +408,7 @@ impl SessionHooks for SessionAudit {
             mask: None,
             would: None,
             names: None,
+            limit: None,
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
@@ -444,6 +478,17 @@ impl SessionHooks for SessionAudit {
         self.end(running, 0, Outcome::Suspended, None, None);
     }
 
+    fn on_stopped(&self, running: &Running, cut: &crate::session::hooks::Cut) {
+        let stopped = super::Stopped {
+            policy: cut.policy.to_string(),
+            rule: cut.rule.to_string(),
+            rows: cut.rows,
+            bytes: cut.bytes,
+            reason: cut.message.clone(),
+        };
+        self.end_with(running, running.completed, Outcome::Stopped, None, Some(cut.sqlstate.as_str()), Some(stopped));
+    }
+
     fn on_query_end(&self, running: &Running) {
         // Statements after a failed one did not run. Without a failure, fewer completions than
         // parts means the server saw other statement boundaries than the splitter (a function
@@ -483,6 +528,7 @@ mod tests {
             mask: None,
             would: None,
             names: None,
+            limit: None,
         };
         let v = verdict_of(&judged);
         assert_eq!(

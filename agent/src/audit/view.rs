@@ -60,6 +60,9 @@ fn merge_end(statement: &mut Value, end: &Value) {
     map.insert("outcome".into(), end["outcome"].clone());
     map.insert("command_tag".into(), end["command_tag"].clone());
     map.insert("error".into(), end["error"].clone());
+    if end["stopped"].is_object() {
+        map.insert("stopped".into(), end["stopped"].clone());
+    }
     if let Some(at) = end["at_ms"].as_u64() {
         map.insert("ended_at_ms".into(), Value::from(at));
     }

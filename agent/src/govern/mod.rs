@@ -14,6 +14,7 @@ mod masking;
 pub mod reload;
 pub(crate) mod search_path;
 pub mod simulate;
+pub mod volume;
 
 pub use search_path::contains_ci;
 
@@ -71,6 +72,8 @@ pub struct Governor {
     mask_keys: Option<std::path::PathBuf>,
     /// Statements counted by class and decision, judgement times, masked values.
     metrics: Option<Arc<crate::admin::metrics::Metrics>>,
+    /// The windows of `per` volume limits, shared by the host's sessions.
+    windows: volume::Windows,
 }
 
 /// Which session of which workload a judgement is for (what an approval request shows).
@@ -90,6 +93,7 @@ impl Governor {
             mask_key: ArcSwap::from_pointee(crate::mask::keys::Key::ephemeral()),
             mask_keys: None,
             metrics: None,
+            windows: volume::Windows::default(),
         }
     }
 
@@ -220,7 +224,17 @@ struct SessionState {
     facts_epoch: u64,
     /// Masking: the identity's policy, the session's context, declared cursors' plans.
     masking: masking::SessionMasking,
+    /// Volume limits: the count of each statement being read (by statement and part; a
+    /// portal read in pieces keeps its count), and of each cursor across its FETCHes.
+    volumes: HashMap<(u64, usize), Arc<volume::Volume>>,
+    cursor_volumes: HashMap<String, Arc<volume::Volume>>,
+    /// The limits of the statement each cursor was declared with.
+    cursor_limits: HashMap<String, Arc<volume::PartLimit>>,
 }
+
+/// Statement counts kept per session (beyond it they are forgotten, and a portal resumed
+/// after that is taken to have returned its cap: fail closed).
+const MAX_VOLUMES: usize = 4096;
 
 /// How long a session's facts are trusted before they are read again at an idle point.
 const FACTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -369,6 +383,14 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
+        let (cursor_limits, cursor_volumes) = if selection.has_limits() {
+            let state = self.lock();
+            (state.cursor_limits.clone(), state.cursor_volumes.clone())
+        } else {
+            (HashMap::new(), HashMap::new())
+        };
+        let mut declared_limits: HashMap<String, Arc<volume::PartLimit>> = HashMap::new();
+        let tenant = self.origin.as_ref().map_or_else(|| "unattributed".to_string(), |o| o.identity.tenant_key());
         let (mut cursors, mut builtins_untrusted, facts, path) = {
             let state = self.lock();
             let facts = match (&state.facts, state.catalog_stale) {
@@ -524,6 +546,47 @@ impl SessionGovern {
                 // What a statement does cannot be known: refused for an identity whose policies
                 // refuse anything (fail closed), whatever their rules say of it.
                 decided = crate::policy::fail_closed(decided, &facts, selection.guards());
+                // Volume limits: those its facts match and, for a FETCH, its cursor's.
+                let limit = if selection.has_limits() {
+                    let mut limits = selection.limits(&snapshot.set, &facts);
+                    let fetched = part.described.analysis.fetches.as_ref();
+                    if let Some(declared) =
+                        fetched.and_then(|c| declared_limits.get(c).or_else(|| cursor_limits.get(c)))
+                    {
+                        for l in &declared.limits {
+                            if !limits.iter().any(|m| m.policy == l.policy && m.rule == l.rule) {
+                                limits.push(l.clone());
+                            }
+                        }
+                    }
+                    (!limits.is_empty()).then(|| {
+                        let windows = limits
+                            .iter()
+                            .filter(|l| l.cap.per.is_some())
+                            .map(|l| (l.clone(), self.governor.windows.get(l, &tenant)))
+                            .collect();
+                        let cursor = fetched.map(|c| cursor_volumes.get(c).cloned().unwrap_or_default());
+                        Arc::new(volume::PartLimit { limits, windows, cursor })
+                    })
+                } else {
+                    None
+                };
+                if let Some(limit) = &limit {
+                    if decided.action != Action::Deny
+                        && let Some((by, why)) = limit.refusal()
+                    {
+                        decided = crate::policy::Decision {
+                            action: Action::Deny,
+                            policy: Some(by.policy),
+                            rule: Some(by.rule),
+                            reason: why,
+                            approval: None,
+                        };
+                    }
+                    if let Some(name) = &part.described.analysis.declares {
+                        declared_limits.insert(name.clone(), limit.clone());
+                    }
+                }
                 // The would-be verdict (dry-run policies and rules enforced): recorded, never
                 // enforced. Masking is planned again only where a dry-run masking rule applies.
                 let would = selection.decide_would(&snapshot.set, &facts).map(|mut w| {
@@ -590,6 +653,7 @@ impl SessionGovern {
                     reason: Arc::from(decided.reason),
                     mask,
                     would,
+                    limit,
                     names: Some(Arc::new(crate::session::JudgedNames {
                         relations,
                         functions,
@@ -673,6 +737,15 @@ impl SessionGovern {
         }
     }
 
+    /// Forgets the counts of `running`'s statement once it ended (a portal suspended keeps its).
+    fn forget_volumes(&self, running: &Running) {
+        let mut state = self.lock();
+        if !state.volumes.is_empty() {
+            let id = running.resumes.unwrap_or(running.id);
+            state.volumes.retain(|(s, _), _| *s != id);
+        }
+    }
+
     /// Counts the statements whose would-be verdict differs from the real one.
     fn count_would(&self, judgement: &Judgement) {
         let Some(metrics) = &self.governor.metrics else { return };
@@ -711,11 +784,16 @@ fn masking_refusal(why: String) -> crate::policy::Decision {
     }
 }
 
-/// The SQLSTATE and message a refused message's client gets: the policy, rule and reason.
+/// The SQLSTATE and message a refused message's client gets: the policy, rule and reason
+/// (54000 when a volume limit refused it, 42501 otherwise).
 fn refusal(judgement: &Judgement) -> (SqlState, String) {
     let Some((i, part)) = judgement.refusing_part() else {
         return (SqlState::INSUFFICIENT_PRIVILEGE, "warden: statement refused".into());
     };
+    let by_limit = part.limit.as_ref().is_some_and(|l| {
+        l.limits.iter().any(|x| Some(&x.policy) == part.policy.as_ref() && Some(&x.rule) == part.rule.as_ref())
+    });
+    let sqlstate = if by_limit { SqlState::PROGRAM_LIMIT_EXCEEDED } else { SqlState::INSUFFICIENT_PRIVILEGE };
     let which = match judgement.parts.len() {
         1 => String::new(),
         _ => format!(" {} of {}", i + 1, judgement.parts.len()),
@@ -733,7 +811,7 @@ fn refusal(judgement: &Judgement) -> (SqlState, String) {
         ),
         _ => format!("warden: statement{which} refused by {by}: {}", part.reason),
     };
-    (SqlState::INSUFFICIENT_PRIVILEGE, message)
+    (sqlstate, message)
 }
 
 /// A part standing for a message whose text cannot be read.
@@ -996,9 +1074,17 @@ impl SessionHooks for SessionGovern {
                 }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
+                        // Forgotten cursors are FETCHed as unknown (refused where guarded), so
+                        // their counts go with them.
                         state.cursors.clear();
+                        state.cursor_limits.clear();
+                        state.cursor_volumes.clear();
                     }
                     state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
+                    match &part.limit {
+                        Some(limit) => state.cursor_limits.insert(name.clone(), limit.clone()),
+                        None => state.cursor_limits.remove(name),
+                    };
                 }
                 if describe::may_change_session_identity(part.effects) && state.role.is_some() {
                     // SET ROLE, SET SESSION AUTHORIZATION, or code that may run them: the role
@@ -1027,11 +1113,71 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_complete(&self, running: Option<&Running>, tag: &str) {
+        if let Some(r) = running {
+            if tag == "DECLARE CURSOR"
+                && let Some(name) = r
+                    .judgement
+                    .as_ref()
+                    .and_then(|j| j.parts.get(r.completed as usize))
+                    .and_then(|p| p.described.analysis.declares.as_ref())
+            {
+                // The server declares a name only when no cursor holds it: a new cursor, counted
+                // from nothing.
+                let mut state = self.lock();
+                state.cursor_volumes.remove(name);
+            }
+            self.forget_volumes(r);
+        }
         self.next.on_complete(running, tag);
     }
 
     fn on_error(&self, running: Option<&Running>, sqlstate: SqlState) {
+        if let Some(r) = running {
+            self.forget_volumes(r);
+        }
         self.next.on_error(running, sqlstate);
+    }
+
+    fn limits_results(&self) -> bool {
+        let snapshot = self.governor.snapshot();
+        self.selection(&snapshot).has_limits()
+    }
+
+    fn result_limit(&self, running: &Running, part: usize) -> Option<Arc<dyn crate::session::hooks::ResultLimit>> {
+        let judgement = running.judgement.as_ref()?;
+        let limit = judgement.parts.get(part.min(judgement.parts.len().saturating_sub(1)))?.limit.as_ref()?;
+        let key = (running.resumes.unwrap_or(running.id), part);
+        let fetched = judgement.parts.get(part).and_then(|p| p.described.analysis.fetches.as_ref());
+        let volume = {
+            let mut state = self.lock();
+            if let (Some(name), Some(judged)) = (fetched, &limit.cursor) {
+                // Every FETCH of the cursor adds to its count.
+                state.cursor_volumes.entry(name.clone()).or_insert_with(|| judged.clone()).clone()
+            } else {
+                if state.volumes.len() >= MAX_VOLUMES && !state.volumes.contains_key(&key) {
+                    state.volumes.clear();
+                }
+                match state.volumes.get(&key) {
+                    Some(v) => v.clone(),
+                    // A portal resumed whose count was forgotten: taken to be at its cap.
+                    None if running.resumes.is_some() => volume::Volume::exhausted(),
+                    None => {
+                        let v = Arc::new(volume::Volume::default());
+                        state.volumes.insert(key, v.clone());
+                        v
+                    }
+                }
+            }
+        };
+        Some(limit.measure(volume))
+    }
+
+    fn on_stopped(&self, running: &Running, cut: &crate::session::hooks::Cut) {
+        self.forget_volumes(running);
+        if let Some(metrics) = &self.governor.metrics {
+            metrics.stopped(&self.database, &cut.policy, &cut.rule);
+        }
+        self.next.on_stopped(running, cut);
     }
 
     fn on_suspended(&self, running: &Running) {
@@ -1047,6 +1193,7 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_abandoned(&self, running: &Running) {
+        self.forget_volumes(running);
         self.next.on_abandoned(running);
     }
 

@@ -557,6 +557,7 @@ mod tests {
             role: Some("app".into()),
             would: None,
             facts: Some(JudgedFacts { effects: ClassSet::of(&[class]), names: Arc::new(names) }),
+            limits: Vec::new(),
         };
         let mut v = serde_json::to_value(crate::audit::Event::Statement(Box::new(record))).expect("serialises");
         v["at_ms"] = json!(1_000);

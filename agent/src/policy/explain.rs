@@ -139,6 +139,8 @@ pub struct StatementExplanation {
     pub decision: Decision,
     /// The would-be decision with every dry-run policy and rule enforced (when one selects).
     pub would: Option<Decision>,
+    /// The volume limits its results would be measured against.
+    pub limits: Vec<super::limits::Limit>,
 }
 
 /// What `warden policy explain` prints.
@@ -180,6 +182,7 @@ pub fn explain(set: &PolicySet, subject: &Subject<'_>, text: &str, path: &Search
             would: selection
                 .decide_would(set, &view)
                 .map(|would| super::fail_closed(would, &view, selection.would_guard())),
+            limits: selection.limits(set, &view),
             facts,
         });
     }
@@ -286,6 +289,9 @@ impl fmt::Display for Explanation {
             writeln!(f, "  decision: {}", s.decision)?;
             if let Some(would) = &s.would {
                 writeln!(f, "  would-be decision (dry-run enforced): {would}")?;
+            }
+            for l in &s.limits {
+                writeln!(f, "  volume limit: {} by policy {}, rule {}", l.cap, l.policy, l.rule)?;
             }
         }
         if self.statements.len() != 1 {

@@ -459,6 +459,8 @@ pub(crate) struct Spec {
     pub masking: MaskingSpec,
     /// `mode: dryrun`: evaluated and recorded, never enforced.
     pub dryrun: bool,
+    /// Volume limit rules.
+    pub limits: Vec<super::limits::LimitRule>,
 }
 
 /// A rule's own approval terms: what it says, over its policy's.
@@ -614,6 +616,7 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
         }
     }
     let mut rules = Vec::new();
+    let mut limits = Vec::new();
     if let Some(node) = spec.get("rules") {
         match &node.value {
             Value::Seq(items) => {
@@ -633,6 +636,14 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
                 };
                 for (i, item) in items.iter().enumerate() {
                     let path = format!("spec.rules[{i}]");
+                    if is_limit_rule(item) {
+                        if let Some((rule, name_node)) = compile_limit_rule(cx, item, &path, policy_dryrun)
+                            && unique(cx, name_node, &path)
+                        {
+                            limits.push(rule);
+                        }
+                        continue;
+                    }
                     if is_mask_rule(item) {
                         if let Some((rule, name_node)) =
                             compile_mask_rule(cx, item, &path, masking.as_ref(), policy_dryrun)
@@ -679,7 +690,86 @@ fn compile_spec(cx: &mut Cx, node: &Node) -> Option<Spec> {
         masks,
         masking: masking?,
         dryrun: dryrun?,
+        limits,
     })
+}
+
+/// Whether a rule is a volume limit rule (it has `limit`).
+fn is_limit_rule(node: &Node) -> bool {
+    matches!(&node.value, Value::Map(pairs) if pairs.iter().any(|(k, _)| k.as_str() == Some("limit")))
+}
+
+/// `{name, match, limit: {rows, bytes, per}}`.
+fn compile_limit_rule<'n>(
+    cx: &mut Cx,
+    node: &'n Node,
+    path: &str,
+    policy_dryrun: bool,
+) -> Option<(super::limits::LimitRule, &'n Node)> {
+    let before = cx.errors.len();
+    let fields = cx.mapping(node, path, &["name", "match", "limit", "mode"])?;
+    if let Value::Map(pairs) = &node.value
+        && let Some((key, _)) = pairs.iter().find(|(k, _)| matches!(k.as_str(), Some("action" | "mask")))
+    {
+        cx.error(
+            key.pos,
+            format!("{path}: a rule either limits (`limit`), masks (`mask`) or acts (`action`), one of them"),
+        );
+    }
+    if policy_dryrun || fields.get("mode").is_some_and(|m| m.as_str() == Some("dryrun")) {
+        let at = fields.get("mode").map_or(node.pos, |m| m.pos);
+        cx.error(
+            at,
+            format!(
+                "{path}: volume limits cannot be dry-run yet (a dry-run policy has none); enforce it, or leave it out"
+            ),
+        );
+    } else if let Some(mode) = fields.get("mode") {
+        cx.dryrun(mode, &fields.path("mode"));
+    }
+    let name_node = fields.required(cx, "name", "");
+    if let Some(n) = name_node
+        && let Some(text) = cx.string(n, &fields.path("name"))
+        && let Err(e) = check_rule_name(text)
+    {
+        cx.error(n.pos, format!("{path}.name: {e}"));
+    }
+    let matcher = fields
+        .required(cx, "match", " (write `match: {}` to limit every statement)")
+        .and_then(|n| compile_match(cx, n, &fields.path("match"), Some(Action::Deny)));
+    let mut cap = None;
+    if let Some(l) = fields.required(cx, "limit", " (rows, bytes, per)")
+        && let Some(lf) = cx.mapping(l, &fields.path("limit"), &["rows", "bytes", "per"])
+    {
+        let rows = lf.get("rows").and_then(|n| match n.scalar_text().and_then(|t| t.parse::<u64>().ok()) {
+            Some(r) if r > 0 && matches!(n.value, Value::Scalar { .. }) => Some(r),
+            _ => {
+                cx.error(n.pos, format!("{path}.limit.rows: expected a number of rows of at least 1"));
+                None
+            }
+        });
+        let bytes = lf.get("bytes").and_then(|n| match n.scalar_text().map(super::limits::parse_size) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => {
+                cx.error(n.pos, format!("{path}.limit.bytes: {e}"));
+                None
+            }
+            None => {
+                cx.type_error(n, &lf.path("bytes"), "a size such as 1048576, 10MB or 64MiB");
+                None
+            }
+        });
+        let per = lf.get("per").and_then(|n| cx.duration(n, &lf.path("per")));
+        if lf.get("rows").is_none() && lf.get("bytes").is_none() {
+            cx.error(l.pos, format!("{path}.limit: a limit caps `rows`, `bytes` or both"));
+        }
+        cap = Some(super::limits::Cap { rows, bytes, per });
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    let name_node = name_node?;
+    Some((super::limits::LimitRule { name: Arc::from(name_node.as_str()?), matcher: matcher?, cap: cap? }, name_node))
 }
 
 /// Whether a rule is a masking rule (it has `mask`).

@@ -46,6 +46,7 @@
 
 mod error;
 pub mod explain;
+pub mod limits;
 mod load;
 pub mod masking;
 pub(crate) mod pattern;
@@ -455,6 +456,8 @@ pub(crate) struct Policy {
     pub would_guard: bool,
     /// Every masking rule, dry-run ones included (what the would-be verdict masks).
     pub would_masks: Vec<masking::MaskRule>,
+    /// Volume limit rules (every one whose match holds applies).
+    pub limits: Vec<limits::LimitRule>,
 }
 
 impl Policy {
@@ -462,11 +465,13 @@ impl Policy {
         let dryrun = spec.dryrun;
         let would_guard = spec.default != Action::Allow
             || spec.rules.iter().any(|r| r.action != Action::Allow)
-            || !spec.masks.is_empty();
+            || !spec.masks.is_empty()
+            || !spec.limits.is_empty();
         let guards = !dryrun
             && (spec.default != Action::Allow
                 || spec.rules.iter().any(|r| !r.dryrun && r.action != Action::Allow)
-                || spec.masks.iter().any(|m| !m.dryrun));
+                || spec.masks.iter().any(|m| !m.dryrun)
+                || !spec.limits.is_empty());
         let has_dryrun = dryrun || spec.rules.iter().any(|r| r.dryrun) || spec.masks.iter().any(|m| m.dryrun);
         let connection = match spec.rules.iter().position(|r| !r.dryrun && r.matcher.is_catch_all()) {
             Some(i) => (spec.rules[i].action, Some(i)),
@@ -504,6 +509,7 @@ impl Policy {
             has_dryrun,
             would_guard,
             would_masks: spec.masks,
+            limits: spec.limits,
         }
     }
 
@@ -630,7 +636,8 @@ impl PolicySet {
             let p = &self.policies[*i as usize];
             p.would_masks.len() != p.masks.len()
         });
-        Selection { set: self.id, policies: Arc::from(chosen), guards, would_guard, dryrun, dryrun_masks }
+        let limits = chosen.iter().any(|i| !self.policies[*i as usize].limits.is_empty());
+        Selection { set: self.id, policies: Arc::from(chosen), guards, would_guard, dryrun, dryrun_masks, limits }
     }
 
     /// Whether any policy has a dry-run part.
@@ -651,6 +658,8 @@ pub struct Selection {
     dryrun: bool,
     /// Some selected policy has masking rules in dryrun mode (the would-be verdict masks more).
     dryrun_masks: bool,
+    /// Some selected policy has volume limit rules.
+    limits: bool,
 }
 
 /// The decision when the selection belongs to another set: fail closed (a caller bug).
@@ -694,6 +703,30 @@ impl Selection {
     /// Whether a selected policy has masking rules in dryrun mode.
     pub fn dryrun_masks(&self) -> bool {
         self.dryrun_masks
+    }
+
+    /// Whether a selected policy has volume limit rules.
+    pub fn has_limits(&self) -> bool {
+        self.limits
+    }
+
+    /// The volume limits that apply to a statement: every limit rule of the selected policies
+    /// whose match holds.
+    pub fn limits(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Vec<limits::Limit> {
+        if !self.limits || set.id != self.set {
+            return Vec::new();
+        }
+        self.policies
+            .iter()
+            .map(|i| &set.policies[*i as usize])
+            .flat_map(|p| {
+                p.limits.iter().filter(|l| l.applies(facts)).map(|l| limits::Limit {
+                    policy: p.name.clone(),
+                    rule: l.name.clone(),
+                    cap: l.cap,
+                })
+            })
+            .collect()
     }
 
     /// Whether no policy selects the subject.

@@ -823,6 +823,8 @@ fn the_schema_names_what_the_loader_accepts() {
     assert_eq!(fields(&schema["$defs"]["actionRule"]["properties"]), ["action", "approval", "match", "mode", "name"]);
     assert_eq!(fields(&schema["$defs"]["maskRule"]["properties"]), ["exempt", "mask", "match", "mode", "name"]);
     assert_eq!(schema["$defs"]["mode"]["enum"], serde_json::json!(["enforce", "dryrun"]));
+    assert_eq!(fields(&schema["$defs"]["limitRule"]["properties"]), ["limit", "match", "mode", "name"]);
+    assert_eq!(fields(&schema["$defs"]["limitRule"]["properties"]["limit"]["properties"]), ["bytes", "per", "rows"]);
     assert_eq!(
         fields(&schema["$defs"]["maskRule"]["properties"]["match"]["properties"]),
         ["classifications", "columns"]
@@ -988,4 +990,40 @@ fn dry_run_mistakes_and_reachability() {
         "  selector: {}\n  rules:\n    - {name: all, match: {}, action: deny}\n    - {name: ddl, match: {class: [ddl]}, action: deny, mode: dryrun}\n",
     );
     assert_mistake(&found, "p.yaml:8:14: spec.rules[1]: rule `ddl` can never match");
+}
+
+// ---- volume limits -----------------------------------------------------------------------------
+
+#[test]
+fn limit_rules_apply_whenever_they_match_and_their_mistakes_are_named() {
+    let set = policy(
+        "  selector: {}\n  rules:\n    - {name: reads, match: {class: [read]}, limit: {rows: 10000, bytes: 64MiB}}\n    - {name: crm, match: {relations: ['crm.*']}, limit: {rows: 500, per: 1m}}\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n",
+    );
+    let l = everyone();
+    let selection = set.select(&Subject { labels: &l, database: "db", user: None });
+    assert!(selection.has_limits() && selection.guards(), "a limit guards the identity");
+    let crm = facts(Class::Read).relation(&["crm.customers"]);
+    let limits = selection.limits(&set, &crm.view());
+    let names: Vec<(&str, String)> = limits.iter().map(|l| (&*l.rule, l.cap.to_string())).collect();
+    assert_eq!(
+        names,
+        vec![("reads", "10000 rows or 64MiB per statement".to_string()), ("crm", "500 rows per 1m".to_string())]
+    );
+    assert_eq!(selection.decide(&set, &crm.view()).action, Action::Allow, "limits take no part in the verdict");
+    assert!(selection.limits(&set, &facts(Class::Write).view()).is_empty());
+    // An unresolvable relation may be one the rule names: the limit applies.
+    assert_eq!(selection.limits(&set, &facts(Class::Write).relation(&[]).view()).len(), 1);
+
+    let found = spec_mistakes("  selector: {}\n  rules:\n    - {name: a, match: {}, limit: {}}\n");
+    assert_mistake(&found, "p.yaml:7:35: spec.rules[0].limit: a limit caps `rows`, `bytes` or both");
+    let found =
+        spec_mistakes("  selector: {}\n  rules:\n    - {name: a, match: {}, limit: {rows: 0, bytes: 1TB, per: 2d}}\n");
+    assert_mistake(&found, "p.yaml:7:42: spec.rules[0].limit.rows: expected a number of rows of at least 1");
+    assert_mistake(&found, "p.yaml:7:52: spec.rules[0].limit.bytes: `1TB`: unknown unit");
+    assert_mistake(&found, "p.yaml:7:62: spec.rules[0].limit.per: `2d`");
+    let found = spec_mistakes("  selector: {}\n  rules:\n    - {name: a, match: {}, limit: {rows: 5}, action: deny}\n");
+    assert_mistake(&found, "p.yaml:7:46: spec.rules[0]: a rule either limits");
+    let found =
+        spec_mistakes("  selector: {}\n  mode: dryrun\n  rules:\n    - {name: a, match: {}, limit: {rows: 5}}\n");
+    assert_mistake(&found, "p.yaml:8:7: spec.rules[0]: volume limits cannot be dry-run yet");
 }

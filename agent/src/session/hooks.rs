@@ -224,6 +224,47 @@ pub trait SessionHooks: Send + Sync {
     /// The session's client sent a cancel request (on another connection, as the protocol
     /// does): a statement held for approval is cancelled, never run later.
     fn on_cancel_request(&self) {}
+
+    /// Whether any result of the session may be capped (`result_limit`): when false, rows are
+    /// relayed without being counted against a limit (asked once per batch of messages read).
+    fn limits_results(&self) -> bool {
+        false
+    }
+
+    /// A result begins (rows, or COPY data) of `running` (statement `part` of its message, or
+    /// more rows of a portal it resumes): the volume limit its rows are counted against, if any.
+    fn result_limit(&self, _running: &Running, _part: usize) -> Option<std::sync::Arc<dyn ResultLimit>> {
+        None
+    }
+
+    /// A statement was stopped at a volume limit (`cut`): what the server sends to end it is
+    /// replaced by the cut's error, and this is called in place of `on_complete` / `on_error`.
+    fn on_stopped(&self, _running: &Running, _cut: &Cut) {}
+}
+
+/// A volume limit on what one statement returns (rows and bytes of DataRows, or of COPY data:
+/// PostgreSQL sends one CopyData per row). The relay asks for an allowance, sends up to it,
+/// reports what it sent, and asks again when the next row would not fit.
+pub trait ResultLimit: Send + Sync {
+    /// Rows and bytes that may still be sent now (`u64::MAX`: no limit of that kind).
+    fn allowance(&self) -> (u64, u64);
+    /// `rows` rows of `bytes` bytes were sent to the client.
+    fn sent(&self, rows: u64, bytes: u64);
+    /// The next row does not fit: why the statement is stopped.
+    fn crossed(&self) -> Cut;
+}
+
+/// Why a statement was stopped at a volume limit, and how much of it was sent.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub sqlstate: SqlState,
+    /// What the client is told (names the policy and rule).
+    pub message: String,
+    pub policy: std::sync::Arc<str>,
+    pub rule: std::sync::Arc<str>,
+    /// Rows and bytes of this statement the client got.
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 /// The hooks of a session with no policy: everything is allowed.

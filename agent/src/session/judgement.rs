@@ -65,6 +65,8 @@ pub struct PartJudgement {
     pub would: Option<Arc<WouldBe>>,
     /// The names policy judged it by (none: it was not judged by policy).
     pub names: Option<Arc<JudgedNames>>,
+    /// The volume limits its results are measured against (none: no limit applies).
+    pub limit: Option<Arc<crate::govern::volume::PartLimit>>,
 }
 
 /// The would-be verdict of a statement: what the policies selecting its identity decide with

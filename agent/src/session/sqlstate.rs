@@ -14,6 +14,8 @@ impl SqlState {
     pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
     /// A resource the statement needs (the audit trail) is unavailable.
     pub const INSUFFICIENT_RESOURCES: SqlState = SqlState(*b"53000");
+    /// A volume limit stopped or refused the statement.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState(*b"54000");
 
     /// A code as a server sent it: `None` unless it is five digits or upper-case letters.
     pub fn parse(code: &[u8]) -> Option<SqlState> {

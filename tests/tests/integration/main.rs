@@ -20,3 +20,4 @@ mod postgres_hooks;
 mod postgres_robustness;
 mod postgres_tls_auth;
 mod rollout;
+mod volume;

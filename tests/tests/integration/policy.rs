@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::{Agent, Postgres, check, output, psql_bin, warden_bin, workspace_root};
+use testkit::{
+    Agent, Postgres, check, db_code as code, db_message as message, output, pg_connect as connect, psql_bin,
+    warden_bin, workspace_root,
+};
 
 const BASELINE: &str = "baseline.yaml";
 
@@ -219,25 +222,6 @@ fn everyone(rules: &str, default: &str) -> String {
     format!(
         "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: everyone}}\nspec:\n  selector: {{}}\n  rules:{rules}  default: {default}\n"
     )
-}
-
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect through the proxy");
-    tokio::spawn(conn);
-    client
-}
-
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
 }
 
 #[tokio::test(flavor = "current_thread")]

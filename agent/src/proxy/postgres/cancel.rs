@@ -96,3 +96,40 @@ pub(super) async fn forward_cancel(
     let _ = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut sink)).await;
     Ok(())
 }
+
+/// A CancelRequest packet for the backend `pid` with `key`.
+pub(super) fn cancel_packet(pid: i32, key: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + key.len());
+    packet.extend_from_slice(&(12 + key.len() as u32).to_be_bytes());
+    packet.extend_from_slice(&(crate::pg::frame::CANCEL_REQUEST as u32).to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(key);
+    packet
+}
+
+/// Cancels what the session's backend (`pid`, `key`) runs, from a task of its own: the
+/// receiver hears when the server has taken the request (it closed the connection), or that
+/// sending it failed (logged).
+pub(super) fn cancel_in_background(ctx: &SessionContext, pid: i32, key: &[u8]) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, heard) = tokio::sync::oneshot::channel();
+    let packet = cancel_packet(pid, key);
+    let key = key.to_vec();
+    let ctx = SessionContext {
+        database: ctx.database.clone(),
+        database_index: ctx.database_index,
+        orig_dst: ctx.orig_dst,
+        dial: ctx.dial.clone(),
+        client_tls: None,
+        max_message: ctx.max_message,
+        hooks: ctx.hooks.clone(),
+        cancels: ctx.cancels.clone(),
+        live: None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = forward_cancel(&ctx, &packet, pid, &key).await {
+            tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a statement stopped at a volume limit failed");
+        }
+        let _ = done.send(());
+    });
+    heard
+}

@@ -36,8 +36,12 @@ use crate::pg::{
 };
 use crate::session::{
     Parameters, ResultColumn, SessionFacts, SqlState,
-    hooks::{CopyLayout, ResultColumns, ResultFilter, Rewrite, StatementInfo, Step, Verdict},
+    hooks::{CopyLayout, Cut, ResultColumns, ResultFilter, ResultLimit, Rewrite, StatementInfo, Step, Verdict},
 };
+
+/// How long the answer to a stopped statement waits for its cancel to be taken by the server
+/// (so that a late cancel cannot hit the client's next statement).
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// PostgreSQL's own limit on a message (MaxAllocSize); streamed messages are bounded by it.
 const MAX_STREAMED: usize = 1 << 30;
@@ -190,11 +194,7 @@ where
             // Both legs: what the server runs is cancelled first (it reads nothing else while a
             // statement runs), then it ends its backend on Terminate; the client is told why.
             if let Some((pid, key)) = &to_client.obs.registered {
-                let mut packet = Vec::with_capacity(12 + key.len());
-                packet.extend_from_slice(&(12 + key.len() as u32).to_be_bytes());
-                packet.extend_from_slice(&80_877_102u32.to_be_bytes());
-                packet.extend_from_slice(&pid.to_be_bytes());
-                packet.extend_from_slice(key);
+                let packet = super::cancel::cancel_packet(*pid, key);
                 if let Err(e) = super::cancel::forward_cancel(ctx, &packet, *pid, key).await {
                     tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a terminated session's statement failed");
                 }
@@ -861,6 +861,11 @@ struct ServerToClient<'a> {
     buf: BytesMut,
     /// Bytes of a streamed (not decoded) message still to relay.
     streaming: usize,
+    /// Bytes of a message being dropped (rows after a volume limit stopped their statement)
+    /// still to drop.
+    dropping: usize,
+    /// A stopped statement's cancel, to be taken by the server before its ReadyForQuery is sent.
+    cancel_wait: Option<tokio::sync::oneshot::Receiver<()>>,
     /// `buf[..processed]` went through the state machine but is not yet written to the client.
     processed: usize,
     /// Messages to send in place of others: (start, end, bytes) within `buf[..processed]`.
@@ -897,9 +902,14 @@ impl<'a> ServerToClient<'a> {
                 filter: None,
                 copy: None,
                 filtering: false,
+                limited: false,
+                limit: None,
+                stopping: None,
             },
             buf: BytesMut::with_capacity(128 * 1024),
             streaming: 0,
+            dropping: 0,
+            cancel_wait: None,
             processed: 0,
             replacements: Vec::new(),
             arena: Vec::new(),
@@ -918,6 +928,12 @@ impl<'a> ServerToClient<'a> {
         loop {
             // What an interrupted pump had processed is written first.
             self.flush(client).await?;
+            if let Some(heard) = self.cancel_wait.take() {
+                // A stopped statement's ReadyForQuery waits until the server took its cancel.
+                let _ = tokio::time::timeout(CANCEL_WAIT, heard).await;
+                self.process()?;
+                continue;
+            }
             if self.draining.load(Ordering::Relaxed)
                 && self.state.lock().unwrap_or_else(|p| p.into_inner()).pending() == 0
             {
@@ -980,6 +996,7 @@ impl<'a> ServerToClient<'a> {
     /// Feeds every complete message in `buf` to the state machine and the hooks.
     fn process(&mut self) -> Result<(), SessionError> {
         self.obs.filtering = self.ctx.hooks.filters_results();
+        self.obs.limited = self.obs.stopping.is_some() || self.ctx.hooks.limits_results();
         let hooks_rows = self.ctx.hooks.wants_rows();
         let wants_rows = hooks_rows || self.obs.filtering;
         let mut pos = 0;
@@ -994,14 +1011,44 @@ impl<'a> ServerToClient<'a> {
                     break;
                 }
             }
+            if self.dropping > 0 {
+                let take = self.dropping.min(self.buf.len() - pos);
+                self.replacements.push((pos, pos + take, 0..0));
+                pos += take;
+                self.dropping -= take;
+                if self.dropping > 0 {
+                    break;
+                }
+            }
             let Some(h) =
                 frame::header(&self.buf[pos..], MAX_STREAMED).map_err(|e| ProtocolError::Server(e.to_string()))?
             else {
                 break;
             };
             let available = self.buf.len() - pos;
-            if h.tag == b'D' && !wants_rows && !st.answering_internal() {
-                // A run of rows: skip headers without decoding, count once.
+            let internal = st.answering_internal();
+            if self.obs.limited && !internal {
+                let row = h.tag == b'D' || h.tag == b'd';
+                if self.obs.stopping.is_some() || row {
+                    if available < h.total && h.total <= self.ctx.max_message && !(row && self.obs.stopping.is_some()) {
+                        // A row is counted (or a message after a stop judged) whole.
+                        self.buf.reserve(h.total - available);
+                        break;
+                    }
+                    match self.limited(&mut st, pos, h.tag, h.total, available)? {
+                        Limited::Relay => {}
+                        Limited::Consumed(to) => {
+                            pos = to;
+                            continue;
+                        }
+                        Limited::Wait => break,
+                    }
+                }
+            }
+            if h.tag == b'D' && !wants_rows && !internal {
+                // A run of rows: skip headers without decoding, count once (one row at a time
+                // when a volume limit counts them).
+                let single = self.obs.limited;
                 let mut rows = 0u64;
                 let mut cursor = pos;
                 let mut partial = None;
@@ -1016,6 +1063,9 @@ impl<'a> ServerToClient<'a> {
                         break;
                     }
                     cursor += row.total;
+                    if single {
+                        break;
+                    }
                 }
                 st.data_rows(rows)?;
                 pos = cursor;
@@ -1076,6 +1126,7 @@ impl<'a> ServerToClient<'a> {
             pos += h.total;
         }
         self.processed = pos;
+        self.obs.report_sent();
         if st.internal_answered() {
             self.answered.notify_one();
         }
@@ -1084,6 +1135,200 @@ impl<'a> ServerToClient<'a> {
             self.moved_on.notify.notify_waiters();
         }
         Ok(())
+    }
+}
+
+/// What the volume-limit check made of a server message.
+enum Limited {
+    /// Relay it as usual.
+    Relay,
+    /// Handled here (dropped, or answered in place): go on at this position.
+    Consumed(usize),
+    /// Stop processing here for now (a stopped statement's ReadyForQuery waits for its cancel).
+    Wait,
+}
+
+impl ServerToClient<'_> {
+    /// Volume limits: a row is counted against its statement's limit, and one that does not
+    /// fit stops the statement (its server work cancelled, its end answered with the cut's
+    /// error); after a stop, what the server sends until ReadyForQuery is dropped, save what is
+    /// not a statement's (ParameterStatus, notifications, a FATAL error).
+    fn limited(
+        &mut self,
+        st: &mut ProtocolState,
+        pos: usize,
+        tag: u8,
+        total: usize,
+        available: usize,
+    ) -> Result<Limited, SessionError> {
+        let row = tag == b'D' || tag == b'd';
+        if self.obs.stopping.is_none() {
+            if let Some(cut) = self.obs.admit(st, (total - 5) as u64) {
+                self.stop(st, cut);
+            } else {
+                return Ok(Limited::Relay);
+            }
+        }
+        if row {
+            // Dropped: the state machine still counts it.
+            if tag == b'D' {
+                st.data_rows(1)?;
+            } else {
+                st.on_backend(&Backend::CopyData(&[]))?;
+            }
+            let take = total.min(available);
+            self.replacements.push((pos, pos + take, 0..0));
+            self.dropping = total - take;
+            return Ok(Limited::Consumed(pos + take));
+        }
+        if available < total {
+            // Larger than the proxy decodes: the relay's usual error.
+            return Ok(Limited::Relay);
+        }
+        let msg = Backend::decode(tag, &self.buf[pos + 5..pos + total]).map_err(ProtocolError::server_decode)?;
+        let Some(stopping) = self.obs.stopping.as_mut() else { return Ok(Limited::Relay) };
+        let ends_cut = st.running().is_some_and(|r| (r.id, r.completed) == stopping.statement)
+            && matches!(
+                msg,
+                Backend::CommandComplete { .. }
+                    | Backend::ErrorResponse { .. }
+                    | Backend::EmptyQueryResponse
+                    | Backend::PortalSuspended
+                    | Backend::CopyDone
+            );
+        let fatal = matches!(&msg, Backend::ErrorResponse { fields }
+            if matches!(crate::pg::backend::field(fields, b'S'), Some(b"FATAL" | b"PANIC")));
+        let replacement: Option<Vec<u8>> = if ends_cut && !fatal {
+            let first = !stopping.answered;
+            stopping.answered = true;
+            if !matches!(msg, Backend::CopyDone)
+                && !std::mem::replace(&mut stopping.recorded, true)
+                && let Some(running) = st.running()
+            {
+                self.ctx.hooks.on_stopped(running, &stopping.cut);
+            }
+            st.on_backend(&msg)?;
+            for skipped in st.take_skipped() {
+                self.ctx.hooks.on_not_run(&skipped);
+            }
+            Some(if first { stopping.error.clone() } else { Vec::new() })
+        } else if let Backend::ReadyForQuery { .. } = msg {
+            if let Some(heard) = stopping.cancel.take() {
+                self.cancel_wait = Some(heard);
+                return Ok(Limited::Wait);
+            }
+            let stopping = self.obs.stopping.take().expect("stopping");
+            let mut out = if stopping.answered { Vec::new() } else { stopping.error };
+            match self.obs.observe(st, &msg)? {
+                Some(bytes) => out.extend_from_slice(&bytes),
+                None => out.extend_from_slice(&self.buf[pos..pos + total]),
+            }
+            Some(out)
+        } else {
+            let kept = fatal || matches!(msg, Backend::ParameterStatus { .. } | Backend::NotificationResponse { .. });
+            let replaced = self.obs.observe(st, &msg)?;
+            if kept { replaced } else { Some(Vec::new()) }
+        };
+        if let Some(bytes) = replacement {
+            let at = self.arena.len();
+            self.arena.extend_from_slice(&bytes);
+            self.replacements.push((pos, pos + total, at..self.arena.len()));
+        }
+        Ok(Limited::Consumed(pos + total))
+    }
+
+    /// Begins stopping the running statement at `cut`: its server work is cancelled (when the
+    /// session's cancel key is known), its rows from here on dropped.
+    fn stop(&mut self, st: &ProtocolState, cut: Cut) {
+        let Some(running) = st.running() else { return };
+        let cancel =
+            self.obs.registered.as_ref().map(|(pid, key)| super::cancel::cancel_in_background(self.ctx, *pid, key));
+        self.obs.filter = None;
+        self.obs.copy = None;
+        self.obs.limit = None;
+        self.obs.stopping = Some(Stopping {
+            statement: (running.id, running.completed),
+            error: error_message(Severity::Error, cut.sqlstate.as_str(), &cut.message),
+            cut,
+            answered: false,
+            recorded: false,
+            cancel,
+        });
+    }
+}
+
+/// A statement being stopped at a volume limit.
+struct Stopping {
+    /// The running statement (its id, and the part of its message).
+    statement: (u64, u32),
+    /// The ErrorResponse the client gets in place of the statement's end.
+    error: Vec<u8>,
+    cut: Cut,
+    /// The error was sent.
+    answered: bool,
+    /// The hooks were told.
+    recorded: bool,
+    /// The cancel's progress (none: no cancel key, or taken).
+    cancel: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// A result's volume limit as the relay counts against it: what it may still send (asked of
+/// the limit when the result begins and after each batch), and what it sent since it last told.
+struct Measure {
+    limit: Arc<dyn ResultLimit>,
+    rows_left: u64,
+    bytes_left: u64,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Measure {
+    fn new(limit: Arc<dyn ResultLimit>) -> Self {
+        let (rows_left, bytes_left) = limit.allowance();
+        Measure { limit, rows_left, bytes_left, rows: 0, bytes: 0 }
+    }
+
+    /// Tells the limit what was sent, and asks again what may be.
+    fn report(&mut self) {
+        if self.rows > 0 || self.bytes > 0 {
+            self.limit.sent(self.rows, self.bytes);
+            (self.rows, self.bytes) = (0, 0);
+            (self.rows_left, self.bytes_left) = self.limit.allowance();
+        }
+    }
+}
+
+impl Observer<'_> {
+    /// Counts a row of `bytes` of the running statement; the cut when it does not fit.
+    fn admit(&mut self, st: &ProtocolState, bytes: u64) -> Option<Cut> {
+        let running = st.running()?;
+        let key = (running.id, running.completed);
+        if self.limit.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.report_sent();
+            let measure = self.ctx.hooks.result_limit(running, running.completed as usize).map(Measure::new);
+            self.limit = Some((key, measure));
+        }
+        let (_, Some(m)) = self.limit.as_mut()? else { return None };
+        if m.rows_left == 0 || m.bytes_left < bytes {
+            // What another session of the same tenant used is counted too: asked again first.
+            m.report();
+            (m.rows_left, m.bytes_left) = m.limit.allowance();
+            if m.rows_left == 0 || m.bytes_left < bytes {
+                return Some(m.limit.crossed());
+            }
+        }
+        m.rows_left -= 1;
+        m.bytes_left -= bytes;
+        m.rows += 1;
+        m.bytes += bytes;
+        None
+    }
+
+    /// Tells the running result's limit what was sent.
+    fn report_sent(&mut self) {
+        if let Some((_, Some(m))) = self.limit.as_mut() {
+            m.report();
+        }
     }
 }
 
@@ -1111,6 +1356,13 @@ struct Observer<'a> {
     copy: Option<super::rewrite::CopyRewriter>,
     /// The hooks filter results (asked once per batch of messages read).
     filtering: bool,
+    /// Results may be capped by volume limits, or a statement is being stopped (asked once per
+    /// batch).
+    limited: bool,
+    /// The running result's limit, by statement (id, part); `None` inside: none applies.
+    limit: Option<((u64, u32), Option<Measure>)>,
+    /// A statement stopped at a volume limit, until its ReadyForQuery.
+    stopping: Option<Stopping>,
 }
 
 impl Observer<'_> {

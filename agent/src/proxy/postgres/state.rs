@@ -1530,6 +1530,7 @@ mod tests {
                 mask: None,
                 would: None,
                 names: None,
+                limit: None,
             }],
             role: None,
             basis: (0, 0),
