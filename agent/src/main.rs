@@ -532,21 +532,8 @@ fn policy(command: PolicyCmd) -> Result<ExitCode> {
             let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
             let ring = source.ring()?;
             let entries = cli::load(&ring, 0).with_context(|| format!("reading the audit ring {}", ring.display()))?;
-            // The statements the filters keep (joined to their session's identity); every
-            // session record is read for the labels.
-            let filter = cli::Filter {
-                identity,
-                labels,
-                database,
-                kind: Some("statement".into()),
-                since_ms,
-                ..cli::Filter::default()
-            };
-            let kept: std::collections::HashSet<u64> = cli::query(&entries, &filter).iter().map(|e| e.seq).collect();
-            let records: Vec<serde_json::Value> = entries.into_iter().map(|e| e.value).collect();
-            let report = warden::govern::simulate::simulate(&set, &records, |r| {
-                r["seq"].as_u64().is_some_and(|seq| kept.contains(&seq))
-            });
+            let filter = warden::govern::simulate::Filter { identity, labels, database, since_ms };
+            let report = warden::govern::simulate::simulate(&set, entries.iter().map(|e| &e.value), &filter);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -125,6 +125,37 @@ fn held_sessions(warden: &Path, secs: &str) -> Result<()> {
     Ok(())
 }
 
+/// Volume limits: pgbench select-only (simple and prepared, 8 clients) of an identity whose
+/// every read is capped (per statement, and per minute with a window too large to fill), against
+/// the same with no limit; three interleaved rounds, as ratios.
+fn row_capped(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    let db = format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port);
+    let capped = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: capped}\nspec:\n  selector: {}\n  \
+                  rules:\n    - {name: rows, match: {class: [read]}, limit: {rows: 10000, bytes: 64MiB}}\n    \
+                  - {name: accounts, match: {relations: ['*.pgbench_accounts']}, limit: {rows: 1000000000, per: 1m}}\n";
+    let uncapped = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: uncapped}\nspec:\n  \
+                    selector: {}\n  rules:\n    - {name: ddl, match: {class: [ddl]}, action: deny}\n";
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for mode in ["simple", "prepared"] {
+        let args = ["-S", "-M", mode, "-c", "8", "-j", "2", "-T", secs];
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            for (policy, runs) in [(capped, &mut with), (uncapped, &mut without)] {
+                let agent = Agent::start_with_bin_policies(warden, &db, &[("policy.yaml", policy)]);
+                runs.push(pgbench("127.0.0.1", pg.port, &args)?.tps);
+                drop(agent);
+            }
+        }
+        println!(
+            "select-only {mode} through Warden: every read row-capped {:.1} tps, no cap {:.1} tps: {:.3}x",
+            mean(&with),
+            mean(&without),
+            mean(&with) / mean(&without)
+        );
+    }
+    Ok(())
+}
+
 /// The agent's peak resident memory (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -250,6 +281,11 @@ pub fn bench(warden: &Path) -> Result<()> {
         // One case alone (the whole bench takes many minutes).
         Ok("held") => return held_sessions(warden, &seconds().to_string()),
         Ok("masking") => return masking(warden, &seconds().to_string()),
+        Ok("limits") => {
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return row_capped(warden, &pg, &seconds().to_string());
+        }
         _ => {}
     }
     let pg = Postgres::start();
@@ -371,6 +407,7 @@ pub fn bench(warden: &Path) -> Result<()> {
     let out =
         check(Command::new(warden).args(["policy", "bench", "--label", "warden/kind=agent", "--policies"]).arg(&pack));
     println!("{}", out.trim());
+    row_capped(warden, &pg, &secs)?;
 
     drop(pg);
     held_sessions(warden, &secs)?;

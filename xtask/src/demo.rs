@@ -217,6 +217,70 @@ pub fn demo(warden: &Path) -> Result<()> {
     agent.wait_record("the refusals", |r| r["kind"] == "statement" && r["verdict"]["decision"] == "deny");
     print_output(&agent.audit_cli(&["query", "--verdict", "deny"]));
 
+    step("Rolling a policy out: a dry-run rule records what it would refuse; simulate replays the ring");
+    let candidate = |mode: &str| {
+        format!(
+            "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: agents-read-only}}\nspec:\n  \
+             selector: {{matchLabels: {{warden/kind: agent}}}}\n  mode: {mode}\n  rules:\n    \
+             - {{name: no-writes, match: {{class: [write]}}, action: deny}}\n"
+        )
+    };
+    println!("(the operator adds a candidate policy in dry-run mode)\n{}", candidate("dryrun").trim_end());
+    let reloads = agent.log().matches("policy set reloaded").count();
+    agent.write_policy("rollout.yaml", &candidate("dryrun"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches("policy set reloaded").count() <= reloads {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the dry-run policy was not loaded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let update = "update accounts set balance = balance + 1 where id = 1";
+    println!("$ warden exec --label {} --label {} -- psql -c \"{update}\"", labels[0], labels[1]);
+    show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, update));
+    println!("-> it ran; the ring says what enforcing the candidate would have done:");
+    agent.wait_record("the would-be verdict", |r| r["kind"] == "statement" && r["would"]["change"] == "deny");
+    println!("$ warden audit query --would-deny");
+    print_output(&agent.audit_cli(&["query", "--would-deny"]));
+    let candidates = std::env::temp_dir().join(testkit::unique("warden-demo-candidate-"));
+    std::fs::create_dir_all(&candidates)?;
+    std::fs::write(candidates.join("rollout.yaml"), candidate("enforce"))?;
+    println!("$ warden policy simulate --policies candidate/ --identity recsys-agent");
+    print_output(&output(
+        Command::new(warden)
+            .args(["policy", "simulate", "--policies"])
+            .arg(&candidates)
+            .args(["--identity", "recsys-agent", "--ring"])
+            .arg(&agent.audit),
+    ));
+    let _ = std::fs::remove_dir_all(&candidates);
+
+    step("Volume limits: an agent's read is stopped at 1,000 rows, the server's work cancelled");
+    let volume = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: agent-volume}\nspec:\n  \
+                  selector: {matchLabels: {warden/kind: agent}}\n  rules:\n    \
+                  - {name: bulk-reads, match: {class: [read]}, limit: {rows: 1000}}\n";
+    println!("{}", volume.trim_end());
+    let reloads = agent.log().matches("policy set reloaded").count();
+    agent.write_policy("volume.yaml", volume);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches("policy set reloaded").count() <= reloads {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the volume policy was not loaded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let endless = "select generate_series(1, 100000000) as n";
+    println!("$ warden exec --label {} --label {} -- psql -c \"{endless}\"", labels[0], labels[1]);
+    let started = std::time::Instant::now();
+    show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, endless));
+    println!("-> stopped after {:.1} s (100 million rows would take minutes)", started.elapsed().as_secs_f64());
+    let stopped = agent.wait_record("the stopped statement", |r| r["kind"] == "statement" && r["outcome"] == "stopped");
+    println!("(its audit record)");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "text": stopped["text"], "outcome": stopped["outcome"], "rows": stopped["rows"],
+            "error": stopped["error"], "stopped": {"policy": stopped["stopped"]["policy"], "rule": stopped["stopped"]["rule"]},
+            "limits": stopped["limits"],
+        }))?
+    );
+
     step("Kubernetes: a pod is its identity, and relabelling it reaches its open session");
     println!(
         "(no cluster here: a local stand-in serves the Kubernetes API; the pod is a cgroup at kubelet's path and a network namespace)"

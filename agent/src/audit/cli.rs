@@ -119,15 +119,16 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64> {
     let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
     let n: u64 =
         num.parse().with_context(|| format!("--since {s:?}: expected e.g. 30s, 10m, 2h, 7d or epoch milliseconds"))?;
-    let ms = match unit {
+    let scale: u64 = match unit {
         "" => return Ok(n),
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         other => bail!("--since {s:?}: unknown unit {other:?} (s, m, h, d)"),
     };
-    Ok(now_ms.saturating_sub(ms))
+    // Longer ago than can be said: since the beginning.
+    Ok(n.checked_mul(scale).map_or(0, |ms| now_ms.saturating_sub(ms)))
 }
 
 /// Formats Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS.mmm`.

@@ -222,6 +222,9 @@ pub struct JudgedFacts {
 /// is recorded with `incomplete: true`, and simulation says so.
 const MAX_FACT_PLACES: usize = 256;
 const MAX_FACT_NAME_BYTES: usize = 128;
+/// And at most this many bytes of them, as JSON may spell them (a control character takes
+/// six).
+const MAX_FACT_BYTES: usize = 16 * 1024;
 
 impl JudgedFacts {
     fn fits(&self) -> bool {
@@ -230,6 +233,8 @@ impl JudgedFacts {
             && all().all(|n| {
                 n.name.len() <= MAX_FACT_NAME_BYTES && n.schema.as_ref().is_none_or(|s| s.len() <= MAX_FACT_NAME_BYTES)
             })
+            && all().map(|n| 6 * (n.name.len() + n.schema.as_ref().map_or(0, String::len)) + 8).sum::<usize>()
+                <= MAX_FACT_BYTES
     }
 }
 

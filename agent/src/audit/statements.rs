@@ -276,7 +276,7 @@ impl SessionAudit {
                 decision: w.decision.as_str(),
                 policy: w.policy.as_deref().map(str::to_string),
                 rule: w.rule.as_deref().map(str::to_string),
-                reason: w.reason.to_string(),
+                reason: reason(&w.reason),
                 masked: w.mask.as_ref().map(|m| m.masked.clone()).unwrap_or_default(),
                 change: judged.would_change(),
             }),
@@ -349,13 +349,28 @@ impl SessionAudit {
     }
 }
 
+/// Reasons are recorded up to this many bytes (one that names many relations can be long).
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` cut to `MAX_REASON_BYTES` (marked when cut).
+fn reason(text: &str) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text.to_string();
+    }
+    let mut cut = MAX_REASON_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
 /// The record of a verdict.
 fn verdict_of(judged: &PartJudgement) -> Verdict {
     Verdict {
         decision: judged.decision.as_str(),
         policy: judged.policy.as_deref().map(str::to_string),
         rule: judged.rule.as_deref().map(str::to_string),
-        reason: Some(judged.reason.to_string()),
+        reason: Some(reason(&judged.reason)),
     }
 }
 

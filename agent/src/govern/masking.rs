@@ -37,6 +37,11 @@ pub(super) struct SessionMasking {
     would_context: Based<Result<Arc<MaskContext>, Arc<str>>>,
     /// Cursors declared by forwarded statements: the plan of what a FETCH of them returns.
     pub cursors: std::collections::HashMap<String, Arc<PartMask>>,
+    /// The same under the would-be verdict's masking (dry-run masking rules enforced).
+    pub would_cursors: std::collections::HashMap<String, Arc<PartMask>>,
+    /// The session forwarded DDL since its catalog was read, where only the would-be masking
+    /// needed to know (the real masking's own flag is `catalog_stale`).
+    pub would_catalog_stale: bool,
 }
 
 /// Cursors remembered (beyond it, a FETCH of a forgotten cursor is untraced).
@@ -97,6 +102,9 @@ impl SessionGovern {
     ) -> Result<Arc<MaskContext>, Arc<str>> {
         let mut state = self.lock();
         let basis = (generation, state.facts_epoch);
+        if would && state.masking.would_catalog_stale {
+            return Err(Arc::from("the session changed definitions since its catalog was read"));
+        }
         let slot = if would { &state.masking.would_context } else { &state.masking.context };
         if let Some((b, c)) = slot
             && *b == basis
@@ -166,7 +174,10 @@ impl SessionGovern {
             return Err("its text cannot be read for certain, so what it returns cannot be masked".into());
         }
         if let Some(cursor) = &own.analysis.fetches {
-            let earlier = self.lock().masking.cursors.get(cursor).cloned();
+            let earlier = {
+                let state = self.lock();
+                if would { state.masking.would_cursors.get(cursor) } else { state.masking.cursors.get(cursor) }.cloned()
+            };
             let known = match (declared_here.get(cursor), earlier) {
                 (Some(here), Some(before)) => Some(Arc::new(here.join(&before))),
                 (Some(here), None) => Some(here.clone()),
@@ -283,15 +294,28 @@ impl SessionGovern {
     /// name declared again keeps the stricter of both plans (the server may refuse the second
     /// declaration and keep the first cursor).
     pub(super) fn remember_cursor(&self, name: &str, plan: Arc<PartMask>) {
+        self.remember_cursor_in(name, plan, false);
+    }
+
+    /// As `remember_cursor`, in the would-be verdict's plans (`would`) or the real ones.
+    pub(super) fn remember_cursor_in(&self, name: &str, plan: Arc<PartMask>, would: bool) {
         let mut state = self.lock();
-        if state.masking.cursors.len() >= MAX_CURSOR_PLANS && !state.masking.cursors.contains_key(name) {
-            state.masking.cursors.clear();
+        let cursors = if would { &mut state.masking.would_cursors } else { &mut state.masking.cursors };
+        if cursors.len() >= MAX_CURSOR_PLANS && !cursors.contains_key(name) {
+            cursors.clear();
         }
-        let joined = match state.masking.cursors.get(name) {
+        let joined = match cursors.get(name) {
             Some(before) => Arc::new(before.join(&plan)),
             None => plan,
         };
-        state.masking.cursors.insert(name.to_string(), joined);
+        cursors.insert(name.to_string(), joined);
+    }
+
+    /// Whether the would-be verdict's masking applies to this session now.
+    pub(super) fn would_masking_applies(&self) -> bool {
+        let snapshot = self.governor.snapshot();
+        let selection = self.selection(&snapshot);
+        self.would_mask_policy(&snapshot.set, snapshot.generation, &selection).is_some()
     }
 }
 

@@ -383,13 +383,16 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
-        let (cursor_limits, cursor_volumes) = if selection.has_limits() {
+        let (cursor_limits, cursor_volumes) = {
             let state = self.lock();
-            (state.cursor_limits.clone(), state.cursor_volumes.clone())
-        } else {
-            (HashMap::new(), HashMap::new())
+            if selection.has_limits() || !state.cursor_limits.is_empty() {
+                (state.cursor_limits.clone(), state.cursor_volumes.clone())
+            } else {
+                (HashMap::new(), HashMap::new())
+            }
         };
         let mut declared_limits: HashMap<String, Arc<volume::PartLimit>> = HashMap::new();
+        let mut declared_names: std::collections::HashSet<String> = std::collections::HashSet::new();
         let tenant = self.origin.as_ref().map_or_else(|| "unattributed".to_string(), |o| o.identity.tenant_key());
         let (mut cursors, mut builtins_untrusted, facts, path) = {
             let state = self.lock();
@@ -512,6 +515,7 @@ impl SessionGovern {
                     reason: class_reason.as_deref(),
                 };
                 let mut decided = selection.decide(&snapshot.set, &facts);
+                let denied_before_masking = decided.action == Action::Deny;
                 let mut mask = None;
                 let mut mask_refusal = None;
                 if decided.action != Action::Deny
@@ -547,12 +551,16 @@ impl SessionGovern {
                 // refuse anything (fail closed), whatever their rules say of it.
                 decided = crate::policy::fail_closed(decided, &facts, selection.guards());
                 // Volume limits: those its facts match and, for a FETCH, its cursor's.
-                let limit = if selection.has_limits() {
+                let fetched = part.described.analysis.fetches.as_ref();
+                let limit = if selection.has_limits() || fetched.is_some_and(|c| cursor_limits.contains_key(c)) {
                     let mut limits = selection.limits(&snapshot.set, &facts);
-                    let fetched = part.described.analysis.fetches.as_ref();
-                    if let Some(declared) =
-                        fetched.and_then(|c| declared_limits.get(c).or_else(|| cursor_limits.get(c)))
-                    {
+                    // Declared earlier in this message: that cursor's, not an older one's.
+                    let declared = match fetched {
+                        Some(c) if declared_names.contains(c) => declared_limits.get(c),
+                        Some(c) => cursor_limits.get(c),
+                        None => None,
+                    };
+                    if let Some(declared) = declared {
                         for l in &declared.limits {
                             if !limits.iter().any(|m| m.policy == l.policy && m.rule == l.rule) {
                                 limits.push(l.clone());
@@ -565,7 +573,10 @@ impl SessionGovern {
                             .filter(|l| l.cap.per.is_some())
                             .map(|l| (l.clone(), self.governor.windows.get(l, &tenant)))
                             .collect();
-                        let cursor = fetched.map(|c| cursor_volumes.get(c).cloned().unwrap_or_default());
+                        let cursor = fetched.map(|c| match declared_names.contains(c) {
+                            true => Arc::default(),
+                            false => cursor_volumes.get(c).cloned().unwrap_or_default(),
+                        });
                         Arc::new(volume::PartLimit { limits, windows, cursor })
                     })
                 } else {
@@ -586,6 +597,9 @@ impl SessionGovern {
                     if let Some(name) = &part.described.analysis.declares {
                         declared_limits.insert(name.clone(), limit.clone());
                     }
+                }
+                if let Some(name) = &part.described.analysis.declares {
+                    declared_names.insert(name.clone());
                 }
                 // The would-be verdict (dry-run policies and rules enforced): recorded, never
                 // enforced. Masking is planned again only where a dry-run masking rule applies.
@@ -615,9 +629,28 @@ impl SessionGovern {
                             }
                             Err(why) => w = masking_refusal(why),
                         },
-                        (None, _) => match &mask_refusal {
-                            Some(refused) => w = refused.clone(),
-                            None => would_mask = mask.clone(),
+                        (None, _) => match (&mask_refusal, &mask_policy) {
+                            (Some(refused), _) => w = refused.clone(),
+                            // The real verdict refused before masking was planned: planned here
+                            // with the masking in force, for the would-be verdict only.
+                            (None, Some(policy)) if denied_before_masking => match self.plan_part(
+                                policy,
+                                snapshot.generation,
+                                info,
+                                raw,
+                                part.ambiguous,
+                                &part.described,
+                                &analysis_of,
+                                &lookup,
+                                narrowed != Narrowed::None,
+                                &declared_would,
+                                redefined_would,
+                                false,
+                            ) {
+                                Ok(plan) => would_mask = Some(plan),
+                                Err(why) => w = masking_refusal(why),
+                            },
+                            (None, _) => would_mask = mask.clone(),
                         },
                     }
                     let w = crate::policy::fail_closed(w, &facts, selection.would_guard());
@@ -746,19 +779,30 @@ impl SessionGovern {
         }
     }
 
-    /// Counts the statements whose would-be verdict differs from the real one.
+    /// Counts the statements whose would-be verdict differs from the real one (of a refused
+    /// message, those up to the one that refused it: the others never ran).
     fn count_would(&self, judgement: &Judgement) {
         let Some(metrics) = &self.governor.metrics else { return };
-        for part in &judgement.parts {
+        let upto = judgement.refusing_part().map_or(judgement.parts.len(), |(i, _)| i + 1);
+        for part in &judgement.parts[..upto] {
             if let Some(change) = part.would_change()
                 && let Some(would) = &part.would
             {
-                let rule = match (&would.rule, change) {
-                    (Some(rule), _) => rule.as_ref(),
-                    (None, "mask") => "masking",
-                    (None, _) => "default",
+                // A mask change is the masking rule's, named by a column it would mask.
+                let masking_rule = || {
+                    would
+                        .mask
+                        .as_ref()
+                        .and_then(|m| m.masked.iter().find(|c| c.method != "exempt").map(|c| c.rule.clone()))
                 };
-                metrics.would(&self.database, change, would.policy.as_deref().unwrap_or(""), rule);
+                let (policy, rule) = match change {
+                    "mask" => (String::new(), masking_rule().unwrap_or_else(|| "masking".into())),
+                    _ => (
+                        would.policy.as_deref().unwrap_or("").to_string(),
+                        would.rule.as_deref().unwrap_or("default").to_string(),
+                    ),
+                };
+                metrics.would(&self.database, change, &policy, &rule);
             }
         }
     }
@@ -913,6 +957,7 @@ impl SessionHooks for SessionGovern {
         match facts {
             Ok(facts) => {
                 state.catalog_stale = false;
+                state.masking.would_catalog_stale = false;
                 state.facts_read = Some(std::time::Instant::now());
                 // The schemas searched now, and those the setting names that do not exist yet.
                 let mut path = facts.schemas.clone();
@@ -965,6 +1010,16 @@ impl SessionHooks for SessionGovern {
         if let Some(metrics) = &self.governor.metrics {
             metrics.judged_in(started.elapsed());
         }
+        if info.step == crate::session::hooks::Step::Bind && !info.portal.is_empty() {
+            // Portals and SQL cursors share one namespace: the name now stands for this portal
+            // (or the Bind fails, as a cursor holds it). A SQL FETCH of it is judged as of a
+            // cursor not seen declared, and nothing declared under the name carries over.
+            let name = String::from_utf8_lossy(info.portal);
+            let mut state = self.lock();
+            state.cursors.remove(&*name);
+            state.cursor_limits.remove(&*name);
+            state.cursor_volumes.remove(&*name);
+        }
         if info.step == crate::session::hooks::Step::Bind
             && !info.portal.is_empty()
             && judgement.decision() == Decision::Allow
@@ -973,6 +1028,13 @@ impl SessionHooks for SessionGovern {
         {
             // SQL FETCH can read a named protocol portal: what it returns is this plan's.
             self.remember_cursor(&String::from_utf8_lossy(info.portal), plan.clone());
+        }
+        if info.step == crate::session::hooks::Step::Bind
+            && !info.portal.is_empty()
+            && let [part] = judgement.parts.as_slice()
+            && let Some(plan) = part.would.as_ref().and_then(|w| w.mask.as_ref())
+        {
+            self.remember_cursor_in(&String::from_utf8_lossy(info.portal), plan.clone(), true);
         }
         match judgement.decision() {
             Decision::Allow => match self.next.before_statement(info) {
@@ -1027,6 +1089,7 @@ impl SessionHooks for SessionGovern {
         }
         if let Some(judgement) = &running.judgement {
             let masked = self.masking_applies().is_some();
+            let would_masked = self.would_masking_applies();
             let mut state = self.lock();
             let options =
                 crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
@@ -1048,10 +1111,21 @@ impl SessionHooks for SessionGovern {
                     state.facts_stale = true;
                     state.facts_epoch += 1;
                 }
-                if masked && part.effects.contains(Class::Transaction) && analysis.relations.is_empty() {
+                if part.effects.contains(Class::Transaction) && analysis.relations.is_empty() {
                     // A transaction's end closes its cursors (a WITH HOLD one, fetched later,
                     // is then untraced): plans of cursors that may be gone are forgotten.
-                    state.masking.cursors.clear();
+                    if masked {
+                        state.masking.cursors.clear();
+                    }
+                    if would_masked {
+                        state.masking.would_cursors.clear();
+                    }
+                }
+                if would_masked && part.effects.contains(Class::Ddl) && !state.masking.would_catalog_stale {
+                    // As below, for the would-be verdict's masking alone: its own flag, so that
+                    // nothing real is judged differently.
+                    state.masking.would_catalog_stale = true;
+                    state.facts_stale = true;
                 }
                 if masked && part.effects.contains(Class::Ddl) && !state.catalog_stale {
                     // Masking resolves relations and columns by the catalog: a created, dropped
@@ -1072,6 +1146,13 @@ impl SessionHooks for SessionGovern {
                     self.remember_cursor(name, plan.clone());
                     state = self.lock();
                 }
+                if let Some(plan) = part.would.as_ref().and_then(|w| w.mask.as_ref())
+                    && let Some(name) = &plan.declares
+                {
+                    drop(state);
+                    self.remember_cursor_in(name, plan.clone(), true);
+                    state = self.lock();
+                }
                 if let Some(name) = &analysis.declares {
                     if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
                         // Forgotten cursors are FETCHed as unknown (refused where guarded), so
@@ -1081,10 +1162,15 @@ impl SessionHooks for SessionGovern {
                         state.cursor_volumes.clear();
                     }
                     state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
-                    match &part.limit {
-                        Some(limit) => state.cursor_limits.insert(name.clone(), limit.clone()),
-                        None => state.cursor_limits.remove(name),
-                    };
+                    // Joined with what the name had: the server may refuse this DECLARE and keep
+                    // the cursor it names (its DECLARE CURSOR completion replaces them).
+                    if let Some(limit) = &part.limit {
+                        let joined = match state.cursor_limits.get(name) {
+                            Some(before) => Arc::new(before.join(limit)),
+                            None => limit.clone(),
+                        };
+                        state.cursor_limits.insert(name.clone(), joined);
+                    }
                 }
                 if describe::may_change_session_identity(part.effects) && state.role.is_some() {
                     // SET ROLE, SET SESSION AUTHORIZATION, or code that may run them: the role
@@ -1115,16 +1201,17 @@ impl SessionHooks for SessionGovern {
     fn on_complete(&self, running: Option<&Running>, tag: &str) {
         if let Some(r) = running {
             if tag == "DECLARE CURSOR"
-                && let Some(name) = r
-                    .judgement
-                    .as_ref()
-                    .and_then(|j| j.parts.get(r.completed as usize))
-                    .and_then(|p| p.described.analysis.declares.as_ref())
+                && let Some(part) = r.judgement.as_ref().and_then(|j| j.parts.get(r.completed as usize))
+                && let Some(name) = part.described.analysis.declares.as_ref()
             {
-                // The server declares a name only when no cursor holds it: a new cursor, counted
-                // from nothing.
+                // The server declares a name only when no cursor holds it: a new cursor, with
+                // this statement's limits, counted from nothing.
                 let mut state = self.lock();
                 state.cursor_volumes.remove(name);
+                match &part.limit {
+                    Some(limit) => state.cursor_limits.insert(name.clone(), limit.clone()),
+                    None => state.cursor_limits.remove(name),
+                };
             }
             self.forget_volumes(r);
         }
@@ -1140,7 +1227,8 @@ impl SessionHooks for SessionGovern {
 
     fn limits_results(&self) -> bool {
         let snapshot = self.governor.snapshot();
-        self.selection(&snapshot).has_limits()
+        // A cursor declared under limits stays limited whatever selects the session now.
+        self.selection(&snapshot).has_limits() || !self.lock().cursor_limits.is_empty()
     }
 
     fn result_limit(&self, running: &Running, part: usize) -> Option<Arc<dyn crate::session::hooks::ResultLimit>> {

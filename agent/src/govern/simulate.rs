@@ -93,6 +93,40 @@ const UNREADABLE: &str = "unreadable record";
 struct Session {
     identity: String,
     labels: BTreeMap<String, String>,
+    comm: Option<String>,
+    /// The executable's file name.
+    exe: Option<String>,
+}
+
+/// Which statements are simulated.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Its session's `warden/identity` label, command name or executable's file name.
+    pub identity: Option<String>,
+    /// KEY=VALUE labels its session must have (when the statement was judged).
+    pub labels: Vec<(String, String)>,
+    pub database: Option<String>,
+    /// Recorded at or after (ms since the epoch).
+    pub since_ms: Option<u64>,
+}
+
+impl Filter {
+    fn keeps_record(&self, record: &Value) -> bool {
+        self.since_ms.is_none_or(|t| record["at_ms"].as_u64().is_some_and(|at| at >= t))
+            && self.database.as_ref().is_none_or(|d| record["database"].as_str() == Some(d))
+    }
+
+    fn by_session(&self) -> bool {
+        self.identity.is_some() || !self.labels.is_empty()
+    }
+
+    fn keeps_session(&self, session: &Session) -> bool {
+        self.identity.as_ref().is_none_or(|want| {
+            session.labels.get("warden/identity") == Some(want)
+                || session.comm.as_ref() == Some(want)
+                || session.exe.as_ref() == Some(want)
+        }) && self.labels.iter().all(|(k, v)| session.labels.get(k) == Some(v))
+    }
 }
 
 #[derive(Default)]
@@ -112,9 +146,10 @@ type RuleKey = (&'static str, Option<String>, Option<String>);
 type RuleTally = (usize, usize, Vec<String>);
 
 /// Judges again, with `set`, every statement record of `records` (the ring's, oldest first) that
-/// `selected` keeps; session records are read whatever `selected` says (a statement's labels are
-/// its session's).
-pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) -> bool) -> Report {
+/// `filter` keeps, by its session as it was when the statement was judged (its labels after any
+/// relabelling before it). The candidate set's dry-run policies and rules are simulated as
+/// enforced: the question is what enforcing the set would do.
+pub fn simulate<'r>(set: &PolicySet, records: impl IntoIterator<Item = &'r Value>, filter: &Filter) -> Report {
     let mut sessions: HashMap<u64, Session> = HashMap::new();
     let mut selections: HashMap<(String, String, Option<String>), Selection> = HashMap::new();
     let mut tallies: BTreeMap<(String, String), (BTreeMap<String, String>, Tally)> = BTreeMap::new();
@@ -135,12 +170,14 @@ pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) ->
                 if let Some(id) = record["session"].as_u64() {
                     let identity = &record["identity"];
                     let labels = string_map(&identity["labels"]);
+                    let comm = identity["comm"].as_str().map(str::to_string);
+                    let exe = identity["exe"].as_str().and_then(|x| x.rsplit('/').next()).map(str::to_string);
                     let name = labels
                         .get("warden/identity")
                         .cloned()
-                        .or_else(|| identity["comm"].as_str().map(str::to_string))
+                        .or_else(|| comm.clone())
                         .unwrap_or_else(|| format!("uid:{}", identity["uid"]));
-                    sessions.insert(id, Session { identity: name, labels });
+                    sessions.insert(id, Session { identity: name, labels, comm, exe });
                 }
                 continue;
             }
@@ -168,7 +205,11 @@ pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) ->
             Some("statement") => {}
             _ => continue,
         }
-        if !selected(record) {
+        if !filter.keeps_record(record) {
+            continue;
+        }
+        let session = record["session"].as_u64().and_then(|s| sessions.get(&s));
+        if filter.by_session() && session.is_some_and(|s| !filter.keeps_session(s)) {
             continue;
         }
         report.statements += 1;
@@ -185,7 +226,7 @@ pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) ->
             skip(&mut report, INCOMPLETE);
             continue;
         }
-        let Some(session) = record["session"].as_u64().and_then(|s| sessions.get(&s)) else {
+        let Some(session) = session else {
             skip(&mut report, NO_SESSION);
             continue;
         };
@@ -207,8 +248,14 @@ pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) ->
             })
             .clone();
         let view = owned.view();
-        let masking = selection.masking(set, &session.labels);
-        let mut decided = selection.decide(set, &view);
+        // The candidate's dry-run parts count as enforced.
+        let masking = if selection.dryrun_masks() {
+            selection.masking_would(set, &session.labels)
+        } else {
+            selection.masking(set, &session.labels)
+        };
+        let guards = selection.guards() || selection.would_guard();
+        let mut decided = selection.decide_would(set, &view).unwrap_or_else(|| selection.decide(set, &view));
         if decided.action != Action::Deny
             && owned.effects.contains(Class::Unknown)
             && masking.as_ref().is_some_and(|m| m.masks && m.untraced == Untraced::Refuse)
@@ -223,7 +270,7 @@ pub fn simulate(set: &PolicySet, records: &[Value], selected: impl Fn(&Value) ->
                 approval: None,
             };
         }
-        let decided = fail_closed(decided, &view, selection.guards());
+        let decided = fail_closed(decided, &view, guards);
         let allowed_now = record["verdict"]["decision"] == "allow";
         let text = example(record);
         let (_, tally) = tallies
@@ -315,6 +362,7 @@ fn example(record: &Value) -> String {
 /// What the ring cannot tell about these statements.
 fn notes(report: &Report, truncated: usize, without_catalog: usize, role_unknown: usize, dropped: u64) -> Vec<String> {
     let mut notes = vec![
+        "Dry-run policies and rules of the candidate set are simulated as enforced.".to_string(),
         "Each statement is judged alone: where the candidate set refuses one, what came after it in the same \
          batch or transaction would not have run as it did then."
             .to_string(),
@@ -587,7 +635,7 @@ mod tests {
             // After the relabelling the candidate no longer selects it.
             statement(1, Class::Write, &[(Some("public"), "orders")], "allow"),
         ];
-        let report = simulate(&set(), &records, |_| true);
+        let report = simulate(&set(), &records, &Filter::default());
         assert_eq!((report.statements, report.simulated), (9, 7));
         assert_eq!(report.not_simulated.get(NO_SESSION), Some(&1));
         assert_eq!(report.not_simulated.get(CONDENSED), Some(&1));
@@ -614,6 +662,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dry_run_candidate_is_simulated_as_enforced_and_filters_see_the_labels_of_the_time() {
+        let dry =
+            PolicySet::from_sources(&[("c.yaml".into(), CANDIDATE.replace("spec:\n", "spec:\n  mode: dryrun\n"))])
+                .expect("valid");
+        let records = vec![
+            open(1, json!({"warden/identity": "etl", "team": "data"})),
+            statement(1, Class::Write, &[(Some("public"), "orders")], "allow"),
+            json!({"kind": "identity_relabelled", "session": 1, "labels": {"warden/identity": "etl"}}),
+            statement(1, Class::Write, &[(Some("public"), "orders")], "allow"),
+        ];
+        let report = simulate(&dry, &records, &Filter::default());
+        let denied: usize = report.identities.iter().map(|i| i.denied).sum();
+        assert_eq!(denied, 1, "the dry-run deny counts as enforced: {report}");
+        assert!(report.notes[0].contains("simulated as enforced"));
+        let by_label = Filter { labels: vec![("team".into(), "data".into())], ..Filter::default() };
+        assert_eq!(simulate(&dry, &records, &by_label).statements, 1, "only the statement judged with team=data");
+        let by_name = Filter { identity: Some("etl".into()), ..Filter::default() };
+        assert_eq!(simulate(&dry, &records, &by_name).statements, 2);
+        let by_comm = Filter { identity: Some("psql".into()), ..Filter::default() };
+        assert_eq!(simulate(&dry, &records, &by_comm).statements, 2);
+        let elsewhere = Filter { database: Some("other".into()), ..Filter::default() };
+        assert_eq!(simulate(&dry, &records, &elsewhere).statements, 0);
+    }
+
+    #[test]
     fn unknown_effects_fail_closed_and_what_cannot_be_told_is_said() {
         let mut unknown = statement(1, Class::Unknown, &[], "allow");
         unknown["text"] = json!("");
@@ -623,7 +696,7 @@ mod tests {
         let mut many = statement(1, Class::Read, &[], "allow");
         many["facts"]["incomplete"] = json!(true);
         let records = vec![open(1, json!({"team": "data"})), unknown, cut, many];
-        let report = simulate(&set(), &records, |_| true);
+        let report = simulate(&set(), &records, &Filter::default());
         let id = &report.identities[0];
         assert_eq!(id.identity, "psql", "no warden/identity label: the command name");
         // Masking applies to the identity: it refuses first (as enforced), else failing closed.
@@ -638,14 +711,14 @@ mod tests {
             CANDIDATE.lines().filter(|l| !l.contains("mask:")).collect::<Vec<_>>().join("\n"),
         )])
         .expect("valid");
-        let report_without = simulate(&no_masks, &records, |_| true);
+        let report_without = simulate(&no_masks, &records, &Filter::default());
         assert_eq!(refused(&report_without, "fail-closed"), Some(("deny", 1, ambiguous)));
         assert_eq!(report.not_simulated.get(INCOMPLETE), Some(&1));
         assert!(report.notes.iter().any(|n| n.contains("1 statement(s) had their text cut")), "{:?}", report.notes);
         // A control character in a recorded text is shown escaped.
         let mut nasty = statement(1, Class::Ddl, &[], "allow");
         nasty["text"] = json!("drop \u{1b}[2J table");
-        let report = simulate(&set(), &[open(1, json!({"team": "data"})), nasty], |_| true);
+        let report = simulate(&set(), &[open(1, json!({"team": "data"})), nasty], &Filter::default());
         assert!(report.to_string().contains("drop \\x1b[2J table"), "{report}");
     }
 }

@@ -29,7 +29,7 @@ use crate::{
 
 /// Windows kept host-wide (beyond it, expired ones are forgotten; then new ones start full).
 const MAX_WINDOWS: usize = 100_000;
-/// What one result takes from a window at a time (rows, bytes).
+/// The most one result takes from a window at a time (rows, bytes).
 const WINDOW_CHUNK: (u64, u64) = (1024, 4 << 20);
 
 /// Rows and bytes sent so far (a statement's, or a cursor's).
@@ -58,12 +58,13 @@ impl Volume {
 /// One tenant's window of a `per` limit.
 #[derive(Debug)]
 pub struct Window {
-    cap: Cap,
     state: Mutex<WindowState>,
 }
 
 #[derive(Debug, Default)]
 struct WindowState {
+    /// The cap in force (a reload changes it in place: what the window counted stays).
+    cap: Option<Cap>,
     started: Option<Instant>,
     /// Sent in the window.
     rows: u64,
@@ -73,43 +74,62 @@ struct WindowState {
     taken_bytes: u64,
 }
 
-impl Window {
+impl WindowState {
     fn per(&self) -> Duration {
-        self.cap.per.unwrap_or(Duration::from_secs(60))
+        self.cap.and_then(|c| c.per).unwrap_or(Duration::from_secs(60))
     }
 
-    /// Rows and bytes counted in the window now, and when it ends (`None`: not started).
-    fn used(&self) -> (u64, u64, Option<Instant>) {
+    fn passed(&self) -> bool {
+        self.started.is_some_and(|t| t.elapsed() >= self.per())
+    }
+
+    fn reset(&mut self, started: Option<Instant>) {
+        *self = WindowState { cap: self.cap, started, ..WindowState::default() };
+    }
+}
+
+impl Window {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.started.is_some_and(|t| t.elapsed() >= self.per()) {
-            *s = WindowState::default();
+        if s.passed() {
+            s.reset(None);
         }
-        (s.rows, s.bytes, s.started.map(|t| t + self.per()))
+        s
+    }
+
+    /// Rows and bytes sent in the window now, and when it ends (`None`: not started).
+    fn used(&self) -> (u64, u64, Option<Instant>) {
+        let s = self.lock();
+        (s.rows, s.bytes, s.started.map(|t| t + s.per()))
     }
 
     /// Takes up to `want` (rows, bytes) from what the window has left: what it took, and the
-    /// window it was taken in (by its start).
-    fn take(&self, want: (u64, u64)) -> (u64, u64, Option<Instant>) {
-        let mut s = self.current();
-        let rows = want.0.min(self.cap.rows.map_or(u64::MAX / 2, |c| c.saturating_sub(s.rows + s.taken_rows)));
-        let bytes = want.1.min(self.cap.bytes.map_or(u64::MAX / 2, |c| c.saturating_sub(s.bytes + s.taken_bytes)));
+    /// window it was taken in (by its start). What one result takes at a time is a sixteenth of
+    /// the cap (at most 1,024 rows or 4 MiB; at least the row about to be sent), so that the
+    /// tenant's other sessions find some left.
+    fn take(&self, want: (u64, u64), next_row: u64) -> (u64, u64, Option<Instant>) {
+        let mut s = self.lock();
+        if s.started.is_none() {
+            s.reset(Some(Instant::now()));
+        }
+        let cap = s.cap.unwrap_or(Cap { rows: None, bytes: None, per: None });
+        let chunk_rows = cap.rows.map_or(WINDOW_CHUNK.0, |c| (c / 16).clamp(1, WINDOW_CHUNK.0));
+        let chunk_bytes = cap.bytes.map_or(WINDOW_CHUNK.1, |c| (c / 16).clamp(1, WINDOW_CHUNK.1)).max(next_row);
+        let rows =
+            want.0.min(chunk_rows).min(cap.rows.map_or(u64::MAX / 2, |c| c.saturating_sub(s.rows + s.taken_rows)));
+        let bytes =
+            want.1.min(chunk_bytes).min(cap.bytes.map_or(u64::MAX / 2, |c| c.saturating_sub(s.bytes + s.taken_bytes)));
         s.taken_rows = s.taken_rows.saturating_add(rows);
         s.taken_bytes = s.taken_bytes.saturating_add(bytes);
         (rows, bytes, s.started)
     }
 
-    /// The state, in a window that has started (a new one when the last passed).
-    fn current(&self) -> std::sync::MutexGuard<'_, WindowState> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.started.is_none_or(|t| t.elapsed() >= self.per()) {
-            *s = WindowState { started: Some(Instant::now()), ..WindowState::default() };
-        }
-        s
-    }
-
     /// Rows and bytes taken in the window that started at `started` were sent.
     fn settle(&self, started: Option<Instant>, rows: u64, bytes: u64) {
-        let mut s = self.current();
+        let mut s = self.lock();
+        if s.started.is_none() {
+            s.reset(Some(Instant::now()));
+        }
         if s.started == started {
             s.taken_rows = s.taken_rows.saturating_sub(rows);
             s.taken_bytes = s.taken_bytes.saturating_sub(bytes);
@@ -121,7 +141,7 @@ impl Window {
     /// Gives back what was taken in the window that started at `started` and not sent (a
     /// window that passed meanwhile has nothing to give back to).
     fn give_back(&self, started: Option<Instant>, rows: u64, bytes: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         if s.started == started {
             s.taken_rows = s.taken_rows.saturating_sub(rows);
             s.taken_bytes = s.taken_bytes.saturating_sub(bytes);
@@ -130,13 +150,15 @@ impl Window {
 
     /// Whether the window has nothing left, and until when.
     fn exhausted(&self) -> Option<Instant> {
-        let (rows, bytes, ends) = self.used();
-        let full = self.cap.rows.is_some_and(|c| rows >= c) || self.cap.bytes.is_some_and(|c| bytes >= c);
-        if full { ends } else { None }
+        let s = self.lock();
+        let cap = s.cap?;
+        let full = cap.rows.is_some_and(|c| s.rows >= c) || cap.bytes.is_some_and(|c| s.bytes >= c);
+        if full { s.started.map(|t| t + s.per()) } else { None }
     }
 
     fn expired(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).started.is_none_or(|t| t.elapsed() >= self.per())
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.started.is_none() || s.passed()
     }
 }
 
@@ -150,35 +172,24 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// The window of `limit` for `tenant` (made when first asked; its cap follows a reload).
+    /// The window of `limit` for `tenant` (made when first asked; a reloaded cap applies to it
+    /// in place).
     pub fn get(&self, limit: &Limit, tenant: &str) -> Arc<Window> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let key = (limit.policy.clone(), limit.rule.clone(), tenant.to_string());
-        if let Some(w) = map.get(&key)
-            && w.cap == limit.cap
-        {
+        if let Some(w) = map.get(&key) {
+            let mut s = w.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.cap != Some(limit.cap) {
+                s.cap = Some(limit.cap);
+            }
+            drop(s);
             return w.clone();
         }
         if map.len() >= MAX_WINDOWS {
             map.retain(|_, w| !w.expired());
         }
-        let window = match map.get(&key) {
-            // A reloaded cap keeps what the window counted.
-            Some(old) => {
-                let s = old.state.lock().unwrap_or_else(|p| p.into_inner());
-                Window {
-                    cap: limit.cap,
-                    state: Mutex::new(WindowState {
-                        started: s.started,
-                        rows: s.rows,
-                        bytes: s.bytes,
-                        ..WindowState::default()
-                    }),
-                }
-            }
-            None => Window { cap: limit.cap, state: Mutex::new(WindowState::default()) },
-        };
-        let window = Arc::new(window);
+        let window =
+            Arc::new(Window { state: Mutex::new(WindowState { cap: Some(limit.cap), ..WindowState::default() }) });
         map.insert(key, window.clone());
         window
     }
@@ -204,6 +215,23 @@ fn until(ends: Instant) -> String {
 }
 
 impl PartLimit {
+    /// The limits of both (a cursor name two DECLAREs may stand for).
+    pub fn join(&self, other: &PartLimit) -> PartLimit {
+        let mut limits = self.limits.clone();
+        let mut windows = self.windows.clone();
+        for l in &other.limits {
+            if !limits.iter().any(|m| m.policy == l.policy && m.rule == l.rule) {
+                limits.push(l.clone());
+            }
+        }
+        for (l, w) in &other.windows {
+            if !windows.iter().any(|(m, _)| m.policy == l.policy && m.rule == l.rule) {
+                windows.push((l.clone(), w.clone()));
+            }
+        }
+        PartLimit { limits, windows, cursor: self.cursor.clone().or_else(|| other.cursor.clone()) }
+    }
+
     /// Why the statement is refused before it runs, if it is: a window with nothing left, or a
     /// cursor that returned its cap already.
     pub fn refusal(&self) -> Option<(Limit, String)> {
@@ -231,7 +259,7 @@ impl PartLimit {
     /// count, or its cursor's), and the windows.
     pub fn measure(self: &Arc<Self>, volume: Arc<Volume>) -> Arc<dyn ResultLimit> {
         let taken = Mutex::new(vec![(0, 0, None); self.windows.len()]);
-        Arc::new(Measured { part: self.clone(), volume, sent: Volume::default(), taken })
+        Arc::new(Measured { part: self.clone(), volume, taken })
     }
 }
 
@@ -243,8 +271,6 @@ struct Measured {
     part: Arc<PartLimit>,
     /// The statement's (or cursor's) count so far.
     volume: Arc<Volume>,
-    /// This result's own count (what the cut reports as sent).
-    sent: Volume,
     /// Per window (in the order of `part.windows`): what this result took from it. Rows are
     /// taken before they are sent, so concurrent sessions of a tenant never read past a window
     /// together; what is not sent goes back when the result ends.
@@ -280,17 +306,19 @@ impl Measured {
 }
 
 impl ResultLimit for Measured {
-    fn allowance(&self) -> (u64, u64) {
+    fn allowance(&self, next_row: u64) -> (u64, u64) {
         let (mut rows, mut bytes) =
             self.statement_left().iter().fold((u64::MAX, u64::MAX), |(r, b), (_, lr, lb)| (r.min(*lr), b.min(*lb)));
         // From a window, what this result took from it: topped up to a chunk (never more than
         // the statement may still send).
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, window), held) in self.part.windows.iter().zip(taken.iter_mut()) {
-            let want =
-                (WINDOW_CHUNK.0.min(rows).saturating_sub(held.0), WINDOW_CHUNK.1.min(bytes).saturating_sub(held.1));
+            let want = (
+                WINDOW_CHUNK.0.min(rows).saturating_sub(held.0),
+                WINDOW_CHUNK.1.max(next_row).min(bytes).saturating_sub(held.1),
+            );
             if want.0 > 0 || want.1 > 0 {
-                let (r, b, started) = window.take(want);
+                let (r, b, started) = window.take(want, next_row);
                 if held.2 != started {
                     // The window passed: what was held in it went with it.
                     (held.0, held.1) = (0, 0);
@@ -305,7 +333,6 @@ impl ResultLimit for Measured {
 
     fn sent(&self, rows: u64, bytes: u64) {
         self.volume.add(rows, bytes);
-        self.sent.add(rows, bytes);
         // Sent from what was taken from the windows.
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, window), held) in self.part.windows.iter().zip(taken.iter_mut()) {
@@ -330,7 +357,8 @@ impl ResultLimit for Measured {
             0,
             None,
         ));
-        let (rows, bytes) = self.sent.get();
+        // What the statement (or its cursor) sent in all, over every FETCH or Execute.
+        let (rows, bytes) = self.volume.get();
         let why = match (limit.cap.per, ends) {
             (Some(_), ends) => format!(
                 "this identity read its limit of {} from what the rule matches{}",
@@ -372,11 +400,11 @@ mod tests {
     fn a_statement_gets_its_cap_and_is_cut_with_the_count_sent() {
         let part = Arc::new(PartLimit { limits: vec![limit(10, None)], windows: Vec::new(), cursor: None });
         let m = part.measure(Arc::new(Volume::default()));
-        assert_eq!(m.allowance().0, 10);
+        assert_eq!(m.allowance(0).0, 10);
         m.sent(7, 70);
-        assert_eq!(m.allowance().0, 3);
+        assert_eq!(m.allowance(0).0, 3);
         m.sent(3, 30);
-        assert_eq!(m.allowance(), (0, u64::MAX));
+        assert_eq!(m.allowance(0), (0, u64::MAX));
         let cut = m.crossed();
         assert_eq!((cut.rows, cut.bytes, cut.sqlstate), (10, 100, SqlState::PROGRAM_LIMIT_EXCEEDED));
         assert!(
@@ -389,7 +417,8 @@ mod tests {
     #[test]
     fn windows_are_shared_and_refuse_until_they_pass() {
         let windows = Windows::default();
-        let l = limit(5, Some(60));
+        // 32 rows a minute: a result takes 2 at a time.
+        let l = limit(32, Some(60));
         let part = |tenant: &str| {
             Arc::new(PartLimit {
                 limits: vec![l.clone()],
@@ -399,19 +428,34 @@ mod tests {
         };
         let (a1, a2, b) = (part("identity:a"), part("identity:a"), part("identity:b"));
         let first = a1.measure(Arc::new(Volume::default()));
-        assert_eq!(first.allowance().0, 5);
-        // While the first result holds the window, a concurrent one of the tenant gets nothing.
-        assert_eq!(a2.measure(Arc::new(Volume::default())).allowance().0, 0);
-        first.sent(3, 0);
+        assert_eq!(first.allowance(0).0, 2);
+        // A concurrent result of the tenant finds some left.
+        let concurrent = a2.measure(Arc::new(Volume::default()));
+        assert_eq!(concurrent.allowance(0).0, 2);
+        first.sent(2, 0);
         drop(first);
+        drop(concurrent);
+        // What was taken and not sent went back: 30 of 32 are left, and no more.
         let second = a2.measure(Arc::new(Volume::default()));
-        assert_eq!(second.allowance().0, 2, "what the first did not send went back to the window");
-        assert_eq!(b.measure(Arc::new(Volume::default())).allowance().0, 5, "another tenant has its own");
-        assert!(a2.refusal().is_none());
-        second.sent(2, 0);
+        let mut read = 0;
+        loop {
+            let (rows, _) = second.allowance(0);
+            if rows == 0 {
+                break;
+            }
+            second.sent(rows, 0);
+            read += rows;
+        }
+        assert_eq!(read, 30);
+        assert_eq!(b.measure(Arc::new(Volume::default())).allowance(0).0, 2, "another tenant has its own");
         let (refused, why) = a2.refusal().expect("exhausted");
         assert_eq!(&*refused.rule, "r");
         assert!(why.contains("refused until"), "{why}");
+        // A reload that raises the cap applies to the same window, counted so far.
+        let raised = Limit { cap: Cap { rows: Some(64), ..l.cap }, ..l.clone() };
+        let window = windows.get(&raised, "identity:a");
+        assert!(window.exhausted().is_none());
+        assert_eq!(window.used().0, 32);
     }
 
     #[test]
@@ -421,7 +465,7 @@ mod tests {
             Arc::new(PartLimit { limits: vec![limit(10, None)], windows: Vec::new(), cursor: Some(cursor.clone()) });
         part.measure(cursor.clone()).sent(6, 0);
         let next = part.measure(cursor);
-        assert_eq!(next.allowance().0, 4);
+        assert_eq!(next.allowance(0).0, 4);
         next.sent(4, 0);
         assert!(part.refusal().is_some_and(|(_, why)| why.contains("cursor")));
     }

@@ -134,8 +134,9 @@ pub fn facts_from_analysis(analysis: &Analysis, tags: BTreeMap<String, String>, 
 pub struct StatementExplanation {
     pub text: String,
     pub facts: OwnedFacts,
-    /// Each selected policy's decision, and with its dry-run rules enforced (when it has any).
-    pub per_policy: Vec<(Decision, Option<Decision>)>,
+    /// Each selected policy's decision (none: a dry-run policy), and with its dry-run rules
+    /// enforced (when it has any).
+    pub per_policy: Vec<(Option<Decision>, Option<Decision>)>,
     pub decision: Decision,
     /// The would-be decision with every dry-run policy and rule enforced (when one selects).
     pub would: Option<Decision>,
@@ -279,11 +280,23 @@ impl fmt::Display for Explanation {
             let tags: Vec<String> = facts.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(f, "  tags: {}", if tags.is_empty() { "none".into() } else { tags.join(", ") })?;
             for (d, would) in &s.per_policy {
-                let by = d.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
-                writeln!(f, "  {}: {}{by}: {}", d.policy.as_deref().unwrap_or("-"), d.action, d.reason)?;
-                if let Some(w) = would.as_ref().filter(|w| *w != d) {
-                    let by = w.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
-                    writeln!(f, "    with its dry-run rules: would {}{by}: {}", w.action, w.reason)?;
+                let by = |d: &Decision| d.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
+                match (d, would) {
+                    (Some(d), would) => {
+                        writeln!(f, "  {}: {}{}: {}", d.policy.as_deref().unwrap_or("-"), d.action, by(d), d.reason)?;
+                        if let Some(w) = would.as_ref().filter(|w| *w != d) {
+                            writeln!(f, "    with its dry-run rules: would {}{}: {}", w.action, by(w), w.reason)?;
+                        }
+                    }
+                    (None, Some(w)) => writeln!(
+                        f,
+                        "  {} (dryrun, not enforced): would {}{}: {}",
+                        w.policy.as_deref().unwrap_or("-"),
+                        w.action,
+                        by(w),
+                        w.reason
+                    )?,
+                    (None, None) => {}
                 }
             }
             writeln!(f, "  decision: {}", s.decision)?;

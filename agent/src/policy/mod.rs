@@ -820,17 +820,22 @@ impl Selection {
     }
 
     /// Each selected policy's own decision, in order (for `warden policy explain`): as
-    /// enforced, and with its dry-run rules enforced when it has any.
-    pub fn decide_each(&self, set: &PolicySet, facts: &StatementFacts<'_>) -> Vec<(Decision, Option<Decision>)> {
+    /// enforced (none for a dry-run policy: nothing of it is), and with its dry-run rules
+    /// enforced when it has any.
+    pub fn decide_each(
+        &self,
+        set: &PolicySet,
+        facts: &StatementFacts<'_>,
+    ) -> Vec<(Option<Decision>, Option<Decision>)> {
         if set.id != self.set {
-            return vec![(stale(), None)];
+            return vec![(Some(stale()), None)];
         }
         self.policies
             .iter()
             .map(|i| {
                 let policy = &set.policies[*i as usize];
                 let (action, rule) = policy.evaluate(facts, false);
-                let enforced = policy.decision(action, rule, |r| r.describe(facts));
+                let enforced = (!policy.dryrun).then(|| policy.decision(action, rule, |r| r.describe(facts)));
                 let would = policy.has_dryrun.then(|| {
                     let (action, rule) = policy.evaluate(facts, true);
                     policy.decision(action, rule, |r| r.describe(facts))

@@ -681,7 +681,8 @@ fn the_most_restrictive_policy_wins_ties_by_name() {
     let each = set
         .select(&Subject { labels: &l, database: "db", user: Some("app") })
         .decide_each(&set, &facts(Class::Write).view());
-    let actions: Vec<(Action, Option<&str>)> = each.iter().map(|(d, _)| (d.action, d.policy.as_deref())).collect();
+    let actions: Vec<(Action, Option<&str>)> =
+        each.iter().filter_map(|(d, _)| d.as_ref()).map(|d| (d.action, d.policy.as_deref())).collect();
     assert_eq!(
         actions,
         vec![(Action::RequireApproval, Some("alpha")), (Action::Deny, Some("mid")), (Action::Allow, Some("zeta"))]

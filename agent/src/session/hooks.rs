@@ -246,8 +246,9 @@ pub trait SessionHooks: Send + Sync {
 /// PostgreSQL sends one CopyData per row). The relay asks for an allowance, sends up to it,
 /// reports what it sent, and asks again when the next row would not fit.
 pub trait ResultLimit: Send + Sync {
-    /// Rows and bytes that may still be sent now (`u64::MAX`: no limit of that kind).
-    fn allowance(&self) -> (u64, u64);
+    /// Rows and bytes that may still be sent now (`u64::MAX`: no limit of that kind), asked
+    /// before a row of `next_row` bytes (0: not known).
+    fn allowance(&self, next_row: u64) -> (u64, u64);
     /// `rows` rows of `bytes` bytes were sent to the client.
     fn sent(&self, rows: u64, bytes: u64);
     /// The next row does not fit: why the statement is stopped.

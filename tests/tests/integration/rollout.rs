@@ -42,8 +42,13 @@ fn now_ms() -> u64 {
 
 /// Runs the workload as the `etl` identity: (stdout, stderr).
 fn run_workload(agent: &Agent, pg: &Postgres) -> (String, String) {
+    run_script(agent, pg, WORKLOAD)
+}
+
+/// Runs a psql script as the `etl` identity, each line its own statement: (stdout, stderr).
+fn run_script(agent: &Agent, pg: &Postgres, sql: &str) -> (String, String) {
     let script = std::env::temp_dir().join(unique("warden-workload-")).with_extension("sql");
-    std::fs::write(&script, WORKLOAD).expect("write the workload");
+    std::fs::write(&script, sql).expect("write the workload");
     let psql = psql_bin().display().to_string();
     let port = pg.port.to_string();
     let script_arg = script.display().to_string();
@@ -99,6 +104,18 @@ fn a_dry_run_policy_records_what_it_would_do_and_simulation_predicts_enforcing_i
         &format!("metrics:\n  listen: '{metrics_addr}'\n"),
     );
 
+    // A cursor under the dry-run masking rule: what its FETCH would mask is recorded, and the
+    // would-be verdict does not refuse what enforcing would allow.
+    let (out, err) = run_script(
+        &agent,
+        &pg,
+        "begin;\ndeclare c cursor for select id, email from customers order by id;\nfetch 10 from c;\ncommit;\n",
+    );
+    assert!(err.is_empty() && out.contains("ann@example.com"), "{out} {err}");
+    let fetch = agent.wait_record("the FETCH", |r| r["kind"] == "statement" && r["text"] == "fetch ? from c");
+    assert_eq!(fetch["would"]["decision"], "allow", "{fetch}");
+    assert_eq!(fetch["would"]["change"], "mask", "{fetch}");
+
     // Dry run: every statement runs as it would without the policy.
     let dry_start = now_ms();
     let (out, err) = run_workload(&agent, &pg);
@@ -143,7 +160,11 @@ fn a_dry_run_policy_records_what_it_would_do_and_simulation_predicts_enforcing_i
         2.0,
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, "warden_statements_dryrun_total", &["would=\"mask\""]), 2.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "warden_statements_dryrun_total", &["would=\"mask\"", "rule=\"emails\""]),
+        4.0,
+        "the workload's two, and the cursor's DECLARE and FETCH: {metrics}"
+    );
 
     // `policy explain` shows the dry-run verdict too.
     let explain =

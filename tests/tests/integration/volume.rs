@@ -111,6 +111,14 @@ async fn results_are_stopped_at_their_volume_limit_by_every_path_and_the_server_
     assert_stopped("cursor FETCHes", fetched, ended, "big-results", 10_000);
     client.batch_execute("rollback").await.expect("rollback");
 
+    // A DECLARE the server refuses leaves the cursor it names as it was, limits included.
+    client.batch_execute("declare h cursor with hold for select * from big").await.expect("declare with hold");
+    let refused = client.batch_execute("declare h cursor for select 1").await;
+    assert!(refused.is_err(), "outside a transaction block the server refuses it");
+    let (rows, ended) = simple_rows(&client, "fetch all from h").await;
+    assert_stopped("the held cursor", rows, ended, "big-results", 10_000);
+    client.batch_execute("close h").await.expect("close");
+
     // A pipeline: the stopped statement's batch ends with its error; the next batch runs.
     let big = async {
         let stream = client.query_raw(&statement, std::iter::empty::<i32>()).await?;

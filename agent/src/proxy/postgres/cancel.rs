@@ -65,6 +65,7 @@ pub(super) async fn forward_cancel(
     packet: &[u8],
     pid: i32,
     key: &[u8],
+    from_client: bool,
 ) -> Result<(), SessionError> {
     let target = ctx.cancels.lookup(pid, key).unwrap_or_else(|| CancelTarget {
         orig_dst: ctx.orig_dst,
@@ -73,7 +74,7 @@ pub(super) async fn forward_cancel(
         dial: ctx.dial.clone(),
         hooks: None,
     });
-    if let Some(hooks) = &target.hooks {
+    if let Some(hooks) = target.hooks.as_ref().filter(|_| from_client) {
         // What the client cancels may be waiting for an approver: it is not run later.
         hooks.on_cancel_request();
     }
@@ -126,7 +127,7 @@ pub(super) fn cancel_in_background(ctx: &SessionContext, pid: i32, key: &[u8]) -
         live: None,
     };
     tokio::spawn(async move {
-        if let Err(e) = forward_cancel(&ctx, &packet, pid, &key).await {
+        if let Err(e) = forward_cancel(&ctx, &packet, pid, &key, false).await {
             tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a statement stopped at a volume limit failed");
         }
         let _ = done.send(());

@@ -126,7 +126,7 @@ async fn run_inner(
         ClientStart::Cancel { packet, pid, key, .. } => {
             report.cancel_request = true;
             on_open(report);
-            return cancel::forward_cancel(ctx, &packet, pid, &key).await;
+            return cancel::forward_cancel(ctx, &packet, pid, &key, true).await;
         }
         ClientStart::Session(s) => s,
     };

@@ -195,7 +195,7 @@ where
             // statement runs), then it ends its backend on Terminate; the client is told why.
             if let Some((pid, key)) = &to_client.obs.registered {
                 let packet = super::cancel::cancel_packet(*pid, key);
-                if let Err(e) = super::cancel::forward_cancel(ctx, &packet, *pid, key).await {
+                if let Err(e) = super::cancel::forward_cancel(ctx, &packet, *pid, key, true).await {
                     tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a terminated session's statement failed");
                 }
             }
@@ -905,6 +905,7 @@ impl<'a> ServerToClient<'a> {
                 limited: false,
                 limit: None,
                 stopping: None,
+                admitted: None,
             },
             buf: BytesMut::with_capacity(128 * 1024),
             streaming: 0,
@@ -1030,8 +1031,9 @@ impl<'a> ServerToClient<'a> {
             if self.obs.limited && !internal {
                 let row = h.tag == b'D' || h.tag == b'd';
                 if self.obs.stopping.is_some() || row {
-                    if available < h.total && h.total <= self.ctx.max_message && !(row && self.obs.stopping.is_some()) {
-                        // A row is counted (or a message after a stop judged) whole.
+                    if available < h.total && h.total <= self.ctx.max_message && !row {
+                        // A message after a stop is judged whole (a row is counted, or dropped,
+                        // from its header: rows stream).
                         self.buf.reserve(h.total - available);
                         break;
                     }
@@ -1163,10 +1165,19 @@ impl ServerToClient<'_> {
     ) -> Result<Limited, SessionError> {
         let row = tag == b'D' || tag == b'd';
         if self.obs.stopping.is_none() {
-            if let Some(cut) = self.obs.admit(st, (total - 5) as u64) {
-                self.stop(st, cut);
-            } else {
+            // Counted once, from its header (a row the relay waits to see whole comes again).
+            let at = self.bytes + pos as u64;
+            if self.obs.admitted == Some(at)
+                || (tag == b'd' && copy_framing(&self.buf[pos + 5..pos + available.min(total)]))
+            {
                 return Ok(Limited::Relay);
+            }
+            match self.obs.admit(st, (total - 5) as u64) {
+                Some(cut) => self.stop(st, cut, pos),
+                None => {
+                    self.obs.admitted = Some(at);
+                    return Ok(Limited::Relay);
+                }
             }
         }
         if row {
@@ -1198,6 +1209,13 @@ impl ServerToClient<'_> {
             );
         let fatal = matches!(&msg, Backend::ErrorResponse { fields }
             if matches!(crate::pg::backend::field(fields, b'S'), Some(b"FATAL" | b"PANIC")));
+        if fatal
+            && !std::mem::replace(&mut stopping.recorded, true)
+            && let Some(running) = st.running()
+        {
+            // The session ends: the cut is recorded all the same.
+            self.ctx.hooks.on_stopped(running, &stopping.cut);
+        }
         let replacement: Option<Vec<u8>> = if ends_cut && !fatal {
             let first = !stopping.answered;
             stopping.answered = true;
@@ -1237,12 +1255,29 @@ impl ServerToClient<'_> {
         Ok(Limited::Consumed(pos + total))
     }
 
-    /// Begins stopping the running statement at `cut`: its server work is cancelled (when the
-    /// session's cancel key is known), its rows from here on dropped.
-    fn stop(&mut self, st: &ProtocolState, cut: Cut) {
+    /// Begins stopping the running statement at `cut` (its row at `pos`): its rows from here on
+    /// are dropped, and its server work is cancelled (when the session's cancel key is known),
+    /// unless what was read already holds its end: then the server is done with it, and a
+    /// cancel could only hit what the client pipelined after it.
+    fn stop(&mut self, st: &ProtocolState, cut: Cut, pos: usize) {
         let Some(running) = st.running() else { return };
-        let cancel =
-            self.obs.registered.as_ref().map(|(pid, key)| super::cancel::cancel_in_background(self.ctx, *pid, key));
+        let ended = {
+            let mut at = pos;
+            loop {
+                match frame::header(&self.buf[at..], MAX_STREAMED) {
+                    Ok(Some(h)) if h.tag == b'D' || h.tag == b'd' => at += h.total,
+                    Ok(Some(h)) => break matches!(h.tag, b'C' | b'E' | b's' | b'I' | b'c'),
+                    _ => break false,
+                }
+                if at >= self.buf.len() {
+                    break false;
+                }
+            }
+        };
+        let cancel = match &self.obs.registered {
+            Some((pid, key)) if !ended => Some(super::cancel::cancel_in_background(self.ctx, *pid, key)),
+            _ => None,
+        };
         self.obs.filter = None;
         self.obs.copy = None;
         self.obs.limit = None;
@@ -1283,8 +1318,8 @@ struct Measure {
 }
 
 impl Measure {
-    fn new(limit: Arc<dyn ResultLimit>) -> Self {
-        let (rows_left, bytes_left) = limit.allowance();
+    fn new(limit: Arc<dyn ResultLimit>, next_row: u64) -> Self {
+        let (rows_left, bytes_left) = limit.allowance(next_row);
         Measure { limit, rows_left, bytes_left, rows: 0, bytes: 0 }
     }
 
@@ -1293,9 +1328,14 @@ impl Measure {
         if self.rows > 0 || self.bytes > 0 {
             self.limit.sent(self.rows, self.bytes);
             (self.rows, self.bytes) = (0, 0);
-            (self.rows_left, self.bytes_left) = self.limit.allowance();
+            (self.rows_left, self.bytes_left) = self.limit.allowance(0);
         }
     }
+}
+
+/// Whether a COPY data message is the binary format's header or trailer, not a row.
+fn copy_framing(body: &[u8]) -> bool {
+    body == [0xff, 0xff] || body.starts_with(b"PGCOPY\n\xff\r\n\0")
 }
 
 impl Observer<'_> {
@@ -1305,14 +1345,15 @@ impl Observer<'_> {
         let key = (running.id, running.completed);
         if self.limit.as_ref().is_none_or(|(k, _)| *k != key) {
             self.report_sent();
-            let measure = self.ctx.hooks.result_limit(running, running.completed as usize).map(Measure::new);
+            let measure =
+                self.ctx.hooks.result_limit(running, running.completed as usize).map(|l| Measure::new(l, bytes));
             self.limit = Some((key, measure));
         }
         let (_, Some(m)) = self.limit.as_mut()? else { return None };
         if m.rows_left == 0 || m.bytes_left < bytes {
             // What another session of the same tenant used is counted too: asked again first.
             m.report();
-            (m.rows_left, m.bytes_left) = m.limit.allowance();
+            (m.rows_left, m.bytes_left) = m.limit.allowance(bytes);
             if m.rows_left == 0 || m.bytes_left < bytes {
                 return Some(m.limit.crossed());
             }
@@ -1363,12 +1404,29 @@ struct Observer<'a> {
     limit: Option<((u64, u32), Option<Measure>)>,
     /// A statement stopped at a volume limit, until its ReadyForQuery.
     stopping: Option<Stopping>,
+    /// Where (in the stream from the server) the last row counted against a limit began.
+    admitted: Option<u64>,
 }
 
 impl Observer<'_> {
     /// Feeds one decoded server message to the state machine and the hooks; returns bytes to
     /// send in its place, if any.
     fn observe(&mut self, st: &mut ProtocolState, msg: &Backend<'_>) -> Result<Option<Vec<u8>>, SessionError> {
+        if self.limit.is_some()
+            && matches!(
+                msg,
+                Backend::CommandComplete { .. }
+                    | Backend::ErrorResponse { .. }
+                    | Backend::PortalSuspended
+                    | Backend::EmptyQueryResponse
+                    | Backend::CopyDone
+                    | Backend::ReadyForQuery { .. }
+            )
+        {
+            // The result ended: what it took from a window and did not send goes back.
+            self.report_sent();
+            self.limit = None;
+        }
         let hooks = &self.ctx.hooks;
         if st.answering_internal() {
             // The proxy's own query: no statement of the client's, nothing for the hooks.
