@@ -394,6 +394,20 @@ impl RingSource {
     }
 }
 
+/// Labels as KEY=VALUE pairs.
+type Labels = Vec<(String, String)>;
+
+/// `--label KEY=VALUE` pairs and `--since` as milliseconds since the epoch.
+fn filters(labels: &[String], since: Option<&str>) -> Result<(Labels, Option<u64>)> {
+    let labels = labels
+        .iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Option<Vec<_>>>()
+        .context("--label: expected KEY=VALUE")?;
+    let since_ms = since.map(|s| warden::audit::cli::parse_since(s, warden::audit::now_ms())).transpose()?;
+    Ok((labels, since_ms))
+}
+
 fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
     use warden::audit::{
         cli::{self, Filter, Output},
@@ -419,12 +433,7 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
             }
         }
         AuditCmd::Query { identity, labels, database, verdict, would, would_deny, kind, since, session } => {
-            let labels = labels
-                .iter()
-                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect::<Option<Vec<_>>>()
-                .context("--label: expected KEY=VALUE")?;
-            let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
+            let (labels, since_ms) = filters(&labels, since.as_deref())?;
             let would = if would_deny { Some("deny".to_string()) } else { would };
             let filter = Filter { identity, labels, database, verdict, would, kind, session, since_ms };
             cli::print(&cli::query(&load(&ring)?, &filter), output)?;
@@ -524,12 +533,7 @@ fn policy(command: PolicyCmd) -> Result<ExitCode> {
                 "json" => true,
                 other => anyhow::bail!("-o {other:?}: expected table or json"),
             };
-            let labels = labels
-                .iter()
-                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect::<Option<Vec<_>>>()
-                .context("--label: expected KEY=VALUE")?;
-            let since_ms = since.map(|s| cli::parse_since(&s, warden::audit::now_ms())).transpose()?;
+            let (labels, since_ms) = filters(&labels, since.as_deref())?;
             let ring = source.ring()?;
             let entries = cli::load(&ring, 0).with_context(|| format!("reading the audit ring {}", ring.display()))?;
             let filter = warden::govern::simulate::Filter { identity, labels, database, since_ms };

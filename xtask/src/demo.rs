@@ -61,6 +61,18 @@ spec:
     - {name: account-deletes, match: {class: [write], relations: [public.accounts]}, action: require_approval}
 ";
 
+/// Writes a policy file into the agent's directory and waits until the agent reloaded it.
+fn install_policy(agent: &Agent, file: &str, yaml: &str) -> Result<()> {
+    let reloads = agent.log().matches("policy set reloaded").count();
+    agent.write_policy(file, yaml);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches("policy set reloaded").count() <= reloads {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{file} was not loaded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// `warden ARGS --config CONFIG`, shown as the operator types it.
 fn operator(warden: &Path, agent: &Agent, args: &[&str]) -> std::process::Output {
     let shown: Vec<String> =
@@ -226,16 +238,11 @@ pub fn demo(warden: &Path) -> Result<()> {
         )
     };
     println!("(the operator adds a candidate policy in dry-run mode)\n{}", candidate("dryrun").trim_end());
-    let reloads = agent.log().matches("policy set reloaded").count();
-    agent.write_policy("rollout.yaml", &candidate("dryrun"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while agent.log().matches("policy set reloaded").count() <= reloads {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the dry-run policy was not loaded");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let update = "update accounts set balance = balance + 1 where id = 1";
-    println!("$ warden exec --label {} --label {} -- psql -c \"{update}\"", labels[0], labels[1]);
-    show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, update));
+    pg.admin_sql("create table notes(id int, body text)");
+    install_policy(&agent, "rollout.yaml", &candidate("dryrun"))?;
+    let insert = "insert into notes values (1, 'draft')";
+    println!("$ warden exec --label {} --label {} -- psql -c \"{insert}\"", labels[0], labels[1]);
+    show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, insert));
     println!("-> it ran; the ring says what enforcing the candidate would have done:");
     agent.wait_record("the would-be verdict", |r| r["kind"] == "statement" && r["would"]["change"] == "deny");
     println!("$ warden audit query --would-deny");
@@ -258,13 +265,7 @@ pub fn demo(warden: &Path) -> Result<()> {
                   selector: {matchLabels: {warden/kind: agent}}\n  rules:\n    \
                   - {name: bulk-reads, match: {class: [read]}, limit: {rows: 1000}}\n";
     println!("{}", volume.trim_end());
-    let reloads = agent.log().matches("policy set reloaded").count();
-    agent.write_policy("volume.yaml", volume);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while agent.log().matches("policy set reloaded").count() <= reloads {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the volume policy was not loaded");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    install_policy(&agent, "volume.yaml", volume)?;
     let endless = "select generate_series(1, 100000000) as n";
     println!("$ warden exec --label {} --label {} -- psql -c \"{endless}\"", labels[0], labels[1]);
     let started = std::time::Instant::now();

@@ -516,12 +516,13 @@ impl SessionGovern {
                 };
                 let mut decided = selection.decide(&snapshot.set, &facts);
                 let denied_before_masking = decided.action == Action::Deny;
-                let mut mask = None;
-                let mut mask_refusal = None;
-                if decided.action != Action::Deny
-                    && let Some(policy) = &mask_policy
-                {
-                    match self.plan_part(
+                // Plans the statement's masking under `policy` (the would-be verdict's: `would`).
+                let any_schema = narrowed != Narrowed::None;
+                let plan = |policy: &Arc<crate::policy::masking::MaskPolicy>,
+                            declared: &HashMap<String, Arc<crate::mask::plan::PartMask>>,
+                            redefined: bool,
+                            would: bool| {
+                    self.plan_part(
                         policy,
                         snapshot.generation,
                         info,
@@ -530,11 +531,18 @@ impl SessionGovern {
                         &part.described,
                         &analysis_of,
                         &lookup,
-                        narrowed != Narrowed::None,
-                        &declared_here,
-                        redefined_here,
-                        false,
-                    ) {
+                        any_schema,
+                        declared,
+                        redefined,
+                        would,
+                    )
+                };
+                let mut mask = None;
+                let mut mask_refusal = None;
+                if decided.action != Action::Deny
+                    && let Some(policy) = &mask_policy
+                {
+                    match plan(policy, &declared_here, redefined_here, false) {
                         Ok(plan) => {
                             if let Some(name) = &plan.declares {
                                 declared_here.insert(name.clone(), plan.clone());
@@ -607,20 +615,7 @@ impl SessionGovern {
                     let mut would_mask = None;
                     match (&would_mask_policy, w.action) {
                         (_, Action::Deny) => {}
-                        (Some(policy), _) => match self.plan_part(
-                            policy,
-                            snapshot.generation,
-                            info,
-                            raw,
-                            part.ambiguous,
-                            &part.described,
-                            &analysis_of,
-                            &lookup,
-                            narrowed != Narrowed::None,
-                            &declared_would,
-                            redefined_would,
-                            true,
-                        ) {
+                        (Some(policy), _) => match plan(policy, &declared_would, redefined_would, true) {
                             Ok(plan) => {
                                 if let Some(name) = &plan.declares {
                                     declared_would.insert(name.clone(), plan.clone());
@@ -633,20 +628,7 @@ impl SessionGovern {
                             (Some(refused), _) => w = refused.clone(),
                             // The real verdict refused before masking was planned: planned here
                             // with the masking in force, for the would-be verdict only.
-                            (None, Some(policy)) if denied_before_masking => match self.plan_part(
-                                policy,
-                                snapshot.generation,
-                                info,
-                                raw,
-                                part.ambiguous,
-                                &part.described,
-                                &analysis_of,
-                                &lookup,
-                                narrowed != Narrowed::None,
-                                &declared_would,
-                                redefined_would,
-                                false,
-                            ) {
+                            (None, Some(policy)) if denied_before_masking => match plan(policy, &declared_would, redefined_would, false) {
                                 Ok(plan) => would_mask = Some(plan),
                                 Err(why) => w = masking_refusal(why),
                             },

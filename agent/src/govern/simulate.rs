@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    policy::{Action, PolicySet, Selection, StatementFacts, Subject, fail_closed, masking::Untraced},
+    policy::{Action, PolicySet, Selection, Subject, explain::OwnedFacts, fail_closed, masking::Untraced},
     sql::{Class, ClassSet, ObjectName},
 };
 
@@ -230,7 +230,7 @@ pub fn simulate<'r>(set: &PolicySet, records: impl IntoIterator<Item = &'r Value
             skip(&mut report, NO_SESSION);
             continue;
         };
-        let Some(owned) = Facts::read(record) else {
+        let Some(owned) = read_facts(record) else {
             skip(&mut report, UNREADABLE);
             continue;
         };
@@ -247,7 +247,7 @@ pub fn simulate<'r>(set: &PolicySet, records: impl IntoIterator<Item = &'r Value
                 set.select(&Subject { labels: &session.labels, database: &database, user: role.as_deref() })
             })
             .clone();
-        let view = owned.view();
+        let view = owned.facts();
         // The candidate's dry-run parts count as enforced.
         let masking = if selection.dryrun_masks() {
             selection.masking_would(set, &session.labels)
@@ -415,62 +415,38 @@ fn string_map(v: &Value) -> BTreeMap<String, String> {
 }
 
 /// A statement's facts as its record keeps them.
-struct Facts {
-    class: Class,
-    effects: ClassSet,
-    relations: Vec<Vec<ObjectName>>,
-    functions: Vec<Vec<ObjectName>>,
-    unscoped: bool,
-    tags: BTreeMap<String, String>,
-    reason: Option<String>,
-}
-
-impl Facts {
-    fn read(record: &Value) -> Option<Facts> {
-        let facts = &record["facts"];
-        let class = Class::from_name(record["class"].as_str()?)?;
-        let mut effects = ClassSet::of(&[class]);
-        for e in facts["effects"].as_array()? {
-            effects.insert(Class::from_name(e.as_str()?)?);
-        }
-        let names = |v: &Value| -> Option<Vec<Vec<ObjectName>>> {
-            v.as_array()?
-                .iter()
-                .map(|places| {
-                    places
-                        .as_array()?
-                        .iter()
-                        .map(|pair| {
-                            let pair = pair.as_array()?;
-                            let [schema, name] = pair.as_slice() else { return None };
-                            Some(ObjectName::new(schema.as_str(), name.as_str()?))
-                        })
-                        .collect()
-                })
-                .collect()
-        };
-        Some(Facts {
-            class,
-            effects,
-            relations: names(&facts["relations"])?,
-            functions: names(&facts["functions"])?,
-            unscoped: facts["unscoped"] == true,
-            tags: string_map(&record["tags"]),
-            reason: record["class_reason"].as_str().map(str::to_string),
-        })
+fn read_facts(record: &Value) -> Option<OwnedFacts> {
+    let facts = &record["facts"];
+    let class = Class::from_name(record["class"].as_str()?)?;
+    let mut effects = ClassSet::of(&[class]);
+    for e in facts["effects"].as_array()? {
+        effects.insert(Class::from_name(e.as_str()?)?);
     }
-
-    fn view(&self) -> StatementFacts<'_> {
-        StatementFacts {
-            class: self.class,
-            effects: self.effects,
-            relations: &self.relations,
-            functions: &self.functions,
-            unscoped: self.unscoped,
-            tags: &self.tags,
-            reason: self.reason.as_deref(),
-        }
-    }
+    let names = |v: &Value| -> Option<Vec<Vec<ObjectName>>> {
+        v.as_array()?
+            .iter()
+            .map(|places| {
+                places
+                    .as_array()?
+                    .iter()
+                    .map(|pair| {
+                        let pair = pair.as_array()?;
+                        let [schema, name] = pair.as_slice() else { return None };
+                        Some(ObjectName::new(schema.as_str(), name.as_str()?))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    Some(OwnedFacts {
+        class,
+        effects,
+        relations: names(&facts["relations"])?,
+        functions: names(&facts["functions"])?,
+        unscoped: facts["unscoped"] == true,
+        tags: string_map(&record["tags"]),
+        reason: record["class_reason"].as_str().map(str::to_string),
+    })
 }
 
 impl std::fmt::Display for Report {
