@@ -230,6 +230,8 @@ struct SessionState {
     cursor_volumes: HashMap<String, Arc<volume::Volume>>,
     /// The limits of the statement each cursor was declared with.
     cursor_limits: HashMap<String, Arc<volume::PartLimit>>,
+    /// Cursors that may be WITH HOLD (they outlive their transaction).
+    cursors_held: std::collections::HashSet<String>,
 }
 
 /// Statement counts kept per session (beyond it they are forgotten, and a portal resumed
@@ -628,7 +630,7 @@ impl SessionGovern {
                             (Some(refused), _) => w = refused.clone(),
                             // The real verdict refused before masking was planned: planned here
                             // with the masking in force, for the would-be verdict only.
-                            (None, Some(policy)) if denied_before_masking => match plan(policy, &declared_would, redefined_would, false) {
+                            (None, Some(policy)) if denied_before_masking => match plan(policy, &declared_here, redefined_here, false) {
                                 Ok(plan) => would_mask = Some(plan),
                                 Err(why) => w = masking_refusal(why),
                             },
@@ -993,14 +995,21 @@ impl SessionHooks for SessionGovern {
             metrics.judged_in(started.elapsed());
         }
         if info.step == crate::session::hooks::Step::Bind && !info.portal.is_empty() {
-            // Portals and SQL cursors share one namespace: the name now stands for this portal
-            // (or the Bind fails, as a cursor holds it). A SQL FETCH of it is judged as of a
-            // cursor not seen declared, and nothing declared under the name carries over.
-            let name = String::from_utf8_lossy(info.portal);
+            // Portals and SQL cursors share one namespace: the name may now stand for this
+            // portal (or the Bind fails, as a cursor holds it). A SQL FETCH of it is judged as
+            // of a cursor not seen declared; its limits only grow (a later DECLARE the server
+            // refuses must not leave this portal readable under weaker ones).
+            let name = String::from_utf8_lossy(info.portal).into_owned();
+            let limit = judgement.parts.iter().find_map(|p| p.limit.clone());
             let mut state = self.lock();
-            state.cursors.remove(&*name);
-            state.cursor_limits.remove(&*name);
-            state.cursor_volumes.remove(&*name);
+            state.cursors.remove(&name);
+            if let Some(limit) = limit {
+                let joined = match state.cursor_limits.get(&name) {
+                    Some(before) => Arc::new(before.join(&limit)),
+                    None => limit,
+                };
+                state.cursor_limits.insert(name, joined);
+            }
         }
         if info.step == crate::session::hooks::Step::Bind
             && !info.portal.is_empty()
@@ -1136,17 +1145,22 @@ impl SessionHooks for SessionGovern {
                     state = self.lock();
                 }
                 if let Some(name) = &analysis.declares {
-                    if state.cursors.len() >= MAX_CURSORS && !state.cursors.contains_key(name) {
-                        // Forgotten cursors are FETCHed as unknown (refused where guarded), so
-                        // their counts go with them.
-                        state.cursors.clear();
-                        state.cursor_limits.clear();
-                        state.cursor_volumes.clear();
+                    // Beyond MAX_CURSORS names a new one is not remembered: a FETCH of it is
+                    // judged as of a cursor not seen declared (refused where guarded). Nothing
+                    // remembered is dropped to make room: a cursor's limits must not go while
+                    // the cursor may live (they go when its transaction ends, or a DECLARE of
+                    // its name completes).
+                    if state.cursors.len() < MAX_CURSORS || state.cursors.contains_key(name) {
+                        state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
                     }
-                    state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
+                    if search_path::contains_ci(raw, "hold") {
+                        state.cursors_held.insert(name.clone());
+                    }
                     // Joined with what the name had: the server may refuse this DECLARE and keep
                     // the cursor it names (its DECLARE CURSOR completion replaces them).
-                    if let Some(limit) = &part.limit {
+                    if let Some(limit) = &part.limit
+                        && (state.cursor_limits.len() < MAX_CURSORS || state.cursor_limits.contains_key(name))
+                    {
                         let joined = match state.cursor_limits.get(name) {
                             Some(before) => Arc::new(before.join(limit)),
                             None => limit.clone(),
@@ -1182,8 +1196,21 @@ impl SessionHooks for SessionGovern {
 
     fn on_complete(&self, running: Option<&Running>, tag: &str) {
         if let Some(r) = running {
+            let completing = r.judgement.as_ref().and_then(|j| j.parts.get(r.completed as usize));
+            if (tag == "COMMIT" || tag == "ROLLBACK")
+                && let Some(part) = completing
+                && !part.described.normalised.split_ascii_whitespace().any(|w| w == "to" || w == "prepared")
+            {
+                // The transaction ended: the server closed its cursors but those WITH HOLD.
+                let mut state = self.lock();
+                let held = std::mem::take(&mut state.cursors_held);
+                state.cursors.retain(|name, _| held.contains(name));
+                state.cursor_limits.retain(|name, _| held.contains(name));
+                state.cursor_volumes.retain(|name, _| held.contains(name));
+                state.cursors_held = held;
+            }
             if tag == "DECLARE CURSOR"
-                && let Some(part) = r.judgement.as_ref().and_then(|j| j.parts.get(r.completed as usize))
+                && let Some(part) = completing
                 && let Some(name) = part.described.analysis.declares.as_ref()
             {
                 // The server declares a name only when no cursor holds it: a new cursor, with

@@ -119,6 +119,27 @@ async fn results_are_stopped_at_their_volume_limit_by_every_path_and_the_server_
     assert_stopped("the held cursor", rows, ended, "big-results", 10_000);
     client.batch_execute("close h").await.expect("close");
 
+    // A portal and a cursor share one namespace. Binding a limited cursor's name (the server
+    // refuses: the cursor holds it), then a DECLARE of it the server refuses too, leaves the
+    // cursor's limits: its FETCH stops at the cap of the statement it was declared with.
+    let addr = format!("127.0.0.1:{}", pg.port);
+    let by_name = tokio::task::spawn_blocking(move || {
+        use testkit::raw::{Raw, bind, errors, message, parse, query};
+        let mut raw = Raw::login(&addr);
+        raw.send(&query("declare k cursor with hold for select * from big"));
+        assert!(errors(&raw.until_ready()).is_empty());
+        raw.send(&[parse("", "select 1"), bind("k", "", &[]), message(b'S', b"")].concat());
+        assert_eq!(errors(&raw.until_ready()), ["42P03"], "the cursor holds the name");
+        raw.send(&query("declare k cursor for select 1"));
+        assert_eq!(errors(&raw.until_ready()), ["25P01"], "outside a transaction block");
+        raw.send(&query("fetch all from k"));
+        let answer = raw.until_ready();
+        (answer.iter().filter(|m| m.0 == b'D').count(), errors(&answer))
+    })
+    .await
+    .expect("raw session");
+    assert_eq!(by_name, (10_000, vec!["54000".to_string()]), "the declared statement's cap");
+
     // A pipeline: the stopped statement's batch ends with its error; the next batch runs.
     let big = async {
         let stream = client.query_raw(&statement, std::iter::empty::<i32>()).await?;

@@ -1168,7 +1168,7 @@ impl ServerToClient<'_> {
             // Counted once, from its header (a row the relay waits to see whole comes again).
             let at = self.bytes + pos as u64;
             if self.obs.admitted == Some(at)
-                || (tag == b'd' && copy_framing(&self.buf[pos + 5..pos + available.min(total)]))
+                || (tag == b'd' && copy_framing(&self.buf[pos + 5..pos + available.min(total)], total - 5))
             {
                 return Ok(Limited::Relay);
             }
@@ -1333,9 +1333,12 @@ impl Measure {
     }
 }
 
-/// Whether a COPY data message is the binary format's header or trailer, not a row.
-fn copy_framing(body: &[u8]) -> bool {
-    body == [0xff, 0xff] || body.starts_with(b"PGCOPY\n\xff\r\n\0")
+/// Whether a COPY data message (of `len` bytes, `body` what is read of it) is only the binary
+/// format's framing: its 19-byte header (which PostgreSQL may send with the first row: then it
+/// is a row), its trailer, or both.
+fn copy_framing(body: &[u8], len: usize) -> bool {
+    const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    (len == 2 && body == [0xff, 0xff]) || (matches!(len, 19 | 21) && body.starts_with(HEADER))
 }
 
 impl Observer<'_> {
