@@ -313,6 +313,14 @@ impl ResultLimit for Measured {
         // the statement may still send).
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, window), held) in self.part.windows.iter().zip(taken.iter_mut()) {
+            if held.0 > 0 || held.1 > 0 {
+                let now = window.lock().started;
+                if held.2 != now {
+                    // The window passed: what was held in it went with it (sending it would
+                    // count in the new window without having been taken from it).
+                    *held = (0, 0, now);
+                }
+            }
             let want = (
                 WINDOW_CHUNK.0.min(rows).saturating_sub(held.0),
                 WINDOW_CHUNK.1.max(next_row).min(bytes).saturating_sub(held.1),
@@ -455,6 +463,41 @@ mod tests {
         let raised = Limit { cap: Cap { rows: Some(64), ..l.cap }, ..l.clone() };
         let window = windows.get(&raised, "identity:a");
         assert!(window.exhausted().is_none());
+        assert_eq!(window.used().0, 32);
+    }
+
+    #[test]
+    fn a_share_of_a_window_that_passed_is_not_sent_in_the_next() {
+        let windows = Windows::default();
+        let l = limit(32, Some(60));
+        // The statement may send 2 rows: all of them taken from the window at once.
+        let part = Arc::new(PartLimit {
+            limits: vec![limit(2, None), l.clone()],
+            windows: vec![(l.clone(), windows.get(&l, "identity:a"))],
+            cursor: None,
+        });
+        let m = part.measure(Arc::new(Volume::default()));
+        assert_eq!(m.allowance(0).0, 2);
+        // The window passes; another session of the tenant uses all of the next one.
+        let window = &part.windows[0].1;
+        window.state.lock().unwrap().started = Some(Instant::now() - Duration::from_secs(61));
+        let other = Arc::new(PartLimit {
+            limits: vec![l.clone()],
+            windows: vec![(l.clone(), windows.get(&l, "identity:a"))],
+            cursor: None,
+        })
+        .measure(Arc::new(Volume::default()));
+        let mut read = 0;
+        loop {
+            let (rows, _) = other.allowance(0);
+            if rows == 0 {
+                break;
+            }
+            other.sent(rows, 0);
+            read += rows;
+        }
+        assert_eq!(read, 32);
+        assert_eq!(m.allowance(0).0, 0, "the old share is gone with its window");
         assert_eq!(window.used().0, 32);
     }
 
