@@ -385,17 +385,8 @@ impl SessionGovern {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         let message_tags = (parts.len() > 1 && info.lexing.ascii_safe).then(|| Arc::new(sqlcommenter_tags(info.sql)));
-        let (cursor_limits, cursor_volumes) = {
-            let state = self.lock();
-            if selection.has_limits() || !state.cursor_limits.is_empty() {
-                (state.cursor_limits.clone(), state.cursor_volumes.clone())
-            } else {
-                (HashMap::new(), HashMap::new())
-            }
-        };
         let mut declared_limits: HashMap<String, Arc<volume::PartLimit>> = HashMap::new();
         let mut declared_names: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let tenant = self.origin.as_ref().map_or_else(|| "unattributed".to_string(), |o| o.identity.tenant_key());
         let (mut cursors, mut builtins_untrusted, facts, path) = {
             let state = self.lock();
             let facts = match (&state.facts, state.catalog_stale) {
@@ -562,15 +553,19 @@ impl SessionGovern {
                 decided = crate::policy::fail_closed(decided, &facts, selection.guards());
                 // Volume limits: those its facts match and, for a FETCH, its cursor's.
                 let fetched = part.described.analysis.fetches.as_ref();
-                let limit = if selection.has_limits() || fetched.is_some_and(|c| cursor_limits.contains_key(c)) {
+                // A FETCH: its cursor's limits and count (declared earlier in this message:
+                // that cursor's, not an older one's, counted from nothing).
+                let (declared, cursor_volume) = match fetched {
+                    Some(c) if declared_names.contains(c) => (declared_limits.get(c).cloned(), Some(Arc::default())),
+                    Some(c) => {
+                        let state = self.lock();
+                        (state.cursor_limits.get(c).cloned(), state.cursor_volumes.get(c).cloned())
+                    }
+                    None => (None, None),
+                };
+                let limit = if selection.has_limits() || declared.is_some() {
                     let mut limits = selection.limits(&snapshot.set, &facts);
-                    // Declared earlier in this message: that cursor's, not an older one's.
-                    let declared = match fetched {
-                        Some(c) if declared_names.contains(c) => declared_limits.get(c),
-                        Some(c) => cursor_limits.get(c),
-                        None => None,
-                    };
-                    if let Some(declared) = declared {
+                    if let Some(declared) = &declared {
                         for l in &declared.limits {
                             if !limits.iter().any(|m| m.policy == l.policy && m.rule == l.rule) {
                                 limits.push(l.clone());
@@ -578,15 +573,15 @@ impl SessionGovern {
                         }
                     }
                     (!limits.is_empty()).then(|| {
-                        let windows = limits
-                            .iter()
-                            .filter(|l| l.cap.per.is_some())
-                            .map(|l| (l.clone(), self.governor.windows.get(l, &tenant)))
-                            .collect();
-                        let cursor = fetched.map(|c| match declared_names.contains(c) {
-                            true => Arc::default(),
-                            false => cursor_volumes.get(c).cloned().unwrap_or_default(),
-                        });
+                        let windows: Vec<_> = limits.iter().filter(|l| l.cap.per.is_some()).cloned().collect();
+                        let windows = match windows.is_empty() {
+                            true => Vec::new(),
+                            false => {
+                                let tenant = self.tenant();
+                                windows.into_iter().map(|l| (l.clone(), self.governor.windows.get(&l, &tenant))).collect()
+                            }
+                        };
+                        let cursor = fetched.map(|_| cursor_volume.clone().unwrap_or_default());
                         Arc::new(volume::PartLimit { limits, windows, cursor })
                     })
                 } else {
@@ -752,6 +747,11 @@ impl SessionGovern {
         {
             metrics.statement(&self.database, part.class.as_str(), decision.as_str());
         }
+    }
+
+    /// The tenant whose windows the session's reads count in (`Identity::tenant_key`).
+    fn tenant(&self) -> String {
+        self.origin.as_ref().map_or_else(|| "unattributed".to_string(), |o| o.identity.tenant_key())
     }
 
     /// Forgets the counts of `running`'s statement once it ended (a portal suspended keeps its).
