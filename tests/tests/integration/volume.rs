@@ -188,6 +188,10 @@ async fn results_are_stopped_at_their_volume_limit_by_every_path_and_the_server_
     let e = other.simple_query("select count(*) from crm.accounts").await.expect_err("shared window");
     assert_eq!(db_code(&e), "54000", "{e}");
 
+    // A row larger than the bytes limit is stopped from its header, never held whole.
+    let (rows, ended) = simple_rows(&client, "select repeat('x', 200000000) as huge").await;
+    assert_stopped("a 200 MB row", rows, ended, "any-read", 0);
+
     // The agent did not hold the rows it dropped.
     let grew = peak_kib(&agent).saturating_sub(peak_before);
     assert!(grew < 128 * 1024, "the agent's peak memory grew by {grew} KiB");
