@@ -801,6 +801,15 @@ impl SessionGovern {
     }
 }
 
+/// Whether a completed COMMIT or ROLLBACK (by its normalised text) may have left the session's
+/// transaction open: `ROLLBACK TO [SAVEPOINT]`, or `COMMIT`/`ROLLBACK PREPARED` (of another
+/// transaction). Keywords cannot be quoted, so any "to" or "prepared" in the text, whatever its
+/// case and wherever (a comment included), counts: when unsure, the transaction did not end.
+fn ends_no_transaction(normalised: &str) -> bool {
+    let lower = normalised.to_ascii_lowercase();
+    lower.contains("to") || lower.contains("prepared")
+}
+
 /// The decision on a statement masking cannot guarantee (`why`).
 fn masking_refusal(why: String) -> crate::policy::Decision {
     crate::policy::Decision {
@@ -1003,7 +1012,11 @@ impl SessionHooks for SessionGovern {
             let limit = judgement.parts.iter().find_map(|p| p.limit.clone());
             let mut state = self.lock();
             state.cursors.remove(&name);
-            if let Some(limit) = limit {
+            // SQL names a cursor by an identifier (at most 63 bytes): a longer portal name
+            // cannot be FETCHed. Beyond MAX_CURSORS names, new ones are not remembered.
+            let reachable = name.len() <= 63
+                && (state.cursor_limits.len() < MAX_CURSORS || state.cursor_limits.contains_key(&name));
+            if let Some(limit) = limit.filter(|_| reachable) {
                 let joined = match state.cursor_limits.get(&name) {
                     Some(before) => Arc::new(before.join(&limit)),
                     None => limit,
@@ -1153,7 +1166,9 @@ impl SessionHooks for SessionGovern {
                     if state.cursors.len() < MAX_CURSORS || state.cursors.contains_key(name) {
                         state.cursors.insert(name.clone(), (part.class, part.class_reason.clone()));
                     }
-                    if search_path::contains_ci(raw, "hold") {
+                    if search_path::contains_ci(raw, "hold")
+                        && (state.cursors_held.len() < MAX_CURSORS || state.cursors_held.contains(name))
+                    {
                         state.cursors_held.insert(name.clone());
                     }
                     // Joined with what the name had: the server may refuse this DECLARE and keep
@@ -1199,7 +1214,7 @@ impl SessionHooks for SessionGovern {
             let completing = r.judgement.as_ref().and_then(|j| j.parts.get(r.completed as usize));
             if (tag == "COMMIT" || tag == "ROLLBACK")
                 && let Some(part) = completing
-                && !part.described.normalised.split_ascii_whitespace().any(|w| w == "to" || w == "prepared")
+                && !ends_no_transaction(&part.described.normalised)
             {
                 // The transaction ended: the server closed its cursors but those WITH HOLD.
                 let mut state = self.lock();
@@ -1218,7 +1233,14 @@ impl SessionHooks for SessionGovern {
                 let mut state = self.lock();
                 state.cursor_volumes.remove(name);
                 match &part.limit {
-                    Some(limit) => state.cursor_limits.insert(name.clone(), limit.clone()),
+                    Some(limit)
+                        if state.cursor_limits.len() < MAX_CURSORS || state.cursor_limits.contains_key(name) =>
+                    {
+                        state.cursor_limits.insert(name.clone(), limit.clone())
+                    }
+                    // Not remembered beyond MAX_CURSORS: nor is its class, so a FETCH of it is
+                    // refused where guarded.
+                    Some(_) => None,
                     None => state.cursor_limits.remove(name),
                 };
             }
@@ -1308,6 +1330,18 @@ impl SessionHooks for SessionGovern {
 mod tests {
     use super::*;
     use crate::session::hooks::AllowAll;
+
+    #[test]
+    fn a_savepoint_rollback_is_not_the_end_of_the_transaction_in_any_spelling() {
+        for open in
+            ["ROLLBACK TO SAVEPOINT s", "rollback/**/to s", "Rollback To s", "COMMIT PREPARED ?", "rollback prepared ?"]
+        {
+            assert!(ends_no_transaction(open), "{open}");
+        }
+        for ended in ["COMMIT", "rollback", "ROLLBACK WORK", "abort transaction", "end", "commit and chain"] {
+            assert!(!ends_no_transaction(ended), "{ended}");
+        }
+    }
 
     fn info<'a>(sql: &'a str, protocol: QueryProtocol, prepared: &'a PreparedLookup<'a>) -> StatementInfo<'a> {
         StatementInfo {

@@ -259,7 +259,7 @@ impl PartLimit {
     /// count, or its cursor's), and the windows.
     pub fn measure(self: &Arc<Self>, volume: Arc<Volume>) -> Arc<dyn ResultLimit> {
         let taken = Mutex::new(vec![(0, 0, None); self.windows.len()]);
-        Arc::new(Measured { part: self.clone(), volume, taken })
+        Arc::new(Measured { part: self.clone(), volume, taken, sent: Volume::default() })
     }
 }
 
@@ -275,6 +275,8 @@ struct Measured {
     /// taken before they are sent, so concurrent sessions of a tenant never read past a window
     /// together; what is not sent goes back when the result ends.
     taken: Mutex<Vec<Taken>>,
+    /// What this result sent (a FETCH's own rows; `volume` counts its cursor's in all).
+    sent: Volume,
 }
 
 impl Drop for Measured {
@@ -341,6 +343,7 @@ impl ResultLimit for Measured {
 
     fn sent(&self, rows: u64, bytes: u64) {
         self.volume.add(rows, bytes);
+        self.sent.add(rows, bytes);
         // Sent from what was taken from the windows.
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, window), held) in self.part.windows.iter().zip(taken.iter_mut()) {
@@ -365,17 +368,20 @@ impl ResultLimit for Measured {
             0,
             None,
         ));
-        // What the statement (or its cursor) sent in all, over every FETCH or Execute.
-        let (rows, bytes) = self.volume.get();
+        // What this result sent; a cursor's (or a portal read in pieces) in all, over every
+        // FETCH or Execute.
+        let (rows, bytes) = self.sent.get();
+        let (all_rows, all_bytes) = self.volume.get();
         let why = match (limit.cap.per, ends) {
             (Some(_), ends) => format!(
                 "this identity read its limit of {} from what the rule matches{}",
                 limit.cap,
                 ends.map(|e| format!("; such statements are refused until {}", until(e))).unwrap_or_default()
             ),
-            (None, _) if self.part.cursor.is_some() => {
-                format!("its cursor returns more than its limit of {}", limit.cap)
-            }
+            (None, _) if self.part.cursor.is_some() => format!(
+                "its cursor returns more than its limit of {} ({all_rows} rows, {all_bytes} bytes in all)",
+                limit.cap
+            ),
             (None, _) => format!("it returns more than its limit of {}", limit.cap),
         };
         Cut {

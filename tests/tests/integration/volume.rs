@@ -119,6 +119,19 @@ async fn results_are_stopped_at_their_volume_limit_by_every_path_and_the_server_
     assert_stopped("the held cursor", rows, ended, "big-results", 10_000);
     client.batch_execute("close h").await.expect("close");
 
+    // A rollback to a savepoint (in capitals) leaves the transaction and its cursor open: the
+    // cursor keeps its limits through a refused DECLARE of its name.
+    for sql in
+        ["BEGIN", "DECLARE s CURSOR FOR SELECT * FROM big", "SAVEPOINT a", "ROLLBACK TO SAVEPOINT a", "SAVEPOINT b"]
+    {
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(client.batch_execute("DECLARE s CURSOR FOR SELECT 1").await.is_err(), "the name is taken");
+    client.batch_execute("ROLLBACK TO SAVEPOINT b").await.expect("back to b");
+    let (rows, ended) = simple_rows(&client, "FETCH ALL FROM s").await;
+    assert_stopped("the cursor after a savepoint rollback", rows, ended, "big-results", 10_000);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+
     // A portal and a cursor share one namespace. Binding a limited cursor's name (the server
     // refuses: the cursor holds it), then a DECLARE of it the server refuses too, leaves the
     // cursor's limits: its FETCH stops at the cap of the statement it was declared with.
