@@ -287,6 +287,12 @@ enum AuditCmd {
     },
 }
 
+/// Sessions allocate and free small objects on the proxy threads and the audit writer frees
+/// records made on them: mimalloc's per-thread free lists take both with less work than glibc's
+/// arenas (measured in docs/decisions.md, "Performance").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into()))

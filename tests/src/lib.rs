@@ -398,7 +398,18 @@ impl Agent {
         policies: &[(&str, &str)],
         top_level_yaml: &str,
     ) -> Self {
-        let mut agent = Self::prepare(bin, databases_yaml, "", DEFAULT_AUDIT, top_level_yaml);
+        Self::start_with_bin_policies_audit(bin, databases_yaml, policies, DEFAULT_AUDIT, top_level_yaml)
+    }
+
+    /// Like `start_with_bin_policies_top_level`, with the YAML under `audit:` replaced too.
+    pub fn start_with_bin_policies_audit(
+        bin: &Path,
+        databases_yaml: &str,
+        policies: &[(&str, &str)],
+        audit_yaml: &str,
+        top_level_yaml: &str,
+    ) -> Self {
+        let mut agent = Self::prepare(bin, databases_yaml, "", audit_yaml, top_level_yaml);
         for (file, yaml) in policies {
             agent.write_policy(file, yaml);
         }

@@ -45,6 +45,9 @@ enum Task {
     },
     /// Benchmarks printed as ratios to a baseline measured in the same run.
     Bench,
+    /// The bench's zero-work relay (started by `bench`, not by hand).
+    #[command(hide = true)]
+    BenchRelay { listen: std::net::SocketAddr, target: std::net::SocketAddr },
     /// Fuzz the protocol decoders and the session state machine for a bounded time.
     Fuzz {
         /// Seconds per fuzz target (or for the differential run).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             .and_then(|()| build(false))
             .and_then(|()| demo::demo(&warden_binary(false))),
         Task::Test { filter } => setup::setup().and_then(|()| test(filter)),
+        Task::BenchRelay { listen, target } => bench::relay::serve(listen, target),
         Task::Bench => setup::setup()
             .and_then(|()| require_root("bench"))
             .and_then(|()| build(true))

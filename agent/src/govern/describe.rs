@@ -91,7 +91,12 @@ fn ambiguous(sql: &str, reason: &str) -> DescribedPart {
 
 /// A description of a statement whose text is not known or not readable.
 pub fn unknown_described(reason: &str) -> Described {
-    Described { tags: Arc::default(), normalised: Arc::from(""), analysis: Arc::new(Analysis::unknown(reason)) }
+    Described {
+        tags: Arc::default(),
+        normalised: Arc::from(""),
+        parsable: Arc::from(""),
+        analysis: Arc::new(Analysis::unknown(reason)),
+    }
 }
 
 /// The class set of an analysis, never empty.

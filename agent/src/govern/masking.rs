@@ -193,20 +193,21 @@ impl SessionGovern {
         }
         let text = match &own.analysis.executes {
             Some(name) => match lookup(name) {
-                Some((body, lexing)) => crate::sql::normalise_for_analysis_with_options(
+                Some((body, lexing)) => Arc::from(crate::sql::normalise_for_analysis_with_options(
                     &body,
                     LexOptions { standard_conforming_strings: lexing.standard_conforming_strings },
-                ),
+                )),
                 None => {
                     return Err(format!("EXECUTE of prepared statement {name}, which the proxy did not see prepared"));
                 }
             },
-            None => crate::sql::normalise_for_analysis_with_options(
+            // The part's own description was made from `raw` under the same settings.
+            None if !own.parsable.is_empty() => own.parsable.clone(),
+            None => Arc::from(crate::sql::normalise_for_analysis_with_options(
                 raw,
                 LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings },
-            ),
+            )),
         };
-        let text: Arc<str> = Arc::from(text);
         context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects, any_schema)
     }
 

@@ -105,9 +105,14 @@ pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, option
 }
 
 /// Whether `haystack` contains `needle` (ASCII lower case), ignoring ASCII case.
+/// Runs for every statement, several times: candidates are found by their first byte (memchr,
+/// either case), not by comparing every window.
 pub fn contains_ci(haystack: &str, needle: &str) -> bool {
-    let needle = needle.as_bytes();
-    haystack.len() >= needle.len() && haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    let Some((&first, rest)) = n.split_first() else { return true };
+    let Some(last_start) = h.len().checked_sub(n.len()) else { return false };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), &h[..=last_start])
+        .any(|i| h[i + 1..i + n.len()].eq_ignore_ascii_case(rest))
 }
 
 /// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog
@@ -154,6 +159,23 @@ enum Word {
 mod tests {
     use super::*;
     use crate::sql::analyse;
+
+    #[test]
+    fn contains_ci_finds_a_word_in_any_case_anywhere() {
+        for (hay, needle, found) in [
+            ("SET search_path", "set", true),
+            ("x sEt", "set", true),
+            ("Search_Pat", "search_path", false),
+            ("se", "set", false),
+            ("", "temp", false),
+            ("ssset", "set", true),
+            ("é TEMP é", "temp", true),
+            ("tem", "temp", false),
+            ("t e m p", "temp", false),
+        ] {
+            assert_eq!(contains_ci(hay, needle), found, "{hay:?} {needle:?}");
+        }
+    }
 
     fn check(sql: &str) -> bool {
         let analysis = analyse(sql);

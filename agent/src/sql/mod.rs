@@ -66,6 +66,8 @@ pub struct Described {
     /// Literals replaced by `?`.
     pub normalised: Arc<str>,
     pub analysis: Arc<Analysis>,
+    /// The form analysed (`normalise_for_analysis_with_options`), which masking plans by.
+    pub parsable: Arc<str>,
     /// sqlcommenter tags of its trailing comment (computed once per text, like the rest).
     pub tags: Arc<BTreeMap<String, String>>,
 }
@@ -104,11 +106,13 @@ impl DescriptionCache {
         }
         // Normalised text lexes the same under either setting (its strings are `'?'`, or kept
         // ones without a backslash), so analyses are shared.
-        let parsable: Arc<str> = Arc::from(normalise_for_analysis_with_options(text, options));
+        let (normalised, parsable) = normalise_both(text, options);
+        let parsable: Arc<str> = Arc::from(parsable);
         let described = Described {
             tags: Arc::new(sqlcommenter_tags(text)),
-            normalised: Arc::from(normalise_with_options(text, options)),
+            normalised: Arc::from(normalised),
             analysis: self.analyses.analyse(&parsable),
+            parsable,
         };
         if text.len() <= MAX_CACHED {
             let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
@@ -233,6 +237,85 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
         }
     }
     out.into_iter().map(|r| &text[r]).collect()
+}
+
+/// Both normalised forms from one pass of the lexer: `(normalise_with_options,
+/// normalise_for_analysis_with_options)` (every statement of the simple protocol with a new
+/// literal needs both).
+pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
+    let mut meaningful = Meaningful::new();
+    let (mut shown, mut parsable) = (Normalised::new(text), Normalised::new(text));
+    let mut lexer = Lexer::new(text, options);
+    while let Some(token) = lexer.next() {
+        let mut end = token.end;
+        if token.kind.is_trivia() {
+            continue;
+        }
+        let keep = meaningful.keeps(text, &token);
+        meaningful.see(text, &token);
+        match token.kind {
+            TokenKind::StringLiteral(StringKind::Unicode) => {
+                if let Some((after, clause_end)) = uescape_clause(text, &lexer) {
+                    lexer = after;
+                    end = clause_end;
+                }
+                shown.replace(text, token.start, end, "?");
+                parsable.replace_parsable(text, token.start, end, options);
+            }
+            TokenKind::QuotedIdentifier { unicode: true } => {
+                if let Some((after, _)) = uescape_clause(text, &lexer) {
+                    lexer = after;
+                }
+            }
+            kind if kind.is_literal() => {
+                shown.replace(text, token.start, end, "?");
+                if !keep {
+                    parsable.replace_parsable(text, token.start, end, options);
+                }
+            }
+            _ => {}
+        }
+    }
+    (shown.finish(text), parsable.finish(text))
+}
+
+/// A normalised text being written: what was copied of the original, and up to where.
+struct Normalised {
+    out: String,
+    copied: usize,
+}
+
+impl Normalised {
+    fn new(text: &str) -> Self {
+        Normalised { out: String::with_capacity(text.len()), copied: 0 }
+    }
+
+    /// Replaces `text[start..end]` with `placeholder`.
+    fn replace(&mut self, text: &str, start: usize, end: usize, placeholder: &str) {
+        self.out.push_str(&text[self.copied..start]);
+        // Keep the placeholder a token of its own (see `normalise_with`).
+        if self
+            .out
+            .bytes()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'\'' | b'&' | b'?') || c >= 0x80)
+        {
+            self.out.push(' ');
+        }
+        self.out.push_str(placeholder);
+        self.copied = end;
+    }
+
+    /// Replaces it with `'?'`, or `'` when it is the last token and never closed.
+    fn replace_parsable(&mut self, text: &str, start: usize, end: usize, options: LexOptions) {
+        let unterminated = end == text.len() && unterminated_at(text, start, options);
+        self.replace(text, start, end, if unterminated { "'" } else { "'?'" });
+    }
+
+    fn finish(mut self, text: &str) -> String {
+        self.out.push_str(&text[self.copied..]);
+        self.out
+    }
 }
 
 fn normalise_with(text: &str, placeholder: &str, options: LexOptions) -> String {
@@ -556,6 +639,43 @@ fn url_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_normalised_forms_in_one_pass_equal_each_made_alone() {
+        let texts = [
+            "select abalance from pgbench_accounts where aid = 123",
+            "select 'a', e'b\\'', b'101', x'ff', 1.5e3, $1, $$dollar$$ from t",
+            "select U&'d\\0061t' UESCAPE '!', U&\"x\" UESCAPE '#' from t",
+            "select set_config('search_path', 'evil', false)",
+            "explain (analyze 0, format 'json') select 1",
+            "update pg_catalog.pg_settings set setting = '1' where name = 'work_mem'",
+            "select x.5, 'a''b', 'unterminated",
+            "select 1; select 'x' /* c */ ; select $t$ open",
+            "insert into t values ('é', 'ü''x')",
+            "select 'a\\' -- ' , 'secret'",
+            "",
+            "'",
+            "select U&'x' UESCAPE '!",
+            "select U&'x' uescape ' ; drop table t",
+            "select U&\"x\" UESCAPE '",
+            "explain (format'json'1) select 1",
+            "select set_config('a'1, 'b'",
+            "update only pg_catalog . pg_settings set setting = 1'2'",
+            "select é'x', b'1''x', 1e, x.5",
+            "select 'a' -- c\n 'b'",
+            "select $a$ x",
+        ];
+        for text in texts {
+            for scs in [true, false] {
+                let options = LexOptions { standard_conforming_strings: scs };
+                assert_eq!(
+                    normalise_both(text, options),
+                    (normalise_with_options(text, options), normalise_for_analysis_with_options(text, options)),
+                    "{text:?} (standard_conforming_strings {scs})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn classes_by_most_consequential_effect() {

@@ -6,6 +6,10 @@
 //! Paths: direct is [::1]:PORT; Warden governs 127.0.0.1:PORT (pgbench dials it unchanged and is
 //! redirected); PgBouncer listens on its own port and reaches PostgreSQL over [::1].
 
+pub mod connect;
+pub mod lines;
+pub mod relay;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -217,10 +221,222 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
     Ok(())
 }
 
+/// How many rounds each line runs through every path (at least 3).
+fn rounds() -> usize {
+    std::env::var("WARDEN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(3)
+}
+
+/// The main lines through every path, then connection set-up; a summary of the targets.
+fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    lines::large_table(pg);
+    let dir = std::env::temp_dir().join(testkit::unique("warden-bench-lines-"));
+    fs::create_dir_all(&dir)?;
+    let large = dir.join("large.sql");
+    fs::write(&large, "select id, email, note, pad from bench_rows;\n")?;
+    let large = large.display().to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let rig = lines::Rig {
+        pg,
+        agent: lines::agent(warden, pg, ACCOUNTS, &metrics)?,
+        relay: relay::Relay::start(&std::env::current_exe()?, lines::server(pg))?,
+        bouncer: {
+            let bouncer = PgBouncer::start(pg.port)?;
+            bouncer.pid().context("pgbouncer pid")?;
+            bouncer
+        },
+        perf: std::env::var_os("WARDEN_BENCH_PERF").map(PathBuf::from),
+    };
+    let rounds = rounds();
+    println!(
+        "Lines: {rounds} rounds of {secs} s per path, interleaved. Warden judges with the baseline pack, masks one \
+         column (token) and records every statement. own CPU: the proxy process's; machine: all CPUs' busy time, and its excess over direct."
+    );
+    // The column each line's masking rule protects. TPC-B returns only abalance, which its own
+    // UPDATE then writes back: masking it refuses that copy into a table (as it must), so its
+    // masked column is one of the table it reads that it does not return.
+    let cases: Vec<(&str, Vec<&str>, &str, bool)> = vec![
+        (
+            "select-only, simple, 8 clients",
+            vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs],
+            ACCOUNTS,
+            false,
+        ),
+        (
+            "select-only, prepared, 8 clients",
+            vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs],
+            ACCOUNTS,
+            false,
+        ),
+        ("TPC-B-like, 8 clients", vec!["-c", "8", "-j", "2", "-T", secs], "*.pgbench_accounts.filler", false),
+        (
+            "1,000,000-row result, 4 text columns, one masked",
+            vec!["-f", &large, "-c", "1", "-T", secs],
+            "*.bench_rows.email",
+            true,
+        ),
+        (
+            "select-only, new connection per transaction (-C), 4 clients",
+            vec!["-C", "-S", "-c", "4", "-j", "2", "-T", secs],
+            ACCOUNTS,
+            false,
+        ),
+    ];
+    let mut lines_met = 0;
+    let mut masking = ACCOUNTS;
+    for (name, args, masked, large) in &cases {
+        if *masked != masking {
+            lines::remask(&rig.agent, masked)?;
+            masking = masked;
+        }
+        println!("\n{name} (masked: {masked})");
+        let samples = rig.line(name, args, rounds)?;
+        if lines::report(&samples, *large) {
+            lines_met += 1;
+        }
+    }
+    println!("\nlines with every target met: {lines_met} of {}", cases.len());
+    connect_latency(&rig, &metrics, rounds)?;
+    println!("(connections redirected through Warden during the run: {})", rig.agent.stat("redirected"));
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The column the select-only lines' masking rule protects (the one column they read).
+const ACCOUNTS: &str = "*.pgbench_accounts.abalance";
+
+/// Connection set-up through each path: p50 and p99 to ReadyForQuery and to a first
+/// statement's answer, and where Warden's extra time goes.
+fn connect_latency(rig: &lines::Rig<'_>, metrics: &str, rounds: usize) -> Result<()> {
+    use lines::{PATHS, Via};
+    const PER_ROUND: usize = 300;
+    let connect_sum = || {
+        let (_, text) = testkit::scrape(metrics, "/metrics");
+        (
+            testkit::sample(&text, "warden_connect_seconds_sum", &[]),
+            testkit::sample(&text, "warden_connect_seconds_count", &[]),
+        )
+    };
+    let mut ready: [Vec<f64>; 4] = Default::default();
+    let mut first: [Vec<f64>; 4] = Default::default();
+    let (sum0, count0) = connect_sum();
+    for round in 0..rounds {
+        for k in 0..PATHS.len() {
+            let i = (k + round) % PATHS.len();
+            let (host, port) = rig.address(PATHS[i]);
+            for _ in 0..PER_ROUND {
+                let (r, f) = connect::connect_once(host, port)?;
+                ready[i].push(r);
+                first[i].push(f);
+            }
+        }
+    }
+    let (sum1, count1) = connect_sum();
+    println!(
+        "\nConnection set-up, {} sequential connections per path (trust authentication): µs to ReadyForQuery, and \
+         to the answer of a first statement (select 1)",
+        PER_ROUND * rounds
+    );
+    println!(
+        "  {:<11} {:>10} {:>10} {:>12} {:>12} {:>18} {:>18}",
+        "path", "ready p50", "p99", "answered p50", "p99", "adds p50 (ready)", "adds p99 (ready)"
+    );
+    let q = |v: &mut Vec<f64>, p: f64| connect::quantile(v, p);
+    let (d50, d99) = (q(&mut ready[0], 0.5), q(&mut ready[0], 0.99));
+    let (df50, df99) = (q(&mut first[0], 0.5), q(&mut first[0], 0.99));
+    let mut added = [(0.0, 0.0, 0.0); 4];
+    for (i, via) in PATHS.iter().enumerate() {
+        let (r50, r99) = (q(&mut ready[i], 0.5), q(&mut ready[i], 0.99));
+        let (f50, f99) = (q(&mut first[i], 0.5), q(&mut first[i], 0.99));
+        added[i] = (r50 - d50, r99 - d99, f50 - df50);
+        println!(
+            "  {:<11} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>18} {:>18}",
+            via.name(),
+            r50,
+            r99,
+            f50,
+            f99,
+            format!("{:+.0} ({:+.0} ans)", r50 - d50, f50 - df50),
+            format!("{:+.0} ({:+.0} ans)", r99 - d99, f99 - df99)
+        );
+    }
+    let warden = PATHS.iter().position(|v| *v == Via::Warden).unwrap_or(3);
+    let dialled = if count1 > count0 { (sum1 - sum0) / (count1 - count0) * 1e6 } else { f64::NAN };
+    let (ready_added, _, answered_added) = added[warden];
+    println!(
+        "  Warden's p50: +{ready_added:.0} µs to ReadyForQuery, of which {dialled:.0} µs (mean) from accepting the \
+         connection to the server dialled (the kernel's flow record, identity, limits, the start-up packet read, the \
+         dial from the client's namespace) and the rest relaying the start-up exchange; +{:.0} µs more by the first \
+         answer (judging the first statement, and the session facts read before it).",
+        answered_added - ready_added
+    );
+    Ok(())
+}
+
+/// 1,000 concurrent sessions through Warden, 8 of them running pgbench (select-only, prepared)
+/// and the rest idle, against 10 (8 running, 2 idle): the running sessions' throughput, and the
+/// agent's memory per idle and per running session.
+fn scale(warden: &Path, secs: &str) -> Result<()> {
+    const SESSIONS: usize = 1000;
+    const ACTIVE: usize = 8;
+    connect::raise_fd_limit()?;
+    let pg = Postgres::start_with(testkit::PgOptions { conf: "max_connections = 1100", ..Default::default() });
+    pg.pgbench_init(10);
+    let agent = lines::agent(warden, &pg, ACCOUNTS, &format!("127.0.0.1:{}", free_port()))?;
+    let pid = agent.pid().context("agent pid")?;
+    let args = ["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs];
+    let (mut many, mut few) = (Vec::new(), Vec::new());
+    let (mut per_idle, mut per_active) = (f64::NAN, Vec::new());
+    for round in 0..rounds() {
+        for idle in [SESSIONS - ACTIVE, 10 - ACTIVE] {
+            let before = connect::rss_kib(pid);
+            let sessions = connect::open_idle("127.0.0.1", pg.port, idle)?;
+            let opened = connect::rss_kib(pid);
+            if round == 0 && idle > 10 {
+                per_idle = (opened - before) / idle as f64;
+            }
+            let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = {
+                let (peak, done) = (peak.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        peak.fetch_max(connect::rss_kib(pid) as u64, std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
+            };
+            let run = pgbench("127.0.0.1", pg.port, &args)?;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = sampler.join();
+            if idle > 10 {
+                many.push(run.tps);
+                per_active.push((peak.load(std::sync::atomic::Ordering::Relaxed) as f64 - opened) / ACTIVE as f64);
+            } else {
+                few.push(run.tps);
+            }
+            for s in sessions {
+                s.close();
+            }
+        }
+    }
+    let ratios: Vec<f64> = many.iter().zip(&few).map(|(m, f)| m / f).collect();
+    println!(
+        "\nScale: {ACTIVE} sessions running pgbench -S prepared among {SESSIONS} (the rest idle, each having run a \
+         statement): {} tps, against {ACTIVE} among 10: {} tps: {}x. Agent memory: {per_idle:.1} KiB per idle \
+         session (RSS growth opening {}), {} KiB per running session (peak RSS during the run over idle).",
+        lines::spread(&many),
+        lines::spread(&few),
+        format_args!("{:.3}", lines::spread(&ratios)),
+        SESSIONS - ACTIVE,
+        format_args!("{:.1}", lines::spread(&per_active)),
+    );
+    Ok(())
+}
+
 /// PgBouncer in session mode in front of the test PostgreSQL (it refuses to run as root).
-struct PgBouncer {
+pub struct PgBouncer {
     child: Child,
-    port: u16,
+    pub port: u16,
     dir: PathBuf,
 }
 
@@ -259,7 +475,7 @@ impl PgBouncer {
     }
 
     /// The pgbouncer process itself (runuser's child).
-    fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         let children =
             fs::read_to_string(format!("/proc/{}/task/{}/children", self.child.id(), self.child.id())).ok()?;
         children.split_whitespace().next()?.parse().ok()
@@ -281,6 +497,12 @@ pub fn bench(warden: &Path) -> Result<()> {
         // One case alone (the whole bench takes many minutes).
         Ok("held") => return held_sessions(warden, &seconds().to_string()),
         Ok("masking") => return masking(warden, &seconds().to_string()),
+        Ok("lines") => {
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return main_lines(warden, &pg, &seconds().to_string());
+        }
+        Ok("scale") => return scale(warden, &seconds().to_string()),
         Ok("limits") => {
             let pg = Postgres::start();
             pg.pgbench_init(10);
@@ -292,57 +514,8 @@ pub fn bench(warden: &Path) -> Result<()> {
     pg.pgbench_init(10);
     let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
     fs::create_dir_all(&script_dir)?;
-    let large = script_dir.join("large.sql");
-    fs::write(&large, "select g, md5(g::text), repeat('x', 32), (g * 7)::text from generate_series(1, 1000000) g;\n")?;
-    let large = large.display().to_string();
-
-    // Every statement recorded whole: a ring large enough for the run, and no fair-share
-    // shedding (the bench is one identity), so the lines measure full statement audit.
-    let agent = Agent::start_with_audit(
-        warden,
-        &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port),
-        "  ring_bytes: 1073741824\n  identity_share: 1.0",
-    );
-    let agent_pid = agent.pid().context("agent pid")?;
-    let bouncer = PgBouncer::start(pg.port)?;
-    let bouncer_pid = bouncer.pid().context("pgbouncer pid")?;
     let secs = seconds().to_string();
-
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("select-only, simple, 8 clients", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &secs]),
-        ("select-only, prepared, 8 clients", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", &secs]),
-        ("TPC-B-like, 8 clients", vec!["-c", "8", "-j", "2", "-T", &secs]),
-        ("1,000,000-row result, 4 text columns", vec!["-f", &large, "-c", "1", "-T", &secs]),
-        ("select-only, new connection per transaction (-C)", vec!["-C", "-S", "-c", "4", "-j", "2", "-T", &secs]),
-    ];
-    println!(
-        "{:<48} {:>10} {:>10} {:>7} {:>10} {:>7} {:>12} {:>12}",
-        "case (tps)", "direct", "warden", "ratio", "pgbouncer", "ratio", "warden µs/tx", "bouncer µs/tx"
-    );
-    for (name, args) in &cases {
-        let direct = pgbench("::1", pg.port, args)?;
-        let before = cpu_seconds(agent_pid);
-        let through = pgbench("127.0.0.1", pg.port, args)?;
-        let warden_cpu = cpu_seconds(agent_pid) - before;
-        let before = cpu_seconds(bouncer_pid);
-        let pooled = pgbench("127.0.0.1", bouncer.port, args)?;
-        let bouncer_cpu = cpu_seconds(bouncer_pid) - before;
-        println!(
-            "{:<48} {:>10.1} {:>10.1} {:>6.2}x {:>10.1} {:>6.2}x {:>12.1} {:>12.1}",
-            name,
-            direct.tps,
-            through.tps,
-            through.tps / direct.tps,
-            pooled.tps,
-            pooled.tps / direct.tps,
-            warden_cpu * 1e6 / through.transactions.max(1) as f64,
-            bouncer_cpu * 1e6 / pooled.transactions.max(1) as f64,
-        );
-    }
-    let redirected = agent.stat("redirected");
-    println!("(connections redirected through Warden during the run: {redirected})");
-    drop(bouncer);
-    drop(agent);
+    main_lines(warden, &pg, &secs)?;
 
     // The audit trail: the ring alone, then statement auditing on vs off through Warden.
     let ring = script_dir.join("bench.ring");
@@ -410,6 +583,7 @@ pub fn bench(warden: &Path) -> Result<()> {
     row_capped(warden, &pg, &secs)?;
 
     drop(pg);
+    scale(warden, &secs)?;
     held_sessions(warden, &secs)?;
     masking(warden, &secs)?;
     let _ = fs::remove_dir_all(&script_dir);
