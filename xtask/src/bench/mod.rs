@@ -283,7 +283,9 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     ];
     let mut lines_met = 0;
     let mut masking = ACCOUNTS;
-    for (name, args, masked, large) in &cases {
+    // WARDEN_BENCH_LINE: only the lines whose name contains it (to profile one).
+    let only = std::env::var("WARDEN_BENCH_LINE").unwrap_or_default();
+    for (name, args, masked, large) in cases.iter().filter(|c| c.0.contains(only.as_str())) {
         if *masked != masking {
             lines::remask(&rig.agent, masked)?;
             masking = masked;
@@ -294,7 +296,10 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
             lines_met += 1;
         }
     }
-    println!("\nlines with every target met: {lines_met} of {}", cases.len());
+    println!(
+        "\nlines with every target met: {lines_met} of {}",
+        cases.iter().filter(|c| c.0.contains(only.as_str())).count()
+    );
     connect_latency(&rig, &metrics, rounds)?;
     println!("(connections redirected through Warden during the run: {})", rig.agent.stat("redirected"));
     let _ = fs::remove_dir_all(&dir);

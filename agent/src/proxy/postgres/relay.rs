@@ -369,6 +369,9 @@ struct ClientToServer<'a> {
 /// it the session waits for the decision without reading.
 const MAX_HELD_INPUT: usize = 1 << 20;
 
+/// Outstanding statements scanned for a PREPARE or DEALLOCATE ahead of an EXECUTE, at most.
+const MAX_SCANNED_FOR_PREPARE: usize = 1024;
+
 /// How long the proxy waits for the answer to its own query before judging without it.
 const FACTS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -818,6 +821,12 @@ impl ClientToServer<'_> {
         };
         let prepared = |name: &str| {
             let st = self.lock();
+            // Past this many outstanding statements the scan below would make a deep pipeline
+            // of EXECUTEs quadratic: the name is not known (judged as such), as a client that
+            // pipelines that deep behind a PREPARE cannot expect it.
+            if st.pending() > MAX_SCANNED_FOR_PREPARE {
+                return None;
+            }
             // A SQL PREPARE or DEALLOCATE the server has not answered yet may change what the
             // name holds by the time this statement runs: not known.
             let changing = st.unfinished().any(|r| {

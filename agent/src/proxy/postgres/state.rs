@@ -152,6 +152,129 @@ struct Pending {
     seq: u64,
 }
 
+/// The answers the server owes, in order, with what the per-message questions need kept up to
+/// date as entries come and go (a pipeline of N messages must not cost N² to judge):
+/// statements that may change settings (`lexing`), and the Syncs and poisoned Parses (whether
+/// the server skips to the next Sync).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    items: VecDeque<Pending>,
+    /// Entries for which `unsettling` holds.
+    unsettling: usize,
+    /// Sequence numbers of the Syncs in the queue, in order.
+    syncs: VecDeque<u64>,
+    /// Sequence numbers of the Parses forwarded as poison (`replace_error` set), in order.
+    poisoned_parses: VecDeque<u64>,
+}
+
+/// A statement whose outcome the server has not reported that may change how later text lexes.
+fn unsettling(p: &Pending) -> bool {
+    match &p.expect {
+        Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r) => {
+            p.replace_error.is_none() && may_change_settings(r)
+        }
+        _ => false,
+    }
+}
+
+fn poisoned_parse(p: &Pending) -> bool {
+    p.replace_error.is_some() && matches!(p.expect, Expect::Parse { .. })
+}
+
+impl std::ops::Deref for PendingQueue {
+    type Target = VecDeque<Pending>;
+
+    fn deref(&self) -> &VecDeque<Pending> {
+        &self.items
+    }
+}
+
+impl PendingQueue {
+    fn push_back(&mut self, p: Pending) {
+        self.unsettling += usize::from(unsettling(&p));
+        if matches!(p.expect, Expect::Sync) {
+            self.syncs.push_back(p.seq);
+        }
+        if poisoned_parse(&p) {
+            self.poisoned_parses.push_back(p.seq);
+        }
+        self.items.push_back(p);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let p = self.items.pop_front()?;
+        self.forget_front(&p);
+        Some(p)
+    }
+
+    /// `p`, just taken from the front, no longer counts.
+    fn forget_front(&mut self, p: &Pending) {
+        self.unsettling -= usize::from(unsettling(p));
+        if self.syncs.front() == Some(&p.seq) {
+            self.syncs.pop_front();
+        }
+        if self.poisoned_parses.front() == Some(&p.seq) {
+            self.poisoned_parses.pop_front();
+        }
+    }
+
+    /// The front entry's stand-in error, taken (the server's error for it arrived).
+    fn take_front_replace_error(&mut self) -> Option<Vec<u8>> {
+        let front = self.items.front()?;
+        let (seq, was) = (front.seq, unsettling(front));
+        let error = self.items.front_mut()?.replace_error.take();
+        let now = self.items.front().is_some_and(unsettling);
+        self.unsettling = self.unsettling - usize::from(was) + usize::from(now);
+        if error.is_some() && self.poisoned_parses.front() == Some(&seq) {
+            self.poisoned_parses.pop_front();
+        }
+        error
+    }
+
+    /// Gives the newest entry's statement (if it is statement `id`) its judgement.
+    fn judge_back(&mut self, id: u64, judgement: Arc<Judgement>) {
+        let Some(back) = self.items.back_mut() else { return };
+        let was = unsettling(back);
+        if let Expect::SimpleQuery(r) | Expect::FunctionCall(r) | Expect::Execute(r) = &mut back.expect
+            && r.id == id
+        {
+            r.judgement = Some(judgement);
+        }
+        let now = unsettling(back);
+        self.unsettling = self.unsettling - usize::from(was) + usize::from(now);
+    }
+
+    /// The front entry, for changes that leave its `replace_error` and its statement's
+    /// judgement as they are (what the counts above are made of).
+    fn front_mut(&mut self) -> Option<&mut Pending> {
+        self.items.front_mut()
+    }
+
+    /// The newest entry, likewise.
+    fn back_mut(&mut self) -> Option<&mut Pending> {
+        self.items.back_mut()
+    }
+
+    /// Every entry, likewise.
+    fn iter_mut(&mut self) -> std::collections::vec_deque::IterMut<'_, Pending> {
+        self.items.iter_mut()
+    }
+
+    /// Whether a poisoned Parse was sent after the last Sync in the queue.
+    fn poisoned_since_sync(&self) -> bool {
+        match (self.poisoned_parses.back(), self.syncs.back()) {
+            (Some(parse), Some(sync)) => parse > sync,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Whether a statement that may change settings is still owed an outcome.
+    fn any_unsettling(&self) -> bool {
+        self.unsettling > 0
+    }
+}
+
 /// A change to the statement or portal tables, applied when the client's message is sent
 /// (later messages of the same flight depend on it) and taken back if the server skips it.
 #[derive(Debug)]
@@ -254,7 +377,7 @@ pub struct ProtocolState {
     /// SQL declared a cursor in this session: a named portal's Bind is known only once the
     /// server accepts it (the name may be a cursor's).
     sql_cursors: bool,
-    pending: VecDeque<Pending>,
+    pending: PendingQueue,
     /// Server-side process id and cancel key, once the server sent them.
     pub backend_key: Option<(i32, Vec<u8>)>,
     /// Statements the server completed (CommandComplete / EmptyQueryResponse).
@@ -317,7 +440,7 @@ impl ProtocolState {
             statements: HashMap::new(),
             portals: HashMap::new(),
             sql_cursors: false,
-            pending: VecDeque::new(),
+            pending: PendingQueue::default(),
             backend_key: None,
             completed: 0,
             rows: 0,
@@ -350,7 +473,7 @@ impl ProtocolState {
     pub fn lexing(&self) -> Lexing {
         Lexing {
             standard_conforming_strings: self.standard_conforming_strings,
-            settled: !self.settings_in_flight && self.unfinished().all(|r| !may_change_settings(r)),
+            settled: !self.settings_in_flight && !self.pending.any_unsettling(),
             ascii_safe: !self.client_encoding_unsafe,
         }
     }
@@ -446,14 +569,7 @@ impl ProtocolState {
                 }
             }
             Frontend::Query(_) | Frontend::FunctionCall { .. } | Frontend::Execute { .. } => {
-                if let Some(Pending {
-                    expect: Expect::SimpleQuery(r) | Expect::FunctionCall(r) | Expect::Execute(r),
-                    ..
-                }) = self.pending.back_mut()
-                    && r.id == self.last_id
-                {
-                    r.judgement = Some(judgement);
-                }
+                self.pending.judge_back(self.last_id, judgement);
             }
             _ => {}
         }
@@ -581,13 +697,7 @@ impl ProtocolState {
     /// a refused extended-protocol message was sent since the last one (its error makes the
     /// server discard the rest of the batch), or an error already arrived.
     pub fn skipping_to_sync(&self) -> bool {
-        self.ignoring_till_sync
-            || self
-                .pending
-                .iter()
-                .rev()
-                .take_while(|p| !matches!(p.expect, Expect::Sync))
-                .any(|p| p.replace_error.is_some() && matches!(p.expect, Expect::Parse { .. }))
+        self.ignoring_till_sync || self.pending.poisoned_since_sync()
     }
 
     /// Whether the server may key `name` differently: it converts names from the client's
@@ -972,7 +1082,7 @@ impl ProtocolState {
                     return Ok(BackendAction::Forward); // fatal; the server closes
                 }
                 self.copy = Copy::None;
-                let replacement = self.pending.front_mut().and_then(|p| p.replace_error.take());
+                let replacement = self.pending.take_front_replace_error();
                 if let Some(Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) =
                     self.pending.front_mut().map(|p| &mut p.expect)
                 {
@@ -1404,6 +1514,65 @@ mod tests {
         assert_eq!(s.pending(), 1, "only the Sync is still owed");
         s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn pending_counts_answer_as_a_scan_of_the_queue_would() {
+        fn check(s: &ProtocolState) {
+            let unsettled = s.pending.iter().filter(|p| unsettling(p)).count();
+            assert_eq!(s.pending.unsettling, unsettled);
+            assert_eq!(s.pending.any_unsettling(), unsettled > 0);
+            let skipping = s.pending.iter().rev().take_while(|p| !matches!(p.expect, Expect::Sync)).any(poisoned_parse);
+            assert_eq!(s.pending.poisoned_since_sync(), skipping);
+        }
+        let quiet = || Some(Arc::new(Judgement { parts: vec![], role: None, basis: (0, 0) }));
+        let poison = || F::Parse { name: b"", sql: b"WARDEN REFUSED", param_types: vec![] };
+        let mut s = ready();
+        s.on_frontend_judged(&F::Query(b"select 1"), quiet()).unwrap();
+        check(&s);
+        assert!(s.lexing().settled, "judged to change no setting");
+        s.on_frontend(&F::Query(b"set x = 1"), None).unwrap();
+        check(&s);
+        assert!(!s.lexing().settled, "unjudged: may change settings");
+        s.on_frontend(&poison(), Some(b"refused".to_vec())).unwrap();
+        check(&s);
+        assert!(s.skipping_to_sync());
+        s.on_frontend(&F::Sync, None).unwrap();
+        check(&s);
+        assert!(!s.skipping_to_sync());
+        s.on_frontend(&poison(), Some(b"refused again".to_vec())).unwrap();
+        check(&s);
+        assert!(s.skipping_to_sync());
+        for answer in [
+            Backend::CommandComplete { tag: b"SELECT 1" },
+            Backend::ReadyForQuery { status: b'I' },
+            Backend::CommandComplete { tag: b"SET" },
+            Backend::ReadyForQuery { status: b'I' },
+        ] {
+            s.on_backend(&answer).unwrap();
+            check(&s);
+        }
+        assert!(!s.pending.any_unsettling());
+        assert_eq!(
+            s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
+            Ok(BackendAction::Replace(b"refused".to_vec()))
+        );
+        check(&s);
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        check(&s);
+        assert!(s.skipping_to_sync(), "the second poison is still ahead of any Sync");
+        s.on_frontend(&F::Sync, None).unwrap();
+        check(&s);
+        assert!(!s.skipping_to_sync());
+        assert_eq!(
+            s.on_backend(&Backend::ErrorResponse { fields: vec![] }),
+            Ok(BackendAction::Replace(b"refused again".to_vec()))
+        );
+        check(&s);
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        check(&s);
+        assert_eq!(s.pending(), 0);
+        assert_eq!((s.pending.syncs.len(), s.pending.poisoned_parses.len()), (0, 0));
     }
 
     #[test]
