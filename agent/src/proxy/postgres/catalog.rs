@@ -245,10 +245,21 @@ fn level(code: &str) -> Option<Volatility> {
 
 /// A name sent as hex digits of its UTF-8 bytes.
 fn unhex(hex: &str) -> Result<String, String> {
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect::<Option<Vec<u8>>>()
+    // Every session reads hundreds of names: decoded byte by byte, not through a parser.
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let digits = hex.as_bytes();
+    let bytes = digits
+        .len()
+        .is_multiple_of(2)
+        .then(|| digits.chunks_exact(2).map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?)).collect())
+        .flatten()
         .ok_or_else(|| format!("a name that is not hex: {hex:?}"))?;
     String::from_utf8(bytes).map_err(|_| "a name that is not UTF-8".to_string())
 }
@@ -275,6 +286,16 @@ fn columns(body: &[u8]) -> Option<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_hex_decoded_strictly() {
+        assert_eq!(unhex("6162c3a9"), Ok("abé".to_string()));
+        assert_eq!(unhex("4142"), Ok("AB".to_string()));
+        assert_eq!(unhex(""), Ok(String::new()));
+        for bad in ["6", "6g", "+f", "-1", " 61", "ff"] {
+            assert!(unhex(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn row(values: &[Option<&str>]) -> Vec<u8> {
         let mut body = (values.len() as u16).to_be_bytes().to_vec();

@@ -369,8 +369,9 @@ struct ClientToServer<'a> {
 /// it the session waits for the decision without reading.
 const MAX_HELD_INPUT: usize = 1 << 20;
 
-/// Outstanding statements scanned for a PREPARE or DEALLOCATE ahead of an EXECUTE, at most.
-const MAX_SCANNED_FOR_PREPARE: usize = 1024;
+/// Outstanding answers (Parse, Bind, Execute, Sync... each counts) scanned for a PREPARE or
+/// DEALLOCATE ahead of an EXECUTE, at most.
+const MAX_SCANNED_FOR_PREPARE: usize = 4096;
 
 /// How long the proxy waits for the answer to its own query before judging without it.
 const FACTS_TIMEOUT: Duration = Duration::from_secs(10);

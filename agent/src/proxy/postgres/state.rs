@@ -260,8 +260,21 @@ impl PendingQueue {
         self.items.iter_mut()
     }
 
+    /// In debug builds (short queues), the kept counts against a scan.
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if self.items.len() < 256 {
+            debug_assert_eq!(self.unsettling, self.items.iter().filter(|p| unsettling(p)).count());
+            let syncs: Vec<u64> =
+                self.items.iter().filter(|p| matches!(p.expect, Expect::Sync)).map(|p| p.seq).collect();
+            let parses: Vec<u64> = self.items.iter().filter(|p| poisoned_parse(p)).map(|p| p.seq).collect();
+            debug_assert!(self.syncs.iter().eq(syncs.iter()) && self.poisoned_parses.iter().eq(parses.iter()));
+        }
+    }
+
     /// Whether a poisoned Parse was sent after the last Sync in the queue.
     fn poisoned_since_sync(&self) -> bool {
+        self.debug_check();
         match (self.poisoned_parses.back(), self.syncs.back()) {
             (Some(parse), Some(sync)) => parse > sync,
             (Some(_), None) => true,
@@ -271,6 +284,7 @@ impl PendingQueue {
 
     /// Whether a statement that may change settings is still owed an outcome.
     fn any_unsettling(&self) -> bool {
+        self.debug_check();
         self.unsettling > 0
     }
 }
@@ -1573,6 +1587,19 @@ mod tests {
         check(&s);
         assert_eq!(s.pending(), 0);
         assert_eq!((s.pending.syncs.len(), s.pending.poisoned_parses.len()), (0, 0));
+        // A poisoned Query: not counted while its stand-in error is owed, counted once taken
+        // (as an unfinished statement of unknown effect), gone at its ReadyForQuery.
+        s.on_frontend(&F::Query(b"WARDEN REFUSED"), Some(b"no".to_vec())).unwrap();
+        check(&s);
+        assert!(s.lexing().settled);
+        s.on_backend(&Backend::ErrorResponse { fields: vec![] }).unwrap();
+        check(&s);
+        s.on_backend(&Backend::ReadyForQuery { status: b'I' }).unwrap();
+        check(&s);
+        // The proxy's own query counts for nothing.
+        s.on_internal_query();
+        check(&s);
+        assert!(s.lexing().settled && !s.skipping_to_sync());
     }
 
     #[test]
