@@ -368,10 +368,11 @@ fn connect_latency(rig: &lines::Rig<'_>, metrics: &str, rounds: usize) -> Result
     let dialled = if count1 > count0 { (sum1 - sum0) / (count1 - count0) * 1e6 } else { f64::NAN };
     let (ready_added, _, answered_added) = added[warden];
     println!(
-        "  Warden's p50: +{ready_added:.0} µs to ReadyForQuery, of which {dialled:.0} µs (mean) from accepting the \
-         connection to the server dialled (the kernel's flow record, identity, limits, the start-up packet read, the \
-         dial from the client's namespace) and the rest relaying the start-up exchange; +{:.0} µs more by the first \
-         answer (judging the first statement, and the session facts read before it).",
+        "  Warden's p50: +{ready_added:.0} µs to ReadyForQuery; the agent took {dialled:.0} µs (mean) from accepting \
+         the connection to the server dialled (the kernel's flow record, identity, limits, the dial from the client's \
+         namespace, and waiting for the client's start-up packet, which a direct connection waits for too); \
+         +{:.0} µs more by the first answer (the session facts read before judging the first statement, and \
+         judging it).",
         answered_added - ready_added
     );
     Ok(())
