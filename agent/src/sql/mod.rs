@@ -159,12 +159,12 @@ impl AnalysisCache {
 /// with `?`, leaving identifiers, keywords, parameters (`$1`) and comments;
 /// `standard_conforming_strings` on.
 pub fn normalise(text: &str) -> String {
-    normalise_with(text, "?", LexOptions::default())
+    normalise_forms(text, LexOptions::default(), true, false).0
 }
 
 /// [`normalise`] under the session's lexical settings.
 pub fn normalise_with_options(text: &str, options: LexOptions) -> String {
-    normalise_with(text, "?", options)
+    normalise_forms(text, options, true, false).0
 }
 
 /// The normalised form that still parses, for analysis and its cache: literals become `'?'`,
@@ -172,12 +172,12 @@ pub fn normalise_with_options(text: &str, options: LexOptions) -> String {
 /// `set_config` and `UPDATE pg_settings` name) when they read alike under either
 /// `standard_conforming_strings`; a final literal never closed stays unclosed.
 pub fn normalise_for_analysis(text: &str) -> String {
-    normalise_with(text, "'?'", LexOptions::default())
+    normalise_forms(text, LexOptions::default(), false, true).1
 }
 
 /// [`normalise_for_analysis`] under the session's lexical settings.
 pub fn normalise_for_analysis_with_options(text: &str, options: LexOptions) -> String {
-    normalise_with(text, "'?'", options)
+    normalise_forms(text, options, false, true).1
 }
 
 /// Splits a simple-query string into its statements at top-level semicolons (not inside
@@ -243,8 +243,15 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
 /// normalise_for_analysis_with_options)` (every statement of the simple protocol with a new
 /// literal needs both).
 pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
+    normalise_forms(text, options, true, true)
+}
+
+/// The normalised forms asked for (an empty string for the other): `shown` replaces every
+/// literal with `?`; `parsable`, the form that still parses, replaces literals with `'?'` except
+/// those `Meaningful` keeps, and a final literal never closed with `'`.
+fn normalise_forms(text: &str, options: LexOptions, shown: bool, parsable: bool) -> (String, String) {
     let mut meaningful = Meaningful::new();
-    let (mut shown, mut parsable) = (Normalised::new(text), Normalised::new(text));
+    let (mut shown, mut parsable) = (Normalised::new(text, shown), Normalised::new(text, parsable));
     let mut lexer = Lexer::new(text, options);
     while let Some(token) = lexer.next() {
         let mut end = token.end;
@@ -255,6 +262,7 @@ pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
         meaningful.see(text, &token);
         match token.kind {
             TokenKind::StringLiteral(StringKind::Unicode) => {
+                // `U&'...' UESCAPE '!'` is one constant to the parser: one placeholder.
                 if let Some((after, clause_end)) = uescape_clause(text, &lexer) {
                     lexer = after;
                     end = clause_end;
@@ -263,6 +271,7 @@ pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
                 parsable.replace_parsable(text, token.start, end, options);
             }
             TokenKind::QuotedIdentifier { unicode: true } => {
+                // The escape character of an identifier is not data: keep the clause as it is.
                 if let Some((after, _)) = uescape_clause(text, &lexer) {
                     lexer = after;
                 }
@@ -283,17 +292,23 @@ pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
 struct Normalised {
     out: String,
     copied: usize,
+    /// Asked for: otherwise nothing is written.
+    wanted: bool,
 }
 
 impl Normalised {
-    fn new(text: &str) -> Self {
-        Normalised { out: String::with_capacity(text.len()), copied: 0 }
+    fn new(text: &str, wanted: bool) -> Self {
+        Normalised { out: String::with_capacity(if wanted { text.len() } else { 0 }), copied: 0, wanted }
     }
 
     /// Replaces `text[start..end]` with `placeholder`.
     fn replace(&mut self, text: &str, start: usize, end: usize, placeholder: &str) {
+        if !self.wanted {
+            return;
+        }
         self.out.push_str(&text[self.copied..start]);
-        // Keep the placeholder a token of its own (see `normalise_with`).
+        // Keep the placeholder a token of its own: `b'1''x'` must not become `'?''?'` (one
+        // string) nor `x.5` become `x'?'` (a hex string) to the parser that reads the result.
         if self
             .out
             .bytes()
@@ -308,69 +323,20 @@ impl Normalised {
 
     /// Replaces it with `'?'`, or `'` when it is the last token and never closed.
     fn replace_parsable(&mut self, text: &str, start: usize, end: usize, options: LexOptions) {
+        if !self.wanted {
+            return;
+        }
+        // The server rejects the whole text: the analysis form must not read as complete.
         let unterminated = end == text.len() && unterminated_at(text, start, options);
         self.replace(text, start, end, if unterminated { "'" } else { "'?'" });
     }
 
     fn finish(mut self, text: &str) -> String {
-        self.out.push_str(&text[self.copied..]);
+        if self.wanted {
+            self.out.push_str(&text[self.copied..]);
+        }
         self.out
     }
-}
-
-fn normalise_with(text: &str, placeholder: &str, options: LexOptions) -> String {
-    // The analysis form (placeholders that still parse) keeps what decides a class.
-    let analysis = placeholder != "?";
-    let mut meaningful = Meaningful::new();
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    let mut lexer = Lexer::new(text, options);
-    while let Some(token) = lexer.next() {
-        let mut end = token.end;
-        if token.kind.is_trivia() {
-            continue;
-        }
-        let keep = analysis && meaningful.keeps(text, &token);
-        meaningful.see(text, &token);
-        match token.kind {
-            TokenKind::StringLiteral(StringKind::Unicode) => {
-                // `U&'...' UESCAPE '!'` is one constant to the parser: one placeholder.
-                if let Some((after, clause_end)) = uescape_clause(text, &lexer) {
-                    lexer = after;
-                    end = clause_end;
-                }
-            }
-            TokenKind::QuotedIdentifier { unicode: true } => {
-                // The escape character of an identifier is not data: keep the clause as it is.
-                if let Some((after, _)) = uescape_clause(text, &lexer) {
-                    lexer = after;
-                }
-                continue;
-            }
-            _ if keep => continue,
-            kind if kind.is_literal() => {}
-            _ => continue,
-        }
-        out.push_str(&text[copied..token.start]);
-        // Keep the placeholder a token of its own: `b'1''x'` must not become `'?''?'` (one
-        // string) nor `x.5` become `x'?'` (a hex string) to the parser that reads the result.
-        if out
-            .bytes()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'\'' | b'&' | b'?') || c >= 0x80)
-        {
-            out.push(' ');
-        }
-        if analysis && end == text.len() && unterminated_at(text, token.start, options) {
-            // The server rejects the whole text: the analysis form must not read as complete.
-            out.push('\'');
-        } else {
-            out.push_str(placeholder);
-        }
-        copied = end;
-    }
-    out.push_str(&text[copied..]);
-    out
 }
 
 /// Where literal values decide a class, and so are kept in the analysis form: the options of

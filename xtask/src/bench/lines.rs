@@ -253,6 +253,16 @@ pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
 /// The policies Warden judges a line with: the baseline pack selecting every identity, and
 /// `masked` (a column, `schema.table.column` pattern) masked with a keyed token.
 pub fn policies(masked: &str) -> Result<Vec<(&'static str, String)>> {
+    let selects_all = baseline_for_all()?;
+    let masking = format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: bench-masking}}\nspec:\n  \
+         selector: {{}}\n  rules:\n    - {{name: masked, match: {{columns: ['{masked}']}}, mask: token}}\n"
+    );
+    Ok(vec![("baseline.yaml", selects_all), ("masking.yaml", masking)])
+}
+
+/// `policies/baseline.yaml` selecting every identity (the bench's pgbench has no labels).
+pub fn baseline_for_all() -> Result<String> {
     let baseline = fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
     let selects_all = baseline.replace(
         "  selector:\n    matchExpressions:\n      - {key: warden/kind, operator: In, values: [agent, service, job]}",
@@ -261,11 +271,7 @@ pub fn policies(masked: &str) -> Result<Vec<(&'static str, String)>> {
     if selects_all == baseline {
         bail!("policies/baseline.yaml changed shape: the bench cannot make it select every identity");
     }
-    let masking = format!(
-        "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: bench-masking}}\nspec:\n  \
-         selector: {{}}\n  rules:\n    - {{name: masked, match: {{columns: ['{masked}']}}, mask: token}}\n"
-    );
-    Ok(vec![("baseline.yaml", selects_all), ("masking.yaml", masking)])
+    Ok(selects_all)
 }
 
 /// Warden as the lines run it: `policies(masked)`, every statement recorded (a ring large

@@ -558,14 +558,7 @@ pub fn bench(warden: &Path) -> Result<()> {
     // Policy: the baseline pack selecting the bench's identity, against no policy at all, both
     // judging every statement (select-only under the simple protocol: every text is new to the
     // raw-text cache, the analysis is cached by normalised text).
-    let baseline = fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
-    let selects_all = baseline.replace(
-        "  selector:\n    matchExpressions:\n      - {key: warden/kind, operator: In, values: [agent, service, job]}",
-        "  selector: {}",
-    );
-    if selects_all == baseline {
-        bail!("policies/baseline.yaml changed shape: the bench cannot make it select every identity");
-    }
+    let selects_all = lines::baseline_for_all()?;
     let simple = ["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &secs];
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..3 {
