@@ -289,7 +289,7 @@ enum AuditCmd {
 
 /// Sessions allocate and free small objects on the proxy threads and the audit writer frees
 /// records made on them: mimalloc's per-thread free lists take both with less work than glibc's
-/// arenas (measured in docs/decisions.md, "Performance").
+/// arenas (measured in docs/decisions.md, "Performance: governance against the bare hop").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

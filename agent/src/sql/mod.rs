@@ -607,6 +607,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_two_normalised_forms_differ_where_they_should() {
+        let on = LexOptions::default();
+        for (text, shown, parsable) in [
+            ("select 1, 'a' from t", "select ?, ? from t", "select '?', '?' from t"),
+            // The setting set_config names decides the class: kept in the analysed form only.
+            (
+                "select set_config('role', 'x', false)",
+                "select set_config(?, ?, false)",
+                "select set_config('role', '?', false)",
+            ),
+            ("explain (analyze 1) select 2", "explain (analyze ?) select ?", "explain (analyze 1) select '?'"),
+            // A last literal never closed stays open in the analysed form: it cannot read as
+            // complete.
+            ("select 'open", "select ?", "select '"),
+            ("select x.5", "select x ?", "select x '?'"),
+        ] {
+            assert_eq!(normalise_both(text, on), (shown.to_string(), parsable.to_string()), "{text:?}");
+        }
+    }
+
+    #[test]
     fn both_normalised_forms_in_one_pass_equal_each_made_alone() {
         let texts = [
             "select abalance from pgbench_accounts where aid = 123",

@@ -86,15 +86,21 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-/// The agent's resident memory now (VmRSS), in KiB.
-pub fn rss_kib(pid: u32) -> f64 {
+/// A memory figure of `pid` from `/proc/PID/status` (`VmRSS`: resident now, `VmHWM`: its
+/// peak), in KiB; 0 when the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The agent's resident memory now, in KiB.
+pub fn rss_kib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// Opens `n` sessions, each having run one statement (as a pool's idle connection has).

@@ -160,17 +160,6 @@ fn row_capped(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     Ok(())
 }
 
-/// The agent's peak resident memory (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// A 1,000,000-row result with one masked column (a keyed token per value), against the same
 /// result through Warden unmasked and direct; and the agent's peak memory while masking.
 fn masking(warden: &Path, secs: &str) -> Result<()> {
@@ -199,7 +188,7 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
             let run = pgbench("127.0.0.1", pg.port, &args)?;
             if masks {
                 masked.push(run.tps);
-                peak = peak.max(peak_rss_mib(pid));
+                peak = peak.max(connect::status_kib(pid, "VmHWM") / 1024.0);
             } else {
                 plain.push(run.tps);
             }

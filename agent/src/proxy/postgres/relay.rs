@@ -822,9 +822,9 @@ impl ClientToServer<'_> {
         };
         let prepared = |name: &str| {
             let st = self.lock();
-            // Past this many outstanding statements the scan below would make a deep pipeline
-            // of EXECUTEs quadratic: the name is not known (judged as such), as a client that
-            // pipelines that deep behind a PREPARE cannot expect it.
+            // Past this many outstanding answers the scan below would make a deep pipeline of
+            // EXECUTEs quadratic: the name is taken as not known (the EXECUTE is judged as
+            // running an unknown statement, class unknown: fail closed).
             if st.pending() > MAX_SCANNED_FOR_PREPARE {
                 return None;
             }
