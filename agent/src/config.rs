@@ -697,6 +697,8 @@ struct RawConfig {
     metrics: Option<MetricsConfig>,
     #[serde(default)]
     workloads: Vec<crate::identity::workloads::WorkloadEntry>,
+    #[serde(default)]
+    upgrade: UpgradeConfig,
 }
 
 /// Kubernetes (`kubernetes:`): pod identity from a watch of this node's pods, and databases
@@ -801,6 +803,29 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// Labels for host workloads by cgroup, system unit, user and executable.
     pub workloads: crate::identity::workloads::Workloads,
+    /// Restart and upgrade without dropping sessions (`handover`).
+    pub upgrade: UpgradeConfig,
+}
+
+/// Restarts and upgrades (`upgrade:`): a replaced agent hands its listening sockets to its
+/// successor and keeps serving its live sessions until they end or the deadline passes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// How long a replaced agent keeps serving its live sessions; those still open then get
+    /// FATAL 57P01. Kubernetes' `terminationGracePeriodSeconds` must be longer.
+    #[serde(default = "default_drain_deadline_s")]
+    pub drain_deadline_s: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self { drain_deadline_s: default_drain_deadline_s() }
+    }
+}
+
+fn default_drain_deadline_s() -> u64 {
+    600
 }
 
 impl Config {
@@ -955,6 +980,7 @@ impl Config {
             kubernetes: raw.kubernetes,
             metrics: raw.metrics,
             workloads,
+            upgrade: raw.upgrade,
         })
     }
 

@@ -82,7 +82,10 @@ fn maps_dir(bpffs: &Path) -> PathBuf {
 /// The loaded and attached programs, with handles to the maps the agent uses.
 pub struct Kernel {
     _ebpf: Ebpf,
-    links: Vec<PinnedLink>,
+    /// This agent's references to its links (the pins hold them too). Released when a
+    /// successor attaches: its pins then replace the last references and the programs of this
+    /// agent detach, rather than run beside the successor's while this one drains.
+    links: Mutex<Vec<PinnedLink>>,
     bpffs: PathBuf,
     /// Replaced while the agent runs as database host names resolve elsewhere (`net::dns`).
     governed: Mutex<HashMap<MapData, Endpoint, EndpointPolicy>>,
@@ -136,7 +139,7 @@ impl Kernel {
         }
         Ok(Self {
             _ebpf: ebpf,
-            links,
+            links: Mutex::new(links),
             bpffs,
             governed: Mutex::new(governed),
             fail_open: Mutex::new(fail_open),
@@ -204,10 +207,16 @@ impl Kernel {
         result.map_err(|source| KernelError::Map { name: "FAIL_OPEN_IDENTITIES", source })
     }
 
+    /// Lets go of this agent's references to its links: they stay attached while pinned, and
+    /// detach when a successor's pins replace them.
+    pub fn release_links(&self) {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Detaches every program and removes all pins (maps included).
     pub fn detach(self) -> Result<(), KernelError> {
         let bpffs = self.bpffs.clone();
-        for link in self.links {
+        for link in self.links.into_inner().unwrap_or_else(|p| p.into_inner()) {
             // Unpinning then dropping the last reference detaches the program.
             drop(link.unpin().map_err(io_err("unpinning link in", &bpffs))?);
         }

@@ -10,6 +10,7 @@ pub mod ebpf;
 pub mod exec;
 pub mod flow;
 pub mod govern;
+pub mod handover;
 pub mod identity;
 pub mod kubernetes;
 pub mod mask;

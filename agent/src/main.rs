@@ -40,6 +40,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Replace the running agent without dropping a session: it starts a new agent from the
+    /// path it was started from (install the new build there first) and with the same
+    /// configuration file (edit it first to change the configuration), hands it the listening
+    /// sockets, and serves its live sessions until they end or `upgrade.drain_deadline_s`.
+    Upgrade {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long to wait for the new agent to serve.
+        #[arg(long, default_value_t = 90)]
+        wait_s: u64,
+    },
     /// Detach the kernel programs and remove everything a stopped agent left behind.
     Detach {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -325,6 +336,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             let code = exec::exec(&root, &state, labels, &command)?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Cmd::Upgrade { config, wait_s } => upgrade(&Config::load(&config)?, std::time::Duration::from_secs(wait_s)),
         Cmd::Detach { config } => {
             let config = Config::load(&config)?;
             ebpf::detach_pinned(&config.bpffs_dir)?;
@@ -643,4 +655,28 @@ fn status(config: &Config) -> Result<ExitCode> {
         println!("{name}: {value}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warden upgrade`: SIGUSR2 to the serving agent, then waits for its successor to serve.
+fn upgrade(config: &Config, wait: std::time::Duration) -> Result<ExitCode> {
+    let ready = run::ready_file(&config.state_dir);
+    let serving = || std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let old = serving().with_context(|| format!("no agent serves ({} is missing)", ready.display()))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGUSR2)
+        .with_context(|| format!("signalling the agent (pid {old}); upgrading needs root"))?;
+    let until = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < until {
+        if let Some(new) = serving().filter(|&p| p != old) {
+            println!(
+                "upgraded: pid {new} serves; pid {old} drains its live sessions (at most {} s) and exits",
+                config.upgrade.drain_deadline_s
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    anyhow::bail!(
+        "no new agent served within {} s; pid {old} serves on (the new agent's reasons are in the agent's log)",
+        wait.as_secs()
+    )
 }

@@ -22,6 +22,7 @@ use crate::{
     config::{Config, DatabaseAddress, OnExit},
     ebpf::{Kernel, monotonic_ns},
     flow::{KernelFacts, endpoint_of, socket_addr_of},
+    handover::{self, Inherited, Predecessor},
     identity::{Resolver, workloads_dir},
     kubernetes::Cluster,
     net::{
@@ -47,6 +48,8 @@ pub fn ready_file(state_dir: &Path) -> PathBuf {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(mut config: Config) -> Result<()> {
+    // Read now: an upgrade replaces the file behind the path, and SIGUSR2 starts the new one.
+    let exe = std::env::current_exe().ok();
     // Before any thread exists: a thread keeps the cgroup namespace it was created in.
     join_host_cgroup_namespace()?;
     // The main runtime only keeps time (heartbeat, event drain, database host names) and writes
@@ -78,7 +81,13 @@ pub fn run(mut config: Config) -> Result<()> {
         addrs.extend(config.proxy.listen_v6.map(|a| a.ip()));
         netif::ensure(name, &addrs).context("setting up the node-local proxy interface")?;
     }
-    runtime.block_on(serve(config, own_cgroup, hosts, cluster))
+    // The agent serving now, if any, hands its listening sockets over (asked before anything
+    // is bound: its addresses are taken).
+    let predecessor = Predecessor::find(&config.state_dir).context("taking over from the agent serving now")?;
+    if let Some((p, inherited)) = &predecessor {
+        tracing::info!(pid = p.pid, sockets = inherited.proxy.len(), "taking over from the agent serving now");
+    }
+    runtime.block_on(serve(config, own_cgroup, hosts, cluster, Start { predecessor, exe }))
 }
 
 /// In a container with its own cgroup namespace (the default for Kubernetes pods on cgroup v2),
@@ -163,33 +172,68 @@ fn fail_epoch_base() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, cluster: Option<Cluster>) -> Result<()> {
+/// Where the agent came from and what it takes over.
+struct Start {
+    /// The agent being replaced, and the sockets it handed over.
+    predecessor: Option<(Predecessor, Inherited)>,
+    /// The executable this agent was started from (a successor is started from the same path,
+    /// where an upgrade has put the new build).
+    exe: Option<PathBuf>,
+}
+
+/// How the serving loop ended.
+enum Stop {
+    /// SIGTERM or SIGINT with no successor: stop.
+    Signal,
+    /// A successor took over: drain, then exit without touching what is now its.
+    Replaced(handover::Successor),
+}
+
+async fn serve(
+    config: Arc<Config>,
+    own_cgroup: CgroupId,
+    hosts: HostFollower,
+    cluster: Option<Cluster>,
+    start: Start,
+) -> Result<()> {
     // Handlers first: a SIGTERM that arrives once we are attached must reach the clean
     // shutdown (which publishes "not serving" at once), not the default action.
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     let workers = config.proxy.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (predecessor, mut inherited) = match start.predecessor {
+        Some((p, i)) => (Some(p), i),
+        None => (None, Inherited::default()),
+    };
     let mut addrs = vec![config.proxy.listen_v4];
     addrs.extend(config.proxy.listen_v6);
     // Every worker gets its own listening socket per address (SO_REUSEPORT): the kernel spreads
-    // connections, and a session's two directions never wake another thread.
-    let listeners =
-        (0..workers).map(|_| addrs.iter().map(|a| bind(*a)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
-    let (audit, audit_writer) = AuditLog::open(&config.audit)
+    // connections, and a session's two directions never wake another thread. The sockets of
+    // the agent being replaced are taken over where it listened at the same address (never
+    // closed in between: connections wait in their backlog), the rest bound. A copy of each is
+    // kept to hand over to this agent's own successor.
+    let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut offerable = Vec::new();
+    for addr in &addrs {
+        let mut sockets = inherited.take_proxy(*addr);
+        while sockets.len() < workers {
+            sockets.push(bind(*addr)?);
+        }
+        for (i, socket) in sockets.into_iter().enumerate() {
+            socket.set_nonblocking(true).context("making a taken-over listener non-blocking")?;
+            offerable.push((*addr, socket.try_clone().context("keeping a copy of a proxy listener")?));
+            listeners[i % workers].push(socket);
+        }
+    }
+    if !inherited.proxy.is_empty() {
+        tracing::info!(
+            sockets = inherited.proxy.len(),
+            "the replaced agent's listeners at addresses this configuration does not use are closed"
+        );
+        inherited.proxy.clear();
+    }
+    let (audit, audit_writer) = AuditLog::open_beside(&config.audit, predecessor.is_some())
         .with_context(|| format!("opening the audit ring {}", config.audit.path.display()))?;
     let ticker = audit.spawn_ticker();
-    let export_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let exporter = match &config.audit.export {
-        Some(crate::config::ExportConfig::OtlpHttp { endpoint }) => {
-            let otlp = crate::audit::export::OtlpHttp::new(endpoint).map_err(anyhow::Error::msg)?;
-            Some(crate::audit::export::spawn(
-                config.audit.path.clone(),
-                Box::new(otlp),
-                export_stop.clone(),
-                Arc::new(crate::audit::export::ExportCounters::default()),
-            )?)
-        }
-        None => None,
-    };
     // A policy set with mistakes stops the start: an agent that cannot say what it enforces
     // must not serve (a reload with mistakes, later, keeps the set in force instead).
     let policies = crate::govern::reload::load(&config.policies)
@@ -207,13 +251,18 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     // statements nobody can approve.
     let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;
     // The metrics and probe port before serving, too: a port taken stops the start.
-    let metrics_listener = match &config.metrics {
-        Some(m) => Some(
-            tokio::net::TcpListener::bind(m.listen)
-                .await
-                .with_context(|| format!("binding the metrics listener on {}", m.listen))?,
-        ),
-        None => None,
+    let (metrics_listener, metrics_offer) = match &config.metrics {
+        Some(m) => {
+            let listener = match inherited.take_metrics(m.listen) {
+                Some(l) => l,
+                None => std::net::TcpListener::bind(m.listen)
+                    .with_context(|| format!("binding the metrics listener on {}", m.listen))?,
+            };
+            listener.set_nonblocking(true).context("making the metrics listener non-blocking")?;
+            let offer = (m.listen, listener.try_clone().context("keeping a copy of the metrics listener")?);
+            (Some(tokio::net::TcpListener::from_std(listener)?), Some(offer))
+        }
+        None => (None, None),
     };
     let fail_epoch_base = fail_epoch_base();
     // The namespace the proxy listens in: the kernel hands over flow records only for
@@ -221,6 +270,12 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     let namespaces = Arc::new(Namespaces::new().context("opening the agent's network namespace")?);
     // Service-named databases where the last agent left them, until the API answers.
     let saved_services = crate::net::governed::saved_services(&config);
+    if let Some(predecessor) = &predecessor {
+        // From here this agent publishes the kernel's state; the one it replaces stops.
+        if let Err(err) = predecessor.attaching() {
+            tracing::warn!(pid = predecessor.pid, error = %format!("{err:#}"), "the agent being replaced did not pause its heartbeat; attaching anyway");
+        }
+    }
     let kernel = Arc::new(
         Kernel::start(
             &config,
@@ -259,12 +314,16 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         pod_wait: cluster.as_ref().map_or(Duration::ZERO, |c| c.pod_wait),
         pod_waits: std::sync::atomic::AtomicUsize::new(0),
         metrics: metrics.clone(),
+        handling: std::sync::atomic::AtomicUsize::new(0),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Accepting ends when a successor serves; the sessions go on until `stop`.
+    let (accepting, accepting_rx) = tokio::sync::watch::channel(true);
     let mut threads = Vec::new();
     for (i, listeners) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let mut stopped = stopped.clone();
+        let mut accepting = accepting_rx.clone();
         let thread = std::thread::Builder::new().name(format!("warden-proxy-{i}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -283,19 +342,26 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
                         Err(err) => tracing::error!(error = %err, "proxy worker could not register its listener"),
                     }
                 }
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => return,
+                    _ = accepting.wait_for(|a| !*a) => serving.abort_all(),
+                }
                 let _ = stopped.wait_for(|s| *s).await;
             });
         })?;
         threads.push(thread);
     }
+    // What belongs to the agent that owns the kernel state: handed to a successor with it.
+    let mut owned = tokio::task::JoinSet::new();
+    // What serves this agent's own sessions until they end.
     let mut tasks = tokio::task::JoinSet::new();
     let governor_generation_source = governor.clone();
     tasks.spawn(crate::govern::reload::watch(governor, config.policies.clone()));
-    tasks.spawn(heartbeat(shared.clone()));
-    tasks.spawn(drain_events(shared.clone()));
-    tasks.spawn(sweep_workload_labels(shared.clone()));
+    let mut heartbeat_task = tokio::spawn(heartbeat(shared.clone()));
+    owned.spawn(drain_events(shared.clone()));
+    owned.spawn(sweep_workload_labels(shared.clone()));
     let governed = Arc::new(Governed::new(config.clone(), kernel.clone(), saved_services));
-    tasks.spawn(hosts.follow(governed.clone(), audit.clone()));
+    owned.spawn(hosts.follow(governed.clone(), audit.clone()));
     let kube_sync = Arc::new(crate::kubernetes::Sync::default());
     // Probes and metrics before the Kubernetes watches are awaited: liveness must answer.
     if let Some(listener) = metrics_listener {
@@ -315,7 +381,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
             kube: kube_sync.clone(),
             governed: governed.clone(),
         });
-        tasks.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
+        owned.spawn(crate::admin::metrics::serve(listener, metrics.clone(), health));
     }
     if let (Some(cluster), Some(pods)) = (&cluster, &pods) {
         tasks.spawn(crate::kubernetes::pods::watch(
@@ -334,7 +400,7 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
                     port: port.clone(),
                 };
                 let synced = kube_sync.expect(&format!("service {namespace}/{name}"));
-                tasks.spawn(crate::kubernetes::services::follow(
+                owned.spawn(crate::kubernetes::services::follow(
                     cluster.client.clone(),
                     service,
                     governed.clone(),
@@ -354,20 +420,19 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
             tracing::warn!(?waiting, "serving before these Kubernetes watches listed; they are retried");
         }
     }
-    let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
-        Arc::new(crate::admin::AdminState {
-            approvals: approvals.clone(),
-            live: shared.live.clone(),
-            audit: audit.clone(),
-            resolver: shared.resolver.clone(),
-            governor: shared.governor.clone(),
-            cgroup_root: config.cgroup_root.clone(),
-            started: std::time::Instant::now(),
-            group: admin_group,
-        }),
-    ));
+    let admin_state = Arc::new(crate::admin::AdminState {
+        approvals: approvals.clone(),
+        live: shared.live.clone(),
+        audit: audit.clone(),
+        resolver: shared.resolver.clone(),
+        governor: shared.governor.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        started: std::time::Instant::now(),
+        group: admin_group,
+    });
+    let mut admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state.clone()));
     fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
+    notify_systemd();
     tracing::info!(
         v4 = %config.proxy.listen_v4,
         v6 = ?config.proxy.listen_v6,
@@ -376,55 +441,169 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
         governed_endpoints = kernel.governed_count(),
         "serving"
     );
-
-    signals.wait().await;
-    tracing::info!("shutting down");
-    // "Not serving" first: from here connect4/6 apply each database's fail mode at once, so no
-    // client is sent to the proxy's address once nothing listens there.
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    metrics.stop_sampling();
-    // The followers are gone: the table's owner holds the kernel handle the detach needs.
-    drop(governed);
-    let governor_generation = governor_generation_source.generation();
-    kernel.publish(state(
-        &config,
-        own_cgroup,
-        namespaces.agent_cookie(),
-        false,
-        fail_epoch_base + governor_generation,
-    ))?;
-    let _ = fs::remove_file(ready_file(&config.state_dir));
-    // Held statements are refused, never left for a later agent: their clients get the refusal
-    // (42501) before the sessions close.
-    let refused = approvals.refuse_all("the agent is stopping");
-    if refused > 0 {
-        tracing::info!(refused, "held statements refused: the agent is stopping");
-        approvals.settled(Duration::from_secs(2)).await;
-        // The refusals travel through the server (the poison statement) before the client sees
-        // them.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(predecessor) = predecessor {
+        took_over(predecessor).await;
     }
+    // Off-host export once this agent is the one serving (the one it replaced stopped its own
+    // exporter first: both read and advance the same checkpoint).
+    let export_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exporter = match &config.audit.export {
+        Some(crate::config::ExportConfig::OtlpHttp { endpoint }) => {
+            let otlp = crate::audit::export::OtlpHttp::new(endpoint).map_err(anyhow::Error::msg)?;
+            Some(crate::audit::export::spawn(
+                config.audit.path.clone(),
+                Box::new(otlp),
+                export_stop.clone(),
+                Arc::new(crate::audit::export::ExportCounters::default()),
+            )?)
+        }
+        None => None,
+    };
+    let successors = match handover::Listener::bind(&config.state_dir) {
+        Ok(l) => Some(l),
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "no hand-over socket: a restart of this agent will drop its sessions");
+            None
+        }
+    };
+
+    let ended = loop {
+        tokio::select! {
+            received = signals.next() => match received {
+                Received::Stop => break Stop::Signal,
+                Received::Upgrade => spawn_successor(start.exe.as_deref(), &config.path),
+            },
+            accepted = accept_successor(successors.as_ref()) => {
+                let successor = match accepted {
+                    Ok(s) => s,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accepting on the hand-over socket failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let offer = Offer { proxy: &offerable, metrics: metrics_offer.as_ref() };
+                match hand_over(&successor, offer, &mut heartbeat_task, &kernel).await {
+                    Ok(()) => break Stop::Replaced(successor),
+                    Err(Abandoned { error, successor_attached }) => {
+                        tracing::warn!(error = %format!("{error:#}"), "hand-over abandoned; this agent serves on");
+                        if successor_attached {
+                            // It may have published its state, changed the governed table and
+                            // replaced the admin socket: all are this agent's again.
+                            heartbeat_task = tokio::spawn(heartbeat(shared.clone()));
+                            if let Err(err) = governed.retry() {
+                                tracing::error!(error = %err, "restoring the governed-endpoint table failed");
+                            }
+                            match crate::admin::bind(&config.admin) {
+                                Ok((listener, _)) => {
+                                    admin.abort();
+                                    admin = tokio::spawn(crate::admin::serve(listener, admin_state.clone()));
+                                }
+                                Err(err) => tracing::error!(error = %format!("{err:#}"), "re-binding the admin socket failed"),
+                            }
+                            let _ = fs::write(ready_file(&config.state_dir), std::process::id().to_string());
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // The kernel state is no longer this agent's to publish (a successor does), or is about to
+    // say "not serving".
+    heartbeat_task.abort();
+    owned.abort_all();
+    while owned.join_next().await.is_some() {}
+    metrics.stop_sampling();
+    drop(successors);
+    let stop_export = || {
+        export_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        exporter.map(|e| tokio::task::spawn_blocking(move || e.join()))
+    };
+    let replaced = match ended {
+        Stop::Replaced(successor) => {
+            let _ = accepting.send(false);
+            let refused = approvals.refuse_all("the agent is being replaced; send the statement again");
+            if refused > 0 {
+                tracing::info!(refused, "held statements refused: the agent is being replaced");
+            }
+            if let Some(join) = stop_export() {
+                let _ = join.await;
+            }
+            let deadline_s = config.upgrade.drain_deadline_s;
+            let sessions = shared.handling.load(std::sync::atomic::Ordering::Acquire);
+            if let Err(err) = successor.send(&handover::Message::Draining { sessions, deadline_s }) {
+                tracing::warn!(error = %format!("{err:#}"), "telling the successor that this agent drains");
+            }
+            tracing::info!(sessions, deadline_s, "replaced: no longer accepting; serving live sessions until they end");
+            drain(&shared, Duration::from_secs(deadline_s), &mut signals).await;
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            Some(successor)
+        }
+        Stop::Signal => {
+            tracing::info!("shutting down");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            // "Not serving" first: from here connect4/6 apply each database's fail mode at
+            // once, so no client is sent to the proxy's address once nothing listens there.
+            let governor_generation = governor_generation_source.generation();
+            kernel.publish(state(
+                &config,
+                own_cgroup,
+                namespaces.agent_cookie(),
+                false,
+                fail_epoch_base + governor_generation,
+            ))?;
+            let _ = fs::remove_file(ready_file(&config.state_dir));
+            // Held statements are refused, never left for a later agent: their clients get the
+            // refusal (42501) before the sessions close.
+            let refused = approvals.refuse_all("the agent is stopping");
+            if refused > 0 {
+                tracing::info!(refused, "held statements refused: the agent is stopping");
+                approvals.settled(Duration::from_secs(2)).await;
+                // The refusals travel through the server (the poison statement) before the
+                // client sees them.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            // Live sessions are told why they end (57P01) rather than cut.
+            let ending = shared.live.terminate_all(&proxy::live::Ending::Stopping);
+            if ending > 0 {
+                tracing::info!(sessions = ending, "live sessions ended: the agent is stopping");
+                settle(&shared, Duration::from_secs(3)).await;
+            }
+            if let Some(join) = stop_export() {
+                let _ = join.await;
+            }
+            None
+        }
+    };
     admin.abort();
     let _ = admin.await;
-    let _ = fs::remove_file(&config.admin.socket);
+    if replaced.is_none() {
+        let _ = fs::remove_file(&config.admin.socket);
+    }
     let _ = stop.send(true);
     for thread in threads {
         let _ = thread.join();
     }
-    handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
+    if replaced.is_none() {
+        handle_events(&shared, kernel.drain_events(), &mut HashMap::new());
+    }
     // Every holder of an audit handle goes before the writer is joined (it ends when the last
     // one does).
+    drop(governed);
     drop(shared);
     drop(governor_generation_source);
     drop(approvals);
+    drop(admin_state);
     drop(audit);
     ticker.abort();
     let _ = ticker.await;
     audit_writer.join();
-    export_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(exporter) = exporter {
-        let _ = exporter.join();
+    if replaced.is_some() {
+        // The successor owns the programs, the admin and hand-over sockets and the ready file.
+        tracing::info!("drained; exiting");
+        return Ok(());
     }
     if config.on_exit == OnExit::Detach {
         let kernel = Arc::into_inner(kernel).context("kernel handle still shared at shutdown")?;
@@ -437,14 +616,196 @@ async fn serve(config: Arc<Config>, own_cgroup: CgroupId, hosts: HostFollower, c
     Ok(())
 }
 
+/// The sockets a successor is offered.
+struct Offer<'a> {
+    proxy: &'a [(SocketAddr, std::net::TcpListener)],
+    metrics: Option<&'a (SocketAddr, std::net::TcpListener)>,
+}
+
+/// Why a hand-over did not happen, and whether the successor had begun to attach (this agent
+/// then takes back what it may have changed).
+struct Abandoned {
+    error: anyhow::Error,
+    successor_attached: bool,
+}
+
+/// The serving agent's side of a hand-over, up to the successor's `Serving`. The heartbeat
+/// stops when the successor attaches.
+async fn hand_over(
+    successor: &handover::Successor,
+    offer: Offer<'_>,
+    heartbeat_task: &mut tokio::task::JoinHandle<()>,
+    kernel: &Kernel,
+) -> Result<(), Abandoned> {
+    let early = |error: anyhow::Error| Abandoned { error, successor_attached: false };
+    let (pid, allowed) = successor.check_peer();
+    if let Err(why) = allowed {
+        let _ = successor.send(&handover::Message::Refused { why: format!("{why:#}") });
+        return Err(early(why.context(format!("refused to hand over to pid {pid:?}"))));
+    }
+    match successor.receive(handover::STEP_TIMEOUT).await.map_err(early)? {
+        Some(handover::Message::Hello { pid, version }) => {
+            tracing::info!(pid, version, "a successor asks to take over; handing over the listening sockets")
+        }
+        other => return Err(early(anyhow::anyhow!("the successor sent {other:?} instead of a greeting"))),
+    }
+    successor.offer(offer.proxy, offer.metrics).map_err(early)?;
+    match successor.receive(handover::START_TIMEOUT).await.map_err(early)? {
+        Some(handover::Message::Attaching) => {}
+        None => return Err(early(anyhow::anyhow!("the successor went away before attaching (see its log)"))),
+        other => return Err(early(anyhow::anyhow!("the successor sent {other:?} instead of attaching"))),
+    }
+    // From here the successor publishes the kernel's state, and its programs replace this
+    // agent's (whose only references are then their pins).
+    heartbeat_task.abort();
+    kernel.release_links();
+    let late = |error: anyhow::Error| Abandoned { error, successor_attached: true };
+    successor.send(&handover::Message::Paused).map_err(late)?;
+    match successor.receive(handover::START_TIMEOUT).await.map_err(late)? {
+        Some(handover::Message::Serving) => Ok(()),
+        None => Err(late(anyhow::anyhow!("the successor went away before serving (see its log)"))),
+        other => Err(late(anyhow::anyhow!("the successor sent {other:?} instead of serving"))),
+    }
+}
+
+/// The successor's side once it serves: tells the agent it replaced, and notes when that one
+/// has drained and exited.
+async fn took_over(predecessor: Predecessor) {
+    let pid = predecessor.pid;
+    let told = tokio::task::spawn_blocking(move || predecessor.serving().map(|d| (predecessor, d))).await;
+    match told {
+        Ok(Ok((predecessor, (sessions, deadline_s)))) => {
+            tracing::info!(
+                pid,
+                sessions,
+                deadline_s,
+                "took over from the agent being replaced; it drains its sessions"
+            );
+            tokio::task::spawn_blocking(move || {
+                predecessor.wait_exit();
+                tracing::info!(pid, "the replaced agent has exited");
+            });
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(pid, error = %format!("{err:#}"), "the replaced agent did not confirm it drains")
+        }
+        Err(err) => tracing::warn!(pid, error = %err, "the hand-over's last step failed"),
+    }
+}
+
+async fn accept_successor(listener: Option<&handover::Listener>) -> std::io::Result<handover::Successor> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves the live sessions of a replaced agent until none is left, or until the deadline,
+/// when those still open are ended with 57P01. A stop signal while draining is noted; a second
+/// one ends the drain at once.
+async fn drain(shared: &Shared, deadline: Duration, signals: &mut Signals) {
+    let mut until = tokio::time::Instant::now() + deadline;
+    let mut signalled = false;
+    loop {
+        if shared.handling.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            let ending = proxy::live::Ending::DrainDeadline { deadline_s: deadline.as_secs() };
+            let ended = shared.live.terminate_all(&ending);
+            tracing::info!(sessions = ended, "drain deadline: ending the sessions still open (57P01)");
+            settle(shared, Duration::from_secs(5)).await;
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(100))) => {}
+            received = signals.next() => {
+                if matches!(received, Received::Upgrade) {
+                    tracing::info!("SIGUSR2 while draining: this agent was already replaced");
+                } else if signalled {
+                    tracing::info!("a second stop signal while draining: ending the sessions now");
+                    until = tokio::time::Instant::now();
+                } else {
+                    signalled = true;
+                    tracing::info!(
+                        sessions = shared.handling.load(std::sync::atomic::Ordering::Acquire),
+                        "stop signal while draining: sessions go on until they end or the deadline (a second signal ends them now)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Waits until no connection is left, at most `limit`.
+async fn settle(shared: &Shared, limit: Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    while shared.handling.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.handling.load(std::sync::atomic::Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(connections = left, "connections still open are closed with the agent");
+    }
+}
+
+/// Starts a new agent from the executable this one was started from (SIGUSR2, `warden
+/// upgrade`): it takes the listening sockets over, and this agent drains.
+fn spawn_successor(exe: Option<&Path>, config: &Path) {
+    let Some(exe) = exe else {
+        tracing::error!("the agent's executable is not known: start the new agent by hand");
+        return;
+    };
+    match std::process::Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            tracing::info!(pid = child.id(), exe = %exe.display(), "started a successor to take over");
+            // Reaped here while this agent lives (one that fails to start says why in its log).
+            let _ = std::thread::Builder::new().name("warden-successor".into()).spawn(move || {
+                if let Ok(status) = child.wait()
+                    && !status.success()
+                {
+                    tracing::warn!(%status, "the successor exited");
+                }
+            });
+        }
+        Err(err) => tracing::error!(exe = %exe.display(), error = %err, "starting a successor failed"),
+    }
+}
+
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is the service's main
+/// process and ready: after an upgrade the successor, not the replaced agent, is the service.
+fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.send_to_addr(format!("MAINPID={}\nREADY=1\n", std::process::id()).as_bytes(), &addr)
+    });
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "telling systemd the agent is ready failed");
+    }
+}
+
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     listener::bind(addr).with_context(|| format!("binding the proxy listener on {addr}"))
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGTERM and SIGINT (stop), SIGUSR2 (start a successor), caught from the moment they are
+/// installed.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -453,15 +814,22 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
         })
     }
 
-    async fn wait(mut self) {
+    async fn next(&mut self) -> Received {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Received::Stop,
+            _ = self.int.recv() => Received::Stop,
+            _ = self.usr2.recv() => Received::Upgrade,
         }
     }
+}
+
+enum Received {
+    Stop,
+    Upgrade,
 }
 
 async fn heartbeat(shared: Arc<Shared>) {

@@ -337,6 +337,13 @@ pub struct Agent {
     /// Top-level YAML after everything else (e.g. a `dns:` block).
     top_level_yaml: String,
     child: Option<Child>,
+    /// The serving agent when it is not this harness's child (started by the agent it
+    /// replaced: SIGUSR2, `warden upgrade`).
+    adopted: Option<u32>,
+    /// Agents replaced by a successor, draining until they exit.
+    replaced: Vec<Child>,
+    /// Replaced agents that are not this harness's children.
+    replaced_adopted: Vec<u32>,
 }
 
 impl Agent {
@@ -450,6 +457,9 @@ impl Agent {
             audit_yaml: audit_yaml.to_string(),
             top_level_yaml: top_level_yaml.to_string(),
             child: None,
+            adopted: None,
+            replaced: Vec::new(),
+            replaced_adopted: Vec::new(),
         };
         agent.write_config();
         agent
@@ -527,7 +537,101 @@ impl Agent {
 
     /// The agent's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(Child::id).or(self.adopted)
+    }
+
+    /// The pid the ready file names (the agent serving now).
+    pub fn serving_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.state.join("agent.ready")).ok().and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Replaces the top-level YAML added after the rest of the configuration (a configuration
+    /// change: the next agent started reads it).
+    pub fn set_top_level_yaml(&mut self, yaml: &str) {
+        self.top_level_yaml = yaml.to_string();
+        self.write_config();
+    }
+
+    /// Starts a second agent beside this one from `bin`, as a surge update does: it takes the
+    /// listening sockets over and the one serving now drains. Returns once the new one serves.
+    pub fn take_over_with(&mut self, bin: &Path) {
+        let old = self.pid().expect("an agent serves");
+        let before = self.handovers();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden run");
+        let new = child.id();
+        self.wait_serving(new, old, before);
+        match self.child.take() {
+            Some(previous) => self.replaced.push(previous),
+            None => self.replaced_adopted.extend(self.adopted.take()),
+        }
+        self.child = Some(child);
+    }
+
+    /// `warden upgrade`: the serving agent starts its successor itself (from the path it was
+    /// started from). Returns once the successor serves.
+    pub fn upgrade(&mut self) -> String {
+        let old = self.pid().expect("an agent serves");
+        let before = self.handovers();
+        let out = check(Command::new(&self.bin).args(["upgrade", "--config"]).arg(&self.config));
+        let new = self.serving_pid().expect("a ready file");
+        assert_ne!(new, old, "{out}");
+        self.wait_serving(new, old, before);
+        match self.child.take() {
+            Some(previous) => self.replaced.push(previous),
+            None => self.replaced_adopted.extend(self.adopted.take()),
+        }
+        // The new one is not this harness's child.
+        self.adopted = Some(new);
+        out
+    }
+
+    /// How many hand-overs the log shows completed.
+    fn handovers(&self) -> usize {
+        self.log().matches("took over from the agent being replaced").count()
+    }
+
+    fn wait_serving(&self, new: u32, old: u32, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.serving_pid() == Some(new) && self.handovers() > before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent {new} did not take over from {old} within 60 s:\n{}", self.log());
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every replaced agent has exited; returns their exit codes.
+    pub fn wait_replaced(&mut self, limit: Duration) -> Vec<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        let mut codes = Vec::new();
+        for pid in std::mem::take(&mut self.replaced_adopted) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(wait_gone(pid, left), "a replaced agent (pid {pid}) still runs after {limit:?}:\n{}", self.log());
+        }
+        for mut child in std::mem::take(&mut self.replaced) {
+            loop {
+                if let Some(status) = child.try_wait().ok().flatten() {
+                    codes.push(status.code());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("a replaced agent (pid {}) still runs after {limit:?}:\n{}", child.id(), self.log());
+                }
+                sleep(Duration::from_millis(20));
+            }
+        }
+        codes
     }
 
     /// CPU time (user + system) the agent process has used so far, in seconds.
@@ -549,6 +653,11 @@ impl Agent {
 
     /// Stops the agent with SIGTERM (a clean shutdown) and waits for it.
     pub fn stop(&mut self) {
+        if let Some(pid) = self.adopted.take() {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            assert!(wait_gone(pid, Duration::from_secs(10)), "warden run ignored SIGTERM for 10 s:\n{}", self.log());
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -569,6 +678,11 @@ impl Agent {
 
     /// Kills the agent with SIGKILL (a crash).
     pub fn kill9(&mut self) {
+        if let Some(pid) = self.adopted.take() {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(10));
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -673,6 +787,40 @@ impl Drop for Agent {
 
 impl Agent {
     fn stop_quietly(&mut self) {
+        if let Some(pid) = self.adopted.take() {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                wait_gone(pid, Duration::from_secs(5));
+            }
+        }
+        for pid in std::mem::take(&mut self.replaced_adopted) {
+            for _ in 0..2 {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                sleep(Duration::from_millis(50));
+            }
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        for mut child in std::mem::take(&mut self.replaced) {
+            // A draining agent ends its drain at a second signal.
+            for _ in 0..2 {
+                // SAFETY: plain kill(2) on our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                sleep(Duration::from_millis(50));
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -683,6 +831,23 @@ impl Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits until process `pid` (not necessarily our child) is gone or a zombie; false after
+/// `limit`.
+pub fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(20));
     }
 }
 

@@ -245,7 +245,7 @@ async fn handle(state: &AdminState, peer: &Peer, allowed: bool, req: Request<Inc
             let database = state.live.list().into_iter().find(|s| s.session == session).map(|s| s.database);
             let by = peer.approver();
             match database {
-                Some(database) if state.live.terminate(session, by.clone()) => {
+                Some(database) if state.live.terminate(session, crate::proxy::live::Ending::Operator(by.clone())) => {
                     state.audit.record(Event::SessionTerminated { session, database, by });
                     json_response(StatusCode::OK, &json!({ "session": session, "terminated": true }))
                 }

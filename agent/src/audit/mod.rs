@@ -392,6 +392,13 @@ impl AuditWriter {
 impl AuditLog {
     /// Opens (or creates) the ring and its sealing key, and starts the writer thread.
     pub fn open(config: &AuditConfig) -> anyhow::Result<(Self, AuditWriter)> {
+        Self::open_beside(config, false)
+    }
+
+    /// Like `open`; `shared` when another agent writes the ring too (the one this agent takes
+    /// over from): its newest records are then unsealed because it is still writing, not because
+    /// it crashed.
+    pub fn open_beside(config: &AuditConfig, shared: bool) -> anyhow::Result<(Self, AuditWriter)> {
         let ring = ring::Ring::open(&config.path, config.ring_bytes)?;
         let key = seal::load_or_create_key(&config.key_path())?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
@@ -411,7 +418,7 @@ impl AuditLog {
             reported_lost: 0,
             share: share::FairShare::new(config, Arc::new(MonotonicClock)),
         };
-        if writer.ring.last_kind() == Some(ring::Kind::Event) {
+        if !shared && writer.ring.last_kind() == Some(ring::Kind::Event) {
             // The last writer did not stop cleanly (a crash, kill -9): seal its tail now, so it
             // is not joined to this run's records into a tail longer than verify accepts. This
             // covers nothing the next seal would not have covered anyway.
@@ -419,7 +426,9 @@ impl AuditLog {
                 path = %config.path.display(),
                 "the audit ring's newest records were not sealed (the agent did not stop cleanly); sealing them"
             );
+            writer.ring.acquire()?;
             writer.seal(&mut Vec::new());
+            writer.ring.release();
         }
         let thread = std::thread::Builder::new().name("warden-audit".into()).spawn(move || writer.run(rx))?;
         Ok((Self { tx, counters, healthy, required: config.required }, AuditWriter(thread)))
@@ -521,6 +530,11 @@ impl Writer {
             // Drain what is queued (bounded, so seals and flushes keep happening under
             // sustained load), then flush once: group commit.
             let mut batch = 0;
+            // One writer at a time appends (the agent that replaces this one shares the ring):
+            // the lock is held for the batch, not per record.
+            if let Err(err) = self.ring.acquire() {
+                self.failed(&err.to_string());
+            }
             while let Some(msg) = next {
                 match msg {
                     WriterMsg::Record(at_ms, event) => self.append(&mut buf, at_ms, event),
@@ -547,6 +561,7 @@ impl Writer {
                 self.counters.dropped.load(Ordering::Relaxed) + self.counters.write_errors.load(Ordering::Relaxed);
             self.ring.add_lost(dropped - self.reported_lost);
             self.reported_lost = dropped;
+            self.ring.release();
             if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
                 self.sync();
             }
@@ -558,10 +573,14 @@ impl Writer {
         }
         // Shutdown: summarise floods of the unfinished window, seal what is there and flush.
         let floods = self.share.as_mut().map(share::FairShare::summarise).unwrap_or_default();
+        if let Err(err) = self.ring.acquire() {
+            self.failed(&err.to_string());
+        }
         self.write_floods(&mut buf, floods);
         if self.since_seal > 0 {
             self.seal(&mut buf);
         }
+        self.ring.release();
         self.sync();
     }
 

@@ -11,9 +11,16 @@
 //! the SHA-256 chain hash of the record before: editing any record breaks the chain after it, and
 //! seal records (HMAC of the chain head with a key kept outside the ring) catch a rewritten chain.
 //!
-//! The header holds hints (head, tail, next sequence number, overwritten count) updated after
-//! each append; on open the chain is followed from the tail hint to find the true head, so a
-//! crash between a record and its hint loses nothing that was completely written.
+//! The header holds hints (head, tail, next sequence number, overwritten count, the newest
+//! record's chain hash and kind) updated after each append; on open the chain is followed from
+//! the tail hint to find the true head, so a crash between a record and its hint loses nothing
+//! that was completely written.
+//!
+//! Several writers may share a ring (an agent and the one replacing it, during a hand-over):
+//! each appends only while it holds the file's exclusive lock (`acquire` / `release`), and first
+//! takes up what the others wrote since from the header (and any whole record beyond it). One
+//! writer at a time, one chain: records of both agents interleave in the order they were
+//! written, and a writer that dies holding the lock releases it with its process.
 //!
 //! The ring and its sealing key are private files: created 0600 in a directory created 0700,
 //! never opened through a symbolic link, refused when another user owns them or could replace
@@ -48,6 +55,9 @@ const H_TAIL_SEQ: usize = 48;
 const H_OVERWRITTEN: usize = 56;
 /// Records the agent could not write (queue full, write error), kept across restarts.
 const H_LOST: usize = 64;
+/// The newest record's chain hash (32 bytes) and kind (0: none), for the next writer.
+const H_LAST_HASH: usize = 72;
+const H_LAST_KIND: usize = 104;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +113,8 @@ pub enum RingError {
     CapacityMismatch { path: PathBuf, found: u64, configured: u64 },
     #[error("audit record of {0} bytes is larger than a quarter of the ring")]
     TooLarge(usize),
+    #[error("audit ring {path}: taking the writers' lock: {source}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("audit ring capacity must be at least {MIN_CAPACITY} bytes")]
     TooSmall,
 }
@@ -290,6 +302,8 @@ pub struct Ring {
     last_kind: Option<Kind>,
     /// Records found intact when the ring was opened.
     pub recovered: u64,
+    /// Whether this writer holds the writers' lock now.
+    locked: bool,
 }
 
 impl Ring {
@@ -354,9 +368,75 @@ impl Ring {
             last_hash: [0; 32],
             last_kind: None,
             recovered: 0,
+            locked: false,
         };
+        // Another writer may be appending (the agent this one replaces): recovered under the lock.
+        ring.lock_file()?;
         ring.recover();
+        ring.release();
         Ok(ring)
+    }
+
+    fn lock_file(&mut self) -> Result<(), RingError> {
+        self._file.lock().map_err(|source| RingError::Lock { path: self.path.clone(), source })?;
+        self.locked = true;
+        Ok(())
+    }
+
+    /// Takes the writers' lock (waiting for another writer's batch), then takes up whatever
+    /// other writers appended since this one last held it. Appends need it.
+    pub fn acquire(&mut self) -> Result<(), RingError> {
+        if self.locked {
+            return Ok(());
+        }
+        self.lock_file()?;
+        self.refresh();
+        Ok(())
+    }
+
+    /// Lets other writers append.
+    pub fn release(&mut self) {
+        if self.locked {
+            // Unlocking an open file we locked cannot fail in a way that leaves it locked: the
+            // lock goes with the descriptor at the latest.
+            let _ = self._file.unlock();
+            self.locked = false;
+        }
+    }
+
+    /// Reloads the positions from the header when another writer moved them, then follows any
+    /// whole record beyond the head (one written by a writer that died before its hints).
+    fn refresh(&mut self) {
+        let head = u64_at(&self.map, H_HEAD);
+        let next_seq = u64_at(&self.map, H_NEXT_SEQ);
+        if head != self.head || next_seq != self.next_seq {
+            self.head = head;
+            self.next_seq = next_seq.max(1);
+            self.tail = u64_at(&self.map, H_TAIL);
+            self.tail_seq = u64_at(&self.map, H_TAIL_SEQ).max(1);
+            self.overwritten = u64_at(&self.map, H_OVERWRITTEN);
+            self.last_hash.copy_from_slice(&self.map[H_LAST_HASH..H_LAST_HASH + 32]);
+            self.last_kind = Kind::from_u8(self.map[H_LAST_KIND]);
+        }
+        let capacity = self.capacity;
+        let reader = Reader { data: &self.map[HEADER_SIZE as usize..], capacity };
+        let mut moved = false;
+        while let Some((p, r)) = reader.record_at(self.head) {
+            if r.seq != self.next_seq || r.prev_hash != self.last_hash {
+                break;
+            }
+            self.head = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
+            self.next_seq = r.seq + 1;
+            self.last_hash = r.hash;
+            self.last_kind = Some(r.kind);
+            moved = true;
+        }
+        if moved {
+            while self.head - self.tail > self.capacity {
+                self.advance_tail();
+            }
+            self.write_hints();
+        }
     }
 
     fn data(&self) -> &[u8] {
@@ -410,10 +490,23 @@ impl Ring {
         h[H_NEXT_SEQ..H_NEXT_SEQ + 8].copy_from_slice(&self.next_seq.to_le_bytes());
         h[H_TAIL_SEQ..H_TAIL_SEQ + 8].copy_from_slice(&self.tail_seq.to_le_bytes());
         h[H_OVERWRITTEN..H_OVERWRITTEN + 8].copy_from_slice(&self.overwritten.to_le_bytes());
+        h[H_LAST_HASH..H_LAST_HASH + 32].copy_from_slice(&self.last_hash);
+        h[H_LAST_KIND] = self.last_kind.map_or(0, |k| k as u8);
     }
 
     /// Appends a record; returns its sequence number. Overwrites the oldest records as needed.
+    /// Takes the writers' lock for this record when the caller does not hold it.
     pub fn append(&mut self, kind: Kind, at_ms: u64, payload: &[u8]) -> Result<u64, RingError> {
+        if self.locked {
+            return self.append_locked(kind, at_ms, payload);
+        }
+        self.acquire()?;
+        let appended = self.append_locked(kind, at_ms, payload);
+        self.release();
+        appended
+    }
+
+    fn append_locked(&mut self, kind: Kind, at_ms: u64, payload: &[u8]) -> Result<u64, RingError> {
         let total = align8(RECORD_HEADER as u64 + payload.len() as u64);
         if total > self.capacity / 4 {
             return Err(RingError::TooLarge(payload.len()));
@@ -500,8 +593,9 @@ impl Ring {
     }
 
     /// Adds to the count of records lost before reaching the ring (queue full, write errors).
+    /// Only under the writers' lock (the count is shared by them).
     pub fn add_lost(&mut self, n: u64) {
-        if n > 0 {
+        if n > 0 && self.locked {
             let lost = u64_at(&self.map, H_LOST) + n;
             self.map[H_LOST..H_LOST + 8].copy_from_slice(&lost.to_le_bytes());
         }
@@ -789,6 +883,71 @@ mod tests {
         let after = file.records_after(tenth.position, tenth.seq).unwrap();
         assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), (11..=100).collect::<Vec<_>>());
         assert!(file.records_after(tenth.position, 999).is_none(), "a stale cursor is refused");
+    }
+
+    #[test]
+    fn two_writers_share_one_chain_one_batch_at_a_time() {
+        const CAPACITY: u64 = 1 << 20;
+        let path = temp("two-writers");
+        let mut first = Ring::open(&path, CAPACITY).unwrap();
+        first.append(Kind::Event, 1, &payload(1)).unwrap();
+        // The agent taking over opens the ring while the first still writes.
+        let mut second = Ring::open(&path, CAPACITY).unwrap();
+        assert_eq!(second.next_seq(), 2);
+        // Batches interleave; each writer takes up what the other wrote.
+        let mut written = 1;
+        for round in 0..40u64 {
+            let ring = if round % 2 == 0 { &mut first } else { &mut second };
+            ring.acquire().unwrap();
+            for i in 0..(round % 7 + 1) {
+                written += 1;
+                assert_eq!(ring.append(Kind::Event, 2, &payload(round * 10 + i)).unwrap(), written);
+            }
+            ring.release();
+        }
+        // Threads appending record by record (each append takes the lock on its own).
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut ring = Ring::open(&path, CAPACITY).unwrap();
+                    for i in 0..500 {
+                        ring.append(Kind::Event, 100 + w, &payload(i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let last = first.append(Kind::Seal, 9, b"{}").unwrap();
+        assert_eq!(last, written + 1000 + 1);
+        let file = RingFile::open(&path).unwrap();
+        let verified = file.verify();
+        assert!(verified.problems.is_empty(), "{verified:?}");
+        let records = file.records(0);
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+        for w in [100, 101] {
+            let theirs: Vec<Vec<u8>> = records.iter().filter(|r| r.at_ms == w).map(|r| r.payload.clone()).collect();
+            assert_eq!(theirs, (0..500).map(payload).collect::<Vec<_>>(), "writer {w}: every record once, in order");
+        }
+    }
+
+    #[test]
+    fn a_writer_that_died_after_a_record_but_before_its_hints_is_followed() {
+        let path = temp("died-before-hints");
+        let mut first = Ring::open(&path, MIN_CAPACITY).unwrap();
+        let mut second = Ring::open(&path, MIN_CAPACITY).unwrap();
+        first.append(Kind::Event, 1, &payload(1)).unwrap();
+        // The first writer's hints are rolled back as if it died between record and hints.
+        let saved: Vec<u8> = first.map[..HEADER_SIZE as usize].to_vec();
+        first.append(Kind::Event, 2, &payload(2)).unwrap();
+        first.map[..HEADER_SIZE as usize].copy_from_slice(&saved);
+        drop(first);
+        assert_eq!(second.append(Kind::Event, 3, &payload(3)).unwrap(), 3, "record 2 is kept, not overwritten");
+        let file = RingFile::open(&path).unwrap();
+        assert!(file.verify().problems.is_empty());
+        assert_eq!(file.records(0).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]

@@ -32,8 +32,48 @@ pub struct LiveSession {
     started: Instant,
     db_user: Mutex<Option<String>>,
     last: Mutex<Option<(Arc<str>, Lexing, u64)>>,
-    ended_by: Mutex<Option<Approver>>,
+    ended_by: Mutex<Option<Ending>>,
     end: Notify,
+}
+
+/// Why a live session is ended by the agent rather than by its client or server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// An operator ended it from the admin API.
+    Operator(Approver),
+    /// The agent stops, with no successor to take its place.
+    Stopping,
+    /// The agent was replaced and its drain deadline passed.
+    DrainDeadline { deadline_s: u64 },
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Operator(by) => write!(f, "ended by operator {by} from the admin API"),
+            Self::Stopping => write!(f, "ended because the agent stopped"),
+            Self::DrainDeadline { deadline_s } => {
+                write!(f, "ended at the drain deadline ({deadline_s} s) of the agent that was replaced")
+            }
+        }
+    }
+}
+
+impl Ending {
+    /// What the client's FATAL says (SQLSTATE 57P01, as the server's own "administrator
+    /// command").
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Operator(by) => format!("warden: session terminated by operator {by}"),
+            Self::Stopping => {
+                "warden: terminating connection due to administrator command: the agent is stopping".into()
+            }
+            Self::DrainDeadline { deadline_s } => format!(
+                "warden: terminating connection due to administrator command: the agent serving it was replaced \
+                 and its drain deadline ({deadline_s} s) passed; reconnect"
+            ),
+        }
+    }
 }
 
 impl LiveSession {
@@ -42,12 +82,17 @@ impl LiveSession {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql.clone(), lexing, now_ms()));
     }
 
+    fn end_with(&self, why: Ending) {
+        self.ended_by.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+        self.end.notify_waiters();
+    }
+
     pub fn set_user(&self, user: Option<&str>) {
         *self.db_user.lock().unwrap_or_else(|p| p.into_inner()) = user.map(str::to_string);
     }
 
-    /// Resolves once an operator ended the session: who did.
-    pub async fn ended(&self) -> Approver {
+    /// Resolves once the session is ended by the agent: why.
+    pub async fn ended(&self) -> Ending {
         loop {
             let notified = self.end.notified();
             if let Some(by) = self.ended_by.lock().unwrap_or_else(|p| p.into_inner()).clone() {
@@ -157,12 +202,21 @@ impl LiveSessions {
     }
 
     /// Ends a session: false when there is no such live session.
-    pub fn terminate(&self, id: SessionId, by: Approver) -> bool {
+    pub fn terminate(&self, id: SessionId, why: Ending) -> bool {
         let Some(session) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned() else {
             return false;
         };
-        *session.ended_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
-        session.end.notify_waiters();
+        session.end_with(why);
         true
+    }
+
+    /// Ends every live session; returns how many.
+    pub fn terminate_all(&self, why: &Ending) -> usize {
+        let sessions: Vec<Arc<LiveSession>> =
+            self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for session in &sessions {
+            session.end_with(why.clone());
+        }
+        sessions.len()
     }
 }

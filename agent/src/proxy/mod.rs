@@ -14,7 +14,7 @@ use std::{
     io,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -68,6 +68,18 @@ pub struct Shared {
     pub pod_waits: std::sync::atomic::AtomicUsize,
     /// Flows, statements, set-up times (`/metrics`).
     pub metrics: Arc<crate::admin::metrics::Metrics>,
+    /// Connections accepted and not yet ended, whatever their protocol or stage (a replaced
+    /// agent drains until none is left).
+    pub handling: AtomicUsize,
+}
+
+/// One accepted connection, counted in `Shared::handling` when accepted, until dropped.
+struct Handling<'a>(&'a AtomicUsize);
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Allocates session ids unique across agent restarts (start time in the high bits).
@@ -104,7 +116,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move { handle(shared, stream, ClientAddr(peer)).await });
+                // Counted before the task runs: a draining agent must not miss one accepted
+                // just before it stopped accepting.
+                shared.handling.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    let counted = shared.clone();
+                    let _handling = Handling(&counted.handling);
+                    handle(shared, stream, ClientAddr(peer)).await
+                });
             }
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.

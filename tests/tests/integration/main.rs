@@ -20,4 +20,5 @@ mod postgres_hooks;
 mod postgres_robustness;
 mod postgres_tls_auth;
 mod rollout;
+mod upgrade;
 mod volume;

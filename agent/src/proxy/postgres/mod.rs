@@ -101,8 +101,8 @@ pub enum SessionError {
     UpstreamIo(io::Error),
     #[error("upstream closed the connection")]
     UpstreamClosed,
-    #[error("ended by operator {0} from the admin API")]
-    Terminated(crate::approval::Approver),
+    #[error("{0}")]
+    Terminated(crate::proxy::live::Ending),
 }
 
 /// Runs a session on an accepted, attributed client connection. `on_open` is called once the

@@ -199,7 +199,7 @@ where
                     tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a terminated session's statement failed");
                 }
             }
-            let message = format!("warden: session terminated by operator {by}");
+            let message = by.client_message();
             let _ = client_w.write_all(&error_message(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &message)).await;
             let _ = client_w.shutdown().await;
             let mut terminate = Vec::new();

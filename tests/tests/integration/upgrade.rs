@@ -1,0 +1,215 @@
+//! Restart, upgrade and configuration change of the agent without dropping a session: the
+//! serving agent hands its listening sockets to its successor and drains (see
+//! `agent/src/handover.rs`). pgbench runs through each hand-over with zero failed transactions;
+//! a transaction open across one commits; a session still open at the drain deadline gets
+//! 57P01; the ring verifies afterwards with every statement recorded once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testkit::{Agent, Postgres, check, pgbench_bin, warden_bin};
+
+fn governed(pg: &Postgres) -> String {
+    format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port)
+}
+
+/// A ring large enough that nothing of these runs is overwritten.
+const BIG_RING: &str = "  ring_bytes: 134217728\n  seal_every: 1000";
+
+fn pgbench(pg: &Postgres, args: &[&str]) -> std::process::Child {
+    Command::new(pgbench_bin())
+        .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-p", &pg.port.to_string()])
+        .args(args)
+        .arg("postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench")
+}
+
+/// Waits for pgbench; returns its transactions processed, after checking none failed and no
+/// client aborted (a refused or broken connection aborts a client).
+fn finished(child: std::process::Child, what: &str) -> u64 {
+    let out = child.wait_with_output().expect("pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: pgbench failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(!stderr.contains("aborted"), "{what}: a client aborted:\n{stderr}");
+    assert!(stdout.contains("number of failed transactions: 0 "), "{what}:\n{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no transaction count:\n{stdout}"))
+}
+
+fn verify(agent: &Agent) {
+    let out = Command::new(warden_bin()).args(["audit", "verify", "--config"]).arg(&agent.config).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn statements_like(records: &[Value], needle: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.to_lowercase().contains(needle)))
+        .count() as u64
+}
+
+#[test]
+fn pgbench_runs_through_a_restart_an_upgrade_and_a_configuration_change_without_a_failed_transaction() {
+    let pg = Postgres::start();
+    pg.pgbench_init(1);
+    let dir = std::env::temp_dir().join(testkit::unique("warden-upgrade-bin-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The agent runs from its own copy of the binary: the upgrade installs another build there.
+    let bin = dir.join("warden");
+    std::fs::copy(warden_bin(), &bin).unwrap();
+    let mut agent =
+        Agent::start_with_bin_policies_audit(&bin, &governed(&pg), &[], BIG_RING, "upgrade:\n  drain_deadline_s: 120");
+    let first = agent.pid().unwrap();
+
+    // Long-lived sessions (select-only, simple protocol) and a new connection for every
+    // transaction (TPC-B): the first stay with the agent they started on, the second reach
+    // whichever agent accepts at that moment.
+    let select_only = pgbench(&pg, &["-S", "-c", "8", "-j", "2", "-T", "14"]);
+    let tpcb = pgbench(&pg, &["-c", "8", "-j", "2", "-T", "14", "-C"]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 1. A restart: the same build started beside it (as a surge update does).
+    agent.take_over_with(&bin);
+    let second = agent.pid().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 2. An upgrade to another build: installed over the path the agent was started from
+    // (rename, as package managers do), then `warden upgrade`.
+    let mut build = std::fs::read(warden_bin()).unwrap();
+    build.extend_from_slice(b"\0another build\0");
+    let staged = dir.join("warden.new");
+    std::fs::write(&staged, &build).unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &bin).unwrap();
+    let said = agent.upgrade();
+    assert!(said.contains("upgraded: pid"), "{said}");
+    let third = agent.pid().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{third}/exe")).unwrap();
+    assert_eq!(exe, bin, "the successor runs the build installed at the agent's path");
+    assert_eq!(std::fs::read(&exe).unwrap(), build, "it is the new build");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 3. A configuration change that needs a new agent (worker count, drain deadline).
+    agent.set_top_level_yaml("upgrade:\n  drain_deadline_s: 90");
+    let config = std::fs::read_to_string(&agent.config).unwrap().replace("proxy:\n", "proxy:\n  workers: 3\n");
+    std::fs::write(&agent.config, config).unwrap();
+    agent.take_over_with(&bin);
+    let fourth = agent.pid().unwrap();
+    let pids = BTreeSet::from([first, second, third, fourth]);
+    assert_eq!(pids.len(), 4, "four agents served in turn: {pids:?}");
+
+    let selects = finished(select_only, "select-only");
+    let tpcb = finished(tpcb, "TPC-B with a connection per transaction");
+    assert!(selects > 0 && tpcb > 0);
+    // Every replaced agent drained (its sessions ended with pgbench) and exited cleanly.
+    let codes = agent.wait_replaced(Duration::from_secs(30));
+    assert!(codes.iter().all(|c| *c == Some(0)), "replaced agents' exit codes: {codes:?}\n{}", agent.log());
+
+    // The ring: one chain written by four agents, every statement of the run once.
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 'the end of the run'"));
+    agent.wait_record("the last statement", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.contains("select ?"))
+    });
+    verify(&agent);
+    let records = agent.records();
+    assert_eq!(
+        statements_like(&records, "select abalance from pgbench_accounts where aid"),
+        selects + tpcb,
+        "each select-only transaction is this one statement, and TPC-B's read it too: recorded once"
+    );
+    assert_eq!(
+        statements_like(&records, "update pgbench_accounts set abalance"),
+        tpcb,
+        "each TPC-B transaction updates pgbench_accounts once, recorded once"
+    );
+    let stats: Value = serde_json::from_slice(&agent.audit_cli(&["stats", "-o", "json"]).stdout).unwrap();
+    assert_eq!((stats["lost"].as_u64(), stats["overwritten"].as_u64()), (Some(0), Some(0)), "{stats}");
+    // Every session opened is closed, by whichever agent served it.
+    let mut sessions: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for r in &records {
+        if let Some(s) = r["session"].as_u64() {
+            let e = sessions.entry(s).or_default();
+            match r["kind"].as_str() {
+                Some("connection_open") => e.0 += 1,
+                Some("connection_close") => e.1 += 1,
+                _ => {}
+            }
+        }
+    }
+    let unbalanced: Vec<_> = sessions.iter().filter(|(_, (o, c))| *o != 1 || *c != 1).collect();
+    assert!(unbalanced.is_empty(), "sessions without exactly one open and one close: {unbalanced:?}");
+    // No connection was refused or cut meanwhile.
+    assert!(
+        !records.iter().any(|r| matches!(r["kind"].as_str(), Some("proxy_refused" | "refused_not_serving"))),
+        "a connection was refused during the hand-overs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_transaction_open_across_the_hand_over_commits_and_the_drain_deadline_ends_sessions_with_57p01() {
+    let pg = Postgres::start();
+    pg.admin_sql("create table ledger(id int primary key)");
+    let mut agent = Agent::start_with_bin_policies_audit(
+        &warden_bin(),
+        &governed(&pg),
+        &[],
+        testkit::DEFAULT_AUDIT,
+        "upgrade:\n  drain_deadline_s: 4",
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port);
+    runtime.block_on(async {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+            (client, tokio::spawn(connection))
+        };
+        let (mut long, long_conn) = connect().await;
+        let (idle, idle_conn) = connect().await;
+        idle.simple_query("select 1").await.expect("idle session works");
+        let tx = long.transaction().await.unwrap();
+        tx.execute("insert into ledger values (1)", &[]).await.unwrap();
+
+        let replaced = agent.pid().unwrap();
+        let started = Instant::now();
+        agent.take_over_with(&warden_bin());
+        // The transaction goes on with the agent it began on, and commits.
+        tx.execute("insert into ledger values (2)", &[]).await.unwrap();
+        tx.commit().await.expect("the transaction open across the hand-over commits");
+        // New sessions reach the successor.
+        let (fresh, _fresh_conn) = connect().await;
+        let n: i64 = fresh.query_one("select count(*) from ledger", &[]).await.unwrap().get(0);
+        assert_eq!(n, 2);
+        drop(long);
+        let _ = long_conn.await;
+
+        // The idle session outlives the deadline: 57P01, with the reason.
+        let ended = tokio::time::timeout(Duration::from_secs(20), idle_conn).await.expect("the session ends").unwrap();
+        let error = ended.expect_err("the session ends with an error");
+        let db = error.as_db_error().unwrap_or_else(|| panic!("a server error, not {error:?}"));
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+        assert!(db.message().contains("drain deadline (4 s)"), "{}", db.message());
+        assert!(started.elapsed() >= Duration::from_secs(4), "not before the deadline");
+        drop(idle);
+        assert!(testkit::wait_gone(replaced, Duration::from_secs(10)), "the replaced agent exits after its deadline");
+    });
+    let codes = agent.wait_replaced(Duration::from_secs(10));
+    assert_eq!(codes, vec![Some(0)]);
+    let close = agent.wait_record("the idle session's end", |r| {
+        r["kind"] == "connection_close" && r["error"].as_str().is_some_and(|e| e.contains("drain deadline"))
+    });
+    assert!(close["session"].is_u64());
+    verify(&agent);
+}
