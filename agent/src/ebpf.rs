@@ -39,6 +39,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wa
 pub enum KernelError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "the pinned kernel maps are of another layout than this build's ({0}): the agent serving now reads them, so \
+         this build cannot take over beside it; stop the serving agent, then start this one (its sessions end)"
+    )]
+    IncompatibleMaps(String),
     #[error("program {name}: {source}")]
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("map {name}: {source}")]
@@ -95,18 +100,31 @@ pub struct Kernel {
     flows: FlowTable,
     stats: Stats,
     events: Mutex<RingBuf<MapData>>,
+    /// Whether this agent writes the kernel's shared state (heartbeat, governed table, fail-open
+    /// listings) and reads its events: from its start until a successor attaches.
+    owner: std::sync::atomic::AtomicBool,
 }
 
 impl Kernel {
     /// Loads the programs (reusing pinned maps), fills the governed-endpoint table, publishes
     /// `state`, then attaches every program at the cgroup v2 root and pins the links.
-    pub fn start(config: &Config, state: AgentState, reached: &BTreeMap<usize, Reached>) -> Result<Self, KernelError> {
+    ///
+    /// `beside` an agent it replaces, the pinned maps must be reused: that agent's programs
+    /// read them until the hand-over completes, so maps of another layout (another build's) are
+    /// not recreated under it; the start fails instead (such an upgrade is a stop and a start).
+    pub fn start(
+        config: &Config,
+        state: AgentState,
+        reached: &BTreeMap<usize, Reached>,
+        beside: bool,
+    ) -> Result<Self, KernelError> {
         let bpffs = config.bpffs_dir.clone();
         let maps = maps_dir(&bpffs);
         fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
         fs::create_dir_all(links_dir(&bpffs)).map_err(io_err("creating", &bpffs))?;
         let mut ebpf = match EbpfLoader::new().default_map_pin_directory(&maps).load(OBJECT) {
             Ok(ebpf) => ebpf,
+            Err(err) if beside => return Err(KernelError::IncompatibleMaps(err.to_string())),
             Err(err) => {
                 // Pinned maps from an incompatible build: start from fresh maps.
                 tracing::warn!(error = %err, "pinned maps could not be reused; recreating them");
@@ -137,6 +155,11 @@ impl Kernel {
             let _ = state_map.set(0, AgentState { serving: 0, ..state }, 0);
             return Err(err);
         }
+        // Attaching (the verifier) takes a while: the heartbeat is fresh when the caller's own
+        // starts beating.
+        state_map
+            .set(0, AgentState { heartbeat_ns: monotonic_ns(), ..state }, 0)
+            .map_err(|source| KernelError::Map { name: "AGENT_STATE", source })?;
         Ok(Self {
             _ebpf: ebpf,
             links: Mutex::new(links),
@@ -147,11 +170,32 @@ impl Kernel {
             flows,
             stats,
             events,
+            owner: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Stops (or resumes) writing the kernel's shared state and reading its events: a successor
+    /// attaching takes them over; an abandoned hand-over gives them back.
+    pub fn set_owner(&self, owner: bool) {
+        self.owner.store(owner, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn owns(&self) -> bool {
+        self.owner.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long ago the published heartbeat was written (by whichever agent).
+    pub fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = map.get(&0, 0).ok()?;
+        Some(std::time::Duration::from_nanos(monotonic_ns().saturating_sub(state.heartbeat_ns)))
     }
 
     /// Publishes the agent's state (heartbeat, serving flag).
     pub fn publish(&self, state: AgentState) -> Result<(), KernelError> {
+        if !self.owns() {
+            return Ok(());
+        }
         let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
         map.set(0, state, 0).map_err(|source| KernelError::Map { name: "AGENT_STATE", source })
     }
@@ -166,6 +210,9 @@ impl Kernel {
 
     /// Takes every event waiting in the ring buffer.
     pub fn drain_events(&self) -> Vec<FlowEvent> {
+        if !self.owns() {
+            return Vec::new();
+        }
         let mut ring = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
@@ -185,7 +232,11 @@ impl Kernel {
 
     /// Makes the governed-endpoint table exactly `wanted` (from `governed_table`); returns what
     /// it changed.
+    /// Not while a successor owns the table (an abandoned hand-over re-applies it).
     pub fn replace_governed(&self, wanted: &[(Endpoint, EndpointPolicy)]) -> Result<GovernedDiff, KernelError> {
+        if !self.owns() {
+            return Ok(GovernedDiff::default());
+        }
         let mut map = self.governed.lock().unwrap_or_else(|p| p.into_inner());
         apply_governed(&mut map, wanted)
     }
@@ -193,6 +244,10 @@ impl Kernel {
     /// Records that a client cgroup fails open for a database whose fail mode follows policies,
     /// under `epoch` (`None`: it fails closed).
     pub fn set_fail_open(&self, cgroup_id: u64, database_id: u32, epoch: Option<u64>) -> Result<(), KernelError> {
+        if !self.owns() {
+            // A replaced agent's findings belong to an epoch the kernel no longer uses.
+            return Ok(());
+        }
         let key = FailKey { cgroup_id, database_id, _pad: 0 };
         let mut map = self.fail_open.lock().unwrap_or_else(|p| p.into_inner());
         let result = match epoch {

@@ -51,6 +51,13 @@ enum Cmd {
         #[arg(long, default_value_t = 90)]
         wait_s: u64,
     },
+    /// Exit 0 when the agent serving on this host runs in this process's own cgroup (its
+    /// container) and is ready: the Kubernetes probe, since during a surge update the agent
+    /// being replaced answers on the shared metrics port too.
+    Ready {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Detach the kernel programs and remove everything a stopped agent left behind.
     Detach {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -337,6 +344,7 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Cmd::Upgrade { config, wait_s } => upgrade(&Config::load(&config)?, std::time::Duration::from_secs(wait_s)),
+        Cmd::Ready { config } => ready(&Config::load(&config)?),
         Cmd::Detach { config } => {
             let config = Config::load(&config)?;
             ebpf::detach_pinned(&config.bpffs_dir)?;
@@ -662,6 +670,14 @@ fn upgrade(config: &Config, wait: std::time::Duration) -> Result<ExitCode> {
     let ready = run::ready_file(&config.state_dir);
     let serving = || std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse::<i32>().ok());
     let old = serving().with_context(|| format!("no agent serves ({} is missing)", ready.display()))?;
+    // The file outlives an agent that crashed: its pid may be another process's now.
+    let cmdline = std::fs::read(format!("/proc/{old}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let is_agent = args.first().is_some_and(|a| a.ends_with(b"warden") || a.windows(6).any(|w| w == b"warden"))
+        && args.get(1) == Some(&&b"run"[..]);
+    if !is_agent {
+        anyhow::bail!("pid {old} (from {}) is not a running agent: no agent serves", ready.display());
+    }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGUSR2)
         .with_context(|| format!("signalling the agent (pid {old}); upgrading needs root"))?;
     let until = std::time::Instant::now() + wait;
@@ -679,4 +695,37 @@ fn upgrade(config: &Config, wait: std::time::Duration) -> Result<ExitCode> {
         "no new agent served within {} s; pid {old} serves on (the new agent's reasons are in the agent's log)",
         wait.as_secs()
     )
+}
+
+/// `warden ready`: the serving agent is this container's, and says it is ready.
+fn ready(config: &Config) -> Result<ExitCode> {
+    let file = run::ready_file(&config.state_dir);
+    let pid: u32 = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| format!("no agent serves ({} is missing)", file.display()))?;
+    // The unified hierarchy's line ("0::PATH"), as this process's cgroup namespace shows it.
+    let cgroup_of = |pid: &str| -> Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        Ok(text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default().to_string())
+    };
+    let (serving, own) = (cgroup_of(&pid.to_string())?, cgroup_of("self")?);
+    if serving != own {
+        anyhow::bail!("the serving agent (pid {pid}) is not this container's: another agent serves this host");
+    }
+    if let Some(metrics) = &config.metrics {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect_timeout(&metrics.listen, std::time::Duration::from_secs(2))
+            .with_context(|| format!("connecting to {}", metrics.listen))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        let status = answer.lines().next().unwrap_or_default();
+        if !status.contains(" 200 ") {
+            anyhow::bail!("/readyz says {status:?}");
+        }
+    }
+    println!("ready: pid {pid} serves");
+    Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,7 @@ pub fn ready_file(state_dir: &Path) -> PathBuf {
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(mut config: Config) -> Result<()> {
     // Read now: an upgrade replaces the file behind the path, and SIGUSR2 starts the new one.
-    let exe = std::env::current_exe().ok();
+    let exe = started_from();
     // Before any thread exists: a thread keeps the cgroup namespace it was created in.
     join_host_cgroup_namespace()?;
     // The main runtime only keeps time (heartbeat, event drain, database host names) and writes
@@ -85,9 +85,19 @@ pub fn run(mut config: Config) -> Result<()> {
     // is bound: its addresses are taken).
     let predecessor = Predecessor::find(&config.state_dir).context("taking over from the agent serving now")?;
     if let Some((p, inherited)) = &predecessor {
-        tracing::info!(pid = p.pid, sockets = inherited.proxy.len(), "taking over from the agent serving now");
+        tracing::info!(pid = p.peer.pid, sockets = inherited.proxy.len(), "taking over from the agent serving now");
     }
     runtime.block_on(serve(config, own_cgroup, hosts, cluster, Start { predecessor, exe }))
+}
+
+/// The path this agent was started from, as given (an upgrade that switches a symbolic link
+/// is followed), made absolute; else the executable's resolved path.
+fn started_from() -> Option<PathBuf> {
+    let given = std::env::args_os().next().map(PathBuf::from)?;
+    if given.components().count() > 1 {
+        return std::path::absolute(&given).ok();
+    }
+    std::env::current_exe().ok()
 }
 
 /// In a container with its own cgroup namespace (the default for Kubernetes pods on cgroup v2),
@@ -247,9 +257,6 @@ async fn serve(
         .with_mask_keys(config.mask_keys.clone())
         .with_metrics(metrics.clone());
     let governor = Arc::new(governor);
-    // The admin socket before serving: an agent whose API cannot be reached could hold
-    // statements nobody can approve.
-    let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;
     // The metrics and probe port before serving, too: a port taken stops the start.
     let (metrics_listener, metrics_offer) = match &config.metrics {
         Some(m) => {
@@ -271,16 +278,25 @@ async fn serve(
     // Service-named databases where the last agent left them, until the API answers.
     let saved_services = crate::net::governed::saved_services(&config);
     if let Some(predecessor) = &predecessor {
-        // From here this agent publishes the kernel's state; the one it replaces stops.
+        // From here this agent writes the kernel's state; the one it replaces stops. One that
+        // still runs without having paused may serve on: this agent must not start beside it.
         if let Err(err) = predecessor.attaching() {
-            tracing::warn!(pid = predecessor.pid, error = %format!("{err:#}"), "the agent being replaced did not pause its heartbeat; attaching anyway");
+            if predecessor.peer.alive() {
+                return Err(err.context("the agent being replaced did not pause; not starting beside it"));
+            }
+            tracing::warn!(pid = predecessor.peer.pid, error = %format!("{err:#}"), "the agent being replaced exited during the hand-over; carrying on with its sockets");
         }
     }
+    // The admin socket before serving: an agent whose API cannot be reached could hold
+    // statements nobody can approve. (Beside an agent being replaced, only once it paused: until
+    // then the socket is its own.)
+    let (admin_listener, admin_group) = crate::admin::bind(&config.admin)?;
     let kernel = Arc::new(
         Kernel::start(
             &config,
             state(&config, own_cgroup, namespaces.agent_cookie(), true, fail_epoch_base + governor.generation()),
             &saved_services.0,
+            predecessor.is_some(),
         )
         .context("loading and attaching the eBPF programs")?,
     );
@@ -315,15 +331,18 @@ async fn serve(
         pod_waits: std::sync::atomic::AtomicUsize::new(0),
         metrics: metrics.clone(),
         handling: std::sync::atomic::AtomicUsize::new(0),
+        ledger: proxy::ledger::Ledger::create(&config.state_dir, config.proxy.max_connections + 64, audit.clone()),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Accepting ends when a successor serves; the sessions go on until `stop`.
     let (accepting, accepting_rx) = tokio::sync::watch::channel(true);
+    let still_accepting = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     let mut threads = Vec::new();
     for (i, listeners) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let mut stopped = stopped.clone();
         let mut accepting = accepting_rx.clone();
+        let acked = still_accepting.clone();
         let thread = std::thread::Builder::new().name(format!("warden-proxy-{i}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -344,7 +363,10 @@ async fn serve(
                 }
                 tokio::select! {
                     _ = stopped.wait_for(|s| *s) => return,
-                    _ = accepting.wait_for(|a| !*a) => serving.abort_all(),
+                    _ = accepting.wait_for(|a| !*a) => {
+                        serving.shutdown().await;
+                        acked.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    }
                 }
                 let _ = stopped.wait_for(|s| *s).await;
             });
@@ -357,9 +379,10 @@ async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let governor_generation_source = governor.clone();
     tasks.spawn(crate::govern::reload::watch(governor, config.policies.clone()));
-    let mut heartbeat_task = tokio::spawn(heartbeat(shared.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat(shared.clone()));
     owned.spawn(drain_events(shared.clone()));
     owned.spawn(sweep_workload_labels(shared.clone()));
+    owned.spawn(reap_crashed(shared.clone()));
     let governed = Arc::new(Governed::new(config.clone(), kernel.clone(), saved_services));
     owned.spawn(hosts.follow(governed.clone(), audit.clone()));
     let kube_sync = Arc::new(crate::kubernetes::Sync::default());
@@ -442,7 +465,7 @@ async fn serve(
         "serving"
     );
     if let Some(predecessor) = predecessor {
-        took_over(predecessor).await;
+        took_over(predecessor).await?;
     }
     // Off-host export once this agent is the one serving (the one it replaced stopped its own
     // exporter first: both read and advance the same checkpoint).
@@ -467,11 +490,19 @@ async fn serve(
         }
     };
 
+    // A successor this agent started runs (until it exits; it then serves, or failed).
+    let successor_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ended = loop {
         tokio::select! {
             received = signals.next() => match received {
                 Received::Stop => break Stop::Signal,
-                Received::Upgrade => spawn_successor(start.exe.as_deref(), &config.path),
+                Received::Upgrade if successors.is_none() => {
+                    tracing::error!("SIGUSR2: no hand-over socket, so a successor could not take over; not starting one");
+                }
+                Received::Upgrade if successor_running.load(std::sync::atomic::Ordering::Acquire) => {
+                    tracing::warn!("SIGUSR2: a successor started earlier is still starting; not starting another");
+                }
+                Received::Upgrade => spawn_successor(start.exe.as_deref(), &config.path, &successor_running),
             },
             accepted = accept_successor(successors.as_ref()) => {
                 let successor = match accepted {
@@ -483,14 +514,16 @@ async fn serve(
                     }
                 };
                 let offer = Offer { proxy: &offerable, metrics: metrics_offer.as_ref() };
-                match hand_over(&successor, offer, &mut heartbeat_task, &kernel).await {
+                match hand_over(&successor, offer, &kernel).await {
                     Ok(()) => break Stop::Replaced(successor),
                     Err(Abandoned { error, successor_attached }) => {
                         tracing::warn!(error = %format!("{error:#}"), "hand-over abandoned; this agent serves on");
+                        let _ = successor.send(&handover::Message::Refused { why: format!("{error:#}") });
                         if successor_attached {
                             // It may have published its state, changed the governed table and
-                            // replaced the admin socket: all are this agent's again.
-                            heartbeat_task = tokio::spawn(heartbeat(shared.clone()));
+                            // replaced the admin socket: all are this agent's again (the
+                            // heartbeat publishes within half a second).
+                            kernel.set_owner(true);
                             if let Err(err) = governed.retry() {
                                 tracing::error!(error = %err, "restoring the governed-endpoint table failed");
                             }
@@ -515,13 +548,25 @@ async fn serve(
     while owned.join_next().await.is_some() {}
     metrics.stop_sampling();
     drop(successors);
+    // This agent hands over no more: its copies of the sockets go (were the successor to die,
+    // sockets nobody accepts on would hold connections in the listening group).
+    drop(offerable);
+    drop(metrics_offer);
     let stop_export = || {
         export_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         exporter.map(|e| tokio::task::spawn_blocking(move || e.join()))
     };
     let replaced = match ended {
         Stop::Replaced(successor) => {
+            // The successor's programs replace this agent's when its references go.
+            kernel.release_links();
             let _ = accepting.send(false);
+            // Every worker has stopped accepting before the connections are counted.
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            while still_accepting.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let refused = approvals.refuse_all("the agent is being replaced; send the statement again");
             if refused > 0 {
                 tracing::info!(refused, "held statements refused: the agent is being replaced");
@@ -629,20 +674,13 @@ struct Abandoned {
     successor_attached: bool,
 }
 
-/// The serving agent's side of a hand-over, up to the successor's `Serving`. The heartbeat
-/// stops when the successor attaches.
-async fn hand_over(
-    successor: &handover::Successor,
-    offer: Offer<'_>,
-    heartbeat_task: &mut tokio::task::JoinHandle<()>,
-    kernel: &Kernel,
-) -> Result<(), Abandoned> {
+/// The serving agent's side of a hand-over, up to the successor's `Serving`. When the successor
+/// attaches, this agent stops writing the kernel's shared state; were the successor to stop
+/// beating meanwhile (hung), the hand-over is abandoned before the kernel calls the node not
+/// serving.
+async fn hand_over(successor: &handover::Successor, offer: Offer<'_>, kernel: &Kernel) -> Result<(), Abandoned> {
     let early = |error: anyhow::Error| Abandoned { error, successor_attached: false };
-    let (pid, allowed) = successor.check_peer();
-    if let Err(why) = allowed {
-        let _ = successor.send(&handover::Message::Refused { why: format!("{why:#}") });
-        return Err(early(why.context(format!("refused to hand over to pid {pid:?}"))));
-    }
+    let peer = successor.check_peer().map_err(early)?;
     match successor.receive(handover::STEP_TIMEOUT).await.map_err(early)? {
         Some(handover::Message::Hello { pid, version }) => {
             tracing::info!(pid, version, "a successor asks to take over; handing over the listening sockets")
@@ -655,41 +693,62 @@ async fn hand_over(
         None => return Err(early(anyhow::anyhow!("the successor went away before attaching (see its log)"))),
         other => return Err(early(anyhow::anyhow!("the successor sent {other:?} instead of attaching"))),
     }
-    // From here the successor publishes the kernel's state, and its programs replace this
-    // agent's (whose only references are then their pins).
-    heartbeat_task.abort();
-    kernel.release_links();
+    kernel.set_owner(false);
     let late = |error: anyhow::Error| Abandoned { error, successor_attached: true };
     successor.send(&handover::Message::Paused).map_err(late)?;
-    match successor.receive(handover::START_TIMEOUT).await.map_err(late)? {
-        Some(handover::Message::Serving) => Ok(()),
-        None => Err(late(anyhow::anyhow!("the successor went away before serving (see its log)"))),
-        other => Err(late(anyhow::anyhow!("the successor sent {other:?} instead of serving"))),
+    let stalled = async {
+        // The successor publishes its first heartbeat as it loads its programs.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if kernel.heartbeat_age().is_none_or(|age| age > Duration::from_secs(2)) || !peer.alive() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        received = successor.receive(handover::START_TIMEOUT) => match received.map_err(late)? {
+            Some(handover::Message::Serving) => Ok(()),
+            None => Err(late(anyhow::anyhow!("the successor went away before serving (see its log)"))),
+            other => Err(late(anyhow::anyhow!("the successor sent {other:?} instead of serving"))),
+        },
+        _ = stalled => Err(late(anyhow::anyhow!("the successor stopped beating before it served"))),
     }
 }
 
 /// The successor's side once it serves: tells the agent it replaced, and notes when that one
-/// has drained and exited.
-async fn took_over(predecessor: Predecessor) {
-    let pid = predecessor.pid;
-    let told = tokio::task::spawn_blocking(move || predecessor.serving().map(|d| (predecessor, d))).await;
+/// has drained and exited. An agent that did not confirm and still runs serves on (it gave up
+/// waiting): this one then exits rather than serve beside it.
+async fn took_over(predecessor: Predecessor) -> Result<()> {
+    let pid = predecessor.peer.pid;
+    let told = tokio::task::spawn_blocking(move || {
+        let told = predecessor.serving();
+        (predecessor, told)
+    })
+    .await
+    .context("the hand-over's last step")?;
     match told {
-        Ok(Ok((predecessor, (sessions, deadline_s)))) => {
+        (predecessor, Ok((sessions, deadline_s))) => {
             tracing::info!(
                 pid,
                 sessions,
                 deadline_s,
                 "took over from the agent being replaced; it drains its sessions"
             );
-            tokio::task::spawn_blocking(move || {
+            // A thread of its own: the runtime does not wait for it when this agent stops first.
+            let _ = std::thread::Builder::new().name("warden-replaced".into()).spawn(move || {
                 predecessor.wait_exit();
                 tracing::info!(pid, "the replaced agent has exited");
             });
+            Ok(())
         }
-        Ok(Err(err)) => {
-            tracing::warn!(pid, error = %format!("{err:#}"), "the replaced agent did not confirm it drains")
+        (predecessor, Err(err)) if predecessor.peer.alive() => {
+            Err(err.context(format!("the agent being replaced (pid {pid}) did not confirm and serves on; exiting")))
         }
-        Err(err) => tracing::warn!(pid, error = %err, "the hand-over's last step failed"),
+        (_, Err(err)) => {
+            tracing::warn!(pid, error = %format!("{err:#}"), "the replaced agent exited before confirming; serving");
+            Ok(())
+        }
     }
 }
 
@@ -751,7 +810,7 @@ async fn settle(shared: &Shared, limit: Duration) {
 
 /// Starts a new agent from the executable this one was started from (SIGUSR2, `warden
 /// upgrade`): it takes the listening sockets over, and this agent drains.
-fn spawn_successor(exe: Option<&Path>, config: &Path) {
+fn spawn_successor(exe: Option<&Path>, config: &Path, running: &Arc<std::sync::atomic::AtomicBool>) {
     let Some(exe) = exe else {
         tracing::error!("the agent's executable is not known: start the new agent by hand");
         return;
@@ -765,6 +824,8 @@ fn spawn_successor(exe: Option<&Path>, config: &Path) {
     {
         Ok(mut child) => {
             tracing::info!(pid = child.id(), exe = %exe.display(), "started a successor to take over");
+            running.store(true, std::sync::atomic::Ordering::Release);
+            let running = running.clone();
             // Reaped here while this agent lives (one that fails to start says why in its log).
             let _ = std::thread::Builder::new().name("warden-successor".into()).spawn(move || {
                 if let Ok(status) = child.wait()
@@ -772,6 +833,7 @@ fn spawn_successor(exe: Option<&Path>, config: &Path) {
                 {
                     tracing::warn!(%status, "the successor exited");
                 }
+                running.store(false, std::sync::atomic::Ordering::Release);
             });
         }
         Err(err) => tracing::error!(exe = %exe.display(), error = %err, "starting a successor failed"),
@@ -849,6 +911,18 @@ async fn heartbeat(shared: Arc<Shared>) {
         if let Err(err) = shared.kernel.publish(state(&shared.config, shared.own_cgroup, cookie, true, epoch)) {
             tracing::error!(error = %err, "heartbeat failed; governed flows will fail over after the grace period");
         }
+    }
+}
+
+/// At start, then every few seconds: the sessions of agents that ended without closing them
+/// (killed, crashed: the one this agent replaced, or one that drained beside it) are recorded
+/// as ended by that.
+async fn reap_crashed(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let (state_dir, audit) = (shared.config.state_dir.clone(), shared.audit.clone());
+        let _ = tokio::task::spawn_blocking(move || proxy::ledger::reap(&state_dir, &audit)).await;
     }
 }
 

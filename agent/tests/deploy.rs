@@ -155,14 +155,38 @@ fn the_manifests_are_strictly_kubernetes_and_agree_with_each_other() {
     assert!(pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
     assert_eq!(pod.service_account_name.as_deref(), m.account.metadata.name.as_deref());
     let agent = &pod.containers[0];
-    for probe in [&agent.liveness_probe, &agent.readiness_probe] {
-        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+    let get = agent.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP liveness probe");
+    assert_eq!(
+        get.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(metrics.listen.port()))
+    );
+    assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
+    // Started and ready ask whether the agent serving the node is this pod's (during a surge
+    // the replaced pod's agent answers the shared port too).
+    for probe in [&agent.startup_probe, &agent.readiness_probe] {
+        let exec = probe.as_ref().and_then(|p| p.exec.as_ref()).expect("an exec probe");
         assert_eq!(
-            get.port,
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(metrics.listen.port()))
+            exec.command.as_deref(),
+            Some(&["warden".to_string(), "ready".into(), "--config".into(), "/etc/warden/warden.yaml".into()][..])
         );
-        assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
     }
+    // The update is a surge with a hand-over: never a node without its agent, and the replaced
+    // agent is given longer than its drain deadline.
+    let strategy = m.daemonset.spec.as_ref().and_then(|s| s.update_strategy.as_ref()).expect("an update strategy");
+    let rolling = strategy.rolling_update.as_ref().expect("a rolling update");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(
+        (rolling.max_surge.clone(), rolling.max_unavailable.clone()),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+    );
+    assert!(
+        pod.termination_grace_period_seconds.unwrap_or(30) > config.upgrade.drain_deadline_s as i64,
+        "the grace period outlasts the drain deadline"
+    );
+    assert!(
+        agent.ports.as_ref().is_none_or(|p| p.iter().all(|p| p.host_port.is_none())),
+        "no host port: surge pods fit"
+    );
     let mounts: Vec<&str> = agent.volume_mounts.iter().flatten().map(|v| v.mount_path.as_str()).collect();
     for needed in
         ["/sys/fs/bpf", "/host/sys/fs/cgroup", "/var/lib/warden", "/run/warden", "/etc/warden/policies", "/etc/passwd"]

@@ -371,6 +371,43 @@ pub fn demo(warden: &Path) -> Result<()> {
     let (ip, proxy_port) = PROXY_V4.split_once(':').unwrap_or_default();
     expect_refused(ip, proxy_port.parse()?, "refused by the proxy");
 
+    step("An upgrade without dropping a session: a transaction open across it commits");
+    pg.admin_sql("create table upgrade_demo(id int)");
+    let mut session = Command::new(testkit::psql_bin())
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = session.stdin.take().expect("piped");
+    println!("(a psql session through the agent) begin; insert into upgrade_demo values (1);");
+    std::io::Write::write_all(&mut stdin, b"begin;\ninsert into upgrade_demo values (1);\n")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = agent.pid().unwrap_or_default();
+    println!("$ warden upgrade --config {}", agent.config.display());
+    print!("{}", agent.upgrade());
+    for line in agent.log().lines().filter(|l| l.contains("took over from") || l.contains("replaced: no longer")) {
+        println!("  log: {}", strip_ansi(line));
+    }
+    println!("(the same psql session) insert into upgrade_demo values (2); commit; select count(*) ...");
+    std::io::Write::write_all(
+        &mut stdin,
+        b"insert into upgrade_demo values (2);\ncommit;\n\\t on\nselect count(*) || ' rows committed' from upgrade_demo;\n",
+    )?;
+    drop(stdin);
+    let out = session.wait_with_output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "-> pid {before} served that session to its end, pid {} serves every new one",
+        agent.pid().unwrap_or_default()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent.log().contains("drained; exiting") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for line in agent.log().lines().filter(|l| l.contains("drained; exiting")) {
+        println!("  log: {}", strip_ansi(line));
+    }
+
     step("The agent stops: this database fails closed, at once");
     agent.stop();
     expect_refused("127.0.0.1", pg.port, "refused by the kernel while no agent serves");
@@ -394,4 +431,22 @@ fn scrape(addr: &str) -> String {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

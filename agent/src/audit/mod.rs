@@ -532,8 +532,15 @@ impl Writer {
             let mut batch = 0;
             // One writer at a time appends (the agent that replaces this one shares the ring):
             // the lock is held for the batch, not per record.
-            if let Err(err) = self.ring.acquire() {
-                self.failed(&err.to_string());
+            match self.ring.acquire() {
+                // Records another writer appended count toward this writer's next seal (or are
+                // covered by one it wrote): verify expects seals this often whoever writes.
+                Ok(others) if others > 0 => {
+                    self.since_seal =
+                        if self.ring.last_kind() == Some(ring::Kind::Seal) { 0 } else { self.since_seal + others };
+                }
+                Ok(_) => {}
+                Err(err) => self.failed(&err.to_string()),
             }
             while let Some(msg) = next {
                 match msg {
@@ -559,8 +566,9 @@ impl Writer {
             // Losses are counted in the ring itself, where `warden audit stats` shows them.
             let dropped =
                 self.counters.dropped.load(Ordering::Relaxed) + self.counters.write_errors.load(Ordering::Relaxed);
-            self.ring.add_lost(dropped - self.reported_lost);
-            self.reported_lost = dropped;
+            if self.ring.add_lost(dropped - self.reported_lost) {
+                self.reported_lost = dropped;
+            }
             self.ring.release();
             if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
                 self.sync();

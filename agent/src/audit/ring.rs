@@ -44,6 +44,8 @@ const WRAP_MAGIC: u32 = u32::from_le_bytes(*b"WRAP");
 const RECORD_HEADER: usize = 64;
 /// The smallest ring worth having.
 pub const MIN_CAPACITY: u64 = 64 * 1024;
+/// How long a writer waits for the writers' lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 // Header field offsets.
 const H_VERSION: usize = 8;
@@ -377,21 +379,39 @@ impl Ring {
         Ok(ring)
     }
 
+    /// Takes the writers' lock, waiting at most `LOCK_WAIT` (a writer holds it for a batch:
+    /// milliseconds; longer means something else holds it, and the records are not kept waiting
+    /// for it: they are counted lost).
     fn lock_file(&mut self) -> Result<(), RingError> {
-        self._file.lock().map_err(|source| RingError::Lock { path: self.path.clone(), source })?;
+        let until = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match self._file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let source = io::Error::new(io::ErrorKind::TimedOut, "held by another process for too long");
+                    return Err(RingError::Lock { path: self.path.clone(), source });
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(RingError::Lock { path: self.path.clone(), source });
+                }
+            }
+        }
         self.locked = true;
         Ok(())
     }
 
     /// Takes the writers' lock (waiting for another writer's batch), then takes up whatever
-    /// other writers appended since this one last held it. Appends need it.
-    pub fn acquire(&mut self) -> Result<(), RingError> {
+    /// other writers appended since this one last held it: returns how many records that was.
+    /// Appends need it.
+    pub fn acquire(&mut self) -> Result<u64, RingError> {
         if self.locked {
-            return Ok(());
+            return Ok(0);
         }
         self.lock_file()?;
-        self.refresh();
-        Ok(())
+        Ok(self.refresh())
     }
 
     /// Lets other writers append.
@@ -404,20 +424,23 @@ impl Ring {
         }
     }
 
-    /// Reloads the positions from the header when another writer moved them, then follows any
-    /// whole record beyond the head (one written by a writer that died before its hints).
-    fn refresh(&mut self) {
+    /// Reloads the positions from the header (another writer may have moved them), then
+    /// follows any whole record beyond the head (one written by a writer that died before its
+    /// hints). Returns how many records other writers appended since this one last held the
+    /// lock.
+    fn refresh(&mut self) -> u64 {
+        let before = self.next_seq;
         let head = u64_at(&self.map, H_HEAD);
         let next_seq = u64_at(&self.map, H_NEXT_SEQ);
         if head != self.head || next_seq != self.next_seq {
             self.head = head;
             self.next_seq = next_seq.max(1);
-            self.tail = u64_at(&self.map, H_TAIL);
-            self.tail_seq = u64_at(&self.map, H_TAIL_SEQ).max(1);
-            self.overwritten = u64_at(&self.map, H_OVERWRITTEN);
             self.last_hash.copy_from_slice(&self.map[H_LAST_HASH..H_LAST_HASH + 32]);
             self.last_kind = Kind::from_u8(self.map[H_LAST_KIND]);
         }
+        self.tail = u64_at(&self.map, H_TAIL);
+        self.tail_seq = u64_at(&self.map, H_TAIL_SEQ).max(1);
+        self.overwritten = u64_at(&self.map, H_OVERWRITTEN);
         let capacity = self.capacity;
         let reader = Reader { data: &self.map[HEADER_SIZE as usize..], capacity };
         let mut moved = false;
@@ -437,6 +460,7 @@ impl Ring {
             }
             self.write_hints();
         }
+        self.next_seq.saturating_sub(before)
     }
 
     fn data(&self) -> &[u8] {
@@ -594,11 +618,17 @@ impl Ring {
 
     /// Adds to the count of records lost before reaching the ring (queue full, write errors).
     /// Only under the writers' lock (the count is shared by them).
-    pub fn add_lost(&mut self, n: u64) {
-        if n > 0 && self.locked {
-            let lost = u64_at(&self.map, H_LOST) + n;
-            self.map[H_LOST..H_LOST + 8].copy_from_slice(&lost.to_le_bytes());
+    /// Returns whether it was added (it is not without the lock).
+    pub fn add_lost(&mut self, n: u64) -> bool {
+        if n == 0 {
+            return true;
         }
+        if !self.locked {
+            return false;
+        }
+        let lost = u64_at(&self.map, H_LOST) + n;
+        self.map[H_LOST..H_LOST + 8].copy_from_slice(&lost.to_le_bytes());
+        true
     }
 
     /// The chain hash of the newest record.

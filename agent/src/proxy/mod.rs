@@ -5,6 +5,7 @@
 //! `protocol: postgres` databases get a full PostgreSQL protocol session (`postgres`); other
 //! TCP protocols are relayed as bytes with connection-level records.
 
+pub mod ledger;
 pub mod limits;
 pub mod live;
 pub mod postgres;
@@ -71,6 +72,8 @@ pub struct Shared {
     /// Connections accepted and not yet ended, whatever their protocol or stage (a replaced
     /// agent drains until none is left).
     pub handling: AtomicUsize,
+    /// Live sessions kept where they outlive a crash of this agent (`ledger`).
+    pub ledger: Option<Arc<ledger::Ledger>>,
 }
 
 /// One accepted connection, counted in `Shared::handling` when accepted, until dropped.
@@ -236,6 +239,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     // found the session is refused when it would dial.
     let netns = shared.namespaces.find(origin.netns_cookie, facts.pid, facts.tid);
     let session = shared.sessions.next();
+    let ledger = shared.ledger.as_ref().map(|l| l.enter(session, &db.name));
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let open = |r: &SessionReport| {
@@ -332,6 +336,9 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
         duration_ms: started.elapsed().as_millis() as u64,
         error: report.error,
     });
+    if let Some(entry) = ledger {
+        entry.finish();
+    }
 }
 
 /// Records an attributed connection's refusal. Refused attempts are as cheap to repeat as direct

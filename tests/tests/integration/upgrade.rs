@@ -207,9 +207,217 @@ fn a_transaction_open_across_the_hand_over_commits_and_the_drain_deadline_ends_s
     });
     let codes = agent.wait_replaced(Duration::from_secs(10));
     assert_eq!(codes, vec![Some(0)]);
+    // The Kubernetes probe: ready only where the agent serving the host is the prober's own
+    // (same cgroup), which a process outside it is told.
+    // The unified hierarchy's line ("0::PATH"; hybrid hosts list v1 hierarchies too).
+    let cgroup_of = |pid: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default().to_string()
+    };
+    let serving = agent.serving_pid().unwrap().to_string();
+    let agent_cgroup = cgroup_of(&serving);
+    assert_ne!(cgroup_of("self"), agent_cgroup, "the agent runs in a cgroup of its own");
+    let elsewhere = Command::new(warden_bin()).args(["ready", "--config"]).arg(&agent.config).output().unwrap();
+    assert!(
+        !elsewhere.status.success() && String::from_utf8_lossy(&elsewhere.stderr).contains("is not this container's"),
+        "{elsewhere:?}"
+    );
+    let unified = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 mount");
+    let procs = std::path::Path::new(&unified).join(agent_cgroup.trim_start_matches('/')).join("cgroup.procs");
+    let inside = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec \"$0\" ready --config \"$1\"", procs.display()))
+        .arg(warden_bin())
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert!(inside.status.success(), "{inside:?}");
+    assert!(String::from_utf8_lossy(&inside.stdout).starts_with("ready: pid"), "{inside:?}");
     let close = agent.wait_record("the idle session's end", |r| {
         r["kind"] == "connection_close" && r["error"].as_str().is_some_and(|e| e.contains("drain deadline"))
     });
     assert!(close["session"].is_u64());
     verify(&agent);
+}
+
+/// One connect-and-query attempt of a client during the crash test.
+struct Attempt {
+    at: Instant,
+    ok: bool,
+    timed_out: bool,
+}
+
+#[test]
+fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_cut() {
+    let pg = Postgres::start();
+    pg.admin_sql("create table crashlog(id int)");
+    let mut agent = Agent::start_with_bin_policies_audit(
+        &warden_bin(),
+        &format!("  - {{name: main, address: '127.0.0.1:{}', fail: closed}}", pg.port),
+        &[],
+        testkit::DEFAULT_AUDIT,
+        "",
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let url =
+        |app: &str| format!("host=127.0.0.1 port={} user=postgres dbname=postgres application_name={app}", pg.port);
+    let (idle, in_tx, idle_conn, tx_conn) = runtime.block_on(async {
+        let (idle, idle_conn) = tokio_postgres::connect(&url("crash-idle"), tokio_postgres::NoTls).await.unwrap();
+        let idle_conn = tokio::spawn(idle_conn);
+        let (in_tx, tx_conn) = tokio_postgres::connect(&url("crash-in-tx"), tokio_postgres::NoTls).await.unwrap();
+        let tx_conn = tokio::spawn(tx_conn);
+        in_tx.batch_execute("begin; insert into crashlog values (1)").await.unwrap();
+        idle.simple_query("select 1").await.unwrap();
+        (idle, in_tx, idle_conn, tx_conn)
+    });
+    // Eight clients connect and query in a loop through the crash and the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url("crash-loop"));
+            runtime.spawn(async move {
+                let mut attempts = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = Instant::now();
+                    let attempt = async {
+                        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                        let conn = tokio::spawn(conn);
+                        let result = client.simple_query("select 1").await.map(|_| ());
+                        drop(client);
+                        let _ = conn.await;
+                        result
+                    };
+                    let (ok, timed_out) = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                        Ok(r) => (r.is_ok(), false),
+                        Err(_) => (false, true),
+                    };
+                    attempts.push(Attempt { at, ok, timed_out });
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                attempts
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let killed_at = Instant::now();
+    agent.kill9();
+    agent.spawn();
+    let serving_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let attempts: Vec<Vec<Attempt>> = clients.into_iter().map(|c| runtime.block_on(c).unwrap()).collect();
+
+    // Refused, never hung: every attempt ended within its timeout, and every client got through
+    // again once the new agent served.
+    let mut windows = Vec::new();
+    for (i, client) in attempts.iter().enumerate() {
+        assert!(!client.iter().any(|a| a.timed_out), "client {i}: an attempt hung");
+        assert!(client.iter().any(|a| a.ok && a.at >= serving_at), "client {i} never got through again");
+        let mut refused_since = None;
+        for a in client {
+            match (a.ok, refused_since) {
+                (false, None) => refused_since = Some(a.at),
+                (true, Some(since)) => {
+                    windows.push(a.at.duration_since(since));
+                    refused_since = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    windows.sort();
+    let quantile = |q: f64| windows.get(((windows.len() as f64 - 1.0) * q).round() as usize).copied();
+    eprintln!(
+        "kill -9, restart at once: the agent served again {} ms after the kill; clients refused for p50 {:?} p99 {:?} ({} windows of 8 clients)",
+        serving_at.duration_since(killed_at).as_millis(),
+        quantile(0.5),
+        quantile(0.99),
+        windows.len()
+    );
+    assert!(!windows.is_empty(), "fail: closed refuses while no agent serves");
+
+    // The cut sessions: closed on the client side, their server backends ended (the open
+    // transaction rolled back), and each recorded as ended by the crash.
+    runtime.block_on(async {
+        for conn in [idle_conn, tx_conn] {
+            tokio::time::timeout(Duration::from_secs(5), conn)
+                .await
+                .expect("the client sees its connection end")
+                .unwrap()
+                .ok();
+        }
+    });
+    drop((idle, in_tx));
+    assert_eq!(pg.admin_sql("select count(*) from crashlog"), "0", "the open transaction rolled back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.admin_sql("select count(*) from pg_stat_activity where application_name like 'crash-%'") != "0" {
+        assert!(Instant::now() < deadline, "a backend of a cut session is still there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let records = agent.records();
+    for app in ["crash-idle", "crash-in-tx"] {
+        let open = records
+            .iter()
+            .find(|r| r["kind"] == "connection_open" && r["application_name"] == app)
+            .unwrap_or_else(|| panic!("no connection_open for {app}"));
+        let session = open["session"].clone();
+        let close =
+            agent.wait_record("the crash close", |r| r["kind"] == "connection_close" && r["session"] == session);
+        assert!(
+            close["error"].as_str().is_some_and(|e| e.contains("ended by the crash of the agent serving it")),
+            "{close}"
+        );
+        assert_eq!(
+            agent.records().iter().filter(|r| r["kind"] == "connection_close" && r["session"] == session).count(),
+            1,
+            "recorded once"
+        );
+    }
+    verify(&agent);
+}
+
+/// Asks the agent for its sockets as a successor would, from a process with fewer privileges.
+const IMPOSTOR: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+try:
+    s.send(json.dumps({"msg": "hello", "pid": 1, "version": "0"}).encode())
+except BrokenPipeError:
+    pass  # refused before it greeted: the refusal is still there to read
+data, ancillary, flags, _ = s.recvmsg(65536, socket.CMSG_SPACE(4 * 253))
+print(json.dumps({"reply": json.loads(data or b"null"), "ancillary": len(ancillary)}))
+"#;
+
+#[test]
+fn root_without_the_agents_capabilities_or_in_its_own_user_namespace_is_refused_the_sockets() {
+    let pg = Postgres::start();
+    let agent = Agent::start(&governed(&pg));
+    let socket = agent.state.join("handover.sock");
+    let python = |wrapper: &[&str]| {
+        let out = check(Command::new(wrapper[0]).args(&wrapper[1..]).args(["python3", "-c", IMPOSTOR]).arg(&socket));
+        serde_json::from_str::<Value>(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    // uid 0 without capabilities, and uid 0 in a user namespace of its own (where it has every
+    // capability, as /proc shows it from inside).
+    for (wrapper, why) in [
+        (&["setpriv", "--bounding-set", "-all", "--"][..], "lacks capabilities"),
+        (&["unshare", "-Ur", "--"][..], "user namespace other than the agent's"),
+    ] {
+        let answer = python(wrapper);
+        assert_eq!(answer["ancillary"], 0, "{wrapper:?}: no socket crosses over: {answer}");
+        assert_eq!(answer["reply"]["msg"], "refused", "{wrapper:?}: {answer}");
+        assert!(answer["reply"]["why"].as_str().is_some_and(|w| w.contains(why)), "{wrapper:?}: {answer}");
+    }
+    // The agent serves on, unchanged.
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
+    assert!(agent.log().contains("hand-over abandoned; this agent serves on"));
+    assert_eq!(agent.serving_pid(), agent.pid());
 }
