@@ -816,11 +816,16 @@ pub struct UpgradeConfig {
     /// FATAL 57P01. Kubernetes' `terminationGracePeriodSeconds` must be longer.
     #[serde(default = "default_drain_deadline_s")]
     pub drain_deadline_s: u64,
+    /// `warden run` starts the agent under a keeper that holds copies of its listening sockets:
+    /// an agent killed or crashed is replaced at once by one that takes them over, and clients
+    /// wait in the backlog instead of being refused (`keeper`).
+    #[serde(default)]
+    pub keeper: bool,
 }
 
 impl Default for UpgradeConfig {
     fn default() -> Self {
-        Self { drain_deadline_s: default_drain_deadline_s() }
+        Self { drain_deadline_s: default_drain_deadline_s(), keeper: false }
     }
 }
 

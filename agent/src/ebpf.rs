@@ -147,12 +147,17 @@ impl Kernel {
         if let Err(err) = attach_all(&mut ebpf, config, &bpffs, &mut links) {
             // Never leave a partial set attached: a redirect without the flow table would
             // send governed clients to a proxy that refuses them.
+            // The pins in force (the agent this one replaces) are untouched: only the staged
+            // ones go.
             for link in links {
                 if let Ok(link) = link.unpin() {
                     drop(link);
                 }
             }
-            let _ = state_map.set(0, AgentState { serving: 0, ..state }, 0);
+            let _ = fs::remove_dir(staging_dir(&bpffs));
+            if !beside {
+                let _ = state_map.set(0, AgentState { serving: 0, ..state }, 0);
+            }
             return Err(err);
         }
         // Attaching (the verifier) takes a while: the heartbeat is fresh when the caller's own
@@ -180,7 +185,8 @@ impl Kernel {
         self.owner.store(owner, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn owns(&self) -> bool {
+    /// Whether this agent writes the kernel's shared state now.
+    pub fn owns(&self) -> bool {
         self.owner.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -284,6 +290,8 @@ impl Kernel {
 /// can roll back).
 fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<PinnedLink>) -> Result<(), KernelError> {
     let cgroup = File::open(&config.cgroup_root).map_err(io_err("opening cgroup", &config.cgroup_root))?;
+    let staging = staging_dir(bpffs);
+    fs::create_dir_all(&staging).map_err(io_err("creating", &staging))?;
     for (name, attach) in PROGRAMS {
         let program = ebpf
             .program_mut(name)
@@ -314,9 +322,25 @@ fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<Pi
                 p.take_link(id).map_err(perr)?.try_into().map_err(|source| KernelError::Link { name, source })?
             }
         };
-        links.push(pin_replacing(fd_link, &links_dir(bpffs).join(name))?);
+        links.push(pin_replacing(fd_link, &staging_dir(bpffs).join(name))?);
     }
+    // Every program is attached: only now do the new pins replace the old ones (each rename is
+    // atomic), so a start that fails part-way never leaves a program unpinned.
+    let live = links_dir(bpffs);
+    for (i, (name, _)) in PROGRAMS.iter().enumerate() {
+        let (staged, path) = (staging_dir(bpffs).join(name), live.join(name));
+        fs::rename(&staged, &path).map_err(io_err("publishing pin", &path))?;
+        let published = PinnedLink::from_pin(&path).map_err(|source| KernelError::Link { name, source })?;
+        links[i] = published;
+    }
+    let _ = fs::remove_dir(staging_dir(bpffs));
     Ok(())
+}
+
+/// Where a starting agent pins its links until every program is attached (bpffs refuses names
+/// with a dot).
+fn staging_dir(bpffs: &Path) -> PathBuf {
+    links_dir(bpffs).join(format!("staging-{}", std::process::id()))
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link a previous agent left there. The
@@ -337,6 +361,12 @@ fn remove_dir_files(dir: &Path) -> Result<(), KernelError> {
         return Ok(());
     };
     for entry in entries.filter_map(Result::ok) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // Pins a start left staged.
+            remove_dir_files(&entry.path())?;
+            fs::remove_dir(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            continue;
+        }
         fs::remove_file(entry.path()).map_err(io_err("removing pin", &entry.path()))?;
     }
     Ok(())
@@ -362,7 +392,12 @@ pub fn detach_pinned(bpffs: &Path) -> Result<(), KernelError> {
 /// The programs attached (their pinned links' names).
 pub fn pinned_programs(bpffs: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(links_dir(bpffs))
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("staging-"))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -370,7 +405,7 @@ pub fn pinned_programs(bpffs: &Path) -> Vec<String> {
 
 /// Whether programs are pinned (attached) under `bpffs`.
 pub fn is_attached(bpffs: &Path) -> bool {
-    fs::read_dir(links_dir(bpffs)).is_ok_and(|mut d| d.next().is_some())
+    !pinned_programs(bpffs).is_empty()
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

@@ -81,13 +81,17 @@ pub enum Message {
     Refused {
         why: String,
     },
+    /// From an agent to its keeper (`keeper`): start a successor.
+    Upgrade,
+    /// From an agent to its keeper: a successor took over, this agent drains and ends.
+    Replaced,
 }
 
 fn nix_io(e: nix::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
 
-fn send(fd: RawFd, message: &Message, fds: &[RawFd]) -> std::io::Result<()> {
+pub(crate) fn send(fd: RawFd, message: &Message, fds: &[RawFd]) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
@@ -96,7 +100,7 @@ fn send(fd: RawFd, message: &Message, fds: &[RawFd]) -> std::io::Result<()> {
 }
 
 /// One message and the sockets that came with it; `None` when the other side closed.
-fn receive(fd: RawFd) -> std::io::Result<Option<(Message, Vec<OwnedFd>)>> {
+pub(crate) fn receive(fd: RawFd) -> std::io::Result<Option<(Message, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds, truncated) = {
@@ -122,7 +126,7 @@ fn receive(fd: RawFd) -> std::io::Result<Option<(Message, Vec<OwnedFd>)>> {
     Ok(Some((message, fds)))
 }
 
-fn set_timeout(fd: &OwnedFd, timeout: Duration) -> Result<()> {
+pub(crate) fn set_timeout(fd: &OwnedFd, timeout: Duration) -> Result<()> {
     let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
     socket::setsockopt(fd, sockopt::ReceiveTimeout, &tv).context("setting the hand-over socket's timeout")?;
     // Connecting (to a full backlog) and sending wait no longer.
@@ -235,39 +239,16 @@ impl Predecessor {
         })?;
         let hello = Message::Hello { pid: std::process::id(), version: env!("CARGO_PKG_VERSION").into() };
         send(fd.as_raw_fd(), &hello, &[]).context("greeting the serving agent")?;
-        let mut inherited = Inherited::default();
-        loop {
-            let (offer, fds) = match receive(fd.as_raw_fd()) {
-                Ok(Some(m)) => m,
-                // It exited meanwhile: start as if it had not been there.
-                Ok(None) if !peer.alive() => return Ok(None),
-                Ok(None) => bail!(
-                    "the serving agent (pid {}) closed the hand-over without offering its sockets (its log says \
-                     why); not starting beside it",
-                    peer.pid
-                ),
-                Err(e) => return Err(e).context("waiting for the serving agent's offer"),
-            };
-            let (proxy, metrics, last) = match offer {
-                Message::Offer { proxy, metrics, last } => (proxy, metrics, last),
-                Message::Refused { why } => bail!("the serving agent (pid {}) refused the hand-over: {why}", peer.pid),
-                other => bail!("the serving agent sent {other:?} instead of its offer"),
-            };
-            if fds.len() != proxy.len() + usize::from(metrics.is_some()) {
-                bail!("the serving agent offered {} sockets for {} addresses", fds.len(), proxy.len());
-            }
-            let mut fds = fds.into_iter();
-            for addr in proxy {
-                inherited.proxy.push((addr, offered(fds.next().expect("counted above"), addr)?));
-            }
-            if let Some(addr) = metrics {
-                inherited.metrics = Some((addr, offered(fds.next().expect("counted above"), addr)?));
-            }
-            if last {
-                break;
-            }
+        match receive_offer(fd.as_raw_fd(), "the serving agent")? {
+            Some(inherited) => Ok(Some((Self { fd, peer }, inherited))),
+            // It exited meanwhile: start as if it had not been there.
+            None if !peer.alive() => Ok(None),
+            None => bail!(
+                "the serving agent (pid {}) closed the hand-over without offering its sockets (its log says why); \
+                 not starting beside it",
+                peer.pid
+            ),
         }
-        Ok(Some((Self { fd, peer }, inherited)))
     }
 
     /// Tells the agent being replaced that this one attaches now: it stops writing the kernel's
@@ -282,13 +263,14 @@ impl Predecessor {
     }
 
     /// Tells the agent being replaced that this one serves: it stops accepting and drains.
-    /// Returns its live sessions and drain deadline.
-    pub fn serving(&self) -> Result<(usize, u64)> {
+    /// Returns what it said: its live sessions and drain deadline, or that it refused.
+    pub fn serving(&self) -> Result<Confirmed> {
         // It stops its off-host exporter first, which may take a while.
         set_timeout(&self.fd, START_TIMEOUT)?;
         send(self.fd.as_raw_fd(), &Message::Serving, &[]).context("telling the replaced agent")?;
         match receive(self.fd.as_raw_fd()).context("waiting for the replaced agent to drain")? {
-            Some((Message::Draining { sessions, deadline_s }, _)) => Ok((sessions, deadline_s)),
+            Some((Message::Draining { sessions, deadline_s }, _)) => Ok(Confirmed::Draining { sessions, deadline_s }),
+            Some((Message::Refused { why }, _)) => Ok(Confirmed::Refused(why)),
             Some((other, _)) => bail!("the replaced agent sent {other:?} instead of draining"),
             None => bail!("the replaced agent went away before saying it drains"),
         }
@@ -303,8 +285,72 @@ impl Predecessor {
     }
 }
 
+/// Receives an offer (in as many messages as it comes); `None` when the other side closed
+/// first.
+pub(crate) fn receive_offer(fd: RawFd, from: &str) -> Result<Option<Inherited>> {
+    let mut inherited = Inherited::default();
+    loop {
+        let (offer, fds) = match receive(fd) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("waiting for the offer of {from}")),
+        };
+        let (proxy, metrics, last) = match offer {
+            Message::Offer { proxy, metrics, last } => (proxy, metrics, last),
+            Message::Refused { why } => bail!("{from} refused the hand-over: {why}"),
+            other => bail!("{from} sent {other:?} instead of its offer"),
+        };
+        if fds.len() != proxy.len() + usize::from(metrics.is_some()) {
+            bail!("{from} offered {} sockets for {} addresses", fds.len(), proxy.len());
+        }
+        let mut fds = fds.into_iter();
+        for addr in proxy {
+            inherited.proxy.push((addr, offered(fds.next().expect("counted above"), addr)?));
+        }
+        if let Some(addr) = metrics {
+            inherited.metrics = Some((addr, offered(fds.next().expect("counted above"), addr)?));
+        }
+        if last {
+            return Ok(Some(inherited));
+        }
+    }
+}
+
+/// Sends an offer of sockets (their descriptors are duplicated into the receiver), in as many
+/// messages as it takes.
+pub(crate) fn send_offer(
+    fd: RawFd,
+    proxy: &[(SocketAddr, std::net::TcpListener)],
+    metrics: Option<&(SocketAddr, std::net::TcpListener)>,
+) -> Result<()> {
+    let chunks: Vec<&[(SocketAddr, std::net::TcpListener)]> = proxy.chunks(MAX_FDS - 1).collect();
+    let count = chunks.len().max(1);
+    for i in 0..count {
+        let chunk = chunks.get(i).copied().unwrap_or_default();
+        let last = i + 1 == count;
+        let metrics = metrics.filter(|_| last);
+        let mut fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.as_raw_fd()).collect();
+        fds.extend(metrics.map(|(_, l)| l.as_raw_fd()));
+        let offer =
+            Message::Offer { proxy: chunk.iter().map(|(a, _)| *a).collect(), metrics: metrics.map(|(a, _)| *a), last };
+        send(fd, &offer, &fds).context("sending the listening sockets")?;
+    }
+    Ok(())
+}
+
+/// What the agent being replaced answers when told its successor serves.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirmed {
+    Draining {
+        sessions: usize,
+        deadline_s: u64,
+    },
+    /// It gave up waiting and serves on.
+    Refused(String),
+}
+
 /// An offered socket, checked: a listening TCP socket bound where the offer says.
-fn offered(fd: OwnedFd, addr: SocketAddr) -> Result<std::net::TcpListener> {
+pub(crate) fn offered(fd: OwnedFd, addr: SocketAddr) -> Result<std::net::TcpListener> {
     if !socket::getsockopt(&fd, sockopt::AcceptConn).context("reading an offered socket")? {
         bail!("an offered socket for {addr} is not listening");
     }
@@ -320,7 +366,7 @@ fn offered(fd: OwnedFd, addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// Registers a socket with the runtime's reactor.
-fn register(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+pub(crate) fn register(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd's descriptor stays open, and the same, for as long as it is owned.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))
 }
@@ -422,22 +468,7 @@ impl Successor {
         proxy: &[(SocketAddr, std::net::TcpListener)],
         metrics: Option<&(SocketAddr, std::net::TcpListener)>,
     ) -> Result<()> {
-        let chunks: Vec<&[(SocketAddr, std::net::TcpListener)]> = proxy.chunks(MAX_FDS - 1).collect();
-        let count = chunks.len().max(1);
-        for i in 0..count {
-            let chunk = chunks.get(i).copied().unwrap_or_default();
-            let last = i + 1 == count;
-            let metrics = metrics.filter(|_| last);
-            let mut fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.as_raw_fd()).collect();
-            fds.extend(metrics.map(|(_, l)| l.as_raw_fd()));
-            let offer = Message::Offer {
-                proxy: chunk.iter().map(|(a, _)| *a).collect(),
-                metrics: metrics.map(|(a, _)| *a),
-                last,
-            };
-            send(self.fd.get_ref().as_raw_fd(), &offer, &fds).context("sending the listening sockets")?;
-        }
-        Ok(())
+        send_offer(self.fd.get_ref().as_raw_fd(), proxy, metrics)
     }
 }
 
@@ -482,7 +513,7 @@ mod tests {
             let (accepted, _) = taken[0].accept().unwrap();
             assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
             predecessor.attaching().unwrap();
-            assert_eq!(predecessor.serving().unwrap(), (3, 60));
+            assert_eq!(predecessor.serving().unwrap(), Confirmed::Draining { sessions: 3, deadline_s: 60 });
             predecessor
         });
         let (successor, predecessor) = tokio::join!(serving, taking);

@@ -12,6 +12,7 @@ pub mod flow;
 pub mod govern;
 pub mod handover;
 pub mod identity;
+pub mod keeper;
 pub mod kubernetes;
 pub mod mask;
 pub mod net;

@@ -327,8 +327,13 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Cmd) -> Result<ExitCode> {
     match command {
-        Cmd::Run { config } => {
-            run::run(Config::load(&config)?)?;
+        Cmd::Run { config: path } => {
+            let config = Config::load(&path)?;
+            if config.upgrade.keeper && std::env::var_os(warden::keeper::FD_ENV).is_none() {
+                let exe = run::started_from().context("the agent's executable is not known")?;
+                return warden::keeper::keep(&exe, &path);
+            }
+            run::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Exec { labels, config, command } => {

@@ -50,6 +50,8 @@ pub fn ready_file(state_dir: &Path) -> PathBuf {
 pub fn run(mut config: Config) -> Result<()> {
     // Read now: an upgrade replaces the file behind the path, and SIGUSR2 starts the new one.
     let exe = started_from();
+    // Under a keeper (`upgrade.keeper`), before any thread exists (it edits the environment).
+    let keeper = crate::keeper::Keeper::from_env();
     // Before any thread exists: a thread keeps the cgroup namespace it was created in.
     join_host_cgroup_namespace()?;
     // The main runtime only keeps time (heartbeat, event drain, database host names) and writes
@@ -84,15 +86,39 @@ pub fn run(mut config: Config) -> Result<()> {
     // The agent serving now, if any, hands its listening sockets over (asked before anything
     // is bound: its addresses are taken).
     let predecessor = Predecessor::find(&config.state_dir).context("taking over from the agent serving now")?;
-    if let Some((p, inherited)) = &predecessor {
-        tracing::info!(pid = p.peer.pid, sockets = inherited.proxy.len(), "taking over from the agent serving now");
-    }
-    runtime.block_on(serve(config, own_cgroup, hosts, cluster, Start { predecessor, exe }))
+    // What a keeper kept of the agent before (read whatever follows: its copies must not stay
+    // queued here).
+    let kept = match &keeper {
+        Some(k) => k.kept().context("taking the sockets the keeper kept")?,
+        None => Inherited::default(),
+    };
+    let (predecessor, inherited) = match predecessor {
+        Some((p, inherited)) => {
+            tracing::info!(pid = p.peer.pid, sockets = inherited.proxy.len(), "taking over from the agent serving now");
+            (Some(p), inherited)
+        }
+        None if keeper.as_ref().is_some_and(|k| k.successor) => {
+            anyhow::bail!(
+                "started by the keeper to take over, but no agent serves: exiting (the keeper starts the agent)"
+            )
+        }
+        // No agent serves: the keeper's copies of the last one's sockets, if it was killed.
+        None => {
+            if !kept.proxy.is_empty() {
+                tracing::info!(
+                    sockets = kept.proxy.len(),
+                    "taking over the sockets the keeper kept of the agent before"
+                );
+            }
+            (None, kept)
+        }
+    };
+    runtime.block_on(serve(config, own_cgroup, hosts, cluster, Start { predecessor, inherited, exe, keeper }))
 }
 
 /// The path this agent was started from, as given (an upgrade that switches a symbolic link
 /// is followed), made absolute; else the executable's resolved path.
-fn started_from() -> Option<PathBuf> {
+pub fn started_from() -> Option<PathBuf> {
     let given = std::env::args_os().next().map(PathBuf::from)?;
     if given.components().count() > 1 {
         return std::path::absolute(&given).ok();
@@ -184,8 +210,12 @@ fn fail_epoch_base() -> u64 {
 
 /// Where the agent came from and what it takes over.
 struct Start {
-    /// The agent being replaced, and the sockets it handed over.
-    predecessor: Option<(Predecessor, Inherited)>,
+    /// The agent being replaced.
+    predecessor: Option<Predecessor>,
+    /// The sockets it handed over, or the keeper kept.
+    inherited: Inherited,
+    /// The keeper this agent runs under.
+    keeper: Option<crate::keeper::Keeper>,
     /// The executable this agent was started from (a successor is started from the same path,
     /// where an upgrade has put the new build).
     exe: Option<PathBuf>,
@@ -210,10 +240,7 @@ async fn serve(
     // shutdown (which publishes "not serving" at once), not the default action.
     let mut signals = Signals::install()?;
     let workers = config.proxy.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let (predecessor, mut inherited) = match start.predecessor {
-        Some((p, i)) => (Some(p), i),
-        None => (None, Inherited::default()),
-    };
+    let (predecessor, mut inherited) = (start.predecessor, start.inherited);
     let mut addrs = vec![config.proxy.listen_v4];
     addrs.extend(config.proxy.listen_v6);
     // Every worker gets its own listening socket per address (SO_REUSEPORT): the kernel spreads
@@ -455,7 +482,11 @@ async fn serve(
     });
     let mut admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state.clone()));
     fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
-    notify_systemd();
+    if let Some(keeper) = &start.keeper
+        && let Err(err) = keeper.keep(&offerable, metrics_offer.as_ref())
+    {
+        tracing::warn!(error = %format!("{err:#}"), "the keeper could not take copies of the sockets");
+    }
     tracing::info!(
         v4 = %config.proxy.listen_v4,
         v6 = ?config.proxy.listen_v6,
@@ -467,6 +498,8 @@ async fn serve(
     if let Some(predecessor) = predecessor {
         took_over(predecessor).await?;
     }
+    // The service's main process is this agent only once the one it replaced confirmed.
+    notify_systemd(start.keeper.is_some());
     // Off-host export once this agent is the one serving (the one it replaced stopped its own
     // exporter first: both read and advance the same checkpoint).
     let export_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -502,7 +535,14 @@ async fn serve(
                 Received::Upgrade if successor_running.load(std::sync::atomic::Ordering::Acquire) => {
                     tracing::warn!("SIGUSR2: a successor started earlier is still starting; not starting another");
                 }
-                Received::Upgrade => spawn_successor(start.exe.as_deref(), &config.path, &successor_running),
+                Received::Upgrade => match &start.keeper {
+                    Some(keeper) => {
+                        if let Err(err) = keeper.upgrade() {
+                            tracing::error!(error = %format!("{err:#}"), "SIGUSR2: the keeper could not be asked");
+                        }
+                    }
+                    None => spawn_successor(start.exe.as_deref(), &config.path, &successor_running),
+                },
             },
             accepted = accept_successor(successors.as_ref()) => {
                 let successor = match accepted {
@@ -535,6 +575,7 @@ async fn serve(
                                 Err(err) => tracing::error!(error = %format!("{err:#}"), "re-binding the admin socket failed"),
                             }
                             let _ = fs::write(ready_file(&config.state_dir), std::process::id().to_string());
+                            notify_systemd(start.keeper.is_some());
                         }
                     }
                 }
@@ -571,13 +612,20 @@ async fn serve(
             if refused > 0 {
                 tracing::info!(refused, "held statements refused: the agent is being replaced");
             }
-            if let Some(join) = stop_export() {
-                let _ = join.await;
-            }
+            // The exporter is told to stop first (it stops at its next step; a batch in flight
+            // may be sent again by the successor's: off-host export is at least once).
+            let exporting = stop_export();
             let deadline_s = config.upgrade.drain_deadline_s;
             let sessions = shared.handling.load(std::sync::atomic::Ordering::Acquire);
             if let Err(err) = successor.send(&handover::Message::Draining { sessions, deadline_s }) {
                 tracing::warn!(error = %format!("{err:#}"), "telling the successor that this agent drains");
+            }
+            if let Some(keeper) = &start.keeper {
+                // Its keeper must not start it again, nor keep sockets for it.
+                let _ = keeper.replaced();
+            }
+            if let Some(join) = exporting {
+                let _ = join.await;
             }
             tracing::info!(sessions, deadline_s, "replaced: no longer accepting; serving live sessions until they end");
             drain(&shared, Duration::from_secs(deadline_s), &mut signals).await;
@@ -717,8 +765,9 @@ async fn hand_over(successor: &handover::Successor, offer: Offer<'_>, kernel: &K
 }
 
 /// The successor's side once it serves: tells the agent it replaced, and notes when that one
-/// has drained and exited. An agent that did not confirm and still runs serves on (it gave up
-/// waiting): this one then exits rather than serve beside it.
+/// has drained and exited. Only an explicit refusal (the agent gave up waiting and serves on)
+/// makes this agent exit rather than serve beside it; once told, the agent being replaced does
+/// not go back (a reply that is late or lost is no refusal).
 async fn took_over(predecessor: Predecessor) -> Result<()> {
     let pid = predecessor.peer.pid;
     let told = tokio::task::spawn_blocking(move || {
@@ -728,7 +777,7 @@ async fn took_over(predecessor: Predecessor) -> Result<()> {
     .await
     .context("the hand-over's last step")?;
     match told {
-        (predecessor, Ok((sessions, deadline_s))) => {
+        (predecessor, Ok(handover::Confirmed::Draining { sessions, deadline_s })) => {
             tracing::info!(
                 pid,
                 sessions,
@@ -742,11 +791,11 @@ async fn took_over(predecessor: Predecessor) -> Result<()> {
             });
             Ok(())
         }
-        (predecessor, Err(err)) if predecessor.peer.alive() => {
-            Err(err.context(format!("the agent being replaced (pid {pid}) did not confirm and serves on; exiting")))
+        (_, Ok(handover::Confirmed::Refused(why))) => {
+            Err(anyhow::anyhow!("the agent being replaced (pid {pid}) refused the hand-over and serves on: {why}"))
         }
         (_, Err(err)) => {
-            tracing::warn!(pid, error = %format!("{err:#}"), "the replaced agent exited before confirming; serving");
+            tracing::warn!(pid, error = %format!("{err:#}"), "took over from the agent being replaced; it did not confirm (it may still be stopping its exporter, or have exited)");
             Ok(())
         }
     }
@@ -842,7 +891,8 @@ fn spawn_successor(exe: Option<&Path>, config: &Path, running: &Arc<std::sync::a
 
 /// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is the service's main
 /// process and ready: after an upgrade the successor, not the replaced agent, is the service.
-fn notify_systemd() {
+/// Under a keeper, the keeper stays the main process.
+fn notify_systemd(kept: bool) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let bytes = path.as_encoded_bytes();
     let addr = match bytes.strip_prefix(b"@") {
@@ -851,7 +901,10 @@ fn notify_systemd() {
     };
     let sent = addr.and_then(|addr| {
         let socket = std::os::unix::net::UnixDatagram::unbound()?;
-        socket.send_to_addr(format!("MAINPID={}\nREADY=1\n", std::process::id()).as_bytes(), &addr)
+        // Under a keeper, the keeper (this agent's parent) is the service's main process.
+        let main = if kept { std::os::unix::process::parent_id() } else { std::process::id() };
+        let message = format!("MAINPID={main}\nREADY=1\n");
+        socket.send_to_addr(message.as_bytes(), &addr)
     });
     if let Err(err) = sent {
         tracing::warn!(error = %err, "telling systemd the agent is ready failed");
@@ -921,6 +974,9 @@ async fn reap_crashed(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
+        if !shared.kernel.owns() {
+            continue;
+        }
         let (state_dir, audit) = (shared.config.state_dir.clone(), shared.audit.clone());
         let _ = tokio::task::spawn_blocking(move || proxy::ledger::reap(&state_dir, &audit)).await;
     }

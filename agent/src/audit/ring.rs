@@ -60,6 +60,9 @@ const H_LOST: usize = 64;
 /// The newest record's chain hash (32 bytes) and kind (0: none), for the next writer.
 const H_LAST_HASH: usize = 72;
 const H_LAST_KIND: usize = 104;
+/// The newest record's position: hints torn by a writer killed while writing them do not
+/// match the record there, and are then recovered from the chain.
+const H_LAST_POS: usize = 112;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,8 +303,9 @@ pub struct Ring {
     tail_seq: u64,
     overwritten: u64,
     last_hash: [u8; 32],
-    /// What the newest record is (none: the ring is empty).
+    /// What the newest record is (none: the ring is empty), and where.
     last_kind: Option<Kind>,
+    last_pos: u64,
     /// Records found intact when the ring was opened.
     pub recovered: u64,
     /// Whether this writer holds the writers' lock now.
@@ -369,6 +373,7 @@ impl Ring {
             overwritten: 0,
             last_hash: [0; 32],
             last_kind: None,
+            last_pos: 0,
             recovered: 0,
             locked: false,
         };
@@ -437,6 +442,12 @@ impl Ring {
             self.next_seq = next_seq.max(1);
             self.last_hash.copy_from_slice(&self.map[H_LAST_HASH..H_LAST_HASH + 32]);
             self.last_kind = Kind::from_u8(self.map[H_LAST_KIND]);
+            self.last_pos = u64_at(&self.map, H_LAST_POS);
+            if !self.hints_hold() {
+                // Torn by a writer killed while writing them: the chain says where things are.
+                self.recover();
+                return self.next_seq.saturating_sub(before);
+            }
         }
         self.tail = u64_at(&self.map, H_TAIL);
         self.tail_seq = u64_at(&self.map, H_TAIL_SEQ).max(1);
@@ -452,6 +463,7 @@ impl Ring {
             self.next_seq = r.seq + 1;
             self.last_hash = r.hash;
             self.last_kind = Some(r.kind);
+            self.last_pos = p;
             moved = true;
         }
         if moved {
@@ -465,6 +477,19 @@ impl Ring {
 
     fn data(&self) -> &[u8] {
         &self.map[HEADER_SIZE as usize..]
+    }
+
+    /// Whether the header's newest record is the one at its position, ending at its head.
+    fn hints_hold(&self) -> bool {
+        if self.last_kind.is_none() {
+            return self.next_seq <= 1 || self.head == self.tail;
+        }
+        let reader = Reader { data: &self.map[HEADER_SIZE as usize..], capacity: self.capacity };
+        reader.record_at(self.last_pos).is_some_and(|(p, r)| {
+            r.seq + 1 == self.next_seq
+                && r.hash == self.last_hash
+                && p + align8(RECORD_HEADER as u64 + r.payload.len() as u64) == self.head
+        })
     }
 
     /// Finds the chain from the tail hint and follows it to the true head.
@@ -487,6 +512,7 @@ impl Ring {
         };
         let tail_seq = first.seq;
         let mut last = first;
+        let mut last_pos = pos;
         let mut count = 1;
         let mut next = pos + align8(RECORD_HEADER as u64 + last.payload.len() as u64);
         while let Some((p, r)) = reader.record_at(next) {
@@ -495,8 +521,10 @@ impl Ring {
             }
             next = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
             last = r;
+            last_pos = p;
             count += 1;
         }
+        self.last_pos = last_pos;
         self.tail = pos;
         self.tail_seq = tail_seq;
         self.head = next;
@@ -516,6 +544,7 @@ impl Ring {
         h[H_OVERWRITTEN..H_OVERWRITTEN + 8].copy_from_slice(&self.overwritten.to_le_bytes());
         h[H_LAST_HASH..H_LAST_HASH + 32].copy_from_slice(&self.last_hash);
         h[H_LAST_KIND] = self.last_kind.map_or(0, |k| k as u8);
+        h[H_LAST_POS..H_LAST_POS + 8].copy_from_slice(&self.last_pos.to_le_bytes());
     }
 
     /// Appends a record; returns its sequence number. Overwrites the oldest records as needed.
@@ -581,6 +610,7 @@ impl Ring {
         self.next_seq += 1;
         self.last_hash = hash;
         self.last_kind = Some(kind);
+        self.last_pos = head;
         self.write_hints();
         Ok(seq)
     }
@@ -978,6 +1008,26 @@ mod tests {
         let file = RingFile::open(&path).unwrap();
         assert!(file.verify().problems.is_empty());
         assert_eq!(file.records(0).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn hints_torn_by_a_killed_writer_are_recovered_from_the_chain() {
+        let path = temp("torn-hints");
+        let mut first = Ring::open(&path, MIN_CAPACITY).unwrap();
+        let mut second = Ring::open(&path, MIN_CAPACITY).unwrap();
+        for i in 1..=3 {
+            first.append(Kind::Event, i, &payload(i)).unwrap();
+        }
+        // Killed half-way through its hints: the new head is written, the rest is the last
+        // record's.
+        let stale_seq = u64_at(&first.map, H_NEXT_SEQ);
+        first.append(Kind::Event, 4, &payload(4)).unwrap();
+        first.map[H_NEXT_SEQ..H_NEXT_SEQ + 8].copy_from_slice(&stale_seq.to_le_bytes());
+        drop(first);
+        assert_eq!(second.append(Kind::Event, 5, &payload(5)).unwrap(), 5, "no sequence number is reused");
+        let file = RingFile::open(&path).unwrap();
+        assert!(file.verify().problems.is_empty(), "{:?}", file.verify());
+        assert_eq!(file.records(0).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     }
 
     #[test]

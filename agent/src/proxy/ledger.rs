@@ -175,11 +175,21 @@ pub fn reap(state_dir: &Path, audit: &AuditLog) -> usize {
     let mut recorded = 0;
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(owner) = name.to_str().and_then(Owner::parse) else { continue };
-        if owner.running() {
+        let Some(name) = name.to_str() else { continue };
+        // A ledger another agent claimed to reap (NAME.reaping-PID) is left to it while it runs.
+        let (ledger, reaper) = match name.split_once(".reaping-") {
+            Some((ledger, reaper)) => (ledger, reaper.parse::<i32>().ok()),
+            None => (name, None),
+        };
+        let Some(owner) = Owner::parse(ledger) else { continue };
+        if owner.running() || reaper.is_some_and(|pid| procfs::process::Process::new(pid).is_ok()) {
             continue;
         }
-        let path = entry.path();
+        // Claimed by renaming it: two agents (one replacing the other) never both record it.
+        let path = entry.path().with_file_name(format!("{ledger}.reaping-{}", std::process::id()));
+        if std::fs::rename(entry.path(), &path).is_err() {
+            continue;
+        }
         match read_sessions(&path) {
             Ok(sessions) => {
                 let now = now_ms();

@@ -256,6 +256,21 @@ struct Attempt {
 
 #[test]
 fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_cut() {
+    let windows = kill_9_under_load(false);
+    assert!(!windows.is_empty(), "fail: closed refuses while no agent serves");
+}
+
+#[test]
+fn kill_9_under_a_keeper_refuses_nothing_the_next_agent_takes_the_sockets_over() {
+    let windows = kill_9_under_load(true);
+    assert!(windows.is_empty(), "connections wait in the kept sockets' backlog, never refused: {windows:?}");
+}
+
+/// Kills the serving agent under eight looping clients (a new connection each time) with two
+/// sessions open, starts the next one (itself, or its keeper does), and checks what clients and
+/// the ring saw. Returns the refused windows, from the first refused attempt to the next that
+/// got through.
+fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
     let pg = Postgres::start();
     pg.admin_sql("create table crashlog(id int)");
     let mut agent = Agent::start_with_bin_policies_audit(
@@ -263,7 +278,7 @@ fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_c
         &format!("  - {{name: main, address: '127.0.0.1:{}', fail: closed}}", pg.port),
         &[],
         testkit::DEFAULT_AUDIT,
-        "",
+        if keeper { "upgrade:\n  keeper: true" } else { "" },
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let url =
@@ -307,9 +322,22 @@ fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_c
         .collect();
     std::thread::sleep(Duration::from_secs(1));
     let killed_at = Instant::now();
-    agent.kill9();
-    agent.spawn();
-    let serving_at = Instant::now();
+    let killed = agent.serving_pid().expect("an agent serves");
+    let serving_at = if keeper {
+        // The agent, not its keeper: the keeper starts the next one with the sockets it kept.
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(killed as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.serving_pid() == Some(killed) {
+            assert!(Instant::now() < deadline, "the keeper started no agent:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Instant::now()
+    } else {
+        agent.kill9();
+        agent.spawn();
+        Instant::now()
+    };
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let attempts: Vec<Vec<Attempt>> = clients.into_iter().map(|c| runtime.block_on(c).unwrap()).collect();
@@ -321,7 +349,9 @@ fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_c
         assert!(!client.iter().any(|a| a.timed_out), "client {i}: an attempt hung");
         assert!(client.iter().any(|a| a.ok && a.at >= serving_at), "client {i} never got through again");
         let mut refused_since = None;
-        for a in client {
+        // An attempt under way when the agent was killed is cut with it (its connection was the
+        // dead agent's); refused are the attempts made after.
+        for a in client.iter().filter(|a| a.at >= killed_at) {
             match (a.ok, refused_since) {
                 (false, None) => refused_since = Some(a.at),
                 (true, Some(since)) => {
@@ -335,13 +365,15 @@ fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_c
     windows.sort();
     let quantile = |q: f64| windows.get(((windows.len() as f64 - 1.0) * q).round() as usize).copied();
     eprintln!(
-        "kill -9, restart at once: the agent served again {} ms after the kill; clients refused for p50 {:?} p99 {:?} ({} windows of 8 clients)",
+        "kill -9{}: the next agent served {} ms after the kill; {} attempts by 8 clients, {} cut with the agent; refused windows: {} (p50 {:?}, p99 {:?})",
+        if keeper { " under a keeper" } else { ", restarted at once" },
         serving_at.duration_since(killed_at).as_millis(),
+        attempts.iter().map(Vec::len).sum::<usize>(),
+        attempts.iter().flatten().filter(|a| a.at < killed_at && !a.ok).count(),
+        windows.len(),
         quantile(0.5),
         quantile(0.99),
-        windows.len()
     );
-    assert!(!windows.is_empty(), "fail: closed refuses while no agent serves");
 
     // The cut sessions: closed on the client side, their server backends ended (the open
     // transaction rolled back), and each recorded as ended by the crash.
@@ -381,6 +413,7 @@ fn kill_9_refuses_only_until_the_next_agent_serves_and_records_the_sessions_it_c
         );
     }
     verify(&agent);
+    windows
 }
 
 /// Asks the agent for its sockets as a successor would, from a process with fewer privileges.
