@@ -278,8 +278,11 @@ impl Kernel {
     pub fn detach(self) -> Result<(), KernelError> {
         let bpffs = self.bpffs.clone();
         for link in self.links.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            // Unpinning then dropping the last reference detaches the program.
-            drop(link.unpin().map_err(io_err("unpinning link in", &bpffs))?);
+            // Unpinning then dropping the last reference detaches the program (a pin already
+            // gone, or held under another name, is removed with the rest below).
+            if let Ok(link) = link.unpin() {
+                drop(link);
+            }
         }
         drop(self._ebpf);
         detach_pinned(&bpffs)
@@ -290,6 +293,7 @@ impl Kernel {
 /// can roll back).
 fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<PinnedLink>) -> Result<(), KernelError> {
     let cgroup = File::open(&config.cgroup_root).map_err(io_err("opening cgroup", &config.cgroup_root))?;
+    sweep_staging(bpffs);
     let staging = staging_dir(bpffs);
     fs::create_dir_all(&staging).map_err(io_err("creating", &staging))?;
     for (name, attach) in PROGRAMS {
@@ -330,11 +334,28 @@ fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<Pi
     for (i, (name, _)) in PROGRAMS.iter().enumerate() {
         let (staged, path) = (staging_dir(bpffs).join(name), live.join(name));
         fs::rename(&staged, &path).map_err(io_err("publishing pin", &path))?;
-        let published = PinnedLink::from_pin(&path).map_err(|source| KernelError::Link { name, source })?;
-        links[i] = published;
+        // From the first rename on, nothing fails: a handle that cannot be reopened at the new
+        // path keeps the staged one (its descriptor holds the link; detaching tolerates it).
+        match PinnedLink::from_pin(&path) {
+            Ok(published) => links[i] = published,
+            Err(err) => tracing::warn!(name, error = %err, "reopening a published pin"),
+        }
     }
     let _ = fs::remove_dir(staging_dir(bpffs));
     Ok(())
+}
+
+/// Removes what a start killed part-way left staged (its links detach with their pins).
+fn sweep_staging(bpffs: &Path) {
+    let Ok(entries) = fs::read_dir(links_dir(bpffs)) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("staging-").and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid == std::process::id() as i32 || procfs::process::Process::new(pid).is_err() {
+            let _ = remove_dir_files(&entry.path());
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Where a starting agent pins its links until every program is attached (bpffs refuses names

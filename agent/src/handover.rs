@@ -264,15 +264,19 @@ impl Predecessor {
 
     /// Tells the agent being replaced that this one serves: it stops accepting and drains.
     /// Returns what it said: its live sessions and drain deadline, or that it refused.
-    pub fn serving(&self) -> Result<Confirmed> {
-        // It stops its off-host exporter first, which may take a while.
-        set_timeout(&self.fd, START_TIMEOUT)?;
-        send(self.fd.as_raw_fd(), &Message::Serving, &[]).context("telling the replaced agent")?;
-        match receive(self.fd.as_raw_fd()).context("waiting for the replaced agent to drain")? {
-            Some((Message::Draining { sessions, deadline_s }, _)) => Ok(Confirmed::Draining { sessions, deadline_s }),
-            Some((Message::Refused { why }, _)) => Ok(Confirmed::Refused(why)),
-            Some((other, _)) => bail!("the replaced agent sent {other:?} instead of draining"),
-            None => bail!("the replaced agent went away before saying it drains"),
+    pub fn serving(&self) -> Confirmed {
+        let _ = set_timeout(&self.fd, START_TIMEOUT);
+        // A refusal may already wait to be read, even when the agent closed its end since.
+        let told = send(self.fd.as_raw_fd(), &Message::Serving, &[]);
+        match (receive(self.fd.as_raw_fd()), told) {
+            (Ok(Some((Message::Draining { sessions, deadline_s }, _))), _) => {
+                Confirmed::Draining { sessions, deadline_s }
+            }
+            (Ok(Some((Message::Refused { why }, _))), _) => Confirmed::Refused(why),
+            (_, Err(e)) => Confirmed::NotTold(e.to_string()),
+            (Ok(Some((other, _))), Ok(())) => Confirmed::Unanswered(format!("it sent {other:?}")),
+            (Ok(None), Ok(())) => Confirmed::Unanswered("it closed the hand-over".into()),
+            (Err(e), Ok(())) => Confirmed::Unanswered(e.to_string()),
         }
     }
 
@@ -347,6 +351,10 @@ pub enum Confirmed {
     },
     /// It gave up waiting and serves on.
     Refused(String),
+    /// Told, but no answer came (late, or it exited): once told, it drains.
+    Unanswered(String),
+    /// It could not be told (it closed the hand-over): it did not give way.
+    NotTold(String),
 }
 
 /// An offered socket, checked: a listening TCP socket bound where the offer says.
@@ -513,7 +521,7 @@ mod tests {
             let (accepted, _) = taken[0].accept().unwrap();
             assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
             predecessor.attaching().unwrap();
-            assert_eq!(predecessor.serving().unwrap(), Confirmed::Draining { sessions: 3, deadline_s: 60 });
+            assert_eq!(predecessor.serving(), Confirmed::Draining { sessions: 3, deadline_s: 60 });
             predecessor
         });
         let (successor, predecessor) = tokio::join!(serving, taking);

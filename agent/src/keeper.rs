@@ -36,6 +36,14 @@ pub const FD_ENV: &str = "WARDEN_KEEPER_FD";
 const CHILD_FD: RawFd = 3;
 /// Set for a successor the keeper starts: it takes over by hand-over or exits.
 pub const SUCCESSOR_ENV: &str = "WARDEN_KEEPER_SUCCESSOR";
+/// The keeper's pid, for the agent to name it as systemd's main process while it is its parent.
+const PID_ENV: &str = "WARDEN_KEEPER_PID";
+static KEEPER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The keeper this agent was started by, if any.
+pub fn keeper_pid() -> Option<u32> {
+    KEEPER_PID.get().copied()
+}
 
 /// The agent's side: the channel to the keeper it runs under.
 pub struct Keeper {
@@ -64,8 +72,14 @@ impl Keeper {
         }
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).ok()?;
         let successor = std::env::var_os(SUCCESSOR_ENV).is_some();
+        if let Some(pid) = std::env::var(PID_ENV).ok().and_then(|p| p.parse().ok()) {
+            let _ = KEEPER_PID.set(pid);
+        }
         // SAFETY: as above.
-        unsafe { std::env::remove_var(SUCCESSOR_ENV) };
+        unsafe {
+            std::env::remove_var(SUCCESSOR_ENV);
+            std::env::remove_var(PID_ENV);
+        }
         Some(Self { fd, successor })
     }
 
@@ -142,6 +156,8 @@ struct Keeping {
     served: bool,
     /// It said a successor took over: it drains, and is not started again.
     replaced: bool,
+    /// ... and that successor is another keeper's (its sockets are not this keeper's to keep).
+    replaced_elsewhere: bool,
     /// A successor starting (it must take over from the agent by hand-over).
     successor: Option<Child>,
     /// Agents replaced by one the keeper started, draining.
@@ -161,6 +177,7 @@ impl Keeping {
             agent: None,
             served: false,
             replaced: false,
+            replaced_elsewhere: false,
             successor: None,
             draining: Vec::new(),
             kept: Kept::default(),
@@ -211,6 +228,7 @@ impl Keeping {
                 self.agent = Some(child);
                 self.served = false;
                 self.replaced = false;
+                self.replaced_elsewhere = false;
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "keeper: starting the agent failed");
@@ -250,7 +268,11 @@ impl Keeping {
         if self.stopping {
             return Some(code);
         }
-        if self.replaced || clean {
+        if self.replaced {
+            if self.replaced_elsewhere {
+                tracing::info!(code, "keeper: the agent drained for another keeper's; so does the keeper end");
+                return Some(code);
+            }
             if let Some(successor) = self.successor.take() {
                 // Ours took over (its sockets come with its offer).
                 tracing::info!(pid = successor.pid(), "keeper: the agent drained; its successor is the agent");
@@ -259,15 +281,25 @@ impl Keeping {
                 self.replaced = false;
                 return None;
             }
-            tracing::info!(code, "keeper: the agent ended on purpose; so does the keeper");
+            // Ours took over and ended since: the next agent starts with the sockets.
+            self.served = true;
+            self.schedule_restart();
+            return None;
+        }
+        if clean {
+            // A stop (the agent was signalled itself): what was starting stops too.
+            if let Some(successor) = &self.successor {
+                successor.signal(nix::sys::signal::Signal::SIGTERM);
+            }
+            tracing::info!(code, "keeper: the agent stopped; so does the keeper");
             return Some(code);
         }
         tracing::error!(status = ?status, "keeper: the agent was killed or crashed");
-        if let Some(successor) = self.successor.take() {
-            // It was to take over from the agent, which is gone: the next agent starts with the
-            // sockets instead.
-            successor.signal(nix::sys::signal::Signal::SIGTERM);
-            self.draining.push(successor.process);
+        if self.successor.is_some() {
+            // A successor may have taken the sockets over already: it serves (its offer says
+            // so) or it ends, and the next agent starts with the sockets then.
+            tracing::info!("keeper: a successor was starting; it serves, or the next agent starts when it ends");
+            return None;
         }
         self.schedule_restart();
         None
@@ -283,9 +315,12 @@ impl Keeping {
             }
             Ok(Some(Received::Upgrade)) => self.start_successor(),
             Ok(Some(Received::Replaced)) => {
-                // Another keeper's agent took over: the sockets are its.
                 self.replaced = true;
-                self.kept = Kept::default();
+                if self.successor.is_none() {
+                    // Another keeper's agent took over: the sockets are its.
+                    self.replaced_elsewhere = true;
+                    self.kept = Kept::default();
+                }
                 tracing::info!("keeper: the agent was replaced; it drains");
             }
             Ok(None) | Err(_) => {
@@ -299,8 +334,27 @@ impl Keeping {
     fn heard_from_successor(&mut self, event: ChildEvent) {
         match event {
             ChildEvent::Exited(status) => {
-                tracing::warn!(status = ?status, "keeper: the successor ended before it served; the agent stays");
                 self.successor = None;
+                if self.stopping {
+                    return;
+                }
+                if self.agent.is_none() && self.restart_at.is_none() {
+                    // The agent it was to replace is gone too: the next starts with the sockets.
+                    tracing::warn!(status = ?status, "keeper: the successor ended before it served, and the agent is gone");
+                    self.served = true;
+                    self.schedule_restart();
+                } else if self.replaced && !self.replaced_elsewhere {
+                    // It ended after the agent gave way to it: the agent drains, the next
+                    // agent starts with the sockets.
+                    tracing::warn!(status = ?status, "keeper: the successor ended after taking over; starting the next agent");
+                    if let Some(previous) = self.agent.take() {
+                        self.draining.push(previous.process);
+                    }
+                    self.served = true;
+                    self.schedule_restart();
+                } else {
+                    tracing::warn!(status = ?status, "keeper: the successor ended before it served; the agent stays");
+                }
             }
             ChildEvent::Message(Ok(Some(Received::Offer(offer)))) => {
                 // It serves: it is the agent now; the one it replaced drains.
@@ -311,7 +365,9 @@ impl Keeping {
                 self.kept = offer.into();
                 self.served = true;
                 self.replaced = false;
+                self.replaced_elsewhere = false;
                 self.unserved = 0;
+                self.restart_at = None;
                 tracing::info!(pid = self.agent.as_ref().map_or(0, Child::pid), "keeper: the successor serves");
             }
             ChildEvent::Message(Ok(Some(_))) => {}
@@ -354,8 +410,15 @@ impl Keeping {
         self.agent.is_none().then_some(0)
     }
 
-    /// Waits (at most 15 s) for the other agents it signalled, then exits with `code`.
+    /// Ends the other agents (a second signal ends a drain at once, with 57P01) and waits for
+    /// them at most 15 s, then exits with `code`.
     async fn finish(mut self, code: u8) -> ExitCode {
+        for process in &self.draining {
+            if let Some(pid) = process.id() {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
         let mut others: Vec<tokio::process::Child> = self.draining.drain(..).collect();
         others.extend(self.successor.take().map(|s| s.process));
         let wait_all = async {
@@ -465,7 +528,13 @@ fn start(exe: &Path, config: &Path, kept: &Kept, successor: bool) -> Result<Chil
         .context("creating the keeper's channel")?;
     let theirs_raw = theirs.as_raw_fd();
     let mut command = tokio::process::Command::new(exe);
-    command.arg("run").arg("--config").arg(config).env(FD_ENV, CHILD_FD.to_string()).stdin(std::process::Stdio::null());
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env(FD_ENV, CHILD_FD.to_string())
+        .env(PID_ENV, std::process::id().to_string())
+        .stdin(std::process::Stdio::null());
     if successor {
         command.env(SUCCESSOR_ENV, "1");
     }

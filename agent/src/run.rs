@@ -482,11 +482,6 @@ async fn serve(
     });
     let mut admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state.clone()));
     fs::write(ready_file(&config.state_dir), std::process::id().to_string())?;
-    if let Some(keeper) = &start.keeper
-        && let Err(err) = keeper.keep(&offerable, metrics_offer.as_ref())
-    {
-        tracing::warn!(error = %format!("{err:#}"), "the keeper could not take copies of the sockets");
-    }
     tracing::info!(
         v4 = %config.proxy.listen_v4,
         v6 = ?config.proxy.listen_v6,
@@ -498,7 +493,13 @@ async fn serve(
     if let Some(predecessor) = predecessor {
         took_over(predecessor).await?;
     }
-    // The service's main process is this agent only once the one it replaced confirmed.
+    // The keeper makes this agent its own, and systemd its main process, only once the agent
+    // it replaced gave way.
+    if let Some(keeper) = &start.keeper
+        && let Err(err) = keeper.keep(&offerable, metrics_offer.as_ref())
+    {
+        tracing::warn!(error = %format!("{err:#}"), "the keeper could not take copies of the sockets");
+    }
     notify_systemd(start.keeper.is_some());
     // Off-host export once this agent is the one serving (the one it replaced stopped its own
     // exporter first: both read and advance the same checkpoint).
@@ -770,35 +771,43 @@ async fn hand_over(successor: &handover::Successor, offer: Offer<'_>, kernel: &K
 /// not go back (a reply that is late or lost is no refusal).
 async fn took_over(predecessor: Predecessor) -> Result<()> {
     let pid = predecessor.peer.pid;
-    let told = tokio::task::spawn_blocking(move || {
+    let (predecessor, told) = tokio::task::spawn_blocking(move || {
         let told = predecessor.serving();
         (predecessor, told)
     })
     .await
     .context("the hand-over's last step")?;
     match told {
-        (predecessor, Ok(handover::Confirmed::Draining { sessions, deadline_s })) => {
+        handover::Confirmed::Draining { sessions, deadline_s } => {
             tracing::info!(
                 pid,
                 sessions,
                 deadline_s,
                 "took over from the agent being replaced; it drains its sessions"
             );
-            // A thread of its own: the runtime does not wait for it when this agent stops first.
-            let _ = std::thread::Builder::new().name("warden-replaced".into()).spawn(move || {
-                predecessor.wait_exit();
-                tracing::info!(pid, "the replaced agent has exited");
-            });
-            Ok(())
         }
-        (_, Ok(handover::Confirmed::Refused(why))) => {
-            Err(anyhow::anyhow!("the agent being replaced (pid {pid}) refused the hand-over and serves on: {why}"))
+        handover::Confirmed::Refused(why) => {
+            anyhow::bail!("the agent being replaced (pid {pid}) refused the hand-over and serves on: {why}")
         }
-        (_, Err(err)) => {
-            tracing::warn!(pid, error = %format!("{err:#}"), "took over from the agent being replaced; it did not confirm (it may still be stopping its exporter, or have exited)");
-            Ok(())
+        handover::Confirmed::NotTold(why) if predecessor.peer.alive() => {
+            anyhow::bail!(
+                "the agent being replaced (pid {pid}) could not be told this one serves ({why}); it serves on"
+            )
+        }
+        handover::Confirmed::NotTold(why) | handover::Confirmed::Unanswered(why) => {
+            tracing::warn!(
+                pid,
+                why,
+                "took over from the agent being replaced; it did not confirm (it may still be stopping its exporter, or have exited)"
+            );
         }
     }
+    // A thread of its own: the runtime does not wait for it when this agent stops first.
+    let _ = std::thread::Builder::new().name("warden-replaced".into()).spawn(move || {
+        predecessor.wait_exit();
+        tracing::info!(pid, "the replaced agent has exited");
+    });
+    Ok(())
 }
 
 async fn accept_successor(listener: Option<&handover::Listener>) -> std::io::Result<handover::Successor> {
@@ -902,7 +911,8 @@ fn notify_systemd(kept: bool) {
     let sent = addr.and_then(|addr| {
         let socket = std::os::unix::net::UnixDatagram::unbound()?;
         // Under a keeper, the keeper (this agent's parent) is the service's main process.
-        let main = if kept { std::os::unix::process::parent_id() } else { std::process::id() };
+        let keeper = kept.then(std::os::unix::process::parent_id).filter(|&p| Some(p) == crate::keeper::keeper_pid());
+        let main = keeper.unwrap_or_else(std::process::id);
         let message = format!("MAINPID={main}\nREADY=1\n");
         socket.send_to_addr(message.as_bytes(), &addr)
     });

@@ -513,16 +513,7 @@ impl Agent {
         assert!(self.child.is_none(), "agent already running");
         let ready = self.state.join("agent.ready");
         let _ = fs::remove_file(&ready);
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
-        let child = Command::new(&self.bin)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn warden run");
-        self.child = Some(child);
+        self.child = Some(self.run_agent(&self.bin));
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -533,6 +524,19 @@ impl Agent {
             sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// `BIN run --config CONFIG`, its output appended to the agent's log.
+    fn run_agent(&self, bin: &Path) -> Child {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden run")
     }
 
     /// The agent's pid while it runs.
@@ -557,15 +561,7 @@ impl Agent {
     pub fn take_over_with(&mut self, bin: &Path) {
         let old = self.pid().expect("an agent serves");
         let before = self.handovers();
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn warden run");
+        let child = self.run_agent(bin);
         let new = child.id();
         self.wait_serving(new, old, before);
         match self.child.take() {

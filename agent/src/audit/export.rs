@@ -77,7 +77,12 @@ pub fn spawn(
                     cursor = Some(last);
                     next = last.1 + 1;
                     counters.exported.fetch_add(taken.len() as u64, Ordering::Relaxed);
-                    let _ = std::fs::write(&checkpoint, next.to_string());
+                    // Replaced whole (written beside, then renamed): a reader never sees it
+                    // empty.
+                    let staged = checkpoint.with_extension("tmp");
+                    if std::fs::write(&staged, next.to_string()).is_ok() {
+                        let _ = std::fs::rename(&staged, &checkpoint);
+                    }
                     backoff = Duration::from_millis(500);
                 }
                 Err(error) => {

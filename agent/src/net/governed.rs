@@ -139,7 +139,10 @@ impl Governed {
             }
         }
         let diff = self.kernel.replace_governed(&wanted)?;
-        self.save(&reached);
+        // The saved table is the owner's (a replaced agent's followers may still run a moment).
+        if self.kernel.owns() {
+            self.save(&reached);
+        }
         Ok(diff)
     }
 

@@ -176,17 +176,20 @@ pub fn reap(state_dir: &Path, audit: &AuditLog) -> usize {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // A ledger another agent claimed to reap (NAME.reaping-PID) is left to it while it runs.
+        // A ledger another agent claimed to reap (NAME.reaping-PID-START) is left to it while
+        // it runs.
         let (ledger, reaper) = match name.split_once(".reaping-") {
-            Some((ledger, reaper)) => (ledger, reaper.parse::<i32>().ok()),
+            Some((ledger, reaper)) => (ledger, Owner::parse(reaper)),
             None => (name, None),
         };
         let Some(owner) = Owner::parse(ledger) else { continue };
-        if owner.running() || reaper.is_some_and(|pid| procfs::process::Process::new(pid).is_ok()) {
+        let me = Owner::myself();
+        if owner.running() || reaper.is_some_and(|r| Some(r) != me && r.running()) {
             continue;
         }
         // Claimed by renaming it: two agents (one replacing the other) never both record it.
-        let path = entry.path().with_file_name(format!("{ledger}.reaping-{}", std::process::id()));
+        let claim = me.map_or_else(|| std::process::id().to_string(), |m| m.file_name());
+        let path = entry.path().with_file_name(format!("{ledger}.reaping-{claim}"));
         if std::fs::rename(entry.path(), &path).is_err() {
             continue;
         }

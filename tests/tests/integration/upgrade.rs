@@ -454,3 +454,45 @@ fn root_without_the_agents_capabilities_or_in_its_own_user_namespace_is_refused_
     assert!(agent.log().contains("hand-over abandoned; this agent serves on"));
     assert_eq!(agent.serving_pid(), agent.pid());
 }
+
+#[test]
+fn under_a_keeper_an_upgrade_is_started_by_the_keeper_which_stays_the_main_process() {
+    let pg = Postgres::start();
+    pg.admin_sql("create table kept(id int)");
+    let agent = Agent::start_with_bin_policies_audit(
+        &warden_bin(),
+        &governed(&pg),
+        &[],
+        testkit::DEFAULT_AUDIT,
+        "upgrade:\n  keeper: true",
+    );
+    let keeper = agent.pid().unwrap();
+    let first = agent.serving_pid().unwrap();
+    let parent_of = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(parent_of(first), keeper, "the agent is the keeper's child");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port);
+    runtime.block_on(async {
+        let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let tx = client.transaction().await.unwrap();
+        tx.execute("insert into kept values (1)", &[]).await.unwrap();
+        let said = check(Command::new(warden_bin()).args(["upgrade", "--config"]).arg(&agent.config));
+        assert!(said.contains("upgraded: pid"), "{said}");
+        let second = agent.serving_pid().unwrap();
+        assert_ne!(second, first);
+        assert_eq!(parent_of(second), keeper, "the keeper started the successor: it stays the main process");
+        tx.execute("insert into kept values (2)", &[]).await.unwrap();
+        tx.commit().await.expect("the transaction open across the upgrade commits");
+        drop(client);
+        let _ = conn.await;
+        assert!(testkit::wait_gone(first, Duration::from_secs(10)), "the replaced agent drained and exited");
+    });
+    assert_eq!(pg.admin_sql("select count(*) from kept"), "2");
+    check(&mut testkit::psql("127.0.0.1", pg.port, "select 1"));
+    assert!(std::fs::metadata(format!("/proc/{keeper}")).is_ok(), "the keeper runs on");
+    verify(&agent);
+}
