@@ -560,6 +560,14 @@ async fn serve(
                     Err(Abandoned { error, successor_attached }) => {
                         tracing::warn!(error = %format!("{error:#}"), "hand-over abandoned; this agent serves on");
                         let _ = successor.send(&handover::Message::Refused { why: format!("{error:#}") });
+                        // What it sent and this agent did not read is read now: a unix socket
+                        // closed with unread data resets its peer, which would then never read
+                        // why it was refused.
+                        for _ in 0..2 {
+                            if !matches!(successor.receive(Duration::from_millis(300)).await, Ok(Some(_))) {
+                                break;
+                            }
+                        }
                         if successor_attached {
                             // It may have published its state, changed the governed table and
                             // replaced the admin socket: all are this agent's again (the
