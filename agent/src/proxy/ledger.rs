@@ -12,7 +12,6 @@
 
 use std::{
     fs::OpenOptions,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -84,10 +83,16 @@ impl Ledger {
 
     fn try_create(state_dir: &Path, slots: usize, audit: AuditLog) -> std::io::Result<Self> {
         let owner = Owner::myself().ok_or_else(|| std::io::Error::other("reading /proc/self/stat"))?;
-        let dir = dir(state_dir);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(owner.file_name());
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+        let path = dir(state_dir).join(owner.file_name());
+        // A private file in a private directory (0700), created new and never through a link:
+        // what is planted at its name is refused, not truncated.
+        crate::audit::ring::private_dir(&path).map_err(private)?;
+        let file = crate::audit::ring::open_private(
+            &path,
+            OpenOptions::new().read(true).write(true).create_new(true),
+            "ledger",
+        )
+        .map_err(private)?;
         file.set_len((HEADER + SLOT * slots) as u64)?;
         // SAFETY: a file this agent just created and alone writes; readers map it read-only.
         let mut map = unsafe { MmapMut::map_mut(&file) }?;
@@ -230,8 +235,24 @@ pub fn reap(state_dir: &Path, audit: &AuditLog) -> usize {
     recorded
 }
 
+/// Why a ledger file could not be used, as an I/O error.
+fn private(problem: crate::audit::ring::PrivateFileError) -> std::io::Error {
+    std::io::Error::other(format!("{problem:?}"))
+}
+
+/// Most slots a ledger read back may have (a file larger is not one this agent wrote).
+const MAX_SLOTS: u64 = 1 << 22;
+
 fn read_sessions(path: &Path) -> std::io::Result<Vec<(SessionId, String, u64)>> {
-    let bytes = std::fs::read(path)?;
+    use std::io::Read as _;
+    // A regular file the agent's user owns, opened without following a link.
+    let mut file = crate::audit::ring::open_private(path, OpenOptions::new().read(true), "ledger").map_err(private)?;
+    let len = file.metadata()?.len();
+    if len > HEADER as u64 + SLOT as u64 * MAX_SLOTS || !(len as usize).saturating_sub(HEADER).is_multiple_of(SLOT) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a session ledger (its size)"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes)?;
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a session ledger"));
     }
@@ -300,6 +321,39 @@ mod tests {
         assert_eq!(closes.len(), 4, "two for the crash, two for the entries dropped unfinished: {closes:#?}");
         assert_eq!(closes.iter().filter(|c| c.contains("ended by the crash")).count(), 2);
         assert_eq!(closes.iter().filter(|c| c.contains("cut when the agent stopped")).count(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_link_planted_in_the_ledgers_place_or_among_dead_ledgers_is_never_followed() {
+        let dir = std::env::temp_dir().join(format!("warden-ledger-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sessions")).unwrap();
+        let config = crate::config::AuditConfig {
+            path: dir.join("audit.ring"),
+            ring_bytes: 1 << 20,
+            ..crate::config::AuditConfig::default()
+        };
+        let (audit, writer) = AuditLog::open(&config).unwrap();
+        // A precious file (shaped as a ledger with one session), and a link to it where this
+        // agent's ledger will be made.
+        let precious = dir.join("precious");
+        let mut shaped = vec![0u8; HEADER + SLOT];
+        shaped[..8].copy_from_slice(MAGIC);
+        shaped[HEADER..HEADER + 8].copy_from_slice(&77u64.to_le_bytes());
+        std::fs::write(&precious, &shaped).unwrap();
+        let own = dir.join("sessions").join(Owner::myself().unwrap().file_name());
+        std::os::unix::fs::symlink(&precious, &own).unwrap();
+        assert!(Ledger::create(&dir, 4, audit.clone()).is_none(), "refused, not followed");
+        assert_eq!(std::fs::read(&precious).unwrap(), shaped, "not truncated");
+        // A link named as a dead agent's ledger: removed, never read as one.
+        std::fs::remove_file(&own).unwrap();
+        let dead = dir.join("sessions").join(Owner { pid: i32::MAX, start: 1 }.file_name());
+        std::os::unix::fs::symlink(&precious, &dead).unwrap();
+        assert_eq!(reap(&dir, &audit), 0, "no session read through a link");
+        assert!(std::fs::symlink_metadata(&dead).is_err() && precious.exists());
+        drop(audit);
+        writer.join();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
