@@ -144,7 +144,13 @@ impl Kernel {
         let events = Mutex::new(take_map(&mut ebpf, "FLOW_EVENTS")?);
 
         let mut links = Vec::new();
-        if let Err(err) = attach_all(&mut ebpf, config, &bpffs, &mut links) {
+        // The heartbeat is renewed after each program: loading them all (the verifier) may take
+        // longer than the kernel's grace period on a busy host, and until this start ends no
+        // other agent beats (one being replaced paused when this one said it attaches).
+        let mut beat = || {
+            let _ = state_map.set(0, AgentState { heartbeat_ns: monotonic_ns(), ..state }, 0);
+        };
+        if let Err(err) = attach_all(&mut ebpf, config, &bpffs, &mut links, &mut beat) {
             // Never leave a partial set attached: a redirect without the flow table would
             // send governed clients to a proxy that refuses them.
             // The pins in force (the agent this one replaces) are untouched: only the staged
@@ -291,7 +297,13 @@ impl Kernel {
 
 /// Loads and attaches every program, pinning each link as it goes (into `links`, so the caller
 /// can roll back).
-fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<PinnedLink>) -> Result<(), KernelError> {
+fn attach_all(
+    ebpf: &mut Ebpf,
+    config: &Config,
+    bpffs: &Path,
+    links: &mut Vec<PinnedLink>,
+    beat: &mut dyn FnMut(),
+) -> Result<(), KernelError> {
     let cgroup = File::open(&config.cgroup_root).map_err(io_err("opening cgroup", &config.cgroup_root))?;
     sweep_staging(bpffs);
     let staging = staging_dir(bpffs);
@@ -327,6 +339,7 @@ fn attach_all(ebpf: &mut Ebpf, config: &Config, bpffs: &Path, links: &mut Vec<Pi
             }
         };
         links.push(pin_replacing(fd_link, &staging_dir(bpffs).join(name))?);
+        beat();
     }
     // Every program is attached: only now do the new pins replace the old ones (each rename is
     // atomic), so a start that fails part-way never leaves a program unpinned.

@@ -593,6 +593,13 @@ impl Writer {
     }
 
     fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, mut event: Box<Event>) {
+        if !self.ring.holds_lock() {
+            // The writers' lock could not be had for this batch (another writer held it past
+            // the wait): its records are counted lost (added to the ring's count once the lock
+            // is had again) rather than each waiting for it in turn.
+            self.failed("the audit ring's writers' lock is held by another process");
+            return;
+        }
         // Whose share the record is charged to, and whether that identity is over it.
         let mut condensed = false;
         let charge = match &mut self.share {

@@ -419,6 +419,11 @@ impl Ring {
         Ok(self.refresh())
     }
 
+    /// Whether this writer holds the writers' lock now.
+    pub fn holds_lock(&self) -> bool {
+        self.locked
+    }
+
     /// Lets other writers append.
     pub fn release(&mut self) {
         if self.locked {
