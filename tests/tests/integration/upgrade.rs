@@ -252,6 +252,8 @@ struct Attempt {
     at: Instant,
     ok: bool,
     timed_out: bool,
+    /// Why it failed, as the client saw it.
+    error: Option<String>,
 }
 
 #[test]
@@ -309,11 +311,11 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
                         let _ = conn.await;
                         result
                     };
-                    let (ok, timed_out) = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                        Ok(r) => (r.is_ok(), false),
-                        Err(_) => (false, true),
+                    let (ok, timed_out, error) = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                        Ok(r) => (r.is_ok(), false, r.err().map(|e| format!("{e:?}"))),
+                        Err(_) => (false, true, None),
                     };
-                    attempts.push(Attempt { at, ok, timed_out });
+                    attempts.push(Attempt { at, ok, timed_out, error });
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 attempts
@@ -321,12 +323,15 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
-    let killed_at = Instant::now();
     let killed = agent.serving_pid().expect("an agent serves");
+    // kill(2) returns before the agent is gone: until its threads have exited, one may still take
+    // a connection and die with it. The kill counts from when it is gone (its files closed).
+    let mut killed_at = Instant::now();
     let serving_at = if keeper {
         // The agent, not its keeper: the keeper starts the next one with the sockets it kept.
         // SAFETY: plain kill(2).
         unsafe { libc::kill(killed as i32, libc::SIGKILL) };
+        killed_at = gone_at(killed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while agent.serving_pid() == Some(killed) {
             assert!(Instant::now() < deadline, "the keeper started no agent:\n{}", agent.log());
@@ -334,7 +339,8 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
         }
         Instant::now()
     } else {
-        agent.kill9();
+        agent.kill9(); // returns once the agent is reaped
+        killed_at = Instant::now();
         agent.spawn();
         Instant::now()
     };
@@ -353,7 +359,10 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
         // dead agent's); refused are the attempts made after.
         for a in client.iter().filter(|a| a.at >= killed_at) {
             match (a.ok, refused_since) {
-                (false, None) => refused_since = Some(a.at),
+                (false, None) => {
+                    refused_since = Some(a.at);
+                    eprintln!("client {i} failed {:?} after the agent was gone: {:?}", a.at - killed_at, a.error);
+                }
                 (true, Some(since)) => {
                     windows.push(a.at.duration_since(since));
                     refused_since = None;
@@ -414,6 +423,19 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
     }
     verify(&agent);
     windows
+}
+
+/// When the process is gone (exited, its files closed): polled finely, since the time counts.
+fn gone_at(pid: u32) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), None | Some("Z")) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "pid {pid} outlived SIGKILL");
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Asks the agent for its sockets as a successor would, from a process with fewer privileges.
