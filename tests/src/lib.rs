@@ -416,7 +416,19 @@ impl Agent {
         audit_yaml: &str,
         top_level_yaml: &str,
     ) -> Self {
-        let mut agent = Self::prepare(bin, databases_yaml, "", audit_yaml, top_level_yaml);
+        Self::start_with_bin_policies_proxy_audit(bin, databases_yaml, policies, "", audit_yaml, top_level_yaml)
+    }
+
+    /// Like `start_with_bin_policies_audit`, with extra YAML under `proxy:` too.
+    pub fn start_with_bin_policies_proxy_audit(
+        bin: &Path,
+        databases_yaml: &str,
+        policies: &[(&str, &str)],
+        proxy_yaml: &str,
+        audit_yaml: &str,
+        top_level_yaml: &str,
+    ) -> Self {
+        let mut agent = Self::prepare(bin, databases_yaml, proxy_yaml, audit_yaml, top_level_yaml);
         for (file, yaml) in policies {
             agent.write_policy(file, yaml);
         }

@@ -56,6 +56,9 @@ pub struct Sample {
     /// The proxy's own CPU µs per transaction (none for direct).
     pub own_us: Option<f64>,
     pub machine_us: f64,
+    /// The proxy's context switches per transaction, all its threads: voluntary (it waited:
+    /// a wake-up each) and involuntary (preempted).
+    pub switches: Option<(f64, f64)>,
 }
 
 /// The median and the spread of some numbers.
@@ -120,6 +123,7 @@ impl Rig<'_> {
             _ => None,
         };
         let own = pid.map(cpu_seconds);
+        let switched = pid.map(super::context_switches);
         let machine = machine_seconds();
         let run = pgbench(host, port, args)?;
         // Work the proxy does after the run (the audit writer's queue, closing sessions) is the
@@ -129,9 +133,19 @@ impl Rig<'_> {
         }
         let machine = machine_seconds() - machine;
         let own = pid.zip(own).map(|(pid, before)| cpu_seconds(pid) - before);
+        let switched = pid.zip(switched).map(|(pid, (v, i))| {
+            let (v2, i2) = super::context_switches(pid);
+            (v2.saturating_sub(v), i2.saturating_sub(i))
+        });
         drop(perf);
-        let per_tx = |s: f64| s * 1e6 / run.transactions.max(1) as f64;
-        Ok(Sample { tps: run.tps, own_us: own.map(per_tx), machine_us: per_tx(machine) })
+        let tx = run.transactions.max(1) as f64;
+        let per_tx = |s: f64| s * 1e6 / tx;
+        Ok(Sample {
+            tps: run.tps,
+            own_us: own.map(per_tx),
+            machine_us: per_tx(machine),
+            switches: switched.map(|(v, i)| (v as f64 / tx, i as f64 / tx)),
+        })
     }
 
     /// Runs a line `rounds` times through every path, the order turning each round so that
@@ -193,8 +207,13 @@ fn start_perf(dir: &Path, name: &str, pid: u32) -> Result<Perf> {
 pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
     let direct = &samples[0];
     println!(
-        "  {:<11} {:>26} {:>24} {:>15} {:>20}",
-        "path", "tps median [min–max]", "× direct [min–max]", "own CPU µs/tx", "machine µs/tx (+dir)"
+        "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16}",
+        "path",
+        "tps median [min–max]",
+        "× direct [min–max]",
+        "own CPU µs/tx",
+        "machine µs/tx (+dir)",
+        "switches/tx v+i"
     );
     let mut ratio = [0.0f64; 4];
     let mut own = [f64::NAN; 4];
@@ -210,13 +229,21 @@ pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
         own[i] = own_us.median;
         extra[i] = over.median;
         let own_text = if *via == Via::Direct { "—".to_string() } else { format!("{:.1}", own_us.median) };
+        let voluntary = spread(&s.iter().filter_map(|x| x.switches.map(|w| w.0)).collect::<Vec<_>>());
+        let involuntary = spread(&s.iter().filter_map(|x| x.switches.map(|w| w.1)).collect::<Vec<_>>());
+        let switch_text = if *via == Via::Direct {
+            "—".to_string()
+        } else {
+            format!("{:.2}+{:.2}", voluntary.median, involuntary.median)
+        };
         println!(
-            "  {:<11} {:>26} {:>24} {:>15} {:>20}",
+            "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16}",
             via.name(),
             format!("{tps:.1}"),
             format!("{ratios:.3}"),
             own_text,
-            format!("{:.1} ({:+.1})", machine.median, over.median)
+            format!("{:.1} ({:+.1})", machine.median, over.median),
+            switch_text
         );
     }
     let (relay, bouncer, warden) = (1, 2, 3);
@@ -279,10 +306,13 @@ pub fn baseline_for_all() -> Result<String> {
 pub fn agent(warden: &Path, pg: &Postgres, masked: &str, metrics: &str) -> Result<Agent> {
     let policies = policies(masked)?;
     let policies: Vec<(&str, &str)> = policies.iter().map(|(f, y)| (*f, y.as_str())).collect();
-    Ok(Agent::start_with_bin_policies_audit(
+    // Worker threads: one per CPU unless WARDEN_BENCH_WORKERS says otherwise.
+    let proxy = std::env::var("WARDEN_BENCH_WORKERS").map(|n| format!("  workers: {n}")).unwrap_or_default();
+    Ok(Agent::start_with_bin_policies_proxy_audit(
         warden,
         &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port),
         &policies,
+        &proxy,
         "  ring_bytes: 1073741824\n  identity_share: 1.0",
         &format!("metrics:\n  listen: '{metrics}'\n"),
     ))

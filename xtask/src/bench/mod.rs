@@ -61,6 +61,24 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Context switches of every thread of `pid` so far: (voluntary, involuntary).
+fn context_switches(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return total };
+    for task in tasks.flatten() {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let field = |name: &str| line.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(n) = field("voluntary_ctxt_switches:") {
+                total.0 += n;
+            } else if let Some(n) = field("nonvoluntary_ctxt_switches:") {
+                total.1 += n;
+            }
+        }
+    }
+    total
+}
+
 /// 200 sessions of one identity each holding a statement for approval, against none, while an
 /// unrelated identity runs pgbench (select-only, prepared): held sessions must cost others
 /// nothing.

@@ -907,6 +907,8 @@ struct ServerToClient<'a> {
     replacements: Vec<(usize, usize, std::ops::Range<usize>)>,
     /// The bytes of the replacements, one after another.
     arena: Vec<u8>,
+    /// What goes to the client when some of it was replaced, assembled for one write.
+    out: Vec<u8>,
     /// The client stopped sending: stop once the server owes nothing more.
     draining: &'a AtomicBool,
     /// While draining, a write to the client failed: it is gone, answers are only recorded.
@@ -915,6 +917,20 @@ struct ServerToClient<'a> {
     answered: &'a Notify,
     /// Woken when the server's answers move the session on.
     moved_on: &'a MovedOn,
+}
+
+/// `bytes` with each `(start, end, range)` of `replacements` (in order, not overlapping) put in
+/// place of `bytes[start..end]` by `arena[range]`, into `out`.
+fn splice(bytes: &[u8], replacements: &[(usize, usize, std::ops::Range<usize>)], arena: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(bytes.len() + arena.len());
+    let mut copied = 0;
+    for (start, end, replacement) in replacements {
+        out.extend_from_slice(&bytes[copied..*start]);
+        out.extend_from_slice(&arena[replacement.clone()]);
+        copied = *end;
+    }
+    out.extend_from_slice(&bytes[copied..]);
 }
 
 impl<'a> ServerToClient<'a> {
@@ -950,6 +966,7 @@ impl<'a> ServerToClient<'a> {
             processed: 0,
             replacements: Vec::new(),
             arena: Vec::new(),
+            out: Vec::new(),
             draining,
             client_gone: false,
             answered,
@@ -1002,6 +1019,9 @@ impl<'a> ServerToClient<'a> {
         if self.arena.capacity() > 1 << 20 {
             self.arena.shrink_to(128 * 1024);
         }
+        if self.out.capacity() > 1 << 20 {
+            self.out = Vec::new();
+        }
         self.bytes += self.processed as u64;
         self.buf.advance(self.processed);
         self.processed = 0;
@@ -1009,26 +1029,15 @@ impl<'a> ServerToClient<'a> {
         Ok(())
     }
 
-    async fn write_processed<W: AsyncWrite + Unpin>(&self, client: &mut W) -> io::Result<()> {
-        if self.replacements.len() > 1 {
-            // Many rewritten messages (masked rows): one write, not two per message.
-            let mut out = Vec::with_capacity(self.processed + self.arena.len());
-            let mut flushed = 0;
-            for (start, end, bytes) in &self.replacements {
-                out.extend_from_slice(&self.buf[flushed..*start]);
-                out.extend_from_slice(&self.arena[bytes.clone()]);
-                flushed = *end;
-            }
-            out.extend_from_slice(&self.buf[flushed..self.processed]);
-            return client.write_all(&out).await;
+    /// One write, rewritten messages (masked rows) included: each write to a socket is a
+    /// segment and may wake the client, so the pieces around a replacement are never written
+    /// apart.
+    async fn write_processed<W: AsyncWrite + Unpin>(&mut self, client: &mut W) -> io::Result<()> {
+        if self.replacements.is_empty() {
+            return client.write_all(&self.buf[..self.processed]).await;
         }
-        let mut flushed = 0;
-        for (start, end, bytes) in &self.replacements {
-            client.write_all(&self.buf[flushed..*start]).await?;
-            client.write_all(&self.arena[bytes.clone()]).await?;
-            flushed = *end;
-        }
-        client.write_all(&self.buf[flushed..self.processed]).await
+        splice(&self.buf[..self.processed], &self.replacements, &self.arena, &mut self.out);
+        client.write_all(&self.out).await
     }
 
     /// Feeds every complete message in `buf` to the state machine and the hooks.
@@ -1658,5 +1667,27 @@ impl ResultFilter for PassAll {
 
     fn rewrite(&self, _index: usize, _value: &[u8], _out: &mut Vec<u8>) -> Rewrite {
         Rewrite::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice;
+
+    #[test]
+    fn replaced_messages_are_spliced_into_one_buffer_in_place() {
+        let bytes = b"aaBBBccDDee";
+        let arena = b"xyZ";
+        let mut out = b"stale".to_vec();
+        // A replacement at the start, one in the middle, none at the end.
+        splice(bytes, &[(0, 2, 0..1), (2, 5, 1..3)], arena, &mut out);
+        assert_eq!(out, b"xyZccDDee");
+        splice(bytes, &[(7, 9, 2..3)], arena, &mut out);
+        assert_eq!(out, b"aaBBBccZee");
+        // One that ends the bytes; an empty replacement drops the message.
+        splice(bytes, &[(5, 7, 0..0), (9, 11, 0..2)], arena, &mut out);
+        assert_eq!(out, b"aaBBBDDxy");
+        splice(bytes, &[], arena, &mut out);
+        assert_eq!(out, bytes);
     }
 }
