@@ -223,3 +223,30 @@ async fn results_are_stopped_at_their_volume_limit_by_every_path_and_the_server_
     });
     assert!(refused["verdict"]["reason"].as_str().is_some_and(|r| r.contains("refused until")), "{refused}");
 }
+
+/// A statement stopped at its limit is cancelled when what was read does not hold its end, yet
+/// the server may have finished it already (its last rows and its end still on the way): the
+/// cancel then lands after it. The client learns of the stop at once and may send its next
+/// statement before ReadyForQuery (tokio-postgres does): that statement waits until the server
+/// has taken the cancel, which therefore never hits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statement_sent_right_after_a_stop_is_not_hit_by_the_stopped_statements_cancel() {
+    let pg = Postgres::start();
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: ten}\nspec:\n  \
+                  selector: {}\n  rules:\n    - {name: ten-rows, match: {class: [read]}, limit: {rows: 10}}\n";
+    let _agent = Agent::start_with_policies(
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("ten.yaml", policy)],
+    );
+    let client = pg_connect(pg.port).await;
+    // Rows of varied sizes: the eleventh (the one stopped) falls at various places in the
+    // proxy's reads, and the whole result fits in the sockets' buffers (the server is done).
+    for round in 0..24 {
+        let size = 9_000 + round * 1_700;
+        let (rows, ended) =
+            simple_rows(&client, &format!("select repeat('x', {size}) from generate_series(1, 11)")).await;
+        assert_stopped(&format!("round {round}"), rows, ended, "ten-rows", 10);
+        let next = client.simple_query("select pg_sleep(0.05)").await;
+        assert!(next.is_ok(), "round {round}: the next statement was hit: {next:?}");
+    }
+}

@@ -109,10 +109,10 @@ pub(super) fn cancel_packet(pid: i32, key: &[u8]) -> Vec<u8> {
 }
 
 /// Cancels what the session's backend (`pid`, `key`) runs, from a task of its own: the
-/// receiver hears when the server has taken the request (it closed the connection), or that
+/// receivers see `true` once the server has taken the request (it closed the connection), or
 /// sending it failed (logged).
-pub(super) fn cancel_in_background(ctx: &SessionContext, pid: i32, key: &[u8]) -> tokio::sync::oneshot::Receiver<()> {
-    let (done, heard) = tokio::sync::oneshot::channel();
+pub(super) fn cancel_in_background(ctx: &SessionContext, pid: i32, key: &[u8]) -> tokio::sync::watch::Receiver<bool> {
+    let (done, heard) = tokio::sync::watch::channel(false);
     let packet = cancel_packet(pid, key);
     let key = key.to_vec();
     let ctx = SessionContext {
@@ -130,7 +130,7 @@ pub(super) fn cancel_in_background(ctx: &SessionContext, pid: i32, key: &[u8]) -
         if let Err(e) = forward_cancel(&ctx, &packet, pid, &key, false).await {
             tracing::warn!(database = %ctx.database.name, error = %e, "cancelling a statement stopped at a volume limit failed");
         }
-        let _ = done.send(());
+        let _ = done.send(true);
     });
     heard
 }

@@ -58,12 +58,14 @@ pub enum Incoming<'a> {
 ///   they wait for that too, and are judged as the statements of a ready session (sent while
 ///   the server asks for a password, they are the client's answer, as the server reads them);
 /// - behind a statement that may begin a COPY FROM STDIN, until the server shows whether it
-///   does (`ProtocolState::copy_may_begin`).
+///   does (`ProtocolState::copy_may_begin`);
+/// - while a statement stopped at a volume limit is being cancelled, until the server has taken
+///   the cancel (`ProtocolState::cancel_outstanding`): else it may cancel what comes next.
 pub fn waits(st: &ProtocolState, tag: u8) -> bool {
     match st.phase {
         Phase::Starting => true,
         Phase::Authenticating => !st.auth_asked && tag != b'p',
-        Phase::Ready => st.copy_may_begin(),
+        Phase::Ready => st.copy_may_begin() || st.cancel_outstanding.as_ref().is_some_and(|taken| !*taken.borrow()),
         Phase::Terminating => false,
     }
 }
@@ -237,6 +239,14 @@ mod tests {
         assert!(!waits(&starting, b'Q'), "asked for a password: what comes is the answer");
         starting.on_frontend(&Frontend::AuthResponse(b"pw\0"), None).unwrap();
         assert!(waits(&starting, b'Q'), "after its answer, the next message waits again");
+        // While a stopped statement's cancel is on its way, until the server has taken it.
+        let mut stopped = ready();
+        assert!(!waits(&stopped, b'Q'));
+        let (taken, outstanding) = tokio::sync::watch::channel(false);
+        stopped.cancel_outstanding = Some(outstanding);
+        assert!(waits(&stopped, b'Q') && waits(&stopped, b'S'), "held until the cancel is taken");
+        taken.send(true).unwrap();
+        assert!(!waits(&stopped, b'Q'), "taken: the client's messages go on");
         // The server closes without a word on a length it will not read.
         assert!(matches!(next(b"Q\0\0\0\x02", max, &st), Err(ProtocolError::ClientFraming(_))));
         assert!(matches!(next(b"S\0\0\x27\x15", max, &st), Err(ProtocolError::ClientFraming(_))));

@@ -451,12 +451,16 @@ impl ClientToServer<'_> {
             let answered = self.moved_on.notify.notified();
             // Before the check below: an answer processed after it is then signalled.
             self.moved_on.waiting.store(true, Ordering::SeqCst);
-            let (waits, copy) = match buf.first() {
+            let (waits, copy, mut cancel) = match buf.first() {
                 Some(&tag) => {
                     let st = self.lock();
-                    (incoming::waits(&st, tag), st.phase == Phase::Ready)
+                    (
+                        incoming::waits(&st, tag),
+                        st.phase == Phase::Ready && st.copy_may_begin(),
+                        st.cancel_outstanding.clone(),
+                    )
                 }
-                None => (false, false),
+                None => (false, false, None),
             };
             if !waits {
                 self.moved_on.waiting.store(false, Ordering::SeqCst);
@@ -473,8 +477,17 @@ impl ClientToServer<'_> {
             if read_on {
                 self.held_input.reserve(16 * 1024);
             }
+            // A stopped statement's cancel, taken before its ReadyForQuery (the client may hold
+            // a Sync back until it has seen the end of an Execute).
+            let taken = async {
+                match &mut cancel {
+                    Some(taken) => drop(taken.wait_for(|taken| *taken).await),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = answered => {}
+                () = taken => {}
                 read = client.read_buf(&mut self.held_input), if read_on => match read {
                     // Its end of stream is met again by the pump's next read, after what it sent.
                     Ok(0) => client_ended = true,
@@ -900,7 +913,7 @@ struct ServerToClient<'a> {
     /// still to drop.
     dropping: usize,
     /// A stopped statement's cancel, to be taken by the server before its ReadyForQuery is sent.
-    cancel_wait: Option<tokio::sync::oneshot::Receiver<()>>,
+    cancel_wait: Option<tokio::sync::watch::Receiver<bool>>,
     /// `buf[..processed]` went through the state machine but is not yet written to the client.
     processed: usize,
     /// Messages to send in place of others: (start, end, bytes) within `buf[..processed]`.
@@ -982,9 +995,12 @@ impl<'a> ServerToClient<'a> {
         loop {
             // What an interrupted pump had processed is written first.
             self.flush(client).await?;
-            if let Some(heard) = self.cancel_wait.take() {
+            if let Some(mut heard) = self.cancel_wait.take() {
                 // A stopped statement's ReadyForQuery waits until the server took its cancel.
-                let _ = tokio::time::timeout(CANCEL_WAIT, heard).await;
+                let _ = tokio::time::timeout(CANCEL_WAIT, heard.wait_for(|taken| *taken)).await;
+                // Taken (or given up on): what the client sent meanwhile goes on (`process`
+                // wakes the client side).
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).cancel_outstanding = None;
                 self.process()?;
                 continue;
             }
@@ -1219,7 +1235,10 @@ impl ServerToClient<'_> {
                 return Ok(Limited::Relay);
             }
             match self.obs.admit(st, (total - 5) as u64) {
-                Some(cut) => self.stop(st, cut, pos),
+                Some(cut) => {
+                    self.stop(st, cut, pos);
+                    st.cancel_outstanding = self.obs.stopping.as_ref().and_then(|s| s.cancel.clone());
+                }
                 None => {
                     self.obs.admitted = Some(at);
                     return Ok(Limited::Relay);
@@ -1350,7 +1369,7 @@ struct Stopping {
     /// The hooks were told.
     recorded: bool,
     /// The cancel's progress (none: no cancel key, or taken).
-    cancel: Option<tokio::sync::oneshot::Receiver<()>>,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A result's volume limit as the relay counts against it: what it may still send (asked of

@@ -385,6 +385,10 @@ pub struct ProtocolState {
     pub copy: Copy,
     /// The server asked the client to authenticate (what the client sends now is its answer).
     pub auth_asked: bool,
+    /// A statement stopped at a volume limit is being cancelled (true once the server has
+    /// taken the cancel): what the client sends next waits until then, as the cancel could
+    /// otherwise land on it.
+    pub cancel_outstanding: Option<tokio::sync::watch::Receiver<bool>>,
     statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
     portals: HashMap<Vec<u8>, Portal>,
@@ -451,6 +455,7 @@ impl ProtocolState {
             tx_status: b'I',
             copy: Copy::None,
             auth_asked: false,
+            cancel_outstanding: None,
             statements: HashMap::new(),
             portals: HashMap::new(),
             sql_cursors: false,
