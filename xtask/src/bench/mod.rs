@@ -79,7 +79,26 @@ fn context_switches(pid: u32) -> (u64, u64) {
     total
 }
 
-/// 200 sessions of one identity each holding a statement for approval, against none, while an
+/// Runs `f` while sampling `pid`'s resident memory every 100 ms: its result, and the peak (KiB).
+fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, f64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let peak = AtomicU64::new(connect::rss_kib(pid) as u64);
+    let done = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(connect::rss_kib(pid) as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let result = f();
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    (result, peak.load(Ordering::Relaxed) as f64)
+}
+
+/// 200 sessions of two identities each holding a statement for approval, against none, while an
 /// unrelated identity runs pgbench (select-only, prepared): held sessions must cost others
 /// nothing.
 fn held_sessions(warden: &Path, secs: &str) -> Result<()> {
@@ -105,12 +124,14 @@ fn held_sessions(warden: &Path, secs: &str) -> Result<()> {
     for _ in 0..3 {
         idle.push(pgbench("127.0.0.1", pg.port, &select)?.tps);
         let mut clients = Vec::new();
-        for _ in 0..HELD {
+        // Over two identities: one may hold at most `approval::MAX_PENDING_PER_IDENTITY` (100).
+        for i in 0..HELD {
+            let identity = format!("warden/identity=bench-held-{}", i % 2);
             let argv = testkit::psql_argv("127.0.0.1", pg.port, "delete from pgbench_history where aid = -1");
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             clients.push(
                 agent
-                    .exec(&["warden/kind=agent", "warden/identity=bench-held"], &argv)
+                    .exec(&["warden/kind=agent", &identity], &argv)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -195,7 +216,9 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
     let db = format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
     let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: pii}\nspec:\n  \
                   selector: {}\n  rules:\n    - {name: emails, match: {columns: [\"*.pii.email\"]}, mask: token}\n";
-    let (mut direct, mut plain, mut masked, mut peak) = (Vec::new(), Vec::new(), Vec::new(), 0.0f64);
+    let (mut direct, mut plain, mut masked) = (Vec::new(), Vec::new(), Vec::new());
+    // The agent's resident memory before a masked run and at its peak during it (KiB).
+    let mut memory = Vec::new();
     // Alternate, three rounds, to spread this machine's drift over every side.
     for _ in 0..3 {
         direct.push(pgbench("::1", pg.port, &args)?.tps);
@@ -203,10 +226,12 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
             let files: Vec<(&str, &str)> = if masks { vec![("pii.yaml", policy)] } else { Vec::new() };
             let agent = Agent::start_with_bin_policies(warden, &db, &files);
             let pid = agent.pid().context("agent pid")?;
-            let run = pgbench("127.0.0.1", pg.port, &args)?;
+            let before = connect::rss_kib(pid);
+            let (run, peak) = peak_rss_during(pid, || pgbench("127.0.0.1", pg.port, &args));
+            let run = run?;
             if masks {
                 masked.push(run.tps);
-                peak = peak.max(connect::status_kib(pid, "VmHWM") / 1024.0);
+                memory.push((before, peak));
             } else {
                 plain.push(run.tps);
             }
@@ -215,14 +240,17 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (d, p, m) = (mean(&direct), mean(&plain), mean(&masked));
+    let (before, peak) = memory.iter().fold((0.0f64, 0.0f64), |(b, p), (x, y)| (b.max(*x), p.max(*y)));
     println!(
         "1,000,000-row result, 3 columns, one masked (token): direct {d:.3} tps, Warden unmasked {p:.3} tps \
          ({:.3}x direct), Warden masked {m:.3} tps ({:.3}x direct, {:.3}x unmasked: masking costs {:.1}%; target \
-         under 20%); agent peak RSS while masking {peak:.1} MiB",
+         under 20%); agent RSS {:.1} MiB before a masked run, {:.1} MiB at its peak during it",
         p / d,
         m / d,
         m / p,
-        (1.0 - m / p) * 100.0
+        (1.0 - m / p) * 100.0,
+        before / 1024.0,
+        peak / 1024.0
     );
     let _ = fs::remove_dir_all(&dir);
     Ok(())
@@ -407,23 +435,11 @@ fn scale(warden: &Path, secs: &str) -> Result<()> {
             if round == 0 && idle > 10 {
                 per_idle = (opened - before) / idle as f64;
             }
-            let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let sampler = {
-                let (peak, done) = (peak.clone(), done.clone());
-                std::thread::spawn(move || {
-                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        peak.fetch_max(connect::rss_kib(pid) as u64, std::sync::atomic::Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                })
-            };
-            let run = pgbench("127.0.0.1", pg.port, &args)?;
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = sampler.join();
+            let (run, peak) = peak_rss_during(pid, || pgbench("127.0.0.1", pg.port, &args));
+            let run = run?;
             if idle > 10 {
                 many.push(run.tps);
-                per_active.push((peak.load(std::sync::atomic::Ordering::Relaxed) as f64 - opened) / ACTIVE as f64);
+                per_active.push((peak - opened) / ACTIVE as f64);
             } else {
                 few.push(run.tps);
             }
