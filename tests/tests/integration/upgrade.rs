@@ -326,23 +326,22 @@ fn kill_9_under_load(keeper: bool) -> Vec<Duration> {
     let killed = agent.serving_pid().expect("an agent serves");
     // kill(2) returns before the agent is gone: until its threads have exited, one may still take
     // a connection and die with it. The kill counts from when it is gone (its files closed).
-    let mut killed_at = Instant::now();
-    let serving_at = if keeper {
+    let (killed_at, serving_at) = if keeper {
         // The agent, not its keeper: the keeper starts the next one with the sockets it kept.
         // SAFETY: plain kill(2).
         unsafe { libc::kill(killed as i32, libc::SIGKILL) };
-        killed_at = gone_at(killed);
+        let killed_at = gone_at(killed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while agent.serving_pid() == Some(killed) {
             assert!(Instant::now() < deadline, "the keeper started no agent:\n{}", agent.log());
             std::thread::sleep(Duration::from_millis(5));
         }
-        Instant::now()
+        (killed_at, Instant::now())
     } else {
         agent.kill9(); // returns once the agent is reaped
-        killed_at = Instant::now();
+        let killed_at = Instant::now();
         agent.spawn();
-        Instant::now()
+        (killed_at, Instant::now())
     };
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

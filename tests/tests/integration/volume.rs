@@ -249,4 +249,34 @@ async fn the_statement_sent_right_after_a_stop_is_not_hit_by_the_stopped_stateme
         let next = client.simple_query("select pg_sleep(0.05)").await;
         assert!(next.is_ok(), "round {round}: the next statement was hit: {next:?}");
     }
+
+    // The extended protocol with the Sync held back until the Execute's end is seen (as a client
+    // may): the Sync goes once the cancel is taken, not after a ReadyForQuery only it can bring.
+    let addr = format!("127.0.0.1:{}", pg.port);
+    let answers = tokio::task::spawn_blocking(move || {
+        use testkit::raw::{Raw, bind, errors, execute, message, parse, query};
+        let mut raw = Raw::login(&addr);
+        (0..8)
+            .map(|round| {
+                let sql = format!("select repeat('x', {}) from generate_series(1, 11)", 9_000 + round * 5_100);
+                let started = Instant::now();
+                raw.send(&[parse("", &sql), bind("", "", &[]), execute(""), message(b'H', b"")].concat());
+                let mut seen = Vec::new();
+                while !matches!(seen.last(), Some((b'E' | 0, _))) {
+                    seen.push(raw.message());
+                }
+                raw.send(&message(b'S', b""));
+                seen.extend(raw.until_ready());
+                raw.send(&query("select pg_sleep(0.05)"));
+                let next = errors(&raw.until_ready());
+                (seen.iter().filter(|m| m.0 == b'D').count(), errors(&seen), next, started.elapsed())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("raw session");
+    for (round, (rows, stopped, next, took)) in answers.into_iter().enumerate() {
+        assert_eq!((rows, stopped, next), (10, vec!["54000".to_string()], vec![]), "round {round}");
+        assert!(took < Duration::from_secs(3), "round {round}: the held Sync waited {took:?}");
+    }
 }

@@ -65,7 +65,7 @@ pub fn waits(st: &ProtocolState, tag: u8) -> bool {
     match st.phase {
         Phase::Starting => true,
         Phase::Authenticating => !st.auth_asked && tag != b'p',
-        Phase::Ready => st.copy_may_begin() || st.cancel_outstanding.as_ref().is_some_and(|taken| !*taken.borrow()),
+        Phase::Ready => st.copy_may_begin() || st.cancel_outstanding.as_ref().is_some_and(|c| c.holds()),
         Phase::Terminating => false,
     }
 }
@@ -242,11 +242,24 @@ mod tests {
         // While a stopped statement's cancel is on its way, until the server has taken it.
         let mut stopped = ready();
         assert!(!waits(&stopped, b'Q'));
+        let later = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         let (taken, outstanding) = tokio::sync::watch::channel(false);
-        stopped.cancel_outstanding = Some(outstanding);
+        stopped.cancel_outstanding =
+            Some(crate::proxy::postgres::state::CancelOutstanding { taken: outstanding, deadline: later });
         assert!(waits(&stopped, b'Q') && waits(&stopped, b'S'), "held until the cancel is taken");
         taken.send(true).unwrap();
         assert!(!waits(&stopped, b'Q'), "taken: the client's messages go on");
+        // Nor when the cancel's task is gone without a word, or past the deadline.
+        let (gone, outstanding) = tokio::sync::watch::channel(false);
+        stopped.cancel_outstanding =
+            Some(crate::proxy::postgres::state::CancelOutstanding { taken: outstanding, deadline: later });
+        drop(gone);
+        assert!(!waits(&stopped, b'Q'), "its sender gone");
+        let (_pending, outstanding) = tokio::sync::watch::channel(false);
+        let past = tokio::time::Instant::now() - std::time::Duration::from_millis(1);
+        stopped.cancel_outstanding =
+            Some(crate::proxy::postgres::state::CancelOutstanding { taken: outstanding, deadline: past });
+        assert!(!waits(&stopped, b'Q'), "past the deadline");
         // The server closes without a word on a length it will not read.
         assert!(matches!(next(b"Q\0\0\0\x02", max, &st), Err(ProtocolError::ClientFraming(_))));
         assert!(matches!(next(b"S\0\0\x27\x15", max, &st), Err(ProtocolError::ClientFraming(_))));

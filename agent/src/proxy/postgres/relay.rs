@@ -481,7 +481,7 @@ impl ClientToServer<'_> {
             // a Sync back until it has seen the end of an Execute).
             let taken = async {
                 match &mut cancel {
-                    Some(taken) => drop(taken.wait_for(|taken| *taken).await),
+                    Some(cancel) => cancel.released().await,
                     None => std::future::pending().await,
                 }
             };
@@ -1237,7 +1237,9 @@ impl ServerToClient<'_> {
             match self.obs.admit(st, (total - 5) as u64) {
                 Some(cut) => {
                     self.stop(st, cut, pos);
-                    st.cancel_outstanding = self.obs.stopping.as_ref().and_then(|s| s.cancel.clone());
+                    st.cancel_outstanding = self.obs.stopping.as_ref().and_then(|s| s.cancel.clone()).map(|taken| {
+                        state::CancelOutstanding { taken, deadline: tokio::time::Instant::now() + CANCEL_WAIT }
+                    });
                 }
                 None => {
                     self.obs.admitted = Some(at);

@@ -376,6 +376,26 @@ pub struct Prepared {
 use crate::session::Judgement;
 pub use crate::session::Lexing;
 
+/// A stopped statement's cancel on its way to the server.
+#[derive(Debug, Clone)]
+pub struct CancelOutstanding {
+    pub taken: tokio::sync::watch::Receiver<bool>,
+    /// The client's messages wait no longer than this.
+    pub deadline: tokio::time::Instant,
+}
+
+impl CancelOutstanding {
+    /// Whether the client's messages still wait for it.
+    pub fn holds(&self) -> bool {
+        !*self.taken.borrow() && self.taken.has_changed().is_ok() && tokio::time::Instant::now() < self.deadline
+    }
+
+    /// Until it no longer holds (taken, its sender gone, or the deadline passed).
+    pub async fn released(&mut self) {
+        let _ = tokio::time::timeout_at(self.deadline, self.taken.wait_for(|taken| *taken)).await;
+    }
+}
+
 /// The session's protocol state.
 #[derive(Debug)]
 pub struct ProtocolState {
@@ -385,10 +405,10 @@ pub struct ProtocolState {
     pub copy: Copy,
     /// The server asked the client to authenticate (what the client sends now is its answer).
     pub auth_asked: bool,
-    /// A statement stopped at a volume limit is being cancelled (true once the server has
-    /// taken the cancel): what the client sends next waits until then, as the cancel could
-    /// otherwise land on it.
-    pub cancel_outstanding: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A statement stopped at a volume limit is being cancelled: what the client sends next
+    /// waits until the server has taken the cancel (the receiver sees true, or its sender is
+    /// gone), which could otherwise land on it, or until the deadline.
+    pub cancel_outstanding: Option<CancelOutstanding>,
     statements: HashMap<Vec<u8>, Prepared>,
     /// Portal name -> the SQL it runs.
     portals: HashMap<Vec<u8>, Portal>,
