@@ -1,9 +1,10 @@
 //! Test harness for root-only integration tests (and `cargo xtask demo` / `bench`): a throwaway
-//! PostgreSQL, the real `warden` agent with its real kernel programs, and network namespaces
-//! standing in for pods. Everything it creates is removed on drop, also when a test panics.
+//! PostgreSQL (and MariaDB, `mariadb`), the real `warden` agent with its real kernel programs, and
+//! network namespaces standing in for pods. Everything it creates is removed on drop, also when a test panics.
 
 pub mod fidelity;
 pub mod kubeapi;
+pub mod mariadb;
 pub mod raw;
 
 use std::{

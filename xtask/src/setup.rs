@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    os::unix::fs::symlink,
+    os::unix::fs::{PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -20,6 +20,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PSYCOPG: &str = "psycopg[binary]==3.3.9";
 /// Where Debian's pgjdbc package puts the driver.
 pub const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+/// The MySQL-protocol Python drivers for the MariaDB driver tests (tests/drivers/mysql_check.py),
+/// as (import name, version it reports, pip requirement). PyMySQL's `ed25519` extra brings PyNaCl
+/// for MariaDB's ed25519 authentication; mysqlclient is built against Debian's libmariadb-dev.
+const MYSQL_PY_DRIVERS: [(&str, &str, &str); 3] = [
+    ("pymysql", "pymysql.VERSION_STRING", "PyMySQL[ed25519]==1.1.1"),
+    ("MySQLdb", "MySQLdb.release.__version__", "mysqlclient==2.2.7"),
+    ("mysql.connector", "mysql.connector.__version__", "mysql-connector-python==9.1.0"),
+];
+/// Where Debian's MariaDB server package puts the server (not on a non-root PATH).
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+/// Debian's policy hook for service starts from maintainer scripts (exit 101: deny).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// What building the agent needs: the nightly toolchain's rust-src and bpf-linker.
 pub fn build_tools() -> Result<()> {
@@ -123,6 +135,12 @@ fn debian_packages() -> Result<()> {
     if !have_postgres_server() {
         missing.extend(["postgresql", "postgresql-contrib"]);
     }
+    // MariaDB 10.11 for the MySQL-protocol tests: the harness starts its own throwaway servers,
+    // so the package's own service must not be started (see `install`).
+    let mariadb_server = !Path::new(MARIADBD).exists() || !on_path("mariadb-install-db");
+    if mariadb_server {
+        missing.push("mariadb-server");
+    }
     for (binary, package) in [
         ("psql", "postgresql-client"),
         ("pgbench", "postgresql-contrib"),
@@ -132,6 +150,12 @@ fn debian_packages() -> Result<()> {
         ("openssl", "openssl"),
         // The Kubernetes tests stand in for kube-proxy's DNAT with an nftables table.
         ("nft", "nftables"),
+        ("mariadb", "mariadb-client"),
+        // For the MySQL-protocol bench.
+        ("sysbench", "sysbench"),
+        // mysqlclient (MySQLdb) is built from source by pip, against libmariadb.
+        ("mariadb_config", "libmariadb-dev"),
+        ("pkg-config", "pkg-config"),
     ] {
         if !on_path(binary) && !missing.contains(&package) {
             missing.push(package);
@@ -153,22 +177,61 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
+    if mariadb_server { without_service_starts(install, &missing) } else { install(&missing) }
+}
+
+fn install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Installs with the packages' services kept from starting: a policy-rc.d that denies every
+/// start for the duration (when the machine has none of its own), and under systemd the
+/// package's MariaDB service stopped and disabled afterwards (tests start their own servers, and
+/// one listening on 3306 would be a governed endpoint nobody asked for).
+fn without_service_starts(install: fn(&[&str]) -> Result<()>, packages: &[&str]) -> Result<()> {
+    let policy = Path::new(POLICY_RC_D);
+    let ours = !policy.exists();
+    if ours {
+        fs::write(policy, "#!/bin/sh\n# cargo xtask setup: no service starts while installing.\nexit 101\n")?;
+        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = install(packages);
+    if ours {
+        fs::remove_file(policy).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    }
+    installed?;
+    if Path::new("/run/systemd/system").exists() {
+        eprintln!("setup: stopping and disabling the mariadb service the package installed");
+        run(Command::new("systemctl").args(["disable", "--now", "--quiet", "mariadb.service"]))?;
+    }
+    Ok(())
+}
+
 fn python_drivers() -> Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import psycopg, sys; sys.exit(0 if psycopg.__version__ == '3.3.9' else 1)"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if present {
+    let mut missing = Vec::new();
+    if !python_has("psycopg", "psycopg.__version__", "3.3.9") {
+        missing.push(PSYCOPG);
+    }
+    for (module, version_expr, requirement) in MYSQL_PY_DRIVERS {
+        let version = requirement.rsplit_once("==").map_or("", |(_, v)| v);
+        if !python_has(module, version_expr, version) {
+            missing.push(requirement);
+        }
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing {PSYCOPG} from PyPI");
-    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", PSYCOPG]))
+    eprintln!("setup: installing {} from PyPI", missing.join(" "));
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
+}
+
+/// Whether `python3` imports `module` and `version_expr` evaluates to `version`.
+fn python_has(module: &str, version_expr: &str, version: &str) -> bool {
+    let check = format!("import sys, {module}; sys.exit(0 if str({version_expr}) == {version:?} else 1)");
+    Command::new("python3").args(["-c", &check]).output().is_ok_and(|o| o.status.success())
 }
 
 fn on_path(binary: &str) -> bool {
