@@ -21,7 +21,7 @@ use crate::{
         Decision, Judgement, Parameters, PartJudgement, QueryProtocol, Running, SqlState,
         hooks::{SessionHooks, StatementInfo, Verdict as HookVerdict},
     },
-    sql::{Described, DescriptionCache, LexOptions, split_statements_with, sqlcommenter_tags},
+    sql::{Described, DescriptionCache, split_statements_with, sqlcommenter_tags},
 };
 
 /// At most this many bind parameters are recorded, each cut to `MAX_PARAM_BYTES`.
@@ -384,7 +384,7 @@ impl SessionHooks for SessionAudit {
         // With audit.required every statement of the message must find room: a string of many
         // statements is measured, not just one slot checked.
         let records = if self.shared.log.required() && statement.protocol == QueryProtocol::Simple {
-            let options = LexOptions { standard_conforming_strings: statement.lexing.standard_conforming_strings };
+            let options = statement.lexing.options();
             2 * split_statements_with(statement.sql, options).len().clamp(1, MAX_PARTS) + 2
         } else {
             2

@@ -28,14 +28,18 @@ pub struct DescribedPart {
 
 /// Describes each statement of a (simple-query, when `simple`) string.
 pub fn describe_parts(cache: &DescriptionCache, sql: &str, lexing: Lexing, simple: bool) -> Vec<DescribedPart> {
-    let options = LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+    let options = lexing.options();
     if !lexing.ascii_safe {
         // A quote or backslash byte may be the second half of a character: the text cannot
         // be split or normalised from its bytes (the wrong reading could hide a statement or
         // leak literals).
         return vec![ambiguous(sql, "the client encoding lets quote bytes hide inside characters")];
     }
-    if !lexing.settled && sql.contains('\\') && lexes_both_ways_differently(sql, simple) {
+    if options.dialect.is_mysql() {
+        if let Some(reason) = mysql_ambiguity(sql, lexing, simple) {
+            return vec![ambiguous(sql, reason)];
+        }
+    } else if !lexing.settled && sql.contains('\\') && lexes_both_ways_differently(sql, simple) {
         // A SET of standard_conforming_strings may be ahead of it in the pipeline, and the
         // text means something else under each setting: neither reading can be trusted.
         return vec![ambiguous(
@@ -78,10 +82,55 @@ fn offset(whole: &str, part: &str) -> usize {
 
 /// Whether `sql` splits or normalises differently with `standard_conforming_strings` on and off.
 pub fn lexes_both_ways_differently(sql: &str, simple: bool) -> bool {
-    let on = LexOptions { standard_conforming_strings: true };
-    let off = LexOptions { standard_conforming_strings: false };
+    let on = LexOptions::postgres(true);
+    let off = LexOptions::postgres(false);
     (simple && split_statements_with(sql, on) != split_statements_with(sql, off))
         || normalise_with_options(sql, on) != normalise_with_options(sql, off)
+}
+
+/// Why a MySQL text cannot be read with confidence, if so:
+/// - an executable comment that only some server versions run changes how it splits or what
+///   its literals are;
+/// - its `sql_mode` (ANSI_QUOTES, NO_BACKSLASH_ESCAPES) may change before it runs (not
+///   settled), or is changed by one of its own statements before a later one (the server
+///   lexes each statement of a string only when it reaches it), and the text reads otherwise
+///   under another mode;
+/// - its character set may change by one of its own statements (`SET NAMES`), and the rest is
+///   not ASCII.
+pub fn mysql_ambiguity(sql: &str, lexing: Lexing, simple: bool) -> Option<&'static str> {
+    let options = lexing.options();
+    if crate::sql::mysql_version_dependent(sql, options) {
+        return Some("an executable comment that only some server versions run changes how the text reads");
+    }
+    let modes = [(false, false), (false, true), (true, false), (true, true)].map(|(a, n)| LexOptions::mysql(a, n));
+    let differs = || {
+        modes.iter().any(|m| {
+            (simple && split_statements_with(sql, *m) != split_statements_with(sql, options))
+                || normalise_with_options(sql, *m) != normalise_with_options(sql, options)
+        })
+    };
+    let parts = if simple { split_statements_with(sql, options) } else { vec![sql] };
+    let before_last = parts.len().saturating_sub(1);
+    let mentions = |words: &[&str]| {
+        parts[..before_last].iter().any(|part| {
+            Lexer::new(part, options).any(|t| {
+                matches!(t.kind, TokenKind::Identifier | TokenKind::Variable | TokenKind::QuotedIdentifier { .. })
+                    && words.iter().any(|w| part[t.range()].to_ascii_lowercase().trim_start_matches('@').ends_with(w))
+            })
+        })
+    };
+    if !lexing.settled && differs() {
+        return Some("sql_mode may change before it runs, and the text reads differently under another mode");
+    }
+    // EXECUTE and CALL may set sql_mode too; an executable comment can hide any of these words
+    // only as code, which the lexer reads as tokens.
+    if before_last > 0 && mentions(&["sql_mode", "execute", "call"]) && differs() {
+        return Some("a statement of the text may change sql_mode before a later one that reads differently under it");
+    }
+    if before_last > 0 && !sql.is_ascii() && mentions(&["names", "character", "charset", "character_set_client"]) {
+        return Some("a statement of the text may change the character set before later non-ASCII ones");
+    }
+    None
 }
 
 /// A text whose reading is ambiguous: class unknown, no text kept.
@@ -146,7 +195,12 @@ mod tests {
     use super::*;
 
     fn lexing() -> Lexing {
-        Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true }
+        Lexing {
+            standard_conforming_strings: true,
+            dialect: crate::session::Dialect::Postgres,
+            settled: true,
+            ascii_safe: true,
+        }
     }
 
     #[test]

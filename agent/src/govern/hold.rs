@@ -91,7 +91,7 @@ impl SessionGovern {
         if !info.text_known || info.sql.is_empty() {
             once_because = Some("the text that runs is not known".to_string());
         }
-        let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+        let options = info.lexing.options();
         // A PREPARE earlier in the same message is what a later EXECUTE of it runs (as judged).
         let mut prepared_here: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         let mut shown_parts = Vec::with_capacity(judgement.parts.len());
@@ -132,8 +132,7 @@ impl SessionGovern {
             if let Some(name) = &p.described.analysis.executes {
                 let body = prepared_here.get(name).map(|body| (body.clone(), options)).or_else(|| {
                     (info.prepared)(name).map(|(body, lexing)| {
-                        let options =
-                            crate::sql::LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+                        let options = lexing.options();
                         (body.to_string(), options)
                     })
                 });

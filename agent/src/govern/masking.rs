@@ -15,7 +15,7 @@ use crate::{
         PartJudgement, ResultColumn, Running,
         hooks::{ResultFilter, StatementInfo},
     },
-    sql::{Described, LexOptions},
+    sql::Described,
 };
 
 /// A value and the basis it was made under (policy generation, facts epoch).
@@ -193,20 +193,16 @@ impl SessionGovern {
         }
         let text = match &own.analysis.executes {
             Some(name) => match lookup(name) {
-                Some((body, lexing)) => Arc::from(crate::sql::normalise_for_analysis_with_options(
-                    &body,
-                    LexOptions { standard_conforming_strings: lexing.standard_conforming_strings },
-                )),
+                Some((body, lexing)) => {
+                    Arc::from(crate::sql::normalise_for_analysis_with_options(&body, lexing.options()))
+                }
                 None => {
                     return Err(format!("EXECUTE of prepared statement {name}, which the proxy did not see prepared"));
                 }
             },
             // The part's own description was made from `raw` under the same settings.
             None if !own.parsable.is_empty() => own.parsable.clone(),
-            None => Arc::from(crate::sql::normalise_for_analysis_with_options(
-                raw,
-                LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings },
-            )),
+            None => Arc::from(crate::sql::normalise_for_analysis_with_options(raw, info.lexing.options())),
         };
         context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects, any_schema)
     }

@@ -366,8 +366,7 @@ impl SessionGovern {
                 }) {
                     return Some(parts.to_vec());
                 }
-                let options =
-                    crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+                let options = info.lexing.options();
                 // A prepared statement parsed, bound and executed again is one cache lookup
                 // away: only a text not described yet is held for the blocking pool.
                 if info.sql.len() > DESCRIBE_INLINE_MAX
@@ -409,7 +408,7 @@ impl SessionGovern {
             (Facts::Unavailable(why), _) => CatalogView::Unavailable(why),
             (Facts::NotRead, _) => CatalogView::BuiltinsOnly,
         };
-        let options = crate::sql::LexOptions { standard_conforming_strings: info.lexing.standard_conforming_strings };
+        let options = info.lexing.options();
         let mask_policy = self.mask_policy(&snapshot.set, snapshot.generation, &selection);
         let would_mask_policy = self.would_mask_policy(&snapshot.set, snapshot.generation, &selection);
         let mut declared_would: HashMap<String, Arc<crate::mask::plan::PartMask>> = HashMap::new();
@@ -431,9 +430,7 @@ impl SessionGovern {
                     && let Some(crate::sql::PreparedCommand::Prepare { name, body }) =
                         crate::sql::prepared_statement_command(
                             info.sql.get(part.span.clone()).unwrap_or_default(),
-                            crate::sql::LexOptions {
-                                standard_conforming_strings: info.lexing.standard_conforming_strings,
-                            },
+                            info.lexing.options(),
                         )
                 {
                     prepared_here.insert(name, Arc::from(body));
@@ -1095,8 +1092,7 @@ impl SessionHooks for SessionGovern {
             let masked = self.masking_applies().is_some();
             let would_masked = self.would_masking_applies();
             let mut state = self.lock();
-            let options =
-                crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
+            let options = running.lexing.options();
             for part in &judgement.parts {
                 let analysis = &part.described.analysis;
                 let raw = running.sql.get(part.span.clone()).unwrap_or_default();
@@ -1351,7 +1347,12 @@ mod tests {
             protocol,
             parameters: None,
             function_oid: None,
-            lexing: Lexing { standard_conforming_strings: true, settled: true, ascii_safe: true },
+            lexing: Lexing {
+                standard_conforming_strings: true,
+                dialect: crate::session::Dialect::Postgres,
+                settled: true,
+                ascii_safe: true,
+            },
             step: match protocol {
                 QueryProtocol::Extended => crate::session::hooks::Step::Prepare,
                 _ => crate::session::hooks::Step::Run,

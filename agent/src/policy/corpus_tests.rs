@@ -84,7 +84,7 @@ impl Session {
     }
 
     fn options(&self) -> LexOptions {
-        LexOptions { standard_conforming_strings: self.standard_conforming_strings }
+        LexOptions::postgres(self.standard_conforming_strings)
     }
 }
 

@@ -118,8 +118,7 @@ impl LiveSession {
                 if sql.len() > MAX_NORMALISED_TEXT {
                     return format!("(a statement of {} bytes)", sql.len());
                 }
-                let options =
-                    crate::sql::LexOptions { standard_conforming_strings: lexing.standard_conforming_strings };
+                let options = lexing.options();
                 let mut text = crate::sql::normalise_with_options(sql, options);
                 if text.len() > MAX_LISTED_TEXT {
                     let mut cut = MAX_LISTED_TEXT;

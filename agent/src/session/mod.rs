@@ -13,6 +13,7 @@ pub use statement::{DecodeParameters, Parameters, QueryProtocol, ResultColumn, R
 
 use std::sync::Arc;
 
+pub use crate::sql::Dialect;
 use crate::sql::catalog::Catalog;
 
 /// What the database says of a session when it starts (read by the protocol session on the
@@ -33,14 +34,28 @@ pub struct SessionFacts {
     pub catalog: Arc<Catalog>,
 }
 
-/// How the server lexes a statement's text: `standard_conforming_strings` when it was sent, and
-/// whether that was settled (no statement was outstanding that could have changed it).
+/// How the server lexes a statement's text: its dialect and modes (`standard_conforming_strings`
+/// for PostgreSQL, the `sql_mode` flags for MySQL) when it was sent, and whether they were
+/// settled (no statement was outstanding that could have changed them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lexing {
     pub standard_conforming_strings: bool,
+    /// The server's grammar (PostgreSQL or MySQL) and, for MySQL, its lexical `sql_mode` flags.
+    pub dialect: Dialect,
     pub settled: bool,
     /// False in client encodings whose multibyte characters can contain ASCII bytes (SJIS,
     /// BIG5, GBK, UHC, GB18030, JOHAB): a quote or backslash byte may be half a character, so
     /// the text cannot be lexed from its bytes.
     pub ascii_safe: bool,
+}
+
+impl Lexing {
+    /// The options the statement's text is lexed with.
+    pub fn options(&self) -> crate::sql::LexOptions {
+        crate::sql::LexOptions {
+            standard_conforming_strings: self.standard_conforming_strings,
+            dialect: self.dialect,
+            skip_versioned: false,
+        }
+    }
 }

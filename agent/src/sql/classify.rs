@@ -94,6 +94,9 @@ pub struct Analysis {
     pub lookups: Lookups,
     /// The class reason once every lookup is answered as a read.
     pub lookups_reason: Option<Arc<str>>,
+    /// MySQL `USE db`: the database the session's unqualified names resolve to afterwards
+    /// (as written: database names are case-sensitive on Linux servers).
+    pub use_database: Option<String>,
 }
 
 /// A name the analyser cannot judge without the database's catalog.
@@ -276,14 +279,14 @@ struct Canonical {
 
 /// A significant token: its kind and (canonical) text.
 #[derive(Debug, Clone)]
-struct Word {
-    kind: TokenKind,
-    text: String,
+pub(super) struct Word {
+    pub(super) kind: TokenKind,
+    pub(super) text: String,
 }
 
 impl Word {
     /// Whether it is the unquoted keyword or identifier `kw` (lower case).
-    fn is(&self, kw: &str) -> bool {
+    pub(super) fn is(&self, kw: &str) -> bool {
         self.kind == TokenKind::Identifier && self.text.eq_ignore_ascii_case(kw)
     }
 
@@ -501,27 +504,28 @@ pub(super) fn object_name(name: &ast::ObjectName) -> Option<ObjectName> {
 
 /// Everything found in one statement (or merged over several).
 #[derive(Debug, Default)]
-struct Found {
-    effects: ClassSet,
+pub(super) struct Found {
+    pub(super) effects: ClassSet,
     /// The first reason given for each class, by its position in `Class::ALL`.
-    reasons: [Option<String>; Class::ALL.len()],
-    relations: Vec<ObjectName>,
-    seen_relations: HashSet<ObjectName>,
-    functions: Vec<ObjectName>,
-    seen_functions: HashSet<ObjectName>,
-    unscoped: bool,
-    prepares: Option<String>,
-    executes: Option<String>,
-    declares: Option<String>,
-    fetches: Option<String>,
-    lookups: Vec<Lookup>,
+    pub(super) reasons: [Option<String>; Class::ALL.len()],
+    pub(super) relations: Vec<ObjectName>,
+    pub(super) seen_relations: HashSet<ObjectName>,
+    pub(super) functions: Vec<ObjectName>,
+    pub(super) seen_functions: HashSet<ObjectName>,
+    pub(super) unscoped: bool,
+    pub(super) prepares: Option<String>,
+    pub(super) executes: Option<String>,
+    pub(super) declares: Option<String>,
+    pub(super) fetches: Option<String>,
+    pub(super) lookups: Vec<Lookup>,
     /// Something other than a lookup made it `unknown`.
-    hard_unknown: bool,
+    pub(super) hard_unknown: bool,
+    pub(super) use_database: Option<String>,
 }
 
 impl Found {
     /// An `unknown` the catalog may answer.
-    fn lookup(&mut self, lookup: Lookup, reason: String) {
+    pub(super) fn lookup(&mut self, lookup: Lookup, reason: String) {
         let hard = self.hard_unknown;
         self.add(Class::Unknown, Some(reason));
         self.hard_unknown = hard;
@@ -530,7 +534,7 @@ impl Found {
         }
     }
 
-    fn add(&mut self, class: Class, reason: Option<String>) {
+    pub(super) fn add(&mut self, class: Class, reason: Option<String>) {
         self.effects.insert(class);
         self.hard_unknown |= class == Class::Unknown;
         let slot = &mut self.reasons[class_index(class)];
@@ -539,20 +543,20 @@ impl Found {
         }
     }
 
-    fn relation(&mut self, name: ObjectName) {
+    pub(super) fn relation(&mut self, name: ObjectName) {
         if self.seen_relations.insert(name.clone()) {
             self.relations.push(name);
         }
     }
 
-    fn function(&mut self, name: ObjectName) {
+    pub(super) fn function(&mut self, name: ObjectName) {
         if self.seen_functions.insert(name.clone()) {
             self.functions.push(name);
         }
     }
 
     /// Adds another statement's findings; its session objects only if `objects`.
-    fn merge(&mut self, other: Found, objects: bool) {
+    pub(super) fn merge(&mut self, other: Found, objects: bool) {
         let hard = self.hard_unknown || other.hard_unknown;
         for class in other.effects.iter() {
             self.add(class, other.reasons[class_index(class)].clone());
@@ -572,9 +576,12 @@ impl Found {
             self.declares = self.declares.take().or(other.declares);
             self.fetches = self.fetches.take().or(other.fetches);
         }
+        if other.use_database.is_some() {
+            self.use_database = other.use_database;
+        }
     }
 
-    fn into_analysis(mut self) -> Analysis {
+    pub(super) fn into_analysis(mut self) -> Analysis {
         let class = match self.effects.primary() {
             Some(class) => class,
             None => {
@@ -603,6 +610,7 @@ impl Found {
             fetches: self.fetches,
             lookups: Lookups { pending: Arc::from(self.lookups), only },
             lookups_reason,
+            use_database: self.use_database,
         }
     }
 }
@@ -625,16 +633,16 @@ struct CteScope {
 
 /// What a statement being walked pushed, popped when its walk ends.
 #[derive(Clone, Copy)]
-struct Frame {
-    kind: Kind,
-    muted: bool,
-    explain: bool,
-    runs_explained: bool,
+pub(super) struct Frame {
+    pub(super) kind: Kind,
+    pub(super) muted: bool,
+    pub(super) explain: bool,
+    pub(super) runs_explained: bool,
 }
 
 /// The kind of a statement others nest in, for the reasons of what they nest.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Query,
     Copy,
     Prepare,
@@ -642,8 +650,10 @@ enum Kind {
 }
 
 /// Walks one parsed statement (and everything nested in it).
-struct Walker<'w> {
-    found: Found,
+pub(super) struct Walker<'w> {
+    pub(super) found: Found,
+    /// MySQL: names keep their case, functions are MySQL's, statements MySQL's.
+    pub(super) mysql: bool,
     words: &'w [Word],
     scopes: Vec<CteScope>,
     /// Addresses of table factors that are the targets of INSERT/UPDATE/DELETE/MERGE: real
@@ -665,9 +675,10 @@ fn addr<T>(r: &T) -> usize {
 }
 
 impl<'w> Walker<'w> {
-    fn new(words: &'w [Word]) -> Self {
+    pub(super) fn new(words: &'w [Word]) -> Self {
         Walker {
             found: Found::default(),
+            mysql: false,
             words,
             scopes: Vec::new(),
             targets: HashSet::new(),
@@ -680,7 +691,7 @@ impl<'w> Walker<'w> {
     }
 
     /// An effect of what runs (nothing inside a plain EXPLAIN).
-    fn add(&mut self, class: Class, reason: Option<String>) {
+    pub(super) fn add(&mut self, class: Class, reason: Option<String>) {
         if self.muted > 0 {
             return;
         }
@@ -690,7 +701,7 @@ impl<'w> Walker<'w> {
         self.found.add(class, reason);
     }
 
-    fn unknown(&mut self, reason: impl Into<String>) {
+    pub(super) fn unknown(&mut self, reason: impl Into<String>) {
         self.add(Class::Unknown, Some(reason.into()));
     }
 
@@ -706,13 +717,14 @@ impl<'w> Walker<'w> {
     }
 
     /// Like [`Self::unknown_even_planned`], for a name the database's catalog can answer.
-    fn lookup_even_planned(&mut self, lookup: Lookup, reason: String) {
+    pub(super) fn lookup_even_planned(&mut self, lookup: Lookup, reason: String) {
         let reason = if self.muted > 0 { format!("planning may evaluate it: {reason}") } else { reason };
         self.found.lookup(lookup, reason);
     }
 
-    fn relation(&mut self, name: &ast::ObjectName) {
-        match object_name(name) {
+    pub(super) fn relation(&mut self, name: &ast::ObjectName) {
+        let read = if self.mysql { super::mysql_classify::object_name(name) } else { object_name(name) };
+        match read {
             Some(n) => self.found.relation(n),
             None => self.unknown(format!("relation {name}: a name the analyser cannot read")),
         }
@@ -724,12 +736,16 @@ impl<'w> Walker<'w> {
     }
 
     /// The first keyword of the statement text, for reasons.
-    fn keyword(&self) -> String {
+    pub(super) fn keyword(&self) -> String {
         self.words.first().map(|w| w.text.to_ascii_uppercase()).unwrap_or_default()
     }
 
     /// A function call: recorded, and classed by what it is known to do.
     fn call(&mut self, name: &ast::ObjectName, args: Option<&[FunctionArg]>) {
+        if self.mysql {
+            self.mysql_call(name);
+            return;
+        }
         let Some(n) = object_name(name) else {
             self.unknown(format!("calls {name}: a name the analyser cannot read"));
             return;
@@ -779,6 +795,10 @@ impl<'w> Walker<'w> {
 
     /// A cast or typed literal runs the type's input and cast functions: built-in types only.
     fn check_type(&mut self, data_type: &DataType) {
+        if self.mysql {
+            // MySQL has no user-defined types: every cast is to a built-in one.
+            return;
+        }
         if let Some(name) = unknown_type(data_type) {
             let why = format!("casts to {name}, a type not known to be built in (a domain's CHECK can call anything)");
             match custom_type(data_type) {
@@ -819,6 +839,10 @@ impl<'w> Walker<'w> {
     /// privileges (`dcl`) when it touches those; `pg_settings` is a view whose rules run
     /// set_config, so writing it sets any setting, `role` too.
     fn catalog_write(&mut self, target: &ast::ObjectName, columns: &[String], condition: Option<&Expr>) {
+        if self.mysql {
+            self.mysql_catalog_write(target);
+            return;
+        }
         let Some(n) = object_name(target) else { return };
         if n.schema.as_deref().is_some_and(|s| s != "pg_catalog") {
             return;
@@ -845,6 +869,11 @@ impl<'w> Walker<'w> {
 
     fn statement(&mut self, statement: &Statement) -> Frame {
         use Statement as S;
+        if self.mysql
+            && let Some(frame) = self.mysql_statement(statement)
+        {
+            return frame;
+        }
         let kind = match statement {
             S::Query(_) => Kind::Query,
             S::Copy { .. } => Kind::Copy,
@@ -1315,7 +1344,10 @@ impl<'w> Walker<'w> {
     }
 
     fn select(&mut self, s: &Select) {
-        if let Some(into) = &s.into {
+        if self.mysql && s.into.is_some() {
+            // MySQL's SELECT ... INTO names variables (files are found from the tokens).
+            self.add(Class::Session, Some("SELECT ... INTO sets variables".into()));
+        } else if let Some(into) = &s.into {
             self.add(Class::Ddl, Some("SELECT INTO creates a table".into()));
             for target in &into.targets {
                 match target {
@@ -1367,7 +1399,8 @@ impl<'w> Walker<'w> {
                             && name.0[0].as_ident().is_some_and(|i| self.is_cte(&ident(i)));
                         if !cte {
                             self.relation(name);
-                            if let Some(n) = object_name(name)
+                            if !self.mysql
+                                && let Some(n) = object_name(name)
                                 && n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
                                 && let Some(why) = functions::view_effect(&n.name)
                             {
@@ -1424,7 +1457,20 @@ impl<'w> Walker<'w> {
             | Expr::Prior(_)
             | Expr::MemberOf(_)
             | Expr::RLike { .. }
-            | Expr::Prefixed { .. } => self.unknown("an expression PostgreSQL does not have"),
+            | Expr::Prefixed { .. } => {
+                // MySQL's own forms (CONVERT, MATCH ... AGAINST, RLIKE, MEMBER OF, `_utf8mb4'x'`).
+                let mysql_form = matches!(
+                    e,
+                    Expr::Convert { .. }
+                        | Expr::MatchAgainst { .. }
+                        | Expr::RLike { .. }
+                        | Expr::MemberOf(_)
+                        | Expr::Prefixed { .. }
+                );
+                if !(self.mysql && mysql_form) {
+                    self.unknown("an expression PostgreSQL does not have")
+                }
+            }
             _ => {}
         }
     }
@@ -1939,7 +1985,7 @@ fn references(e: &Expr, t: &Target) -> bool {
 }
 
 /// Classes a statement sqlparser could not parse by its leading keywords.
-fn by_keywords(words: &[Word], error: &str) -> Found {
+pub(super) fn by_keywords(words: &[Word], error: &str) -> Found {
     let mut found = Found::default();
     let not_parsed = format!("not parsed: {error}");
     let kw = |i: usize| words.get(i).filter(|w| w.kind == TokenKind::Identifier).map(|w| w.text.to_ascii_lowercase());
@@ -2131,7 +2177,7 @@ fn names_after(mut words: &[Word], found: &mut Found) {
 }
 
 /// A qualified name at the start of `words`, and what follows it.
-fn qualified_name(words: &[Word]) -> (Option<ObjectName>, &[Word]) {
+pub(super) fn qualified_name(words: &[Word]) -> (Option<ObjectName>, &[Word]) {
     let mut parts = Vec::new();
     let mut i = 0;
     while let Some(part) = words.get(i).and_then(Word::name) {
@@ -2888,7 +2934,7 @@ mod tests {
         assert_eq!(normalised("select set_config('work_mem', '8MB', true)").effects, ClassSet::of(&[Read, Session]));
         assert_eq!(normalised("select pg_catalog.set_config('ROLE', 'x', false)").class, Dcl);
         // Kept literals lex alike under either standard_conforming_strings: none with a backslash.
-        let off = crate::sql::LexOptions { standard_conforming_strings: false };
+        let off = crate::sql::LexOptions::postgres(false);
         let hidden = "select set_config('a\\' /* ', 'x', false), pg_terminate_backend(1) -- */";
         let analysed = analyse(&super::super::normalise_for_analysis_with_options(hidden, off));
         assert!(analysed.effects.contains(Admin), "{analysed:?}");

@@ -17,18 +17,68 @@
 
 use std::ops::Range;
 
+#[path = "mysql_lexer.rs"]
+mod mysql;
+
+/// Which server's lexical grammar a text follows, with the modes that change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dialect {
+    /// PostgreSQL (`scan.l`); its one mode is `LexOptions::standard_conforming_strings`.
+    #[default]
+    Postgres,
+    /// MySQL 8 / MariaDB 10.11 (`sql_lex.cc`), under the session's `sql_mode`.
+    MySql {
+        /// `ANSI_QUOTES`: `"..."` quotes an identifier, not a string.
+        ansi_quotes: bool,
+        /// `NO_BACKSLASH_ESCAPES`: backslash is an ordinary character inside strings.
+        no_backslash_escapes: bool,
+    },
+}
+
+impl Dialect {
+    /// MySQL's default modes (neither `ANSI_QUOTES` nor `NO_BACKSLASH_ESCAPES`).
+    pub const MYSQL: Dialect = Dialect::MySql { ansi_quotes: false, no_backslash_escapes: false };
+
+    pub fn is_mysql(self) -> bool {
+        matches!(self, Dialect::MySql { .. })
+    }
+}
+
 /// Server settings that change how text is lexed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LexOptions {
     /// `standard_conforming_strings` (reported by the server in ParameterStatus). When off, a
     /// plain `'...'` (and `N'...'`) string treats backslash as an escape, as `E'...'` always does.
+    /// PostgreSQL only.
     pub standard_conforming_strings: bool,
+    /// The grammar, and its modes.
+    pub dialect: Dialect,
+    /// MySQL only: read version-gated executable comments (`/*!80000 ...*/`) as the comments a
+    /// server older than that version skips, instead of as code. Never set for a session: the
+    /// other reading of a text, to find whether the server's version decides how it splits.
+    pub skip_versioned: bool,
 }
 
 impl Default for LexOptions {
     /// The server default since PostgreSQL 9.1: `standard_conforming_strings = on`.
     fn default() -> Self {
-        Self { standard_conforming_strings: true }
+        Self::postgres(true)
+    }
+}
+
+impl LexOptions {
+    /// PostgreSQL with `standard_conforming_strings` as given.
+    pub const fn postgres(standard_conforming_strings: bool) -> Self {
+        Self { standard_conforming_strings, dialect: Dialect::Postgres, skip_versioned: false }
+    }
+
+    /// MySQL / MariaDB under the given modes.
+    pub const fn mysql(ansi_quotes: bool, no_backslash_escapes: bool) -> Self {
+        Self {
+            standard_conforming_strings: true,
+            dialect: Dialect::MySql { ansi_quotes, no_backslash_escapes },
+            skip_versioned: false,
+        }
     }
 }
 
@@ -79,17 +129,23 @@ pub enum TokenKind {
     Punctuation,
     /// Anything else (a lone `$`, `\`, `{`): one byte.
     Other,
+    /// MySQL: `@name`, `@'name'`, `@@name` (a user or system variable; not data).
+    Variable,
+    /// MySQL: the opening `/*!`, `/*!50001`, `/*M!100500` of an executable comment, or its
+    /// closing `*/`. The server drops the markers and runs what is between them as code, so
+    /// that is lexed as tokens; the markers themselves are comments.
+    ExecutableMarker,
 }
 
 impl TokenKind {
     /// Whitespace and comments: nothing to the server's grammar.
     pub fn is_trivia(self) -> bool {
-        matches!(self, Self::Whitespace | Self::LineComment | Self::BlockComment)
+        matches!(self, Self::Whitespace | Self::LineComment | Self::BlockComment | Self::ExecutableMarker)
     }
 
     /// Comments only.
     pub fn is_comment(self) -> bool {
-        matches!(self, Self::LineComment | Self::BlockComment)
+        matches!(self, Self::LineComment | Self::BlockComment | Self::ExecutableMarker)
     }
 
     /// A constant whose text is data: strings of every kind and numbers.
@@ -122,6 +178,16 @@ pub struct Lexer<'a> {
     options: LexOptions,
     /// End of a run of `+`/`-` the server returns one character at a time (see `operator`).
     single_ops_until: usize,
+    /// MySQL: inside an executable comment (`/*! ... */`), whose `*/` ends it.
+    executable: bool,
+    /// MySQL: where an identifier must start (after `name.`, digits begin an identifier).
+    ident_at: usize,
+}
+
+/// Whether an executable comment's opening marker (`/*!80000`) runs its content only on some
+/// servers (see `mysql_lexer`).
+pub(super) fn version_dependent_marker(raw: &str) -> bool {
+    mysql::version_dependent(raw.as_bytes())
 }
 
 #[cfg(test)]
@@ -133,7 +199,13 @@ thread_local! {
 impl<'a> Lexer<'a> {
     /// Lexes `text` under `options`.
     pub fn new(text: &'a str, options: LexOptions) -> Self {
-        Self { text: text.as_bytes(), pos: 0, options, single_ops_until: 0 }
+        Self { text: text.as_bytes(), pos: 0, options, single_ops_until: 0, executable: false, ident_at: usize::MAX }
+    }
+
+    /// MySQL: whether the text so far ended inside an executable comment (never closed: the
+    /// server rejects the statement).
+    pub fn in_executable_comment(&self) -> bool {
+        self.executable
     }
 
     /// The next token that is not whitespace or a comment.
@@ -464,7 +536,7 @@ impl Iterator for Lexer<'_> {
     fn next(&mut self) -> Option<Token> {
         let start = self.pos;
         let c = self.at(start)?;
-        let kind = self.scan(start, c);
+        let kind = if self.options.dialect.is_mysql() { self.scan_mysql(start, c) } else { self.scan(start, c) };
         debug_assert!(self.pos > start, "the lexer always advances");
         Some(Token { kind, start, end: self.pos })
     }
@@ -534,8 +606,8 @@ fn is_qualifying_op_char(c: u8) -> bool {
 mod tests {
     use super::*;
 
-    const SCS_ON: LexOptions = LexOptions { standard_conforming_strings: true };
-    const SCS_OFF: LexOptions = LexOptions { standard_conforming_strings: false };
+    const SCS_ON: LexOptions = LexOptions::postgres(true);
+    const SCS_OFF: LexOptions = LexOptions::postgres(false);
 
     /// The significant tokens of `text`, as (kind, text).
     fn tokens(text: &str, options: LexOptions) -> Vec<(TokenKind, &str)> {

@@ -11,10 +11,15 @@ mod classify;
 mod functions;
 mod lexer;
 pub mod lineage;
+mod mysql_classify;
+#[cfg(test)]
+mod mysql_corpus_tests;
+mod mysql_functions;
 pub use class::{Class, ClassSet, ObjectName};
 pub use classify::{Analysis, Lookup, Lookups, MAX_ANALYSED, analyse};
 
-pub use lexer::{LexOptions, Lexer, StringKind, Token, TokenKind};
+pub use lexer::{Dialect, LexOptions, Lexer, StringKind, Token, TokenKind};
+pub use mysql_classify::{LOAD_DATA_LOCAL, analyse_mysql, mysql_version_dependent};
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Range,
@@ -76,21 +81,21 @@ pub struct Described {
 /// lexing or parsing on the hot path), over analyses by normalised text (simple queries that
 /// differ only in literals share one parse).
 pub struct DescriptionCache {
-    /// Indexed by `standard_conforming_strings`: the same text can lex differently under each.
-    raw: Mutex<[HashMap<Arc<str>, Described>; 2]>,
+    /// By the options the text was lexed with: the same text lexes differently under each
+    /// (`standard_conforming_strings`, the dialect and its modes).
+    raw: Mutex<HashMap<LexOptions, HashMap<Arc<str>, Described>>>,
     analyses: AnalysisCache,
     capacity: usize,
 }
 
 impl DescriptionCache {
     pub fn new(capacity: usize) -> Self {
-        Self { raw: Mutex::new([HashMap::new(), HashMap::new()]), analyses: AnalysisCache::new(capacity), capacity }
+        Self { raw: Mutex::new(HashMap::new()), analyses: AnalysisCache::new(capacity), capacity }
     }
 
     /// Whether `text` is described already (describing it again costs one lookup).
     pub fn is_cached(&self, text: &str, options: LexOptions) -> bool {
-        let slot = usize::from(options.standard_conforming_strings);
-        self.raw.lock().unwrap_or_else(|p| p.into_inner())[slot].contains_key(text)
+        self.raw.lock().unwrap_or_else(|p| p.into_inner()).get(&options).is_some_and(|m| m.contains_key(text))
     }
 
     /// Describes a statement lexed with `standard_conforming_strings` on.
@@ -100,23 +105,23 @@ impl DescriptionCache {
 
     /// Describes a statement lexed under the session's settings.
     pub fn describe_with(&self, text: &str, options: LexOptions) -> Described {
-        let slot = usize::from(options.standard_conforming_strings);
-        if let Some(d) = self.raw.lock().unwrap_or_else(|p| p.into_inner())[slot].get(text) {
+        if let Some(d) = self.raw.lock().unwrap_or_else(|p| p.into_inner()).get(&options).and_then(|m| m.get(text)) {
             return d.clone();
         }
-        // Normalised text lexes the same under either setting (its strings are `'?'`, or kept
-        // ones without a backslash), so analyses are shared.
+        // PostgreSQL: normalised text lexes the same under either setting (its strings are
+        // `'?'`, or kept ones without a backslash), so analyses are shared. MySQL: analysed
+        // under the dialect's modes (ANSI_QUOTES changes what `"x"` is).
         let (normalised, parsable) = normalise_both(text, options);
         let parsable: Arc<str> = Arc::from(parsable);
         let described = Described {
             tags: Arc::new(sqlcommenter_tags(text)),
             normalised: Arc::from(normalised),
-            analysis: self.analyses.analyse(&parsable),
+            analysis: self.analyses.analyse_with(&parsable, options.dialect),
             parsable,
         };
         if text.len() <= MAX_CACHED {
             let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
-            let raw = &mut raw[slot];
+            let raw = raw.entry(options).or_default();
             if raw.len() >= self.capacity {
                 raw.clear();
             }
@@ -126,9 +131,13 @@ impl DescriptionCache {
     }
 }
 
+/// Analyses by statement text, of one dialect.
+type Analyses = HashMap<Arc<str>, Arc<Analysis>>;
+
 /// A bounded cache of analyses by statement text.
 pub struct AnalysisCache {
-    entries: Mutex<HashMap<Arc<str>, Arc<Analysis>>>,
+    /// By dialect: a normalised text means something else to each.
+    entries: Mutex<HashMap<Dialect, Analyses>>,
     capacity: usize,
 }
 
@@ -137,15 +146,26 @@ impl AnalysisCache {
         Self { entries: Mutex::new(HashMap::new()), capacity }
     }
 
+    /// The analysis of a PostgreSQL text.
     pub fn analyse(&self, text: &Arc<str>) -> Arc<Analysis> {
-        if let Some(a) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+        self.analyse_with(text, Dialect::Postgres)
+    }
+
+    /// The analysis of a text in `dialect`.
+    pub fn analyse_with(&self, text: &Arc<str>, dialect: Dialect) -> Arc<Analysis> {
+        if let Some(a) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&dialect).and_then(|m| m.get(text))
+        {
             return a.clone();
         }
-        let analysis = Arc::new(analyse(text));
+        let analysis = Arc::new(match dialect {
+            Dialect::Postgres => analyse(text),
+            Dialect::MySql { .. } => analyse_mysql(text, dialect),
+        });
         if text.len() > MAX_CACHED {
             return analysis;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = entries.entry(dialect).or_default();
         if entries.len() >= self.capacity {
             // Crude but bounded: start over (statement sets of applications are small).
             entries.clear();
@@ -203,6 +223,8 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
     // A semicolon inside parentheses does not end a statement (`CREATE RULE ... DO ALSO (a; b)`;
     // anywhere else it is a syntax error, and the server runs nothing of the string).
     let mut depth = 0usize;
+    let mut blocks = CompoundBlocks::default();
+    let mysql = options.dialect.is_mysql();
     for token in Lexer::new(text, options) {
         if token.kind == TokenKind::Punctuation {
             match &text[token.range()] {
@@ -211,9 +233,13 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
                 _ => {}
             }
         }
+        if mysql && !token.kind.is_trivia() {
+            blocks.see(token.kind, &text[token.range()]);
+        }
         match token.kind {
             TokenKind::Whitespace => {}
-            TokenKind::Semicolon if depth == 0 => {
+            TokenKind::Semicolon if depth == 0 && blocks.depth == 0 => {
+                blocks = CompoundBlocks::default();
                 if let Some(stmt) = current.take().filter(|_| has_code) {
                     out.push(stmt);
                 }
@@ -239,6 +265,65 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
     out.into_iter().map(|r| &text[r]).collect()
 }
 
+/// MySQL: the `BEGIN ... END` blocks of a stored program's definition (`CREATE PROCEDURE p()
+/// BEGIN SELECT 1; SELECT 2; END` is one statement to the server, which parses it whole), and
+/// MariaDB's `BEGIN NOT ATOMIC ... END`. Semicolons inside them do not end the statement.
+/// `CASE ... END` nests too (a CASE expression's END must not close a block); `END IF`, `END
+/// LOOP`, `END REPEAT`, `END WHILE` close what was never counted, and `END CASE` a CASE.
+#[derive(Default)]
+struct CompoundBlocks {
+    /// Significant tokens of the statement so far (counted to 3).
+    seen: u8,
+    /// The statement defines a stored program (or is `BEGIN NOT ATOMIC`): blocks are counted.
+    program: bool,
+    /// The statement starts with CREATE: a program word makes it one.
+    create: bool,
+    /// The previous token was an END that closed nothing yet.
+    after_end: bool,
+    depth: usize,
+}
+
+impl CompoundBlocks {
+    fn see(&mut self, kind: TokenKind, word: &str) {
+        let is = |w: &str| kind == TokenKind::Identifier && word.eq_ignore_ascii_case(w);
+        let first = self.seen == 0;
+        self.seen = self.seen.saturating_add(1).min(3);
+        if first {
+            self.create = is("create");
+            self.program = is("begin");
+            return;
+        }
+        if self.seen == 2 && self.program {
+            // `BEGIN NOT ATOMIC` opens a block; `BEGIN` then anything else is a transaction.
+            self.program = is("not");
+            self.depth = usize::from(self.program);
+            return;
+        }
+        if self.create && (is("procedure") || is("function") || is("trigger") || is("event")) {
+            self.program = true;
+        }
+        if !self.program {
+            return;
+        }
+        if std::mem::take(&mut self.after_end) {
+            if is("if") || is("loop") || is("repeat") || is("while") {
+                // `END IF`: the END closed a construct not counted; undo its close.
+                self.depth += 1;
+                return;
+            }
+            if is("case") {
+                return;
+            }
+        }
+        if is("begin") || is("case") {
+            self.depth += 1;
+        } else if is("end") {
+            self.depth = self.depth.saturating_sub(1);
+            self.after_end = true;
+        }
+    }
+}
+
 /// Both normalised forms from one pass of the lexer: `(normalise_with_options,
 /// normalise_for_analysis_with_options)` (every statement of the simple protocol with a new
 /// literal needs both).
@@ -251,6 +336,7 @@ pub fn normalise_both(text: &str, options: LexOptions) -> (String, String) {
 /// those `Meaningful` keeps, and a final literal never closed with `'`.
 fn normalise_forms(text: &str, options: LexOptions, shown: bool, parsable: bool) -> (String, String) {
     let mut meaningful = Meaningful::new();
+    meaningful.mysql = options.dialect.is_mysql();
     let (mut shown, mut parsable) = (Normalised::new(text, shown), Normalised::new(text, parsable));
     let mut lexer = Lexer::new(text, options);
     while let Some(token) = lexer.next() {
@@ -355,6 +441,11 @@ struct Meaningful {
     /// Parentheses open in EXPLAIN's option list (0: not in it).
     options: usize,
     last: Last,
+    /// MySQL: the statement text of `PREPARE name FROM '...'` is kept (it is what runs), and
+    /// nothing of PostgreSQL's.
+    mysql: bool,
+    /// MySQL: the tokens of `PREPARE name FROM` seen so far at the start of a statement.
+    prepare: u8,
 }
 
 /// The significant tokens just before: `set_config`, then `(`.
@@ -367,13 +458,26 @@ enum Last {
 
 impl Meaningful {
     fn new() -> Self {
-        Meaningful { started: true, update: None, settings: false, explain: false, options: 0, last: Last::Other }
+        Meaningful {
+            started: true,
+            update: None,
+            settings: false,
+            explain: false,
+            options: 0,
+            last: Last::Other,
+            mysql: false,
+            prepare: 0,
+        }
     }
 
     /// Only literals that lex alike whatever `standard_conforming_strings` is (no backslash):
     /// the analysis form is lexed with it on, and a kept `'a\' /* '` read that way would open
     /// a comment that hides the rest of the statement.
     fn keeps(&self, text: &str, token: &Token) -> bool {
+        if self.mysql {
+            // Analysed under the same modes as the original: no need for it to lex alike.
+            return self.prepare == 3 && matches!(token.kind, TokenKind::StringLiteral(StringKind::Plain));
+        }
         let alike = match token.kind {
             TokenKind::Number => true,
             TokenKind::StringLiteral(StringKind::Plain) => !text[token.range()].contains('\\'),
@@ -384,10 +488,21 @@ impl Meaningful {
 
     fn see(&mut self, text: &str, token: &Token) {
         if token.kind == TokenKind::Semicolon {
-            *self = Meaningful::new();
+            *self = Meaningful { mysql: self.mysql, ..Meaningful::new() };
             return;
         }
         let word = &text[token.range()];
+        if self.mysql {
+            let identifier = |w: &str| token.kind == TokenKind::Identifier && word.eq_ignore_ascii_case(w);
+            self.prepare = match self.prepare {
+                0 if self.started && identifier("prepare") => 1,
+                1 if matches!(token.kind, TokenKind::Identifier | TokenKind::QuotedIdentifier { .. }) => 2,
+                2 if identifier("from") => 3,
+                _ => 0,
+            };
+            self.started = false;
+            return;
+        }
         let paren = |p: &str| token.kind == TokenKind::Punctuation && word == p;
         let set_config = token.kind == TokenKind::Identifier && word.eq_ignore_ascii_case("set_config");
         let identifier = |w: &str| token.kind == TokenKind::Identifier && word.eq_ignore_ascii_case(w);
@@ -487,6 +602,9 @@ pub enum PreparedCommand {
 /// Reads `PREPARE` / `DEALLOCATE` (one statement's text) as the server names the statement:
 /// unquoted names folded to lower case, quoted ones as written, both cut to 63 bytes.
 pub fn prepared_statement_command(text: &str, options: LexOptions) -> Option<PreparedCommand> {
+    if options.dialect.is_mysql() {
+        return mysql_prepared_statement_command(text, options);
+    }
     let mut tokens = Lexer::new(text, options)
         .filter(|t| !matches!(t.kind, TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment));
     let word = |t: &Token| text[t.range()].to_ascii_lowercase();
@@ -534,6 +652,40 @@ pub fn prepared_statement_command(text: &str, options: LexOptions) -> Option<Pre
         }
         _ => None,
     }
+}
+
+/// MySQL's `PREPARE name FROM 'text'` and `{DEALLOCATE | DROP} PREPARE name`: names are
+/// case-insensitive (lower-cased here); the body is the string's value. `PREPARE name FROM
+/// @var` names no body: None (its analysis is unknown).
+fn mysql_prepared_statement_command(text: &str, options: LexOptions) -> Option<PreparedCommand> {
+    let tokens: Vec<Token> = Lexer::new(text, options).filter(|t| !t.kind.is_trivia()).take(5).collect();
+    let word = |i: usize| tokens.get(i).map(|t| &text[t.range()]);
+    let is = |i: usize, w: &str| {
+        tokens.get(i).is_some_and(|t| t.kind == TokenKind::Identifier)
+            && word(i).is_some_and(|x| x.eq_ignore_ascii_case(w))
+    };
+    let name = |i: usize| -> Option<String> {
+        let t = tokens.get(i)?;
+        let raw = &text[t.range()];
+        match t.kind {
+            TokenKind::Identifier => Some(raw.to_lowercase()),
+            TokenKind::QuotedIdentifier { .. } => {
+                let q = raw.chars().next()?;
+                let inner = raw.strip_prefix(q)?.strip_suffix(q)?;
+                Some(inner.replace(&format!("{q}{q}"), &q.to_string()).to_lowercase())
+            }
+            _ => None,
+        }
+    };
+    if is(0, "prepare") && is(2, "from") && tokens.len() == 4 {
+        let body = tokens.get(3).filter(|t| matches!(t.kind, TokenKind::StringLiteral(StringKind::Plain)))?;
+        let body = mysql_classify::string_value(&text[body.range()], options.dialect)?;
+        return Some(PreparedCommand::Prepare { name: name(1)?, body });
+    }
+    if (is(0, "deallocate") || is(0, "drop")) && is(1, "prepare") && tokens.len() == 3 {
+        return Some(PreparedCommand::Deallocate { name: name(2)? });
+    }
+    None
 }
 
 /// The name inside a terminated `"..."` token (`""` is one quote); None if it is unterminated.
@@ -654,7 +806,7 @@ mod tests {
         ];
         for text in texts {
             for scs in [true, false] {
-                let options = LexOptions { standard_conforming_strings: scs };
+                let options = LexOptions::postgres(scs);
                 assert_eq!(
                     normalise_both(text, options),
                     (normalise_with_options(text, options), normalise_for_analysis_with_options(text, options)),
@@ -784,8 +936,8 @@ mod tests {
 
     #[test]
     fn statements_hide_nowhere_postgresql_does_not_hide_them() {
-        const ON: LexOptions = LexOptions { standard_conforming_strings: true };
-        const OFF: LexOptions = LexOptions { standard_conforming_strings: false };
+        const ON: LexOptions = LexOptions::postgres(true);
+        const OFF: LexOptions = LexOptions::postgres(false);
         // (text, standard_conforming_strings, the statements PostgreSQL runs)
         let cases: &[(&str, LexOptions, &[&str])] = &[
             // {ident_cont} includes `$`: `x$a$` is an identifier, not the start of a dollar quote.
@@ -859,7 +1011,7 @@ mod tests {
         ] {
             assert_eq!(normalise(text), normalised, "{text:?}");
         }
-        let off = LexOptions { standard_conforming_strings: false };
+        let off = LexOptions::postgres(false);
         assert_eq!(normalise_with_options("select 'a\\'b', 2", off), "select ?, ?");
         // With it on, `\'` ends the string and `b'` opens a bit string, to the end.
         assert_eq!(normalise_with_options("select 'a\\'b', 2", LexOptions::default()), "select ? ?");
@@ -929,7 +1081,7 @@ mod tests {
     fn lexing_is_linear_in_the_input() {
         for (name, text) in adversarial_inputs() {
             let bound = READS_PER_BYTE * text.len() + 16;
-            for options in [LexOptions { standard_conforming_strings: false }, LexOptions::default()] {
+            for options in [LexOptions::postgres(false), LexOptions::default()] {
                 let n = reads(|| {
                     Lexer::new(&text, options).for_each(drop);
                 });
@@ -1061,7 +1213,7 @@ mod tests {
     fn generated_mixes_split_and_normalise_as_postgresql_would() {
         let mut rng = Rng(0x5eed_1234_abcd_ef01);
         for round in 0..400 {
-            let options = LexOptions { standard_conforming_strings: round % 2 == 0 };
+            let options = LexOptions::postgres(round % 2 == 0);
             let fragments = 1 + rng.below(40);
             let g = generate(&mut rng, options, fragments);
             let text = g.text.as_str();

@@ -57,7 +57,7 @@ async fn the_splitter_cuts_where_postgresql_does() {
             })
             .await
             .unwrap();
-        let split = split_statements_with(text, LexOptions { standard_conforming_strings: *scs }).len();
+        let split = split_statements_with(text, LexOptions::postgres(*scs)).len();
         match client.simple_query(text).await {
             Ok(messages) => {
                 // One entry per statement: its first row's first column, or "".

@@ -844,8 +844,7 @@ impl ClientToServer<'_> {
             // A SQL PREPARE or DEALLOCATE the server has not answered yet may change what the
             // name holds by the time this statement runs: not known.
             let changing = st.unfinished().any(|r| {
-                let options =
-                    crate::sql::LexOptions { standard_conforming_strings: r.lexing.standard_conforming_strings };
+                let options = r.lexing.options();
                 crate::sql::split_statements_with(&r.sql, options).into_iter().any(|part| {
                     match crate::sql::prepared_statement_command(part, options) {
                         Some(

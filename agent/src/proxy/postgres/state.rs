@@ -512,6 +512,7 @@ impl ProtocolState {
     pub fn lexing(&self) -> Lexing {
         Lexing {
             standard_conforming_strings: self.standard_conforming_strings,
+            dialect: crate::session::Dialect::Postgres,
             settled: !self.settings_in_flight && !self.pending.any_unsettling(),
             ascii_safe: !self.client_encoding_unsafe,
         }
@@ -1306,8 +1307,7 @@ impl ProtocolState {
             return;
         }
         let Some(running) = self.running() else { return };
-        let options =
-            crate::sql::LexOptions { standard_conforming_strings: running.lexing.standard_conforming_strings };
+        let options = running.lexing.options();
         let command = if running.lexing.ascii_safe && running.lexing.settled {
             let parts = crate::sql::split_statements_with(&running.sql, options);
             parts
