@@ -54,6 +54,8 @@ pub enum FailMode {
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Postgres,
+    /// MySQL 8 and MariaDB 10.11+: statements judged, audited and refused as PostgreSQL's.
+    Mysql,
     /// Any other TCP protocol: connection-level governance only.
     Tcp,
 }

@@ -8,6 +8,7 @@
 pub mod ledger;
 pub mod limits;
 pub mod live;
+pub mod mysql;
 pub mod postgres;
 pub mod tls;
 
@@ -263,7 +264,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
     let dial =
         Dial { namespaces: shared.namespaces.clone(), netns: netns.map_err(Arc::new), mark: shared.upstream_mark };
     let report = match db.protocol {
-        Protocol::Postgres => {
+        Protocol::Postgres | Protocol::Mysql => {
             let shared_identity = Arc::new(identity.clone());
             let registered = shared.live.register(session, &db.name, shared_identity.clone());
             let ctx = postgres::SessionContext {
@@ -317,7 +318,10 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                 cancels: shared.cancels.clone(),
                 live: Some(registered.session.clone()),
             };
-            let report = postgres::run(&ctx, client, open).await;
+            let report = match db.protocol {
+                Protocol::Mysql => mysql::run(&ctx, client, open).await,
+                _ => postgres::run(&ctx, client, open).await,
+            };
             drop(registered);
             if let Some(error) = &report.error {
                 tracing::debug!(database = %db.name, %orig_dst, %error, "session ended with an error");
@@ -449,6 +453,10 @@ impl Dial {
 /// and discarded briefly, so the close is not a reset that hides the error.
 async fn refuse_fatal(protocol: Protocol, mut client: TcpStream, sqlstate: &str, message: &str) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if protocol == Protocol::Mysql {
+        // A server that cannot take the connection answers its greeting with an ERR.
+        let _ = client.write_all(&mysql::refusal_greeting(sqlstate, message)).await;
+    }
     if protocol == Protocol::Postgres {
         // As a server that cannot take the connection: encryption declined, the start-up
         // packet read, then the error (a client that asked for TLS would not read it sooner).

@@ -13,6 +13,8 @@ mod hardening;
 mod kubernetes;
 mod lexer_vs_server;
 mod masking;
+mod mysql;
+mod mysql_harness;
 mod policy;
 mod policy_corpus;
 mod postgres_drivers;

@@ -1,0 +1,891 @@
+//! The command phase: every client command is read whole, judged by the session hooks when it
+//! runs or prepares a statement, and forwarded or answered with an ERR; every server packet is
+//! read against what the server owes (`state`) and relayed.
+//!
+//! Commands are read one at a time and written on at once; answers are written on as they
+//! come, one write per read of the server. A command the proxy cannot read (replication,
+//! MariaDB's bulk execute, anything unknown) is refused: what is not understood is not
+//! forwarded.
+
+use std::{collections::HashMap, io, sync::Arc, time::Instant};
+
+use bytes::BytesMut;
+use mysql_common::constants::CapabilityFlags as Caps;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{
+    handshake::{Auth, Established},
+    packet::{self, Packet},
+    refusal,
+    state::{self, Answer, Event, Owed, Shape},
+};
+use crate::{
+    proxy::postgres::{SessionContext, SessionError, SessionReport, state::ProtocolError, stream::MaybeTls},
+    session::{
+        Dialect, Judgement, Lexing, QueryProtocol, Running, SessionFacts, SqlState,
+        hooks::{SessionStart, StatementInfo, Step, Verdict},
+    },
+};
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_FIELD_LIST: u8 = 0x04;
+const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_KILL: u8 = 0x0c;
+const COM_DEBUG: u8 = 0x0d;
+const COM_PING: u8 = 0x0e;
+const COM_CHANGE_USER: u8 = 0x11;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const COM_SET_OPTION: u8 = 0x1b;
+const COM_STMT_FETCH: u8 = 0x1c;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// What the client may send while a statement is held, kept for after the decision.
+const MAX_HELD_INPUT: usize = 1 << 20;
+/// What the proxy asks the server for its facts: the current database, the account the
+/// session acts as, and what decides how statement text is lexed.
+const FACTS_QUERY: &str = "SELECT DATABASE(), CURRENT_USER(), @@character_set_client, @@sql_mode";
+
+/// Character sets whose multibyte characters can hold the bytes of `'`, `"` or `\`: text in
+/// them cannot be lexed from its bytes.
+const UNSAFE_CHARSETS: &[&str] = &["big5", "sjis", "cp932", "gbk", "gb18030"];
+
+/// What an answer the server owes belongs to.
+struct Owner {
+    kind: Kind,
+    running: Option<Running>,
+    /// The server asked for a client file this statement was not judged to send (the
+    /// sequence id of its request): the server was sent none, and the client gets an ERR in
+    /// place of the server's answer.
+    infile_refused: Option<u8>,
+}
+
+enum Kind {
+    /// A statement's results (COM_QUERY, COM_STMT_EXECUTE, COM_STMT_FETCH).
+    Statement,
+    /// COM_STMT_PREPARE of this text.
+    Prepare(Arc<str>, Lexing),
+    /// COM_INIT_DB: the database it selects.
+    InitDb(String),
+    ResetConnection,
+    /// The proxy's own facts query: its rows, kept from the client.
+    Facts {
+        rows: Vec<Vec<Option<Vec<u8>>>>,
+        error: Option<String>,
+    },
+    Other,
+}
+
+/// A statement the server prepared.
+struct Prepared {
+    sql: Arc<str>,
+    lexing: Lexing,
+    /// The last execution that opened a cursor: what its fetches continue.
+    cursor: Option<(u64, Option<Arc<Judgement>>)>,
+}
+
+struct Session<'a> {
+    ctx: &'a SessionContext,
+    client: MaybeTls,
+    server: MaybeTls,
+    client_buf: BytesMut,
+    server_buf: BytesMut,
+    to_client: Vec<u8>,
+    /// What the proxy itself sends the server (the end of a refused file transfer).
+    to_server: Vec<u8>,
+    /// The client is sending a file the server asked for: its packets are data, not commands,
+    /// up to an empty one.
+    infile_open: bool,
+    owed: Owed<Owner>,
+    user: String,
+    database: Option<String>,
+    charset: String,
+    ansi_quotes: bool,
+    no_backslash_escapes: bool,
+    /// Something forwarded may have changed the database, the account, the character set or
+    /// the sql_mode: the facts are read again before the next statement is judged.
+    facts_stale: bool,
+    prepared: HashMap<u32, Prepared>,
+    /// The text of the last COM_STMT_PREPARE forwarded (MariaDB's statement id -1 names it).
+    last_prepare: Option<(Arc<str>, Lexing)>,
+    statements: u64,
+    judged: u64,
+    mariadb: bool,
+}
+
+/// Runs the command phase until the client quits or either side goes.
+pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionReport) -> Result<(), SessionError> {
+    let mut session = Session {
+        ctx,
+        ansi_quotes: est.status & state::ANSI_QUOTES != 0,
+        no_backslash_escapes: est.status & state::NO_BACKSLASH_ESCAPES != 0,
+        client: est.client,
+        server: est.server,
+        client_buf: est.client_buf,
+        server_buf: est.server_buf,
+        to_client: Vec::with_capacity(16 * 1024),
+        to_server: Vec::new(),
+        infile_open: false,
+        owed: Owed::new(est.caps.contains(Caps::CLIENT_DEPRECATE_EOF)),
+        user: est.user,
+        database: est.database,
+        charset: est.charset,
+        facts_stale: true,
+        prepared: HashMap::new(),
+        last_prepare: None,
+        statements: 0,
+        judged: 0,
+        mariadb: est.mariadb,
+    };
+    let ended = async {
+        match &ctx.live {
+            Some(live) => live.ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        by = ended => Err(SessionError::Terminated(by)),
+        r = session.run(report) => r,
+    };
+    if let Err(SessionError::Terminated(by)) = &outcome {
+        // ER_CONNECTION_KILLED, as the server's own KILL CONNECTION says.
+        let message = by.client_message();
+        let _ = session.client.write_all(&refusal::err_packet(0, 1927, *b"70100", &message)).await;
+        let _ = session.client.flush().await;
+    }
+    for owner in session.owed.drain() {
+        if let Some(running) = &owner.running {
+            ctx.hooks.on_abandoned(running);
+        }
+    }
+    report.statements = session.statements;
+    outcome
+}
+
+impl Session<'_> {
+    async fn run(&mut self, report: &mut SessionReport) -> Result<(), SessionError> {
+        let limit = self.ctx.max_message;
+        loop {
+            while let Some(p) = packet::take(&mut self.server_buf, limit)
+                .map_err(|e| SessionError::Protocol(ProtocolError::Server(e.to_string())))?
+            {
+                report.bytes_from_server += p.payload.len() as u64 + 4 * u64::from(p.fragments);
+                self.on_server(p, report)?;
+            }
+            self.flush_client().await?;
+            if !self.to_server.is_empty() {
+                let bytes = std::mem::take(&mut self.to_server);
+                self.server.write_all(&bytes).await.map_err(SessionError::UpstreamIo)?;
+                self.server.flush().await.map_err(SessionError::UpstreamIo)?;
+            }
+            // A command is taken only when the client's earlier answers are written.
+            if let Some(p) = packet::take(&mut self.client_buf, limit)
+                .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
+            {
+                report.bytes_from_client += p.payload.len() as u64 + 4 * u64::from(p.fragments);
+                if !self.on_command(p).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.client_buf.reserve(16 * 1024);
+            self.server_buf.reserve(16 * 1024);
+            tokio::select! {
+                read = self.server.read_buf(&mut self.server_buf) => match read {
+                    Ok(0) => return Err(SessionError::UpstreamClosed),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::UpstreamIo(e)),
+                },
+                read = self.client.read_buf(&mut self.client_buf) => match read {
+                    // The client left: what it sent runs to its end on the server, which sees
+                    // the close as the client's quit.
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+            }
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if !self.to_client.is_empty() {
+            self.client.write_all(&self.to_client).await.map_err(SessionError::ClientIo)?;
+            self.client.flush().await.map_err(SessionError::ClientIo)?;
+            self.to_client.clear();
+            if self.to_client.capacity() > 1 << 20 {
+                self.to_client = Vec::with_capacity(16 * 1024);
+            }
+        }
+        Ok(())
+    }
+
+    fn lexing(&self) -> Lexing {
+        Lexing {
+            standard_conforming_strings: true,
+            settled: !self.facts_stale,
+            ascii_safe: !UNSAFE_CHARSETS.contains(&self.charset.as_str()) && !self.charset.is_empty(),
+            dialect: Dialect::MySql { ansi_quotes: self.ansi_quotes, no_backslash_escapes: self.no_backslash_escapes },
+        }
+    }
+
+    /// One server packet: read against what is owed, relayed (or kept, for the proxy's own
+    /// query), and told to the hooks.
+    fn on_server(&mut self, p: Packet, report: &mut SessionReport) -> Result<(), SessionError> {
+        let (event, mut done) =
+            self.owed.on_server(&p).map_err(|e| SessionError::Protocol(ProtocolError::Server(e.0)))?;
+        let hooks = &self.ctx.hooks;
+        // The owner of the packet: the answer just ended, or the one still at the front.
+        let owner = match done {
+            Some(ref mut o) => Some(o),
+            None => self.owed.front_mut(),
+        };
+        let Some(owner) = owner else { return Ok(()) };
+        if let Kind::Facts { rows, error } = &mut owner.kind {
+            match event {
+                Event::Row => rows.push(text_row(&p.payload)),
+                Event::Error => {
+                    *error = Some(refusal::read_err(&p.payload).map_or_else(
+                        || "the server refused the facts query".into(),
+                        |(c, _, m)| format!("the server refused the facts query: {c} {m}"),
+                    ))
+                }
+                _ => {}
+            }
+        } else if let Some(seq) = owner.infile_refused
+            && matches!(event, Event::Done { .. } | Event::Error)
+        {
+            // The server's answer to the file it was not sent: the client hears why instead.
+            let message = "warden: the server asked for a client file (LOAD DATA LOCAL INFILE), which this statement was not judged to send; refused";
+            packet::put(&mut self.to_client, seq, &refusal::err_payload(refusal::ACCESS_DENIED, *b"42000", message));
+            if let Some(r) = owner.running.as_mut() {
+                hooks.on_error(Some(r), SqlState::INSUFFICIENT_PRIVILEGE);
+                r.failed = true;
+            }
+            if let Event::Done { status, .. } = event
+                && status & state::MORE_RESULTS != 0
+            {
+                // The ERR ends the client's answer: the server's further results are not its.
+                return Err(SessionError::Protocol(ProtocolError::Server(
+                    "went on with more results after a refused file transfer".into(),
+                )));
+            }
+        } else if event == Event::LocalInfile {
+            if owner.running.as_ref().is_none_or(|r| names_load_data_local(r.judgement.as_deref())) {
+                packet::put(&mut self.to_client, p.seq, &p.payload);
+                self.infile_open = true;
+            } else {
+                // No file goes to the server: an empty transfer, as a client that has none.
+                packet::put(&mut self.to_server, p.seq.wrapping_add(1), &[]);
+                owner.infile_refused = Some(p.seq);
+            }
+        } else {
+            packet::put(&mut self.to_client, p.seq, &p.payload);
+            match event {
+                Event::Row => {
+                    report.rows += 1;
+                    if let Some(r) = owner.running.as_mut() {
+                        r.rows += 1;
+                    }
+                }
+                Event::Done { affected, status } => {
+                    self.no_backslash_escapes = status & state::NO_BACKSLASH_ESCAPES != 0;
+                    if self.mariadb {
+                        self.ansi_quotes = status & state::ANSI_QUOTES != 0;
+                    }
+                    if let Some(r) = owner.running.as_mut() {
+                        let tag = match affected {
+                            Some(n) => format!("OK {n}"),
+                            None => format!("SELECT {}", r.rows),
+                        };
+                        hooks.on_complete(Some(r), &tag);
+                        r.rows = 0;
+                        r.completed += 1;
+                    }
+                }
+                Event::Error => {
+                    if let Some(r) = owner.running.as_mut() {
+                        let code =
+                            refusal::read_err(&p.payload).and_then(|(_, s, _)| s).unwrap_or(SqlState::INTERNAL_ERROR);
+                        hooks.on_error(Some(r), code);
+                        r.failed = true;
+                    }
+                }
+                Event::Prepared { id, .. } => {
+                    if let Kind::Prepare(sql, lexing) = &owner.kind {
+                        self.prepared.insert(id, Prepared { sql: sql.clone(), lexing: *lexing, cursor: None });
+                    }
+                }
+                Event::ResultStart { .. } | Event::Column | Event::Other | Event::LocalInfile => {}
+            }
+        }
+        if let Some(owner) = done {
+            self.answered(owner, &event);
+        }
+        self.owed.take_own(&mut self.to_client);
+        Ok(())
+    }
+
+    /// An answer ended.
+    fn answered(&mut self, owner: Owner, last: &Event) {
+        let ok = !matches!(last, Event::Error);
+        match owner.kind {
+            Kind::InitDb(db) if ok => {
+                self.database = Some(db);
+                self.facts_stale = true;
+            }
+            Kind::ResetConnection if ok => {
+                self.prepared.clear();
+                self.facts_stale = true;
+            }
+            _ => {}
+        }
+        if let Some(r) = &owner.running
+            && r.protocol == QueryProtocol::Simple
+        {
+            self.ctx.hooks.on_query_end(r);
+        }
+    }
+
+    /// One client command. Returns false when the client quit.
+    async fn on_command(&mut self, p: Packet) -> Result<bool, SessionError> {
+        if self.infile_open {
+            // The file the server asked for, relayed as it comes; an empty packet ends it.
+            self.infile_open = !p.payload.is_empty();
+            self.forward(&p).await?;
+            return Ok(true);
+        }
+        if p.seq != 0 {
+            return Err(SessionError::Protocol(ProtocolError::Client(format!(
+                "sent a command with sequence id {} (a command starts at 0)",
+                p.seq
+            ))));
+        }
+        let Some(&command) = p.payload.first() else {
+            return Err(SessionError::Protocol(ProtocolError::Client("sent an empty packet as a command".into())));
+        };
+        let (shape, kind) = match command {
+            COM_QUIT => {
+                let _ = self.server.write_all(&framed(0, &p.payload)).await;
+                let _ = self.server.flush().await;
+                return Ok(false);
+            }
+            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE | COM_STMT_FETCH => {
+                return self.statement(p, command).await.map(|()| true);
+            }
+            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
+                // No answer. Long data is part of the parameters the statement's execution is
+                // judged with; a close ends what a statement id names.
+                if command == COM_STMT_CLOSE
+                    && let Some(id) = stmt_id(&p.payload)
+                {
+                    self.prepared.remove(&id);
+                }
+                self.forward(&p).await?;
+                return Ok(true);
+            }
+            COM_CHANGE_USER => return self.change_user(p).await.map(|()| true),
+            COM_INIT_DB => {
+                let db = String::from_utf8_lossy(&p.payload[1..]).into_owned();
+                (Shape::Status, Kind::InitDb(db))
+            }
+            COM_RESET_CONNECTION => (Shape::Status, Kind::ResetConnection),
+            COM_PING | COM_PROCESS_KILL | COM_DEBUG | COM_STMT_RESET | COM_SET_OPTION => (Shape::Status, Kind::Other),
+            COM_STATISTICS => (Shape::Any, Kind::Other),
+            COM_FIELD_LIST => (Shape::FieldList, Kind::Other),
+            other => {
+                let message = format!(
+                    "warden: command {other:#04x} is not relayed (replication and unknown commands are refused)"
+                );
+                self.refuse(refusal::UNKNOWN_COMMAND, *b"08S01", &message);
+                return Ok(true);
+            }
+        };
+        self.owed.push(Answer::Server { shape, tag: Owner { kind, running: None, infile_refused: None } });
+        self.forward(&p).await?;
+        Ok(true)
+    }
+
+    async fn forward(&mut self, p: &Packet) -> Result<(), SessionError> {
+        self.server.write_all(&framed(p.seq, &p.payload)).await.map_err(SessionError::UpstreamIo)?;
+        self.server.flush().await.map_err(SessionError::UpstreamIo)
+    }
+
+    /// Answers the current command with an ERR of the proxy's own, in its turn.
+    fn refuse(&mut self, code: u16, sqlstate: [u8; 5], message: &str) {
+        self.owed.push(Answer::Own(refusal::err_packet(1, code, sqlstate, message)));
+        self.owed.take_own(&mut self.to_client);
+    }
+
+    /// A command that runs or prepares a statement: judged, then forwarded or refused.
+    async fn statement(&mut self, p: Packet, command: u8) -> Result<(), SessionError> {
+        let hooks = self.ctx.hooks.clone();
+        let inspect = hooks.inspects_statements();
+        if inspect && self.owed.is_empty() && (self.facts_stale || hooks.wants_facts()) {
+            let facts = self.read_facts().await?;
+            hooks.on_facts(facts);
+        }
+        let now = self.lexing();
+        let (sql, text_known, lexing, step, kind, cursor_of): (Arc<str>, bool, Lexing, Step, Kind, Option<u32>) =
+            match command {
+                COM_QUERY => {
+                    let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&p.payload[1..]).as_ref());
+                    (sql, true, now, Step::Run, Kind::Statement, None)
+                }
+                COM_STMT_PREPARE => {
+                    let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&p.payload[1..]).as_ref());
+                    self.last_prepare = Some((sql.clone(), now));
+                    (sql.clone(), true, now, Step::Prepare, Kind::Prepare(sql, now), None)
+                }
+                _ => {
+                    let id = stmt_id(&p.payload).ok_or_else(|| {
+                        SessionError::Protocol(ProtocolError::Client("sent a statement command without an id".into()))
+                    })?;
+                    let known = if id == u32::MAX {
+                        // MariaDB: the statement prepared last.
+                        self.last_prepare.clone()
+                    } else {
+                        self.prepared.get(&id).map(|s| (s.sql.clone(), s.lexing))
+                    };
+                    let (sql, known, lexing) = match known {
+                        Some((sql, lexing)) => (sql, true, lexing),
+                        None => (Arc::from(""), false, now),
+                    };
+                    (sql, known, lexing, Step::Run, Kind::Statement, Some(id))
+                }
+            };
+        if command == COM_STMT_FETCH {
+            // A fetch reads more rows of the cursor an execution opened: judged with it.
+            let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
+            let running = cursor.map(|(resumes, judgement)| Running {
+                id: self.next_statement(),
+                sql: sql.clone(),
+                protocol: QueryProtocol::Extended,
+                rows: 0,
+                started: Instant::now(),
+                completed: 0,
+                failed: false,
+                function_oid: None,
+                resumes: Some(resumes),
+                lexing,
+                portal: Vec::new(),
+                parameters: None,
+                judgement,
+                columns: None,
+            });
+            self.owed.push(Answer::Server {
+                shape: Shape::Fetch,
+                tag: Owner { kind: Kind::Statement, running, infile_refused: None },
+            });
+            return self.forward(&p).await;
+        }
+        let protocol = if command == COM_QUERY { QueryProtocol::Simple } else { QueryProtocol::Extended };
+        if !inspect {
+            let running = (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, None));
+            return self.send_statement(p, command, kind, running, cursor_of).await;
+        }
+        if hooks.filters_results() || hooks.limits_results() {
+            // Masking and volume limits are not applied to MySQL results yet: refused rather
+            // than returned unmasked or uncounted.
+            if command != COM_STMT_PREPARE {
+                let message = "warden: masking and volume limits are not yet applied to MySQL sessions; the statement is refused rather than answered unmasked";
+                self.refuse(refusal::ACCESS_DENIED, *b"42000", message);
+                return Ok(());
+            }
+        }
+        self.judged += 1;
+        let message = self.judged;
+        let mut verdict = self.judge(&sql, text_known, protocol, lexing, step, message);
+        for _ in 0..3 {
+            let Verdict::Hold(decision) = verdict else { break };
+            verdict = match self.wait_for(decision).await? {
+                Verdict::AskAgain => self.judge(&sql, text_known, protocol, lexing, step, message),
+                decided => decided,
+            };
+        }
+        match verdict {
+            Verdict::Allow(judgement) => {
+                let running = (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, judgement));
+                self.send_statement(p, command, kind, running, cursor_of).await
+            }
+            Verdict::Deny { sqlstate, message } => {
+                let (code, state) = refusal::code_for(sqlstate);
+                self.refuse(code, state, &message);
+                Ok(())
+            }
+            Verdict::Hold(_) | Verdict::AskAgain => {
+                self.refuse(refusal::ACCESS_DENIED, *b"42000", "warden: the held statement was not decided");
+                Ok(())
+            }
+        }
+    }
+
+    fn judge(
+        &self,
+        sql: &str,
+        text_known: bool,
+        protocol: QueryProtocol,
+        lexing: Lexing,
+        step: Step,
+        message: u64,
+    ) -> Verdict {
+        // SQL-level prepared statements (PREPARE name FROM ...) are not tracked: an EXECUTE of
+        // one is judged as running a statement not known.
+        let prepared = |_: &str| None;
+        self.ctx.hooks.before_statement(&StatementInfo {
+            sql,
+            text_known,
+            prepared: &prepared,
+            protocol,
+            parameters: None,
+            function_oid: None,
+            lexing,
+            step,
+            portal: b"",
+            message,
+        })
+    }
+
+    fn next_statement(&mut self) -> u64 {
+        self.statements += 1;
+        self.statements
+    }
+
+    fn running(
+        &mut self,
+        sql: Arc<str>,
+        protocol: QueryProtocol,
+        lexing: Lexing,
+        judgement: Option<Arc<Judgement>>,
+    ) -> Running {
+        Running {
+            id: self.next_statement(),
+            sql,
+            protocol,
+            rows: 0,
+            started: Instant::now(),
+            completed: 0,
+            failed: false,
+            function_oid: None,
+            resumes: None,
+            lexing,
+            portal: Vec::new(),
+            parameters: None,
+            judgement,
+            columns: None,
+        }
+    }
+
+    async fn send_statement(
+        &mut self,
+        p: Packet,
+        command: u8,
+        kind: Kind,
+        running: Option<Running>,
+        stmt: Option<u32>,
+    ) -> Result<(), SessionError> {
+        if let Some(r) = &running {
+            self.ctx.hooks.on_forward(r);
+            if let Some(live) = &self.ctx.live {
+                live.forwarded(&r.sql, r.lexing);
+            }
+            if may_change_session(&r.sql) {
+                self.facts_stale = true;
+            }
+        }
+        if command == COM_STMT_EXECUTE
+            && let (Some(id), Some(r)) = (stmt, &running)
+            && let Some(prepared) = self.prepared.get_mut(&id)
+        {
+            // Cursor flags: the rows wait for COM_STMT_FETCH.
+            if p.payload.get(5).is_some_and(|f| f & 0x0f != 0) {
+                prepared.cursor = Some((r.id, r.judgement.clone()));
+            }
+        }
+        let shape = match command {
+            COM_STMT_PREPARE => Shape::Prepare,
+            COM_STMT_EXECUTE => Shape::Results { binary: true },
+            _ => Shape::Results { binary: false },
+        };
+        self.owed.push(Answer::Server { shape, tag: Owner { kind, running, infile_refused: None } });
+        self.forward(&p).await
+    }
+
+    /// Waits for a held statement's decision while keeping what the client sends meanwhile; a
+    /// client that leaves ends the session (and so drops the hold).
+    async fn wait_for(
+        &mut self,
+        mut decision: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send>>,
+    ) -> Result<Verdict, SessionError> {
+        self.flush_client().await?;
+        loop {
+            if self.client_buf.len() >= MAX_HELD_INPUT {
+                return Ok(decision.await);
+            }
+            self.client_buf.reserve(16 * 1024);
+            tokio::select! {
+                verdict = &mut decision => return Ok(verdict),
+                read = self.client.read_buf(&mut self.client_buf) => match read {
+                    Ok(0) => return Err(SessionError::ClientIo(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client disconnected while a statement was held",
+                    ))),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+            }
+        }
+    }
+
+    /// Asks the (idle) server for the session's facts and reads its answer, kept from the client.
+    async fn read_facts(&mut self) -> Result<Result<SessionFacts, String>, SessionError> {
+        let mut payload = vec![COM_QUERY];
+        payload.extend_from_slice(FACTS_QUERY.as_bytes());
+        self.owed.push(Answer::Server {
+            shape: Shape::Results { binary: false },
+            tag: Owner { kind: Kind::Facts { rows: Vec::new(), error: None }, running: None, infile_refused: None },
+        });
+        self.server.write_all(&framed(0, &payload)).await.map_err(SessionError::UpstreamIo)?;
+        self.server.flush().await.map_err(SessionError::UpstreamIo)?;
+        let limit = self.ctx.max_message;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            while let Some(p) = packet::take(&mut self.server_buf, limit)
+                .map_err(|e| SessionError::Protocol(ProtocolError::Server(e.to_string())))?
+            {
+                let (event, done) =
+                    self.owed.on_server(&p).map_err(|e| SessionError::Protocol(ProtocolError::Server(e.0)))?;
+                let owner = match done {
+                    Some(o) => o,
+                    None => {
+                        if let (Event::Row, Some(Owner { kind: Kind::Facts { rows, .. }, .. })) =
+                            (&event, self.owed.front_mut())
+                        {
+                            rows.push(text_row(&p.payload));
+                        }
+                        continue;
+                    }
+                };
+                let Kind::Facts { rows, error } = owner.kind else { continue };
+                let error = match event {
+                    Event::Error => Some(refusal::read_err(&p.payload).map_or_else(
+                        || "the server refused the facts query".into(),
+                        |(c, _, m)| format!("the server refused the facts query: {c} {m}"),
+                    )),
+                    _ => error,
+                };
+                return Ok(self.take_facts(rows, error));
+            }
+            self.server_buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.server.read_buf(&mut self.server_buf)).await {
+                Err(_) => {
+                    return Err(SessionError::Protocol(ProtocolError::Server(
+                        "did not answer the facts query within 10 s".into(),
+                    )));
+                }
+                Ok(Ok(0)) => return Err(SessionError::UpstreamClosed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(SessionError::UpstreamIo(e)),
+            }
+        }
+    }
+
+    fn take_facts(&mut self, rows: Vec<Vec<Option<Vec<u8>>>>, error: Option<String>) -> Result<SessionFacts, String> {
+        if let Some(error) = error {
+            return Err(error);
+        }
+        let [row] = &rows[..] else { return Err(format!("the facts query answered {} rows", rows.len())) };
+        let text = |i: usize| row.get(i).cloned().flatten().map(|v| String::from_utf8_lossy(&v).into_owned());
+        let database = text(0);
+        let account = text(1).ok_or("the facts query gave no account")?;
+        let charset = text(2).ok_or("the facts query gave no character set")?;
+        let sql_mode = text(3).unwrap_or_default();
+        self.database = database.clone();
+        self.charset = charset.to_ascii_lowercase();
+        let modes: Vec<&str> = sql_mode.split(',').collect();
+        self.ansi_quotes =
+            modes.iter().any(|m| m.eq_ignore_ascii_case("ANSI_QUOTES") || m.eq_ignore_ascii_case("ANSI"));
+        self.no_backslash_escapes = modes.iter().any(|m| m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"));
+        self.facts_stale = false;
+        // 'user'@'host': the account's user part is the role policies name.
+        let current_user = match account.rfind('@') {
+            Some(at) => account[..at].to_string(),
+            None => account,
+        };
+        let schemas: Vec<String> = database.iter().cloned().collect();
+        Ok(SessionFacts {
+            current_user,
+            session_user: self.user.clone(),
+            search_path: database.unwrap_or_default(),
+            schemas,
+            catalog: Arc::default(),
+        })
+    }
+
+    /// COM_CHANGE_USER: a new authentication on the same connection; what the hooks know of
+    /// the session starts again.
+    async fn change_user(&mut self, p: Packet) -> Result<(), SessionError> {
+        if !self.owed.is_empty() {
+            self.refuse(refusal::NOT_SUPPORTED, *b"HY000", "warden: COM_CHANGE_USER while answers are outstanding");
+            return Ok(());
+        }
+        self.flush_client().await?;
+        let (user, database) = change_user_names(&p.payload);
+        self.forward(&p).await?;
+        let client_tls = matches!(self.client, MaybeTls::ServerTls(_));
+        let server_tls = matches!(self.server, MaybeTls::ClientTls(_));
+        let mut auth = Auth {
+            client: &mut self.client,
+            server: &mut self.server,
+            client_buf: &mut self.client_buf,
+            server_buf: &mut self.server_buf,
+            shift: 0,
+            cleartext_forbidden: client_tls && !server_tls,
+        };
+        let result = tokio::time::timeout(std::time::Duration::from_secs(60), auth.relay()).await;
+        match result {
+            Err(_) => {
+                return Err(SessionError::ClientIo(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "COM_CHANGE_USER took too long",
+                )));
+            }
+            Ok(r) => {
+                r?;
+            }
+        }
+        self.user = user;
+        self.database = database;
+        self.prepared.clear();
+        self.last_prepare = None;
+        self.facts_stale = true;
+        if let Some(live) = &self.ctx.live {
+            live.set_user(Some(&self.user));
+        }
+        self.ctx.hooks.on_session_start(&SessionStart {
+            user: Some(&self.user),
+            database: self.database.as_deref(),
+            role: None,
+        });
+        Ok(())
+    }
+}
+
+/// The user and database a COM_CHANGE_USER names.
+fn change_user_names(p: &[u8]) -> (String, Option<String>) {
+    let body = &p[1..];
+    let user_end = memchr::memchr(0, body).unwrap_or(body.len());
+    let user = String::from_utf8_lossy(&body[..user_end]).into_owned();
+    let mut rest = body.get(user_end + 1..).unwrap_or(&[]);
+    // The authentication response: one length byte (CLIENT_SECURE_CONNECTION).
+    if let Some((&len, after)) = rest.split_first() {
+        rest = after.get(usize::from(len)..).unwrap_or(&[]);
+    }
+    let db_end = memchr::memchr(0, rest).unwrap_or(rest.len());
+    let database = (db_end > 0).then(|| String::from_utf8_lossy(&rest[..db_end]).into_owned());
+    (user, database)
+}
+
+/// Whether a statement was judged as sending the server a client file (LOAD DATA LOCAL); one
+/// not judged (no policy inspects this session) may.
+fn names_load_data_local(judgement: Option<&Judgement>) -> bool {
+    judgement.is_none_or(|j| {
+        j.parts.iter().any(|p| {
+            p.described
+                .analysis
+                .functions
+                .iter()
+                .any(|f| f.schema.as_deref() == Some("mysql") && f.name == crate::sql::LOAD_DATA_LOCAL)
+        })
+    })
+}
+
+fn stmt_id(p: &[u8]) -> Option<u32> {
+    p.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    packet::put(&mut out, seq, payload);
+    out
+}
+
+/// The values of a text-protocol row (NULL: `None`).
+fn text_row(p: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut rest = p;
+    let mut values = Vec::new();
+    while !rest.is_empty() {
+        if rest[0] == 0xfb {
+            values.push(None);
+            rest = &rest[1..];
+            continue;
+        }
+        match packet::lenenc_bytes(&mut rest) {
+            Some(v) => values.push(Some(v.to_vec())),
+            None => break,
+        }
+    }
+    values
+}
+
+/// Whether a statement may change what the facts say (the database, the account, the
+/// character set, the sql_mode): they are read again before the next statement is judged.
+/// Matched on the raw text, comments and executable comments included, so nothing the server
+/// runs escapes it.
+fn may_change_session(sql: &str) -> bool {
+    const WORDS: &[&str] = &["names", "character", "charset", "sql_mode", "@@", "collation", "execute", "reset"];
+    let lower = sql.to_ascii_lowercase();
+    WORDS.iter().any(|w| lower.contains(w)) || has_word(&lower, "use")
+}
+
+fn has_word(text: &str, word: &str) -> bool {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    let bytes = text.as_bytes();
+    memchr::memmem::find_iter(bytes, word.as_bytes()).any(|at| {
+        let before = at.checked_sub(1).is_none_or(|i| !ident(bytes[i]));
+        let after = bytes.get(at + word.len()).is_none_or(|&b| !ident(b));
+        before && after
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_that_may_change_the_session_are_noticed() {
+        for sql in [
+            "SET NAMES gbk",
+            "set character set sjis",
+            "SET SESSION sql_mode='ANSI_QUOTES'",
+            "SET @@session.sql_mode = ''",
+            "/*!40101 SET NAMES utf8 */",
+            "USE other",
+            "select 1; use`other`",
+            "EXECUTE s",
+        ] {
+            assert!(may_change_session(sql), "{sql}");
+        }
+        for sql in ["SELECT * FROM users", "UPDATE t SET a = 1 WHERE id = 2", "select used from t"] {
+            assert!(!may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn text_rows_are_read_with_nulls() {
+        assert_eq!(text_row(b"\x02db\xfb\x03abc"), vec![Some(b"db".to_vec()), None, Some(b"abc".to_vec())]);
+        assert_eq!(text_row(b"\x05ab"), Vec::<Option<Vec<u8>>>::new(), "a truncated value ends the row");
+    }
+
+    #[test]
+    fn change_user_names_its_user_and_database() {
+        let p = b"\x11bob\0\x03abcshop\0mysql_native_password\0";
+        assert_eq!(change_user_names(p), ("bob".into(), Some("shop".into())));
+        assert_eq!(change_user_names(b"\x11bob\0\x00\0"), ("bob".into(), None));
+        assert_eq!(change_user_names(b"\x11"), (String::new(), None));
+    }
+}

@@ -1,0 +1,240 @@
+//! MySQL sessions (`protocol: mysql`) through the real redirect against a real MariaDB: the
+//! command-line client and the Python drivers give the same transcript as on a direct
+//! connection, statements are recorded with their class, and policy refusals are ERR 1142
+//! naming the rule, leaving the database as it was and the session usable.
+
+use serde_json::Value;
+use testkit::{
+    Agent, TestPki, check,
+    mariadb::{MariaAuth, MariaDb, MariaDbOptions, MariaSsl, PY_MYSQL_DRIVERS, mariadb_cli, mysql_check},
+    output, workspace_root,
+};
+
+const USER: &str = "app";
+const PASSWORD: &str = "s3cret-pw";
+
+fn database_yaml(db: &MariaDb) -> String {
+    format!("  - {{name: shop, protocol: mysql, address: '{}:{}'}}", db.host, db.port)
+}
+
+/// The mariadb client run by a labelled workload: (success, stdout, stderr).
+fn labelled_cli(agent: &Agent, labels: &[&str], db: &MariaDb, ssl: MariaSsl, sql: &str) -> (bool, String, String) {
+    let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, ssl);
+    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend(["-e".to_string(), sql.to_string()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = output(&mut agent.exec(labels, &argv));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn statements(agent: &Agent) -> Vec<Value> {
+    agent.records().into_iter().filter(|r| r["kind"] == "statement").collect()
+}
+
+#[test]
+fn the_mariadb_client_is_redirected_attributed_and_its_statements_recorded() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    let agent = Agent::start(&database_yaml(&db));
+    let labels = ["warden/identity=it-mysql", "team=data"];
+    db.sql("create table test.t (id int primary key, v varchar(20))");
+    let sql = "insert into t values (1, 'a'), (2, 'b'); \
+               select id, v from t order by id; select connection_id() = connection_id(); \
+               create table u (id int)";
+    let (ok, out, err) = labelled_cli(&agent, &labels, &db, MariaSsl::Off, sql);
+    assert!(ok, "{err}\n{}", agent.log());
+    assert_eq!(out, "1\ta\n2\tb\n1\n");
+    let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
+    assert_eq!(open["database"], "shop");
+    assert_eq!(open["db_user"], USER);
+    assert_eq!(open["db_name"], "test");
+    assert_eq!(open["identity"]["labels"]["warden/identity"], "it-mysql");
+    assert_eq!(open["identity"]["comm"], "mariadb");
+    let insert = agent.wait_record("the INSERT", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|s| s.starts_with("insert"))
+    });
+    assert_eq!(insert["class"], "write", "{insert}");
+    let select = agent.wait_record("the SELECT", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|s| s.starts_with("select id"))
+    });
+    assert_eq!(select["class"], "read", "{select}");
+    assert_eq!(select["rows"], 2, "{select}");
+    assert_eq!(select["relations"], serde_json::json!(["t"]), "{select}");
+    assert_eq!(
+        select["facts"]["relations"],
+        serde_json::json!([[["test", "t"]]]),
+        "unqualified names resolve in the session's database: {select}"
+    );
+    let create = agent.wait_record("the CREATE", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|s| s.starts_with("create"))
+    });
+    assert_eq!(create["class"], "ddl", "{create}");
+    // The server really ran it all, through the proxy.
+    assert_eq!(db.sql("select count(*) from test.t"), "2");
+    let close = agent.wait_record("connection_close", |r| r["kind"] == "connection_close");
+    assert!(close["error"].is_null(), "{close}");
+}
+
+const BASELINE: &str = "baseline.yaml";
+
+#[test]
+fn the_baseline_refuses_mysql_statements_with_error_1142_and_the_session_goes_on() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    db.sql(
+        "create table test.accounts (id int primary key, owner varchar(10), balance int); \
+            insert into test.accounts values (1, 'ann', 10), (2, 'bob', 20), (3, 'cy', 30)",
+    );
+    let baseline = std::fs::read_to_string(workspace_root().join("policies").join(BASELINE)).unwrap();
+    let agent = Agent::start_with_policies(&database_yaml(&db), &[(BASELINE, &baseline)]);
+    let bot = ["warden/kind=agent", "warden/identity=it-bot"];
+
+    let (ok, _, err) = labelled_cli(&agent, &bot, &db, MariaSsl::Off, "delete from accounts");
+    assert!(!ok && err.contains("ERROR 1142 (42000)") && err.contains("no-unscoped-writes"), "{err}");
+    assert_eq!(db.sql("select count(*) from test.accounts"), "3", "nothing was deleted");
+
+    // An executable comment is code: the DROP inside it is judged and refused.
+    let (ok, _, err) = labelled_cli(&agent, &bot, &db, MariaSsl::Off, "select 1 /*!50000 ; drop table accounts */");
+    assert!(!ok && err.contains("ERROR 1142"), "{err}");
+    assert_eq!(db.sql("select count(*) from test.accounts"), "3");
+
+    // The client sends each statement of its script alone: the SELECT runs, the DROP is
+    // refused naming its rule, and the session goes on.
+    let (ok, out, err) =
+        labelled_cli(&agent, &bot, &db, MariaSsl::Off, "select owner from accounts where id = 2; drop table accounts");
+    assert!(!ok && err.contains("ERROR 1142") && err.contains("no-ddl"), "{err}");
+    assert_eq!(out, "bob\n");
+    assert_eq!(db.sql("select count(*) from test.accounts"), "3");
+
+    // LOAD DATA LOCAL sends a client file: refused for agents by the baseline, naming the rule.
+    let csv = std::env::temp_dir().join(testkit::unique("warden-load-")).with_extension("csv");
+    std::fs::write(&csv, "7,eve,70\n").unwrap();
+    let load = format!("load data local infile '{}' into table accounts fields terminated by ','", csv.display());
+    let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
+    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend(["--local-infile=1".into(), "-e".into(), load.clone()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = output(&mut agent.exec(&bot, &argv));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ERROR 1142") && err.contains("no-client-files"), "{err}");
+    assert_eq!(db.sql("select count(*) from test.accounts"), "3");
+    // A person's session may.
+    let out = output(&mut agent.exec(&["warden/identity=it-human"], &argv));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(db.sql("select owner from test.accounts where id = 7"), "eve");
+    let _ = std::fs::remove_file(&csv);
+    db.sql("delete from test.accounts where id = 7");
+
+    // Unlabelled workloads are not selected by the baseline.
+    let (ok, _, err) =
+        labelled_cli(&agent, &["warden/identity=it-human"], &db, MariaSsl::Off, "delete from accounts where id = 3");
+    assert!(ok, "{err}");
+    assert_eq!(db.sql("select count(*) from test.accounts"), "2");
+
+    let refused = agent.wait_record("the refused DELETE", |r| {
+        r["kind"] == "statement" && r["text"] == "delete from accounts" && r["verdict"]["decision"] == "deny"
+    });
+    assert_eq!(refused["verdict"]["rule"], "no-unscoped-writes", "{refused}");
+}
+
+#[test]
+fn python_drivers_give_the_same_transcript_through_the_proxy_as_direct() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    for driver in PY_MYSQL_DRIVERS {
+        let direct = output(&mut mysql_check(driver, &db.host, db.port, USER, PASSWORD));
+        assert!(direct.status.success(), "{driver} direct: {}", String::from_utf8_lossy(&direct.stderr));
+        let agent = Agent::start(&database_yaml(&db));
+        let cmd = mysql_check(driver, &db.host, db.port, USER, PASSWORD);
+        let mut argv: Vec<String> = vec![cmd.get_program().to_string_lossy().into_owned()];
+        argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let proxied = output(&mut agent.exec(&["warden/identity=it-driver"], &argv));
+        let (direct_out, proxied_out) =
+            (String::from_utf8_lossy(&direct.stdout), String::from_utf8_lossy(&proxied.stdout));
+        assert!(
+            proxied.status.success(),
+            "{driver} through the proxy: {}\n{}",
+            String::from_utf8_lossy(&proxied.stderr),
+            agent.log()
+        );
+        for (a, b) in direct_out.lines().zip(proxied_out.lines()) {
+            assert_eq!(a, b, "{driver}: the first line that differs");
+        }
+        assert_eq!(direct_out.lines().count(), proxied_out.lines().count(), "{driver}");
+        assert!(!statements(&agent).is_empty(), "{driver}: statements are recorded");
+        let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
+        assert_eq!(open["identity"]["labels"]["warden/identity"], "it-driver");
+    }
+}
+
+#[test]
+fn tls_on_both_legs_and_ed25519_and_native_authentication_pass_through() {
+    let pki = TestPki::new("warden-mysql-ca");
+    let (cert, key) = pki.server_cert("db", "DNS:db.test,IP:127.0.0.1");
+    let db = MariaDb::start_with(MariaDbOptions { tls: Some((cert, key)), ..Default::default() });
+    db.create_user(USER, PASSWORD, MariaAuth::Ed25519);
+    db.create_user("native", PASSWORD, MariaAuth::NativePassword);
+    let (proxy_cert, proxy_key) = pki.server_cert("warden", "DNS:localhost,IP:127.0.0.1");
+    let agent = Agent::start_with_proxy(
+        &format!("  - {{name: shop, protocol: mysql, address: '{}:{}', tls: {{mode: require}}}}", db.host, db.port),
+        &format!("  tls: {{cert: '{}', key: '{}'}}", proxy_cert.display(), proxy_key.display()),
+    );
+    let labels = ["warden/identity=it-tls"];
+    let (ok, out, err) = labelled_cli(
+        &agent,
+        &labels,
+        &db,
+        MariaSsl::On,
+        "select variable_value != '' from information_schema.session_status where variable_name = 'Ssl_cipher'; select current_user()",
+    );
+    assert!(ok, "{err}\n{}", agent.log());
+    assert_eq!(out, "1\napp@%\n", "the server's leg is TLS too");
+    let open = agent.wait_record("connection_open", |r| r["kind"] == "connection_open");
+    assert_eq!((open["client_tls"].as_bool(), open["upstream_tls"].as_bool()), (Some(true), Some(true)), "{open}");
+    // Verified against the proxy's certificate authority.
+    let cli = mariadb_cli(&db.host, db.port, "native", PASSWORD, MariaSsl::Verify(pki.ca()));
+    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend(["-e".into(), "select current_user()".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = check(&mut agent.exec(&labels, &argv));
+    assert_eq!(out, "native@%\n");
+    // A plain client reaches the TLS upstream too.
+    let tls_in_use =
+        "select variable_value != '' from information_schema.session_status where variable_name = 'Ssl_cipher'";
+    let (ok, out, err) = labelled_cli(&agent, &labels, &db, MariaSsl::Off, tls_in_use);
+    assert!(ok, "{err}");
+    assert_eq!(out, "1\n");
+    // A wrong password is the server's refusal, relayed.
+    let cli = mariadb_cli(&db.host, db.port, USER, "wrong", MariaSsl::Off);
+    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend(["-e".into(), "select 1".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = output(&mut agent.exec(&labels, &argv));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("1045"), "{out:?}");
+}
+
+#[test]
+fn compression_is_refused_clearly() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    let agent = Agent::start(&database_yaml(&db));
+    let (ok, out, err) = labelled_cli(&agent, &["warden/identity=it-c"], &db, MariaSsl::Off, "select 1");
+    assert!(ok && out == "1\n", "{err}");
+    // The greeting does not offer compression, so the client does not use it: the session works.
+    let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
+    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend(["--compress".into(), "-e".into(), "select 2".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = check(&mut agent.exec(&["warden/identity=it-c"], &argv));
+    assert_eq!(out, "2\n");
+}
