@@ -127,6 +127,13 @@ pub fn mysql_ambiguity(sql: &str, lexing: Lexing, simple: bool) -> Option<&'stat
     if before_last > 0 && mentions(&["sql_mode", "execute", "call"]) && differs() {
         return Some("a statement of the text may change sql_mode before a later one that reads differently under it");
     }
+    // The server finds settings by an accent-insensitive name: an earlier statement with
+    // non-ASCII letters may set sql_mode or the character set under another spelling.
+    if before_last > 0 && parts[..before_last].iter().any(|p| !p.is_ascii()) && (differs() || !sql.is_ascii()) {
+        return Some(
+            "an earlier statement of the text, spelled with non-ASCII letters, may change how later ones read",
+        );
+    }
     if before_last > 0 && !sql.is_ascii() && mentions(&["names", "character", "charset", "character_set_client"]) {
         return Some("a statement of the text may change the character set before later non-ASCII ones");
     }
@@ -201,6 +208,16 @@ mod tests {
             settled: true,
             ascii_safe: true,
         }
+    }
+
+    #[test]
+    fn a_mysql_mode_change_spelled_with_accents_makes_the_rest_ambiguous() {
+        let mysql = Lexing { dialect: crate::session::Dialect::MYSQL, ..lexing() };
+        let trap = "SET sql_modé='ANSI_QUOTES'; SELECT 1 AS \"a\\\"; DROP TABLE accounts; -- \"";
+        assert!(mysql_ambiguity(trap, mysql, true).is_some(), "{trap}");
+        let charset = "SET chäracter_set_client = gbk; SELECT '\u{bf}\\'; DROP TABLE accounts; -- '";
+        assert!(mysql_ambiguity(charset, mysql, true).is_some(), "{charset}");
+        assert!(mysql_ambiguity("SELECT 1; SELECT 2", mysql, true).is_none());
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
 /// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
 pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, options: LexOptions) -> bool {
     effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
+        // MySQL's USE: unqualified names resolve in another database from here.
+        || analysis.use_database.is_some()
         || contains_ci(raw, "search_path")
         || contains_ci(raw, "discard")
         // A temporary object creates the session's temporary schema, searched first.

@@ -238,3 +238,91 @@ fn compression_is_refused_clearly() {
     let out = check(&mut agent.exec(&["warden/identity=it-c"], &argv));
     assert_eq!(out, "2\n");
 }
+
+#[test]
+fn kill_query_from_a_second_connection_cancels_through_the_redirect() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    let baseline = std::fs::read_to_string(workspace_root().join("policies").join(BASELINE)).unwrap();
+    let agent = Agent::start_with_policies(&database_yaml(&db), &[(BASELINE, &baseline)]);
+    let script = workspace_root().join("tests/drivers/mysql_kill.py");
+    let port = db.port.to_string();
+    let argv = ["python3", script.to_str().unwrap(), &db.host, &port, USER, PASSWORD, "test"];
+    // An agent cancels its own statement (KILL QUERY: a cancel); ending a connection is
+    // administration, which the baseline refuses it.
+    let out = check(&mut agent.exec(&["warden/kind=agent", "warden/identity=it-killer"], &argv));
+    // MariaDB answers the interrupted SLEEP with 1 or with ER_QUERY_INTERRUPTED (1317).
+    let out = out.replace("victim: error 1317\n", "victim: 1\n");
+    assert_eq!(
+        out,
+        "victim: 1\ncancelled early: True\nvictim after: still usable\nkill connection: error 1142\n",
+        "{}",
+        agent.log()
+    );
+    let kill = agent.wait_record("the KILL QUERY", |r| {
+        r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.starts_with("KILL QUERY"))
+    });
+    assert_eq!((kill["class"].as_str(), kill["outcome"].as_str()), (Some("utility"), Some("completed")), "{kill}");
+}
+
+#[test]
+fn a_rust_client_with_binary_prepared_statements_gives_the_same_answers_through_the_proxy() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let direct = runtime.block_on(crate::mysql_harness::sqlx_mysql_workload(&db.host, db.port, USER, PASSWORD));
+    let agent = Agent::start(&database_yaml(&db));
+    // This test process is a workload too: its connection is redirected like any other.
+    let proxied = runtime.block_on(crate::mysql_harness::sqlx_mysql_workload(&db.host, db.port, USER, PASSWORD));
+    assert_eq!(direct, proxied);
+    let executed = agent.wait_record("an execution of a prepared statement", |r| {
+        r["kind"] == "statement" && r["protocol"] == "extended" && r["outcome"] == "completed"
+    });
+    assert!(executed["text"].as_str().is_some_and(|t| !t.is_empty()), "{executed}");
+    assert_eq!(agent.records().iter().filter(|r| r["kind"] == "connection_open").count(), 1);
+}
+
+const NO_SECRET: &str = "apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: no-secret}
+spec:
+  selector: {matchLabels: {warden/kind: agent}}
+  rules:
+    - {name: no-secret-reads, match: {relations: [\"secret.*\"]}, action: deny}
+";
+
+#[test]
+fn protocol_tricks_do_not_get_a_statement_past_its_judgement() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    db.sql(
+        "create table test.accounts (id int primary key); create database secret; \
+         create table secret.customers (v varchar(10)); insert into secret.customers values ('hidden')",
+    );
+    let baseline = std::fs::read_to_string(workspace_root().join("policies").join(BASELINE)).unwrap();
+    let agent =
+        Agent::start_with_policies(&database_yaml(&db), &[(BASELINE, &baseline), ("no-secret.yaml", NO_SECRET)]);
+    let script = workspace_root().join("tests/drivers/mysql_tricks.py");
+    let port = db.port.to_string();
+    let argv = ["python3", script.to_str().unwrap(), &db.host, &port, USER, PASSWORD, "test"];
+    let out = output(&mut agent.exec(&["warden/kind=agent", "warden/identity=it-tricks"], &argv));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The DROP sent with the login is judged as a command once the login is done: refused.
+    assert_eq!(lines[0], "login+command: login ok, command error 1142", "{stdout}");
+    // The database selected is judged (USE `secret`), and the pipelined query is judged where it
+    // runs: in secret, whose reads the policy refuses.
+    assert_eq!(lines[1], "init-db+select: ok, error 1142", "{stdout}");
+    // The facts are read as bytes, whatever character_set_results says: ANSI_QUOTES is known and
+    // the DROP it would hide is seen.
+    assert_eq!(lines[2], "garbled-facts: error 1142", "{stdout}");
+    assert_eq!(
+        db.sql(
+            "select count(*) from information_schema.tables where table_schema = 'test' and table_name = 'accounts'"
+        ),
+        "1"
+    );
+    let use_db = agent.wait_record("COM_INIT_DB as USE", |r| r["kind"] == "statement" && r["text"] == "USE `secret`");
+    assert_eq!(use_db["class"], "session", "{use_db}");
+}

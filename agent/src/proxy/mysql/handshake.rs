@@ -256,17 +256,18 @@ async fn negotiate(
 
     // The client's response, after TLS if it asks for it.
     let mut client_buf = BytesMut::with_capacity(4096);
-    let first = read_client(&mut client, &mut client_buf).await?;
+    // Read to its exact end: a client asking for TLS sends its ClientHello at once, and those
+    // bytes are the TLS acceptor's to read.
+    let first = match tokio::time::timeout(CLIENT_TIMEOUT, read_exact_packet(&mut client)).await {
+        Err(_) => return Err(SessionError::ClientIo(io::Error::new(io::ErrorKind::TimedOut, "no handshake response"))),
+        Ok(result) => result.map_err(client_error)?,
+    };
     let mut client_stream = MaybeTls::Plain(client);
     let mut client_ssl = 0u8;
     let response = if first.payload.len() == 32 && caps_of(&first.payload).contains(Caps::CLIENT_SSL) {
         let Some(config) = client_tls else {
             return Err(SessionError::Protocol(ProtocolError::Client("asked for TLS, which was not offered".into())));
         };
-        if !client_buf.is_empty() {
-            // Bytes after the TLS request, before the handshake: CVE-2021-23214's shape.
-            return Err(SessionError::Protocol(ProtocolError::Client("sent data after its TLS request".into())));
-        }
         let MaybeTls::Plain(tcp) = client_stream else { unreachable!() };
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
         let tls = tokio::time::timeout(CLIENT_TIMEOUT, accept)
@@ -280,7 +281,17 @@ async fn negotiate(
         first
     };
     report.client_tls = client_ssl == 1;
+    // Read, and forwarded, with the flags both sides offered: a client names its own abilities
+    // but lays its response out by what the server offered (attributes only if the server
+    // takes them, ...), and the server reads it with the flags both name.
+    let asked = caps_of(&response.payload);
+    // TLS is per leg: set below as the server's leg has it.
+    let mut agreed = (asked & offered & supported()) - Caps::CLIENT_SSL;
     let mut response_bytes = response.payload.to_vec();
+    if response_bytes.len() >= 32 {
+        response_bytes[..4].copy_from_slice(&agreed.bits().to_le_bytes());
+        response_bytes[28..32].copy_from_slice(&[0; 4]);
+    }
     let Ok(parsed) =
         mysql_common::io::ParseBuf(&response_bytes).parse::<mysql_common::packets::HandshakeResponse<'_>>(())
     else {
@@ -294,7 +305,7 @@ async fn negotiate(
         .await;
         return Err(SessionError::Protocol(ProtocolError::Client("sent a malformed handshake response".into())));
     };
-    let asked = parsed.capabilities();
+    let plugin = parsed.auth_plugin().map(|p| p.as_bytes().to_vec());
     let user = String::from_utf8_lossy(parsed.user()).into_owned();
     let database = parsed.db_name().filter(|d| !d.is_empty()).map(|d| String::from_utf8_lossy(d).into_owned());
     let charset = charset_of(parsed.collation());
@@ -317,8 +328,6 @@ async fn negotiate(
     }
 
     // TLS toward the server, as the database's tls.mode says.
-    // TLS is per leg: set below as the server's leg has it.
-    let mut agreed = (asked & offered & supported()) - Caps::CLIENT_SSL;
     let (mut server_stream, server_ssl) = match &db.tls.client_config {
         Some(config) if server_caps.contains(Caps::CLIENT_SSL) => {
             let mut request = response_bytes[..32].to_vec();
@@ -354,6 +363,15 @@ async fn negotiate(
         _ => (MaybeTls::Plain(server), 0u8),
     };
     report.upstream_tls = server_ssl == 1;
+    if client_ssl == 1 && server_ssl == 0 && plugin.as_deref().is_some_and(sends_cleartext) {
+        // The password itself is in the response: it must not cross a leg the client did not
+        // trust with it.
+        let message = "warden: the client sends its password in clear text (mysql_clear_password, dialog or sha256_password), and Warden's connection to the server is not encrypted (set the database's tls.mode)";
+        tell(&mut client_stream, response.next_seq(), refusal::CONNECTION_DENIED, *b"28000", message).await;
+        return Err(SessionError::Protocol(ProtocolError::Client(
+            "sent a cleartext password, which an unencrypted upstream must not carry".into(),
+        )));
+    }
     if let Some(open) = on_open.take() {
         open(report);
     }
@@ -409,6 +427,19 @@ async fn read_client<S: AsyncRead + Unpin>(client: &mut S, buf: &mut BytesMut) -
     }
 }
 
+/// Reads one packet (a single fragment) and not a byte more.
+async fn read_exact_packet(stream: &mut TcpStream) -> io::Result<Packet> {
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+    if len > MAX_HANDSHAKE_PACKET {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a handshake packet of {len} bytes")));
+    }
+    let mut payload = BytesMut::zeroed(len);
+    stream.read_exact(&mut payload).await?;
+    Ok(Packet { seq: head[3], fragments: 1, payload })
+}
+
 fn caps_of(response: &[u8]) -> Caps {
     response.get(..4).map_or(Caps::empty(), |b| Caps::from_bits_retain(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
 }
@@ -440,7 +471,14 @@ pub struct Auth<'a> {
 
 impl Auth<'_> {
     /// Relays until the server accepts (its OK's status flags) or refuses (the session ends).
+    ///
+    /// Turn by turn: the client may send one packet after each server packet that asks for a
+    /// reply (an auth switch, more authentication data other than fast authentication's
+    /// success), and nothing else. Whatever else it sends meanwhile waits for the command
+    /// phase, where it is judged: a command sent along with the handshake response would
+    /// otherwise reach the server the moment it accepts the login, unjudged.
     pub async fn relay(&mut self) -> Result<u16, SessionError> {
+        let mut replies = 0usize;
         loop {
             while let Some(p) = packet::take(self.server_buf, MAX_HANDSHAKE_PACKET)
                 .map_err(|e| SessionError::Protocol(ProtocolError::Server(e.to_string())))?
@@ -467,33 +505,57 @@ impl Auth<'_> {
                             "refused the authentication: {why}"
                         ))));
                     }
-                    _ => {}
+                    // Fast authentication succeeded: the OK follows, the client says nothing.
+                    _ if p.payload[..] == [0x01, 0x03] => {}
+                    _ => replies = 1,
                 }
             }
-            while let Some(p) = packet::take(self.client_buf, MAX_HANDSHAKE_PACKET)
-                .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
+            if replies > 0
+                && let Some(p) = packet::take(self.client_buf, MAX_HANDSHAKE_PACKET)
+                    .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
             {
+                replies = 0;
                 let seq = p.seq.wrapping_add(self.shift);
                 self.server.write_all(&framed(seq, &p.payload)).await.map_err(SessionError::UpstreamIo)?;
             }
             self.client.flush().await.map_err(SessionError::ClientIo)?;
             self.server.flush().await.map_err(SessionError::UpstreamIo)?;
-            self.client_buf.reserve(4096);
             self.server_buf.reserve(4096);
+            // The client is read only when its reply is awaited (and then at most a packet's
+            // worth is kept): what it sends early waits in the socket.
+            let read_client = replies > 0 && self.client_buf.len() < MAX_HANDSHAKE_PACKET + 4;
+            if read_client {
+                self.client_buf.reserve(4096);
+            }
             tokio::select! {
                 read = self.server.read_buf(self.server_buf) => match read {
                     Ok(0) => return Err(SessionError::UpstreamClosed),
                     Ok(_) => {}
                     Err(e) => return Err(SessionError::UpstreamIo(e)),
                 },
-                read = self.client.read_buf(self.client_buf) => match read {
-                    Ok(0) => return Err(SessionError::ClientIo(io::Error::new(io::ErrorKind::UnexpectedEof, "left during authentication"))),
+                read = self.client.read_buf(self.client_buf), if read_client => match read {
+                    Ok(0) => {
+                        return Err(SessionError::ClientIo(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "left during authentication",
+                        )));
+                    }
                     Ok(_) => {}
                     Err(e) => return Err(SessionError::ClientIo(e)),
                 },
             }
         }
     }
+}
+
+/// Plugins whose client sends the password itself (over a connection it believes encrypted:
+/// sha256_password and caching_sha2_password's full authentication; always: the others).
+const CLEARTEXT_PLUGINS: &[&[u8]] = &[b"mysql_clear_password", b"dialog", b"sha256_password"];
+
+/// Whether a client naming authentication plugin `plugin` in its response sends its password
+/// in clear in it.
+pub fn sends_cleartext(plugin: &[u8]) -> bool {
+    CLEARTEXT_PLUGINS.contains(&plugin)
 }
 
 /// Whether a server packet of the authentication exchange asks the client for its password in
@@ -505,7 +567,7 @@ fn asks_for_cleartext(p: &[u8]) -> bool {
         [0x01, 0x04] => true,
         [state::EOF, rest @ ..] if !rest.is_empty() => {
             let name = &rest[..memchr::memchr(0, rest).unwrap_or(rest.len())];
-            name == b"mysql_clear_password" || name == b"dialog"
+            sends_cleartext(name)
         }
         _ => false,
     }
@@ -572,6 +634,7 @@ mod tests {
         assert!(asks_for_cleartext(b"\xfemysql_clear_password\0"));
         assert!(asks_for_cleartext(b"\xfedialog\0\x01"));
         assert!(!asks_for_cleartext(b"\xfecaching_sha2_password\0nonce"));
+        assert!(asks_for_cleartext(b"\xfesha256_password\0nonce"));
         assert!(!asks_for_cleartext(b"\x00\x00\x00\x02\x00\x00\x00"));
     }
 

@@ -33,7 +33,6 @@ const COM_QUERY: u8 = 0x03;
 const COM_FIELD_LIST: u8 = 0x04;
 const COM_STATISTICS: u8 = 0x09;
 const COM_PROCESS_KILL: u8 = 0x0c;
-const COM_DEBUG: u8 = 0x0d;
 const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
@@ -47,9 +46,16 @@ const COM_RESET_CONNECTION: u8 = 0x1f;
 
 /// What the client may send while a statement is held, kept for after the decision.
 const MAX_HELD_INPUT: usize = 1 << 20;
+/// Answers owed at most: beyond, the client's further commands wait in its socket.
+const MAX_OWED: usize = 256;
+/// Statements prepared at most (MySQL's own max_prepared_stmt_count defaults to 16,382).
+const MAX_PREPARED: usize = 16_384;
 /// What the proxy asks the server for its facts: the current database, the account the
 /// session acts as, and what decides how statement text is lexed.
-const FACTS_QUERY: &str = "SELECT DATABASE(), CURRENT_USER(), @@character_set_client, @@sql_mode";
+/// Each value is cast to binary: the server converts text results to the session's
+/// character_set_results, which the client chooses (UTF-16 would garble every fact).
+const FACTS_QUERY: &str = "SELECT CAST(DATABASE() AS BINARY), CAST(CURRENT_USER() AS BINARY), \
+     CAST(@@character_set_client AS BINARY), CAST(@@sql_mode AS BINARY)";
 
 /// Character sets whose multibyte characters can hold the bytes of `'`, `"` or `\`: text in
 /// them cannot be lexed from its bytes.
@@ -99,8 +105,11 @@ struct Session<'a> {
     /// What the proxy itself sends the server (the end of a refused file transfer).
     to_server: Vec<u8>,
     /// The client is sending a file the server asked for: its packets are data, not commands,
-    /// up to an empty one.
+    /// up to an empty one; the sequence id the server expects of the next.
     infile_open: bool,
+    infile_seq: u8,
+    /// CLIENT_LOCAL_FILES was agreed: the server may ask for a file in answer to any query.
+    local_files: bool,
     owed: Owed<Owner>,
     user: String,
     database: Option<String>,
@@ -110,8 +119,13 @@ struct Session<'a> {
     /// Something forwarded may have changed the database, the account, the character set or
     /// the sql_mode: the facts are read again before the next statement is judged.
     facts_stale: bool,
+    /// Something forwarded may have changed the character set: until the facts say which,
+    /// text is not lexed from its bytes.
+    charset_unsettled: bool,
     prepared: HashMap<u32, Prepared>,
-    /// The text of the last COM_STMT_PREPARE forwarded (MariaDB's statement id -1 names it).
+    /// The text of the statement the server prepared last, as far as the proxy knows (MariaDB's
+    /// statement id -1 names it): set when a prepare is forwarded, cleared when one is refused
+    /// or fails.
     last_prepare: Option<(Arc<str>, Lexing)>,
     statements: u64,
     judged: u64,
@@ -131,11 +145,14 @@ pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionR
         to_client: Vec::with_capacity(16 * 1024),
         to_server: Vec::new(),
         infile_open: false,
+        infile_seq: 0,
+        local_files: est.caps.contains(Caps::CLIENT_LOCAL_FILES),
         owed: Owed::new(est.caps.contains(Caps::CLIENT_DEPRECATE_EOF)),
         user: est.user,
         database: est.database,
         charset: est.charset,
         facts_stale: true,
+        charset_unsettled: false,
         prepared: HashMap::new(),
         last_prepare: None,
         statements: 0,
@@ -183,9 +200,12 @@ impl Session<'_> {
                 self.server.write_all(&bytes).await.map_err(SessionError::UpstreamIo)?;
                 self.server.flush().await.map_err(SessionError::UpstreamIo)?;
             }
-            // A command is taken only when the client's earlier answers are written.
-            if let Some(p) = packet::take(&mut self.client_buf, limit)
-                .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
+            // A command is taken only when the client's earlier answers are written, and while
+            // the client may be asked for a file, only its data.
+            let takes = self.infile_open || !self.awaiting_infile() && self.owed.len() < MAX_OWED;
+            if takes
+                && let Some(p) = packet::take(&mut self.client_buf, limit)
+                    .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
             {
                 report.bytes_from_client += p.payload.len() as u64 + 4 * u64::from(p.fragments);
                 if !self.on_command(p).await? {
@@ -193,7 +213,12 @@ impl Session<'_> {
                 }
                 continue;
             }
-            self.client_buf.reserve(16 * 1024);
+            // What the client sends while its commands wait stays in its socket, beyond a
+            // packet's worth.
+            let read_client = takes || self.client_buf.len() < 64 * 1024;
+            if read_client {
+                self.client_buf.reserve(16 * 1024);
+            }
             self.server_buf.reserve(16 * 1024);
             tokio::select! {
                 read = self.server.read_buf(&mut self.server_buf) => match read {
@@ -201,7 +226,7 @@ impl Session<'_> {
                     Ok(_) => {}
                     Err(e) => return Err(SessionError::UpstreamIo(e)),
                 },
-                read = self.client.read_buf(&mut self.client_buf) => match read {
+                read = self.client.read_buf(&mut self.client_buf), if read_client => match read {
                     // The client left: what it sent runs to its end on the server, which sees
                     // the close as the client's quit.
                     Ok(0) => return Ok(()),
@@ -224,11 +249,20 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Whether the server may ask the client for a file before the client's next command is
+    /// read: a query is owed on a connection that allows LOCAL INFILE. (The client's next
+    /// packets might be the file; taken as a command, the server would read them otherwise.)
+    fn awaiting_infile(&self) -> bool {
+        self.local_files && self.owed.owes_query()
+    }
+
     fn lexing(&self) -> Lexing {
         Lexing {
             standard_conforming_strings: true,
             settled: !self.facts_stale,
-            ascii_safe: !UNSAFE_CHARSETS.contains(&self.charset.as_str()) && !self.charset.is_empty(),
+            ascii_safe: !self.charset_unsettled
+                && !UNSAFE_CHARSETS.contains(&self.charset.as_str())
+                && !self.charset.is_empty(),
             dialect: Dialect::MySql { ansi_quotes: self.ansi_quotes, no_backslash_escapes: self.no_backslash_escapes },
         }
     }
@@ -245,6 +279,13 @@ impl Session<'_> {
             None => self.owed.front_mut(),
         };
         let Some(owner) = owner else { return Ok(()) };
+        if self.infile_open && matches!(event, Event::Done { .. } | Event::Error) {
+            // The server ended the statement while the proxy still relays the client's file:
+            // the two no longer agree on what the client's next packets are.
+            return Err(SessionError::Protocol(ProtocolError::Server(
+                "answered a LOCAL INFILE statement before its file was sent".into(),
+            )));
+        }
         if let Kind::Facts { rows, error } = &mut owner.kind {
             match event {
                 Event::Row => rows.push(text_row(&p.payload)),
@@ -278,6 +319,7 @@ impl Session<'_> {
             if owner.running.as_ref().is_none_or(|r| names_load_data_local(r.judgement.as_deref())) {
                 packet::put(&mut self.to_client, p.seq, &p.payload);
                 self.infile_open = true;
+                self.infile_seq = p.seq.wrapping_add(1);
             } else {
                 // No file goes to the server: an empty transfer, as a client that has none.
                 packet::put(&mut self.to_server, p.seq.wrapping_add(1), &[]);
@@ -308,6 +350,10 @@ impl Session<'_> {
                     }
                 }
                 Event::Error => {
+                    if matches!(owner.kind, Kind::Prepare(..)) {
+                        // What the server's "last prepared statement" is now is not known.
+                        self.last_prepare = None;
+                    }
                     if let Some(r) = owner.running.as_mut() {
                         let code =
                             refusal::read_err(&p.payload).and_then(|(_, s, _)| s).unwrap_or(SqlState::INTERNAL_ERROR);
@@ -354,9 +400,13 @@ impl Session<'_> {
     /// One client command. Returns false when the client quit.
     async fn on_command(&mut self, p: Packet) -> Result<bool, SessionError> {
         if self.infile_open {
-            // The file the server asked for, relayed as it comes; an empty packet ends it.
+            // The file the server asked for, relayed as it comes, in the sequence the server
+            // expects (whatever ids the client put on it); an empty packet ends it.
             self.infile_open = !p.payload.is_empty();
-            self.forward(&p).await?;
+            let framed = framed(self.infile_seq, &p.payload);
+            self.infile_seq = self.infile_seq.wrapping_add(p.fragments.max(1));
+            self.server.write_all(&framed).await.map_err(SessionError::UpstreamIo)?;
+            self.server.flush().await.map_err(SessionError::UpstreamIo)?;
             return Ok(true);
         }
         if p.seq != 0 {
@@ -374,7 +424,8 @@ impl Session<'_> {
                 let _ = self.server.flush().await;
                 return Ok(false);
             }
-            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE | COM_STMT_FETCH => {
+            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE | COM_STMT_FETCH | COM_PROCESS_KILL | COM_INIT_DB
+            | COM_FIELD_LIST => {
                 return self.statement(p, command).await.map(|()| true);
             }
             COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
@@ -389,17 +440,19 @@ impl Session<'_> {
                 return Ok(true);
             }
             COM_CHANGE_USER => return self.change_user(p).await.map(|()| true),
-            COM_INIT_DB => {
-                let db = String::from_utf8_lossy(&p.payload[1..]).into_owned();
-                (Shape::Status, Kind::InitDb(db))
+            COM_RESET_CONNECTION => {
+                // The session's sql_mode and character set go back to the server's defaults:
+                // from now, not from the answer (a pipelined statement would be lexed wrongly).
+                self.facts_stale = true;
+                self.charset_unsettled = true;
+                self.last_prepare = None;
+                (Shape::Status, Kind::ResetConnection)
             }
-            COM_RESET_CONNECTION => (Shape::Status, Kind::ResetConnection),
-            COM_PING | COM_PROCESS_KILL | COM_DEBUG | COM_STMT_RESET | COM_SET_OPTION => (Shape::Status, Kind::Other),
+            COM_PING | COM_STMT_RESET | COM_SET_OPTION => (Shape::Status, Kind::Other),
             COM_STATISTICS => (Shape::Any, Kind::Other),
-            COM_FIELD_LIST => (Shape::FieldList, Kind::Other),
             other => {
                 let message = format!(
-                    "warden: command {other:#04x} is not relayed (replication and unknown commands are refused)"
+                    "warden: command {other:#04x} is not relayed (replication, debugging, bulk execution and unknown commands are refused)"
                 );
                 self.refuse(refusal::UNKNOWN_COMMAND, *b"08S01", &message);
                 return Ok(true);
@@ -433,13 +486,43 @@ impl Session<'_> {
         let (sql, text_known, lexing, step, kind, cursor_of): (Arc<str>, bool, Lexing, Step, Kind, Option<u32>) =
             match command {
                 COM_QUERY => {
-                    let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&p.payload[1..]).as_ref());
-                    (sql, true, now, Step::Run, Kind::Statement, None)
+                    let (sql, lexing) = statement_text(&p.payload[1..], now, &self.charset);
+                    (sql, true, lexing, Step::Run, Kind::Statement, None)
+                }
+                COM_INIT_DB => {
+                    // Judged and recorded as the statement it is: USE `db`.
+                    let db = String::from_utf8_lossy(&p.payload[1..]).into_owned();
+                    let sql: Arc<str> = Arc::from(format!("USE {}", backticked(&db)));
+                    (sql, true, now, Step::Run, Kind::InitDb(db), None)
+                }
+                COM_FIELD_LIST => {
+                    // The columns of a table: SHOW COLUMNS FROM `t` [LIKE 'wild'].
+                    let body = &p.payload[1..];
+                    let end = memchr::memchr(0, body).unwrap_or(body.len());
+                    let table = String::from_utf8_lossy(&body[..end]).into_owned();
+                    let wild = body.get(end + 1..).filter(|w| !w.is_empty());
+                    let mut sql = format!("SHOW COLUMNS FROM {}", backticked(&table));
+                    if let Some(w) = wild {
+                        sql.push_str(&format!(" LIKE {}", quoted(&String::from_utf8_lossy(w))));
+                    }
+                    (Arc::from(sql), true, now, Step::Run, Kind::Other, None)
+                }
+                COM_PROCESS_KILL => {
+                    // The command form of KILL CONNECTION: judged and recorded as that statement.
+                    let id = stmt_id(&p.payload).ok_or_else(|| {
+                        SessionError::Protocol(ProtocolError::Client("sent COM_PROCESS_KILL without an id".into()))
+                    })?;
+                    (Arc::from(format!("KILL CONNECTION {id}")), true, now, Step::Run, Kind::Statement, None)
                 }
                 COM_STMT_PREPARE => {
-                    let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&p.payload[1..]).as_ref());
-                    self.last_prepare = Some((sql.clone(), now));
-                    (sql.clone(), true, now, Step::Prepare, Kind::Prepare(sql, now), None)
+                    if self.prepared.len() >= MAX_PREPARED {
+                        self.last_prepare = None;
+                        let message = "warden: too many prepared statements on this connection (close some)";
+                        self.refuse(1461, *b"42000", message);
+                        return Ok(());
+                    }
+                    let (sql, lexing) = statement_text(&p.payload[1..], now, &self.charset);
+                    (sql.clone(), true, lexing, Step::Prepare, Kind::Prepare(sql, lexing), None)
                 }
                 _ => {
                     let id = stmt_id(&p.payload).ok_or_else(|| {
@@ -458,6 +541,13 @@ impl Session<'_> {
                     (sql, known, lexing, Step::Run, Kind::Statement, Some(id))
                 }
             };
+        if inspect && command != COM_STMT_PREPARE && (hooks.filters_results() || hooks.limits_results()) {
+            // Masking and volume limits are not applied to MySQL results yet: refused rather
+            // than returned unmasked or uncounted (a cursor's fetches too).
+            let message = "warden: masking and volume limits are not yet applied to MySQL sessions; the statement is refused rather than answered unmasked";
+            self.refuse(refusal::ACCESS_DENIED, *b"42000", message);
+            return Ok(());
+        }
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
             let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
@@ -483,20 +573,16 @@ impl Session<'_> {
             });
             return self.forward(&p).await;
         }
-        let protocol = if command == COM_QUERY { QueryProtocol::Simple } else { QueryProtocol::Extended };
+        let protocol = if matches!(command, COM_QUERY | COM_PROCESS_KILL | COM_INIT_DB | COM_FIELD_LIST) {
+            QueryProtocol::Simple
+        } else {
+            QueryProtocol::Extended
+        };
         if !inspect {
             let running = (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, None));
             return self.send_statement(p, command, kind, running, cursor_of).await;
         }
-        if hooks.filters_results() || hooks.limits_results() {
-            // Masking and volume limits are not applied to MySQL results yet: refused rather
-            // than returned unmasked or uncounted.
-            if command != COM_STMT_PREPARE {
-                let message = "warden: masking and volume limits are not yet applied to MySQL sessions; the statement is refused rather than answered unmasked";
-                self.refuse(refusal::ACCESS_DENIED, *b"42000", message);
-                return Ok(());
-            }
-        }
+
         self.judged += 1;
         let message = self.judged;
         let mut verdict = self.judge(&sql, text_known, protocol, lexing, step, message);
@@ -513,11 +599,17 @@ impl Session<'_> {
                 self.send_statement(p, command, kind, running, cursor_of).await
             }
             Verdict::Deny { sqlstate, message } => {
+                if command == COM_STMT_PREPARE {
+                    self.last_prepare = None;
+                }
                 let (code, state) = refusal::code_for(sqlstate);
                 self.refuse(code, state, &message);
                 Ok(())
             }
             Verdict::Hold(_) | Verdict::AskAgain => {
+                if command == COM_STMT_PREPARE {
+                    self.last_prepare = None;
+                }
                 self.refuse(refusal::ACCESS_DENIED, *b"42000", "warden: the held statement was not decided");
                 Ok(())
             }
@@ -593,8 +685,20 @@ impl Session<'_> {
             if let Some(live) = &self.ctx.live {
                 live.forwarded(&r.sql, r.lexing);
             }
-            if may_change_session(&r.sql) {
-                self.facts_stale = true;
+        }
+        match &kind {
+            Kind::Prepare(sql, lexing) => self.last_prepare = Some((sql.clone(), *lexing)),
+            Kind::InitDb(_) => self.facts_stale = true,
+            _ => {}
+        }
+        if let Some(r) = &running {
+            match may_change_session(&r.sql) {
+                Change::Nothing => {}
+                Change::Facts => self.facts_stale = true,
+                Change::Charset => {
+                    self.facts_stale = true;
+                    self.charset_unsettled = true;
+                }
             }
         }
         if command == COM_STMT_EXECUTE
@@ -609,6 +713,8 @@ impl Session<'_> {
         let shape = match command {
             COM_STMT_PREPARE => Shape::Prepare,
             COM_STMT_EXECUTE => Shape::Results { binary: true },
+            COM_PROCESS_KILL | COM_INIT_DB => Shape::Status,
+            COM_FIELD_LIST => Shape::FieldList,
             _ => Shape::Results { binary: false },
         };
         self.owed.push(Answer::Server { shape, tag: Owner { kind, running, infile_refused: None } });
@@ -678,7 +784,12 @@ impl Session<'_> {
                     )),
                     _ => error,
                 };
-                return Ok(self.take_facts(rows, error));
+                let facts = self.take_facts(rows, error);
+                if facts.is_err() {
+                    // What the session's text is in is not known: not lexed from its bytes.
+                    self.charset_unsettled = true;
+                }
+                return Ok(facts);
             }
             self.server_buf.reserve(4096);
             match tokio::time::timeout_at(deadline, self.server.read_buf(&mut self.server_buf)).await {
@@ -699,13 +810,27 @@ impl Session<'_> {
             return Err(error);
         }
         let [row] = &rows[..] else { return Err(format!("the facts query answered {} rows", rows.len())) };
-        let text = |i: usize| row.get(i).cloned().flatten().map(|v| String::from_utf8_lossy(&v).into_owned());
-        let database = text(0);
-        let account = text(1).ok_or("the facts query gave no account")?;
-        let charset = text(2).ok_or("the facts query gave no character set")?;
-        let sql_mode = text(3).unwrap_or_default();
+        let text = |i: usize| -> Result<Option<String>, String> {
+            match row.get(i).cloned().flatten() {
+                None => Ok(None),
+                Some(v) => {
+                    String::from_utf8(v).map(Some).map_err(|_| format!("the facts query's value {i} is not UTF-8"))
+                }
+            }
+        };
+        let database = text(0)?;
+        let account = text(1)?.ok_or("the facts query gave no account")?;
+        let charset = text(2)?.ok_or("the facts query gave no character set")?;
+        let sql_mode = text(3)?.unwrap_or_default();
+        if charset.is_empty() || !charset.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("the facts query gave a character set that is not a name: {charset:?}"));
+        }
+        if !sql_mode.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b',') {
+            return Err(format!("the facts query gave an sql_mode that is not a list of modes: {sql_mode:?}"));
+        }
         self.database = database.clone();
         self.charset = charset.to_ascii_lowercase();
+        self.charset_unsettled = false;
         let modes: Vec<&str> = sql_mode.split(',').collect();
         self.ansi_quotes =
             modes.iter().any(|m| m.eq_ignore_ascii_case("ANSI_QUOTES") || m.eq_ignore_ascii_case("ANSI"));
@@ -734,10 +859,19 @@ impl Session<'_> {
             return Ok(());
         }
         self.flush_client().await?;
-        let (user, database) = change_user_names(&p.payload);
-        self.forward(&p).await?;
+        let (user, database, plugin) = change_user_names(&p.payload);
         let client_tls = matches!(self.client, MaybeTls::ServerTls(_));
         let server_tls = matches!(self.server, MaybeTls::ClientTls(_));
+        if client_tls && !server_tls && super::handshake::sends_cleartext(&plugin) {
+            let message = "warden: the client sends its password in clear text, and Warden's connection to the server is not encrypted (set the database's tls.mode)";
+            let _ =
+                self.client.write_all(&refusal::err_packet(1, refusal::CONNECTION_DENIED, *b"28000", message)).await;
+            let _ = self.client.flush().await;
+            return Err(SessionError::Protocol(ProtocolError::Client(
+                "sent a cleartext password in COM_CHANGE_USER, which an unencrypted upstream must not carry".into(),
+            )));
+        }
+        self.forward(&p).await?;
         let mut auth = Auth {
             client: &mut self.client,
             server: &mut self.server,
@@ -776,7 +910,7 @@ impl Session<'_> {
 }
 
 /// The user and database a COM_CHANGE_USER names.
-fn change_user_names(p: &[u8]) -> (String, Option<String>) {
+fn change_user_names(p: &[u8]) -> (String, Option<String>, Vec<u8>) {
     let body = &p[1..];
     let user_end = memchr::memchr(0, body).unwrap_or(body.len());
     let user = String::from_utf8_lossy(&body[..user_end]).into_owned();
@@ -787,7 +921,10 @@ fn change_user_names(p: &[u8]) -> (String, Option<String>) {
     }
     let db_end = memchr::memchr(0, rest).unwrap_or(rest.len());
     let database = (db_end > 0).then(|| String::from_utf8_lossy(&rest[..db_end]).into_owned());
-    (user, database)
+    // Then the character set (2 bytes) and the plugin the response is for.
+    let plugin = rest.get(db_end + 3..).unwrap_or(&[]);
+    let plugin = plugin[..memchr::memchr(0, plugin).unwrap_or(plugin.len())].to_vec();
+    (user, database, plugin)
 }
 
 /// Whether a statement was judged as sending the server a client file (LOAD DATA LOCAL); one
@@ -832,14 +969,54 @@ fn text_row(p: &[u8]) -> Vec<Option<Vec<u8>>> {
     values
 }
 
-/// Whether a statement may change what the facts say (the database, the account, the
-/// character set, the sql_mode): they are read again before the next statement is judged.
-/// Matched on the raw text, comments and executable comments included, so nothing the server
-/// runs escapes it.
-fn may_change_session(sql: &str) -> bool {
-    const WORDS: &[&str] = &["names", "character", "charset", "sql_mode", "@@", "collation", "execute", "reset"];
+/// What a statement may change of what the facts say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Nothing,
+    /// The database, the account or the sql_mode: the facts are read again before the next
+    /// statement is judged.
+    Facts,
+    /// The character set too: until the facts are read again, text is not lexed from its bytes.
+    Charset,
+}
+
+/// What a statement may change, matched on its raw text, comments and executable comments
+/// included, so that nothing the server runs escapes it. The server finds system variables by
+/// a case- and accent-insensitive name (`sql_modé` is `sql_mode`): a SET with any non-ASCII
+/// byte may change anything.
+fn may_change_session(sql: &str) -> Change {
+    const CHARSET: &[&str] = &["names", "character", "charset", "collation"];
+    const FACTS: &[&str] = &["sql_mode", "@@", "execute", "reset"];
     let lower = sql.to_ascii_lowercase();
-    WORDS.iter().any(|w| lower.contains(w)) || has_word(&lower, "use")
+    let set = has_word(&lower, "set");
+    if CHARSET.iter().any(|w| lower.contains(w)) || (set && !sql.is_ascii()) {
+        Change::Charset
+    } else if FACTS.iter().any(|w| lower.contains(w)) || has_word(&lower, "use") || (set && lower.contains("mode")) {
+        Change::Facts
+    } else {
+        Change::Nothing
+    }
+}
+
+/// A statement's text, and how to lex it: bytes that are not UTF-8, or that are not ASCII in
+/// a client character set other than UTF-8's, do not read as the server reads them (the
+/// statement is then judged as text that cannot be lexed from its bytes).
+fn statement_text(bytes: &[u8], lexing: Lexing, charset: &str) -> (Arc<str>, Lexing) {
+    let utf8 = matches!(charset, "utf8" | "utf8mb3" | "utf8mb4");
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.is_ascii() || utf8 => (Arc::from(text), lexing),
+        _ => (Arc::from(String::from_utf8_lossy(bytes).as_ref()), Lexing { ascii_safe: false, ..lexing }),
+    }
+}
+
+/// `name` as a backticked identifier.
+fn backticked(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `text` as a string literal: quotes doubled, backslashes doubled.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn has_word(text: &str, word: &str) -> bool {
@@ -861,18 +1038,40 @@ mod tests {
         for sql in [
             "SET NAMES gbk",
             "set character set sjis",
+            "/*!40101 SET NAMES utf8 */",
+            "SET chäracter_set_client = gbk",
+            "SET sql_modé = 'ANSI_QUOTES'",
+        ] {
+            assert_eq!(may_change_session(sql), Change::Charset, "{sql}");
+        }
+        for sql in [
             "SET SESSION sql_mode='ANSI_QUOTES'",
             "SET @@session.sql_mode = ''",
-            "/*!40101 SET NAMES utf8 */",
             "USE other",
             "select 1; use`other`",
             "EXECUTE s",
         ] {
-            assert!(may_change_session(sql), "{sql}");
+            assert_eq!(may_change_session(sql), Change::Facts, "{sql}");
         }
-        for sql in ["SELECT * FROM users", "UPDATE t SET a = 1 WHERE id = 2", "select used from t"] {
-            assert!(!may_change_session(sql), "{sql}");
+        for sql in ["SELECT * FROM users", "UPDATE t SET a = 1 WHERE id = 2", "select used from t", "select 'é'"] {
+            assert_eq!(may_change_session(sql), Change::Nothing, "{sql}");
         }
+    }
+
+    #[test]
+    fn text_that_does_not_read_as_the_server_reads_it_is_not_lexed() {
+        let lexing = Lexing {
+            standard_conforming_strings: true,
+            settled: true,
+            ascii_safe: true,
+            dialect: Dialect::MySql { ansi_quotes: false, no_backslash_escapes: false },
+        };
+        assert!(statement_text(b"select 1", lexing, "latin1").1.ascii_safe);
+        assert!(statement_text("select 'é'".as_bytes(), lexing, "utf8mb4").1.ascii_safe);
+        assert!(!statement_text("select 'é'".as_bytes(), lexing, "latin1").1.ascii_safe, "é in latin1 reads otherwise");
+        assert!(!statement_text(b"select '\xe9'", lexing, "utf8mb4").1.ascii_safe, "not UTF-8");
+        assert_eq!(backticked("a`b"), "`a``b`");
+        assert_eq!(quoted("it's \\"), "'it''s \\\\'");
     }
 
     #[test]
@@ -883,9 +1082,9 @@ mod tests {
 
     #[test]
     fn change_user_names_its_user_and_database() {
-        let p = b"\x11bob\0\x03abcshop\0mysql_native_password\0";
-        assert_eq!(change_user_names(p), ("bob".into(), Some("shop".into())));
-        assert_eq!(change_user_names(b"\x11bob\0\x00\0"), ("bob".into(), None));
-        assert_eq!(change_user_names(b"\x11"), (String::new(), None));
+        let p = b"\x11bob\0\x03abcshop\0\x2d\x00mysql_clear_password\0";
+        assert_eq!(change_user_names(p), ("bob".into(), Some("shop".into()), b"mysql_clear_password".to_vec()));
+        assert_eq!(change_user_names(b"\x11bob\0\x00\0"), ("bob".into(), None, Vec::new()));
+        assert_eq!(change_user_names(b"\x11"), (String::new(), None, Vec::new()));
     }
 }

@@ -136,6 +136,15 @@ impl<T> Owed<T> {
         self.queue.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether a text query's answer is owed (the server may ask it for a LOCAL INFILE).
+    pub fn owes_query(&self) -> bool {
+        self.queue.iter().any(|a| matches!(a, Answer::Server { shape: Shape::Results { binary: false }, .. }))
+    }
+
     /// The front answer, when it is the server's.
     pub fn front(&self) -> Option<(Shape, &T)> {
         match self.queue.front()? {
