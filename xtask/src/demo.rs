@@ -7,6 +7,7 @@ use anyhow::Result;
 use testkit::{
     Agent, Netns, PROXY_V4, Postgres,
     kubeapi::{FakeKubeApi, PodCgroup, Resource, pod},
+    mariadb::{MariaAuth, MariaDb, MariaSsl, mariadb_cli},
     output, psql, psql_argv,
 };
 
@@ -95,11 +96,23 @@ pub fn demo(warden: &Path) -> Result<()> {
     std::fs::write(&kubeconfig, api.kubeconfig("demo-token"))?;
     let metrics = format!("127.0.0.1:{}", testkit::free_port());
 
-    step("Starting the Warden agent, governing that port on any address (fail: closed)");
+    step("Starting a throwaway MariaDB too (the second protocol)");
+    let maria = MariaDb::start();
+    maria.create_user("app", "app-pw", MariaAuth::NativePassword);
+    maria.sql(
+        "create table test.accounts (id int primary key, owner varchar(10), balance int); \
+         insert into test.accounts values (1, 'ann', 10), (2, 'bob', 20), (3, 'cy', 30)",
+    );
+    println!("MariaDB listening on 127.0.0.1:{}", maria.port);
+
+    step("Starting the Warden agent, governing that port on any address (fail: closed), and MariaDB's");
     let baseline = std::fs::read_to_string(testkit::workspace_root().join("policies/baseline.yaml"))?;
     let mut agent = Agent::start_with_bin_policies_top_level(
         warden,
-        &format!("  - {{name: demo-db, address: '*:{port}', fail: closed}}"),
+        &format!(
+            "  - {{name: demo-db, address: '*:{port}', fail: closed}}\n  - {{name: demo-mysql, protocol: mysql, address: '127.0.0.1:{}'}}",
+            maria.port
+        ),
         &[("baseline.yaml", &baseline), ("approvals.yaml", APPROVALS), ("quarantine.yaml", QUARANTINE)],
         &format!(
             "kubernetes: {{kubeconfig: {}, node_name: demo-node}}\nmetrics: {{listen: '{metrics}'}}\n",
@@ -146,6 +159,32 @@ pub fn demo(warden: &Path) -> Result<()> {
         show(&mut agent.exec_psql(&labels, "127.0.0.1", pg.port, sql));
     }
     println!("-> still {} rows in accounts", pg.admin_sql("select count(*) from accounts"));
+
+    step("MySQL: the same baseline judges the mariadb client's statements; refusals are ERROR 1142");
+    for sql in ["delete from accounts", "select owner, balance from accounts where id = 2"] {
+        println!(
+            "$ warden exec --label {} --label {} -- mariadb -h 127.0.0.1 -P {} -e \"{sql}\"",
+            labels[0], labels[1], maria.port
+        );
+        let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
+        let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
+        argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
+        argv.extend(["-e".to_string(), sql.to_string()]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        show(&mut agent.exec(&labels, &argv));
+    }
+    println!("-> still {} rows in MariaDB's accounts", maria.sql("select count(*) from test.accounts"));
+    let refused = agent.wait_record("the refused MySQL DELETE", |r| {
+        r["kind"] == "statement" && r["database"] == "demo-mysql" && r["verdict"]["decision"] == "deny"
+    });
+    println!(
+        "audit: {} {:?} class={} verdict={} rule={}",
+        refused["database"],
+        refused["text"],
+        refused["class"],
+        refused["verdict"]["decision"],
+        refused["verdict"]["rule"]
+    );
 
     step("A DELETE waits for a human: held inside the agent's own session, approved from the CLI");
     let delete = "delete from accounts where id = 3";
@@ -413,9 +452,10 @@ pub fn demo(warden: &Path) -> Result<()> {
     expect_refused("127.0.0.1", pg.port, "refused by the kernel while no agent serves");
     print!("{}", agent.status());
 
-    step("Cleaning up (programs detached, PostgreSQL stopped)");
+    step("Cleaning up (programs detached, PostgreSQL and MariaDB stopped)");
     drop(agent);
     drop(pg);
+    drop(maria);
     drop(api);
     let _ = std::fs::remove_file(&kubeconfig);
     println!("done");

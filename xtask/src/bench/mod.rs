@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod lines;
+pub mod mysql;
 pub mod relay;
 
 use std::{
@@ -536,6 +537,7 @@ pub fn bench(warden: &Path) -> Result<()> {
             return main_lines(warden, &pg, &seconds().to_string());
         }
         Ok("scale") => return scale(warden, &seconds().to_string()),
+        Ok("mysql") => return mysql::line(warden, &seconds().to_string()),
         Ok("limits") => {
             let pg = Postgres::start();
             pg.pgbench_init(10);
@@ -612,6 +614,7 @@ pub fn bench(warden: &Path) -> Result<()> {
     scale(warden, &secs)?;
     held_sessions(warden, &secs)?;
     masking(warden, &secs)?;
+    mysql::line(warden, &secs)?;
     let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }
