@@ -178,7 +178,7 @@ pub fn demo(warden: &Path) -> Result<()> {
         r["kind"] == "statement" && r["database"] == "demo-mysql" && r["verdict"]["decision"] == "deny"
     });
     println!(
-        "audit: {} {:?} class={} verdict={} rule={}",
+        "audit: database={} text={} class={} verdict={} rule={}",
         refused["database"],
         refused["text"],
         refused["class"],
