@@ -489,6 +489,19 @@ impl SessionGovern {
                 };
                 let relations: Vec<Vec<ObjectName>> =
                     analysis.relations.iter().map(|r| candidates(r, searched)).collect();
+                if options.dialect.is_mysql()
+                    && effects.intersects(ClassSet::of(&[Class::Write, Class::Ddl]))
+                    && relations.iter().flatten().any(mysql_system_table)
+                {
+                    // The analyser sees `mysql.user` written only when it is named so; under
+                    // USE mysql (or where the current database is not known) an unqualified
+                    // name reaches the accounts and privileges too.
+                    effects.insert(Class::Dcl);
+                    class = effects.primary().unwrap_or(Class::Dcl);
+                    class_reason = Some(Arc::from(
+                        "writes the mysql schema (accounts, privileges, plugins), reached through the current database",
+                    ));
+                }
                 let catalog = matches!(view, CatalogView::Known(_) | CatalogView::OnPath(..));
                 // Functions stay "any schema": a built-in's name resolves to pg_catalog unless
                 // the catalog shows a user object that may stand for it (judged above).
@@ -857,6 +870,34 @@ fn unknown_part(sql: &str, reason: &str) -> DescribedPart {
 /// server last said it searches (the session's temporary schema as `pg_temp`; pg_catalog only
 /// for a `pg_` name, as every relation there is one), or any schema (`schema: None`) when that
 /// is not known now.
+/// Whether a relation a MySQL statement names may be one of the `mysql` schema's (its
+/// accounts, privileges, plugins and functions): named in it, or an unqualified name of one of
+/// its tables where the current database is not known.
+fn mysql_system_table(name: &ObjectName) -> bool {
+    const TABLES: &[&str] = &[
+        "user",
+        "global_priv",
+        "db",
+        "tables_priv",
+        "columns_priv",
+        "procs_priv",
+        "proxies_priv",
+        "roles_mapping",
+        "role_edges",
+        "default_roles",
+        "func",
+        "plugin",
+        "servers",
+        "proc",
+        "event",
+        "password_history",
+    ];
+    match name.schema.as_deref() {
+        Some(schema) => schema.eq_ignore_ascii_case("mysql"),
+        None => TABLES.iter().any(|t| name.name.eq_ignore_ascii_case(t)),
+    }
+}
+
 fn candidates(name: &ObjectName, path: Option<&[String]>) -> Vec<ObjectName> {
     match (&name.schema, path) {
         (None, Some(path)) if !path.is_empty() => {

@@ -825,11 +825,12 @@ impl<'w> Walker<'w> {
     }
 
     /// Marks the table factors that are DML targets.
-    fn target(&mut self, factor: &TableFactor) {
+    pub(super) fn target(&mut self, factor: &TableFactor) {
         self.targets.insert(addr(factor));
     }
 
-    fn unscoped_where(&mut self, condition: Option<&Expr>, target: &Target) {
+    pub(super) fn unscoped_where(&mut self, condition: Option<&Expr>, target: &Target) {
+        let target = &Target { mysql: self.mysql, ..target.clone() };
         if self.muted == 0 && condition.is_none_or(|c| scope(c, target).1) {
             self.found.unscoped = true;
         }
@@ -838,7 +839,7 @@ impl<'w> Walker<'w> {
     /// A DML write to a system catalog is a change of the schema (`ddl`), or of roles and
     /// privileges (`dcl`) when it touches those; `pg_settings` is a view whose rules run
     /// set_config, so writing it sets any setting, `role` too.
-    fn catalog_write(&mut self, target: &ast::ObjectName, columns: &[String], condition: Option<&Expr>) {
+    pub(super) fn catalog_write(&mut self, target: &ast::ObjectName, columns: &[String], condition: Option<&Expr>) {
         if self.mysql {
             self.mysql_catalog_write(target);
             return;
@@ -899,12 +900,29 @@ impl<'w> Walker<'w> {
                             columns => columns.iter().filter_map(|c| object_name(c).map(|n| n.name)).collect(),
                         };
                         self.catalog_write(name, &columns, None);
-                        if self.muted == 0 && upserts_every_row(insert, name) {
+                        let every_row = if self.mysql {
+                            super::mysql_classify::overwrites_every_row(insert, name)
+                        } else {
+                            upserts_every_row(insert, name)
+                        };
+                        if self.muted == 0 && every_row {
                             self.found.unscoped = true;
                         }
                     }
                     _ => self.unknown("INSERT into something other than a table"),
                 }
+            }
+            S::Update(update)
+                if self.mysql
+                    && (!update.table.joins.is_empty()
+                        || !matches!(update.table.relation, TableFactor::Table { .. })) =>
+            {
+                self.add(Class::Write, nested_write);
+                self.mysql_multi_table_update(update);
+            }
+            S::Delete(delete) if self.mysql && (!delete.tables.is_empty() || delete.using.is_some()) => {
+                self.add(Class::Write, nested_write);
+                self.mysql_multi_table_delete(delete);
             }
             S::Update(update) => {
                 self.add(Class::Write, nested_write);
@@ -1664,7 +1682,8 @@ fn unknown_type(data_type: &DataType) -> Option<String> {
 }
 
 /// The target of an UPDATE, DELETE or MERGE, as its condition is judged.
-struct Target {
+#[derive(Clone)]
+pub(super) struct Target {
     /// The target table's name (its last part).
     table: Option<String>,
     /// The names its columns can be qualified by: its table name, its alias.
@@ -1672,11 +1691,13 @@ struct Target {
     /// The names of other FROM / USING / source items that are the same table: a condition
     /// equating a column with its own in such an item (a self-join) holds for every row.
     same_table: Vec<String>,
+    /// MySQL: `<=>` is its null-safe equality (true of `x <=> x` for every row).
+    mysql: bool,
 }
 
 impl Target {
-    fn of<'a>(factor: &TableFactor, others: impl IntoIterator<Item = &'a TableFactor>) -> Target {
-        let mut target = Target { table: None, names: Vec::new(), same_table: Vec::new() };
+    pub(super) fn of<'a>(factor: &TableFactor, others: impl IntoIterator<Item = &'a TableFactor>) -> Target {
+        let mut target = Target { table: None, names: Vec::new(), same_table: Vec::new(), mysql: false };
         if let TableFactor::Table { name, alias, .. } = factor {
             target.table = object_name(name).map(|n| n.name);
             target.names.extend(target.table.clone());
@@ -1696,6 +1717,11 @@ impl Target {
             }
         }
         target
+    }
+
+    /// The same target, judged by MySQL's operators.
+    pub(super) fn mysql(self) -> Target {
+        Target { mysql: true, ..self }
     }
 }
 
@@ -1753,7 +1779,7 @@ fn factors<'a>(items: impl IntoIterator<Item = &'a ast::TableWithJoins>) -> impl
 /// the negation of a self-contradiction (`NOT (x <> x)`); a self-join on one column; `x IN
 /// (SELECT x FROM target)`; a presence test (`x IS NOT NULL`: it names no rows, and on a key
 /// it is every row); or a condition on other tables only (all rows or none).
-fn scope(e: &Expr, t: &Target) -> (bool, bool) {
+pub(super) fn scope(e: &Expr, t: &Target) -> (bool, bool) {
     match e {
         Expr::Nested(inner) | Expr::IsTrue(inner) | Expr::IsNotFalse(inner) => scope(inner, t),
         Expr::BinaryOp { left, op: op @ (BinaryOperator::Or | BinaryOperator::And), right } => {
@@ -1829,8 +1855,15 @@ fn same(a: &Expr, b: &Expr, t: &Target) -> bool {
 /// True of every row (where its operands are not null): `x = x`, `x >= x`, a self-join.
 fn tautology(e: &Expr, t: &Target) -> bool {
     match e {
-        Expr::BinaryOp { left, op: BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq, right }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq | BinaryOperator::Spaceship,
+            right,
+        }
         | Expr::IsNotDistinctFrom(left, right) => {
+            if matches!(e, Expr::BinaryOp { op: BinaryOperator::Spaceship, .. }) && !t.mysql {
+                return false;
+            }
             same(left, right, t) || {
                 // `target.c = other.c` where other is the target's table again.
                 let self_join = |a: &Key, b: &Key| match (a, b) {
@@ -1937,7 +1970,7 @@ fn upserts_every_row(insert: &ast::Insert, target: &ast::ObjectName) -> bool {
         && update
             .selection
             .as_ref()
-            .is_none_or(|c| !references(c, &Target { table, names: Vec::new(), same_table: Vec::new() }))
+            .is_none_or(|c| !references(c, &Target { table, names: Vec::new(), same_table: Vec::new(), mysql: false }))
 }
 
 /// Whether an expression references a column of the target: an unqualified column outside

@@ -441,10 +441,12 @@ struct Meaningful {
     /// Parentheses open in EXPLAIN's option list (0: not in it).
     options: usize,
     last: Last,
-    /// MySQL: the statement text of `PREPARE name FROM '...'` is kept (it is what runs), and
+    /// MySQL: the statement text of `PREPARE name FROM '...'` and `EXECUTE IMMEDIATE '...'` is
+    /// kept (it is what runs), and
     /// nothing of PostgreSQL's.
     mysql: bool,
-    /// MySQL: the tokens of `PREPARE name FROM` seen so far at the start of a statement.
+    /// MySQL: the tokens of `PREPARE name FROM` (1 to 3) or `EXECUTE IMMEDIATE` (4, then 3)
+    /// seen so far at the start of a statement.
     prepare: u8,
 }
 
@@ -498,6 +500,9 @@ impl Meaningful {
                 0 if self.started && identifier("prepare") => 1,
                 1 if matches!(token.kind, TokenKind::Identifier | TokenKind::QuotedIdentifier { .. }) => 2,
                 2 if identifier("from") => 3,
+                // MariaDB's EXECUTE IMMEDIATE 'text' runs the text as PREPARE's would be.
+                0 if self.started && identifier("execute") => 4,
+                4 if identifier("immediate") => 3,
                 _ => 0,
             };
             self.started = false;

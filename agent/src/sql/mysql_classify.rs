@@ -147,12 +147,29 @@ fn statement(text: &str, options: LexOptions) -> Found {
             found.add(Class::Unknown, Some("BINLOG replays binary log events: any change".into()));
             return found;
         }
+        ("kill", _)
+            if words[1..].iter().take(3).any(|w| w.is("query"))
+                && !words[1..].iter().take(3).any(|w| w.is("connection") || w.is("user")) =>
+        {
+            // KILL [HARD | SOFT] QUERY [ID] n: a cancel, as a driver's (the client's Ctrl-C)
+            // sends on a second connection; the server lets an account cancel only its own
+            // statements unless it holds the privilege to cancel others'.
+            found.add(Class::Utility, Some("KILL QUERY cancels a running statement".into()));
+            return found;
+        }
         ("kill" | "flush" | "shutdown" | "restart" | "purge" | "clone", _)
         | ("reset", "master" | "slave" | "replica" | "binary" | "persist")
         | ("change", "master" | "replication")
         | ("start" | "stop", "slave" | "replica" | "group_replication")
         | ("alter", "instance") => {
             found.add(Class::Admin, None);
+            return found;
+        }
+        ("analyze", _) if analyzed_statement(words).is_some() => {
+            // MariaDB's ANALYZE <statement> runs the statement (and reports its plan with what
+            // running it measured): judged as that statement.
+            let at = analyzed_statement(words).unwrap_or(1);
+            found.merge(statement(canonical.rest(at), options), false);
             return found;
         }
         ("analyze" | "optimize" | "check" | "repair" | "checksum", _) => {
@@ -197,6 +214,26 @@ fn statement(text: &str, options: LexOptions) -> Found {
         }
         ("prepare", _) => {
             prepare(words, options, &mut found);
+            return found;
+        }
+        ("execute", "immediate") if words.len() > 2 => {
+            // MariaDB's EXECUTE IMMEDIATE <expression>: prepares and runs the text at once.
+            match (words.get(2), words.len()) {
+                (Some(body), 3) if matches!(body.kind, TokenKind::StringLiteral(_)) => {
+                    match string_value(&body.text, options.dialect).filter(|t| t != "?") {
+                        Some(text) => body_of(&text, "EXECUTE IMMEDIATE", options, &mut found),
+                        None => found.add(Class::Unknown, Some("EXECUTE IMMEDIATE of a text not known here".into())),
+                    }
+                }
+                (Some(_), 3) => found.add(
+                    Class::Unknown,
+                    Some("EXECUTE IMMEDIATE of a variable or expression: the statement's text is not known".into()),
+                ),
+                _ => found.add(
+                    Class::Unknown,
+                    Some("EXECUTE IMMEDIATE of an expression, or with parameters: not analysed".into()),
+                ),
+            }
             return found;
         }
         ("execute", _) => {
@@ -259,6 +296,12 @@ fn statement(text: &str, options: LexOptions) -> Found {
                 found.add(Class::Dcl, Some("creates stored code that runs with another account's privileges".into()));
             }
             return found;
+        }
+        ("set", "statement") => return set_statement(&canonical, options, found),
+        ("update" | "delete", _) => {
+            if let Some(edits) = dml_edits(words) {
+                sql = canonical.edited(&edits);
+            }
         }
         ("set", _) => {
             set(words, &mut found);
@@ -329,21 +372,7 @@ fn prepare(words: &[Word], options: LexOptions, found: &mut Found) {
     found.prepares = Some(name.to_lowercase());
     match (words.get(2), words.get(3), words.len()) {
         (Some(from), Some(body), 4) if from.is("from") => match string_value(&body.text, options.dialect) {
-            Some(text) if text != "?" => {
-                let inner = analyse_mysql(&text, options.dialect);
-                if split_statements_with(&text, options).len() != 1 {
-                    found
-                        .add(Class::Unknown, Some("PREPARE of other than one statement: the server refuses it".into()));
-                }
-                let mut body = Found::default();
-                for class in inner.effects.iter() {
-                    body.add(class, inner.class_reason.as_deref().filter(|_| class == inner.class).map(String::from));
-                }
-                inner.relations.iter().for_each(|r| body.relation(r.clone()));
-                inner.functions.iter().for_each(|f| body.function(f.clone()));
-                body.unscoped = inner.unscoped;
-                found.merge(body, false);
-            }
+            Some(text) if text != "?" => body_of(&text, "PREPARE", options, found),
             _ => found.add(Class::Unknown, Some(format!("PREPARE {name} of a text not known here"))),
         },
         _ => found.add(
@@ -351,6 +380,96 @@ fn prepare(words: &[Word], options: LexOptions, found: &mut Found) {
             Some(format!("PREPARE {name} FROM a variable or expression: the statement's text is not known")),
         ),
     }
+}
+
+/// The analysis of a statement's text given as a string (PREPARE ... FROM 'text', EXECUTE
+/// IMMEDIATE 'text'), added to `found`.
+fn body_of(text: &str, verb: &str, options: LexOptions, found: &mut Found) {
+    let inner = analyse_mysql(text, options.dialect);
+    if split_statements_with(text, options).len() != 1 {
+        found.add(Class::Unknown, Some(format!("{verb} of other than one statement: the server refuses it")));
+    }
+    let mut body = Found::default();
+    for class in inner.effects.iter() {
+        body.add(class, inner.class_reason.as_deref().filter(|_| class == inner.class).map(String::from));
+    }
+    inner.relations.iter().for_each(|r| body.relation(r.clone()));
+    inner.functions.iter().for_each(|f| body.function(f.clone()));
+    body.unscoped = inner.unscoped;
+    found.merge(body, false);
+}
+
+/// Where the statement MariaDB's `ANALYZE [FORMAT = ...] <statement>` runs starts, if it is one
+/// (not `ANALYZE TABLE`).
+fn analyzed_statement(words: &[Word]) -> Option<usize> {
+    let at =
+        if words.get(1).is_some_and(|w| w.is("format")) && words.get(2).is_some_and(|w| w.text == "=") { 4 } else { 1 };
+    let verb = words.get(at)?;
+    ["select", "delete", "update", "insert", "replace", "with", "values"].iter().any(|v| verb.is(v)).then_some(at)
+}
+
+/// MariaDB's `SET STATEMENT var = value [, ...] FOR <statement>`: the statement, run with the
+/// settings made for it, is judged with the settings' own class (as SET's).
+fn set_statement(canonical: &Canonical, options: LexOptions, mut found: Found) -> Found {
+    let words = &canonical.words;
+    let mut depth = 0usize;
+    let mut at = None;
+    for (i, w) in words.iter().enumerate().skip(2) {
+        match w.text.as_str() {
+            "(" => depth += 1,
+            ")" => depth = depth.saturating_sub(1),
+            _ if depth == 0 && w.is("for") => {
+                at = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(at) = at.filter(|&at| at > 2) else {
+        found.add(Class::Unknown, Some("SET STATEMENT without settings or FOR <statement>".into()));
+        return found;
+    };
+    if words.get(at + 1).is_some_and(|w| w.is("set")) && words.get(at + 2).is_some_and(|w| w.is("statement")) {
+        found.add(Class::Unknown, Some("SET STATEMENT ... FOR SET STATEMENT: the server refuses it".into()));
+        return found;
+    }
+    let settings: Vec<Word> = words[..1].iter().chain(&words[2..at]).cloned().collect();
+    let mut own = Found::default();
+    set(&settings, &mut own);
+    found.merge(parse(&set_for_parsing(&settings), canonical, own), false);
+    found.merge(statement(canonical.rest(at + 1), options), false);
+    found
+}
+
+/// The edits that let sqlparser read MySQL's UPDATE and DELETE forms it lacks, if any are
+/// needed: the modifiers `LOW_PRIORITY`, `QUICK` and `IGNORE` after the verb dropped (they change
+/// locking and error handling, not what is written), and the tables of `UPDATE a, b SET ...`
+/// joined with `CROSS JOIN` (what a comma join is; sqlparser reads only JOIN there).
+fn dml_edits(words: &[Word]) -> Option<Vec<(usize, &'static str)>> {
+    let update = words.first()?.is("update");
+    let mut edits = Vec::new();
+    let mut i = 1;
+    while let Some(w) = words.get(i) {
+        if w.is("low_priority") || w.is("ignore") || (!update && w.is("quick")) {
+            edits.push((i, " "));
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if update {
+        let mut depth = 0usize;
+        for (n, w) in words.iter().enumerate().skip(i) {
+            match w.text.as_str() {
+                "(" => depth += 1,
+                ")" => depth = depth.saturating_sub(1),
+                "," if depth == 0 && w.kind == TokenKind::Punctuation => edits.push((n, " CROSS JOIN ")),
+                _ if depth == 0 && w.is("set") => break,
+                _ => {}
+            }
+        }
+    }
+    (!edits.is_empty()).then_some(edits)
 }
 
 /// SET, from its tokens: each assignment's scope and variable. Values are walked after parsing.
@@ -423,7 +542,14 @@ fn set(words: &[Word], found: &mut Found) {
             }
             _ => (false, name_of(w).unwrap_or(text.clone()).to_ascii_lowercase()),
         };
-        if scope_global || global {
+        if !name.is_ascii() {
+            // The server finds settings by an accent-insensitive name (`sql_lög_bin` is
+            // sql_log_bin): one spelled with non-ASCII letters may be any setting.
+            found.add(
+                Class::Unknown,
+                Some("a setting named with non-ASCII letters may be any setting (the server folds accents)".into()),
+            );
+        } else if scope_global || global {
             found.add(Class::Admin, Some(format!("SET GLOBAL / PERSIST {name} changes the server's configuration")));
         } else if mysql_functions::privileged_setting(&name) {
             found.add(
@@ -539,6 +665,9 @@ fn qualified_name(words: &[Word]) -> (Option<ObjectName>, &[Word]) {
 struct Canonical {
     text: String,
     words: Vec<Word>,
+    /// `text` before `LOCK IN SHARE MODE` is rewritten, and where each word starts in it.
+    raw: String,
+    starts: Vec<usize>,
     /// Why the statement runs differently by server version, if it does.
     version_dependent: Option<String>,
 }
@@ -548,6 +677,7 @@ impl Canonical {
         let mut lexer = Lexer::new(text, options);
         let mut out = String::with_capacity(text.len() + 8);
         let mut words: Vec<Word> = Vec::new();
+        let mut starts = Vec::new();
         let mut version_dependent = None;
         let mut chained = 0usize;
         let mut last_end = 0;
@@ -619,6 +749,7 @@ impl Canonical {
             if chained > MAX_CHAINED {
                 return Err(format!("more than {MAX_CHAINED} operators: too complex to analyse"));
             }
+            starts.push(out.len());
             out.push_str(&canonical);
             words.push(Word { kind, text: canonical });
         }
@@ -631,8 +762,27 @@ impl Canonical {
             return Err("an unterminated string, quoted identifier or comment: the server rejects the statement".into());
         }
         // `LOCK IN SHARE MODE` is `FOR SHARE`.
-        let out = replace_words(&out, &["lock", "in", "share", "mode"], "FOR SHARE", &words);
-        Ok(Canonical { text: out, words, version_dependent })
+        let text = replace_words(&out, &["lock", "in", "share", "mode"], "FOR SHARE", &words);
+        Ok(Canonical { text, words, raw: out, starts, version_dependent })
+    }
+
+    /// The canonical text from word `at` on (before `LOCK IN SHARE MODE` is rewritten).
+    fn rest(&self, at: usize) -> &str {
+        self.starts.get(at).map_or("", |&s| &self.raw[s..])
+    }
+
+    /// The canonical text with some words replaced (by index), as sqlparser is given it.
+    fn edited(&self, edits: &[(usize, &str)]) -> String {
+        let mut out = String::with_capacity(self.raw.len() + 16);
+        let mut at = 0;
+        for &(i, with) in edits {
+            let (Some(&start), Some(w)) = (self.starts.get(i), self.words.get(i)) else { continue };
+            out.push_str(&self.raw[at..start]);
+            out.push_str(with);
+            at = start + w.text.len();
+        }
+        out.push_str(&self.raw[at..]);
+        replace_words(&out, &["lock", "in", "share", "mode"], "FOR SHARE", &self.words)
     }
 }
 
@@ -825,6 +975,222 @@ impl Walker<'_> {
         if n.schema.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("mysql")) {
             self.add(Class::Ddl, Some(format!("writes the system schema's {n}")));
             self.add(Class::Dcl, Some(format!("writes {n}: the mysql schema holds accounts and privileges")));
+        }
+    }
+}
+
+/// The table factors of FROM items (joined ones, and those inside parenthesised joins, too).
+fn all_factors<'a>(items: impl IntoIterator<Item = &'a ast::TableWithJoins>, out: &mut Vec<&'a ast::TableFactor>) {
+    for t in items {
+        for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+            out.push(f);
+            if let ast::TableFactor::NestedJoin { table_with_joins, .. } = f {
+                all_factors(std::slice::from_ref(table_with_joins.as_ref()), out);
+            }
+        }
+    }
+}
+
+/// The condition a multi-table UPDATE or DELETE narrows its rows by: its WHERE and the ON
+/// conditions of its top-level inner joins (each filters the joined rows as the WHERE does).
+/// Outer joins' ON conditions keep every row of their preserved side, and those of joins nested
+/// in parentheses may not filter the whole: neither counts.
+fn joined_condition<'a>(
+    selection: Option<&ast::Expr>,
+    items: impl IntoIterator<Item = &'a ast::TableWithJoins>,
+) -> Option<ast::Expr> {
+    use ast::{JoinConstraint as C, JoinOperator as J};
+    let ons = items.into_iter().flat_map(|t| &t.joins).filter_map(|j| match &j.join_operator {
+        J::Join(C::On(c)) | J::Inner(C::On(c)) | J::StraightJoin(C::On(c)) | J::CrossJoin(C::On(c)) => Some(c),
+        _ => None,
+    });
+    selection.into_iter().chain(ons).cloned().reduce(|a, b| ast::Expr::BinaryOp {
+        left: Box::new(a),
+        op: ast::BinaryOperator::And,
+        right: Box::new(b),
+    })
+}
+
+/// The factors a target name of a multi-table statement may mean: those it names by alias, and
+/// tables of that name (qualified alike when it is qualified). Every one is taken: the server
+/// refuses an ambiguous name, and judging more tables written fails closed.
+fn named<'a>(name: &ast::ObjectName, factors: &[&'a ast::TableFactor]) -> Vec<&'a ast::TableFactor> {
+    let Some(n) = object_name(name) else { return Vec::new() };
+    factors
+        .iter()
+        .copied()
+        .filter(|f| {
+            let ast::TableFactor::Table { name: table, alias, .. } = f else {
+                return n.schema.is_none() && f_alias(f).is_some_and(|a| a == n.name);
+            };
+            let by_alias = n.schema.is_none() && alias.as_ref().is_some_and(|a| a.name.value == n.name);
+            let by_name = object_name(table).is_some_and(|t| {
+                t.name == n.name && (n.schema.is_none() || t.schema.is_none() || t.schema == n.schema)
+            });
+            by_alias || by_name
+        })
+        .collect()
+}
+
+/// The alias of a factor other than a table (a derived table's).
+fn f_alias(f: &ast::TableFactor) -> Option<&str> {
+    match f {
+        ast::TableFactor::Derived { alias, .. } | ast::TableFactor::Function { alias, .. } => {
+            alias.as_ref().map(|a| a.name.value.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// Whether an INSERT ... ON DUPLICATE KEY UPDATE or a REPLACE reads its own table without
+/// narrowing it: every row it reads conflicts with itself, so every row of the table is updated
+/// (or deleted and inserted again). Its source is searched in every branch of a set operation,
+/// its CTEs and derived tables; a condition narrows the table only where it narrows the factor
+/// that reads it (LIMIT does not, as for DELETE).
+pub(super) fn overwrites_every_row(insert: &ast::Insert, target: &ast::ObjectName) -> bool {
+    let upsert = matches!(insert.on, Some(ast::OnInsert::DuplicateKeyUpdate(_)));
+    if !(upsert || insert.replace_into) {
+        return false;
+    }
+    let (Some(source), Some(table)) = (&insert.source, object_name(target)) else { return false };
+    reads_whole(source, &table)
+}
+
+fn same_table(name: &ast::ObjectName, table: &ObjectName) -> bool {
+    object_name(name).is_some_and(|n| {
+        n.name == table.name && (n.schema.is_none() || table.schema.is_none() || n.schema == table.schema)
+    })
+}
+
+/// Whether a query reads every row of `table` somewhere (see [`overwrites_every_row`]).
+fn reads_whole(query: &ast::Query, table: &ObjectName) -> bool {
+    query.with.iter().flat_map(|w| &w.cte_tables).any(|cte| reads_whole(&cte.query, table))
+        || set_reads_whole(&query.body, table)
+}
+
+fn set_reads_whole(body: &ast::SetExpr, table: &ObjectName) -> bool {
+    use ast::SetExpr as E;
+    match body {
+        E::Select(s) => {
+            let mut factors = Vec::new();
+            all_factors(&s.from, &mut factors);
+            let condition = joined_condition(s.selection.as_ref(), &s.from);
+            factors.iter().any(|f| match f {
+                ast::TableFactor::Table { name, args: None, .. } if same_table(name, table) => {
+                    let target = super::classify::Target::of(f, factors.iter().copied()).mysql();
+                    condition.as_ref().is_none_or(|c| super::classify::scope(c, &target).1)
+                }
+                ast::TableFactor::Derived { subquery, .. } => reads_whole(subquery, table),
+                _ => false,
+            })
+        }
+        E::Query(q) => reads_whole(q, table),
+        E::SetOperation { left, right, .. } => set_reads_whole(left, table) || set_reads_whole(right, table),
+        E::Table(t) => t.table_name.as_ref().is_some_and(|n| {
+            let schema = t.schema_name.as_ref().map(|s| s.value.clone());
+            n.value == table.name && (schema.is_none() || table.schema.is_none() || schema == table.schema)
+        }),
+        _ => false,
+    }
+}
+
+impl Walker<'_> {
+    /// A multi-table DELETE (`DELETE t1, t2 FROM <tables>` or `DELETE FROM t1, t2 USING
+    /// <tables>`): every target, resolved through its alias, is a table written, and judged for
+    /// scope.
+    pub(super) fn mysql_multi_table_delete(&mut self, delete: &ast::Delete) {
+        let from = match &delete.from {
+            ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+        };
+        for t in from {
+            self.target(&t.relation);
+        }
+        let (names, items): (Vec<&ast::ObjectName>, &[ast::TableWithJoins]) = if delete.tables.is_empty() {
+            let mut names = Vec::new();
+            for t in from {
+                match &t.relation {
+                    ast::TableFactor::Table { name, .. } if t.joins.is_empty() => names.push(name),
+                    _ => self.unknown("DELETE ... USING whose targets are not table names"),
+                }
+            }
+            (names, delete.using.as_deref().unwrap_or_default())
+        } else {
+            for name in &delete.tables {
+                self.relation(name);
+            }
+            (delete.tables.iter().collect(), from.as_slice())
+        };
+        let mut factors = Vec::new();
+        all_factors(items, &mut factors);
+        let mut written = Vec::new();
+        for name in names {
+            // A qualified target names its table as written, whatever it matches.
+            self.catalog_write(name, &[], None);
+            let matches = named(name, &factors);
+            if matches.is_empty() {
+                self.unknown(format!("DELETE target {name} is none of the statement's tables"));
+            }
+            written.extend(matches);
+        }
+        self.mysql_written(&written, &factors, delete.selection.as_ref(), items.iter());
+    }
+
+    /// A multi-table UPDATE: every table a SET assigns to (through its qualifier; every table of
+    /// the statement for an unqualified column, which may be any of theirs) is written.
+    pub(super) fn mysql_multi_table_update(&mut self, update: &ast::Update) {
+        let from = match &update.from {
+            Some(ast::UpdateTableFromKind::BeforeSet(f) | ast::UpdateTableFromKind::AfterSet(f)) => f.as_slice(),
+            None => &[],
+        };
+        let items: Vec<&ast::TableWithJoins> = std::iter::once(&update.table).chain(from).collect();
+        let mut factors = Vec::new();
+        all_factors(items.iter().copied(), &mut factors);
+        let mut written = Vec::new();
+        for column in update.assignments.iter().flat_map(|a| match &a.target {
+            ast::AssignmentTarget::ColumnName(c) => std::slice::from_ref(c),
+            ast::AssignmentTarget::Tuple(cs) => cs.as_slice(),
+        }) {
+            match column.0.split_last() {
+                Some((_, qualifier)) if !qualifier.is_empty() => {
+                    let matches = named(&ast::ObjectName(qualifier.to_vec()), &factors);
+                    if matches.is_empty() {
+                        self.unknown(format!("UPDATE sets {column}, of none of the statement's tables"));
+                    }
+                    written.extend(matches);
+                }
+                _ => written.extend(
+                    factors.iter().copied().filter(|f| matches!(f, ast::TableFactor::Table { args: None, .. })),
+                ),
+            }
+        }
+        self.mysql_written(&written, &factors, update.selection.as_ref(), items);
+    }
+
+    /// Each written table factor: a target, a write to its table, and unscoped unless the
+    /// statement's condition narrows it.
+    fn mysql_written<'a>(
+        &mut self,
+        written: &[&ast::TableFactor],
+        factors: &[&ast::TableFactor],
+        selection: Option<&ast::Expr>,
+        items: impl IntoIterator<Item = &'a ast::TableWithJoins>,
+    ) {
+        let condition = joined_condition(selection, items);
+        if written.is_empty() {
+            self.unknown("writes no table the analyser can name");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for &f in written {
+            if !seen.insert(f as *const ast::TableFactor) {
+                continue;
+            }
+            self.target(f);
+            match f {
+                ast::TableFactor::Table { name, .. } => self.catalog_write(name, &[], None),
+                _ => self.unknown("writes something other than a table"),
+            }
+            let target = super::classify::Target::of(f, factors.iter().copied());
+            self.unscoped_where(condition.as_ref(), &target);
         }
     }
 }

@@ -100,6 +100,13 @@ const CORPUS: &[(&str, LexOptions, Class, usize)] = &[
     ("INSTALL PLUGIN p SONAME 'evil.so'", DEFAULT, Unknown, 1),
     ("CREATE FUNCTION sys_exec RETURNS INT SONAME 'lib_mysqludf_sys.so'", DEFAULT, Ddl, 1),
     ("KILL 42", DEFAULT, Admin, 1),
+    ("SET sql_lög_bin = 0", DEFAULT, Unknown, 1),
+    ("SET @@sëssion.sql_mode = 'ANSI_QUOTES'", DEFAULT, Unknown, 1),
+    ("KILL CONNECTION 42", DEFAULT, Admin, 1),
+    ("KILL QUERY 42", DEFAULT, Utility, 1),
+    ("kill hard query id 42", DEFAULT, Utility, 1),
+    ("KILL QUERY 42; DROP TABLE t", DEFAULT, Ddl, 2),
+    ("KILL USER app", DEFAULT, Admin, 1),
     ("FLUSH PRIVILEGES", DEFAULT, Admin, 1),
     ("SHUTDOWN", DEFAULT, Admin, 1),
     ("SHOW GRANTS", DEFAULT, Read, 1),
@@ -294,4 +301,152 @@ fn lexing_is_linear_in_the_input() {
             assert!(n <= bound, "{name}: normalising read {n} bytes for {}", text.len());
         }
     }
+}
+
+/// (text, expected class, expected unscoped), each under the default modes.
+fn judged(cases: &[(&str, Class, bool)]) {
+    let cache = DescriptionCache::new(64);
+    let mut failures = Vec::new();
+    for (text, class, unscoped) in cases {
+        let a = cache.describe_with(text, DEFAULT).analysis;
+        if a.class != *class || a.unscoped != *unscoped {
+            failures.push(format!(
+                "{text:?}: {:?} unscoped={} ({:?}), expected {class:?} unscoped={unscoped}",
+                a.class, a.unscoped, a.class_reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn multi_table_delete_judges_every_target() {
+    // An outer join's ON condition is not taken as narrowing (fails closed).
+    judged(&[
+        ("DELETE a, p FROM accounts a JOIN mysql.global_priv p ON p.User = 'x' WHERE a.id = 1", Dcl, false),
+        ("DELETE p, a FROM accounts a JOIN mysql.global_priv p ON p.User = 'x' WHERE a.id = 1", Dcl, false),
+        ("DELETE a, mysql.global_priv FROM accounts a JOIN mysql.global_priv WHERE a.id = 1", Dcl, true),
+        ("DELETE FROM a, p USING accounts a JOIN mysql.global_priv p ON p.User = 'x' WHERE a.id = 1", Dcl, false),
+        ("DELETE a, l FROM accounts a JOIN ledger l WHERE a.id = 1", Write, true),
+        ("DELETE l, a FROM accounts a JOIN ledger l WHERE a.id = 1", Write, true),
+        ("DELETE a, l FROM accounts a JOIN ledger l ON l.account = a.id WHERE a.id = 1", Write, false),
+        ("DELETE a, l FROM accounts a LEFT JOIN ledger l ON l.account = a.id WHERE a.id = 1", Write, true),
+        ("DELETE a FROM accounts a LEFT JOIN ledger l ON l.account = a.id WHERE l.id = 1", Write, true),
+        ("DELETE a FROM accounts a LEFT JOIN ledger l ON l.account = a.id", Write, true),
+        ("DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id WHERE t2.x = 1", Write, false),
+        ("DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id", Write, false),
+        ("DELETE t1 FROM t1 JOIN t2 WHERE t2.x = 1", Write, true),
+        ("DELETE l FROM ledger l JOIN ledger l2 ON l.id = l2.id", Write, true),
+        ("DELETE a FROM accounts a, ledger l", Write, true),
+        ("DELETE FROM accounts USING accounts", Write, true),
+        ("DELETE x FROM accounts a WHERE a.id = 1", Unknown, false),
+        ("DELETE LOW_PRIORITY QUICK IGNORE FROM t WHERE id = 1", Write, false),
+        ("DELETE LOW_PRIORITY FROM t", Write, true),
+    ]);
+}
+
+#[test]
+fn multi_table_update_judges_every_assigned_table() {
+    judged(&[
+        (
+            "UPDATE accounts a JOIN mysql.global_priv p ON p.User = 'x' SET a.balance = a.balance + 1, p.priv = '{}' WHERE a.id = 1",
+            Dcl,
+            false,
+        ),
+        ("UPDATE accounts a JOIN mysql.global_priv p ON p.User = 'x' SET priv = '{}' WHERE a.id = 1", Dcl, false),
+        (
+            "UPDATE accounts a JOIN ledger l ON l.account = a.id SET a.balance = a.balance + 1 WHERE l.id = 3",
+            Write,
+            false,
+        ),
+        ("UPDATE ledger l JOIN accounts a ON l.account = a.id SET l.amount = 0 WHERE l.id = 3", Write, false),
+        ("UPDATE accounts a JOIN ledger l SET a.balance = 0, l.amount = 0 WHERE a.id = 1", Write, true),
+        ("UPDATE accounts a JOIN ledger l SET a.balance = 0 WHERE a.id = 1", Write, false),
+        ("UPDATE accounts a JOIN ledger l ON 1 SET a.balance = 0", Write, true),
+        ("UPDATE t1 JOIN t2 ON t1.id = t2.id SET t1.a = t2.a WHERE t2.b = 1", Write, false),
+        ("UPDATE accounts a, ledger l SET l.amount = 0 WHERE a.id = 1", Write, true),
+        ("UPDATE accounts a, ledger l SET a.balance = 0 WHERE a.id = 1", Write, false),
+        ("UPDATE accounts a, mysql.global_priv p SET p.priv = '{}' WHERE a.id = 1 AND p.User = 'x'", Dcl, false),
+        ("UPDATE accounts a JOIN ledger l ON 1 SET x.balance = 0 WHERE a.id = 1", Unknown, false),
+        ("UPDATE (SELECT * FROM accounts) d SET balance = 0 WHERE id = 1", Unknown, false),
+        ("UPDATE accounts a JOIN (SELECT 1 AS id) d ON 1 SET d.id = 0 WHERE a.id = 1", Unknown, true),
+        ("UPDATE LOW_PRIORITY IGNORE accounts SET balance = 0", Write, true),
+        ("UPDATE LOW_PRIORITY IGNORE accounts SET balance = 0 WHERE id = 1", Write, false),
+        ("UPDATE IGNORE accounts SET balance = 0 WHERE id = 1", Write, false),
+    ]);
+}
+
+#[test]
+fn null_safe_self_comparison_is_a_tautology() {
+    judged(&[
+        ("UPDATE accounts SET balance = 0 WHERE id <=> id", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE accounts.id <=> (id)", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE id <=> 1", Write, false),
+        ("UPDATE accounts SET balance = 0 WHERE 1", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE TRUE", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE id IS NOT NULL OR TRUE", Write, true),
+        ("DELETE FROM accounts WHERE id = 1 OR id <=> id", Write, true),
+    ]);
+}
+
+#[test]
+fn upserts_and_replaces_of_every_row_are_unscoped() {
+    judged(&[
+        ("INSERT INTO accounts SELECT id, owner, 0 FROM accounts ON DUPLICATE KEY UPDATE balance = 0", Write, true),
+        ("INSERT INTO accounts SELECT * FROM accounts WHERE id = id ON DUPLICATE KEY UPDATE balance = 0", Write, true),
+        ("INSERT INTO accounts SELECT * FROM accounts WHERE id = 1 ON DUPLICATE KEY UPDATE balance = 0", Write, false),
+        ("REPLACE INTO accounts SELECT id, owner, 0 FROM accounts", Write, true),
+        ("REPLACE INTO accounts SELECT a.* FROM accounts a JOIN ledger l ON 1", Write, true),
+        ("REPLACE INTO accounts SELECT * FROM (SELECT * FROM accounts) d", Write, true),
+        ("REPLACE INTO accounts SELECT * FROM other UNION SELECT * FROM accounts", Write, true),
+        ("REPLACE INTO accounts TABLE accounts", Write, true),
+        ("REPLACE INTO accounts SELECT * FROM accounts WHERE id = 2", Write, false),
+        ("REPLACE INTO accounts SELECT * FROM accounts WHERE id <=> id", Write, true),
+        ("INSERT INTO accounts VALUES (1, 'ann', 0) ON DUPLICATE KEY UPDATE balance = balance + 1", Write, false),
+        ("REPLACE INTO notes (id, body) VALUES (2, 'replaced')", Write, false),
+        ("INSERT INTO archive SELECT * FROM accounts", Write, false),
+        ("INSERT INTO accounts SELECT * FROM accounts", Write, false),
+    ]);
+}
+
+#[test]
+fn execute_immediate_is_judged_as_its_text() {
+    judged(&[
+        ("EXECUTE IMMEDIATE 'DELETE FROM accounts'", Write, true),
+        ("EXECUTE IMMEDIATE 'SELECT owner FROM accounts WHERE id = 1'", Read, false),
+        ("execute immediate 'GRANT ALL ON *.* TO x'", Dcl, false),
+        ("EXECUTE IMMEDIATE 'SELECT 1; DROP TABLE t'", Ddl, false),
+        ("EXECUTE IMMEDIATE @q", Unknown, false),
+        ("EXECUTE IMMEDIATE CONCAT('DROP TABLE ', 'accounts')", Unknown, false),
+        ("EXECUTE IMMEDIATE 'SELECT ?' USING 1", Unknown, false),
+    ]);
+    let cache = DescriptionCache::new(4);
+    assert_eq!(cache.describe_with("EXECUTE IMMEDIATE 'SELECT 1'", DEFAULT).analysis.executes, None);
+}
+
+#[test]
+fn analyze_of_a_statement_runs_it() {
+    judged(&[
+        ("ANALYZE DELETE FROM accounts", Write, true),
+        ("ANALYZE UPDATE accounts SET balance = 0 WHERE id = 1", Write, false),
+        ("ANALYZE SELECT * FROM accounts", Read, false),
+        ("ANALYZE FORMAT=JSON DELETE FROM mysql.global_priv WHERE User = 'x'", Dcl, false),
+        ("ANALYZE SELECT LOAD_FILE('/etc/passwd')", Unknown, false),
+        ("ANALYZE TABLE accounts", Admin, false),
+        ("ANALYZE NO_WRITE_TO_BINLOG TABLE accounts", Admin, false),
+    ]);
+}
+
+#[test]
+fn set_statement_for_is_the_statement_and_its_settings() {
+    judged(&[
+        ("SET STATEMENT max_statement_time = 100 FOR DELETE FROM accounts", Write, true),
+        ("SET STATEMENT max_statement_time = 100 FOR SELECT * FROM accounts WHERE id = 1", Read, false),
+        ("SET STATEMENT max_statement_time = 100, sql_mode = '' FOR UPDATE t SET a = 1 WHERE id = 1", Write, false),
+        ("SET STATEMENT sql_log_bin = 0 FOR SELECT 1", Admin, false),
+        ("SET STATEMENT sql_lög_bin = 0 FOR SELECT 1", Unknown, false),
+        ("SET STATEMENT x = LOAD_FILE('/etc/passwd') FOR SELECT 1", Unknown, false),
+        ("SET STATEMENT max_statement_time = 1 FOR SET STATEMENT sql_log_bin = 0 FOR SELECT 1", Unknown, false),
+        ("SET STATEMENT max_statement_time = 1", Unknown, false),
+    ]);
 }
