@@ -48,6 +48,16 @@ pub fn output(cmd: &mut Command) -> Output {
 }
 
 /// Runs a command and panics (with its stderr) unless it succeeds; returns stdout.
+/// A command's program and arguments, then `extra`: the argv to run it another way (e.g. as a
+/// labelled workload with `Agent::exec`).
+pub fn argv_of(cmd: &Command, extra: &[&str]) -> Vec<String> {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .chain(extra.iter().map(|e| e.to_string()))
+        .collect()
+}
+
 pub fn check(cmd: &mut Command) -> String {
     let out = output(cmd);
     assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));

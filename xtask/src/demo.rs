@@ -167,9 +167,7 @@ pub fn demo(warden: &Path) -> Result<()> {
             labels[0], labels[1], maria.port
         );
         let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
-        let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-        argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-        argv.extend(["-e".to_string(), sql.to_string()]);
+        let argv = testkit::argv_of(&cli, &["-e", sql]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         show(&mut agent.exec(&labels, &argv));
     }

@@ -20,9 +20,7 @@ fn database_yaml(db: &MariaDb) -> String {
 /// The mariadb client run by a labelled workload: (success, stdout, stderr).
 fn labelled_cli(agent: &Agent, labels: &[&str], db: &MariaDb, ssl: MariaSsl, sql: &str) -> (bool, String, String) {
     let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, ssl);
-    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-    argv.extend(["-e".to_string(), sql.to_string()]);
+    let argv = testkit::argv_of(&cli, &["-e", sql]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = output(&mut agent.exec(labels, &argv));
     (
@@ -116,9 +114,7 @@ fn the_baseline_refuses_mysql_statements_with_error_1142_and_the_session_goes_on
     std::fs::write(&csv, "7,eve,70\n").unwrap();
     let load = format!("load data local infile '{}' into table accounts fields terminated by ','", csv.display());
     let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
-    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-    argv.extend(["--local-infile=1".into(), "-e".into(), load.clone()]);
+    let argv = testkit::argv_of(&cli, &["--local-infile=1", "-e", &load]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = output(&mut agent.exec(&bot, &argv));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -152,8 +148,7 @@ fn python_drivers_give_the_same_transcript_through_the_proxy_as_direct() {
         assert!(direct.status.success(), "{driver} direct: {}", String::from_utf8_lossy(&direct.stderr));
         let agent = Agent::start(&database_yaml(&db));
         let cmd = mysql_check(driver, &db.host, db.port, USER, PASSWORD);
-        let mut argv: Vec<String> = vec![cmd.get_program().to_string_lossy().into_owned()];
-        argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        let argv = testkit::argv_of(&cmd, &[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let proxied = output(&mut agent.exec(&["warden/identity=it-driver"], &argv));
         let (direct_out, proxied_out) =
@@ -200,9 +195,7 @@ fn tls_on_both_legs_and_ed25519_and_native_authentication_pass_through() {
     assert_eq!((open["client_tls"].as_bool(), open["upstream_tls"].as_bool()), (Some(true), Some(true)), "{open}");
     // Verified against the proxy's certificate authority.
     let cli = mariadb_cli(&db.host, db.port, "native", PASSWORD, MariaSsl::Verify(pki.ca()));
-    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-    argv.extend(["-e".into(), "select current_user()".into()]);
+    let argv = testkit::argv_of(&cli, &["-e", "select current_user()"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = check(&mut agent.exec(&labels, &argv));
     assert_eq!(out, "native@%\n");
@@ -214,9 +207,7 @@ fn tls_on_both_legs_and_ed25519_and_native_authentication_pass_through() {
     assert_eq!(out, "1\n");
     // A wrong password is the server's refusal, relayed.
     let cli = mariadb_cli(&db.host, db.port, USER, "wrong", MariaSsl::Off);
-    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-    argv.extend(["-e".into(), "select 1".into()]);
+    let argv = testkit::argv_of(&cli, &["-e", "select 1"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = output(&mut agent.exec(&labels, &argv));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("1045"), "{out:?}");
@@ -231,9 +222,7 @@ fn compression_is_refused_clearly() {
     assert!(ok && out == "1\n", "{err}");
     // The greeting does not offer compression, so the client does not use it: the session works.
     let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
-    let mut argv: Vec<String> = vec![cli.get_program().to_string_lossy().into_owned()];
-    argv.extend(cli.get_args().map(|a| a.to_string_lossy().into_owned()));
-    argv.extend(["--compress".into(), "-e".into(), "select 2".into()]);
+    let argv = testkit::argv_of(&cli, &["--compress", "-e", "select 2"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = check(&mut agent.exec(&["warden/identity=it-c"], &argv));
     assert_eq!(out, "2\n");

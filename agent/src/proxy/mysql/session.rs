@@ -7,7 +7,7 @@
 //! MariaDB's bulk execute, anything unknown) is refused: what is not understood is not
 //! forwarded.
 
-use std::{collections::HashMap, io, sync::Arc, time::Instant};
+use std::{collections::HashMap, io, sync::Arc};
 
 use bytes::BytesMut;
 use mysql_common::constants::CapabilityFlags as Caps;
@@ -552,20 +552,9 @@ impl Session<'_> {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
             let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
             let running = cursor.map(|(resumes, judgement)| Running {
-                id: self.next_statement(),
-                sql: sql.clone(),
-                protocol: QueryProtocol::Extended,
-                rows: 0,
-                started: Instant::now(),
-                completed: 0,
-                failed: false,
-                function_oid: None,
                 resumes: Some(resumes),
-                lexing,
-                portal: Vec::new(),
-                parameters: None,
                 judgement,
-                columns: None,
+                ..Running::new(self.next_statement(), sql.clone(), QueryProtocol::Extended, lexing)
             });
             self.owed.push(Answer::Server {
                 shape: Shape::Fetch,
@@ -654,22 +643,7 @@ impl Session<'_> {
         lexing: Lexing,
         judgement: Option<Arc<Judgement>>,
     ) -> Running {
-        Running {
-            id: self.next_statement(),
-            sql,
-            protocol,
-            rows: 0,
-            started: Instant::now(),
-            completed: 0,
-            failed: false,
-            function_oid: None,
-            resumes: None,
-            lexing,
-            portal: Vec::new(),
-            parameters: None,
-            judgement,
-            columns: None,
-        }
+        Running { judgement, ..Running::new(self.next_statement(), sql, protocol, lexing) }
     }
 
     async fn send_statement(
