@@ -134,7 +134,11 @@ pub fn mysql_ambiguity(sql: &str, lexing: Lexing, simple: bool) -> Option<&'stat
             "an earlier statement of the text, spelled with non-ASCII letters, may change how later ones read",
         );
     }
-    if before_last > 0 && !sql.is_ascii() && mentions(&["names", "character", "charset", "character_set_client"]) {
+    // EXECUTE / PREPARE may run a SET NAMES held in a string, which `mentions` cannot see.
+    if before_last > 0
+        && !sql.is_ascii()
+        && mentions(&["names", "character", "charset", "character_set_client", "execute", "prepare"])
+    {
         return Some("a statement of the text may change the character set before later non-ASCII ones");
     }
     None
@@ -218,6 +222,8 @@ mod tests {
         let charset = "SET chäracter_set_client = gbk; SELECT '\u{bf}\\'; DROP TABLE accounts; -- '";
         assert!(mysql_ambiguity(charset, mysql, true).is_some(), "{charset}");
         assert!(mysql_ambiguity("SELECT 1; SELECT 2", mysql, true).is_none());
+        let hidden = "EXECUTE IMMEDIATE 'SET NAMES gbk'; SELECT 1 AS `中``; DROP TABLE accounts; -- `";
+        assert!(mysql_ambiguity(hidden, mysql, true).is_some(), "{hidden}");
     }
 
     #[test]

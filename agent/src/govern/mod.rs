@@ -891,10 +891,30 @@ fn mysql_system_table(name: &ObjectName) -> bool {
         "proc",
         "event",
         "password_history",
+        "global_grants",
+        "component",
+        "general_log",
+        "slow_log",
+        "gtid_executed",
+        "gtid_slave_pos",
+        "transaction_registry",
+        "innodb_table_stats",
+        "innodb_index_stats",
+        "table_stats",
+        "column_stats",
+        "index_stats",
+        "help_topic",
+        "help_category",
+        "help_keyword",
+        "help_relation",
     ];
+    const PREFIXES: &[&str] = &["time_zone", "slave_", "replication_"];
     match name.schema.as_deref() {
         Some(schema) => schema.eq_ignore_ascii_case("mysql"),
-        None => TABLES.iter().any(|t| name.name.eq_ignore_ascii_case(t)),
+        None => {
+            let lower = name.name.to_ascii_lowercase();
+            TABLES.contains(&lower.as_str()) || PREFIXES.iter().any(|p| lower.starts_with(p))
+        }
     }
 }
 
@@ -932,6 +952,14 @@ impl SessionHooks for SessionGovern {
             let mut state = self.lock();
             state.role = start.role.or(start.user).map(Arc::from);
             state.selection = None;
+            // A session started again (MySQL's COM_CHANGE_USER) may be in another database:
+            // unqualified names reach any schema until the facts are read again.
+            if state.path.is_some() || state.relation_schemas.is_some() {
+                state.path = None;
+                state.relation_schemas = None;
+                state.facts_stale = true;
+                state.facts_epoch += 1;
+            }
         }
         self.next.on_session_start(start);
     }

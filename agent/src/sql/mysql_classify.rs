@@ -736,9 +736,24 @@ impl Canonical {
                     kind = TokenKind::QuotedIdentifier { unicode: false };
                     format!("`{raw}`")
                 }
+                // Without PIPES_AS_CONCAT (which the proxy does not track) `||` is OR, `&&` AND:
+                // read as concatenation, `id = 1 || 1` would look like a condition on id.
+                TokenKind::Operator if raw == "||" => {
+                    chained += 1;
+                    " OR ".to_string()
+                }
+                TokenKind::Operator if raw == "&&" => {
+                    chained += 1;
+                    " AND ".to_string()
+                }
                 TokenKind::Operator => {
                     chained += 1;
                     raw.to_string()
+                }
+                // sqlparser binds XOR tighter than `=` (MySQL: between AND and OR), so
+                // `id = 1 XOR id <> 1` would read as a condition on id: not analysed.
+                TokenKind::Identifier if raw.eq_ignore_ascii_case("xor") => {
+                    return Err("XOR, which the parser binds otherwise than the server: not analysed".into());
                 }
                 TokenKind::Identifier if raw.eq_ignore_ascii_case("and") || raw.eq_ignore_ascii_case("or") => {
                     chained += 1;

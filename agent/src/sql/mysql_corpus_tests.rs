@@ -100,6 +100,7 @@ const CORPUS: &[(&str, LexOptions, Class, usize)] = &[
     ("INSTALL PLUGIN p SONAME 'evil.so'", DEFAULT, Unknown, 1),
     ("CREATE FUNCTION sys_exec RETURNS INT SONAME 'lib_mysqludf_sys.so'", DEFAULT, Ddl, 1),
     ("KILL 42", DEFAULT, Admin, 1),
+    ("SELECT 'a' || 'b' FROM t", DEFAULT, Read, 1),
     ("SET sql_lög_bin = 0", DEFAULT, Unknown, 1),
     ("SET @@sëssion.sql_mode = 'ANSI_QUOTES'", DEFAULT, Unknown, 1),
     ("KILL CONNECTION 42", DEFAULT, Admin, 1),
@@ -386,6 +387,18 @@ fn null_safe_self_comparison_is_a_tautology() {
         ("UPDATE accounts SET balance = 0 WHERE TRUE", Write, true),
         ("UPDATE accounts SET balance = 0 WHERE id IS NOT NULL OR TRUE", Write, true),
         ("DELETE FROM accounts WHERE id = 1 OR id <=> id", Write, true),
+    ]);
+}
+
+#[test]
+fn pipes_are_or_and_xor_does_not_narrow() {
+    // Without PIPES_AS_CONCAT `||` is OR: `id = 1 || 1` is every row, not `id = '11'`.
+    judged(&[
+        ("DELETE FROM accounts WHERE id = 1 || 1", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE id = 5 || true", Write, true),
+        ("UPDATE accounts SET balance = 0 WHERE id = 5 && owner = 'x'", Write, false),
+        ("DELETE FROM accounts WHERE id = 1 XOR id <> 1", Unknown, false),
+        ("DELETE FROM accounts WHERE id = 1", Write, false),
     ]);
 }
 

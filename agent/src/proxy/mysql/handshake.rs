@@ -479,6 +479,8 @@ impl Auth<'_> {
     /// otherwise reach the server the moment it accepts the login, unjudged.
     pub async fn relay(&mut self) -> Result<u16, SessionError> {
         let mut replies = 0usize;
+        // The sequence id the client's reply must carry (client numbering).
+        let mut reply_seq = 0u8;
         loop {
             while let Some(p) = packet::take(self.server_buf, MAX_HANDSHAKE_PACKET)
                 .map_err(|e| SessionError::Protocol(ProtocolError::Server(e.to_string())))?
@@ -507,7 +509,10 @@ impl Auth<'_> {
                     }
                     // Fast authentication succeeded: the OK follows, the client says nothing.
                     _ if p.payload[..] == [0x01, 0x03] => {}
-                    _ => replies = 1,
+                    _ => {
+                        replies = 1;
+                        reply_seq = seq.wrapping_add(1);
+                    }
                 }
             }
             if replies > 0
@@ -515,6 +520,14 @@ impl Auth<'_> {
                     .map_err(|e| SessionError::Protocol(ProtocolError::Client(e.to_string())))?
             {
                 replies = 0;
+                if p.seq != reply_seq {
+                    // Not the reply (a command the client sent early, with sequence id 0):
+                    // the server would take it as a command the moment it accepts the login.
+                    return Err(SessionError::Protocol(ProtocolError::Client(format!(
+                        "sent a packet with sequence id {} during authentication, where its reply ({reply_seq}) was due",
+                        p.seq
+                    ))));
+                }
                 let seq = p.seq.wrapping_add(self.shift);
                 self.server.write_all(&framed(seq, &p.payload)).await.map_err(SessionError::UpstreamIo)?;
             }

@@ -879,6 +879,12 @@ impl Session<'_> {
             database: self.database.as_deref(),
             role: None,
         });
+        if self.ctx.hooks.inspects_statements() {
+            // Nothing is owed: the new session's facts now, before a pipelined statement of it
+            // is judged.
+            let facts = self.read_facts().await?;
+            self.ctx.hooks.on_facts(facts);
+        }
         Ok(())
     }
 }
