@@ -123,6 +123,8 @@ struct Session<'a> {
     /// text is not lexed from its bytes.
     charset_unsettled: bool,
     prepared: HashMap<u32, Prepared>,
+    /// SQL-level prepared statements by name (lower case): their text and how it lexed.
+    sql_prepared: HashMap<String, (Arc<str>, Lexing)>,
     /// The text of the statement the server prepared last, as far as the proxy knows (MariaDB's
     /// statement id -1 names it): set when a prepare is forwarded, cleared when one is refused
     /// or fails.
@@ -154,6 +156,7 @@ pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionR
         facts_stale: true,
         charset_unsettled: false,
         prepared: HashMap::new(),
+        sql_prepared: HashMap::new(),
         last_prepare: None,
         statements: 0,
         judged: 0,
@@ -340,6 +343,7 @@ impl Session<'_> {
                         self.ansi_quotes = status & state::ANSI_QUOTES != 0;
                     }
                     if let Some(r) = owner.running.as_mut() {
+                        track_sql_prepared(&mut self.sql_prepared, r);
                         let tag = match affected {
                             Some(n) => format!("OK {n}"),
                             None => format!("SELECT {}", r.rows),
@@ -355,6 +359,10 @@ impl Session<'_> {
                         self.last_prepare = None;
                     }
                     if let Some(r) = owner.running.as_mut() {
+                        if r.sql.to_ascii_lowercase().contains("prepare") {
+                            // A PREPARE that fails leaves no statement of its name.
+                            self.sql_prepared.clear();
+                        }
                         let code =
                             refusal::read_err(&p.payload).and_then(|(_, s, _)| s).unwrap_or(SqlState::INTERNAL_ERROR);
                         hooks.on_error(Some(r), code);
@@ -386,6 +394,7 @@ impl Session<'_> {
             }
             Kind::ResetConnection if ok => {
                 self.prepared.clear();
+                self.sql_prepared.clear();
                 self.facts_stale = true;
             }
             _ => {}
@@ -614,9 +623,12 @@ impl Session<'_> {
         step: Step,
         message: u64,
     ) -> Verdict {
-        // SQL-level prepared statements (PREPARE name FROM ...) are not tracked: an EXECUTE of
-        // one is judged as running a statement not known.
-        let prepared = |_: &str| None;
+        // SQL-level prepared statements (PREPARE name FROM '...'), as the server confirmed
+        // them; while answers are owed, one of them may change what a name holds: not known
+        // (an EXECUTE of it is judged as running unknown text).
+        let prepared = |name: &str| {
+            if self.owed.is_empty() { self.sql_prepared.get(&name.to_lowercase()).cloned() } else { None }
+        };
         self.ctx.hooks.before_statement(&StatementInfo {
             sql,
             text_known,
@@ -869,6 +881,7 @@ impl Session<'_> {
         self.user = user;
         self.database = database;
         self.prepared.clear();
+        self.sql_prepared.clear();
         self.last_prepare = None;
         self.facts_stale = true;
         if let Some(live) = &self.ctx.live {
@@ -905,6 +918,27 @@ fn change_user_names(p: &[u8]) -> (String, Option<String>, Vec<u8>) {
     let plugin = rest.get(db_end + 3..).unwrap_or(&[]);
     let plugin = plugin[..memchr::memchr(0, plugin).unwrap_or(plugin.len())].to_vec();
     (user, database, plugin)
+}
+
+/// A statement of `running` completed: if it was a SQL-level PREPARE or DEALLOCATE, what the
+/// name holds now. A PREPARE whose text the proxy cannot read (`FROM @var`) forgets every name.
+fn track_sql_prepared(names: &mut HashMap<String, (Arc<str>, Lexing)>, running: &Running) {
+    let Some(part) = running.judgement.as_ref().and_then(|j| j.parts.get(running.completed as usize)) else {
+        return;
+    };
+    let raw = running.sql.get(part.span.clone()).unwrap_or_default();
+    if part.described.analysis.prepares.is_none() && !raw.to_ascii_lowercase().contains("prepare") {
+        return;
+    }
+    match crate::sql::prepared_statement_command(raw, running.lexing.options()) {
+        Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
+            names.insert(name.to_lowercase(), (Arc::from(body), running.lexing));
+        }
+        Some(crate::sql::PreparedCommand::Deallocate { name }) => {
+            names.remove(&name.to_lowercase());
+        }
+        None => names.clear(),
+    }
 }
 
 /// Whether a statement was judged as sending the server a client file (LOAD DATA LOCAL); one
