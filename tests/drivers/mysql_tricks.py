@@ -6,6 +6,8 @@ Usage: python3 mysql_tricks.py HOST PORT USER PASSWORD DATABASE
   read it the moment it accepts the login);
 - init-db+select: COM_INIT_DB and a query of an unqualified name pipelined in one write (the
   query runs in the new database);
+- forced-compression: a client that claims the compressed protocol the greeting did not offer
+  (it would compress whatever it sends next);
 - garbled-facts: character_set_results = utf16 (which would garble what the proxy reads of the
   session), then ANSI_QUOTES, then a text that hides a DROP under the other quoting.
 """
@@ -57,7 +59,7 @@ def native_scramble(nonce, pw):
     return bytes(a ^ b for a, b in zip(h1, h3))
 
 
-def raw_login(s, extra=b""):
+def raw_login(s, extra=b"", more_caps=0):
     """Logs in with mysql_native_password (no TLS); `extra` goes in the same write."""
     _, g = read_packet(s)
     at = g.index(b"\0", 1) + 1
@@ -75,6 +77,7 @@ def raw_login(s, extra=b""):
         | CLIENT.MULTI_RESULTS
         | CLIENT.LONG_PASSWORD
         | CLIENT.TRANSACTIONS
+        | more_caps
     )
     scramble = native_scramble(part1 + part2, password)
     response = (
@@ -126,7 +129,15 @@ s.sendall(packet(0, b"\x02secret") + packet(0, b"\x03SELECT v FROM customers"))
 print(f"init-db+select: {answer(s)}, {answer(s)}")
 s.close()
 
-# 3. Facts garbled by character_set_results, then a DROP hidden by ANSI_QUOTES.
+# 3. The compressed protocol claimed although not offered.
+s = socket.create_connection((host, port), timeout=20)
+try:
+    print(f"forced-compression: {raw_login(s, more_caps=CLIENT.COMPRESS)}")
+except (EOFError, OSError) as e:
+    print(f"forced-compression: closed ({type(e).__name__})")
+s.close()
+
+# 4. Facts garbled by character_set_results, then a DROP hidden by ANSI_QUOTES.
 conn = pymysql.connect(
     host=host, port=port, user=user, password=password, database=database,
     client_flag=CLIENT.MULTI_STATEMENTS, read_timeout=20,

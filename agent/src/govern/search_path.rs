@@ -7,6 +7,7 @@
 //! With the facts, the schemas an unqualified name reaches are taken from the server and the
 //! catalog says which user objects there may shadow a built-in (`sql/catalog.rs`).
 
+pub use crate::sql::contains_ci;
 use crate::sql::{Analysis, Class, ClassSet, LexOptions, Lexer, TokenKind};
 
 /// Like [`may_distrust`], for a statement judged as what it runs (`effects`): SQL EXECUTE and
@@ -104,17 +105,6 @@ pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, option
         || contains_ci(raw, "temp")
         || (contains_ci(raw, "reset") && contains_ci(raw, "all"))
         || may_distrust_judged(raw, analysis, effects, options)
-}
-
-/// Whether `haystack` contains `needle` (ASCII lower case), ignoring ASCII case.
-/// Runs for every statement, several times: candidates are found by their first byte (memchr,
-/// either case), not by comparing every window.
-pub fn contains_ci(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    let Some((&first, rest)) = n.split_first() else { return true };
-    let Some(last_start) = h.len().checked_sub(n.len()) else { return false };
-    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), &h[..=last_start])
-        .any(|i| h[i + 1..i + n.len()].eq_ignore_ascii_case(rest))
 }
 
 /// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog

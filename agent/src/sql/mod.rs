@@ -29,6 +29,17 @@ use std::{
 /// Splits a list of identifiers at `separator` as the server reads such a list (a search_path
 /// setting, a qualified name): double-quoted parts verbatim (`""` is a quote), unquoted parts
 /// folded to ASCII lower case, whitespace outside quotes dropped.
+/// Whether `haystack` contains `needle` (ASCII lower case), ignoring ASCII case.
+/// Runs for every statement, several times: candidates are found by their first byte (memchr,
+/// either case), not by comparing every window.
+pub fn contains_ci(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    let Some((&first, rest)) = n.split_first() else { return true };
+    let Some(last_start) = h.len().checked_sub(n.len()) else { return false };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), &h[..=last_start])
+        .any(|i| h[i + 1..i + n.len()].eq_ignore_ascii_case(rest))
+}
+
 /// Whether `name` (unqualified, normalised) is a function PostgreSQL itself defines, as far as
 /// the analyser knows.
 pub fn is_builtin_function(name: &str) -> bool {

@@ -359,7 +359,7 @@ impl Session<'_> {
                         self.last_prepare = None;
                     }
                     if let Some(r) = owner.running.as_mut() {
-                        if r.sql.to_ascii_lowercase().contains("prepare") {
+                        if crate::sql::contains_ci(&r.sql, "prepare") {
                             // A PREPARE that fails leaves no statement of its name.
                             self.sql_prepared.clear();
                         }
@@ -927,7 +927,7 @@ fn track_sql_prepared(names: &mut HashMap<String, (Arc<str>, Lexing)>, running: 
         return;
     };
     let raw = running.sql.get(part.span.clone()).unwrap_or_default();
-    if part.described.analysis.prepares.is_none() && !raw.to_ascii_lowercase().contains("prepare") {
+    if part.described.analysis.prepares.is_none() && !crate::sql::contains_ci(raw, "prepare") {
         return;
     }
     match crate::sql::prepared_statement_command(raw, running.lexing.options()) {
@@ -1001,11 +1001,12 @@ enum Change {
 fn may_change_session(sql: &str) -> Change {
     const CHARSET: &[&str] = &["names", "character", "charset", "collation"];
     const FACTS: &[&str] = &["sql_mode", "@@", "execute", "reset"];
-    let lower = sql.to_ascii_lowercase();
-    let set = has_word(&lower, "set");
-    if CHARSET.iter().any(|w| lower.contains(w)) || (set && !sql.is_ascii()) {
+    // Runs for every statement forwarded: no copy of the text, each word found by memchr.
+    let has = |w: &str| crate::sql::contains_ci(sql, w);
+    let set = has_word(sql, "set");
+    if CHARSET.iter().any(|w| has(w)) || (set && !sql.is_ascii()) {
         Change::Charset
-    } else if FACTS.iter().any(|w| lower.contains(w)) || has_word(&lower, "use") || (set && lower.contains("mode")) {
+    } else if FACTS.iter().any(|w| has(w)) || has_word(sql, "use") || (set && has("mode")) {
         Change::Facts
     } else {
         Change::Nothing
@@ -1033,13 +1034,16 @@ fn quoted(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// Whether `word` (ASCII lower case) stands in `text` as a word of its own, in any case.
 fn has_word(text: &str, word: &str) -> bool {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
-    let bytes = text.as_bytes();
-    memchr::memmem::find_iter(bytes, word.as_bytes()).any(|at| {
+    let (bytes, w) = (text.as_bytes(), word.as_bytes());
+    let Some((&first, _)) = w.split_first() else { return false };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), bytes).any(|at| {
+        let whole = bytes.get(at..at + w.len()).is_some_and(|c| c.eq_ignore_ascii_case(w));
         let before = at.checked_sub(1).is_none_or(|i| !ident(bytes[i]));
-        let after = bytes.get(at + word.len()).is_none_or(|&b| !ident(b));
-        before && after
+        let after = bytes.get(at + w.len()).is_none_or(|&b| !ident(b));
+        whole && before && after
     })
 }
 
@@ -1064,6 +1068,7 @@ mod tests {
             "USE other",
             "select 1; use`other`",
             "EXECUTE s",
+            "select 1; USE`other`",
         ] {
             assert_eq!(may_change_session(sql), Change::Facts, "{sql}");
         }
