@@ -158,9 +158,11 @@ fn statement(text: &str, options: LexOptions) -> Found {
             return found;
         }
         ("kill" | "flush" | "shutdown" | "restart" | "purge" | "clone", _)
-        | ("reset", "master" | "slave" | "replica" | "binary" | "persist")
+        // Every RESET is administration (MySQL has no RESET of a session setting; MariaDB takes
+        // a list: RESET QUERY CACHE, MASTER).
+        | ("reset", _)
         | ("change", "master" | "replication")
-        | ("start" | "stop", "slave" | "replica" | "group_replication")
+        | ("start" | "stop", "slave" | "replica" | "group_replication" | "all")
         | ("alter", "instance") => {
             found.add(Class::Admin, None);
             return found;
@@ -252,6 +254,19 @@ fn statement(text: &str, options: LexOptions) -> Found {
         }
         ("begin", "not") => {
             found.add(Class::Unknown, Some("BEGIN NOT ATOMIC runs a compound statement (procedural code)".into()));
+            return found;
+        }
+        ("begin", "" | "work") => {
+            found.add(Class::Transaction, None);
+            return found;
+        }
+        // Under sql_mode=ORACLE, BEGIN opens an anonymous block (`BEGIN DELETE FROM t; END`),
+        // which the splitter cuts where the server does not; DECLARE opens one too.
+        ("begin" | "end" | "declare", _) => {
+            found.add(
+                Class::Unknown,
+                Some("BEGIN, END or DECLARE other than a transaction's: an anonymous block under sql_mode=ORACLE".into()),
+            );
             return found;
         }
         ("xa", _) => {
