@@ -204,7 +204,11 @@ impl SessionGovern {
             None if !own.parsable.is_empty() => own.parsable.clone(),
             None => Arc::from(crate::sql::normalise_for_analysis_with_options(raw, info.lexing.options())),
         };
-        context.plan(&text, &analysis_of.analysis.relations, analysis_of.analysis.effects, any_schema)
+        let options = match &own.analysis.executes {
+            Some(name) => lookup(name).map_or(info.lexing.options(), |(_, lexing)| lexing.options()),
+            None => info.lexing.options(),
+        };
+        context.plan(&text, options, &analysis_of.analysis.relations, analysis_of.analysis.effects, any_schema)
     }
 
     /// The filter of a result set of `running` (statement `part` of it).

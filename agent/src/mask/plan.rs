@@ -28,7 +28,7 @@ use crate::{
         hooks::{CopyLayout, ResultFilter, Rewrite},
     },
     sql::{
-        Class, ClassSet,
+        Class, ClassSet, LexOptions,
         catalog::{Catalog, RelationInfo},
         lineage::{self, ColKey, CopyFormat, Lineage, RelColumn, Relation, Relations, Src},
     },
@@ -301,8 +301,10 @@ pub struct MaskContext {
     sensitive: HashSet<u32>,
     views: Mutex<HashMap<u32, ViewColumns>>,
     view_depth: Mutex<usize>,
-    plans: Mutex<HashMap<Arc<str>, Planned>>,
+    plans: Mutex<HashMap<(LexOptions, Arc<str>), Planned>>,
     key: Arc<Key>,
+    /// How statements are lexed when none is given (view definitions): the catalog's grammar.
+    lexing: LexOptions,
 }
 
 impl std::fmt::Debug for MaskContext {
@@ -320,6 +322,10 @@ impl MaskContext {
         key: Arc<Key>,
     ) -> Result<MaskContext, String> {
         let relations = catalog.relations.as_ref().ok_or("the session's relations were not read")?;
+        let lexing = match relations.dialect {
+            crate::sql::Dialect::Postgres => LexOptions::default(),
+            dialect => LexOptions { dialect, ..LexOptions::default() },
+        };
         let mut protect = HashMap::new();
         let mut sensitive = HashSet::new();
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -362,6 +368,7 @@ impl MaskContext {
             view_depth: Mutex::new(0),
             plans: Mutex::new(HashMap::new()),
             key,
+            lexing,
         })
     }
 
@@ -373,6 +380,18 @@ impl MaskContext {
     /// The relations `name` may resolve to (several when the search_path is not known).
     fn candidates(&self, schema: Option<&str>, name: &str) -> Vec<&RelationInfo> {
         let relations = self.relations();
+        if self.folds_names() {
+            // Names are held folded (MySQL): looked up folded, in the named schema or the
+            // current one.
+            let name = name.to_lowercase();
+            return match (schema.map(str::to_lowercase), &self.path) {
+                (Some(s), _) => relations.named(&s, &name).into_iter().collect(),
+                (None, Some(path)) => {
+                    path.iter().find_map(|s| relations.named(&s.to_lowercase(), &name)).into_iter().collect()
+                }
+                (None, None) => relations.by_oid.values().filter(|r| r.name == name).collect(),
+            };
+        }
         match (schema, &self.path) {
             (Some("pg_temp"), Some(path)) => path
                 .iter()
@@ -393,6 +412,11 @@ impl MaskContext {
         }
     }
 
+    /// Whether the catalog holds names folded to lower case (MySQL's).
+    fn folds_names(&self) -> bool {
+        self.relations().dialect.is_mysql()
+    }
+
     /// A view's columns, traced through its definition (cached).
     fn view_columns(&self, r: &RelationInfo) -> ViewColumns {
         if let Some(done) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get(&r.oid) {
@@ -407,8 +431,12 @@ impl MaskContext {
                 Err(format!("view {}.{} is nested too deep to trace", r.schema, r.name))
             } else {
                 match &r.definition {
-                    Some(def) => lineage::lineage_of_text(&crate::sql::normalise_for_analysis(def), self)
-                        .map_err(|e| format!("view {}.{}: {e}", r.schema, r.name)),
+                    Some(def) => lineage::lineage_of_text_in(
+                        &crate::sql::normalise_for_analysis_with_options(def, self.lexing),
+                        self,
+                        self.lexing,
+                    )
+                    .map_err(|e| format!("view {}.{}: {e}", r.schema, r.name)),
                     None => Err(format!("view {}.{} has no definition the session could read", r.schema, r.name)),
                 }
             };
@@ -508,9 +536,11 @@ impl MaskContext {
     /// relations and effects. `Err` is why it is refused.
     /// `any_schema`: an earlier statement of the same message may have changed the search
     /// path, so unqualified names may resolve in any schema.
+    /// `options`: how the session lexes `text`.
     pub fn plan(
         &self,
         text: &Arc<str>,
+        options: LexOptions,
         relations: &[crate::sql::ObjectName],
         effects: ClassSet,
         any_schema: bool,
@@ -518,17 +548,18 @@ impl MaskContext {
         if any_schema {
             // Not cached: rare, and planned under another resolution.
             let wide = MaskContext { path: None, ..self.shallow() };
-            return wide.plan_uncached(text, relations, effects).map(Arc::new);
+            return wide.plan_uncached(text, options, relations, effects).map(Arc::new);
         }
-        if let Some(done) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(text) {
+        let key = (options, text.clone());
+        if let Some(done) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return done.clone();
         }
-        let planned = self.plan_uncached(text, relations, effects).map(Arc::new);
+        let planned = self.plan_uncached(text, options, relations, effects).map(Arc::new);
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if plans.len() >= MAX_PLANS {
             plans.clear();
         }
-        plans.insert(text.clone(), planned.clone());
+        plans.insert(key, planned.clone());
         planned
     }
 
@@ -544,19 +575,21 @@ impl MaskContext {
             view_depth: Mutex::new(0),
             plans: Mutex::new(HashMap::new()),
             key: self.key.clone(),
+            lexing: self.lexing,
         }
     }
 
     fn plan_uncached(
         &self,
         text: &str,
+        options: LexOptions,
         relations: &[crate::sql::ObjectName],
         effects: ClassSet,
     ) -> Result<PartMask, String> {
         let touched: Vec<&RelationInfo> =
             relations.iter().flat_map(|n| self.candidates(n.schema.as_deref(), &n.name)).collect();
         let touches_protected = touched.iter().any(|r| self.sensitive.contains(&r.oid) || self.view_is_sensitive(r));
-        let lineage = match lineage::lineage_of_text(text, self) {
+        let lineage = match lineage::lineage_of_text_in(text, self, options) {
             Ok(l) => l,
             Err(e) if touches_protected || (self.policy.untraced == Untraced::Refuse && self.policy.masks) => {
                 return Err(format!("which columns it reads cannot be traced ({e})"));
@@ -842,6 +875,9 @@ impl Relations for MaskContext {
     }
 
     fn relation(&self, schema: Option<&str>, name: &str) -> Relation {
+        if self.folds_names() {
+            return self.folded_relation(schema, name);
+        }
         if schema.is_none_or(|s| s == "pg_catalog") && QUOTING_CATALOGS.contains(&name) {
             return Relation::Opaque(format!("reads {name}, which quotes values of other tables and statements"));
         }
@@ -854,20 +890,8 @@ impl Relations for MaskContext {
             // Not in the catalog as the session read it: created since, by another session.
             [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
             [one] => Relation::Columns(self.relation_columns(one)),
-            several => {
-                // The search_path is not known: any of them; a column carries what any of
-                // them carries under its name.
-                let mut merged: Vec<RelColumn> = Vec::new();
-                for r in several {
-                    for c in self.relation_columns(r) {
-                        match merged.iter_mut().find(|m| m.name == c.name) {
-                            Some(m) => m.src.add(&c.src),
-                            None => merged.push(c),
-                        }
-                    }
-                }
-                Relation::Columns(merged)
-            }
+            // The search_path is not known: any of them.
+            several => Relation::Columns(self.merged_columns(several)),
         }
     }
 
@@ -879,6 +903,9 @@ impl Relations for MaskContext {
     }
 
     fn opaque_function(&self, schema: Option<&str>, name: &str) -> Option<String> {
+        if self.folds_names() {
+            return crate::sql::mysql_opaque_function(schema, name);
+        }
         let builtin_schema = schema.is_none_or(|s| s == "pg_catalog");
         if builtin_schema && RUNS_SQL.contains(&name) {
             return Some(format!("calls {name}, which runs SQL or reads whole tables"));
@@ -892,6 +919,43 @@ impl Relations for MaskContext {
                 Some(format!("calls {name}, which a user function of that name may stand for"))
             }
             _ => None,
+        }
+    }
+}
+
+impl MaskContext {
+    /// The columns of any of `several` relations a name may stand for: a column carries what
+    /// any of them carries under its name.
+    fn merged_columns(&self, several: &[&RelationInfo]) -> Vec<RelColumn> {
+        let mut merged: Vec<RelColumn> = Vec::new();
+        for r in several {
+            for c in self.relation_columns(r) {
+                match merged.iter_mut().find(|m| m.name == c.name) {
+                    Some(m) => m.src.add(&c.src),
+                    None => merged.push(c),
+                }
+            }
+        }
+        merged
+    }
+
+    /// A relation under MySQL's rules (names folded): a system schema's relations are clean or
+    /// quote values by what they are; a user relation's columns as the catalog has them.
+    fn folded_relation(&self, schema: Option<&str>, name: &str) -> Relation {
+        let folded = name.to_lowercase();
+        let in_schema = schema.map(str::to_lowercase).or_else(|| self.path.as_ref()?.first().map(|s| s.to_lowercase()));
+        if let Some(s) = &in_schema
+            && let Some(system) = crate::sql::mysql_system_relation(s, &folded)
+        {
+            return match system {
+                Ok(()) => Relation::Clean,
+                Err(why) => Relation::Opaque(why),
+            };
+        }
+        match self.candidates(schema, name).as_slice() {
+            [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
+            [one] => Relation::Columns(self.relation_columns(one)),
+            several => Relation::Columns(self.merged_columns(several)),
         }
     }
 }

@@ -94,7 +94,7 @@ fn plan(ctx: &MaskContext, sql: &str) -> Result<Arc<PartMask>, String> {
     let analysis = crate::sql::analyse(sql);
     let text: Arc<str> = Arc::from(crate::sql::normalise_for_analysis(sql));
     let relations: Vec<ObjectName> = analysis.relations.to_vec();
-    ctx.plan(&text, &relations, analysis.effects, false)
+    ctx.plan(&text, crate::sql::LexOptions::default(), &relations, analysis.effects, false)
 }
 
 /// Each output column: "clear", "exempt", "detect", or the method (with `*` when computed).
@@ -337,4 +337,81 @@ fn the_filter_joins_the_plan_with_each_columns_origin() {
     assert_eq!(f.rewrite(0, b"mail bob@example.org now", &mut out), Rewrite::Written);
     assert_eq!(out, b"mail **** now");
     assert_eq!(f.rewrite(0, b"nothing here", &mut Vec::new()), Rewrite::Keep);
+}
+
+/// The catalog a MySQL session reads (names folded to lower case; a view's definition as
+/// information_schema.VIEWS shows it).
+fn mysql_context() -> Arc<MaskContext> {
+    let mut r = CatalogRelations::new(crate::sql::Dialect::MYSQL);
+    r.add_relation(16384, "crm", "customers", 'r', false);
+    for (i, n) in ["id", "name", "email", "card", "ssn"].iter().enumerate() {
+        r.add_column(16384, column(i as i16 + 1, n, 0));
+    }
+    r.add_relation(16385, "crm", "contacts", 'v', false);
+    r.add_column(16385, column(1, "id", 0));
+    r.add_column(16385, column(2, "contact", 0));
+    r.add_definition(
+        16385,
+        "select `crm`.`customers`.`id` AS `id`,`crm`.`customers`.`email` AS `contact` from `crm`.`customers`".into(),
+    );
+    let mut c = Catalog::default();
+    c.relations = Some(r);
+    let set = PolicySet::from_sources(&[("p.yaml".into(), POLICY.into())]).expect("policy");
+    let labels: BTreeMap<String, String> = [("app".to_string(), "agent".to_string())].into();
+    let selection = set.select(&Subject { labels: &labels, database: "main", user: None });
+    let policy = Arc::new(selection.masking(&set, &labels).expect("masking applies"));
+    let path: Arc<[String]> = Arc::from(vec!["crm".to_string()]);
+    Arc::new(MaskContext::new(policy, Arc::new(c), Some(path), Arc::new(Key::new(1, [7; 32]))).expect("ctx"))
+}
+
+fn mysql_plan(ctx: &MaskContext, sql: &str) -> Result<Arc<PartMask>, String> {
+    let options = crate::sql::LexOptions::mysql(false, false);
+    let analysis = crate::sql::analyse_mysql(sql, options.dialect);
+    let text: Arc<str> = Arc::from(crate::sql::normalise_for_analysis_with_options(sql, options));
+    ctx.plan(&text, options, &analysis.relations, analysis.effects, false)
+}
+
+#[test]
+fn mysql_statements_are_traced_under_mysqls_rules() {
+    let ctx = mysql_context();
+    let shape_of = |sql: &str| mysql_plan(&ctx, sql).map(|p| shape(&p));
+    let ok = |sql: &str, expected: &[&str]| match shape_of(sql) {
+        Ok(s) => assert_eq!(s, expected, "{sql}"),
+        Err(e) => panic!("{sql}: refused: {e}"),
+    };
+    // Names in any case, quoted or not: MySQL compares column names without case.
+    ok("SELECT `EMAIL`, Card FROM `Customers`", &["partial", "token"]);
+    ok("select * from CRM.customers", &["clear", "clear", "partial", "token", "redact"]);
+    ok("SELECT concat(email, '') AS e, upper(ssn) FROM customers", &["partial*", "redact*"]);
+    ok("SELECT contact FROM contacts", &["partial"]);
+    ok("SELECT group_concat(card SEPARATOR ',') FROM customers", &["token*"]);
+    ok("SELECT id FROM customers LIMIT 1, 2", &["clear"]);
+    // Values of unknown origin (the policy refuses what it cannot trace).
+    let untraced = |sql: &str| match shape_of(sql) {
+        Ok(s) => panic!("{sql}: planned {s:?}, expected a refusal"),
+        Err(e) => assert!(e.contains("origin cannot be traced"), "{sql}: {e}"),
+    };
+    untraced("SELECT @v");
+    untraced("SELECT load_file('/etc/passwd')");
+    untraced("SELECT info FROM information_schema.processlist");
+    untraced("SELECT sql_text FROM performance_schema.events_statements_history");
+    untraced("SELECT crm.leak(id) FROM customers");
+    ok("SELECT table_name FROM information_schema.tables", &["clear"]);
+    ok("SELECT @@version", &["clear"]);
+    // Copies and probes.
+    let refused = |sql: &str, why: &str| match shape_of(sql) {
+        Ok(s) => panic!("{sql}: planned {s:?}, expected a refusal"),
+        Err(e) => assert!(e.contains(why), "{sql}: {e}"),
+    };
+    refused("SELECT id FROM customers WHERE ssn LIKE '8%'", "in a condition");
+    // `||` is OR without PIPES_AS_CONCAT: a truth value tells about the value it tests.
+    refused("SELECT email || id FROM customers", "in a condition");
+    refused("SET @v = (SELECT email FROM customers LIMIT 1)", "copies protected column");
+    refused("SELECT email INTO @v FROM customers LIMIT 1", "copies protected column");
+    refused("SELECT @v := email FROM customers", "cannot be traced");
+    refused("SELECT ſsn FROM customers", "cannot be traced");
+    for sql in ["SHOW WARNINGS", "show full processlist", "GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT"] {
+        refused(sql, "may quote values");
+    }
+    refused("INSERT INTO customers (name) SELECT email FROM customers", "copies protected column");
 }

@@ -255,6 +255,51 @@ pub trait ResultLimit: Send + Sync {
     fn crossed(&self) -> Cut;
 }
 
+/// A result's volume limit as a relay counts against it: what it may still send (asked of the
+/// limit when the result begins and whenever the next row would not fit), and what it sent
+/// since it last told.
+pub struct Measure {
+    limit: std::sync::Arc<dyn ResultLimit>,
+    rows_left: u64,
+    bytes_left: u64,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Measure {
+    /// Begins measuring a result whose first row has `next_row` bytes (0: not known).
+    pub fn new(limit: std::sync::Arc<dyn ResultLimit>, next_row: u64) -> Self {
+        let (rows_left, bytes_left) = limit.allowance(next_row);
+        Measure { limit, rows_left, bytes_left, rows: 0, bytes: 0 }
+    }
+
+    /// Counts a row of `bytes` about to be sent; the cut when it does not fit.
+    pub fn admit(&mut self, bytes: u64) -> Option<Cut> {
+        if self.rows_left == 0 || self.bytes_left < bytes {
+            // What another session of the same tenant used is counted too: asked again first.
+            self.report();
+            (self.rows_left, self.bytes_left) = self.limit.allowance(bytes);
+            if self.rows_left == 0 || self.bytes_left < bytes {
+                return Some(self.limit.crossed());
+            }
+        }
+        self.rows_left -= 1;
+        self.bytes_left -= bytes;
+        self.rows += 1;
+        self.bytes += bytes;
+        None
+    }
+
+    /// Tells the limit what was sent, and asks again what may be.
+    pub fn report(&mut self) {
+        if self.rows > 0 || self.bytes > 0 {
+            self.limit.sent(self.rows, self.bytes);
+            (self.rows, self.bytes) = (0, 0);
+            (self.rows_left, self.bytes_left) = self.limit.allowance(0);
+        }
+    }
+}
+
 /// Why a statement was stopped at a volume limit, and how much of it was sent.
 #[derive(Debug, Clone)]
 pub struct Cut {

@@ -74,6 +74,9 @@ pub struct Relations {
     by_name: HashMap<ObjectName, u32>,
     /// Symbols of every user-defined operator (any of them may run code reading tables).
     pub operators: HashSet<String>,
+    /// The server's grammar: how statements and view definitions are read. Under MySQL's,
+    /// schema, relation and column names are held folded to lower case.
+    pub dialect: super::Dialect,
 }
 
 /// One user relation.
@@ -106,6 +109,11 @@ pub struct ColumnInfo {
 }
 
 impl Relations {
+    /// No relations yet, of a server speaking `dialect`.
+    pub fn new(dialect: super::Dialect) -> Self {
+        Relations { dialect, ..Relations::default() }
+    }
+
     pub fn add_relation(&mut self, oid: u32, schema: &str, name: &str, kind: char, code: bool) {
         if let Some(alias) = also_pg_temp(schema) {
             self.by_name.insert(ObjectName::new(Some(alias), name), oid);

@@ -145,9 +145,27 @@ const MAX_WORK: usize = 5_000;
 
 /// The lineage of one parsed statement.
 pub fn lineage(statement: &Statement, relations: &dyn Relations) -> Result<Lineage, String> {
-    let mut a = Analyzer { relations, out: Lineage { exact: true, ..Lineage::default() }, depth: 0, work: 0 };
+    lineage_in(statement, relations, false)
+}
+
+fn lineage_in(statement: &Statement, relations: &dyn Relations, mysql: bool) -> Result<Lineage, String> {
+    let mut a = Analyzer { relations, out: Lineage { exact: true, ..Lineage::default() }, depth: 0, work: 0, mysql };
     a.statement(statement)?;
     Ok(a.out)
+}
+
+/// The lineage of a statement's text under the session's lexical rules: PostgreSQL's, or
+/// MySQL's (identifiers folded to lower case: the relations answer under folded names).
+pub fn lineage_of_text_in(
+    text: &str,
+    relations: &dyn Relations,
+    options: super::LexOptions,
+) -> Result<Lineage, String> {
+    if !options.dialect.is_mysql() {
+        return lineage_of_text(text, relations);
+    }
+    let statement = super::mysql_classify::lineage_statement(text, options)?;
+    lineage_in(&statement, relations, true)
 }
 
 /// The lineage of a statement's text (PostgreSQL's lexical rules, `standard_conforming_strings`
@@ -279,6 +297,9 @@ struct Analyzer<'r> {
     out: Lineage,
     depth: usize,
     work: usize,
+    /// MySQL: user variables are values of unknown lineage, and a statement of a kind not
+    /// traced copies whatever its expressions read (`SET @v = (SELECT ...)`, `CALL p(...)`).
+    mysql: bool,
 }
 
 /// Where a collected reference counts.
@@ -352,8 +373,13 @@ impl Analyzer<'_> {
             Statement::Explain { statement, .. } => {
                 // The plan shows no values, but conditions decide the row counts it shows, and
                 // with ANALYZE it runs (what it writes is written).
-                let mut inner =
-                    Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth, work: self.work };
+                let mut inner = Analyzer {
+                    relations: self.relations,
+                    out: Lineage::default(),
+                    depth: self.depth,
+                    work: self.work,
+                    mysql: self.mysql,
+                };
                 inner.statement(statement)?;
                 self.work = inner.work;
                 self.out.condition.add(&inner.out.condition);
@@ -372,6 +398,11 @@ impl Analyzer<'_> {
                 for (_, s) in self.query(&cv.query, None)? {
                     self.out.copied.add(&s);
                 }
+            }
+            _ if self.mysql => {
+                // What its expressions read goes where the statement puts it (a variable, a
+                // procedure's arguments, a table): copied.
+                self.collect(statement, &Scope::new(None), Into_::Copied);
             }
             _ => {}
         }
@@ -525,8 +556,13 @@ impl Analyzer<'_> {
                 Ok(out)
             }
             SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-                let mut inner =
-                    Analyzer { relations: self.relations, out: Lineage::default(), depth: self.depth, work: self.work };
+                let mut inner = Analyzer {
+                    relations: self.relations,
+                    out: Lineage::default(),
+                    depth: self.depth,
+                    work: self.work,
+                    mysql: self.mysql,
+                };
                 inner.out.exact = true;
                 match s {
                     Statement::Insert(i) => inner.insert(i, Some(scope))?,
@@ -1338,6 +1374,13 @@ impl Refs<'_, '_, '_> {
                     self.an.out.opaque.push(why);
                     self.found(&Src::opaque());
                 }
+            }
+            // A system variable: a server setting.
+            Expr::Identifier(i) if self.an.mysql && i.quote_style.is_none() && i.value.starts_with("@@") => {}
+            Expr::Identifier(i) if self.an.mysql && i.quote_style.is_none() && i.value.starts_with('@') => {
+                // A user variable: whatever the session put in it.
+                self.an.out.opaque.push(format!("reads user variable {}, which may hold any value", i.value));
+                self.found(&Src::opaque());
             }
             Expr::Identifier(i) => {
                 if let Some(src) = self.scope.resolve(&ident(i)) {

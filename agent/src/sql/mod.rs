@@ -20,6 +20,7 @@ pub use classify::{Analysis, Lookup, Lookups, MAX_ANALYSED, analyse};
 
 pub use lexer::{Dialect, LexOptions, Lexer, StringKind, Token, TokenKind};
 pub use mysql_classify::{LOAD_DATA_LOCAL, analyse_mysql, mysql_version_dependent};
+pub use mysql_functions::{opaque_function as mysql_opaque_function, system_relation as mysql_system_relation};
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Range,

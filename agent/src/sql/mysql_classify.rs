@@ -1224,3 +1224,54 @@ impl Walker<'_> {
         }
     }
 }
+
+/// One statement's text parsed for lineage (which columns it reads): its canonical form with
+/// every identifier folded to lower case (MySQL compares column names without case; a catalog
+/// read for lineage folds table names too, so `People` and `people` are read as one: the
+/// stricter protection wins). A name with non-ASCII letters is not traced (the server matches
+/// column names under its system collation, which folds more than case), nor is `:=` (a user
+/// variable assigned inside an expression carries the value out of the result).
+pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<Statement, String> {
+    let canonical = Canonical::of(text, options)?;
+    if let Some(reason) = canonical.version_dependent {
+        return Err(reason);
+    }
+    let word = |i: usize| canonical.words.get(i).map(|w| w.text.to_ascii_lowercase()).unwrap_or_default();
+    let quoting = match (word(0).as_str(), word(1).as_str()) {
+        // Messages of earlier statements (a conversion warning quotes the value), statement
+        // texts of other sessions, engine and profiling internals, replication events.
+        ("show", "warnings" | "errors" | "processlist" | "engine" | "profile" | "profiles" | "binlog" | "relaylog")
+        | ("show", "full") => true,
+        ("get", _) => true,
+        _ => false,
+    };
+    if quoting {
+        return Err(format!("{} {} shows texts that may quote values of other statements", word(0), word(1)));
+    }
+    // The canonical text quotes identifiers with backticks only, and keeps only strings that
+    // read the same under every mode.
+    let plain = LexOptions::mysql(false, false);
+    let mut folded = String::with_capacity(canonical.text.len());
+    for t in Lexer::new(&canonical.text, plain) {
+        let raw = &canonical.text[t.range()];
+        match t.kind {
+            TokenKind::Identifier | TokenKind::QuotedIdentifier { .. } | TokenKind::Variable if !raw.is_ascii() => {
+                return Err(format!(
+                    "the name {raw} has non-ASCII letters, which the server may match to another column"
+                ));
+            }
+            TokenKind::Identifier | TokenKind::QuotedIdentifier { .. } => folded.push_str(&raw.to_ascii_lowercase()),
+            TokenKind::Punctuation if raw == ":=" => {
+                return Err(
+                    "assigns a user variable inside an expression (:=), which carries values out of the result".into(),
+                );
+            }
+            _ => folded.push_str(raw),
+        }
+    }
+    let mut statements = Parser::parse_sql(&MySqlDialect {}, &folded).map_err(|e| e.to_string())?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(s), true) => Ok(s),
+        _ => Err("not one statement".into()),
+    }
+}

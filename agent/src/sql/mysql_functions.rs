@@ -363,6 +363,65 @@ const READ_ONLY: &[&str] = &[
     "yearweek",
 ];
 
+/// Why what a MySQL function returns cannot be traced to the columns it reads, if it cannot:
+/// a stored or loadable function (its body is not read), or a built-in with an effect
+/// (`load_file` reads a server file).
+pub fn opaque_function(schema: Option<&str>, name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    match (schema, builtin(&lower)) {
+        (Some(s), _) => Some(format!("calls {s}.{name}, a stored function whose body is not traced")),
+        (None, Some(Builtin::ReadOnly)) => None,
+        (None, Some(Builtin::Effect(_, why))) => Some(format!("calls {name}, which {why}")),
+        (None, Some(_)) | (None, None) => Some(format!("calls {name}, a function whose body is not traced")),
+    }
+}
+
+/// The schemas a MySQL or MariaDB server keeps its own relations in.
+pub const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "mysql", "sys"];
+
+/// A relation of a system schema (names folded to lower case): `Ok` when it shows no user
+/// table's values, `Err` (why) when it may quote them (statement texts, column statistics,
+/// index contents); `None` when `schema` is not a system schema. Only the dictionary views
+/// of information_schema are clean; everything else there, in performance_schema, mysql and
+/// sys, is taken to quote values.
+pub fn system_relation(schema: &str, name: &str) -> Option<Result<(), String>> {
+    const CLEAN: &[&str] = &[
+        "applicable_roles",
+        "character_sets",
+        "check_constraints",
+        "collation_character_set_applicability",
+        "collations",
+        "column_privileges",
+        "columns",
+        "enabled_roles",
+        "engines",
+        "events",
+        "key_column_usage",
+        "keywords",
+        "parameters",
+        "plugins",
+        "referential_constraints",
+        "routines",
+        "schema_privileges",
+        "schemata",
+        "statistics",
+        "table_constraints",
+        "table_privileges",
+        "tables",
+        "triggers",
+        "user_privileges",
+        "views",
+    ];
+    if !SYSTEM_SCHEMAS.contains(&schema) {
+        return None;
+    }
+    Some(if schema == "information_schema" && CLEAN.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("reads {schema}.{name}, which may quote values of other tables and statements"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ mod masking;
 mod mysql;
 mod mysql_corpus;
 mod mysql_harness;
+mod mysql_masking;
 mod mysql_sha2;
 mod policy;
 mod policy_corpus;

@@ -266,7 +266,7 @@ fn find_leak(text: &str) -> Option<String> {
 
 /// Panics naming the protected value, the encoding found and where, if `text` holds any.
 #[track_caller]
-fn assert_no_leak(what: &str, text: &str) {
+pub(super) fn assert_no_leak(what: &str, text: &str) {
     if let Some(leak) = find_leak(text) {
         panic!("{what}: {leak}");
     }

@@ -4,9 +4,11 @@
 //! as PostgreSQL's and reads every server packet against one queue of what the server owes
 //! (`state`). Packet types come from `mysql_common`; framing is `packet`'s.
 
+mod catalog;
 mod handshake;
 mod packet;
 mod refusal;
+mod rows;
 mod session;
 mod state;
 

@@ -65,6 +65,16 @@ pub fn read_err(payload: &[u8]) -> Option<(u16, Option<SqlState>, String)> {
     }
 }
 
+/// The server's ERR packet with its message replaced (code and SQLSTATE kept); `None` when
+/// it does not read as one.
+pub fn with_message(payload: &[u8], message: &str) -> Option<Vec<u8>> {
+    let caps = mysql_common::constants::CapabilityFlags::CLIENT_PROTOCOL_41;
+    let packet: ErrPacket<'_> = mysql_common::io::ParseBuf(payload).parse(caps).ok()?;
+    let ErrPacket::Error(e) = packet else { return None };
+    let state = e.sql_state_ref().map_or(*b"HY000", |s| s.as_bytes());
+    Some(err_payload(e.error_code(), state, message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,17 +14,20 @@ use mysql_common::constants::CapabilityFlags as Caps;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{
+    catalog,
     handshake::{Auth, Established},
     packet::{self, Packet},
     refusal,
+    rows::{self, Definition},
     state::{self, Answer, Event, Owed, Shape},
 };
 use crate::{
     proxy::postgres::{SessionContext, SessionError, SessionReport, state::ProtocolError, stream::MaybeTls},
     session::{
-        Dialect, Judgement, Lexing, QueryProtocol, Running, SessionFacts, SqlState,
-        hooks::{SessionStart, StatementInfo, Step, Verdict},
+        Dialect, Judgement, Lexing, QueryProtocol, ResultColumn, Running, SessionFacts, SqlState,
+        hooks::{Cut, Measure, ResultFilter, SessionHooks, SessionStart, StatementInfo, Step, Verdict},
     },
+    sql::catalog::Catalog,
 };
 
 const COM_QUIT: u8 = 0x01;
@@ -69,6 +72,43 @@ struct Owner {
     /// sequence id of its request): the server was sent none, and the client gets an ERR in
     /// place of the server's answer.
     infile_refused: Option<u8>,
+    /// Its rows are binary (an execution's or a fetch's).
+    binary: bool,
+    /// The prepared statement it executes or fetches from.
+    stmt: Option<u32>,
+    /// A fetch: the columns of the cursor it reads.
+    cursor_columns: Option<Arc<[Definition]>>,
+    /// The result set being relayed, when results are masked or measured.
+    result: Option<ResultState>,
+    /// Stopped at a volume limit: what the client is told, and whether it was.
+    stopped: Option<(Cut, bool)>,
+    /// The sequence id of the next packet the client gets of this answer.
+    next_seq: u8,
+}
+
+impl Owner {
+    fn new(kind: Kind, running: Option<Running>, shape: Shape) -> Self {
+        Owner {
+            kind,
+            running,
+            infile_refused: None,
+            binary: matches!(shape, Shape::Results { binary: true } | Shape::Fetch),
+            stmt: None,
+            cursor_columns: None,
+            result: None,
+            stopped: None,
+            next_seq: 1,
+        }
+    }
+}
+
+/// A result set as masking and volume limits see it: its column definitions, then the filter
+/// its values pass through and the limit its rows count against.
+struct ResultState {
+    expected: usize,
+    columns: Vec<Definition>,
+    filter: Option<Box<dyn ResultFilter>>,
+    measure: Option<Measure>,
 }
 
 enum Kind {
@@ -93,6 +133,8 @@ struct Prepared {
     lexing: Lexing,
     /// The last execution that opened a cursor: what its fetches continue.
     cursor: Option<(u64, Option<Arc<Judgement>>)>,
+    /// The columns of that cursor's rows.
+    cursor_columns: Option<Arc<[Definition]>>,
 }
 
 struct Session<'a> {
@@ -132,6 +174,10 @@ struct Session<'a> {
     statements: u64,
     judged: u64,
     mariadb: bool,
+    /// The relations as last read (what a result column's origin is resolved through).
+    catalog: Arc<Catalog>,
+    /// A row as rewritten for the client.
+    row_buf: Vec<u8>,
 }
 
 /// Runs the command phase until the client quits or either side goes.
@@ -161,6 +207,8 @@ pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionR
         statements: 0,
         judged: 0,
         mariadb: est.mariadb,
+        catalog: Arc::default(),
+        row_buf: Vec::new(),
     };
     let ended = async {
         match &ctx.live {
@@ -319,7 +367,9 @@ impl Session<'_> {
                 )));
             }
         } else if event == Event::LocalInfile {
-            if owner.running.as_ref().is_none_or(|r| names_load_data_local(r.judgement.as_deref())) {
+            if owner.stopped.is_none()
+                && owner.running.as_ref().is_none_or(|r| names_load_data_local(r.judgement.as_deref()))
+            {
                 packet::put(&mut self.to_client, p.seq, &p.payload);
                 self.infile_open = true;
                 self.infile_seq = p.seq.wrapping_add(1);
@@ -329,8 +379,39 @@ impl Session<'_> {
                 owner.infile_refused = Some(p.seq);
             }
         } else {
-            packet::put(&mut self.to_client, p.seq, &p.payload);
+            // What the client gets of the packet: as it is, rewritten (masking), replaced by an
+            // ERR (a volume limit's cut, a scrubbed message), or nothing (rows after a cut).
+            let governed = owner.running.is_some() && (hooks.filters_results() || hooks.limits_results());
+            let outcome = govern_packet(owner, &event, &p, governed, &**hooks, &self.catalog, &mut self.row_buf)?;
+            if let Event::Done { status, .. } = event
+                && status & state::CURSOR_EXISTS != 0
+                && let (Some(id), Some(columns)) = (owner.stmt, outcome.columns)
+                && let Some(prepared) = self.prepared.get_mut(&id)
+            {
+                // The cursor's fetches read rows of these columns.
+                prepared.cursor_columns = Some(columns);
+            }
+            let relayed = !matches!(outcome.relay, Relay::Dropped);
+            match outcome.relay {
+                Relay::Same => owner.next_seq = packet::put(&mut self.to_client, p.seq, &p.payload),
+                Relay::Rewritten => owner.next_seq = packet::put(&mut self.to_client, p.seq, &self.row_buf),
+                Relay::Replaced(payload, seq) => owner.next_seq = packet::put(&mut self.to_client, seq, &payload),
+                Relay::Dropped => {}
+            }
             match event {
+                Event::Done { .. } if outcome.cut => {
+                    // Recorded as stopped (`on_stopped`), in place of its completion.
+                    if let Some(r) = owner.running.as_mut() {
+                        r.rows = 0;
+                        r.completed += 1;
+                    }
+                }
+                Event::Error if outcome.cut => {
+                    if let Some(r) = owner.running.as_mut() {
+                        r.failed = true;
+                    }
+                }
+                Event::Row if !relayed => {}
                 Event::Row => {
                     report.rows += 1;
                     if let Some(r) = owner.running.as_mut() {
@@ -371,7 +452,10 @@ impl Session<'_> {
                 }
                 Event::Prepared { id, .. } => {
                     if let Kind::Prepare(sql, lexing) = &owner.kind {
-                        self.prepared.insert(id, Prepared { sql: sql.clone(), lexing: *lexing, cursor: None });
+                        self.prepared.insert(
+                            id,
+                            Prepared { sql: sql.clone(), lexing: *lexing, cursor: None, cursor_columns: None },
+                        );
                     }
                 }
                 Event::ResultStart { .. } | Event::Column | Event::Other | Event::LocalInfile => {}
@@ -467,7 +551,7 @@ impl Session<'_> {
                 return Ok(true);
             }
         };
-        self.owed.push(Answer::Server { shape, tag: Owner { kind, running: None, infile_refused: None } });
+        self.owed.push(Answer::Server { shape, tag: Owner::new(kind, None, shape) });
         self.forward(&p).await?;
         Ok(true)
     }
@@ -550,25 +634,18 @@ impl Session<'_> {
                     (sql, known, lexing, Step::Run, Kind::Statement, Some(id))
                 }
             };
-        if inspect && command != COM_STMT_PREPARE && (hooks.filters_results() || hooks.limits_results()) {
-            // Masking and volume limits are not applied to MySQL results yet: refused rather
-            // than returned unmasked or uncounted (a cursor's fetches too).
-            let message = "warden: masking and volume limits are not yet applied to MySQL sessions; the statement is refused rather than answered unmasked";
-            self.refuse(refusal::ACCESS_DENIED, *b"42000", message);
-            return Ok(());
-        }
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
-            let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
+            let prepared = cursor_of.and_then(|id| self.prepared.get(&id));
+            let cursor = prepared.and_then(|s| s.cursor.clone());
+            let cursor_columns = prepared.and_then(|s| s.cursor_columns.clone());
             let running = cursor.map(|(resumes, judgement)| Running {
                 resumes: Some(resumes),
                 judgement,
                 ..Running::new(self.next_statement(), sql.clone(), QueryProtocol::Extended, lexing)
             });
-            self.owed.push(Answer::Server {
-                shape: Shape::Fetch,
-                tag: Owner { kind: Kind::Statement, running, infile_refused: None },
-            });
+            let owner = Owner { stmt: cursor_of, cursor_columns, ..Owner::new(Kind::Statement, running, Shape::Fetch) };
+            self.owed.push(Answer::Server { shape: Shape::Fetch, tag: owner });
             return self.forward(&p).await;
         }
         let protocol = if matches!(command, COM_QUERY | COM_PROCESS_KILL | COM_INIT_DB | COM_FIELD_LIST) {
@@ -703,7 +780,8 @@ impl Session<'_> {
             COM_FIELD_LIST => Shape::FieldList,
             _ => Shape::Results { binary: false },
         };
-        self.owed.push(Answer::Server { shape, tag: Owner { kind, running, infile_refused: None } });
+        let owner = Owner { stmt, ..Owner::new(kind, running, shape) };
+        self.owed.push(Answer::Server { shape, tag: owner });
         self.forward(&p).await
     }
 
@@ -733,13 +811,44 @@ impl Session<'_> {
         }
     }
 
-    /// Asks the (idle) server for the session's facts and reads its answer, kept from the client.
+    /// Asks the (idle) server for the session's facts (with its relations, when the hooks
+    /// want them) and reads its answers, kept from the client.
     async fn read_facts(&mut self) -> Result<Result<SessionFacts, String>, SessionError> {
+        let facts = match self.internal_query("facts", FACTS_QUERY).await? {
+            Ok(rows) => self.take_facts(rows),
+            Err(e) => Err(e),
+        };
+        let Ok(mut facts) = facts else {
+            // What the session's text is in is not known: not lexed from its bytes.
+            self.charset_unsettled = true;
+            return Ok(facts);
+        };
+        if self.ctx.hooks.wants_relations() {
+            // Without them masking withholds every value: the session goes on.
+            match self.internal_query("catalog", catalog::QUERY).await?.and_then(|rows| catalog::catalog(&rows)) {
+                Ok(c) => facts.catalog = Arc::new(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the MySQL catalog could not be read: masked results are withheld")
+                }
+            }
+        }
+        self.catalog = facts.catalog.clone();
+        Ok(Ok(facts))
+    }
+
+    /// Runs one query of the proxy's own on the idle server and returns its rows (or the
+    /// server's refusal), kept from the client.
+    async fn internal_query(
+        &mut self,
+        what: &str,
+        sql: &str,
+    ) -> Result<Result<Vec<Vec<Option<Vec<u8>>>>, String>, SessionError> {
         let mut payload = vec![COM_QUERY];
-        payload.extend_from_slice(FACTS_QUERY.as_bytes());
+        payload.extend_from_slice(sql.as_bytes());
+        let shape = Shape::Results { binary: false };
         self.owed.push(Answer::Server {
-            shape: Shape::Results { binary: false },
-            tag: Owner { kind: Kind::Facts { rows: Vec::new(), error: None }, running: None, infile_refused: None },
+            shape,
+            tag: Owner::new(Kind::Facts { rows: Vec::new(), error: None }, None, shape),
         });
         self.server.write_all(&framed(0, &payload)).await.map_err(SessionError::UpstreamIo)?;
         self.server.flush().await.map_err(SessionError::UpstreamIo)?;
@@ -765,24 +874,22 @@ impl Session<'_> {
                 let Kind::Facts { rows, error } = owner.kind else { continue };
                 let error = match event {
                     Event::Error => Some(refusal::read_err(&p.payload).map_or_else(
-                        || "the server refused the facts query".into(),
-                        |(c, _, m)| format!("the server refused the facts query: {c} {m}"),
+                        || format!("the server refused the {what} query"),
+                        |(c, _, m)| format!("the server refused the {what} query: {c} {m}"),
                     )),
                     _ => error,
                 };
-                let facts = self.take_facts(rows, error);
-                if facts.is_err() {
-                    // What the session's text is in is not known: not lexed from its bytes.
-                    self.charset_unsettled = true;
-                }
-                return Ok(facts);
+                return Ok(match error {
+                    Some(e) => Err(e),
+                    None => Ok(rows),
+                });
             }
             self.server_buf.reserve(4096);
             match tokio::time::timeout_at(deadline, self.server.read_buf(&mut self.server_buf)).await {
                 Err(_) => {
-                    return Err(SessionError::Protocol(ProtocolError::Server(
-                        "did not answer the facts query within 10 s".into(),
-                    )));
+                    return Err(SessionError::Protocol(ProtocolError::Server(format!(
+                        "did not answer the {what} query within 10 s"
+                    ))));
                 }
                 Ok(Ok(0)) => return Err(SessionError::UpstreamClosed),
                 Ok(Ok(_)) => {}
@@ -791,10 +898,7 @@ impl Session<'_> {
         }
     }
 
-    fn take_facts(&mut self, rows: Vec<Vec<Option<Vec<u8>>>>, error: Option<String>) -> Result<SessionFacts, String> {
-        if let Some(error) = error {
-            return Err(error);
-        }
+    fn take_facts(&mut self, rows: Vec<Vec<Option<Vec<u8>>>>) -> Result<SessionFacts, String> {
         let [row] = &rows[..] else { return Err(format!("the facts query answered {} rows", rows.len())) };
         let text = |i: usize| -> Result<Option<String>, String> {
             match row.get(i).cloned().flatten() {
@@ -903,6 +1007,154 @@ impl Session<'_> {
 }
 
 /// The user and database a COM_CHANGE_USER names.
+/// How a server packet reaches the client.
+enum Relay {
+    Same,
+    /// As the session's row buffer holds it.
+    Rewritten,
+    /// Replaced by this payload, with this sequence id.
+    Replaced(Vec<u8>, u8),
+    Dropped,
+}
+
+/// What governing a server packet decided.
+struct Governed {
+    relay: Relay,
+    /// The statement was stopped at a volume limit by this packet's place (its ERR replaced
+    /// the server's end of the result, and the hooks were told).
+    cut: bool,
+    /// A result set ended: its columns (what a cursor's fetches read).
+    columns: Option<Arc<[Definition]>>,
+}
+
+/// Masking and volume limits on one server packet of a statement's answer (`governed`:
+/// the hooks filter or limit results): column definitions are read, rows rewritten into
+/// `row_buf` and counted, an error's message scrubbed; after a cut, the rest is dropped.
+fn govern_packet(
+    owner: &mut Owner,
+    event: &Event,
+    p: &Packet,
+    governed: bool,
+    hooks: &dyn SessionHooks,
+    catalog: &Catalog,
+    row_buf: &mut Vec<u8>,
+) -> Result<Governed, SessionError> {
+    let server = |why: String| SessionError::Protocol(ProtocolError::Server(why));
+    let mut out = Governed { relay: Relay::Same, cut: false, columns: None };
+    if !governed {
+        return Ok(out);
+    }
+    match event {
+        Event::ResultStart { columns } => {
+            let expected = usize::try_from(*columns).map_err(|_| server("sent too many columns".into()))?;
+            owner.result = Some(ResultState { expected, columns: Vec::new(), filter: None, measure: None });
+        }
+        Event::Column => {
+            if let Some(result) = owner.result.as_mut()
+                && result.columns.len() < result.expected
+            {
+                let definition =
+                    rows::definition(&p.payload).ok_or_else(|| server("sent a malformed column definition".into()))?;
+                result.columns.push(definition);
+                if result.columns.len() == result.expected {
+                    result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                }
+            }
+        }
+        Event::Row => {
+            if owner.result.is_none()
+                && let Some(columns) = &owner.cursor_columns
+            {
+                // A fetch: rows of the cursor its execution opened.
+                let mut result =
+                    ResultState { expected: columns.len(), columns: columns.to_vec(), filter: None, measure: None };
+                result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                owner.result = Some(result);
+            }
+            if owner.stopped.is_some() {
+                out.relay = Relay::Dropped;
+                return Ok(out);
+            }
+            let Some(result) = owner.result.as_mut() else { return Ok(out) };
+            let mut len = p.payload.len();
+            if let Some(filter) = &result.filter {
+                let rewritten = if owner.binary {
+                    rows::rewrite_binary(&p.payload, &result.columns, filter.as_ref(), row_buf)
+                } else {
+                    rows::rewrite_text(&p.payload, result.columns.len(), filter.as_ref(), row_buf)
+                };
+                rewritten.map_err(|e| server(e.to_string()))?;
+                if row_buf.len() / packet::MAX_FRAGMENT != p.payload.len() / packet::MAX_FRAGMENT {
+                    // Its packets would no longer number as the server numbered the rest.
+                    return Err(server("sent a row whose masked form changes its packet count (16 MiB rows)".into()));
+                }
+                len = row_buf.len();
+                out.relay = Relay::Rewritten;
+            }
+            if let Some(measure) = result.measure.as_mut()
+                && let Some(cut) = measure.admit(len as u64)
+            {
+                owner.stopped = Some((cut, false));
+                out.relay = Relay::Dropped;
+            }
+        }
+        Event::Done { .. } | Event::Error => {
+            if let Some(mut result) = owner.result.take() {
+                if let Some(measure) = result.measure.as_mut() {
+                    measure.report();
+                }
+                out.columns = Some(Arc::from(result.columns));
+            }
+            if let Some((cut, told)) = owner.stopped.as_mut() {
+                out.relay = Relay::Dropped;
+                if !std::mem::replace(told, true) {
+                    // The server's end of the result becomes the cut's ERR.
+                    let (code, state) = refusal::code_for(cut.sqlstate);
+                    out.relay = Relay::Replaced(refusal::err_payload(code, state, &cut.message), owner.next_seq);
+                    out.cut = true;
+                    if let Some(r) = owner.running.as_ref() {
+                        hooks.on_stopped(r, cut);
+                    }
+                }
+            } else if *event == Event::Error
+                && hooks.filters_results()
+                && let Some((_, _, message)) = refusal::read_err(&p.payload)
+                && let Some(fields) = hooks.scrub_fields(owner.running.as_ref(), &[(b'M', message.as_bytes())])
+            {
+                // A duplicate key quotes the key, a conversion error the value.
+                let message = fields.iter().find(|(code, _)| *code == b'M').map_or_else(
+                    || "message withheld by warden".into(),
+                    |(_, t)| String::from_utf8_lossy(t).into_owned(),
+                );
+                let payload = refusal::with_message(&p.payload, &message)
+                    .ok_or_else(|| server("sent a malformed ERR packet".into()))?;
+                out.relay = Relay::Replaced(payload, p.seq);
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+impl ResultState {
+    /// The columns are known: asks the hooks for the filter and the limit.
+    fn begin(&mut self, running: Option<&Running>, binary: bool, hooks: &dyn SessionHooks, catalog: &Catalog) {
+        let Some(running) = running else { return };
+        let part = running.completed as usize;
+        let columns: Vec<ResultColumn> = self
+            .columns
+            .iter()
+            .map(|d| d.result_column(catalog::origin(catalog, &d.schema, &d.org_table, &d.org_name), binary))
+            .collect();
+        if hooks.filters_results() {
+            self.filter = hooks.result_filter(Some(running), part, &columns, false);
+        }
+        if hooks.limits_results() {
+            self.measure = hooks.result_limit(running, part).map(|l| Measure::new(l, 0));
+        }
+    }
+}
+
 fn change_user_names(p: &[u8]) -> (String, Option<String>, Vec<u8>) {
     let body = &p[1..];
     let user_end = memchr::memchr(0, body).unwrap_or(body.len());

@@ -36,7 +36,7 @@ use crate::pg::{
 };
 use crate::session::{
     Parameters, ResultColumn, SessionFacts, SqlState,
-    hooks::{CopyLayout, Cut, ResultColumns, ResultFilter, ResultLimit, Rewrite, StatementInfo, Step, Verdict},
+    hooks::{CopyLayout, Cut, Measure, ResultColumns, ResultFilter, Rewrite, StatementInfo, Step, Verdict},
 };
 
 /// How long the answer to a stopped statement waits for its cancel to be taken by the server
@@ -1373,32 +1373,6 @@ struct Stopping {
     cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// A result's volume limit as the relay counts against it: what it may still send (asked of
-/// the limit when the result begins and after each batch), and what it sent since it last told.
-struct Measure {
-    limit: Arc<dyn ResultLimit>,
-    rows_left: u64,
-    bytes_left: u64,
-    rows: u64,
-    bytes: u64,
-}
-
-impl Measure {
-    fn new(limit: Arc<dyn ResultLimit>, next_row: u64) -> Self {
-        let (rows_left, bytes_left) = limit.allowance(next_row);
-        Measure { limit, rows_left, bytes_left, rows: 0, bytes: 0 }
-    }
-
-    /// Tells the limit what was sent, and asks again what may be.
-    fn report(&mut self) {
-        if self.rows > 0 || self.bytes > 0 {
-            self.limit.sent(self.rows, self.bytes);
-            (self.rows, self.bytes) = (0, 0);
-            (self.rows_left, self.bytes_left) = self.limit.allowance(0);
-        }
-    }
-}
-
 /// Whether a COPY data message (of `len` bytes, `body` what is read of it) is only the binary
 /// format's framing: its 19-byte header (which PostgreSQL may send with the first row: then it
 /// is a row), its trailer, or both.
@@ -1419,19 +1393,7 @@ impl Observer<'_> {
             self.limit = Some((key, measure));
         }
         let (_, Some(m)) = self.limit.as_mut()? else { return None };
-        if m.rows_left == 0 || m.bytes_left < bytes {
-            // What another session of the same tenant used is counted too: asked again first.
-            m.report();
-            (m.rows_left, m.bytes_left) = m.limit.allowance(bytes);
-            if m.rows_left == 0 || m.bytes_left < bytes {
-                return Some(m.limit.crossed());
-            }
-        }
-        m.rows_left -= 1;
-        m.bytes_left -= bytes;
-        m.rows += 1;
-        m.bytes += bytes;
-        None
+        m.admit(bytes)
     }
 
     /// Tells the running result's limit what was sent.
