@@ -40,7 +40,7 @@ spec:
   selector: {matchLabels: {warden/kind: agent}}
   rules:
     - {name: emails, match: {columns: [\"*.customers.email\"]}, mask: token, exempt: {matchLabels: {warden/team: dpo}}}
-    - {name: cards, match: {columns: [public.customers.card]}, mask: {method: partial, keep: 4}, exempt: {matchLabels: {warden/team: dpo}}}
+    - {name: cards, match: {columns: [\"*.customers.card\"]}, mask: {method: partial, keep: 4}, exempt: {matchLabels: {warden/team: dpo}}}
 ";
 
 /// Quarantine: a workload labelled so may run nothing.
@@ -251,6 +251,20 @@ pub fn demo(warden: &Path) -> Result<()> {
     });
     println!("(the audit record of the first: which columns, by which rule and method, never the values)");
     println!("{}", serde_json::to_string_pretty(&record["masked"])?);
+    maria.sql(
+        "create table test.customers (id int primary key, name varchar(20), email varchar(40), card varchar(20)); \
+         insert into test.customers values (1, 'Ann Lee', 'ann.lee@example.com', '4539148803436467'), \
+         (2, 'Bob Roy', 'bob.roy@example.org', '5425233430109903')",
+    );
+    let sql = "select id, name, email, card from customers order by id";
+    println!(
+        "$ warden exec --label {} --label {} -- mariadb -h 127.0.0.1 -P {} -e \"{sql}\"   # the same policy, MariaDB",
+        labels[0], labels[1], maria.port
+    );
+    let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
+    let argv = testkit::argv_of(&cli, &["-e", sql]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    show(&mut agent.exec(&labels, &argv));
 
     step("The database's own catalog: a user overload of a built-in name is not the built-in");
     let overload = "create function public.lower(int) returns text language sql volatile \

@@ -260,7 +260,9 @@ fn a_rust_client_with_binary_prepared_statements_gives_the_same_answers_through_
     db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let direct = runtime.block_on(crate::mysql_harness::sqlx_mysql_workload(&db.host, db.port, USER, PASSWORD));
-    let agent = Agent::start(&database_yaml(&db));
+    // Parameters recorded (`audit.parameters`): read from the binary protocol.
+    let audit = format!("{}\n  parameters: true", testkit::DEFAULT_AUDIT);
+    let agent = Agent::start_with_audit(&testkit::warden_bin(), &database_yaml(&db), &audit);
     // This test process is a workload too: its connection is redirected like any other.
     let proxied = runtime.block_on(crate::mysql_harness::sqlx_mysql_workload(&db.host, db.port, USER, PASSWORD));
     assert_eq!(direct, proxied);
@@ -268,6 +270,15 @@ fn a_rust_client_with_binary_prepared_statements_gives_the_same_answers_through_
         r["kind"] == "statement" && r["protocol"] == "extended" && r["outcome"] == "completed"
     });
     assert!(executed["text"].as_str().is_some_and(|t| !t.is_empty()), "{executed}");
+    let bound = agent.wait_record("an execution with its parameters", |r| {
+        r["kind"] == "statement" && r["params"].as_array().is_some_and(|p| p.first() == Some(&serde_json::json!("50")))
+    });
+    assert_eq!(bound["protocol"], "extended", "{bound}");
+    let inserted = agent.wait_record("an INSERT with its parameters", |r| {
+        r["kind"] == "statement" && r["params"].as_array().is_some_and(|p| p.get(1) == Some(&serde_json::json!("v1")))
+    });
+    assert_eq!(inserted["params"][0], "1", "{inserted}");
+    assert_eq!(inserted["params"][2], "\\x0100ff", "bytes as hex: {inserted}");
     assert_eq!(agent.records().iter().filter(|r| r["kind"] == "connection_open").count(), 1);
 }
 

@@ -7,6 +7,7 @@
 mod catalog;
 mod handshake;
 mod packet;
+mod params;
 mod refusal;
 mod rows;
 mod session;

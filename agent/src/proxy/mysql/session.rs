@@ -17,14 +17,15 @@ use super::{
     catalog,
     handshake::{Auth, Established},
     packet::{self, Packet},
-    refusal,
+    params, refusal,
     rows::{self, Definition},
     state::{self, Answer, Event, Owed, Shape},
 };
 use crate::{
     proxy::postgres::{SessionContext, SessionError, SessionReport, state::ProtocolError, stream::MaybeTls},
     session::{
-        Dialect, Judgement, Lexing, QueryProtocol, ResultColumn, Running, SessionFacts, SqlState,
+        DecodeParameters, Dialect, Judgement, Lexing, Parameters, QueryProtocol, ResultColumn, Running, SessionFacts,
+        SqlState,
         hooks::{Cut, Measure, ResultFilter, SessionHooks, SessionStart, StatementInfo, Step, Verdict},
     },
     sql::catalog::Catalog,
@@ -135,6 +136,11 @@ struct Prepared {
     cursor: Option<(u64, Option<Arc<Judgement>>)>,
     /// The columns of that cursor's rows.
     cursor_columns: Option<Arc<[Definition]>>,
+    /// How many parameters it takes, the types the client bound last, and the parameters sent
+    /// as long data since its last execution.
+    params: usize,
+    param_types: Vec<params::ParamType>,
+    long_data: Vec<u16>,
 }
 
 struct Session<'a> {
@@ -450,11 +456,19 @@ impl Session<'_> {
                         r.failed = true;
                     }
                 }
-                Event::Prepared { id, .. } => {
+                Event::Prepared { id, params, .. } => {
                     if let Kind::Prepare(sql, lexing) = &owner.kind {
                         self.prepared.insert(
                             id,
-                            Prepared { sql: sql.clone(), lexing: *lexing, cursor: None, cursor_columns: None },
+                            Prepared {
+                                sql: sql.clone(),
+                                lexing: *lexing,
+                                cursor: None,
+                                cursor_columns: None,
+                                params: usize::from(params),
+                                param_types: Vec::new(),
+                                long_data: Vec::new(),
+                            },
                         );
                     }
                 }
@@ -524,10 +538,19 @@ impl Session<'_> {
             COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
                 // No answer. Long data is part of the parameters the statement's execution is
                 // judged with; a close ends what a statement id names.
-                if command == COM_STMT_CLOSE
-                    && let Some(id) = stmt_id(&p.payload)
-                {
-                    self.prepared.remove(&id);
+                match (command, stmt_id(&p.payload)) {
+                    (COM_STMT_CLOSE, Some(id)) => {
+                        self.prepared.remove(&id);
+                    }
+                    (_, Some(id)) => {
+                        if let (Some(prepared), Some(param)) = (self.prepared.get_mut(&id), p.payload.get(5..7)) {
+                            let param = u16::from_le_bytes([param[0], param[1]]);
+                            if !prepared.long_data.contains(&param) && prepared.long_data.len() < prepared.params {
+                                prepared.long_data.push(param);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 self.forward(&p).await?;
                 return Ok(true);
@@ -541,7 +564,14 @@ impl Session<'_> {
                 self.last_prepare = None;
                 (Shape::Status, Kind::ResetConnection)
             }
-            COM_PING | COM_STMT_RESET | COM_SET_OPTION => (Shape::Status, Kind::Other),
+            COM_STMT_RESET => {
+                // Long data sent so far is dropped.
+                if let Some(prepared) = stmt_id(&p.payload).and_then(|id| self.prepared.get_mut(&id)) {
+                    prepared.long_data.clear();
+                }
+                (Shape::Status, Kind::Other)
+            }
+            COM_PING | COM_SET_OPTION => (Shape::Status, Kind::Other),
             COM_STATISTICS => (Shape::Any, Kind::Other),
             other => {
                 let message = format!(
@@ -634,6 +664,16 @@ impl Session<'_> {
                     (sql, known, lexing, Step::Run, Kind::Statement, Some(id))
                 }
             };
+        // An execution's parameters, read with the types its statement was bound with.
+        let parameters: Option<Arc<[u8]>> = match (command, cursor_of) {
+            (COM_STMT_EXECUTE, Some(id)) => self.prepared.get_mut(&id).and_then(|prepared| {
+                let read =
+                    params::normalise(&p.payload, prepared.params, &mut prepared.param_types, &prepared.long_data);
+                prepared.long_data.clear();
+                read.map(Arc::from)
+            }),
+            _ => None,
+        };
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
             let prepared = cursor_of.and_then(|id| self.prepared.get(&id));
@@ -654,23 +694,27 @@ impl Session<'_> {
             QueryProtocol::Extended
         };
         if !inspect {
-            let running = (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, None));
+            let running =
+                (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, None, parameters.clone()));
             return self.send_statement(p, command, kind, running, cursor_of).await;
         }
 
         self.judged += 1;
         let message = self.judged;
-        let mut verdict = self.judge(&sql, text_known, protocol, lexing, step, message);
+        let mut verdict = self.judge(&sql, text_known, protocol, lexing, step, message, parameters.as_deref());
         for _ in 0..3 {
             let Verdict::Hold(decision) = verdict else { break };
             verdict = match self.wait_for(decision).await? {
-                Verdict::AskAgain => self.judge(&sql, text_known, protocol, lexing, step, message),
+                Verdict::AskAgain => {
+                    self.judge(&sql, text_known, protocol, lexing, step, message, parameters.as_deref())
+                }
                 decided => decided,
             };
         }
         match verdict {
             Verdict::Allow(judgement) => {
-                let running = (command != COM_STMT_PREPARE).then(|| self.running(sql, protocol, lexing, judgement));
+                let running = (command != COM_STMT_PREPARE)
+                    .then(|| self.running(sql, protocol, lexing, judgement, parameters.clone()));
                 self.send_statement(p, command, kind, running, cursor_of).await
             }
             Verdict::Deny { sqlstate, message } => {
@@ -691,6 +735,7 @@ impl Session<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
         sql: &str,
@@ -699,6 +744,7 @@ impl Session<'_> {
         lexing: Lexing,
         step: Step,
         message: u64,
+        parameters: Option<&[u8]>,
     ) -> Verdict {
         // SQL-level prepared statements (PREPARE name FROM '...'), as the server confirmed
         // them; while answers are owed, one of them may change what a name holds: not known
@@ -711,7 +757,7 @@ impl Session<'_> {
             text_known,
             prepared: &prepared,
             protocol,
-            parameters: None,
+            parameters: parameters.map(|message| Parameters { message, decode: params::decode }),
             function_oid: None,
             lexing,
             step,
@@ -731,8 +777,13 @@ impl Session<'_> {
         protocol: QueryProtocol,
         lexing: Lexing,
         judgement: Option<Arc<Judgement>>,
+        parameters: Option<Arc<[u8]>>,
     ) -> Running {
-        Running { judgement, ..Running::new(self.next_statement(), sql, protocol, lexing) }
+        Running {
+            judgement,
+            parameters: parameters.map(|m| (m, params::decode as DecodeParameters)),
+            ..Running::new(self.next_statement(), sql, protocol, lexing)
+        }
     }
 
     async fn send_statement(
