@@ -5,8 +5,8 @@ text) or the error, so the test can look for protected values in everything the 
 Usage: python3 mysql_masking.py HOST PORT USER PASSWORD DATABASE MODE FILE
 MODE: text (PyMySQL, COM_QUERY with multi-statements: text rows), prepared (mysql-connector's
 prepared cursor: COM_STMT_PREPARE / EXECUTE, binary rows, run twice), cursor (raw protocol:
-COM_STMT_EXECUTE opening a read-only cursor, then COM_STMT_FETCH two rows at a time; the raw
-row bytes are printed).
+COM_STMT_EXECUTE opening a read-only cursor with the first COM_STMT_FETCH in the same write,
+then fetches of two rows at a time; the raw row bytes are printed).
 """
 import hashlib
 import json
@@ -130,22 +130,29 @@ def cursor_mode():
                 if n:
                     for _ in range(n + 1):
                         read_packet(s)
-            # Execute with CURSOR_TYPE_READ_ONLY, no parameters.
-            s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1)))
+            # Execute with CURSOR_TYPE_READ_ONLY, no parameters, and the first fetch in the
+            # same write (before the execution's answer has described the cursor's columns).
+            fetch = packet(0, b"\x1c" + struct.pack("<II", stmt, 2))
+            s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1)) + fetch)
             _, body = read_packet(s)
-            if body[:1] == b"\xff":
-                entry["error"] = error_of(body)
-                out.append(entry)
-                continue
-            if body[:1] == b"\x00":
+            if body[:1] in (b"\xff", b"\x00"):
+                if body[:1] == b"\xff":
+                    entry["error"] = error_of(body)
+                # The fetch's own answer (an error: no cursor).
+                _, after = read_packet(s)
+                if after[:1] == b"\xff" and "error" not in entry:
+                    entry["error"] = error_of(after)
                 out.append(entry)
                 continue
             for _ in range(columns):
                 read_packet(s)
-            _, eof = read_packet(s)
+            read_packet(s)
             rows = []
+            first = True
             while True:
-                s.sendall(packet(0, b"\x1c" + struct.pack("<II", stmt, 2)))
+                if not first:
+                    s.sendall(fetch)
+                first = False
                 last = None
                 while True:
                     _, body = read_packet(s)

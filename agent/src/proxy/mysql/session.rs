@@ -77,8 +77,8 @@ struct Owner {
     binary: bool,
     /// The prepared statement it executes or fetches from.
     stmt: Option<u32>,
-    /// A fetch: the columns of the cursor it reads.
-    cursor_columns: Option<Arc<[Definition]>>,
+    /// A fetch: rows of a cursor an execution opened.
+    fetch: bool,
     /// The result set being relayed, when results are masked or measured.
     result: Option<ResultState>,
     /// Stopped at a volume limit: what the client is told, and whether it was.
@@ -95,7 +95,7 @@ impl Owner {
             infile_refused: None,
             binary: matches!(shape, Shape::Results { binary: true } | Shape::Fetch),
             stmt: None,
-            cursor_columns: None,
+            fetch: shape == Shape::Fetch,
             result: None,
             stopped: None,
             next_seq: 1,
@@ -387,10 +387,16 @@ impl Session<'_> {
         } else {
             // What the client gets of the packet: as it is, rewritten (masking), replaced by an
             // ERR (a volume limit's cut, a scrubbed message), or nothing (rows after a cut).
-            let governed = owner.running.is_some() && (hooks.filters_results() || hooks.limits_results());
-            let outcome = govern_packet(owner, &event, &p, governed, &**hooks, &self.catalog, &mut self.row_buf)?;
+            // A fetch reads the columns its cursor's execution described (looked up now: the
+            // fetch may have been sent before that answer came).
+            let cursor = match (owner.fetch, owner.stmt) {
+                (true, Some(id)) => self.prepared.get(&id).and_then(|s| s.cursor_columns.clone()),
+                _ => None,
+            };
+            let outcome = govern_packet(owner, &event, &p, cursor, &**hooks, &self.catalog, &mut self.row_buf)?;
             if let Event::Done { status, .. } = event
                 && status & state::CURSOR_EXISTS != 0
+                && !owner.fetch
                 && let (Some(id), Some(columns)) = (owner.stmt, outcome.columns)
                 && let Some(prepared) = self.prepared.get_mut(&id)
             {
@@ -676,15 +682,13 @@ impl Session<'_> {
         };
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
-            let prepared = cursor_of.and_then(|id| self.prepared.get(&id));
-            let cursor = prepared.and_then(|s| s.cursor.clone());
-            let cursor_columns = prepared.and_then(|s| s.cursor_columns.clone());
+            let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
             let running = cursor.map(|(resumes, judgement)| Running {
                 resumes: Some(resumes),
                 judgement,
                 ..Running::new(self.next_statement(), sql.clone(), QueryProtocol::Extended, lexing)
             });
-            let owner = Owner { stmt: cursor_of, cursor_columns, ..Owner::new(Kind::Statement, running, Shape::Fetch) };
+            let owner = Owner { stmt: cursor_of, ..Owner::new(Kind::Statement, running, Shape::Fetch) };
             self.owed.push(Answer::Server { shape: Shape::Fetch, tag: owner });
             return self.forward(&p).await;
         }
@@ -1078,25 +1082,25 @@ struct Governed {
     columns: Option<Arc<[Definition]>>,
 }
 
-/// Masking and volume limits on one server packet of a statement's answer (`governed`:
-/// the hooks filter or limit results): column definitions are read, rows rewritten into
-/// `row_buf` and counted, an error's message scrubbed; after a cut, the rest is dropped.
+/// Masking and volume limits on one server packet of a statement's answer, when the hooks
+/// filter or limit results: column definitions are read, rows rewritten into `row_buf` and
+/// counted, an error's message scrubbed; after a cut, the rest is dropped. `cursor`: for a
+/// fetch, the columns of its cursor.
 fn govern_packet(
     owner: &mut Owner,
     event: &Event,
     p: &Packet,
-    governed: bool,
+    cursor: Option<Arc<[Definition]>>,
     hooks: &dyn SessionHooks,
     catalog: &Catalog,
     row_buf: &mut Vec<u8>,
 ) -> Result<Governed, SessionError> {
     let server = |why: String| SessionError::Protocol(ProtocolError::Server(why));
     let mut out = Governed { relay: Relay::Same, cut: false, columns: None };
-    if !governed {
-        return Ok(out);
-    }
+    // Asked where a result begins, not for every row.
+    let governs = |owner: &Owner| owner.running.is_some() && (hooks.filters_results() || hooks.limits_results());
     match event {
-        Event::ResultStart { columns } => {
+        Event::ResultStart { columns } if governs(owner) => {
             let expected = usize::try_from(*columns).map_err(|_| server("sent too many columns".into()))?;
             owner.result = Some(ResultState { expected, columns: Vec::new(), filter: None, measure: None });
         }
@@ -1113,13 +1117,22 @@ fn govern_packet(
             }
         }
         Event::Row => {
-            if owner.result.is_none()
-                && let Some(columns) = &owner.cursor_columns
-            {
+            if owner.result.is_none() && owner.fetch {
                 // A fetch: rows of the cursor its execution opened.
-                let mut result =
-                    ResultState { expected: columns.len(), columns: columns.to_vec(), filter: None, measure: None };
-                result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                let mut result = ResultState { expected: 0, columns: Vec::new(), filter: None, measure: None };
+                if governs(owner) {
+                    match cursor {
+                        Some(columns) => {
+                            result = ResultState { expected: columns.len(), columns: columns.to_vec(), ..result };
+                            result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                        }
+                        None if hooks.filters_results() => {
+                            // Rows that cannot be read are not relayed unmasked.
+                            return Err(server("sent rows of a cursor whose columns the proxy did not see".into()));
+                        }
+                        None => {}
+                    }
+                }
                 owner.result = Some(result);
             }
             if owner.stopped.is_some() {
@@ -1168,6 +1181,7 @@ fn govern_packet(
                     }
                 }
             } else if *event == Event::Error
+                && owner.running.is_some()
                 && hooks.filters_results()
                 && let Some((_, _, message)) = refusal::read_err(&p.payload)
                 && let Some(fields) = hooks.scrub_fields(owner.running.as_ref(), &[(b'M', message.as_bytes())])
