@@ -1691,13 +1691,18 @@ pub(super) struct Target {
     /// The names of other FROM / USING / source items that are the same table: a condition
     /// equating a column with its own in such an item (a self-join) holds for every row.
     same_table: Vec<String>,
+    /// Derived tables that read the target's table: any of their columns may be the target's
+    /// own under another name, so a condition equating a column with one of them may hold for
+    /// every row.
+    derived_same: Vec<String>,
     /// MySQL: `<=>` is its null-safe equality (true of `x <=> x` for every row).
     mysql: bool,
 }
 
 impl Target {
     pub(super) fn of<'a>(factor: &TableFactor, others: impl IntoIterator<Item = &'a TableFactor>) -> Target {
-        let mut target = Target { table: None, names: Vec::new(), same_table: Vec::new(), mysql: false };
+        let mut target =
+            Target { table: None, names: Vec::new(), same_table: Vec::new(), derived_same: Vec::new(), mysql: false };
         if let TableFactor::Table { name, alias, .. } = factor {
             target.table = object_name(name).map(|n| n.name);
             target.names.extend(target.table.clone());
@@ -1715,6 +1720,14 @@ impl Target {
             {
                 target.same_table.push(alias.as_ref().map_or(n.name, |a| ident(&a.name)));
             }
+            // A derived table that reads the target's table: its columns may be the target's
+            // own (`JOIN (SELECT id FROM t) x ON t.id = x.id` is every row).
+            if let TableFactor::Derived { subquery, alias: Some(a), .. } = item
+                && let Some(table) = &target.table
+                && reads_table(subquery, table)
+            {
+                target.derived_same.push(ident(&a.name));
+            }
         }
         target
     }
@@ -1723,6 +1736,24 @@ impl Target {
     pub(super) fn mysql(self) -> Target {
         Target { mysql: true, ..self }
     }
+}
+
+/// Whether a query names a relation called `table` anywhere (any schema, any case).
+fn reads_table(query: &Query, table: &str) -> bool {
+    struct Names<'a>(&'a str, bool);
+    impl Visitor for Names<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, relation: &ast::ObjectName) -> std::ops::ControlFlow<()> {
+            if relation.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(self.0)) {
+                self.1 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(table, false);
+    let _ = query.visit(&mut names);
+    names.1
 }
 
 /// The settings a condition on pg_settings limits an UPDATE to (`name = 'x' [AND ...]`, `name
@@ -1867,7 +1898,9 @@ fn tautology(e: &Expr, t: &Target) -> bool {
             same(left, right, t) || {
                 // `target.c = other.c` where other is the target's table again.
                 let self_join = |a: &Key, b: &Key| match (a, b) {
-                    (Key::Column(c), Key::Qualified(q, d)) => c == d && t.same_table.contains(q),
+                    (Key::Column(c), Key::Qualified(q, d)) => {
+                        (c == d && t.same_table.contains(q)) || t.derived_same.contains(q)
+                    }
                     _ => false,
                 };
                 let (l, r) = (key(left, t), key(right, t));
@@ -1967,10 +2000,12 @@ fn upserts_every_row(insert: &ast::Insert, target: &ast::ObjectName) -> bool {
     reads_target
         && s.selection.is_none()
         && source.limit_clause.is_none()
-        && update
-            .selection
-            .as_ref()
-            .is_none_or(|c| !references(c, &Target { table, names: Vec::new(), same_table: Vec::new(), mysql: false }))
+        && update.selection.as_ref().is_none_or(|c| {
+            !references(
+                c,
+                &Target { table, names: Vec::new(), same_table: Vec::new(), derived_same: Vec::new(), mysql: false },
+            )
+        })
 }
 
 /// Whether an expression references a column of the target: an unqualified column outside
@@ -2642,6 +2677,10 @@ mod tests {
         check("DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.id)").unscoped(false);
         check("DELETE FROM t AS x WHERE EXISTS (SELECT 1 FROM u WHERE u.id = x.id)").unscoped(false);
         check("DELETE FROM t USING u WHERE t.id = u.id").unscoped(false).relations(&["t", "u"]);
+        // A derived table over the target's own table: equating with its columns holds for every row.
+        check("DELETE FROM t USING (SELECT id FROM t) d WHERE t.id = d.id").unscoped(true);
+        check("UPDATE t SET a = 1 FROM (SELECT id AS k FROM s.t) d WHERE d.k = t.id").unscoped(true);
+        check("DELETE FROM t USING (SELECT id FROM u) d WHERE t.id = d.id").unscoped(false);
         check("UPDATE s.t SET a = 1 WHERE s.t.id = 1").unscoped(false).relations(&["s.t"]);
         check("MERGE INTO t USING u ON true WHEN MATCHED THEN DELETE").class(Write).unscoped(true);
         check("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN UPDATE SET a = evil(u.a)")

@@ -346,6 +346,11 @@ fn multi_table_delete_judges_every_target() {
         ("DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id", Write, false),
         ("DELETE t1 FROM t1 JOIN t2 WHERE t2.x = 1", Write, true),
         ("DELETE l FROM ledger l JOIN ledger l2 ON l.id = l2.id", Write, true),
+        // A derived table over the target's own table: its columns may be the target's.
+        ("DELETE l FROM ledger l JOIN (SELECT id FROM ledger) d ON l.id = d.id", Write, true),
+        ("DELETE l FROM ledger l JOIN (SELECT id AS k FROM shop.Ledger) d ON d.k = l.id", Write, true),
+        ("UPDATE ledger l JOIN (SELECT id FROM ledger) d ON l.id = d.id SET l.x = 1", Write, true),
+        ("DELETE l FROM ledger l JOIN (SELECT account FROM accounts) d ON l.account = d.account", Write, false),
         ("DELETE a FROM accounts a, ledger l", Write, true),
         ("DELETE FROM accounts USING accounts", Write, true),
         ("DELETE x FROM accounts a WHERE a.id = 1", Unknown, false),
