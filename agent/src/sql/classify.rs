@@ -629,6 +629,8 @@ struct CteScope {
     /// How many of the CTEs are visible now: in a non-recursive WITH a CTE's body sees only the
     /// ones before it (its own name there is a table); the main query sees them all.
     visible: usize,
+    /// The relations each CTE's body names (by position).
+    reads: Vec<Vec<String>>,
 }
 
 /// What a statement being walked pushed, popped when its walk ends.
@@ -735,6 +737,17 @@ impl<'w> Walker<'w> {
         self.scopes.iter().any(|s| s.names.get(name).is_some_and(|&i| i < s.visible))
     }
 
+    /// Whether the CTE `name` in scope (innermost first) names a relation called `table`.
+    fn cte_reads(&self, name: &str, table: &str) -> bool {
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.names.get(name).filter(|&&i| i < s.visible).map(|&i| (s, i)))
+            .is_some_and(|(s, i)| {
+                s.reads.get(i).is_some_and(|names| names.iter().any(|n| n == "*" || n.eq_ignore_ascii_case(table)))
+            })
+    }
+
     /// The first keyword of the statement text, for reasons.
     pub(super) fn keyword(&self) -> String {
         self.words.first().map(|w| w.text.to_ascii_uppercase()).unwrap_or_default()
@@ -830,7 +843,14 @@ impl<'w> Walker<'w> {
     }
 
     pub(super) fn unscoped_where(&mut self, condition: Option<&Expr>, target: &Target) {
-        let target = &Target { mysql: self.mysql, ..target.clone() };
+        let mut target = Target { mysql: self.mysql, ..target.clone() };
+        // A CTE that reads the target's table is a derived table over it.
+        if let Some(table) = target.table.clone() {
+            let over: Vec<String> =
+                target.named.iter().filter(|(name, _)| self.cte_reads(name, &table)).map(|(_, a)| a.clone()).collect();
+            target.derived_same.extend(over);
+        }
+        let target = &target;
         if self.muted == 0 && condition.is_none_or(|c| scope(c, target).1) {
             self.found.unscoped = true;
         }
@@ -1522,13 +1542,19 @@ impl Visitor for Walker<'_> {
         {
             top.visible = if top.recursive { top.names.len() } else { k };
         }
-        let mut scope =
-            CteScope { names: HashMap::new(), bodies: HashMap::new(), recursive: false, visible: usize::MAX };
+        let mut scope = CteScope {
+            names: HashMap::new(),
+            bodies: HashMap::new(),
+            recursive: false,
+            visible: usize::MAX,
+            reads: Vec::new(),
+        };
         if let Some(with) = &query.with {
             scope.recursive = with.recursive;
             for (k, cte) in with.cte_tables.iter().enumerate() {
                 scope.names.entry(ident(&cte.alias.name)).or_insert(k);
                 scope.bodies.insert(addr(cte.query.as_ref()), k);
+                scope.reads.push(relation_names(&cte.query));
             }
         }
         self.scopes.push(scope);
@@ -1695,14 +1721,22 @@ pub(super) struct Target {
     /// own under another name, so a condition equating a column with one of them may hold for
     /// every row.
     derived_same: Vec<String>,
+    /// Other items named by one unqualified name (which may be a CTE), and what qualifies them.
+    named: Vec<(String, String)>,
     /// MySQL: `<=>` is its null-safe equality (true of `x <=> x` for every row).
     mysql: bool,
 }
 
 impl Target {
     pub(super) fn of<'a>(factor: &TableFactor, others: impl IntoIterator<Item = &'a TableFactor>) -> Target {
-        let mut target =
-            Target { table: None, names: Vec::new(), same_table: Vec::new(), derived_same: Vec::new(), mysql: false };
+        let mut target = Target {
+            table: None,
+            names: Vec::new(),
+            same_table: Vec::new(),
+            derived_same: Vec::new(),
+            named: Vec::new(),
+            mysql: false,
+        };
         if let TableFactor::Table { name, alias, .. } = factor {
             target.table = object_name(name).map(|n| n.name);
             target.names.extend(target.table.clone());
@@ -1716,9 +1750,13 @@ impl Target {
             }
             if let TableFactor::Table { name, alias, args: None, .. } = item
                 && let Some(n) = object_name(name)
-                && target.table.as_ref() == Some(&n.name)
             {
-                target.same_table.push(alias.as_ref().map_or(n.name, |a| ident(&a.name)));
+                let qualifier = alias.as_ref().map_or(n.name.clone(), |a| ident(&a.name));
+                if target.table.as_ref() == Some(&n.name) {
+                    target.same_table.push(qualifier);
+                } else if n.schema.is_none() {
+                    target.named.push((n.name, qualifier));
+                }
             }
             // A derived table that reads the target's table: its columns may be the target's
             // own (`JOIN (SELECT id FROM t) x ON t.id = x.id` is every row).
@@ -1736,6 +1774,28 @@ impl Target {
     pub(super) fn mysql(self) -> Target {
         Target { mysql: true, ..self }
     }
+}
+
+/// The last part of every relation name a query names.
+fn relation_names(query: &Query) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_relation(&mut self, relation: &ast::ObjectName) -> std::ops::ControlFlow<()> {
+            if self.0.len() >= 256 {
+                // Too many to keep: any table.
+                self.0 = vec!["*".to_string()];
+                return std::ops::ControlFlow::Break(());
+            }
+            if let Some(i) = relation.0.last().and_then(|p| p.as_ident()) {
+                self.0.push(i.value.clone());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(Vec::new());
+    let _ = query.visit(&mut names);
+    names.0
 }
 
 /// Whether a query names a relation called `table` anywhere (any schema, any case).
@@ -2003,7 +2063,14 @@ fn upserts_every_row(insert: &ast::Insert, target: &ast::ObjectName) -> bool {
         && update.selection.as_ref().is_none_or(|c| {
             !references(
                 c,
-                &Target { table, names: Vec::new(), same_table: Vec::new(), derived_same: Vec::new(), mysql: false },
+                &Target {
+                    table,
+                    names: Vec::new(),
+                    same_table: Vec::new(),
+                    derived_same: Vec::new(),
+                    named: Vec::new(),
+                    mysql: false,
+                },
             )
         })
 }
@@ -2681,6 +2748,8 @@ mod tests {
         check("DELETE FROM t USING (SELECT id FROM t) d WHERE t.id = d.id").unscoped(true);
         check("UPDATE t SET a = 1 FROM (SELECT id AS k FROM s.t) d WHERE d.k = t.id").unscoped(true);
         check("DELETE FROM t USING (SELECT id FROM u) d WHERE t.id = d.id").unscoped(false);
+        check("WITH d AS (SELECT id FROM t) DELETE FROM t USING d WHERE t.id = d.id").unscoped(true);
+        check("WITH d AS (SELECT id FROM u) DELETE FROM t USING d WHERE t.id = d.id").unscoped(false);
         check("UPDATE s.t SET a = 1 WHERE s.t.id = 1").unscoped(false).relations(&["s.t"]);
         check("MERGE INTO t USING u ON true WHEN MATCHED THEN DELETE").class(Write).unscoped(true);
         check("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN UPDATE SET a = evil(u.a)")

@@ -351,6 +351,7 @@ fn multi_table_delete_judges_every_target() {
         ("DELETE l FROM ledger l JOIN (SELECT id AS k FROM shop.Ledger) d ON d.k = l.id", Write, true),
         ("UPDATE ledger l JOIN (SELECT id FROM ledger) d ON l.id = d.id SET l.x = 1", Write, true),
         ("DELETE l FROM ledger l JOIN (SELECT account FROM accounts) d ON l.account = d.account", Write, false),
+        ("WITH d AS (SELECT id FROM ledger) DELETE l FROM ledger l JOIN d ON l.id = d.id", Write, true),
         ("DELETE a FROM accounts a, ledger l", Write, true),
         ("DELETE FROM accounts USING accounts", Write, true),
         ("DELETE x FROM accounts a WHERE a.id = 1", Unknown, false),
