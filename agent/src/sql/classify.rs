@@ -1158,6 +1158,11 @@ impl<'w> Walker<'w> {
                             self.references_of_constraint(constraint)
                         }
                         AlterTableOperation::AddColumn { column_def, .. } => self.references_of_column(column_def),
+                        // MySQL's may move it to another database: the new name is named too
+                        // (PostgreSQL's stays in the table's schema).
+                        AlterTableOperation::RenameTable {
+                            table_name: ast::RenameTableNameKind::As(name) | ast::RenameTableNameKind::To(name),
+                        } if self.mysql => self.relation(name),
                         AlterTableOperation::OwnerTo { .. } => {
                             self.add(Class::Dcl, Some("changes a table's owner (and so its privileges)".into()))
                         }

@@ -477,3 +477,21 @@ fn set_statement_for_is_the_statement_and_its_settings() {
         ("SET STATEMENT max_statement_time = 1", Unknown, false),
     ]);
 }
+
+#[test]
+fn renames_name_both_tables() {
+    let cache = DescriptionCache::new(64);
+    for (text, expected) in [
+        ("ALTER TABLE t RENAME TO mysql.y", &["t", "mysql.y"][..]),
+        ("ALTER TABLE t RENAME AS mysql.y", &["t", "mysql.y"]),
+        ("RENAME TABLE a TO mysql.b, c TO d", &["a", "mysql.b", "c", "d"]),
+        ("ALTER TABLE shop.t ADD COLUMN c INT, RENAME TO mysql.y", &["shop.t", "mysql.y"]),
+    ] {
+        let a = cache.describe_with(text, DEFAULT).analysis;
+        let mut names: Vec<String> = a.relations.iter().map(|r| r.to_string()).collect();
+        let mut expected: Vec<&str> = expected.to_vec();
+        names.sort();
+        expected.sort();
+        assert_eq!(names, expected, "{text}: {:?}", a.class_reason);
+    }
+}
