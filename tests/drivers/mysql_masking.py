@@ -6,7 +6,8 @@ Usage: python3 mysql_masking.py HOST PORT USER PASSWORD DATABASE MODE FILE
 MODE: text (PyMySQL, COM_QUERY with multi-statements: text rows), prepared (mysql-connector's
 prepared cursor: COM_STMT_PREPARE / EXECUTE, binary rows, run twice), cursor (raw protocol:
 COM_STMT_EXECUTE opening a read-only cursor with the first COM_STMT_FETCH in the same write,
-then fetches of two rows at a time; the raw row bytes are printed).
+then fetches of two rows at a time; the raw row bytes are printed), cursor_last (the same,
+the fetches naming MariaDB's statement id -1).
 """
 import hashlib
 import json
@@ -113,7 +114,8 @@ def error_of(body):
     return {"code": code, "message": body[9:].decode("utf-8", "replace")}
 
 
-def cursor_mode():
+def cursor_mode(last_id=False):
+    """`last_id`: the fetches name MariaDB's statement id -1 (the statement prepared last)."""
     out = []
     for sql in statements:
         entry = {"sql": sql, "results": []}
@@ -132,7 +134,7 @@ def cursor_mode():
                         read_packet(s)
             # Execute with CURSOR_TYPE_READ_ONLY, no parameters, and the first fetch in the
             # same write (before the execution's answer has described the cursor's columns).
-            fetch = packet(0, b"\x1c" + struct.pack("<II", stmt, 2))
+            fetch = packet(0, b"\x1c" + struct.pack("<II", 0xFFFFFFFF if last_id else stmt, 2))
             s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1)) + fetch)
             _, body = read_packet(s)
             if body[:1] in (b"\xff", b"\x00"):
@@ -172,5 +174,7 @@ def cursor_mode():
     return out
 
 
-results = {"text": text_mode, "prepared": prepared_mode, "cursor": cursor_mode}[mode]()
+modes = {"text": text_mode, "prepared": prepared_mode, "cursor": cursor_mode,
+         "cursor_last": lambda: cursor_mode(last_id=True)}
+results = modes[mode]()
 print(json.dumps({"results": results}))

@@ -358,6 +358,26 @@ impl MaskContext {
                 }
             }
         }
+        // A generated column computed from protected ones: protected as their computation
+        // (redacted whole), unless a rule protects it more.
+        for (&(oid, attnum), names) in &relations.generated_from {
+            let Some(r) = relations.by_oid.get(&oid) else { continue };
+            let mut best: Option<Protected> = protect.get(&(oid, attnum)).cloned();
+            for c in r.columns.iter().filter(|c| c.attnum != attnum && names.contains(&c.name)) {
+                let Some(p) = protect.get(&(oid, c.attnum)) else { continue };
+                let method = if p.choice.method == Method::Null { Method::Null } else { Method::Redact };
+                let candidate =
+                    Protected { choice: MaskChoice { method, ..p.choice.clone() }, column: p.column.clone() };
+                best = Some(match best.take() {
+                    None => candidate,
+                    Some(b) => stronger(b, candidate),
+                });
+            }
+            if let Some(p) = best {
+                sensitive.insert(oid);
+                protect.insert((oid, attnum), p);
+            }
+        }
         Ok(MaskContext {
             policy,
             catalog,
@@ -943,10 +963,21 @@ impl MaskContext {
     /// quote values by what they are; a user relation's columns as the catalog has them.
     fn folded_relation(&self, schema: Option<&str>, name: &str) -> Relation {
         let folded = name.to_lowercase();
-        let in_schema = schema.map(str::to_lowercase).or_else(|| self.path.as_ref()?.first().map(|s| s.to_lowercase()));
-        if let Some(s) = &in_schema
-            && let Some(system) = crate::sql::mysql_system_relation(s, &folded)
-        {
+        let in_schema = match (schema, self.path.as_ref().map(|p| p.first())) {
+            (Some(s), _) => s.to_lowercase(),
+            (None, Some(Some(s))) => s.to_lowercase(),
+            // No current database: the server refuses the name.
+            (None, Some(None)) => return Relation::Clean,
+            // Which database is current is not known (a USE earlier in the same text): the
+            // name may be a system relation's (information_schema.PROCESSLIST) as well as a
+            // user table's.
+            (None, None) => {
+                return Relation::Opaque(format!(
+                    "reads {name}, in a database not known (the current one may have changed)"
+                ));
+            }
+        };
+        if let Some(system) = crate::sql::mysql_system_relation(&in_schema, &folded) {
             return match system {
                 Ok(()) => Relation::Clean,
                 Err(why) => Relation::Opaque(why),

@@ -342,11 +342,20 @@ fn the_filter_joins_the_plan_with_each_columns_origin() {
 /// The catalog a MySQL session reads (names folded to lower case; a view's definition as
 /// information_schema.VIEWS shows it).
 fn mysql_context() -> Arc<MaskContext> {
+    mysql_context_in(Some(Arc::from(vec!["crm".to_string()])))
+}
+
+/// The same, with the current database `path` (None: not known).
+fn mysql_context_in(path: Option<Arc<[String]>>) -> Arc<MaskContext> {
     let mut r = CatalogRelations::new(crate::sql::Dialect::MYSQL);
     r.add_relation(16384, "crm", "customers", 'r', false);
-    for (i, n) in ["id", "name", "email", "card", "ssn"].iter().enumerate() {
+    for (i, n) in ["id", "name", "email", "card", "ssn", "ssn_tail"].iter().enumerate() {
         r.add_column(16384, column(i as i16 + 1, n, 0));
     }
+    // ssn_tail AS (right(`ssn`, 4)): generated from a protected column.
+    r.generated_from.insert((16384, 6), vec!["right".into(), "ssn".into(), "4".into()]);
+    r.add_relation(16386, "crm", "processlist", 'r', false);
+    r.add_column(16386, column(1, "info", 0));
     r.add_relation(16385, "crm", "contacts", 'v', false);
     r.add_column(16385, column(1, "id", 0));
     r.add_column(16385, column(2, "contact", 0));
@@ -360,8 +369,7 @@ fn mysql_context() -> Arc<MaskContext> {
     let labels: BTreeMap<String, String> = [("app".to_string(), "agent".to_string())].into();
     let selection = set.select(&Subject { labels: &labels, database: "main", user: None });
     let policy = Arc::new(selection.masking(&set, &labels).expect("masking applies"));
-    let path: Arc<[String]> = Arc::from(vec!["crm".to_string()]);
-    Arc::new(MaskContext::new(policy, Arc::new(c), Some(path), Arc::new(Key::new(1, [7; 32]))).expect("ctx"))
+    Arc::new(MaskContext::new(policy, Arc::new(c), path, Arc::new(Key::new(1, [7; 32]))).expect("ctx"))
 }
 
 fn mysql_plan(ctx: &MaskContext, sql: &str) -> Result<Arc<PartMask>, String> {
@@ -381,7 +389,8 @@ fn mysql_statements_are_traced_under_mysqls_rules() {
     };
     // Names in any case, quoted or not: MySQL compares column names without case.
     ok("SELECT `EMAIL`, Card FROM `Customers`", &["partial", "token"]);
-    ok("select * from CRM.customers", &["clear", "clear", "partial", "token", "redact"]);
+    ok("select * from CRM.customers", &["clear", "clear", "partial", "token", "redact", "redact"]);
+    ok("SELECT ssn_tail, EMAIL, email FROM customers", &["redact", "partial", "partial"]);
     ok("SELECT concat(email, '') AS e, upper(ssn) FROM customers", &["partial*", "redact*"]);
     ok("SELECT contact FROM contacts", &["partial"]);
     ok("SELECT group_concat(card SEPARATOR ',') FROM customers", &["token*"]);
@@ -410,8 +419,33 @@ fn mysql_statements_are_traced_under_mysqls_rules() {
     refused("SELECT email INTO @v FROM customers LIMIT 1", "copies protected column");
     refused("SELECT @v := email FROM customers", "cannot be traced");
     refused("SELECT ſsn FROM customers", "cannot be traced");
-    for sql in ["SHOW WARNINGS", "show full processlist", "GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT"] {
+    for sql in [
+        "SHOW WARNINGS",
+        "show full processlist",
+        "GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT",
+        "SHOW SLAVE STATUS",
+        "SHOW ALL SLAVES STATUS",
+    ] {
         refused(sql, "may quote values");
+    }
+    // Aliases and CTE names the server tells apart by case.
+    for sql in [
+        "SELECT concat(A.email, '') FROM (SELECT 'x' AS email) a, crm.customers A",
+        "SELECT (SELECT concat(C.email, '') FROM (SELECT 'x' AS email) c LIMIT 1) FROM crm.customers C",
+        "WITH Customers AS (SELECT 'x' AS email) SELECT concat(email, '') FROM customers",
+    ] {
+        refused(sql, "in two cases");
+    }
+    // LAST_INSERT_ID(expr) keeps the value for a later statement.
+    refused("SELECT last_insert_id(conv(hex(substr(card, 1, 8)), 16, 10)) FROM customers WHERE id = 1", "runs code");
+    refused("SELECT get_lock(ssn, 0) FROM customers", "runs code");
+    // A full-text probe is a condition.
+    refused("SELECT id FROM customers WHERE MATCH (email) AGAINST ('zqx*' IN BOOLEAN MODE)", "in a condition");
+    // With the current database not known, an unqualified name may be a system relation's.
+    let wide = mysql_context_in(None);
+    match mysql_plan(&wide, "SELECT info FROM processlist") {
+        Ok(p) => panic!("planned {:?}", shape(&p)),
+        Err(e) => assert!(e.contains("database not known"), "{e}"),
     }
     refused("INSERT INTO customers (name) SELECT email FROM customers", "copies protected column");
 }

@@ -77,6 +77,9 @@ pub struct Relations {
     /// The server's grammar: how statements and view definitions are read. Under MySQL's,
     /// schema, relation and column names are held folded to lower case.
     pub dialect: super::Dialect,
+    /// Generated columns (relation, attribute number) and the names their expression uses:
+    /// a generated column computed from a protected column carries its protection.
+    pub generated_from: HashMap<(u32, i16), Vec<String>>,
 }
 
 /// One user relation.

@@ -1375,6 +1375,18 @@ impl Refs<'_, '_, '_> {
                     self.found(&Src::opaque());
                 }
             }
+            // MATCH (columns) AGAINST (...): names its columns outside any expression.
+            Expr::MatchAgainst { columns, .. } => {
+                for c in columns {
+                    let parts: Vec<String> = c.0.iter().filter_map(|p| p.as_ident()).map(ident).collect();
+                    let found = match parts.as_slice() {
+                        [one] => self.scope.resolve(one),
+                        [.., q, col] => self.scope.resolve_qualified(q, col),
+                        [] => None,
+                    };
+                    self.found(&found.unwrap_or_else(Src::opaque).computed());
+                }
+            }
             // A system variable: a server setting.
             Expr::Identifier(i) if self.an.mysql && i.quote_style.is_none() && i.value.starts_with("@@") => {}
             Expr::Identifier(i) if self.an.mysql && i.quote_style.is_none() && i.value.starts_with('@') => {
@@ -1415,6 +1427,17 @@ impl Refs<'_, '_, '_> {
             Expr::Function(f) => {
                 let name = object_name(&f.name);
                 if let Some(n) = &name
+                    && self.an.mysql
+                    && n.schema.is_none()
+                    && (matches!(super::mysql_functions::builtin(&n.name), Some(super::functions::Builtin::Effect(..)))
+                        || (n.name == "last_insert_id"
+                            && matches!(&f.args, FunctionArguments::List(l) if !l.args.is_empty())))
+                {
+                    // MySQL: LAST_INSERT_ID(expr) keeps its argument for the session's later
+                    // statements; a lock's name is seen by other sessions.
+                    self.an.out.side_effects.push(n.name.clone());
+                } else if let Some(n) = &name
+                    && !self.an.mysql
                     && n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
                     && matches!(
                         super::functions::builtin(&n.name),

@@ -1228,9 +1228,11 @@ impl Walker<'_> {
 /// One statement's text parsed for lineage (which columns it reads): its canonical form with
 /// every identifier folded to lower case (MySQL compares column names without case; a catalog
 /// read for lineage folds table names too, so `People` and `people` are read as one: the
-/// stricter protection wins). A name with non-ASCII letters is not traced (the server matches
-/// column names under its system collation, which folds more than case), nor is `:=` (a user
-/// variable assigned inside an expression carries the value out of the result).
+/// stricter protection wins). Not traced: a name with non-ASCII letters (the server matches
+/// column names under its system collation, which folds more than case); `:=` (a user variable
+/// assigned inside an expression carries the value out of the result); a relation, alias or
+/// CTE name spelled in two cases (the server tells `A` from `a` there: folded, one would be
+/// read as the other).
 pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<Statement, String> {
     let canonical = Canonical::of(text, options)?;
     if let Some(reason) = canonical.version_dependent {
@@ -1240,8 +1242,11 @@ pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<State
     let quoting = match (word(0).as_str(), word(1).as_str()) {
         // Messages of earlier statements (a conversion warning quotes the value), statement
         // texts of other sessions, engine and profiling internals, replication events.
-        ("show", "warnings" | "errors" | "processlist" | "engine" | "profile" | "profiles" | "binlog" | "relaylog")
-        | ("show", "full") => true,
+        (
+            "show",
+            "warnings" | "errors" | "processlist" | "engine" | "profile" | "profiles" | "binlog" | "relaylog" | "slave"
+            | "replica" | "all" | "full",
+        ) => true,
         ("get", _) => true,
         _ => false,
     };
@@ -1252,6 +1257,9 @@ pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<State
     // read the same under every mode.
     let plain = LexOptions::mysql(false, false);
     let mut folded = String::with_capacity(canonical.text.len());
+    // Each folded name's first spelling, and the names spelled in more than one case.
+    let mut spellings: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut two_cases: std::collections::HashSet<String> = std::collections::HashSet::new();
     for t in Lexer::new(&canonical.text, plain) {
         let raw = &canonical.text[t.range()];
         match t.kind {
@@ -1260,7 +1268,15 @@ pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<State
                     "the name {raw} has non-ASCII letters, which the server may match to another column"
                 ));
             }
-            TokenKind::Identifier | TokenKind::QuotedIdentifier { .. } => folded.push_str(&raw.to_ascii_lowercase()),
+            TokenKind::Identifier | TokenKind::QuotedIdentifier { .. } => {
+                let lower = raw.to_ascii_lowercase();
+                let name = lower.trim_matches('`').to_string();
+                let first = spellings.entry(name.clone()).or_insert(raw.trim_matches('`'));
+                if *first != raw.trim_matches('`') {
+                    two_cases.insert(name);
+                }
+                folded.push_str(&lower);
+            }
             TokenKind::Punctuation if raw == ":=" => {
                 return Err(
                     "assigns a user variable inside an expression (:=), which carries values out of the result".into(),
@@ -1270,8 +1286,53 @@ pub(super) fn lineage_statement(text: &str, options: LexOptions) -> Result<State
         }
     }
     let mut statements = Parser::parse_sql(&MySqlDialect {}, &folded).map_err(|e| e.to_string())?;
-    match (statements.pop(), statements.is_empty()) {
-        (Some(s), true) => Ok(s),
-        _ => Err("not one statement".into()),
+    let statement = match (statements.pop(), statements.is_empty()) {
+        (Some(s), true) => s,
+        _ => return Err("not one statement".into()),
+    };
+    if !two_cases.is_empty()
+        && let Some(name) = relation_names(&statement).into_iter().find(|n| two_cases.contains(n))
+    {
+        return Err(format!(
+            "names a relation, alias or CTE {name} in two cases, which the server tells apart and the analyser does not"
+        ));
     }
+    Ok(statement)
+}
+
+/// Every name a statement gives a relation: relation names (their last part), aliases of FROM
+/// items, and CTE names.
+fn relation_names(statement: &Statement) -> Vec<String> {
+    use ast::TableFactor as F;
+    struct Names(Vec<String>);
+    impl ast::Visitor for Names {
+        type Break = ();
+        fn pre_visit_relation(&mut self, relation: &ast::ObjectName) -> std::ops::ControlFlow<()> {
+            self.0.extend(relation.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()));
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &F) -> std::ops::ControlFlow<()> {
+            let alias = match factor {
+                F::Table { alias, .. }
+                | F::Derived { alias, .. }
+                | F::TableFunction { alias, .. }
+                | F::Function { alias, .. }
+                | F::UNNEST { alias, .. }
+                | F::JsonTable { alias, .. }
+                | F::NestedJoin { alias, .. } => alias.as_ref(),
+                _ => None,
+            };
+            self.0.extend(alias.map(|a| a.name.value.clone()));
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, query: &ast::Query) -> std::ops::ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                self.0.push(cte.alias.name.value.clone());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(Vec::new());
+    let _ = statement.visit(&mut names);
+    names.0
 }

@@ -43,6 +43,7 @@ insert into crm.customers values
   (1, 'Alice Pemberton', 'zqx.alice9281@kelpmail.test', '4539148803436467', '857-31-9042', 'AKIAZ7QH4XWP2LMN8RTV'),
   (2, 'Bob Quillfeather', 'bob.quill7723@ferndale.test', '5425233430109903', '612-48-3317', 'AKIAQ2JD8KWZ5NBX3PLM'),
   (3, 'Carol Dunmore', 'carol.dun5519@mistvale.test', '6011000990139424', '731-26-5580', 'AKIAT9RV6MXC4HQZ1WBN');
+alter table crm.customers add column ssn_copy varchar(11) as (concat(ssn, '')) virtual, add fulltext(email);
 create table crm.orders(id int, customer_id int, total int);
 insert into crm.orders values (10, 1, 250), (11, 2, 75), (12, 1, 30), (13, 3, 5);
 create view crm.contacts as select c.id, c.email as contact, upper(c.name) as shout from crm.customers c;
@@ -54,7 +55,7 @@ create function crm.echo_email(i int) returns varchar(80) reads sql data return 
 /// Statements that try to read a protected value: the column under other names and cases,
 /// views, expressions, encodings, aggregates, JSON, conditions (probing), set operations, CTEs,
 /// subqueries, stored functions, user variables, executable comments, system tables, copies,
-/// errors, HANDLER, PROCEDURE ANALYSE and SHOW WARNINGS.
+/// errors, HANDLER, PROCEDURE ANALYSE, SHOW WARNINGS, generated columns and full-text search.
 const ATTACKS: &[&str] = &[
     "select email from crm.customers",
     "select * from crm.customers",
@@ -105,6 +106,14 @@ const ATTACKS: &[&str] = &[
     "select * from crm.customers procedure analyse()",
     "handler crm.customers open; handler crm.customers read first; handler crm.customers close",
     "select value from json_table((select json_arrayagg(email) as j from crm.customers) t0, '$[*]' columns(value varchar(80) path '$')) t",
+    // Found by review: aliases told apart by case, a value kept by LAST_INSERT_ID, a full-text
+    // probe, a system table reached through an unknown current database, a generated copy.
+    "select concat(A.email, '') from (select 'x' as email) a, crm.customers A",
+    "select (select concat(C.api_key, '') from (select 'x' as api_key) c limit 1) from crm.customers C",
+    "select last_insert_id(conv(hex(substr(card, 1, 8)), 16, 10)) from crm.customers where id = 1; select last_insert_id()",
+    "select id from crm.customers where match(email) against ('zqx*' in boolean mode)",
+    "use information_schema; select info from processlist",
+    "select ssn_copy, concat(ssn_copy, '') from crm.customers",
 ];
 
 fn start() -> (MariaDb, Agent) {
@@ -136,7 +145,7 @@ const AGENT: &[&str] = &["warden/kind=agent", "warden/identity=it-masked"];
 #[test]
 fn no_protected_value_reaches_a_masked_mysql_client_by_any_statement_or_protocol() {
     let (db, agent) = start();
-    for mode in ["text", "prepared", "cursor"] {
+    for mode in ["text", "prepared", "cursor", "cursor_last"] {
         let mut results = run(&agent, &db, AGENT, mode, ATTACKS);
         // What the client got, without the statements it sent (one guesses a value).
         for entry in results["results"].as_array_mut().expect("results") {
@@ -155,6 +164,11 @@ fn no_protected_value_reaches_a_masked_mysql_client_by_any_statement_or_protocol
             let probe = &entries[ATTACKS.iter().position(|s| s.contains("like '8%'")).unwrap()];
             assert_eq!(probe["error"]["code"], 1142, "{probe}");
             assert!(probe["error"]["message"].as_str().unwrap().contains("in a condition"), "{probe}");
+        }
+        if mode == "cursor_last" {
+            // A fetch by MariaDB's id -1 cannot be tied to its cursor: refused, not relayed raw.
+            let fetched = &entries[0];
+            assert_eq!(fetched["error"]["code"], 1142, "{fetched}");
         }
     }
     // Nothing was copied out: refused copies changed nothing.
@@ -205,6 +219,9 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_limits_stop_re
     assert_eq!(first[1], "************6467", "partial keeps the last 4: {out}");
     assert!(first[2].len() == 11 && first[2].as_bytes()[3] == b'-' && first[2] != "857-31-9042", "{out}");
     assert_eq!(first[3], "****", "{out}");
+    // A generated column computed from a protected one is redacted as its computation.
+    let (ok, out, err) = through(AGENT, "select ssn_copy from crm.customers where id = 1");
+    assert!(ok && out == "****", "{out}\n{err}");
     // Tokens are deterministic: through the table and through the view alike.
     let (_, table, _) = through(AGENT, "select email from crm.customers where id = 1");
     let (_, view, _) = through(AGENT, "select contact from crm.contacts where id = 1");

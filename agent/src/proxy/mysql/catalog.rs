@@ -22,14 +22,18 @@ pub const MAX_RELATIONS: usize = 50_000;
 
 /// What the proxy asks the server for, each value cast to binary (the server converts text to
 /// the session's character_set_results, which the client chooses). Rows: kind, schema,
-/// relation, then per kind: r (table type), a (column name, ordinal position), v (view
-/// definition), t (a trigger on it), f (a routine: its type).
+/// relation, then per kind: r (table type), a (column name, ordinal position), g (a generated
+/// column and its expression), v (view definition), t (a trigger on it), f (a routine: its type).
 pub const QUERY: &str = "SELECT 'r', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NAME AS BINARY), \
        CAST(TABLE_TYPE AS BINARY), CAST('' AS BINARY) FROM information_schema.TABLES \
        WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
      UNION ALL SELECT 'a', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NAME AS BINARY), \
        CAST(COLUMN_NAME AS BINARY), CAST(ORDINAL_POSITION AS BINARY) FROM information_schema.COLUMNS \
        WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
+     UNION ALL SELECT 'g', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NAME AS BINARY), \
+       CAST(COLUMN_NAME AS BINARY), CAST(GENERATION_EXPRESSION AS BINARY) FROM information_schema.COLUMNS \
+       WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
+       AND GENERATION_EXPRESSION IS NOT NULL AND GENERATION_EXPRESSION <> '' \
      UNION ALL SELECT 'v', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NAME AS BINARY), \
        CAST(VIEW_DEFINITION AS BINARY), CAST('' AS BINARY) FROM information_schema.VIEWS \
        WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
@@ -50,14 +54,14 @@ pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Catalog, String> {
     let mut columns: Vec<(u32, u64, String)> = Vec::new();
     let mut catalog = Catalog::default();
     // Relations first (the server may return the union's parts in any order).
-    for pass in ['r', 'a', 'v', 't', 'f'] {
-        if pass == 'v' {
+    for pass in ['r', 'a', 'g', 'v', 't', 'f'] {
+        if pass == 'g' {
             add_columns(&mut relations, std::mem::take(&mut columns))?;
         }
         for row in rows {
             let kind = text(row, 0)?;
             if kind.len() != 1 || !kind.starts_with(pass) {
-                if !matches!(kind.as_str(), "r" | "a" | "v" | "t" | "f") {
+                if !matches!(kind.as_str(), "r" | "a" | "g" | "v" | "t" | "f") {
                     return Err(format!("a catalog row of unknown kind {kind:?}"));
                 }
                 continue;
@@ -91,6 +95,23 @@ pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Catalog, String> {
                         .parse::<u64>()
                         .map_err(|_| format!("a column position of {schema}.{name} that is not a number"))?;
                     columns.push((oid, position, text(row, 3)?.to_lowercase()));
+                }
+                'g' => {
+                    let column = text(row, 3)?.to_lowercase();
+                    let attnum = by_name
+                        .get(&key)
+                        .and_then(|oid| relations.by_oid.get(oid))
+                        .and_then(|r| r.columns.iter().find(|c| c.name == column).map(|c| (r.oid, c.attnum)));
+                    if let Some(at) = attnum {
+                        // The names it uses (identifiers, folded; string contents too: more, not fewer).
+                        let expression = text(row, 4)?.to_lowercase();
+                        let names: Vec<String> = expression
+                            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                            .filter(|w| !w.is_empty())
+                            .map(str::to_string)
+                            .collect();
+                        relations.generated_from.insert(at, names);
+                    }
                 }
                 'v' => {
                     if let Some(&oid) = by_name.get(&key)
@@ -166,6 +187,7 @@ mod tests {
             row(&["v", "crm", "v", "select `crm`.`people`.`ssn` AS `x` from `crm`.`people`", ""]),
             row(&["t", "crm", "people", "", ""]),
             row(&["f", "crm", "Leak", "FUNCTION", ""]),
+            row(&["g", "crm", "people", "ID", "concat(`SSN`,'x')"]),
         ];
         let c = catalog(&rows).unwrap();
         let r = c.relations.as_ref().unwrap();
@@ -177,6 +199,7 @@ mod tests {
         assert_eq!(r.named("crm", "v").unwrap().kind, 'v');
         assert!(r.named("crm", "v").unwrap().definition.is_some());
         assert!(c.has_user_function("leak"));
+        assert!(r.generated_from[&(people.oid, 1)].contains(&"ssn".to_string()));
         assert_eq!(origin(&c, b"CRM", b"PEOPLE", b"Ssn"), Some((people.oid, 2)));
         assert_eq!(origin(&c, b"crm", b"people", b"nope"), None);
         assert!(catalog(&[row(&["z", "a", "b", "", ""])]).is_err());

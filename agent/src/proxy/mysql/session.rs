@@ -658,8 +658,10 @@ impl Session<'_> {
                         SessionError::Protocol(ProtocolError::Client("sent a statement command without an id".into()))
                     })?;
                     let known = if id == u32::MAX {
-                        // MariaDB: the statement prepared last.
-                        self.last_prepare.clone()
+                        // MariaDB: the statement prepared last, once the server said it was
+                        // (a prepare it refuses leaves the one before as the last).
+                        let unconfirmed = self.owed.any_pending(|o| matches!(o.kind, Kind::Prepare(..)));
+                        if unconfirmed { None } else { self.last_prepare.clone() }
                     } else {
                         self.prepared.get(&id).map(|s| (s.sql.clone(), s.lexing))
                     };
@@ -683,6 +685,13 @@ impl Session<'_> {
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
             let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
+            if cursor.is_none() && inspect && (hooks.filters_results() || hooks.limits_results()) {
+                // Its rows could be neither masked nor counted (MariaDB's id -1, a cursor opened
+                // by an execution the proxy could not tie to a statement).
+                let message = "warden: a fetch from a cursor the proxy did not see opened is not relayed while results are masked or limited";
+                self.refuse(refusal::ACCESS_DENIED, *b"42000", message);
+                return Ok(());
+            }
             let running = cursor.map(|(resumes, judgement)| Running {
                 resumes: Some(resumes),
                 judgement,

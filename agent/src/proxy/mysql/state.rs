@@ -145,6 +145,11 @@ impl<T> Owed<T> {
         self.queue.iter().any(|a| matches!(a, Answer::Server { shape: Shape::Results { binary: false }, .. }))
     }
 
+    /// Whether an answer owed is the server's with a tag `f` holds for.
+    pub fn any_pending(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.queue.iter().any(|a| matches!(a, Answer::Server { tag, .. } if f(tag)))
+    }
+
     /// The front answer, when it is the server's.
     pub fn front(&self) -> Option<(Shape, &T)> {
         match self.queue.front()? {
