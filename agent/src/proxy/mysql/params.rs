@@ -103,7 +103,7 @@ fn value(kind: u8, unsigned: bool, rest: &mut &[u8]) -> Option<(u8, Vec<u8>)> {
             let b = take(n)?;
             let at = |i: usize| b.get(i).copied().unwrap_or(0);
             let days = u32::from_le_bytes([at(1), at(2), at(3), at(4)]);
-            let hours = days * 24 + u32::from(at(5));
+            let hours = u64::from(days) * 24 + u64::from(at(5));
             let mut s = format!("{}{hours:02}:{:02}:{:02}", if at(0) == 1 { "-" } else { "" }, at(6), at(7));
             if n >= 12 {
                 s.push_str(&format!(".{:06}", u32::from_le_bytes([at(8), at(9), at(10), at(11)])));

@@ -271,3 +271,95 @@ mod tests {
         assert!(rewrite_binary(&row[..8], &columns, &Filter, &mut out).is_err());
     }
 }
+
+#[cfg(test)]
+mod garbage {
+    use super::*;
+
+    /// Masks every value (text: "****", otherwise withheld).
+    struct All;
+
+    impl ResultFilter for All {
+        fn rewrites(&self, _index: usize) -> bool {
+            true
+        }
+
+        fn rewrite(&self, index: usize, _value: &[u8], out: &mut Vec<u8>) -> Rewrite {
+            if index % 2 == 0 {
+                out.extend_from_slice(b"****");
+                Rewrite::Written
+            } else {
+                Rewrite::Null
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused_or_read_never_a_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let kinds = [
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0f, 0xf5, 0xfc, 0xfd, 0xfe,
+        ];
+        let mut out = Vec::new();
+        for _ in 0..50_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0
+                && let Some(first) = bytes.first_mut()
+            {
+                // A binary row's header.
+                *first = 0;
+            }
+            let _ = definition(&bytes);
+            let columns: Vec<Definition> = (0..(next() % 12))
+                .map(|_| Definition {
+                    schema: vec![],
+                    org_table: vec![],
+                    org_name: vec![],
+                    charset: 45,
+                    kind: kinds[(next() % kinds.len() as u64) as usize],
+                })
+                .collect();
+            let _ = rewrite_text(&bytes, columns.len(), &All, &mut out);
+            let _ = rewrite_binary(&bytes, &columns, &All, &mut out);
+            let mut types = Vec::new();
+            let _ = super::super::params::normalise(&bytes, (next() % 9) as usize, &mut types, &[1]);
+            let _ = super::super::params::decode(&bytes);
+            let _ = super::super::refusal::read_err(&bytes);
+            let _ = super::super::refusal::with_message(&bytes, "m");
+        }
+        // The answer state machine, fed arbitrary packets against every shape.
+        use super::super::state::{Answer, Owed, Shape};
+        let shapes = [
+            Shape::Results { binary: false },
+            Shape::Results { binary: true },
+            Shape::Prepare,
+            Shape::Fetch,
+            Shape::FieldList,
+            Shape::Status,
+            Shape::Any,
+        ];
+        for _ in 0..2_000 {
+            let mut owed = Owed::new(next() % 2 == 0);
+            for _ in 0..4 {
+                owed.push(Answer::Server { shape: shapes[(next() % shapes.len() as u64) as usize], tag: () });
+            }
+            for _ in 0..40 {
+                let len = (next() % 24) as usize;
+                let payload: Vec<u8> = (0..len)
+                    .map(|_| [0x00, 0x01, 0x02, 0xfe, 0xff, 0xfb, next() as u8][(next() % 7) as usize])
+                    .collect();
+                let p = packet::Packet { seq: 1, fragments: 1, payload: bytes::BytesMut::from(&payload[..]) };
+                if owed.on_server(&p).is_err() || owed.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+}
