@@ -285,7 +285,7 @@ mod garbage {
         }
 
         fn rewrite(&self, index: usize, _value: &[u8], out: &mut Vec<u8>) -> Rewrite {
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 out.extend_from_slice(b"****");
                 Rewrite::Written
             } else {
