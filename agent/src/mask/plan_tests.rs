@@ -405,6 +405,7 @@ fn mysql_statements_are_traced_under_mysqls_rules() {
     untraced("SELECT info FROM information_schema.processlist");
     untraced("SELECT sql_text FROM performance_schema.events_statements_history");
     untraced("SELECT crm.leak(id) FROM customers");
+    untraced("CALL crm.report()");
     ok("SELECT table_name FROM information_schema.tables", &["clear"]);
     ok("SELECT @@version", &["clear"]);
     // Copies and probes.

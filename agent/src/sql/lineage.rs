@@ -403,6 +403,11 @@ impl Analyzer<'_> {
                 // What its expressions read goes where the statement puts it (a variable, a
                 // procedure's arguments, a table): copied.
                 self.collect(statement, &Scope::new(None), Into_::Copied);
+                if let Statement::Call(f) = statement {
+                    // A procedure's result sets are whatever its body selects.
+                    self.out.opaque.push(format!("calls procedure {}, whose results are not traced", f.name));
+                    self.out.exact = false;
+                }
             }
             _ => {}
         }

@@ -50,6 +50,7 @@ create view crm.contacts as select c.id, c.email as contact, upper(c.name) as sh
 create table crm.people(name varchar(40), badge varchar(20));
 create table crm.notes(id int, body varchar(200));
 create function crm.echo_email(i int) returns varchar(80) reads sql data return (select email from crm.customers where id = i);
+create procedure crm.report() select concat(api_key, '') as k, concat(ssn, '') as s from crm.customers;
 ";
 
 /// Statements that try to read a protected value: the column under other names and cases,
@@ -114,6 +115,7 @@ const ATTACKS: &[&str] = &[
     "select id from crm.customers where match(email) against ('zqx*' in boolean mode)",
     "use information_schema; select info from processlist",
     "select ssn_copy, concat(ssn_copy, '') from crm.customers",
+    "call crm.report()",
 ];
 
 fn start() -> (MariaDb, Agent) {

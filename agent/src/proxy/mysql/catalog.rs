@@ -23,7 +23,8 @@ pub const MAX_RELATIONS: usize = 50_000;
 /// What the proxy asks the server for, each value cast to binary (the server converts text to
 /// the session's character_set_results, which the client chooses). Rows: kind, schema,
 /// relation, then per kind: r (table type), a (column name, ordinal position), g (a generated
-/// column and its expression), v (view definition), t (a trigger on it), f (a routine: its type).
+/// column and its expression), v (view definition), t (a trigger on it), f (a routine: its type),
+/// c (a collation of a character set whose text is not ASCII-compatible: its id).
 pub const QUERY: &str = "SELECT 'r', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NAME AS BINARY), \
        CAST(TABLE_TYPE AS BINARY), CAST('' AS BINARY) FROM information_schema.TABLES \
        WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
@@ -40,10 +41,20 @@ pub const QUERY: &str = "SELECT 'r', CAST(TABLE_SCHEMA AS BINARY), CAST(TABLE_NA
      UNION ALL SELECT 't', CAST(EVENT_OBJECT_SCHEMA AS BINARY), CAST(EVENT_OBJECT_TABLE AS BINARY), \
        CAST('' AS BINARY), CAST('' AS BINARY) FROM information_schema.TRIGGERS \
      UNION ALL SELECT 'f', CAST(ROUTINE_SCHEMA AS BINARY), CAST(ROUTINE_NAME AS BINARY), \
-       CAST(ROUTINE_TYPE AS BINARY), CAST('' AS BINARY) FROM information_schema.ROUTINES";
+       CAST(ROUTINE_TYPE AS BINARY), CAST('' AS BINARY) FROM information_schema.ROUTINES \
+     UNION ALL SELECT 'c', CAST(CHARACTER_SET_NAME AS BINARY), CAST(COLLATION_NAME AS BINARY), \
+       CAST(ID AS BINARY), CAST('' AS BINARY) FROM information_schema.COLLATIONS \
+       WHERE CHARACTER_SET_NAME IN ('ucs2', 'utf16', 'utf16le', 'utf32')";
+
+/// What the catalog query tells: the catalog, and the collation ids whose text is not
+/// ASCII-compatible (UCS-2, UTF-16, UTF-32: a value in them is not read by the detectors).
+pub struct Read {
+    pub catalog: Catalog,
+    pub wide: HashSet<u16>,
+}
 
 /// Builds the catalog from the query's rows (each five values), or says why it cannot.
-pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Catalog, String> {
+pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Read, String> {
     let text = |row: &Vec<Option<Vec<u8>>>, i: usize| -> Result<String, String> {
         let bytes = row.get(i).ok_or("a catalog row with too few values")?.clone().unwrap_or_default();
         String::from_utf8(bytes).map_err(|_| "a catalog value that is not UTF-8".to_string())
@@ -53,15 +64,16 @@ pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Catalog, String> {
     let mut collided: HashSet<u32> = HashSet::new();
     let mut columns: Vec<(u32, u64, String)> = Vec::new();
     let mut catalog = Catalog::default();
+    let mut wide = HashSet::new();
     // Relations first (the server may return the union's parts in any order).
-    for pass in ['r', 'a', 'g', 'v', 't', 'f'] {
+    for pass in ['r', 'a', 'g', 'v', 't', 'f', 'c'] {
         if pass == 'g' {
             add_columns(&mut relations, std::mem::take(&mut columns))?;
         }
         for row in rows {
             let kind = text(row, 0)?;
             if kind.len() != 1 || !kind.starts_with(pass) {
-                if !matches!(kind.as_str(), "r" | "a" | "g" | "v" | "t" | "f") {
+                if !matches!(kind.as_str(), "r" | "a" | "g" | "v" | "t" | "f" | "c") {
                     return Err(format!("a catalog row of unknown kind {kind:?}"));
                 }
                 continue;
@@ -132,12 +144,17 @@ pub fn catalog(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Catalog, String> {
                         r.code = true;
                     }
                 }
-                _ => catalog.add_function(&schema, &name, Volatility::Volatile, None),
+                'f' => catalog.add_function(&schema, &name, Volatility::Volatile, None),
+                _ => {
+                    if let Ok(id) = text(row, 3)?.parse::<u16>() {
+                        wide.insert(id);
+                    }
+                }
             }
         }
     }
     catalog.relations = Some(relations);
-    Ok(catalog)
+    Ok(Read { catalog, wide })
 }
 
 /// Adds columns (relation, ordinal position, name) in each relation's ordinal order, each
@@ -188,8 +205,11 @@ mod tests {
             row(&["t", "crm", "people", "", ""]),
             row(&["f", "crm", "Leak", "FUNCTION", ""]),
             row(&["g", "crm", "people", "ID", "concat(`SSN`,'x')"]),
+            row(&["c", "utf16", "utf16_general_ci", "54", ""]),
         ];
-        let c = catalog(&rows).unwrap();
+        let read = catalog(&rows).unwrap();
+        assert!(read.wide.contains(&54));
+        let c = read.catalog;
         let r = c.relations.as_ref().unwrap();
         let people = r.named("crm", "people").unwrap();
         assert_eq!(people.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "ssn"]);

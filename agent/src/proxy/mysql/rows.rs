@@ -91,6 +91,28 @@ impl Definition {
     }
 }
 
+/// A filter for a result with columns in a character set that is not ASCII-compatible (UCS-2,
+/// UTF-16, UTF-32, by the session's character_set_results or the column's own): a value of
+/// them that would be rewritten or looked at is withheld (the detectors read ASCII-compatible
+/// text, and a masked form written in ASCII would not be text of that set).
+pub struct WideWithheld {
+    pub inner: Box<dyn ResultFilter>,
+    pub wide: Vec<bool>,
+}
+
+impl ResultFilter for WideWithheld {
+    fn rewrites(&self, index: usize) -> bool {
+        self.inner.rewrites(index)
+    }
+
+    fn rewrite(&self, index: usize, value: &[u8], out: &mut Vec<u8>) -> Rewrite {
+        if self.wide.get(index).copied().unwrap_or(true) {
+            return Rewrite::Null;
+        }
+        self.inner.rewrite(index, value, out)
+    }
+}
+
 /// A row that does not read as its definitions say: the server's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("sent a row that does not match its column definitions ({0})")]
@@ -252,6 +274,29 @@ mod tests {
         assert_eq!(out, b"\x011\x04****\xfb\xfb");
         assert!(rewrite_text(row, 3, &Filter, &mut out).is_err(), "more values than columns");
         assert!(rewrite_text(b"\x05ab", 1, &Filter, &mut out).is_err());
+    }
+
+    /// Looks at every value and finds nothing (the detectors on text they cannot read).
+    struct KeepAll;
+
+    impl ResultFilter for KeepAll {
+        fn rewrites(&self, _index: usize) -> bool {
+            true
+        }
+
+        fn rewrite(&self, _index: usize, _value: &[u8], _out: &mut Vec<u8>) -> Rewrite {
+            Rewrite::Keep
+        }
+    }
+
+    #[test]
+    fn values_in_a_wide_character_set_that_would_be_looked_at_are_withheld() {
+        // "857" in UTF-16: the detectors would see no digits run.
+        let row = b"\x06\x008\x005\x007\x03abc";
+        let filter = WideWithheld { inner: Box::new(KeepAll), wide: vec![true, false] };
+        let mut out = Vec::new();
+        rewrite_text(row, 2, &filter, &mut out).unwrap();
+        assert_eq!(out, b"\xfb\x03abc");
     }
 
     #[test]

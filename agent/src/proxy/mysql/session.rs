@@ -182,6 +182,8 @@ struct Session<'a> {
     mariadb: bool,
     /// The relations as last read (what a result column's origin is resolved through).
     catalog: Arc<Catalog>,
+    /// Collation ids whose text is not ASCII-compatible (as last read with the catalog).
+    wide: Arc<std::collections::HashSet<u16>>,
     /// A row as rewritten for the client.
     row_buf: Vec<u8>,
 }
@@ -214,6 +216,7 @@ pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionR
         judged: 0,
         mariadb: est.mariadb,
         catalog: Arc::default(),
+        wide: Arc::default(),
         row_buf: Vec::new(),
     };
     let ended = async {
@@ -393,7 +396,8 @@ impl Session<'_> {
                 (true, Some(id)) => self.prepared.get(&id).and_then(|s| s.cursor_columns.clone()),
                 _ => None,
             };
-            let outcome = govern_packet(owner, &event, &p, cursor, &**hooks, &self.catalog, &mut self.row_buf)?;
+            let known = Known { catalog: &self.catalog, wide: &self.wide };
+            let outcome = govern_packet(owner, &event, &p, cursor, &**hooks, known, &mut self.row_buf)?;
             if let Event::Done { status, .. } = event
                 && status & state::CURSOR_EXISTS != 0
                 && !owner.fetch
@@ -890,7 +894,10 @@ impl Session<'_> {
         if self.ctx.hooks.wants_relations() {
             // Without them masking withholds every value: the session goes on.
             match self.internal_query("catalog", catalog::QUERY).await?.and_then(|rows| catalog::catalog(&rows)) {
-                Ok(c) => facts.catalog = Arc::new(c),
+                Ok(read) => {
+                    facts.catalog = Arc::new(read.catalog);
+                    self.wide = Arc::new(read.wide);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the MySQL catalog could not be read: masked results are withheld")
                 }
@@ -1101,7 +1108,7 @@ fn govern_packet(
     p: &Packet,
     cursor: Option<Arc<[Definition]>>,
     hooks: &dyn SessionHooks,
-    catalog: &Catalog,
+    known: Known<'_>,
     row_buf: &mut Vec<u8>,
 ) -> Result<Governed, SessionError> {
     let server = |why: String| SessionError::Protocol(ProtocolError::Server(why));
@@ -1121,7 +1128,7 @@ fn govern_packet(
                     rows::definition(&p.payload).ok_or_else(|| server("sent a malformed column definition".into()))?;
                 result.columns.push(definition);
                 if result.columns.len() == result.expected {
-                    result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                    result.begin(owner.running.as_ref(), owner.binary, hooks, known);
                 }
             }
         }
@@ -1133,7 +1140,7 @@ fn govern_packet(
                     match cursor {
                         Some(columns) => {
                             result = ResultState { expected: columns.len(), columns: columns.to_vec(), ..result };
-                            result.begin(owner.running.as_ref(), owner.binary, hooks, catalog);
+                            result.begin(owner.running.as_ref(), owner.binary, hooks, known);
                         }
                         None if hooks.filters_results() => {
                             // Rows that cannot be read are not relayed unmasked.
@@ -1210,18 +1217,28 @@ fn govern_packet(
     Ok(out)
 }
 
+/// What the session read of its database that results are read with.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    catalog: &'a Catalog,
+    wide: &'a std::collections::HashSet<u16>,
+}
+
 impl ResultState {
     /// The columns are known: asks the hooks for the filter and the limit.
-    fn begin(&mut self, running: Option<&Running>, binary: bool, hooks: &dyn SessionHooks, catalog: &Catalog) {
+    fn begin(&mut self, running: Option<&Running>, binary: bool, hooks: &dyn SessionHooks, known: Known<'_>) {
         let Some(running) = running else { return };
         let part = running.completed as usize;
         let columns: Vec<ResultColumn> = self
             .columns
             .iter()
-            .map(|d| d.result_column(catalog::origin(catalog, &d.schema, &d.org_table, &d.org_name), binary))
+            .map(|d| d.result_column(catalog::origin(known.catalog, &d.schema, &d.org_table, &d.org_name), binary))
             .collect();
         if hooks.filters_results() {
-            self.filter = hooks.result_filter(Some(running), part, &columns, false);
+            self.filter = hooks.result_filter(Some(running), part, &columns, false).map(|filter| {
+                let wide: Vec<bool> = self.columns.iter().map(|d| known.wide.contains(&d.charset)).collect();
+                if wide.contains(&true) { Box::new(rows::WideWithheld { inner: filter, wide }) as _ } else { filter }
+            });
         }
         if hooks.limits_results() {
             self.measure = hooks.result_limit(running, part).map(|l| Measure::new(l, 0));
