@@ -7,7 +7,8 @@ MODE: text (PyMySQL, COM_QUERY with multi-statements: text rows), prepared (mysq
 prepared cursor: COM_STMT_PREPARE / EXECUTE, binary rows, run twice), cursor (raw protocol:
 COM_STMT_EXECUTE opening a read-only cursor with the first COM_STMT_FETCH in the same write,
 then fetches of two rows at a time; the raw row bytes are printed), cursor_last (the same,
-the fetches naming MariaDB's statement id -1).
+the fetches naming MariaDB's statement id -1), switch_db (prepared in crm, executed after
+COM_INIT_DB back to DATABASE), cursor_one (as cursor, one row per fetch).
 """
 import hashlib
 import json
@@ -114,8 +115,9 @@ def error_of(body):
     return {"code": code, "message": body[9:].decode("utf-8", "replace")}
 
 
-def cursor_mode(last_id=False):
-    """`last_id`: the fetches name MariaDB's statement id -1 (the statement prepared last)."""
+def cursor_mode(last_id=False, batch=2):
+    """`last_id`: the fetches name MariaDB's statement id -1 (the statement prepared last);
+    `batch`: rows asked for by each fetch."""
     out = []
     for sql in statements:
         entry = {"sql": sql, "results": []}
@@ -134,7 +136,7 @@ def cursor_mode(last_id=False):
                         read_packet(s)
             # Execute with CURSOR_TYPE_READ_ONLY, no parameters, and the first fetch in the
             # same write (before the execution's answer has described the cursor's columns).
-            fetch = packet(0, b"\x1c" + struct.pack("<II", 0xFFFFFFFF if last_id else stmt, 2))
+            fetch = packet(0, b"\x1c" + struct.pack("<II", 0xFFFFFFFF if last_id else stmt, batch))
             s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1)) + fetch)
             _, body = read_packet(s)
             if body[:1] in (b"\xff", b"\x00"):
@@ -174,7 +176,53 @@ def cursor_mode(last_id=False):
     return out
 
 
-modes = {"text": text_mode, "prepared": prepared_mode, "cursor": cursor_mode,
-         "cursor_last": lambda: cursor_mode(last_id=True)}
+def switch_db_mode():
+    """Each statement prepared in database crm, executed after COM_INIT_DB back to DATABASE
+    (the server runs it in crm, where it was prepared); the raw answer packets."""
+    out = []
+    for sql in statements:
+        entry = {"sql": sql, "results": []}
+        s = raw_connect()
+        try:
+            s.sendall(packet(0, b"\x02crm"))
+            read_packet(s)
+            s.sendall(packet(0, b"\x16" + sql.encode()))
+            _, body = read_packet(s)
+            if body[:1] == b"\xff":
+                entry["error"] = error_of(body)
+                out.append(entry)
+                continue
+            stmt, columns, params = struct.unpack("<IHH", body[1:9])
+            for n in (params, columns):
+                if n:
+                    for _ in range(n + 1):
+                        read_packet(s)
+            s.sendall(packet(0, b"\x02" + database.encode()))
+            read_packet(s)
+            s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 0, 1)))
+            rows = []
+            eofs = 0
+            while True:
+                _, body = read_packet(s)
+                if body[:1] == b"\xff":
+                    entry["error"] = error_of(body)
+                    break
+                if body[:1] == b"\x00" and not rows and eofs == 0:
+                    break
+                if body[:1] == b"\xfe" and len(body) < 9:
+                    eofs += 1
+                    if eofs == 2:
+                        break
+                    continue
+                rows.append(body.decode("latin-1"))
+            entry["results"].append(rows)
+        finally:
+            s.close()
+        out.append(entry)
+    return out
+
+
+modes = {"text": text_mode, "prepared": prepared_mode, "cursor": cursor_mode, "switch_db": switch_db_mode,
+         "cursor_last": lambda: cursor_mode(last_id=True), "cursor_one": lambda: cursor_mode(batch=1)}
 results = modes[mode]()
 print(json.dumps({"results": results}))

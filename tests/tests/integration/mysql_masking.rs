@@ -50,6 +50,8 @@ create view crm.contacts as select c.id, c.email as contact, upper(c.name) as sh
 create table crm.people(name varchar(40), badge varchar(20));
 create table crm.notes(id int, body varchar(200));
 create function crm.echo_email(i int) returns varchar(80) reads sql data return (select email from crm.customers where id = i);
+create table test.customers(ssn varchar(11), email varchar(80));
+insert into test.customers values ('000-00-0000', 'nobody@example.test');
 create procedure crm.report() select concat(api_key, '') as k, concat(ssn, '') as s from crm.customers;
 ";
 
@@ -173,6 +175,11 @@ fn no_protected_value_reaches_a_masked_mysql_client_by_any_statement_or_protocol
             assert_eq!(fetched["error"]["code"], 1142, "{fetched}");
         }
     }
+    // A statement prepared in crm runs there, whatever database is current when it is
+    // executed: not judged (nor masked) as reading test.customers.
+    let switched = run(&agent, &db, AGENT, "switch_db", &["select concat(ssn, ''), email from customers"]);
+    assert_no_leak(&format!("switch_db: {}", agent.log()), &switched.to_string());
+    assert_eq!(switched["results"][0]["error"]["code"], 1142, "{switched}");
     // Nothing was copied out: refused copies changed nothing.
     assert_eq!(db.sql("select count(*) from crm.notes"), "0");
     assert_eq!(db.sql("select count(*) from information_schema.tables where table_name = 'leak'"), "0");
@@ -241,6 +248,12 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_limits_stop_re
     assert_eq!(out, "10\n11", "the rows up to the cap reach the client, no more");
     let (ok, out, err) = through(AGENT, "select id from crm.orders where id = 13; select 42");
     assert!(ok && out == "13\n42", "{out}\n{err}");
+    // Through a cursor, one row per fetch: the fetches count on from the execution that
+    // opened it, and the third row is refused.
+    let fetched = run(&agent, &db, AGENT, "cursor_one", &["select id from crm.orders order by id"]);
+    let entry = &fetched["results"][0];
+    assert_eq!(entry["results"][0].as_array().map(Vec::len), Some(2), "{fetched}");
+    assert_eq!(entry["error"]["code"], 1226, "{fetched}");
     let stopped = agent.wait_record("the stopped statement", |r| {
         r["kind"] == "statement" && r["text"].as_str().is_some_and(|t| t.contains("crm.orders order by"))
     });

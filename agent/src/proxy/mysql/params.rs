@@ -40,12 +40,13 @@ pub fn normalise(payload: &[u8], count: usize, types: &mut Vec<ParamType>, long_
         return None;
     }
     for (i, &(kind, unsigned)) in types.iter().enumerate() {
-        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-            out.push(NULL);
-            continue;
-        }
+        // The server binds long data first, whatever the NULL bitmap says.
         if long_data.contains(&(i as u16)) {
             put(&mut out, TEXT, b"(long data)");
+            continue;
+        }
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            out.push(NULL);
             continue;
         }
         let (form, value) = value(kind, unsigned, &mut rest)?;
@@ -171,6 +172,10 @@ mod tests {
         let message = normalise(&again, 4, &mut types, &[2]).unwrap();
         let shown: Vec<Option<Vec<u8>>> = decode(&message).into_iter().map(|(v, _)| v.map(<[u8]>::to_vec)).collect();
         assert_eq!(shown, [Some(b"5".to_vec()), None, Some(b"(long data)".to_vec()), Some(b"2024-01-02".to_vec())]);
+        // Long data wins over the NULL bit, as the server binds it.
+        let message = normalise(&again, 4, &mut types, &[1, 2]).unwrap();
+        assert_eq!(decode(&message)[1].0, Some(&b"(long data)"[..]));
+        assert_eq!(decode(&message)[3].0, Some(&b"2024-01-02"[..]));
         // Truncated: not read.
         assert!(normalise(&p[..p.len() - 3], 4, &mut Vec::new(), &[]).is_none());
         assert!(normalise(&again, 3, &mut vec![(3, false)], &[]).is_none());

@@ -59,7 +59,14 @@ const MAX_PREPARED: usize = 16_384;
 /// Each value is cast to binary: the server converts text results to the session's
 /// character_set_results, which the client chooses (UTF-16 would garble every fact).
 const FACTS_QUERY: &str = "SELECT CAST(DATABASE() AS BINARY), CAST(CURRENT_USER() AS BINARY), \
-     CAST(@@character_set_client AS BINARY), CAST(@@sql_mode AS BINARY)";
+     CAST(@@character_set_client AS BINARY), CAST(@@sql_mode AS BINARY), \
+     CAST(@@character_set_results AS BINARY)";
+
+/// What the proxy keeps of the answer to its own query at most.
+const MAX_INTERNAL_ANSWER: usize = 16 << 20;
+
+/// Character sets whose text is not ASCII-compatible (what masking cannot read or write in).
+const WIDE_CHARSETS: &[&str] = &["ucs2", "utf16", "utf16le", "utf32"];
 
 /// Character sets whose multibyte characters can hold the bytes of `'`, `"` or `\`: text in
 /// them cannot be lexed from its bytes.
@@ -115,8 +122,8 @@ struct ResultState {
 enum Kind {
     /// A statement's results (COM_QUERY, COM_STMT_EXECUTE, COM_STMT_FETCH).
     Statement,
-    /// COM_STMT_PREPARE of this text.
-    Prepare(Arc<str>, Lexing),
+    /// COM_STMT_PREPARE of this text, in this database.
+    Prepare(Arc<str>, Lexing, Db),
     /// COM_INIT_DB: the database it selects.
     InitDb(String),
     ResetConnection,
@@ -129,9 +136,17 @@ enum Kind {
 }
 
 /// A statement the server prepared.
+/// The current database as far as the proxy knows it: `None` when it may have changed since
+/// the facts were read, `Some(None)` when there is none.
+type Db = Option<Option<String>>;
+
 struct Prepared {
     sql: Arc<str>,
     lexing: Lexing,
+    /// The database it was prepared in: it runs there, whatever is current when executed.
+    database: Db,
+    /// Closed by the client while answers of it were still owed.
+    closed: bool,
     /// The last execution that opened a cursor: what its fetches continue.
     cursor: Option<(u64, Option<Arc<Judgement>>)>,
     /// The columns of that cursor's rows.
@@ -172,11 +187,11 @@ struct Session<'a> {
     charset_unsettled: bool,
     prepared: HashMap<u32, Prepared>,
     /// SQL-level prepared statements by name (lower case): their text and how it lexed.
-    sql_prepared: HashMap<String, (Arc<str>, Lexing)>,
+    sql_prepared: HashMap<String, (Arc<str>, Lexing, Db)>,
     /// The text of the statement the server prepared last, as far as the proxy knows (MariaDB's
     /// statement id -1 names it): set when a prepare is forwarded, cleared when one is refused
     /// or fails.
-    last_prepare: Option<(Arc<str>, Lexing)>,
+    last_prepare: Option<(Arc<str>, Lexing, Db)>,
     statements: u64,
     judged: u64,
     mariadb: bool,
@@ -184,6 +199,8 @@ struct Session<'a> {
     catalog: Arc<Catalog>,
     /// Collation ids whose text is not ASCII-compatible (as last read with the catalog).
     wide: Arc<std::collections::HashSet<u16>>,
+    /// character_set_results is not ASCII-compatible: the server's messages are in it too.
+    results_wide: bool,
     /// A row as rewritten for the client.
     row_buf: Vec<u8>,
 }
@@ -217,6 +234,7 @@ pub async fn relay(ctx: &SessionContext, est: Established, report: &mut SessionR
         mariadb: est.mariadb,
         catalog: Arc::default(),
         wide: Arc::default(),
+        results_wide: false,
         row_buf: Vec::new(),
     };
     let ended = async {
@@ -316,6 +334,11 @@ impl Session<'_> {
         self.local_files && self.owed.owes_query()
     }
 
+    /// The current database, when the proxy knows it.
+    fn current_db(&self) -> Db {
+        (!self.facts_stale).then(|| self.database.clone())
+    }
+
     fn lexing(&self) -> Lexing {
         Lexing {
             standard_conforming_strings: true,
@@ -359,6 +382,7 @@ impl Session<'_> {
             }
         } else if let Some(seq) = owner.infile_refused
             && matches!(event, Event::Done { .. } | Event::Error)
+            && owner.stopped.is_none()
         {
             // The server's answer to the file it was not sent: the client hears why instead.
             let message = "warden: the server asked for a client file (LOAD DATA LOCAL INFILE), which this statement was not judged to send; refused";
@@ -396,7 +420,7 @@ impl Session<'_> {
                 (true, Some(id)) => self.prepared.get(&id).and_then(|s| s.cursor_columns.clone()),
                 _ => None,
             };
-            let known = Known { catalog: &self.catalog, wide: &self.wide };
+            let known = Known { catalog: &self.catalog, wide: &self.wide, results_wide: self.results_wide };
             let outcome = govern_packet(owner, &event, &p, cursor, &**hooks, known, &mut self.row_buf)?;
             if let Event::Done { status, .. } = event
                 && status & state::CURSOR_EXISTS != 0
@@ -440,12 +464,19 @@ impl Session<'_> {
                         self.ansi_quotes = status & state::ANSI_QUOTES != 0;
                     }
                     if let Some(r) = owner.running.as_mut() {
-                        track_sql_prepared(&mut self.sql_prepared, r);
-                        let tag = match affected {
-                            Some(n) => format!("OK {n}"),
-                            None => format!("SELECT {}", r.rows),
-                        };
-                        hooks.on_complete(Some(r), &tag);
+                        let db = (!self.facts_stale).then(|| self.database.clone());
+                        track_sql_prepared(&mut self.sql_prepared, r, db);
+                        if status & state::CURSOR_EXISTS != 0 && status & state::LAST_ROW_SENT == 0 {
+                            // An execution that opened a cursor, or a fetch with rows left: it
+                            // goes on with the next fetch (its volume counted on).
+                            hooks.on_suspended(r);
+                        } else {
+                            let tag = match affected {
+                                Some(n) => format!("OK {n}"),
+                                None => format!("SELECT {}", r.rows),
+                            };
+                            hooks.on_complete(Some(r), &tag);
+                        }
                         r.rows = 0;
                         r.completed += 1;
                     }
@@ -467,12 +498,14 @@ impl Session<'_> {
                     }
                 }
                 Event::Prepared { id, params, .. } => {
-                    if let Kind::Prepare(sql, lexing) = &owner.kind {
+                    if let Kind::Prepare(sql, lexing, database) = &owner.kind {
                         self.prepared.insert(
                             id,
                             Prepared {
                                 sql: sql.clone(),
                                 lexing: *lexing,
+                                database: database.clone(),
+                                closed: false,
                                 cursor: None,
                                 cursor_columns: None,
                                 params: usize::from(params),
@@ -495,6 +528,12 @@ impl Session<'_> {
     /// An answer ended.
     fn answered(&mut self, owner: Owner, last: &Event) {
         let ok = !matches!(last, Event::Error);
+        if let Some(id) = owner.stmt
+            && self.prepared.get(&id).is_some_and(|s| s.closed)
+            && !self.owed.any_pending(|o| o.stmt == Some(id))
+        {
+            self.prepared.remove(&id);
+        }
         match owner.kind {
             Kind::InitDb(db) if ok => {
                 self.database = Some(db);
@@ -550,7 +589,15 @@ impl Session<'_> {
                 // judged with; a close ends what a statement id names.
                 match (command, stmt_id(&p.payload)) {
                     (COM_STMT_CLOSE, Some(id)) => {
-                        self.prepared.remove(&id);
+                        // Answers still owed for it (a pipelined fetch) are read with what it
+                        // was; it is forgotten once they end.
+                        if self.owed.any_pending(|o| o.stmt == Some(id)) {
+                            if let Some(prepared) = self.prepared.get_mut(&id) {
+                                prepared.closed = true;
+                            }
+                        } else {
+                            self.prepared.remove(&id);
+                        }
                     }
                     (_, Some(id)) => {
                         if let (Some(prepared), Some(param)) = (self.prepared.get_mut(&id), p.payload.get(5..7)) {
@@ -655,7 +702,8 @@ impl Session<'_> {
                         return Ok(());
                     }
                     let (sql, lexing) = statement_text(&p.payload[1..], now, &self.charset);
-                    (sql.clone(), true, lexing, Step::Prepare, Kind::Prepare(sql, lexing), None)
+                    let db = self.current_db();
+                    (sql.clone(), true, lexing, Step::Prepare, Kind::Prepare(sql, lexing, db), None)
                 }
                 _ => {
                     let id = stmt_id(&p.payload).ok_or_else(|| {
@@ -667,10 +715,18 @@ impl Session<'_> {
                         let unconfirmed = self.owed.any_pending(|o| matches!(o.kind, Kind::Prepare(..)));
                         if unconfirmed { None } else { self.last_prepare.clone() }
                     } else {
-                        self.prepared.get(&id).map(|s| (s.sql.clone(), s.lexing))
+                        self.prepared
+                            .get(&id)
+                            .filter(|s| !s.closed)
+                            .map(|s| (s.sql.clone(), s.lexing, s.database.clone()))
                     };
                     let (sql, known, lexing) = match known {
-                        Some((sql, lexing)) => (sql, true, lexing),
+                        // It runs in the database it was prepared in: judged as its text only
+                        // while that is the current one.
+                        Some((sql, lexing, db)) => {
+                            let same = db.is_some() && db == self.current_db();
+                            (sql, same, lexing)
+                        }
                         None => (Arc::from(""), false, now),
                     };
                     (sql, known, lexing, Step::Run, Kind::Statement, Some(id))
@@ -678,17 +734,18 @@ impl Session<'_> {
             };
         // An execution's parameters, read with the types its statement was bound with.
         let parameters: Option<Arc<[u8]>> = match (command, cursor_of) {
-            (COM_STMT_EXECUTE, Some(id)) => self.prepared.get_mut(&id).and_then(|prepared| {
-                let read =
-                    params::normalise(&p.payload, prepared.params, &mut prepared.param_types, &prepared.long_data);
-                prepared.long_data.clear();
-                read.map(Arc::from)
+            (COM_STMT_EXECUTE, Some(id)) => self.prepared.get_mut(&id).filter(|s| !s.closed).and_then(|prepared| {
+                // Long data is cleared when the execution is forwarded (a refused one leaves
+                // the server holding it).
+                params::normalise(&p.payload, prepared.params, &mut prepared.param_types, &prepared.long_data)
+                    .map(Arc::from)
             }),
             _ => None,
         };
         if command == COM_STMT_FETCH {
             // A fetch reads more rows of the cursor an execution opened: judged with it.
-            let cursor = cursor_of.and_then(|id| self.prepared.get(&id)).and_then(|s| s.cursor.clone());
+            let cursor =
+                cursor_of.and_then(|id| self.prepared.get(&id)).filter(|s| !s.closed).and_then(|s| s.cursor.clone());
             if cursor.is_none() && inspect && (hooks.filters_results() || hooks.limits_results()) {
                 // Its rows could be neither masked nor counted (MariaDB's id -1, a cursor opened
                 // by an execution the proxy could not tie to a statement).
@@ -767,7 +824,14 @@ impl Session<'_> {
         // them; while answers are owed, one of them may change what a name holds: not known
         // (an EXECUTE of it is judged as running unknown text).
         let prepared = |name: &str| {
-            if self.owed.is_empty() { self.sql_prepared.get(&name.to_lowercase()).cloned() } else { None }
+            // Run in the database it was prepared in: known only while that is the current one.
+            let current = self.current_db();
+            match self.sql_prepared.get(&name.to_lowercase()) {
+                Some((text, lexing, db)) if self.owed.is_empty() && db.is_some() && *db == current => {
+                    Some((text.clone(), *lexing))
+                }
+                _ => None,
+            }
         };
         self.ctx.hooks.before_statement(&StatementInfo {
             sql,
@@ -818,7 +882,7 @@ impl Session<'_> {
             }
         }
         match &kind {
-            Kind::Prepare(sql, lexing) => self.last_prepare = Some((sql.clone(), *lexing)),
+            Kind::Prepare(sql, lexing, db) => self.last_prepare = Some((sql.clone(), *lexing, db.clone())),
             Kind::InitDb(_) => self.facts_stale = true,
             _ => {}
         }
@@ -831,6 +895,12 @@ impl Session<'_> {
                     self.charset_unsettled = true;
                 }
             }
+        }
+        if command == COM_STMT_EXECUTE
+            && let Some(prepared) = stmt.and_then(|id| self.prepared.get_mut(&id))
+        {
+            // The server binds (and then drops) the long data sent since the last execution.
+            prepared.long_data.clear();
         }
         if command == COM_STMT_EXECUTE
             && let (Some(id), Some(r)) = (stmt, &running)
@@ -925,6 +995,9 @@ impl Session<'_> {
         self.server.flush().await.map_err(SessionError::UpstreamIo)?;
         let limit = self.ctx.max_message;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        // What is kept of the answer at most (a catalog of very many columns): beyond, it is
+        // read to its end and refused.
+        let mut kept = 0usize;
         loop {
             while let Some(p) = packet::take(&mut self.server_buf, limit)
                 .map_err(|e| SessionError::Protocol(ProtocolError::Server(e.to_string())))?
@@ -934,10 +1007,18 @@ impl Session<'_> {
                 let owner = match done {
                     Some(o) => o,
                     None => {
-                        if let (Event::Row, Some(Owner { kind: Kind::Facts { rows, .. }, .. })) =
+                        if let (Event::Row, Some(Owner { kind: Kind::Facts { rows, error }, .. })) =
                             (&event, self.owed.front_mut())
                         {
-                            rows.push(text_row(&p.payload));
+                            kept += p.payload.len();
+                            if kept > MAX_INTERNAL_ANSWER {
+                                rows.clear();
+                                error.get_or_insert_with(|| {
+                                    format!("the {what} answer is larger than {} MiB", MAX_INTERNAL_ANSWER >> 20)
+                                });
+                            } else {
+                                rows.push(text_row(&p.payload));
+                            }
                         }
                         continue;
                     }
@@ -983,6 +1064,9 @@ impl Session<'_> {
         let account = text(1)?.ok_or("the facts query gave no account")?;
         let charset = text(2)?.ok_or("the facts query gave no character set")?;
         let sql_mode = text(3)?.unwrap_or_default();
+        // NULL: results in each column's own character set, messages in the system's (UTF-8).
+        let results = text(4)?.unwrap_or_default().to_ascii_lowercase();
+        self.results_wide = WIDE_CHARSETS.contains(&results.as_str());
         if charset.is_empty() || !charset.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("the facts query gave a character set that is not a name: {charset:?}"));
         }
@@ -1115,6 +1199,14 @@ fn govern_packet(
     let mut out = Governed { relay: Relay::Same, cut: false, columns: None };
     // Asked where a result begins, not for every row.
     let governs = |owner: &Owner| owner.running.is_some() && (hooks.filters_results() || hooks.limits_results());
+    if matches!(owner.stopped, Some((_, true))) {
+        // The client's answer ended with the cut's ERR: the rest of the server's is not its.
+        out.relay = Relay::Dropped;
+        if let Event::Done { .. } | Event::Error = event {
+            owner.result = None;
+        }
+        return Ok(out);
+    }
     match event {
         Event::ResultStart { columns } if governs(owner) => {
             let expected = usize::try_from(*columns).map_err(|_| server("sent too many columns".into()))?;
@@ -1142,11 +1234,10 @@ fn govern_packet(
                             result = ResultState { expected: columns.len(), columns: columns.to_vec(), ..result };
                             result.begin(owner.running.as_ref(), owner.binary, hooks, known);
                         }
-                        None if hooks.filters_results() => {
-                            // Rows that cannot be read are not relayed unmasked.
+                        None => {
+                            // Rows that cannot be read are not relayed unmasked or uncounted.
                             return Err(server("sent rows of a cursor whose columns the proxy did not see".into()));
                         }
-                        None => {}
                     }
                 }
                 owner.result = Some(result);
@@ -1196,6 +1287,13 @@ fn govern_packet(
                         hooks.on_stopped(r, cut);
                     }
                 }
+            } else if *event == Event::Error && owner.running.is_some() && known.results_wide && hooks.filters_results()
+            {
+                // A message in UTF-16 or the like: the scrubbing cannot read it.
+                let message = "message withheld by warden: the session's character_set_results is not ASCII-compatible";
+                let payload = refusal::with_message(&p.payload, message)
+                    .ok_or_else(|| server("sent a malformed ERR packet".into()))?;
+                out.relay = Relay::Replaced(payload, p.seq);
             } else if *event == Event::Error
                 && owner.running.is_some()
                 && hooks.filters_results()
@@ -1222,6 +1320,8 @@ fn govern_packet(
 struct Known<'a> {
     catalog: &'a Catalog,
     wide: &'a std::collections::HashSet<u16>,
+    /// Messages come in a character set the scrubbing cannot read.
+    results_wide: bool,
 }
 
 impl ResultState {
@@ -1265,7 +1365,7 @@ fn change_user_names(p: &[u8]) -> (String, Option<String>, Vec<u8>) {
 
 /// A statement of `running` completed: if it was a SQL-level PREPARE or DEALLOCATE, what the
 /// name holds now. A PREPARE whose text the proxy cannot read (`FROM @var`) forgets every name.
-fn track_sql_prepared(names: &mut HashMap<String, (Arc<str>, Lexing)>, running: &Running) {
+fn track_sql_prepared(names: &mut HashMap<String, (Arc<str>, Lexing, Db)>, running: &Running, db: Db) {
     let Some(part) = running.judgement.as_ref().and_then(|j| j.parts.get(running.completed as usize)) else {
         return;
     };
@@ -1275,7 +1375,7 @@ fn track_sql_prepared(names: &mut HashMap<String, (Arc<str>, Lexing)>, running: 
     }
     match crate::sql::prepared_statement_command(raw, running.lexing.options()) {
         Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
-            names.insert(name.to_lowercase(), (Arc::from(body), running.lexing));
+            names.insert(name.to_lowercase(), (Arc::from(body), running.lexing, db));
         }
         Some(crate::sql::PreparedCommand::Deallocate { name }) => {
             names.remove(&name.to_lowercase());

@@ -25,6 +25,8 @@ pub const LOCAL_INFILE: u8 = 0xfb;
 
 pub const MORE_RESULTS: u16 = 0x0008;
 pub const CURSOR_EXISTS: u16 = 0x0040;
+/// A fetch read the cursor's last row.
+pub const LAST_ROW_SENT: u16 = 0x0080;
 pub const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 /// MariaDB's: the session's sql_mode has ANSI_QUOTES.
 pub const ANSI_QUOTES: u16 = 0x8000;
