@@ -110,6 +110,21 @@ def raw_connect():
     return s
 
 
+def prepare(s, sql):
+    """COM_STMT_PREPARE: the statement id and column count, or the error."""
+    s.sendall(packet(0, b"\x16" + sql.encode()))
+    _, body = read_packet(s)
+    if body[:1] == b"\xff":
+        return {"error": error_of(body)}
+    stmt, columns, params = struct.unpack("<IHH", body[1:9])
+    # Parameter and column definitions, each list closed by an EOF (no CLIENT_DEPRECATE_EOF).
+    for n in (params, columns):
+        if n:
+            for _ in range(n + 1):
+                read_packet(s)
+    return {"stmt": stmt, "columns": columns}
+
+
 def error_of(body):
     code = struct.unpack("<H", body[1:3])[0]
     return {"code": code, "message": body[9:].decode("utf-8", "replace")}
@@ -123,17 +138,12 @@ def cursor_mode(last_id=False, batch=2):
         entry = {"sql": sql, "results": []}
         s = raw_connect()
         try:
-            s.sendall(packet(0, b"\x16" + sql.encode()))
-            _, body = read_packet(s)
-            if body[:1] == b"\xff":
-                entry["error"] = error_of(body)
+            prepared = prepare(s, sql)
+            if "error" in prepared:
+                entry["error"] = prepared["error"]
                 out.append(entry)
                 continue
-            stmt, columns, params = struct.unpack("<IHH", body[1:9])
-            for n in (params, columns):
-                if n:
-                    for _ in range(n + 1):
-                        read_packet(s)
+            stmt, columns = prepared["stmt"], prepared["columns"]
             # Execute with CURSOR_TYPE_READ_ONLY, no parameters, and the first fetch in the
             # same write (before the execution's answer has described the cursor's columns).
             fetch = packet(0, b"\x1c" + struct.pack("<II", 0xFFFFFFFF if last_id else stmt, batch))
@@ -186,17 +196,12 @@ def switch_db_mode():
         try:
             s.sendall(packet(0, b"\x02crm"))
             read_packet(s)
-            s.sendall(packet(0, b"\x16" + sql.encode()))
-            _, body = read_packet(s)
-            if body[:1] == b"\xff":
-                entry["error"] = error_of(body)
+            prepared = prepare(s, sql)
+            if "error" in prepared:
+                entry["error"] = prepared["error"]
                 out.append(entry)
                 continue
-            stmt, columns, params = struct.unpack("<IHH", body[1:9])
-            for n in (params, columns):
-                if n:
-                    for _ in range(n + 1):
-                        read_packet(s)
+            stmt, columns = prepared["stmt"], prepared["columns"]
             s.sendall(packet(0, b"\x02" + database.encode()))
             read_packet(s)
             s.sendall(packet(0, b"\x17" + struct.pack("<IBI", stmt, 0, 1)))

@@ -31,6 +31,14 @@ fn expect_refused(host: &str, port: u16, why: &str) {
     println!("-> {}", if ok { "UNEXPECTED: connected" } else { why });
 }
 
+/// The mariadb client, as the demo's app user, run by a workload labelled `labels`.
+fn mariadb_exec(agent: &Agent, maria: &MariaDb, labels: &[&str], sql: &str) -> Command {
+    let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
+    let argv = testkit::argv_of(&cli, &["-e", sql]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    agent.exec(labels, &argv)
+}
+
 /// The demo's own policy: deleting accounts needs a human.
 /// Masking for agents: emails tokenised, cards partial, an exempt team.
 const MASKING: &str = "apiVersion: warden.dev/v1alpha1
@@ -166,10 +174,7 @@ pub fn demo(warden: &Path) -> Result<()> {
             "$ warden exec --label {} --label {} -- mariadb -h 127.0.0.1 -P {} -e \"{sql}\"",
             labels[0], labels[1], maria.port
         );
-        let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
-        let argv = testkit::argv_of(&cli, &["-e", sql]);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        show(&mut agent.exec(&labels, &argv));
+        show(&mut mariadb_exec(&agent, &maria, &labels, sql));
     }
     println!("-> still {} rows in MariaDB's accounts", maria.sql("select count(*) from test.accounts"));
     let refused = agent.wait_record("the refused MySQL DELETE", |r| {
@@ -261,10 +266,7 @@ pub fn demo(warden: &Path) -> Result<()> {
         "$ warden exec --label {} --label {} -- mariadb -h 127.0.0.1 -P {} -e \"{sql}\"   # the same policy, MariaDB",
         labels[0], labels[1], maria.port
     );
-    let cli = mariadb_cli(&maria.host, maria.port, "app", "app-pw", MariaSsl::Off);
-    let argv = testkit::argv_of(&cli, &["-e", sql]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    show(&mut agent.exec(&labels, &argv));
+    show(&mut mariadb_exec(&agent, &maria, &labels, sql));
 
     step("The database's own catalog: a user overload of a built-in name is not the built-in");
     let overload = "create function public.lower(int) returns text language sql volatile \

@@ -310,7 +310,18 @@ enum Into_ {
     Copied,
 }
 
-impl Analyzer<'_> {
+impl<'r> Analyzer<'r> {
+    /// An analyzer for a statement nested in this one (its own lineage, the same budget).
+    fn nested(&self) -> Analyzer<'r> {
+        Analyzer {
+            relations: self.relations,
+            out: Lineage::default(),
+            depth: self.depth,
+            work: self.work,
+            mysql: self.mysql,
+        }
+    }
+
     fn statement(&mut self, statement: &Statement) -> Result<(), String> {
         match statement {
             Statement::Query(q) => {
@@ -373,13 +384,7 @@ impl Analyzer<'_> {
             Statement::Explain { statement, .. } => {
                 // The plan shows no values, but conditions decide the row counts it shows, and
                 // with ANALYZE it runs (what it writes is written).
-                let mut inner = Analyzer {
-                    relations: self.relations,
-                    out: Lineage::default(),
-                    depth: self.depth,
-                    work: self.work,
-                    mysql: self.mysql,
-                };
+                let mut inner = self.nested();
                 inner.statement(statement)?;
                 self.work = inner.work;
                 self.out.condition.add(&inner.out.condition);
@@ -561,13 +566,7 @@ impl Analyzer<'_> {
                 Ok(out)
             }
             SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-                let mut inner = Analyzer {
-                    relations: self.relations,
-                    out: Lineage::default(),
-                    depth: self.depth,
-                    work: self.work,
-                    mysql: self.mysql,
-                };
+                let mut inner = self.nested();
                 inner.out.exact = true;
                 match s {
                     Statement::Insert(i) => inner.insert(i, Some(scope))?,
