@@ -328,3 +328,77 @@ fn protocol_tricks_do_not_get_a_statement_past_its_judgement() {
     let use_db = agent.wait_record("COM_INIT_DB as USE", |r| r["kind"] == "statement" && r["text"] == "USE `secret`");
     assert_eq!(use_db["class"], "session", "{use_db}");
 }
+
+const HELD: &str = "apiVersion: warden.dev/v1alpha1
+kind: DatabasePolicy
+metadata: {name: held-writes}
+spec:
+  selector: {matchLabels: {warden/kind: agent}}
+  approval: {timeout: 60s}
+  rules:
+    - {name: writes, match: {class: [write]}, action: require_approval}
+";
+
+/// The warden CLI on the host, as root: its output lines (it must succeed).
+fn warden_cli(agent: &Agent, args: &[&str]) -> Vec<String> {
+    let out = output(std::process::Command::new(testkit::warden_bin()).args(args).arg("--config").arg(&agent.config));
+    assert!(out.status.success(), "warden {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The pending request whose statement contains `needle`.
+fn held_request(agent: &Agent, needle: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(r) = warden_cli(agent, &["approvals", "list", "-o", "json"])
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+            .find(|r| r["statement"].as_str().is_some_and(|s| s.contains(needle)))
+        {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no request for {needle:?}: {}", agent.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_held_mysql_statement_runs_when_approved_and_is_refused_when_denied() {
+    let db = MariaDb::start();
+    db.create_user(USER, PASSWORD, MariaAuth::NativePassword);
+    db.sql("create table test.accounts (id int primary key); insert into test.accounts values (1), (2), (3)");
+    let agent = Agent::start_with_policies(&database_yaml(&db), &[("held.yaml", HELD)]);
+    let bot = ["warden/kind=agent", "warden/identity=it-held"];
+    let spawn = |sql: &str| {
+        let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
+        let argv = testkit::argv_of(&cli, &["-e", sql]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        agent
+            .exec(&bot, &argv)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mariadb")
+    };
+    // Held (the client waits), approved from the CLI: it runs, and the session goes on.
+    let child = spawn("delete from accounts where id = 1; select 'after-approve'");
+    let request = held_request(&agent, "delete from accounts");
+    assert_eq!(db.sql("select count(*) from test.accounts where id = 1"), "1", "nothing ran while held");
+    let id = request["id"].as_str().unwrap().to_string();
+    warden_cli(&agent, &["approvals", "approve", &id, "--reason", "ticket 7"]);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("after-approve"), "{stdout} / {stderr}");
+    assert_eq!(db.sql("select count(*) from test.accounts where id = 1"), "0", "the approved DELETE ran");
+    // Denied: ERROR 1142 naming the decision, nothing changed.
+    let child = spawn("delete from accounts where id = 2");
+    let request = held_request(&agent, "delete from accounts");
+    let id = request["id"].as_str().unwrap().to_string();
+    warden_cli(&agent, &["approvals", "deny", &id, "--reason", "no"]);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ERROR 1142"), "{stderr}");
+    assert_eq!(db.sql("select count(*) from test.accounts where id = 2"), "1", "the denied DELETE did not run");
+    let decided = agent.wait_record("the denial", |r| r["kind"] == "approval_decided" && r["request"] == id.as_str());
+    assert_eq!(decided["outcome"], "denied", "{decided}");
+}
