@@ -401,4 +401,9 @@ fn a_held_mysql_statement_runs_when_approved_and_is_refused_when_denied() {
     assert_eq!(db.sql("select count(*) from test.accounts where id = 2"), "1", "the denied DELETE did not run");
     let decided = agent.wait_record("the denial", |r| r["kind"] == "approval_decided" && r["request"] == id.as_str());
     assert_eq!(decided["outcome"], "denied", "{decided}");
+    // The session's replay shows the held statement and its decision inline.
+    let replay = agent.audit_cli(&["replay", &decided["session"].to_string()]);
+    let replay = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.contains("delete from accounts") && replay.contains("approval requested"), "{replay}");
+    assert!(replay.contains("denied"), "{replay}");
 }

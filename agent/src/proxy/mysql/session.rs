@@ -1462,7 +1462,11 @@ fn may_change_session(sql: &str) -> Change {
 fn statement_text(bytes: &[u8], lexing: Lexing, charset: &str) -> (Arc<str>, Lexing) {
     let utf8 = matches!(charset, "utf8" | "utf8mb3" | "utf8mb4");
     match std::str::from_utf8(bytes) {
-        Ok(text) if text.is_ascii() || utf8 => (Arc::from(text), lexing),
+        // No byte of a multibyte character: ASCII reads as ASCII in every character set a
+        // client may use (MySQL refuses UCS-2, UTF-16 and UTF-32 for the client's), GBK and
+        // SJIS included, whatever set the session is in or moving to.
+        Ok(text) if text.is_ascii() => (Arc::from(text), Lexing { ascii_safe: true, ..lexing }),
+        Ok(text) if utf8 => (Arc::from(text), lexing),
         _ => (Arc::from(String::from_utf8_lossy(bytes).as_ref()), Lexing { ascii_safe: false, ..lexing }),
     }
 }
@@ -1529,6 +1533,9 @@ mod tests {
             dialect: Dialect::MySql { ansi_quotes: false, no_backslash_escapes: false },
         };
         assert!(statement_text(b"select 1", lexing, "latin1").1.ascii_safe);
+        let gbk = Lexing { ascii_safe: false, ..lexing };
+        assert!(statement_text(b"set names utf8mb4", gbk, "gbk").1.ascii_safe, "ASCII reads as ASCII in GBK");
+        assert!(!statement_text(b"select '\xbf\\'", gbk, "gbk").1.ascii_safe, "a GBK lead byte");
         assert!(statement_text("select 'é'".as_bytes(), lexing, "utf8mb4").1.ascii_safe);
         assert!(!statement_text("select 'é'".as_bytes(), lexing, "latin1").1.ascii_safe, "é in latin1 reads otherwise");
         assert!(!statement_text(b"select '\xe9'", lexing, "utf8mb4").1.ascii_safe, "not UTF-8");
