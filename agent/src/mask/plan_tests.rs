@@ -174,6 +174,13 @@ fn views_partitions_and_inheritance_lead_back_to_the_protected_column() {
 }
 
 #[test]
+fn a_procedures_results_are_not_traced() {
+    let ctx = context(&[("app", "agent")]);
+    refuses(&ctx, "CALL crm.report()", "origin cannot be traced");
+    refuses(&ctx, "CALL crm.keep((SELECT ssn FROM customers LIMIT 1))", "copies protected column");
+}
+
+#[test]
 fn reading_a_protected_value_through_a_condition_or_a_copy_is_refused() {
     let ctx = context(&[("app", "agent")]);
     refuses(&ctx, "SELECT id FROM customers WHERE email LIKE 'a%'", "in a condition");

@@ -404,15 +404,17 @@ impl<'r> Analyzer<'r> {
                     self.out.copied.add(&s);
                 }
             }
+            Statement::Call(f) => {
+                // What it passes goes into the procedure; what it returns (MySQL's result
+                // sets, PostgreSQL's OUT parameters) is whatever its body computes.
+                self.collect(statement, &Scope::new(None), Into_::Copied);
+                self.out.opaque.push(format!("calls procedure {}, whose results are not traced", f.name));
+                self.out.exact = false;
+            }
             _ if self.mysql => {
                 // What its expressions read goes where the statement puts it (a variable, a
-                // procedure's arguments, a table): copied.
+                // table): copied.
                 self.collect(statement, &Scope::new(None), Into_::Copied);
-                if let Statement::Call(f) = statement {
-                    // A procedure's result sets are whatever its body selects.
-                    self.out.opaque.push(format!("calls procedure {}, whose results are not traced", f.name));
-                    self.out.exact = false;
-                }
             }
             _ => {}
         }
