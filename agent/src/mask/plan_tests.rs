@@ -457,3 +457,17 @@ fn mysql_statements_are_traced_under_mysqls_rules() {
     }
     refused("INSERT INTO customers (name) SELECT email FROM customers", "copies protected column");
 }
+
+#[test]
+fn a_result_whose_columns_do_not_line_up_with_the_plan_gets_the_strictest_mask_everywhere() {
+    // MySQL returns a USING column once, first (7 columns here); the plan lists both sides'
+    // columns in FROM order (8), so its positions would name the wrong columns. The count check
+    // is what keeps `t.name` (an email under another name) from being taken as clear.
+    let ctx = mysql_context();
+    let sql = "SELECT * FROM (SELECT email AS name, id FROM customers) t JOIN customers USING (id)";
+    let plan = mysql_plan(&ctx, sql).expect("planned");
+    assert_ne!(plan.columns.len(), 7, "{:?}", shape(&plan));
+    for i in 0..7 {
+        assert!(matches!(plan.column(i, 7), ColumnMask::Mask { .. }), "column {i}: {:?}", plan.column(i, 7));
+    }
+}
