@@ -59,6 +59,8 @@ pub struct Sample {
     /// The proxy's context switches per transaction, all its threads: voluntary (it waited:
     /// a wake-up each) and involuntary (preempted).
     pub switches: Option<(f64, f64)>,
+    /// Of `own_us`, the audit writer thread's (Warden's only).
+    pub writer_us: Option<f64>,
 }
 
 /// The median and the spread of some numbers.
@@ -91,7 +93,8 @@ pub struct Rig<'a> {
     pub agent: Agent,
     pub relay: Relay,
     pub bouncer: PgBouncer,
-    /// Record a CPU profile of the agent (`perf record`) here, in a run of each line of its own.
+    /// Record CPU profiles of the agent and the bare relay (`perf record`) here, in runs of each
+    /// line of their own.
     pub perf: Option<std::path::PathBuf>,
 }
 
@@ -119,11 +122,14 @@ impl Rig<'_> {
         let (host, port) = self.address(via);
         let pid = self.pid(via);
         let perf = match (&self.perf, profile, via, pid) {
-            (Some(dir), Some(name), Via::Warden, Some(pid)) => Some(start_perf(dir, name, pid)?),
+            (Some(dir), Some(name), Via::Warden | Via::Relay, Some(pid)) => {
+                Some(start_perf(dir, &format!("{name} {}", if via == Via::Relay { "relay" } else { "warden" }), pid)?)
+            }
             _ => None,
         };
         let own = pid.map(cpu_seconds);
         let switched = pid.map(super::context_switches);
+        let writer = pid.filter(|_| via == Via::Warden).map(|pid| super::thread_cpu_seconds(pid, WRITER_THREAD));
         let machine = machine_seconds();
         let run = pgbench(host, port, args)?;
         // Work the proxy does after the run (the audit writer's queue, closing sessions) is the
@@ -137,6 +143,7 @@ impl Rig<'_> {
             let (v2, i2) = super::context_switches(pid);
             (v2.saturating_sub(v), i2.saturating_sub(i))
         });
+        let writer = pid.zip(writer).map(|(pid, before)| super::thread_cpu_seconds(pid, WRITER_THREAD) - before);
         drop(perf);
         let tx = run.transactions.max(1) as f64;
         let per_tx = |s: f64| s * 1e6 / tx;
@@ -145,6 +152,7 @@ impl Rig<'_> {
             own_us: own.map(per_tx),
             machine_us: per_tx(machine),
             switches: switched.map(|(v, i)| (v as f64 / tx, i as f64 / tx)),
+            writer_us: writer.map(per_tx),
         })
     }
 
@@ -152,8 +160,10 @@ impl Rig<'_> {
     /// drift and warm-up fall on every path alike. Samples by path, in `PATHS` order.
     pub fn line(&self, name: &str, args: &[&str], rounds: usize) -> Result<[Vec<Sample>; 4]> {
         if self.perf.is_some() {
-            // Profiled apart: perf's own cost stays out of the samples.
+            // Profiled apart: perf's own cost stays out of the samples. The bare relay too, to
+            // compare where each spends its time.
             self.run(Via::Warden, args, Some(name))?;
+            self.run(Via::Relay, args, Some(name))?;
         }
         let mut samples: [Vec<Sample>; 4] = Default::default();
         for round in 0..rounds {
@@ -165,6 +175,9 @@ impl Rig<'_> {
         Ok(samples)
     }
 }
+
+/// The name of Warden's audit writer thread.
+const WRITER_THREAD: &str = "warden-audit";
 
 /// Waits (up to 3 s) until `pid` uses no more CPU time over 100 ms.
 fn settle(pid: u32) {
@@ -246,6 +259,8 @@ pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
             switch_text
         );
     }
+    let writer = spread(&samples[3].iter().filter_map(|x| x.writer_us).collect::<Vec<_>>());
+    println!("  (of warden's own CPU, its audit writer thread's: {writer:.1} µs/tx)");
     let (relay, bouncer, warden) = (1, 2, 3);
     let mut all = true;
     let mut verdict = |what: &str, met: bool, detail: String| {

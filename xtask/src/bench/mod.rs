@@ -54,12 +54,28 @@ fn pgbench(host: &str, port: u16, args: &[&str]) -> Result<Run> {
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a `stat` file (a process's or a thread's), in seconds.
+fn cpu_seconds_of(path: &str) -> f64 {
+    let stat = fs::read_to_string(path).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// CPU seconds so far of `pid`'s threads named `name` (`/proc/PID/task/*/comm`).
+fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| t.file_name().to_str().and_then(|tid| tid.parse::<u32>().ok()))
+        .map(|tid| cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat")))
+        .sum()
 }
 
 /// Context switches of every thread of `pid` so far: (voluntary, involuntary).
@@ -339,6 +355,16 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     println!(
         "\nlines with every target met: {lines_met} of {}",
         cases.iter().filter(|c| c.0.contains(only.as_str())).count()
+    );
+    let (_, text) = testkit::scrape(&metrics, "/metrics");
+    let (written, merged) = (
+        testkit::sample(&text, "warden_audit_records_written_total", &[]),
+        testkit::sample(&text, "warden_audit_outcomes_merged_total", &[]),
+    );
+    println!(
+        "\naudit records written by Warden: {written:.0}; statement outcomes written in their statement's record: \
+         {merged:.0} ({:.0}% of the records a statement and its outcome would otherwise take)",
+        100.0 * merged / (written + merged).max(1.0)
     );
     connect_latency(&rig, &metrics, rounds)?;
     println!("(connections redirected through Warden during the run: {})", rig.agent.stat("redirected"));
