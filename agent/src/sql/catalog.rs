@@ -7,7 +7,10 @@
 //! Everything here is about objects a user created (PostgreSQL: OID 16384 and above), which is
 //! where a name's meaning can differ from what the analyser knows of PostgreSQL itself.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{
     Analysis, Class, ClassSet, LexOptions, Lexer, ObjectName, TokenKind,
@@ -60,8 +63,8 @@ pub struct Catalog {
     unsafe_type_names: HashSet<String>,
     /// A user cast runs a volatile function: (target type, implicitly or only explicitly).
     volatile_casts: Vec<(ObjectName, bool)>,
-    /// VOLATILE built-in functions (pg_catalog) by name.
-    volatile_builtins: HashSet<String>,
+    /// VOLATILE built-in functions (pg_catalog) by name (shared by the sessions of a server).
+    volatile_builtins: Arc<HashSet<String>>,
     /// User relations (tables, views, partitions, foreign tables) by OID, when they were asked
     /// for (masking needs them).
     pub relations: Option<Relations>,
@@ -218,7 +221,16 @@ impl Catalog {
     }
 
     pub fn add_volatile_builtin(&mut self, name: &str) {
-        self.volatile_builtins.insert(name.to_string());
+        Arc::make_mut(&mut self.volatile_builtins).insert(name.to_string());
+    }
+
+    /// The VOLATILE built-ins, as read by another session of the same server.
+    pub fn set_volatile_builtins(&mut self, names: Arc<HashSet<String>>) {
+        self.volatile_builtins = names;
+    }
+
+    pub fn volatile_builtins(&self) -> &Arc<HashSet<String>> {
+        &self.volatile_builtins
     }
 
     pub fn add_unsafe_type(&mut self, schema: &str, name: &str) {

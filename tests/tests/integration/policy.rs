@@ -143,7 +143,8 @@ fn the_databases_catalog_decides_what_a_name_runs() {
          create role bot login; grant all on all tables in schema public to bot; \
          grant usage on schema app, evil to bot; grant select on accounts to bot; \
          alter role bot set search_path = evil, pg_catalog; \
-         create role auditor; create role bot2 login; grant auditor to bot2; alter role bot2 set role = auditor",
+         create role auditor; create role bot2 login; grant auditor to bot2; alter role bot2 set role = auditor; \
+         create function public.currtid2(int) returns int language sql stable as 'select 1'; create role clerk login",
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
     let agent = Agent::start_with_policies(
@@ -185,6 +186,14 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     let (ok, out, err) = run("bot", "select owner from public.accounts where id = 1");
     assert!(ok && out.trim() == "ann", "{out} {err}");
+
+    // A built-in the analyser does not know is VOLATILE in pg_catalog (searched first): its
+    // name is refused even where a user function of that name is a read. The first session
+    // of a server reads the built-ins; the later ones are given them (each refuses alike).
+    for _ in 0..2 {
+        let (ok, _, err) = run("clerk", "select currtid2(1)");
+        assert!(!ok && err.contains("VOLATILE built-in"), "{err}");
+    }
 
     // A role's default role: the session acts as auditor, which its policy refuses.
     let (ok, _, err) = run("bot2", "select 1");
