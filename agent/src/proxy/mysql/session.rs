@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, io, sync::Arc};
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, BytesMut};
 use mysql_common::constants::CapabilityFlags as Caps;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -47,6 +47,9 @@ const COM_STMT_RESET: u8 = 0x1a;
 const COM_SET_OPTION: u8 = 0x1b;
 const COM_STMT_FETCH: u8 = 0x1c;
 const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// The most one read of either socket takes.
+const MAX_READ: usize = 128 * 1024;
 
 /// What the client may send while a statement is held, kept for after the decision.
 const MAX_HELD_INPUT: usize = 1 << 20;
@@ -298,13 +301,18 @@ impl Session<'_> {
                 self.client_buf.reserve(16 * 1024);
             }
             self.server_buf.reserve(16 * 1024);
+            // Each read takes at most MAX_READ, whatever room a grown buffer has: a stream that
+            // outruns its rewriting would otherwise be read (and its rows rewritten) in ever
+            // larger pieces.
+            let mut server_room = (&mut self.server_buf).limit(MAX_READ);
+            let mut client_room = (&mut self.client_buf).limit(MAX_READ);
             tokio::select! {
-                read = self.server.read_buf(&mut self.server_buf) => match read {
+                read = self.server.read_buf(&mut server_room) => match read {
                     Ok(0) => return Err(SessionError::UpstreamClosed),
                     Ok(_) => {}
                     Err(e) => return Err(SessionError::UpstreamIo(e)),
                 },
-                read = self.client.read_buf(&mut self.client_buf), if read_client => match read {
+                read = self.client.read_buf(&mut client_room), if read_client => match read {
                     // The client left: what it sent runs to its end on the server, which sees
                     // the close as the client's quit.
                     Ok(0) => return Ok(()),

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, BytesMut};
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::Notify,
@@ -111,6 +111,12 @@ where
         moved_on: &moved_on,
         held_input: BytesMut::new(),
         judged_messages: 0,
+        server: format!(
+            "{}|{}|{}",
+            ctx.orig_dst,
+            report.db_name.as_deref().unwrap_or_default(),
+            report.db_user.as_deref().unwrap_or_default()
+        ),
     };
     let draining = AtomicBool::new(false);
     let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &moved_on));
@@ -332,19 +338,26 @@ impl ReadSize {
         ReadSize(Self::MIN)
     }
 
-    /// Makes room in `buf`; returns how much there is.
+    /// Makes room in `buf`; returns how much a read may take.
     fn prepare(&self, buf: &mut BytesMut) -> usize {
         if buf.capacity() - buf.len() < self.0 / 4 {
             buf.reserve(self.0);
         }
-        buf.capacity() - buf.len()
+        (buf.capacity() - buf.len()).min(self.0)
     }
 
-    /// A read of `n` bytes into `room`: one that filled it asks for more next time.
-    fn read(&mut self, n: usize, room: usize) {
+    /// Reads into `buf`, at most the room it is given. Unbounded, a read takes all of the
+    /// buffer's spare capacity, which only grows while a stream outruns its rewriting: masking
+    /// a 1M-row result went on in reads of up to 4.7 MiB, each rewritten into new buffers of
+    /// twice that, and the agent's memory grew by 70 MiB (4-6 MiB unmasked).
+    async fn read_from<R: AsyncRead + Unpin>(&mut self, from: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+        let room = self.prepare(buf);
+        let n = from.read_buf(&mut (&mut *buf).limit(room)).await?;
+        // One that filled its room asks for more next time.
         if n >= room {
             self.0 = (self.0 * 2).min(Self::MAX);
         }
+        Ok(n)
     }
 }
 
@@ -363,6 +376,9 @@ struct ClientToServer<'a> {
     held_input: BytesMut,
     /// Client messages judged so far (numbers each for the hooks).
     judged_messages: u64,
+    /// The server, database and user the session reaches: with the server's version, whose
+    /// VOLATILE built-ins are the same (`catalog::Builtins`).
+    server: String,
 }
 
 /// While a statement is held, the client's next messages are read ahead up to this much; beyond
@@ -392,12 +408,8 @@ impl ClientToServer<'_> {
         // False right after a hold: what the client sent meanwhile is judged before reading on.
         let mut read = true;
         loop {
-            if read {
-                let room = size.prepare(&mut buf);
-                match client.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? {
-                    0 => return Ok(Side::Client),
-                    n => size.read(n, room),
-                }
+            if read && size.read_from(client, &mut buf).await.map_err(SessionError::ClientIo)? == 0 {
+                return Ok(Side::Client);
             }
             read = true;
             let max = self.max_message();
@@ -748,7 +760,12 @@ impl ClientToServer<'_> {
     ) -> Result<Result<SessionFacts, String>, SessionError> {
         let mut bytes = Vec::new();
         let relations = self.ctx.hooks.wants_relations();
-        let mut body = catalog::query(relations).into_bytes();
+        let (builtins_key, outside_transaction) = {
+            let st = self.lock();
+            (st.server_version.as_ref().map(|v| format!("{}|{v}", self.server)), st.tx_status == b'I')
+        };
+        let builtins = builtins_key.as_deref().and_then(catalog::Builtins::get);
+        let mut body = catalog::query(relations, builtins.is_none()).into_bytes();
         body.push(0);
         put_message(&mut bytes, b'Q', &body);
         self.lock().on_internal_query();
@@ -759,7 +776,14 @@ impl ClientToServer<'_> {
             if let Some(answer) = self.lock().take_internal_answer() {
                 return Ok(match answer.error {
                     Some(error) => Err(format!("the server refused the facts query: {error}")),
-                    None => catalog::facts(&answer.rows, relations),
+                    None => {
+                        let read = builtins.is_none();
+                        let facts = catalog::facts(&answer.rows, relations, builtins);
+                        if let (Ok(facts), Some(key), true, true) = (&facts, builtins_key, read, outside_transaction) {
+                            catalog::Builtins::remember(key, facts.catalog.volatile_builtins());
+                        }
+                        facts
+                    }
                 });
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -1008,10 +1032,8 @@ impl<'a> ServerToClient<'a> {
             {
                 return Ok(Side::Client);
             }
-            let room = self.read_size.prepare(&mut self.buf);
-            match upstream.read_buf(&mut self.buf).await.map_err(SessionError::UpstreamIo)? {
-                0 => return Ok(Side::Server),
-                n => self.read_size.read(n, room),
+            if self.read_size.read_from(upstream, &mut self.buf).await.map_err(SessionError::UpstreamIo)? == 0 {
+                return Ok(Side::Server);
             }
             self.process()?;
         }
@@ -1654,7 +1676,27 @@ impl ResultFilter for PassAll {
 
 #[cfg(test)]
 mod tests {
-    use super::splice;
+    use bytes::{Buf as _, BytesMut};
+
+    use super::{ReadSize, splice};
+
+    /// A read takes no more than its room, however much the buffer could hold and the socket
+    /// has: from 16 KiB, doubling while reads fill it, up to 128 KiB.
+    #[tokio::test]
+    async fn a_read_takes_at_most_its_room_even_from_a_grown_buffer() {
+        let data = vec![7u8; 4 << 20];
+        let mut from = &data[..];
+        let mut buf = BytesMut::with_capacity(8 << 20);
+        let mut size = ReadSize::new();
+        let mut reads = Vec::new();
+        for _ in 0..6 {
+            let n = size.read_from(&mut from, &mut buf).await.expect("read");
+            reads.push(n);
+            buf.advance(n);
+        }
+        assert_eq!(reads, [16, 32, 64, 128, 128, 128].map(|k| k * 1024));
+        assert!(buf.capacity() >= 4 << 20, "the buffer's capacity is not what bounds a read");
+    }
 
     #[test]
     fn replaced_messages_are_spliced_into_one_buffer_in_place() {
