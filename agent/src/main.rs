@@ -286,7 +286,8 @@ enum AuditCmd {
     Export {
         #[arg(long, default_value = "jsonl")]
         format: String,
-        /// The records as written (statement outcomes as separate `statement_end` records).
+        /// The records as written (a statement's outcome as its own `statement_end` record, or in
+        /// the statement's record when it ended before the writer wrote it).
         #[arg(long)]
         raw: bool,
     },

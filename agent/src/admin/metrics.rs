@@ -338,6 +338,12 @@ impl Sampled {
             "Statement records dropped: their identity was over its share of the ring",
             load(&counters.share_dropped),
         )?;
+        counter(
+            &mut encoder,
+            "audit_outcomes_merged",
+            "Statement outcomes written in their statement's record (it ended before the writer wrote it)",
+            load(&counters.outcomes_merged),
+        )?;
         gauge(
             &mut encoder,
             "audit_healthy",

@@ -1,7 +1,8 @@
 //! The operator's view of statements: the ring holds a `statement` record when a statement is
-//! forwarded and a `statement_end` record when its outcome is known; tail, query, show, replay
-//! and export show one statement with its outcome merged in (`outcome`, `rows`, `command_tag`,
-//! `duration_us`, `error`). A statement with no outcome in the ring says `"pending"`: still
+//! forwarded and a `statement_end` record when its outcome is known (or one `statement` record
+//! carrying the outcome's fields, when the statement ended before the writer wrote it); tail,
+//! query, show, replay and export show one statement with its outcome merged in (`outcome`,
+//! `rows`, `command_tag`, `duration_us`, `error`). A statement with no outcome in the ring says `"pending"`: still
 //! running, or the agent stopped before the server answered. `export --raw` gives the records
 //! as written.
 
@@ -23,9 +24,16 @@ pub fn merged(entries: Vec<Entry>) -> Vec<Entry> {
                 let mut entry = entry;
                 let refused = entry.value["verdict"]["decision"] == "deny";
                 if let Value::Object(map) = &mut entry.value {
-                    map.insert("outcome".into(), Value::from(if refused { "refused" } else { "pending" }));
-                    map.insert("rows".into(), Value::from(0u64));
-                    map.insert("duration_us".into(), Value::from(0u64));
+                    // Written with its outcome (it ended before the writer took it), or not yet.
+                    if !map.contains_key("outcome") {
+                        map.insert("outcome".into(), Value::from(if refused { "refused" } else { "pending" }));
+                        map.insert("rows".into(), Value::from(0u64));
+                        map.insert("duration_us".into(), Value::from(0u64));
+                    } else if let (Some(at), Some(us)) =
+                        (map.get("at_ms").and_then(Value::as_u64), map.get("duration_us").and_then(Value::as_u64))
+                    {
+                        map.insert("ended_at_ms".into(), Value::from(at + us / 1000));
+                    }
                     map.entry("command_tag").or_insert(Value::Null);
                     map.entry("error").or_insert(Value::Null);
                 }
@@ -106,6 +114,23 @@ mod tests {
                 "outcome": "completed", "rows": 20, "command_tag": "SELECT 20", "duration_us": 5, "error": null}),
             ),
             e(8, serde_json::json!({"kind": "statement", "session": 7, "statement": 3, "part": 0, "text": "select ?"})),
+            // Written with their outcomes: one completed, one suspended and resumed later.
+            e(
+                10,
+                serde_json::json!({"kind": "statement", "session": 9, "statement": 1, "part": 0, "text": "select ?",
+                "at_ms": 1000, "outcome": "completed", "rows": 1, "command_tag": "SELECT 1", "duration_us": 2500,
+                "error": null}),
+            ),
+            e(
+                11,
+                serde_json::json!({"kind": "statement", "session": 9, "statement": 2, "part": 0, "text": "select ?",
+                "outcome": "suspended", "rows": 10, "command_tag": null, "duration_us": 5, "error": null}),
+            ),
+            e(
+                12,
+                serde_json::json!({"kind": "statement_end", "session": 9, "statement": 2, "part": 0,
+                "outcome": "completed", "rows": 3, "command_tag": "SELECT 3", "duration_us": 5, "error": null}),
+            ),
             e(
                 9,
                 serde_json::json!({"kind": "statement_end", "session": 8, "statement": 9, "part": 0, "outcome": "unknown"}),
@@ -113,11 +138,14 @@ mod tests {
         ];
         let view = merged(entries);
         let seqs: Vec<u64> = view.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 5, 8, 9], "ends merge away unless their statement is gone");
+        assert_eq!(seqs, vec![1, 2, 5, 8, 10, 11, 9], "ends merge away unless their statement is gone");
         assert_eq!((view[0].value["outcome"].as_str(), view[0].value["rows"].as_u64()), (Some("completed"), Some(5)));
         assert_eq!(view[1].value["error"], "42P01");
         assert_eq!(view[2].value["rows"], 120, "rows of a resumed portal add up");
         assert_eq!(view[2].value["command_tag"], "SELECT 20");
         assert_eq!(view[3].value["outcome"], "pending");
+        assert_eq!((view[4].value["outcome"].as_str(), view[4].value["rows"].as_u64()), (Some("completed"), Some(1)));
+        assert_eq!(view[4].value["ended_at_ms"], 1002);
+        assert_eq!((view[5].value["outcome"].as_str(), view[5].value["rows"].as_u64()), (Some("completed"), Some(13)));
     }
 }
