@@ -693,7 +693,12 @@ impl Writer {
                 return;
             }
             Event::StatementEnd(end) => {
-                let (before, statement) = held.take_for(end);
+                let (mut before, statement) = held.take_for(end);
+                if statement.is_none() {
+                    // Its statement was written already: the session's statements taken since
+                    // come before it.
+                    before = held.take_session(end.session, held.statements.len());
+                }
                 for (at_ms, e) in before {
                     self.append(buf, at_ms, e, None);
                 }
@@ -714,11 +719,13 @@ impl Writer {
     }
 
     fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, mut event: Box<Event>, end: Option<&StatementEnd>) {
+        // Records it stands for, as losses are counted: a statement with its outcome is two.
+        let records = 1 + u64::from(end.is_some());
         if !self.ring.holds_lock() {
             // The writers' lock could not be had for this batch (another writer held it past
             // the wait): its records are counted lost (added to the ring's count once the lock
             // is had again) rather than each waiting for it in turn.
-            self.failed("the audit ring's writers' lock is held by another process");
+            self.failed_records("the audit ring's writers' lock is held by another process", records);
             return;
         }
         // Whose share the record is charged to, and whether that identity is over it.
@@ -738,7 +745,10 @@ impl Writer {
                     }
                     share::Admission::Drop => {
                         // Counted per identity for its `audit_flood` record; not a loss (`lost`).
-                        self.counters.share_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.counters.share_dropped.fetch_add(records, Ordering::Relaxed);
+                        if records > 1 {
+                            share.dropped_also(&charge, records - 1);
+                        }
                         return;
                     }
                 }
@@ -767,7 +777,7 @@ impl Writer {
                     self.seal(buf);
                 }
             }
-            Err(err) => self.failed(&err.to_string()),
+            Err(err) => self.failed_records(&err.to_string(), records),
         }
     }
 
@@ -808,8 +818,13 @@ impl Writer {
     }
 
     fn failed(&mut self, error: &str) {
+        self.failed_records(error, 1);
+    }
+
+    /// A write of `records` records failed (each counted lost).
+    fn failed_records(&mut self, error: &str, records: u64) {
         self.healthy.store(false, Ordering::Relaxed);
-        if self.counters.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.counters.write_errors.fetch_add(records, Ordering::Relaxed) == 0 {
             tracing::error!(path = %self.path.display(), %error, "audit write failed; counting further failures");
         }
     }
@@ -949,6 +964,7 @@ mod tests {
             statement(2, 2),
             refused(9),
             end(2, 2, Outcome::Failed, 0),
+            statement(1, 3),
             end(1, 1, Outcome::Completed, 1),
             end(5, 5, Outcome::Unknown, 0),
         ] {
@@ -989,6 +1005,9 @@ mod tests {
                 "statement 2/2",
                 "proxy_refused null/null",
                 "statement_end 2/2 failed 0",
+                // An outcome whose statement was written comes after the session's statements
+                // taken before it.
+                "statement 1/3",
                 "statement_end 1/1 completed 1",
                 "statement_end 5/5 unknown 0",
             ],

@@ -177,29 +177,50 @@ fn facts_query(builtins: bool) -> String {
 /// server's own binary provides. Built-ins have OIDs below 16384, fixed by initdb; what a
 /// superuser does to them later (`ALTER FUNCTION ... STABLE`) changes their label, not what
 /// they do, and functions created in pg_catalog are user functions, read by every session.
-/// Kept by server address, database, user and `server_version` (an upgrade reads them
-/// again); only from a read outside a transaction block (a change the session could still roll
-/// back is not shared); merged, never replaced (a name once VOLATILE stays so).
+/// Kept by `BuiltinsKey`; facts are read only outside a transaction block, so a change the
+/// session could still roll back is never shared. Merged, never replaced (a name once VOLATILE
+/// stays so), and read again by a session once `BUILTINS_FRESH` has passed.
 pub struct Builtins;
 
-static BUILTINS: LazyLock<Mutex<HashMap<String, Arc<HashSet<String>>>>> = LazyLock::new(Default::default);
+/// Whose built-ins: the server as the session reached it (the address it dialled, from the
+/// client's network namespace: another namespace's `127.0.0.1:5432` is another server, perhaps
+/// one the workload runs itself), the database and user it logged in with, and the version
+/// the server reported.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BuiltinsKey {
+    pub server: std::net::SocketAddr,
+    pub netns: Option<u64>,
+    pub database: String,
+    pub user: String,
+    pub version: String,
+}
+
+type Kept = HashMap<BuiltinsKey, (std::time::Instant, Arc<HashSet<String>>)>;
+
+static BUILTINS: LazyLock<Mutex<Kept>> = LazyLock::new(Default::default);
 
 /// Servers and databases whose built-ins are kept; past it, sessions read their own.
 const MAX_BUILTIN_KEYS: usize = 256;
 
+/// How long a read stands before a session reads them again (and merges what it finds).
+const BUILTINS_FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Builtins {
-    pub fn get(key: &str) -> Option<Arc<HashSet<String>>> {
-        BUILTINS.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    pub fn get(key: &BuiltinsKey) -> Option<Arc<HashSet<String>>> {
+        let map = BUILTINS.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(at, _)| at.elapsed() < BUILTINS_FRESH).map(|(_, names)| names.clone())
     }
 
-    pub fn remember(key: String, names: &Arc<HashSet<String>>) {
+    pub fn remember(key: BuiltinsKey, names: &Arc<HashSet<String>>) {
         let mut map = BUILTINS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = map.get_mut(&key) {
+        let now = std::time::Instant::now();
+        if let Some((at, known)) = map.get_mut(&key) {
+            *at = now;
             if !names.is_subset(known) {
                 Arc::make_mut(known).extend(names.iter().cloned());
             }
         } else if map.len() < MAX_BUILTIN_KEYS {
-            map.insert(key, names.clone());
+            map.insert(key, (now, names.clone()));
         }
     }
 }
@@ -405,17 +426,25 @@ mod tests {
         let first = facts(&[session.clone(), x("lo_import"), x("setval")], false, None).expect("facts");
         let names = first.catalog.volatile_builtins().clone();
         assert_eq!(names.len(), 2);
-        let key = format!("test-{}|db|user|15.8", std::process::id());
-        Builtins::remember(key.clone(), &names);
+        let key = |netns: u64| BuiltinsKey {
+            server: "127.0.0.1:5432".parse().expect("address"),
+            netns: Some(netns),
+            database: "db".into(),
+            user: format!("user-{}", std::process::id()),
+            version: "15.8".into(),
+        };
+        Builtins::remember(key(1), &names);
         // A later one is given them (its query had no `x` rows).
-        let shared = Builtins::get(&key).expect("kept");
+        let shared = Builtins::get(&key(1)).expect("kept");
         let later = facts(&[session], false, Some(shared.clone())).expect("facts");
         assert_eq!(later.catalog, first.catalog, "judges as the first did");
         assert!(Arc::ptr_eq(later.catalog.volatile_builtins(), &shared), "one copy for every session");
         // Merged, never replaced: a read that lacks a name does not take it away.
-        Builtins::remember(key.clone(), &Arc::new(HashSet::from(["pg_sleep".to_string()])));
-        let merged = Builtins::get(&key).expect("kept");
+        Builtins::remember(key(1), &Arc::new(HashSet::from(["pg_sleep".to_string()])));
+        let merged = Builtins::get(&key(1)).expect("kept");
         assert!(["lo_import", "setval", "pg_sleep"].iter().all(|n| merged.contains(*n)));
-        assert!(Builtins::get("another server").is_none());
+        // The same address in another network namespace is another server.
+        assert!(Builtins::get(&key(2)).is_none());
+        assert!(Builtins::get(&BuiltinsKey { version: "16.1".into(), ..key(1) }).is_none());
     }
 }

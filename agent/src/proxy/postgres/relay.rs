@@ -111,12 +111,7 @@ where
         moved_on: &moved_on,
         held_input: BytesMut::new(),
         judged_messages: 0,
-        server: format!(
-            "{}|{}|{}",
-            ctx.orig_dst,
-            report.db_name.as_deref().unwrap_or_default(),
-            report.db_user.as_deref().unwrap_or_default()
-        ),
+        server: (report.db_name.clone().unwrap_or_default(), report.db_user.clone().unwrap_or_default()),
     };
     let draining = AtomicBool::new(false);
     let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &moved_on));
@@ -376,9 +371,8 @@ struct ClientToServer<'a> {
     held_input: BytesMut,
     /// Client messages judged so far (numbers each for the hooks).
     judged_messages: u64,
-    /// The server, database and user the session reaches: with the server's version, whose
-    /// VOLATILE built-ins are the same (`catalog::Builtins`).
-    server: String,
+    /// The database and user the session logged in with (`catalog::BuiltinsKey`).
+    server: (String, String),
 }
 
 /// While a statement is held, the client's next messages are read ahead up to this much; beyond
@@ -760,11 +754,14 @@ impl ClientToServer<'_> {
     ) -> Result<Result<SessionFacts, String>, SessionError> {
         let mut bytes = Vec::new();
         let relations = self.ctx.hooks.wants_relations();
-        let (builtins_key, outside_transaction) = {
-            let st = self.lock();
-            (st.server_version.as_ref().map(|v| format!("{}|{v}", self.server)), st.tx_status == b'I')
-        };
-        let builtins = builtins_key.as_deref().and_then(catalog::Builtins::get);
+        let builtins_key = self.lock().server_version.clone().map(|version| catalog::BuiltinsKey {
+            server: self.ctx.orig_dst.0,
+            netns: self.ctx.dial.netns.as_ref().ok().map(|n| n.cookie()),
+            database: self.server.0.clone(),
+            user: self.server.1.clone(),
+            version,
+        });
+        let builtins = builtins_key.as_ref().and_then(catalog::Builtins::get);
         let mut body = catalog::query(relations, builtins.is_none()).into_bytes();
         body.push(0);
         put_message(&mut bytes, b'Q', &body);
@@ -779,7 +776,7 @@ impl ClientToServer<'_> {
                     None => {
                         let read = builtins.is_none();
                         let facts = catalog::facts(&answer.rows, relations, builtins);
-                        if let (Ok(facts), Some(key), true, true) = (&facts, builtins_key, read, outside_transaction) {
+                        if let (Ok(facts), Some(key), true) = (&facts, builtins_key, read) {
                             catalog::Builtins::remember(key, facts.catalog.volatile_builtins());
                         }
                         facts
