@@ -523,8 +523,8 @@ impl<'a> From<&'a StatementEnd> for Outcomes<'a> {
 /// Statements the writer has taken and not yet written, waiting (until the end of the batch)
 /// for their outcome: a statement whose `statement_end` is queued in the same batch is written
 /// as one record with its outcome's fields. Most statements end within a batch (records
-/// gather for 2 ms between batches), so this halves the records a statement costs: their
-/// encoding, hashing and room in the ring. A session's records keep their order.
+/// gather for 2 ms between batches): each saves a record, 169 bytes of the ring. A session's
+/// records keep their order.
 #[derive(Default)]
 struct Held {
     statements: Vec<Taken>,

@@ -199,8 +199,15 @@ type Kept = HashMap<BuiltinsKey, (std::time::Instant, Arc<HashSet<String>>)>;
 
 static BUILTINS: LazyLock<Mutex<Kept>> = LazyLock::new(Default::default);
 
-/// Servers and databases whose built-ins are kept; past it, sessions read their own.
+/// Servers and databases whose built-ins are kept (past it, stale and then the oldest go).
 const MAX_BUILTIN_KEYS: usize = 256;
+
+/// The most built-in names kept for one key (PostgreSQL 15 has 222 VOLATILE ones), and the
+/// longest name (`NAMEDATALEN` - 1). A server that answers with more, or longer, is kept for
+/// no one: the session that read it judges with what it read, as before, but it takes no
+/// room in the agent beyond that session (a workload's own server could answer with 16 MiB).
+const MAX_BUILTIN_NAMES: usize = 2048;
+const MAX_NAME_BYTES: usize = 63;
 
 /// How long a read stands before a session reads them again (and merges what it finds).
 const BUILTINS_FRESH: std::time::Duration = std::time::Duration::from_secs(600);
@@ -212,16 +219,34 @@ impl Builtins {
     }
 
     pub fn remember(key: BuiltinsKey, names: &Arc<HashSet<String>>) {
+        let plausible = |names: &HashSet<String>| {
+            names.len() <= MAX_BUILTIN_NAMES && names.iter().all(|n| n.len() <= MAX_NAME_BYTES)
+        };
         let mut map = BUILTINS.lock().unwrap_or_else(|p| p.into_inner());
+        if !plausible(names) {
+            map.remove(&key);
+            return;
+        }
         let now = std::time::Instant::now();
         if let Some((at, known)) = map.get_mut(&key) {
             *at = now;
             if !names.is_subset(known) {
                 Arc::make_mut(known).extend(names.iter().cloned());
+                if !plausible(known) {
+                    map.remove(&key);
+                }
             }
-        } else if map.len() < MAX_BUILTIN_KEYS {
-            map.insert(key, (now, names.clone()));
+            return;
         }
+        if map.len() >= MAX_BUILTIN_KEYS {
+            map.retain(|_, (at, _)| at.elapsed() < BUILTINS_FRESH);
+        }
+        if map.len() >= MAX_BUILTIN_KEYS
+            && let Some(oldest) = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(key, (now, names.clone()));
     }
 }
 
@@ -446,5 +471,18 @@ mod tests {
         // The same address in another network namespace is another server.
         assert!(Builtins::get(&key(2)).is_none());
         assert!(Builtins::get(&BuiltinsKey { version: "16.1".into(), ..key(1) }).is_none());
+        // A server answering with implausibly many (or long) names is kept for no one.
+        let flood: HashSet<String> = (0..=MAX_BUILTIN_NAMES).map(|i| format!("f{i}")).collect();
+        Builtins::remember(key(3), &Arc::new(flood));
+        assert!(Builtins::get(&key(3)).is_none());
+        Builtins::remember(key(3), &Arc::new(HashSet::from(["x".repeat(MAX_NAME_BYTES + 1)])));
+        assert!(Builtins::get(&key(3)).is_none());
+        Builtins::remember(key(1), &Arc::new((0..MAX_BUILTIN_NAMES).map(|i| format!("g{i}")).collect()));
+        assert!(Builtins::get(&key(1)).is_none(), "nor what grows past it when merged");
+        // A full table makes room: the oldest goes.
+        for n in 0..MAX_BUILTIN_KEYS as u64 + 1 {
+            Builtins::remember(key(100 + n), &names);
+        }
+        assert!(Builtins::get(&key(100 + MAX_BUILTIN_KEYS as u64)).is_some());
     }
 }
