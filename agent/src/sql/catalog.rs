@@ -276,7 +276,8 @@ impl Catalog {
         match lookup {
             Lookup::Function(n)
                 if n.schema.as_deref().is_none_or(|s| s == "pg_catalog")
-                    && self.volatile_builtins.contains(&n.name) =>
+                    && (self.volatile_builtins.contains(&n.name)
+                        || super::functions::volatile_unclassified(&n.name)) =>
             {
                 // pg_catalog is searched first: a built-in the analyser does not know.
                 Some(format!("calls {n}, a VOLATILE built-in function"))
@@ -582,6 +583,25 @@ mod tests {
         assert_eq!(write.class, Class::Write);
         // Without the catalog, the analyser's own unknown stands.
         assert_eq!(settled("select app.owner_of(1)", CatalogView::BuiltinsOnly).class, Class::Unknown);
+    }
+
+    /// A VOLATILE built-in the analyser does not classify is never cleared by a STABLE user
+    /// function of its name, even when the catalog read lists no built-ins (a server that
+    /// answered with none): pg_catalog is searched first.
+    #[test]
+    fn an_unclassified_volatile_built_in_is_not_a_read_without_the_servers_list() {
+        let mut c = Catalog::default();
+        c.add_function("public", "currtid2", Volatility::Stable, Some(Volatility::Stable));
+        c.add_function("public", "my_report", Volatility::Stable, Some(Volatility::Stable));
+        assert!(c.volatile_builtins().is_empty());
+        let path = ["public".to_string()];
+        for view in [CatalogView::Known(&c), CatalogView::OnPath(&c, &path)] {
+            let call = settled("select currtid2(1)", view);
+            assert_eq!(call.class, Class::Unknown, "{call:?}");
+            assert!(call.reason.is_some_and(|r| r.contains("VOLATILE built-in")));
+            assert_eq!(settled("select pg_catalog.currtid2(1)", view).class, Class::Unknown);
+            assert_eq!(settled("select my_report(1)", view).class, Class::Read, "a STABLE user function");
+        }
     }
 
     #[test]

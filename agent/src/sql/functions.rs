@@ -300,6 +300,54 @@ const NEWER_READ_ONLY: &[&str] = &[
     "xmltext",
 ];
 
+/// PostgreSQL 15's VOLATILE built-ins (`provolatile` `v` in its initial `pg_proc`) that no list
+/// here classifies: trigger, access-method and language handlers, and a few others. A call of
+/// one of these names is never a read, whatever a session's catalog says: the floor under the
+/// VOLATILE built-ins each server's first session reads (`proxy::postgres::catalog::Builtins`),
+/// which also holds names newer servers add. Sorted by bytes (binary search).
+const UNCLASSIFIED_VOLATILE: &[&str] = &[
+    "RI_FKey_cascade_del",
+    "RI_FKey_cascade_upd",
+    "RI_FKey_check_ins",
+    "RI_FKey_check_upd",
+    "RI_FKey_noaction_del",
+    "RI_FKey_noaction_upd",
+    "RI_FKey_restrict_del",
+    "RI_FKey_restrict_upd",
+    "RI_FKey_setdefault_del",
+    "RI_FKey_setdefault_upd",
+    "RI_FKey_setnull_del",
+    "RI_FKey_setnull_upd",
+    "amvalidate",
+    "bernoulli",
+    "brinhandler",
+    "bthandler",
+    "currtid2",
+    "dsnowball_init",
+    "dsnowball_lexize",
+    "ginhandler",
+    "gisthandler",
+    "hashhandler",
+    "heap_tableam_handler",
+    "pg_isolation_test_session_is_blocked",
+    "pg_show_replication_origin_status",
+    "plpgsql_call_handler",
+    "plpgsql_inline_handler",
+    "plpgsql_validator",
+    "spghandler",
+    "suppress_redundant_updates_trigger",
+    "system",
+    "tsvector_update_trigger",
+    "tsvector_update_trigger_column",
+    "unique_key_recheck",
+];
+
+/// Whether `name` is one of PostgreSQL's VOLATILE built-ins that the lists here do not classify
+/// (its call is then looked up in the session's catalog, which must not clear it).
+pub(super) fn volatile_unclassified(name: &str) -> bool {
+    UNCLASSIFIED_VOLATILE.binary_search(&name).is_ok()
+}
+
 /// VOLATILE built-ins that change nothing: clocks, randomness, sleeping, sizes, server state.
 /// `pg_sleep` stalls only its own session (holding whatever locks it already holds), as any
 /// slow read does: statement_timeout is the control for that, not the class.
@@ -797,9 +845,15 @@ mod tests {
 
     #[test]
     fn lists_are_sorted_for_binary_search() {
-        for list in
-            [CATALOG_READ_ONLY, NEWER_READ_ONLY, SQL_CONSTRUCTS, HARMLESS_VOLATILE, BUILTIN_TYPES, BUILTIN_OPERATORS]
-        {
+        for list in [
+            CATALOG_READ_ONLY,
+            NEWER_READ_ONLY,
+            SQL_CONSTRUCTS,
+            HARMLESS_VOLATILE,
+            UNCLASSIFIED_VOLATILE,
+            BUILTIN_TYPES,
+            BUILTIN_OPERATORS,
+        ] {
             assert!(list.windows(2).all(|w| w[0] < w[1]), "{:?}", list.windows(2).find(|w| w[0] >= w[1]));
         }
     }
@@ -818,5 +872,14 @@ mod tests {
         assert_eq!(builtin("Lower"), None, "names are matched as normalised, case and all");
         assert!(privileged_setting("ROLE") && privileged_setting("Session_Authorization"));
         assert!(!privileged_setting("search_path"));
+    }
+
+    /// The floor of VOLATILE built-ins holds only names nothing else classifies (a classified
+    /// name never reaches the catalog's lookup).
+    #[test]
+    fn unclassified_volatile_builtins_are_only_those_no_list_knows() {
+        assert!(UNCLASSIFIED_VOLATILE.iter().all(|n| builtin(n).is_none()), "classified elsewhere");
+        assert!(volatile_unclassified("currtid2") && volatile_unclassified("RI_FKey_check_ins"));
+        assert!(!volatile_unclassified("lower") && !volatile_unclassified("ri_fkey_check_ins"));
     }
 }
