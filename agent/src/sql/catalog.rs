@@ -7,10 +7,7 @@
 //! Everything here is about objects a user created (PostgreSQL: OID 16384 and above), which is
 //! where a name's meaning can differ from what the analyser knows of PostgreSQL itself.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::collections::{HashMap, HashSet};
 
 use super::{
     Analysis, Class, ClassSet, LexOptions, Lexer, ObjectName, TokenKind,
@@ -63,8 +60,9 @@ pub struct Catalog {
     unsafe_type_names: HashSet<String>,
     /// A user cast runs a volatile function: (target type, implicitly or only explicitly).
     volatile_casts: Vec<(ObjectName, bool)>,
-    /// VOLATILE built-in functions (pg_catalog) by name (shared by the sessions of a server).
-    volatile_builtins: Arc<HashSet<String>>,
+    /// VOLATILE built-in functions (pg_catalog) by name, of those a user function shares its
+    /// name with.
+    volatile_builtins: HashSet<String>,
     /// User relations (tables, views, partitions, foreign tables) by OID, when they were asked
     /// for (masking needs them).
     pub relations: Option<Relations>,
@@ -221,16 +219,7 @@ impl Catalog {
     }
 
     pub fn add_volatile_builtin(&mut self, name: &str) {
-        Arc::make_mut(&mut self.volatile_builtins).insert(name.to_string());
-    }
-
-    /// The VOLATILE built-ins, as read by another session of the same server.
-    pub fn set_volatile_builtins(&mut self, names: Arc<HashSet<String>>) {
-        self.volatile_builtins = names;
-    }
-
-    pub fn volatile_builtins(&self) -> &Arc<HashSet<String>> {
-        &self.volatile_builtins
+        self.volatile_builtins.insert(name.to_string());
     }
 
     pub fn add_unsafe_type(&mut self, schema: &str, name: &str) {
@@ -587,13 +576,13 @@ mod tests {
 
     /// A VOLATILE built-in the analyser does not classify is never cleared by a STABLE user
     /// function of its name, even when the catalog read lists no built-ins (a server that
-    /// answered with none): pg_catalog is searched first.
+    /// answered with none: a workload's own, reached at the database's address): pg_catalog is
+    /// searched first.
     #[test]
     fn an_unclassified_volatile_built_in_is_not_a_read_without_the_servers_list() {
         let mut c = Catalog::default();
         c.add_function("public", "currtid2", Volatility::Stable, Some(Volatility::Stable));
         c.add_function("public", "my_report", Volatility::Stable, Some(Volatility::Stable));
-        assert!(c.volatile_builtins().is_empty());
         let path = ["public".to_string()];
         for view in [CatalogView::Known(&c), CatalogView::OnPath(&c, &path)] {
             let call = settled("select currtid2(1)", view);

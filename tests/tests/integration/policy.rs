@@ -188,8 +188,9 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert!(ok && out.trim() == "ann", "{out} {err}");
 
     // A built-in the analyser does not know is VOLATILE in pg_catalog (searched first): its
-    // name is refused even where a user function of that name is a read. The first session
-    // of a server reads the built-ins; the later ones are given them (each refuses alike).
+    // name is refused even where a user function of that name is a read, in every session
+    // (each reads the VOLATILE built-ins a user function shares its name with; PostgreSQL
+    // 15's are also a floor compiled into the analyser).
     for _ in 0..2 {
         let (ok, _, err) = run("clerk", "select currtid2(1)");
         assert!(!ok && err.contains("VOLATILE built-in"), "{err}");

@@ -6,10 +6,7 @@
 //! defined in its schemas: every function, operator and type is qualified with pg_catalog and
 //! every constant typed, so no user object can run in it or change its answer.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, LazyLock, Mutex},
-};
+use std::sync::Arc;
 
 use crate::{
     pg::text,
@@ -37,9 +34,12 @@ fn hex(x: &str) -> String {
 ///   owner: the declared volatility is then its own claim) or that takes a type whose input
 ///   runs user code (a literal passed to it is cast); in `extra` the worst of those
 ///   callable with one argument (`t.f`).
-/// - `x` (with `builtins`): a VOLATILE built-in (pg_catalog) function, by name: a name the
-///   analyser does not know may be one. The same for every session of a server and database
-///   (`Builtins`): read by the first.
+/// - `x`: a VOLATILE built-in (pg_catalog) function, by name, that a user function shares its
+///   name with: a call of a name the analyser does not know is cleared as a read only by a
+///   user function the catalog shows to be one, and pg_catalog is searched first. (Unshadowed
+///   names need no list: with no user function of the name the call stays `unknown`.) Found
+///   through the name index, not by reading pg_proc whole: a fifth of the query on a new
+///   backend before.
 /// - `o`: a user operator (schema, symbol) whose function is volatile.
 /// - `t`: a type whose input runs user code: a domain with a CHECK constraint, a base type with
 ///   a volatile input function, and every array, domain, composite and range over one.
@@ -54,8 +54,8 @@ fn hex(x: &str) -> String {
 /// attnum, type OID and generated flag), inheritance (`i`: child, parent), and in a second
 /// statement run with `search_path` set to pg_catalog (so every relation is qualified), view
 /// definitions (`v`: OID, text).
-pub fn query(relations: bool, builtins: bool) -> String {
-    let mut q = facts_query(builtins);
+pub fn query(relations: bool) -> String {
+    let mut q = facts_query();
     if relations {
         let o = FIRST_USER_OID;
         let eq = "OPERATOR(pg_catalog.=)";
@@ -93,7 +93,7 @@ pub fn query(relations: bool, builtins: bool) -> String {
     q
 }
 
-fn facts_query(builtins: bool) -> String {
+fn facts_query() -> String {
     let o = FIRST_USER_OID;
     let eq = "OPERATOR(pg_catalog.=)";
     let volatility = |cond: &str| {
@@ -134,7 +134,12 @@ fn facts_query(builtins: bool) -> String {
          SELECT 'f', {ns}, {pn}, {any}, {one} \
          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid {eq} p.pronamespace \
          WHERE p.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid GROUP BY n.nspname, p.proname \
-         {builtins} \
+         UNION ALL \
+         SELECT DISTINCT 'x', '', {pn}, '2', '' FROM pg_catalog.pg_proc p \
+         WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
+         AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\" \
+         AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname \
+           AND u.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid) \
          UNION ALL \
          SELECT DISTINCT 'o', {ns}, {on}, '2', '' \
          FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid \
@@ -158,110 +163,13 @@ fn facts_query(builtins: bool) -> String {
         pn = hex("p.proname"),
         on = hex("o.oprname"),
         tn = hex("t.typname"),
-        builtins = if builtins {
-            format!(
-                "UNION ALL SELECT DISTINCT 'x', '', {pn}, '2', '' FROM pg_catalog.pg_proc p \
-                 WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
-                 AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\"",
-                pn = hex("p.proname"),
-            )
-        } else {
-            String::new()
-        },
     )
 }
 
-/// The VOLATILE built-in functions of each server and database, read by the first session's
-/// facts query and given to the later ones, which leave them out of theirs: on a new backend
-/// that part of the query costs a fifth of it (1.7 of 7.7 ms here), and names only what the
-/// server's own binary provides. Built-ins have OIDs below 16384, fixed by initdb; what a
-/// superuser does to them later (`ALTER FUNCTION ... STABLE`) changes their label, not what
-/// they do, and functions created in pg_catalog are user functions, read by every session.
-/// Kept by `BuiltinsKey`; facts are read only outside a transaction block, so a change the
-/// session could still roll back is never shared. Merged, never replaced (a name once VOLATILE
-/// stays so), and read again by a session once `BUILTINS_FRESH` has passed.
-pub struct Builtins;
-
-/// Whose built-ins: the server as the session reached it (the address it dialled, from the
-/// client's network namespace: another namespace's `127.0.0.1:5432` is another server, perhaps
-/// one the workload runs itself), the database and user it logged in with, and the version
-/// the server reported.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BuiltinsKey {
-    pub server: std::net::SocketAddr,
-    pub netns: Option<u64>,
-    pub database: String,
-    pub user: String,
-    pub version: String,
-}
-
-type Kept = HashMap<BuiltinsKey, (std::time::Instant, Arc<HashSet<String>>)>;
-
-static BUILTINS: LazyLock<Mutex<Kept>> = LazyLock::new(Default::default);
-
-/// Servers and databases whose built-ins are kept (past it, stale and then the oldest go).
-const MAX_BUILTIN_KEYS: usize = 256;
-
-/// The most built-in names kept for one key (PostgreSQL 15 has 222 VOLATILE ones), and the
-/// longest name (`NAMEDATALEN` - 1). A server that answers with more, or longer, is kept for
-/// no one: the session that read it judges with what it read, as before, but it takes no
-/// room in the agent beyond that session (a workload's own server could answer with 16 MiB).
-const MAX_BUILTIN_NAMES: usize = 2048;
-const MAX_NAME_BYTES: usize = 63;
-
-/// How long a read stands before a session reads them again (and merges what it finds).
-const BUILTINS_FRESH: std::time::Duration = std::time::Duration::from_secs(600);
-
-impl Builtins {
-    pub fn get(key: &BuiltinsKey) -> Option<Arc<HashSet<String>>> {
-        let map = BUILTINS.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|(at, _)| at.elapsed() < BUILTINS_FRESH).map(|(_, names)| names.clone())
-    }
-
-    pub fn remember(key: BuiltinsKey, names: &Arc<HashSet<String>>) {
-        let plausible = |names: &HashSet<String>| {
-            names.len() <= MAX_BUILTIN_NAMES && names.iter().all(|n| n.len() <= MAX_NAME_BYTES)
-        };
-        let mut map = BUILTINS.lock().unwrap_or_else(|p| p.into_inner());
-        if !plausible(names) {
-            map.remove(&key);
-            return;
-        }
-        let now = std::time::Instant::now();
-        if let Some((at, known)) = map.get_mut(&key) {
-            *at = now;
-            if !names.is_subset(known) {
-                Arc::make_mut(known).extend(names.iter().cloned());
-                if !plausible(known) {
-                    map.remove(&key);
-                }
-            }
-            return;
-        }
-        if map.len() >= MAX_BUILTIN_KEYS {
-            map.retain(|_, (at, _)| at.elapsed() < BUILTINS_FRESH);
-        }
-        if map.len() >= MAX_BUILTIN_KEYS
-            && let Some(oldest) = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(key, (now, names.clone()));
-    }
-}
-
 /// Reads the facts from the query's rows (DataRow bodies).
-/// `builtins`: the VOLATILE built-ins when the query left them out (`Builtins`).
-pub fn facts(
-    rows: &[Vec<u8>],
-    with_relations: bool,
-    builtins: Option<Arc<HashSet<String>>>,
-) -> Result<SessionFacts, String> {
+pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, String> {
     let mut session = None;
     let mut catalog = Catalog::default();
-    if let Some(names) = builtins {
-        catalog.set_volatile_builtins(names);
-    }
     let mut relations: Option<crate::sql::catalog::Relations> = with_relations.then(Default::default);
     let number = |v: &Option<String>, what: &str| -> Result<u32, String> {
         v.as_deref().and_then(|t| t.parse().ok()).ok_or_else(|| format!("a row with no {what}"))
@@ -424,65 +332,20 @@ mod tests {
             row(&[Some("f"), Some(&app), Some(&owner), Some("1"), None]),
             row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("")]),
         ];
-        let facts = facts(&rows, false, None).expect("facts");
+        let facts = facts(&rows, false).expect("facts");
         assert_eq!(facts.current_user, "agent");
         assert_eq!(facts.session_user, "login");
         assert_eq!(facts.search_path, "\"$user\", public");
         assert_eq!(facts.schemas, ["pg_catalog", "public"]);
         assert!(
-            super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])], false, None).is_err(),
+            super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])], false).is_err(),
             "not hex"
         );
         assert_eq!(facts.catalog.function_count(), 2);
-        assert!(super::facts(&rows[1..], false, None).is_err(), "no session row");
-        assert!(super::facts(&[vec![0, 5, 0]], false, None).is_err(), "truncated row");
+        assert!(super::facts(&rows[1..], false).is_err(), "no session row");
+        assert!(super::facts(&[vec![0, 5, 0]], false).is_err(), "truncated row");
         let unknown = [rows[0].clone(), row(&[Some("z"), None, None, None, None])];
-        assert!(super::facts(&unknown[..1], false, None).is_ok());
-        assert!(super::facts(&unknown, false, None).is_err(), "unknown kind");
-    }
-
-    #[test]
-    fn volatile_builtins_are_read_once_per_server_and_shared() {
-        assert!(query(false, true).contains("SELECT DISTINCT 'x'"));
-        assert!(!query(true, false).contains("'x'"), "left out once known");
-        let session = row(&[Some("s"), Some(&h("public")), Some(&h("a")), Some(&h("a")), Some(&h("public"))]);
-        let x = |name: &str| row(&[Some("x"), Some(""), Some(&h(name)), Some("2"), Some("")]);
-        // The first session reads them.
-        let first = facts(&[session.clone(), x("lo_import"), x("setval")], false, None).expect("facts");
-        let names = first.catalog.volatile_builtins().clone();
-        assert_eq!(names.len(), 2);
-        let key = |netns: u64| BuiltinsKey {
-            server: "127.0.0.1:5432".parse().expect("address"),
-            netns: Some(netns),
-            database: "db".into(),
-            user: format!("user-{}", std::process::id()),
-            version: "15.8".into(),
-        };
-        Builtins::remember(key(1), &names);
-        // A later one is given them (its query had no `x` rows).
-        let shared = Builtins::get(&key(1)).expect("kept");
-        let later = facts(&[session], false, Some(shared.clone())).expect("facts");
-        assert_eq!(later.catalog, first.catalog, "judges as the first did");
-        assert!(Arc::ptr_eq(later.catalog.volatile_builtins(), &shared), "one copy for every session");
-        // Merged, never replaced: a read that lacks a name does not take it away.
-        Builtins::remember(key(1), &Arc::new(HashSet::from(["pg_sleep".to_string()])));
-        let merged = Builtins::get(&key(1)).expect("kept");
-        assert!(["lo_import", "setval", "pg_sleep"].iter().all(|n| merged.contains(*n)));
-        // The same address in another network namespace is another server.
-        assert!(Builtins::get(&key(2)).is_none());
-        assert!(Builtins::get(&BuiltinsKey { version: "16.1".into(), ..key(1) }).is_none());
-        // A server answering with implausibly many (or long) names is kept for no one.
-        let flood: HashSet<String> = (0..=MAX_BUILTIN_NAMES).map(|i| format!("f{i}")).collect();
-        Builtins::remember(key(3), &Arc::new(flood));
-        assert!(Builtins::get(&key(3)).is_none());
-        Builtins::remember(key(3), &Arc::new(HashSet::from(["x".repeat(MAX_NAME_BYTES + 1)])));
-        assert!(Builtins::get(&key(3)).is_none());
-        Builtins::remember(key(1), &Arc::new((0..MAX_BUILTIN_NAMES).map(|i| format!("g{i}")).collect()));
-        assert!(Builtins::get(&key(1)).is_none(), "nor what grows past it when merged");
-        // A full table makes room: the oldest goes.
-        for n in 0..MAX_BUILTIN_KEYS as u64 + 1 {
-            Builtins::remember(key(100 + n), &names);
-        }
-        assert!(Builtins::get(&key(100 + MAX_BUILTIN_KEYS as u64)).is_some());
+        assert!(super::facts(&unknown[..1], false).is_ok());
+        assert!(super::facts(&unknown, false).is_err(), "unknown kind");
     }
 }

@@ -111,7 +111,6 @@ where
         moved_on: &moved_on,
         held_input: BytesMut::new(),
         judged_messages: 0,
-        server: (report.db_name.clone().unwrap_or_default(), report.db_user.clone().unwrap_or_default()),
     };
     let draining = AtomicBool::new(false);
     let mut to_client = ServerToClient::new(ctx, &state, channel_binding_holds, &draining, (&answered, &moved_on));
@@ -371,8 +370,6 @@ struct ClientToServer<'a> {
     held_input: BytesMut,
     /// Client messages judged so far (numbers each for the hooks).
     judged_messages: u64,
-    /// The database and user the session logged in with (`catalog::BuiltinsKey`).
-    server: (String, String),
 }
 
 /// While a statement is held, the client's next messages are read ahead up to this much; beyond
@@ -754,15 +751,7 @@ impl ClientToServer<'_> {
     ) -> Result<Result<SessionFacts, String>, SessionError> {
         let mut bytes = Vec::new();
         let relations = self.ctx.hooks.wants_relations();
-        let builtins_key = self.lock().server_version.clone().map(|version| catalog::BuiltinsKey {
-            server: self.ctx.orig_dst.0,
-            netns: self.ctx.dial.netns.as_ref().ok().map(|n| n.cookie()),
-            database: self.server.0.clone(),
-            user: self.server.1.clone(),
-            version,
-        });
-        let builtins = builtins_key.as_ref().and_then(catalog::Builtins::get);
-        let mut body = catalog::query(relations, builtins.is_none()).into_bytes();
+        let mut body = catalog::query(relations).into_bytes();
         body.push(0);
         put_message(&mut bytes, b'Q', &body);
         self.lock().on_internal_query();
@@ -773,14 +762,7 @@ impl ClientToServer<'_> {
             if let Some(answer) = self.lock().take_internal_answer() {
                 return Ok(match answer.error {
                     Some(error) => Err(format!("the server refused the facts query: {error}")),
-                    None => {
-                        let read = builtins.is_none();
-                        let facts = catalog::facts(&answer.rows, relations, builtins);
-                        if let (Ok(facts), Some(key), true) = (&facts, builtins_key, read) {
-                            catalog::Builtins::remember(key, facts.catalog.volatile_builtins());
-                        }
-                        facts
-                    }
+                    None => catalog::facts(&answer.rows, relations),
                 });
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -402,8 +402,6 @@ pub struct ProtocolState {
     pub phase: Phase,
     /// 'I' idle, 'T' in a transaction block, 'E' in a failed transaction block.
     pub tx_status: u8,
-    /// The server's `server_version` (ParameterStatus at start-up).
-    pub server_version: Option<String>,
     pub copy: Copy,
     /// The server asked the client to authenticate (what the client sends now is its answer).
     pub auth_asked: bool,
@@ -475,7 +473,6 @@ impl ProtocolState {
         Self {
             phase: Phase::Authenticating,
             tx_status: b'I',
-            server_version: None,
             copy: Copy::None,
             auth_asked: false,
             cancel_outstanding: None,
@@ -1076,9 +1073,6 @@ impl ProtocolState {
                 self.backend_key = Some((*pid, key.to_vec()));
             }
             Backend::ParameterStatus { name, value } => {
-                if *name == b"server_version" {
-                    self.server_version = Some(String::from_utf8_lossy(value).into_owned());
-                }
                 if *name == b"standard_conforming_strings" {
                     self.standard_conforming_strings = *value != b"off";
                 }
