@@ -152,8 +152,8 @@ pub struct Statement {
     /// Tables and views the statement names.
     pub relations: Arc<[String]>,
     pub verdict: Verdict,
-    /// Columns masked in the results, and why (never the values).
-    pub masked: Vec<MaskedColumn>,
+    /// Columns masked in the results, and why (never the values): shared with the mask plan.
+    pub masked: Arc<[MaskedColumn]>,
     /// sqlcommenter-style tags from a trailing comment (traceparent, application, route, ...).
     pub tags: Arc<BTreeMap<String, String>>,
     /// The role the session acted as when the statement was judged (absent: not known).
@@ -196,12 +196,12 @@ pub struct Stopped {
 pub struct Would {
     /// "allow", "deny" or "hold".
     pub decision: &'static str,
-    pub policy: Option<String>,
-    pub rule: Option<String>,
-    pub reason: String,
+    pub policy: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
+    pub reason: Arc<str>,
     /// Columns it would mask (or exempt).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub masked: Vec<MaskedColumn>,
+    #[serde(skip_serializing_if = "<[MaskedColumn]>::is_empty")]
+    pub masked: Arc<[MaskedColumn]>,
     /// How it differs from the real verdict: "deny", "hold", "allow" (another decision) or
     /// "mask" (columns masked that are not now); absent when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,33 +227,51 @@ const MAX_FACT_NAME_BYTES: usize = 128;
 const MAX_FACT_BYTES: usize = 16 * 1024;
 
 impl JudgedFacts {
+    /// Whether the names fit the record (one pass over them).
     fn fits(&self) -> bool {
-        let all = || self.names.relations.iter().chain(&self.names.functions).flatten();
-        all().count() <= MAX_FACT_PLACES
-            && all().all(|n| {
-                n.name.len() <= MAX_FACT_NAME_BYTES && n.schema.as_ref().is_none_or(|s| s.len() <= MAX_FACT_NAME_BYTES)
-            })
-            && all().map(|n| 6 * (n.name.len() + n.schema.as_ref().map_or(0, String::len)) + 8).sum::<usize>()
-                <= MAX_FACT_BYTES
+        let (mut places, mut bytes) = (0usize, 0usize);
+        for n in self.names.relations.iter().chain(&self.names.functions).flatten() {
+            let schema = n.schema.as_ref().map_or(0, String::len);
+            places += 1;
+            bytes += 6 * (n.name.len() + schema) + 8;
+            if places > MAX_FACT_PLACES
+                || n.name.len() > MAX_FACT_NAME_BYTES
+                || schema > MAX_FACT_NAME_BYTES
+                || bytes > MAX_FACT_BYTES
+            {
+                return false;
+            }
+        }
+        true
     }
 }
 
 impl Serialize for JudgedFacts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
+        // Written as they are walked: a record is serialised on the writer's hot path.
+        struct Places<'a>(&'a [crate::sql::ObjectName]);
+        impl Serialize for Places<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|n| (n.schema.as_deref(), n.name.as_str())))
+            }
+        }
         struct Names<'a>(&'a [Vec<crate::sql::ObjectName>]);
         impl Serialize for Names<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(
-                    self.0.iter().map(|c| c.iter().map(|n| (n.schema.as_deref(), n.name.as_str())).collect::<Vec<_>>()),
-                )
+                s.collect_seq(self.0.iter().map(|c| Places(c)))
+            }
+        }
+        struct Effects(crate::sql::ClassSet);
+        impl Serialize for Effects {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(crate::sql::Class::as_str))
             }
         }
         let names = &self.names;
         let complete = self.fits();
         let mut map = s.serialize_map(None)?;
-        let effects: Vec<&str> = self.effects.iter().map(crate::sql::Class::as_str).collect();
-        map.serialize_entry("effects", &effects)?;
+        map.serialize_entry("effects", &Effects(self.effects))?;
         if complete {
             map.serialize_entry("relations", &Names(&names.relations))?;
             map.serialize_entry("functions", &Names(&names.functions))?;
@@ -310,10 +328,10 @@ pub struct Verdict {
     /// "allow", "deny" or "hold".
     pub decision: &'static str,
     /// The policy that decided (none: no policy selects the identity).
-    pub policy: Option<String>,
+    pub policy: Option<Arc<str>>,
     /// The rule that decided (none: the policy's default applied).
-    pub rule: Option<String>,
-    pub reason: Option<String>,
+    pub rule: Option<Arc<str>>,
+    pub reason: Option<Arc<str>>,
 }
 
 impl Verdict {
@@ -830,7 +848,7 @@ impl Writer {
     }
 }
 
-/// Appends `n` representative statement records (serialised one by one, as the writer does,
+/// Appends `n` representative statement records, each with its outcome (serialised one by one, as the writer does,
 /// under the writers' lock taken once per batch of 1,024) to a new ring at `path`; returns
 /// records per second.
 pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
@@ -845,15 +863,21 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
         let event = Event::Statement(Box::new(sample_statement(SessionId(7_713_002_265_585_385_473 + i % 64), i)));
         buf.clear();
         let at_ms = now_ms();
-        serde_json::to_writer(&mut buf, &Envelope { at_ms, event: &event, end: None, condensed: false })?;
+        let end = sample_end(i);
+        serde_json::to_writer(
+            &mut buf,
+            &Envelope { at_ms, event: &event, end: Some((&end).into()), condensed: false },
+        )?;
         ring.append(ring::Kind::Event, at_ms, &buf)?;
     }
     ring.release();
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// A representative statement record (for the bench and tests).
+/// A representative statement record (for the bench and tests): judged by a policy's rule,
+/// one column masked.
 fn sample_statement(session: SessionId, statement: u64) -> Statement {
+    let name = |schema: Option<&str>, name: &str| crate::sql::ObjectName::new(schema, name);
     Statement {
         session,
         statement,
@@ -869,13 +893,45 @@ fn sample_statement(session: SessionId, statement: u64) -> Statement {
         class: "read",
         class_reason: None,
         relations: Arc::from(vec!["orders".to_string(), "customers".to_string()]),
-        verdict: Verdict::allow(),
-        masked: Vec::new(),
+        verdict: Verdict {
+            decision: "allow",
+            policy: Some("baseline".into()),
+            rule: None,
+            reason: Some("no rule matched; the policy's default applies".into()),
+        },
+        masked: Arc::from(vec![MaskedColumn {
+            column: "public.customers.email".to_string(),
+            rule: "pii-email".to_string(),
+            method: "token".to_string(),
+        }]),
         tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
         role: Some("recsys".into()),
         would: None,
-        facts: None,
+        facts: Some(JudgedFacts {
+            effects: crate::sql::ClassSet::of(&[crate::sql::Class::Read]),
+            names: Arc::new(crate::session::JudgedNames {
+                relations: vec![vec![name(Some("public"), "orders")], vec![name(Some("public"), "customers")]],
+                functions: Vec::new(),
+                unscoped: false,
+                catalog: true,
+            }),
+        }),
         limits: Vec::new(),
+    }
+}
+
+/// The outcome of `sample_statement`.
+fn sample_end(statement: u64) -> StatementEnd {
+    StatementEnd {
+        session: SessionId(7_713_002_265_585_385_473),
+        statement,
+        part: 0,
+        outcome: Outcome::Completed,
+        rows: 1,
+        command_tag: Some("SELECT 1".to_string()),
+        duration_us: 180,
+        error: None,
+        stopped: None,
     }
 }
 
@@ -946,6 +1002,47 @@ mod tests {
 
     /// A statement whose outcome is queued in the same batch is written with it, as one record;
     /// the others as they came, each session's records in order, and every seal on time.
+    #[test]
+    fn judged_facts_are_written_as_places_or_as_incomplete_past_the_cap() {
+        let facts = sample_statement(SessionId(1), 1).facts.expect("facts");
+        assert_eq!(
+            serde_json::to_value(&facts).expect("json"),
+            serde_json::json!({
+                "effects": ["read"],
+                "relations": [[["public", "orders"]], [["public", "customers"]]],
+                "functions": []
+            })
+        );
+        let unscoped = |n: usize| JudgedFacts {
+            effects: crate::sql::ClassSet::of(&[crate::sql::Class::Read, crate::sql::Class::Write]),
+            names: Arc::new(crate::session::JudgedNames {
+                relations: vec![(0..n).map(|i| crate::sql::ObjectName::new(None, &format!("t{i}"))).collect()],
+                functions: Vec::new(),
+                unscoped: true,
+                catalog: false,
+            }),
+        };
+        let at_cap = serde_json::to_value(unscoped(MAX_FACT_PLACES)).expect("json");
+        assert_eq!(at_cap["relations"][0].as_array().map(Vec::len), Some(MAX_FACT_PLACES));
+        assert_eq!(at_cap["relations"][0][0], serde_json::json!([null, "t0"]));
+        assert_eq!((&at_cap["unscoped"], &at_cap["catalog"]), (&serde_json::json!(true), &serde_json::json!(false)));
+        let over = serde_json::to_value(unscoped(MAX_FACT_PLACES + 1)).expect("json");
+        assert_eq!(
+            over,
+            serde_json::json!({"effects": ["read", "write"], "incomplete": true, "unscoped": true, "catalog": false})
+        );
+        let long = JudgedFacts {
+            effects: crate::sql::ClassSet::of(&[crate::sql::Class::Read]),
+            names: Arc::new(crate::session::JudgedNames {
+                relations: vec![vec![crate::sql::ObjectName::new(Some(&"s".repeat(MAX_FACT_NAME_BYTES + 1)), "t")]],
+                functions: Vec::new(),
+                unscoped: false,
+                catalog: true,
+            }),
+        };
+        assert_eq!(serde_json::to_value(long).expect("json")["incomplete"], serde_json::json!(true));
+    }
+
     #[test]
     fn a_statement_that_ended_before_it_was_written_is_one_record_with_its_outcome() {
         let config = config("held", 4);

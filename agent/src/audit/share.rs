@@ -458,7 +458,7 @@ mod tests {
             class_reason: None,
             relations: Arc::from(vec!["orders".to_string()]),
             verdict: Verdict::allow(),
-            masked: Vec::new(),
+            masked: Arc::default(),
             tags: Arc::new(BTreeMap::from([("application".to_string(), "recsys".to_string())])),
             role: None,
             would: None,

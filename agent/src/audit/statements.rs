@@ -111,11 +111,45 @@ pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
     database: Arc<str>,
+    /// The relations of the analysis last recorded, as recorded: a session running the same
+    /// statements again (prepared, or with other literals) shares them instead of formatting
+    /// them per statement.
+    last_relations: std::sync::Mutex<Option<RecordedRelations>>,
 }
+
+/// An analysis and its relations as recorded.
+type RecordedRelations = (Arc<crate::sql::Analysis>, Arc<[String]>);
 
 impl SessionAudit {
     pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
-        Self { shared, session, database: Arc::from(database) }
+        Self { shared, session, database: Arc::from(database), last_relations: std::sync::Mutex::new(None) }
+    }
+
+    /// The relations an analysis names, as recorded (at most `MAX_RELATIONS`, each cut to
+    /// `MAX_RELATION_BYTES`).
+    fn relations(&self, analysis: &Arc<crate::sql::Analysis>) -> Arc<[String]> {
+        let mut last = self.last_relations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((of, relations)) = last.as_ref()
+            && Arc::ptr_eq(of, analysis)
+        {
+            return relations.clone();
+        }
+        let relations: Arc<[String]> = analysis
+            .relations
+            .iter()
+            .take(MAX_RELATIONS)
+            .map(|r| {
+                let mut r = r.to_string();
+                let mut cut = r.len().min(MAX_RELATION_BYTES);
+                while !r.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r.truncate(cut);
+                r
+            })
+            .collect();
+        *last = Some((analysis.clone(), relations.clone()));
+        relations
     }
 
     /// What was judged of `running`'s message; for one forwarded unjudged (the server skips
@@ -239,21 +273,7 @@ impl SessionAudit {
             };
             (Arc::from(what), 0, None)
         };
-        let relations: Arc<[String]> = judged
-            .described
-            .analysis
-            .relations
-            .iter()
-            .take(MAX_RELATIONS)
-            .map(|r| {
-                let r = r.to_string();
-                let mut cut = r.len().min(MAX_RELATION_BYTES);
-                while !r.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                r[..cut].to_string()
-            })
-            .collect();
+        let relations = self.relations(&judged.described.analysis);
         Statement {
             session: self.session,
             statement: subject.id,
@@ -274,8 +294,8 @@ impl SessionAudit {
             role: subject.role.clone(),
             would: judged.would.as_ref().map(|w| super::Would {
                 decision: w.decision.as_str(),
-                policy: w.policy.as_deref().map(str::to_string),
-                rule: w.rule.as_deref().map(str::to_string),
+                policy: w.policy.clone(),
+                rule: w.rule.clone(),
                 reason: reason(&w.reason),
                 masked: w.mask.as_ref().map(|m| m.masked.clone()).unwrap_or_default(),
                 change: judged.would_change(),
@@ -353,23 +373,24 @@ impl SessionAudit {
 const MAX_REASON_BYTES: usize = 1024;
 
 /// `text` cut to `MAX_REASON_BYTES` (marked when cut).
-fn reason(text: &str) -> String {
+/// A reason as recorded: shared when it fits, else cut with an ellipsis.
+fn reason(text: &Arc<str>) -> Arc<str> {
     if text.len() <= MAX_REASON_BYTES {
-        return text.to_string();
+        return text.clone();
     }
     let mut cut = MAX_REASON_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}…", &text[..cut])
+    Arc::from(format!("{}…", &text[..cut]))
 }
 
 /// The record of a verdict.
 fn verdict_of(judged: &PartJudgement) -> Verdict {
     Verdict {
         decision: judged.decision.as_str(),
-        policy: judged.policy.as_deref().map(str::to_string),
-        rule: judged.rule.as_deref().map(str::to_string),
+        policy: judged.policy.clone(),
+        rule: judged.rule.clone(),
         reason: Some(reason(&judged.reason)),
     }
 }
@@ -397,7 +418,7 @@ impl SessionHooks for SessionAudit {
             decision: Decision::Deny.as_str(),
             policy: None,
             rule: Some("audit.required".into()),
-            reason: Some(message.clone()),
+            reason: Some(Arc::from(message.as_str())),
         };
         // Refused before it had a number: statement 0.
         let subject = Self::refused_subject(statement, None, Arc::new(sqlcommenter_tags(statement.sql)), None);
@@ -444,9 +465,9 @@ impl SessionHooks for SessionAudit {
             let verdict = match (judged.decision, refusing) {
                 (Decision::Allow, Some((k, by))) => Verdict {
                     decision: by.decision.as_str(),
-                    policy: by.policy.as_deref().map(str::to_string),
-                    rule: by.rule.as_deref().map(str::to_string),
-                    reason: Some(format!("not run: statement {} of the same message was refused", k + 1)),
+                    policy: by.policy.clone(),
+                    rule: by.rule.clone(),
+                    reason: Some(Arc::from(format!("not run: statement {} of the same message was refused", k + 1))),
                 },
                 _ => verdict_of(judged),
             };

@@ -576,7 +576,7 @@ mod tests {
             class_reason: None,
             relations: Arc::from(Vec::new()),
             verdict: Verdict { decision, policy: None, rule: None, reason: None },
-            masked: Vec::new(),
+            masked: Arc::default(),
             tags: Arc::default(),
             role: Some("app".into()),
             would: None,

@@ -223,7 +223,7 @@ pub struct PartMask {
     pub scrub: bool,
     pub copy: Option<(CopyFormat, bool)>,
     /// The audit's account: which columns are masked (or exempt), by which rule and method.
-    pub masked: Vec<MaskedColumn>,
+    pub masked: Arc<[MaskedColumn]>,
     /// A cursor the statement declares (FETCH of it returns these columns).
     pub declares: Option<String>,
     /// Its lineage says it returns rows (`columns` are them).
@@ -269,8 +269,9 @@ impl PartMask {
             (Some(a), Some(b)) => Some(a.join(b)),
             (a, b) => a.or(b),
         };
-        let mut masked = self.masked.clone();
+        let mut masked = self.masked.to_vec();
         masked.extend(other.masked.iter().filter(|m| !self.masked.contains(m)).cloned());
+        let masked = Arc::from(masked);
         PartMask {
             columns,
             exact: self.exact && other.exact && self.columns.len() == other.columns.len(),
@@ -753,7 +754,7 @@ impl MaskContext {
             columns,
             scrub,
             copy: lineage.copy_out,
-            masked,
+            masked: Arc::from(masked),
             declares: lineage.declares,
             returns_rows: lineage.outputs.is_some(),
         })

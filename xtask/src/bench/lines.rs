@@ -180,7 +180,7 @@ impl Rig<'_> {
 const WRITER_THREAD: &str = "warden-audit";
 
 /// Waits (up to 3 s) until `pid` uses no more CPU time over 100 ms.
-fn settle(pid: u32) {
+pub fn settle(pid: u32) {
     let mut last = cpu_seconds(pid);
     for _ in 0..30 {
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -552,6 +552,78 @@ impl Drop for PgBouncer {
     }
 }
 
+/// Two configurations of Warden against each other, paired: each round runs both (the order
+/// turning each round, so that drift falls on both), and its ratio is the first's throughput over
+/// the second's. Prints the median ratio with its spread and the agent's CPU per transaction of
+/// each (counted after the agent settles: the audit writer drains its queue after pgbench ends).
+fn paired(
+    what: &str,
+    names: [&str; 2],
+    start: impl Fn(bool) -> Agent,
+    pg: &Postgres,
+    args: &[&str],
+) -> Result<lines::Spread> {
+    let (mut ratios, mut cpu) = (Vec::new(), [Vec::new(), Vec::new()]);
+    for round in 0..rounds() {
+        let mut tps = [0.0; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let agent = start(side == 0);
+            let pid = agent.pid().context("agent pid")?;
+            let before = cpu_seconds(pid);
+            let run = pgbench("127.0.0.1", pg.port, args)?;
+            lines::settle(pid);
+            cpu[side].push((cpu_seconds(pid) - before) * 1e6 / run.transactions.max(1) as f64);
+            tps[side] = run.tps;
+            drop(agent);
+        }
+        ratios.push(tps[0] / tps[1]);
+    }
+    let ratio = lines::spread(&ratios);
+    println!(
+        "{what}: {} against {}: {ratio:.3}x, agent CPU {} against {} µs/tx",
+        names[0],
+        names[1],
+        lines::spread(&cpu[0]),
+        lines::spread(&cpu[1])
+    );
+    Ok(ratio)
+}
+
+/// Full statement audit against none, through Warden (select-only, prepared).
+fn audit_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    let select = ["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs];
+    let db = format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
+    let start = |statements: bool| {
+        let audit = format!("  ring_bytes: 268435456\n  identity_share: 1.0\n  statements: {statements}");
+        Agent::start_with_audit(warden, &db, &audit)
+    };
+    let ratio =
+        paired("select-only prepared through Warden", ["full statement audit", "audit off"], start, pg, &select)?;
+    println!("  target statement audit within 5%: {}", met(ratio.median >= 0.95));
+    Ok(())
+}
+
+/// The baseline pack selecting the bench's identity, against no policy at all, both judging
+/// every statement (select-only under the simple protocol: every text is new to the raw-text
+/// cache, the analysis is cached by normalised text).
+fn policy_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    let selects_all = lines::baseline_for_all()?;
+    let simple = ["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs];
+    let db = format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
+    let start = |policies: bool| {
+        let files: Vec<(&str, &str)> = if policies { vec![("baseline.yaml", &selects_all)] } else { Vec::new() };
+        Agent::start_with_bin_policies(warden, &db, &files)
+    };
+    let ratio = paired("select-only simple through Warden", ["baseline pack", "no policy"], start, pg, &simple)?;
+    println!("  target policy within 5%: {}", met(ratio.median >= 0.95));
+    Ok(())
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes { "met" } else { "NOT met" }
+}
+
 pub fn bench(warden: &Path) -> Result<()> {
     match std::env::var("WARDEN_BENCH_ONLY").as_deref() {
         // One case alone (the whole bench takes many minutes).
@@ -564,6 +636,16 @@ pub fn bench(warden: &Path) -> Result<()> {
         }
         Ok("scale") => return scale(warden, &seconds().to_string()),
         Ok("mysql") => return mysql::line(warden, &seconds().to_string()),
+        Ok("audit") => {
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return audit_cost(warden, &pg, &seconds().to_string());
+        }
+        Ok("policy") => {
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return policy_cost(warden, &pg, &seconds().to_string());
+        }
         Ok("limits") => {
             let pg = Postgres::start();
             pg.pgbench_init(10);
@@ -582,54 +664,8 @@ pub fn bench(warden: &Path) -> Result<()> {
     let ring = script_dir.join("bench.ring");
     let out = check(Command::new(warden).args(["audit", "bench", "--records", "300000", "--ring"]).arg(&ring));
     println!("\naudit ring alone: {}", out.trim());
-    let select = ["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", &secs];
-    let db = format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port);
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    let (mut on_cpu, mut off_cpu) = (Vec::new(), Vec::new());
-    // Alternate, three rounds, to spread this machine's drift over both sides.
-    for _ in 0..3 {
-        for (statements, runs, cpu) in [(true, &mut on, &mut on_cpu), (false, &mut off, &mut off_cpu)] {
-            let audit = format!("  ring_bytes: 268435456\n  identity_share: 1.0\n  statements: {statements}");
-            let agent = Agent::start_with_audit(warden, &db, &audit);
-            let pid = agent.pid().context("agent pid")?;
-            let before = cpu_seconds(pid);
-            let run = pgbench("127.0.0.1", pg.port, &select)?;
-            cpu.push((cpu_seconds(pid) - before) * 1e6 / run.transactions.max(1) as f64);
-            runs.push(run.tps);
-            drop(agent);
-        }
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    println!(
-        "select-only prepared through Warden: full statement audit {:.1} tps ({:.1} µs agent CPU/tx), \
-         audit off {:.1} tps ({:.1} µs/tx): {:.3}x",
-        mean(&on),
-        mean(&on_cpu),
-        mean(&off),
-        mean(&off_cpu),
-        mean(&on) / mean(&off)
-    );
-
-    // Policy: the baseline pack selecting the bench's identity, against no policy at all, both
-    // judging every statement (select-only under the simple protocol: every text is new to the
-    // raw-text cache, the analysis is cached by normalised text).
-    let selects_all = lines::baseline_for_all()?;
-    let simple = ["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &secs];
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        for (policies, runs) in [(true, &mut with), (false, &mut without)] {
-            let files: Vec<(&str, &str)> = if policies { vec![("baseline.yaml", &selects_all)] } else { Vec::new() };
-            let agent = Agent::start_with_bin_policies(warden, &db, &files);
-            runs.push(pgbench("127.0.0.1", pg.port, &simple)?.tps);
-            drop(agent);
-        }
-    }
-    println!(
-        "select-only simple through Warden: baseline pack {:.1} tps, no policy {:.1} tps: {:.3}x (target: within 5%)",
-        mean(&with),
-        mean(&without),
-        mean(&with) / mean(&without)
-    );
+    audit_cost(warden, &pg, &secs)?;
+    policy_cost(warden, &pg, &secs)?;
     let pack = testkit::workspace_root().join("policies/baseline.yaml");
     let out =
         check(Command::new(warden).args(["policy", "bench", "--label", "warden/kind=agent", "--policies"]).arg(&pack));
