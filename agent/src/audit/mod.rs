@@ -863,7 +863,7 @@ pub fn bench_append(path: &std::path::Path, n: u64) -> anyhow::Result<f64> {
         let event = Event::Statement(Box::new(sample_statement(SessionId(7_713_002_265_585_385_473 + i % 64), i)));
         buf.clear();
         let at_ms = now_ms();
-        let end = sample_end(i);
+        let end = sample_end(SessionId(7_713_002_265_585_385_473 + i % 64), i);
         serde_json::to_writer(
             &mut buf,
             &Envelope { at_ms, event: &event, end: Some((&end).into()), condensed: false },
@@ -921,9 +921,9 @@ fn sample_statement(session: SessionId, statement: u64) -> Statement {
 }
 
 /// The outcome of `sample_statement`.
-fn sample_end(statement: u64) -> StatementEnd {
+fn sample_end(session: SessionId, statement: u64) -> StatementEnd {
     StatementEnd {
-        session: SessionId(7_713_002_265_585_385_473),
+        session,
         statement,
         part: 0,
         outcome: Outcome::Completed,
@@ -1000,8 +1000,6 @@ mod tests {
         }))
     }
 
-    /// A statement whose outcome is queued in the same batch is written with it, as one record;
-    /// the others as they came, each session's records in order, and every seal on time.
     #[test]
     fn judged_facts_are_written_as_places_or_as_incomplete_past_the_cap() {
         let facts = sample_statement(SessionId(1), 1).facts.expect("facts");
@@ -1043,6 +1041,8 @@ mod tests {
         assert_eq!(serde_json::to_value(long).expect("json")["incomplete"], serde_json::json!(true));
     }
 
+    /// A statement whose outcome is queued in the same batch is written with it, as one record;
+    /// the others as they came, each session's records in order, and every seal on time.
     #[test]
     fn a_statement_that_ended_before_it_was_written_is_one_record_with_its_outcome() {
         let config = config("held", 4);

@@ -111,27 +111,29 @@ pub struct SessionAudit {
     shared: Arc<StatementAuditing>,
     session: SessionId,
     database: Arc<str>,
-    /// The relations of the analysis last recorded, as recorded: a session running the same
+    /// The relations of the analyses last recorded, as recorded: a session running the same
     /// statements again (prepared, or with other literals) shares them instead of formatting
-    /// them per statement.
-    last_relations: std::sync::Mutex<Option<RecordedRelations>>,
+    /// them per statement. A few, replaced in turn: a transaction runs several statements.
+    recent_relations: std::sync::Mutex<RecentRelations>,
 }
 
-/// An analysis and its relations as recorded.
-type RecordedRelations = (Arc<crate::sql::Analysis>, Arc<[String]>);
+/// How many analyses' recorded relations a session keeps.
+const RECENT_RELATIONS: usize = 8;
 
-impl SessionAudit {
-    pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
-        Self { shared, session, database: Arc::from(database), last_relations: std::sync::Mutex::new(None) }
-    }
+/// Analyses with their relations as recorded, and the slot replaced next.
+#[derive(Default)]
+struct RecentRelations {
+    entries: Vec<(Arc<crate::sql::Analysis>, Arc<[String]>)>,
+    next: usize,
+}
 
-    /// The relations an analysis names, as recorded (at most `MAX_RELATIONS`, each cut to
-    /// `MAX_RELATION_BYTES`).
-    fn relations(&self, analysis: &Arc<crate::sql::Analysis>) -> Arc<[String]> {
-        let mut last = self.last_relations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((of, relations)) = last.as_ref()
-            && Arc::ptr_eq(of, analysis)
-        {
+impl RecentRelations {
+    /// The relations `analysis` names, as recorded (at most `MAX_RELATIONS`, each cut to
+    /// `MAX_RELATION_BYTES` on a character boundary): kept ones shared, others formatted and
+    /// kept in place of the oldest.
+    fn of(&mut self, analysis: &Arc<crate::sql::Analysis>) -> Arc<[String]> {
+        // Each kept analysis is held: its address cannot be another's meanwhile.
+        if let Some((_, relations)) = self.entries.iter().find(|(of, _)| Arc::ptr_eq(of, analysis)) {
             return relations.clone();
         }
         let relations: Arc<[String]> = analysis
@@ -148,8 +150,25 @@ impl SessionAudit {
                 r
             })
             .collect();
-        *last = Some((analysis.clone(), relations.clone()));
+        let entry = (analysis.clone(), relations.clone());
+        if self.entries.len() < RECENT_RELATIONS {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % RECENT_RELATIONS;
+        }
         relations
+    }
+}
+
+impl SessionAudit {
+    pub fn new(shared: Arc<StatementAuditing>, session: SessionId, database: String) -> Self {
+        Self { shared, session, database: Arc::from(database), recent_relations: Default::default() }
+    }
+
+    /// The relations an analysis names, as recorded.
+    fn relations(&self, analysis: &Arc<crate::sql::Analysis>) -> Arc<[String]> {
+        self.recent_relations.lock().unwrap_or_else(|p| p.into_inner()).of(analysis)
     }
 
     /// What was judged of `running`'s message; for one forwarded unjudged (the server skips
@@ -372,8 +391,8 @@ impl SessionAudit {
 /// Reasons are recorded up to this many bytes (one that names many relations can be long).
 const MAX_REASON_BYTES: usize = 1024;
 
-/// `text` cut to `MAX_REASON_BYTES` (marked when cut).
-/// A reason as recorded: shared when it fits, else cut with an ellipsis.
+/// A reason as recorded: shared when it fits in `MAX_REASON_BYTES`, else cut there and marked
+/// with an ellipsis.
 fn reason(text: &Arc<str>) -> Arc<str> {
     if text.len() <= MAX_REASON_BYTES {
         return text.clone();
@@ -571,5 +590,23 @@ mod tests {
             (v.decision, v.policy.as_deref(), v.rule.as_deref()),
             ("deny", Some("baseline"), Some("no-unknown"))
         );
+    }
+
+    #[test]
+    fn recorded_relations_are_each_statements_own_however_statements_alternate() {
+        let cache = DescriptionCache::new(64);
+        let texts: Vec<String> =
+            (0..2 * RECENT_RELATIONS).map(|i| format!("select * from s.t{i} join u{i} using (id)")).collect();
+        let analyses: Vec<_> = texts.iter().map(|t| cache.describe(t).analysis).collect();
+        let mut recent = RecentRelations::default();
+        // Three passes over more statements than are kept.
+        for pass in 0..3 {
+            for (i, analysis) in analyses.iter().enumerate() {
+                let want = [format!("s.t{i}"), format!("u{i}")];
+                assert_eq!(&*recent.of(analysis), want.as_slice(), "pass {pass}, statement {i}");
+            }
+            let first = recent.of(&analyses[0]);
+            assert!(Arc::ptr_eq(&first, &recent.of(&analyses[0])), "a kept analysis is shared");
+        }
     }
 }

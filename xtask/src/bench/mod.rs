@@ -564,12 +564,14 @@ fn paired(
     args: &[&str],
 ) -> Result<lines::Spread> {
     let (mut ratios, mut cpu) = (Vec::new(), [Vec::new(), Vec::new()]);
-    for round in 0..rounds() {
+    // An even number of rounds: each side runs first as often (the first run of all is colder).
+    for round in 0..rounds().next_multiple_of(2) {
         let mut tps = [0.0; 2];
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for side in order {
             let agent = start(side == 0);
             let pid = agent.pid().context("agent pid")?;
+            lines::settle(pid);
             let before = cpu_seconds(pid);
             let run = pgbench("127.0.0.1", pg.port, args)?;
             lines::settle(pid);
@@ -581,7 +583,7 @@ fn paired(
     }
     let ratio = lines::spread(&ratios);
     println!(
-        "{what}: {} against {}: {ratio:.3}x, agent CPU {} against {} µs/tx",
+        "{what}: {} against {}: {ratio:.3} (× the second), agent CPU {} against {} µs/tx",
         names[0],
         names[1],
         lines::spread(&cpu[0]),
