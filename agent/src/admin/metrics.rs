@@ -228,6 +228,17 @@ impl Metrics {
         self.masked_values.get_or_create(&DatabaseLabels { database: database.to_string() }).clone()
     }
 
+    /// One database's counters for a session to keep: each series is looked up once (labels
+    /// built, hashed, found under the family's lock), then counted through directly.
+    pub fn for_database(self: &Arc<Self>, database: &str) -> DatabaseCounters {
+        DatabaseCounters {
+            metrics: self.clone(),
+            database: database.to_string(),
+            statements: Mutex::new(Vec::new()),
+            masked_values: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn judged_in(&self, took: Duration) {
         self.judgement.observe(took.as_secs_f64());
     }
@@ -244,6 +255,36 @@ impl Metrics {
             tracing::error!(error = %err, "encoding the metrics failed");
         }
         out
+    }
+}
+
+/// A database's statement and masked-value counters, as one session counts them (`for_database`).
+/// Each is a handle on the family's own series: what it counts is what a scrape shows.
+pub struct DatabaseCounters {
+    metrics: Arc<Metrics>,
+    database: String,
+    /// By class and decision (a handful: both are from fixed sets).
+    statements: Mutex<Vec<(&'static str, &'static str, Counter)>>,
+    masked_values: std::sync::OnceLock<Counter>,
+}
+
+impl DatabaseCounters {
+    /// A statement of `class` was decided (`decision`: allow, deny, hold).
+    pub fn statement(&self, class: &'static str, decision: &'static str) {
+        let mut kept = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, counter)) = kept.iter().find(|(c, d, _)| *c == class && *d == decision) {
+            counter.inc();
+            return;
+        }
+        let labels = StatementLabels { database: self.database.clone(), class, decision };
+        let counter = self.metrics.statements.get_or_create(&labels).clone();
+        counter.inc();
+        kept.push((class, decision, counter));
+    }
+
+    /// The counter of the database's masked values.
+    pub fn masked_values(&self) -> Counter {
+        self.masked_values.get_or_init(|| self.metrics.masked_values(&self.database)).clone()
     }
 }
 
@@ -554,6 +595,23 @@ mod tests {
             text.contains("warden_statements_total{database=\"main\",class=\"read\",decision=\"allow\"} 1"),
             "{text}"
         );
+        // A session's kept counters count in the same series as the family's.
+        let metrics = Arc::new(metrics);
+        let session = metrics.for_database("main");
+        for _ in 0..3 {
+            session.statement("read", "allow");
+            session.statement("write", "deny");
+        }
+        session.masked_values().inc_by(5);
+        metrics.for_database("main").masked_values().inc();
+        let text = metrics.encode();
+        for series in [
+            "warden_statements_total{database=\"main\",class=\"read\",decision=\"allow\"} 4",
+            "warden_statements_total{database=\"main\",class=\"write\",decision=\"deny\"} 3",
+            "warden_masked_values_total{database=\"main\"} 6",
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
         assert!(text.contains("warden_judgement_seconds_count 1"), "{text}");
     }
 }

@@ -230,10 +230,10 @@ impl SessionGovern {
             // No context (the catalog could not be read): every value withheld.
             Err(_) => Box::new(WithholdAll),
         };
-        Some(match &self.governor.metrics {
-            Some(metrics) => Box::new(Counted {
+        Some(match &self.counters {
+            Some(counters) => Box::new(Counted {
                 inner: filter,
-                counter: metrics.masked_values(&self.database),
+                counter: counters.masked_values(),
                 masked: std::sync::atomic::AtomicU64::new(0),
             }),
             None => filter,

@@ -180,6 +180,7 @@ impl Governor {
             described: Arc::new(Mutex::new(None)),
             decided: Arc::new(Mutex::new(None)),
             approved_bind: Mutex::new(None),
+            counters: self.metrics.as_ref().map(|m| m.for_database(database)),
         }
     }
 }
@@ -281,6 +282,8 @@ pub struct SessionGovern {
     decided: Arc<Mutex<Option<hold::Decided>>>,
     /// The Bind approved last, until the next message is judged.
     approved_bind: Mutex<Option<hold::ApprovedBind>>,
+    /// The session's database's counters, looked up once.
+    counters: Option<crate::admin::metrics::DatabaseCounters>,
 }
 
 impl SessionGovern {
@@ -752,10 +755,10 @@ impl SessionGovern {
     /// Counts a message's statements under `decision` (the part that decided it; the others
     /// did not run).
     fn count(&self, judgement: &Judgement, decision: Decision) {
-        if let Some(metrics) = &self.governor.metrics
+        if let Some(counters) = &self.counters
             && let Some((_, part)) = judgement.refusing_part()
         {
-            metrics.statement(&self.database, part.class.as_str(), decision.as_str());
+            counters.statement(part.class.as_str(), decision.as_str());
         }
     }
 
@@ -1149,9 +1152,9 @@ impl SessionHooks for SessionGovern {
     }
 
     fn on_forward(&self, running: &Running) {
-        if let (Some(metrics), Some(judgement)) = (&self.governor.metrics, &running.judgement) {
+        if let (Some(counters), Some(judgement)) = (&self.counters, &running.judgement) {
             for part in &judgement.parts {
-                metrics.statement(&self.database, part.class.as_str(), Decision::Allow.as_str());
+                counters.statement(part.class.as_str(), Decision::Allow.as_str());
             }
             if running.resumes.is_none() {
                 self.count_would(judgement);
