@@ -54,6 +54,22 @@ fn hex(x: &str) -> String {
 /// attnum, type OID and generated flag), inheritance (`i`: child, parent), and in a second
 /// statement run with `search_path` set to pg_catalog (so every relation is qualified), view
 /// definitions (`v`: OID, text).
+/// The facts query as a simple-query message, framed once per form (it is the same for every
+/// session: only which form a session sends differs).
+pub fn message(relations: bool) -> &'static [u8] {
+    static WITH: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(true)));
+    static WITHOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(false)));
+    if relations { &WITH } else { &WITHOUT }
+}
+
+fn framed(query: &str) -> Vec<u8> {
+    let mut body = query.as_bytes().to_vec();
+    body.push(0);
+    let mut message = Vec::new();
+    crate::pg::frame::put_message(&mut message, b'Q', &body);
+    message
+}
+
 pub fn query(relations: bool) -> String {
     let mut q = facts_query();
     if relations {
@@ -292,6 +308,19 @@ fn columns(body: &[u8]) -> Option<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_framed_message_is_the_query_as_a_simple_query() {
+        for relations in [false, true] {
+            let message = message(relations);
+            let query = query(relations);
+            assert_eq!(message[0], b'Q');
+            assert_eq!(u32::from_be_bytes(message[1..5].try_into().expect("length")) as usize, message.len() - 1);
+            assert_eq!(&message[5..message.len() - 1], query.as_bytes());
+            assert_eq!(message.last(), Some(&0));
+        }
+        assert_ne!(message(false), message(true));
+    }
 
     #[test]
     fn names_are_hex_decoded_strictly() {

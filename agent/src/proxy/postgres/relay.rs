@@ -749,13 +749,9 @@ impl ClientToServer<'_> {
         &mut self,
         upstream: &mut W,
     ) -> Result<Result<SessionFacts, String>, SessionError> {
-        let mut bytes = Vec::new();
         let relations = self.ctx.hooks.wants_relations();
-        let mut body = catalog::query(relations).into_bytes();
-        body.push(0);
-        put_message(&mut bytes, b'Q', &body);
         self.lock().on_internal_query();
-        upstream.write_all(&bytes).await.map_err(SessionError::UpstreamIo)?;
+        upstream.write_all(catalog::message(relations)).await.map_err(SessionError::UpstreamIo)?;
         let deadline = tokio::time::Instant::now() + FACTS_TIMEOUT;
         loop {
             let notified = self.answered.notified();
