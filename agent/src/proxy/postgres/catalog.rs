@@ -25,6 +25,22 @@ fn hex(x: &str) -> String {
     )
 }
 
+/// The facts query as a simple-query message, framed once per form (it is the same for every
+/// session: only which form a session sends differs).
+pub fn message(relations: bool) -> &'static [u8] {
+    static WITH: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(true)));
+    static WITHOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(false)));
+    if relations { &WITH } else { &WITHOUT }
+}
+
+fn framed(query: &str) -> Vec<u8> {
+    let mut body = query.as_bytes().to_vec();
+    body.push(0);
+    let mut message = Vec::new();
+    crate::pg::frame::put_message(&mut message, b'Q', &body);
+    message
+}
+
 /// The facts query. Rows: (kind, schema, name, volatility, extra); names as hex of UTF-8, a
 /// volatility as 0 (IMMUTABLE), 1 (STABLE) or 2 (VOLATILE).
 /// - `s`: the session: search_path, current_user, session_user, and the schemas the server
@@ -54,22 +70,6 @@ fn hex(x: &str) -> String {
 /// attnum, type OID and generated flag), inheritance (`i`: child, parent), and in a second
 /// statement run with `search_path` set to pg_catalog (so every relation is qualified), view
 /// definitions (`v`: OID, text).
-/// The facts query as a simple-query message, framed once per form (it is the same for every
-/// session: only which form a session sends differs).
-pub fn message(relations: bool) -> &'static [u8] {
-    static WITH: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(true)));
-    static WITHOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| framed(&query(false)));
-    if relations { &WITH } else { &WITHOUT }
-}
-
-fn framed(query: &str) -> Vec<u8> {
-    let mut body = query.as_bytes().to_vec();
-    body.push(0);
-    let mut message = Vec::new();
-    crate::pg::frame::put_message(&mut message, b'Q', &body);
-    message
-}
-
 pub fn query(relations: bool) -> String {
     let mut q = facts_query();
     if relations {
