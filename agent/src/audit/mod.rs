@@ -785,12 +785,11 @@ impl Writer {
                 self.counters.last_seq.store(seq, Ordering::Relaxed);
                 self.since_seal += 1;
                 self.healthy.store(true, Ordering::Relaxed);
+                let condensed = if condensed { records } else { 0 };
                 if let (Some(share), Some(charge)) = (&mut self.share, &charge) {
                     share.written(charge, share::ring_bytes_of(buf.len()), condensed);
                 }
-                if condensed {
-                    self.counters.share_condensed.fetch_add(1, Ordering::Relaxed);
-                }
+                self.counters.share_condensed.fetch_add(condensed, Ordering::Relaxed);
                 if self.since_seal >= self.seal_every {
                     self.seal(buf);
                 }

@@ -303,8 +303,9 @@ const NEWER_READ_ONLY: &[&str] = &[
 /// PostgreSQL 15's VOLATILE built-ins (`provolatile` `v` in its initial `pg_proc`) that no list
 /// here classifies: trigger, access-method and language handlers, and a few others. A call of
 /// one of these names is never a read, whatever a session's catalog says: the floor under the
-/// VOLATILE built-ins each server's first session reads (`proxy::postgres::catalog::Builtins`),
-/// which also holds names newer servers add. Sorted by bytes (binary search).
+/// VOLATILE built-ins each session reads with its facts (the `x` rows of
+/// `proxy::postgres::catalog::query`: those a user function shares its name with), which also
+/// hold names newer servers add. Sorted by bytes (binary search).
 const UNCLASSIFIED_VOLATILE: &[&str] = &[
     "RI_FKey_cascade_del",
     "RI_FKey_cascade_upd",
