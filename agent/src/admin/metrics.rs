@@ -94,6 +94,7 @@ pub struct Metrics {
     stopped: Family<StoppedLabels, Counter>,
     masked_values: Family<DatabaseLabels, Counter>,
     judgement: Histogram,
+    reused: Counter,
     connect: Histogram,
     identities: Mutex<HashSet<String>>,
 }
@@ -142,6 +143,12 @@ impl Metrics {
             "Time from a statement's arrival to its verdict (analysis, policy, mask plan)",
             judgement.clone(),
         );
+        let reused = Counter::default();
+        registry.register(
+            "judgements_reused",
+            "Statements given again the judgement the same text got last, under the same policy set and with nothing the session knows changed since (a prepared statement bound again)",
+            reused.clone(),
+        );
         // 100 µs to ~3 s.
         let connect = Histogram::new(exponential_buckets(1e-4, 2.0, 15));
         registry.register(
@@ -160,6 +167,7 @@ impl Metrics {
             stopped,
             masked_values,
             judgement,
+            reused,
             connect,
             identities: Mutex::new(HashSet::new()),
         }
@@ -241,6 +249,10 @@ impl Metrics {
 
     pub fn judged_in(&self, took: Duration) {
         self.judgement.observe(took.as_secs_f64());
+    }
+
+    pub fn judgement_reused(&self) {
+        self.reused.inc();
     }
 
     pub fn connected_in(&self, took: Duration) {

@@ -301,6 +301,12 @@ impl SessionGovern {
     /// As `remember_cursor`, in the would-be verdict's plans (`would`) or the real ones.
     pub(super) fn remember_cursor_in(&self, name: &str, plan: Arc<PartMask>, would: bool) {
         let mut state = self.lock();
+        // The same plan again (a portal bound again with a judgement given again): nothing
+        // changes, and the state is left untouched (a change voids the judgements kept).
+        let kept = if would { &state.masking.would_cursors } else { &state.masking.cursors };
+        if kept.get(name).is_some_and(|before| Arc::ptr_eq(before, &plan)) {
+            return;
+        }
         let cursors = if would { &mut state.masking.would_cursors } else { &mut state.masking.cursors };
         if cursors.len() >= MAX_CURSOR_PLANS && !cursors.contains_key(name) {
             cursors.clear();

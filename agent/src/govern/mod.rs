@@ -12,6 +12,7 @@ pub mod describe;
 mod hold;
 mod masking;
 pub mod reload;
+mod reuse;
 pub(crate) mod search_path;
 pub mod simulate;
 pub mod volume;
@@ -176,7 +177,8 @@ impl Governor {
             database: Arc::from(database),
             origin,
             next,
-            state: Mutex::new(SessionState::default()),
+            state: Mutex::new(reuse::Counted::new(SessionState::default())),
+            kept: Mutex::new(reuse::Kept::default()),
             described: Arc::new(Mutex::new(None)),
             decided: Arc::new(Mutex::new(None)),
             approved_bind: Mutex::new(None),
@@ -276,7 +278,11 @@ pub struct SessionGovern {
     database: Arc<str>,
     origin: Option<Origin>,
     next: Arc<dyn SessionHooks>,
-    state: Mutex<SessionState>,
+    /// What the session knows, counting its changes: a judgement is given again only while
+    /// it did not change (`reuse`).
+    state: Mutex<reuse::Counted<SessionState>>,
+    /// Judgements that may be given again (a prepared statement bound again).
+    kept: Mutex<reuse::Kept>,
     described: Arc<Mutex<Option<DescribedAhead>>>,
     /// The decision on the message held for approval, taken by its judgement when asked again.
     decided: Arc<Mutex<Option<hold::Decided>>>,
@@ -287,7 +293,7 @@ pub struct SessionGovern {
 }
 
 impl SessionGovern {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, reuse::Counted<SessionState>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -380,6 +386,55 @@ impl SessionGovern {
                 Some(describe_parts(&self.governor.descriptions, info.sql, info.lexing, simple))
             }
         }
+    }
+
+    /// (Debug builds: every test.) A judgement given again is what judging afresh gives now:
+    /// `reuse` is safe only while `judge` reads nothing but what `Kept` compares and the
+    /// counted state, which this checks on every one given again.
+    #[cfg(debug_assertions)]
+    fn check_reused(&self, info: &StatementInfo<'_>, kept: &Judgement) {
+        let Some(parts) = self.parts(info) else { return };
+        let fresh = self.judge(info, parts);
+        let summary = |j: &Judgement| {
+            let parts: Vec<String> = j
+                .parts
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                        p.span,
+                        p.decision,
+                        p.class,
+                        p.effects,
+                        p.policy,
+                        p.rule,
+                        p.reason,
+                        p.mask.as_ref().map(|m| (&m.masked, m.scrub, m.exact)),
+                        p.would.as_ref().map(|w| (w.decision, &w.policy, &w.rule, w.mask.as_ref().map(|m| &m.masked))),
+                        p.names,
+                    )
+                })
+                .collect();
+            format!("{parts:?} {:?} {:?}", j.role, j.basis)
+        };
+        assert_eq!(summary(&fresh), summary(kept), "a judgement given again differs from a fresh one: {}", info.sql);
+    }
+
+    /// Holds the message (the client waits) while a blocking thread describes its text (too
+    /// long to describe inline); it is then asked again.
+    fn describe_aside(&self, info: &StatementInfo<'_>) -> Verdict {
+        let cache = self.governor.descriptions.clone();
+        let sql: Arc<str> = Arc::from(info.sql);
+        let slot = self.described.clone();
+        let (lexing, simple) = (info.lexing, info.protocol == QueryProtocol::Simple);
+        Verdict::Hold(Box::pin(async move {
+            let text = sql.clone();
+            let parts = tokio::task::spawn_blocking(move || describe_parts(&cache, &text, lexing, simple))
+                .await
+                .unwrap_or_else(|_| vec![unknown_part(&sql, "describing the statement failed")]);
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, simple, Arc::from(parts)));
+            Verdict::AskAgain
+        }))
     }
 
     /// Judges the described statements of a message.
@@ -770,8 +825,8 @@ impl SessionGovern {
     /// Forgets the counts of `running`'s statement once it ended (a portal suspended keeps its).
     fn forget_volumes(&self, running: &Running) {
         let mut state = self.lock();
-        if !state.volumes.is_empty() {
-            let id = running.resumes.unwrap_or(running.id);
+        let id = running.resumes.unwrap_or(running.id);
+        if state.volumes.keys().any(|(s, _)| *s == id) {
             state.volumes.retain(|(s, _), _| *s != id);
         }
     }
@@ -1049,26 +1104,48 @@ impl SessionHooks for SessionGovern {
         let started = std::time::Instant::now();
         // A relabelling is taken in once, before anything of this judgement is chosen.
         self.refresh_labels();
-        let Some(parts) = self.parts(info) else {
-            // Held (the client waits) while a blocking thread describes it; then asked again.
-            let cache = self.governor.descriptions.clone();
-            let sql: Arc<str> = Arc::from(info.sql);
-            let slot = self.described.clone();
-            let (lexing, simple) = (info.lexing, info.protocol == QueryProtocol::Simple);
-            return Verdict::Hold(Box::pin(async move {
-                let text = sql.clone();
-                let parts = tokio::task::spawn_blocking(move || describe_parts(&cache, &text, lexing, simple))
-                    .await
-                    .unwrap_or_else(|_| vec![unknown_part(&sql, "describing the statement failed")]);
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((sql, lexing, simple, Arc::from(parts)));
-                Verdict::AskAgain
-            }));
+        // The judgement this statement got last, when nothing it was made from changed since.
+        let changes = self.lock().changes();
+        let reused = self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(info, self.governor.generation(), changes);
+        let parts = match reused {
+            Some(_) => {
+                // Taken whatever it holds, as `parts` takes it.
+                self.described.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Vec::new()
+            }
+            None => match self.parts(info) {
+                Some(parts) => parts,
+                None => return self.describe_aside(info),
+            },
         };
         // A decision on this message, when it was held for approval; taken whatever it holds, so
         // it never serves another message.
         let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|d| d.is_for(info));
         let bind = self.approved_bind.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let judgement = self.judge(info, parts);
+        let judgement = match reused {
+            Some(judgement) => {
+                #[cfg(debug_assertions)]
+                self.check_reused(info, &judgement);
+                if let Some(metrics) = &self.governor.metrics {
+                    metrics.judgement_reused();
+                }
+                judgement
+            }
+            None => {
+                let judgement = Arc::new(self.judge(info, parts));
+                // Kept only when judging it changed nothing (a first judgement fills the
+                // session's selection and masking context) and nothing else did meanwhile.
+                if self.lock().changes() == changes {
+                    self.kept.lock().unwrap_or_else(|p| p.into_inner()).keep(
+                        info,
+                        judgement.basis.0,
+                        changes,
+                        &judgement,
+                    );
+                }
+                judgement
+            }
+        };
         if let Some(metrics) = &self.governor.metrics {
             metrics.judged_in(started.elapsed());
         }
@@ -1080,7 +1157,11 @@ impl SessionHooks for SessionGovern {
             let name = String::from_utf8_lossy(info.portal).into_owned();
             let limit = judgement.parts.iter().find_map(|p| p.limit.clone());
             let mut state = self.lock();
-            state.cursors.remove(&name);
+            // (Changed only when there is something to change: any change voids the
+            // judgements kept to be given again.)
+            if state.cursors.contains_key(&name) {
+                state.cursors.remove(&name);
+            }
             // SQL names a cursor by an identifier (at most 63 bytes): a longer portal name
             // cannot be FETCHed. Beyond MAX_CURSORS names, new ones are not remembered.
             let reachable = name.len() <= 63
@@ -1112,16 +1193,16 @@ impl SessionHooks for SessionGovern {
         match judgement.decision() {
             Decision::Allow => match self.next.before_statement(info) {
                 // The audit trail may still refuse it (audit.required with the ring unavailable).
-                Verdict::Allow(_) => Verdict::Allow(Some(Arc::new(judgement))),
+                Verdict::Allow(_) => Verdict::Allow(Some(judgement)),
                 other => other,
             },
             Decision::Hold => {
                 if decided.is_none() {
                     self.count(&judgement, Decision::Hold);
                 }
-                self.hold(info, judgement, decided, bind)
+                self.hold(info, Arc::unwrap_or_clone(judgement), decided, bind)
             }
-            Decision::Deny => self.refuse(info, judgement),
+            Decision::Deny => self.refuse(info, Arc::unwrap_or_clone(judgement)),
         }
     }
 
@@ -1186,10 +1267,12 @@ impl SessionHooks for SessionGovern {
                 if part.effects.contains(Class::Transaction) && analysis.relations.is_empty() {
                     // A transaction's end closes its cursors (a WITH HOLD one, fetched later,
                     // is then untraced): plans of cursors that may be gone are forgotten.
-                    if masked {
+                    // (Only when there are any: a change of the state voids the judgements
+                    // kept to be given again.)
+                    if masked && !state.masking.cursors.is_empty() {
                         state.masking.cursors.clear();
                     }
-                    if would_masked {
+                    if would_masked && !state.masking.would_cursors.is_empty() {
                         state.masking.would_cursors.clear();
                     }
                 }
@@ -1285,12 +1368,20 @@ impl SessionHooks for SessionGovern {
                 && !ends_no_transaction(&part.described.normalised)
             {
                 // The transaction ended: the server closed its cursors but those WITH HOLD.
+                // (When there are none, the state is left unchanged: a change voids the
+                // judgements kept to be given again.)
                 let mut state = self.lock();
-                let held = std::mem::take(&mut state.cursors_held);
-                state.cursors.retain(|name, _| held.contains(name));
-                state.cursor_limits.retain(|name, _| held.contains(name));
-                state.cursor_volumes.retain(|name, _| held.contains(name));
-                state.cursors_held = held;
+                let closed = |name: &String| !state.cursors_held.contains(name);
+                if state.cursors.keys().any(closed)
+                    || state.cursor_limits.keys().any(closed)
+                    || state.cursor_volumes.keys().any(closed)
+                {
+                    let held = std::mem::take(&mut state.cursors_held);
+                    state.cursors.retain(|name, _| held.contains(name));
+                    state.cursor_limits.retain(|name, _| held.contains(name));
+                    state.cursor_volumes.retain(|name, _| held.contains(name));
+                    state.cursors_held = held;
+                }
             }
             if tag == "DECLARE CURSOR"
                 && let Some(part) = completing
@@ -1573,6 +1664,83 @@ mod tests {
     }
 
     const GUARD: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl]}, action: deny}\n  default: allow\n";
+
+    /// The judgement a Bind of `sql` gets, allowed.
+    fn bound(s: &SessionGovern, sql: &str) -> Arc<Judgement> {
+        let none = |_: &str| None;
+        let mut i = info(sql, QueryProtocol::Extended, &none);
+        i.step = crate::session::hooks::Step::Bind;
+        match s.before_statement(&i) {
+            Verdict::Allow(Some(judgement)) => judgement,
+            _ => panic!("{sql}: not allowed"),
+        }
+    }
+
+    /// `sql` forwarded and completed with `tag`, as judged for a Bind.
+    fn run(s: &SessionGovern, sql: &str, tag: &str) {
+        let none = |_: &str| None;
+        let lexing = info(sql, QueryProtocol::Extended, &none).lexing;
+        let mut running = Running::new(1, Arc::from(sql), QueryProtocol::Extended, lexing);
+        let judgement = bound(s, sql);
+        running.judgement = Some(judgement);
+        s.on_forward(&running);
+        s.on_complete(Some(&running), tag);
+    }
+
+    #[test]
+    fn a_statement_bound_again_gets_its_judgement_again_until_anything_it_was_made_from_changes() {
+        let s = session(GUARD);
+        let sql = "select abalance from accounts where aid = $1";
+        bound(&s, sql);
+        let kept = bound(&s, sql);
+        assert!(Arc::ptr_eq(&kept, &bound(&s, sql)), "given again");
+        // A transaction of it, begun and committed, changes nothing the judgement was made from.
+        run(&s, "begin", "BEGIN");
+        run(&s, sql, "SELECT 1");
+        run(&s, "commit", "COMMIT");
+        assert!(Arc::ptr_eq(&kept, &bound(&s, sql)), "a transaction of reads changes nothing");
+        assert!(!Arc::ptr_eq(&kept, &bound(&s, "select abalance from accounts where aid = $2")), "another text");
+        // Anything the session knows, changed: judged again.
+        run(&s, "set search_path = app, public", "SET");
+        let after_set = bound(&s, sql);
+        assert!(!Arc::ptr_eq(&kept, &after_set), "the search_path may have changed");
+        s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
+        let after_facts = bound(&s, sql);
+        assert!(!Arc::ptr_eq(&after_set, &after_facts), "the facts were read again");
+        let again = bound(&s, sql);
+        let set = PolicySet::from_sources(&[("p.yaml".into(), GUARD.to_string())]).expect("policy");
+        s.governor.replace(set);
+        assert!(!Arc::ptr_eq(&again, &bound(&s, sql)), "the policy set was reloaded");
+        // What is refused is judged every time; what reads a session's cursors is never kept.
+        let none = |_: &str| None;
+        let mut ddl = info("drop table accounts", QueryProtocol::Extended, &none);
+        ddl.step = crate::session::hooks::Step::Bind;
+        assert!(matches!(s.before_statement(&ddl), Verdict::Deny { .. }));
+        assert!(matches!(s.before_statement(&ddl), Verdict::Deny { .. }));
+        run(&s, "declare c cursor for select 1", "DECLARE CURSOR");
+        let fetch = "fetch 10 from c";
+        let first = bound(&s, fetch);
+        assert!(!Arc::ptr_eq(&first, &bound(&s, fetch)), "a FETCH reads what its cursor was declared as");
+        // The same text lexed otherwise is another statement: one string literal with
+        // standard_conforming_strings off, a DROP after a string with it on.
+        let text = "select 'a\\'; drop table accounts; --'";
+        let mut off = info(text, QueryProtocol::Simple, &none);
+        off.lexing.standard_conforming_strings = false;
+        for _ in 0..3 {
+            assert!(matches!(s.before_statement(&off), Verdict::Allow(Some(_))), "one string: a read");
+        }
+        let on = info(text, QueryProtocol::Simple, &none);
+        assert!(matches!(s.before_statement(&on), Verdict::Deny { .. }), "a DROP, whatever was kept");
+    }
+
+    #[test]
+    fn a_counted_value_counts_changes_not_reads() {
+        let mut v = reuse::Counted::new(vec![1]);
+        assert_eq!((v.len(), v.changes()), (1, 0));
+        v.push(2);
+        let _ = &mut *v;
+        assert_eq!(v.changes(), 2);
+    }
 
     #[test]
     fn a_long_statement_is_held_once_then_judged_from_the_cache() {

@@ -576,3 +576,46 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_row_counts() {
         .wait_record("the exempt session", |r| r["kind"] == "connection_open" && r["session"] == exempt["session"]);
     assert_eq!(open["identity"]["labels"]["warden/team"], "dpo", "{open}");
 }
+
+/// A prepared statement bound again and again is given its judgement again only while nothing
+/// it was made from changed. Here the session puts another schema first in its search_path:
+/// the same text now reads a table with a protected column of the same name and type (the
+/// server parses it again and returns that column), and from the next execution on it is
+/// masked.
+#[test]
+fn a_prepared_statement_bound_again_is_masked_as_what_it_reads_is_now() {
+    let pg = Postgres::start();
+    pg.admin_sql(FIXTURE);
+    pg.admin_sql(
+        "create table public.customers(id int, card text); insert into public.customers values (1, 'no card here')",
+    );
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let _agent = Agent::start_with_bin_policies_top_level(
+        &testkit::warden_bin(),
+        &format!("  - {{name: main, address: '127.0.0.1:{}'}}", pg.port),
+        &[("pii.yaml", POLICY)],
+        &format!("metrics:\n  listen: '{metrics}'\n"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let seen: Vec<String> = rt.block_on(async {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(pg.port).user("postgres").dbname("postgres");
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.expect("connect through warden");
+        tokio::spawn(conn);
+        let statement = client.prepare("select card from customers where id = $1").await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(client.query_one(&statement, &[&1i32]).await.unwrap().get::<_, String>(0));
+        }
+        client.batch_execute("set search_path = crm, public").await.unwrap();
+        for _ in 0..3 {
+            seen.push(client.query_one(&statement, &[&1i32]).await.unwrap().get::<_, String>(0));
+        }
+        seen
+    });
+    assert!(seen[..5].iter().all(|v| v == "no card here"), "{seen:?}");
+    assert!(seen[5..].iter().all(|v| v.ends_with("6467") && !PROTECTED.contains(&v.as_str())), "{seen:?}");
+    let (_, text) = testkit::scrape(&metrics, "/metrics");
+    let reused = testkit::sample(&text, "warden_judgements_reused_total", &[]);
+    assert!(reused >= 2.0, "the Binds before the search_path changed were given their judgement again: {reused}");
+}

@@ -1,0 +1,138 @@
+//! Judgements given again: a prepared statement is bound and run many times, and every Bind
+//! is judged. Judged again from nothing, it gets the same judgement while nothing it was made
+//! from changed, so a session keeps its last few and gives them again.
+//!
+//! A judgement is made from the statement's text, how it lexes, its protocol and step, the
+//! policy set's generation, the identity's labels and what the session knows of its database
+//! (`SessionState`: facts, search_path, role, cursors, masking context). The state counts its
+//! changes (`Counted`): any mutable access to it, however small, is a change, and a labelling
+//! taken in is one. A judgement is given again only when the generation is the same and the
+//! state has not been changed since it was made; the first change makes every kept one stale.
+//!
+//! Only what depends on nothing else is kept: an allowed judgement of one statement (a held or
+//! refused one takes a decision or is recorded as refused each time), with no volume limit (its windows
+//! count across the tenant's sessions), no approval, and no statement that reads the session's
+//! prepared statements or cursors (SQL EXECUTE, PREPARE, DECLARE, FETCH), or is ambiguous or of
+//! unknown effect.
+
+use std::sync::Arc;
+
+use crate::session::{
+    Judgement, Lexing, QueryProtocol,
+    hooks::{StatementInfo, Step},
+};
+
+/// A value that counts its mutable accesses.
+#[derive(Default)]
+pub(super) struct Counted<T> {
+    changes: u64,
+    inner: T,
+}
+
+impl<T> Counted<T> {
+    pub(super) fn new(inner: T) -> Self {
+        Self { changes: 0, inner }
+    }
+
+    /// How many times it was accessed mutably.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes
+    }
+}
+
+impl<T> std::ops::Deref for Counted<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> std::ops::DerefMut for Counted<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.changes += 1;
+        &mut self.inner
+    }
+}
+
+/// Judgements kept per session: a few prepared statements run in turn.
+const KEPT: usize = 8;
+
+/// Longer texts are not kept (each kept one holds a copy of its text, and its judgement grows
+/// with the names the text holds).
+const MAX_TEXT: usize = 4 * 1024;
+
+/// What a judgement was made under.
+#[derive(PartialEq, Eq)]
+struct Basis {
+    lexing: Lexing,
+    protocol: QueryProtocol,
+    step: Step,
+    generation: u64,
+    changes: u64,
+}
+
+impl Basis {
+    fn of(info: &StatementInfo<'_>, generation: u64, changes: u64) -> Self {
+        Self { lexing: info.lexing, protocol: info.protocol, step: info.step, generation, changes }
+    }
+}
+
+/// A session's kept judgements, newest last.
+#[derive(Default)]
+pub(super) struct Kept {
+    entries: Vec<(Box<str>, Basis, Arc<Judgement>)>,
+}
+
+impl Kept {
+    /// The judgement `info`'s statement got under the same generation and state.
+    pub(super) fn get(&mut self, info: &StatementInfo<'_>, generation: u64, changes: u64) -> Option<Arc<Judgement>> {
+        // Those made under an older state or generation can never be given again: let go.
+        if self.entries.first().is_some_and(|(_, b, _)| b.changes != changes || b.generation != generation) {
+            self.entries.retain(|(_, b, _)| b.changes == changes && b.generation == generation);
+        }
+        if !info.text_known || info.protocol == QueryProtocol::FunctionCall {
+            return None;
+        }
+        let basis = Basis::of(info, generation, changes);
+        self.entries.iter().rev().find(|(sql, b, _)| *b == basis && **sql == *info.sql).map(|(_, _, j)| j.clone())
+    }
+
+    /// Keeps `judgement`, made of `info` under `generation` with the state at `changes` (from
+    /// before it was made until after), when it may be given again.
+    pub(super) fn keep(&mut self, info: &StatementInfo<'_>, generation: u64, changes: u64, judgement: &Arc<Judgement>) {
+        if !info.text_known
+            || info.protocol == QueryProtocol::FunctionCall
+            || info.sql.len() > MAX_TEXT
+            || !reusable(judgement)
+        {
+            return;
+        }
+        // Those made under an older state or generation can never be given again.
+        self.entries.retain(|(_, b, _)| b.changes == changes && b.generation == generation);
+        if self.entries.len() >= KEPT {
+            self.entries.remove(0);
+        }
+        self.entries.push((Box::from(info.sql), Basis::of(info, generation, changes), judgement.clone()));
+    }
+}
+
+/// Whether a judgement depends on nothing but what `Kept` compares (and is of one statement:
+/// what is bound again; a string of many would hold far more than its text).
+fn reusable(judgement: &Judgement) -> bool {
+    use crate::sql::Class;
+    judgement.decision() == crate::session::Decision::Allow
+        && judgement.parts.len() == 1
+        && judgement.parts.iter().all(|p| {
+            let a = &p.described.analysis;
+            p.decision == crate::session::Decision::Allow
+                && p.limit.is_none()
+                && p.approval.is_none()
+                && !p.ambiguous
+                && !p.effects.contains(Class::Unknown)
+                && a.executes.is_none()
+                && a.prepares.is_none()
+                && a.declares.is_none()
+                && a.fetches.is_none()
+        })
+}
