@@ -366,6 +366,15 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
          {merged:.0} ({:.0}% of the records a statement and its outcome would otherwise take)",
         100.0 * merged / (written + merged).max(1.0)
     );
+    let (judged, reused) = (
+        testkit::sample(&text, "warden_judgement_seconds_count", &[]),
+        testkit::sample(&text, "warden_judgements_reused_total", &[]),
+    );
+    println!(
+        "statements judged: {judged:.0}; given again the judgement their text got last (nothing it was made from \
+         changed): {reused:.0} ({:.0}%)",
+        100.0 * reused / judged.max(1.0)
+    );
     connect_latency(&rig, &metrics, rounds)?;
     println!("(connections redirected through Warden during the run: {})", rig.agent.stat("redirected"));
     let _ = fs::remove_dir_all(&dir);
