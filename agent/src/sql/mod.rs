@@ -366,7 +366,7 @@ fn normalise_forms(text: &str, options: LexOptions, shown: bool, parsable: bool)
                     end = clause_end;
                 }
                 shown.replace(text, token.start, end, "?");
-                parsable.replace_parsable(text, token.start, end, options);
+                parsable.replace_parsable(text, token.start, end, options, true);
             }
             TokenKind::QuotedIdentifier { unicode: true } => {
                 // The escape character of an identifier is not data: keep the clause as it is.
@@ -377,7 +377,8 @@ fn normalise_forms(text: &str, options: LexOptions, shown: bool, parsable: bool)
             kind if kind.is_literal() => {
                 shown.replace(text, token.start, end, "?");
                 if !keep {
-                    parsable.replace_parsable(text, token.start, end, options);
+                    // A number is never left open (only quotes are): not probed.
+                    parsable.replace_parsable(text, token.start, end, options, token.kind != TokenKind::Number);
                 }
             }
             _ => {}
@@ -419,13 +420,14 @@ impl Normalised {
         self.copied = end;
     }
 
-    /// Replaces it with `'?'`, or `'` when it is the last token and never closed.
-    fn replace_parsable(&mut self, text: &str, start: usize, end: usize, options: LexOptions) {
+    /// Replaces a literal with `'?'`; one that is `quoted`, the last token and never closed,
+    /// with `'`.
+    fn replace_parsable(&mut self, text: &str, start: usize, end: usize, options: LexOptions, quoted: bool) {
         if !self.wanted {
             return;
         }
         // The server rejects the whole text: the analysis form must not read as complete.
-        let unterminated = end == text.len() && unterminated_at(text, start, options);
+        let unterminated = quoted && end == text.len() && unterminated_at(text, start, options);
         self.replace(text, start, end, if unterminated { "'" } else { "'?'" });
     }
 
@@ -790,7 +792,11 @@ mod tests {
             // A last literal never closed stays open in the analysed form: it cannot read as
             // complete.
             ("select 'open", "select ?", "select '"),
+            ("select $$open", "select ?", "select '"),
             ("select x.5", "select x ?", "select x '?'"),
+            // A number last is closed whatever follows.
+            ("select 1 where aid = 12345", "select ? where aid = ?", "select '?' where aid = '?'"),
+            ("select 1e", "select ?", "select '?'"),
         ] {
             assert_eq!(normalise_both(text, on), (shown.to_string(), parsable.to_string()), "{text:?}");
         }
