@@ -1242,8 +1242,14 @@ impl SessionHooks for SessionGovern {
             }
         }
         if let Some(judgement) = &running.judgement {
-            let masked = self.masking_applies().is_some();
-            let would_masked = self.would_masking_applies();
+            // Whether masking applies matters only to a transaction's end, DDL and DISCARD
+            // (asking costs a selection and locks): not asked for any other statement.
+            let asks = judgement.parts.iter().any(|p| {
+                p.effects.intersects(ClassSet::of(&[Class::Transaction, Class::Ddl]))
+                    || running.sql.get(p.span.clone()).is_some_and(|raw| search_path::contains_ci(raw, "discard"))
+            });
+            let (masked, would_masked) =
+                if asks { (self.masking_applies().is_some(), self.would_masking_applies()) } else { (false, false) };
             let mut state = self.lock();
             let options = running.lexing.options();
             for part in &judgement.parts {
