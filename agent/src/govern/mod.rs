@@ -395,23 +395,30 @@ impl SessionGovern {
     fn check_reused(&self, info: &StatementInfo<'_>, kept: &Judgement) {
         let Some(parts) = self.parts(info) else { return };
         let fresh = self.judge(info, parts);
+        if fresh.basis.0 != kept.basis.0 {
+            // The policy set was replaced meanwhile: the next statement misses the kept ones.
+            return;
+        }
         let summary = |j: &Judgement| {
             let parts: Vec<String> = j
                 .parts
                 .iter()
                 .map(|p| {
                     format!(
-                        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
                         p.span,
                         p.decision,
                         p.class,
                         p.effects,
+                        p.class_reason,
                         p.policy,
                         p.rule,
                         p.reason,
-                        p.mask.as_ref().map(|m| (&m.masked, m.scrub, m.exact)),
-                        p.would.as_ref().map(|w| (w.decision, &w.policy, &w.rule, w.mask.as_ref().map(|m| &m.masked))),
+                        (p.approval.is_some(), p.limit.is_some()),
+                        p.mask,
+                        p.would.as_ref().map(|w| (w.decision, &w.policy, &w.rule, &w.reason, &w.mask)),
                         p.names,
+                        p.ambiguous,
                     )
                 })
                 .collect();
@@ -1047,6 +1054,10 @@ impl SessionHooks for SessionGovern {
             true
         } else {
             state.facts_not_needed = Some(snapshot.generation);
+            // The role counts as known from now on: what was chosen while it was not (every
+            // `users` filter applied) is chosen again.
+            state.selection = None;
+            state.facts_epoch += 1;
             false
         }
     }
@@ -1706,6 +1717,17 @@ mod tests {
         run(&s, "commit", "COMMIT");
         assert!(Arc::ptr_eq(&kept, &bound(&s, sql)), "a transaction of reads changes nothing");
         assert!(!Arc::ptr_eq(&kept, &bound(&s, "select abalance from accounts where aid = $2")), "another text");
+        // Bound to a named portal (a SQL FETCH could read it): given again all the same.
+        let none = |_: &str| None;
+        let mut named = info(sql, QueryProtocol::Extended, &none);
+        named.step = crate::session::hooks::Step::Bind;
+        named.portal = b"p1";
+        let to_p1 = || match s.before_statement(&named) {
+            Verdict::Allow(Some(judgement)) => judgement,
+            _ => panic!("not allowed"),
+        };
+        let (first, again) = (to_p1(), to_p1());
+        assert!(Arc::ptr_eq(&first, &again), "a named portal bound again");
         // Anything the session knows, changed: judged again.
         run(&s, "set search_path = app, public", "SET");
         let after_set = bound(&s, sql);
