@@ -392,11 +392,12 @@ impl SessionGovern {
     /// `reuse` is safe only while `judge` reads nothing but what `Kept` compares and the
     /// counted state, which this checks on every one given again.
     #[cfg(debug_assertions)]
-    fn check_reused(&self, info: &StatementInfo<'_>, kept: &Judgement) {
+    fn check_reused(&self, info: &StatementInfo<'_>, kept: &Judgement, changes: u64) {
         let Some(parts) = self.parts(info) else { return };
         let fresh = self.judge(info, parts);
-        if fresh.basis.0 != kept.basis.0 {
-            // The policy set was replaced meanwhile: the next statement misses the kept ones.
+        if fresh.basis.0 != kept.basis.0 || self.lock().changes() != changes {
+            // The policy set was replaced, or the state changed (the other direction of the
+            // session), since it was looked up: the next statement misses the kept ones.
             return;
         }
         let summary = |j: &Judgement| {
@@ -1136,7 +1137,7 @@ impl SessionHooks for SessionGovern {
         let judgement = match reused {
             Some(judgement) => {
                 #[cfg(debug_assertions)]
-                self.check_reused(info, &judgement);
+                self.check_reused(info, &judgement, changes);
                 if let Some(metrics) = &self.governor.metrics {
                     metrics.judgement_reused();
                 }
@@ -1759,6 +1760,22 @@ mod tests {
         }
         let on = info(text, QueryProtocol::Simple, &none);
         assert!(matches!(s.before_statement(&on), Verdict::Deny { .. }), "a DROP, whatever was kept");
+    }
+
+    #[test]
+    fn the_debug_check_stands_aside_when_the_state_changed_after_the_lookup() {
+        let s = session(GUARD);
+        let sql = "select abalance from accounts where aid = $1";
+        bound(&s, sql);
+        let kept = bound(&s, sql);
+        let changes = s.lock().changes();
+        // The other direction of the session changes the state between the lookup and the check.
+        s.lock().facts_epoch += 1;
+        let none = |_: &str| None;
+        let mut i = info(sql, QueryProtocol::Extended, &none);
+        i.step = crate::session::hooks::Step::Bind;
+        s.check_reused(&i, &kept, changes);
+        assert!(!Arc::ptr_eq(&kept, &bound(&s, sql)), "judged again after the change");
     }
 
     #[test]
