@@ -244,6 +244,21 @@ impl Catalog {
         self.functions.len()
     }
 
+    /// The worst overload of `schema.name` (`None`: any schema), as recorded.
+    #[cfg(test)]
+    pub fn function_volatility(&self, schema: Option<&str>, name: &str) -> Option<Volatility> {
+        match schema {
+            Some(_) => self.functions.get(&ObjectName::new(schema, name)).copied(),
+            None => self.by_name.get(name).copied(),
+        }
+    }
+
+    /// The worst overload of `name` callable with one argument, in any schema.
+    #[cfg(test)]
+    pub fn one_argument_volatility(&self, name: &str) -> Option<Volatility> {
+        self.one_argument.get(name).copied()
+    }
+
     /// The worst user function an unqualified call of `name` can reach: through the schemas of
     /// `path` (and pg_catalog, always searched) when the session's search_path is known, through
     /// any schema when it is not.

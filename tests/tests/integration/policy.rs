@@ -135,6 +135,7 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'insert into public.trail values ($1) returning true'; \
          create domain app.checked as int check (app.note(value)); \
          create function app.takes(app.checked) returns int language sql stable as 'select 1'; \
+         create type app.span as range (subtype = app.checked); \
          create function evil.upper(text) returns text language sql volatile \
            as 'insert into public.trail values (2) returning ''shadowed'''; \
          create function evil.text_plus(text, text) returns text language sql volatile \
@@ -165,8 +166,15 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     let (ok, out, err) = run("bot", "select app.report(), (row(1, 2)::app.pair).b");
     assert!(ok && out.trim() == "3|2", "{out} {err}");
     // A STABLE function whose parameter is a domain with a CHECK runs the CHECK on a literal;
-    // so does a cast to an array or a composite of that domain.
-    for sql in ["select app.takes('4')", "select '{4}'::app.checked[]"] {
+    // so does a cast to an array, a range or a multirange of that domain.
+    for sql in [
+        "select app.takes('4')",
+        "select '{4}'::app.checked[]",
+        "select '[4,5]'::app.span",
+        "select '{[4,5]}'::app.span_multirange",
+        // An array of the multirange: no constructor function shares its name.
+        "select '{\"{[4,5]}\"}'::app._span_multirange",
+    ] {
         let (ok, _, err) = run("bot", sql);
         assert!(!ok && err.contains("warden:"), "{sql}: {err}");
     }
@@ -216,6 +224,8 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // The premise: directly, these run the user's code.
     assert_eq!(pg.admin_sql("select lower(5)"), "5");
     assert_eq!(pg.admin_sql("select count(*) from trail"), "1");
+    assert_eq!(pg.admin_sql("select '{\"{[4,5]}\"}'::app._span_multirange"), "{\"{[4,5]}\"}");
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "3", "the bounds' CHECK ran");
 }
 
 /// Waits (15 s at most) for the agent to log `line`.

@@ -41,15 +41,22 @@ fn framed(query: &str) -> Vec<u8> {
     message
 }
 
-/// The facts query. Rows: (kind, schema, name, volatility, extra); names as hex of UTF-8, a
+/// The facts query: a string of small statements, each planned on its own (a new backend plans
+/// them with cold catalog caches; one statement joining them all took twice as long), whose
+/// rows are all (kind, schema, name, volatility, extra) in text; names as hex of UTF-8, a
 /// volatility as 0 (IMMUTABLE), 1 (STABLE) or 2 (VOLATILE).
 /// - `s`: the session: search_path, current_user, session_user, and the schemas the server
 ///   searches (`current_schemas(true)`, comma-separated).
-/// - `f`: a user function, overloads folded: the worst volatility, counting as VOLATILE an
+/// - `t`: a type whose input runs user code: a domain with a CHECK constraint, a base type with
+///   a volatile input function, and every array, domain, composite, range and multirange over
+///   one; `extra` is its OID. Only user types are followed: a built-in type is made of
+///   built-in types alone.
+/// - `f`: a user function, one row per overload: its volatility, counting as VOLATILE an
 ///   aggregate and any function the session's role could have written (it can act as its
-///   owner: the declared volatility is then its own claim) or that takes a type whose input
-///   runs user code (a literal passed to it is cast); in `extra` the worst of those
-///   callable with one argument (`t.f`).
+///   owner: the declared volatility is then its own claim); `extra` is its argument count,
+///   how many have defaults, and its argument types' OIDs, space-separated. The reader folds
+///   the overloads (`fold_functions`): one that takes a `t` type is VOLATILE (a literal passed
+///   to it is cast).
 /// - `x`: a VOLATILE built-in (pg_catalog) function, by name, that a user function shares its
 ///   name with: a call of a name the analyser does not know is cleared as a read only by a
 ///   user function the catalog shows to be one, and pg_catalog is searched first. (Unshadowed
@@ -57,19 +64,17 @@ fn framed(query: &str) -> Vec<u8> {
 ///   through the name index, not by reading pg_proc whole: a fifth of the query on a new
 ///   backend before.
 /// - `o`: a user operator (schema, symbol) whose function is volatile.
-/// - `t`: a type whose input runs user code: a domain with a CHECK constraint, a base type with
-///   a volatile input function, and every array, domain, composite and range over one.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
 ///   context (`i` implicit, `a` assignment, `e` explicit).
 ///
 /// Run with no statement or lock timeout of the session's (`SET LOCAL`, in the query's own
-/// implicit transaction).
+/// implicit transaction: a string of statements in one simple query is one transaction).
 ///
 /// With `relations` (masking needs them), also every user relation (`r`: schema, name, OID,
 /// relkind with `t` when it has triggers or rules), its columns (`a`: relation OID, name,
-/// attnum, type OID and generated flag), inheritance (`i`: child, parent), and in a second
-/// statement run with `search_path` set to pg_catalog (so every relation is qualified), view
-/// definitions (`v`: OID, text).
+/// attnum, type OID and generated flag), inheritance (`i`: child, parent), user operators'
+/// symbols (`O`), and, after `search_path` is set to pg_catalog (so every relation is
+/// qualified), view definitions (`v`: OID, text).
 pub fn query(relations: bool) -> String {
     let mut q = facts_query();
     if relations {
@@ -77,24 +82,22 @@ pub fn query(relations: bool) -> String {
         let eq = "OPERATOR(pg_catalog.=)";
         let kinds = "c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::pg_catalog.\"char\"[])";
         q.push_str(&format!(
-            " UNION ALL \
-             SELECT 'r', {ns}, {rn}, c.oid::pg_catalog.text, c.relkind::pg_catalog.text OPERATOR(pg_catalog.||) \
+            "; SELECT 'r'::pg_catalog.text, {ns}, {rn}, c.oid::pg_catalog.text, c.relkind::pg_catalog.text OPERATOR(pg_catalog.||) \
                (CASE WHEN c.relhastriggers THEN 't'::pg_catalog.text ELSE ''::pg_catalog.text END) OPERATOR(pg_catalog.||) \
                (CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_rewrite w WHERE w.ev_class {eq} c.oid \
                  AND w.rulename OPERATOR(pg_catalog.<>) '_RETURN'::pg_catalog.name) \
                THEN 'R'::pg_catalog.text ELSE ''::pg_catalog.text END) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
-             WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds} \
-             UNION ALL \
-             SELECT 'a', a.attrelid::pg_catalog.text, {an}, a.attnum::pg_catalog.text, \
+             WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds}; \
+             SELECT 'a'::pg_catalog.text, a.attrelid::pg_catalog.text, {an}, a.attnum::pg_catalog.text, \
                a.atttypid::pg_catalog.text OPERATOR(pg_catalog.||) ','::pg_catalog.text OPERATOR(pg_catalog.||) a.attgenerated::pg_catalog.text \
              FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid {eq} a.attrelid \
              WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND {kinds} \
-               AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped \
-             UNION ALL \
-             SELECT 'i', i.inhrelid::pg_catalog.text, i.inhparent::pg_catalog.text, '', '' FROM pg_catalog.pg_inherits i \
-             UNION ALL \
-             SELECT DISTINCT 'O', '', {on}, '', '' FROM pg_catalog.pg_operator o WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid; \
+               AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped; \
+             SELECT 'i'::pg_catalog.text, i.inhrelid::pg_catalog.text, i.inhparent::pg_catalog.text, ''::pg_catalog.text, ''::pg_catalog.text \
+             FROM pg_catalog.pg_inherits i; \
+             SELECT DISTINCT 'O'::pg_catalog.text, ''::pg_catalog.text, {on}, ''::pg_catalog.text, ''::pg_catalog.text \
+             FROM pg_catalog.pg_operator o WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid; \
              SET LOCAL search_path = pg_catalog; \
              SELECT 'v'::pg_catalog.text, c.oid::pg_catalog.text, {def}, ''::pg_catalog.text, ''::pg_catalog.text \
              FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid \
@@ -112,66 +115,53 @@ pub fn query(relations: bool) -> String {
 fn facts_query() -> String {
     let o = FIRST_USER_OID;
     let eq = "OPERATOR(pg_catalog.=)";
-    let volatility = |cond: &str| {
-        format!(
-            "pg_catalog.max(CASE WHEN {cond} THEN (CASE WHEN p.prokind {eq} 'a'::pg_catalog.\"char\" \
-             OR p.provolatile {eq} 'v'::pg_catalog.\"char\" \
-             OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text) \
-             OR EXISTS (SELECT FROM bad WHERE bad.oid OPERATOR(pg_catalog.=) ANY (p.proargtypes::pg_catalog.oid[])) THEN 2 \
-             WHEN p.provolatile {eq} 's'::pg_catalog.\"char\" THEN 1 ELSE 0 END) END)::pg_catalog.text"
-        )
-    };
-    let any = volatility("true");
-    let one = volatility(
-        "p.pronargs OPERATOR(pg_catalog.>=) 1::pg_catalog.int2 \
-         AND (p.pronargs OPERATOR(pg_catalog.-) p.pronargdefaults) OPERATOR(pg_catalog.<=) 1::pg_catalog.int2",
-    );
+    let user = |column: &str| format!("{column} OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid");
     let schemas = format!(
         "pg_catalog.array_to_string(ARRAY(SELECT {} FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s(n)), ','::pg_catalog.text)",
         hex("s.n")
     );
+    let owner = "pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text)";
+    let volatile = "p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\"";
+    let space = "OPERATOR(pg_catalog.||) ' '::pg_catalog.text OPERATOR(pg_catalog.||)";
     format!(
         "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+         SELECT 's'::pg_catalog.text, {sp}, {cu}, {su}, {schemas}; \
          WITH RECURSIVE edges(child, parent) AS ( \
-           SELECT t.oid, t.typelem FROM pg_catalog.pg_type t WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
-           UNION ALL SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typbasetype OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+           SELECT t.oid, t.typelem FROM pg_catalog.pg_type t WHERE {user_t} AND t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+           UNION ALL SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE {user_t} AND t.typbasetype OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
            UNION ALL SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a \
-             ON a.attrelid {eq} t.typrelid WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 \
-           UNION ALL SELECT r.rngtypid, r.rngsubtype FROM pg_catalog.pg_range r), \
+             ON a.attrelid {eq} t.typrelid WHERE {user_t} AND t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 \
+           UNION ALL SELECT r.rngtypid, r.rngsubtype FROM pg_catalog.pg_range r WHERE {user_r} \
+           UNION ALL SELECT r.rngmultitypid, r.rngtypid FROM pg_catalog.pg_range r WHERE {user_r}), \
          bad(oid) AS ( \
-           SELECT t.oid FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND ( \
+           SELECT t.oid FROM pg_catalog.pg_type t WHERE {user_t} AND ( \
              (t.typtype {eq} 'd'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_constraint c \
                WHERE c.contypid {eq} t.oid AND c.contype {eq} 'c'::pg_catalog.\"char\")) \
              OR (t.typtype {eq} 'b'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_proc p \
-               WHERE p.oid {eq} t.typinput::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\"))) \
+               WHERE p.oid {eq} t.typinput::pg_catalog.oid AND {volatile}))) \
            UNION SELECT e.child FROM edges e JOIN bad b ON e.parent {eq} b.oid) \
-         SELECT 's'::pg_catalog.text, {sp}, {cu}, {su}, {schemas} \
-         UNION ALL \
-         SELECT 'f', {ns}, {pn}, {any}, {one} \
-         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid {eq} p.pronamespace \
-         WHERE p.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid GROUP BY n.nspname, p.proname \
-         UNION ALL \
-         SELECT DISTINCT 'x', '', {pn}, '2', '' FROM pg_catalog.pg_proc p \
+         SELECT 't'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, bad.oid::pg_catalog.text \
+         FROM bad JOIN pg_catalog.pg_type t ON t.oid {eq} bad.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid {eq} t.typnamespace; \
+         SELECT 'f'::pg_catalog.text, {ns}, {pn}, \
+           CASE WHEN p.prokind {eq} 'a'::pg_catalog.\"char\" OR {volatile} OR {owner} THEN '2'::pg_catalog.text \
+             WHEN p.provolatile {eq} 's'::pg_catalog.\"char\" THEN '1'::pg_catalog.text ELSE '0'::pg_catalog.text END, \
+           p.pronargs::pg_catalog.text {space} p.pronargdefaults::pg_catalog.text {space} p.proargtypes::pg_catalog.text \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid {eq} p.pronamespace WHERE {user_p}; \
+         SELECT DISTINCT 'x'::pg_catalog.text, ''::pg_catalog.text, {pn}, '2'::pg_catalog.text, ''::pg_catalog.text \
+         FROM pg_catalog.pg_proc p \
          WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
-         AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND p.provolatile {eq} 'v'::pg_catalog.\"char\" \
-         AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname \
-           AND u.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid) \
-         UNION ALL \
-         SELECT DISTINCT 'o', {ns}, {on}, '2', '' \
+         AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND {volatile} \
+         AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname AND {user_u}); \
+         SELECT DISTINCT 'o'::pg_catalog.text, {ns}, {on}, '2'::pg_catalog.text, ''::pg_catalog.text \
          FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
-         WHERE o.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND (p.provolatile {eq} 'v'::pg_catalog.\"char\" \
-         OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text)) \
-         UNION ALL \
-         SELECT 't', {ns}, {tn}, '2', '' FROM bad JOIN pg_catalog.pg_type t ON t.oid {eq} bad.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid {eq} t.typnamespace \
-         UNION ALL \
-         SELECT 'c', {ns}, {tn}, '2', c.castcontext::pg_catalog.text \
+         WHERE {user_o} AND ({volatile} OR {owner}); \
+         SELECT 'c'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, c.castcontext::pg_catalog.text \
          FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid {eq} c.castfunc \
          JOIN pg_catalog.pg_type t ON t.oid {eq} c.casttarget \
          JOIN pg_catalog.pg_namespace n ON n.oid {eq} t.typnamespace \
-         WHERE c.oid OPERATOR(pg_catalog.>=) {o}::pg_catalog.oid AND (p.provolatile {eq} 'v'::pg_catalog.\"char\" \
-         OR pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text))",
+         WHERE {user_c} AND ({volatile} OR {owner})",
         sp = hex("pg_catalog.current_setting('search_path'::pg_catalog.text)"),
         cu = hex("current_user"),
         su = hex("session_user"),
@@ -179,6 +169,12 @@ fn facts_query() -> String {
         pn = hex("p.proname"),
         on = hex("o.oprname"),
         tn = hex("t.typname"),
+        user_t = user("t.oid"),
+        user_r = user("r.rngtypid"),
+        user_p = user("p.oid"),
+        user_u = user("u.oid"),
+        user_o = user("o.oid"),
+        user_c = user("c.oid"),
     )
 }
 
@@ -187,6 +183,8 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
     let mut session = None;
     let mut catalog = Catalog::default();
     let mut relations: Option<crate::sql::catalog::Relations> = with_relations.then(Default::default);
+    let mut functions = Vec::new();
+    let mut unsafe_types = std::collections::HashSet::new();
     let number = |v: &Option<String>, what: &str| -> Result<u32, String> {
         v.as_deref().and_then(|t| t.parse().ok()).ok_or_else(|| format!("a row with no {what}"))
     };
@@ -205,12 +203,15 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
             }
             Some("f") => {
                 let v = volatility.as_deref().and_then(level).ok_or("a function without volatility")?;
-                let one = extra.as_deref().and_then(level);
-                catalog.add_function(&named(schema)?, &named(name)?, v, one);
+                let signature = Signature::parse(&plain(extra)).ok_or("a function with a malformed signature")?;
+                functions.push((named(schema)?, named(name)?, v, signature));
             }
             Some("x") => catalog.add_volatile_builtin(&named(name)?),
             Some("o") => catalog.add_volatile_operator(&named(schema)?, &named(name)?),
-            Some("t") => catalog.add_unsafe_type(&named(schema)?, &named(name)?),
+            Some("t") => {
+                catalog.add_unsafe_type(&named(schema)?, &named(name)?);
+                unsafe_types.insert(number(extra, "type OID")?);
+            }
             Some("c") => catalog.add_volatile_cast(&named(schema)?, &named(name)?, extra.as_deref() != Some("e")),
             Some("r") => {
                 let flags = plain(extra);
@@ -250,9 +251,46 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
             other => return Err(format!("a row of unknown kind {other:?}")),
         }
     }
+    for (schema, name, volatility, signature) in functions {
+        let (v, one) = signature.fold(volatility, &unsafe_types);
+        catalog.add_function(&schema, &name, v, one);
+    }
     let (search_path, current_user, session_user, schemas) = session.ok_or("no session row")?;
     catalog.relations = relations;
     Ok(SessionFacts { current_user, session_user, search_path, schemas, catalog: Arc::new(catalog) })
+}
+
+/// What of a user function's signature its judgement needs (a `f` row's `extra`).
+#[derive(Debug, PartialEq)]
+struct Signature {
+    arguments: u16,
+    defaults: u16,
+    types: Vec<u32>,
+}
+
+impl Signature {
+    /// `pronargs pronargdefaults proargtypes`: `proargtypes` is an oidvector, its OIDs
+    /// space-separated (none for a function without arguments).
+    fn parse(extra: &str) -> Option<Signature> {
+        let mut fields = extra.split(' ');
+        let arguments = fields.next()?.parse().ok()?;
+        let defaults = fields.next()?.parse().ok()?;
+        let types = fields.filter(|f| !f.is_empty()).map(|f| f.parse().ok()).collect::<Option<Vec<u32>>>()?;
+        Some(Signature { arguments, defaults, types })
+    }
+
+    /// The overload's volatility as judging counts it (VOLATILE when it takes a type whose
+    /// input runs user code: a literal passed to it is cast), and the same again when it can
+    /// be called with one argument.
+    fn fold(
+        &self,
+        declared: Volatility,
+        unsafe_types: &std::collections::HashSet<u32>,
+    ) -> (Volatility, Option<Volatility>) {
+        let v = if self.types.iter().any(|t| unsafe_types.contains(t)) { Volatility::Volatile } else { declared };
+        let one = (self.arguments >= 1 && self.arguments.saturating_sub(self.defaults) <= 1).then_some(v);
+        (v, one)
+    }
 }
 
 /// 0, 1, 2: IMMUTABLE, STABLE, VOLATILE.
@@ -357,8 +395,8 @@ mod tests {
             (h("\"$user\", public"), h("agent"), h("login"), h("public"), h("lower"), h("app"), h("owner"), h("+"));
         let rows = vec![
             row(&[Some("s"), Some(&sp), Some(&agent), Some(&login), Some(&schemas)]),
-            row(&[Some("f"), Some(&public), Some(&lower), Some("2"), Some("2")]),
-            row(&[Some("f"), Some(&app), Some(&owner), Some("1"), None]),
+            row(&[Some("f"), Some(&public), Some(&lower), Some("2"), Some("1 0 23")]),
+            row(&[Some("f"), Some(&app), Some(&owner), Some("1"), Some("0 0 ")]),
             row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("")]),
         ];
         let facts = facts(&rows, false).expect("facts");
@@ -367,14 +405,58 @@ mod tests {
         assert_eq!(facts.search_path, "\"$user\", public");
         assert_eq!(facts.schemas, ["pg_catalog", "public"]);
         assert!(
-            super::facts(&[row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), None])], false).is_err(),
+            super::facts(
+                &[rows[0].clone(), row(&[Some("f"), Some("zz"), Some(&lower), Some("2"), Some("0 0 ")])],
+                false
+            )
+            .is_err(),
             "not hex"
         );
+        for signature in [None, Some(""), Some("1"), Some("1 0 x"), Some("-1 0 23"), Some("1 0 23,25")] {
+            let malformed = [rows[0].clone(), row(&[Some("f"), Some(&public), Some(&lower), Some("2"), signature])];
+            assert!(super::facts(&malformed, false).is_err(), "{signature:?}");
+        }
+        let untyped = [rows[0].clone(), row(&[Some("t"), Some(&public), Some(&lower), Some("2"), Some("")])];
+        assert!(super::facts(&untyped, false).is_err(), "a type row without its OID");
         assert_eq!(facts.catalog.function_count(), 2);
         assert!(super::facts(&rows[1..], false).is_err(), "no session row");
         assert!(super::facts(&[vec![0, 5, 0]], false).is_err(), "truncated row");
         let unknown = [rows[0].clone(), row(&[Some("z"), None, None, None, None])];
         assert!(super::facts(&unknown[..1], false).is_ok());
         assert!(super::facts(&unknown, false).is_err(), "unknown kind");
+    }
+
+    /// Overloads are folded by the reader: the worst of them, an overload taking a type whose
+    /// input runs user code counting as VOLATILE wherever its row comes, and the worst of those
+    /// callable with one argument.
+    #[test]
+    fn a_functions_overloads_fold_with_the_types_whose_input_runs_user_code() {
+        let schemas = h("public");
+        let (public, f, g, checked) = (h("public"), h("f"), h("g"), h("checked"));
+        let session = row(&[Some("s"), Some(&h("public")), Some(&h("u")), Some(&h("u")), Some(&schemas)]);
+        let rows = |order: &[usize]| {
+            let all = [
+                // f(int) STABLE; f(checked) STABLE but takes the unsafe type; f() IMMUTABLE.
+                row(&[Some("f"), Some(&public), Some(&f), Some("1"), Some("1 0 23")]),
+                row(&[Some("f"), Some(&public), Some(&f), Some("1"), Some("1 0 70001")]),
+                row(&[Some("f"), Some(&public), Some(&f), Some("0"), Some("0 0 ")]),
+                // g(int, int default) IMMUTABLE: callable with one; g(int, int, int) STABLE: not.
+                row(&[Some("f"), Some(&public), Some(&g), Some("0"), Some("2 1 23 23")]),
+                row(&[Some("f"), Some(&public), Some(&g), Some("1"), Some("3 0 23 23 23")]),
+                row(&[Some("t"), Some(&public), Some(&checked), Some("2"), Some("70001")]),
+            ];
+            std::iter::once(session.clone()).chain(order.iter().map(|&i| all[i].clone())).collect::<Vec<_>>()
+        };
+        for order in [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]] {
+            let facts = facts(&rows(&order), false).expect("facts");
+            let c = &facts.catalog;
+            assert_eq!(c.function_volatility(Some("public"), "f"), Some(Volatility::Volatile), "{order:?}");
+            assert_eq!(c.one_argument_volatility("f"), Some(Volatility::Volatile), "{order:?}");
+            assert_eq!(c.function_volatility(Some("public"), "g"), Some(Volatility::Stable), "{order:?}");
+            assert_eq!(c.one_argument_volatility("g"), Some(Volatility::Immutable), "{order:?}");
+        }
+        // Without the type row, f is only as bad as it says.
+        let facts = facts(&rows(&[0, 1, 2]), false).expect("facts");
+        assert_eq!(facts.catalog.function_volatility(Some("public"), "f"), Some(Volatility::Stable));
     }
 }
