@@ -536,6 +536,14 @@ impl SessionGovern {
                         "resolves a function, operator or type by an unqualified name after the session may have put another schema before pg_catalog in its search_path: it may not be the built-in",
                     ));
                 }
+                // A value bound to a parameter declared of a type whose input runs user code
+                // runs it, whatever the text says (`select $1` with the type of a domain with a
+                // CHECK).
+                if let Some(why) = crate::sql::catalog::unsafe_parameter(view, info.parameter_types) {
+                    effects.insert(Class::Unknown);
+                    class = Class::Unknown;
+                    class_reason = Some(Arc::from(why));
+                }
                 // A change earlier in the same string applies to the statements after it.
                 if part.ambiguous
                     || search_path::may_distrust_judged(
@@ -1527,6 +1535,7 @@ mod tests {
             prepared,
             protocol,
             parameters: None,
+            parameter_types: &[],
             function_oid: None,
             lexing: Lexing {
                 standard_conforming_strings: true,
@@ -1760,6 +1769,38 @@ mod tests {
         }
         let on = info(text, QueryProtocol::Simple, &none);
         assert!(matches!(s.before_statement(&on), Verdict::Deny { .. }), "a DROP, whatever was kept");
+    }
+
+    /// A parameter declared of a type whose input runs user code makes the statement unknown,
+    /// and the judgement kept for the same text with other parameter types is not given to it.
+    #[test]
+    fn a_parameter_of_a_type_whose_input_runs_user_code_is_never_given_a_kept_judgement() {
+        let unknown = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-unknown, match: {class: [unknown]}, action: deny}\n  default: allow\n";
+        let s = session(unknown);
+        let mut catalog = Catalog::default();
+        catalog.add_unsafe_type_oid(70001);
+        s.on_facts(Ok(facts("public", catalog)));
+        let sql = "select $1";
+        // (The first judgement fills the session's selection: kept from the second on.)
+        bound(&s, sql);
+        let kept = bound(&s, sql);
+        assert!(Arc::ptr_eq(&kept, &bound(&s, sql)), "kept");
+        let none = |_: &str| None;
+        for step in [crate::session::hooks::Step::Prepare, crate::session::hooks::Step::Bind] {
+            let mut typed = info(sql, QueryProtocol::Extended, &none);
+            typed.step = step;
+            typed.parameter_types = &[70001];
+            match s.before_statement(&typed) {
+                Verdict::Deny { message, .. } => assert!(message.contains("OID 70001"), "{message}"),
+                _ => panic!("{step:?}: a bound value runs the type's input"),
+            }
+            typed.parameter_types = &[70002];
+            match s.before_statement(&typed) {
+                Verdict::Allow(Some(j)) => assert!(!Arc::ptr_eq(&kept, &j), "judged anew"),
+                _ => panic!("{step:?}: a user type whose input runs no user code"),
+            }
+        }
+        assert!(Arc::ptr_eq(&kept, &bound(&s, sql)), "still kept for the untyped text");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! refused one takes a decision or is recorded as refused each time), with no volume limit (its windows
 //! count across the tenant's sessions), no approval, and no statement that reads the session's
 //! prepared statements or cursors (SQL EXECUTE, PREPARE, DECLARE, FETCH), or is ambiguous or of
-//! unknown effect.
+//! unknown effect. A statement whose parameters are declared of user types is neither kept nor
+//! given a kept judgement (the types are not in the key).
 
 use std::sync::Arc;
 
@@ -91,7 +92,7 @@ impl Kept {
         if self.entries.first().is_some_and(|(_, b, _)| b.changes != changes || b.generation != generation) {
             self.entries.retain(|(_, b, _)| b.changes == changes && b.generation == generation);
         }
-        if !info.text_known || info.protocol == QueryProtocol::FunctionCall {
+        if !info.text_known || info.protocol == QueryProtocol::FunctionCall || !info.parameter_types.is_empty() {
             return None;
         }
         let basis = Basis::of(info, generation, changes);
@@ -103,6 +104,8 @@ impl Kept {
     pub(super) fn keep(&mut self, info: &StatementInfo<'_>, generation: u64, changes: u64, judgement: &Arc<Judgement>) {
         if !info.text_known
             || info.protocol == QueryProtocol::FunctionCall
+            // (Not in the key: a statement whose parameters are of user types is judged anew.)
+            || !info.parameter_types.is_empty()
             || info.sql.len() > MAX_TEXT
             || !reusable(judgement)
         {

@@ -100,6 +100,9 @@ pub struct StatementInfo<'a> {
     /// The parameters it is about to run with (extended protocol: a Bind's, or for an Execute
     /// the parameters its portal was bound with).
     pub parameters: Option<Parameters<'a>>,
+    /// The declared types (OIDs) of its parameters that users made (OID 16384 and above): a
+    /// Parse's own, or for a Bind its statement's. Empty otherwise.
+    pub parameter_types: &'a [u32],
     /// The function a fast-path FunctionCall invokes.
     pub function_oid: Option<u32>,
     /// How the server lexes the text (`standard_conforming_strings`, and whether it is settled).

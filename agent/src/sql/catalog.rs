@@ -58,6 +58,8 @@ pub struct Catalog {
     /// constraints, base types with volatile input functions), by schema and name.
     unsafe_types: HashSet<ObjectName>,
     unsafe_type_names: HashSet<String>,
+    /// The same types by OID: what a parameter's declared type names (Parse).
+    unsafe_type_oids: HashSet<u32>,
     /// A user cast runs a volatile function: (target type, implicitly or only explicitly).
     volatile_casts: Vec<(ObjectName, bool)>,
     /// VOLATILE built-in functions (pg_catalog) by name, of those a user function shares its
@@ -230,6 +232,10 @@ impl Catalog {
         self.unsafe_type_names.insert(name.to_string());
     }
 
+    pub fn add_unsafe_type_oid(&mut self, oid: u32) {
+        self.unsafe_type_oids.insert(oid);
+    }
+
     pub fn add_volatile_cast(&mut self, schema: &str, target: &str, implicit: bool) {
         self.volatile_casts.push((ObjectName::new(Some(schema), target), implicit));
     }
@@ -251,6 +257,12 @@ impl Catalog {
             Some(_) => self.functions.get(&ObjectName::new(schema, name)).copied(),
             None => self.by_name.get(name).copied(),
         }
+    }
+
+    /// Whether an unqualified `symbol` may reach a VOLATILE user operator on `path`.
+    #[cfg(test)]
+    pub fn volatile_operator_in(&self, path: Option<&[String]>, symbol: &str) -> bool {
+        self.volatile_operator(symbol, path)
     }
 
     /// The worst overload of `name` callable with one argument, in any schema.
@@ -475,6 +487,33 @@ pub enum CatalogView<'a> {
     Unavailable(&'a str),
 }
 
+/// Why values bound to parameters of these declared types (a Parse's, by OID) run code the
+/// analyser cannot see: the server converts each with its type's input (or receive) function, so
+/// a domain's CHECK or a volatile input function runs when the statement is bound, whatever
+/// the statement's text. Types made by users (OID 16384 and above) only: a built-in type runs
+/// no user code. `None` when none does, or when no user object is known (`BuiltinsOnly`, as for
+/// a cast by name).
+pub fn unsafe_parameter(view: CatalogView<'_>, types: &[u32]) -> Option<String> {
+    let mut user = types.iter().copied().filter(|t| *t >= FIRST_USER_OID);
+    match view {
+        CatalogView::BuiltinsOnly => None,
+        CatalogView::Unavailable(why) => user.next().map(|t| {
+            format!("binds a parameter declared of type OID {t}, a user type, and the database's catalog could not be read ({why})")
+        }),
+        CatalogView::Known(catalog) | CatalogView::OnPath(catalog, _) => {
+            user.find(|t| catalog.unsafe_type_oids.contains(t)).map(|t| {
+                format!(
+                    "binds a parameter declared of type OID {t}, a type whose input runs user code (a domain's CHECK, a volatile input function)"
+                )
+            })
+        }
+    }
+}
+
+/// Objects with OIDs from here on were created after initdb: by users and extensions.
+/// (PostgreSQL's `FirstNormalObjectId`.)
+pub const FIRST_USER_OID: u32 = 16384;
+
 /// A statement's class and effects once the catalog answered what the analyser could not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
@@ -683,5 +722,23 @@ mod tests {
         assert_eq!(settled("select a.f from t a", view).class, Class::Unknown, "a.f may be f(a)");
         assert_eq!(settled("select 1", view).class, Class::Read);
         assert!(settled("select now()", view).reason.is_some_and(|r| r.contains("permission denied")));
+    }
+
+    #[test]
+    fn a_parameter_declared_of_a_type_whose_input_runs_user_code_is_named() {
+        let mut c = catalog();
+        c.add_unsafe_type_oid(70001);
+        let known = CatalogView::Known(&c);
+        assert!(unsafe_parameter(known, &[]).is_none());
+        assert!(unsafe_parameter(known, &[23, 70002]).is_none(), "a user type whose input runs no user code");
+        assert!(unsafe_parameter(known, &[70002, 70001]).is_some_and(|r| r.contains("OID 70001")));
+        assert!(unsafe_parameter(CatalogView::OnPath(&c, &[]), &[70001]).is_some());
+        // A built-in OID is never unsafe, even if listed.
+        c.add_unsafe_type_oid(25);
+        assert!(unsafe_parameter(CatalogView::Known(&c), &[25]).is_none());
+        let unreadable = CatalogView::Unavailable("permission denied");
+        assert!(unsafe_parameter(unreadable, &[23, 25]).is_none(), "built-in types run no user code");
+        assert!(unsafe_parameter(unreadable, &[70002]).is_some_and(|r| r.contains("permission denied")));
+        assert!(unsafe_parameter(CatalogView::BuiltinsOnly, &[70001]).is_none());
     }
 }

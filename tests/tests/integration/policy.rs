@@ -145,7 +145,12 @@ fn the_databases_catalog_decides_what_a_name_runs() {
          grant usage on schema app, evil to bot; grant select on accounts to bot; \
          alter role bot set search_path = evil, pg_catalog; \
          create role auditor; create role bot2 login; grant auditor to bot2; alter role bot2 set role = auditor; \
-         create function public.currtid2(int) returns int language sql stable as 'select 1'; create role clerk login",
+         create function public.currtid2(int) returns int language sql stable as 'select 1'; create role clerk login; \
+         create function app.same(app.checked, app.checked) returns boolean language sql stable \
+           as 'select $1::int = $2::int'; \
+         create operator app.= (leftarg = app.checked, rightarg = app.checked, function = app.same); \
+         create table app.tray(z app.checked); insert into app.tray values (1); grant select on app.tray to bot; \
+         truncate trail",
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
     let agent = Agent::start_with_policies(
@@ -178,6 +183,25 @@ fn the_databases_catalog_decides_what_a_name_runs() {
         let (ok, _, err) = run("bot", sql);
         assert!(!ok && err.contains("warden:"), "{sql}: {err}");
     }
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
+    // A STABLE user `=` over that domain, reached through the search_path: its literal operand
+    // is converted to the domain, running the CHECK for each row.
+    let (ok, _, err) = run("bot", "set search_path = app, public; select z = '4' from app.tray");
+    assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+    // A parameter declared (Parse, by OID) of the domain's type: the bound value is converted
+    // by the domain's input, running the CHECK, whatever the statement's text.
+    let checked = pg.admin_sql("select 'app.checked'::pg_catalog.regtype::pg_catalog.oid");
+    let typed = |labels: &[&str]| {
+        let script = "import sys, psycopg\n\
+            c = psycopg.connect(sys.argv[1], autocommit=True)\n\
+            for r in (c.pgconn.prepare(b'p', b'select $1', [int(sys.argv[2])]), c.pgconn.exec_prepared(b'p', [b'4'])):\n\
+            \x20   print(r.status, r.error_message.decode())\n";
+        let conninfo = format!("host=127.0.0.1 port={} user=bot dbname=postgres", pg.port);
+        let out = output(&mut agent.exec(labels, &["python3", "-c", script, &conninfo, checked.trim()]));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let out = typed(&bot);
+    assert!(out.contains("warden:") && out.contains("type whose input runs user code"), "{out}");
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // Not for a role that can act as the function's owner: its volatility is its own claim.
     let (ok, _, err) = run("postgres", "select app.report()");
@@ -226,6 +250,10 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert_eq!(pg.admin_sql("select count(*) from trail"), "1");
     assert_eq!(pg.admin_sql("select '{\"{[4,5]}\"}'::app._span_multirange"), "{\"{[4,5]}\"}");
     assert_eq!(pg.admin_sql("select count(*) from trail"), "3", "the bounds' CHECK ran");
+    // An unlabelled workload (no policy selects it) binds the typed parameter: the CHECK runs.
+    let out = typed(&[]);
+    assert!(!out.contains("warden:"), "{out}");
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "4", "the bound value's CHECK ran: {out}");
 }
 
 /// Waits (15 s at most) for the agent to log `line`.

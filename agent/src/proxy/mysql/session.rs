@@ -847,6 +847,7 @@ impl Session<'_> {
             prepared: &prepared,
             protocol,
             parameters: parameters.map(|message| Parameters { message, decode: params::decode }),
+            parameter_types: &[],
             function_oid: None,
             lexing,
             step,

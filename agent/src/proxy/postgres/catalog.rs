@@ -11,12 +11,8 @@ use std::sync::Arc;
 use crate::{
     pg::text,
     session::SessionFacts,
-    sql::catalog::{Catalog, Volatility},
+    sql::catalog::{Catalog, FIRST_USER_OID, Volatility},
 };
-
-/// Objects with OIDs from here on were created after initdb: by users and extensions.
-/// (PostgreSQL's `FirstNormalObjectId`.)
-const FIRST_USER_OID: u32 = 16384;
 
 /// `x` (text) as hex digits of its UTF-8 bytes: the same in every client encoding.
 fn hex(x: &str) -> String {
@@ -55,20 +51,25 @@ fn framed(query: &str) -> Vec<u8> {
 ///   aggregate and any function the session's role could have written (it can act as its
 ///   owner: the declared volatility is then its own claim); `extra` is its argument count,
 ///   how many have defaults, and its argument types' OIDs, space-separated. The reader folds
-///   the overloads (`fold_functions`): one that takes a `t` type is VOLATILE (a literal passed
-///   to it is cast).
+///   the overloads (`Signature::fold`): one that takes a `t` type is VOLATILE (a literal
+///   passed to it is cast).
 /// - `x`: a VOLATILE built-in (pg_catalog) function, by name, that a user function shares its
 ///   name with: a call of a name the analyser does not know is cleared as a read only by a
 ///   user function the catalog shows to be one, and pg_catalog is searched first. (Unshadowed
 ///   names need no list: with no user function of the name the call stays `unknown`.) Found
 ///   through the name index, not by reading pg_proc whole: a fifth of the query on a new
 ///   backend before.
-/// - `o`: a user operator (schema, symbol) whose function is volatile.
+/// - `o`: a user operator (schema, symbol): 2 when its function is VOLATILE or the session's
+///   role could have written it, else 0; `extra` is its operand types' OIDs (left, right; 0
+///   for none). The reader counts it VOLATILE also when it takes a `t` type: a literal operand
+///   is converted to the operand's type.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
 ///   context (`i` implicit, `a` assignment, `e` explicit).
 ///
-/// Run with no statement or lock timeout of the session's (`SET LOCAL`, in the query's own
-/// implicit transaction: a string of statements in one simple query is one transaction).
+/// Run in one snapshot (REPEATABLE READ: at READ COMMITTED each statement would see the
+/// catalog anew, a definition committed between two of them in one but not the other), with
+/// no statement or lock timeout of the session's (`SET LOCAL`, in the query's own implicit
+/// transaction: a string of statements in one simple query is one transaction).
 ///
 /// With `relations` (masking needs them), also every user relation (`r`: schema, name, OID,
 /// relkind with `t` when it has triggers or rules), its columns (`a`: relation OID, name,
@@ -124,7 +125,7 @@ fn facts_query() -> String {
     let volatile = "p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\"";
     let space = "OPERATOR(pg_catalog.||) ' '::pg_catalog.text OPERATOR(pg_catalog.||)";
     format!(
-        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+        "SET LOCAL transaction_isolation = 'repeatable read'; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
          SELECT 's'::pg_catalog.text, {sp}, {cu}, {su}, {schemas}; \
          WITH RECURSIVE edges(child, parent) AS ( \
            SELECT t.oid, t.typelem FROM pg_catalog.pg_type t WHERE {user_t} AND t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
@@ -153,10 +154,12 @@ fn facts_query() -> String {
          WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
          AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND {volatile} \
          AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname AND {user_u}); \
-         SELECT DISTINCT 'o'::pg_catalog.text, {ns}, {on}, '2'::pg_catalog.text, ''::pg_catalog.text \
+         SELECT DISTINCT 'o'::pg_catalog.text, {ns}, {on}, \
+           CASE WHEN {volatile} OR {owner} THEN '2'::pg_catalog.text ELSE '0'::pg_catalog.text END, \
+           o.oprleft::pg_catalog.text {space} o.oprright::pg_catalog.text \
          FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
-         WHERE {user_o} AND ({volatile} OR {owner}); \
+         WHERE {user_o}; \
          SELECT 'c'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, c.castcontext::pg_catalog.text \
          FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid {eq} c.castfunc \
          JOIN pg_catalog.pg_type t ON t.oid {eq} c.casttarget \
@@ -184,6 +187,7 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
     let mut catalog = Catalog::default();
     let mut relations: Option<crate::sql::catalog::Relations> = with_relations.then(Default::default);
     let mut functions = Vec::new();
+    let mut operators = Vec::new();
     let mut unsafe_types = std::collections::HashSet::new();
     let number = |v: &Option<String>, what: &str| -> Result<u32, String> {
         v.as_deref().and_then(|t| t.parse().ok()).ok_or_else(|| format!("a row with no {what}"))
@@ -207,10 +211,21 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
                 functions.push((named(schema)?, named(name)?, v, signature));
             }
             Some("x") => catalog.add_volatile_builtin(&named(name)?),
-            Some("o") => catalog.add_volatile_operator(&named(schema)?, &named(name)?),
+            Some("o") => {
+                let volatile = volatility.as_deref().and_then(level).ok_or("an operator without volatility")?;
+                let operands = plain(extra)
+                    .split(' ')
+                    .map(|t| t.parse().ok())
+                    .collect::<Option<Vec<u32>>>()
+                    .filter(|t| t.len() == 2)
+                    .ok_or("an operator without its two operand types")?;
+                operators.push((named(schema)?, named(name)?, volatile, operands));
+            }
             Some("t") => {
+                let oid = number(extra, "type OID")?;
                 catalog.add_unsafe_type(&named(schema)?, &named(name)?);
-                unsafe_types.insert(number(extra, "type OID")?);
+                catalog.add_unsafe_type_oid(oid);
+                unsafe_types.insert(oid);
             }
             Some("c") => catalog.add_volatile_cast(&named(schema)?, &named(name)?, extra.as_deref() != Some("e")),
             Some("r") => {
@@ -254,6 +269,11 @@ pub fn facts(rows: &[Vec<u8>], with_relations: bool) -> Result<SessionFacts, Str
     for (schema, name, volatility, signature) in functions {
         let (v, one) = signature.fold(volatility, &unsafe_types);
         catalog.add_function(&schema, &name, v, one);
+    }
+    for (schema, symbol, volatility, operands) in operators {
+        if volatility == Volatility::Volatile || operands.iter().any(|t| unsafe_types.contains(t)) {
+            catalog.add_volatile_operator(&schema, &symbol);
+        }
     }
     let (search_path, current_user, session_user, schemas) = session.ok_or("no session row")?;
     catalog.relations = relations;
@@ -397,7 +417,7 @@ mod tests {
             row(&[Some("s"), Some(&sp), Some(&agent), Some(&login), Some(&schemas)]),
             row(&[Some("f"), Some(&public), Some(&lower), Some("2"), Some("1 0 23")]),
             row(&[Some("f"), Some(&app), Some(&owner), Some("1"), Some("0 0 ")]),
-            row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("")]),
+            row(&[Some("o"), Some(&public), Some(&plus), Some("2"), Some("25 25")]),
         ];
         let facts = facts(&rows, false).expect("facts");
         assert_eq!(facts.current_user, "agent");
@@ -418,6 +438,10 @@ mod tests {
         }
         let untyped = [rows[0].clone(), row(&[Some("t"), Some(&public), Some(&lower), Some("2"), Some("")])];
         assert!(super::facts(&untyped, false).is_err(), "a type row without its OID");
+        for operands in [None, Some(""), Some("25"), Some("25 25 25"), Some("25,25"), Some("x 25")] {
+            let malformed = [rows[0].clone(), row(&[Some("o"), Some(&public), Some(&plus), Some("0"), operands])];
+            assert!(super::facts(&malformed, false).is_err(), "{operands:?}");
+        }
         assert_eq!(facts.catalog.function_count(), 2);
         assert!(super::facts(&rows[1..], false).is_err(), "no session row");
         assert!(super::facts(&[vec![0, 5, 0]], false).is_err(), "truncated row");
@@ -458,5 +482,34 @@ mod tests {
         // Without the type row, f is only as bad as it says.
         let facts = facts(&rows(&[0, 1, 2]), false).expect("facts");
         assert_eq!(facts.catalog.function_volatility(Some("public"), "f"), Some(Volatility::Stable));
+    }
+
+    /// An operator is VOLATILE when its function is, or when an operand is of a type whose input
+    /// runs user code (a literal operand is converted to it), wherever the type's row comes.
+    #[test]
+    fn an_operator_over_a_type_whose_input_runs_user_code_is_volatile() {
+        let (public, checked) = (h("public"), h("checked"));
+        let session = row(&[Some("s"), Some(&public), Some(&h("u")), Some(&h("u")), Some(&public)]);
+        let operator = |symbol: &str, volatility: &str, operands: &str| {
+            row(&[Some("o"), Some(&public), Some(&h(symbol)), Some(volatility), Some(operands)])
+        };
+        let unsafe_type = row(&[Some("t"), Some(&public), Some(&checked), Some("2"), Some("70001")]);
+        let rows = [
+            session,
+            operator("===", "0", "70001 70001"),
+            operator("<<<", "0", "0 70001"),
+            operator("~~~", "0", "23 23"),
+            operator("!!!", "2", "23 23"),
+            unsafe_type,
+        ];
+        let volatile = |rows: &[Vec<u8>]| {
+            let catalog = facts(rows, false).expect("facts").catalog;
+            ["===", "<<<", "~~~", "!!!"].map(|s| catalog.volatile_operator_in(Some(&["public".to_string()]), s))
+        };
+        assert_eq!(volatile(&rows), [true, true, false, true]);
+        let mut reordered = rows.to_vec();
+        reordered.swap(1, 5);
+        assert_eq!(volatile(&reordered), [true, true, false, true]);
+        assert_eq!(volatile(&rows[..5]), [false, false, false, true], "without the type's row");
     }
 }

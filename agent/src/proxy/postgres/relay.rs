@@ -38,6 +38,7 @@ use crate::session::{
     Parameters, ResultColumn, SessionFacts, SqlState,
     hooks::{CopyLayout, Cut, Measure, ResultColumns, ResultFilter, Rewrite, StatementInfo, Step, Verdict},
 };
+use crate::sql::catalog::FIRST_USER_OID;
 
 /// How long the answer to a stopped statement waits for its cancel to be taken by the server
 /// (so that a late cancel cannot hit the client's next statement).
@@ -773,6 +774,9 @@ impl ClientToServer<'_> {
         let hooks = &self.ctx.hooks;
         // An Execute judged again runs with its Bind's parameters: shown with it.
         let mut portal_bind: Option<Arc<[u8]>> = None;
+        // The parameters' declared types made by users (a value bound to one is converted by
+        // its input function): nearly always none, so nothing is allocated.
+        let mut user_types: Vec<u32> = Vec::new();
         let (sql, text_known, protocol, bind, function_oid, lexing, step, portal) = {
             let st = self.lock();
             if st.phase != Phase::Ready {
@@ -789,12 +793,16 @@ impl ClientToServer<'_> {
                 }
                 // Parsing can run code (a literal cast to a domain runs the domain's CHECK at
                 // parse time): a statement is judged when parsed, and again when bound.
-                Frontend::Parse { sql, .. } => {
+                Frontend::Parse { sql, param_types, .. } => {
+                    user_types.extend(param_types.iter().filter(|t| **t >= FIRST_USER_OID));
                     (Arc::from(text(sql)), true, QueryProtocol::Extended, None, None, now, Step::Prepare, &b""[..])
                 }
                 Frontend::Bind(bind) => {
                     let (sql, known, lexing) = match st.statement(bind.statement) {
-                        Some(p) => (p.sql.clone(), !p.ambiguous, p.lexing),
+                        Some(p) => {
+                            user_types.extend(p.param_types.iter().filter(|t| **t >= FIRST_USER_OID));
+                            (p.sql.clone(), !p.ambiguous, p.lexing)
+                        }
                         None => (Arc::from(""), false, now),
                     };
                     let parameters = Parameters { message: bind.body, decode: state::bind_parameters };
@@ -875,6 +883,7 @@ impl ClientToServer<'_> {
             prepared: &prepared,
             protocol,
             parameters: bind,
+            parameter_types: &user_types,
             function_oid,
             lexing,
             step,
