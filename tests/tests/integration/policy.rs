@@ -150,6 +150,12 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'select $1::int = $2::int'; \
          create operator app.= (leftarg = app.checked, rightarg = app.checked, function = app.same); \
          create table app.tray(z app.checked); insert into app.tray values (1); grant select on app.tray to bot; \
+         create function app.below(text, int) returns boolean language plpgsql stable \
+           as 'begin return length($1) < $2; end'; \
+         create function app.not_below(text, int) returns boolean language sql volatile \
+           as 'insert into public.trail values ($2) returning length($1) >= $2'; \
+         create operator app.>= (leftarg = text, rightarg = int, function = app.not_below); \
+         create operator app.< (leftarg = text, rightarg = int, function = app.below, negator = operator(app.>=)); \
          truncate trail",
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
@@ -188,6 +194,11 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // is converted to the domain, running the CHECK for each row.
     let (ok, _, err) = run("bot", "set search_path = app, public; select z = '4' from app.tray");
     assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+    // A STABLE user operator whose negator is VOLATILE: the planner runs `NOT (a < b)` as
+    // `a >= b`.
+    let (ok, _, err) = run("bot", "set search_path = app, public; select not ('abc'::text < 1)");
+    assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+    assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // A parameter declared (Parse, by OID) of the domain's type: the bound value is converted
     // by the domain's input, running the CHECK, whatever the statement's text.
     let checked = pg.admin_sql("select 'app.checked'::pg_catalog.regtype::pg_catalog.oid");

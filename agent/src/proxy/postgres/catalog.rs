@@ -44,8 +44,8 @@ fn framed(query: &str) -> Vec<u8> {
 /// - `s`: the session: search_path, current_user, session_user, and the schemas the server
 ///   searches (`current_schemas(true)`, comma-separated).
 /// - `t`: a type whose input runs user code: a domain with a CHECK constraint, a base type with
-///   a volatile input function, and every array, domain, composite, range and multirange over
-///   one; `extra` is its OID. Only user types are followed: a built-in type is made of
+///   a volatile input or receive (binary input) function, and every array, domain, composite,
+///   range and multirange over one; `extra` is its OID. Only user types are followed: a built-in type is made of
 ///   built-in types alone.
 /// - `f`: a user function, one row per overload: its volatility, counting as VOLATILE an
 ///   aggregate and any function the session's role could have written (it can act as its
@@ -59,10 +59,12 @@ fn framed(query: &str) -> Vec<u8> {
 ///   names need no list: with no user function of the name the call stays `unknown`.) Found
 ///   through the name index, not by reading pg_proc whole: a fifth of the query on a new
 ///   backend before.
-/// - `o`: a user operator (schema, symbol): 2 when its function is VOLATILE or the session's
-///   role could have written it, else 0; `extra` is its operand types' OIDs (left, right; 0
-///   for none). The reader counts it VOLATILE also when it takes a `t` type: a literal operand
-///   is converted to the operand's type.
+/// - `o`: a user operator (schema, symbol): 2 when its function, or its commutator's or
+///   negator's (the planner may run either in its place: `NOT (a < b)` as `a >= b`, and a
+///   selectivity estimate calls the commutator), is VOLATILE or one the session's role could
+///   have written, else 0; `extra` is its operand types' OIDs (left, right; 0 for none). The
+///   reader counts it VOLATILE also when it takes a `t` type: a literal operand is converted to
+///   the operand's type.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
 ///   context (`i` implicit, `a` assignment, `e` explicit).
 ///
@@ -139,7 +141,7 @@ fn facts_query() -> String {
              (t.typtype {eq} 'd'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_constraint c \
                WHERE c.contypid {eq} t.oid AND c.contype {eq} 'c'::pg_catalog.\"char\")) \
              OR (t.typtype {eq} 'b'::pg_catalog.\"char\" AND EXISTS (SELECT FROM pg_catalog.pg_proc p \
-               WHERE p.oid {eq} t.typinput::pg_catalog.oid AND {volatile}))) \
+               WHERE p.oid {eq} ANY (ARRAY[t.typinput, t.typreceive]::pg_catalog.oid[]) AND {volatile}))) \
            UNION SELECT e.child FROM edges e JOIN bad b ON e.parent {eq} b.oid) \
          SELECT 't'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, bad.oid::pg_catalog.text \
          FROM bad JOIN pg_catalog.pg_type t ON t.oid {eq} bad.oid \
@@ -155,10 +157,11 @@ fn facts_query() -> String {
          AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND {volatile} \
          AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname AND {user_u}); \
          SELECT DISTINCT 'o'::pg_catalog.text, {ns}, {on}, \
-           CASE WHEN {volatile} OR {owner} THEN '2'::pg_catalog.text ELSE '0'::pg_catalog.text END, \
+           CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_operator x JOIN pg_catalog.pg_proc p ON p.oid {eq} x.oprcode::pg_catalog.oid \
+             WHERE x.oid {eq} ANY (ARRAY[o.oid, o.oprcom, o.oprnegate]::pg_catalog.oid[]) AND ({volatile} OR {owner})) \
+           THEN '2'::pg_catalog.text ELSE '0'::pg_catalog.text END, \
            o.oprleft::pg_catalog.text {space} o.oprright::pg_catalog.text \
-         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
+         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
          WHERE {user_o}; \
          SELECT 'c'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, c.castcontext::pg_catalog.text \
          FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid {eq} c.castfunc \
