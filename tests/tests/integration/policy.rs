@@ -156,6 +156,12 @@ fn the_databases_catalog_decides_what_a_name_runs() {
            as 'insert into public.trail values ($2) returning length($1) >= $2'; \
          create operator app.>= (leftarg = text, rightarg = int, function = app.not_below); \
          create operator app.< (leftarg = text, rightarg = int, function = app.below, negator = operator(app.>=)); \
+         create function app.any_ti(int, text) returns boolean language plpgsql stable as 'begin return true; end'; \
+         create function app.logs_ti(text, int) returns boolean language sql volatile \
+           as 'insert into public.trail values ($2) returning true'; \
+         create operator app.<<<= (leftarg = text, rightarg = int, function = app.logs_ti); \
+         create operator app.>>>= (leftarg = int, rightarg = text, function = app.any_ti, commutator = operator(app.<<<=)); \
+         create operator app.<= (leftarg = int, rightarg = text, function = app.any_ti, negator = operator(app.>>>=)); \
          truncate trail",
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
@@ -197,6 +203,10 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // A STABLE user operator whose negator is VOLATILE: the planner runs `NOT (a < b)` as
     // `a >= b`.
     let (ok, _, err) = run("bot", "set search_path = app, public; select not ('abc'::text < 1)");
+    assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+    // Two links away: a STABLE `<=` whose negator is STABLE, and the negator's commutator
+    // VOLATILE (estimating `NOT (1 <= x)` as `1 >>>= x` calls the commutator).
+    let (ok, _, err) = run("bot", "set search_path = app, public; select not (1 <= 'abc'::text)");
     assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // A parameter declared (Parse, by OID) of the domain's type: the bound value is converted

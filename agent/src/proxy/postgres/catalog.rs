@@ -59,10 +59,10 @@ fn framed(query: &str) -> Vec<u8> {
 ///   names need no list: with no user function of the name the call stays `unknown`.) Found
 ///   through the name index, not by reading pg_proc whole: a fifth of the query on a new
 ///   backend before.
-/// - `o`: a user operator (schema, symbol): 2 when its function, or its commutator's or
-///   negator's (the planner may run either in its place: `NOT (a < b)` as `a >= b`, and a
-///   selectivity estimate calls the commutator), is VOLATILE or one the session's role could
-///   have written, else 0; `extra` is its operand types' OIDs (left, right; 0 for none). The
+/// - `o`: a user operator (schema, symbol): 2 when its function, or that of any operator its
+///   commutator and negator links reach (the planner may run one in its place: `NOT (a < b)`
+///   as `a >= b`, and a selectivity estimate calls the commutator, so `NOT (1 < x)` may run the
+///   negator's commutator), is VOLATILE or one the session's role could have written, else 0; `extra` is its operand types' OIDs (left, right; 0 for none). The
 ///   reader counts it VOLATILE also when it takes a `t` type: a literal operand is converted to
 ///   the operand's type.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
@@ -156,9 +156,14 @@ fn facts_query() -> String {
          WHERE p.pronamespace {eq} 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid \
          AND p.oid OPERATOR(pg_catalog.<) {o}::pg_catalog.oid AND {volatile} \
          AND EXISTS (SELECT FROM pg_catalog.pg_proc u WHERE u.proname {eq} p.proname AND {user_u}); \
+         WITH RECURSIVE reach(root, op) AS ( \
+           SELECT o.oid, o.oid FROM pg_catalog.pg_operator o WHERE {user_o} \
+           UNION SELECT r.root, l.next FROM reach r JOIN pg_catalog.pg_operator x ON x.oid {eq} r.op, \
+             LATERAL (VALUES (x.oprcom), (x.oprnegate)) AS l(next) WHERE l.next OPERATOR(pg_catalog.<>) 0::pg_catalog.oid) \
          SELECT DISTINCT 'o'::pg_catalog.text, {ns}, {on}, \
-           CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_operator x JOIN pg_catalog.pg_proc p ON p.oid {eq} x.oprcode::pg_catalog.oid \
-             WHERE x.oid {eq} ANY (ARRAY[o.oid, o.oprcom, o.oprnegate]::pg_catalog.oid[]) AND ({volatile} OR {owner})) \
+           CASE WHEN EXISTS (SELECT FROM reach r JOIN pg_catalog.pg_operator x ON x.oid {eq} r.op \
+             JOIN pg_catalog.pg_proc p ON p.oid {eq} x.oprcode::pg_catalog.oid \
+             WHERE r.root {eq} o.oid AND ({volatile} OR {owner})) \
            THEN '2'::pg_catalog.text ELSE '0'::pg_catalog.text END, \
            o.oprleft::pg_catalog.text {space} o.oprright::pg_catalog.text \
          FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
