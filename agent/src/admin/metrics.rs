@@ -146,7 +146,7 @@ impl Metrics {
         let reused = Counter::default();
         registry.register(
             "judgements_reused",
-            "Statements given again the judgement the same text got last, under the same policy set and with nothing the session knows changed since (a prepared statement bound again)",
+            "Statements given again the judgement the same text, or the same text with other literals, got last, under the same policy set and with nothing the session knows changed since (a prepared statement bound again, a simple query sent again with new values)",
             reused.clone(),
         );
         // 100 µs to ~3 s.

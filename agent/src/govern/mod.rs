@@ -515,6 +515,8 @@ impl SessionGovern {
                 let (mut class, mut effects, mut class_reason, analysis_of) =
                     self.resolve(&lookup, &part.described, &cursors, view);
                 let analysis = &analysis_of.analysis;
+                // What is read of the raw text here is what `search_path::judging_reads_raw`
+                // names: a judgement is given again to the same shape when it finds nothing.
                 let raw = info.sql.get(part.span.clone()).unwrap_or_default();
                 if part.ambiguous || effects.contains(Class::Unknown) || describe::may_define(raw, options) {
                     narrowed = Narrowed::Defined;
@@ -1126,7 +1128,8 @@ impl SessionHooks for SessionGovern {
         self.refresh_labels();
         // The judgement this statement got last, when nothing it was made from changed since.
         let changes = self.lock().changes();
-        let reused = self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(info, self.governor.generation(), changes);
+        let generation = self.governor.generation();
+        let mut reused = self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(info, generation, changes);
         let parts = match reused {
             Some(_) => {
                 // Taken whatever it holds, as `parts` takes it.
@@ -1134,7 +1137,15 @@ impl SessionHooks for SessionGovern {
                 Vec::new()
             }
             None => match self.parts(info) {
-                Some(parts) => parts,
+                Some(parts) => {
+                    // Or the judgement of the same statement with other literals.
+                    reused = self
+                        .kept
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_by_shape(info, &parts, generation, changes);
+                    parts
+                }
                 None => return self.describe_aside(info),
             },
         };
@@ -1769,6 +1780,60 @@ mod tests {
         }
         let on = info(text, QueryProtocol::Simple, &none);
         assert!(matches!(s.before_statement(&on), Verdict::Deny { .. }), "a DROP, whatever was kept");
+    }
+
+    /// The simple protocol sends each statement with its literals in its text: a statement of
+    /// a kept one's shape is given its judgement, in its own place, unless judging reads its
+    /// literals (or the kept one's).
+    #[test]
+    fn a_statement_sent_again_with_other_literals_gets_the_judgement_of_its_shape() {
+        let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl, dcl]}, action: deny}\n  default: allow\n";
+        let s = session(policy);
+        let none = |_: &str| None;
+        let simple = |sql: &str| match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
+            Verdict::Allow(Some(judgement)) => judgement,
+            _ => panic!("{sql}: not allowed"),
+        };
+        // (A judgement's names are made afresh by every judging: shared, it was given again.)
+        let names = |j: &Judgement| j.parts[0].names.clone().expect("judged by policy");
+        // (The first judgement fills the session's selection: kept from the second on.)
+        simple("select abalance from accounts where aid = 1");
+        let kept = simple("select abalance from accounts where aid = 1");
+        let other = "  select abalance from accounts where aid = 123456;";
+        let shaped = simple(other);
+        assert!(Arc::ptr_eq(&names(&kept), &names(&shaped)), "given by its shape");
+        assert_eq!(shaped.parts[0].span, 2..other.len() - 1, "in its own place");
+        assert_eq!(&*shaped.parts[0].described.normalised, "select abalance from accounts where aid = ?");
+        // Literals judging reads (a word of the search_path, a temporary object): judged afresh.
+        for read in [
+            "select abalance from accounts where aid = 'search_path'",
+            "select abalance from accounts where aid = 'TEMP'",
+        ] {
+            assert!(!Arc::ptr_eq(&names(&kept), &names(&simple(read))), "{read}: judged afresh");
+        }
+        // Kept from such a text, it is given by text alone; a quiet text of its shape still
+        // gets the quiet one's.
+        let read = "select abalance from accounts where aid = 'discard'";
+        let from_read = simple(read);
+        assert!(Arc::ptr_eq(&from_read, &simple(read)), "given by its text");
+        assert!(Arc::ptr_eq(&names(&kept), &names(&simple("select abalance from accounts where aid = 7"))));
+        // A literal whose value decides the class is part of the shape: set_config's setting.
+        simple("select set_config('work_mem', '64MB', false)");
+        simple("select set_config('work_mem', '64MB', false)");
+        assert!(matches!(
+            s.before_statement(&info("select set_config('role', 'admin', false)", QueryProtocol::Simple, &none)),
+            Verdict::Deny { .. }
+        ));
+        // Other lexing, another step or protocol, or a change of the state: not given.
+        let mut off = info("select abalance from accounts where aid = 8", QueryProtocol::Simple, &none);
+        off.lexing.standard_conforming_strings = false;
+        let Verdict::Allow(Some(j)) = s.before_statement(&off) else { panic!("not allowed") };
+        assert!(!Arc::ptr_eq(&names(&kept), &names(&j)), "lexed otherwise");
+        let j = bound(&s, "select abalance from accounts where aid = 9");
+        assert!(!Arc::ptr_eq(&names(&kept), &names(&j)), "a Bind");
+        run(&s, "set search_path = app, public", "SET");
+        let j = simple("select abalance from accounts where aid = 10");
+        assert!(!Arc::ptr_eq(&names(&kept), &names(&j)), "the search_path may have changed");
     }
 
     /// A parameter declared of a type whose input runs user code makes the statement unknown,

@@ -9,6 +9,13 @@
 //! taken in is one. A judgement is given again only when the generation is the same and the
 //! state has not been changed since it was made; the first change makes every kept one stale.
 //!
+//! A statement sent again with other literals (the simple protocol's usual way, and an ORM's
+//! unparameterised text) is given the judgement of the same shape: judging reads its
+//! description (normalised and analysed forms, both without the literals, and its
+//! sqlcommenter tags), not the literals, except for a few checks of the raw text
+//! (`search_path::judging_reads_raw`). A judgement is given by shape only when those checks
+//! find nothing in either text, and it is given with the new text's place and description.
+//!
 //! Only what depends on nothing else is kept: an allowed judgement of one statement (a held or
 //! refused one takes a decision or is recorded as refused each time), with no volume limit (its windows
 //! count across the tenant's sessions), no approval, and no statement that reads the session's
@@ -18,8 +25,9 @@
 
 use std::sync::Arc;
 
+use super::describe::DescribedPart;
 use crate::session::{
-    Judgement, Lexing, QueryProtocol,
+    Judgement, Lexing, PartJudgement, QueryProtocol,
     hooks::{StatementInfo, Step},
 };
 
@@ -79,24 +87,73 @@ impl Basis {
     }
 }
 
+/// A kept judgement.
+struct Entry {
+    text: Box<str>,
+    /// It may be given by shape: judging its text read nothing of it but its description.
+    by_shape: bool,
+    basis: Basis,
+    judgement: Arc<Judgement>,
+}
+
 /// A session's kept judgements, newest last.
 #[derive(Default)]
 pub(super) struct Kept {
-    entries: Vec<(Box<str>, Basis, Arc<Judgement>)>,
+    entries: Vec<Entry>,
 }
 
 impl Kept {
     /// The judgement `info`'s statement got under the same generation and state.
     pub(super) fn get(&mut self, info: &StatementInfo<'_>, generation: u64, changes: u64) -> Option<Arc<Judgement>> {
-        // Those made under an older state or generation can never be given again: let go.
-        if self.entries.first().is_some_and(|(_, b, _)| b.changes != changes || b.generation != generation) {
-            self.entries.retain(|(_, b, _)| b.changes == changes && b.generation == generation);
-        }
-        if !info.text_known || info.protocol == QueryProtocol::FunctionCall || !info.parameter_types.is_empty() {
+        if !self.fresh(info, generation, changes) {
             return None;
         }
         let basis = Basis::of(info, generation, changes);
-        self.entries.iter().rev().find(|(sql, b, _)| *b == basis && **sql == *info.sql).map(|(_, _, j)| j.clone())
+        self.entries.iter().rev().find(|e| e.basis == basis && *e.text == *info.sql).map(|e| e.judgement.clone())
+    }
+
+    /// The judgement a statement of the same shape got under the same generation and state
+    /// (the same text but for its literals), given as `parts`' own: its place in the text and
+    /// its description. None when judging either text reads more of it than its description.
+    pub(super) fn get_by_shape(
+        &mut self,
+        info: &StatementInfo<'_>,
+        parts: &[DescribedPart],
+        generation: u64,
+        changes: u64,
+    ) -> Option<Arc<Judgement>> {
+        if !self.fresh(info, generation, changes) {
+            return None;
+        }
+        let [part] = parts else { return None };
+        if part.ambiguous || part.described.parsable.is_empty() || info.sql.len() > MAX_TEXT {
+            return None;
+        }
+        let basis = Basis::of(info, generation, changes);
+        let kept = self.entries.iter().rev().find(|e| {
+            e.by_shape && e.basis == basis && {
+                let kept = &e.judgement.parts[0].described;
+                let new = &part.described;
+                *kept.parsable == *new.parsable && *kept.normalised == *new.normalised && kept.tags == new.tags
+            }
+        })?;
+        let raw = info.sql.get(part.span.clone())?;
+        if super::search_path::judging_reads_raw(raw, info.lexing.options()) {
+            return None;
+        }
+        let judgement = &kept.judgement;
+        let first =
+            PartJudgement { span: part.span.clone(), described: part.described.clone(), ..judgement.parts[0].clone() };
+        Some(Arc::new(Judgement { parts: vec![first], role: judgement.role.clone(), basis: judgement.basis }))
+    }
+
+    /// Lets go of the judgements made under an older state or generation (they can never be
+    /// given again), and says whether `info`'s statement may be given one.
+    fn fresh(&mut self, info: &StatementInfo<'_>, generation: u64, changes: u64) -> bool {
+        if self.entries.first().is_some_and(|e| e.basis.changes != changes || e.basis.generation != generation) {
+            self.entries.retain(|e| e.basis.changes == changes && e.basis.generation == generation);
+        }
+        info.text_known && info.protocol != QueryProtocol::FunctionCall && info.parameter_types.is_empty()
     }
 
     /// Keeps `judgement`, made of `info` under `generation` with the state at `changes` (from
@@ -112,11 +169,22 @@ impl Kept {
             return;
         }
         // Those made under an older state or generation can never be given again.
-        self.entries.retain(|(_, b, _)| b.changes == changes && b.generation == generation);
+        self.entries.retain(|e| e.basis.changes == changes && e.basis.generation == generation);
         if self.entries.len() >= KEPT {
             self.entries.remove(0);
         }
-        self.entries.push((Box::from(info.sql), Basis::of(info, generation, changes), judgement.clone()));
+        let part = &judgement.parts[0];
+        let by_shape = !part.described.parsable.is_empty()
+            && info
+                .sql
+                .get(part.span.clone())
+                .is_some_and(|raw| !super::search_path::judging_reads_raw(raw, info.lexing.options()));
+        self.entries.push(Entry {
+            text: Box::from(info.sql),
+            by_shape,
+            basis: Basis::of(info, generation, changes),
+            judgement: judgement.clone(),
+        });
     }
 }
 

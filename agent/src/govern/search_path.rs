@@ -107,6 +107,19 @@ pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, option
         || may_distrust_judged(raw, analysis, effects, options)
 }
 
+/// Whether judging a statement reads anything of its raw text beyond its description (its
+/// normalised and analysed forms): the text may define code (`describe::may_define`), or its
+/// words, literals included, may name the search_path, a temporary object, a DISCARD or a
+/// RESET (`may_change_path`, `may_distrust`). Where this is false for two texts of one shape
+/// (the same normalised forms), judging gives both the same judgement: what `reuse` gives again
+/// to a statement that differs from a kept one only by its literals. It must name every
+/// reading of the raw text that `SessionGovern::judge` makes of a single statement.
+pub fn judging_reads_raw(raw: &str, options: LexOptions) -> bool {
+    super::describe::may_define(raw, options)
+        || ["search_path", "discard", "temp", "reset"].iter().any(|w| contains_ci(raw, w))
+        || may_distrust(raw, ClassSet::EMPTY, options)
+}
+
 /// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog
 /// first for functions and operators: it is not listed, or nothing but pg_temp (never searched
 /// for them) comes before it.

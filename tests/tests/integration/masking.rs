@@ -618,4 +618,32 @@ fn a_prepared_statement_bound_again_is_masked_as_what_it_reads_is_now() {
     let (_, text) = testkit::scrape(&metrics, "/metrics");
     let reused = testkit::sample(&text, "warden_judgements_reused_total", &[]);
     assert!(reused >= 2.0, "the Binds before the search_path changed were given their judgement again: {reused}");
+    // The simple protocol: each statement with its literals in its text. One of a kept one's
+    // shape is given its judgement, until the search_path changes what it reads.
+    let cards = |client: &tokio_postgres::Client, i: usize| {
+        let sql = format!("select card from customers where id = {i} - {i} + 1");
+        let rows = rt.block_on(client.simple_query(&sql)).unwrap();
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    let client = rt.block_on(async {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(pg.port).user("postgres").dbname("postgres");
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.expect("connect through warden");
+        tokio::spawn(conn);
+        client
+    });
+    let before: Vec<String> = (1..=6).flat_map(|i| cards(&client, i)).collect();
+    assert_eq!(before, vec!["no card here"; 6]);
+    let (_, text) = testkit::scrape(&metrics, "/metrics");
+    let by_shape = testkit::sample(&text, "warden_judgements_reused_total", &[]) - reused;
+    assert!(by_shape >= 4.0, "statements of a kept one's shape were given its judgement: {by_shape}");
+    rt.block_on(client.batch_execute("set search_path = crm, public")).unwrap();
+    let after: Vec<String> = (7..=10).flat_map(|i| cards(&client, i)).collect();
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(after.iter().all(|v| v.ends_with("6467") && !PROTECTED.contains(&v.as_str())), "{after:?}");
 }

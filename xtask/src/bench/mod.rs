@@ -371,8 +371,8 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
         testkit::sample(&text, "warden_judgements_reused_total", &[]),
     );
     println!(
-        "statements judged: {judged:.0}; given again the judgement their text got last (nothing it was made from \
-         changed): {reused:.0} ({:.0}%)",
+        "statements judged: {judged:.0}; given again the judgement their text, or their text with other literals, \
+         got last (nothing it was made from changed): {reused:.0} ({:.0}%)",
         100.0 * reused / judged.max(1.0)
     );
     connect_latency(&rig, &metrics, rounds)?;
