@@ -515,14 +515,13 @@ impl SessionGovern {
                 let (mut class, mut effects, mut class_reason, analysis_of) =
                     self.resolve(&lookup, &part.described, &cursors, view);
                 let analysis = &analysis_of.analysis;
-                // What is read of the raw text here is what `search_path::judging_reads_raw`
-                // names: a judgement is given again to the same shape when it finds nothing.
                 let raw = info.sql.get(part.span.clone()).unwrap_or_default();
-                if part.ambiguous || effects.contains(Class::Unknown) || describe::may_define(raw, options) {
+                // All that is read of the raw text here (`reuse` gives a judgement again to a
+                // statement of the same shape whose text reads the same).
+                let reads = search_path::RawReads::of(raw, options);
+                if part.ambiguous || effects.contains(Class::Unknown) || reads.defines {
                     narrowed = Narrowed::Defined;
-                } else if narrowed == Narrowed::None
-                    && search_path::may_change_path(raw, &part.described.analysis, effects, options)
-                {
+                } else if narrowed == Narrowed::None && reads.may_change_path(&part.described.analysis, effects) {
                     narrowed = Narrowed::Path;
                 }
                 // Without the catalog, built-in names are trusted only while pg_catalog is first.
@@ -547,14 +546,7 @@ impl SessionGovern {
                     class_reason = Some(Arc::from(why));
                 }
                 // A change earlier in the same string applies to the statements after it.
-                if part.ambiguous
-                    || search_path::may_distrust_judged(
-                        info.sql.get(part.span.clone()).unwrap_or_default(),
-                        &part.described.analysis,
-                        effects,
-                        options,
-                    )
-                {
+                if part.ambiguous || reads.may_distrust_judged(&part.described.analysis, effects) {
                     builtins_untrusted = true;
                 }
                 // Where unqualified names may resolve: the schemas the server showed, unless an
@@ -1127,7 +1119,7 @@ impl SessionHooks for SessionGovern {
         // A relabelling is taken in once, before anything of this judgement is chosen.
         self.refresh_labels();
         // The judgement this statement got last, when nothing it was made from changed since.
-        let changes = self.lock().changes();
+        let mut changes = self.lock().changes();
         let generation = self.governor.generation();
         let mut reused = self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(info, generation, changes);
         let parts = match reused {
@@ -1138,7 +1130,9 @@ impl SessionHooks for SessionGovern {
             }
             None => match self.parts(info) {
                 Some(parts) => {
-                    // Or the judgement of the same statement with other literals.
+                    // Or the judgement of the same statement with other literals (under the
+                    // state as it is now: the other direction may have changed it meanwhile).
+                    changes = self.lock().changes();
                     reused = self
                         .kept
                         .lock()
@@ -1286,14 +1280,15 @@ impl SessionHooks for SessionGovern {
             for part in &judgement.parts {
                 let analysis = &part.described.analysis;
                 let raw = running.sql.get(part.span.clone()).unwrap_or_default();
-                if part.ambiguous || search_path::may_distrust_judged(raw, analysis, part.effects, options) {
+                let reads = search_path::RawReads::of(raw, options);
+                if part.ambiguous || reads.may_distrust_judged(analysis, part.effects) {
                     state.builtins_untrusted = true;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
                 }
                 if (state.path.is_some() || state.relation_schemas.is_some())
                     && (part.ambiguous
-                        || search_path::may_change_path(raw, analysis, part.effects, options)
+                        || reads.may_change_path(analysis, part.effects)
                         || (masked && search_path::contains_ci(raw, "discard")))
                 {
                     state.path = None;
@@ -1326,7 +1321,7 @@ impl SessionHooks for SessionGovern {
                     state.facts_stale = true;
                     state.facts_epoch += 1;
                 }
-                if part.ambiguous || part.effects.contains(Class::Unknown) || describe::may_define(raw, options) {
+                if part.ambiguous || part.effects.contains(Class::Unknown) || reads.defines {
                     state.catalog_stale = true;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
@@ -1804,18 +1799,14 @@ mod tests {
         assert!(Arc::ptr_eq(&names(&kept), &names(&shaped)), "given by its shape");
         assert_eq!(shaped.parts[0].span, 2..other.len() - 1, "in its own place");
         assert_eq!(&*shaped.parts[0].described.normalised, "select abalance from accounts where aid = ?");
-        // Literals judging reads (a word of the search_path, a temporary object): judged afresh.
-        for read in [
-            "select abalance from accounts where aid = 'search_path'",
-            "select abalance from accounts where aid = 'TEMP'",
-        ] {
-            assert!(!Arc::ptr_eq(&names(&kept), &names(&simple(read))), "{read}: judged afresh");
-        }
-        // Kept from such a text, it is given by text alone; a quiet text of its shape still
-        // gets the quiet one's.
-        let read = "select abalance from accounts where aid = 'discard'";
-        let from_read = simple(read);
-        assert!(Arc::ptr_eq(&from_read, &simple(read)), "given by its text");
+        // Literals judging reads (a word of the search_path, a temporary object): judged
+        // afresh, unless a kept text of the shape read the same.
+        let path = simple("select abalance from accounts where aid = 'search_path'");
+        assert!(!Arc::ptr_eq(&names(&kept), &names(&path)), "judged afresh");
+        let temp = simple("select abalance from accounts where aid = 'TEMP'");
+        assert!(!Arc::ptr_eq(&names(&kept), &names(&temp)) && !Arc::ptr_eq(&names(&path), &names(&temp)));
+        let discard = simple("select abalance from accounts where aid = 'discard'");
+        assert!(Arc::ptr_eq(&names(&temp), &names(&discard)), "read alike: a temporary object or a DISCARD");
         assert!(Arc::ptr_eq(&names(&kept), &names(&simple("select abalance from accounts where aid = 7"))));
         // A literal whose value decides the class is part of the shape: set_config's setting.
         simple("select set_config('work_mem', '64MB', false)");
@@ -1834,6 +1825,167 @@ mod tests {
         run(&s, "set search_path = app, public", "SET");
         let j = simple("select abalance from accounts where aid = 10");
         assert!(!Arc::ptr_eq(&names(&kept), &names(&j)), "the search_path may have changed");
+    }
+
+    /// pgbench's TPC-B in the simple protocol: 11 shapes a transaction (a delta's minus sign is
+    /// an operator), each given its kept judgement from the second transaction on.
+    #[test]
+    fn a_session_keeps_the_judgements_of_the_shapes_it_runs_in_turn() {
+        let s = session(GUARD);
+        let none = |_: &str| None;
+        let names = |sql: &str| match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
+            Verdict::Allow(Some(j)) => j.parts[0].names.clone().expect("judged by policy"),
+            _ => panic!("{sql}: not allowed"),
+        };
+        let transaction = |t: i64| {
+            let mut out = vec![names("BEGIN;")];
+            for delta in [t, -t] {
+                out.push(names(&format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {t};")));
+                out.push(names(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {t};")));
+                out.push(names(&format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {t};")));
+                out.push(names(&format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {t};")));
+                out.push(names(&format!(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({t}, 1, 2, {delta}, CURRENT_TIMESTAMP);"
+                )));
+            }
+            out.push(names("END;"));
+            out
+        };
+        // (The first judgement fills the session's selection: kept from the second on.)
+        transaction(1);
+        let first = transaction(2);
+        for t in 3..6 {
+            let again = transaction(t);
+            assert!(first.iter().zip(&again).all(|(a, b)| Arc::ptr_eq(a, b)), "transaction {t}: every one given again");
+        }
+    }
+
+    /// Whatever the literals, a statement given a judgement by shape gets what judging it
+    /// afresh gives: each template with one literal judged (and kept), then with every other,
+    /// compared with a session that judges from nothing. With masking, tags and the literals
+    /// judging reads (search_path words, setting names, EXPLAIN options), under both
+    /// readings of backslashes and in MySQL's modes.
+    #[test]
+    fn a_judgement_given_by_shape_is_what_judging_afresh_gives() {
+        let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl, dcl]}, action: deny}\n    - {name: batch, match: {class: [write], tags: {route: batch}}, action: deny}\n    - {name: ssn, match: {columns: [crm.customers.ssn]}, mask: redact}\n  default: allow\n";
+        let masked = || {
+            let s = session(policy);
+            // `customers` is public's, unprotected, unless the statement may change the
+            // search_path: then it may be crm's.
+            let mut relations = crate::sql::catalog::Relations::default();
+            for (oid, schema) in [(100, "crm"), (101, "public")] {
+                relations.add_relation(oid, schema, "customers", 'r', false);
+                for (attnum, name) in [(1, "id"), (2, "name"), (3, "ssn")] {
+                    let column =
+                        crate::sql::catalog::ColumnInfo { attnum, name: name.into(), type_oid: 25, generated: false };
+                    relations.add_column(oid, column);
+                }
+            }
+            let mut catalog = Catalog::default();
+            catalog.relations = Some(relations);
+            let mut facts = facts("public, crm", catalog);
+            facts.schemas = vec!["pg_catalog".into(), "public".into(), "crm".into()];
+            s.on_facts(Ok(facts));
+            s
+        };
+        let outcome = |judgement: &Judgement| match judgement.decision() {
+            Decision::Allow => format!(
+                "{:?}",
+                judgement
+                    .parts
+                    .iter()
+                    .map(|p| (p.span.clone(), p.class, p.effects, &p.policy, &p.rule, &p.reason, &p.mask))
+                    .collect::<Vec<_>>()
+            ),
+            _ => refusal(judgement).1,
+        };
+        let run = |lexing: Lexing, templates: &[&str], literals: &[&str]| {
+            let mut given = 0;
+            for template in templates {
+                let (s, fresh) = (masked(), masked());
+                let none = |_: &str| None;
+                let judged = |s: &SessionGovern, sql: &str| {
+                    let mut i = info(sql, QueryProtocol::Simple, &none);
+                    i.lexing = lexing;
+                    let reused = s.kept.lock().unwrap().get_by_shape(
+                        &i,
+                        &s.parts(&i).expect("described"),
+                        s.governor.generation(),
+                        s.lock().changes(),
+                    );
+                    let verdict = match s.before_statement(&i) {
+                        Verdict::Allow(Some(j)) => outcome(&j),
+                        Verdict::Deny { message, .. } => message,
+                        _ => "held".into(),
+                    };
+                    (reused.is_some(), verdict)
+                };
+                for first in literals {
+                    let first = template.replace("{}", first);
+                    judged(&s, &first);
+                    judged(&s, &first);
+                    for other in literals {
+                        let other = template.replace("{}", other);
+                        let (reused, verdict) = judged(&s, &other);
+                        let mut i = info(&other, QueryProtocol::Simple, &none);
+                        i.lexing = lexing;
+                        let afresh = fresh.judge(&i, fresh.parts(&i).expect("described"));
+                        assert_eq!(verdict, outcome(&afresh), "{other:?} after {first:?}");
+                        given += usize::from(reused);
+                    }
+                }
+            }
+            given
+        };
+        let literals = [
+            "1",
+            "'x'",
+            "E'x\\''",
+            "$$x$$",
+            "U&'x' UESCAPE '!'",
+            "B'101'",
+            "1e5",
+            "0x1f",
+            "1_000",
+            "'search_path'",
+            "'temp'",
+            "'discard'",
+            "'role'",
+            "'work_mem'",
+            "'on'",
+            "'/*x*/'",
+            "'--'",
+            "'create function'",
+            "'set'",
+            "'pg_catalog'",
+        ];
+        let templates = [
+            "select ssn, {} from customers where id = {}",
+            "select set_config({}, 'x', false)",
+            "select set_config('work_mem', {}, false)",
+            "explain (analyze {}) delete from customers where id = 1",
+            "update pg_settings set setting = {} where name = 'work_mem'",
+            "set work_mem = {}",
+            "delete from customers where id = {} /* route='batch' */",
+            "select {}, ssn from customers order by {}",
+            "select (array[ssn, name])[{}] from customers",
+            "/* c */ select {}; ",
+        ];
+        let postgres = |standard_conforming_strings| Lexing {
+            standard_conforming_strings,
+            dialect: crate::session::Dialect::Postgres,
+            settled: true,
+            ascii_safe: true,
+        };
+        let given = run(postgres(true), &templates, &literals) + run(postgres(false), &templates, &literals);
+        assert!(given > 2_000, "most were given by shape: {given}");
+        let literals = ["1", "'x'", "\"x\"", "_utf8'x'", "x'ff'", "0xff", "'a\\'b'", "'ANSI_QUOTES'", "'drop table t'"];
+        let templates =
+            ["select ssn, {} from customers where id = {}", "set sql_mode = {}", "prepare s from {}", "select {} # c"];
+        for (ansi_quotes, no_backslash_escapes) in [(false, false), (true, false), (false, true), (true, true)] {
+            let dialect = crate::sql::LexOptions::mysql(ansi_quotes, no_backslash_escapes).dialect;
+            run(Lexing { dialect, ..postgres(true) }, &templates, &literals);
+        }
     }
 
     /// A parameter declared of a type whose input runs user code makes the statement unknown,

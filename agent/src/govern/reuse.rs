@@ -12,9 +12,9 @@
 //! A statement sent again with other literals (the simple protocol's usual way, and an ORM's
 //! unparameterised text) is given the judgement of the same shape: judging reads its
 //! description (normalised and analysed forms, both without the literals, and its
-//! sqlcommenter tags), not the literals, except for a few checks of the raw text
-//! (`search_path::judging_reads_raw`). A judgement is given by shape only when those checks
-//! find nothing in either text, and it is given with the new text's place and description.
+//! sqlcommenter tags), not the literals, except for a few checks of the raw text, all made
+//! through `search_path::RawReads`. A judgement is given by shape only when those checks read
+//! the same of both texts, and it is given with the new text's place and description.
 //!
 //! Only what depends on nothing else is kept: an allowed judgement of one statement (a held or
 //! refused one takes a decision or is recorded as refused each time), with no volume limit (its windows
@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use super::describe::DescribedPart;
+use super::{describe::DescribedPart, search_path::RawReads};
 use crate::session::{
     Judgement, Lexing, PartJudgement, QueryProtocol,
     hooks::{StatementInfo, Step},
@@ -64,8 +64,9 @@ impl<T> std::ops::DerefMut for Counted<T> {
     }
 }
 
-/// Judgements kept per session: a few prepared statements run in turn.
-const KEPT: usize = 8;
+/// Judgements kept per session: a few statements run in turn (pgbench's TPC-B sends 11 shapes:
+/// a literal with a minus sign is an operator and a number).
+const KEPT: usize = 16;
 
 /// Longer texts are not kept (each kept one holds a copy of its text, and its judgement grows
 /// with the names the text holds).
@@ -90,8 +91,8 @@ impl Basis {
 /// A kept judgement.
 struct Entry {
     text: Box<str>,
-    /// It may be given by shape: judging its text read nothing of it but its description.
-    by_shape: bool,
+    /// What judging read of its raw text (none: it is given by its text alone).
+    reads: Option<RawReads>,
     basis: Basis,
     judgement: Arc<Judgement>,
 }
@@ -109,12 +110,22 @@ impl Kept {
             return None;
         }
         let basis = Basis::of(info, generation, changes);
-        self.entries.iter().rev().find(|e| e.basis == basis && *e.text == *info.sql).map(|e| e.judgement.clone())
+        let i = self.entries.iter().rposition(|e| e.basis == basis && *e.text == *info.sql)?;
+        Some(self.used(i))
+    }
+
+    /// The judgement of entry `i`, which becomes the newest (the oldest is let go first).
+    fn used(&mut self, i: usize) -> Arc<Judgement> {
+        let entry = self.entries.remove(i);
+        let judgement = entry.judgement.clone();
+        self.entries.push(entry);
+        judgement
     }
 
     /// The judgement a statement of the same shape got under the same generation and state
     /// (the same text but for its literals), given as `parts`' own: its place in the text and
-    /// its description. None when judging either text reads more of it than its description.
+    /// its description. None when judging reads anything else of the two raw texts that
+    /// differs (`RawReads`).
     pub(super) fn get_by_shape(
         &mut self,
         info: &StatementInfo<'_>,
@@ -129,19 +140,20 @@ impl Kept {
         if part.ambiguous || part.described.parsable.is_empty() || info.sql.len() > MAX_TEXT {
             return None;
         }
-        let basis = Basis::of(info, generation, changes);
-        let kept = self.entries.iter().rev().find(|e| {
-            e.by_shape && e.basis == basis && {
-                let kept = &e.judgement.parts[0].described;
-                let new = &part.described;
-                *kept.parsable == *new.parsable && *kept.normalised == *new.normalised && kept.tags == new.tags
-            }
-        })?;
         let raw = info.sql.get(part.span.clone())?;
-        if super::search_path::judging_reads_raw(raw, info.lexing.options()) {
-            return None;
-        }
-        let judgement = &kept.judgement;
+        let basis = Basis::of(info, generation, changes);
+        let new = &part.described;
+        let mut reads = None;
+        let i = self.entries.iter().rposition(|e| {
+            let Some(kept_reads) = e.reads else { return false };
+            let kept = &e.judgement.parts[0].described;
+            e.basis == basis
+                && *kept.parsable == *new.parsable
+                && *kept.normalised == *new.normalised
+                && kept.tags == new.tags
+                && kept_reads == *reads.get_or_insert_with(|| RawReads::of(raw, info.lexing.options()))
+        })?;
+        let judgement = self.used(i);
         let first =
             PartJudgement { span: part.span.clone(), described: part.described.clone(), ..judgement.parts[0].clone() };
         Some(Arc::new(Judgement { parts: vec![first], role: judgement.role.clone(), basis: judgement.basis }))
@@ -174,14 +186,13 @@ impl Kept {
             self.entries.remove(0);
         }
         let part = &judgement.parts[0];
-        let by_shape = !part.described.parsable.is_empty()
-            && info
-                .sql
-                .get(part.span.clone())
-                .is_some_and(|raw| !super::search_path::judging_reads_raw(raw, info.lexing.options()));
+        let reads = match info.sql.get(part.span.clone()) {
+            Some(raw) if !part.described.parsable.is_empty() => Some(RawReads::of(raw, info.lexing.options())),
+            _ => None,
+        };
         self.entries.push(Entry {
             text: Box::from(info.sql),
-            by_shape,
+            reads,
             basis: Basis::of(info, generation, changes),
             judgement: judgement.clone(),
         });

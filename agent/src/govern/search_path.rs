@@ -10,15 +10,6 @@
 pub use crate::sql::contains_ci;
 use crate::sql::{Analysis, Class, ClassSet, LexOptions, Lexer, TokenKind};
 
-/// Like [`may_distrust`], for a statement judged as what it runs (`effects`): SQL EXECUTE and
-/// FETCH run a prepared query or a cursor, which cannot be a SET but can call `set_config`.
-pub fn may_distrust_judged(raw: &str, analysis: &Analysis, effects: ClassSet, options: LexOptions) -> bool {
-    if analysis.executes.is_some() || analysis.fetches.is_some() {
-        return effects.intersects(ClassSet::of(&[Class::Session, Class::Unknown, Class::Dcl]));
-    }
-    may_distrust(raw, effects, options)
-}
-
 /// Whether a forwarded statement may have changed the search_path so that pg_catalog is no
 /// longer first: anything that names the search_path in a way not read exactly as a SET that
 /// keeps pg_catalog first (or unlisted), and any code the proxy cannot read.
@@ -93,31 +84,55 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     }
 }
 
-/// Whether a forwarded statement may change the schemas of the search_path at all (even
-/// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
-pub fn may_change_path(raw: &str, analysis: &Analysis, effects: ClassSet, options: LexOptions) -> bool {
-    effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
-        // MySQL's USE: unqualified names resolve in another database from here.
-        || analysis.use_database.is_some()
-        || contains_ci(raw, "search_path")
-        || contains_ci(raw, "discard")
-        // A temporary object creates the session's temporary schema, searched first.
-        || contains_ci(raw, "temp")
-        || (contains_ci(raw, "reset") && contains_ci(raw, "all"))
-        || may_distrust_judged(raw, analysis, effects, options)
+/// What judging and forwarding a statement read of its raw text, beyond its description (its
+/// normalised and analysed forms): whether the text may define code, and what its words,
+/// literals included, say of the search_path. Every reading of a statement's raw text that
+/// judging makes goes through this (SQL PREPARE's body and a string's sqlcommenter tags
+/// aside, which are never given again by shape): two texts of one shape with the same
+/// `RawReads` are judged alike, so `reuse` gives a kept judgement to a statement that differs
+/// from it only by its literals when their `RawReads` are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawReads {
+    /// It may define functions, operators, types or casts (`describe::may_define`).
+    pub defines: bool,
+    /// It names the search_path, a DISCARD, a temporary object, or a RESET of all settings.
+    names_path: bool,
+    /// Read as a SET (or not one), it may have put pg_catalog after another schema.
+    distrusts: bool,
 }
 
-/// Whether judging a statement reads anything of its raw text beyond its description (its
-/// normalised and analysed forms): the text may define code (`describe::may_define`), or its
-/// words, literals included, may name the search_path, a temporary object, a DISCARD or a
-/// RESET (`may_change_path`, `may_distrust`). Where this is false for two texts of one shape
-/// (the same normalised forms), judging gives both the same judgement: what `reuse` gives again
-/// to a statement that differs from a kept one only by its literals. It must name every
-/// reading of the raw text that `SessionGovern::judge` makes of a single statement.
-pub fn judging_reads_raw(raw: &str, options: LexOptions) -> bool {
-    super::describe::may_define(raw, options)
-        || ["search_path", "discard", "temp", "reset"].iter().any(|w| contains_ci(raw, w))
-        || may_distrust(raw, ClassSet::EMPTY, options)
+impl RawReads {
+    pub fn of(raw: &str, options: LexOptions) -> Self {
+        RawReads {
+            defines: super::describe::may_define(raw, options),
+            names_path: contains_ci(raw, "search_path")
+                || contains_ci(raw, "discard")
+                // A temporary object creates the session's temporary schema, searched first.
+                || contains_ci(raw, "temp")
+                || (contains_ci(raw, "reset") && contains_ci(raw, "all")),
+            distrusts: may_distrust(raw, ClassSet::EMPTY, options),
+        }
+    }
+
+    /// Like [`may_distrust`], for the statement judged as what it runs (`effects`): SQL EXECUTE
+    /// and FETCH run a prepared query or a cursor, which cannot be a SET but can call
+    /// `set_config`.
+    pub fn may_distrust_judged(self, analysis: &Analysis, effects: ClassSet) -> bool {
+        if analysis.executes.is_some() || analysis.fetches.is_some() {
+            return effects.intersects(ClassSet::of(&[Class::Session, Class::Unknown, Class::Dcl]));
+        }
+        effects.contains(Class::Unknown) || self.distrusts
+    }
+
+    /// Whether the forwarded statement may change the schemas of the search_path at all (even
+    /// keeping pg_catalog first): it names the search_path, resets settings, or runs code.
+    pub fn may_change_path(self, analysis: &Analysis, effects: ClassSet) -> bool {
+        effects.intersects(ClassSet::of(&[Class::Unknown, Class::Dcl]))
+            // MySQL's USE: unqualified names resolve in another database from here.
+            || analysis.use_database.is_some()
+            || self.names_path
+            || self.may_distrust_judged(analysis, effects)
+    }
 }
 
 /// Whether a search_path setting as the server shows it (`SHOW search_path`) keeps pg_catalog
@@ -198,7 +213,9 @@ mod tests {
         assert!(!setting_trusts_builtins("\"PG_CATALOG\", pg_catalog"), "a quoted name keeps its case");
         assert_eq!(schemas("\"$user\", Public, \"A b\"", "bot"), ["bot", "public", "A b"]);
         let escaped = "SET U&\"search\\005fpath\" = evil, pg_catalog";
-        assert!(may_change_path(escaped, &analyse(escaped), analyse(escaped).effects, LexOptions::default()));
+        assert!(
+            RawReads::of(escaped, LexOptions::default()).may_change_path(&analyse(escaped), analyse(escaped).effects)
+        );
         let long = format!("{}, pg_catalog", "a".repeat(70));
         assert_eq!(schemas(&long, "u")[0].len(), 63, "cut as the server cuts names");
     }

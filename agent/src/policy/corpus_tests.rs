@@ -243,7 +243,7 @@ fn search_path_after(
         }
         None => analysis.effects.with(analysis.class),
     };
-    crate::govern::search_path::may_distrust_judged(text, analysis, effects, options)
+    crate::govern::search_path::RawReads::of(text, options).may_distrust_judged(analysis, effects)
 }
 
 /// The most consequential class of a message (its statements' classes by rank).
