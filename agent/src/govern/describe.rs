@@ -69,7 +69,7 @@ pub fn describe_parts(cache: &DescriptionCache, sql: &str, lexing: Lexing, simpl
             let start = offset(sql, part);
             DescribedPart {
                 span: start..start + part.len(),
-                described: cache.describe_with(part, options),
+                described: if simple { cache.describe_sent(part, options) } else { cache.describe_with(part, options) },
                 ambiguous: false,
             }
         })

@@ -117,6 +117,18 @@ impl DescriptionCache {
 
     /// Describes a statement lexed under the session's settings.
     pub fn describe_with(&self, text: &str, options: LexOptions) -> Described {
+        self.describe_kept(text, options, true)
+    }
+
+    /// Describes a statement sent with its values in its text (the simple protocol): kept by
+    /// its text only when it holds no literal. One with literals is seldom sent again as it is
+    /// (a session that does is given its judgement by text before it is described), and
+    /// keeping each would push the texts that prepared statements repeat out of the cache.
+    pub fn describe_sent(&self, text: &str, options: LexOptions) -> Described {
+        self.describe_kept(text, options, false)
+    }
+
+    fn describe_kept(&self, text: &str, options: LexOptions, literals: bool) -> Described {
         if let Some(d) = self.raw.lock().unwrap_or_else(|p| p.into_inner()).get(&options).and_then(|m| m.get(text)) {
             return d.clone();
         }
@@ -131,7 +143,7 @@ impl DescriptionCache {
             analysis: self.analyses.analyse_with(&parsable, options.dialect),
             parsable,
         };
-        if text.len() <= MAX_CACHED {
+        if text.len() <= MAX_CACHED && (literals || *described.normalised == *text) {
             let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
             let raw = raw.entry(options).or_default();
             if raw.len() >= self.capacity {
@@ -777,6 +789,18 @@ fn url_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_text_sent_with_its_values_is_described_but_kept_only_without_literals() {
+        let cache = DescriptionCache::new(16);
+        let options = LexOptions::default();
+        let sent = cache.describe_sent("select abalance from accounts where aid = 5", options);
+        assert_eq!(&*sent.normalised, "select abalance from accounts where aid = ?");
+        assert!(!cache.is_cached("select abalance from accounts where aid = 5", options), "its values change");
+        cache.describe_sent("commit", options);
+        assert!(cache.is_cached("commit", options), "sent again as it is");
+        cache.describe_with("select abalance from accounts where aid = 5", options);
+        assert!(cache.is_cached("select abalance from accounts where aid = 5", options), "a prepared text repeats");
+    }
     #[test]
     fn the_two_normalised_forms_differ_where_they_should() {
         let on = LexOptions::default();
