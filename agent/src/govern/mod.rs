@@ -1988,6 +1988,38 @@ mod tests {
         }
     }
 
+    /// The least recently used is let go first: a judgement given again stays while others come.
+    #[test]
+    fn a_judgement_given_again_is_kept_longest() {
+        let s = session(GUARD);
+        let none = |_: &str| None;
+        let names = |sql: &str| match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
+            Verdict::Allow(Some(j)) => j.parts[0].names.clone().expect("judged by policy"),
+            _ => panic!("{sql}: not allowed"),
+        };
+        let shape = |i: usize, v: usize| format!("select c{i} from t where id = {v}");
+        // (The first judgement fills the session's selection: kept from the second on.)
+        names(&shape(0, 0));
+        let oldest = names(&shape(0, 1));
+        let others: Vec<_> = (1..16).map(|i| names(&shape(i, 0))).collect();
+        assert!(Arc::ptr_eq(&oldest, &names(&shape(0, 2))), "16 kept");
+        // Given again, the oldest became the newest: a 17th shape lets go of the second one.
+        names(&shape(16, 0));
+        assert!(Arc::ptr_eq(&oldest, &names(&shape(0, 3))), "used last, kept");
+        assert!(Arc::ptr_eq(&others[1], &names(&shape(2, 1))), "the third, kept");
+        assert!(!Arc::ptr_eq(&others[0], &names(&shape(1, 1))), "the second, let go");
+        // Bound in the extended protocol, with its literals in its text: given by shape too.
+        let first = bound(&s, "select c0 from t where id = 8");
+        assert!(Arc::ptr_eq(
+            &first.parts[0].names.clone().unwrap(),
+            &bound(&s, "select c0 from t where id = 9").parts[0].names.clone().unwrap()
+        ));
+        // A judgement naming hundreds of places is not kept, however short its text.
+        let many = format!("select 1 from {}", (0..300).map(|i| format!("t{i}")).collect::<Vec<_>>().join(", "));
+        names(&many);
+        assert!(!Arc::ptr_eq(&names(&many), &names(&many)), "not kept");
+    }
+
     /// A parameter declared of a type whose input runs user code makes the statement unknown,
     /// and the judgement kept for the same text with other parameter types is not given to it.
     #[test]

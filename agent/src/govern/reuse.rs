@@ -21,7 +21,8 @@
 //! count across the tenant's sessions), no approval, and no statement that reads the session's
 //! prepared statements or cursors (SQL EXECUTE, PREPARE, DECLARE, FETCH), or is ambiguous or of
 //! unknown effect. A statement whose parameters are declared of user types is neither kept nor
-//! given a kept judgement (the types are not in the key).
+//! given a kept judgement (the types are not in the key). What is kept is bounded: 16
+//! judgements, of texts of at most 4 KiB naming at most 256 places.
 
 use std::sync::Arc;
 
@@ -71,6 +72,11 @@ const KEPT: usize = 16;
 /// Longer texts are not kept (each kept one holds a copy of its text, and its judgement grows
 /// with the names the text holds).
 const MAX_TEXT: usize = 4 * 1024;
+
+/// Nor judgements naming more places than this: each unqualified relation is judged by every
+/// schema it may resolve to, so a text within `MAX_TEXT` naming hundreds of relations, with
+/// tens of schemas searched, holds megabytes of names (a review measured 1.8 MiB for one).
+const MAX_NAMES: usize = 256;
 
 /// What a judgement was made under.
 #[derive(PartialEq, Eq)]
@@ -216,5 +222,8 @@ fn reusable(judgement: &Judgement) -> bool {
                 && a.prepares.is_none()
                 && a.declares.is_none()
                 && a.fetches.is_none()
+                && p.names
+                    .as_ref()
+                    .is_none_or(|n| n.relations.iter().chain(&n.functions).map(Vec::len).sum::<usize>() <= MAX_NAMES)
         })
 }

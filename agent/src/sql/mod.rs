@@ -801,6 +801,7 @@ mod tests {
         cache.describe_with("select abalance from accounts where aid = 5", options);
         assert!(cache.is_cached("select abalance from accounts where aid = 5", options), "a prepared text repeats");
     }
+
     #[test]
     fn the_two_normalised_forms_differ_where_they_should() {
         let on = LexOptions::default();
