@@ -1709,6 +1709,16 @@ mod tests {
         }
     }
 
+    /// The names a simple query's judgement holds, allowed (made afresh by every judging: the
+    /// same ones, it was given again).
+    fn sent_names(s: &SessionGovern, sql: &str) -> Arc<crate::session::JudgedNames> {
+        let none = |_: &str| None;
+        match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
+            Verdict::Allow(Some(j)) => j.parts[0].names.clone().expect("judged by policy"),
+            _ => panic!("{sql}: not allowed"),
+        }
+    }
+
     /// `sql` forwarded and completed with `tag`, as judged for a Bind.
     fn run(s: &SessionGovern, sql: &str, tag: &str) {
         let none = |_: &str| None;
@@ -1832,11 +1842,7 @@ mod tests {
     #[test]
     fn a_session_keeps_the_judgements_of_the_shapes_it_runs_in_turn() {
         let s = session(GUARD);
-        let none = |_: &str| None;
-        let names = |sql: &str| match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
-            Verdict::Allow(Some(j)) => j.parts[0].names.clone().expect("judged by policy"),
-            _ => panic!("{sql}: not allowed"),
-        };
+        let names = |sql: &str| sent_names(&s, sql);
         let transaction = |t: i64| {
             let mut out = vec![names("BEGIN;")];
             for delta in [t, -t] {
@@ -1992,11 +1998,7 @@ mod tests {
     #[test]
     fn a_judgement_given_again_is_kept_longest() {
         let s = session(GUARD);
-        let none = |_: &str| None;
-        let names = |sql: &str| match s.before_statement(&info(sql, QueryProtocol::Simple, &none)) {
-            Verdict::Allow(Some(j)) => j.parts[0].names.clone().expect("judged by policy"),
-            _ => panic!("{sql}: not allowed"),
-        };
+        let names = |sql: &str| sent_names(&s, sql);
         let shape = |i: usize, v: usize| format!("select c{i} from t where id = {v}");
         // (The first judgement fills the session's selection: kept from the second on.)
         names(&shape(0, 0));
