@@ -27,17 +27,17 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
             let text = &raw[t.range()];
             match t.kind {
                 TokenKind::Identifier => Word::Plain(text.to_ascii_lowercase()),
-                // A plain quoted identifier or string, without escapes or doubled quotes.
-                TokenKind::QuotedIdentifier { unicode: false } if !text[1..text.len() - 1].contains('"') => {
-                    Word::Plain(text[1..text.len() - 1].to_string())
-                }
-                TokenKind::StringLiteral(kind)
-                    if kind == crate::sql::StringKind::Plain
-                        && text.starts_with('\'')
-                        && text.len() >= 2
-                        && !text[1..text.len() - 1].contains(['\'', '\\']) =>
+                // A plain quoted identifier or string, closed, without escapes or doubled
+                // quotes (an unclosed one, at the end of the text, is not read as a word).
+                TokenKind::QuotedIdentifier { unicode: false }
+                    if let Some(inside) = between(text, '"').filter(|i| !i.contains('"')) =>
                 {
-                    Word::Plain(text[1..text.len() - 1].to_string())
+                    Word::Plain(inside.to_string())
+                }
+                TokenKind::StringLiteral(crate::sql::StringKind::Plain)
+                    if let Some(inside) = between(text, '\'').filter(|i| !i.contains(['\'', '\\'])) =>
+                {
+                    Word::Plain(inside.to_string())
                 }
                 TokenKind::Punctuation if text == "," => Word::Comma,
                 TokenKind::Operator if text == "=" => Word::Equals,
@@ -82,6 +82,11 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
         [] | ["default"] => true,
         list => list.iter().position(|v| *v == "pg_catalog").is_some_and(|i| i > 0),
     }
+}
+
+/// The text between an opening and a closing `quote`, if `text` has both.
+fn between(text: &str, quote: char) -> Option<&str> {
+    text.strip_prefix(quote)?.strip_suffix(quote)
 }
 
 /// What judging and forwarding a statement read of its raw text, beyond its description (its
@@ -180,6 +185,17 @@ mod tests {
     use super::*;
     use crate::sql::analyse;
 
+    /// An unclosed quote at the end of the text, after a multi-byte character, is no word (it
+    /// was sliced inside the character, and the session's task panicked).
+    #[test]
+    fn an_unclosed_quote_is_read_without_a_panic() {
+        for text in ["set 'aé", "set \"aé", "discard \"é", "set search_path = 'é", "set \"", "set '"] {
+            assert!(may_distrust(text, ClassSet::EMPTY, LexOptions::default()), "{text}: may change it");
+        }
+        assert!(!may_distrust("set work_mem = '64MB'", ClassSet::EMPTY, LexOptions::default()));
+        assert!(may_distrust("set search_path = 'app', 'pg_catalog'", ClassSet::EMPTY, LexOptions::default()));
+        assert!(!may_distrust("set search_path = \"pg_catalog\", app", ClassSet::EMPTY, LexOptions::default()));
+    }
     #[test]
     fn contains_ci_finds_a_word_in_any_case_anywhere() {
         for (hay, needle, found) in [
