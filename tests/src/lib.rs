@@ -745,10 +745,8 @@ impl Agent {
 
     /// `warden status` output.
     pub fn status(&self) -> String {
-        String::from_utf8_lossy(
-            &output(Command::new(warden_bin()).args(["status", "--config"]).arg(&self.config)).stdout,
-        )
-        .into_owned()
+        String::from_utf8_lossy(&output(Command::new(&self.bin).args(["status", "--config"]).arg(&self.config)).stdout)
+            .into_owned()
     }
 
     /// A counter from `warden status`.
@@ -785,7 +783,7 @@ impl Drop for Agent {
         self.stop_quietly();
         // Never panic while unwinding (that aborts the whole test binary before other
         // destructors clean up); report instead.
-        let detached = Command::new(warden_bin()).args(["detach", "--config"]).arg(&self.config).output();
+        let detached = Command::new(&self.bin).args(["detach", "--config"]).arg(&self.config).output();
         let leftover = self.bpffs.exists();
         let _ = fs::remove_dir_all(&self.dir);
         let failure = match detached {
