@@ -120,6 +120,12 @@ impl Postgres {
         Self::start_with(PgOptions::default())
     }
 
+    /// The postmaster's PID (the first line of `postmaster.pid`), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pid = fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
     pub fn start_with(options: PgOptions<'_>) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-pg-"));
         fs::create_dir_all(&dir).expect("pg dir");

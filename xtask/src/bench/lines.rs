@@ -49,6 +49,19 @@ pub fn machine_seconds() -> f64 {
     busy as f64 / 100.0
 }
 
+/// TCP segments the host has sent (`OutSegs` of /proc/net/snmp).
+fn tcp_segments_sent() -> u64 {
+    let snmp = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One run of a line through one path.
 #[derive(Clone, Copy)]
 pub struct Sample {
@@ -61,6 +74,12 @@ pub struct Sample {
     pub switches: Option<(f64, f64)>,
     /// Of `own_us`, the audit writer thread's (Warden's only).
     pub writer_us: Option<f64>,
+    /// PostgreSQL's CPU µs per transaction (the postmaster and its backends).
+    pub server_us: f64,
+    /// pgbench's.
+    pub client_us: f64,
+    /// TCP segments sent on the host (every leg, pure ACKs included).
+    pub segments: f64,
 }
 
 /// The median and the spread of some numbers.
@@ -130,13 +149,22 @@ impl Rig<'_> {
         let own = pid.map(cpu_seconds);
         let switched = pid.map(super::context_switches);
         let writer = pid.filter(|_| via == Via::Warden).map(|pid| super::thread_cpu_seconds(pid, WRITER_THREAD));
+        let postmaster = self.pg.postmaster_pid().context("the bench's PostgreSQL has no postmaster.pid")?;
+        let server = super::cpu_seconds_with_children(postmaster);
+        let client = super::ended_children_cpu_seconds();
         let machine = machine_seconds();
+        let segments = tcp_segments_sent();
         let run = pgbench(host, port, args)?;
+        let segments = tcp_segments_sent().saturating_sub(segments);
+        let client = super::ended_children_cpu_seconds() - client;
         // Work the proxy does after the run (the audit writer's queue, closing sessions) is the
-        // run's: counted once the proxy's CPU time stops growing.
+        // run's: counted once the proxy's CPU time stops growing. So are the backends, counted
+        // once they have ended.
         if let Some(pid) = pid {
             settle(pid);
         }
+        settle_by(|| super::cpu_seconds_with_children(postmaster));
+        let server = super::cpu_seconds_with_children(postmaster) - server;
         let machine = machine_seconds() - machine;
         let own = pid.zip(own).map(|(pid, before)| cpu_seconds(pid) - before);
         let switched = pid.zip(switched).map(|(pid, (v, i))| {
@@ -153,6 +181,9 @@ impl Rig<'_> {
             machine_us: per_tx(machine),
             switches: switched.map(|(v, i)| (v as f64 / tx, i as f64 / tx)),
             writer_us: writer.map(per_tx),
+            server_us: per_tx(server),
+            client_us: per_tx(client),
+            segments: segments as f64 / tx,
         })
     }
 
@@ -181,10 +212,15 @@ const WRITER_THREAD: &str = "warden-audit";
 
 /// Waits (up to 3 s) until `pid` uses no more CPU time over 100 ms.
 pub fn settle(pid: u32) {
-    let mut last = cpu_seconds(pid);
+    settle_by(|| cpu_seconds(pid));
+}
+
+/// Waits (up to 3 s) until `seconds` stops growing over 100 ms.
+fn settle_by(seconds: impl Fn() -> f64) {
+    let mut last = seconds();
     for _ in 0..30 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let now = cpu_seconds(pid);
+        let now = seconds();
         if now <= last {
             return;
         }
@@ -220,13 +256,15 @@ fn start_perf(dir: &Path, name: &str, pid: u32) -> Result<Perf> {
 pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
     let direct = &samples[0];
     println!(
-        "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16}",
+        "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16} {:>15} {:>8}",
         "path",
         "tps median [min–max]",
         "× direct [min–max]",
         "own CPU µs/tx",
         "machine µs/tx (+dir)",
-        "switches/tx v+i"
+        "switches/tx v+i",
+        "server+client",
+        "segs/tx"
     );
     let mut ratio = [0.0f64; 4];
     let mut own = [f64::NAN; 4];
@@ -249,16 +287,24 @@ pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
         } else {
             format!("{:.2}+{:.2}", voluntary.median, involuntary.median)
         };
+        let server = spread(&s.iter().map(|x| x.server_us).collect::<Vec<_>>());
+        let client = spread(&s.iter().map(|x| x.client_us).collect::<Vec<_>>());
         println!(
-            "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16}",
+            "  {:<11} {:>26} {:>24} {:>15} {:>20} {:>16} {:>15} {:>8}",
             via.name(),
             format!("{tps:.1}"),
             format!("{ratios:.3}"),
             own_text,
             format!("{:.1} ({:+.1})", machine.median, over.median),
-            switch_text
+            switch_text,
+            format!("{:.1}+{:.1}", server.median, client.median),
+            format!("{:.2}", spread(&s.iter().map(|x| x.segments).collect::<Vec<_>>()).median)
         );
     }
+    println!(
+        "  (server+client: PostgreSQL's CPU µs/tx, its postmaster and backends, and pgbench's: what each path costs the \
+         ends it joins; segs/tx: TCP segments sent per transaction, every leg)"
+    );
     let writer = spread(&samples[3].iter().filter_map(|x| x.writer_us).collect::<Vec<_>>());
     println!("  (of warden's own CPU, its audit writer thread's: {writer:.1} µs/tx)");
     let (relay, bouncer, warden) = (1, 2, 3);
@@ -319,10 +365,16 @@ pub fn baseline_for_all() -> Result<String> {
 /// Warden as the lines run it: `policies(masked)`, every statement recorded (a ring large
 /// enough for the run, no fair-share shedding: the bench is one identity), metrics served.
 pub fn agent(warden: &Path, pg: &Postgres, masked: &str, metrics: &str) -> Result<Agent> {
+    // Worker threads: the agent's default unless WARDEN_BENCH_WORKERS says otherwise.
+    let workers = std::env::var("WARDEN_BENCH_WORKERS").ok().map(|n| n.parse()).transpose()?;
+    agent_with(warden, pg, masked, metrics, workers)
+}
+
+/// `agent`, with `workers` proxy workers (none: the agent's default).
+pub fn agent_with(warden: &Path, pg: &Postgres, masked: &str, metrics: &str, workers: Option<usize>) -> Result<Agent> {
     let policies = policies(masked)?;
     let policies: Vec<(&str, &str)> = policies.iter().map(|(f, y)| (*f, y.as_str())).collect();
-    // Worker threads: one per CPU unless WARDEN_BENCH_WORKERS says otherwise.
-    let proxy = std::env::var("WARDEN_BENCH_WORKERS").map(|n| format!("  workers: {n}")).unwrap_or_default();
+    let proxy = workers.map(|n| format!("  workers: {n}")).unwrap_or_default();
     Ok(Agent::start_with_bin_policies_proxy_audit(
         warden,
         &format!("  - {{name: bench, address: '127.0.0.1:{}'}}", pg.port),

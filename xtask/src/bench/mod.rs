@@ -59,11 +59,44 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// utime + stime of a `stat` file (a process's or a thread's), in seconds.
 fn cpu_seconds_of(path: &str) -> f64 {
-    let stat = fs::read_to_string(path).unwrap_or_default();
+    stat_seconds(path, 0..2)
+}
+
+/// CPU seconds a process and its children have used: its own, its ended children's it waited
+/// for (cutime, cstime), and its running children's (a PostgreSQL postmaster: its backends,
+/// those PgBouncer keeps open included).
+fn cpu_seconds_with_children(pid: u32) -> f64 {
+    let running: f64 = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+        })
+        .map(|stat| seconds_of_stat(&stat, 0..2))
+        .sum();
+    stat_seconds(&format!("/proc/{pid}/stat"), 0..4) + running
+}
+
+/// CPU seconds of this process's children that have ended and been waited for (pgbench's).
+fn ended_children_cpu_seconds() -> f64 {
+    stat_seconds("/proc/self/stat", 2..4)
+}
+
+/// The sum of CPU time fields of a `stat` file (0: utime, 1: stime, 2: cutime, 3: cstime), in
+/// seconds.
+fn stat_seconds(path: &str, fields: std::ops::Range<usize>) -> f64 {
+    seconds_of_stat(&fs::read_to_string(path).unwrap_or_default(), fields)
+}
+
+/// `stat_seconds` of a `stat` file's text.
+fn seconds_of_stat(stat: &str, fields: std::ops::Range<usize>) -> f64 {
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 =
+        rest.split_whitespace().skip(11 + fields.start).take(fields.len()).filter_map(|v| v.parse::<f64>().ok()).sum();
     ticks / 100.0
 }
 
@@ -572,7 +605,7 @@ fn paired(
     pg: &Postgres,
     args: &[&str],
 ) -> Result<lines::Spread> {
-    let (mut ratios, mut cpu) = (Vec::new(), [Vec::new(), Vec::new()]);
+    let (mut ratios, mut cpu, mut machine) = (Vec::new(), [Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     // An even number of rounds: each side runs first as often (the first run of all is colder).
     for round in 0..rounds().next_multiple_of(2) {
         let mut tps = [0.0; 2];
@@ -581,10 +614,12 @@ fn paired(
             let agent = start(side == 0);
             let pid = agent.pid().context("agent pid")?;
             lines::settle(pid);
-            let before = cpu_seconds(pid);
+            let (before, machine_before) = (cpu_seconds(pid), lines::machine_seconds());
             let run = pgbench("127.0.0.1", pg.port, args)?;
             lines::settle(pid);
-            cpu[side].push((cpu_seconds(pid) - before) * 1e6 / run.transactions.max(1) as f64);
+            let tx = run.transactions.max(1) as f64;
+            cpu[side].push((cpu_seconds(pid) - before) * 1e6 / tx);
+            machine[side].push((lines::machine_seconds() - machine_before) * 1e6 / tx);
             tps[side] = run.tps;
             drop(agent);
         }
@@ -592,11 +627,14 @@ fn paired(
     }
     let ratio = lines::spread(&ratios);
     println!(
-        "{what}: {} against {}: {ratio:.3} (× the second), agent CPU {} against {} µs/tx",
+        "{what}: {} against {}: {ratio:.3} (× the second), agent CPU {} against {} µs/tx, machine {} against {} \
+         µs/tx",
         names[0],
         names[1],
         lines::spread(&cpu[0]),
-        lines::spread(&cpu[1])
+        lines::spread(&cpu[1]),
+        lines::spread(&machine[0]),
+        lines::spread(&machine[1])
     );
     Ok(ratio)
 }
@@ -631,6 +669,27 @@ fn policy_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     Ok(())
 }
 
+/// One proxy worker against one per CPU, Warden doing the lines' whole job (the baseline pack,
+/// a masked column, full statement audit): paired runs of each line.
+fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lines: [(&str, Vec<&str>, &str); 3] = [
+        ("select-only simple", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
+        ("select-only prepared", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
+        ("TPC-B-like", vec!["-c", "8", "-j", "2", "-T", secs], "*.pgbench_accounts.filler"),
+    ];
+    for (name, args, masked) in lines {
+        let start = |one: bool| {
+            let metrics = format!("127.0.0.1:{}", free_port());
+            lines::agent_with(warden, pg, masked, &metrics, Some(if one { 1 } else { cpus }))
+                .expect("starting the bench's agent")
+        };
+        let names = ["one worker", &format!("{cpus} workers")];
+        paired(&format!("{name}, 8 clients, through Warden"), names, start, pg, &args)?;
+    }
+    Ok(())
+}
+
 fn met(yes: bool) -> &'static str {
     if yes { "met" } else { "NOT met" }
 }
@@ -656,6 +715,11 @@ pub fn bench(warden: &Path) -> Result<()> {
             let pg = Postgres::start();
             pg.pgbench_init(10);
             return policy_cost(warden, &pg, &seconds().to_string());
+        }
+        Ok("workers") => {
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return workers_compared(warden, &pg, &seconds().to_string());
         }
         Ok("limits") => {
             let pg = Postgres::start();
