@@ -345,7 +345,8 @@ pub struct ProxyConfig {
     /// DataRows and COPY OUT data are streamed and bounded by PostgreSQL's own 1 GiB limit.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Proxy worker threads (each with its own listening socket); default: one per CPU.
+    /// Proxy worker threads (each with its own listening socket); default: half the CPUs, at
+    /// least one.
     #[serde(default)]
     pub workers: Option<usize>,
     /// Connections the proxy serves at once; more are refused with SQLSTATE 53300.
