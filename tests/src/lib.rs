@@ -749,9 +749,15 @@ impl Agent {
         }
     }
 
+    /// The binary to run the CLI with: the agent's own (the bench's release build, where no
+    /// target/debug/warden may exist), or the build under test once a test removed that copy.
+    fn cli(&self) -> PathBuf {
+        if self.bin.exists() { self.bin.clone() } else { warden_bin() }
+    }
+
     /// `warden status` output.
     pub fn status(&self) -> String {
-        String::from_utf8_lossy(&output(Command::new(&self.bin).args(["status", "--config"]).arg(&self.config)).stdout)
+        String::from_utf8_lossy(&output(Command::new(self.cli()).args(["status", "--config"]).arg(&self.config)).stdout)
             .into_owned()
     }
 
@@ -789,7 +795,7 @@ impl Drop for Agent {
         self.stop_quietly();
         // Never panic while unwinding (that aborts the whole test binary before other
         // destructors clean up); report instead.
-        let detached = Command::new(&self.bin).args(["detach", "--config"]).arg(&self.config).output();
+        let detached = Command::new(self.cli()).args(["detach", "--config"]).arg(&self.config).output();
         let leftover = self.bpffs.exists();
         let _ = fs::remove_dir_all(&self.dir);
         let failure = match detached {
