@@ -162,7 +162,29 @@ fn the_databases_catalog_decides_what_a_name_runs() {
          create operator app.<<<= (leftarg = text, rightarg = int, function = app.logs_ti); \
          create operator app.>>>= (leftarg = int, rightarg = text, function = app.any_ti, commutator = operator(app.<<<=)); \
          create operator app.<= (leftarg = int, rightarg = text, function = app.any_ti, negator = operator(app.>>>=)); \
+         create operator app.> (leftarg = text, rightarg = int, function = app.below); \
          truncate trail",
+    );
+    // An operator that outlives its schema: CREATE OPERATOR does not lock its schema, so a DROP
+    // SCHEMA in another session passes it, and its commit leaves it without a schema row; as
+    // the negator of a STABLE app.>, it still runs for `NOT (a > b)`.
+    let race = "import sys, psycopg\n\
+        a = psycopg.connect(sys.argv[1], autocommit=True)\n\
+        b = psycopg.connect(sys.argv[1])\n\
+        a.execute('create schema gone')\n\
+        b.execute('create operator gone.#!! (leftarg = text, rightarg = int, function = app.not_below, negator = operator(app.>))')\n\
+        a.execute('drop schema gone cascade')\n\
+        b.commit()\n";
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port);
+    check(Command::new("python3").args(["-c", race, &conninfo]));
+    assert_eq!(
+        pg.admin_sql(
+            "select count(*) from pg_catalog.pg_operator o where o.oprname = '#!!' \
+             and not exists (select from pg_catalog.pg_namespace n where n.oid = o.oprnamespace)"
+        )
+        .trim(),
+        "1",
+        "the operator outlived its schema"
     );
     let auditors = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: auditors}\nspec:\n  selector: {}\n  users: [auditor]\n  rules: []\n  default: deny\n";
     let agent = Agent::start_with_policies(
@@ -207,6 +229,9 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     // Two links away: a STABLE `<=` whose negator is STABLE, and the negator's commutator
     // VOLATILE (estimating `NOT (1 <= x)` as `1 >>>= x` calls the commutator).
     let (ok, _, err) = run("bot", "set search_path = app, public; select not (1 <= 'abc'::text)");
+    assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
+    // A negator whose schema is gone is followed all the same.
+    let (ok, _, err) = run("bot", "set search_path = app, public; select not ('abc'::text > 1)");
     assert!(!ok && err.contains("VOLATILE user operator"), "{err}");
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // A parameter declared (Parse, by OID) of the domain's type: the bound value is converted

@@ -66,12 +66,16 @@ fn framed(query: &str) -> Vec<u8> {
 /// - `o`: a user operator (schema, symbol), and `l`: any other operator the user operators'
 ///   commutator and negator links reach, each once: 2 when its own function is VOLATILE or
 ///   one the session's role could have written, else 0; `extra` is its operand types' OIDs
-///   (left, right; 0 for none), its OID, commutator and negator (0 for none). The reader counts
-///   a user operator VOLATILE when the links lead from it to such an operator (the planner may
-///   run one in its place: `NOT (a < b)` as `a >= b`, and a selectivity estimate calls the
-///   commutator, so `NOT (1 < x)` may run the negator's commutator), followed back from those,
-///   each operator once (a closure per operator in SQL grew with the square of a chain's length
-///   and more: 16 ms against 6 for 100 operators, 0.9 s against 11 ms for 1,000), and when it takes a `t` type: a literal operand is converted to the operand's type.
+///   (left, right; 0 for none), its OID, commutator and negator (0 for none). Its schema is
+///   NULL when the schema's row is gone (CREATE OPERATOR does not lock its schema, so one can
+///   outlive a DROP SCHEMA it raced): such an operator still carries its links. The reader
+///   counts a user operator VOLATILE when the links lead from it to such an operator (the
+///   planner may run one in its place: `NOT (a < b)` as `a >= b`, and a selectivity estimate
+///   calls the commutator, so `NOT (1 < x)` may run the negator's commutator), followed back
+///   from those, each operator once (a closure per operator in SQL grew with the square of a
+///   chain's length and more: 16 ms against 6 for 100 operators, 0.9 s against 11 ms for
+///   1,000), and when it takes a `t` type: a literal operand is converted to the operand's
+///   type.
 /// - `c`: a user cast that runs a volatile function, to its target type; `extra` is its
 ///   context (`i` implicit, `a` assignment, `e` explicit).
 ///
@@ -177,7 +181,7 @@ fn facts_query() -> String {
            o.oprleft::pg_catalog.text {space} o.oprright::pg_catalog.text {space} o.oid::pg_catalog.text \
              {space} o.oprcom::pg_catalog.text {space} o.oprnegate::pg_catalog.text \
          FROM near r JOIN pg_catalog.pg_operator o ON o.oid {eq} r.op \
-         JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
+         LEFT JOIN pg_catalog.pg_namespace n ON n.oid {eq} o.oprnamespace \
          LEFT JOIN pg_catalog.pg_proc p ON p.oid {eq} o.oprcode::pg_catalog.oid; \
          SELECT 'c'::pg_catalog.text, {ns}, {tn}, '2'::pg_catalog.text, c.castcontext::pg_catalog.text \
          FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid {eq} c.castfunc \
@@ -620,5 +624,23 @@ mod tests {
         // Without the built-in's row the chain is cut there: what it reached is not followed.
         let cut: Vec<_> = rows.iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, r)| r.clone()).collect();
         assert_eq!(volatile(&cut), [false, false, true, false, false, true, false, false]);
+    }
+
+    /// An operator whose schema row is gone (it outlived a DROP SCHEMA it raced) comes with a
+    /// NULL schema and still carries its links: a user operator that reaches it through them
+    /// is VOLATILE when it is.
+    #[test]
+    fn an_operator_without_a_schema_still_carries_its_links() {
+        let public = h("public");
+        let session = row(&[Some("s"), Some(&public), Some(&h("u")), Some(&h("u")), Some(&public)]);
+        for kind in ["o", "l"] {
+            let rows = [
+                session.clone(),
+                row(&[Some("o"), Some(&public), Some(&h("#!")), Some("0"), Some("23 23 80001 0 80002")]),
+                row(&[Some(kind), None, Some(&h("#!!")), Some("2"), Some("23 23 80002 0 80001")]),
+            ];
+            let catalog = facts(&rows, false).expect("facts").catalog;
+            assert!(catalog.volatile_operator_in(Some(&["public".to_string()]), "#!"), "{kind}");
+        }
     }
 }
