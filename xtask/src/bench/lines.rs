@@ -74,7 +74,8 @@ pub struct Sample {
     pub switches: Option<(f64, f64)>,
     /// Of `own_us`, the audit writer thread's (Warden's only).
     pub writer_us: Option<f64>,
-    /// PostgreSQL's CPU µs per transaction (the postmaster and its backends).
+    /// PostgreSQL's CPU µs per transaction (the postmaster and all its children: backends and
+    /// background processes).
     pub server_us: f64,
     /// pgbench's.
     pub client_us: f64,
@@ -302,7 +303,7 @@ pub fn report(samples: &[Vec<Sample>; 4], large: bool) -> bool {
         );
     }
     println!(
-        "  (server+client: PostgreSQL's CPU µs/tx, its postmaster and backends, and pgbench's: what each path costs the \
+        "  (server+client: PostgreSQL's CPU µs/tx, its postmaster and all its children, and pgbench's: what each path costs the \
          ends it joins; segs/tx: TCP segments sent per transaction, every leg)"
     );
     let writer = spread(&samples[3].iter().filter_map(|x| x.writer_us).collect::<Vec<_>>());
@@ -366,7 +367,10 @@ pub fn baseline_for_all() -> Result<String> {
 /// enough for the run, no fair-share shedding: the bench is one identity), metrics served.
 pub fn agent(warden: &Path, pg: &Postgres, masked: &str, metrics: &str) -> Result<Agent> {
     // Worker threads: the agent's default unless WARDEN_BENCH_WORKERS says otherwise.
-    let workers = std::env::var("WARDEN_BENCH_WORKERS").ok().map(|n| n.parse()).transpose()?;
+    let workers = std::env::var("WARDEN_BENCH_WORKERS")
+        .ok()
+        .map(|n| n.parse().with_context(|| format!("WARDEN_BENCH_WORKERS={n}: expected a number of workers")))
+        .transpose()?;
     agent_with(warden, pg, masked, metrics, workers)
 }
 
