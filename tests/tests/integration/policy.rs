@@ -163,6 +163,10 @@ fn the_databases_catalog_decides_what_a_name_runs() {
          create operator app.>>>= (leftarg = int, rightarg = text, function = app.any_ti, commutator = operator(app.<<<=)); \
          create operator app.<= (leftarg = int, rightarg = text, function = app.any_ti, negator = operator(app.>>>=)); \
          create operator app.> (leftarg = text, rightarg = int, function = app.below); \
+         create role fnowner; create role nh login noinherit; grant fnowner to nh; \
+         grant usage, create on schema app to fnowner; grant usage on schema app to nh; \
+         set role fnowner; create function app.imm(int) returns int language sql immutable as 'select $1'; \
+         reset role; \
          truncate trail",
     );
     // An operator that outlives its schema: CREATE OPERATOR does not lock its schema, so a DROP
@@ -252,6 +256,9 @@ fn the_databases_catalog_decides_what_a_name_runs() {
     assert_eq!(pg.admin_sql("select count(*) from trail"), "0");
     // Not for a role that can act as the function's owner: its volatility is its own claim.
     let (ok, _, err) = run("postgres", "select app.report()");
+    assert!(!ok && err.contains("VOLATILE"), "{err}");
+    // Nor for a member of the owner that does not inherit its rights: it can SET ROLE to it.
+    let (ok, _, err) = run("nh", "select app.imm(1)");
     assert!(!ok && err.contains("VOLATILE"), "{err}");
     let (ok, out, err) = run("postgres", "select upper('a'), 1 + 1");
     assert!(ok && out.trim() == "A|2", "evil is not on the search_path: {out} {err}");

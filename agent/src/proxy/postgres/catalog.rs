@@ -52,8 +52,9 @@ fn framed(query: &str) -> Vec<u8> {
 ///   range and multirange over one; `extra` is its OID. Only user types are followed: a
 ///   built-in type is made of built-in types alone.
 /// - `f`: a user function, one row per overload: its volatility, counting as VOLATILE an
-///   aggregate and any function the session's role could have written (it can act as its
-///   owner: the declared volatility is then its own claim); `extra` is its argument count,
+///   aggregate and any function the session's role could have written (it is a member of its
+///   owner, with or without inheriting: a NOINHERIT member can still SET ROLE to it; the
+///   declared volatility is then its own claim); `extra` is its argument count,
 ///   how many have defaults, and its argument types' OIDs, space-separated. The reader folds
 ///   the overloads (`Signature::fold`): one that takes a `t` type is VOLATILE (a literal
 ///   passed to it is cast).
@@ -137,7 +138,7 @@ fn facts_query() -> String {
         "pg_catalog.array_to_string(ARRAY(SELECT {} FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s(n)), ','::pg_catalog.text)",
         hex("s.n")
     );
-    let owner = "pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE'::pg_catalog.text)";
+    let owner = "pg_catalog.pg_has_role(current_user, p.proowner, 'MEMBER'::pg_catalog.text)";
     let volatile = "p.provolatile OPERATOR(pg_catalog.=) 'v'::pg_catalog.\"char\"";
     let space = "OPERATOR(pg_catalog.||) ' '::pg_catalog.text OPERATOR(pg_catalog.||)";
     format!(
