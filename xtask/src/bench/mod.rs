@@ -669,16 +669,21 @@ fn policy_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     Ok(())
 }
 
+/// The lines Warden is compared on side by side with itself: select-only (simple, prepared)
+/// and TPC-B, each with the column it masks.
+fn paired_lines(secs: &str) -> [(&'static str, Vec<&str>, &'static str); 3] {
+    [
+        ("select-only simple", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
+        ("select-only prepared", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
+        ("TPC-B-like", vec!["-c", "8", "-j", "2", "-T", secs], "*.pgbench_accounts.filler"),
+    ]
+}
+
 /// One proxy worker against one per CPU, Warden doing the lines' whole job (the baseline pack,
 /// a masked column, full statement audit): paired runs of each line.
 fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let lines: [(&str, Vec<&str>, &str); 3] = [
-        ("select-only simple", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
-        ("select-only prepared", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
-        ("TPC-B-like", vec!["-c", "8", "-j", "2", "-T", secs], "*.pgbench_accounts.filler"),
-    ];
-    for (name, args, masked) in lines {
+    for (name, args, masked) in paired_lines(secs) {
         let start = |one: bool| {
             let metrics = format!("127.0.0.1:{}", free_port());
             lines::agent_with(warden, pg, masked, &metrics, Some(if one { 1 } else { cpus }))
@@ -686,6 +691,24 @@ fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
         };
         let names = ["one worker", &format!("{cpus} workers")];
         paired(&format!("{name}, 8 clients, through Warden"), names, start, pg, &args)?;
+    }
+    Ok(())
+}
+
+/// This build against another (`WARDEN_BENCH_AGAINST=PATH`, say the previous commit's), each
+/// doing the lines' whole job with its default workers: paired runs of each line, so a change
+/// is measured against its baseline in the same run.
+fn builds_compared(warden: &Path, other: &Path, pg: &Postgres, secs: &str) -> Result<()> {
+    if !other.is_file() {
+        bail!("WARDEN_BENCH_AGAINST={}: no such file", other.display());
+    }
+    for (name, args, masked) in paired_lines(secs) {
+        let start = |this: bool| {
+            let metrics = format!("127.0.0.1:{}", free_port());
+            lines::agent_with(if this { warden } else { other }, pg, masked, &metrics, None)
+                .expect("starting the bench's agent")
+        };
+        paired(&format!("{name}, 8 clients, through Warden"), ["this build", "the other"], start, pg, &args)?;
     }
     Ok(())
 }
@@ -720,6 +743,13 @@ pub fn bench(warden: &Path) -> Result<()> {
             let pg = Postgres::start();
             pg.pgbench_init(10);
             return workers_compared(warden, &pg, &seconds().to_string());
+        }
+        Ok("against") => {
+            let other = std::env::var_os("WARDEN_BENCH_AGAINST")
+                .context("WARDEN_BENCH_ONLY=against needs WARDEN_BENCH_AGAINST=PATH (another warden binary)")?;
+            let pg = Postgres::start();
+            pg.pgbench_init(10);
+            return builds_compared(warden, Path::new(&other), &pg, &seconds().to_string());
         }
         Ok("limits") => {
             let pg = Postgres::start();
