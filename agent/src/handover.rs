@@ -486,9 +486,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_sockets_cross_over_and_each_step_is_answered() {
-        let dir = std::env::temp_dir().join(format!("warden-handover-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("warden-handover-test-").tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         assert!(Predecessor::find(&dir).unwrap().is_none(), "nobody serves: nothing to take over");
         let listener = Listener::bind(&dir).unwrap();
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -529,6 +528,5 @@ mod tests {
         drop(successor);
         // The "other agent" is this very process: it runs.
         assert!(predecessor.peer.alive());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -138,13 +138,13 @@ fn the_manifests_are_strictly_kubernetes_and_agree_with_each_other() {
     assert_eq!(config.cgroup_root, Path::new("/host/sys/fs/cgroup"));
 
     // The policies too.
-    let dir = std::env::temp_dir().join(format!("warden-deploy-policies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = tempfile::Builder::new().prefix("warden-deploy-policies-").tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
     for (name, text) in m.policies.data.as_ref().expect("policy files") {
         std::fs::write(dir.join(name), text).expect("write");
     }
     let loaded = warden::govern::reload::load(std::slice::from_ref(&dir));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let set = loaded.unwrap_or_else(|e| panic!("the policies ConfigMap has mistakes:\n{e}"));
     assert!(!set.is_empty());
 

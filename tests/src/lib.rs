@@ -32,6 +32,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A fresh directory (mode 0755 under the usual umask, as `fs::create_dir_all` makes) for a
+/// test's scratch files, removed with everything in it when the guard drops, also on a panic.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir")
+}
+
+/// A fresh file holding `contents`, removed when the guard drops, also on a panic. Readable by
+/// all (0644, as `fs::write` makes it): psql and drivers may read it as another user.
+pub fn temp_file(prefix: &str, suffix: &str, contents: impl AsRef<[u8]>) -> tempfile::NamedTempFile {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile()
+        .expect("temp file");
+    std::io::Write::write_all(&mut file, contents.as_ref()).expect("writing the temp file");
+    file
+}
+
 /// The `warden` binary under test (`WARDEN_BIN`, set by `cargo xtask test`, or target/debug).
 pub fn warden_bin() -> PathBuf {
     let bin = std::env::var_os("WARDEN_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/debug/warden"));
@@ -129,13 +149,14 @@ impl Postgres {
     pub fn start_with(options: PgOptions<'_>) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-pg-"));
         fs::create_dir_all(&dir).expect("pg dir");
-        check(Command::new("chown").arg("postgres:postgres").arg(&dir));
         let data = dir.join("data");
+        // Built before anything can fail, so that drop cleans up after a panic below.
         let mut pg = Postgres {
             port: options.port.unwrap_or_else(free_port),
             dir,
             netns: options.netns.map(|n| n.name.clone()),
         };
+        check(Command::new("chown").arg("postgres:postgres").arg(&pg.dir));
         check(
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])

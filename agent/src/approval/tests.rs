@@ -3,13 +3,12 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use super::*;
 use crate::{cgroup::CgroupId, config::AuditConfig};
 
-fn approvals() -> Arc<Approvals> {
-    let dir =
-        std::env::temp_dir().join(format!("warden-approvals-{}-{:?}", std::process::id(), std::thread::current().id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = AuditConfig { path: dir.join("audit.ring"), ring_bytes: 1 << 20, ..AuditConfig::default() };
+/// A registry whose audit ring is in a fresh directory, removed when the guard drops.
+fn approvals() -> (tempfile::TempDir, Arc<Approvals>) {
+    let dir = tempfile::Builder::new().prefix("warden-approvals-").tempdir().unwrap();
+    let config = AuditConfig { path: dir.path().join("audit.ring"), ring_bytes: 1 << 20, ..AuditConfig::default() };
     let (audit, _writer) = AuditLog::open(&config).unwrap();
-    Approvals::new(audit, Webhooks::disabled())
+    (dir, Approvals::new(audit, Webhooks::disabled()))
 }
 
 fn identity(labels: &[(&str, &str)]) -> Arc<Identity> {
@@ -57,7 +56,7 @@ fn root() -> Approver {
 
 #[tokio::test]
 async fn an_approval_reaches_the_held_session_once() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t where id = ?", ApprovalTerms::standard())).unwrap();
     let id = held.request.id.clone();
     assert_eq!(a.pending().len(), 1);
@@ -71,7 +70,7 @@ async fn an_approval_reaches_the_held_session_once() {
 
 #[tokio::test]
 async fn a_denial_names_the_approver_and_the_reason() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap();
     let id = held.request.id.clone();
     a.decide(&id, root(), false, Some("not now".into())).unwrap();
@@ -83,7 +82,7 @@ async fn a_denial_names_the_approver_and_the_reason() {
 
 #[tokio::test]
 async fn nobody_deciding_times_out_and_a_late_decision_finds_nothing() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let terms = ApprovalTerms { timeout: Duration::from_secs(1), ..ApprovalTerms::standard() };
     let held = a.hold(draft("delete from t", terms)).unwrap();
     let id = held.request.id.clone();
@@ -95,7 +94,7 @@ async fn nobody_deciding_times_out_and_a_late_decision_finds_nothing() {
 
 #[tokio::test]
 async fn dropping_a_hold_cancels_its_request() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap();
     let id = held.request.id.clone();
     let mut notices = a.subscribe();
@@ -110,7 +109,7 @@ async fn dropping_a_hold_cancels_its_request() {
 
 #[tokio::test]
 async fn a_timed_grant_covers_the_same_fingerprint_identity_and_role_only() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let terms = ApprovalTerms { grant: Grant::For(Duration::from_secs(600)), ..ApprovalTerms::standard() };
     let held = a.hold(draft("delete from t where id = ?", terms)).unwrap();
     let id = held.request.id.clone();
@@ -128,7 +127,7 @@ async fn a_timed_grant_covers_the_same_fingerprint_identity_and_role_only() {
 
 #[tokio::test]
 async fn a_once_approval_grants_nothing_after_it() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t where id = ?", ApprovalTerms::standard())).unwrap();
     let id = held.request.id.clone();
     a.decide(&id, root(), true, None).unwrap();
@@ -139,7 +138,7 @@ async fn a_once_approval_grants_nothing_after_it() {
 
 #[tokio::test]
 async fn a_stopping_registry_refuses_what_is_held_and_holds_nothing_new() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap();
     assert_eq!(a.refuse_all("the agent is stopping"), 1);
     assert!(matches!(held.decision().await, Outcome::Refused { .. }));
@@ -151,7 +150,7 @@ async fn a_stopping_registry_refuses_what_is_held_and_holds_nothing_new() {
 fn the_listed_request_carries_no_text_and_the_detail_does() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let a = approvals();
+        let (_dir, a) = approvals();
         let held = a.hold(draft("delete from t where id = ?", ApprovalTerms::standard())).unwrap();
         let listed = serde_json::to_value(&*held.request).unwrap();
         assert!(listed.get("text").is_none() && listed.get("params").is_none(), "{listed}");
@@ -165,7 +164,7 @@ fn the_listed_request_carries_no_text_and_the_detail_does() {
 
 #[tokio::test]
 async fn a_statement_that_cannot_be_granted_is_approved_once_whatever_the_terms() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let terms = ApprovalTerms { grant: Grant::For(Duration::from_secs(600)), ..ApprovalTerms::standard() };
     let mut d = draft("do ?", terms);
     d.once_because = Some("what it runs is not known".into());
@@ -180,7 +179,7 @@ async fn a_statement_that_cannot_be_granted_is_approved_once_whatever_the_terms(
 
 #[tokio::test]
 async fn one_identity_cannot_take_every_place() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let mut held = Vec::new();
     for _ in 0..MAX_PENDING_PER_IDENTITY {
         held.push(a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap());
@@ -193,7 +192,7 @@ async fn one_identity_cannot_take_every_place() {
 
 #[tokio::test]
 async fn a_long_statement_is_shown_cut_with_its_length_and_hash() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let long = format!("delete from t where {}", "a = ? and ".repeat(1000));
     let held = a.hold(draft(&long, ApprovalTerms::standard())).unwrap();
     assert!(held.request.statement.len() <= MAX_STATEMENT_SHOWN + 3);
@@ -204,7 +203,7 @@ async fn a_long_statement_is_shown_cut_with_its_length_and_hash() {
 
 #[tokio::test]
 async fn a_client_cancel_cancels_its_sessions_hold() {
-    let a = approvals();
+    let (_dir, a) = approvals();
     let held = a.hold(draft("delete from t", ApprovalTerms::standard())).unwrap();
     assert!(!a.cancel_session(SessionId(2)), "another session's cancel touches nothing");
     assert!(a.cancel_session(SessionId(1)));

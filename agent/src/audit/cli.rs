@@ -698,15 +698,13 @@ mod tests {
         use super::super::super::{ring::Ring, seal::SealKey};
         use super::*;
 
-        /// A ring (1 MiB) and its key in a fresh directory.
-        fn new_ring(name: &str) -> (Ring, SealKey, std::path::PathBuf, std::path::PathBuf) {
-            let dir = std::env::temp_dir().join(format!("warden-verify-test-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let (path, key_path) = (dir.join("audit.ring"), dir.join("audit.ring.key"));
+        /// A ring (1 MiB) and its key in a fresh directory, removed when the guard drops.
+        fn new_ring(name: &str) -> (tempfile::TempDir, Ring, SealKey, std::path::PathBuf, std::path::PathBuf) {
+            let dir = tempfile::Builder::new().prefix(&format!("warden-verify-test-{name}-")).tempdir().unwrap();
+            let (path, key_path) = (dir.path().join("audit.ring"), dir.path().join("audit.ring.key"));
             let ring = Ring::open(&path, 1024 * 1024).unwrap();
             let key = super::super::super::seal::load_or_create_key(&key_path).unwrap();
-            (ring, key, path, key_path)
+            (dir, ring, key, path, key_path)
         }
 
         fn events(ring: &mut Ring, n: u64, first_ms: u64, step_ms: u64) {
@@ -722,7 +720,7 @@ mod tests {
 
         #[test]
         fn a_sealed_ring_passes_and_a_short_tail_is_a_notice() {
-            let (mut ring, key, path, key_path) = new_ring("short");
+            let (_dir, mut ring, key, path, key_path) = new_ring("short");
             events(&mut ring, 10, 1_000, 500);
             seal(&mut ring, &key, 10, 6_000);
             let v = verify(&path, Some(&key_path)).unwrap();
@@ -744,7 +742,7 @@ mod tests {
         #[test]
         fn a_ring_whose_seals_were_stripped_fails() {
             // 40 records over a minute and no seal: a writer seals at least every 10 s.
-            let (mut ring, _key, path, key_path) = new_ring("stripped-time");
+            let (_dir, mut ring, _key, path, key_path) = new_ring("stripped-time");
             events(&mut ring, 40, 1_000, 1_500);
             let v = verify(&path, Some(&key_path)).unwrap();
             assert!(
@@ -753,7 +751,7 @@ mod tests {
                 "{v:?}"
             );
             // 1,200 records within a second and no seal: more than the default `every` (1,000).
-            let (mut ring, _key, path, key_path) = new_ring("stripped-count");
+            let (_dir, mut ring, _key, path, key_path) = new_ring("stripped-count");
             events(&mut ring, 1_200, 1_000, 0);
             let v = verify(&path, Some(&key_path)).unwrap();
             assert!(v.problems.iter().any(|p| p.contains("records 1..1200 (1200 records")), "{v:?}");
@@ -761,7 +759,7 @@ mod tests {
 
         #[test]
         fn a_tail_longer_than_the_writer_leaves_fails() {
-            let (mut ring, key, path, key_path) = new_ring("long-tail");
+            let (_dir, mut ring, key, path, key_path) = new_ring("long-tail");
             events(&mut ring, 10, 1_000, 10);
             seal(&mut ring, &key, 10, 1_100);
             events(&mut ring, 10, 1_200, 10);
@@ -779,7 +777,7 @@ mod tests {
 
         #[test]
         fn a_tail_spanning_more_than_the_seal_interval_fails() {
-            let (mut ring, key, path, key_path) = new_ring("slow-tail");
+            let (_dir, mut ring, key, path, key_path) = new_ring("slow-tail");
             events(&mut ring, 2, 1_000, 10);
             seal(&mut ring, &key, 1_000, 1_100);
             events(&mut ring, 3, 2_000, 10_000);
@@ -789,7 +787,7 @@ mod tests {
 
         #[test]
         fn a_forged_every_does_not_widen_the_window() {
-            let (mut ring, key, path, key_path) = new_ring("forged-every");
+            let (_dir, mut ring, key, path, key_path) = new_ring("forged-every");
             events(&mut ring, 5, 1_000, 10);
             let mut forged = key.seal(ring.next_seq() - 1, &ring.head_hash(), 10);
             forged.every = 1_000_000;
@@ -802,7 +800,7 @@ mod tests {
 
         #[test]
         fn without_a_key_seals_are_not_checked_and_that_is_said() {
-            let (mut ring, _key, path, _) = new_ring("no-key");
+            let (_dir, mut ring, _key, path, _) = new_ring("no-key");
             events(&mut ring, 40, 1_000, 1_500);
             let v = verify(&path, None).unwrap();
             assert!(v.problems.is_empty() && v.unsealed.is_none() && v.key.is_none(), "{v:?}");

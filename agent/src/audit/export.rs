@@ -702,9 +702,8 @@ mod tests {
 
     #[test]
     fn the_exporter_ships_seals_with_the_events() {
-        let dir = std::env::temp_dir().join(format!("warden-export-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("audit.ring");
+        let dir = tempfile::Builder::new().prefix("warden-export-test-").tempdir().unwrap();
+        let path = dir.path().join("audit.ring");
         let mut ring = super::super::ring::Ring::open(&path, super::super::ring::MIN_CAPACITY).unwrap();
         ring.append(Kind::Event, 1, STATEMENT.as_bytes()).unwrap();
         ring.append(Kind::Seal, 2, SEAL.as_bytes()).unwrap();

@@ -942,15 +942,16 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn config(name: &str, seal_every: u64) -> AuditConfig {
-        let dir = std::env::temp_dir().join(format!("warden-writer-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        AuditConfig {
-            path: dir.join("audit.ring"),
+    /// A configuration whose ring is in a fresh directory, removed when the guard drops.
+    fn config(name: &str, seal_every: u64) -> (tempfile::TempDir, AuditConfig) {
+        let dir = tempfile::Builder::new().prefix(&format!("warden-writer-test-{name}-")).tempdir().unwrap();
+        let config = AuditConfig {
+            path: dir.path().join("audit.ring"),
             ring_bytes: ring::MIN_CAPACITY,
             seal_every,
             ..AuditConfig::default()
-        }
+        };
+        (dir, config)
     }
 
     fn refused(i: u64) -> Event {
@@ -968,7 +969,7 @@ mod tests {
 
     #[test]
     fn seals_say_how_often_they_come_and_cover_everything_at_shutdown() {
-        let config = config("every", 3);
+        let (_dir, config) = config("every", 3);
         let (log, writer) = AuditLog::open(&config).expect("open");
         for i in 0..7 {
             log.try_record(refused(i)).expect("queued");
@@ -1044,7 +1045,7 @@ mod tests {
     /// the others as they came, each session's records in order, and every seal on time.
     #[test]
     fn a_statement_that_ended_before_it_was_written_is_one_record_with_its_outcome() {
-        let config = config("held", 4);
+        let (_dir, config) = config("held", 4);
         // Queued before the writer runs: one batch.
         let (tx, rx) = mpsc::channel(64);
         let statement = |session: u64, n: u64| Event::Statement(Box::new(sample_statement(SessionId(session), n)));
@@ -1120,7 +1121,7 @@ mod tests {
 
     #[test]
     fn a_tail_left_by_a_crash_is_sealed_when_the_agent_starts_again() {
-        let config = config("crash", 100);
+        let (_dir, config) = config("crash", 100);
         let (log, writer) = AuditLog::open(&config).expect("open");
         log.try_record(refused(0)).expect("queued");
         drop(log);

@@ -918,11 +918,11 @@ impl std::fmt::Display for Unsealed {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warden-ring-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("audit.ring")
+    /// A ring's path in a fresh directory, removed when the guard drops.
+    fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix(&format!("warden-ring-test-{name}-")).tempdir().unwrap();
+        let path = dir.path().join("audit.ring");
+        (dir, path)
     }
 
     fn payload(i: u64) -> Vec<u8> {
@@ -931,7 +931,7 @@ mod tests {
 
     #[test]
     fn append_reopen_and_read_in_order() {
-        let path = temp("reopen");
+        let (_dir, path) = temp("reopen");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=100 {
             assert_eq!(ring.append(Kind::Event, i, &payload(i)).unwrap(), i);
@@ -953,7 +953,7 @@ mod tests {
     #[test]
     fn two_writers_share_one_chain_one_batch_at_a_time() {
         const CAPACITY: u64 = 1 << 20;
-        let path = temp("two-writers");
+        let (_dir, path) = temp("two-writers");
         let mut first = Ring::open(&path, CAPACITY).unwrap();
         first.append(Kind::Event, 1, &payload(1)).unwrap();
         // The agent taking over opens the ring while the first still writes.
@@ -1000,7 +1000,7 @@ mod tests {
 
     #[test]
     fn a_writer_that_died_after_a_record_but_before_its_hints_is_followed() {
-        let path = temp("died-before-hints");
+        let (_dir, path) = temp("died-before-hints");
         let mut first = Ring::open(&path, MIN_CAPACITY).unwrap();
         let mut second = Ring::open(&path, MIN_CAPACITY).unwrap();
         first.append(Kind::Event, 1, &payload(1)).unwrap();
@@ -1017,7 +1017,7 @@ mod tests {
 
     #[test]
     fn hints_torn_by_a_killed_writer_are_recovered_from_the_chain() {
-        let path = temp("torn-hints");
+        let (_dir, path) = temp("torn-hints");
         let mut first = Ring::open(&path, MIN_CAPACITY).unwrap();
         let mut second = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=3 {
@@ -1037,7 +1037,7 @@ mod tests {
 
     #[test]
     fn wrap_around_keeps_the_newest_and_counts_the_rest() {
-        let path = temp("wrap");
+        let (_dir, path) = temp("wrap");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=5000 {
             ring.append(Kind::Event, i, &payload(i)).unwrap();
@@ -1057,7 +1057,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_is_skipped_never_misread() {
-        let path = temp("torn");
+        let (_dir, path) = temp("torn");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=10 {
             ring.append(Kind::Event, i, &payload(i)).unwrap();
@@ -1076,7 +1076,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_found_by_verify() {
-        let path = temp("flip");
+        let (_dir, path) = temp("flip");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=20 {
             ring.append(Kind::Event, i, &payload(i)).unwrap();
@@ -1091,7 +1091,7 @@ mod tests {
 
     #[test]
     fn a_rewritten_record_with_a_fixed_checksum_breaks_the_chain() {
-        let path = temp("chain");
+        let (_dir, path) = temp("chain");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=20 {
             ring.append(Kind::Event, i, &payload(i)).unwrap();
@@ -1111,7 +1111,7 @@ mod tests {
 
     #[test]
     fn the_magic_inside_a_payload_is_not_a_damaged_record() {
-        let path = temp("magic");
+        let (_dir, path) = temp("magic");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         for i in 1..=5 {
             let payload = format!("{{\"text\":\"{}\"}}", "WREC".repeat(40 + i));
@@ -1124,25 +1124,27 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused() {
-        let path = temp("bad");
+        let (_dir, path) = temp("bad");
         std::fs::write(&path, b"not a ring at all").unwrap();
         assert!(matches!(Ring::open(&path, MIN_CAPACITY), Err(RingError::NotARing { .. })));
         assert!(RingFile::open(&path).is_err());
-        let path = temp("zero");
+        let (_zero, path) = temp("zero");
         let mut header = vec![0u8; HEADER_SIZE as usize];
         header[..8].copy_from_slice(MAGIC_FILE);
         header[H_VERSION..H_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
         std::fs::write(&path, header).unwrap();
         assert!(RingFile::open(&path).is_err(), "a zero-capacity header is refused, not divided by");
-        let path = temp("cap");
+        let (_cap, path) = temp("cap");
         Ring::open(&path, MIN_CAPACITY).unwrap();
         assert!(matches!(Ring::open(&path, 2 * MIN_CAPACITY), Err(RingError::CapacityMismatch { .. })));
-        assert!(matches!(Ring::open(&temp("small"), 1024), Err(RingError::TooSmall)));
+        let (_small, path) = temp("small");
+        assert!(matches!(Ring::open(&path, 1024), Err(RingError::TooSmall)));
     }
 
     #[test]
     fn a_new_ring_is_private_and_so_is_a_directory_made_for_it() {
-        let root = temp("private").parent().unwrap().to_path_buf();
+        let (dir, _) = temp("private");
+        let root = dir.path().to_path_buf();
         let path = root.join("made/for/it/audit.ring");
         let mut ring = Ring::open(&path, MIN_CAPACITY).expect("a ring in a missing directory");
         assert_eq!(ring.last_kind(), None, "an empty ring has no newest record");
@@ -1158,7 +1160,7 @@ mod tests {
 
     #[test]
     fn a_ring_behind_a_symlink_is_refused() {
-        let path = temp("symlink");
+        let (_dir, path) = temp("symlink");
         let real = path.with_file_name("real.ring");
         Ring::open(&real, MIN_CAPACITY).unwrap();
         std::os::unix::fs::symlink(&real, &path).unwrap();
@@ -1175,7 +1177,7 @@ mod tests {
 
     #[test]
     fn a_ring_open_to_others_is_tightened_to_0600() {
-        let path = temp("loose");
+        let (_dir, path) = temp("loose");
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         ring.append(Kind::Event, 1, &payload(1)).unwrap();
         drop(ring);
@@ -1188,7 +1190,7 @@ mod tests {
 
     #[test]
     fn a_directory_others_can_write_is_refused_unless_sticky() {
-        let path = temp("opendir");
+        let (_dir, path) = temp("opendir");
         let dir = path.parent().unwrap().to_path_buf();
         for mode in [0o777, 0o775, 0o757] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();

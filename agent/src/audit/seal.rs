@@ -172,11 +172,11 @@ mod tests {
 
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warden-seal-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("audit.ring.key")
+    /// A key's path in a fresh directory, removed when the guard drops.
+    fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix(&format!("warden-seal-test-{name}-")).tempdir().unwrap();
+        let path = dir.path().join("audit.ring.key");
+        (dir, path)
     }
 
     #[test]
@@ -218,7 +218,8 @@ mod tests {
 
     #[test]
     fn a_new_key_is_private_and_loaded_again() {
-        let path = temp("new").parent().unwrap().join("made/for/key/audit.ring.key");
+        let (dir, _) = temp("new");
+        let path = dir.path().join("made/for/key/audit.ring.key");
         let key = load_or_create_key(&path).expect("created");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600, "key file mode");
         assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o7777, 0o700, "directory made");
@@ -229,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_key_behind_a_symlink_is_refused() {
-        let path = temp("symlink");
+        let (_dir, path) = temp("symlink");
         let real = path.with_file_name("real.key");
         load_or_create_key(&real).unwrap();
         std::os::unix::fs::symlink(&real, &path).unwrap();
@@ -246,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_readable_key_is_tightened_and_a_bad_one_refused() {
-        let path = temp("loose");
+        let (_dir, path) = temp("loose");
         let key = load_or_create_key(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_create_key(&path).expect("still loaded").0, key.0);
@@ -265,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_key_in_a_directory_others_can_write_is_refused() {
-        let path = temp("opendir");
+        let (_dir, path) = temp("opendir");
         std::fs::set_permissions(path.parent().unwrap(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = load_or_create_key(&path).err().expect("refused");
         assert!(matches!(err, KeyError::WritableDirectory { mode: 0o777, .. }), "{err:?}");

@@ -661,11 +661,10 @@ mod tests {
 
     #[test]
     fn the_writer_condenses_drops_and_says_so_in_the_ring() {
-        let dir = std::env::temp_dir().join(format!("warden-share-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tempfile::Builder::new().prefix("warden-share-test-").tempdir().expect("temp dir");
         // 1 MiB ring, a share of 1/16: 64 KiB per identity per window.
         let config = AuditConfig {
-            path: dir.join("audit.ring"),
+            path: dir.path().join("audit.ring"),
             ring_bytes: 1024 * 1024,
             identity_share: 1.0 / 16.0,
             ..AuditConfig::default()

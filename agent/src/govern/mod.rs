@@ -1561,9 +1561,8 @@ mod tests {
     #[test]
     fn mask_keys_rotate_when_read_again() {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let dir = std::env::temp_dir().join(format!("warden-govern-keys-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let keys = dir.join("keys");
+        let dir = tempfile::Builder::new().prefix("warden-govern-keys-").tempdir().unwrap();
+        let keys = dir.path().join("keys");
         let governor = Governor::new(PolicySet::empty()).with_mask_keys(keys.clone());
         assert_eq!(governor.mask_key.load().version, 1, "the first key is created");
         let mut f =
@@ -1576,7 +1575,6 @@ mod tests {
         std::fs::write(keys.join("mask-3.key"), b"short").unwrap();
         governor.reload_mask_key();
         assert_eq!(governor.mask_key.load().version, 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn session(policy: &str) -> SessionGovern {
@@ -2115,12 +2113,12 @@ mod tests {
         assert!(message.contains("statement 2 of 2"), "{message}");
     }
 
-    /// A session whose holds wait in a real registry, and that registry.
-    fn held_session(policy: &str) -> (SessionGovern, Arc<Approvals>) {
-        let dir = std::env::temp_dir().join(format!("warden-govern-holds-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A session whose holds wait in a real registry, and that registry (its audit ring in a
+    /// directory removed when the guard drops).
+    fn held_session(policy: &str) -> (tempfile::TempDir, SessionGovern, Arc<Approvals>) {
+        let dir = tempfile::Builder::new().prefix("warden-govern-holds-").tempdir().unwrap();
         let config = crate::config::AuditConfig {
-            path: dir.join(format!("{}.ring", policy.len())),
+            path: dir.path().join(format!("{}.ring", policy.len())),
             ring_bytes: 1 << 20,
             ..Default::default()
         };
@@ -2140,7 +2138,7 @@ mod tests {
         let origin = Origin { session: SessionId(1), identity: Arc::new(identity) };
         let s = governor.session(BTreeMap::new(), "main", Some(origin), Arc::new(AllowAll));
         s.on_facts(Ok(facts("\"$user\", public", Catalog::default())));
-        (s, approvals)
+        (dir, s, approvals)
     }
 
     /// Holds message `message`, approves it as root, and returns the verdict it then gets.
@@ -2169,7 +2167,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_grant_covers_the_same_statement_only_not_one_whose_literals_change_what_it_does() {
-        let (s, approvals) = held_session(
+        let (_dir, s, approvals) = held_session(
             "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  \
              approval: {grant: 1h}\n  default: require_approval\n",
         );
@@ -2186,7 +2184,7 @@ mod tests {
 
     #[tokio::test]
     async fn role_changes_are_approved_once_whatever_the_terms() {
-        let (s, approvals) = held_session(
+        let (_dir, s, approvals) = held_session(
             "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  \
              approval: {grant: 1h}\n  default: require_approval\n",
         );

@@ -126,9 +126,8 @@ mod tests {
 
     #[test]
     fn names_follow_the_file_after_the_refresh_interval() {
-        let dir = std::env::temp_dir().join(format!("warden-users-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("passwd");
+        let dir = tempfile::Builder::new().prefix("warden-users-test-").tempdir().unwrap();
+        let path = dir.path().join("passwd");
         std::fs::write(&path, "root:x:0:0::/root:/bin/sh\n+nis::::::\nalice:x:1000:1000::/home/alice:/bin/sh\nshadow:x:1000:1000::/:/bin/false\nbroken line\n").unwrap();
         let users = UserNames::new(&path, Duration::from_secs(5));
         let t0 = Instant::now();
@@ -147,6 +146,5 @@ mod tests {
 
         std::fs::remove_file(&path).unwrap();
         assert_eq!(users.lookup(1000, later + Duration::from_secs(6)), None);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

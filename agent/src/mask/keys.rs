@@ -188,15 +188,16 @@ mod tests {
 
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warden-mask-keys-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("keys")
+    /// A keys directory not yet made, in a fresh directory removed when the guard drops.
+    fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix(&format!("warden-mask-keys-{name}-")).tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        (dir, keys)
     }
 
     #[test]
     fn the_first_key_is_created_private_and_found_again() {
-        let dir = scratch("create");
+        let (_scratch, dir) = scratch("create");
         let keys = MaskKeys::load_or_create(&dir).unwrap();
         let key = keys.current().unwrap().clone();
         assert_eq!(key.version, 1);
@@ -211,7 +212,7 @@ mod tests {
 
     #[test]
     fn the_highest_version_masks_and_older_ones_stay_readable() {
-        let dir = scratch("rotate");
+        let (_scratch, dir) = scratch("rotate");
         MaskKeys::load_or_create(&dir).unwrap();
         std::fs::write(dir.join("mask-2.key"), [7u8; 32]).unwrap();
         std::fs::set_permissions(dir.join("mask-2.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -224,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_key_of_the_wrong_size_is_refused_naming_the_file() {
-        let dir = scratch("size");
+        let (_scratch, dir) = scratch("size");
         MaskKeys::load_or_create(&dir).unwrap();
         std::fs::write(dir.join("mask-3.key"), [1u8; 16]).unwrap();
         std::fs::set_permissions(dir.join("mask-3.key"), std::fs::Permissions::from_mode(0o600)).unwrap();

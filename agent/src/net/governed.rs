@@ -220,24 +220,23 @@ mod tests {
 
     #[test]
     fn saved_endpoints_seed_only_the_same_database_and_service() {
-        let dir = std::env::temp_dir().join(format!("warden-governed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let tmp = tempfile::Builder::new().prefix("warden-governed-").tempdir().expect("dir");
+        let dir = tmp.path();
         let saved = serde_json::json!({"orders": {
             "service": "service shop/orders:5432",
             "port": {"name": "pg", "port": 5432},
             "addrs": ["10.96.0.7:5432"], "any_address": [30007], "backends": ["10.244.0.9:15432"]
         }});
         std::fs::write(dir.join("services.json"), saved.to_string()).expect("write");
-        let (reached, ports) = saved_services(&config(&dir, "shop/orders:5432"));
+        let (reached, ports) = saved_services(&config(dir, "shop/orders:5432"));
         assert_eq!(reached[&0].addrs, vec!["10.96.0.7:5432".parse::<SocketAddr>().unwrap()]);
         assert_eq!(reached[&0].backends, vec!["10.244.0.9:15432".parse::<SocketAddr>().unwrap()]);
         assert_eq!(ports[&0], SavedPort { name: Some("pg".into()), port: 5432 });
         // The database now names another Service: what was saved is not its.
-        let (reached, ports) = saved_services(&config(&dir, "shop/orders-v2:5432"));
+        let (reached, ports) = saved_services(&config(dir, "shop/orders-v2:5432"));
         assert!(reached.is_empty() && ports.is_empty());
         // A damaged file is ignored.
         std::fs::write(dir.join("services.json"), "{not json").expect("write");
-        assert!(saved_services(&config(&dir, "shop/orders:5432")).0.is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(saved_services(&config(dir, "shop/orders:5432")).0.is_empty());
     }
 }

@@ -424,8 +424,8 @@ fn empty_documents_are_skipped_and_files_hold_several() {
 
 #[test]
 fn directories_are_read_sorted_and_unreadable_paths_reported() {
-    let dir = std::env::temp_dir().join(format!("warden-policy-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = tempfile::Builder::new().prefix("warden-policy-test-").tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("b.yml"), format!("{HEAD}  selector: {{}}\n")).expect("write");
     std::fs::write(dir.join("a.yaml"), format!("{}  selector: {{}}\n", HEAD.replace("name: p", "name: a")))
         .expect("write");
@@ -437,7 +437,7 @@ fn directories_are_read_sorted_and_unreadable_paths_reported() {
     let err = PolicySet::load(&[dir.clone(), missing.clone()]).expect_err("missing");
     assert_eq!(err.len(), 1);
     assert!(err.to_string().starts_with(&format!("{}: cannot read the file:", missing.display())), "{err}");
-    std::fs::remove_dir_all(&dir).expect("cleanup");
+    tmp.close().expect("cleanup");
 }
 
 // ---- selection -------------------------------------------------------------------------------

@@ -276,9 +276,8 @@ mod tests {
 
     #[test]
     fn a_dead_agents_sessions_are_read_back_and_a_live_ones_are_not() {
-        let dir = std::env::temp_dir().join(format!("warden-ledger-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("warden-ledger-test-").tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let config = crate::config::AuditConfig {
             path: dir.join("audit.ring"),
             ring_bytes: 1 << 20,
@@ -321,13 +320,12 @@ mod tests {
         assert_eq!(closes.len(), 4, "two for the crash, two for the entries dropped unfinished: {closes:#?}");
         assert_eq!(closes.iter().filter(|c| c.contains("ended by the crash")).count(), 2);
         assert_eq!(closes.iter().filter(|c| c.contains("cut when the agent stopped")).count(), 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_link_planted_in_the_ledgers_place_or_among_dead_ledgers_is_never_followed() {
-        let dir = std::env::temp_dir().join(format!("warden-ledger-link-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new().prefix("warden-ledger-link-").tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("sessions")).unwrap();
         let config = crate::config::AuditConfig {
             path: dir.join("audit.ring"),
@@ -354,6 +352,5 @@ mod tests {
         assert!(std::fs::symlink_metadata(&dead).is_err() && precious.exists());
         drop(audit);
         writer.join();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

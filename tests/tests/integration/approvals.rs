@@ -53,24 +53,30 @@ fn cli_json(agent: &Agent, args: &[&str]) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
 }
 
+/// A psql in the background and the script file it reads, removed once it has ended.
+struct Script {
+    child: Child,
+    _file: tempfile::NamedTempFile,
+}
+
 /// A labelled psql running `script` (statement by statement, continuing after errors), in the
 /// background.
-fn spawn_script(agent: &Agent, port: u16, script: &str) -> Child {
-    let file = std::env::temp_dir().join(testkit::unique("approval-script-"));
-    std::fs::write(&file, script).expect("script");
+fn spawn_script(agent: &Agent, port: u16, script: &str) -> Script {
+    let file = testkit::temp_file("approval-script-", ".sql", script);
     let psql = psql_bin().display().to_string();
     let port = port.to_string();
-    let file = file.display().to_string();
-    agent
-        .exec(&AGENT, &[&psql, "-X", "-tA", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-f", &file])
+    let path = file.path().display().to_string();
+    let child = agent
+        .exec(&AGENT, &[&psql, "-X", "-tA", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-f", &path])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("psql")
+        .expect("psql");
+    Script { child, _file: file }
 }
 
-fn finish(child: Child) -> (String, String) {
-    let out = child.wait_with_output().expect("psql ended");
+fn finish(script: Script) -> (String, String) {
+    let out = script.child.wait_with_output().expect("psql ended");
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

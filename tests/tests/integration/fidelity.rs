@@ -594,7 +594,8 @@ fn client_scripts_get_the_same_answers_directly_and_through_warden() {
 /// scripts: none may differ (a difference counts when it comes back on a second run).
 #[test]
 fn generated_client_scripts_get_the_same_answers_directly_and_through_warden() {
-    let out_dir = std::env::temp_dir().join(testkit::unique("differential-"));
+    let tmp = testkit::temp_dir("differential-");
+    let out_dir = tmp.path().to_path_buf();
     let out = testkit::output(
         std::process::Command::new(env!("CARGO_BIN_EXE_differential"))
             .args(["--scripts", "40", "--seed", "20261129", "--out"])
@@ -608,5 +609,5 @@ fn generated_client_scripts_get_the_same_answers_directly_and_through_warden() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&out_dir);
+    drop(tmp);
 }

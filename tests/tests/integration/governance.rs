@@ -280,12 +280,12 @@ fn an_unreachable_database_gives_the_client_a_clear_error() {
 
 #[test]
 fn a_malformed_config_names_file_line_and_expectation() {
-    let dir = std::env::temp_dir().join(testkit::unique("warden-badcfg-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-badcfg-");
+    let dir = tmp.path().to_path_buf();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "databases:\n  - name: main\n    address: 127.0.0.1:5432\n    fail: sometimes\n").unwrap();
     let out = output(Command::new(testkit::warden_bin()).args(["run", "--config"]).arg(&path));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

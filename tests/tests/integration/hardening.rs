@@ -202,8 +202,8 @@ fn no_unprivileged_process_can_take_the_proxy_address_during_a_restart() {
     let pg = Postgres::start();
     // A listener port any local process could bind is refused before anything is set up (the
     // old default was 15432).
-    let dir = std::env::temp_dir().join(testkit::unique("warden-port-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-port-");
+    let dir = tmp.path().to_path_buf();
     let config = dir.join("warden.yaml");
     std::fs::write(
         &config,
@@ -217,7 +217,7 @@ fn no_unprivileged_process_can_take_the_proxy_address_during_a_restart() {
     )
     .unwrap();
     let refused = output(Command::new(testkit::warden_bin()).args(["run", "--config"]).arg(&config));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "an unprivileged proxy port was accepted");
     assert!(said.contains("is not privileged") && said.contains("allow_unprivileged_port"), "{said}");
@@ -590,14 +590,14 @@ fn check_config_names_what_it_does_not_govern() {
     let socket = Path::new("/tmp").join(format!(".s.PGSQL.{port}"));
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("unix socket");
-    let dir = std::env::temp_dir().join(testkit::unique("warden-cc-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-cc-");
+    let dir = tmp.path().to_path_buf();
     let config = dir.join("warden.yaml");
     std::fs::write(&config, format!("databases:\n  - {{name: local, address: '0.0.0.0:{port}'}}\n")).unwrap();
     let out = output(Command::new(testkit::warden_bin()).args(["check-config"]).arg(&config));
     drop(listener);
     let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains(&format!("'*:{port}'")), "no advice for 0.0.0.0: {said}");

@@ -102,8 +102,8 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
 
     let pg = Postgres::start();
     let net = Netns::create(41);
-    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = testkit::temp_dir("warden-k8s-");
+    let dir = tmp.path().to_path_buf();
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("policies");
     std::fs::write(policies.join("restricted.yaml"), RESTRICTED).expect("policy");
@@ -263,7 +263,7 @@ fn pods_are_identities_followed_through_relabelling_late_arrival_deletion_and_re
     assert_eq!(next_open(&agent, before)["identity"]["pod"]["name"], "after-relist");
     drop(agent);
     drop(agent_cgroup);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }
 
 /// kube-proxy's part, for the test: DNAT from a Service's cluster IP and node port to its
@@ -283,10 +283,9 @@ impl KubeProxy {
             "table ip {t} {{\n chain pre {{ type nat hook prerouting priority -100; ip daddr {cluster_ip} tcp dport {port} dnat to {backend}; ip daddr {node_ip} tcp dport {node_port} dnat to {backend}; }}\n chain out {{ type nat hook output priority -100; ip daddr {cluster_ip} tcp dport {port} dnat to {backend}; ip daddr {node_ip} tcp dport {node_port} dnat to {backend}; }}\n}}\n",
             t = proxy.table
         );
-        let file = std::env::temp_dir().join(format!("{}.nft", proxy.table));
-        std::fs::write(&file, rules).expect("nft rules");
-        check(Command::new("nft").arg("-f").arg(&file));
-        let _ = std::fs::remove_file(file);
+        let file = testkit::temp_file(&format!("{}-", proxy.table), ".nft", rules);
+        check(Command::new("nft").arg("-f").arg(file.path()));
+        drop(file);
         proxy
     }
 }
@@ -337,8 +336,8 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
         })
     };
     api.put(Resource::EndpointSlices, slice(&net.host_ip));
-    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = testkit::temp_dir("warden-k8s-");
+    let dir = tmp.path().to_path_buf();
     let agent = Agent::start_with_top_level(
         "  - {name: crm-pg, address: 'crm/pg:postgres'}",
         "",
@@ -419,7 +418,7 @@ fn a_service_is_governed_at_its_cluster_ip_node_port_and_backends_and_followed()
         r["kind"] == "endpoints_changed" && r["removed"] == json!([format!("127.0.0.1:{}", pg.port)])
     });
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }
 
 #[test]
@@ -432,8 +431,8 @@ fn metrics_move_under_load_and_stay_bounded_with_a_thousand_pods() {
     }
     let pg = Postgres::start();
     pg.pgbench_init(1);
-    let dir = std::env::temp_dir().join(unique("warden-k8s-"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = testkit::temp_dir("warden-k8s-");
+    let dir = tmp.path().to_path_buf();
     let metrics_addr = format!("127.0.0.1:{}", testkit::free_port());
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("policies");
@@ -515,5 +514,5 @@ fn metrics_move_under_load_and_stay_bounded_with_a_thousand_pods() {
     );
     drop(cgroups);
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }

@@ -285,35 +285,33 @@ fn start() -> (Postgres, Agent) {
 /// psql (simple protocol) running `statements` one by one, continuing after errors, as the
 /// identity `labels` (none: the test's own); stdout and stderr together.
 fn psql_script(agent: &Agent, labels: &[&str], port: u16, statements: &[&str]) -> String {
-    let file = std::env::temp_dir().join(testkit::unique("masking-"));
     let mut script = String::from("\\set VERBOSITY verbose\n\\set SHOW_CONTEXT always\n");
     for (i, s) in statements.iter().enumerate() {
         script.push_str(&format!("\\echo @@{i}\n{s};\n"));
     }
-    std::fs::write(&file, script).expect("script");
+    let file = testkit::temp_file("masking-", ".sql", script);
     let psql = psql_bin().display().to_string();
     let port = port.to_string();
-    let file_arg = file.display().to_string();
+    let file_arg = file.path().display().to_string();
     let argv = [&psql as &str, "-X", "-A", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-f", &file_arg];
     let out = if labels.is_empty() {
         output(Command::new(argv[0]).args(&argv[1..]))
     } else {
         output(&mut agent.exec(labels, &argv))
     };
-    let _ = std::fs::remove_file(&file);
+    drop(file);
     format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 fn psycopg(port: u16, mode: &str, statements: &[&str]) -> Value {
-    let file = std::env::temp_dir().join(testkit::unique("masking-py-"));
-    std::fs::write(&file, serde_json::to_string(statements).unwrap()).expect("statements");
+    let file = testkit::temp_file("masking-py-", ".json", serde_json::to_string(statements).unwrap());
     let out = check(
         Command::new("python3")
             .arg(workspace_root().join("tests/drivers/masking_attacks.py"))
             .args(["127.0.0.1", &port.to_string(), mode])
-            .arg(&file),
+            .arg(file.path()),
     );
-    let _ = std::fs::remove_file(&file);
+    drop(file);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("psycopg {mode}: {e}: {out}"))
 }
 
@@ -445,12 +443,12 @@ fn no_protected_value_reaches_a_masked_client_by_any_statement_driver_or_channel
         let config = agent.config.clone();
         std::thread::spawn(move || {
             let _ = config;
-            let file = std::env::temp_dir().join(testkit::unique("masking-listen-"));
-            std::fs::write(&file, "listen leaks;\nselect pg_sleep(3);\nselect 'woke';\n").expect("script");
+            let file =
+                testkit::temp_file("masking-listen-", ".sql", "listen leaks;\nselect pg_sleep(3);\nselect 'woke';\n");
             let out = output(
                 Command::new(psql_bin())
                     .args(["-X", "-A", "-U", "postgres", "-h", "127.0.0.1", "-p", &port.to_string(), "-f"])
-                    .arg(&file),
+                    .arg(file.path()),
             );
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
         })

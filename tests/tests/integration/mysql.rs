@@ -110,9 +110,9 @@ fn the_baseline_refuses_mysql_statements_with_error_1142_and_the_session_goes_on
     assert_eq!(db.sql("select count(*) from test.accounts"), "3");
 
     // LOAD DATA LOCAL sends a client file: refused for agents by the baseline, naming the rule.
-    let csv = std::env::temp_dir().join(testkit::unique("warden-load-")).with_extension("csv");
-    std::fs::write(&csv, "7,eve,70\n").unwrap();
-    let load = format!("load data local infile '{}' into table accounts fields terminated by ','", csv.display());
+    let csv = testkit::temp_file("warden-load-", ".csv", "7,eve,70\n");
+    let load =
+        format!("load data local infile '{}' into table accounts fields terminated by ','", csv.path().display());
     let cli = mariadb_cli(&db.host, db.port, USER, PASSWORD, MariaSsl::Off);
     let argv = testkit::argv_of(&cli, &["--local-infile=1", "-e", &load]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -124,7 +124,7 @@ fn the_baseline_refuses_mysql_statements_with_error_1142_and_the_session_goes_on
     let out = output(&mut agent.exec(&["warden/identity=it-human"], &argv));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(db.sql("select owner from test.accounts where id = 7"), "eve");
-    let _ = std::fs::remove_file(&csv);
+    drop(csv);
     db.sql("delete from test.accounts where id = 7");
 
     // Unlabelled workloads are not selected by the baseline.

@@ -133,14 +133,13 @@ fn start() -> (MariaDb, Agent) {
 
 /// The masking driver run by a labelled workload in `mode`.
 fn run(agent: &Agent, db: &MariaDb, labels: &[&str], mode: &str, statements: &[&str]) -> Value {
-    let file = std::env::temp_dir().join(testkit::unique("mysql-masking-"));
-    std::fs::write(&file, serde_json::to_string(statements).unwrap()).expect("statements");
+    let file = testkit::temp_file("mysql-masking-", ".json", serde_json::to_string(statements).unwrap());
     let script = workspace_root().join("tests/drivers/mysql_masking.py").display().to_string();
     let port = db.port.to_string();
-    let file_arg = file.display().to_string();
+    let file_arg = file.path().display().to_string();
     let argv = ["python3", &script as &str, &db.host, &port, USER, PASSWORD, "test", mode, &file_arg];
     let out = check(&mut agent.exec(labels, &argv));
-    let _ = std::fs::remove_file(&file);
+    drop(file);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{mode}: {e}: {out}"))
 }
 

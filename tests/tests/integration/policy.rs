@@ -437,8 +437,8 @@ fn a_tcp_database_is_allowed_or_refused_per_identity_at_connect() {
 
 #[test]
 fn policy_check_reports_every_mistake_with_its_position_and_an_invalid_set_stops_the_start() {
-    let dir = std::env::temp_dir().join(testkit::unique("warden-policy-check-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-policy-check-");
+    let dir = tmp.path().to_path_buf();
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -462,7 +462,7 @@ fn policy_check_reports_every_mistake_with_its_position_and_an_invalid_set_stops
     agent.write_policy("bad.yaml", &std::fs::read_to_string(&bad).unwrap());
     let why = agent.try_spawn().expect_err("refused to start");
     assert!(why.contains("bad.yaml:7:"), "{why}");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }
 
 #[test]

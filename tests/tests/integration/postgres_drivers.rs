@@ -18,8 +18,8 @@ fn governed(pg: &Postgres) -> Agent {
 
 /// psql running a script file, unaligned, stopping at the first error.
 fn psql_script(host: &str, port: u16, script: &str) -> String {
-    let dir = std::env::temp_dir().join(testkit::unique("warden-psql-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-psql-");
+    let dir = tmp.path().to_path_buf();
     let path = dir.join("script.sql");
     std::fs::write(&path, script.replace("@DIR@", &dir.display().to_string())).unwrap();
     let out = output(
@@ -27,7 +27,7 @@ fn psql_script(host: &str, port: u16, script: &str) -> String {
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h", host, "-p", &port.to_string(), "-f"])
             .arg(&path),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     assert!(out.status.success(), "psql via {host} failed: {}", String::from_utf8_lossy(&out.stderr));
     // Notifications name the sending backend's pid, which differs between runs.
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use testkit::{Agent, Postgres, check, output, psql_bin, sample, scrape, unique};
+use testkit::{Agent, Postgres, check, output, psql_bin, sample, scrape};
 
 /// The candidate policy for the `etl` workload, in `mode` (dryrun or enforce).
 fn candidate(mode: &str) -> String {
@@ -47,16 +47,15 @@ fn run_workload(agent: &Agent, pg: &Postgres) -> (String, String) {
 
 /// Runs a psql script as the `etl` identity, each line its own statement: (stdout, stderr).
 fn run_script(agent: &Agent, pg: &Postgres, sql: &str) -> (String, String) {
-    let script = std::env::temp_dir().join(unique("warden-workload-")).with_extension("sql");
-    std::fs::write(&script, sql).expect("write the workload");
+    let script = testkit::temp_file("warden-workload-", ".sql", sql);
     let psql = psql_bin().display().to_string();
     let port = pg.port.to_string();
-    let script_arg = script.display().to_string();
+    let script_arg = script.path().display().to_string();
     let out = output(&mut agent.exec(
         &["warden/identity=etl"],
         &[&psql, "-X", "-tA", "-U", "postgres", "-h", "127.0.0.1", "-p", &port, "-f", &script_arg],
     ));
-    let _ = std::fs::remove_file(&script);
+    drop(script);
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -180,8 +179,8 @@ fn a_dry_run_policy_records_what_it_would_do_and_simulation_predicts_enforcing_i
     );
 
     // Simulation: the enforced candidate over the dry run's records.
-    let candidates = std::env::temp_dir().join(unique("warden-candidates-"));
-    std::fs::create_dir_all(&candidates).expect("dir");
+    let tmp = testkit::temp_dir("warden-candidates-");
+    let candidates = tmp.path().to_path_buf();
     std::fs::write(candidates.join("candidate.yaml"), candidate("enforce")).expect("write");
     let simulated = output(
         Command::new(testkit::warden_bin())
@@ -221,7 +220,7 @@ fn a_dry_run_policy_records_what_it_would_do_and_simulation_predicts_enforcing_i
     )
     .into_owned();
     assert!(table.contains("would break: etl (5 statement(s) allowed now)") && table.contains("notes:"), "{table}");
-    let _ = std::fs::remove_dir_all(&candidates);
+    drop(tmp);
 
     // Enforced live: the same workload gets exactly what the simulation said.
     agent.write_policy("candidate.yaml", &candidate("enforce"));

@@ -64,8 +64,8 @@ fn statements_like(records: &[Value], needle: &str) -> u64 {
 fn pgbench_runs_through_a_restart_an_upgrade_and_a_configuration_change_without_a_failed_transaction() {
     let pg = Postgres::start();
     pg.pgbench_init(1);
-    let dir = std::env::temp_dir().join(testkit::unique("warden-upgrade-bin-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = testkit::temp_dir("warden-upgrade-bin-");
+    let dir = tmp.path().to_path_buf();
     // The agent runs from its own copy of the binary: the upgrade installs another build there.
     let bin = dir.join("warden");
     std::fs::copy(warden_bin(), &bin).unwrap();
@@ -155,7 +155,7 @@ fn pgbench_runs_through_a_restart_an_upgrade_and_a_configuration_change_without_
         !records.iter().any(|r| matches!(r["kind"].as_str(), Some("proxy_refused" | "refused_not_serving"))),
         "a connection was refused during the hand-overs"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }
 
 #[test]
