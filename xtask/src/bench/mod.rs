@@ -699,9 +699,6 @@ fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
 /// doing the lines' whole job with its default workers: paired runs of each line, so a change
 /// is measured against its baseline in the same run.
 fn builds_compared(warden: &Path, other: &Path, pg: &Postgres, secs: &str) -> Result<()> {
-    if !other.is_file() {
-        bail!("WARDEN_BENCH_AGAINST={}: no such file", other.display());
-    }
     for (name, args, masked) in paired_lines(secs) {
         let start = |this: bool| {
             let metrics = format!("127.0.0.1:{}", free_port());
@@ -747,9 +744,15 @@ pub fn bench(warden: &Path) -> Result<()> {
         Ok("against") => {
             let other = std::env::var_os("WARDEN_BENCH_AGAINST")
                 .context("WARDEN_BENCH_ONLY=against needs WARDEN_BENCH_AGAINST=PATH (another warden binary)")?;
+            // A full path, checked before anything starts (a bare name would be looked up in PATH).
+            let other = fs::canonicalize(&other)
+                .with_context(|| format!("WARDEN_BENCH_AGAINST={}", Path::new(&other).display()))?;
+            if !other.is_file() || fs::canonicalize(warden).is_ok_and(|this| this == other) {
+                bail!("WARDEN_BENCH_AGAINST={}: not another warden binary", other.display());
+            }
             let pg = Postgres::start();
             pg.pgbench_init(10);
-            return builds_compared(warden, Path::new(&other), &pg, &seconds().to_string());
+            return builds_compared(warden, &other, &pg, &seconds().to_string());
         }
         Ok("limits") => {
             let pg = Postgres::start();
