@@ -318,9 +318,11 @@ fn rounds() -> usize {
 /// The main lines through every path, then connection set-up; a summary of the targets.
 fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     lines::large_table(pg);
-    let dir = std::env::temp_dir().join(testkit::unique("warden-bench-lines-"));
-    fs::create_dir_all(&dir)?;
-    let large = dir.join("large.sql");
+    // WARDEN_BENCH_LINE: only the lines whose name contains it (to profile one).
+    let only = std::env::var("WARDEN_BENCH_LINE").unwrap_or_default();
+    // Removed when the lines end, whichever way.
+    let dir = testkit::temp_dir("warden-bench-lines-");
+    let large = dir.path().join("large.sql");
     fs::write(&large, "select id, email, note, pad from bench_rows;\n")?;
     let large = large.display().to_string();
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -372,8 +374,10 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     ];
     let mut lines_met = 0;
     let mut masking = ACCOUNTS;
-    // WARDEN_BENCH_LINE: only the lines whose name contains it (to profile one).
-    let only = std::env::var("WARDEN_BENCH_LINE").unwrap_or_default();
+    if !cases.iter().any(|c| c.0.contains(only.as_str())) {
+        let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        bail!("WARDEN_BENCH_LINE={only:?} names none of the lines: {}", names.join("; "));
+    }
     for (name, args, masked, large) in cases.iter().filter(|c| c.0.contains(only.as_str())) {
         if *masked != masking {
             lines::remask(&rig.agent, masked)?;
@@ -410,7 +414,6 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     );
     connect_latency(&rig, &metrics, rounds)?;
     println!("(connections redirected through Warden during the run: {})", rig.agent.stat("redirected"));
-    let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
 
