@@ -206,6 +206,7 @@ impl SessionAudit {
                 would: None,
                 names: None,
                 limit: None,
+                raw_reads: None,
             }]
         } else {
             parts
@@ -226,6 +227,7 @@ impl SessionAudit {
                     would: None,
                     names: None,
                     limit: None,
+                    raw_reads: None,
                 })
                 .collect()
         };
@@ -464,6 +466,7 @@ impl SessionHooks for SessionAudit {
             would: None,
             names: None,
             limit: None,
+            raw_reads: None,
         };
         let record = self.statement(&subject, 0, &judged, verdict);
         let _ = self.shared.log.try_record(Event::Statement(Box::new(record)));
@@ -584,6 +587,7 @@ mod tests {
             would: None,
             names: None,
             limit: None,
+            raw_reads: None,
         };
         let v = verdict_of(&judged);
         assert_eq!(

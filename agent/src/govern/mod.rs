@@ -750,6 +750,7 @@ impl SessionGovern {
                         unscoped: analysis.unscoped,
                         catalog,
                     })),
+                    raw_reads: Some(reads),
                 }
             })
             .collect();
@@ -1280,7 +1281,15 @@ impl SessionHooks for SessionGovern {
             for part in &judgement.parts {
                 let analysis = &part.described.analysis;
                 let raw = running.sql.get(part.span.clone()).unwrap_or_default();
-                let reads = search_path::RawReads::of(raw, options);
+                // What judging read of this text (a judgement given by shape carries its kept
+                // reads, equal to this text's: the condition it was given on).
+                let reads = match part.raw_reads {
+                    Some(reads) => {
+                        debug_assert_eq!(reads, search_path::RawReads::of(raw, options), "reads of {raw:?}");
+                        reads
+                    }
+                    None => search_path::RawReads::of(raw, options),
+                };
                 if part.ambiguous || reads.may_distrust_judged(analysis, part.effects) {
                     state.builtins_untrusted = true;
                     state.facts_stale = true;

@@ -67,6 +67,9 @@ pub struct PartJudgement {
     pub names: Option<Arc<JudgedNames>>,
     /// The volume limits its results are measured against (none: no limit applies).
     pub limit: Option<Arc<crate::govern::volume::PartLimit>>,
+    /// What judging read of the statement's raw text, kept for forwarding it (none: not
+    /// judged from its text; forwarding reads it then).
+    pub raw_reads: Option<crate::govern::search_path::RawReads>,
 }
 
 /// The would-be verdict of a statement: what the policies selecting its identity decide with

@@ -1752,6 +1752,7 @@ mod tests {
                 would: None,
                 names: None,
                 limit: None,
+                raw_reads: None,
             }],
             role: None,
             basis: (0, 0),
