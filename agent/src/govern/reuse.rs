@@ -192,8 +192,11 @@ impl Kept {
             self.entries.remove(0);
         }
         let part = &judgement.parts[0];
+        // What judging read of the text (a judgement made here always carries it).
         let reads = match info.sql.get(part.span.clone()) {
-            Some(raw) if !part.described.parsable.is_empty() => Some(RawReads::of(raw, info.lexing.options())),
+            Some(raw) if !part.described.parsable.is_empty() => {
+                Some(part.raw_reads.unwrap_or_else(|| RawReads::of(raw, info.lexing.options())))
+            }
             _ => None,
         };
         self.entries.push(Entry {

@@ -90,7 +90,7 @@ fn a_pods_loopback_is_its_own_for_other_tcp_protocols_too() {
     // The reset may come before the client's connect() has returned (its non-blocking connect
     // reads the socket's error after the handshake): the same outcome, nothing reached.
     let script = format!(
-        "import socket\ntry:\n  s=socket.create_connection(('127.0.0.1',{port}),timeout=5)\n  s.sendall(b'PING')\nexcept ConnectionError as e:\n  print('error', e.errno)\n  raise SystemExit\ntry:\n  print(len(s.recv(16)))\nexcept OSError as e:\n  print('error', e.errno)\n"
+        "import socket\ntry:\n  s=socket.create_connection(('127.0.0.1',{port}),timeout=5)\n  s.sendall(b'PING')\nexcept ConnectionResetError as e:\n  print('error', e.errno)\n  raise SystemExit\ntry:\n  print(len(s.recv(16)))\nexcept OSError as e:\n  print('error', e.errno)\n"
     );
     let out = check(&mut in_netns(&pod, &[PYTHON.into(), "-c".into(), script]));
     // Reset (or closed) without a byte: nothing listens on the pod's loopback.
