@@ -139,9 +139,28 @@ pub fn cmd_output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// A cargo command in the workspace, without the variables cargo set for running xtask itself:
+/// build scripts that read one (ring's reads `CARGO_MANIFEST_DIR`) would otherwise see it
+/// change between a direct `cargo build` and one from xtask, and rebuild everything above them
+/// (a 6-minute relink of the release agent).
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
