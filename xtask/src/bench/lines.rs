@@ -209,7 +209,7 @@ impl Rig<'_> {
 }
 
 /// The name of Warden's audit writer thread.
-const WRITER_THREAD: &str = "warden-audit";
+pub(super) const WRITER_THREAD: &str = "warden-audit";
 
 /// Waits (up to 3 s) until `pid` uses no more CPU time over 100 ms.
 pub fn settle(pid: u32) {

@@ -111,6 +111,21 @@ fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
         .sum()
 }
 
+/// Minor page faults `pid` has taken so far, all its threads (`/proc/PID/stat`).
+fn minor_faults(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// TLB shootdown interrupts the machine's CPUs have taken so far (`/proc/interrupts`): one
+/// each time a page is unmapped or write-protected in a process running on another CPU.
+fn tlb_shootdowns() -> f64 {
+    let interrupts = fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let line = interrupts.lines().find(|l| l.trim_start().starts_with("TLB:")).unwrap_or("");
+    line.split_whitespace().skip(1).map_while(|v| v.parse::<f64>().ok()).sum()
+}
+
 /// Context switches of every thread of `pid` so far: (voluntary, involuntary).
 fn context_switches(pid: u32) -> (u64, u64) {
     let mut total = (0, 0);
@@ -609,6 +624,9 @@ fn paired(
     args: &[&str],
 ) -> Result<lines::Spread> {
     let (mut ratios, mut cpu, mut machine) = (Vec::new(), [Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    // The audit writer thread's CPU, the agent's page faults and the machine's TLB shootdowns.
+    let (mut writer, mut faults, mut tlb) =
+        ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     // An even number of rounds: each side runs first as often (the first run of all is colder).
     for round in 0..rounds().next_multiple_of(2) {
         let mut tps = [0.0; 2];
@@ -618,11 +636,16 @@ fn paired(
             let pid = agent.pid().context("agent pid")?;
             lines::settle(pid);
             let (before, machine_before) = (cpu_seconds(pid), lines::machine_seconds());
+            let writer_before = thread_cpu_seconds(pid, lines::WRITER_THREAD);
+            let (faults_before, tlb_before) = (minor_faults(pid), tlb_shootdowns());
             let run = pgbench("127.0.0.1", pg.port, args)?;
             lines::settle(pid);
             let tx = run.transactions.max(1) as f64;
             cpu[side].push((cpu_seconds(pid) - before) * 1e6 / tx);
             machine[side].push((lines::machine_seconds() - machine_before) * 1e6 / tx);
+            writer[side].push((thread_cpu_seconds(pid, lines::WRITER_THREAD) - writer_before) * 1e6 / tx);
+            faults[side].push((minor_faults(pid) - faults_before) / tx);
+            tlb[side].push((tlb_shootdowns() - tlb_before) / tx);
             tps[side] = run.tps;
             drop(agent);
         }
@@ -638,6 +661,20 @@ fn paired(
         lines::spread(&cpu[1]),
         lines::spread(&machine[0]),
         lines::spread(&machine[1])
+    );
+    let per_tx = |v: &[f64]| {
+        let s = lines::spread(v);
+        format!("{:.3} [{:.3}–{:.3}]", s.median, s.min, s.max)
+    };
+    println!(
+        "  audit writer thread {} against {} µs/tx; agent page faults {} against {} per tx; TLB shootdowns \
+         (machine) {} against {} per tx",
+        lines::spread(&writer[0]),
+        lines::spread(&writer[1]),
+        per_tx(&faults[0]),
+        per_tx(&faults[1]),
+        per_tx(&tlb[0]),
+        per_tx(&tlb[1])
     );
     Ok(ratio)
 }
