@@ -486,7 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_sockets_cross_over_and_each_step_is_answered() {
-        let tmp = tempfile::Builder::new().prefix("warden-handover-test-").tempdir().unwrap();
+        let tmp = crate::test_dir("warden-handover-test-");
         let dir = tmp.path().to_path_buf();
         assert!(Predecessor::find(&dir).unwrap().is_none(), "nobody serves: nothing to take over");
         let listener = Listener::bind(&dir).unwrap();

@@ -32,10 +32,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A fresh directory (mode 0755 under the usual umask, as `fs::create_dir_all` makes) for a
+/// A fresh directory (mode 0755 whatever the umask, as `fs::create_dir_all` makes under 022) for a
 /// test's scratch files, removed with everything in it when the guard drops, also on a panic.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir")
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new().prefix(prefix).permissions(fs::Permissions::from_mode(0o755)).tempdir().expect("temp dir")
 }
 
 /// A fresh file holding `contents`, removed when the guard drops, also on a panic. Readable by

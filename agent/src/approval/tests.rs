@@ -5,7 +5,7 @@ use crate::{cgroup::CgroupId, config::AuditConfig};
 
 /// A registry whose audit ring is in a fresh directory, removed when the guard drops.
 fn approvals() -> (tempfile::TempDir, Arc<Approvals>) {
-    let dir = tempfile::Builder::new().prefix("warden-approvals-").tempdir().unwrap();
+    let dir = crate::test_dir("warden-approvals-");
     let config = AuditConfig { path: dir.path().join("audit.ring"), ring_bytes: 1 << 20, ..AuditConfig::default() };
     let (audit, _writer) = AuditLog::open(&config).unwrap();
     (dir, Approvals::new(audit, Webhooks::disabled()))

@@ -700,7 +700,7 @@ mod tests {
 
         /// A ring (1 MiB) and its key in a fresh directory, removed when the guard drops.
         fn new_ring(name: &str) -> (tempfile::TempDir, Ring, SealKey, std::path::PathBuf, std::path::PathBuf) {
-            let dir = tempfile::Builder::new().prefix(&format!("warden-verify-test-{name}-")).tempdir().unwrap();
+            let dir = crate::test_dir(&format!("warden-verify-test-{name}-"));
             let (path, key_path) = (dir.path().join("audit.ring"), dir.path().join("audit.ring.key"));
             let ring = Ring::open(&path, 1024 * 1024).unwrap();
             let key = super::super::super::seal::load_or_create_key(&key_path).unwrap();

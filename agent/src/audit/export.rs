@@ -702,7 +702,7 @@ mod tests {
 
     #[test]
     fn the_exporter_ships_seals_with_the_events() {
-        let dir = tempfile::Builder::new().prefix("warden-export-test-").tempdir().unwrap();
+        let dir = crate::test_dir("warden-export-test-");
         let path = dir.path().join("audit.ring");
         let mut ring = super::super::ring::Ring::open(&path, super::super::ring::MIN_CAPACITY).unwrap();
         ring.append(Kind::Event, 1, STATEMENT.as_bytes()).unwrap();

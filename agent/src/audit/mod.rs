@@ -944,7 +944,7 @@ mod tests {
 
     /// A configuration whose ring is in a fresh directory, removed when the guard drops.
     fn config(name: &str, seal_every: u64) -> (tempfile::TempDir, AuditConfig) {
-        let dir = tempfile::Builder::new().prefix(&format!("warden-writer-test-{name}-")).tempdir().unwrap();
+        let dir = crate::test_dir(&format!("warden-writer-test-{name}-"));
         let config = AuditConfig {
             path: dir.path().join("audit.ring"),
             ring_bytes: ring::MIN_CAPACITY,

@@ -920,7 +920,7 @@ mod tests {
 
     /// A ring's path in a fresh directory, removed when the guard drops.
     fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::Builder::new().prefix(&format!("warden-ring-test-{name}-")).tempdir().unwrap();
+        let dir = crate::test_dir(&format!("warden-ring-test-{name}-"));
         let path = dir.path().join("audit.ring");
         (dir, path)
     }

@@ -174,7 +174,7 @@ mod tests {
 
     /// A key's path in a fresh directory, removed when the guard drops.
     fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::Builder::new().prefix(&format!("warden-seal-test-{name}-")).tempdir().unwrap();
+        let dir = crate::test_dir(&format!("warden-seal-test-{name}-"));
         let path = dir.path().join("audit.ring.key");
         (dir, path)
     }

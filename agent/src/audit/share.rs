@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn the_writer_condenses_drops_and_says_so_in_the_ring() {
-        let dir = tempfile::Builder::new().prefix("warden-share-test-").tempdir().expect("temp dir");
+        let dir = crate::test_dir("warden-share-test-");
         // 1 MiB ring, a share of 1/16: 64 KiB per identity per window.
         let config = AuditConfig {
             path: dir.path().join("audit.ring"),

@@ -1570,7 +1570,7 @@ mod tests {
     #[test]
     fn mask_keys_rotate_when_read_again() {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let dir = tempfile::Builder::new().prefix("warden-govern-keys-").tempdir().unwrap();
+        let dir = crate::test_dir("warden-govern-keys-");
         let keys = dir.path().join("keys");
         let governor = Governor::new(PolicySet::empty()).with_mask_keys(keys.clone());
         assert_eq!(governor.mask_key.load().version, 1, "the first key is created");
@@ -2125,7 +2125,7 @@ mod tests {
     /// A session whose holds wait in a real registry, and that registry (its audit ring in a
     /// directory removed when the guard drops).
     fn held_session(policy: &str) -> (tempfile::TempDir, SessionGovern, Arc<Approvals>) {
-        let dir = tempfile::Builder::new().prefix("warden-govern-holds-").tempdir().unwrap();
+        let dir = crate::test_dir("warden-govern-holds-");
         let config = crate::config::AuditConfig {
             path: dir.path().join(format!("{}.ring", policy.len())),
             ring_bytes: 1 << 20,

@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_file_after_the_refresh_interval() {
-        let dir = tempfile::Builder::new().prefix("warden-users-test-").tempdir().unwrap();
+        let dir = crate::test_dir("warden-users-test-");
         let path = dir.path().join("passwd");
         std::fs::write(&path, "root:x:0:0::/root:/bin/sh\n+nis::::::\nalice:x:1000:1000::/home/alice:/bin/sh\nshadow:x:1000:1000::/:/bin/false\nbroken line\n").unwrap();
         let users = UserNames::new(&path, Duration::from_secs(5));

@@ -190,7 +190,7 @@ mod tests {
 
     /// A keys directory not yet made, in a fresh directory removed when the guard drops.
     fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::Builder::new().prefix(&format!("warden-mask-keys-{name}-")).tempdir().unwrap();
+        let dir = crate::test_dir(&format!("warden-mask-keys-{name}-"));
         let keys = dir.path().join("keys");
         (dir, keys)
     }

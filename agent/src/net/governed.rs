@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn saved_endpoints_seed_only_the_same_database_and_service() {
-        let tmp = tempfile::Builder::new().prefix("warden-governed-").tempdir().expect("dir");
+        let tmp = crate::test_dir("warden-governed-");
         let dir = tmp.path();
         let saved = serde_json::json!({"orders": {
             "service": "service shop/orders:5432",

@@ -424,7 +424,7 @@ fn empty_documents_are_skipped_and_files_hold_several() {
 
 #[test]
 fn directories_are_read_sorted_and_unreadable_paths_reported() {
-    let tmp = tempfile::Builder::new().prefix("warden-policy-test-").tempdir().expect("temp dir");
+    let tmp = crate::test_dir("warden-policy-test-");
     let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("b.yml"), format!("{HEAD}  selector: {{}}\n")).expect("write");
     std::fs::write(dir.join("a.yaml"), format!("{}  selector: {{}}\n", HEAD.replace("name: p", "name: a")))

@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_dead_agents_sessions_are_read_back_and_a_live_ones_are_not() {
-        let tmp = tempfile::Builder::new().prefix("warden-ledger-test-").tempdir().unwrap();
+        let tmp = crate::test_dir("warden-ledger-test-");
         let dir = tmp.path().to_path_buf();
         let config = crate::config::AuditConfig {
             path: dir.join("audit.ring"),
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_link_planted_in_the_ledgers_place_or_among_dead_ledgers_is_never_followed() {
-        let tmp = tempfile::Builder::new().prefix("warden-ledger-link-").tempdir().unwrap();
+        let tmp = crate::test_dir("warden-ledger-link-");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("sessions")).unwrap();
         let config = crate::config::AuditConfig {
