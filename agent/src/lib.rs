@@ -24,14 +24,13 @@ pub mod session;
 pub mod sql;
 
 /// A fresh directory for a test, removed when the guard drops (also on a panic). Mode 0755
-/// whatever the umask: the ring and the key files refuse a directory others may write to, and
-/// a umask of 002 would make one.
+/// whatever the umask (set after it is made: a mode given to mkdir is cut by the umask): the
+/// ring and the key files refuse a directory others may write to, and a umask of 002 would
+/// make one.
 #[cfg(test)]
 pub(crate) fn test_dir(prefix: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt as _;
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .permissions(std::fs::Permissions::from_mode(0o755))
-        .tempdir()
-        .expect("a test directory")
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("a test directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("a test directory's mode");
+    dir
 }

@@ -36,7 +36,10 @@ pub fn unique(prefix: &str) -> String {
 /// test's scratch files, removed with everything in it when the guard drops, also on a panic.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt as _;
-    tempfile::Builder::new().prefix(prefix).permissions(fs::Permissions::from_mode(0o755)).tempdir().expect("temp dir")
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir");
+    // Set after it is made: a mode given to mkdir is cut by the umask.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("temp dir mode");
+    dir
 }
 
 /// A fresh file holding `contents`, removed when the guard drops, also on a panic. Readable by
@@ -495,6 +498,9 @@ impl Agent {
     fn prepare(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str, top_level_yaml: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
+        // It holds the ring and its key, whose directory must not be writable by others:
+        // 0755 whatever the umask.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("agent dir mode");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("warden-it-"));
         let agent = Agent {
             bin: bin.to_path_buf(),

@@ -78,7 +78,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             write_seed(&corpus, i, &seed)?;
         }
         eprintln!("fuzz: {target} for {seconds} s");
-        run(Command::new("cargo")
+        run(crate::without_run_env(&mut Command::new("cargo"))
             .current_dir(&agent)
             .args(["+nightly", "fuzz", "run", target])
             .arg("--")

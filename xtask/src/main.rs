@@ -146,6 +146,12 @@ pub fn cmd_output(cmd: &mut Command) -> Result<String> {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    without_run_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd`'s environment the variables cargo set for running xtask (see `cargo`).
+pub fn without_run_env(cmd: &mut Command) -> &mut Command {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         if name.starts_with("CARGO_PKG_")

@@ -346,7 +346,8 @@ impl Ring {
             }
         }
         // SAFETY: the file is ours (one writer); readers only read. Nothing truncates it while
-        // mapped. Populated up front so the hot path takes no page faults.
+        // mapped. Populated up front, so reading takes no page faults; writing does, once per
+        // page it makes writable (ext4's page_mkwrite: see docs/decisions.md, "Audit trail").
         let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }.map_err(io)?;
         if fresh {
             map[..8].copy_from_slice(MAGIC_FILE);

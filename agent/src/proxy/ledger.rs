@@ -327,6 +327,8 @@ mod tests {
         let tmp = crate::test_dir("warden-ledger-link-");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("sessions")).unwrap();
+        // Private whatever the umask: refused for the link, not for the directory.
+        std::fs::set_permissions(dir.join("sessions"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let config = crate::config::AuditConfig {
             path: dir.join("audit.ring"),
             ring_bytes: 1 << 20,

@@ -111,19 +111,26 @@ fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
         .sum()
 }
 
-/// Minor page faults `pid` has taken so far, all its threads (`/proc/PID/stat`).
-fn minor_faults(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+/// Minor page faults `pid` has taken so far, all its threads (`/proc/PID/stat`; none when it
+/// cannot be read).
+fn minor_faults(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// TLB shootdown interrupts the machine's CPUs have taken so far (`/proc/interrupts`): one
-/// each time a page is unmapped or write-protected in a process running on another CPU.
-fn tlb_shootdowns() -> f64 {
-    let interrupts = fs::read_to_string("/proc/interrupts").unwrap_or_default();
-    let line = interrupts.lines().find(|l| l.trim_start().starts_with("TLB:")).unwrap_or("");
-    line.split_whitespace().skip(1).map_while(|v| v.parse::<f64>().ok()).sum()
+/// each time a page is unmapped or write-protected in a process running on another CPU. None
+/// where the kernel does not count them (not x86).
+fn tlb_shootdowns() -> Option<f64> {
+    let interrupts = fs::read_to_string("/proc/interrupts").ok()?;
+    let line = interrupts.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
+    Some(line.split_whitespace().skip(1).map_while(|v| v.parse::<f64>().ok()).sum())
+}
+
+/// `after - before` per transaction, when both were read.
+fn delta_per_tx(before: Option<f64>, after: Option<f64>, tx: f64) -> Option<f64> {
+    Some((after? - before?) / tx)
 }
 
 /// Context switches of every thread of `pid` so far: (voluntary, involuntary).
@@ -644,8 +651,8 @@ fn paired(
             cpu[side].push((cpu_seconds(pid) - before) * 1e6 / tx);
             machine[side].push((lines::machine_seconds() - machine_before) * 1e6 / tx);
             writer[side].push((thread_cpu_seconds(pid, lines::WRITER_THREAD) - writer_before) * 1e6 / tx);
-            faults[side].push((minor_faults(pid) - faults_before) / tx);
-            tlb[side].push((tlb_shootdowns() - tlb_before) / tx);
+            faults[side].extend(delta_per_tx(faults_before, minor_faults(pid), tx));
+            tlb[side].extend(delta_per_tx(tlb_before, tlb_shootdowns(), tx));
             tps[side] = run.tps;
             drop(agent);
         }
@@ -662,7 +669,11 @@ fn paired(
         lines::spread(&machine[0]),
         lines::spread(&machine[1])
     );
+    // Only where every run was read: a partial count would pass for a measurement.
     let per_tx = |v: &[f64]| {
+        if v.is_empty() || v.len() < ratios.len() {
+            return "n/a".to_string();
+        }
         let s = lines::spread(v);
         format!("{:.3} [{:.3}–{:.3}]", s.median, s.min, s.max)
     };
