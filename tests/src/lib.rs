@@ -46,12 +46,9 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
 /// all (0644, as `fs::write` makes it): psql and drivers may read it as another user.
 pub fn temp_file(prefix: &str, suffix: &str, contents: impl AsRef<[u8]>) -> tempfile::NamedTempFile {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut file = tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(suffix)
-        .permissions(fs::Permissions::from_mode(0o644))
-        .tempfile()
-        .expect("temp file");
+    let mut file = tempfile::Builder::new().prefix(prefix).suffix(suffix).tempfile().expect("temp file");
+    // Set after it is made: a mode given to open is cut by the umask.
+    fs::set_permissions(file.path(), fs::Permissions::from_mode(0o644)).expect("temp file mode");
     std::io::Write::write_all(&mut file, contents.as_ref()).expect("writing the temp file");
     file
 }

@@ -814,8 +814,10 @@ pub fn bench(warden: &Path) -> Result<()> {
     }
     let pg = Postgres::start();
     pg.pgbench_init(10);
-    let script_dir = std::env::temp_dir().join(testkit::unique("warden-bench-"));
-    fs::create_dir_all(&script_dir)?;
+    // Removed on every path; 0755 whatever the umask (the ring refuses a directory others
+    // may write to).
+    let scratch = testkit::temp_dir("warden-bench-");
+    let script_dir = scratch.path();
     let secs = seconds().to_string();
     main_lines(warden, &pg, &secs)?;
 
@@ -836,6 +838,5 @@ pub fn bench(warden: &Path) -> Result<()> {
     held_sessions(warden, &secs)?;
     masking(warden, &secs)?;
     mysql::line(warden, &secs)?;
-    let _ = fs::remove_dir_all(&script_dir);
     Ok(())
 }
