@@ -195,7 +195,10 @@ impl Kept {
         // What judging read of the text (a judgement made here always carries it).
         let reads = match info.sql.get(part.span.clone()) {
             Some(raw) if !part.described.parsable.is_empty() => {
-                Some(part.raw_reads.unwrap_or_else(|| RawReads::of(raw, info.lexing.options())))
+                let reads = part.raw_reads.unwrap_or_else(|| RawReads::of(raw, info.lexing.options()));
+                // What a later text of this shape is compared against: it must be this text's.
+                debug_assert_eq!(reads, RawReads::of(raw, info.lexing.options()), "reads of {raw:?}");
+                Some(reads)
             }
             _ => None,
         };

@@ -21,36 +21,16 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     if !["set", "search_path", "discard"].iter().any(|w| contains_ci(raw, w)) {
         return false;
     }
-    let words: Vec<Word> = Lexer::new(raw, options)
-        .filter(|t| !t.kind.is_trivia())
-        .map(|t| {
-            let text = &raw[t.range()];
-            match t.kind {
-                TokenKind::Identifier => Word::Plain(text.to_ascii_lowercase()),
-                // A plain quoted identifier or string, closed, without escapes or doubled
-                // quotes (an unclosed one, at the end of the text, is not read as a word).
-                TokenKind::QuotedIdentifier { unicode: false }
-                    if let Some(inside) = between(text, '"').filter(|i| !i.contains('"')) =>
-                {
-                    Word::Plain(inside.to_string())
-                }
-                TokenKind::StringLiteral(crate::sql::StringKind::Plain)
-                    if let Some(inside) = between(text, '\'').filter(|i| !i.contains(['\'', '\\'])) =>
-                {
-                    Word::Plain(inside.to_string())
-                }
-                TokenKind::Punctuation if text == "," => Word::Comma,
-                TokenKind::Operator if text == "=" => Word::Equals,
-                _ => Word::Other,
-            }
-        })
-        .collect();
+    let mut tokens = Lexer::new(raw, options).filter(|t| !t.kind.is_trivia()).map(|t| Word::of(raw, t));
+    let first = tokens.next();
     let plain = |w: &Word, s: &str| matches!(w, Word::Plain(p) if p == s);
-    let is_set = words.first().is_some_and(|w| plain(w, "set") || plain(w, "reset"));
+    let is_set = first.as_ref().is_some_and(|w| plain(w, "set") || plain(w, "reset"));
     if !is_set {
         // Not a SET or RESET: a function (set_config), an UPDATE of pg_settings, a DISCARD, ...
-        return contains_ci(raw, "search_path") || words.first().is_some_and(|w| plain(w, "discard"));
+        // (the rest of the text is not lexed: every UPDATE gets here).
+        return contains_ci(raw, "search_path") || first.is_some_and(|w| plain(&w, "discard"));
     }
+    let words: Vec<Word> = first.into_iter().chain(tokens).collect();
     let mut rest = &words[1..];
     if rest.first().is_some_and(|w| plain(w, "session") || plain(w, "local")) {
         rest = &rest[1..];
@@ -180,6 +160,30 @@ enum Word {
     Other,
 }
 
+impl Word {
+    fn of(raw: &str, token: crate::sql::Token) -> Word {
+        let text = &raw[token.range()];
+        match token.kind {
+            TokenKind::Identifier => Word::Plain(text.to_ascii_lowercase()),
+            // A plain quoted identifier or string, closed, without escapes or doubled
+            // quotes (an unclosed one, at the end of the text, is not read as a word).
+            TokenKind::QuotedIdentifier { unicode: false }
+                if let Some(inside) = between(text, '"').filter(|i| !i.contains('"')) =>
+            {
+                Word::Plain(inside.to_string())
+            }
+            TokenKind::StringLiteral(crate::sql::StringKind::Plain)
+                if let Some(inside) = between(text, '\'').filter(|i| !i.contains(['\'', '\\'])) =>
+            {
+                Word::Plain(inside.to_string())
+            }
+            TokenKind::Punctuation if text == "," => Word::Comma,
+            TokenKind::Operator if text == "=" => Word::Equals,
+            _ => Word::Other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +255,8 @@ mod tests {
             "SET search_path TO DEFAULT",
             "RESET ALL",
             "DISCARD ALL",
+            "/* set */ discard temp",
+            "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
             "DO $$ begin perform 1; end $$",
         ] {
             assert!(check(sql), "{sql}");
@@ -267,6 +273,9 @@ mod tests {
             "SET work_mem = '64MB'",
             "RESET work_mem",
             "select 1",
+            // Not a SET, though the word is in it: read from the first word alone.
+            "update t set a = 1 where b = 'reset'",
+            "/* set */ insert into settings values ('set')",
         ] {
             assert!(!check(sql), "{sql}");
         }

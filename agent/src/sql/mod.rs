@@ -239,7 +239,8 @@ pub fn split_statements(text: &str) -> Vec<&str> {
 /// (sqlcommenter appends its comment after the semicolon too). Leading and trailing whitespace
 /// is not part of a statement.
 pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
-    let mut out: Vec<Range<usize>> = Vec::new();
+    // Most texts are one statement: one allocation, no second vector.
+    let mut out: Vec<&str> = Vec::with_capacity(1);
     // The current statement: from its first non-whitespace token to its last one so far.
     let mut current: Option<Range<usize>> = None;
     let mut has_code = false;
@@ -265,7 +266,7 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
             TokenKind::Semicolon if depth == 0 && blocks.depth == 0 => {
                 blocks = CompoundBlocks::default();
                 if let Some(stmt) = current.take().filter(|_| has_code) {
-                    out.push(stmt);
+                    out.push(&text[stmt]);
                 }
                 has_code = false;
             }
@@ -278,15 +279,16 @@ pub fn split_statements_with(text: &str, options: LexOptions) -> Vec<&str> {
         }
     }
     match current {
-        Some(stmt) if has_code => out.push(stmt),
+        Some(stmt) if has_code => out.push(&text[stmt]),
         // Only comments after the last statement: they are part of it.
         _ => {
             if let (Some(last), Some(end)) = (out.last_mut(), tail_end) {
-                last.end = end;
+                let start = last.as_ptr() as usize - text.as_ptr() as usize;
+                *last = &text[start..end];
             }
         }
     }
-    out.into_iter().map(|r| &text[r]).collect()
+    out
 }
 
 /// MySQL: the `BEGIN ... END` blocks of a stored program's definition (`CREATE PROCEDURE p()
