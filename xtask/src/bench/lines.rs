@@ -229,7 +229,8 @@ fn settle_by(seconds: impl Fn() -> f64) {
     }
 }
 
-/// A `perf record` of the agent, stopped when dropped (also when the run fails).
+/// A `perf record` of a proxy (or, with `WARDEN_BENCH_TRACE`, a `perf trace -s` count of its
+/// threads' system calls), stopped when dropped (also when the run fails).
 struct Perf(Child);
 
 impl Drop for Perf {
@@ -242,13 +243,17 @@ impl Drop for Perf {
 fn start_perf(dir: &Path, name: &str, pid: u32) -> Result<Perf> {
     fs::create_dir_all(dir)?;
     let file: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let child = Command::new("perf")
-        .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
-        .arg(dir.join(format!("{file}.data")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf record (WARDEN_BENCH_PERF)")?;
+    let trace = std::env::var_os("WARDEN_BENCH_TRACE").is_some();
+    let mut command = Command::new("perf");
+    if trace {
+        command.args(["trace", "-s", "-p", &pid.to_string(), "-o"]).arg(dir.join(format!("{file}.trace")));
+    } else {
+        command
+            .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
+            .arg(dir.join(format!("{file}.data")));
+    }
+    let child =
+        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting perf (WARDEN_BENCH_PERF)")?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     Ok(Perf(child))
 }
