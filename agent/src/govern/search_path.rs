@@ -251,6 +251,8 @@ mod tests {
             "SET U&\"search\\005fpath\" = public, pg_catalog",
             "/* c */ SET /* c */ search_path = public, /* x */ pg_catalog",
             "select set_config('search_path', 'public, pg_catalog', false)",
+            // Adjacent strings, which the server joins into one name.
+            "select set_config('search_'\n'path', 'public, pg_catalog', false)",
             "RESET search_path",
             "SET search_path TO DEFAULT",
             "RESET ALL",

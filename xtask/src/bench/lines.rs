@@ -243,7 +243,7 @@ impl Drop for Perf {
 fn start_perf(dir: &Path, name: &str, pid: u32) -> Result<Perf> {
     fs::create_dir_all(dir)?;
     let file: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let trace = std::env::var_os("WARDEN_BENCH_TRACE").is_some();
+    let trace = std::env::var("WARDEN_BENCH_TRACE").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut command = Command::new("perf");
     if trace {
         command.args(["trace", "-s", "-p", &pid.to_string(), "-o"]).arg(dir.join(format!("{file}.trace")));
