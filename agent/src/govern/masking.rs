@@ -55,14 +55,17 @@ impl SessionGovern {
         generation: u64,
         selection: &Selection,
     ) -> Option<Arc<MaskPolicy>> {
-        let labels = self.labels();
-        let epoch = self.lock().facts_epoch;
-        let basis = (generation, epoch);
-        if let Some((b, p)) = &self.lock().masking.policy
-            && *b == basis
-        {
-            return p.clone();
-        }
+        // Asked for every statement's answer: one lock, and the labels only when planning anew.
+        let (basis, labels) = {
+            let state = self.lock();
+            let basis = (generation, state.facts_epoch);
+            if let Some((b, p)) = &state.masking.policy
+                && *b == basis
+            {
+                return p.clone();
+            }
+            (basis, self.labels())
+        };
         let policy = selection.masking(set, &labels).map(Arc::new);
         self.lock().masking.policy = Some((basis, policy.clone()));
         policy
@@ -79,14 +82,16 @@ impl SessionGovern {
         if !selection.dryrun_masks() {
             return None;
         }
-        let labels = self.labels();
-        let epoch = self.lock().facts_epoch;
-        let basis = (generation, epoch);
-        if let Some((b, p)) = &self.lock().masking.would_policy
-            && *b == basis
-        {
-            return p.clone();
-        }
+        let (basis, labels) = {
+            let state = self.lock();
+            let basis = (generation, state.facts_epoch);
+            if let Some((b, p)) = &state.masking.would_policy
+                && *b == basis
+            {
+                return p.clone();
+            }
+            (basis, self.labels())
+        };
         let policy = selection.masking_would(set, &labels).map(Arc::new);
         self.lock().masking.would_policy = Some((basis, policy.clone()));
         policy
@@ -132,9 +137,16 @@ impl SessionGovern {
 
     /// Whether masking applies to this session now (some rule masks for its identity).
     pub(super) fn masking_applies(&self) -> Option<Arc<MaskPolicy>> {
+        self.masking_applies_at().map(|(policy, _)| policy)
+    }
+
+    /// Like `masking_applies`, with the generation of the policy set it was read from.
+    fn masking_applies_at(&self) -> Option<(Arc<MaskPolicy>, u64)> {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
-        self.mask_policy(&snapshot.set, snapshot.generation, &selection).filter(|p| p.masks || !p.detectors.is_empty())
+        self.mask_policy(&snapshot.set, snapshot.generation, &selection)
+            .filter(|p| p.masks || !p.detectors.is_empty())
+            .map(|policy| (policy, snapshot.generation))
     }
 
     /// Plans one statement part, or says why masking refuses it.
@@ -219,8 +231,7 @@ impl SessionGovern {
         columns: &[ResultColumn],
         copy: bool,
     ) -> Option<Box<dyn ResultFilter>> {
-        let policy = self.masking_applies()?;
-        let generation = self.governor.snapshot().generation;
+        let (policy, generation) = self.masking_applies_at()?;
         let plan: Option<Arc<PartMask>> = running
             .and_then(|r| r.judgement.as_ref())
             .and_then(|j| j.parts.get(part.min(j.parts.len().saturating_sub(1))))

@@ -340,13 +340,15 @@ impl SessionGovern {
 
     /// The policies that apply to this session under `snapshot`.
     fn selection(&self, snapshot: &PolicySnapshot) -> Selection {
-        let labels = self.labels();
         let mut state = self.lock();
         if let Some((generation, selection)) = &state.selection
             && *generation == snapshot.generation
         {
             return selection.clone();
         }
+        // Loaded under the lock: a relabelling stores the labels before it takes the lock to
+        // void the selection, so a selection made here is of the new labels or voided after.
+        let labels = self.labels();
         // Until the server said who the session acts as (a role's default role, a pipelined
         // SET ROLE), every `users` filter applies: the role is not known yet.
         let role_known = matches!(state.facts, Facts::Known(_)) || state.facts_not_needed == Some(snapshot.generation);
