@@ -32,6 +32,49 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The names test agents pin their programs and maps under, in /sys/fs/bpf: `<prefix><pid>x<n>`
+/// (`unique`).
+const PIN_PREFIXES: [&str; 2] = ["warden-it-", "warden-port-"];
+
+/// Removes the pins of test processes (tests, the bench, the demo) that were killed before
+/// their guards ran. Such programs stay attached host-wide and, with no agent serving, refuse
+/// every later connection to the ports they governed (EPERM), whichever namespace dials them.
+/// Once per process, before it picks a port or starts an agent; only pins whose process is gone.
+pub fn sweep_stale_pins() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for (path, outcome) in remove_pins_of_gone_processes(Path::new("/sys/fs/bpf")) {
+            match outcome {
+                Ok(()) => eprintln!("testkit: removed {}, left by a process that is gone", path.display()),
+                Err(e) => {
+                    eprintln!("testkit: could not remove {}, left by a process that is gone: {e}", path.display())
+                }
+            }
+        }
+    });
+}
+
+/// Under `root`, removes each test pin directory whose process no longer runs; says which.
+fn remove_pins_of_gone_processes(root: &Path) -> Vec<(PathBuf, std::io::Result<()>)> {
+    let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| {
+            let rest = PIN_PREFIXES.iter().find_map(|p| n.strip_prefix(p))?;
+            rest.split_once('x')?.0.parse::<u32>().ok()
+        });
+        if let Some(pid) = pid
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let path = entry.path();
+            let outcome = fs::remove_dir_all(&path);
+            removed.push((path, outcome));
+        }
+    }
+    removed
+}
+
 /// A fresh directory (mode 0755 whatever the umask, as `fs::create_dir_all` makes under 022) for a
 /// test's scratch files, removed with everything in it when the guard drops, also on a panic.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
@@ -99,6 +142,7 @@ fn pg_bin(name: &str) -> PathBuf {
 /// holding it when a server binds it a moment later (a port handed out by binding port 0 can
 /// be).
 pub fn free_port() -> u16 {
+    sweep_stale_pins();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let mut candidate =
         20_000 + ((seed ^ (std::process::id() << 8) ^ SEQ.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
@@ -493,6 +537,7 @@ impl Agent {
 
     /// An agent's directory and configuration, not yet started.
     fn prepare(bin: &Path, databases_yaml: &str, proxy_yaml: &str, audit_yaml: &str, top_level_yaml: &str) -> Self {
+        sweep_stale_pins();
         let dir = std::env::temp_dir().join(unique("warden-agent-"));
         fs::create_dir_all(&dir).expect("agent dir");
         // It holds the ring and its key, whose directory must not be writable by others:
@@ -828,6 +873,11 @@ impl Drop for Agent {
             Ok(out) => Some(format!("warden detach failed: {}", String::from_utf8_lossy(&out.stderr))),
             Err(e) => Some(format!("warden detach could not start: {e}")),
         };
+        if leftover {
+            // Pins left attached would refuse later connections to this test's ports: removing
+            // them detaches the programs all the same.
+            let _ = fs::remove_dir_all(&self.bpffs);
+        }
         if std::thread::panicking() {
             if let Some(f) = failure {
                 eprintln!("cleanup: {f}");
@@ -1027,4 +1077,34 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
 /// The SQLSTATE of a tokio-postgres error.
 pub fn db_code(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pins_of_processes_that_are_gone_are_removed() {
+        let root = temp_dir("warden-pins-");
+        // Above the kernel's largest pid (2^22): no such process.
+        let gone = root.path().join("warden-it-4194305x7");
+        let port = root.path().join("warden-port-4194306x0");
+        let ours = root.path().join(unique("warden-it-"));
+        let other = root.path().join("warden-4194305x7");
+        for dir in [&gone, &port, &ours, &other] {
+            fs::create_dir_all(dir.join("links")).unwrap();
+            fs::write(dir.join("links").join("warden_connect4"), "").unwrap();
+        }
+        let mut removed: Vec<PathBuf> = remove_pins_of_gone_processes(root.path())
+            .into_iter()
+            .map(|(path, outcome)| {
+                outcome.unwrap();
+                path
+            })
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [gone.clone(), port.clone()]);
+        assert!(!gone.exists() && !port.exists());
+        assert!(ours.join("links").join("warden_connect4").exists() && other.exists());
+    }
 }
