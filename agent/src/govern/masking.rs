@@ -98,8 +98,8 @@ impl SessionGovern {
     }
 
     /// The session's masking context under `policy` (the would-be verdict's: `would`), or why
-    /// there is none.
-    fn mask_context(
+    /// there is none. A context is given again only for the policy it was built for.
+    pub(super) fn mask_context(
         &self,
         generation: u64,
         policy: &Arc<MaskPolicy>,
@@ -113,6 +113,7 @@ impl SessionGovern {
         let slot = if would { &state.masking.would_context } else { &state.masking.context };
         if let Some((b, c)) = slot
             && *b == basis
+            && c.as_ref().map_or(true, |c| Arc::ptr_eq(&c.policy, policy))
         {
             return c.clone();
         }
@@ -141,7 +142,7 @@ impl SessionGovern {
     }
 
     /// Like `masking_applies`, with the generation of the policy set it was read from.
-    fn masking_applies_at(&self) -> Option<(Arc<MaskPolicy>, u64)> {
+    pub(super) fn masking_applies_at(&self) -> Option<(Arc<MaskPolicy>, u64)> {
         let snapshot = self.governor.snapshot();
         let selection = self.selection(&snapshot);
         self.mask_policy(&snapshot.set, snapshot.generation, &selection)

@@ -1023,6 +1023,11 @@ impl SessionHooks for SessionGovern {
             let mut state = self.lock();
             state.role = start.role.or(start.user).map(Arc::from);
             state.selection = None;
+            // A search_path set at start-up holds from the first statement (a role's or a
+            // database's default one is known only from the facts).
+            if start.search_path.is_some_and(|path| !search_path::setting_trusts_builtins(path)) {
+                state.builtins_untrusted = true;
+            }
             // A session started again (MySQL's COM_CHANGE_USER) may be in another database:
             // unqualified names reach any schema until the facts are read again.
             if state.path.is_some() || state.relation_schemas.is_some() {
@@ -1650,6 +1655,22 @@ mod tests {
         };
         assert_eq!(class("select upper('a')"), Some(Class::Read));
         assert_eq!(class("set search_path = public, pg_catalog; select upper('a')"), Some(Class::Unknown));
+        // A search_path set at start-up holds from the first statement.
+        for (path, trusted) in [("evil, pg_catalog", false), ("pg_catalog, evil", true)] {
+            let s = Arc::new(Governor::new(
+                PolicySet::from_sources(&[("p.yaml".into(), allow_all.to_string())]).expect("policy"),
+            ))
+            .session(BTreeMap::new(), "main", None, Arc::new(AllowAll));
+            s.on_session_start(&crate::session::hooks::SessionStart {
+                user: Some("bot"),
+                database: Some("main"),
+                role: None,
+                search_path: Some(path),
+            });
+            let i = info("select upper('a')", QueryProtocol::Simple, &none);
+            let class = s.judge(&i, s.parts(&i).expect("parts")).parts.last().map(|p| p.class);
+            assert_eq!(class, Some(if trusted { Class::Read } else { Class::Unknown }), "{path}");
+        }
     }
 
     #[test]
@@ -1875,6 +1896,47 @@ mod tests {
         }
     }
 
+    /// A session under `policy` whose facts show `crm.customers` and `public.customers` (id,
+    /// name, ssn), with the search_path `public, crm`: `customers` is public's, unless a
+    /// statement may change the search_path: then it may be crm's.
+    fn masked_session(policy: &str) -> SessionGovern {
+        let s = session(policy);
+        let mut relations = crate::sql::catalog::Relations::default();
+        for (oid, schema) in [(100, "crm"), (101, "public")] {
+            relations.add_relation(oid, schema, "customers", 'r', false);
+            for (attnum, name) in [(1, "id"), (2, "name"), (3, "ssn")] {
+                let column =
+                    crate::sql::catalog::ColumnInfo { attnum, name: name.into(), type_oid: 25, generated: false };
+                relations.add_column(oid, column);
+            }
+        }
+        let mut catalog = Catalog::default();
+        catalog.relations = Some(relations);
+        let mut facts = facts("public, crm", catalog);
+        facts.schemas = vec!["pg_catalog".into(), "public".into(), "crm".into()];
+        s.on_facts(Ok(facts));
+        s
+    }
+
+    /// A reload between reading the policy and reading the context must not pair a context
+    /// built for one policy with another (the result filter would mask by the older policy).
+    #[test]
+    fn a_masking_context_is_given_again_only_for_the_policy_it_was_built_for() {
+        let policy = |column: &str| {
+            format!(
+                "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {{name: p}}\nspec:\n  selector: {{}}\n  rules:\n    - {{name: m, match: {{columns: [{column}]}}, mask: redact}}\n  default: allow\n"
+            )
+        };
+        let s = masked_session(&policy("crm.customers.ssn"));
+        let (lax, generation) = s.masking_applies_at().expect("masks");
+        let built = s.mask_context(generation, &lax, false).expect("a context");
+        assert!(Arc::ptr_eq(&built.policy, &lax));
+        assert!(Arc::ptr_eq(&s.mask_context(generation, &lax, false).expect("again"), &built), "given again");
+        let (strict, _) = masked_session(&policy("crm.customers.name")).masking_applies_at().expect("masks");
+        let paired = s.mask_context(generation, &strict, false).expect("a context");
+        assert!(Arc::ptr_eq(&paired.policy, &strict), "built anew for the other policy");
+    }
+
     /// Whatever the literals, a statement given a judgement by shape gets what judging it
     /// afresh gives: each template with one literal judged (and kept), then with every other,
     /// compared with a session that judges from nothing. With masking, tags and the literals
@@ -1883,26 +1945,7 @@ mod tests {
     #[test]
     fn a_judgement_given_by_shape_is_what_judging_afresh_gives() {
         let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: no-ddl, match: {class: [ddl, dcl]}, action: deny}\n    - {name: batch, match: {class: [write], tags: {route: batch}}, action: deny}\n    - {name: ssn, match: {columns: [crm.customers.ssn]}, mask: redact}\n  default: allow\n";
-        let masked = || {
-            let s = session(policy);
-            // `customers` is public's, unprotected, unless the statement may change the
-            // search_path: then it may be crm's.
-            let mut relations = crate::sql::catalog::Relations::default();
-            for (oid, schema) in [(100, "crm"), (101, "public")] {
-                relations.add_relation(oid, schema, "customers", 'r', false);
-                for (attnum, name) in [(1, "id"), (2, "name"), (3, "ssn")] {
-                    let column =
-                        crate::sql::catalog::ColumnInfo { attnum, name: name.into(), type_oid: 25, generated: false };
-                    relations.add_column(oid, column);
-                }
-            }
-            let mut catalog = Catalog::default();
-            catalog.relations = Some(relations);
-            let mut facts = facts("public, crm", catalog);
-            facts.schemas = vec!["pg_catalog".into(), "public".into(), "crm".into()];
-            s.on_facts(Ok(facts));
-            s
-        };
+        let masked = || masked_session(policy);
         let outcome = |judgement: &Judgement| match judgement.decision() {
             Decision::Allow => format!(
                 "{:?}",

@@ -35,10 +35,14 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     if rest.first().is_some_and(|w| plain(w, "session") || plain(w, "local")) {
         rest = &rest[1..];
     }
-    match rest.first() {
-        Some(Word::Plain(name)) if name == "search_path" => {}
+    // A setting's name is looked up without ASCII case, quoted or not (`SET "Search_Path"`).
+    match rest.first().map(|w| match w {
+        Word::Plain(name) => Some(name.to_ascii_lowercase()),
+        _ => None,
+    }) {
+        Some(Some(name)) if name == "search_path" => {}
         // SET/RESET of another setting, read exactly: no change.
-        Some(Word::Plain(name)) if name != "all" && !name.contains("search") => return false,
+        Some(Some(name)) if name != "all" && !name.contains("search") => return false,
         // RESET ALL, an escaped or unreadable name, a lone SET: may change it.
         _ => return true,
     }
@@ -84,6 +88,9 @@ pub struct RawReads {
     names_path: bool,
     /// Read as a SET (or not one), it may have put pg_catalog after another schema.
     distrusts: bool,
+    /// It names `pg_settings`, whose writes set any setting (the search_path too, by a name
+    /// computed in the condition, which the text does not spell).
+    names_settings: bool,
 }
 
 impl RawReads {
@@ -96,6 +103,7 @@ impl RawReads {
                 || contains_ci(raw, "temp")
                 || (contains_ci(raw, "reset") && contains_ci(raw, "all")),
             distrusts: may_distrust(raw, ClassSet::EMPTY, options),
+            names_settings: contains_ci(raw, "pg_settings"),
         }
     }
 
@@ -106,7 +114,11 @@ impl RawReads {
         if analysis.executes.is_some() || analysis.fetches.is_some() {
             return effects.intersects(ClassSet::of(&[Class::Session, Class::Unknown, Class::Dcl]));
         }
-        effects.contains(Class::Unknown) || self.distrusts
+        effects.contains(Class::Unknown)
+            || self.distrusts
+            // A write of pg_settings whose settings the analyser could not name (it is `Dcl`
+            // then: it can set the role too).
+            || (self.names_settings && effects.contains(Class::Dcl))
     }
 
     /// Whether the forwarded statement may change the schemas of the search_path at all (even
@@ -258,6 +270,10 @@ mod tests {
             "RESET ALL",
             "DISCARD ALL",
             "/* set */ discard temp",
+            // A setting's name is looked up without ASCII case, quoted too.
+            "SET \"Search_Path\" TO evil, pg_catalog",
+            "SET LOCAL \"SEARCH_PATH\" = evil, pg_catalog",
+            "RESET \"Search_Path\"",
             "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
             "DO $$ begin perform 1; end $$",
         ] {
@@ -268,12 +284,35 @@ mod tests {
     }
 
     #[test]
+    fn a_write_of_pg_settings_by_a_computed_name_voids_the_trust() {
+        let judged = |sql: &str| {
+            let analysis = analyse(sql);
+            let effects = analysis.effects.with(analysis.class);
+            RawReads::of(sql, LexOptions::default()).may_distrust_judged(&analysis, effects)
+        };
+        for sql in [
+            "UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search'||'_path'",
+            "update PG_SETTINGS set setting = 'evil, pg_catalog' where name ilike 'SEARCH%PATH'",
+        ] {
+            assert!(judged(sql), "{sql}");
+        }
+        for sql in [
+            "select name, setting from pg_settings",
+            "UPDATE pg_settings SET setting = '64MB' WHERE name = 'work_mem'",
+            "GRANT SELECT ON t TO bot",
+        ] {
+            assert!(!judged(sql), "{sql}");
+        }
+    }
+
+    #[test]
     fn settings_that_keep_pg_catalog_first_keep_the_trust() {
         for sql in [
             "SET search_path = pg_catalog, public",
             "SET LOCAL search_path TO app, public",
             "SET work_mem = '64MB'",
             "RESET work_mem",
+            "SET \"Work_Mem\" = '64MB'",
             "select 1",
             // Not a SET, though the word is in it: read from the first word alone.
             "update t set a = 1 where b = 'reset'",

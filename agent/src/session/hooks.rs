@@ -66,6 +66,8 @@ pub struct SessionStart<'a> {
     pub database: Option<&'a str>,
     /// A role set at start-up (`options=-c role=...`): who the session acts as.
     pub role: Option<&'a str>,
+    /// A search_path set at start-up (`options=-c search_path=...`), as the setting's text.
+    pub search_path: Option<&'a str>,
 }
 
 /// What a judged message does with its statement.

@@ -48,6 +48,7 @@ pub async fn run(ctx: &SessionContext, client: TcpStream, on_open: impl FnOnce(&
         user: Some(&established.user),
         database: established.database.as_deref(),
         role: None,
+        search_path: None,
     });
     if let Err(err) = session::relay(ctx, established, &mut report).await {
         report.error = Some(err.to_string());

@@ -1159,6 +1159,7 @@ impl Session<'_> {
             user: Some(&self.user),
             database: self.database.as_deref(),
             role: None,
+            search_path: None,
         });
         if self.ctx.hooks.inspects_statements() {
             // Nothing is owed: the new session's facts now, before a pipelined statement of it

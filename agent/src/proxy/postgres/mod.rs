@@ -158,6 +158,7 @@ async fn run_inner(
         user: start.user.as_deref(),
         database: start.database.as_deref(),
         role: start.role.as_deref(),
+        search_path: start.search_path.as_deref(),
     });
     let channel_binding_holds = auth::channel_binding_holds(ctx, &start, &upstream);
     relay::relay(ctx, start, upstream.stream, channel_binding_holds, report).await

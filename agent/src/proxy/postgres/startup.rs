@@ -28,6 +28,8 @@ pub struct SessionStart {
     pub application_name: Option<String>,
     /// The role the session will act as, when the packet sets one (see `startup_role`).
     pub role: Option<String>,
+    /// The search_path the packet sets, if it sets one (see `startup_setting`).
+    pub search_path: Option<String>,
     /// The `replication` start-up parameter, when it asks for a replication connection.
     pub replication: Option<String>,
 }
@@ -154,6 +156,7 @@ async fn negotiate_inner(
                     database: get("database").or_else(|| get("user")),
                     application_name: get("application_name"),
                     role: startup_role(&params),
+                    search_path: startup_setting(&params, &["search_path"]),
                     replication,
                     stream,
                     packet,
@@ -187,32 +190,36 @@ fn duplicate_parameter(params: &[(&[u8], &[u8])]) -> Option<String> {
     params.iter().find(|(k, _)| !seen.insert(k.to_ascii_lowercase())).map(|(k, _)| crate::pg::text(k).into_owned())
 }
 
-/// The role a session acts as, as the server will apply its start-up packet: `-c role=X` (or
-/// `--role=X`, `-crole=X`) in `options` first, then a `role` parameter of the packet itself
-/// (parameters other than user, database, options and replication are run-time settings, and
-/// override `options`). `session_authorization` counts too. Last assignment wins.
+/// The role a session acts as, as the server will apply its start-up packet (`startup_setting`);
+/// `session_authorization` counts too.
 fn startup_role(params: &[(&[u8], &[u8])]) -> Option<String> {
-    let is_role = |name: &str| {
-        let name = name.replace('-', "_").to_ascii_lowercase();
-        name == "role" || name == "session_authorization"
-    };
-    let mut role = None;
+    startup_setting(params, &["role", "session_authorization"])
+}
+
+/// The value a run-time setting named one of `names` gets from a start-up packet, as the server
+/// applies it: `-c name=X` (or `--name=X`, `-cname=X`) in `options` first, then a parameter of
+/// the packet itself (parameters other than user, database, options and replication are
+/// run-time settings, and override `options`). Names without ASCII case, `-` read as `_`. Last
+/// assignment wins.
+fn startup_setting(params: &[(&[u8], &[u8])], names: &[&str]) -> Option<String> {
+    let named = |name: &str| names.contains(&name.replace('-', "_").to_ascii_lowercase().as_str());
+    let mut value = None;
     if let Some((_, options)) = params.iter().find(|(k, _)| *k == b"options") {
         for setting in option_settings(&split_options(&crate::pg::text(options))) {
-            if let Some((name, value)) = setting.split_once('=')
-                && is_role(name)
+            if let Some((name, v)) = setting.split_once('=')
+                && named(name)
             {
-                role = Some(value.to_string());
+                value = Some(v.to_string());
             }
         }
     }
     const PROTOCOL_KEYS: [&[u8]; 4] = [b"user", b"database", b"options", b"replication"];
     for (k, v) in params {
-        if !PROTOCOL_KEYS.contains(k) && is_role(&crate::pg::text(k)) {
-            role = Some(crate::pg::text(v).into_owned());
+        if !PROTOCOL_KEYS.contains(k) && named(&crate::pg::text(k)) {
+            value = Some(crate::pg::text(v).into_owned());
         }
     }
-    role
+    value
 }
 
 /// The `name=value` settings in `options` arguments, read with the server's own option letters
@@ -377,5 +384,17 @@ mod tests {
         assert_eq!(startup_role(&p(&[("options", "-Pcrole=admin")])), Some("admin".into()));
         assert_eq!(startup_role(&p(&[("options", "-c work_mem=64MB --role=x")])), Some("x".into()));
         assert_eq!(split_options("  -c  a=1\t-c b=2 "), vec!["-c", "a=1", "-c", "b=2"]);
+    }
+
+    #[test]
+    fn the_search_path_is_read_as_the_server_applies_it() {
+        let p = |v: &[(&'static str, &'static str)]| -> Vec<(&'static [u8], &'static [u8])> {
+            v.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
+        };
+        let path = |v: &[(&'static str, &'static str)]| startup_setting(&p(v), &["search_path"]);
+        assert_eq!(path(&[("user", "app"), ("options", "-c role=x")]), None);
+        assert_eq!(path(&[("options", "-c search_path=evil,pg_catalog")]), Some("evil,pg_catalog".into()));
+        assert_eq!(path(&[("options", "--search-path=evil,\\ pg_catalog")]), Some("evil, pg_catalog".into()));
+        assert_eq!(path(&[("options", "-c SEARCH_PATH=a"), ("Search_Path", "b")]), Some("b".into()));
     }
 }
