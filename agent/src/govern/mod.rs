@@ -1918,6 +1918,35 @@ mod tests {
         s
     }
 
+    /// `SET SCHEMA 'x'` is `SET search_path TO x`: a relation named after it may be x's, and
+    /// masking resolves it in every schema until the facts are read again.
+    #[test]
+    fn set_schema_moves_where_masking_resolves_names_as_set_search_path_does() {
+        let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: ssn, match: {columns: [crm.customers.ssn]}, mask: redact}\n  default: allow\n";
+        let none = |_: &str| None;
+        let masked = |s: &SessionGovern, sql: &str| {
+            let i = info(sql, QueryProtocol::Simple, &none);
+            let judgement = s.judge(&i, s.parts(&i).expect("parts"));
+            let last = judgement.parts.last().expect("a part").clone();
+            (last.decision, last.mask.is_some_and(|m| !m.masked.is_empty()))
+        };
+        let s = masked_session(policy);
+        assert_eq!(masked(&s, "SELECT ssn FROM customers"), (Decision::Allow, false), "public's, unprotected");
+        for set in ["SET SCHEMA 'crm'", "SET search_path = crm", "set local schema 'crm'"] {
+            let s = masked_session(policy);
+            let (decision, masks) = masked(&s, &format!("{set}; SELECT ssn FROM customers"));
+            assert!(decision != Decision::Allow || masks, "{set}: ssn may be crm's");
+            // Forwarded alone, it voids the schemas the facts showed until they are read again.
+            let i = info(set, QueryProtocol::Simple, &none);
+            let mut running = Running::new(1, Arc::from(set), QueryProtocol::Simple, i.lexing);
+            running.judgement = Some(Arc::new(s.judge(&i, s.parts(&i).expect("parts"))));
+            s.on_forward(&running);
+            assert!(s.wants_facts(), "{set}");
+            let (decision, masks) = masked(&s, "SELECT ssn FROM customers");
+            assert!(decision != Decision::Allow || masks, "{set}, then: ssn may be crm's");
+        }
+    }
+
     /// A reload between reading the policy and reading the context must not pair a context
     /// built for one policy with another (the result filter would mask by the older policy).
     #[test]

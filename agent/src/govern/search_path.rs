@@ -68,6 +68,27 @@ pub fn may_distrust(raw: &str, effects: ClassSet, options: LexOptions) -> bool {
     }
 }
 
+/// `SET [SESSION | LOCAL] SCHEMA 'name'`: PostgreSQL's other spelling of `SET search_path TO
+/// name` (one schema: pg_catalog stays first, but unqualified relations resolve elsewhere).
+fn sets_schema(raw: &str, options: LexOptions) -> bool {
+    if !(contains_ci(raw, "set") && contains_ci(raw, "schema")) {
+        return false;
+    }
+    let words: Vec<Word> =
+        Lexer::new(raw, options).filter(|t| !t.kind.is_trivia()).take(3).map(|t| Word::of(raw, t)).collect();
+    let is = |w: Option<&Word>, s: &str| matches!(w, Some(Word::Plain(p)) if p.eq_ignore_ascii_case(s));
+    if !is(words.first(), "set") {
+        return false;
+    }
+    let name = if is(words.get(1), "session") || is(words.get(1), "local") { words.get(2) } else { words.get(1) };
+    is(name, "schema")
+}
+
+/// Whether a statement writes `pg_settings` (its rules run `set_config` for every row written).
+fn writes_settings(analysis: &Analysis) -> bool {
+    analysis.relations.iter().any(|r| r.name == "pg_settings" && r.schema.as_deref().is_none_or(|s| s == "pg_catalog"))
+}
+
 /// The text between an opening and a closing `quote`, if `text` has both.
 fn between(text: &str, quote: char) -> Option<&str> {
     text.strip_prefix(quote)?.strip_suffix(quote)
@@ -88,9 +109,6 @@ pub struct RawReads {
     names_path: bool,
     /// Read as a SET (or not one), it may have put pg_catalog after another schema.
     distrusts: bool,
-    /// It names `pg_settings`, whose writes set any setting (the search_path too, by a name
-    /// computed in the condition, which the text does not spell).
-    names_settings: bool,
 }
 
 impl RawReads {
@@ -101,9 +119,9 @@ impl RawReads {
                 || contains_ci(raw, "discard")
                 // A temporary object creates the session's temporary schema, searched first.
                 || contains_ci(raw, "temp")
-                || (contains_ci(raw, "reset") && contains_ci(raw, "all")),
+                || (contains_ci(raw, "reset") && contains_ci(raw, "all"))
+                || sets_schema(raw, options),
             distrusts: may_distrust(raw, ClassSet::EMPTY, options),
-            names_settings: contains_ci(raw, "pg_settings"),
         }
     }
 
@@ -117,8 +135,8 @@ impl RawReads {
         effects.contains(Class::Unknown)
             || self.distrusts
             // A write of pg_settings whose settings the analyser could not name (it is `Dcl`
-            // then: it can set the role too).
-            || (self.names_settings && effects.contains(Class::Dcl))
+            // then: it can set the role too), however its name is spelled.
+            || (effects.contains(Class::Dcl) && writes_settings(analysis))
     }
 
     /// Whether the forwarded statement may change the schemas of the search_path at all (even
@@ -293,6 +311,9 @@ mod tests {
         for sql in [
             "UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search'||'_path'",
             "update PG_SETTINGS set setting = 'evil, pg_catalog' where name ilike 'SEARCH%PATH'",
+            "UPDATE U&\"pg\\005fsettings\" SET setting = 'evil, pg_catalog' WHERE name = 'search'||'_path'",
+            // A FROM list's own `name` says nothing of which settings are written.
+            "UPDATE pg_settings s SET setting = 'evil, pg_catalog' FROM (VALUES ('work_mem')) v(name) WHERE v.name = 'work_mem' AND s.name LIKE 'search%path'",
         ] {
             assert!(judged(sql), "{sql}");
         }
@@ -302,6 +323,20 @@ mod tests {
             "GRANT SELECT ON t TO bot",
         ] {
             assert!(!judged(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn set_schema_may_change_where_relations_resolve() {
+        for sql in ["SET SCHEMA 'crm'", "set session /* x */ schema 'crm'", "SET LOCAL SCHEMA 'crm'"] {
+            let analysis = analyse(sql);
+            let effects = analysis.effects.with(analysis.class);
+            let reads = RawReads::of(sql, LexOptions::default());
+            assert!(reads.may_change_path(&analysis, effects), "{sql}");
+            assert!(!reads.may_distrust_judged(&analysis, effects), "one schema, pg_catalog still first: {sql}");
+        }
+        for sql in ["create schema crm", "select * from information_schema.tables offset 1", "set search_path_x = 1"] {
+            assert!(!sets_schema(sql, LexOptions::default()), "{sql}");
         }
     }
 

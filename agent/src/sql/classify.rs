@@ -957,7 +957,10 @@ impl<'w> Walker<'w> {
                     .filter_map(|c| object_name(c).map(|n| n.name))
                     .collect();
                 if let TableFactor::Table { name, .. } = &update.table.relation {
-                    self.catalog_write(name, &columns, update.selection.as_ref());
+                    // With a FROM list, a condition on some `x.name` may be on another relation's
+                    // column: which settings a pg_settings write sets is then not read.
+                    let condition = if update.from.is_none() { update.selection.as_ref() } else { None };
+                    self.catalog_write(name, &columns, condition);
                 }
                 let from = match &update.from {
                     Some(ast::UpdateTableFromKind::BeforeSet(f) | ast::UpdateTableFromKind::AfterSet(f)) => {

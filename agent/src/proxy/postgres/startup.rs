@@ -278,7 +278,8 @@ fn split_options(options: &str) -> Vec<String> {
                 }
                 in_word = true;
             }
-            c if c.is_ascii_whitespace() => {
+            // The server splits where C's isspace() is true: vertical tab too.
+            c if c.is_ascii_whitespace() || c == '\x0B' => {
                 if in_word {
                     out.push(std::mem::take(&mut current));
                     in_word = false;
@@ -396,5 +397,7 @@ mod tests {
         assert_eq!(path(&[("options", "-c search_path=evil,pg_catalog")]), Some("evil,pg_catalog".into()));
         assert_eq!(path(&[("options", "--search-path=evil,\\ pg_catalog")]), Some("evil, pg_catalog".into()));
         assert_eq!(path(&[("options", "-c SEARCH_PATH=a"), ("Search_Path", "b")]), Some("b".into()));
+        assert_eq!(path(&[("options", "-c\x0Bsearch_path=evil,pg_catalog")]), Some("evil,pg_catalog".into()));
+        assert_eq!(startup_role(&p(&[("options", "-c\x0Brole=admin")])), Some("admin".into()));
     }
 }
