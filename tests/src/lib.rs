@@ -64,8 +64,9 @@ fn remove_pins_of_gone_processes(root: &Path) -> Vec<(PathBuf, std::io::Result<(
             let rest = PIN_PREFIXES.iter().find_map(|p| n.strip_prefix(p))?;
             rest.split_once('x')?.0.parse::<u32>().ok()
         });
+        let made = entry.metadata().and_then(|m| m.modified()).ok();
         if let Some(pid) = pid
-            && !Path::new("/proc").join(pid.to_string()).exists()
+            && !may_have_made(pid, made)
         {
             let path = entry.path();
             let outcome = fs::remove_dir_all(&path);
@@ -73,6 +74,22 @@ fn remove_pins_of_gone_processes(root: &Path) -> Vec<(PathBuf, std::io::Result<(
         }
     }
     removed
+}
+
+/// Whether process `pid` runs and may be the one that made (last changed) a directory at
+/// `made`: not a thread's id, not a zombie, and started before then (a pid is reused once its
+/// process is gone, this process's own too). In doubt (unreadable), yes.
+fn may_have_made(pid: u32, made: Option<std::time::SystemTime>) -> bool {
+    let Ok(process) = procfs::process::Process::new(pid as i32) else { return false };
+    let (Ok(stat), Ok(status)) = (process.stat(), process.status()) else { return false };
+    if status.tgid != pid as i32 || matches!(stat.state, 'Z' | 'X') {
+        return false;
+    }
+    let (Some(made), Ok(boot)) = (made, procfs::boot_time_secs()) else { return true };
+    let started = boot + stat.starttime / procfs::ticks_per_second();
+    let made = made.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // Whole seconds on both sides: a second's margin.
+    started <= made + 1
 }
 
 /// A fresh directory (mode 0755 whatever the umask, as `fs::create_dir_all` makes under 022) for a
@@ -1091,10 +1108,14 @@ mod tests {
         let port = root.path().join("warden-port-4194306x0");
         let ours = root.path().join(unique("warden-it-"));
         let other = root.path().join("warden-4194305x7");
-        for dir in [&gone, &port, &ours, &other] {
+        // Made under this process's pid before this process started: a process gone since.
+        let before = root.path().join(format!("warden-it-{}x999", std::process::id()));
+        for dir in [&gone, &port, &ours, &other, &before] {
             fs::create_dir_all(dir.join("links")).unwrap();
             fs::write(dir.join("links").join("warden_connect4"), "").unwrap();
         }
+        let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(946_684_800);
+        fs::File::open(&before).unwrap().set_modified(long_ago).unwrap();
         let mut removed: Vec<PathBuf> = remove_pins_of_gone_processes(root.path())
             .into_iter()
             .map(|(path, outcome)| {
@@ -1103,8 +1124,10 @@ mod tests {
             })
             .collect();
         removed.sort();
-        assert_eq!(removed, [gone.clone(), port.clone()]);
-        assert!(!gone.exists() && !port.exists());
+        let mut expected = vec![gone.clone(), port.clone(), before.clone()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(!gone.exists() && !port.exists() && !before.exists());
         assert!(ours.join("links").join("warden_connect4").exists() && other.exists());
     }
 }
