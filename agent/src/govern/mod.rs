@@ -1330,9 +1330,11 @@ impl SessionHooks for SessionGovern {
                     state.masking.would_catalog_stale = true;
                     state.facts_stale = true;
                 }
-                if masked && part.effects.contains(Class::Ddl) && !state.catalog_stale {
+                let relations_read = matches!(&state.facts, Facts::Known(c) if c.relations.is_some());
+                if (masked || relations_read) && part.effects.contains(Class::Ddl) && !state.catalog_stale {
                     // Masking resolves relations and columns by the catalog: a created, dropped
-                    // or renamed one is read again before it is trusted.
+                    // or renamed one is read again before it is trusted (also where masking
+                    // does not apply yet: a reload may make it apply before the next read).
                     state.catalog_stale = true;
                     state.facts_stale = true;
                     state.facts_epoch += 1;
@@ -1897,54 +1899,105 @@ mod tests {
     }
 
     /// A session under `policy` whose facts show `crm.customers` and `public.customers` (id,
-    /// name, ssn), with the search_path `public, crm`: `customers` is public's, unless a
-    /// statement may change the search_path: then it may be crm's.
+    /// name, ssn), with the search_path `public, crm`.
     fn masked_session(policy: &str) -> SessionGovern {
+        session_with_customers(policy, &[(100, "crm"), (101, "public")], &["pg_catalog", "public", "crm"])
+    }
+
+    /// A session under `policy` whose facts show a `customers` (id, name, ssn) in each of
+    /// `relations` (oid, schema), and `searched` as the schemas its search_path reaches.
+    fn session_with_customers(policy: &str, relations: &[(u32, &str)], searched: &[&str]) -> SessionGovern {
         let s = session(policy);
-        let mut relations = crate::sql::catalog::Relations::default();
-        for (oid, schema) in [(100, "crm"), (101, "public")] {
-            relations.add_relation(oid, schema, "customers", 'r', false);
+        let mut catalog_relations = crate::sql::catalog::Relations::default();
+        for &(oid, schema) in relations {
+            catalog_relations.add_relation(oid, schema, "customers", 'r', false);
             for (attnum, name) in [(1, "id"), (2, "name"), (3, "ssn")] {
                 let column =
                     crate::sql::catalog::ColumnInfo { attnum, name: name.into(), type_oid: 25, generated: false };
-                relations.add_column(oid, column);
+                catalog_relations.add_column(oid, column);
             }
         }
         let mut catalog = Catalog::default();
-        catalog.relations = Some(relations);
-        let mut facts = facts("public, crm", catalog);
-        facts.schemas = vec!["pg_catalog".into(), "public".into(), "crm".into()];
+        catalog.relations = Some(catalog_relations);
+        let mut facts = facts(&searched.join(", "), catalog);
+        facts.schemas = searched.iter().map(|s| s.to_string()).collect();
         s.on_facts(Ok(facts));
         s
+    }
+
+    const MASK_CRM_SSN: &str = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: ssn, match: {columns: [crm.customers.ssn]}, mask: redact}\n  default: allow\n";
+
+    /// The last part of `sql` judged: its decision, and whether its plan masks a column.
+    fn masks(s: &SessionGovern, sql: &str) -> (Decision, bool) {
+        let none = |_: &str| None;
+        let i = info(sql, QueryProtocol::Simple, &none);
+        let judgement = s.judge(&i, s.parts(&i).expect("parts"));
+        let last = judgement.parts.last().expect("a part").clone();
+        (last.decision, last.mask.is_some_and(|m| !m.masked.is_empty()))
     }
 
     /// `SET SCHEMA 'x'` is `SET search_path TO x`: a relation named after it may be x's, and
     /// masking resolves it in every schema until the facts are read again.
     #[test]
     fn set_schema_moves_where_masking_resolves_names_as_set_search_path_does() {
-        let policy = "apiVersion: warden.dev/v1alpha1\nkind: DatabasePolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  rules:\n    - {name: ssn, match: {columns: [crm.customers.ssn]}, mask: redact}\n  default: allow\n";
         let none = |_: &str| None;
-        let masked = |s: &SessionGovern, sql: &str| {
-            let i = info(sql, QueryProtocol::Simple, &none);
-            let judgement = s.judge(&i, s.parts(&i).expect("parts"));
-            let last = judgement.parts.last().expect("a part").clone();
-            (last.decision, last.mask.is_some_and(|m| !m.masked.is_empty()))
-        };
-        let s = masked_session(policy);
-        assert_eq!(masked(&s, "SELECT ssn FROM customers"), (Decision::Allow, false), "public's, unprotected");
+        // crm is not searched: customers is public's.
+        let searched = ["pg_catalog", "public"];
+        let s = session_with_customers(MASK_CRM_SSN, &[(100, "crm"), (101, "public")], &searched);
+        assert_eq!(masks(&s, "SELECT upper(ssn) FROM customers"), (Decision::Allow, false), "public's, unprotected");
         for set in ["SET SCHEMA 'crm'", "SET search_path = crm", "set local schema 'crm'"] {
-            let s = masked_session(policy);
-            let (decision, masks) = masked(&s, &format!("{set}; SELECT ssn FROM customers"));
-            assert!(decision != Decision::Allow || masks, "{set}: ssn may be crm's");
+            let s = session_with_customers(MASK_CRM_SSN, &[(100, "crm"), (101, "public")], &searched);
+            let (decision, masked) = masks(&s, &format!("{set}; SELECT upper(ssn) FROM customers"));
+            assert!(decision != Decision::Allow || masked, "{set}: ssn may be crm's");
             // Forwarded alone, it voids the schemas the facts showed until they are read again.
             let i = info(set, QueryProtocol::Simple, &none);
             let mut running = Running::new(1, Arc::from(set), QueryProtocol::Simple, i.lexing);
             running.judgement = Some(Arc::new(s.judge(&i, s.parts(&i).expect("parts"))));
             s.on_forward(&running);
             assert!(s.wants_facts(), "{set}");
-            let (decision, masks) = masked(&s, "SELECT ssn FROM customers");
-            assert!(decision != Decision::Allow || masks, "{set}, then: ssn may be crm's");
+            let (decision, masked) = masks(&s, "SELECT upper(ssn) FROM customers");
+            assert!(decision != Decision::Allow || masked, "{set}, then: ssn may be crm's");
         }
+    }
+
+    /// A definition forwarded while no masking rule applies still makes a catalog holding
+    /// relations stale: a reload may make masking apply before the next read.
+    #[test]
+    fn a_definition_makes_the_relations_read_stale_whether_or_not_masking_applies() {
+        let s = session_with_customers(GUARD, &[(101, "public")], &["pg_catalog", "public"]);
+        assert!(s.masking_applies().is_none());
+        assert!(!s.lock().catalog_stale);
+        let none = |_: &str| None;
+        let ddl = "create table crm.customers (ssn text)";
+        let i = info(ddl, QueryProtocol::Simple, &none);
+        let mut running = Running::new(1, Arc::from(ddl), QueryProtocol::Simple, i.lexing);
+        running.judgement = Some(Arc::new(s.judge(&i, s.parts(&i).expect("parts"))));
+        s.on_forward(&running);
+        assert!(s.lock().catalog_stale);
+    }
+
+    /// The server may read a relation later in the search_path than the first of that name
+    /// the catalog showed (a statement prepared before the first was created, or the first
+    /// dropped by another session since): a name is masked as every one it may reach. Another
+    /// session's temporary table is never the session's own.
+    #[test]
+    fn an_unqualified_name_is_masked_as_every_relation_of_that_name_its_search_path_reaches() {
+        let probe = "SELECT upper(ssn) FROM customers";
+        // public's comes first; crm's protected one after it.
+        let s =
+            session_with_customers(MASK_CRM_SSN, &[(101, "public"), (100, "crm")], &["pg_catalog", "public", "crm"]);
+        assert!(masks(&s, probe).1, "crm's may be read");
+        // Another session's temporary customers (pg_temp_9), this session's own temporary
+        // schema (pg_temp_7) searched first.
+        let s = session_with_customers(
+            MASK_CRM_SSN,
+            &[(109, "pg_temp_9"), (100, "crm")],
+            &["pg_temp_7", "pg_catalog", "crm"],
+        );
+        assert!(masks(&s, probe).1, "another session's temporary table is not this one's");
+        // Not searched at all: not a candidate.
+        let s = session_with_customers(MASK_CRM_SSN, &[(101, "public"), (100, "crm")], &["pg_catalog", "public"]);
+        assert_eq!(masks(&s, probe), (Decision::Allow, false));
     }
 
     /// A reload between reading the policy and reading the context must not pair a context

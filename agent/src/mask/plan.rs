@@ -424,11 +424,11 @@ impl MaskContext {
                 relations.by_oid.values().filter(|r| r.schema.starts_with("pg_temp_") && r.name == name).collect()
             }
             (Some(s), _) => relations.named(s, name).into_iter().collect(),
-            (None, Some(path)) => path
-                .iter()
-                .find_map(|s| relations.named(if s.starts_with("pg_temp_") { "pg_temp" } else { s }, name))
-                .into_iter()
-                .collect(),
+            // Every relation of the name in a schema the server searches, not the first alone:
+            // the server may read a later one (a statement prepared before an earlier one was
+            // created, or one dropped by another session since the catalog was read). The
+            // session's own temporary schema by its real name (`pg_temp` is every session's).
+            (None, Some(path)) => path.iter().filter_map(|s| relations.named(s, name)).collect(),
             (None, None) => relations.by_oid.values().filter(|r| r.name == name).collect(),
         }
     }

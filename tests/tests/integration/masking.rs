@@ -579,7 +579,7 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_row_counts() {
 /// it was made from changed. Here the session puts another schema first in its search_path:
 /// the same text now reads a table with a protected column of the same name and type (the
 /// server parses it again and returns that column), and from the next execution on it is
-/// masked.
+/// masked (as the stricter of the two tables the name now reaches).
 #[test]
 fn a_prepared_statement_bound_again_is_masked_as_what_it_reads_is_now() {
     let pg = Postgres::start();
@@ -612,7 +612,10 @@ fn a_prepared_statement_bound_again_is_masked_as_what_it_reads_is_now() {
         seen
     });
     assert!(seen[..5].iter().all(|v| v == "no card here"), "{seen:?}");
-    assert!(seen[5..].iter().all(|v| v.ends_with("6467") && !PROTECTED.contains(&v.as_str())), "{seen:?}");
+    // Masked, and more strictly than the rule's partial mask of crm's card: the name now
+    // reaches crm's and public's table alike, and a value of either is masked as the stricter.
+    let masked = |v: &String| !PROTECTED.contains(&v.as_str()) && v != "no card here" && !v.contains("6467");
+    assert!(seen[5..].iter().all(masked), "{seen:?}");
     let (_, text) = testkit::scrape(&metrics, "/metrics");
     let reused = testkit::sample(&text, "warden_judgements_reused_total", &[]);
     assert!(reused >= 2.0, "the Binds before the search_path changed were given their judgement again: {reused}");
@@ -643,5 +646,49 @@ fn a_prepared_statement_bound_again_is_masked_as_what_it_reads_is_now() {
     rt.block_on(client.batch_execute("set search_path = crm, public")).unwrap();
     let after: Vec<String> = (7..=10).flat_map(|i| cards(&client, i)).collect();
     assert_eq!(after.len(), 4, "{after:?}");
-    assert!(after.iter().all(|v| v.ends_with("6467") && !PROTECTED.contains(&v.as_str())), "{after:?}");
+    assert!(after.iter().all(masked), "{after:?}");
+}
+
+/// Another session's temporary table is never taken for this session's own: a masked session
+/// with a temporary schema of its own reads `customers` (crm's, with protected cards) while
+/// another session holds a temporary `customers` without any; the card is masked.
+#[test]
+fn another_sessions_temporary_table_never_stands_for_the_one_read() {
+    let (pg, _agent) = start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cards: Vec<String> = rt.block_on(async {
+        let connect = || async {
+            let mut config = tokio_postgres::Config::new();
+            config.host("127.0.0.1").port(pg.port).user("postgres").dbname("postgres");
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.expect("connect through warden");
+            tokio::spawn(conn);
+            client
+        };
+        // Another session, over the Unix socket (never through the redirect).
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(pg.socket_dir()).port(pg.port).user("postgres").dbname("postgres");
+        let (other, conn) = config.connect(tokio_postgres::NoTls).await.expect("connect over the socket");
+        tokio::spawn(conn);
+        other
+            .batch_execute("create temp table customers(id int, card text); insert into customers values (1, 'clean')")
+            .await
+            .unwrap();
+        let session = connect().await;
+        session.batch_execute("set search_path = crm").await.unwrap();
+        session.batch_execute("create temp table scratch(x int)").await.unwrap();
+        // An idle point: the session's facts are read again, its temporary schema first.
+        session.simple_query("select 1").await.unwrap();
+        let mut cards = Vec::new();
+        for sql in ["select upper(card) from customers where id = 1", "select card || '' from customers where id = 1"] {
+            for m in session.simple_query(sql).await.unwrap() {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    cards.push(r.get(0).unwrap_or_default().to_string());
+                }
+            }
+        }
+        drop(other);
+        cards
+    });
+    assert_eq!(cards.len(), 2, "{cards:?}");
+    assert!(cards.iter().all(|c| !PROTECTED.iter().any(|p| c.contains(p))), "{cards:?}");
 }
