@@ -619,6 +619,17 @@ impl MaskContext {
             Err(_) => return Ok(PartMask::untraced()),
         };
         let policy = &self.policy;
+        if policy.masks
+            && effects.contains(Class::Ddl)
+            && let Some(what) = defines_code(text, options, effects)
+        {
+            // A function, trigger, rule or default defined here runs later, reading whatever it
+            // names, where masking sees only the clean column or result it fills.
+            return Err(format!(
+                "{what}, whose reads masking cannot trace: it could copy protected values into what it returns or \
+                 writes"
+            ));
+        }
         if policy.masks && effects.contains(Class::Ddl) && crate::govern::contains_ci(text, "schema") {
             // ALTER SCHEMA ... RENAME / OWNER, DROP SCHEMA: rules name columns by schema.
             let words: HashSet<String> = text
@@ -1062,6 +1073,37 @@ pub fn detect(detectors: &[Arc<Detectors>], text: &[u8]) -> Option<Vec<u8>> {
         }
     }
     changed.then(|| current.into_bytes())
+}
+
+/// What code a definition makes or attaches, if any: functions, procedures and the like,
+/// triggers and rules, or expressions (defaults, checks, generated columns, policies) calling
+/// functions that are not known built-ins (`unknown` among its effects).
+fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'static str> {
+    if effects.contains(Class::Unknown) {
+        return Some("gives a definition calls of functions");
+    }
+    const CODE: &[&str] = &[
+        "aggregate",
+        "cast",
+        "extension",
+        "function",
+        "language",
+        "operator",
+        "procedure",
+        "routine",
+        "rule",
+        "transform",
+        "trigger",
+    ];
+    let mut words = crate::sql::Lexer::new(text, options)
+        .filter(|t| t.kind == crate::sql::TokenKind::Identifier)
+        .map(|t| text[t.range()].to_ascii_lowercase());
+    match words.next().as_deref() {
+        Some("create" | "alter") if words.any(|w| CODE.contains(&w.as_str())) => {
+            Some("defines or changes a function, procedure, trigger, rule or other code")
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -537,11 +537,23 @@ impl<'r> Analyzer<'r> {
         match body {
             SetExpr::Select(s) => self.select(s, scope, None),
             SetExpr::Query(q) => self.query(q, Some(scope)),
-            SetExpr::SetOperation { left, right, .. } => {
+            SetExpr::SetOperation { left, op, set_quantifier, right } => {
                 let mut l = self.set_expr(left, scope)?;
                 let r = self.set_expr(right, scope)?;
                 if l.len() != r.len() {
                     self.out.exact = false;
+                }
+                // Every set operation but UNION ALL compares rows by their values (duplicates
+                // removed, rows kept or taken away): which rows come back tells them, as a
+                // condition does (`(select substr(ssn, 1, 3) ...) intersect select '857'`).
+                let compares = !matches!(
+                    (op, set_quantifier),
+                    (ast::SetOperator::Union, ast::SetQuantifier::All | ast::SetQuantifier::AllByName)
+                );
+                if compares {
+                    for (_, s) in l.iter().chain(r.iter()) {
+                        self.out.condition.add(&Src { cols: s.cols.clone(), computed: true, opaque: false });
+                    }
                 }
                 for (i, (_, s)) in r.iter().enumerate() {
                     match l.get_mut(i) {
@@ -549,8 +561,6 @@ impl<'r> Analyzer<'r> {
                         None => l.push((String::new(), s.clone())),
                     }
                 }
-                // Duplicates removed (UNION, INTERSECT, EXCEPT) are decided by values: each
-                // column is compared, which only the row count shows.
                 Ok(l)
             }
             SetExpr::Values(values) => {
@@ -657,8 +667,15 @@ impl<'r> Analyzer<'r> {
         if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
             self.positional(exprs.iter(), &outputs);
         }
-        if let Some(ast::Distinct::On(exprs)) = &s.distinct {
-            self.positional(exprs.iter(), &outputs);
+        match &s.distinct {
+            Some(ast::Distinct::On(exprs)) => self.positional(exprs.iter(), &outputs),
+            // Duplicates are found by comparing every output's values.
+            Some(ast::Distinct::Distinct) => {
+                for (_, src) in &outputs {
+                    self.out.condition.add(&Src { cols: src.cols.clone(), computed: true, opaque: false });
+                }
+            }
+            Some(ast::Distinct::All) | None => {}
         }
         self.collect(&rest, &scope, Into_::Condition);
         if let Some(q) = query {
@@ -849,7 +866,11 @@ impl<'r> Analyzer<'r> {
             FunctionArgExpr::QualifiedWildcard(name) => {
                 match object_name(name).and_then(|n| scope.item(&n.name).cloned()) {
                     Some(item) => item.whole_row(),
-                    None => Src::default(),
+                    // Of an item not in scope (the server refuses it): anything.
+                    None => {
+                        self.out.opaque.push(format!("reads the whole row of {name}, which is not in scope"));
+                        Src::opaque()
+                    }
                 }
             }
             _ => Src::default(),
@@ -1132,35 +1153,91 @@ fn decides(e: &Expr) -> bool {
     }
 }
 
-/// Built-in set-returning functions (their arguments decide how many rows come back), and
-/// functions whose duration tells about their arguments.
+/// Built-in set-returning functions (their arguments decide how many rows come back: every
+/// `proretset` function of pg_catalog in PostgreSQL 15, taking arguments or not), and functions
+/// whose duration tells about their arguments.
 fn set_returning(name: &str) -> bool {
     matches!(
         name,
-        "generate_series"
+        "aclexplode"
+            | "generate_series"
             | "generate_subscripts"
-            | "unnest"
+            | "json_array_elements"
+            | "json_array_elements_text"
+            | "json_each"
+            | "json_each_text"
+            | "json_object_keys"
+            | "json_populate_recordset"
+            | "json_to_recordset"
+            | "jsonb_array_elements"
+            | "jsonb_array_elements_text"
+            | "jsonb_each"
+            | "jsonb_each_text"
+            | "jsonb_object_keys"
+            | "jsonb_path_query"
+            | "jsonb_path_query_tz"
+            | "jsonb_populate_recordset"
+            | "jsonb_to_recordset"
+            | "pg_available_extension_versions"
+            | "pg_available_extensions"
+            | "pg_config"
+            | "pg_cursor"
+            | "pg_event_trigger_ddl_commands"
+            | "pg_event_trigger_dropped_objects"
+            | "pg_extension_update_paths"
+            | "pg_get_backend_memory_contexts"
+            | "pg_get_catalog_foreign_keys"
+            | "pg_get_keywords"
+            | "pg_get_multixact_members"
+            | "pg_get_publication_tables"
+            | "pg_get_replication_slots"
+            | "pg_get_shmem_allocations"
+            | "pg_get_wal_resource_managers"
+            | "pg_hba_file_rules"
+            | "pg_ident_file_mappings"
+            | "pg_listening_channels"
+            | "pg_lock_status"
+            | "pg_logical_slot_get_binary_changes"
+            | "pg_logical_slot_get_changes"
+            | "pg_logical_slot_peek_binary_changes"
+            | "pg_logical_slot_peek_changes"
+            | "pg_ls_archive_statusdir"
+            | "pg_ls_dir"
+            | "pg_ls_logdir"
+            | "pg_ls_logicalmapdir"
+            | "pg_ls_logicalsnapdir"
+            | "pg_ls_replslotdir"
+            | "pg_ls_tmpdir"
+            | "pg_ls_waldir"
+            | "pg_mcv_list_items"
+            | "pg_options_to_table"
+            | "pg_partition_ancestors"
+            | "pg_partition_tree"
+            | "pg_prepared_statement"
+            | "pg_prepared_xact"
+            | "pg_show_all_file_settings"
+            | "pg_show_all_settings"
+            | "pg_show_replication_origin_status"
+            | "pg_snapshot_xip"
+            | "pg_stat_get_activity"
+            | "pg_stat_get_backend_idset"
+            | "pg_stat_get_progress_info"
+            | "pg_stat_get_recovery_prefetch"
+            | "pg_stat_get_slru"
+            | "pg_stat_get_subscription"
+            | "pg_stat_get_wal_senders"
+            | "pg_tablespace_databases"
+            | "pg_timezone_abbrevs"
+            | "pg_timezone_names"
             | "regexp_matches"
             | "regexp_split_to_table"
             | "string_to_table"
-            | "json_array_elements"
-            | "json_array_elements_text"
-            | "jsonb_array_elements"
-            | "jsonb_array_elements_text"
-            | "json_each"
-            | "json_each_text"
-            | "jsonb_each"
-            | "jsonb_each_text"
-            | "json_object_keys"
-            | "jsonb_object_keys"
-            | "json_populate_recordset"
-            | "jsonb_populate_recordset"
-            | "json_to_recordset"
-            | "jsonb_to_recordset"
-            | "jsonb_path_query"
             | "ts_debug"
             | "ts_parse"
+            | "ts_stat"
             | "ts_token_type"
+            | "txid_snapshot_xip"
+            | "unnest"
             | "pg_sleep"
             | "pg_sleep_for"
             | "pg_sleep_until"
@@ -1391,6 +1468,17 @@ impl Refs<'_, '_, '_> {
                         [] => None,
                     };
                     self.found(&found.unwrap_or_else(Src::opaque).computed());
+                }
+            }
+            // `c.*` inside an expression (`(c.*)::text`, `array[c.*]`): the whole row; of an
+            // item not in scope, anything.
+            Expr::QualifiedWildcard(name, _) => {
+                match object_name(name).and_then(|n| self.scope.item(&n.name).cloned()) {
+                    Some(item) => self.found(&item.whole_row()),
+                    None => {
+                        self.an.out.opaque.push(format!("reads the whole row of {name}, which is not in scope"));
+                        self.found(&Src::opaque());
+                    }
                 }
             }
             // A system variable: a server setting.

@@ -87,6 +87,9 @@ const ATTACKS: &[&str] = &[
     "select * from crm.customers",
     "table crm.customers",
     "select c.* from crm.customers c",
+    // The whole row inside an expression.
+    "select (c.*)::text from crm.customers c",
+    "select upper((c.*)::text), array[c.*]::text from crm.customers c",
     "select e from (select email as e from crm.customers) s",
     "select \"email\" as name from crm.customers",
     "select x.y from (select email from crm.customers) as x(y)",
