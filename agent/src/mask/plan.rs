@@ -663,9 +663,9 @@ impl MaskContext {
             && let Some(p) = self.first_masked(&lineage.condition)
         {
             return Err(format!(
-                "reads protected column {} in a condition (WHERE, JOIN, ORDER BY, GROUP BY, HAVING, DISTINCT ON, a \
-                 window or a subquery there), so which rows come back would tell its values; masking cannot cover \
-                 that (policy \"{}\" rule \"{}\"; spec.masking.inference: allow permits it)",
+                "reads protected column {} in a condition (WHERE, JOIN, ORDER BY, GROUP BY, HAVING, DISTINCT, UNION, \
+                 INTERSECT, EXCEPT, a window or a subquery there), so which rows come back would tell its values; \
+                 masking cannot cover that (policy \"{}\" rule \"{}\"; spec.masking.inference: allow permits it)",
                 p.column, p.choice.policy, p.choice.rule
             ));
         }
