@@ -1076,22 +1076,44 @@ pub fn detect(detectors: &[Arc<Detectors>], text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// What code a definition makes or attaches, if any: functions, procedures and the like,
-/// triggers and rules, or expressions (defaults, checks, generated columns, policies) calling
-/// functions that are not known built-ins (`unknown` among its effects).
+/// triggers and rules, foreign servers and tables (a loopback connection reads as another
+/// session, where masking never sees it), or expressions (defaults, checks, generated columns,
+/// indexes, policies) calling functions that are not known built-ins (`unknown` among its
+/// effects). Read from the object the statement creates or alters, not any word of it.
 fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'static str> {
     if effects.contains(Class::Unknown) {
-        return Some("gives a definition calls of functions");
+        return Some(
+            "calls, in a definition (a default, check, generated column, index or policy), a function that is not a \
+             known built-in",
+        );
     }
+    const MODIFIERS: &[&str] = &[
+        "or",
+        "replace",
+        "constraint",
+        "event",
+        "trusted",
+        "procedural",
+        "default",
+        "global",
+        "local",
+        "temp",
+        "temporary",
+        "unlogged",
+    ];
     const CODE: &[&str] = &[
         "aggregate",
         "cast",
         "extension",
+        "foreign",
         "function",
         "language",
         "operator",
         "procedure",
         "routine",
         "rule",
+        "server",
+        "subscription",
         "transform",
         "trigger",
     ];
@@ -1099,8 +1121,15 @@ fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'
         .filter(|t| t.kind == crate::sql::TokenKind::Identifier)
         .map(|t| text[t.range()].to_ascii_lowercase());
     match words.next().as_deref() {
-        Some("create" | "alter") if words.any(|w| CODE.contains(&w.as_str())) => {
-            Some("defines or changes a function, procedure, trigger, rule or other code")
+        // IMPORT FOREIGN SCHEMA: foreign tables.
+        Some("import") => Some("imports foreign tables"),
+        Some("create" | "alter") => {
+            let object = words.find(|w| !MODIFIERS.contains(&w.as_str()))?;
+            if CODE.contains(&object.as_str()) || (object == "user" && words.next().as_deref() == Some("mapping")) {
+                Some("defines or changes a function, procedure, trigger, rule, foreign server or table, or other code")
+            } else {
+                None
+            }
         }
         _ => None,
     }

@@ -839,7 +839,36 @@ impl<'r> Analyzer<'r> {
                 let src = self.collect(json_expr, scope, Into_::Condition);
                 scope.items.push(function_item("json_table", alias.as_ref(), src, false));
             }
-            TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins, scope)?,
+            TableFactor::NestedJoin { table_with_joins, alias } => {
+                let before = scope.items.len();
+                self.table_with_joins(table_with_joins, scope)?;
+                if let Some(a) = alias {
+                    // `(a JOIN b) AS j`: the alias hides the names inside; j's columns are
+                    // theirs, in order (and where one's are not known, anything of all of them).
+                    let inner: Vec<Item> = scope.items.drain(before..).collect();
+                    let mut columns = Some(Vec::new());
+                    let mut rest: Option<Src> = None;
+                    for item in &inner {
+                        match (&mut columns, &item.columns) {
+                            (Some(all), Some(c)) => all.extend(c.iter().cloned()),
+                            _ => columns = None,
+                        }
+                        if let Some(r) = &item.rest {
+                            rest.get_or_insert_with(Src::default).add(r);
+                        }
+                    }
+                    if columns.is_none() {
+                        let mut whole = rest.take().unwrap_or_default();
+                        for item in &inner {
+                            whole.add(&item.whole_row());
+                        }
+                        rest = Some(whole);
+                    }
+                    let names: Vec<String> = a.columns.iter().map(|c| ident(&c.name)).collect();
+                    let columns = columns.map(|c| rename(c, &names));
+                    scope.items.push(Item { names: vec![ident(&a.name)], columns, rest, merged: false });
+                }
+            }
             _ => return Err("a FROM item that is not traced".into()),
         }
         Ok(())
@@ -1514,8 +1543,14 @@ impl Refs<'_, '_, '_> {
                         self.scope.resolve(&names[0]).map(Src::computed)
                     }),
                 };
-                if let Some(src) = found {
-                    self.found(&src);
+                match found {
+                    Some(src) => self.found(&src),
+                    // A qualifier nothing in scope answers to: read as anything, never as clean.
+                    None if n > 1 => {
+                        self.an.out.opaque.push(format!("reads {}, which names nothing in scope", names.join(".")));
+                        self.found(&Src::opaque());
+                    }
+                    None => {}
                 }
             }
             Expr::Function(f) => {
@@ -1551,10 +1586,17 @@ impl Refs<'_, '_, '_> {
                             | FunctionArg::ExprNamed { arg, .. }
                             | FunctionArg::Unnamed(arg) => arg,
                         };
-                        if let FunctionArgExpr::QualifiedWildcard(q) = e
-                            && let Some(item) = object_name(q).and_then(|q| self.scope.item(&q.name).cloned())
-                        {
-                            self.found(&item.whole_row());
+                        if let FunctionArgExpr::QualifiedWildcard(q) = e {
+                            match object_name(q).and_then(|q| self.scope.item(&q.name).cloned()) {
+                                Some(item) => self.found(&item.whole_row()),
+                                None => {
+                                    self.an
+                                        .out
+                                        .opaque
+                                        .push(format!("reads the whole row of {q}, which is not in scope"));
+                                    self.found(&Src::opaque());
+                                }
+                            }
                         }
                     }
                 }
