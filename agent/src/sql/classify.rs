@@ -767,8 +767,14 @@ impl<'w> Walker<'w> {
         let built_in = n.schema.as_deref().is_none_or(|s| s == "pg_catalog");
         match built_in.then(|| functions::builtin(&n.name)).flatten() {
             Some(Builtin::ReadOnly) => {}
-            // Volatile built-ins are not evaluated when a statement is only planned.
-            Some(Builtin::Effect(..) | Builtin::SetConfig) if self.muted > 0 => {}
+            // Volatile built-ins are not evaluated when a statement is only planned; the others
+            // may be, on constants (a LIMIT's estimate).
+            Some(Builtin::Effect(_, why)) if self.muted > 0 => {
+                if functions::evaluated_when_planned(&n.name) {
+                    self.unknown_even_planned(format!("calls {n}: {why}"));
+                }
+            }
+            Some(Builtin::SetConfig) if self.muted > 0 => {}
             Some(Builtin::Effect(classes, why)) => {
                 for class in classes {
                     self.add(*class, Some(format!("calls {n}: {why}")));
@@ -792,6 +798,8 @@ impl<'w> Walker<'w> {
             Some(name) if name != "?" => {
                 if functions::privileged_setting(name) {
                     self.add(Class::Dcl, Some(format!("calls {n} of {name}: changes the role the session acts as")));
+                } else if functions::superuser_setting(name) {
+                    self.add(Class::Admin, Some(format!("calls {n} of {name}: a setting only a superuser may change")));
                 } else {
                     self.add(Class::Session, Some(format!("calls {n}: changes a setting")));
                 }
@@ -865,6 +873,20 @@ impl<'w> Walker<'w> {
             return;
         }
         let Some(n) = object_name(target) else { return };
+        // The system views PostgreSQL 15 can update (`pg_relation_is_updatable`): a write of one
+        // is a write of the catalog under it.
+        match (n.schema.as_deref(), n.name.as_str()) {
+            (None | Some("pg_catalog"), "pg_group") | (None | Some("information_schema"), "enabled_roles") => {
+                self.add(Class::Ddl, Some(format!("writes the system catalog pg_authid through {n}")));
+                self.add(Class::Dcl, Some(format!("writes roles through {n}")));
+                return;
+            }
+            (None | Some("pg_catalog"), "pg_stat_database_conflicts") => {
+                self.add(Class::Ddl, Some(format!("writes the system catalog pg_database through {n}")));
+                return;
+            }
+            _ => {}
+        }
         if n.schema.as_deref().is_some_and(|s| s != "pg_catalog") {
             return;
         }
@@ -874,6 +896,9 @@ impl<'w> Walker<'w> {
             let known = condition.is_some_and(|c| setting_names(c, &mut names))
                 && !names.iter().any(|s| s == "?" || functions::privileged_setting(s));
             self.add(Class::Session, Some(format!("writes {n}: sets configuration")));
+            if let Some(s) = names.iter().find(|s| functions::superuser_setting(s)) {
+                self.add(Class::Admin, Some(format!("writes {n}: sets {s}, a setting only a superuser may change")));
+            }
             if !known {
                 self.add(Class::Dcl, Some(format!("writes {n}, which can set role and session_authorization")));
             }
@@ -1354,6 +1379,10 @@ impl<'w> Walker<'w> {
             Some(name) if functions::privileged_setting(name) => self.add(
                 Class::Dcl,
                 Some(format!("{verb} {} changes the role the session acts as", name.to_ascii_lowercase())),
+            ),
+            Some(name) if functions::superuser_setting(name) => self.add(
+                Class::Admin,
+                Some(format!("{verb} {}: a setting only a superuser may change", name.to_ascii_lowercase())),
             ),
             _ => self.add(Class::Session, None),
         }
@@ -2229,6 +2258,13 @@ fn setting_by_keywords(words: &[Word], found: &mut Found) {
                 && w.name().is_some_and(|n| functions::privileged_setting(&n)) =>
         {
             found.add(Class::Dcl, Some("a change of the role the session acts as".into()))
+        }
+        Some(w)
+            if !qualified
+                && matches!(w.kind, TokenKind::Identifier | TokenKind::QuotedIdentifier { .. })
+                && w.name().is_some_and(|n| functions::superuser_setting(&n)) =>
+        {
+            found.add(Class::Admin, Some("a setting only a superuser may change".into()))
         }
         _ => found.add(Class::Session, None),
     }

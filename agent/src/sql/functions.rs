@@ -133,6 +133,71 @@ pub(super) fn privileged_setting(name: &str) -> bool {
     ["role", "session_authorization"].iter().any(|s| name.trim().eq_ignore_ascii_case(s))
 }
 
+/// Built-ins with an effect that are not VOLATILE (PostgreSQL 15's `provolatile` 's' or 'i'):
+/// the planner may evaluate them on constants (`estimate_expression_value`, a LIMIT's estimate),
+/// so a plain EXPLAIN runs them too.
+pub(super) fn evaluated_when_planned(name: &str) -> bool {
+    name == "ts_rewrite" || ["table_to_xml", "schema_to_xml", "database_to_xml"].iter().any(|p| name.starts_with(p))
+}
+
+/// Settings only a superuser (or a role granted SET on them) may change, PostgreSQL 15's
+/// `context = 'superuser'` (sorted): they turn triggers off (`session_replication_role`),
+/// logging and statistics off, checks off, or load code; and pgaudit's.
+const SUPERUSER_SETTINGS: &[&str] = &[
+    "allow_in_place_tablespaces",
+    "allow_system_table_mods",
+    "backtrace_functions",
+    "commit_delay",
+    "compute_query_id",
+    "deadlock_timeout",
+    "debug_discard_caches",
+    "dynamic_library_path",
+    "extension_destdir",
+    "ignore_checksum_failure",
+    "jit_dump_bitcode",
+    "lc_messages",
+    "lo_compat_privileges",
+    "log_duration",
+    "log_error_verbosity",
+    "log_executor_stats",
+    "log_lock_waits",
+    "log_min_duration_sample",
+    "log_min_duration_statement",
+    "log_min_error_statement",
+    "log_min_messages",
+    "log_parameter_max_length",
+    "log_parser_stats",
+    "log_planner_stats",
+    "log_replication_commands",
+    "log_statement",
+    "log_statement_sample_rate",
+    "log_statement_stats",
+    "log_temp_files",
+    "log_transaction_sample_rate",
+    "max_stack_depth",
+    "session_preload_libraries",
+    "session_replication_role",
+    "temp_file_limit",
+    "track_activities",
+    "track_counts",
+    "track_functions",
+    "track_io_timing",
+    "track_wal_io_timing",
+    "update_process_title",
+    "wal_compression",
+    "wal_consistency_checking",
+    "wal_init_zero",
+    "wal_recycle",
+    "zero_damaged_pages",
+];
+
+/// Whether changing setting `name` is administration: only a superuser may, and it can turn off
+/// what others rely on (triggers, logging, checks).
+pub(super) fn superuser_setting(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    name.starts_with("pgaudit.") || SUPERUSER_SETTINGS.binary_search(&name.as_str()).is_ok()
+}
+
 /// Whether `name` is a table of PostgreSQL 15's system catalog (`postgres.bki`).
 pub(super) fn is_catalog(name: &str) -> bool {
     CATALOGS.binary_search(&name).is_ok()
@@ -873,6 +938,10 @@ mod tests {
         assert_eq!(builtin("Lower"), None, "names are matched as normalised, case and all");
         assert!(privileged_setting("ROLE") && privileged_setting("Session_Authorization"));
         assert!(!privileged_setting("search_path"));
+        assert!(SUPERUSER_SETTINGS.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert!(superuser_setting("Session_Replication_Role") && superuser_setting(" log_statement"));
+        assert!(superuser_setting("pgaudit.log") && !superuser_setting("work_mem"));
+        assert!(evaluated_when_planned("table_to_xml_and_xmlschema") && !evaluated_when_planned("query_to_xml"));
     }
 
     /// The floor of VOLATILE built-ins holds only names nothing else classifies (a classified
