@@ -1923,9 +1923,18 @@ pub(super) fn scope(e: &Expr, t: &Target) -> (bool, bool) {
             (refs, !refs || contradiction(expr, t))
         }
         Expr::IsNotNull(x) if matches!(key(x, t), Key::Column(_)) => (true, true),
+        // `ROW(x) IS NOT NULL`, `(x, y) IS NOT NULL`: the same presence test.
+        Expr::IsNotNull(x) if row_of_columns(x, t) => (true, true),
+        // `x IS DISTINCT FROM NULL` is `x IS NOT NULL`.
+        Expr::IsDistinctFrom(a, b) if is_null(b) && matches!(key(a, t), Key::Column(_)) => (true, true),
+        Expr::IsDistinctFrom(a, b) if is_null(a) && matches!(key(b, t), Key::Column(_)) => (true, true),
         Expr::In { expr, target: ast::InTarget::Subquery(subquery), negated: false, .. }
             if own_keys(expr, subquery, t) =>
         {
+            (true, true)
+        }
+        // `x = ANY (SELECT x FROM target)` is `x IN (SELECT x FROM target)`.
+        Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } if matches!(strip(right), Expr::Subquery(q) if own_keys(left, q, t)) => {
             (true, true)
         }
         _ if tautology(e, t) => (true, true),
@@ -1980,9 +1989,42 @@ fn same(a: &Expr, b: &Expr, t: &Target) -> bool {
     key(a, t) == key(b, t)
 }
 
-/// True of every row (where its operands are not null): `x = x`, `x >= x`, a self-join.
+/// `NULL`, however parenthesised.
+fn is_null(e: &Expr) -> bool {
+    matches!(strip(e), Expr::Value(v) if matches!(v.value, ast::Value::Null))
+}
+
+/// `ROW(x, ...)` or `(x, ...)` of the target's columns only.
+fn row_of_columns(e: &Expr, t: &Target) -> bool {
+    let columns = |items: &[Expr]| !items.is_empty() && items.iter().all(|i| matches!(key(i, t), Key::Column(_)));
+    match strip(e) {
+        Expr::Tuple(items) => columns(items),
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("row") => match &f.args {
+            FunctionArguments::List(list) => {
+                let items: Vec<Expr> = list
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                items.len() == list.args.len() && columns(&items)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// True of every row (where its operands are not null): `x = x`, `x >= x`, a self-join, `x IN
+/// (x, ...)`, `x BETWEEN x AND x`.
 fn tautology(e: &Expr, t: &Target) -> bool {
     match e {
+        Expr::In { expr, target: ast::InTarget::List(list), negated: false, .. } => {
+            list.iter().any(|item| same(expr, item, t))
+        }
+        Expr::Between { expr, negated: false, low, high } => same(expr, low, t) && same(expr, high, t),
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq | BinaryOperator::Spaceship,
@@ -2008,10 +2050,15 @@ fn tautology(e: &Expr, t: &Target) -> bool {
     }
 }
 
-/// False of every row: `x <> x`, `x < x`, `x IS DISTINCT FROM x`.
+/// False of every row: `x <> x`, `x < x`, `x IS DISTINCT FROM x`, and `x IS NULL` of a column
+/// (on a key, no row: the lone presence test's reading).
 fn contradiction(e: &Expr, t: &Target) -> bool {
     match e {
         Expr::Nested(inner) => contradiction(inner, t),
+        Expr::IsNull(x) => matches!(key(x, t), Key::Column(_)),
+        Expr::IsNotDistinctFrom(a, b) => {
+            (is_null(b) && matches!(key(a, t), Key::Column(_))) || (is_null(a) && matches!(key(b, t), Key::Column(_)))
+        }
         Expr::BinaryOp { left, op: BinaryOperator::NotEq | BinaryOperator::Lt | BinaryOperator::Gt, right }
         | Expr::IsDistinctFrom(left, right) => same(left, right, t),
         _ => false,
