@@ -166,11 +166,6 @@ fn computed_values_carry_what_they_read_and_are_masked_whole() {
         "SELECT upper(j.ssn), to_jsonb(j.*)::text FROM (customers c CROSS JOIN orders o) AS j",
         &["redact*", "redact*"],
     );
-    refuses(
-        &ctx,
-        "SELECT j.id FROM (customers c JOIN orders o ON o.customer_id = c.id) AS j WHERE j.ssn LIKE '85%'",
-        "condition",
-    );
     // A qualifier nothing in scope answers to (the server refuses it) is never read as clean.
     refuses(&ctx, "SELECT upper(zz.ssn) FROM customers", "traced");
     refuses(&ctx, "SELECT to_jsonb(zz.*) FROM customers", "traced");
@@ -212,26 +207,20 @@ fn reading_a_protected_value_through_a_condition_or_a_copy_is_refused() {
     refuses(&ctx, "SELECT EXISTS (SELECT 1 FROM customers WHERE email = 'a@b.c')", "condition");
     refuses(&ctx, "SELECT id FROM contacts WHERE contact > 'm'", "condition");
     refuses(&ctx, "SELECT DISTINCT ON (email) id FROM customers", "condition");
-    // Duplicates are found, and rows kept or taken away, by comparing values.
-    refuses(&ctx, "SELECT DISTINCT email FROM customers", "condition");
-    refuses(&ctx, "SELECT name FROM customers UNION SELECT card FROM customers", "condition");
-    refuses(
-        &ctx,
+    for sql in [
+        // Duplicates are found, and rows kept or taken away, by comparing values.
+        "SELECT DISTINCT email FROM customers",
+        "SELECT name FROM customers UNION SELECT card FROM customers",
         "SELECT count(*) FROM (SELECT substr(ssn, 1, 3) FROM customers WHERE id = 1 INTERSECT SELECT '857') s",
-        "condition",
-    );
-    refuses(&ctx, "SELECT count(*) FROM (SELECT ssn FROM customers EXCEPT ALL SELECT '857-31-9042') s", "condition");
-    // A set-returning function's arguments decide how many rows come back.
-    refuses(
-        &ctx,
+        "SELECT count(*) FROM (SELECT ssn FROM customers EXCEPT ALL SELECT '857-31-9042') s",
+        // A set-returning function's arguments decide how many rows come back.
         "SELECT count(*) FROM (SELECT pg_options_to_table(array_fill('a=b'::text, array[ascii(substr(ssn, 1, 1))])) FROM customers WHERE id = 1) s",
-        "condition",
-    );
-    refuses(
-        &ctx,
         "SELECT count(*) FROM (SELECT jsonb_path_query_tz(to_jsonb(ssn), '$ ? (@ like_regex \"^85\")') FROM customers) s",
-        "condition",
-    );
+        // A join's alias hides the names inside: its columns are theirs.
+        "SELECT j.id FROM (customers c JOIN orders o ON o.customer_id = c.id) AS j WHERE j.ssn LIKE '85%'",
+    ] {
+        refuses(&ctx, sql, "condition");
+    }
     refuses(&ctx, "INSERT INTO orders (total) SELECT length(email) FROM customers", "copies");
     refuses(&ctx, "UPDATE customers SET name = email", "copies");
     refuses(&ctx, "CREATE TABLE t AS SELECT email FROM customers", "copies");
