@@ -922,7 +922,7 @@ impl Relations for MaskContext {
             // Not in the catalog as the session read it: created since, by another session.
             [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
             [one] => Relation::Columns(self.relation_columns(one)),
-            // The search_path is not known: any of them.
+            // Any of them (the search_path not known, or several of the name on it).
             several => Relation::Columns(self.merged_columns(several)),
         }
     }
@@ -960,12 +960,26 @@ impl MaskContext {
     /// any of them carries under its name.
     fn merged_columns(&self, several: &[&RelationInfo]) -> Vec<RelColumn> {
         let mut merged: Vec<RelColumn> = Vec::new();
+        let shapes: HashSet<Vec<&str>> =
+            several.iter().map(|r| r.columns.iter().map(|c| c.name.as_str()).collect()).collect();
         for r in several {
             for c in self.relation_columns(r) {
                 match merged.iter_mut().find(|m| m.name == c.name) {
                     Some(m) => m.src.add(&c.src),
                     None => merged.push(c),
                 }
+            }
+        }
+        if shapes.len() > 1 {
+            // Their columns are not the same list: by position (`*`, an alias's column list) a
+            // value may be any column of any of them.
+            let mut any = Src::default();
+            for m in &merged {
+                any.add(&m.src);
+            }
+            any.computed = true;
+            for m in &mut merged {
+                m.src = any.clone();
             }
         }
         merged
@@ -1087,23 +1101,10 @@ fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'
              known built-in",
         );
     }
-    const MODIFIERS: &[&str] = &[
-        "or",
-        "replace",
-        "constraint",
-        "event",
-        "trusted",
-        "procedural",
-        "default",
-        "global",
-        "local",
-        "temp",
-        "temporary",
-        "unlogged",
-    ];
     const CODE: &[&str] = &[
         "aggregate",
         "cast",
+        "event",
         "extension",
         "foreign",
         "function",
@@ -1117,20 +1118,47 @@ fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'
         "transform",
         "trigger",
     ];
+    // Objects that are not code: the first of these (or of CODE) is what the statement makes.
+    const OTHER: &[&str] = &[
+        "collation",
+        "conversion",
+        "database",
+        "domain",
+        "group",
+        "index",
+        "materialized",
+        "policy",
+        "publication",
+        "role",
+        "schema",
+        "sequence",
+        "statistics",
+        "table",
+        "tablespace",
+        "text",
+        "type",
+        "view",
+    ];
     let mut words = crate::sql::Lexer::new(text, options)
         .filter(|t| t.kind == crate::sql::TokenKind::Identifier)
         .map(|t| text[t.range()].to_ascii_lowercase());
     match words.next().as_deref() {
         // IMPORT FOREIGN SCHEMA: foreign tables.
         Some("import") => Some("imports foreign tables"),
-        Some("create" | "alter") => {
-            let object = words.find(|w| !MODIFIERS.contains(&w.as_str()))?;
-            if CODE.contains(&object.as_str()) || (object == "user" && words.next().as_deref() == Some("mapping")) {
-                Some("defines or changes a function, procedure, trigger, rule, foreign server or table, or other code")
-            } else {
-                None
+        // Modifiers (OR REPLACE, TEMP, DEFINER = ..., ...) are passed over to the object.
+        Some("create" | "alter") => loop {
+            let word = words.next()?;
+            if CODE.contains(&word.as_str()) {
+                break Some("defines or changes code (a function, procedure, trigger, rule, event or foreign table)");
             }
-        }
+            if word == "user" {
+                break (words.next().as_deref() == Some("mapping"))
+                    .then_some("defines a user mapping of a foreign server");
+            }
+            if OTHER.contains(&word.as_str()) {
+                break None;
+            }
+        },
         _ => None,
     }
 }

@@ -166,6 +166,8 @@ fn computed_values_carry_what_they_read_and_are_masked_whole() {
         "SELECT upper(j.ssn), to_jsonb(j.*)::text FROM (customers c CROSS JOIN orders o) AS j",
         &["redact*", "redact*"],
     );
+    // USING puts the shared column first: by position, any column of either.
+    masks(&ctx, "SELECT j.c3 FROM (orders JOIN customers USING (id)) AS j(c1, c2, c3)", &["redact*"]);
     // A qualifier nothing in scope answers to (the server refuses it) is never read as clean.
     refuses(&ctx, "SELECT upper(zz.ssn) FROM customers", "traced");
     refuses(&ctx, "SELECT to_jsonb(zz.*) FROM customers", "traced");
@@ -426,6 +428,10 @@ fn mysql_statements_are_traced_under_mysqls_rules() {
     };
     // Names in any case, quoted or not: MySQL compares column names without case.
     ok("SELECT `EMAIL`, Card FROM `Customers`", &["partial", "token"]);
+    // Server settings, as Connector/J asks for them at connect.
+    ok("SELECT @@session.auto_increment_increment AS a, @@global.max_allowed_packet AS b", &["clear", "clear"]);
+    // A procedure defined with its definer is code all the same.
+    assert!(mysql_plan(&ctx, "CREATE DEFINER = root@localhost PROCEDURE p() SELECT 1").is_err());
     ok("select * from CRM.customers", &["clear", "clear", "partial", "token", "redact", "redact"]);
     ok("SELECT ssn_tail, EMAIL, email FROM customers", &["redact", "partial", "partial"]);
     ok("SELECT concat(email, '') AS e, upper(ssn) FROM customers", &["partial*", "redact*"]);
@@ -523,6 +529,7 @@ fn a_masked_session_defines_no_code() {
         "IMPORT FOREIGN SCHEMA crm FROM SERVER loop INTO public",
         "CREATE EVENT TRIGGER e ON ddl_command_end EXECUTE FUNCTION public.g()",
         "create or replace function public.f() returns int language sql as 'select 1'",
+        "CREATE CONSTRAINT TRIGGER tr AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.g()",
     ] {
         // (Refused as code, or as text the analyser cannot read.)
         assert!(plan(&ctx, sql).is_err(), "{sql}: planned");
@@ -535,6 +542,8 @@ fn a_masked_session_defines_no_code() {
         "CREATE TABLE public.files (name text, extension text, language text, operator text, rule text)",
         "ALTER TABLE public.t ALTER COLUMN id TYPE bigint USING CAST(id AS bigint)",
         "ALTER TABLE public.t DISABLE TRIGGER ALL",
+        "CREATE UNIQUE INDEX ON public.t (id)",
+        "CREATE OR REPLACE VIEW public.v AS SELECT id FROM orders",
         "CREATE TABLE public.daily AS SELECT CAST(id AS text) AS d, count(*) FROM orders GROUP BY 1",
     ] {
         assert!(plan(&ctx, sql).is_ok(), "{sql}");

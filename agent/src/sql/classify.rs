@@ -1375,6 +1375,17 @@ impl<'w> Walker<'w> {
             [part] => part.as_ident().map(|i| i.value.as_str()),
             _ => None,
         };
+        // A qualified (extension's) setting: `SET pgaudit.log = 'none'`.
+        let qualified: Option<String> = (variable.0.len() > 1).then(|| {
+            variable.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.as_str()).collect::<Vec<_>>().join(".")
+        });
+        if let Some(q) = qualified.filter(|q| functions::superuser_setting(q)) {
+            self.add(
+                Class::Admin,
+                Some(format!("{verb} {}: a setting only a superuser may change", q.to_ascii_lowercase())),
+            );
+            return;
+        }
         match name {
             Some(name) if functions::privileged_setting(name) => self.add(
                 Class::Dcl,

@@ -846,7 +846,9 @@ impl<'r> Analyzer<'r> {
                     // `(a JOIN b) AS j`: the alias hides the names inside; j's columns are
                     // theirs, in order (and where one's are not known, anything of all of them).
                     let inner: Vec<Item> = scope.items.drain(before..).collect();
-                    let mut columns = Some(Vec::new());
+                    // USING and NATURAL put the shared columns first, once: the order is the
+                    // server's, not the tables' one after the other.
+                    let mut columns = if inner.iter().any(|i| i.merged) { None } else { Some(Vec::new()) };
                     let mut rest: Option<Src> = None;
                     for item in &inner {
                         match (&mut columns, &item.columns) {
@@ -1545,6 +1547,8 @@ impl Refs<'_, '_, '_> {
                 };
                 match found {
                     Some(src) => self.found(&src),
+                    // MySQL's `@@session.x`, `@@global.x`: a server setting.
+                    None if self.an.mysql && names[0].starts_with("@@") => {}
                     // A qualifier nothing in scope answers to: read as anything, never as clean.
                     None if n > 1 => {
                         self.an.out.opaque.push(format!("reads {}, which names nothing in scope", names.join(".")));
