@@ -1960,6 +1960,37 @@ mod tests {
         }
     }
 
+    /// Same-named relations on the search_path whose columns are in another order: by position
+    /// (`*`) a value may be any column of either, so every column is masked.
+    #[test]
+    fn same_named_relations_of_different_shapes_are_masked_by_any_column() {
+        let s = session(MASK_CRM_SSN);
+        let mut relations = crate::sql::catalog::Relations::default();
+        for (oid, schema, columns) in [(100, "crm", ["id", "name", "ssn"]), (101, "public", ["id", "ssn", "name"])] {
+            relations.add_relation(oid, schema, "customers", 'r', false);
+            for (attnum, name) in (1..).zip(columns) {
+                let column =
+                    crate::sql::catalog::ColumnInfo { attnum, name: name.into(), type_oid: 25, generated: false };
+                relations.add_column(oid, column);
+            }
+        }
+        let mut catalog = Catalog::default();
+        catalog.relations = Some(relations);
+        let mut facts = facts("public, crm", catalog);
+        facts.schemas = vec!["pg_catalog".into(), "public".into(), "crm".into()];
+        s.on_facts(Ok(facts));
+        let none = |_: &str| None;
+        let i = info("SELECT * FROM customers", QueryProtocol::Simple, &none);
+        let judgement = s.judge(&i, s.parts(&i).expect("parts"));
+        let plan = judgement.parts[0].mask.clone().expect("a plan");
+        assert_eq!(plan.columns.len(), 3);
+        assert!(
+            plan.columns.iter().all(|c| matches!(c, crate::mask::plan::ColumnMask::Mask { .. })),
+            "{:?}",
+            plan.columns
+        );
+    }
+
     /// A definition forwarded while no masking rule applies still makes a catalog holding
     /// relations stale: a reload may make masking apply before the next read.
     #[test]
