@@ -923,7 +923,7 @@ impl Relations for MaskContext {
             [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
             [one] => Relation::Columns(self.relation_columns(one)),
             // Any of them (the search_path not known, or several of the name on it).
-            several => Relation::Columns(self.merged_columns(several)),
+            several => self.several(several),
         }
     }
 
@@ -960,26 +960,12 @@ impl MaskContext {
     /// any of them carries under its name.
     fn merged_columns(&self, several: &[&RelationInfo]) -> Vec<RelColumn> {
         let mut merged: Vec<RelColumn> = Vec::new();
-        let shapes: HashSet<Vec<&str>> =
-            several.iter().map(|r| r.columns.iter().map(|c| c.name.as_str()).collect()).collect();
         for r in several {
             for c in self.relation_columns(r) {
                 match merged.iter_mut().find(|m| m.name == c.name) {
                     Some(m) => m.src.add(&c.src),
                     None => merged.push(c),
                 }
-            }
-        }
-        if shapes.len() > 1 {
-            // Their columns are not the same list: by position (`*`, an alias's column list) a
-            // value may be any column of any of them.
-            let mut any = Src::default();
-            for m in &merged {
-                any.add(&m.src);
-            }
-            any.computed = true;
-            for m in &mut merged {
-                m.src = any.clone();
             }
         }
         merged
@@ -1012,8 +998,17 @@ impl MaskContext {
         match self.candidates(schema, name).as_slice() {
             [] => Relation::Opaque(format!("reads {name}, which is not in the catalog as the session last read it")),
             [one] => Relation::Columns(self.relation_columns(one)),
-            several => Relation::Columns(self.merged_columns(several)),
+            several => self.several(several),
         }
+    }
+
+    /// Several relations a name may stand for: their columns merged by name; in order only
+    /// when every one has the same column list (otherwise by position a value may be any).
+    fn several(&self, several: &[&RelationInfo]) -> Relation {
+        let shapes: HashSet<Vec<&str>> =
+            several.iter().map(|r| r.columns.iter().map(|c| c.name.as_str()).collect()).collect();
+        let merged = self.merged_columns(several);
+        if shapes.len() > 1 { Relation::Unordered(merged) } else { Relation::Columns(merged) }
     }
 }
 

@@ -80,6 +80,9 @@ pub struct RelColumn {
 pub enum Relation {
     /// A table, view or other relation with these columns, in order.
     Columns(Vec<RelColumn>),
+    /// Any of several relations (a name on the search_path more than once) whose column lists
+    /// differ: the columns by name, their order not known (by position, any of them).
+    Unordered(Vec<RelColumn>),
     /// A relation none of whose values come from user tables (a system catalog), or one that
     /// does not exist (the statement fails).
     Clean,
@@ -341,6 +344,20 @@ impl<'r> Analyzer<'r> {
                             Relation::Columns(all) if columns.is_empty() => {
                                 all.into_iter().filter(|c| !c.generated).map(|c| (c.name, c.src)).collect()
                             }
+                            // In an order not known: each column may be any.
+                            Relation::Unordered(all) if columns.is_empty() => {
+                                let any = any_of(all.iter().map(|c| &c.src));
+                                all.into_iter().filter(|c| !c.generated).map(|c| (c.name, any.clone())).collect()
+                            }
+                            Relation::Unordered(all) => columns
+                                .iter()
+                                .map(|c| {
+                                    let n = ident(c);
+                                    let src =
+                                        all.iter().find(|a| a.name == n).map(|a| a.src.clone()).unwrap_or_default();
+                                    (n, src)
+                                })
+                                .collect(),
                             Relation::Columns(all) => columns
                                 .iter()
                                 .map(|c| {
@@ -923,6 +940,22 @@ impl<'r> Analyzer<'r> {
                     self.out.condition.add(&condition);
                     Some(c.into_iter().map(|c| (c.name, c.src)).collect())
                 }
+                Relation::Unordered(c) => {
+                    let condition = self.relations.relation_condition(schema, name);
+                    self.out.condition.add(&condition);
+                    let any = any_of(c.iter().map(|c| &c.src));
+                    let mut names = vec![name.to_string()];
+                    if let Some(a) = alias {
+                        names = vec![ident(&a.name)];
+                        if !a.columns.is_empty() {
+                            // Renamed by position: each name may be any column.
+                            return Item { names, columns: None, rest: Some(any), merged: true };
+                        }
+                    }
+                    // By name as they are; `*` is out of order (`merged`).
+                    let columns = c.into_iter().map(|c| (c.name, c.src)).collect();
+                    return Item { names, columns: Some(columns), rest: None, merged: true };
+                }
                 Relation::Clean => None,
                 Relation::Opaque(why) => {
                     self.out.opaque.push(why);
@@ -1103,6 +1136,15 @@ impl<'r> Analyzer<'r> {
 }
 
 /// Renames the first columns to an alias's column names.
+/// What any of these sources may be: all of them, computed.
+fn any_of<'a>(srcs: impl Iterator<Item = &'a Src>) -> Src {
+    let mut any = Src::default();
+    for s in srcs {
+        any.add(s);
+    }
+    any.computed()
+}
+
 fn rename(columns: Vec<(String, Src)>, names: &[String]) -> Vec<(String, Src)> {
     columns.into_iter().enumerate().map(|(i, (n, s))| (names.get(i).cloned().unwrap_or(n), s)).collect()
 }
