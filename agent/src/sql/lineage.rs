@@ -349,16 +349,7 @@ impl<'r> Analyzer<'r> {
                                 let any = any_of(all.iter().map(|c| &c.src));
                                 all.into_iter().filter(|c| !c.generated).map(|c| (c.name, any.clone())).collect()
                             }
-                            Relation::Unordered(all) => columns
-                                .iter()
-                                .map(|c| {
-                                    let n = ident(c);
-                                    let src =
-                                        all.iter().find(|a| a.name == n).map(|a| a.src.clone()).unwrap_or_default();
-                                    (n, src)
-                                })
-                                .collect(),
-                            Relation::Columns(all) => columns
+                            Relation::Columns(all) | Relation::Unordered(all) => columns
                                 .iter()
                                 .map(|c| {
                                     let n = ident(c);
