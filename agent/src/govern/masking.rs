@@ -2,7 +2,7 @@
 //! context (its catalog as last read), each statement's plan (or why it is refused), and the
 //! filters results pass through.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Facts, SessionGovern};
 use crate::{
@@ -55,20 +55,7 @@ impl SessionGovern {
         generation: u64,
         selection: &Selection,
     ) -> Option<Arc<MaskPolicy>> {
-        // Asked for every statement's answer: one lock, and the labels only when planning anew.
-        let (basis, labels) = {
-            let state = self.lock();
-            let basis = (generation, state.facts_epoch);
-            if let Some((b, p)) = &state.masking.policy
-                && *b == basis
-            {
-                return p.clone();
-            }
-            (basis, self.labels())
-        };
-        let policy = selection.masking(set, &labels).map(Arc::new);
-        self.lock().masking.policy = Some((basis, policy.clone()));
-        policy
+        self.cached_policy(generation, false, |labels| selection.masking(set, labels))
     }
 
     /// The masking policy with dry-run masking rules enforced, when a selected policy has any
@@ -82,18 +69,33 @@ impl SessionGovern {
         if !selection.dryrun_masks() {
             return None;
         }
+        self.cached_policy(generation, true, |labels| selection.masking_would(set, labels))
+    }
+
+    /// The policy cached for this generation and facts epoch (the would-be verdict's: `would`),
+    /// or `make` it from the labels. Asked for every statement's answer: one lock for a hit (read
+    /// only, so no change of state is counted), the labels loaded only to plan anew.
+    fn cached_policy(
+        &self,
+        generation: u64,
+        would: bool,
+        make: impl FnOnce(&BTreeMap<String, String>) -> Option<MaskPolicy>,
+    ) -> Option<Arc<MaskPolicy>> {
         let (basis, labels) = {
             let state = self.lock();
             let basis = (generation, state.facts_epoch);
-            if let Some((b, p)) = &state.masking.would_policy
+            let slot = if would { &state.masking.would_policy } else { &state.masking.policy };
+            if let Some((b, p)) = slot
                 && *b == basis
             {
                 return p.clone();
             }
             (basis, self.labels())
         };
-        let policy = selection.masking_would(set, &labels).map(Arc::new);
-        self.lock().masking.would_policy = Some((basis, policy.clone()));
+        let policy = make(&labels).map(Arc::new);
+        let mut state = self.lock();
+        let slot = if would { &mut state.masking.would_policy } else { &mut state.masking.policy };
+        *slot = Some((basis, policy.clone()));
         policy
     }
 
