@@ -81,15 +81,15 @@ fn remove_pins_of_gone_processes(root: &Path) -> Vec<(PathBuf, std::io::Result<(
 /// process is gone, this process's own too). In doubt (unreadable), yes.
 fn may_have_made(pid: u32, made: Option<std::time::SystemTime>) -> bool {
     let Ok(process) = procfs::process::Process::new(pid as i32) else { return false };
-    let (Ok(stat), Ok(status)) = (process.stat(), process.status()) else { return false };
+    let (Ok(stat), Ok(status)) = (process.stat(), process.status()) else { return true };
     if status.tgid != pid as i32 || matches!(stat.state, 'Z' | 'X') {
         return false;
     }
     let (Some(made), Ok(boot)) = (made, procfs::boot_time_secs()) else { return true };
     let started = boot + stat.starttime / procfs::ticks_per_second();
     let made = made.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // Whole seconds on both sides: a second's margin.
-    started <= made + 1
+    // Whole seconds on both sides, and the wall clock may have been stepped since: a margin.
+    started <= made + 10
 }
 
 /// A fresh directory (mode 0755 whatever the umask, as `fs::create_dir_all` makes under 022) for a

@@ -549,3 +549,33 @@ fn a_masked_session_defines_no_code() {
         assert!(plan(&ctx, sql).is_ok(), "{sql}");
     }
 }
+
+#[test]
+fn zz_review_probe() {
+    let ctx = context(&[("app", "agent")]);
+    for sql in [
+        "SELECT j.id FROM (crm.customers c JOIN crm.orders o ON o.customer_id = c.id) AS j",
+        "SELECT j.x, j.y, j.z, j.w, j.v FROM (crm.customers c JOIN crm.orders o ON o.customer_id = c.id) AS j(x, y, z, w, v)",
+        "SELECT j.* FROM (crm.customers c JOIN crm.orders o USING (id)) AS j",
+        "SELECT * FROM (crm.customers c CROSS JOIN crm.orders o) AS j",
+        "SELECT j.ssn FROM ((crm.customers) AS j)",
+        "SELECT j.id FROM ((crm.customers c) AS j)",
+        "SELECT DISTINCT id, name FROM crm.customers",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE SCHEMA s CREATE VIEW v AS SELECT 1",
+        "ALTER TABLE crm.orders ADD COLUMN x text DEFAULT 'a'",
+        "CREATE INDEX ON crm.orders (total)",
+        "CREATE TEMP TABLE t (a int)",
+    ] {
+        println!("{sql}\n   => {:?}", plan(&ctx, sql).map(|p| shape(&p)));
+    }
+    let m = mysql_context();
+    for sql in [
+        "INSERT INTO customers (id, name) VALUES (1, 'a') AS new ON DUPLICATE KEY UPDATE name = new.name",
+        "INSERT INTO customers (id, name) VALUES (1, 'a') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+        "SELECT crm.customers.id FROM crm.customers",
+        "SELECT @@session.sql_mode",
+    ] {
+        println!("{sql}\n   => {:?}", mysql_plan(&m, sql).map(|p| shape(&p)));
+    }
+}

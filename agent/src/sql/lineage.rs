@@ -1581,7 +1581,7 @@ impl Refs<'_, '_, '_> {
                 match found {
                     Some(src) => self.found(&src),
                     // MySQL's `@@session.x`, `@@global.x`: a server setting.
-                    None if self.an.mysql && names[0].starts_with("@@") => {}
+                    None if self.an.mysql && names.first().is_some_and(|q| q.starts_with("@@")) => {}
                     // A qualifier nothing in scope answers to: read as anything, never as clean.
                     None if n > 1 => {
                         self.an.out.opaque.push(format!("reads {}, which names nothing in scope", names.join(".")));
