@@ -1092,8 +1092,8 @@ pub fn detect(detectors: &[Arc<Detectors>], text: &[u8]) -> Option<Vec<u8>> {
 fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'static str> {
     if effects.contains(Class::Unknown) {
         return Some(
-            "calls, in a definition (a default, check, generated column, index or policy), a function that is not a \
-             known built-in",
+            "is of unknown effect (it calls, in a default, check, generated column, index or policy, a function \
+             that is not a known built-in, or it could not be analysed)",
         );
     }
     const CODE: &[&str] = &[
@@ -1149,6 +1149,13 @@ fn defines_code(text: &str, options: LexOptions, effects: ClassSet) -> Option<&'
             if word == "user" {
                 break (words.next().as_deref() == Some("mapping"))
                     .then_some("defines a user mapping of a foreign server");
+            }
+            // TEXT SEARCH PARSER and TEMPLATE name C functions; configurations and dictionaries
+            // do not.
+            if word == "text" {
+                let kind = words.nth(1);
+                break matches!(kind.as_deref(), Some("parser" | "template"))
+                    .then_some("defines a text search parser or template (C functions)");
             }
             if OTHER.contains(&word.as_str()) {
                 break None;

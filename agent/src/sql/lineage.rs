@@ -1047,6 +1047,19 @@ impl<'r> Analyzer<'r> {
             rest: target.rest.clone(),
             merged: false,
         });
+        // MySQL's `INSERT ... AS new [(a, b)] ON DUPLICATE KEY UPDATE c = new.c`: the proposed
+        // row again (its column aliases follow the insert's column list: any column of it).
+        if let Some(aliases) = &insert.insert_alias
+            && let Some(n) = object_name(&aliases.row_alias)
+        {
+            let renamed = aliases.col_aliases.as_ref().is_some_and(|c| !c.is_empty());
+            scope.items.push(Item {
+                names: vec![n.name],
+                columns: if renamed { None } else { target.columns.clone() },
+                rest: if renamed { Some(target.whole_row()) } else { target.rest.clone() },
+                merged: false,
+            });
+        }
         if let Some(on) = &insert.on {
             match on {
                 ast::OnInsert::OnConflict(c) => {
