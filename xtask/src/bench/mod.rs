@@ -332,6 +332,24 @@ fn masking(warden: &Path, secs: &str) -> Result<()> {
     Ok(())
 }
 
+/// Statements in each transaction of the pipelined line.
+const PIPELINED: usize = 10;
+
+/// Ten point reads a transaction in one pipeline (one Sync), for pgbench `-f`: libpq writes them
+/// at once, and the server flushes its answers at the Sync (segs/tx shows whether each leg kept
+/// them so). So each statement's own cost shows with a tenth of the system calls.
+fn pipelined_script(dir: &Path) -> Result<String> {
+    let path = dir.join("pipelined.sql");
+    let reads = (0..PIPELINED)
+        .map(|i| format!("\\set aid{i} random(1, 100000 * :scale)\n"))
+        .chain(std::iter::once("\\startpipeline\n".to_string()))
+        .chain((0..PIPELINED).map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = :aid{i};\n")))
+        .chain(std::iter::once("\\endpipeline\n".to_string()))
+        .collect::<String>();
+    fs::write(&path, reads)?;
+    Ok(path.display().to_string())
+}
+
 /// How many rounds each line runs through every path (at least 3).
 fn rounds() -> usize {
     std::env::var("WARDEN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(3)
@@ -347,6 +365,7 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     let large = dir.path().join("large.sql");
     fs::write(&large, "select id, email, note, pad from bench_rows;\n")?;
     let large = large.display().to_string();
+    let pipelined = pipelined_script(dir.path())?;
     let metrics = format!("127.0.0.1:{}", free_port());
     let rig = lines::Rig {
         pg,
@@ -377,6 +396,12 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
         (
             "select-only, prepared, 8 clients",
             vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs],
+            ACCOUNTS,
+            false,
+        ),
+        (
+            "select-only, 10 pipelined per transaction, prepared, 8 clients",
+            vec!["-f", &pipelined, "-M", "prepared", "-c", "8", "-j", "2", "-T", secs],
             ACCOUNTS,
             false,
         ),
@@ -722,10 +747,15 @@ fn policy_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
 
 /// The lines Warden is compared on side by side with itself: select-only (simple, prepared)
 /// and TPC-B, each with the column it masks.
-fn paired_lines(secs: &str) -> [(&'static str, Vec<&str>, &'static str); 3] {
+fn paired_lines<'a>(secs: &'a str, pipelined: &'a str) -> [(&'static str, Vec<&'a str>, &'static str); 4] {
     [
         ("select-only simple", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
         ("select-only prepared", vec!["-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),
+        (
+            "select-only, 10 pipelined per transaction, prepared",
+            vec!["-f", pipelined, "-M", "prepared", "-c", "8", "-j", "2", "-T", secs],
+            ACCOUNTS,
+        ),
         ("TPC-B-like", vec!["-c", "8", "-j", "2", "-T", secs], "*.pgbench_accounts.filler"),
     ]
 }
@@ -734,7 +764,9 @@ fn paired_lines(secs: &str) -> [(&'static str, Vec<&str>, &'static str); 3] {
 /// a masked column, full statement audit): paired runs of each line.
 fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (name, args, masked) in paired_lines(secs) {
+    let dir = testkit::temp_dir("warden-bench-paired-");
+    let pipelined = pipelined_script(dir.path())?;
+    for (name, args, masked) in paired_lines(secs, &pipelined) {
         let start = |one: bool| {
             let metrics = format!("127.0.0.1:{}", free_port());
             lines::agent_with(warden, pg, masked, &metrics, Some(if one { 1 } else { cpus }))
@@ -750,7 +782,9 @@ fn workers_compared(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
 /// doing the lines' whole job with its default workers: paired runs of each line, so a change
 /// is measured against its baseline in the same run.
 fn builds_compared(warden: &Path, other: &Path, pg: &Postgres, secs: &str) -> Result<()> {
-    for (name, args, masked) in paired_lines(secs) {
+    let dir = testkit::temp_dir("warden-bench-paired-");
+    let pipelined = pipelined_script(dir.path())?;
+    for (name, args, masked) in paired_lines(secs, &pipelined) {
         let start = |this: bool| {
             let metrics = format!("127.0.0.1:{}", free_port());
             lines::agent_with(if this { warden } else { other }, pg, masked, &metrics, None)
