@@ -5,7 +5,8 @@ error, so the test can look for protected values in everything the client receiv
 Usage: python3 masking_attacks.py HOST PORT MODE FILE
 MODE: text (client-side cursor, text results), binary (binary results), prepared (server-side
 prepared statements, run twice), cursor (a named server-side cursor, fetched in batches),
-copy (COPY ... TO STDOUT read with psycopg's copy API).
+copy (COPY ... TO STDOUT read with psycopg's copy API), pipeline (every statement in one
+pipeline, each through libpq's Parse, Bind, Describe and Execute of the unnamed portal, one Sync).
 """
 import json
 import sys
@@ -22,6 +23,20 @@ with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", a
     conn.add_notice_handler(lambda d: notices.append({"severity": d.severity, "message": d.message_primary,
                                                       "detail": d.message_detail, "hint": d.message_hint,
                                                       "context": d.context}))
+    if mode == "pipeline":
+        try:
+            with conn.pipeline():
+                cursors = []
+                for sql in statements:
+                    cur = conn.cursor()
+                    cur.execute(sql)
+                    cursors.append((sql, cur))
+            for sql, cur in cursors:
+                rows = [[repr(v) for v in r] for r in cur.fetchall()] if cur.description else []
+                out.append({"sql": sql, "rows": rows, "rowcount": cur.rowcount})
+        except psycopg.Error as e:
+            out.append({"sql": None, "error": {"sqlstate": e.sqlstate, "message": e.diag.message_primary}})
+        statements = []
     for sql in statements:
         entry = {"sql": sql}
         try:

@@ -537,6 +537,17 @@ fn exempt_identities_and_unprotected_columns_get_exact_values_and_row_counts() {
     ] {
         assert_eq!(through(&[], sql), direct(sql), "{sql}");
     }
+    // Pipelined through the unnamed portal (psycopg's pipeline: Parse, Bind, Describe, Execute
+    // each), each statement's rows are read with its own columns, not the first one's.
+    let pipelined = psycopg(
+        pg.port,
+        "pipeline",
+        &["select card, id from crm.customers where id = 1", "select name, id from crm.customers where id = 1"],
+    );
+    let results = pipelined["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{pipelined}");
+    assert_ne!(results[0]["rows"][0][0], "'4539148803436467'", "{pipelined}");
+    assert_eq!(results[1]["rows"], serde_json::json!([["'Alice Pemberton'", "1"]]), "{pipelined}");
     // Protected columns: same number of rows, every value masked.
     let masked = through(&[], "select email from crm.customers order by id");
     assert_eq!(masked.lines().count(), 3);
