@@ -494,6 +494,35 @@ fn no_protected_value_reaches_a_masked_client_by_any_statement_driver_or_channel
     }
     assert!(answers.contains(&b'D'), "the statements after the COPY ran: {answers:?}");
 
+    // A named portal bound to something harmless, then SQL in the same pipeline closes it and
+    // declares a cursor of its name over the protected column, then an Execute of the name:
+    // the server runs the cursor, which the Bind's judgement (and its plan: nothing to mask)
+    // knows nothing of.
+    let mut raw = raw::Raw::login(&format!("127.0.0.1:{}", pg.port));
+    raw.send(&query("begin"));
+    raw.until_ready();
+    raw.send(
+        &[
+            raw::parse("s", "select 'harmless'::text"),
+            raw::bind("p", "s", &[]),
+            raw::parse("", "close p"),
+            raw::bind("", "", &[]),
+            raw::execute(""),
+            raw::parse("", "declare p cursor for select ssn from crm.customers"),
+            raw::bind("", "", &[]),
+            raw::execute(""),
+            raw::execute("p"),
+            message(b'S', b""),
+        ]
+        .concat(),
+    );
+    let answers = raw.until_ready();
+    for (_, body) in &answers {
+        assert_no_leak("a named portal replaced by SQL in its pipeline", &String::from_utf8_lossy(body));
+    }
+    let tags: Vec<u8> = answers.iter().map(|a| a.0).collect();
+    assert!(tags.contains(&b'D') || tags.contains(&b'E'), "the Execute of p was answered: {tags:?}");
+
     // The audit ring says what was masked, by which rule and method, never a clear value.
     let records = agent.records();
     let all = serde_json::to_string(&records).unwrap();

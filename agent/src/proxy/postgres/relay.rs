@@ -812,9 +812,12 @@ impl ClientToServer<'_> {
                 // something the proxy never judged (a SQL cursor, a refused or unknown Bind).
                 Frontend::Execute { portal, .. }
                     if !st.portal_judged(portal)
-                        || st.portal_judgement(portal).is_some_and(|j| !hooks.judgement_current(j)) =>
+                        || st.portal_judgement(portal).is_some_and(|j| !hooks.judgement_current(j))
+                        || st.portal_may_be_replaced(portal) =>
                 {
-                    match st.portal_text(portal) {
+                    // SQL ahead may have closed it or declared a cursor of its name: what it
+                    // runs is not known.
+                    match st.portal_text(portal).filter(|_| !st.portal_may_be_replaced(portal)) {
                         // A portal whose Bind's judgement could not be carried (it runs what a name
                         // holds when it runs: SQL EXECUTE, FETCH), or was made under a policy set
                         // or session facts that changed since: judged again now.

@@ -81,6 +81,9 @@ struct Portal {
     judgement: Option<Arc<Judgement>>,
     /// Its result columns with the formats its Bind asked for, when its statement was described.
     columns: Option<Arc<[ResultColumn]>>,
+    /// Which creation it is (`ProtocolState::made`): a Describe's answer is its only if the
+    /// name still holds what the Describe was sent for.
+    made: u64,
 }
 
 /// A response the server owes, in order.
@@ -104,8 +107,8 @@ enum Expect {
         confirm: Option<(Vec<u8>, Portal)>,
     },
     /// ParameterDescription (statements only), then RowDescription or NoData; of a statement
-    /// (`S`) or portal (`P`) by name.
-    Describe(u8, Vec<u8>),
+    /// (`S`) or portal (`P`) by name, and which creation of it the name held when it was sent.
+    Describe(u8, Vec<u8>, Option<u64>),
     Close,
     /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY first).
     Execute(Running),
@@ -150,6 +153,9 @@ struct Pending {
     readies: u64,
     /// Numbers the entries, in the order sent.
     seq: u64,
+    /// What it runs may declare a cursor (`declares_cursors`): set when it is pushed and when it
+    /// is judged.
+    portals: bool,
 }
 
 /// The answers the server owes, in order, with what the per-message questions need kept up to
@@ -161,6 +167,8 @@ struct PendingQueue {
     items: VecDeque<Pending>,
     /// Entries for which `unsettling` holds.
     unsettling: usize,
+    /// Entries for which `changes_portals` holds.
+    portal_changing: usize,
     /// Sequence numbers of the Syncs in the queue, in order.
     syncs: VecDeque<u64>,
     /// Sequence numbers of the Parses forwarded as poison (`replace_error` set), in order.
@@ -177,6 +185,43 @@ fn unsettling(p: &Pending) -> bool {
     }
 }
 
+/// A statement whose outcome the server has not reported that may declare a cursor
+/// (`declares_cursors`, kept in `Pending::portals`): a named portal executed after it may no
+/// longer be what its Bind made (`CLOSE p; DECLARE p CURSOR FOR ...` runs another query under
+/// its name). Closing or ending portals alone makes an Execute of the name fail, not run
+/// something else.
+fn changes_portals(p: &Pending) -> bool {
+    p.portals && p.replace_error.is_none()
+}
+
+/// Whether running what `expect` runs may declare a cursor: SQL DECLARE, code of unknown effect
+/// (DO, a function the catalog cannot clear), the tail of a string past `MAX_PARTS` statements
+/// (judged as one part), or what is not judged (yet; the relay judges every statement it
+/// forwards, and `judge_back` reads the judgement).
+fn declares_cursors(expect: &Expect) -> bool {
+    let (Expect::Execute(r) | Expect::SimpleQuery(r) | Expect::FunctionCall(r)) = expect else {
+        return false;
+    };
+    let options = r.lexing.options();
+    let declare = |text: &str| {
+        let first = crate::sql::Lexer::new(text, options).next_significant();
+        first.and_then(|t| text.get(t.range())).is_some_and(|word| word.eq_ignore_ascii_case("declare"))
+    };
+    match &r.judgement {
+        Some(judgement) => {
+            judgement.parts.len() >= crate::govern::describe::MAX_PARTS
+                || judgement.parts.iter().any(|part| {
+                    let a = &part.described.analysis;
+                    a.declares.is_some()
+                        || a.effects.with(a.class).with(part.class).contains(crate::sql::Class::Unknown)
+                        || r.sql.get(part.span.clone()).is_some_and(declare)
+                })
+        }
+        // An empty query string runs nothing.
+        None => !matches!(expect, Expect::SimpleQuery(r) if r.sql.trim().is_empty()),
+    }
+}
+
 fn poisoned_parse(p: &Pending) -> bool {
     p.replace_error.is_some() && matches!(p.expect, Expect::Parse { .. })
 }
@@ -190,8 +235,11 @@ impl std::ops::Deref for PendingQueue {
 }
 
 impl PendingQueue {
-    fn push_back(&mut self, p: Pending) {
+    /// `runs`: the server will run it (it is not skipped after a refusal's poison).
+    fn push_back(&mut self, mut p: Pending, runs: bool) {
+        p.portals = runs && declares_cursors(&p.expect);
         self.unsettling += usize::from(unsettling(&p));
+        self.portal_changing += usize::from(changes_portals(&p));
         if matches!(p.expect, Expect::Sync) {
             self.syncs.push_back(p.seq);
         }
@@ -210,6 +258,7 @@ impl PendingQueue {
     /// `p`, just taken from the front, no longer counts.
     fn forget_front(&mut self, p: &Pending) {
         self.unsettling -= usize::from(unsettling(p));
+        self.portal_changing -= usize::from(changes_portals(p));
         if self.syncs.front() == Some(&p.seq) {
             self.syncs.pop_front();
         }
@@ -221,10 +270,12 @@ impl PendingQueue {
     /// The front entry's stand-in error, taken (the server's error for it arrived).
     fn take_front_replace_error(&mut self) -> Option<Vec<u8>> {
         let front = self.items.front()?;
-        let (seq, was) = (front.seq, unsettling(front));
+        let (seq, was, was_changing) = (front.seq, unsettling(front), changes_portals(front));
         let error = self.items.front_mut()?.replace_error.take();
         let now = self.items.front().is_some_and(unsettling);
         self.unsettling = self.unsettling - usize::from(was) + usize::from(now);
+        let now_changing = self.items.front().is_some_and(changes_portals);
+        self.portal_changing = self.portal_changing - usize::from(was_changing) + usize::from(now_changing);
         if error.is_some() && self.poisoned_parses.front() == Some(&seq) {
             self.poisoned_parses.pop_front();
         }
@@ -234,14 +285,16 @@ impl PendingQueue {
     /// Gives the newest entry's statement (if it is statement `id`) its judgement.
     fn judge_back(&mut self, id: u64, judgement: Arc<Judgement>) {
         let Some(back) = self.items.back_mut() else { return };
-        let was = unsettling(back);
+        let (was, was_changing) = (unsettling(back), changes_portals(back));
         if let Expect::SimpleQuery(r) | Expect::FunctionCall(r) | Expect::Execute(r) = &mut back.expect
             && r.id == id
         {
             r.judgement = Some(judgement);
+            back.portals = declares_cursors(&back.expect);
         }
-        let now = unsettling(back);
+        let (now, now_changing) = (unsettling(back), changes_portals(back));
         self.unsettling = self.unsettling - usize::from(was) + usize::from(now);
+        self.portal_changing = self.portal_changing - usize::from(was_changing) + usize::from(now_changing);
     }
 
     /// The front entry, for changes that leave its `replace_error` and its statement's
@@ -265,6 +318,7 @@ impl PendingQueue {
         #[cfg(debug_assertions)]
         if self.items.len() < 256 {
             debug_assert_eq!(self.unsettling, self.items.iter().filter(|p| unsettling(p)).count());
+            debug_assert_eq!(self.portal_changing, self.items.iter().filter(|p| changes_portals(p)).count());
             let syncs: Vec<u64> =
                 self.items.iter().filter(|p| matches!(p.expect, Expect::Sync)).map(|p| p.seq).collect();
             let parses: Vec<u64> = self.items.iter().filter(|p| poisoned_parse(p)).map(|p| p.seq).collect();
@@ -280,6 +334,12 @@ impl PendingQueue {
             (Some(_), None) => true,
             (None, _) => false,
         }
+    }
+
+    /// Whether a statement that may declare a cursor is still owed an outcome.
+    fn any_portal_changing(&self) -> bool {
+        self.debug_check();
+        self.portal_changing > 0
     }
 
     /// Whether a statement that may change settings is still owed an outcome.
@@ -435,6 +495,8 @@ pub struct Prepared {
     pub ambiguous: bool,
     /// Its result columns, once the server described it (formats not yet chosen: text).
     pub columns: Option<Arc<[ResultColumn]>>,
+    /// Which creation it is (as a portal's).
+    made: u64,
 }
 
 use crate::session::Judgement;
@@ -505,6 +567,8 @@ pub struct ProtocolState {
     readies_asked: u64,
     /// Entries pushed onto `pending` so far (the next one's `seq`).
     pushed: u64,
+    /// Statements and portals created so far (each one's `made`).
+    made: u64,
     /// The text last looked at by `may_copy`, and what it said: executions of one portal share
     /// one text, which is not read again for each.
     copy_checked: Option<(Arc<str>, bool)>,
@@ -556,6 +620,7 @@ impl ProtocolState {
             batch_open: false,
             readies_asked: 0,
             pushed: 0,
+            made: 0,
             copy_checked: None,
             copy_candidate: None,
             settings_in_flight: false,
@@ -682,31 +747,40 @@ impl ProtocolState {
 
     /// The answer to a Describe at the front: the statement's or portal's columns.
     fn described(&mut self, columns: Arc<[ResultColumn]>) {
-        let Some(Expect::Describe(kind, name)) = self.pending.front().map(|p| &p.expect) else {
+        let Some(Expect::Describe(kind, name, made)) = self.pending.front().map(|p| &p.expect) else {
             return;
         };
+        // Only to what the name held when the Describe was sent: a Parse or Bind sent after it
+        // (already applied to the tables) made another statement or portal of the name.
+        let made = *made;
         match kind {
             b'S' => {
-                if let Some(s) = self.statements.get_mut(name) {
+                if let Some(s) = self.statements.get_mut(name).filter(|s| Some(s.made) == made) {
                     s.columns = Some(columns);
                 }
             }
             _ => {
                 let name = name.clone();
-                if let Some(p) = self.portals.get_mut(&name) {
+                if let Some(p) = self.portals.get_mut(&name).filter(|p| Some(p.made) == made) {
                     p.columns = Some(columns.clone());
                 }
                 // Executions of it already sent (pipelined after the Describe) learn them too,
                 // up to the next message that may bind the name anew (a Bind, a Close, a simple
-                // query, which drops the unnamed portal): the executions after it run another
-                // portal of the same name, with its own columns and result formats.
+                // query, which drops the unnamed portal, SQL that may close or declare one): the
+                // executions after it may run another portal of the name, with its own columns
+                // and result formats.
                 for pending in self.pending.iter_mut().skip(1) {
+                    let changes = changes_portals(pending);
                     match &mut pending.expect {
                         Expect::Bind { .. } | Expect::Close | Expect::SimpleQuery(_) => break,
                         Expect::Execute(r) if same_name(key(&r.portal), &name) && r.columns.is_none() => {
                             r.columns = Some(columns.clone());
                         }
                         _ => {}
+                    }
+                    // What it runs may replace the portal for the executions after it.
+                    if changes {
+                        break;
                     }
                 }
             }
@@ -733,13 +807,17 @@ impl ProtocolState {
         self.internal = Some(InternalAnswer::default());
         self.internal_done = None;
         self.pushed += 1;
-        self.pending.push_back(Pending {
-            expect: Expect::Internal,
-            replace_error: None,
-            undo: None,
-            readies: self.readies_asked,
-            seq: self.pushed,
-        });
+        self.pending.push_back(
+            Pending {
+                expect: Expect::Internal,
+                replace_error: None,
+                undo: None,
+                readies: self.readies_asked,
+                seq: self.pushed,
+                portals: false,
+            },
+            true,
+        );
     }
 
     /// The server is answering the proxy's own query.
@@ -830,6 +908,13 @@ impl ProtocolState {
         self.portals.get(key(portal)).filter(|p| !p.unknown).and_then(|p| p.judgement.as_ref())
     }
 
+    /// Whether SQL still running ahead may have declared a cursor under the named portal's
+    /// name (after closing it) by the time an Execute of it sent now runs: then what it runs is
+    /// not known (the unnamed portal cannot be a cursor's).
+    pub fn portal_may_be_replaced(&self, portal: &[u8]) -> bool {
+        !portal.is_empty() && self.pending.any_portal_changing()
+    }
+
     /// Whether an Execute of `portal` runs what a judged Bind created.
     pub fn portal_judged(&self, portal: &[u8]) -> bool {
         self.portals.get(key(portal)).is_some_and(|p| !p.unknown && p.judgement.is_some())
@@ -856,7 +941,9 @@ impl ProtocolState {
                 s.copy_candidate = Some(s.pushed);
             }
             let seq = s.pushed;
-            s.pending.push_back(Pending { expect, replace_error, undo, readies: s.readies_asked, seq });
+            let runs = !s.skipping_to_sync();
+            let pending = Pending { expect, replace_error, undo, readies: s.readies_asked, seq, portals: false };
+            s.pending.push_back(pending, runs);
         };
         let push =
             |s: &mut Self, expect: Expect, replace_error: Option<Vec<u8>>| push_undo(s, expect, replace_error, None);
@@ -957,12 +1044,14 @@ impl ProtocolState {
                     // A name the server converts to its own encoding before keying it may be
                     // another name's to the server: what it holds is then not known.
                     let converted = self.name_converted(name);
+                    self.made += 1;
                     let new = Prepared {
                         sql: if converted { Arc::from("") } else { sql },
                         param_types: param_types.clone(),
                         lexing: self.lexing(),
                         ambiguous: converted,
                         columns: None,
+                        made: self.made,
                     };
                     let exists = self.statements.contains_key(name);
                     // A named statement the proxy believes exists: the server refuses the Parse
@@ -977,6 +1066,7 @@ impl ProtocolState {
                             lexing: self.lexing(),
                             ambiguous: true,
                             columns: None,
+                            made: self.made,
                         }
                     } else {
                         new
@@ -1000,6 +1090,7 @@ impl ProtocolState {
                     let columns = described.and_then(|c| with_formats(&c, bind.body));
                     let unknown = unknown || self.name_converted(bind.statement) || self.name_converted(portal_name);
                     let readies = self.readies_asked;
+                    self.made += 1;
                     let new = Portal {
                         sql,
                         lexing,
@@ -1009,6 +1100,7 @@ impl ProtocolState {
                         readies,
                         judgement: None,
                         columns,
+                        made: self.made,
                     };
                     // Likewise a named portal the proxy believes exists (42P03, or accepted), or
                     // any named portal once SQL declared cursors (a cursor is a portal the proxy
@@ -1027,12 +1119,21 @@ impl ProtocolState {
                 }
                 push_undo(self, Expect::Bind { unnamed, confirm }, replace_error, undo);
             }
-            Frontend::Describe { kind, name } => push(self, Expect::Describe(*kind, key(name).to_vec()), replace_error),
+            Frontend::Describe { kind, name } => {
+                let name = key(name);
+                let made = if *kind == b'S' {
+                    self.statements.get(name).map(|s| s.made)
+                } else {
+                    self.portals.get(name).map(|p| p.made)
+                };
+                push(self, Expect::Describe(*kind, name.to_vec(), made), replace_error)
+            }
             Frontend::Execute { portal, .. } => {
+                let replaced = self.portal_may_be_replaced(portal);
                 let (sql, bind, resumes, lexing, judgement, columns) = match self.portals.get(key(portal)) {
                     // What it runs is not known: recorded (and judged) as a portal the proxy
                     // never saw created.
-                    Some(p) if p.unknown => (Arc::from(""), None, p.suspended, Some(p.lexing), None, None),
+                    Some(p) if p.unknown || replaced => (Arc::from(""), None, p.suspended, Some(p.lexing), None, None),
                     Some(p) => (
                         p.sql.clone(),
                         Some(p.bind.clone()),
@@ -1394,9 +1495,11 @@ impl ProtocolState {
             Some(crate::sql::PreparedCommand::Prepare { name, body }) => {
                 let sql = Arc::from(body);
                 let lexing = self.lexing();
+                self.made += 1;
+                let made = self.made;
                 self.statements.insert(
                     name.into_bytes(),
-                    Prepared { sql, param_types: Vec::new(), lexing, ambiguous: false, columns: None },
+                    Prepared { sql, param_types: Vec::new(), lexing, ambiguous: false, columns: None, made },
                 );
             }
             Some(crate::sql::PreparedCommand::Deallocate { name }) => {
@@ -1647,6 +1750,104 @@ mod tests {
         // Not the first binding's text int4: its rows are read as of unknown columns, in the
         // formats its own Bind asked for.
         assert!(s.running().unwrap().columns.is_none(), "{:?}", s.running().unwrap().columns);
+    }
+
+    /// A RowDescription with one int4 column of no table, in text.
+    fn int4_row_description() -> Vec<u8> {
+        let mut t = vec![0, 1];
+        t.extend(b"n\0");
+        t.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 255, 255, 255, 255, 0, 0]);
+        t
+    }
+
+    #[test]
+    fn a_describes_answer_is_not_given_to_what_its_name_holds_since() {
+        // A portal bound again after its Describe was sent (the answer comes after a Flush).
+        let mut s = ready();
+        s.on_frontend(&F::Parse { name: b"s1", sql: b"select 1", param_types: vec![] }, None).unwrap();
+        s.on_frontend(&F::Parse { name: b"s2", sql: b"select 'x'", param_types: vec![] }, None).unwrap();
+        for (statement, describe) in [("s1", true), ("s2", false)] {
+            let b = bind("", statement);
+            let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+            s.on_frontend(&F::Bind(bound), None).unwrap();
+            if describe {
+                s.on_frontend(&F::Describe { kind: b'P', name: b"" }, None).unwrap();
+            }
+        }
+        s.on_frontend(&F::Flush, None).unwrap();
+        for m in [Backend::ParseComplete, Backend::ParseComplete, Backend::BindComplete] {
+            s.on_backend(&m).unwrap();
+        }
+        let t = int4_row_description();
+        s.on_backend(&Backend::decode(b'T', &t).unwrap()).unwrap();
+        s.on_backend(&Backend::BindComplete).unwrap();
+        s.on_frontend(&F::Execute { portal: b"", max_rows: 0 }, None).unwrap();
+        assert_eq!(&*s.running().unwrap().sql, "select 'x'");
+        assert!(s.running().unwrap().columns.is_none(), "not s1's columns");
+        // A statement parsed again after its Describe was sent.
+        let mut s = ready();
+        s.on_frontend(&F::Parse { name: b"", sql: b"select 1", param_types: vec![] }, None).unwrap();
+        s.on_frontend(&F::Describe { kind: b'S', name: b"" }, None).unwrap();
+        s.on_frontend(&F::Parse { name: b"", sql: b"select 'x'", param_types: vec![] }, None).unwrap();
+        s.on_frontend(&F::Flush, None).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        s.on_backend(&Backend::decode(b't', &[0, 0]).unwrap()).unwrap();
+        s.on_backend(&Backend::decode(b'T', &t).unwrap()).unwrap();
+        s.on_backend(&Backend::ParseComplete).unwrap();
+        assert_eq!(&*s.statement(b"").unwrap().sql, "select 'x'");
+        assert!(s.statement(b"").unwrap().columns.is_none(), "not the first text's columns");
+        // Described with nothing in between: its own.
+        s.on_frontend(&F::Describe { kind: b'S', name: b"" }, None).unwrap();
+        s.on_frontend(&F::Flush, None).unwrap();
+        s.on_backend(&Backend::decode(b't', &[0, 0]).unwrap()).unwrap();
+        s.on_backend(&Backend::decode(b'T', &t).unwrap()).unwrap();
+        assert!(s.statement(b"").unwrap().columns.is_some());
+    }
+
+    #[test]
+    fn a_named_portal_executed_behind_sql_that_may_replace_it_runs_what_is_not_known() {
+        for sql in [
+            &b"declare p cursor for select * from secret"[..],
+            b"/* x */ DECLARE p CURSOR FOR select * from secret",
+            b"do $$begin null; end$$",
+        ] {
+            let mut s = ready();
+            s.on_frontend(&F::Query(b"begin"), None).unwrap();
+            s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
+            s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+            s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
+            let b = bind("p", "s");
+            let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+            s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+            s.on_backend(&Backend::ParseComplete).unwrap();
+            s.on_backend(&Backend::BindComplete).unwrap();
+            assert!(s.portal_judged(b"p") && !s.portal_may_be_replaced(b"p"));
+            // Pipelined: the SQL, then an Execute of p, before the server answers either.
+            s.on_frontend_judged(&F::Query(sql), Some(judged(std::str::from_utf8(sql).unwrap()))).unwrap();
+            assert!(s.portal_may_be_replaced(b"p"), "{}", String::from_utf8_lossy(sql));
+            assert!(!s.portal_may_be_replaced(b""), "the unnamed portal cannot be a cursor's");
+            s.on_frontend(&F::Execute { portal: b"p", max_rows: 0 }, None).unwrap();
+            let Some(Pending { expect: Expect::Execute(r), .. }) = s.pending.back() else { panic!() };
+            assert!(r.sql.is_empty() && r.judgement.is_none() && r.columns.is_none(), "{r:?}");
+        }
+        // What does not touch portals leaves a pipelined Execute its Bind's judgement.
+        let mut s = ready();
+        s.on_frontend(&F::Query(b"begin"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
+        let b = bind("p", "s");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+        for sql in ["select 1", "savepoint a", "fetch 1 from c", "close p", "rollback to savepoint a", "commit"] {
+            s.on_frontend(&F::Query(sql.as_bytes()), None).unwrap();
+            assert!(s.portal_may_be_replaced(b"p"), "not judged yet: taken to");
+            s.pending.judge_back(s.last_id, judged(sql));
+            assert!(!s.portal_may_be_replaced(b"p"), "{sql}");
+        }
+        s.on_frontend(&F::Execute { portal: b"p", max_rows: 0 }, None).unwrap();
+        let Some(Pending { expect: Expect::Execute(r), .. }) = s.pending.back() else { panic!() };
+        assert_eq!(&*r.sql, "select 'harmless'");
     }
 
     #[test]
