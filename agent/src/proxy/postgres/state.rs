@@ -1446,6 +1446,27 @@ impl ProtocolState {
     /// the same objects a protocol Bind names: the statement table follows them once the server
     /// says they completed.
     fn sql_level_statements(&mut self, tag: &[u8]) {
+        // Code of unknown effect (DO, a function the catalog cannot clear) can close a portal
+        // and open a cursor of its name from PL/pgSQL, and completes with its own tag (DO,
+        // SELECT, CALL): what a bound portal runs is then not known either.
+        // (Every statement the relay forwards is judged; one without a judgement ran where
+        // nothing governs.)
+        let ran_unknown_code = self.running().is_some_and(|r| {
+            r.judgement.as_ref().is_some_and(|j| {
+                let part = j.parts.get((r.completed as usize).min(j.parts.len().saturating_sub(1)));
+                part.is_none_or(|p| {
+                    let a = &p.described.analysis;
+                    a.effects.with(a.class).with(p.class).contains(crate::sql::Class::Unknown)
+                })
+            })
+        });
+        if ran_unknown_code {
+            for portal in self.portals.values_mut() {
+                portal.unknown = true;
+                portal.judgement = None;
+            }
+            self.sql_cursors = true;
+        }
         if matches!(
             tag,
             b"CLOSE CURSOR"
@@ -1829,6 +1850,10 @@ mod tests {
             s.on_frontend(&F::Execute { portal: b"p", max_rows: 0 }, None).unwrap();
             let Some(Pending { expect: Expect::Execute(r), .. }) = s.pending.back() else { panic!() };
             assert!(r.sql.is_empty() && r.judgement.is_none() && r.columns.is_none(), "{r:?}");
+            // Once it completed (whatever its tag), the portal is not known either.
+            let tag: &[u8] = if sql.starts_with(b"do") { b"DO" } else { b"DECLARE CURSOR" };
+            s.on_backend(&Backend::CommandComplete { tag }).unwrap();
+            assert!(!s.portal_judged(b"p") && s.portal_text(b"p").is_none(), "{}", String::from_utf8_lossy(sql));
         }
         // What does not touch portals leaves a pipelined Execute its Bind's judgement.
         let mut s = ready();
