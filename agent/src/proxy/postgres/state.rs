@@ -1825,6 +1825,19 @@ mod tests {
         assert!(s.statement(b"").unwrap().columns.is_some());
     }
 
+    /// In a transaction block, portal `p` bound (and judged) to a harmless statement.
+    fn bound_in_a_transaction() -> ProtocolState {
+        let mut s = ready();
+        s.on_frontend(&F::Query(b"begin"), None).unwrap();
+        s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
+        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
+        s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
+        let b = bind("p", "s");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+        s
+    }
+
     #[test]
     fn a_named_portal_executed_behind_sql_that_may_replace_it_runs_what_is_not_known() {
         for sql in [
@@ -1832,14 +1845,7 @@ mod tests {
             b"/* x */ DECLARE p CURSOR FOR select * from secret",
             b"do $$begin null; end$$",
         ] {
-            let mut s = ready();
-            s.on_frontend(&F::Query(b"begin"), None).unwrap();
-            s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
-            s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
-            s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
-            let b = bind("p", "s");
-            let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
-            s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+            let mut s = bound_in_a_transaction();
             s.on_backend(&Backend::ParseComplete).unwrap();
             s.on_backend(&Backend::BindComplete).unwrap();
             assert!(s.portal_judged(b"p") && !s.portal_may_be_replaced(b"p"));
@@ -1856,14 +1862,7 @@ mod tests {
             assert!(!s.portal_judged(b"p") && s.portal_text(b"p").is_none(), "{}", String::from_utf8_lossy(sql));
         }
         // What does not touch portals leaves a pipelined Execute its Bind's judgement.
-        let mut s = ready();
-        s.on_frontend(&F::Query(b"begin"), None).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
-        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
-        s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
-        let b = bind("p", "s");
-        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
-        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+        let mut s = bound_in_a_transaction();
         for sql in ["select 1", "savepoint a", "fetch 1 from c", "close p", "rollback to savepoint a", "commit"] {
             s.on_frontend(&F::Query(sql.as_bytes()), None).unwrap();
             assert!(s.portal_may_be_replaced(b"p"), "not judged yet: taken to");
@@ -2141,14 +2140,7 @@ mod tests {
 
     #[test]
     fn sql_that_can_close_or_replace_a_portal_makes_bound_portals_unknown() {
-        let mut s = ready();
-        s.on_frontend(&F::Query(b"begin"), None).unwrap();
-        s.on_backend(&Backend::CommandComplete { tag: b"BEGIN" }).unwrap();
-        s.on_backend(&Backend::ReadyForQuery { status: b'T' }).unwrap();
-        s.on_frontend(&parse(b"s", b"select 'harmless'"), None).unwrap();
-        let b = bind("p", "s");
-        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
-        s.on_frontend_judged(&F::Bind(bound), Some(judged("select 'harmless'"))).unwrap();
+        let mut s = bound_in_a_transaction();
         s.on_frontend(&F::Sync, None).unwrap();
         s.on_backend(&Backend::ParseComplete).unwrap();
         s.on_backend(&Backend::BindComplete).unwrap();
