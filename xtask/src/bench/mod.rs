@@ -745,8 +745,8 @@ fn policy_cost(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
     Ok(())
 }
 
-/// The lines Warden is compared on side by side with itself: select-only (simple, prepared)
-/// and TPC-B, each with the column it masks.
+/// The lines Warden is compared on side by side with itself: select-only (simple, prepared,
+/// ten pipelined per transaction) and TPC-B, each with the column it masks.
 fn paired_lines<'a>(secs: &'a str, pipelined: &'a str) -> [(&'static str, Vec<&'a str>, &'static str); 4] {
     [
         ("select-only simple", vec!["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", secs], ACCOUNTS),

@@ -213,7 +213,7 @@ fn declares_cursors(expect: &Expect) -> bool {
                 || judgement.parts.iter().any(|part| {
                     let a = &part.described.analysis;
                     a.declares.is_some()
-                        || a.effects.with(a.class).with(part.class).contains(crate::sql::Class::Unknown)
+                        || part.effects.with(part.class).contains(crate::sql::Class::Unknown)
                         || r.sql.get(part.span.clone()).is_some_and(declare)
                 })
         }
@@ -766,9 +766,9 @@ impl ProtocolState {
                 }
                 // Executions of it already sent (pipelined after the Describe) learn them too,
                 // up to the next message that may bind the name anew (a Bind, a Close, a simple
-                // query, which drops the unnamed portal, SQL that may close or declare one): the
-                // executions after it may run another portal of the name, with its own columns
-                // and result formats.
+                // query, which drops the unnamed portal, a statement that may declare a cursor):
+                // the executions after it may run another portal of the name, with its own
+                // columns and result formats.
                 for pending in self.pending.iter_mut().skip(1) {
                     let changes = changes_portals(pending);
                     match &mut pending.expect {
@@ -1358,6 +1358,7 @@ impl ProtocolState {
                 if let Some(portal) = self.portals.get_mut(key(&r.portal)) {
                     portal.suspended = Some(first);
                 }
+                self.after_code_ran();
                 self.pending.pop_front();
             }
             Backend::CopyResponse { tag, .. } => {
@@ -1394,6 +1395,7 @@ impl ProtocolState {
                 if !matches!(self.pending.front().map(|p| &p.expect), Some(Expect::FunctionCall(_))) {
                     return Err(ProtocolError::Server("FunctionCallResponse nothing asked for".into()));
                 }
+                self.after_code_ran();
             }
         }
         Ok(BackendAction::Forward)
@@ -1442,22 +1444,18 @@ impl ProtocolState {
         Ok(())
     }
 
-    /// Prepared statements created or dropped with SQL (PREPARE, DEALLOCATE, DISCARD ALL) are
-    /// the same objects a protocol Bind names: the statement table follows them once the server
-    /// says they completed.
-    fn sql_level_statements(&mut self, tag: &[u8]) {
-        // Code of unknown effect (DO, a function the catalog cannot clear) can close a portal
-        // and open a cursor of its name from PL/pgSQL, and completes with its own tag (DO,
-        // SELECT, CALL): what a bound portal runs is then not known either.
-        // (Every statement the relay forwards is judged; one without a judgement ran where
-        // nothing governs.)
+    /// The statement at the front ran (its part at `completed`), however it ends: a
+    /// CommandComplete, a PortalSuspended, a FunctionCallResponse. Code of unknown effect as
+    /// judged (DO, a function the catalog could not clear; a function it cleared is a read) can
+    /// close a portal and open a cursor of its name from PL/pgSQL, whatever its tag: what a
+    /// bound portal runs is then not known, and a named portal's Bind is known only once the
+    /// server accepts it. (Every statement the relay forwards is judged; one without a
+    /// judgement ran where nothing governs.)
+    fn after_code_ran(&mut self) {
         let ran_unknown_code = self.running().is_some_and(|r| {
             r.judgement.as_ref().is_some_and(|j| {
                 let part = j.parts.get((r.completed as usize).min(j.parts.len().saturating_sub(1)));
-                part.is_none_or(|p| {
-                    let a = &p.described.analysis;
-                    a.effects.with(a.class).with(p.class).contains(crate::sql::Class::Unknown)
-                })
+                part.is_none_or(|p| p.effects.with(p.class).contains(crate::sql::Class::Unknown))
             })
         });
         if ran_unknown_code {
@@ -1467,6 +1465,13 @@ impl ProtocolState {
             }
             self.sql_cursors = true;
         }
+    }
+
+    /// Prepared statements created or dropped with SQL (PREPARE, DEALLOCATE, DISCARD ALL) are
+    /// the same objects a protocol Bind names: the statement table follows them once the server
+    /// says they completed.
+    fn sql_level_statements(&mut self, tag: &[u8]) {
+        self.after_code_ran();
         if matches!(
             tag,
             b"CLOSE CURSOR"
@@ -1758,10 +1763,7 @@ mod tests {
         s.on_backend(&Backend::ParseComplete).unwrap();
         s.on_backend(&Backend::ParseComplete).unwrap();
         s.on_backend(&Backend::BindComplete).unwrap();
-        // One int4 column of no table, in text.
-        let mut t = vec![0, 1];
-        t.extend(b"n\0");
-        t.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 255, 255, 255, 255, 0, 0]);
+        let t = int4_row_description();
         s.on_backend(&Backend::decode(b'T', &t).unwrap()).unwrap();
         let columns = s.running().unwrap().columns.clone().expect("the described execution's");
         assert_eq!((columns.len(), columns[0].type_oid, columns[0].binary), (1, 23, false));
@@ -1872,6 +1874,48 @@ mod tests {
         s.on_frontend(&F::Execute { portal: b"p", max_rows: 0 }, None).unwrap();
         let Some(Pending { expect: Expect::Execute(r), .. }) = s.pending.back() else { panic!() };
         assert_eq!(&*r.sql, "select 'harmless'");
+        // However code of unknown effect ends (a fast-path call, a suspended portal), the
+        // portals are not known after it; a function the catalog cleared is a read and is not that.
+        let unknown = judged("do $$begin null; end$$");
+        let mut s = bound_in_a_transaction();
+        s.on_frontend_judged(&F::FunctionCall { function_oid: 16_500 }, Some(unknown.clone())).unwrap();
+        for m in [Backend::ParseComplete, Backend::BindComplete, Backend::FunctionCallResponse(b"\xff\xff\xff\xff")] {
+            s.on_backend(&m).unwrap();
+        }
+        assert!(!s.portal_judged(b"p"), "after a fast-path call of unknown effect");
+        let mut s = bound_in_a_transaction();
+        let b = bind("x", "s");
+        let Ok(F::Bind(bound)) = F::decode(b'B', &b) else { panic!() };
+        s.on_frontend_judged(&F::Bind(bound), Some(unknown)).unwrap();
+        s.on_frontend(&F::Execute { portal: b"x", max_rows: 1 }, None).unwrap();
+        for m in [Backend::ParseComplete, Backend::BindComplete, Backend::BindComplete, Backend::PortalSuspended] {
+            s.on_backend(&m).unwrap();
+        }
+        assert!(!s.portal_judged(b"p"), "after a suspended execution of unknown effect");
+        let mut s = bound_in_a_transaction();
+        let mut cleared = (*judged("select app.stable_fn()")).clone();
+        assert!(cleared.parts[0].effects.contains(crate::sql::Class::Unknown), "unknown until the catalog answers");
+        cleared.parts[0].class = crate::sql::Class::Read;
+        cleared.parts[0].effects = crate::sql::ClassSet::of(&[crate::sql::Class::Read]);
+        s.on_frontend_judged(&F::Query(b"select app.stable_fn()"), Some(Arc::new(cleared))).unwrap();
+        assert!(!s.portal_may_be_replaced(b"p"), "a read");
+        for m in [Backend::ParseComplete, Backend::BindComplete, Backend::CommandComplete { tag: b"SELECT 1" }] {
+            s.on_backend(&m).unwrap();
+        }
+        assert!(s.portal_judged(b"p"), "a read leaves the portals as they are");
+        // A string past MAX_PARTS statements is judged with its tail as one part, whose first
+        // word says nothing of what follows in it: counted.
+        let mut s = bound_in_a_transaction();
+        s.on_frontend(&F::Query(b"select 1"), None).unwrap();
+        let one = judged("select 1");
+        let parts = vec![one.parts[0].clone(); crate::govern::describe::MAX_PARTS];
+        s.pending.judge_back(s.last_id, Arc::new(Judgement { parts, ..(*one).clone() }));
+        assert!(s.portal_may_be_replaced(b"p"), "a merged tail");
+        // What is pushed behind a refusal's poison is skipped by the server: not counted.
+        let mut s = bound_in_a_transaction();
+        s.on_frontend(&parse(b"", b"select 1"), Some(b"refused".to_vec())).unwrap();
+        s.on_frontend(&F::Query(b"declare p cursor for select * from secret"), None).unwrap();
+        assert!(!s.portal_may_be_replaced(b"p"), "skipped to the Sync");
     }
 
     #[test]
