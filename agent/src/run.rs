@@ -1059,8 +1059,8 @@ fn handle_events(shared: &Shared, events: Vec<FlowEvent>, open: &mut OpenObserve
         let orig_dst = socket_addr_of(&event.origin.orig_dst);
         let identity = || shared.resolver.resolve_blocking(&KernelFacts::from_origin(&event.origin));
         let record = match event.kind {
-            EVENT_UNGOVERNED => Event::Ungoverned { database, orig_dst, identity: identity() },
-            EVENT_REFUSED => Event::RefusedNotServing { database, orig_dst, identity: identity() },
+            EVENT_UNGOVERNED => Event::Ungoverned { database, orig_dst, identity: Box::new(identity()) },
+            EVENT_REFUSED => Event::RefusedNotServing { database, orig_dst, identity: Box::new(identity()) },
             EVENT_OBSERVED_OPEN => {
                 let session = shared.sessions.next();
                 open.insert(event.sock_id, (session, event.at_ns, database.clone()));
@@ -1069,7 +1069,7 @@ fn handle_events(shared: &Shared, events: Vec<FlowEvent>, open: &mut OpenObserve
                     database,
                     orig_dst,
                     client: socket_addr_of(&event.client),
-                    identity: identity(),
+                    identity: Box::new(identity()),
                 }
             }
             EVENT_OBSERVED_CLOSE => match open.remove(&event.sock_id) {

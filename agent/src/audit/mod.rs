@@ -17,6 +17,7 @@ use std::{
 
 pub mod cli;
 pub mod export;
+mod queue;
 pub mod ring;
 pub mod seal;
 pub mod share;
@@ -24,7 +25,6 @@ pub mod statements;
 pub mod view;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::{
     config::{AuditConfig, Durability},
@@ -62,7 +62,7 @@ pub enum Event {
         upstream_tls: bool,
         /// The connection carried a CancelRequest, not a session.
         cancel_request: bool,
-        identity: Identity,
+        identity: Box<Identity>,
     },
     /// A proxied connection ended.
     ConnectionClose {
@@ -80,13 +80,19 @@ pub enum Event {
     /// The proxy refused a connection (not created by the redirect, or a loop).
     ProxyRefused { client: SocketAddr, reason: String },
     /// An attributed connection was refused before its session began (a connection limit).
-    ConnectionRefused { database: String, orig_dst: SocketAddr, client: SocketAddr, reason: String, identity: Identity },
+    ConnectionRefused {
+        database: String,
+        orig_dst: SocketAddr,
+        client: SocketAddr,
+        reason: String,
+        identity: Box<Identity>,
+    },
     /// A governed connection went direct because the agent was not serving (`fail: open`).
-    Ungoverned { database: String, orig_dst: SocketAddr, identity: Identity },
+    Ungoverned { database: String, orig_dst: SocketAddr, identity: Box<Identity> },
     /// A governed connection was refused because the agent was not serving (`fail: closed`).
-    RefusedNotServing { database: String, orig_dst: SocketAddr, identity: Identity },
+    RefusedNotServing { database: String, orig_dst: SocketAddr, identity: Box<Identity> },
     /// A connection to an observe-only database was established (not redirected).
-    Observed { session: SessionId, database: String, orig_dst: SocketAddr, client: SocketAddr, identity: Identity },
+    Observed { session: SessionId, database: String, orig_dst: SocketAddr, client: SocketAddr, identity: Box<Identity> },
     /// An observed connection closed.
     ObservedClose { session: SessionId, database: String, duration_ms: u64, established: bool },
     /// A statement forwarded to the server (or refused).
@@ -348,9 +354,11 @@ pub struct MaskedColumn {
     pub method: String,
 }
 
-/// What the writer is asked to do.
+/// What the writer is asked to do. Records are held in the queue's buffer as they are, not boxed:
+/// a box per record was an allocation on the session's thread freed on the writer's.
+#[allow(clippy::large_enum_variant, reason = "the queue's elements are records; a tick is rare")]
 enum WriterMsg {
-    Record(u64, Box<Event>),
+    Record(u64, Event),
     /// Once a second: flush (periodic durability) and seal if due.
     Tick,
 }
@@ -376,7 +384,8 @@ pub struct AuditCounters {
 /// The sessions' handle to the audit writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<WriterMsg>,
+    /// The writer ends once the last handle (and with it the sender) is gone.
+    tx: Arc<queue::Sender<WriterMsg>>,
     counters: Arc<AuditCounters>,
     /// The writer is up and its last write succeeded.
     healthy: Arc<AtomicBool>,
@@ -421,7 +430,7 @@ impl AuditLog {
     pub fn open_beside(config: &AuditConfig, shared: bool) -> anyhow::Result<(Self, AuditWriter)> {
         let mut writer = Writer::open(config)?;
         let (counters, healthy) = (writer.counters.clone(), writer.healthy.clone());
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (tx, rx) = queue::channel(config.queue);
         if !shared && writer.ring.last_kind() == Some(ring::Kind::Event) {
             // The last writer did not stop cleanly (a crash, kill -9): seal its tail now, so it
             // is not joined to this run's records into a tail longer than verify accepts. This
@@ -435,7 +444,7 @@ impl AuditLog {
             writer.ring.release();
         }
         let thread = std::thread::Builder::new().name("warden-audit".into()).spawn(move || writer.run(rx))?;
-        Ok((Self { tx, counters, healthy, required: config.required }, AuditWriter(thread)))
+        Ok((Self { tx: Arc::new(tx), counters, healthy, required: config.required }, AuditWriter(thread)))
     }
 
     /// Queues a record; never waits. When it cannot be queued it is dropped and counted.
@@ -446,7 +455,7 @@ impl AuditLog {
     /// Like `record`, telling the caller when the record was dropped (with `audit.required`,
     /// the statement is then refused).
     pub fn try_record(&self, event: Event) -> Result<(), AuditUnavailable> {
-        if self.tx.try_send(WriterMsg::Record(now_ms(), Box::new(event))).is_err() {
+        if self.tx.try_send(WriterMsg::Record(now_ms(), event)).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(AuditUnavailable);
         }
@@ -549,7 +558,7 @@ struct Held {
 }
 
 /// A record taken from the queue: when it was made, and what.
-type Taken = (u64, Box<Event>);
+type Taken = (u64, Box<Statement>);
 
 /// Statements held at most (beyond, the oldest is written without its outcome).
 const MAX_HELD: usize = 256;
@@ -559,11 +568,7 @@ impl Held {
     /// session's statements held ahead of it.
     fn take_for(&mut self, end: &StatementEnd) -> (Vec<Taken>, Option<Taken>) {
         let key = (end.session, end.statement, end.part);
-        let Some(i) = self
-            .statements
-            .iter()
-            .position(|(_, e)| matches!(&**e, Event::Statement(s) if (s.session, s.statement, s.part) == key))
-        else {
+        let Some(i) = self.statements.iter().position(|(_, s)| (s.session, s.statement, s.part) == key) else {
             return (Vec::new(), None);
         };
         let found = self.statements.remove(i);
@@ -577,7 +582,7 @@ impl Held {
         let mut seen = 0;
         while i < self.statements.len() && seen < before {
             seen += 1;
-            if matches!(&*self.statements[i].1, Event::Statement(s) if s.session == session) {
+            if self.statements[i].1.session == session {
                 taken.push(self.statements.remove(i));
             } else {
                 i += 1;
@@ -624,14 +629,23 @@ impl Writer {
         })
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+    fn run(mut self, mut rx: queue::Receiver<WriterMsg>) {
         let mut buf = Vec::with_capacity(2048);
         let mut held = Held::default();
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
+        // Records taken from the queue, handled from `next` on.
+        let mut taken: Vec<WriterMsg> = Vec::new();
+        let mut next = 0;
+        loop {
+            if next == taken.len() {
+                taken.clear();
+                next = 0;
+                if !rx.take_all(&mut taken) {
+                    break;
+                }
+            }
             let mut tick = false;
-            // Drain what is queued (bounded, so seals and flushes keep happening under
-            // sustained load), then flush once: group commit.
+            // Handle what was taken in batches (bounded, so seals and flushes keep happening
+            // under sustained load), then flush once: group commit.
             let mut batch = 0;
             // One writer at a time appends (the agent that replaces this one shares the ring):
             // the lock is held for the batch, not per record.
@@ -645,19 +659,21 @@ impl Writer {
                 Ok(_) => {}
                 Err(err) => self.failed(&err.to_string()),
             }
-            while let Some(msg) = next {
-                match msg {
+            while next < taken.len() {
+                // A tick in its place costs nothing to leave behind.
+                match std::mem::replace(&mut taken[next], WriterMsg::Tick) {
                     WriterMsg::Record(at_ms, event) => self.take(&mut buf, &mut held, at_ms, event),
                     WriterMsg::Tick => tick = true,
                 }
+                next += 1;
                 batch += 1;
                 if batch >= 1024 || self.since_seal >= self.seal_every {
                     break;
                 }
-                next = rx.try_recv().ok();
             }
-            for (at_ms, event) in std::mem::take(&mut held.statements) {
-                self.append(&mut buf, at_ms, event, None);
+            rx.handled(batch);
+            for (at_ms, s) in std::mem::take(&mut held.statements) {
+                self.append(&mut buf, at_ms, Event::Statement(s), None);
             }
             // Checked after every batch, as seals are: under load ticks are dropped.
             let floods = self.share.as_mut().map(share::FairShare::due).unwrap_or_default();
@@ -679,7 +695,7 @@ impl Writer {
             if self.durability == Durability::Always || (tick && self.durability == Durability::Periodic) {
                 self.sync();
             }
-            if batch < 1024 {
+            if next == taken.len() && batch < 1024 {
                 // Let records accumulate instead of being woken for each one: a wake-up is a
                 // cross-CPU interrupt, which costs the sessions more than the write itself.
                 std::thread::sleep(Duration::from_millis(2));
@@ -699,17 +715,20 @@ impl Writer {
     }
 
     /// Writes a record taken from the queue, or holds a statement for its outcome (`Held`).
-    fn take(&mut self, buf: &mut Vec<u8>, held: &mut Held, at_ms: u64, event: Box<Event>) {
-        match &*event {
+    fn take(&mut self, buf: &mut Vec<u8>, held: &mut Held, at_ms: u64, event: Event) {
+        let event = match event {
             // Statement 0 is a refusal: it has no outcome to wait for.
             Event::Statement(s) if s.statement != 0 => {
                 if held.statements.len() >= MAX_HELD {
                     let (at_ms, oldest) = held.statements.remove(0);
-                    self.append(buf, at_ms, oldest, None);
+                    self.append(buf, at_ms, Event::Statement(oldest), None);
                 }
-                held.statements.push((at_ms, event));
+                held.statements.push((at_ms, s));
                 return;
             }
+            event => event,
+        };
+        match &event {
             Event::StatementEnd(end) => {
                 let (mut before, statement) = held.take_for(end);
                 if statement.is_none() {
@@ -717,26 +736,26 @@ impl Writer {
                     // come before it.
                     before = held.take_session(end.session, held.statements.len());
                 }
-                for (at_ms, e) in before {
-                    self.append(buf, at_ms, e, None);
+                for (at_ms, s) in before {
+                    self.append(buf, at_ms, Event::Statement(s), None);
                 }
                 if let Some((at_ms, statement)) = statement {
                     self.counters.outcomes_merged.fetch_add(1, Ordering::Relaxed);
-                    self.append(buf, at_ms, statement, Some(end));
+                    self.append(buf, at_ms, Event::Statement(statement), Some(end));
                     return;
                 }
             }
             // Anything else comes after every statement taken before it.
             _ => {
-                for (at_ms, e) in std::mem::take(&mut held.statements) {
-                    self.append(buf, at_ms, e, None);
+                for (at_ms, s) in std::mem::take(&mut held.statements) {
+                    self.append(buf, at_ms, Event::Statement(s), None);
                 }
             }
         }
         self.append(buf, at_ms, event, None);
     }
 
-    fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, mut event: Box<Event>, end: Option<&StatementEnd>) {
+    fn append(&mut self, buf: &mut Vec<u8>, at_ms: u64, mut event: Event, end: Option<&StatementEnd>) {
         // Records it stands for, as losses are counted: a statement with its outcome is two.
         let records = 1 + u64::from(end.is_some());
         if !self.ring.holds_lock() {
@@ -809,7 +828,7 @@ impl Writer {
                 share_bytes = flood.share_bytes,
                 "an identity wrote more than its share of the audit ring; its statement records were condensed or dropped"
             );
-            self.append(buf, now_ms(), Box::new(Event::AuditFlood(flood)), None);
+            self.append(buf, now_ms(), Event::AuditFlood(flood), None);
         }
     }
 
@@ -1047,7 +1066,7 @@ mod tests {
     fn a_statement_that_ended_before_it_was_written_is_one_record_with_its_outcome() {
         let (_dir, config) = config("held", 4);
         // Queued before the writer runs: one batch.
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = queue::channel(64);
         let statement = |session: u64, n: u64| Event::Statement(Box::new(sample_statement(SessionId(session), n)));
         let mut refused_statement = sample_statement(SessionId(3), 0);
         refused_statement.verdict.decision = "deny";
@@ -1065,7 +1084,7 @@ mod tests {
             end(1, 1, Outcome::Completed, 1),
             end(5, 5, Outcome::Unknown, 0),
         ] {
-            tx.try_send(WriterMsg::Record(now_ms(), Box::new(event))).expect("queued");
+            assert!(tx.try_send(WriterMsg::Record(now_ms(), event)).is_ok(), "queued");
         }
         drop(tx);
         Writer::open(&config).expect("open").run(rx);

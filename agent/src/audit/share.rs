@@ -426,7 +426,7 @@ mod tests {
             client_tls: false,
             upstream_tls: false,
             cancel_request: false,
-            identity: identity(Some(name), None, 7),
+            identity: Box::new(identity(Some(name), None, 7)),
         }
     }
 

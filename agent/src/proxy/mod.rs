@@ -229,7 +229,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
                 orig_dst: orig_dst.0,
                 client: peer.0,
                 reason: format!("refused by {by}: {}", decision.reason),
-                identity,
+                identity: Box::new(identity),
             });
             // As a refused direct connection: closed without a byte.
             drop(client);
@@ -258,7 +258,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: ClientAddr) {
             client_tls: r.client_tls,
             upstream_tls: r.upstream_tls,
             cancel_request: r.cancel_request,
-            identity: identity.clone(),
+            identity: Box::new(identity.clone()),
         })
     };
     let dial =
@@ -367,7 +367,7 @@ fn record_refusal(
             orig_dst: orig_dst.0,
             client: peer.0,
             reason,
-            identity,
+            identity: Box::new(identity),
         });
     }
 }

@@ -445,9 +445,12 @@ fn main_lines(warden: &Path, pg: &Postgres, secs: &str) -> Result<()> {
         testkit::sample(&text, "warden_audit_records_written_total", &[]),
         testkit::sample(&text, "warden_audit_outcomes_merged_total", &[]),
     );
+    let lost = testkit::sample(&text, "warden_audit_records_dropped_total", &[])
+        + testkit::sample(&text, "warden_audit_write_errors_total", &[]);
     println!(
         "\naudit records written by Warden: {written:.0}; statement outcomes written in their statement's record: \
-         {merged:.0} ({:.0}% of the records a statement and its outcome would otherwise take)",
+         {merged:.0} ({:.0}% of the records a statement and its outcome would otherwise take); lost (queue full or \
+         a failed write): {lost:.0}",
         100.0 * merged / (written + merged).max(1.0)
     );
     let (judged, reused) = (
