@@ -1138,6 +1138,45 @@ mod tests {
         assert!(gaps.iter().all(|g| *g <= 4), "a seal at least every 4 records: {gaps:?}");
     }
 
+    /// The writer gives the queue its room back as it handles what it took: four turns of 1,500
+    /// records through a queue of 2,048 each fit only if the turn before was handled.
+    #[test]
+    fn the_writer_gives_the_queue_its_room_back_as_it_writes() {
+        let (_dir, mut config) = config("room", 1000);
+        config.queue = 2048;
+        let (log, writer) = AuditLog::open(&config).expect("open");
+        let counters = log.counters.clone();
+        for turn in 0..4u64 {
+            for i in 0..1500 {
+                log.try_record(refused(turn * 1500 + i)).expect("room in the queue");
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while log.tx.capacity() < 2048 {
+                assert!(Instant::now() < deadline, "turn {turn}: the queue's room came back to {}", log.tx.capacity());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(log);
+        writer.join();
+        assert_eq!(counters.written.load(Ordering::Relaxed), 6000);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        // The smallest ring holds the newest of them, in order.
+        let ring = ring::RingFile::open(&config.path).expect("ring");
+        let numbers: Vec<u64> = ring
+            .records(0)
+            .into_iter()
+            .filter(|r| r.kind == ring::Kind::Event)
+            .filter_map(|r| {
+                let record: serde_json::Value = serde_json::from_slice(&r.payload).expect("JSON");
+                record["reason"].as_str()?.strip_prefix("test ")?.parse().ok()
+            })
+            .collect();
+        let first = numbers.first().copied().unwrap_or(6000);
+        assert!(numbers.len() > 100 && numbers.iter().copied().eq(first..6000), "not the newest in order");
+        let v = cli::verify(&config.path, Some(&config.key_path())).expect("verify");
+        assert!(v.problems.is_empty() && v.unsealed.is_none(), "{v:?}");
+    }
+
     #[test]
     fn a_tail_left_by_a_crash_is_sealed_when_the_agent_starts_again() {
         let (_dir, config) = config("crash", 100);

@@ -2,7 +2,8 @@
 //!
 //! A session pushes a record under a lock that nobody holds for long: the writer takes it only
 //! to swap the queued records for its own empty buffer, once a batch. Pushing moves the record
-//! into a buffer that has grown already (no allocation, no wake-up): the writer is woken only
+//! into a buffer that has grown already (no allocation unless a batch outgrows it, under the
+//! lock; no wake-up): the writer is woken only
 //! when it waits for a first record, and under load it takes what gathered while it slept (every
 //! 2 ms). A channel built for waking its receiver per message (tokio's, used before) cost the
 //! proxy thread a tenth of its time in the pipelined bench line: a block allocated and zeroed
