@@ -557,7 +557,8 @@ struct Held {
     statements: Vec<Taken>,
 }
 
-/// A record taken from the queue: when it was made, and what.
+/// A statement held for its outcome: when it was recorded, and the statement (its box, so
+/// that taking one out of the middle of the held ones moves 16 bytes a place, not an event).
 type Taken = (u64, Box<Statement>);
 
 /// Statements held at most (beyond, the oldest is written without its outcome).
