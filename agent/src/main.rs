@@ -441,12 +441,8 @@ fn filters(labels: &[String], since: Option<&str>) -> Result<(Labels, Option<u64
 }
 
 fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
-    use warden::audit::{
-        cli::{self, Filter, Output},
-        view,
-    };
-    // Statements with their outcomes merged in: what every command but `export --raw` shows.
-    let load = |ring: &std::path::Path| cli::load(ring, 0).map(view::merged);
+    // What every command but `export --raw` shows: statements with their outcomes merged in.
+    use warden::audit::cli::{self, Filter, Output};
     let config = source.config.as_deref().map(Config::load).transpose()?;
     let ring = source.ring()?;
     let output = match source.output.as_str() {
@@ -456,36 +452,38 @@ fn audit(command: AuditCmd, source: RingSource) -> Result<ExitCode> {
     };
     match command {
         AuditCmd::Tail { lines, follow } => {
-            let entries: Vec<_> = load(&ring)?.into_iter().filter(|e| e.value["kind"] != "seal").collect();
-            let start = entries.len().saturating_sub(lines);
-            cli::print(&entries[start..], output)?;
+            let (entries, newest) = cli::tail(&ring, lines)?;
+            cli::print(&entries, output)?;
             if follow {
-                let next = entries.last().map_or(0, |e| e.seq + 1);
-                cli::follow(&ring, next, output)?;
+                cli::follow(&ring, newest.map_or(0, |seq| seq + 1), output)?;
             }
         }
         AuditCmd::Query { identity, labels, database, verdict, would, would_deny, kind, since, session } => {
             let (labels, since_ms) = filters(&labels, since.as_deref())?;
             let would = if would_deny { Some("deny".to_string()) } else { would };
             let filter = Filter { identity, labels, database, verdict, would, kind, session, since_ms };
-            cli::print(&cli::query(&load(&ring)?, &filter), output)?;
+            cli::print(&cli::select(&ring, &filter)?, output)?;
         }
         AuditCmd::Show { session } => {
             let filter = Filter { session: Some(session), ..Filter::default() };
-            let entries = cli::query(&load(&ring)?, &filter);
+            let entries = cli::select(&ring, &filter)?;
             if entries.is_empty() {
                 anyhow::bail!("no records for session {session} in {}", ring.display());
             }
             cli::print(&entries, output)?;
         }
-        AuditCmd::Replay { session } => cli::replay(&load(&ring)?, session, output)?,
+        AuditCmd::Replay { session } => {
+            cli::replay(&cli::select(&ring, &Filter { session: Some(session), ..Filter::default() })?, session, output)?
+        }
         AuditCmd::Export { format, raw } => {
             if format != "jsonl" {
                 anyhow::bail!("--format {format:?}: only jsonl is supported");
             }
-            let entries = if raw { cli::load(&ring, 0)? } else { load(&ring)? };
-            let entries: Vec<_> = entries.into_iter().filter(|e| e.value["kind"] != "seal").collect();
-            cli::print(&entries, Output::Json)?;
+            if raw {
+                cli::export_raw(&ring)?;
+            } else {
+                cli::export(&ring)?;
+            }
         }
         AuditCmd::Verify { key } => {
             let key = key.or_else(|| config.as_ref().map(|c| c.audit.key_path())).or_else(|| {

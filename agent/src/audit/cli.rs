@@ -45,7 +45,176 @@ impl Entry {
 /// Every record of the ring from `from_seq`, oldest first (seals included).
 pub fn load(path: &Path, from_seq: u64) -> Result<Vec<Entry>> {
     let ring = RingFile::open(path)?;
-    Ok(ring.records(from_seq).into_iter().map(entry).collect())
+    let mut out = Vec::new();
+    ring.each(from_seq, |r| out.push(entry(r)));
+    Ok(out)
+}
+
+/// The newest `lines` entries as every command but `export --raw` shows them (statements with
+/// their outcomes merged in; no seals), and the newest record's sequence number.
+///
+/// Reads a window of the newest records, not the ring: a 1 GiB ring holds millions of records,
+/// and parsing them all to show twenty took tens of seconds and gigabytes. An outcome the
+/// window shows alone among the last `lines` may belong to a statement before it (a
+/// long-running one), into which the whole ring's view merges it: a pass over the older
+/// records, reading only their kind and key, finds those. The window grows (fourfold) until it
+/// holds `lines` entries. The header's next sequence number only says where the first window
+/// starts.
+pub fn tail(path: &Path, lines: usize) -> Result<(Vec<Entry>, Option<u64>)> {
+    tail_from_window(path, lines, 2 * lines as u64 + 256)
+}
+
+fn tail_from_window(path: &Path, lines: usize, mut window: u64) -> Result<(Vec<Entry>, Option<u64>)> {
+    use super::view::{Key, key, merged};
+    let ring = RingFile::open(path)?;
+    let mut newest = ring.next_seq_hint().saturating_sub(1);
+    loop {
+        let from = newest.saturating_sub(window);
+        let mut entries = Vec::new();
+        let Some((oldest, last)) = ring.each(from, |r| entries.push(entry(r))) else {
+            return Ok((Vec::new(), None));
+        };
+        let mut shown: Vec<Entry> = merged(entries).into_iter().filter(|e| e.kind() != "seal").collect();
+        let outcome_key = |e: &Entry| if e.kind() == "statement_end" { key(&e.value) } else { None };
+        // Only outcomes among the last `lines` matter (the window's first records usually
+        // include some whose statement lies just before it); each one found to belong to an
+        // earlier statement goes, which brings earlier entries into the last `lines`.
+        let mut checked: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let partial = from > oldest;
+        loop {
+            let start = shown.len().saturating_sub(lines);
+            let alone: std::collections::HashSet<Key> =
+                shown[start..].iter().filter_map(outcome_key).filter(|k| !checked.contains(k)).collect();
+            if !partial || alone.is_empty() {
+                break;
+            }
+            let earlier = statements_before(&ring, from, &alone);
+            shown.retain(|e| outcome_key(e).is_none_or(|k| !earlier.contains(&k)));
+            checked.extend(alone);
+        }
+        if !partial || shown.len() >= lines {
+            let start = shown.len().saturating_sub(lines);
+            shown.drain(..start);
+            return Ok((shown, Some(last)));
+        }
+        newest = last;
+        window = window.saturating_mul(4);
+    }
+}
+
+/// What joins a statement and its outcomes, read from a record without building the rest.
+enum Joining {
+    Statement(Option<super::view::Key>),
+    Outcome(Option<super::view::Key>),
+    Other,
+}
+
+fn joining(r: &super::ring::Record) -> Joining {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+        session: Option<u64>,
+        statement: Option<u64>,
+        part: Option<u64>,
+    }
+    let (kind, key) = match serde_json::from_slice::<Head>(&r.payload) {
+        Ok(head) => {
+            let key = match (head.session, head.statement, head.part) {
+                (Some(s), Some(n), Some(p)) => Some((s, n, p)),
+                _ => None,
+            };
+            (head.kind, key)
+        }
+        // Not the usual shape: read as every other command reads it.
+        Err(_) => {
+            let e = entry(r.clone());
+            (Some(Cow::Owned(e.kind().to_string())), super::view::key(&e.value))
+        }
+    };
+    match kind.as_deref() {
+        Some("statement") => Joining::Statement(key),
+        Some("statement_end") => Joining::Outcome(key),
+        _ => Joining::Other,
+    }
+}
+
+/// Which of `keys` a statement record before `before_seq` has (statement 0, a refusal that
+/// never got a number, takes no outcome). Reads each record's kind and key, nothing else.
+fn statements_before(
+    ring: &RingFile,
+    before_seq: u64,
+    keys: &std::collections::HashSet<super::view::Key>,
+) -> std::collections::HashSet<super::view::Key> {
+    let mut found = std::collections::HashSet::new();
+    ring.each(0, |r| {
+        if r.seq >= before_seq {
+            return;
+        }
+        if let Joining::Statement(Some(k)) = joining(&r)
+            && k.1 != 0
+            && keys.contains(&k)
+        {
+            found.insert(k);
+        }
+    });
+    found
+}
+
+/// `export` (not `--raw`): the merged view of every record but seals, one JSON object per
+/// line, written as it is read. A first pass reads each record's kind and key to find which
+/// statement each outcome joins and where that outcome lies; the second writes each statement
+/// with its outcomes read from the ring there, and skips them where they lie. It holds those
+/// positions (two numbers an outcome), never the records: a ring of millions of records is
+/// exported in the memory of its index. A live ring's newest records are those of the moment
+/// each pass reaches them.
+pub fn export(path: &Path) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    export_to(path, &mut out)?;
+    Ok(out.flush()?)
+}
+
+fn export_to(path: &Path, out: &mut impl std::io::Write) -> Result<()> {
+    let ring = RingFile::open(path)?;
+    let mut latest: HashMap<super::view::Key, u64> = HashMap::new();
+    let mut outcomes: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    let mut joined: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    ring.each(0, |r| match joining(&r) {
+        // Statement 0 is a refusal that never got a number: nothing joins it.
+        Joining::Statement(Some(k)) if k.1 != 0 => {
+            latest.insert(k, r.seq);
+        }
+        Joining::Outcome(Some(k)) => {
+            if let Some(&statement) = latest.get(&k) {
+                outcomes.entry(statement).or_default().push((r.seq, r.position));
+                joined.insert(r.seq);
+            }
+        }
+        _ => {}
+    });
+    drop(latest);
+    let mut failed = None;
+    ring.each(0, |r| {
+        if failed.is_some() || joined.contains(&r.seq) {
+            return;
+        }
+        let seq = r.seq;
+        let mut merging = super::view::Merging::default();
+        merging.push(entry(r), |_| true);
+        for &(end_seq, position) in outcomes.get(&seq).into_iter().flatten() {
+            // Gone (overwritten since the first pass) only if the statement went before it.
+            if let Some(end) = ring.record_at(position).filter(|end| end.seq == end_seq) {
+                merging.push(entry(end), |_| true);
+            }
+        }
+        for e in merging.finish().iter().filter(|e| e.kind() != "seal") {
+            if let Err(e) = writeln!(out, "{}", e.value) {
+                failed = Some(e);
+                return;
+            }
+        }
+    });
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 fn entry(r: super::ring::Record) -> Entry {
@@ -77,41 +246,90 @@ pub struct Filter {
     pub since_ms: Option<u64>,
 }
 
+impl Filter {
+    fn needs_identities(&self) -> bool {
+        self.identity.is_some() || !self.labels.is_empty()
+    }
+
+    /// Whether `e` passes every filter; `identities` holds each session's identity (from its
+    /// `connection_open` or `observed` record), which statement records do not repeat.
+    pub fn matches(&self, e: &Entry, identities: &HashMap<u64, Value>) -> bool {
+        let kind = e.kind();
+        if (kind == "seal" && self.kind.as_deref() != Some("seal"))
+            || self.kind.as_ref().is_some_and(|k| kind != k)
+            || self.session.is_some_and(|s| e.session() != Some(s))
+            || self.database.as_ref().is_some_and(|d| e.value["database"].as_str() != Some(d))
+            || self.since_ms.is_some_and(|t| e.at_ms() < t)
+            || self.verdict.as_ref().is_some_and(|v| e.value["verdict"]["decision"].as_str() != Some(v))
+            || self.would.as_ref().is_some_and(|w| e.value["would"]["change"].as_str() != Some(w))
+        {
+            return false;
+        }
+        if !self.needs_identities() {
+            return true;
+        }
+        let identity = match &e.value["identity"] {
+            Value::Null => e.session().and_then(|s| identities.get(&s)),
+            v => Some(v),
+        };
+        let Some(identity) = identity else { return false };
+        let identity_ok = self.identity.as_ref().is_none_or(|want| {
+            identity["labels"]["warden/identity"].as_str() == Some(want)
+                || identity["comm"].as_str() == Some(want)
+                || identity["exe"].as_str().and_then(|x| x.rsplit('/').next()) == Some(want)
+        });
+        identity_ok && self.labels.iter().all(|(k, v)| identity["labels"][k].as_str() == Some(v))
+    }
+}
+
+/// Whether a record says who a session is (statement records refer to it by session).
+fn names_identity(kind: &str) -> bool {
+    matches!(kind, "connection_open" | "observed")
+}
+
 /// Applies `filter`, joining statement records to the identity of their session.
 pub fn query(entries: &[Entry], filter: &Filter) -> Vec<Entry> {
-    let identities: HashMap<u64, &Value> = entries
+    let identities: HashMap<u64, Value> = entries
         .iter()
-        .filter(|e| matches!(e.kind(), "connection_open" | "observed"))
-        .filter_map(|e| Some((e.session()?, &e.value["identity"])))
+        .filter(|e| filter.needs_identities() && names_identity(e.kind()))
+        .filter_map(|e| Some((e.session()?, e.value["identity"].clone())))
         .collect();
-    entries
-        .iter()
-        .filter(|e| e.kind() != "seal" || filter.kind.as_deref() == Some("seal"))
-        .filter(|e| filter.kind.as_ref().is_none_or(|k| e.kind() == k))
-        .filter(|e| filter.session.is_none_or(|s| e.session() == Some(s)))
-        .filter(|e| filter.database.as_ref().is_none_or(|d| e.value["database"].as_str() == Some(d)))
-        .filter(|e| filter.since_ms.is_none_or(|t| e.at_ms() >= t))
-        .filter(|e| filter.verdict.as_ref().is_none_or(|v| e.value["verdict"]["decision"].as_str() == Some(v)))
-        .filter(|e| filter.would.as_ref().is_none_or(|w| e.value["would"]["change"].as_str() == Some(w)))
-        .filter(|e| {
-            if filter.identity.is_none() && filter.labels.is_empty() {
-                return true;
-            }
-            let identity = match &e.value["identity"] {
-                Value::Null => e.session().and_then(|s| identities.get(&s).copied()),
-                v => Some(v),
+    entries.iter().filter(|e| filter.matches(e, &identities)).cloned().collect()
+}
+
+/// `query` over the ring's merged view (`view::merged`), read one record at a time: what it
+/// holds is what it returns (and, with an identity or label filter, each session's identity,
+/// read in a first pass).
+pub fn select(path: &Path, filter: &Filter) -> Result<Vec<Entry>> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+    }
+    let ring = RingFile::open(path)?;
+    let mut identities: HashMap<u64, Value> = HashMap::new();
+    if filter.needs_identities() {
+        ring.each(0, |r| {
+            let named = match serde_json::from_slice::<Head>(&r.payload) {
+                Ok(head) => head.kind.is_some_and(|k| names_identity(&k)),
+                Err(_) => true,
             };
-            let Some(identity) = identity else { return false };
-            let identity_ok = filter.identity.as_ref().is_none_or(|want| {
-                identity["labels"]["warden/identity"].as_str() == Some(want)
-                    || identity["comm"].as_str() == Some(want)
-                    || identity["exe"].as_str().and_then(|x| x.rsplit('/').next()) == Some(want)
-            });
-            let labels_ok = filter.labels.iter().all(|(k, v)| identity["labels"][k].as_str() == Some(v));
-            identity_ok && labels_ok
-        })
-        .cloned()
-        .collect()
+            let e = if named { entry(r) } else { return };
+            if let (true, Some(session)) = (names_identity(e.kind()), e.session()) {
+                identities.insert(session, e.value["identity"].clone());
+            }
+        });
+    }
+    let mut merging = super::view::Merging::default();
+    ring.each(0, |r| {
+        let e = entry(r);
+        // Sessions opened since the first pass (the agent may be writing the ring).
+        if let (true, true, Some(session)) = (filter.needs_identities(), names_identity(e.kind()), e.session()) {
+            identities.entry(session).or_insert_with(|| e.value["identity"].clone());
+        }
+        merging.push(e, |e| filter.matches(e, &identities));
+    });
+    Ok(merging.finish())
 }
 
 /// Parses `--since`: `30s`, `10m`, `2h`, `7d` ago, or milliseconds since the epoch.
@@ -254,6 +472,27 @@ fn summary_raw(e: &Entry) -> String {
 }
 
 /// Prints records as an aligned table (colour on a terminal) or as JSON lines.
+/// `export --raw`: every record as written but seals, one JSON object per line, written as it
+/// is read.
+pub fn export_raw(path: &Path) -> Result<()> {
+    let ring = RingFile::open(path)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    ring.each(0, |r| {
+        if failed.is_some() {
+            return;
+        }
+        let e = entry(r);
+        if e.kind() != "seal" {
+            failed = writeln!(out, "{}", e.value).err();
+        }
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(out.flush()?),
+    }
+}
+
 pub fn print(entries: &[Entry], output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
@@ -471,11 +710,11 @@ pub fn verify_with(path: &Path, key_path: Option<&Path>, configured_every: Optio
             continue;
         };
         match by_seq.get(&seal.upto_seq) {
-            Some(sealed) if key.check(&seal, &sealed.hash) && seal.every > 0 => every_seen = seal.every,
+            Some(sealed) if key.check(&seal, &sealed.hash()) && seal.every > 0 => every_seen = seal.every,
             _ => {}
         }
         match by_seq.get(&seal.upto_seq) {
-            Some(sealed) if key.check(&seal, &sealed.hash) => {
+            Some(sealed) if key.check(&seal, &sealed.hash()) => {
                 v.seals_checked += 1;
                 if newest.is_none_or(|(upto, _)| seal.upto_seq > upto) {
                     newest = Some((seal.upto_seq, seal.every));
@@ -561,13 +800,32 @@ struct FloodTotals {
 /// `audit_flood` records still in the ring). Those drops are not in `lost`, which counts only
 /// records the agent failed to keep (queue full, write errors).
 pub fn stats(path: &Path) -> Result<Value> {
+    /// What stats reads of most records: their kind and time, without building the rest.
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+        at_ms: Option<u64>,
+    }
     let ring = RingFile::open(path)?;
-    let entries = load(path, 0)?;
     let mut by_kind: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut floods: std::collections::BTreeMap<String, FloodTotals> = std::collections::BTreeMap::new();
-    for e in &entries {
-        *by_kind.entry(e.kind().to_string()).or_default() += 1;
-        if e.kind() == "audit_flood" {
+    let (mut records, mut first, mut last) = (0u64, None, None);
+    ring.each(0, |r| {
+        let (kind, at_ms) = match serde_json::from_slice::<Head>(&r.payload) {
+            Ok(head) => (head.kind.unwrap_or_default(), head.at_ms),
+            // Not the usual shape: read as every other command reads it.
+            Err(_) => {
+                let e = entry(r.clone());
+                (Cow::Owned(e.kind().to_string()), e.value["at_ms"].as_u64())
+            }
+        };
+        let at_ms = if r.kind == Kind::Seal { r.at_ms } else { at_ms.unwrap_or(0) };
+        records += 1;
+        first.get_or_insert((r.seq, at_ms));
+        last = Some((r.seq, at_ms));
+        if kind == "audit_flood" {
+            let e = entry(r.clone());
             let v = &e.value;
             let identity = v["identity"].as_str().unwrap_or("?").to_string();
             let totals = floods.entry(identity).or_default();
@@ -580,17 +838,23 @@ pub fn stats(path: &Path) -> Result<Value> {
             }
             totals.last_at = utc(e.at_ms());
         }
-    }
+        match by_kind.get_mut(kind.as_ref()) {
+            Some(n) => *n += 1,
+            None => {
+                by_kind.insert(kind.into_owned(), 1);
+            }
+        }
+    });
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(serde_json::json!({
         "path": path.display().to_string(),
         "capacity_bytes": ring.capacity(),
         "file_bytes": size,
-        "records": entries.len(),
-        "first_seq": entries.first().map(|e| e.seq),
-        "last_seq": entries.last().map(|e| e.seq),
-        "first_at": entries.first().map(|e| utc(e.at_ms())),
-        "last_at": entries.last().map(|e| utc(e.at_ms())),
+        "records": records,
+        "first_seq": first.map(|(seq, _)| seq),
+        "last_seq": last.map(|(seq, _)| seq),
+        "first_at": first.map(|(_, at)| utc(at)),
+        "last_at": last.map(|(_, at)| utc(at)),
         "overwritten": ring.overwritten(),
         "lost": ring.lost(),
         "by_kind": by_kind,
@@ -650,6 +914,119 @@ mod tests {
         assert_eq!(seqs(&Filter { verdict: Some("deny".into()), ..Filter::default() }), vec![4]);
         assert_eq!(seqs(&Filter { database: Some("main".into()), ..Filter::default() }), vec![1, 2]);
         assert_eq!(seqs(&Filter { session: Some(8), ..Filter::default() }), vec![3, 4]);
+    }
+
+    /// A ring holding what `tail` and `select` must get right: outcomes far from their
+    /// statements (beyond any first window), statements still running, statements refused,
+    /// seals, resumed portals, a key used twice, outcomes whose statement was overwritten
+    /// (the ring wraps), identities named once per session.
+    fn busy_ring(path: &Path) -> u64 {
+        let mut ring = super::super::ring::Ring::open(path, super::super::ring::MIN_CAPACITY).unwrap();
+        let mut put = |v: Value| ring.append(Kind::Event, 5, v.to_string().as_bytes()).unwrap();
+        let mut last = 0;
+        let mut long_running = Vec::new();
+        for session in 0..40u64 {
+            let labels = serde_json::json!({"warden/identity": if session % 3 == 0 { "etl" } else { "web" }});
+            put(serde_json::json!({"kind": "connection_open", "session": session, "database": "main",
+                "identity": {"comm": "psql", "labels": labels}}));
+            for statement in 1..=12u64 {
+                // Statement 12 reuses statement 1's key, with another verdict.
+                let decision = if statement % 5 == 0 || statement == 12 { "deny" } else { "allow" };
+                let key = serde_json::json!({"session": session, "statement": statement % 11, "part": 0});
+                let mut v = serde_json::json!({"kind": "statement", "database": if session % 2 == 0 { "main" } else { "other" },
+                    "verdict": {"decision": decision}, "at_ms": session * 100 + statement});
+                v.as_object_mut().unwrap().extend(key.as_object().unwrap().clone());
+                put(v);
+                let mut end = serde_json::json!({"kind": "statement_end", "outcome": "completed", "rows": statement,
+                    "command_tag": "SELECT", "duration_us": 3, "error": null});
+                end.as_object_mut().unwrap().extend(key.as_object().unwrap().clone());
+                match statement % 4 {
+                    // Statement 11 has number 0, a refusal's: its outcome is never merged.
+                    _ if statement == 11 => long_running.push(end),
+                    0 => long_running.push(end),
+                    1 => {}
+                    _ => {
+                        if statement % 3 == 0 {
+                            let mut suspended = end.clone();
+                            suspended["outcome"] = "suspended".into();
+                            put(suspended);
+                        }
+                        put(end);
+                    }
+                }
+            }
+            if session % 7 == 6 {
+                last = put(serde_json::json!({"kind": "seal"}));
+            }
+        }
+        // The long-running statements end last, in a burst.
+        for end in long_running {
+            last = put(end);
+        }
+        ring.append(Kind::Seal, 6, b"{\"kind\":\"seal\"}").unwrap();
+        for i in 0..30 {
+            last = ring
+                .append(Kind::Event, 7, format!("{{\"kind\":\"connection_close\",\"session\":{i}}}").as_bytes())
+                .unwrap();
+        }
+        last
+    }
+
+    #[test]
+    fn tail_select_and_export_answer_as_the_whole_ring_does() {
+        let dir = crate::test_dir("warden-cli-view-");
+        let path = dir.path().join("audit.ring");
+        let last = busy_ring(&path);
+        let whole = super::super::view::merged(load(&path, 0).unwrap());
+        assert!(RingFile::open(&path).unwrap().overwritten() > 0, "the ring wrapped");
+        assert!(whole.iter().any(|e| e.kind() == "statement_end"), "an outcome outlived its statement");
+        let shown: Vec<&Entry> = whole.iter().filter(|e| e.kind() != "seal").collect();
+        for n in [0, 1, 5, 20, 31, 45, 100, 400, 5000] {
+            let want = &shown[shown.len().saturating_sub(n)..];
+            // The first window as tail takes it, and narrower ones (it grows from any).
+            for window in [None, Some(1), Some(7), Some(60)] {
+                let (got, newest) = match window {
+                    None => tail(&path, n).unwrap(),
+                    Some(w) => tail_from_window(&path, n, w).unwrap(),
+                };
+                assert_eq!(newest, Some(last));
+                assert_eq!(
+                    got.iter().map(|e| &e.value).collect::<Vec<_>>(),
+                    want.iter().map(|e| &e.value).collect::<Vec<_>>(),
+                    "tail -n {n}, first window {window:?}"
+                );
+            }
+        }
+        let filters = [
+            Filter::default(),
+            Filter { identity: Some("etl".into()), ..Filter::default() },
+            Filter {
+                labels: vec![("warden/identity".into(), "web".into())],
+                kind: Some("statement".into()),
+                ..Filter::default()
+            },
+            Filter { verdict: Some("deny".into()), ..Filter::default() },
+            Filter { verdict: Some("allow".into()), ..Filter::default() },
+            Filter { database: Some("other".into()), ..Filter::default() },
+            Filter { session: Some(39), ..Filter::default() },
+            Filter { kind: Some("statement_end".into()), ..Filter::default() },
+            Filter { kind: Some("seal".into()), ..Filter::default() },
+            Filter { since_ms: Some(3_000), ..Filter::default() },
+        ];
+        let mut exported = Vec::new();
+        export_to(&path, &mut exported).unwrap();
+        let want: String = shown.iter().map(|e| format!("{}\n", e.value)).collect();
+        assert_eq!(String::from_utf8(exported).unwrap(), want, "export is the merged view, seals left out");
+        for filter in filters {
+            let want = query(&whole, &filter);
+            let got = select(&path, &filter).unwrap();
+            assert!(!want.is_empty(), "{filter:?} selects something");
+            assert_eq!(
+                got.iter().map(|e| (e.seq, &e.value)).collect::<Vec<_>>(),
+                want.iter().map(|e| (e.seq, &e.value)).collect::<Vec<_>>(),
+                "{filter:?}"
+            );
+        }
     }
 
     #[test]

@@ -513,7 +513,6 @@ mod tests {
             kind,
             payload: payload.as_bytes().to_vec(),
             prev_hash: [0; 32],
-            hash: [0; 32],
             position: 0,
         }
     }

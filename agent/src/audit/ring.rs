@@ -238,10 +238,16 @@ pub struct Record {
     pub kind: Kind,
     pub payload: Vec<u8>,
     pub prev_hash: [u8; 32],
-    /// The chain hash of this record (what the next record's `prev_hash` must be).
-    pub hash: [u8; 32],
     /// Logical position (for diagnostics).
     pub position: u64,
+}
+
+impl Record {
+    /// The chain hash of this record (what the next record's `prev_hash` must be). Computed
+    /// when asked: reading the ring to show it does not need it, checking the chain does.
+    pub fn hash(&self) -> [u8; 32] {
+        chain_hash(&self.prev_hash, self.seq, self.at_ms, self.kind as u8, &self.payload)
+    }
 }
 
 fn align8(n: u64) -> u64 {
@@ -265,12 +271,26 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
 
-/// Parses the record at physical offset `off` of `data`, if a complete, intact one is there.
-fn parse_at(data: &[u8], off: usize, position: u64) -> Option<Record> {
+/// Where an intact record lies, checked (magic, kind, length, checksum) but neither copied nor
+/// hashed: what reading needs to find its way before it copies the few records it shows.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// Physical offset in the data region.
+    off: usize,
+    /// Logical position.
+    position: u64,
+    seq: u64,
+    /// The record's length in the ring, header and alignment included.
+    size: usize,
+}
+
+/// The frame of the record at physical offset `off` of `data`, if a complete, intact one is
+/// there.
+fn frame_at(data: &[u8], off: usize, position: u64) -> Option<Frame> {
     if off + RECORD_HEADER > data.len() || u32_at(data, off) != RECORD_MAGIC {
         return None;
     }
-    let kind = Kind::from_u8(data[off + 4])?;
+    Kind::from_u8(data[off + 4])?;
     let len = u32_at(data, off + 8) as usize;
     let end = off.checked_add(RECORD_HEADER)?.checked_add(len)?;
     if end > data.len() {
@@ -283,12 +303,27 @@ fn parse_at(data: &[u8], off: usize, position: u64) -> Option<Record> {
     if hasher.finalize() != crc {
         return None;
     }
-    let seq = u64_at(data, off + 16);
-    let at_ms = u64_at(data, off + 24);
-    let prev_hash: [u8; 32] = data[off + 32..off + 64].try_into().ok()?;
-    let payload = data[off + RECORD_HEADER..end].to_vec();
-    let hash = chain_hash(&prev_hash, seq, at_ms, kind as u8, &payload);
-    Some(Record { seq, at_ms, kind, payload, prev_hash, hash, position })
+    let size = align8((RECORD_HEADER + len) as u64) as usize;
+    Some(Frame { off, position, seq: u64_at(data, off + 16), size })
+}
+
+/// The record a frame found (its bytes copied out of the ring).
+fn record_of(data: &[u8], frame: &Frame) -> Record {
+    let off = frame.off;
+    let len = u32_at(data, off + 8) as usize;
+    Record {
+        seq: frame.seq,
+        at_ms: u64_at(data, off + 24),
+        kind: Kind::from_u8(data[off + 4]).expect("checked by frame_at"),
+        payload: data[off + RECORD_HEADER..off + RECORD_HEADER + len].to_vec(),
+        prev_hash: data[off + 32..off + 64].try_into().expect("32 bytes"),
+        position: frame.position,
+    }
+}
+
+/// Parses the record at physical offset `off` of `data`, if a complete, intact one is there.
+fn parse_at(data: &[u8], off: usize, position: u64) -> Option<Record> {
+    frame_at(data, off, position).map(|f| record_of(data, &f))
 }
 
 /// The writer's view of the ring (one writer per file).
@@ -467,7 +502,7 @@ impl Ring {
             }
             self.head = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
             self.next_seq = r.seq + 1;
-            self.last_hash = r.hash;
+            self.last_hash = r.hash();
             self.last_kind = Some(r.kind);
             self.last_pos = p;
             moved = true;
@@ -493,7 +528,7 @@ impl Ring {
         let reader = Reader { data: &self.map[HEADER_SIZE as usize..], capacity: self.capacity };
         reader.record_at(self.last_pos).is_some_and(|(p, r)| {
             r.seq + 1 == self.next_seq
-                && r.hash == self.last_hash
+                && r.hash() == self.last_hash
                 && p + align8(RECORD_HEADER as u64 + r.payload.len() as u64) == self.head
         })
     }
@@ -522,7 +557,7 @@ impl Ring {
         let mut count = 1;
         let mut next = pos + align8(RECORD_HEADER as u64 + last.payload.len() as u64);
         while let Some((p, r)) = reader.record_at(next) {
-            if r.seq != last.seq + 1 || r.prev_hash != last.hash || p >= pos + self.capacity {
+            if r.seq != last.seq + 1 || r.prev_hash != last.hash() || p >= pos + self.capacity {
                 break;
             }
             next = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
@@ -535,7 +570,7 @@ impl Ring {
         self.tail_seq = tail_seq;
         self.head = next;
         self.next_seq = last.seq + 1;
-        self.last_hash = last.hash;
+        self.last_hash = last.hash();
         self.last_kind = Some(last.kind);
         self.recovered = count;
         self.write_hints();
@@ -703,14 +738,18 @@ impl<'a> Reader<'a> {
     /// The record at logical position `pos`, following a WRAP marker (or a too-short remainder)
     /// to the next lap. Returns the position where it was found.
     pub fn record_at(&self, pos: u64) -> Option<(u64, Record)> {
+        self.frame_at(pos).map(|f| (f.position, record_of(self.data, &f)))
+    }
+
+    /// The frame of the record at logical position `pos`, as `record_at` finds it.
+    fn frame_at(&self, pos: u64) -> Option<Frame> {
         let mut pos = pos;
         let off = (pos % self.capacity) as usize;
         let wraps = off + RECORD_HEADER > self.capacity as usize || u32_at(self.data, off) == WRAP_MAGIC;
         if wraps {
             pos += self.capacity - pos % self.capacity;
         }
-        let off = (pos % self.capacity) as usize;
-        parse_at(self.data, off, pos).map(|r| (pos, r))
+        frame_at(self.data, (pos % self.capacity) as usize, pos)
     }
 
     /// Every intact record in the data region, by physical offset (for recovery and verify).
@@ -774,30 +813,74 @@ impl RingFile {
     /// The records in order, oldest first, from `from_seq` on (0: all). Follows the chain; a
     /// break (torn or damaged record) ends it, and reading resumes at the next intact record.
     pub fn records(&self, from_seq: u64) -> Vec<Record> {
+        let mut out = Vec::new();
+        self.each(from_seq, |r| out.push(r));
+        out
+    }
+
+    /// What `records` returns, handed to `f` one record at a time, so that a reader of a large
+    /// ring holds only what it keeps. Only those records are copied out: finding the way costs
+    /// a checksum per record and nothing more. Returns the sequence numbers of the oldest and
+    /// newest intact records read (none: the ring holds no record).
+    pub fn each(&self, from_seq: u64, mut f: impl FnMut(Record)) -> Option<(u64, u64)> {
         let reader = self.reader();
-        let mut all = match reader.record_at(self.tail) {
-            Some((pos, r)) if r.seq == self.tail_seq => {
-                let mut out = vec![r];
-                let mut next = pos + align8(RECORD_HEADER as u64 + out[0].payload.len() as u64);
-                while let Some((p, r)) = reader.record_at(next) {
-                    let last = out.last().expect("non-empty");
-                    if r.seq != last.seq + 1 || p >= pos + self.capacity {
-                        break;
-                    }
-                    next = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
-                    out.push(r);
+        // Where the chain lies in the data region: runs of adjacent records.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut span = None;
+        let mut last = 0;
+        if let Some(first) = reader.frame_at(self.tail).filter(|f| f.seq == self.tail_seq) {
+            let mut frame = first;
+            loop {
+                if frame.seq >= from_seq {
+                    f(record_of(reader.data, &frame));
                 }
-                out
+                match runs.last_mut() {
+                    Some((_, end)) if *end == frame.off => *end += frame.size,
+                    _ => runs.push((frame.off, frame.off + frame.size)),
+                }
+                last = frame.seq;
+                match reader.frame_at(frame.position + frame.size as u64) {
+                    Some(next) if next.seq == frame.seq + 1 && next.position < first.position + self.capacity => {
+                        frame = next
+                    }
+                    _ => break,
+                }
             }
-            _ => Vec::new(),
-        };
-        // Anything intact beyond a break in the chain (damage) is still shown, in order.
-        let last = all.last().map_or(0, |r| r.seq);
-        let mut rest: Vec<Record> = reader.scan().into_iter().filter(|r| r.seq > last).collect();
-        rest.sort_by_key(|r| r.seq);
-        all.extend(rest);
-        all.retain(|r| r.seq >= from_seq);
-        all
+            span = Some((first.seq, last));
+        }
+        // Anything intact beyond a break in the chain (damage) is still shown, in order. The
+        // scan goes by physical offset and steps over every intact record whole (its payload,
+        // client-controlled text, may hold the magic too); where it reaches the start of a run
+        // of the chain it steps over the run, whose records it would step over one by one.
+        let mut rest: Vec<Frame> = Vec::new();
+        let data = reader.data;
+        runs.sort_unstable();
+        let mut runs = runs.into_iter().peekable();
+        let mut off = 0usize;
+        while off + RECORD_HEADER <= data.len() {
+            while runs.next_if(|&(start, _)| start < off).is_some() {}
+            if let Some((_, end)) = runs.next_if(|&(start, _)| start == off) {
+                off = end;
+                continue;
+            }
+            match frame_at(data, off, off as u64) {
+                Some(frame) => {
+                    off += frame.size;
+                    if frame.seq > last {
+                        rest.push(frame);
+                    }
+                }
+                None => off += 8,
+            }
+        }
+        rest.sort_by_key(|f| f.seq);
+        if let (Some(oldest), Some(newest)) = (rest.first(), rest.last()) {
+            span = Some(span.map_or((oldest.seq, newest.seq), |(first, _)| (first, newest.seq)));
+        }
+        for frame in rest.iter().filter(|f| f.seq >= from_seq) {
+            f(record_of(data, frame));
+        }
+        span
     }
 
     /// The records after one already read (its position and sequence number), following the
@@ -821,6 +904,17 @@ impl RingFile {
             out.push(r);
         }
         Some(out)
+    }
+
+    /// The record at logical position `position` (a record's `position`), if one is intact there.
+    pub fn record_at(&self, position: u64) -> Option<Record> {
+        self.reader().record_at(position).map(|(_, r)| r)
+    }
+
+    /// The sequence number the writer will give its next record, as the header says (a hint:
+    /// where to start looking for the newest records, never what they are).
+    pub fn next_seq_hint(&self) -> u64 {
+        u64_at(&self.map, H_NEXT_SEQ)
     }
 
     pub fn overwritten(&self) -> u64 {
@@ -870,7 +964,7 @@ impl RingFile {
             let (a, b) = (&pair[0], &pair[1]);
             if b.seq != a.seq + 1 {
                 v.problems.push(format!("records {} to {} are missing", a.seq + 1, b.seq - 1));
-            } else if b.prev_hash != a.hash {
+            } else if b.prev_hash != a.hash() {
                 v.problems.push(format!("record {}: hash chain broken (record {} was altered)", b.seq, a.seq));
             }
         }
@@ -1054,6 +1148,88 @@ mod tests {
         drop(ring);
         let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
         assert_eq!(ring.append(Kind::Event, 0, b"after").unwrap(), 5001);
+    }
+
+    /// What `RingFile::records` did before it went by frames: parse (copy, hash) every record
+    /// on the chain and every intact record the scan finds, then keep those asked for.
+    fn records_the_long_way(file: &RingFile, from_seq: u64) -> Vec<Record> {
+        let reader = file.reader();
+        let mut all = match reader.record_at(file.tail) {
+            Some((pos, r)) if r.seq == file.tail_seq => {
+                let mut out = vec![r];
+                let mut next = pos + align8(RECORD_HEADER as u64 + out[0].payload.len() as u64);
+                while let Some((p, r)) = reader.record_at(next) {
+                    if r.seq != out.last().unwrap().seq + 1 || p >= pos + file.capacity {
+                        break;
+                    }
+                    next = p + align8(RECORD_HEADER as u64 + r.payload.len() as u64);
+                    out.push(r);
+                }
+                out
+            }
+            _ => Vec::new(),
+        };
+        let last = all.last().map_or(0, |r| r.seq);
+        let mut rest: Vec<Record> = reader.scan().into_iter().filter(|r| r.seq > last).collect();
+        rest.sort_by_key(|r| r.seq);
+        all.extend(rest);
+        all.retain(|r| r.seq >= from_seq);
+        all
+    }
+
+    #[test]
+    fn reading_by_frames_finds_what_parsing_every_record_found() {
+        // A whole record, to be carried inside payloads as client text can carry one.
+        let (_forge_dir, forge_path) = temp("forge");
+        let mut forge = Ring::open(&forge_path, MIN_CAPACITY).unwrap();
+        forge.append(Kind::Event, 1, b"{\"forged\":true}").unwrap();
+        let forged = forge.data()[..align8(RECORD_HEADER as u64 + 15) as usize].to_vec();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for case in 0..60 {
+            let (_dir, path) = temp(&format!("frames-{case}"));
+            let mut ring = Ring::open(&path, MIN_CAPACITY).unwrap();
+            let count = 1 + next(2500);
+            for i in 1..=count {
+                let mut p = payload(i);
+                if next(8) == 0 {
+                    p.extend_from_slice(&forged);
+                }
+                ring.append(Kind::Event, i, &p).unwrap();
+            }
+            let (tail, head) = (ring.tail, ring.head);
+            drop(ring);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let data = HEADER_SIZE as usize;
+            match case % 4 {
+                // A byte flipped somewhere among the records (a broken chain, a forged record
+                // laid open inside a damaged one).
+                0 | 1 => {
+                    let at = tail + next(head - tail);
+                    bytes[data + (at % MIN_CAPACITY) as usize] ^= 0x5a;
+                }
+                // The oldest record unreadable: no chain at all, only the scan.
+                2 => bytes[data + (tail % MIN_CAPACITY) as usize] ^= 0xff,
+                _ => {}
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let file = RingFile::open(&path).unwrap();
+            for from in [0, count / 2, count.saturating_sub(3), count + 1] {
+                let want = records_the_long_way(&file, from);
+                let mut got = Vec::new();
+                file.each(from, |r| got.push(r));
+                assert_eq!(got, want, "case {case}, from {from}");
+            }
+            let everything = records_the_long_way(&file, 0);
+            let span = file.each(0, |_| {});
+            let (oldest, newest) = (everything.iter().map(|r| r.seq).min(), everything.iter().map(|r| r.seq).max());
+            assert_eq!(span, oldest.zip(newest), "case {case}");
+        }
     }
 
     #[test]

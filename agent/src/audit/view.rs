@@ -15,10 +15,36 @@ use super::cli::Entry;
 /// Merges each `statement_end` into its `statement` (same session, statement and part).
 /// Outcomes whose statement is no longer in the ring (overwritten) are kept as they are.
 pub fn merged(entries: Vec<Entry>) -> Vec<Entry> {
-    let key = |v: &Value| Some((v["session"].as_u64()?, v["statement"].as_u64()?, v["part"].as_u64()?));
-    let mut index: HashMap<(u64, u64, u64), usize> = HashMap::new();
-    let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+    let mut merging = Merging::default();
     for entry in entries {
+        merging.push(entry, |_| true);
+    }
+    merging.finish()
+}
+
+/// A statement's session, number and part: what joins its outcome to it.
+pub type Key = (u64, u64, u64);
+
+pub fn key(v: &Value) -> Option<Key> {
+    Some((v["session"].as_u64()?, v["statement"].as_u64()?, v["part"].as_u64()?))
+}
+
+/// `merged`, one record at a time, keeping only the entries a filter accepts: what a reader of
+/// a large ring holds is what it shows. The filter sees a statement before its outcome is
+/// merged in, so it must judge only what the statement record itself says (every filter of
+/// `query` does). An outcome whose statement was not kept goes with it.
+#[derive(Default)]
+pub struct Merging {
+    /// Kept statements by key: where their outcomes go.
+    index: HashMap<Key, usize>,
+    /// Statements not kept, by key: their outcomes are dropped, not shown alone (a key kept
+    /// again later is found in `index` first).
+    dropped: std::collections::HashSet<Key>,
+    out: Vec<Entry>,
+}
+
+impl Merging {
+    pub fn push(&mut self, entry: Entry, mut keep: impl FnMut(&Entry) -> bool) {
         match entry.value["kind"].as_str() {
             Some("statement") => {
                 let mut entry = entry;
@@ -38,19 +64,35 @@ pub fn merged(entries: Vec<Entry>) -> Vec<Entry> {
                     map.entry("error").or_insert(Value::Null);
                 }
                 // Statement 0 is a refusal that never got a number: nothing to merge into it.
-                if let Some(k) = key(&entry.value).filter(|k| k.1 != 0) {
-                    index.insert(k, out.len());
+                // The newest statement of a key is the one its later outcomes belong to.
+                let key = key(&entry.value).filter(|k| k.1 != 0);
+                if keep(&entry) {
+                    if let Some(k) = key {
+                        self.index.insert(k, self.out.len());
+                    }
+                    self.out.push(entry);
+                } else if let Some(k) = key {
+                    self.index.remove(&k);
+                    self.dropped.insert(k);
                 }
-                out.push(entry);
             }
-            Some("statement_end") => match key(&entry.value).and_then(|k| index.get(&k)) {
-                Some(&i) => merge_end(&mut out[i].value, &entry.value),
-                None => out.push(entry),
-            },
-            _ => out.push(entry),
+            Some("statement_end") => {
+                let k = key(&entry.value);
+                match k.and_then(|k| self.index.get(&k).copied()) {
+                    Some(i) => merge_end(&mut self.out[i].value, &entry.value),
+                    None if k.is_some_and(|k| self.dropped.contains(&k)) => {}
+                    None if keep(&entry) => self.out.push(entry),
+                    None => {}
+                }
+            }
+            _ if keep(&entry) => self.out.push(entry),
+            _ => {}
         }
     }
-    out
+
+    pub fn finish(self) -> Vec<Entry> {
+        self.out
+    }
 }
 
 fn merge_end(statement: &mut Value, end: &Value) {
