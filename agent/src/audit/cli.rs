@@ -690,31 +690,47 @@ pub fn verify(path: &Path, key_path: Option<&Path>) -> Result<Verification> {
 /// a single genuine seal is held to (its seals could all have been removed).
 pub fn verify_with(path: &Path, key_path: Option<&Path>, configured_every: Option<u64>) -> Result<Verification> {
     let ring = RingFile::open(path)?;
-    let mut v = ring.verify();
     let Some(key_path) = key_path else {
+        let mut v = ring.verify();
         v.notices.push("no sealing key: seals were not checked".into());
         return Ok(v);
     };
     let key = load_key(key_path)?;
+    // The seals first, then the chain, keeping the hashes of the records seals cover: the
+    // ring is checked in the memory of its seals, not of its records.
+    let mut seals: Vec<(u64, Option<Seal>)> = Vec::new();
+    ring.each(0, |r| {
+        if r.kind == Kind::Seal {
+            seals.push((r.seq, serde_json::from_slice::<Seal>(&r.payload).ok()));
+        }
+    });
+    let covers: std::collections::HashSet<u64> =
+        seals.iter().flat_map(|(_, s)| s.as_ref().map(|s| s.upto_seq)).collect();
+    let mut hashes: HashMap<u64, [u8; 32]> = HashMap::new();
+    let mut first_seq = None;
+    let mut v = ring.verify_each(|r, hash| {
+        first_seq.get_or_insert(r.seq);
+        if covers.contains(&r.seq) {
+            hashes.insert(r.seq, *hash);
+        }
+    });
     v.key = Some(key_path.display().to_string());
-    let records = ring.records(0);
-    let by_seq: HashMap<u64, &super::ring::Record> = records.iter().map(|r| (r.seq, r)).collect();
+    let first_seq = first_seq.unwrap_or(0);
     // The newest genuine seal: (upto_seq, every).
     let mut newest: Option<(u64, u64)> = None;
     // `every` of the genuine seals only: an unchecked one could claim any cadence.
     let mut every_seen = 0;
-    let first_seq = records.first().map_or(0, |r| r.seq);
-    for r in records.iter().filter(|r| r.kind == Kind::Seal) {
-        let Ok(seal) = serde_json::from_slice::<Seal>(&r.payload) else {
-            v.problems.push(format!("record {}: unreadable seal", r.seq));
+    for (seq, seal) in &seals {
+        let Some(seal) = seal else {
+            v.problems.push(format!("record {seq}: unreadable seal"));
             continue;
         };
-        match by_seq.get(&seal.upto_seq) {
-            Some(sealed) if key.check(&seal, &sealed.hash()) && seal.every > 0 => every_seen = seal.every,
+        match hashes.get(&seal.upto_seq) {
+            Some(sealed) if key.check(seal, sealed) && seal.every > 0 => every_seen = seal.every,
             _ => {}
         }
-        match by_seq.get(&seal.upto_seq) {
-            Some(sealed) if key.check(&seal, &sealed.hash()) => {
+        match hashes.get(&seal.upto_seq) {
+            Some(sealed) if key.check(seal, sealed) => {
                 v.seals_checked += 1;
                 if newest.is_none_or(|(upto, _)| seal.upto_seq > upto) {
                     newest = Some((seal.upto_seq, seal.every));
@@ -722,12 +738,12 @@ pub fn verify_with(path: &Path, key_path: Option<&Path>, configured_every: Optio
             }
             Some(_) => v
                 .problems
-                .push(format!("seal {}: does not match records up to {} (altered or forged)", r.seq, seal.upto_seq)),
+                .push(format!("seal {seq}: does not match records up to {} (altered or forged)", seal.upto_seq)),
             // The sealed record was overwritten (ring wrap): nothing left to check against.
             None if seal.upto_seq < first_seq => {}
             None => v.problems.push(format!(
-                "seal {}: covers record {}, which should be in the ring and is not (removed or forged)",
-                r.seq, seal.upto_seq
+                "seal {seq}: covers record {}, which should be in the ring and is not (removed or forged)",
+                seal.upto_seq
             )),
         }
     }
@@ -739,11 +755,17 @@ pub fn verify_with(path: &Path, key_path: Option<&Path>, configured_every: Optio
         .or(configured_every)
         .unwrap_or_else(|| crate::config::AuditConfig::default().seal_every);
     let covered = newest.map_or(0, |(upto, _)| upto);
-    let tail: Vec<&super::ring::Record> = records.iter().filter(|r| r.kind == Kind::Event && r.seq > covered).collect();
-    if let (Some(first), Some(last)) = (tail.first(), tail.last()) {
-        let times = tail.iter().map(|r| r.at_ms);
-        let span_ms = times.clone().max().unwrap_or(0) - times.min().unwrap_or(0);
-        let unsealed = Unsealed { first_seq: first.seq, last_seq: last.seq, records: tail.len() as u64, span_ms };
+    // The events no genuine seal covers: (first seq, last seq, count, earliest and latest time).
+    let mut tail: Option<(u64, u64, u64, u64, u64)> = None;
+    ring.each(covered + 1, |r| {
+        if r.kind == Kind::Event && r.seq > covered {
+            let t = tail.get_or_insert((r.seq, r.seq, 0, r.at_ms, r.at_ms));
+            *t = (t.0, r.seq, t.2 + 1, t.3.min(r.at_ms), t.4.max(r.at_ms));
+        }
+    });
+    if let Some((first, last, records, earliest, latest)) = tail {
+        let span_ms = latest - earliest;
+        let unsealed = Unsealed { first_seq: first, last_seq: last, records, span_ms };
         let writer = format!("the writer seals every {every} records and at least every {} s", SEAL_INTERVAL.as_secs());
         if unsealed.records > every || span_ms > MAX_UNSEALED_SPAN_MS {
             let cause = match newest {
@@ -1093,6 +1115,19 @@ mod tests {
         fn seal(ring: &mut Ring, key: &SealKey, every: u64, at_ms: u64) {
             let seal = key.seal(ring.next_seq() - 1, &ring.head_hash(), every);
             ring.append(Kind::Seal, at_ms, &serde_json::to_vec(&seal).unwrap()).unwrap();
+        }
+
+        #[test]
+        fn an_unsealed_tail_spans_its_earliest_to_its_latest_time_in_any_order() {
+            let (_dir, mut ring, key, path, key_path) = new_ring("span");
+            events(&mut ring, 4, 1_000, 500);
+            seal(&mut ring, &key, 10, 3_000);
+            // The clock stepped back between records.
+            for at_ms in [9_000, 6_000, 7_500] {
+                ring.append(Kind::Event, at_ms, br#"{"kind":"statement"}"#).unwrap();
+            }
+            let v = verify(&path, Some(&key_path)).unwrap();
+            assert_eq!(v.unsealed, Some(Unsealed { first_seq: 6, last_seq: 8, records: 3, span_ms: 3_000 }), "{v:?}");
         }
 
         #[test]

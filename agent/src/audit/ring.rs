@@ -938,18 +938,39 @@ impl RingFile {
     /// Checks every record: checksum (scan), sequence continuity and the hash chain. Seals are
     /// checked by the caller (it holds the key).
     pub fn verify(&self) -> Verification {
-        let reader = self.reader();
-        let records = self.records(0);
-        let mut v = Verification { records: records.len() as u64, ..Verification::default() };
+        self.verify_each(|_, _| {})
+    }
+
+    /// `verify`, handing each record (in the order `records` gives) and its chain hash to `f`
+    /// as it goes: the ring is checked in the memory of one record.
+    pub fn verify_each(&self, mut f: impl FnMut(&Record, &[u8; 32])) -> Verification {
+        let mut v = Verification::default();
+        let mut chain = Vec::new();
+        let mut previous: Option<(u64, [u8; 32])> = None;
+        self.each(0, |r| {
+            let hash = r.hash();
+            v.records += 1;
+            match previous {
+                Some((seq, _)) if r.seq != seq + 1 => {
+                    chain.push(format!("records {} to {} are missing", seq + 1, r.seq - 1))
+                }
+                Some((seq, prev)) if r.prev_hash != prev => {
+                    chain.push(format!("record {}: hash chain broken (record {seq} was altered)", r.seq))
+                }
+                _ => {}
+            }
+            f(&r, &hash);
+            previous = Some((r.seq, hash));
+        });
         // Checksum failures: magic present but the record does not parse. An intact record is
         // stepped over whole: its payload (client-controlled text) may hold the magic too.
+        let data = self.reader().data;
         let mut off = 0usize;
-        let data = reader.data;
         while off + RECORD_HEADER <= data.len() {
             if u32_at(data, off) == RECORD_MAGIC {
-                match parse_at(data, off, 0) {
-                    Some(r) => {
-                        off += align8(RECORD_HEADER as u64 + r.payload.len() as u64) as usize;
+                match frame_at(data, off, 0) {
+                    Some(frame) => {
+                        off += frame.size;
                         continue;
                     }
                     None => {
@@ -960,14 +981,7 @@ impl RingFile {
             }
             off += 8;
         }
-        for pair in records.windows(2) {
-            let (a, b) = (&pair[0], &pair[1]);
-            if b.seq != a.seq + 1 {
-                v.problems.push(format!("records {} to {} are missing", a.seq + 1, b.seq - 1));
-            } else if b.prev_hash != a.hash() {
-                v.problems.push(format!("record {}: hash chain broken (record {} was altered)", b.seq, a.seq));
-            }
-        }
+        v.problems.extend(chain);
         v
     }
 }
